@@ -1,0 +1,4 @@
+"""code_llama2 family: public model builders (torchtune names) and tokenizer builders."""
+
+from tunesmith.models.code_llama2._model_builders import *  # noqa: F401,F403
+from tunesmith.models.code_llama2._tokenizer import *  # noqa: F401,F403

@@ -1,0 +1,3 @@
+"""Model builders for this family (filled by the models work)."""
+
+__all__: list[str] = []

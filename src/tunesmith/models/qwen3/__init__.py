@@ -1,0 +1,4 @@
+"""qwen3 family: public model builders (torchtune names) and tokenizer builders."""
+
+from tunesmith.models.qwen3._model_builders import *  # noqa: F401,F403
+from tunesmith.models.qwen3._tokenizer import *  # noqa: F401,F403

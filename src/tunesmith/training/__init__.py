@@ -1,0 +1,3 @@
+"""tunesmith.training: checkpointers, schedulers, loggers, memory and distributed helpers."""
+
+from tunesmith.training.checkpointing import *  # noqa: F401,F403

@@ -1,0 +1,2 @@
+"""tunesmith.training.checkpointing"""
+__all__: list[str] = []
