@@ -1,0 +1,22 @@
+"""Shared pytest fixtures: the location of ../shared/assets (skipped where absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_ASSETS = Path(os.environ.get("TUNESMITH_SHARED_ASSETS", REPO_ROOT.parent / "shared" / "assets"))
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    """Path to ../shared/assets; skips the test with a clear reason where it is absent."""
+    if not SHARED_ASSETS.is_dir():
+        pytest.skip(f"needs the shared test assets at {SHARED_ASSETS} (not present on this machine)")
+    return SHARED_ASSETS
