@@ -1,1 +1,8 @@
-"""tunesmith.data"""
+"""tunesmith.data: messages, message transforms, prompt templates, tokenizers, collate, packing."""
+
+from tunesmith.data._collate import *  # noqa: F401,F403
+from tunesmith.data._message_transforms import *  # noqa: F401,F403
+from tunesmith.data._messages import *  # noqa: F401,F403
+from tunesmith.data._packing import *  # noqa: F401,F403
+from tunesmith.data._prompt_templates import *  # noqa: F401,F403
+from tunesmith.data._samplers import *  # noqa: F401,F403

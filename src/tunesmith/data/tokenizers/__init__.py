@@ -1,0 +1,1 @@
+"""Tokenizer bases: tiktoken, SentencePiece, byte-level BPE, generic HF tokenizer.json."""
