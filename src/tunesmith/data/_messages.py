@@ -1,3 +1,229 @@
-"""Filled by its owner (see docs/CONTRIBUTING.md)."""
+"""Messages: the unit every dataset row becomes before tokenization.
 
-__all__: list[str] = []
+A ``Message`` is one turn of a conversation. Its content is a list of parts
+``{"type": "text" | "image", "content": str | image}`` (a plain string is turned
+into a single text part), so text-only and multimodal data share one type.
+``masked=True`` means the tokens of the message are not trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from typing import Any, Literal
+
+__all__ = [
+    "Role",
+    "Message",
+    "DataRowError",
+    "MaskingStrategy",
+    "mask_messages",
+    "validate_messages",
+]
+
+Role = Literal["system", "user", "assistant", "ipython", "tool"]
+VALID_ROLES: tuple[str, ...] = ("system", "user", "assistant", "ipython", "tool")
+
+
+class DataRowError(ValueError):
+    """A dataset row that cannot be turned into messages.
+
+    ``column`` names the offending column (or ``None`` when the whole row is at
+    fault); ``row_index`` is filled in by the dataset layer, which knows it,
+    through :meth:`with_row_index`.
+    """
+
+    def __init__(self, reason: str, column: str | None = None, row_index: int | None = None):
+        self.reason = reason
+        self.column = column
+        self.row_index = row_index
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.row_index is not None:
+            where.append(f"row {self.row_index}")
+        if self.column is not None:
+            where.append(f"column '{self.column}'")
+        prefix = (", ".join(where) + ": ") if where else ""
+        return prefix + self.reason
+
+    def with_row_index(self, row_index: int) -> DataRowError:
+        """Return a copy of this error that also names the row index."""
+        return type(self)(self.reason, column=self.column, row_index=row_index)
+
+
+def _normalise_content(content: Any, column: str | None = None) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "content": content}]
+    if isinstance(content, Sequence) and not isinstance(content, bytes | bytearray):
+        parts: list[dict[str, Any]] = []
+        for i, part in enumerate(content):
+            if not isinstance(part, Mapping) or "type" not in part or "content" not in part:
+                raise DataRowError(
+                    f"content part {i} must be a dict with 'type' and 'content' keys, got {part!r}",
+                    column=column,
+                )
+            if part["type"] not in ("text", "image"):
+                raise DataRowError(
+                    f"content part {i} has type {part['type']!r}; expected 'text' or 'image'",
+                    column=column,
+                )
+            if part["type"] == "text" and not isinstance(part["content"], str):
+                raise DataRowError(
+                    f"text part {i} must hold a string, got {type(part['content']).__name__}",
+                    column=column,
+                )
+            parts.append(dict(part))
+        return parts
+    raise DataRowError(
+        f"message content must be a string or a list of parts, got {type(content).__name__}"
+        + (" (null)" if content is None else ""),
+        column=column,
+    )
+
+
+class Message:
+    """One conversation turn.
+
+    Args:
+        role: one of ``system``, ``user``, ``assistant``, ``ipython``, ``tool``.
+        content: a string, or a list of ``{"type": "text"|"image", "content": ...}`` parts.
+        masked: when True the message's tokens are excluded from the loss.
+        ipython: the message is a tool call (assistant messages only).
+        eot: the message ends the turn (the end-of-turn token follows it).
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        content: str | list[dict[str, Any]],
+        masked: bool = False,
+        ipython: bool = False,
+        eot: bool = True,
+    ):
+        self.role = role
+        self.content = _normalise_content(content)
+        self.masked = masked
+        self.ipython = ipython
+        self.eot = eot
+        self._validate()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Message:
+        """Build a message from ``{"role", "content", "masked"?, "ipython"?, "eot"?}``."""
+        missing = [k for k in ("role", "content") if k not in d]
+        if missing:
+            raise DataRowError(f"message dict is missing key(s) {missing}: {dict(d)!r}")
+        return cls(
+            role=d["role"],
+            content=d["content"],
+            masked=d.get("masked", False),
+            ipython=d.get("ipython", False),
+            eot=d.get("eot", True),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "content": self.content,
+            "masked": self.masked,
+            "ipython": self.ipython,
+            "eot": self.eot,
+        }
+
+    def get_media(self) -> list[Any]:
+        """The image parts' contents, in order."""
+        return [part["content"] for part in self.content if part["type"] == "image"]
+
+    @property
+    def contains_media(self) -> bool:
+        return any(part["type"] == "image" for part in self.content)
+
+    @property
+    def text_content(self) -> str:
+        """All text parts concatenated (image parts skipped)."""
+        return "".join(part["content"] for part in self.content if part["type"] == "text")
+
+    def _validate(self) -> None:
+        if self.role not in VALID_ROLES:
+            raise DataRowError(f"message role {self.role!r} is not one of {list(VALID_ROLES)}")
+        if self.ipython and self.contains_media:
+            raise ValueError("a tool-call (ipython) message cannot contain media")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        content = self.content[0]["content"] if len(self.content) == 1 else self.content
+        return (
+            f"Message(role={self.role!r}, content={content!r}, masked={self.masked}, "
+            f"ipython={self.ipython}, eot={self.eot})"
+        )
+
+
+class MaskingStrategy(StrEnum):
+    """Which messages are trained on (torchtune's ``masking_strategy``)."""
+
+    TRAIN_ON_ALL = "train_on_all"
+    TRAIN_ON_ASSISTANT = "train_on_assistant"
+    TRAIN_ON_LAST = "train_on_last"
+
+
+def masking_strategy_from(train_on_input: bool, masking_strategy: str | None) -> MaskingStrategy:
+    """``masking_strategy`` wins when given; otherwise ``train_on_input`` picks all/assistant."""
+    if masking_strategy is not None:
+        try:
+            return MaskingStrategy(masking_strategy)
+        except ValueError:
+            valid = [m.value for m in MaskingStrategy]
+            raise ValueError(
+                f"masking_strategy={masking_strategy!r} is not one of {valid}"
+            ) from None
+    return MaskingStrategy.TRAIN_ON_ALL if train_on_input else MaskingStrategy.TRAIN_ON_ASSISTANT
+
+
+def mask_messages(messages: list[Message], masking_strategy: MaskingStrategy | str) -> None:
+    """Set ``masked`` in place. Tool results (``ipython``/``tool`` roles) are never trained on."""
+    strategy = MaskingStrategy(masking_strategy)
+    marked_last = False
+    for message in reversed(messages):
+        if message.role in ("ipython", "tool"):
+            message.masked = True
+        elif strategy is MaskingStrategy.TRAIN_ON_ALL:
+            message.masked = False
+        elif strategy is MaskingStrategy.TRAIN_ON_ASSISTANT:
+            message.masked = message.role != "assistant"
+        else:
+            message.masked = not (message.role == "assistant" and not marked_last)
+            if message.role == "assistant":
+                marked_last = True
+
+
+def validate_messages(messages: list[Message]) -> None:
+    """Check conversation order: at most one system message, first; no two user turns in a row.
+
+    Raises:
+        ValueError: naming the offending message index.
+    """
+    if len(messages) < 2:
+        raise ValueError(f"a conversation needs at least two messages, got {len(messages)}")
+    last_role = None
+    for i, message in enumerate(messages):
+        if message.role == "system" and i > 0:
+            raise ValueError(f"system message at index {i}; it may only be the first message")
+        if message.role == "assistant" and last_role not in (
+            "user",
+            "ipython",
+            "tool",
+            "assistant",
+        ):
+            raise ValueError(
+                f"assistant message at index {i} follows {last_role!r}; it must follow a user "
+                "or tool message"
+            )
+        if message.role == "user" and last_role == "user":
+            raise ValueError(f"two consecutive user messages at index {i - 1} and {i}")
+        last_role = message.role
