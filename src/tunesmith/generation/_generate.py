@@ -1,0 +1,165 @@
+"""Autoregressive decoding for a ``TransformerDecoder``, with or without its KV cache.
+
+Prompts of a batch are left-padded to one length, so the last prompt token of every row sits
+in the same column and each step appends one column. Padding never takes part in attention
+(it is masked out as a key) and positions count real tokens only, so a padded row generates
+exactly what it would generate alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tunesmith.generation._sampling import sample_next_token
+
+__all__ = ["GenerationOutput", "generate", "left_pad_prompts"]
+
+
+@dataclass
+class GenerationOutput:
+    """What :func:`generate` returns when ``return_logits=True``.
+
+    ``tokens``: ``[b, s + n]`` prompt and generated ids (after a stop token: ``pad_id``).
+    ``logits``: ``[b, n, vocab]`` float32 scores each generated token was sampled from.
+    """
+
+    tokens: torch.Tensor
+    logits: torch.Tensor
+
+
+def left_pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
+    """Stack token lists into one ``[b, max_len]`` long tensor, padding on the left."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    width = max(len(p) for p in prompts)
+    out = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        out[row, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+    return out
+
+
+def _logits_of(output: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """The decoder returns a list of chunks when ``set_num_output_chunks`` was used."""
+    return torch.cat(output, dim=1) if isinstance(output, list) else output
+
+
+def _attention_mask(key_valid: torch.Tensor, q_start: int, q_end: int) -> torch.Tensor:
+    """``[b, q_end - q_start, k]`` bool mask: query i sees valid keys j <= i.
+
+    ``key_valid`` is ``[b, k]`` (False at padding). A padded query row that would see no key
+    at all is allowed to see itself so attention never normalises over an empty set; its
+    output is never used.
+    """
+    b, k = key_valid.shape
+    q = torch.arange(q_start, q_end, device=key_valid.device)
+    causal = q[:, None] >= torch.arange(k, device=key_valid.device)[None, :]
+    mask = causal[None] & key_valid[:, None, :]
+    diag = q[:, None] == torch.arange(k, device=key_valid.device)[None, :]
+    return mask | (diag[None] & ~mask.any(dim=-1, keepdim=True))
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    prompt_tokens: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_tokens: Sequence[int] | None = None,
+    pad_id: int = 0,
+    rng: torch.Generator | None = None,
+    use_cache: bool = True,
+    on_token: Callable[[torch.Tensor], None] | None = None,
+    return_logits: bool = False,
+) -> torch.Tensor | GenerationOutput:
+    """Generate up to ``max_new_tokens`` tokens after each (left-padded) prompt.
+
+    Args:
+        model: a ``TransformerDecoder`` (``forward(tokens, mask=, input_pos=)``).
+        prompt_tokens: ``[b, s]`` long, left-padded with ``pad_id`` (see :func:`left_pad_prompts`).
+        max_new_tokens: how many tokens to add at most.
+        temperature, top_k, top_p, rng: sampling (see :func:`sample_next_token`);
+            ``temperature=0`` is greedy.
+        stop_tokens: a row is finished once it emits one of these (the stop token is kept;
+            later positions hold ``pad_id``). Generation ends when every row is finished.
+        pad_id: id used for left padding and for positions after a row finished.
+        use_cache: decode incrementally with the model's KV cache (set up here for this
+            batch and sequence length); False re-runs the whole sequence every step.
+        on_token: called after every step with the ``[b]`` new tokens (streaming).
+        return_logits: also return the ``[b, n, vocab]`` logits each token came from.
+
+    Returns:
+        ``[b, s + n]`` tokens (``n <= max_new_tokens``), or a :class:`GenerationOutput`.
+    """
+    if prompt_tokens.dim() != 2:
+        raise ValueError(
+            f"prompt_tokens must be [batch, seq], got shape {tuple(prompt_tokens.shape)}"
+        )
+    device = prompt_tokens.device
+    b, s = prompt_tokens.shape
+    total = s + max_new_tokens
+    key_valid = torch.zeros(b, total, dtype=torch.bool, device=device)
+    key_valid[:, :s] = prompt_tokens != pad_id
+    # the first real token of each row sits at position 0
+    positions = (key_valid.long().cumsum(dim=-1) - 1).clamp(min=0)
+    stop = torch.tensor(list(stop_tokens or []), dtype=torch.long, device=device)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    tokens = prompt_tokens
+    step_logits: list[torch.Tensor] = []
+
+    if use_cache:
+        dtype = next(model.parameters()).dtype
+        model.setup_caches(batch_size=b, dtype=dtype, max_seq_len=total)
+        model.reset_caches()
+    try:
+        cur = s
+        for step in range(max_new_tokens):
+            if use_cache:
+                start = 0 if step == 0 else cur - 1
+                out = model(
+                    tokens[:, start:cur],
+                    mask=_attention_mask(key_valid, start, cur),
+                    input_pos=positions[:, start:cur],
+                )
+            else:
+                out = model(
+                    tokens,
+                    mask=_attention_mask(key_valid[:, :cur], 0, cur),
+                    input_pos=positions[:, :cur],
+                )
+            logits = _logits_of(out)[:, -1].float()
+            next_token = sample_next_token(
+                logits, temperature=temperature, top_k=top_k, top_p=top_p, rng=rng
+            )
+            next_token = torch.where(done, torch.full_like(next_token, pad_id), next_token)
+            if return_logits:
+                step_logits.append(logits)
+            key_valid[:, cur] = ~done
+            positions[:, cur] = positions[:, cur - 1] + 1
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            cur += 1
+            if on_token is not None:
+                on_token(next_token)
+            if stop.numel():
+                done |= torch.isin(next_token, stop)
+                if bool(done.all()):
+                    break
+    finally:
+        if use_cache:
+            _teardown_caches(model)
+    if return_logits:
+        return GenerationOutput(tokens=tokens, logits=torch.stack(step_logits, dim=1))
+    return tokens
+
+
+def _teardown_caches(model: nn.Module) -> None:
+    """Leave the model as it was: training forwards must not see a KV cache."""
+    teardown = getattr(model, "teardown_caches", None)
+    if callable(teardown):
+        teardown()
