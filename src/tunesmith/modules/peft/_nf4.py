@@ -1,0 +1,84 @@
+"""NF4 helpers for QLoRA: quantize a frozen base weight with torchao and keep checkpoints plain.
+
+torchao is imported lazily (it is slow to import and only QLoRA needs it). torchao moved the
+NF4 tensor from ``torchao.dtypes.nf4tensor`` to ``torchao.quantization`` in later releases; both
+locations are tried.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _nf4_api() -> tuple[type, Any, Any]:
+    """Return ``(NF4Tensor, to_nf4, linear_nf4)`` from whichever torchao layout is installed."""
+    try:
+        from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import (
+            NF4Tensor,
+            linear_nf4,
+            to_nf4,
+        )
+    except ImportError:
+        try:
+            from torchao.dtypes.nf4tensor import NF4Tensor, linear_nf4, to_nf4
+        except ImportError as err:  # pragma: no cover - torchao is a core dependency
+            raise ImportError(
+                "quantize_base=True (QLoRA) needs torchao's NF4 tensor: pip install 'torchao>=0.10'"
+            ) from err
+    return NF4Tensor, to_nf4, linear_nf4
+
+
+def is_nf4(tensor: torch.Tensor | None) -> bool:
+    """True when ``tensor`` is a torchao NF4Tensor (checked without importing torchao)."""
+    return tensor is not None and type(tensor).__name__ == "NF4Tensor"
+
+
+def quantize_nf4(weight: torch.Tensor, block_size: int = 64) -> torch.Tensor:
+    """Quantize a 2-D weight ``[out, in]`` to NF4 as QLoRA does.
+
+    Blocks of 64 values share a scale; scales are double-quantized in groups of 256 (torchao's
+    defaults). Small weights whose block count is not a multiple of 256 use the largest power
+    of two dividing it, so tiny test models quantize too; real model dims are unaffected.
+    """
+    _, to_nf4, _ = _nf4_api()
+    numel = weight.numel()
+    if numel % block_size != 0:
+        raise ValueError(
+            f"quantize_base=True needs a weight whose element count is a multiple of 64 "
+            f"(NF4 block size); got shape {tuple(weight.shape)}. Disable quantize_base for this "
+            "layer or use dims that are multiples of 64."
+        )
+    scaler_block_size = math.gcd(numel // block_size, 256)
+    return to_nf4(weight.detach().contiguous(), block_size, scaler_block_size)
+
+
+def nf4_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x [..., in] @ weight[out, in].T`` for an NF4 weight; gradient flows to ``x`` only."""
+    _, _, linear_nf4 = _nf4_api()
+    return linear_nf4(input=x, weight=weight)
+
+
+def dequantize(weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Plain tensor of ``weight`` (dequantized when NF4) in ``dtype`` (default: its own dtype)."""
+    if is_nf4(weight):
+        plain = weight.get_original_weight()
+        return plain.to(dtype or weight.dtype)
+    return weight if dtype is None else weight.to(dtype)
+
+
+def dequantize_state_dict_post_hook(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    """``state_dict`` post hook: replace NF4 entries with plain tensors in their original dtype.
+
+    Checkpoints then hold ordinary tensors that load into a quantized or unquantized model
+    alike (loading a plain tensor into an NF4 parameter re-quantizes it via ``copy_``).
+    """
+    key = prefix + "weight"
+    value = state_dict.get(key)
+    if is_nf4(value):
+        state_dict[key] = value.get_original_weight().to(value.dtype)

@@ -1,0 +1,134 @@
+"""LoRA: a frozen linear layer plus a trainable low-rank update (Hu et al., 2021).
+
+``y = x W^T + b + (alpha / rank) * B(A(dropout(x)))`` with ``A: [rank, in]`` initialised like
+PEFT (kaiming-uniform, ``a = sqrt(5)``) and ``B: [out, rank]`` zeros, so a fresh adapter leaves
+the base layer's output unchanged. With ``quantize_base=True`` the frozen weight is stored as a
+torchao NF4 tensor (QLoRA); ``state_dict()`` still returns it as a plain tensor in its original
+dtype, and ``load_state_dict`` re-quantizes plain tensors on the way in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunesmith.modules.peft._nf4 import (
+    dequantize,
+    dequantize_state_dict_post_hook,
+    is_nf4,
+    nf4_linear,
+    quantize_nf4,
+)
+
+
+class LoRALinear(nn.Module):
+    """Linear layer ``[..., in_dim] -> [..., out_dim]`` with a LoRA adapter.
+
+    State-dict keys: ``weight [out, in]`` (frozen base), ``bias [out]`` (if ``use_bias``),
+    ``lora_a.weight [rank, in]``, ``lora_b.weight [out, rank]``.
+
+    Args:
+        in_dim: input features.
+        out_dim: output features.
+        rank: rank of the update.
+        alpha: scaling numerator; the update is scaled by ``alpha / rank``.
+        dropout: dropout on the adapter's input (the base path never sees dropout).
+        use_bias: whether the frozen base has a bias.
+        quantize_base: store the frozen base weight in NF4 (QLoRA).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        use_bias: bool = False,
+        quantize_base: bool = False,
+    ) -> None:
+        super().__init__()
+        if rank <= 0:
+            raise ValueError(f"LoRA rank must be a positive integer, got lora_rank={rank}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got lora_dropout={dropout}")
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+        self.rank = rank
+        self.alpha = alpha
+        self.scaling = alpha / rank
+        self.use_bias = use_bias
+        self._quantize_base = quantize_base
+        self.disabled = False
+
+        base = nn.Linear(in_dim, out_dim, bias=use_bias)
+        weight = quantize_nf4(base.weight) if quantize_base else base.weight.detach()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = nn.Parameter(base.bias.detach(), requires_grad=False) if use_bias else None
+        self.dropout = nn.Dropout(p=dropout) if dropout > 0.0 else nn.Identity()
+        self.lora_a = nn.Linear(in_dim, rank, bias=False)
+        self.lora_b = nn.Linear(rank, out_dim, bias=False)
+        self.initialize_parameters()
+        if quantize_base:
+            self.register_state_dict_post_hook(dequantize_state_dict_post_hook)
+
+    def initialize_parameters(self) -> None:
+        """(Re-)initialise the adapter: ``lora_a`` kaiming-uniform (a=sqrt(5)), ``lora_b`` zeros."""
+        nn.init.kaiming_uniform_(self.lora_a.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_b.weight)
+
+    def adapter_params(self) -> list[str]:
+        """Names of the trainable adapter parameters, relative to this module."""
+        return ["lora_a.weight", "lora_b.weight"]
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_dim={self.in_dim}, out_dim={self.out_dim}, rank={self.rank}, alpha={self.alpha}, "
+            f"use_bias={self.use_bias}, quantize_base={self._quantize_base}"
+        )
+
+    def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., in] -> [..., out]`` through the frozen base, without the bias."""
+        if is_nf4(self.weight):
+            return nf4_linear(x, self.weight)
+        return F.linear(x, self.weight)
+
+    def _add_bias(self, out: torch.Tensor) -> torch.Tensor:
+        return out if self.bias is None else out + self.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., in_dim] -> [..., out_dim]``."""
+        if is_nf4(self.weight):
+            out = nf4_linear(x, self.weight)
+            out = self._add_bias(out)
+        else:
+            out = F.linear(x, self.weight, self.bias)
+        if self.disabled:
+            return out
+        lora_out = self.lora_b(self.lora_a(self.dropout(x)))
+        return out + self.scaling * lora_out
+
+    @torch.no_grad()
+    def merged_weight(self) -> torch.Tensor:
+        """The base weight with the adapter folded in, ``[out, in]``, in the base dtype.
+
+        Computed in fp32 so merging a bf16 model loses no more precision than the cast back.
+        """
+        base = dequantize(self.weight, torch.float32)
+        delta = self.lora_b.weight.float() @ self.lora_a.weight.float()
+        return (base + self.scaling * delta).to(self.weight.dtype)
+
+    def to_linear(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with the adapter merged in (same device and base dtype)."""
+        weight = self.merged_weight()
+        linear = nn.Linear(
+            self.in_dim, self.out_dim, bias=self.use_bias, device=weight.device, dtype=weight.dtype
+        )
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
