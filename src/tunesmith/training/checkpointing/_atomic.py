@@ -1,0 +1,254 @@
+"""Crash-safe file writes and checkpoint-folder bookkeeping.
+
+Every file is written to a temporary name in its destination folder, flushed and
+fsynced, then renamed over the final name (``os.replace`` is atomic on POSIX), and
+the folder is fsynced so the rename itself survives a power cut. A checkpoint
+folder becomes visible to loaders only once its ``.complete`` marker (written
+last, atomically) exists; folders without one are partial and are ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+__all__ = [
+    "COMPLETE_MARKER",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_path",
+    "atomic_write_json",
+    "atomic_torch_save",
+    "atomic_copy",
+    "fsync_dir",
+    "mark_complete",
+    "read_complete_marker",
+    "is_complete",
+    "checkpoint_folder_name",
+    "list_complete_checkpoints",
+    "latest_complete_checkpoint",
+    "prune_checkpoints",
+    "remove_partial_checkpoints",
+    "staged_checkpoint_dir",
+]
+
+COMPLETE_MARKER = ".complete"
+_TMP_PREFIX = ".tmp-"
+_CKPT_DIR_RE = re.compile(r"^(epoch|step)_(\d+)$")
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a directory so renames and new entries inside it are durable."""
+    fd = os.open(os.fspath(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success fsync it and rename it to ``path``.
+
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{os.getpid()}.{time.monotonic_ns()}"
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_path(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp_path)`` (a writer that wants a file name), then fsync and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{os.getpid()}.{time.monotonic_ns()}"
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=indent, sort_keys=False) + "\n").encode())
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save(obj, path)`` through a temporary file, fsync and rename."""
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Copy the file ``src`` to ``dst`` atomically."""
+    with open(src, "rb") as fin, atomic_write(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout, length=16 * 1024 * 1024)
+
+
+def mark_complete(folder: str | os.PathLike[str], **info: Any) -> None:
+    """Write the ``.complete`` marker (JSON with ``info`` and a save time) into ``folder``.
+
+    Call this only after every other file of the checkpoint is durably written.
+    """
+    payload = {"saved_at_ns": time.time_ns(), **info}
+    atomic_write_json(Path(folder) / COMPLETE_MARKER, payload)
+
+
+def read_complete_marker(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The marker's JSON payload, or None when the folder is not a complete checkpoint."""
+    marker = Path(folder) / COMPLETE_MARKER
+    try:
+        return json.loads(marker.read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(folder: str | os.PathLike[str]) -> bool:
+    """True when ``folder`` holds a readable ``.complete`` marker."""
+    return read_complete_marker(folder) is not None
+
+
+def checkpoint_folder_name(epoch: int, step: int | None = None) -> str:
+    """``step_{step}`` when a step is given, else ``epoch_{epoch}``."""
+    return f"step_{step}" if step is not None else f"epoch_{epoch}"
+
+
+def list_complete_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Complete ``epoch_*`` / ``step_*`` folders in ``output_dir``, oldest first.
+
+    Ordered by the save time recorded in their markers (ties by name), so a mix of
+    step and epoch folders sorts in the order they were written.
+    """
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found: list[tuple[int, str, Path]] = []
+    for child in root.iterdir():
+        if not child.is_dir() or not _CKPT_DIR_RE.match(child.name):
+            continue
+        marker = read_complete_marker(child)
+        if marker is None:
+            continue
+        found.append((int(marker.get("saved_at_ns", 0)), child.name, child))
+    return [p for _, _, p in sorted(found)]
+
+
+def latest_complete_checkpoint(output_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest complete checkpoint folder in ``output_dir``, or None."""
+    complete = list_complete_checkpoints(output_dir)
+    return complete[-1] if complete else None
+
+
+def prune_checkpoints(
+    output_dir: str | os.PathLike[str], keep_last_n: int | None, protect: Path | None = None
+) -> list[Path]:
+    """Delete all but the newest ``keep_last_n`` complete checkpoints; returns what was removed.
+
+    The marker is removed first so a crash mid-delete leaves a partial (ignored) folder,
+    never a complete-looking damaged one. ``protect`` is never removed.
+    """
+    if keep_last_n is None:
+        return []
+    if keep_last_n < 1:
+        raise ValueError(
+            f"keep_last_n_checkpoints must be a positive integer or null, got {keep_last_n}"
+        )
+    complete = list_complete_checkpoints(output_dir)
+    doomed = [p for p in complete[:-keep_last_n] if protect is None or p != Path(protect)]
+    for folder in doomed:
+        (folder / COMPLETE_MARKER).unlink(missing_ok=True)
+        fsync_dir(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    return doomed
+
+
+@contextlib.contextmanager
+def staged_checkpoint_dir(
+    output_dir: str | os.PathLike[str], name: str, **marker_info: Any
+) -> Iterator[Path]:
+    """Yield an empty staging folder; on success mark it complete and rename it to ``name``.
+
+    Files are written into ``output_dir/.tmp-{name}-{pid}``; only after the block
+    finishes is the ``.complete`` marker written and the folder renamed to
+    ``output_dir/{name}``, so a crash at any moment leaves either the previous state or
+    the finished checkpoint. An existing folder of the same name is replaced.
+    """
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = root / f"{_TMP_PREFIX}{name}-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        yield staging
+        mark_complete(staging, name=name, **marker_info)
+        fsync_dir(staging)
+        final = root / name
+        if final.exists():
+            old = root / f".old-{name}-{os.getpid()}-{time.monotonic_ns()}"
+            os.rename(final, old)
+            os.rename(staging, final)
+            fsync_dir(root)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(staging, final)
+        fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def remove_partial_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete ``epoch_*`` / ``step_*`` folders without a marker and stale staging folders.
+
+    Call only from the single process that owns ``output_dir`` (rank 0) before saving.
+    """
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    removed = []
+    for child in root.iterdir():
+        if not child.is_dir():
+            continue
+        stale = child.name.startswith((_TMP_PREFIX, ".old-"))
+        if stale or (_CKPT_DIR_RE.match(child.name) and not is_complete(child)):
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed

@@ -1,0 +1,267 @@
+"""Shared checkpointer machinery: output folders, resume discovery, recipe state, pruning.
+
+State-dict contract between a recipe and every checkpointer::
+
+    save_checkpoint(state_dict, epoch, intermediate_checkpoint=False, adapter_only=False, step=None)
+      state_dict["model"]          native weights to write as the full model. LoRA/DoRA keys
+                                   in it are split off as the adapter and merged into the base
+                                   weights before writing (needs "adapter_config"), so the raw
+                                   ``model.state_dict()`` of a LoRA model can be passed as is.
+      state_dict["adapter"]        optional native adapter weights (``...lora_a.weight`` etc.)
+      state_dict["adapter_config"] optional {"r", "lora_alpha", "target_modules", ...}
+                                   (torchtune's names); needed to merge and to write PEFT
+      every other key              recipe state (see ``build_recipe_state``), written to
+                                   ``recipe_state.pt`` when ``intermediate_checkpoint=True``
+
+    load_checkpoint() -> {"model": native sd, ["adapter": native adapter sd],
+                          [recipe-state keys when resuming]}
+
+Output layout: ``output_dir/epoch_{epoch}`` (or ``step_{step}``) holding the weights,
+copied config/tokenizer files, ``recipe_state.pt`` (intermediate saves) and a
+``.complete`` marker. Each folder is written in a staging folder and renamed into
+place when finished, so loaders never see a partial checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.training.checkpointing._atomic import (
+    checkpoint_folder_name,
+    latest_complete_checkpoint,
+    prune_checkpoints,
+    read_complete_marker,
+    remove_partial_checkpoints,
+    staged_checkpoint_dir,
+)
+from tunesmith.training.checkpointing._recipe_state import (
+    RECIPE_STATE_FNAME,
+    WEIGHT_KEYS,
+    load_recipe_state,
+    save_recipe_state,
+)
+
+__all__ = ["CheckpointerBase", "is_adapter_key", "split_adapter_keys"]
+
+logger = logging.getLogger(__name__)
+
+_ADAPTER_SUFFIXES = (".lora_a.weight", ".lora_b.weight", ".magnitude")
+
+
+def is_adapter_key(key: str) -> bool:
+    """True for LoRA / DoRA parameter names (``lora_a``, ``lora_b``, ``magnitude``)."""
+    return key.endswith(_ADAPTER_SUFFIXES)
+
+
+def split_adapter_keys(
+    state_dict: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(base weights, adapter weights)`` of a native state dict."""
+    base = {k: v for k, v in state_dict.items() if not is_adapter_key(k)}
+    adapter = {k: v for k, v in state_dict.items() if is_adapter_key(k)}
+    return base, adapter
+
+
+def _merge_lora(
+    state_dict: Mapping[str, torch.Tensor], adapter_config: Mapping[str, Any] | None
+) -> dict[str, torch.Tensor]:
+    """Merge LoRA/DoRA keys of ``state_dict`` into its base weights (modules.peft's merge)."""
+    if adapter_config is None or "r" not in adapter_config or "lora_alpha" not in adapter_config:
+        raise ValueError(
+            "save_checkpoint: state_dict['model'] holds LoRA weights but state_dict"
+            "['adapter_config'] with 'r' and 'lora_alpha' is missing, so they cannot be merged"
+        )
+    from tunesmith.modules.peft import get_merged_lora_ckpt
+
+    merged = get_merged_lora_ckpt(
+        dict(state_dict), rank=int(adapter_config["r"]), alpha=float(adapter_config["lora_alpha"])
+    )
+    return {k: v for k, v in merged.items() if not is_adapter_key(k)}
+
+
+class CheckpointerBase:
+    """Output-folder handling shared by the HF, Meta, torchtune-native and GGUF checkpointers.
+
+    Subclasses implement ``_load_base_weights() -> native sd``,
+    ``_load_weights_from(folder) -> native sd`` (a previous output folder),
+    ``_write_model(native_sd, folder)`` and optionally ``_write_adapter``.
+    """
+
+    format_name = "base"
+
+    def __init__(
+        self,
+        checkpoint_dir: str | os.PathLike[str],
+        output_dir: str | os.PathLike[str],
+        adapter_checkpoint: str | None = None,
+        recipe_checkpoint: str | None = None,
+        resume_from_checkpoint: bool = False,
+        keep_last_n_checkpoints: int | None = None,
+        should_load_recipe_state: bool = False,
+    ) -> None:
+        self._checkpoint_dir = Path(checkpoint_dir)
+        self._output_dir = Path(output_dir)
+        self._adapter_checkpoint = adapter_checkpoint
+        self._recipe_checkpoint = recipe_checkpoint
+        self._resume_from_checkpoint = bool(resume_from_checkpoint or should_load_recipe_state)
+        if keep_last_n_checkpoints is not None and int(keep_last_n_checkpoints) < 1:
+            raise ValueError(
+                "checkpointer.keep_last_n_checkpoints must be a positive integer or null, got "
+                f"{keep_last_n_checkpoints}"
+            )
+        self._keep_last_n = (
+            None if keep_last_n_checkpoints is None else int(keep_last_n_checkpoints)
+        )
+        self._output_dir.mkdir(parents=True, exist_ok=True)
+        self.resumed_from: Path | None = None
+
+    # ---- paths --------------------------------------------------------------------------
+    @property
+    def output_dir(self) -> Path:
+        return self._output_dir
+
+    def _path_in_ckpt_dir(self, name: str) -> Path:
+        p = Path(name)
+        return p if p.is_absolute() else self._checkpoint_dir / p
+
+    def _resume_source(self) -> Path | None:
+        """The newest complete folder in output_dir, when resuming (else None)."""
+        if not self._resume_from_checkpoint:
+            return None
+        return latest_complete_checkpoint(self._output_dir)
+
+    # ---- subclass hooks -----------------------------------------------------------------
+    def _load_base_weights(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _load_weights_from(self, folder: Path) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _write_model(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
+        raise NotImplementedError
+
+    def _write_adapter(
+        self,
+        adapter: dict[str, torch.Tensor],
+        adapter_config: Mapping[str, Any] | None,
+        folder: Path,
+    ) -> None:
+        from tunesmith.training.checkpointing._peft import write_peft_adapter
+
+        write_peft_adapter(adapter, adapter_config, folder, self._peft_context())
+
+    def _read_adapter(self, path: Path) -> dict[str, torch.Tensor]:
+        from tunesmith.training.checkpointing._peft import read_adapter
+
+        return read_adapter(path, self._peft_context())
+
+    def _peft_context(self) -> dict[str, Any]:
+        return {
+            "model_type": getattr(self, "_model_type", None),
+            "base_model": str(self._checkpoint_dir),
+        }
+
+    def _copy_support_files(self, folder: Path) -> None:
+        """Copy config/tokenizer files into a new checkpoint folder (format-specific)."""
+
+    # ---- load ---------------------------------------------------------------------------
+    def load_checkpoint(self) -> dict[str, Any]:
+        """Native weights (+ adapter and recipe state when resuming); see the module doc."""
+        source = self._resume_source()
+        out: dict[str, Any] = {}
+        if source is not None:
+            marker = read_complete_marker(source) or {}
+            self.resumed_from = source
+            logger.info("resuming from the newest complete checkpoint %s", source)
+            if marker.get("has_adapter"):
+                # LoRA run: the frozen base comes from the original checkpoint.
+                out["model"] = self._load_base_weights()
+                out["adapter"] = self._read_adapter(source)
+            elif marker.get("has_model"):
+                out["model"] = self._load_weights_from(source)
+            else:
+                raise ValueError(f"checkpoint {source} holds neither model nor adapter weights")
+            recipe_path = source / RECIPE_STATE_FNAME
+            if not recipe_path.is_file():
+                raise FileNotFoundError(
+                    f"resume_from_checkpoint=True but {recipe_path} is missing: the newest "
+                    "checkpoint is a final (non-intermediate) save; start a new run from it "
+                    "with resume_from_checkpoint=False"
+                )
+            out.update(load_recipe_state(str(recipe_path)))
+            return out
+        out["model"] = self._load_base_weights()
+        if self._adapter_checkpoint:
+            out["adapter"] = self._read_adapter(self._path_in_ckpt_dir(self._adapter_checkpoint))
+        if self._resume_from_checkpoint:
+            if not self._recipe_checkpoint:
+                raise FileNotFoundError(
+                    "checkpointer.resume_from_checkpoint=True but output_dir "
+                    f"{str(self._output_dir)!r} holds no complete checkpoint and "
+                    "checkpointer.recipe_checkpoint is not set; set resume_from_checkpoint=False "
+                    "or point output_dir at the previous run"
+                )
+            out.update(load_recipe_state(str(self._path_in_ckpt_dir(self._recipe_checkpoint))))
+        return out
+
+    # ---- save ---------------------------------------------------------------------------
+    def save_checkpoint(
+        self,
+        state_dict: Mapping[str, Any],
+        epoch: int,
+        intermediate_checkpoint: bool = False,
+        adapter_only: bool = False,
+        step: int | None = None,
+    ) -> Path:
+        """Write one complete checkpoint folder; returns its path (see the module doc)."""
+        if "model" not in state_dict and "adapter" not in state_dict:
+            raise KeyError("save_checkpoint: state_dict needs a 'model' and/or an 'adapter' entry")
+        adapter_config = state_dict.get("adapter_config")
+        adapter = dict(state_dict.get("adapter") or {})
+        model_sd: dict[str, torch.Tensor] | None = None
+        if "model" in state_dict and not adapter_only:
+            base, lora = split_adapter_keys(state_dict["model"])
+            if lora:
+                adapter = adapter or lora
+                model_sd = _merge_lora(state_dict["model"], adapter_config)
+            else:
+                model_sd = base
+        elif "model" in state_dict and not adapter:
+            adapter = split_adapter_keys(state_dict["model"])[1]
+        if adapter_only and not adapter:
+            raise ValueError(
+                "save_checkpoint(adapter_only=True) but the state dict holds no adapter weights"
+            )
+        recipe_state = {k: v for k, v in state_dict.items() if k not in WEIGHT_KEYS}
+        name = checkpoint_folder_name(epoch, step)
+        remove_partial_checkpoints(self._output_dir)
+        info = {
+            "epoch": int(epoch),
+            "step": step,
+            "format": self.format_name,
+            "has_model": model_sd is not None,
+            "has_adapter": bool(adapter),
+            "has_recipe_state": bool(intermediate_checkpoint),
+        }
+        with staged_checkpoint_dir(self._output_dir, name, **info) as folder:
+            if model_sd is not None:
+                self._write_model(model_sd, folder)
+            if adapter:
+                self._write_adapter(adapter, adapter_config, folder)
+            self._copy_support_files(folder)
+            if intermediate_checkpoint:
+                save_recipe_state(recipe_state, str(folder / RECIPE_STATE_FNAME))
+        final = self._output_dir / name
+        removed = prune_checkpoints(self._output_dir, self._keep_last_n, protect=final)
+        for r in removed:
+            logger.info(
+                "removed old checkpoint %s (keep_last_n_checkpoints=%s)", r, self._keep_last_n
+            )
+        logger.info("saved checkpoint to %s", final)
+        return final

@@ -1,0 +1,240 @@
+"""Finding checkpoint files and reading / writing (sharded) weight files.
+
+``checkpoint_files`` follows torchtune: a list of file names relative to
+``checkpoint_dir``, or a pattern ``{filename_format: "model-{}-of-{}.safetensors",
+max_filename: "00004"}`` (``max_filenames`` is accepted too; an int is zero-padded to
+five digits as Hugging Face names shards).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file as safetensors_save_file
+
+from tunesmith.training.checkpointing._atomic import (
+    atomic_copy,
+    atomic_write,
+    atomic_write_json,
+    atomic_write_path,
+)
+
+__all__ = [
+    "SAFETENSORS_INDEX_FNAME",
+    "TORCH_BIN_INDEX_FNAME",
+    "WEIGHT_SUFFIXES",
+    "resolve_checkpoint_files",
+    "load_weight_file",
+    "load_weight_files",
+    "save_safetensors_file",
+    "save_sharded",
+    "copy_support_files",
+    "safe_torch_load",
+]
+
+SAFETENSORS_INDEX_FNAME = "model.safetensors.index.json"
+TORCH_BIN_INDEX_FNAME = "pytorch_model.bin.index.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".distcp")
+_NEVER_COPY = {SAFETENSORS_INDEX_FNAME, TORCH_BIN_INDEX_FNAME, ".complete"}
+
+
+def _formatted_filenames(pattern: Mapping[str, Any]) -> list[str]:
+    fmt = pattern.get("filename_format")
+    max_name = pattern.get("max_filename", pattern.get("max_filenames"))
+    if fmt is None or max_name is None:
+        raise ValueError(
+            "checkpointer.checkpoint_files as a mapping needs 'filename_format' (e.g. "
+            "'model-{}-of-{}.safetensors') and 'max_filename' (e.g. '00004'); got "
+            f"keys {sorted(pattern)}"
+        )
+    fields = [f[1] for f in string.Formatter().parse(fmt) if f[1] is not None]
+    if len(fields) != 2:
+        raise ValueError(
+            f"checkpointer.checkpoint_files.filename_format {fmt!r} must hold exactly two "
+            "'{}' placeholders (shard number, shard count)"
+        )
+    max_str = str(max_name) if isinstance(max_name, str) else str(int(max_name)).zfill(5)
+    n = int(max_str)
+    return [fmt.format(str(i).zfill(len(max_str)), max_str) for i in range(1, n + 1)]
+
+
+def resolve_checkpoint_files(
+    checkpoint_dir: str | os.PathLike[str], checkpoint_files: Sequence[str] | Mapping[str, Any]
+) -> list[Path]:
+    """Absolute paths of the checkpoint files, checked to exist, in shard order."""
+    root = Path(checkpoint_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"checkpointer.checkpoint_dir {str(root)!r} is not a directory; point it at the "
+            "folder holding the model files"
+        )
+    if isinstance(checkpoint_files, Mapping) or hasattr(checkpoint_files, "filename_format"):
+        names = _formatted_filenames(dict(checkpoint_files))
+    elif isinstance(checkpoint_files, str):
+        names = [checkpoint_files]
+    else:
+        names = [str(n) for n in checkpoint_files]
+    if not names:
+        raise ValueError("checkpointer.checkpoint_files is empty; list the model weight files")
+    paths = []
+    for name in names:
+        p = Path(name) if Path(name).is_absolute() else root / name
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"checkpointer.checkpoint_files: {str(p)!r} does not exist; files in "
+                f"{str(root)!r}: {sorted(x.name for x in root.iterdir())[:20]}"
+            )
+        paths.append(p)
+    return paths
+
+
+def safe_torch_load(path: str | os.PathLike[str]) -> Any:
+    """``torch.load`` on CPU with ``weights_only=True`` (no arbitrary code from pickles)."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+def load_weight_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """One .safetensors / .bin / .pt / .pth file as a flat ``{name: tensor}`` on CPU."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        out: dict[str, torch.Tensor] = {}
+        with safe_open(path, framework="pt", device="cpu") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a Mapping)
+                out[key] = f.get_tensor(key)
+        return out
+    obj = safe_torch_load(path)
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{str(path)!r} does not hold a state dict (got {type(obj).__name__})")
+    return dict(obj)
+
+
+def load_weight_files(
+    paths: Sequence[Path],
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Merge several shards; returns ``(state_dict, key -> file name it came from)``."""
+    merged: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    for p in paths:
+        for key, tensor in load_weight_file(p).items():
+            if key in merged:
+                raise ValueError(f"weight {key!r} appears in both {origin[key]} and {p.name}")
+            merged[key] = tensor
+            origin[key] = p.name
+    return merged, origin
+
+
+def save_safetensors_file(
+    tensors: Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write a .safetensors file atomically (tensors contiguous, on CPU, no shared storage)."""
+    clean: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for k, v in tensors.items():
+        t = v.detach().to("cpu").contiguous()
+        ident = t.untyped_storage().data_ptr()
+        if t.numel() and ident in seen:
+            t = t.clone()
+        seen.add(ident)
+        clean[k] = t
+    atomic_write_path(
+        path, lambda tmp: safetensors_save_file(clean, tmp, metadata=metadata or {"format": "pt"})
+    )
+
+
+def save_sharded(
+    state_dict: Mapping[str, torch.Tensor],
+    out_dir: str | os.PathLike[str],
+    key_to_file: Mapping[str, str] | None = None,
+    safe_serialization: bool = True,
+    single_file_name: str | None = None,
+) -> list[str]:
+    """Write an HF-style checkpoint: one file, or shards plus an index json.
+
+    ``key_to_file`` (from :func:`load_weight_files`) keeps the input's sharding: each key
+    goes to the file it came from (renamed to ``.safetensors``/``.bin`` to match
+    ``safe_serialization``); keys it does not know join the last shard. When every key
+    maps to one file and ``single_file_name`` is set, no index is written.
+    Returns the written file names.
+    """
+    out_dir = Path(out_dir)
+    suffix = ".safetensors" if safe_serialization else ".bin"
+    default_single = "model.safetensors" if safe_serialization else "pytorch_model.bin"
+    key_to_file = dict(key_to_file or {})
+    files_in_order: list[str] = []
+    for name in key_to_file.values():
+        if name not in files_in_order:
+            files_in_order.append(name)
+    if len(files_in_order) <= 1:
+        name = single_file_name or (
+            Path(files_in_order[0]).stem + suffix if files_in_order else default_single
+        )
+        groups = {name: dict(state_dict)}
+        write_index = False
+    else:
+        n = len(files_in_order)
+        rename = {
+            old: f"model-{i:05d}-of-{n:05d}{suffix}"
+            if safe_serialization
+            else f"pytorch_model-{i:05d}-of-{n:05d}.bin"
+            for i, old in enumerate(files_in_order, start=1)
+        }
+        groups = {new: {} for new in rename.values()}
+        last = rename[files_in_order[-1]]
+        for key, tensor in state_dict.items():
+            groups[rename[key_to_file[key]] if key in key_to_file else last][key] = tensor
+        write_index = True
+    weight_map: dict[str, str] = {}
+    total_size = 0
+    for fname, tensors in groups.items():
+        if safe_serialization:
+            save_safetensors_file(tensors, out_dir / fname)
+        else:
+            with atomic_write(out_dir / fname, "wb") as f:
+                torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, f)
+        for key, tensor in tensors.items():
+            weight_map[key] = fname
+            total_size += tensor.numel() * tensor.element_size()
+    if write_index:
+        index_name = SAFETENSORS_INDEX_FNAME if safe_serialization else TORCH_BIN_INDEX_FNAME
+        atomic_write_json(
+            out_dir / index_name,
+            {
+                "metadata": {"total_size": total_size},
+                "weight_map": dict(sorted(weight_map.items())),
+            },
+        )
+    return list(groups)
+
+
+def copy_support_files(src_dir: str | os.PathLike[str], dst_dir: str | os.PathLike[str]) -> None:
+    """Copy config, tokenizer, generation and other small non-weight files (top level only)."""
+    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    for entry in sorted(src_dir.iterdir()):
+        if not entry.is_file() or entry.name in _NEVER_COPY or entry.name.startswith("."):
+            continue
+        if entry.suffix in WEIGHT_SUFFIXES or entry.name.endswith(".index.json"):
+            continue
+        atomic_copy(entry, dst_dir / entry.name)
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a JSON file with an error that names it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"expected {str(path)!r} (model config) but it is missing"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None

@@ -1,0 +1,153 @@
+"""Hugging Face format checkpointer (safetensors or .bin, single or sharded)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.training.checkpointing._base import CheckpointerBase
+from tunesmith.training.checkpointing._files import (
+    SAFETENSORS_INDEX_FNAME,
+    copy_support_files,
+    load_weight_files,
+    read_json,
+    resolve_checkpoint_files,
+    save_sharded,
+)
+
+__all__ = ["FullModelHFCheckpointer"]
+
+
+def _hf_weight_files(folder: Path) -> list[Path]:
+    """Weight files of an HF folder written by us: the index's shards or the single file."""
+    index = folder / SAFETENSORS_INDEX_FNAME
+    if index.is_file():
+        names = sorted(set(read_json(index)["weight_map"].values()))
+        return [folder / n for n in names]
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / single).is_file():
+            return [folder / single]
+    shards = sorted(folder.glob("model-*-of-*.safetensors")) or sorted(
+        folder.glob("pytorch_model-*-of-*.bin")
+    )
+    if not shards:
+        raise FileNotFoundError(f"no model weights found in checkpoint folder {folder}")
+    return shards
+
+
+class FullModelHFCheckpointer(CheckpointerBase):
+    """Reads and writes Hugging Face checkpoints; the model sees native keys.
+
+    Args:
+        checkpoint_dir: folder with ``config.json`` and the weight files.
+        checkpoint_files: list of weight file names, or ``{filename_format, max_filename}``.
+        model_type: torchtune model type string (``LLAMA3``, ``QWEN2``, ...).
+        output_dir: where ``epoch_{e}`` / ``step_{n}`` folders are written.
+        adapter_checkpoint: PEFT adapter (folder or ``adapter_model.safetensors``) to load.
+        recipe_checkpoint: ``recipe_state.pt`` to resume from when output_dir holds none.
+        resume_from_checkpoint: resume from the newest complete folder in ``output_dir``.
+        safe_serialization: write ``.safetensors`` (True) or ``.bin`` (False).
+        keep_last_n_checkpoints: keep only the newest n complete folders.
+        should_load_recipe_state: torchtune's older alias of ``resume_from_checkpoint``.
+
+    Saved weights keep the input's sharding (same number of shards, same keys per shard,
+    ``model-0000i-of-0000n.safetensors`` + ``model.safetensors.index.json``) and each
+    tensor's stored dtype, so HF -> native -> HF is bit-identical.
+    """
+
+    format_name = "hf"
+
+    def __init__(
+        self,
+        checkpoint_dir: str | os.PathLike[str],
+        checkpoint_files: Sequence[str] | Mapping[str, Any],
+        model_type: str,
+        output_dir: str | os.PathLike[str],
+        adapter_checkpoint: str | None = None,
+        recipe_checkpoint: str | None = None,
+        resume_from_checkpoint: bool = False,
+        safe_serialization: bool = True,
+        keep_last_n_checkpoints: int | None = None,
+        should_load_recipe_state: bool = False,
+    ) -> None:
+        super().__init__(
+            checkpoint_dir,
+            output_dir,
+            adapter_checkpoint=adapter_checkpoint,
+            recipe_checkpoint=recipe_checkpoint,
+            resume_from_checkpoint=resume_from_checkpoint,
+            keep_last_n_checkpoints=keep_last_n_checkpoints,
+            should_load_recipe_state=should_load_recipe_state,
+        )
+        self._model_type = str(model_type).upper()
+        self._safe_serialization = bool(safe_serialization)
+        self._files = resolve_checkpoint_files(checkpoint_dir, checkpoint_files)
+        config_path = self._checkpoint_dir / "config.json"
+        self._hf_config: dict[str, Any] = read_json(config_path) if config_path.is_file() else {}
+        if not self._hf_config:
+            raise FileNotFoundError(
+                f"checkpointer.checkpoint_dir {str(self._checkpoint_dir)!r} has no config.json; "
+                "FullModelHFCheckpointer needs the Hugging Face config beside the weights"
+            )
+        # Filled on load; used on save to keep sharding and dtypes.
+        self._key_to_file: dict[str, str] = {}
+        self._stored_dtypes: dict[str, torch.dtype] = {}
+
+    @property
+    def hf_config(self) -> dict[str, Any]:
+        return self._hf_config
+
+    def _to_native(self, hf_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from tunesmith.models.convert_weights import hf_to_native
+
+        return hf_to_native(hf_sd, self._model_type, self._hf_config)
+
+    def _to_hf(self, native_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from tunesmith.models.convert_weights import native_to_hf
+
+        return native_to_hf(native_sd, self._model_type, self._hf_config)
+
+    def _read(self, files: Sequence[Path]) -> dict[str, torch.Tensor]:
+        hf_sd, origin = load_weight_files(files)
+        if not self._key_to_file:
+            self._key_to_file = origin
+            self._stored_dtypes = {k: v.dtype for k, v in hf_sd.items()}
+        return self._to_native(hf_sd)
+
+    def _load_base_weights(self) -> dict[str, torch.Tensor]:
+        return self._read(self._files)
+
+    def _load_weights_from(self, folder: Path) -> dict[str, torch.Tensor]:
+        self._key_to_file = {}
+        return self._read(_hf_weight_files(folder))
+
+    def _write_model(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
+        hf_sd = self._to_hf(state_dict)
+        for key, tensor in hf_sd.items():
+            stored = self._stored_dtypes.get(key)
+            if stored is not None and tensor.dtype != stored and tensor.is_floating_point():
+                hf_sd[key] = tensor.to(stored)
+        single = None
+        if len(set(self._key_to_file.values())) <= 1:
+            single = "model.safetensors" if self._safe_serialization else "pytorch_model.bin"
+        save_sharded(
+            hf_sd,
+            folder,
+            key_to_file=self._key_to_file,
+            safe_serialization=self._safe_serialization,
+            single_file_name=single,
+        )
+
+    def _copy_support_files(self, folder: Path) -> None:
+        copy_support_files(self._checkpoint_dir, folder)
+
+    def _peft_context(self) -> dict[str, Any]:
+        return {
+            "model_type": self._model_type,
+            "hf_config": self._hf_config,
+            "base_model": str(self._checkpoint_dir),
+        }
