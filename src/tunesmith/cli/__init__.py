@@ -1,1 +1,1 @@
-"""tunesmith.cli"""
+"""tunesmith.cli: the ``tunesmith`` command (``tunesmith.cli.main:main``)."""

@@ -1,0 +1,122 @@
+"""``tunesmith run``: one process, or torchrun (``torch.distributed.run``) when launch flags are given."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from tunesmith.config import ConfigError, parse_recipe_args, resolve_config_path, split_recipe_args
+from tunesmith.recipes._registry import Recipe, find_recipe, get_recipe
+
+__all__ = ["build_run_parser", "run_command"]
+
+_EPILOG = """\
+Without torchrun options the recipe runs in this process. With any of them
+(--nproc_per_node, --nnodes, --rdzv_*, --master_addr, ...) it is launched through
+torch.distributed.run, which starts one process per rank running the recipe file.
+
+examples:
+  tunesmith run finetune --config llama3_2/1B_lora_single_device max_steps_per_epoch=10
+  tunesmith run lora_finetune_single_device --config ./my.yaml   (torchtune name)
+  tunesmith run --nproc_per_node 4 finetune --config llama3_1/8B_full
+  tunesmith run ./my_recipe.py --config ./my.yaml
+"""
+
+
+def build_run_parser() -> argparse.ArgumentParser:
+    """``tunesmith run``'s parser: torchrun's own options, then the recipe and its arguments."""
+    from torch.distributed.run import get_args_parser
+
+    parser = argparse.ArgumentParser(
+        prog="tunesmith run",
+        usage="tunesmith run [torchrun options] <recipe> --config <name|path> [key=value ...]",
+        description="Run a recipe with a config and command-line overrides.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    group = parser.add_argument_group("torchrun options (launch through torch.distributed.run)")
+    for action in get_args_parser()._actions:
+        if action.dest not in ("help", "training_script", "training_script_args"):
+            group._add_action(action)
+    parser.add_argument(
+        "recipe", help="recipe name or torchtune alias (see `tunesmith ls`), or a .py file"
+    )
+    parser.add_argument(
+        "recipe_args",
+        nargs=argparse.REMAINDER,
+        help="--config <name|path> followed by key=value overrides and ~key deletions",
+    )
+    return parser
+
+
+def _resolve_recipe(name: str) -> tuple[Recipe | None, Path | None]:
+    """The registry entry or a local .py file for the ``recipe`` argument."""
+    recipe = find_recipe(name)
+    if recipe is not None:
+        if not recipe.exists:
+            raise ConfigError(
+                f"recipe '{name}' maps to {recipe.module}, which is not installed in this version "
+                f"of tunesmith ({recipe.file} is missing); run `tunesmith ls` to see the recipes"
+            )
+        return recipe, recipe.file
+    path = Path(name).expanduser()
+    if path.suffix == ".py":
+        if not path.is_file():
+            raise ConfigError(f"recipe file {path} not found; check the path")
+        return None, path.resolve()
+    get_recipe(name)  # raises with suggestions
+    raise AssertionError("unreachable")
+
+
+def _load_module(recipe: Recipe | None, path: Path) -> ModuleType:
+    if recipe is not None:
+        return importlib.import_module(recipe.module)
+    spec = importlib.util.spec_from_file_location(f"tunesmith_user_recipe_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"cannot load recipe file {path}; is it a Python file?")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_command(argv: list[str]) -> int:
+    """Parse ``tunesmith run`` arguments and run or launch the recipe; returns the exit code."""
+    if not argv or argv[0] in ("-h", "--help"):
+        build_run_parser().print_help()
+        return 0 if argv else 1
+    parser = build_run_parser()
+    args = parser.parse_args(argv)
+    launch_flags = argv[: len(argv) - len(args.recipe_args) - 1]
+    try:
+        recipe, script = _resolve_recipe(args.recipe)
+        config, overrides = split_recipe_args(args.recipe_args)
+        config_path = resolve_config_path(config).resolve()
+        recipe_argv = ["--config", str(config_path), *overrides]
+        cfg = parse_recipe_args(recipe_argv)  # fail fast, once, before any process starts
+        if launch_flags:
+            if recipe is not None and not recipe.supports_distributed:
+                raise ConfigError(
+                    f"recipe '{args.recipe}' runs in a single process; drop the torchrun options "
+                    f"({' '.join(launch_flags)})"
+                )
+            from torch.distributed.run import get_args_parser, run
+
+            run(get_args_parser().parse_args([*launch_flags, str(script), *recipe_argv]))
+            return 0
+        module = _load_module(recipe, script)
+        recipe_main = getattr(module, "recipe_main", None)
+        if not callable(recipe_main):
+            raise ConfigError(
+                f"{script} defines no recipe_main(cfg); a recipe exposes "
+                "`def recipe_main(cfg: DictConfig) -> None`"
+            )
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    recipe_main(cfg)
+    return 0

@@ -1,0 +1,125 @@
+"""Resolve ``_component_`` dotted paths to Python objects, with torchtune compatibility.
+
+``torchtune.X`` resolves to ``tunesmith.X``; a few torchtune packages live elsewhere in
+tunesmith and are mapped by :data:`TORCHTUNE_ALIASES` (tried first, longest prefix wins,
+then the plain rename). Unknown names fail with close-match suggestions.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+import re
+from typing import Any
+
+from tunesmith.config._errors import ConfigError
+
+__all__ = ["TORCHTUNE_ALIASES", "candidate_paths", "resolve_component"]
+
+TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
+    ("torchtune.modules.transforms.tokenizers.", "tunesmith.data.tokenizers."),
+    ("torchtune.modules.tokenizers.", "tunesmith.data.tokenizers."),
+    ("torchtune.training.checkpointing.", "tunesmith.training."),
+    ("torchtune.utils.metric_logging.", "tunesmith.training.metric_logging."),
+    ("torchtune.rlhf.", "tunesmith.rlhf."),
+    ("torchtune.", "tunesmith."),
+)
+_DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def candidate_paths(dotted: str) -> list[str]:
+    """The tunesmith paths a (possibly torchtune) dotted name may live at, most specific first."""
+    out: list[str] = []
+    for prefix, replacement in TORCHTUNE_ALIASES:
+        if dotted.startswith(prefix):
+            out.append(replacement + dotted[len(prefix) :])
+    if dotted.startswith("torchtune.") and dotted.count(".") >= 2:
+        out.append("tunesmith." + dotted[len("torchtune.") :])
+    return list(dict.fromkeys(out)) or [dotted]
+
+
+def _public_names(obj: Any) -> list[str]:
+    names = {n for n in dir(obj) if not n.startswith("_")}
+    for entry in getattr(obj, "__path__", None) or []:
+        names.update(m.name for m in pkgutil.iter_modules([entry]) if not m.name.startswith("_"))
+    return sorted(names)
+
+
+def _did_you_mean(name: str, options: list[str], prefix: str) -> str:
+    exact = [o for o in options if o.lower() == name.lower()]
+    close = list(dict.fromkeys(exact + difflib.get_close_matches(name, options, n=3, cutoff=0.6)))[
+        :3
+    ]
+    if not close:
+        lowered = {o.lower(): o for o in options}
+        close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=3)]
+    return f" Did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+
+
+def _try_resolve(dotted: str) -> tuple[Any, str | None]:
+    """``(object, None)`` on success, else ``(None, reason with suggestions)``."""
+    parts = dotted.split(".")
+    module = None
+    for i in range(len(parts), 0, -1):
+        name = ".".join(parts[:i])
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            missing = e.name or ""
+            if missing == name or name.startswith(missing + "."):
+                continue
+            e.add_note(f"while importing {name} for _component_ {dotted}")
+            raise
+        break
+    if module is None:
+        return None, f"there is no module named '{parts[0]}' (is the package installed?)."
+    obj: Any = module
+    for j in range(i, len(parts)):
+        if not hasattr(obj, parts[j]):
+            owner = ".".join(parts[:j])
+            hint = _did_you_mean(parts[j], _public_names(obj), owner + ".")
+            return None, f"'{owner}' has no '{parts[j]}'.{hint}"
+        obj = getattr(obj, parts[j])
+    return obj, None
+
+
+def resolve_component(dotted: str, key: str = "_component_") -> Any:
+    """Import the object a ``_component_`` names (``torchtune.*`` is mapped to ``tunesmith.*``).
+
+    Args:
+        dotted: a full dotted path such as ``torch.optim.AdamW``.
+        key: the config key path the name came from, used in error messages.
+
+    Raises:
+        ConfigError: naming ``key``, what is missing, and close matches.
+    """
+    if not isinstance(dotted, str) or not _DOTTED.match(dotted) or "." not in dotted:
+        raise ConfigError(
+            f"{key}: {dotted!r} is not a component path; write the full dotted import path of a "
+            "function or class, e.g. torch.optim.AdamW",
+            key=key,
+        )
+    candidates = candidate_paths(dotted)
+    reasons: list[str] = []
+    for candidate in candidates:
+        obj, reason = _try_resolve(candidate)
+        if reason is None:
+            if not callable(obj):
+                inside = [n for n in _public_names(obj) if callable(getattr(obj, n, None))]
+                hint = _did_you_mean(candidate.rsplit(".", 1)[-1], inside, candidate + ".")
+                raise ConfigError(
+                    f"{key}: '{dotted}' is a {type(obj).__name__}, not a function or class; "
+                    f"name something callable inside it.{hint}",
+                    key=key,
+                )
+            return obj
+        reasons.append(reason)
+    mapped = ""
+    if candidates[0] != dotted:
+        mapped = f" (torchtune name, looked up as {' and '.join(candidates)})"
+    raise ConfigError(
+        f"{key}: cannot resolve _component_ '{dotted}'{mapped}: {reasons[0]} "
+        "Fix the dotted path in the config.",
+        key=key,
+    )

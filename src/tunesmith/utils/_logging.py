@@ -1,0 +1,58 @@
+"""One log format for all of tunesmith; the level comes from the config's ``log_level``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+__all__ = ["LOG_FORMAT", "configure_logging", "get_logger"]
+
+LOG_FORMAT = "%(levelname)s %(asctime)s %(name)s:%(lineno)d] %(message)s"
+_ROOT = "tunesmith"
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _root_logger() -> logging.Logger:
+    root = logging.getLogger(_ROOT)
+    if not any(getattr(h, "_tunesmith", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+        handler._tunesmith = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+    return root
+
+
+def get_logger(name: str | None = None) -> logging.Logger:
+    """A logger under the ``tunesmith`` hierarchy (``__main__`` becomes ``tunesmith.__main__``)."""
+    _root_logger()
+    if not name or name == _ROOT:
+        return logging.getLogger(_ROOT)
+    if not name.startswith(_ROOT + "."):
+        name = f"{_ROOT}.{name}"
+    return logging.getLogger(name)
+
+
+def configure_logging(level: str | int | None = None, *, rank_zero_only: bool = True) -> None:
+    """Set the tunesmith log level (``"DEBUG"``, ``"info"``, ``logging.WARNING``; None = INFO).
+
+    With ``rank_zero_only``, processes whose ``RANK`` is not 0 log only warnings and errors.
+
+    Raises:
+        ValueError: naming ``log_level`` and the accepted values.
+    """
+    if level is None:
+        value = logging.INFO
+    elif isinstance(level, int) and not isinstance(level, bool):
+        value = level
+    elif isinstance(level, str) and level.strip().upper() in _LEVELS:
+        value = getattr(logging, level.strip().upper())
+    else:
+        raise ValueError(
+            f"log_level: {level!r} is not a log level; use one of {', '.join(_LEVELS)}"
+        )
+    if rank_zero_only and os.environ.get("RANK", "0") != "0":
+        value = max(value, logging.WARNING)
+    _root_logger().setLevel(value)
