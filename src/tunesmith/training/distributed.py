@@ -1,0 +1,250 @@
+"""Distributed plumbing for FSDP2 under ``torchrun`` (NCCL on GPUs, gloo on CPU).
+
+The recipe's order::
+
+    init_distributed()                       # no-op unless launched by torchrun with WORLD_SIZE>1
+    world_size, rank = get_world_size_and_rank()
+    model = build_model()                    # on "meta" or CPU
+    apply_activation_checkpointing(model)    # optional, before sharding
+    if world_size > 1:
+        shard_model(model, reshard_after_forward=True)   # each layer, then the root
+        load_from_full_model_state_dict(model, full_sd, device)
+    else:
+        model.load_state_dict(full_sd)
+    compile_model(model)                     # optional, after sharding
+    ... train (see tunesmith.training.gradients for the accumulation pattern) ...
+    full_sd = gather_cpu_state_dict(model, is_rank_zero=rank == 0)   # every rank calls it
+    if rank == 0: checkpointer.save_checkpoint({"model": full_sd}, ...)
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = [
+    "barrier",
+    "destroy_distributed",
+    "gather_cpu_state_dict",
+    "get_distributed_backend",
+    "get_world_size_and_rank",
+    "init_distributed",
+    "is_distributed",
+    "load_from_full_model_state_dict",
+    "reduce_metrics",
+    "shard_model",
+]
+
+
+def is_distributed() -> bool:
+    """True when a process group with more than one rank is (or is about to be) in use: either
+    one is initialised, or torchrun's ``WORLD_SIZE`` is > 1."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def get_world_size_and_rank() -> tuple[int, int]:
+    """``(world_size, rank)``; ``(1, 0)`` when not distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def get_distributed_backend(device_type: str) -> str:
+    """``nccl`` for CUDA (with gloo for CPU-side collectives), ``xccl`` for XPU, else ``gloo``."""
+    if device_type == "cuda":
+        return "cuda:nccl,cpu:gloo"
+    if device_type == "xpu":
+        return "xpu:xccl,cpu:gloo"
+    return "gloo"
+
+
+def init_distributed(
+    backend: str | None = None, device_type: str | None = None, timeout_s: float = 1800
+) -> bool:
+    """Initialise the default process group from torchrun's environment when ``WORLD_SIZE`` > 1.
+
+    Sets the CUDA/XPU device to ``LOCAL_RANK``. Returns True if a process group is now active.
+    Calling it twice, or in a single process, is harmless.
+    """
+    if not dist.is_available():
+        return False
+    if dist.is_initialized():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"WORLD_SIZE>1 but {missing} are not set: launch with "
+            "`tunesmith run --nproc_per_node N <recipe> ...` (or torchrun)."
+        )
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    elif device_type == "xpu":
+        torch.xpu.set_device(local_rank)
+    dist.init_process_group(
+        backend=backend or get_distributed_backend(device_type),
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+    return True
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def destroy_distributed() -> None:
+    """Synchronise, then tear the process group down (no-op when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+ShardCondition = Callable[[str, nn.Module], bool]
+
+
+def shard_model(
+    model: nn.Module,
+    shard_conditions: list[ShardCondition] | None = None,
+    *,
+    cpu_offload: bool = False,
+    reshard_after_forward: bool = True,
+    dp_mesh: Any = None,
+    mp_policy: Any = None,
+) -> nn.Module:
+    """Shard ``model`` in place with FSDP2 (``torch.distributed.fsdp.fully_shard``): every module
+    that matches one of ``shard_conditions`` (default: each child of ``model.layers``) gets its own
+    FSDP unit, then the root takes the rest (embeddings, final norm, output).
+
+    Args:
+        shard_conditions: callables ``(fqn, module) -> bool``.
+        cpu_offload: keep sharded parameters (and so optimizer state) in CPU memory.
+        reshard_after_forward: free gathered parameters after each layer's forward (less
+            memory, one more all-gather in backward). The root never reshards.
+        dp_mesh: a ``DeviceMesh`` (default: all ranks, 1-D).
+        mp_policy: an FSDP2 ``MixedPrecisionPolicy``.
+    """
+    from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
+
+    kwargs: dict[str, Any] = {"reshard_after_forward": reshard_after_forward}
+    if dp_mesh is not None:
+        kwargs["mesh"] = dp_mesh
+    if cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    if mp_policy is not None:
+        kwargs["mp_policy"] = mp_policy
+
+    if shard_conditions is None:
+        layers = getattr(model, "layers", None)
+        if layers is None:
+            raise ValueError(
+                "shard_model: the model has no `layers` container; pass shard_conditions="
+                "[lambda name, module: isinstance(module, MyLayer)]"
+            )
+        layer_ids = {id(m) for m in layers.children()}
+        shard_conditions = [lambda _name, module: id(module) in layer_ids]
+
+    units = [
+        module
+        for name, module in model.named_modules()
+        if module is not model and any(cond(name, module) for cond in shard_conditions)
+    ]
+    if not units:
+        raise ValueError("shard_model: no module matched the shard conditions")
+    for module in reversed(units):  # inner-most first, as FSDP2 expects
+        fully_shard(module, **kwargs)
+    fully_shard(model, **{**kwargs, "reshard_after_forward": False})
+    return model
+
+
+def load_from_full_model_state_dict(
+    model: nn.Module,
+    full_sd: dict[str, torch.Tensor],
+    device: torch.device | str | None = None,
+    strict: bool = False,
+    cpu_offload: bool = False,
+    broadcast_from_rank0: bool = False,
+) -> Any:
+    """Load an unsharded state dict (as a checkpointer returns it) into an FSDP2-sharded model:
+    each rank keeps only its shard. With ``broadcast_from_rank0`` only rank 0 needs ``full_sd``
+    (others may pass ``{}``). Works on a model whose sharded parameters are still on ``meta``
+    (they are materialised on ``device`` first). Returns ``(missing_keys, unexpected_keys)``.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if any(p.is_meta for p in model.parameters()):
+        target = torch.device("cpu") if cpu_offload or device is None else torch.device(device)
+        model.to_empty(device=target)
+    options = StateDictOptions(
+        full_state_dict=True,
+        strict=strict,
+        cpu_offload=cpu_offload,
+        broadcast_from_rank0=broadcast_from_rank0,
+    )
+    return set_model_state_dict(model, full_sd, options=options)
+
+
+def gather_cpu_state_dict(
+    model: nn.Module,
+    is_rank_zero: bool,
+    device: torch.device | str | None = None,
+    adapter_weights_only: bool = False,
+) -> dict[str, torch.Tensor]:
+    """The full (unsharded) state dict, on CPU, on rank 0; ``{}`` on other ranks. Every rank must
+    call it (it all-gathers). On an unsharded model it is simply ``model.state_dict()`` on CPU.
+
+    ``adapter_weights_only`` keeps only LoRA/DoRA tensors (``lora_a``, ``lora_b``, ``magnitude``).
+    ``device`` is accepted for torchtune compatibility and unused (the result is always on CPU).
+    """
+    del device
+    if _is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+        )
+
+        sd = get_model_state_dict(
+            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        sd = sd if is_rank_zero else {}
+    else:
+        sd = {k: v.detach().cpu() for k, v in model.state_dict().items()} if is_rank_zero else {}
+    if adapter_weights_only:
+        sd = {k: v for k, v in sd.items() if _is_adapter_key(k)}
+    return sd
+
+
+def _is_adapter_key(key: str) -> bool:
+    return any(part in ("lora_a", "lora_b", "magnitude") for part in key.split("."))
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def reduce_metrics(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """All-reduce (sum) each tensor across ranks, e.g. ``reduce_metrics(loss_sum, num_tokens)``;
+    returns them (the same tensors, reduced in place). A no-op on one process.
+
+    Reduce *sums* (loss x tokens, tokens), then divide: the mean of per-rank means would weigh a
+    rank's tokens by how few it had.
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return tensors

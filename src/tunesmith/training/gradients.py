@@ -1,0 +1,80 @@
+"""Gradient accumulation with token-weighted loss, gradient scaling and clipping.
+
+The pattern every recipe follows (one optimizer step over ``gradient_accumulation_steps``
+micro-batches, on one process or many)::
+
+    loss_sum = torch.zeros((), device=device)       # sum of per-token losses, detached
+    num_tokens = torch.zeros((), device=device, dtype=torch.long)
+    for micro_batch in micro_batches:                 # gradient_accumulation_steps of them
+        labels = shift_labels(micro_batch["labels"])  # [b, s]
+        n = count_trainable_tokens(labels)            # non-ignored tokens in this micro-batch
+        loss = loss_fn(model(micro_batch["tokens"]), labels)  # mean over its n tokens
+        (loss * n).backward()                          # backprop the SUM of per-token losses
+        loss_sum += loss.detach() * n
+        num_tokens += n
+    loss_sum, num_tokens = reduce_metrics(loss_sum, num_tokens)  # all-reduce sums; no-op on 1 process
+    scale_grads(model, get_world_size_and_rank()[0] / num_tokens)  # once, before the step
+    grad_norm = clip_grad_norm(model.parameters(), clip_grad_norm_value)  # optional
+    optimizer.step(); optimizer.zero_grad(set_to_none=True); lr_scheduler.step()
+    logged_loss = (loss_sum / num_tokens).item()
+
+The gradient is then d(sum of every per-token loss in the whole accumulated, global batch) /
+(total non-ignored tokens), i.e. exactly what one big batch would give: micro-batches with
+more unmasked tokens weigh more, as they should. Averaging per-micro-batch means instead (the
+naive ``loss / gradient_accumulation_steps``) weighs a short micro-batch's tokens more. The
+``world_size`` factor undoes FSDP's average over ranks (FSDP2 reduce-scatter divides by the
+number of ranks; on one process it is 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["clip_grad_norm", "count_trainable_tokens", "scale_grads"]
+
+
+def count_trainable_tokens(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Number of positions in ``labels`` ([b, s] long) that the loss trains on, as a 0-d long
+    tensor on ``labels``' device (no host sync)."""
+    return (labels != ignore_index).sum()
+
+
+def _params(model_or_params: nn.Module | Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    if isinstance(model_or_params, nn.Module):
+        return list(model_or_params.parameters())
+    return list(model_or_params)
+
+
+def scale_grads(
+    model_or_params: nn.Module | Iterable[torch.Tensor], scaler: torch.Tensor | float
+) -> None:
+    """Multiply every existing ``.grad`` in place by ``scaler`` (a float or 0-d tensor).
+
+    Works for plain tensors and FSDP2 ``DTensor`` gradients (the scale is applied to each local
+    shard, which is the same as scaling the full gradient).
+    """
+    if isinstance(scaler, torch.Tensor):
+        scaler = float(scaler.item())
+    for param in _params(model_or_params):
+        if param.grad is not None:
+            param.grad.mul_(scaler)
+
+
+def clip_grad_norm(
+    parameters: nn.Module | Iterable[torch.Tensor],
+    max_norm: float,
+    norm_type: float = 2.0,
+) -> torch.Tensor:
+    """Clip the global gradient norm to ``max_norm`` and return the norm before clipping as a
+    plain 0-d tensor (also under FSDP2, where torch returns a ``DTensor``: it is made full here
+    so it can be logged)."""
+    if max_norm is None or max_norm <= 0:
+        raise ValueError(f"clip_grad_norm: max_norm must be a positive number, got {max_norm}")
+    params = [p for p in _params(parameters) if p.grad is not None]
+    total = torch.nn.utils.clip_grad_norm_(params, max_norm=float(max_norm), norm_type=norm_type)
+    if hasattr(total, "full_tensor"):
+        total = total.full_tensor()
+    return total

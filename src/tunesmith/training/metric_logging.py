@@ -1,0 +1,345 @@
+"""Metric loggers with torchtune's names and interface, all usable offline.
+
+Every logger has ``log(name, value, step)``, ``log_dict(payload, step)``, ``log_config(cfg)`` and
+``close()``, and logs from rank 0 only under torchrun. Heavy libraries (wandb, tensorboard,
+comet_ml, mlflow) are imported on construction; a missing one raises an ImportError naming
+``tunesmith[loggers]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TextIO
+
+import torch
+
+__all__ = [
+    "CometLogger",
+    "DiskLogger",
+    "MLFlowLogger",
+    "MetricLoggerInterface",
+    "StdoutLogger",
+    "TensorBoardLogger",
+    "WandBLogger",
+]
+
+Scalar = torch.Tensor | float | int
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def _scalar(value: Scalar) -> float | int:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().item()
+    return value
+
+
+def _lazy(module: str, logger: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"{logger} needs the '{module.split('.')[0]}' package: pip install 'tunesmith[loggers]' "
+            f"(or pip install {module.split('.')[0]}), or pick another metric_logger such as "
+            "tunesmith.training.metric_logging.DiskLogger."
+        ) from exc
+
+
+def _config_dict(cfg: Any) -> dict[str, Any]:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover
+        pass
+    return dict(cfg)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(_flatten(v, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+class MetricLoggerInterface:
+    """The interface every metric logger implements."""
+
+    def log(self, name: str, data: Scalar, step: int) -> None:
+        raise NotImplementedError
+
+    def log_dict(self, payload: dict[str, Scalar], step: int) -> None:
+        for name, value in payload.items():
+            self.log(name, value, step)
+
+    def log_config(self, config: Any) -> None:
+        """Record the run's resolved config (default: nothing)."""
+
+    def close(self) -> None:
+        """Flush and release resources; safe to call twice."""
+
+    def __enter__(self) -> MetricLoggerInterface:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class DiskLogger(MetricLoggerInterface):
+    """Append one JSON object per ``log``/``log_dict`` call to ``log_dir/filename`` (JSON Lines:
+    ``{"step": 3, "loss": 1.23, "lr": 2e-05, "time": 1730000000.0}``).
+
+    ``filename`` defaults to ``log_<unix time>.jsonl``; the path is ``self.path``. The file is
+    flushed after each line, so a crashed run keeps its metrics. Non-zero ranks write nothing.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike[str], filename: str | None = None, **kwargs: Any):
+        self.log_dir = Path(log_dir)
+        self.path = self.log_dir / (filename or f"log_{int(time.time())}.jsonl")
+        self._file: TextIO | None = None
+        if _rank() == 0:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            return
+        self._file.write(json.dumps(record, default=str) + "\n")
+        self._file.flush()
+
+    def log(self, name: str, data: Scalar, step: int) -> None:
+        self._write({"step": int(step), name: _scalar(data), "time": time.time()})
+
+    def log_dict(self, payload: dict[str, Scalar], step: int) -> None:
+        record: dict[str, Any] = {"step": int(step)}
+        record.update({k: _scalar(v) for k, v in payload.items()})
+        record["time"] = time.time()
+        self._write(record)
+
+    def log_config(self, config: Any) -> None:
+        if self._file is None:
+            return
+        cfg_path = self.log_dir / "config.json"
+        cfg_path.write_text(json.dumps(_config_dict(config), indent=2, default=str) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class StdoutLogger(MetricLoggerInterface):
+    """Print ``Step 3 | loss:1.2300 lr:2e-05`` lines to stdout (rank 0 only)."""
+
+    def __init__(self, stream: TextIO | None = None, **kwargs: Any):
+        self.stream = stream
+        self._enabled = _rank() == 0
+
+    def _print(self, line: str) -> None:
+        if self._enabled:
+            print(line, file=self.stream or sys.stdout, flush=True)
+
+    @staticmethod
+    def _fmt(value: Scalar) -> str:
+        value = _scalar(value)
+        if isinstance(value, float) and math.isfinite(value) and value != 0:
+            return f"{value:.4f}" if 1e-3 <= abs(value) < 1e5 else f"{value:.4g}"
+        return str(value)
+
+    def log(self, name: str, data: Scalar, step: int) -> None:
+        self._print(f"Step {step} | {name}:{self._fmt(data)}")
+
+    def log_dict(self, payload: dict[str, Scalar], step: int) -> None:
+        body = " ".join(f"{k}:{self._fmt(v)}" for k, v in payload.items())
+        self._print(f"Step {step} | {body}")
+
+    def log_config(self, config: Any) -> None:
+        self._print("config: " + json.dumps(_config_dict(config), default=str))
+
+
+class WandBLogger(MetricLoggerInterface):
+    """Weights & Biases. ``mode="offline"`` (or ``WANDB_MODE=offline``) writes the run under
+    ``log_dir`` for a later ``wandb sync``; needs no account or network."""
+
+    def __init__(
+        self,
+        project: str = "tunesmith",
+        entity: str | None = None,
+        group: str | None = None,
+        log_dir: str | None = None,
+        mode: str | None = None,
+        **kwargs: Any,
+    ):
+        self._wandb = _lazy("wandb", "WandBLogger")
+        self._run = None
+        if _rank() != 0:
+            return
+        if log_dir is not None:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+        self._run = self._wandb.init(
+            project=project,
+            entity=entity,
+            group=group,
+            dir=log_dir,
+            mode=mode or os.environ.get("WANDB_MODE"),
+            **kwargs,
+        )
+
+    def log(self, name: str, data: Scalar, step: int) -> None:
+        if self._run is not None:
+            self._run.log({name: _scalar(data)}, step=step)
+
+    def log_dict(self, payload: dict[str, Scalar], step: int) -> None:
+        if self._run is not None:
+            self._run.log({k: _scalar(v) for k, v in payload.items()}, step=step)
+
+    def log_config(self, config: Any) -> None:
+        if self._run is not None:
+            self._run.config.update(_config_dict(config), allow_val_change=True)
+
+    def close(self) -> None:
+        if self._run is not None:
+            self._run.finish()
+            self._run = None
+
+
+class TensorBoardLogger(MetricLoggerInterface):
+    """TensorBoard event files under ``log_dir/run_<rank>_<time>`` (``organize_logs``) or
+    ``log_dir``."""
+
+    def __init__(self, log_dir: str, organize_logs: bool = True, **kwargs: Any):
+        _lazy("tensorboard", "TensorBoardLogger")
+        tb = _lazy("torch.utils.tensorboard", "TensorBoardLogger")
+        self._writer = None
+        self.log_dir = (
+            os.path.join(log_dir, f"run_{_rank()}_{int(time.time())}") if organize_logs else log_dir
+        )
+        if _rank() == 0:
+            self._writer = tb.SummaryWriter(log_dir=self.log_dir)
+
+    def log(self, name: str, data: Scalar, step: int) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(name, _scalar(data), global_step=step, new_style=True)
+
+    def log_config(self, config: Any) -> None:
+        if self._writer is not None:
+            self._writer.add_text("config", json.dumps(_config_dict(config), default=str))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class CometLogger(MetricLoggerInterface):
+    """Comet. ``online=False`` (default) records an offline experiment archive under
+    ``experiment_dir`` (upload later with ``comet upload``)."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        workspace: str | None = None,
+        project: str | None = None,
+        experiment_name: str | None = None,
+        online: bool | None = False,
+        experiment_dir: str | None = None,
+        **kwargs: Any,
+    ):
+        comet = _lazy("comet_ml", "CometLogger")
+        self._experiment = None
+        if _rank() != 0:
+            return
+        if online:
+            self._experiment = comet.Experiment(
+                api_key=api_key, workspace=workspace, project_name=project, **kwargs
+            )
+        else:
+            offline_dir = experiment_dir or "comet_offline"
+            Path(offline_dir).mkdir(parents=True, exist_ok=True)
+            self._experiment = comet.OfflineExperiment(
+                workspace=workspace, project_name=project, offline_directory=offline_dir, **kwargs
+            )
+        if experiment_name:
+            self._experiment.set_name(experiment_name)
+
+    def log(self, name: str, data: Scalar, step: int) -> None:
+        if self._experiment is not None:
+            self._experiment.log_metric(name, _scalar(data), step=step)
+
+    def log_dict(self, payload: dict[str, Scalar], step: int) -> None:
+        if self._experiment is not None:
+            self._experiment.log_metrics({k: _scalar(v) for k, v in payload.items()}, step=step)
+
+    def log_config(self, config: Any) -> None:
+        if self._experiment is not None:
+            self._experiment.log_parameters(_flatten(_config_dict(config)))
+
+    def close(self) -> None:
+        if self._experiment is not None:
+            self._experiment.end()
+            self._experiment = None
+
+
+class MLFlowLogger(MetricLoggerInterface):
+    """MLflow. Without ``tracking_uri`` (or ``MLFLOW_TRACKING_URI``) runs go to a local file
+    store, ``./mlruns``; no server needed."""
+
+    def __init__(
+        self,
+        experiment_name: str | None = None,
+        tracking_uri: str | None = None,
+        run_id: str | None = None,
+        run_name: str | None = None,
+        **kwargs: Any,
+    ):
+        self._mlflow = _lazy("mlflow", "MLFlowLogger")
+        self._run = None
+        if _rank() != 0:
+            return
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            self._mlflow.set_tracking_uri(uri)
+        if experiment_name:
+            self._mlflow.set_experiment(experiment_name)
+        self._run = self._mlflow.start_run(run_id=run_id, run_name=run_name)
+
+    def log(self, name: str, data: Scalar, step: int) -> None:
+        if self._run is not None:
+            self._mlflow.log_metric(name, _scalar(data), step=step)
+
+    def log_dict(self, payload: dict[str, Scalar], step: int) -> None:
+        if self._run is not None:
+            self._mlflow.log_metrics({k: _scalar(v) for k, v in payload.items()}, step=step)
+
+    def log_config(self, config: Any) -> None:
+        if self._run is not None:
+            flat = {k: str(v)[:500] for k, v in _flatten(_config_dict(config)).items()}
+            self._mlflow.log_params(flat)
+
+    def close(self) -> None:
+        if self._run is not None:
+            self._mlflow.end_run()
+            self._run = None
