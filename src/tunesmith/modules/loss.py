@@ -1,0 +1,274 @@
+"""Cross-entropy losses for SFT that never project ignored positions and bound logit memory.
+
+Both losses equal ``F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+ignore_index=ignore_index)`` on the full logits (values and gradients), but:
+
+* ``LinearCrossEntropyLoss`` takes the decoder's *hidden states* (the recipe sets
+  ``model.skip_output_layer = True`` through :meth:`LinearCrossEntropyLoss.set_model_output`),
+  keeps only the rows whose target is not ``ignore_index`` and projects them to the vocabulary
+  chunk by chunk. When the output projection is a plain weight, a fused autograd function
+  computes each chunk's loss *and* its gradient during the forward pass, so only one chunk of
+  ``[rows, vocab]`` logits is ever alive (a plain autograd graph would keep every chunk's
+  fp32 log-probabilities until backward).
+* ``CEWithChunkedOutputLoss`` takes the logits the model already produced in chunks
+  (``model.set_num_output_chunks(n)``) and upcasts only the kept rows of each chunk to fp32.
+
+Reduction and gradient accumulation: ``reduction="mean"`` (default) divides the summed token
+losses by the number of non-ignored targets (0 when there are none, never NaN).
+``reduction="sum"`` returns the plain sum, so a recipe can accumulate micro-batches and
+normalise by the token count of the whole step::
+
+    loss_fn = LinearCrossEntropyLoss(reduction="sum")
+    total = sum(loss_fn.num_tokens(mb["labels"]) for mb in micro_batches)
+    for mb in micro_batches:
+        (loss_fn(model(mb["tokens"]), mb["labels"]) / total).backward()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Reduction = Literal["mean", "sum"]
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"loss.reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def _softcap(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    return logits if softcap is None else softcap * torch.tanh(logits / softcap)
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """Summed CE of ``softcap(hidden @ weight.T)`` vs ``targets``, gradients made in forward.
+
+    ``hidden [n, d]`` holds only kept rows, ``targets [n]`` has no ignored entries. The loss
+    is a scalar, so its gradient is ``grad_output`` times the gradient computed here.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        targets: torch.Tensor,
+        num_chunks: int,
+        softcap: float | None,
+    ) -> torch.Tensor:
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if need_h else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        rows = hidden.shape[0]
+        step = max(1, -(-rows // max(1, num_chunks)))
+        for start in range(0, rows, step):
+            h = hidden[start : start + step]
+            t = targets[start : start + step]
+            logits = (h @ weight.t()).float()  # [c, vocab]
+            tanh = None
+            if softcap is not None:
+                tanh = torch.tanh(logits.div_(softcap))
+                logits = torch.mul(tanh, softcap)
+            logp = torch.log_softmax(logits, dim=-1)  # [c, vocab]
+            del logits
+            total -= logp.gather(1, t.unsqueeze(1)).sum()
+            if not (need_h or need_w):
+                continue
+            grad = logp.exp_()  # softmax, in place
+            grad[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+            if tanh is not None:
+                grad.mul_(1.0 - tanh * tanh)
+            grad = grad.to(hidden.dtype)
+            if grad_hidden is not None:
+                torch.mm(grad, weight, out=grad_hidden[start : start + step])
+            if grad_weight is not None:
+                grad_weight.addmm_(grad.t().float(), h.float())
+        ctx.save_for_backward(
+            grad_hidden if grad_hidden is not None else torch.empty(0),
+            grad_weight if grad_weight is not None else torch.empty(0),
+        )
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_hidden, grad_weight = ctx.saved_tensors
+        gh = grad_hidden * grad_output.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
+        gw = (grad_weight * grad_output).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        return gh, gw, None, None, None
+
+
+class LinearCrossEntropyLoss(nn.Module):
+    """Output projection + cross-entropy over non-ignored positions, in chunks.
+
+    Call :meth:`set_model_output` once with the decoder; then
+    ``forward(hidden [b, s, d], targets [b, s]) -> scalar``.
+
+    Args:
+        num_output_chunks: the kept rows are projected in this many chunks.
+        ignore_index: target value that is not trained on.
+        reduction: ``"mean"`` over non-ignored tokens or ``"sum"`` (see module docstring).
+        mask_ignored_tokens: accepted for torchtune configs; ignored rows are always dropped
+            before the projection (it never changes the result).
+        tp_enabled: accepted for torchtune configs; tensor parallelism is not supported.
+    """
+
+    def __init__(
+        self,
+        num_output_chunks: int = 8,
+        ignore_index: int = -100,
+        reduction: Reduction = "mean",
+        mask_ignored_tokens: bool = True,
+        tp_enabled: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_reduction(reduction)
+        if num_output_chunks < 1:
+            raise ValueError(f"loss.num_output_chunks must be >= 1, got {num_output_chunks}")
+        if tp_enabled:
+            raise NotImplementedError(
+                "loss.tp_enabled=True: tensor-parallel loss is not supported; remove the key"
+            )
+        self.num_output_chunks = num_output_chunks
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.linear_projection: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.softcap: float | None = None
+        self._compiled_chunk: Callable[..., torch.Tensor] | None = None
+
+    def set_model_output(self, model: nn.Module) -> None:
+        """Take ``model.output`` as the projection and make the model return hidden states."""
+        if not hasattr(model, "output"):
+            raise ValueError(
+                f"LinearCrossEntropyLoss needs a decoder with an `output` projection; "
+                f"{type(model).__name__} has none"
+            )
+        model.skip_output_layer = True
+        self.linear_projection = model.output
+        self.softcap = getattr(model, "final_logit_softcap", None)
+
+    def apply_compile_strategy(self, *args: Any, **kwargs: Any) -> LinearCrossEntropyLoss:
+        """Compile the per-chunk projection + CE of the autograd path (torchtune's hook)."""
+        self._compiled_chunk = torch.compile(self._chunk_loss, *args, **kwargs)
+        return self
+
+    def num_tokens(self, targets: torch.Tensor) -> torch.Tensor:
+        """Number of non-ignored targets (what ``reduction="mean"`` divides by)."""
+        return (targets != self.ignore_index).sum()
+
+    def _plain_weight(self) -> torch.Tensor | None:
+        """The projection's weight when projecting is exactly ``x @ weight.T``, else None.
+
+        True for a bias-free ``nn.Linear`` and for tied embeddings (``TiedLinear``); a LoRA
+        output layer or a sharded (DTensor) weight goes through the module call instead.
+        """
+        proj = self.linear_projection
+        if hasattr(proj, "tied_module") or (type(proj) is nn.Linear and proj.bias is None):
+            weight = proj.weight  # type: ignore[union-attr]
+            if type(weight) in (torch.Tensor, nn.Parameter):
+                return weight
+        return None
+
+    def _chunk_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self.linear_projection(hidden)  # type: ignore[misc]
+        if type(logits).__name__ == "DTensor":
+            logits = logits.full_tensor()
+        logits = _softcap(logits.float(), self.softcap)
+        return F.cross_entropy(logits, targets, reduction="sum")
+
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``hidden [b, s, d]`` (after the final norm), ``targets [b, s]`` -> scalar fp32 loss."""
+        if self.linear_projection is None:
+            raise RuntimeError(
+                "LinearCrossEntropyLoss.set_model_output(model) must be called before the loss"
+            )
+        if hidden.shape[:-1] != targets.shape:
+            raise ValueError(
+                f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} disagree; "
+                "expected hidden [b, s, d] and targets [b, s]"
+            )
+        flat_targets = targets.reshape(-1)
+        keep = (flat_targets != self.ignore_index).nonzero().squeeze(1)
+        kept_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
+        kept_targets = flat_targets.index_select(0, keep)
+        weight = self._plain_weight() if self._compiled_chunk is None else None
+        if weight is not None:
+            if not torch.is_grad_enabled():  # evaluation: skip the in-forward gradients
+                kept_hidden, weight = kept_hidden.detach(), weight.detach()
+            total = _FusedLinearCrossEntropy.apply(
+                kept_hidden, weight, kept_targets, self.num_output_chunks, self.softcap
+            )
+        else:
+            chunk_fn = self._compiled_chunk or self._chunk_loss
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            for h, t in zip(
+                kept_hidden.tensor_split(self.num_output_chunks),
+                kept_targets.tensor_split(self.num_output_chunks),
+            ):
+                if t.numel():
+                    total = total + chunk_fn(h, t)
+            if keep.numel() == 0:
+                total = total + 0.0 * hidden.sum()  # keep the graph connected
+        if self.reduction == "sum":
+            return total
+        return total / keep.numel() if keep.numel() else total
+
+
+class CEWithChunkedOutputLoss(nn.Module):
+    """Cross-entropy over logits the model returned in chunks along the sequence.
+
+    ``forward(logits: list of [b, s_i, vocab] (or one [b, s, vocab]), targets [b, s])``.
+    Chunks may differ in length; targets are split to match. Only non-ignored rows of each
+    chunk are upcast to fp32.
+
+    Args:
+        num_output_chunks: the number of chunks the model is asked to return
+            (``model.set_num_output_chunks(loss.num_output_chunks)``).
+        ignore_index: target value that is not trained on.
+        reduction: ``"mean"`` over non-ignored tokens or ``"sum"``.
+    """
+
+    def __init__(
+        self, num_output_chunks: int = 8, ignore_index: int = -100, reduction: Reduction = "mean"
+    ) -> None:
+        super().__init__()
+        _check_reduction(reduction)
+        self.num_output_chunks = num_output_chunks
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+
+    def num_tokens(self, targets: torch.Tensor) -> torch.Tensor:
+        """Number of non-ignored targets (what ``reduction="mean"`` divides by)."""
+        return (targets != self.ignore_index).sum()
+
+    def compute_cross_entropy(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Summed CE of ``logits [n, vocab]`` vs ``targets [n]``, kept rows only, in fp32."""
+        keep = (targets != self.ignore_index).nonzero().squeeze(1)
+        kept = logits.index_select(0, keep).float()
+        return F.cross_entropy(kept, targets.index_select(0, keep), reduction="sum")
+
+    def forward(
+        self, logits: list[torch.Tensor] | torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """Scalar fp32 loss; 0 (not NaN) when every target is ignored."""
+        chunks = [logits] if isinstance(logits, torch.Tensor) else list(logits)
+        lengths = [c.shape[1] for c in chunks]
+        if sum(lengths) != targets.shape[1]:
+            raise ValueError(
+                f"logit chunks cover {sum(lengths)} positions but targets have {targets.shape[1]}"
+            )
+        total = torch.zeros((), dtype=torch.float32, device=targets.device)
+        for chunk, target in zip(chunks, targets.split(lengths, dim=1)):
+            total = total + self.compute_cross_entropy(
+                chunk.reshape(-1, chunk.shape[-1]), target.reshape(-1)
+            )
+        if self.reduction == "sum":
+            return total
+        count = self.num_tokens(targets)
+        return total / count.clamp(min=1)
