@@ -1,1 +1,33 @@
-"""tunesmith.modules"""
+"""tunesmith.modules: attention, RoPE, norms, feed-forward, decoder, KV cache, masks."""
+
+from tunesmith.modules.attention import MultiHeadAttention
+from tunesmith.modules.feed_forward import FeedForward
+from tunesmith.modules.kv_cache import KVCache
+from tunesmith.modules.masks import (
+    causal_mask,
+    packed_causal_mask,
+    padding_to_causal_mask,
+    sliding_window_band,
+)
+from tunesmith.modules.norms import RMSNorm
+from tunesmith.modules.rope import RopeScaling, RotaryEmbedding, apply_rope, rope_inv_freq
+from tunesmith.modules.tied_linear import TiedLinear
+from tunesmith.modules.transformer import TransformerDecoder, TransformerSelfAttentionLayer
+
+__all__ = [
+    "FeedForward",
+    "KVCache",
+    "MultiHeadAttention",
+    "RMSNorm",
+    "RopeScaling",
+    "RotaryEmbedding",
+    "TiedLinear",
+    "TransformerDecoder",
+    "TransformerSelfAttentionLayer",
+    "apply_rope",
+    "causal_mask",
+    "packed_causal_mask",
+    "padding_to_causal_mask",
+    "rope_inv_freq",
+    "sliding_window_band",
+]

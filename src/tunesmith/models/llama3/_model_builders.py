@@ -1,3 +1,19 @@
-"""Model builders for this family (filled by the models work)."""
+"""Llama 3 model builders with torchtune's names; sizes live in ``tunesmith.models._specs``."""
 
-__all__: list[str] = []
+from tunesmith.models.builder import lora_model_builder, model_builder
+
+llama3_8b = model_builder("llama3_8b", __name__)
+lora_llama3_8b = lora_model_builder("llama3_8b", __name__)
+qlora_llama3_8b = lora_model_builder("llama3_8b", __name__, quantize_base=True, prefix="qlora")
+llama3_70b = model_builder("llama3_70b", __name__)
+lora_llama3_70b = lora_model_builder("llama3_70b", __name__)
+qlora_llama3_70b = lora_model_builder("llama3_70b", __name__, quantize_base=True, prefix="qlora")
+
+__all__ = [
+    "llama3_8b",
+    "lora_llama3_8b",
+    "qlora_llama3_8b",
+    "llama3_70b",
+    "lora_llama3_70b",
+    "qlora_llama3_70b",
+]

@@ -1,3 +1,21 @@
-"""Model builders for this family (filled by the models work)."""
+"""Mistral model builders with torchtune's names; sizes live in ``tunesmith.models._specs``."""
 
-__all__: list[str] = []
+from tunesmith.models.builder import lora_model_builder, model_builder
+
+mistral_7b = model_builder("mistral_7b", __name__)
+lora_mistral_7b = lora_model_builder("mistral_7b", __name__)
+qlora_mistral_7b = lora_model_builder("mistral_7b", __name__, quantize_base=True, prefix="qlora")
+mistral_reward_7b = model_builder("mistral_reward_7b", __name__)
+lora_mistral_reward_7b = lora_model_builder("mistral_reward_7b", __name__)
+qlora_mistral_reward_7b = lora_model_builder(
+    "mistral_reward_7b", __name__, quantize_base=True, prefix="qlora"
+)
+
+__all__ = [
+    "mistral_7b",
+    "lora_mistral_7b",
+    "qlora_mistral_7b",
+    "mistral_reward_7b",
+    "lora_mistral_reward_7b",
+    "qlora_mistral_reward_7b",
+]

@@ -1,3 +1,13 @@
-"""Model builders for this family (filled by the models work)."""
+"""Phi-3 model builders with torchtune's names; sizes live in ``tunesmith.models._specs``."""
 
-__all__: list[str] = []
+from tunesmith.models.builder import lora_model_builder, model_builder
+
+phi3_mini = model_builder("phi3_mini", __name__)
+lora_phi3_mini = lora_model_builder("phi3_mini", __name__)
+qlora_phi3_mini = lora_model_builder("phi3_mini", __name__, quantize_base=True, prefix="qlora")
+
+__all__ = [
+    "phi3_mini",
+    "lora_phi3_mini",
+    "qlora_phi3_mini",
+]

@@ -1,0 +1,136 @@
+"""``spec_from_hf_config``: read a Hugging Face ``config.json`` into a ``ModelSpec``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tunesmith.models.spec import FULL, SLIDING, ModelSpec, RopeScaling
+
+__all__ = ["spec_from_hf_config", "load_hf_config", "HF_MODEL_TYPES"]
+
+#: Hugging Face ``model_type`` -> native family (torchtune model_type string)
+HF_MODEL_TYPES = {
+    "llama": "LLAMA3",
+    "mistral": "MISTRAL",
+    "gemma": "GEMMA",
+    "gemma2": "GEMMA2",
+    "phi3": "PHI3_MINI",
+    "qwen2": "QWEN2",
+    "qwen3": "QWEN3",
+}
+_ACTIVATIONS = {
+    "silu": "silu",
+    "swish": "silu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_tanh": "gelu_tanh",
+}
+
+
+def load_hf_config(path: str | Path) -> dict[str, Any]:
+    """Read ``config.json`` from a checkpoint folder (or the file itself)."""
+    path = Path(path)
+    file = path / "config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"No Hugging Face config.json at {file}.")
+    return json.loads(file.read_text())
+
+
+def _rope(cfg: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
+    params = dict(cfg.get("rope_parameters") or {})
+    if not params:  # transformers 4.x layout
+        params = dict(cfg.get("rope_scaling") or {})
+        params["rope_theta"] = cfg.get("rope_theta", 10_000.0)
+    theta = float(params.get("rope_theta", cfg.get("rope_theta", 10_000.0)))
+    if params.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError("config.json: partial_rotary_factor != 1.0 is not supported.")
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind == "default":
+        return theta, None
+    if kind == "linear":
+        return theta, RopeScaling(factor=float(params["factor"]), rope_type="linear")
+    if kind == "llama3":
+        return theta, RopeScaling(
+            factor=float(params["factor"]),
+            low_freq_factor=float(params["low_freq_factor"]),
+            high_freq_factor=float(params["high_freq_factor"]),
+            original_max_position_embeddings=int(params["original_max_position_embeddings"]),
+        )
+    raise ValueError(
+        f"config.json: rope type {kind!r} is not supported (supported: default, linear, llama3)."
+    )
+
+
+def _sliding(cfg: Mapping[str, Any], n_layers: int) -> tuple[int | None, tuple[str, ...] | None]:
+    window = cfg.get("sliding_window")
+    if window is None or cfg.get("use_sliding_window") is False:
+        return None, None
+    types = cfg.get("layer_types")
+    if types is None:
+        return int(window), None
+    types = tuple(SLIDING if t == SLIDING else FULL for t in types)
+    if len(types) != n_layers:
+        raise ValueError(
+            f"config.json: layer_types has {len(types)} entries for {n_layers} layers."
+        )
+    if SLIDING not in types:
+        return None, None
+    return int(window), None if FULL not in types else types
+
+
+def spec_from_hf_config(config: Any) -> ModelSpec:
+    """Build a ``ModelSpec`` from an HF config (dict, ``PretrainedConfig``, or checkpoint dir)."""
+    if isinstance(config, (str, Path)):
+        config = load_hf_config(config)
+    cfg: Mapping[str, Any] = config if isinstance(config, Mapping) else config.to_dict()
+    hf_type = cfg.get("model_type")
+    if hf_type not in HF_MODEL_TYPES:
+        raise ValueError(
+            f"config.json: model_type {hf_type!r} is not supported; "
+            f"supported: {', '.join(sorted(HF_MODEL_TYPES))}."
+        )
+    family = HF_MODEL_TYPES[hf_type]
+    for flag in ("mlp_bias",) + (("attention_bias",) if family not in ("QWEN2",) else ()):
+        if cfg.get(flag):
+            raise ValueError(f"config.json: {flag}=true is not supported for {hf_type}.")
+    act_name = cfg.get("hidden_activation") or cfg.get("hidden_act", "silu")
+    if family == "GEMMA" and act_name == "gelu":
+        act_name = "gelu_pytorch_tanh"  # transformers runs Gemma with the tanh approximation
+    if act_name not in _ACTIVATIONS:
+        raise ValueError(f"config.json: activation {act_name!r} is not supported.")
+    n_heads = cfg["num_attention_heads"]
+    n_layers = cfg["num_hidden_layers"]
+    theta, scaling = _rope(cfg)
+    window, layer_types = _sliding(cfg, n_layers)
+    gemma = family in ("GEMMA", "GEMMA2")
+    archs = cfg.get("architectures") or []
+    classifier = any(a.endswith("ForSequenceClassification") for a in archs)
+    return ModelSpec(
+        family=family,
+        vocab_size=cfg["vocab_size"],
+        num_layers=n_layers,
+        num_heads=n_heads,
+        num_kv_heads=cfg.get("num_key_value_heads") or n_heads,
+        embed_dim=cfg["hidden_size"],
+        intermediate_dim=cfg["intermediate_size"],
+        max_seq_len=cfg.get("max_position_embeddings", 4096),
+        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
+        rope_base=theta,
+        rope_scaling=scaling,
+        norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        norm_offset=gemma,
+        activation=_ACTIVATIONS[act_name],
+        qkv_bias=family == "QWEN2" or bool(cfg.get("attention_bias")),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", gemma)) and not classifier,
+        embed_scale=gemma,
+        attn_softcap=cfg.get("attn_logit_softcapping") if family == "GEMMA2" else None,
+        final_softcap=cfg.get("final_logit_softcapping") if family == "GEMMA2" else None,
+        query_pre_attn_scalar=cfg.get("query_pre_attn_scalar") if family == "GEMMA2" else None,
+        sliding_window=window,
+        layer_types=layer_types,
+        qk_norm=family == "QWEN3",
+        post_norms=family == "GEMMA2",
+        num_classes=len(cfg.get("id2label") or {0: 0, 1: 1}) if classifier else None,
+    )

@@ -1,0 +1,249 @@
+"""One generic builder: ``ModelSpec`` (+ optional LoRA settings) -> ``TransformerDecoder``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from tunesmith.models._hf_config import spec_from_hf_config
+from tunesmith.models._specs import get_spec
+from tunesmith.models.spec import LoRASettings, ModelSpec
+from tunesmith.modules import (
+    FeedForward,
+    MultiHeadAttention,
+    RMSNorm,
+    RotaryEmbedding,
+    TransformerDecoder,
+    TransformerSelfAttentionLayer,
+)
+
+__all__ = [
+    "LORA_ATTN_MODULE_NAMES",
+    "build_decoder",
+    "build_from_hf",
+    "lora_model_builder",
+    "lora_settings",
+    "model_builder",
+    "model_type_of",
+]
+
+LORA_ATTN_MODULE_NAMES = ("q_proj", "k_proj", "v_proj", "output_proj")
+
+
+def lora_settings(
+    lora_attn_modules: Sequence[str],
+    apply_lora_to_mlp: bool = False,
+    apply_lora_to_output: bool = False,
+    lora_rank: int = 8,
+    lora_alpha: float = 16,
+    lora_dropout: float = 0.0,
+    use_dora: bool = False,
+    quantize_base: bool = False,
+) -> LoRASettings:
+    """Validate torchtune's LoRA builder arguments into a ``LoRASettings``."""
+    if isinstance(lora_attn_modules, str):
+        lora_attn_modules = [lora_attn_modules]
+    unknown = [m for m in lora_attn_modules if m not in LORA_ATTN_MODULE_NAMES]
+    if unknown:
+        raise ValueError(
+            f"model.lora_attn_modules: unknown module(s) {unknown}; "
+            f"choose from {list(LORA_ATTN_MODULE_NAMES)}."
+        )
+    return LoRASettings(
+        lora_attn_modules=tuple(lora_attn_modules),
+        apply_lora_to_mlp=apply_lora_to_mlp,
+        apply_lora_to_output=apply_lora_to_output,
+        lora_rank=lora_rank,
+        lora_alpha=float(lora_alpha),
+        lora_dropout=lora_dropout,
+        use_dora=use_dora,
+        quantize_base=quantize_base,
+    )
+
+
+def _linear(
+    in_dim: int, out_dim: int, *, bias: bool, adapt: bool, lora: LoRASettings | None
+) -> nn.Module:
+    if lora is None or not adapt:
+        return nn.Linear(in_dim, out_dim, bias=bias)
+    from tunesmith.modules.peft import DoRALinear, LoRALinear
+
+    cls = DoRALinear if lora.use_dora else LoRALinear
+    return cls(
+        in_dim,
+        out_dim,
+        rank=lora.lora_rank,
+        alpha=lora.lora_alpha,
+        dropout=lora.lora_dropout,
+        use_bias=bias,
+        quantize_base=lora.quantize_base,
+    )
+
+
+def _norm(spec: ModelSpec, dim: int) -> RMSNorm:
+    return RMSNorm(dim, eps=spec.norm_eps, offset=spec.norm_offset)
+
+
+def _layer(spec: ModelSpec, index: int, lora: LoRASettings | None) -> TransformerSelfAttentionLayer:
+    d, hd = spec.embed_dim, spec.resolved_head_dim
+    h, kv = spec.num_heads, spec.num_kv_heads
+    targets = set(lora.lora_attn_modules) if lora else set()
+    mlp_lora = bool(lora and lora.apply_lora_to_mlp)
+    attn = MultiHeadAttention(
+        embed_dim=d,
+        num_heads=h,
+        num_kv_heads=kv,
+        head_dim=hd,
+        q_proj=_linear(d, h * hd, bias=spec.qkv_bias, adapt="q_proj" in targets, lora=lora),
+        k_proj=_linear(d, kv * hd, bias=spec.qkv_bias, adapt="k_proj" in targets, lora=lora),
+        v_proj=_linear(d, kv * hd, bias=spec.qkv_bias, adapt="v_proj" in targets, lora=lora),
+        output_proj=_linear(h * hd, d, bias=False, adapt="output_proj" in targets, lora=lora),
+        q_norm=_norm(spec, hd) if spec.qk_norm else None,
+        k_norm=_norm(spec, hd) if spec.qk_norm else None,
+        scale=spec.query_pre_attn_scalar**-0.5 if spec.query_pre_attn_scalar else None,
+        softcap=spec.attn_softcap,
+        sliding_window=spec.layer_window(index),
+    )
+    f = spec.intermediate_dim
+    mlp = FeedForward(
+        gate_proj=_linear(d, f, bias=False, adapt=mlp_lora, lora=lora),
+        down_proj=_linear(f, d, bias=False, adapt=mlp_lora, lora=lora),
+        up_proj=_linear(d, f, bias=False, adapt=mlp_lora, lora=lora),
+        activation=spec.activation,
+    )
+    return TransformerSelfAttentionLayer(
+        attn=attn,
+        mlp=mlp,
+        sa_norm=_norm(spec, d),
+        mlp_norm=_norm(spec, d),
+        sa_scale=_norm(spec, d) if spec.post_norms else None,
+        mlp_scale=_norm(spec, d) if spec.post_norms else None,
+    )
+
+
+def build_decoder(spec: ModelSpec, lora: LoRASettings | None = None) -> TransformerDecoder:
+    """Build the decoder a spec describes, with LoRA / DoRA layers where ``lora`` asks.
+
+    Build under ``torch.device("meta")`` to count parameters without allocating memory.
+    """
+    if lora is not None and lora.apply_lora_to_output and spec.tie_embeddings:
+        raise ValueError(
+            "model.apply_lora_to_output=True is not possible: this model ties its output "
+            "projection to the token embeddings. Set apply_lora_to_output=False."
+        )
+    out_dim = spec.num_classes or spec.vocab_size
+    output = None
+    if not spec.tie_embeddings or spec.num_classes:
+        adapt = bool(lora and lora.apply_lora_to_output)
+        output = _linear(spec.embed_dim, out_dim, bias=False, adapt=adapt, lora=lora)
+    return TransformerDecoder(
+        tok_embeddings=nn.Embedding(spec.vocab_size, spec.embed_dim),
+        layers=[_layer(spec, i, lora) for i in range(spec.num_layers)],
+        norm=_norm(spec, spec.embed_dim),
+        output=output,
+        rope=RotaryEmbedding(spec.resolved_head_dim, spec.rope_base, spec.rope_scaling),
+        max_seq_len=spec.max_seq_len,
+        embed_scale=spec.embed_dim**0.5 if spec.embed_scale else None,
+        final_logit_softcap=spec.final_softcap,
+    )
+
+
+def model_type_of(spec: ModelSpec) -> str:
+    """The conversion ``model_type`` for a spec (``REWARD`` for classifier heads)."""
+    return "REWARD" if spec.num_classes else spec.family
+
+
+def model_builder(name: str, module: str) -> Callable[[], TransformerDecoder]:
+    """A torchtune-style zero-argument builder for the size ``name`` (see ``_specs``)."""
+    spec = get_spec(name)
+
+    def builder() -> TransformerDecoder:
+        return build_decoder(spec)
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__module__ = module
+    builder.__doc__ = f"Build ``{name}``: {_describe(spec)}."
+    return builder
+
+
+def lora_model_builder(
+    name: str, module: str, *, quantize_base: bool = False, prefix: str = "lora"
+) -> Callable[..., TransformerDecoder]:
+    """torchtune's ``lora_<name>`` / ``qlora_<name>`` builder for the size ``name``."""
+    spec = get_spec(name)
+    default_quantize = quantize_base
+
+    def builder(
+        lora_attn_modules: Sequence[str],
+        apply_lora_to_mlp: bool = False,
+        apply_lora_to_output: bool = False,
+        lora_rank: int = 8,
+        lora_alpha: float = 16,
+        lora_dropout: float = 0.0,
+        use_dora: bool = False,
+        quantize_base: bool = default_quantize,
+    ) -> TransformerDecoder:
+        settings = lora_settings(
+            lora_attn_modules,
+            apply_lora_to_mlp=apply_lora_to_mlp,
+            apply_lora_to_output=apply_lora_to_output,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            use_dora=use_dora,
+            quantize_base=quantize_base,
+        )
+        return build_decoder(spec, settings)
+
+    builder.__name__ = builder.__qualname__ = f"{prefix}_{name}"
+    builder.__module__ = module
+    kind = "QLoRA (NF4 base)" if quantize_base else "LoRA"
+    builder.__doc__ = (
+        f"Build ``{name}`` with {kind} adapters: {_describe(spec)}.\n\n"
+        "Args are torchtune's: lora_attn_modules (subset of q_proj, k_proj, v_proj, "
+        "output_proj), apply_lora_to_mlp, apply_lora_to_output, lora_rank, lora_alpha, "
+        "lora_dropout, use_dora (DoRA instead of LoRA), quantize_base (NF4 frozen base)."
+    )
+    return builder
+
+
+def _describe(spec: ModelSpec) -> str:
+    return (
+        f"{spec.num_layers} layers, d={spec.embed_dim}, {spec.num_heads} heads "
+        f"({spec.num_kv_heads} kv), vocab {spec.vocab_size}"
+    )
+
+
+def build_from_hf(
+    checkpoint_dir_or_config: Any,
+    lora_attn_modules: Sequence[str] | None = None,
+    apply_lora_to_mlp: bool = False,
+    apply_lora_to_output: bool = False,
+    lora_rank: int = 8,
+    lora_alpha: float = 16,
+    lora_dropout: float = 0.0,
+    use_dora: bool = False,
+    quantize_base: bool = False,
+) -> TransformerDecoder:
+    """Build the model a Hugging Face checkpoint folder (or config dict) describes.
+
+    With ``lora_attn_modules`` (or ``apply_lora_to_mlp``) set, LoRA/DoRA layers are added as
+    in the ``lora_*`` builders. Usable from YAML:
+    ``_component_: tunesmith.models.build_from_hf`` with ``checkpoint_dir_or_config: <dir>``.
+    """
+    spec = spec_from_hf_config(checkpoint_dir_or_config)
+    lora = None
+    if lora_attn_modules or apply_lora_to_mlp or apply_lora_to_output:
+        lora = lora_settings(
+            lora_attn_modules or [],
+            apply_lora_to_mlp=apply_lora_to_mlp,
+            apply_lora_to_output=apply_lora_to_output,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            use_dora=use_dora,
+            quantize_base=quantize_base,
+        )
+    return build_decoder(spec, lora)

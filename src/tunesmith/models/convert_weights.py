@@ -1,0 +1,372 @@
+"""State-dict conversion between native keys and Hugging Face / Meta / torchtune layouts.
+
+Native keys are torchtune's (see docs/architecture.md); the native q/k layout is Hugging
+Face's rotate-half layout, so HF <-> native is a pure rename (plus Phi-3's fused projections)
+and bit-exact. Meta and torchtune-native Llama-style checkpoints store q/k in the
+interleaved RoPE layout and are permuted here. Keys ending in LoRA / DoRA suffixes
+(``.lora_a.weight``, ``.lora_b.weight``, ``.magnitude``) are renamed like their base module.
+
+``model_type`` strings are torchtune's: LLAMA2, LLAMA3, LLAMA3_2, MISTRAL, GEMMA, GEMMA2,
+PHI3_MINI, PHI4, QWEN2, QWEN3, REWARD (a Llama / Mistral classifier with a ``score`` head).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tunesmith.models._hf_config import spec_from_hf_config
+
+__all__ = [
+    "MODEL_TYPES",
+    "hf_to_native",
+    "native_to_hf",
+    "meta_to_native",
+    "native_to_meta",
+    "torchtune_to_native",
+    "native_to_torchtune",
+    "permute_meta_to_hf",
+    "permute_hf_to_meta",
+    "spec_from_hf_config",
+]
+
+_LAYER_HF = {
+    "self_attn.q_proj": "attn.q_proj",
+    "self_attn.k_proj": "attn.k_proj",
+    "self_attn.v_proj": "attn.v_proj",
+    "self_attn.o_proj": "attn.output_proj",
+    "self_attn.q_norm": "attn.q_norm",
+    "self_attn.k_norm": "attn.k_norm",
+    "mlp.gate_proj": "mlp.w1",
+    "mlp.down_proj": "mlp.w2",
+    "mlp.up_proj": "mlp.w3",
+    "input_layernorm": "sa_norm",
+    "post_attention_layernorm": "mlp_norm",
+}
+_LAYER_GEMMA2 = {
+    **_LAYER_HF,
+    "post_attention_layernorm": "sa_scale",
+    "pre_feedforward_layernorm": "mlp_norm",
+    "post_feedforward_layernorm": "mlp_scale",
+}
+_TOP_HF = {"model.embed_tokens": "tok_embeddings", "model.norm": "norm", "lm_head": "output"}
+_TOP_REWARD = {**_TOP_HF, "score": "output"}
+_FUSED_PHI3 = {
+    "self_attn.qkv_proj": ("q_proj", "k_proj", "v_proj"),
+    "mlp.gate_up_proj": ("w1", "w3"),
+}
+
+#: model_type -> (layer module map, top-level module map, has fused Phi-3 projections,
+#: torchtune stores q/k interleaved)
+_RULES: dict[str, tuple[dict[str, str], dict[str, str], bool, bool]] = {
+    "LLAMA2": (_LAYER_HF, _TOP_HF, False, True),
+    "LLAMA3": (_LAYER_HF, _TOP_HF, False, True),
+    "LLAMA3_2": (_LAYER_HF, _TOP_HF, False, True),
+    "MISTRAL": (_LAYER_HF, _TOP_HF, False, True),
+    "GEMMA": (_LAYER_HF, _TOP_HF, False, True),
+    "GEMMA2": (_LAYER_GEMMA2, _TOP_HF, False, True),
+    "PHI3_MINI": (_LAYER_HF, _TOP_HF, True, False),
+    "PHI4": (_LAYER_HF, _TOP_HF, True, False),
+    "QWEN2": (_LAYER_HF, _TOP_HF, False, False),
+    "QWEN3": (_LAYER_HF, _TOP_HF, False, False),
+    "REWARD": (_LAYER_HF, _TOP_REWARD, False, True),
+}
+MODEL_TYPES = tuple(_RULES)
+_ALIASES = {
+    "LLAMA3_1": "LLAMA3",
+    "LLAMA3_3": "LLAMA3",
+    "CODE_LLAMA2": "LLAMA2",
+    "QWEN2_5": "QWEN2",
+    "SMOLLM2": "LLAMA3_2",
+}
+_NORMS = {"sa_norm", "mlp_norm", "sa_scale", "mlp_scale", "q_norm", "k_norm", "norm"}
+_DROP = re.compile(r"(^|\.)rotary_emb\.inv_freq$|^rope\.freqs$")
+_LAYER_RE = re.compile(r"^(model\.)?layers\.(\d+)\.(.+)$")
+
+
+def _model_type(model_type: Any) -> str:
+    name = getattr(model_type, "name", model_type)
+    key = str(name).upper()
+    key = _ALIASES.get(key, key)
+    if key not in _RULES:
+        raise ValueError(
+            f"checkpointer.model_type: unknown model type {name!r}; "
+            f"choose one of {', '.join(MODEL_TYPES)}."
+        )
+    return key
+
+
+def _cfg(hf_config: Any) -> Mapping[str, Any]:
+    if hf_config is None:
+        return {}
+    if isinstance(hf_config, Mapping):
+        return hf_config
+    return hf_config.to_dict()
+
+
+def _split_module(rest: str, table: Mapping[str, str]) -> tuple[str, str] | None:
+    """Split ``rest`` into (known module, param suffix) using the longest module match."""
+    for module in sorted(table, key=len, reverse=True):
+        if rest.startswith(module + "."):
+            return module, rest[len(module) + 1 :]
+    return None
+
+
+def _param_to_native(module: str, suffix: str) -> str:
+    return "scale" if module.split(".")[-1] in _NORMS and suffix == "weight" else suffix
+
+
+def _param_to_hf(module: str, suffix: str) -> str:
+    return "weight" if module.split(".")[-1] in _NORMS and suffix == "scale" else suffix
+
+
+def _attn_sizes(cfg: Mapping[str, Any]) -> tuple[int, int, int]:
+    n_heads = cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads") or n_heads
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
+    return n_heads, n_kv, head_dim
+
+
+def hf_to_native(
+    state_dict: Mapping[str, Tensor], model_type: Any, hf_config: Any = None
+) -> dict[str, Tensor]:
+    """Rename a Hugging Face state dict to native keys (no copies, except Phi-3 splits).
+
+    ``hf_config`` (the ``config.json`` dict or a ``PretrainedConfig``) is needed for Phi-3 /
+    Phi-4 (head counts to split ``qkv_proj``) and to drop ``lm_head.weight`` of tied models.
+    """
+    mt = _model_type(model_type)
+    layer_map, top_map, fused, _ = _RULES[mt]
+    cfg = _cfg(hf_config)
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        if _DROP.search(key):
+            continue
+        m = _LAYER_RE.match(key)
+        if m:
+            i, rest = m.group(2), m.group(3)
+            if fused:
+                hit = _split_module(rest, {k: k for k in _FUSED_PHI3})
+                if hit:
+                    _split_fused(out, f"layers.{i}", hit[0], hit[1], value, cfg)
+                    continue
+            hit = _split_module(rest, layer_map)
+            if hit is None:
+                raise KeyError(f"Unexpected key {key!r} in a {mt} Hugging Face checkpoint.")
+            module = layer_map[hit[0]]
+            out[f"layers.{i}.{module}.{_param_to_native(module, hit[1])}"] = value
+            continue
+        hit = _split_module(key, top_map)
+        if hit is None:
+            raise KeyError(f"Unexpected key {key!r} in a {mt} Hugging Face checkpoint.")
+        module = top_map[hit[0]]
+        if module == "output" and hit[0] == "lm_head" and cfg.get("tie_word_embeddings"):
+            continue  # tied: the embedding matrix is the output projection
+        out[f"{module}.{_param_to_native(module, hit[1])}"] = value
+    return out
+
+
+def _split_fused(
+    out: dict[str, Tensor], prefix: str, fused: str, suffix: str, value: Tensor, cfg: Mapping
+) -> None:
+    names = _FUSED_PHI3[fused]
+    parent = "attn" if fused.startswith("self_attn") else "mlp"
+    if suffix == "lora_a.weight":  # shared input projection: the same A for every part
+        for name in names:
+            out[f"{prefix}.{parent}.{name}.{suffix}"] = value
+        return
+    if parent == "attn":
+        if not cfg:
+            raise ValueError("hf_config is required to split Phi-3 qkv_proj weights.")
+        n_heads, n_kv, hd = _attn_sizes(cfg)
+        parts = value.split([n_heads * hd, n_kv * hd, n_kv * hd], dim=0)
+    else:
+        parts = value.chunk(2, dim=0)
+    for name, part in zip(names, parts, strict=True):
+        out[f"{prefix}.{parent}.{name}.{suffix}"] = part
+
+
+def native_to_hf(
+    state_dict: Mapping[str, Tensor], model_type: Any, hf_config: Any = None
+) -> dict[str, Tensor]:
+    """Inverse of :func:`hf_to_native` (REWARD writes the head as ``score.weight``)."""
+    mt = _model_type(model_type)
+    layer_map, top_map, fused, _ = _RULES[mt]
+    inv_layer = {v: k for k, v in layer_map.items()}
+    inv_top = {v: k for k, v in top_map.items()}
+    if mt == "REWARD":
+        inv_top["output"] = "score"
+    fused_parts = {
+        f"{'attn' if f.startswith('self_attn') else 'mlp'}.{n}": f
+        for f, names in _FUSED_PHI3.items()
+        for n in names
+    }
+    out: dict[str, Tensor] = {}
+    pending: dict[tuple[str, str, str], dict[str, Tensor]] = {}
+    for key, value in state_dict.items():
+        m = _LAYER_RE.match(key)
+        if m and not m.group(1):
+            i, rest = m.group(2), m.group(3)
+            if fused:
+                hit = _split_module(rest, {k: k for k in fused_parts})
+                if hit:
+                    part = hit[0].split(".")[-1]
+                    pending.setdefault((i, fused_parts[hit[0]], hit[1]), {})[part] = value
+                    continue
+            hit = _split_module(rest, inv_layer)
+            if hit is None:
+                raise KeyError(f"Unexpected native key {key!r} for model type {mt}.")
+            out[f"model.layers.{i}.{inv_layer[hit[0]]}.{_param_to_hf(hit[0], hit[1])}"] = value
+            continue
+        hit = _split_module(key, inv_top)
+        if hit is None:
+            raise KeyError(f"Unexpected native key {key!r} for model type {mt}.")
+        out[f"{inv_top[hit[0]]}.{_param_to_hf(hit[0], hit[1])}"] = value
+    for (i, fused_name, suffix), parts in pending.items():
+        out[f"model.layers.{i}.{fused_name}.{suffix}"] = _fuse(fused_name, suffix, parts, i)
+    return out
+
+
+def _fuse(fused: str, suffix: str, parts: dict[str, Tensor], layer: str) -> Tensor:
+    names = _FUSED_PHI3[fused]
+    missing = [n for n in names if n not in parts]
+    if missing:
+        raise KeyError(f"layers.{layer}: cannot fuse {fused}.{suffix}, missing parts {missing}.")
+    tensors = [parts[n] for n in names]
+    if suffix == "lora_a.weight":
+        if not all(torch.equal(tensors[0], t) for t in tensors[1:]):
+            raise ValueError(
+                f"layers.{layer}: the {names} LoRA adapters have different lora_a matrices and "
+                f"cannot be written as one fused Hugging Face {fused} adapter of the same rank. "
+                "Merge the adapters into the weights (get_merged_lora_ckpt) before exporting."
+            )
+        return tensors[0]
+    return torch.cat(tensors, dim=0)
+
+
+# ---------------------------------------------------------------- q/k layout permutations
+def permute_meta_to_hf(w: Tensor, n_heads: int, head_dim: int) -> Tensor:
+    """Interleaved (Meta / GGUF) rows ``[n_heads * head_dim, ...]`` -> rotate-half rows."""
+    rest = w.shape[1:]
+    return w.reshape(n_heads, head_dim // 2, 2, *rest).transpose(1, 2).reshape(w.shape)
+
+
+def permute_hf_to_meta(w: Tensor, n_heads: int, head_dim: int) -> Tensor:
+    """Inverse of :func:`permute_meta_to_hf`."""
+    rest = w.shape[1:]
+    return w.reshape(n_heads, 2, head_dim // 2, *rest).transpose(1, 2).reshape(w.shape)
+
+
+def _permutes_rows(suffix: str) -> bool:
+    """Output-row tensors of a q/k projection (weights, biases, lora_b, DoRA magnitude)."""
+    return suffix in ("weight", "bias", "lora_b.weight", "magnitude")
+
+
+def _permute_qk(
+    sd: Mapping[str, Tensor], n_heads: int, n_kv: int, head_dim: int, fn: Any
+) -> dict[str, Tensor]:
+    out = dict(sd)
+    for key, value in sd.items():
+        m = re.match(r"^layers\.\d+\.attn\.([qk])_proj\.(.+)$", key)
+        if m and _permutes_rows(m.group(2)):
+            out[key] = fn(value, n_heads if m.group(1) == "q" else n_kv, head_dim)
+    return out
+
+
+def torchtune_to_native(
+    state_dict: Mapping[str, Tensor],
+    model_type: Any,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+) -> dict[str, Tensor]:
+    """torchtune checkpoints use native keys; Llama-style ones store q/k interleaved."""
+    if not _RULES[_model_type(model_type)][3]:
+        return dict(state_dict)
+    return _permute_qk(state_dict, num_heads, num_kv_heads, head_dim, permute_meta_to_hf)
+
+
+def native_to_torchtune(
+    state_dict: Mapping[str, Tensor],
+    model_type: Any,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+) -> dict[str, Tensor]:
+    """Inverse of :func:`torchtune_to_native`."""
+    if not _RULES[_model_type(model_type)][3]:
+        return dict(state_dict)
+    return _permute_qk(state_dict, num_heads, num_kv_heads, head_dim, permute_hf_to_meta)
+
+
+_META = {
+    "attention.wq": "attn.q_proj",
+    "attention.wk": "attn.k_proj",
+    "attention.wv": "attn.v_proj",
+    "attention.wo": "attn.output_proj",
+    "feed_forward.w1": "mlp.w1",
+    "feed_forward.w2": "mlp.w2",
+    "feed_forward.w3": "mlp.w3",
+    "attention_norm": "sa_norm",
+    "ffn_norm": "mlp_norm",
+}
+_META_TOP = {"tok_embeddings": "tok_embeddings", "norm": "norm", "output": "output"}
+
+
+def _meta_sizes(params: Mapping[str, Any]) -> tuple[int, int, int]:
+    n_heads = params["n_heads"]
+    n_kv = params.get("n_kv_heads") or n_heads
+    return n_heads, n_kv, params.get("head_dim") or params["dim"] // n_heads
+
+
+def meta_to_native(
+    state_dict: Mapping[str, Tensor], model_type: Any = "LLAMA3", params: Any = None
+) -> dict[str, Tensor]:
+    """Meta's ``consolidated.00.pth`` keys -> native, permuting q/k to rotate-half.
+
+    ``params`` is Meta's ``params.json`` dict (``dim``, ``n_heads``, ``n_kv_heads``).
+    """
+    _model_type(model_type)
+    if params is None:
+        raise ValueError("meta_to_native needs params (Meta's params.json: dim, n_heads, ...).")
+    out: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        if _DROP.search(key):
+            continue
+        m = _LAYER_RE.match(key)
+        table, prefix, rest = (
+            (_META, f"layers.{m.group(2)}.", m.group(3)) if m else (_META_TOP, "", key)
+        )
+        hit = _split_module(rest, table)
+        if hit is None:
+            raise KeyError(f"Unexpected key {key!r} in a Meta checkpoint.")
+        module = table[hit[0]]
+        out[f"{prefix}{module}.{_param_to_native(module, hit[1])}"] = value
+    return _permute_qk(out, *_meta_sizes(params), permute_meta_to_hf)
+
+
+def native_to_meta(
+    state_dict: Mapping[str, Tensor], model_type: Any = "LLAMA3", params: Any = None
+) -> dict[str, Tensor]:
+    """Inverse of :func:`meta_to_native`."""
+    _model_type(model_type)
+    if params is None:
+        raise ValueError("native_to_meta needs params (Meta's params.json: dim, n_heads, ...).")
+    sd = _permute_qk(state_dict, *_meta_sizes(params), permute_hf_to_meta)
+    inv = {v: k for k, v in _META.items()}
+    inv_top = {v: k for k, v in _META_TOP.items()}
+    out: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        m = _LAYER_RE.match(key)
+        table, prefix, rest = (
+            (inv, f"layers.{m.group(2)}.", m.group(3)) if m else (inv_top, "", key)
+        )
+        hit = _split_module(rest, table)
+        if hit is None:
+            raise KeyError(f"Native key {key!r} has no Meta equivalent.")
+        out[f"{prefix}{table[hit[0]]}.{_param_to_hf(hit[0], hit[1])}"] = value
+    return out

@@ -1,0 +1,98 @@
+"""``ModelSpec``: every architectural number of one model size, as plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from tunesmith.modules.rope import RopeScaling
+
+__all__ = ["ModelSpec", "RopeScaling", "LoRASettings", "SLIDING", "FULL", "alternating_sliding"]
+
+SLIDING = "sliding_attention"
+FULL = "full_attention"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture of one decoder-only model size.
+
+    ``family`` names the weight-conversion rules (torchtune's ``model_type`` strings:
+    ``LLAMA2``, ``LLAMA3``, ``LLAMA3_2``, ``MISTRAL``, ``GEMMA``, ``GEMMA2``, ``PHI3_MINI``,
+    ``PHI4``, ``QWEN2``, ``QWEN3``). ``num_classes`` set turns the LM head into a
+    classification / reward head ``[d] -> [num_classes]``.
+    """
+
+    family: str
+    vocab_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    embed_dim: int
+    intermediate_dim: int
+    max_seq_len: int
+    head_dim: int | None = None
+    rope_base: float = 10_000.0
+    rope_scaling: RopeScaling | None = None
+    norm_eps: float = 1e-5
+    norm_offset: bool = False
+    activation: str = "silu"
+    qkv_bias: bool = False
+    tie_embeddings: bool = False
+    embed_scale: bool = False
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    query_pre_attn_scalar: float | None = None
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    qk_norm: bool = False
+    post_norms: bool = False
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        if self.layer_types is not None and len(self.layer_types) != self.num_layers:
+            raise ValueError(
+                f"layer_types has {len(self.layer_types)} entries, num_layers={self.num_layers}"
+            )
+
+    @property
+    def resolved_head_dim(self) -> int:
+        """``head_dim``, defaulting to ``embed_dim // num_heads``."""
+        return self.head_dim if self.head_dim is not None else self.embed_dim // self.num_heads
+
+    def layer_window(self, layer: int) -> int | None:
+        """Sliding window of ``layer`` or None for full attention.
+
+        With ``sliding_window`` set and ``layer_types`` None every layer slides (Mistral v0.1).
+        """
+        if self.sliding_window is None:
+            return None
+        if self.layer_types is None or self.layer_types[layer] == SLIDING:
+            return self.sliding_window
+        return None
+
+    def replace(self, **changes: object) -> ModelSpec:
+        """A copy with some fields changed (e.g. a tiny test model)."""
+        return replace(self, **changes)
+
+
+def alternating_sliding(num_layers: int) -> tuple[str, ...]:
+    """Gemma 2's pattern: even layers slide, odd layers attend fully."""
+    return tuple(SLIDING if i % 2 == 0 else FULL for i in range(num_layers))
+
+
+@dataclass(frozen=True)
+class LoRASettings:
+    """Where and how to put LoRA / DoRA adapters (torchtune's builder arguments)."""
+
+    lora_attn_modules: tuple[str, ...]
+    apply_lora_to_mlp: bool = False
+    apply_lora_to_output: bool = False
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    use_dora: bool = False
+    quantize_base: bool = False

@@ -1,0 +1,123 @@
+"""Grouped-query self-attention on ``F.scaled_dot_product_attention``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tunesmith.modules.kv_cache import KVCache
+from tunesmith.modules.rope import apply_rope
+
+__all__ = ["MultiHeadAttention"]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with grouped (or multi-) query key/value heads.
+
+    Args:
+        embed_dim: model width ``d``.
+        num_heads: query heads ``h``.
+        num_kv_heads: key/value heads (divides ``num_heads``).
+        head_dim: per-head width ``hd``.
+        q_proj, k_proj, v_proj: ``[d] -> [h * hd]``, ``[d] -> [kv * hd]``, ``[d] -> [kv * hd]``.
+        output_proj: ``[h * hd] -> [d]``.
+        q_norm, k_norm: optional norms over ``hd`` applied per head before RoPE (QK-norm).
+        scale: softmax scale; default ``hd ** -0.5``.
+        softcap: attention logit soft-capping ``cap * tanh(logits / cap)`` (Gemma 2).
+        sliding_window: when set, this layer only sees the last ``sliding_window`` keys; the
+            decoder builds the matching mask and passes it in.
+
+    Shapes: ``x [b, s, d]``, ``cos, sin [b|1, 1, s, hd]``, ``mask [b|1, s, s_kv]`` bool
+    (True = attend) or None for plain causal attention -> ``[b, s, d]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        q_proj: nn.Module,
+        k_proj: nn.Module,
+        v_proj: nn.Module,
+        output_proj: nn.Module,
+        q_norm: nn.Module | None = None,
+        k_norm: nn.Module | None = None,
+        scale: float | None = None,
+        softcap: float | None = None,
+        sliding_window: int | None = None,
+    ):
+        super().__init__()
+        if num_heads % num_kv_heads != 0:
+            raise ValueError(
+                f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})."
+            )
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.q_proj = q_proj
+        self.k_proj = k_proj
+        self.v_proj = v_proj
+        self.output_proj = output_proj
+        self.q_norm = q_norm
+        self.k_norm = k_norm
+        self.scale = head_dim**-0.5 if scale is None else scale
+        self.softcap = softcap
+        self.sliding_window = sliding_window
+        self.kv_cache: KVCache | None = None
+
+    def setup_cache(self, batch_size: int, dtype: torch.dtype, max_seq_len: int) -> None:
+        """Attach an empty ``KVCache`` on this module's device."""
+        device = next(self.q_proj.parameters()).device
+        self.kv_cache = KVCache(
+            batch_size, max_seq_len, self.num_kv_heads, self.head_dim, dtype, device
+        )
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None) -> Tensor:
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        q = apply_rope(q.transpose(1, 2), cos, sin)
+        k = apply_rope(k.transpose(1, 2), cos, sin)
+        v = v.transpose(1, 2)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(k, v)
+        attn_mask = None if mask is None else mask[:, None]
+        if self.softcap is None:
+            out = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=attn_mask,
+                is_causal=mask is None and s > 1,
+                scale=self.scale,
+                enable_gqa=self.num_kv_heads != self.num_heads,
+            )
+        else:
+            out = self._softcapped_attention(q, k, v, attn_mask)
+        return self.output_proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
+
+    def _softcapped_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None
+    ) -> Tensor:
+        """Eager attention with ``cap * tanh(logits / cap)`` (SDPA cannot soft-cap)."""
+        groups = self.num_heads // self.num_kv_heads
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        scores = torch.matmul(q, k.transpose(2, 3)) * self.scale
+        scores = torch.tanh(scores / self.softcap) * self.softcap
+        if attn_mask is None:
+            s_q, s_k = q.shape[2], k.shape[2]
+            attn_mask = torch.ones(s_q, s_k, dtype=torch.bool, device=q.device).tril(s_k - s_q)
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        return torch.matmul(probs, v)

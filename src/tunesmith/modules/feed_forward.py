@@ -1,0 +1,53 @@
+"""Gated feed-forward (SwiGLU / GeGLU) with torchtune's names: w1 gate, w2 down, w3 up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["FeedForward", "ACTIVATIONS"]
+
+
+def _gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"silu": F.silu, "gelu_tanh": _gelu_tanh}
+
+
+class FeedForward(nn.Module):
+    """``w2(act(w1(x)) * w3(x))``.
+
+    Args:
+        gate_proj: ``w1``, ``[dim] -> [hidden]``.
+        down_proj: ``w2``, ``[hidden] -> [dim]``.
+        up_proj: ``w3``, ``[dim] -> [hidden]``.
+        activation: ``"silu"`` (SwiGLU) or ``"gelu_tanh"`` (GeGLU), or a callable.
+
+    Shapes: ``x [b, s, dim] -> [b, s, dim]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        gate_proj: nn.Module,
+        down_proj: nn.Module,
+        up_proj: nn.Module,
+        activation: str | Callable[[Tensor], Tensor] = "silu",
+    ):
+        super().__init__()
+        self.w1 = gate_proj
+        self.w2 = down_proj
+        self.w3 = up_proj
+        if isinstance(activation, str):
+            if activation not in ACTIVATIONS:
+                raise ValueError(
+                    f"Unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}."
+                )
+            activation = ACTIVATIONS[activation]
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(self.activation(self.w1(x)) * self.w3(x))

@@ -1,0 +1,91 @@
+"""Rotary position embeddings in Hugging Face's rotate-half layout.
+
+Native q/k projections use the rotate-half layout: the first ``head_dim / 2`` features of a
+head pair with the last ``head_dim / 2``. Meta / GGUF / torchtune Llama checkpoints use the
+interleaved layout and are permuted on load (see ``tunesmith.models.convert_weights``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["RopeScaling", "RotaryEmbedding", "apply_rope", "rope_inv_freq"]
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling: Llama 3.1's ``"llama3"`` or plain ``"linear"`` (uses ``factor`` only)."""
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+    rope_type: str = "llama3"
+
+
+def rope_inv_freq(
+    head_dim: int,
+    base: float,
+    scaling: RopeScaling | None = None,
+    device: torch.device | None = None,
+) -> Tensor:
+    """Inverse frequencies ``[head_dim // 2]`` (fp32), computed exactly as transformers does."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+    inv_freq = 1.0 / (base**exponent)
+    if scaling is None:
+        return inv_freq
+    if scaling.rope_type == "linear":
+        return inv_freq / scaling.factor
+    if scaling.rope_type != "llama3":
+        raise ValueError(
+            f"Unsupported rope scaling type {scaling.rope_type!r}; use 'llama3' or 'linear'."
+        )
+    old_len = scaling.original_max_position_embeddings
+    low_freq_wavelen = old_len / scaling.low_freq_factor
+    high_freq_wavelen = old_len / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    inv_freq_llama = torch.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (old_len / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed = (1 - smooth) * inv_freq_llama / scaling.factor + smooth * inv_freq_llama
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, inv_freq_llama)
+
+
+class RotaryEmbedding(nn.Module):
+    """Computes ``cos, sin`` tables for given positions; holds no parameters or buffers.
+
+    Computing the table per forward (once for all layers) keeps the module valid on the meta
+    device and after ``to_empty``; its cost is ``b * s * head_dim`` trig ops.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10_000.0, scaling: RopeScaling | None = None):
+        super().__init__()
+        self.head_dim = head_dim
+        self.base = base
+        self.scaling = scaling
+
+    def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``positions`` ``[b, s]`` (or ``[s]``) -> ``cos, sin`` each ``[b|1, 1, s, head_dim]``."""
+        if positions.dim() == 1:
+            positions = positions[None]
+        inv_freq = rope_inv_freq(self.head_dim, self.base, self.scaling, positions.device)
+        freqs = positions.float()[..., None] * inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, base={self.base}, scaling={self.scaling}"
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x`` ``[b, h, s, d]`` with ``cos, sin`` ``[b|1, 1, s, d]`` (rotate-half layout)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s_ = cos[..., :half], sin[..., :half]
+    return torch.cat((x1 * c - x2 * s_, x2 * c + x1 * s_), dim=-1)

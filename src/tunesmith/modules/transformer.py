@@ -1,0 +1,233 @@
+"""Decoder-only transformer: ``TransformerSelfAttentionLayer`` and ``TransformerDecoder``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from tunesmith.modules.attention import MultiHeadAttention
+from tunesmith.modules.masks import sliding_window_band
+from tunesmith.modules.rope import RotaryEmbedding
+from tunesmith.modules.tied_linear import TiedLinear
+
+__all__ = ["TransformerSelfAttentionLayer", "TransformerDecoder"]
+
+
+class TransformerSelfAttentionLayer(nn.Module):
+    """Pre-norm block: ``h = x + sa_scale(attn(sa_norm(x)))``, ``h + mlp_scale(mlp(mlp_norm(h)))``.
+
+    ``sa_scale`` / ``mlp_scale`` are Gemma 2's post-attention / post-feed-forward norms
+    (identity when None). Shapes: ``x [b, s, d] -> [b, s, d]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        attn: MultiHeadAttention,
+        mlp: nn.Module,
+        sa_norm: nn.Module,
+        mlp_norm: nn.Module,
+        sa_scale: nn.Module | None = None,
+        mlp_scale: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.sa_norm = sa_norm
+        self.attn = attn
+        self.mlp_norm = mlp_norm
+        self.mlp = mlp
+        self.sa_scale = sa_scale
+        self.mlp_scale = mlp_scale
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None) -> Tensor:
+        attn_out = self.attn(self.sa_norm(x), cos, sin, mask)
+        if self.sa_scale is not None:
+            attn_out = self.sa_scale(attn_out)
+        h = x + attn_out
+        mlp_out = self.mlp(self.mlp_norm(h))
+        if self.mlp_scale is not None:
+            mlp_out = self.mlp_scale(mlp_out)
+        return h + mlp_out
+
+
+class TransformerDecoder(nn.Module):
+    """Token embeddings -> layers -> final norm -> output projection.
+
+    Args:
+        tok_embeddings: ``nn.Embedding(vocab, d)``.
+        layers: the transformer blocks.
+        norm: final norm.
+        output: ``nn.Module`` ``[d] -> [vocab]`` (or ``[num_classes]`` for a reward head);
+            None ties the output to ``tok_embeddings``.
+        rope: computes ``cos, sin`` once per forward for every layer.
+        max_seq_len: longest sequence the model was trained for (default cache length).
+        embed_scale: multiply embeddings by this (Gemma: ``sqrt(d)``, rounded to the dtype).
+        final_logit_softcap: ``cap * tanh(logits / cap)`` on the logits (Gemma 2).
+
+    ``forward(tokens [b, s], mask=None, input_pos=None) -> logits [b, s, vocab]``; see
+    ``forward`` for the mask, cache and chunking rules.
+    """
+
+    def __init__(
+        self,
+        *,
+        tok_embeddings: nn.Embedding,
+        layers: list[TransformerSelfAttentionLayer] | nn.ModuleList,
+        norm: nn.Module,
+        output: nn.Module | None,
+        rope: RotaryEmbedding,
+        max_seq_len: int,
+        embed_scale: float | None = None,
+        final_logit_softcap: float | None = None,
+    ):
+        super().__init__()
+        self.tok_embeddings = tok_embeddings
+        self.layers = layers if isinstance(layers, nn.ModuleList) else nn.ModuleList(layers)
+        self.norm = norm
+        self.output: nn.Module | TiedLinear = (
+            TiedLinear(tok_embeddings) if output is None else output
+        )
+        self.rope = rope
+        self.max_seq_len = max_seq_len
+        self.embed_scale = embed_scale
+        self.final_logit_softcap = final_logit_softcap
+        self.skip_output_layer = False
+        self.num_output_chunks = 0
+        self._cache_pos = 0
+        self._cache_len: int | None = None
+        windows = {layer.attn.sliding_window for layer in self.layers} - {None}
+        if len(windows) > 1:
+            raise ValueError(f"All sliding-window layers must share one window, got {windows}.")
+        self._sliding_window: int | None = windows.pop() if windows else None
+
+    @property
+    def tie_word_embeddings(self) -> bool:
+        """True when ``output`` reuses the embedding matrix."""
+        return isinstance(self.output, TiedLinear)
+
+    # ------------------------------------------------------------------ output
+    def set_num_output_chunks(self, num_output_chunks: int) -> None:
+        """With ``n > 0``, forward returns a list of ``n`` logit chunks along the sequence."""
+        self.num_output_chunks = num_output_chunks
+
+    def _project(self, h: Tensor) -> Tensor:
+        logits = self.output(h)
+        if self.final_logit_softcap is not None:
+            cap = self.final_logit_softcap
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    # ------------------------------------------------------------------ caches
+    def setup_caches(
+        self,
+        batch_size: int,
+        dtype: torch.dtype,
+        max_seq_len: int | None = None,
+        *,
+        encoder_max_seq_len: int | None = None,
+        decoder_max_seq_len: int | None = None,
+    ) -> None:
+        """Allocate a KV cache of ``max_seq_len`` (default: the model's) in every layer.
+
+        ``decoder_max_seq_len`` is torchtune's name for ``max_seq_len``;
+        ``encoder_max_seq_len`` is accepted for signature compatibility and must be None.
+        """
+        if encoder_max_seq_len is not None:
+            raise ValueError("This decoder has no encoder; encoder_max_seq_len must be None.")
+        length = max_seq_len or decoder_max_seq_len or self.max_seq_len
+        for layer in self.layers:
+            layer.attn.setup_cache(batch_size, dtype, length)
+        self._cache_len = length
+        self._cache_pos = 0
+
+    def caches_are_setup(self) -> bool:
+        return self._cache_len is not None
+
+    def caches_are_enabled(self) -> bool:
+        return self._cache_len is not None
+
+    def reset_caches(self) -> None:
+        """Empty every layer's cache; the next forward starts at cache position 0."""
+        if self._cache_len is None:
+            raise RuntimeError("reset_caches() called before setup_caches().")
+        for layer in self.layers:
+            layer.attn.kv_cache.reset()
+        self._cache_pos = 0
+
+    def remove_caches(self) -> None:
+        """Drop the caches (back to training mode)."""
+        for layer in self.layers:
+            layer.attn.kv_cache = None
+        self._cache_len = None
+        self._cache_pos = 0
+
+    @property
+    def decoder_max_cache_seq_len(self) -> int | None:
+        return self._cache_len
+
+    # ----------------------------------------------------------------- forward
+    def _masks(
+        self, b: int, s: int, mask: Tensor | None, device: torch.device
+    ) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        """Return (mask for full layers, mask for sliding layers, default positions)."""
+        if self._cache_len is not None:
+            start, end = self._cache_pos, self._cache_pos + s
+            if end > self._cache_len:
+                raise RuntimeError(
+                    f"KV cache overflow: position {end} > cache length {self._cache_len}; "
+                    "call reset_caches() or setup_caches with a larger max_seq_len."
+                )
+            q_idx = torch.arange(start, end, device=device)
+            k_idx = torch.arange(end, device=device)
+            if mask is None:
+                mask = (k_idx[None, :] <= q_idx[:, None])[None]
+            else:
+                mask = mask[:, :, :end]
+        else:
+            q_idx = k_idx = torch.arange(s, device=device)
+        sliding = None
+        if self._sliding_window is not None:
+            band = sliding_window_band(q_idx, k_idx, self._sliding_window)[None]
+            sliding = band if mask is None else mask & band
+        return mask, sliding, q_idx
+
+    def forward(
+        self,
+        tokens: Tensor | None,
+        *,
+        mask: Tensor | None = None,
+        input_pos: Tensor | None = None,
+        input_embeds: Tensor | None = None,
+    ) -> Tensor | list[Tensor]:
+        """Run the decoder.
+
+        Args:
+            tokens: ``[b, s]`` token ids (ignored when ``input_embeds`` is given).
+            mask: ``[b, s, s]`` bool, True = query i may attend key j; None = plain causal.
+                With KV caches enabled: ``[b, s, cache_len]`` over cache slots (torchtune's
+                convention), or None for causal over everything cached so far.
+            input_pos: ``[b, s]`` position ids (restart per packed document; default
+                ``arange``, offset by the cache position when decoding).
+            input_embeds: ``[b, s, d]`` embeddings used instead of ``tok_embeddings(tokens)``.
+
+        Returns:
+            ``[b, s, vocab]`` logits; ``[b, s, d]`` hidden states after the final norm when
+            ``skip_output_layer``; a list of ``num_output_chunks`` logit chunks along ``s``
+            when chunking is set.
+        """
+        h = self.tok_embeddings(tokens) if input_embeds is None else input_embeds
+        if self.embed_scale is not None:
+            h = h * torch.tensor(self.embed_scale, dtype=h.dtype, device=h.device)
+        b, s = h.shape[:2]
+        full_mask, sliding_mask, default_pos = self._masks(b, s, mask, h.device)
+        cos, sin = self.rope(default_pos if input_pos is None else input_pos, h.dtype)
+        for layer in self.layers:
+            layer_mask = sliding_mask if layer.attn.sliding_window is not None else full_mask
+            h = layer(h, cos, sin, layer_mask)
+        if self._cache_len is not None:
+            self._cache_pos += s
+        h = self.norm(h)
+        if self.skip_output_layer:
+            return h
+        if self.num_output_chunks > 0:
+            return [self._project(c) for c in h.chunk(self.num_output_chunks, dim=1)]
+        return self._project(h)
