@@ -124,7 +124,7 @@ def generate(
                 start = 0 if step == 0 else cur - 1
                 out = model(
                     tokens[:, start:cur],
-                    mask=_attention_mask(key_valid, start, cur),
+                    mask=_attention_mask(key_valid[:, :cur], start, cur),
                     input_pos=positions[:, start:cur],
                 )
             else:
@@ -160,6 +160,8 @@ def generate(
 
 def _teardown_caches(model: nn.Module) -> None:
     """Leave the model as it was: training forwards must not see a KV cache."""
-    teardown = getattr(model, "teardown_caches", None)
-    if callable(teardown):
-        teardown()
+    for name in ("remove_caches", "teardown_caches"):
+        teardown = getattr(model, name, None)
+        if callable(teardown):
+            teardown()
+            return

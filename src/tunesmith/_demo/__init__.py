@@ -1,0 +1,1 @@
+"""Data and helpers for `make demo` (python -m tunesmith.demo)."""

@@ -1,0 +1,203 @@
+"""Setup steps of the finetune recipe, as plain functions: process group, model, data, saving.
+
+Each function does one thing the recipe's top-to-bottom script calls once; nothing here
+holds state between calls.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from tunesmith.config import instantiate
+from tunesmith.modules.peft import get_adapter_params, set_trainable_params
+from tunesmith.training.precision import set_default_dtype
+from tunesmith.utils import get_logger
+
+__all__ = [
+    "adapter_config",
+    "build_dataloader",
+    "build_model",
+    "full_state_dicts",
+    "local_device",
+    "is_packed",
+]
+
+log = get_logger(__name__)
+
+
+# ---------------------------------------------------------------------------------- processes
+def local_device(device: torch.device) -> torch.device:
+    """The device of this rank (``cuda:LOCAL_RANK`` under torchrun on GPUs)."""
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
+
+
+# -------------------------------------------------------------------------------------- model
+def build_model(
+    cfg: DictConfig,
+    state: Mapping[str, Any],
+    device: torch.device,
+    dtype: torch.dtype,
+    world_size: int,
+) -> tuple[nn.Module, bool]:
+    """Instantiate ``cfg.model``, load the checkpoint, pick what trains, wrap for memory/speed.
+
+    Returns ``(model, is_peft)``. When the model has adapter parameters (LoRA / DoRA /
+    QLoRA builders) only they train; otherwise every parameter does.
+    """
+    with set_default_dtype(dtype), torch.device(device):
+        model = instantiate(cfg.model)
+    weights = dict(state["model"])
+    weights.update(state.get("adapter") or {})
+    adapter = get_adapter_params(model)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing_base = [k for k in missing if k not in adapter]
+    if missing_base or unexpected:
+        raise ValueError(
+            f"the checkpoint does not fit model._component_={cfg.model.get('_component_')}: "
+            f"missing {missing_base[:6]}, unexpected {unexpected[:6]} "
+            f"(check checkpointer.checkpoint_dir / checkpoint_files / model_type)"
+        )
+    if adapter:
+        set_trainable_params(model, adapter)
+        _init_dora_magnitudes(model, loaded=set(weights))
+    if cfg.get("enable_activation_checkpointing", False):
+        from tunesmith.training.activations import apply_activation_checkpointing
+
+        apply_activation_checkpointing(model)
+    if world_size > 1:
+        _shard(model, cfg)
+    if cfg.get("compile", False):
+        from tunesmith.training.compile import compile_model
+
+        compile_model(model)
+    return model, bool(adapter)
+
+
+def _init_dora_magnitudes(model: nn.Module, loaded: set[str]) -> None:
+    """DoRA magnitudes start at the norm of the loaded base weight rows (unless resumed)."""
+    for name, module in model.named_modules():
+        init = getattr(module, "initialize_dora_magnitude", None)
+        if callable(init) and f"{name}.magnitude" not in loaded:
+            init()
+
+
+def _shard(model: nn.Module, cfg: DictConfig) -> None:
+    """FSDP2: every transformer layer is one unit, then the root (embeddings, norm, output)."""
+    from tunesmith.training.distributed import shard_model
+
+    shard_model(
+        model,
+        cpu_offload=bool(cfg.get("fsdp_cpu_offload", False)),
+        reshard_after_forward=bool(cfg.get("fsdp_reshard_after_forward", True)),
+    )
+
+
+# --------------------------------------------------------------------------------------- data
+def is_packed(dataset_cfg: DictConfig | ListConfig) -> bool:
+    """Whether the dataset node(s) ask for packing; a list must agree."""
+    nodes = list(dataset_cfg) if isinstance(dataset_cfg, ListConfig) else [dataset_cfg]
+    flags = {bool(node.get("packed", False)) for node in nodes}
+    if len(flags) > 1:
+        raise ValueError("dataset: mix of packed and unpacked datasets; set packed the same on all")
+    return flags.pop()
+
+
+def build_dataloader(
+    cfg: DictConfig,
+    tokenizer: Any,
+    *,
+    world_size: int,
+    rank: int,
+    seed: int,
+    ignore_index: int,
+) -> tuple[DataLoader, Any]:
+    """Dataset (one, or a list concatenated) -> resumable distributed sampler -> collate."""
+    from tunesmith.data import StatefulDistributedSampler, padded_collate_packed, padded_collate_sft
+
+    nodes = list(cfg.dataset) if isinstance(cfg.dataset, ListConfig) else [cfg.dataset]
+    datasets: list[Dataset] = [instantiate(node, tokenizer) for node in nodes]
+    dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+    packed = is_packed(cfg.dataset)
+    sampler = StatefulDistributedSampler(
+        dataset,
+        num_replicas=world_size,
+        rank=rank,
+        shuffle=bool(cfg.get("shuffle", True)),
+        seed=seed,
+    )
+    collate = (
+        padded_collate_packed
+        if packed
+        else partial(padded_collate_sft, padding_idx=tokenizer.pad_id, ignore_idx=ignore_index)
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=int(cfg.batch_size),
+        sampler=sampler,
+        collate_fn=collate,
+        drop_last=True,
+        num_workers=int(cfg.get("num_workers", 0) or 0),
+    )
+    if len(loader) == 0:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} x {world_size} process(es) is larger than the dataset "
+            f"({len(dataset)} samples): lower batch_size"
+        )
+    return loader, sampler
+
+
+# ------------------------------------------------------------------------------------- saving
+def adapter_config(cfg: DictConfig) -> dict[str, Any]:
+    """torchtune's adapter_config for the checkpointer (PEFT ``adapter_config.json`` source)."""
+    m = cfg.model
+    targets = list(m.get("lora_attn_modules", []) or [])
+    if m.get("apply_lora_to_mlp", False):
+        targets += ["w1", "w2", "w3"]
+    if m.get("apply_lora_to_output", False):
+        targets.append("output")
+    return {
+        "r": int(m.get("lora_rank", 8)),
+        "lora_alpha": float(m.get("lora_alpha", 16)),
+        "target_modules": targets,
+        "peft_type": "LORA",
+        "use_dora": bool(m.get("use_dora", False)),
+    }
+
+
+def full_state_dicts(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, world_size: int
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """Full (unsharded, CPU) model and optimizer state dicts; collective under FSDP2.
+
+    Every rank must call it; only rank 0's result is complete and meant to be saved.
+    """
+    if world_size == 1:
+        model_sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return model_sd, (optimizer.state_dict() if optimizer is not None else None)
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd = get_model_state_dict(model, options=options)
+    optim_sd = None
+    if optimizer is not None:
+        optim_sd = get_optimizer_state_dict(model, optimizer, options=options)
+    return model_sd, optim_sd
+
+
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain Python (for logging it once at the start)."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,296 @@
+"""Recipe ``finetune``: supervised finetuning — full, LoRA, DoRA or QLoRA, one device or many.
+
+The model component decides the method: a builder with adapters (``lora_*``, ``qlora_*``,
+``use_dora``) trains only the adapters; a plain builder trains everything. Launched with
+``tunesmith run --nproc_per_node N finetune ...`` the same script shards the model with FSDP2.
+torchtune's recipe names (``full_finetune_single_device``, ``lora_finetune_distributed``, ...)
+are aliases of this one, and its config keys are read unchanged.
+
+The loop reads top to bottom: set up, then for every optimizer step run
+``gradient_accumulation_steps`` micro-batches, normalise the summed gradient by the number of
+trained tokens in the whole (global) batch, clip, step, log, save.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+
+from tunesmith.config import instantiate, parse_recipe_args
+from tunesmith.recipes._finetune_observe import Observer
+from tunesmith.recipes._finetune_setup import (
+    adapter_config,
+    build_dataloader,
+    build_model,
+    full_state_dicts,
+    local_device,
+)
+from tunesmith.training.checkpointing._recipe_state import build_recipe_state, restore_recipe_state
+from tunesmith.training.checkpointing._signals import GracefulShutdown
+from tunesmith.training.distributed import (
+    barrier,
+    destroy_distributed,
+    get_world_size_and_rank,
+    init_distributed,
+    reduce_metrics,
+)
+from tunesmith.training.gradients import clip_grad_norm, count_trainable_tokens, scale_grads
+from tunesmith.utils import get_device, get_dtype, get_logger, set_seed
+
+__all__ = ["recipe_main"]
+
+log = get_logger(__name__)
+
+
+def recipe_main(cfg: DictConfig) -> None:
+    """Finetune ``cfg.model`` on ``cfg.dataset`` and save in the checkpoint's own format."""
+    # ---- environment -------------------------------------------------------------------
+    device = get_device(cfg.get("device"))
+    init_distributed(device_type=device.type)
+    world_size, rank = get_world_size_and_rank()
+    device = local_device(device)
+    dtype = get_dtype(cfg.get("dtype"), device)
+    resume = bool(cfg.get("resume_from_checkpoint", False))
+    accum = int(cfg.get("gradient_accumulation_steps", 1))
+    max_norm = cfg.get("clip_grad_norm")
+    in_bwd = bool(cfg.get("optimizer_in_bwd", False))
+    if in_bwd and (accum > 1 or max_norm):
+        raise ValueError(
+            "optimizer_in_bwd=True steps each parameter inside backward, so it cannot combine "
+            f"with gradient_accumulation_steps={accum} or clip_grad_norm={max_norm}; set "
+            "gradient_accumulation_steps=1 and clip_grad_norm=null, or optimizer_in_bwd=False"
+        )
+
+    # ---- weights, seed, model ----------------------------------------------------------
+    ckpt_kwargs: dict[str, Any] = {"resume_from_checkpoint": resume}
+    if cfg.get("keep_last_n_checkpoints") and "keep_last_n_checkpoints" not in cfg.checkpointer:
+        ckpt_kwargs["keep_last_n_checkpoints"] = cfg.keep_last_n_checkpoints
+    checkpointer = instantiate(cfg.checkpointer, **ckpt_kwargs)
+    state = checkpointer.load_checkpoint()
+    seed = _agreed_seed(state.get("seed") if resume else cfg.get("seed"), world_size, device)
+    model, is_peft = build_model(cfg, state, device, dtype, world_size)
+    loss_fn = instantiate(cfg.loss)
+    ignore_index = int(getattr(loss_fn, "ignore_index", -100))
+    if hasattr(loss_fn, "set_model_output"):  # the loss projects hidden states itself
+        loss_fn.set_model_output(model)
+    elif hasattr(loss_fn, "num_output_chunks"):  # CEWithChunkedOutputLoss takes logit chunks
+        model.set_num_output_chunks(loss_fn.num_output_chunks)
+    if cfg.get("compile", False):
+        from tunesmith.training.compile import compile_loss
+
+        compile_loss(loss_fn)
+    activations_ctx = _activation_offloading(cfg, model)
+
+    # ---- data --------------------------------------------------------------------------
+    tokenizer = instantiate(cfg.tokenizer)
+    loader, sampler = build_dataloader(
+        cfg, tokenizer, world_size=world_size, rank=rank, seed=seed, ignore_index=ignore_index
+    )
+    steps_per_epoch = len(loader) // accum
+    if cfg.get("max_steps_per_epoch"):
+        steps_per_epoch = min(steps_per_epoch, int(cfg.max_steps_per_epoch))
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"gradient_accumulation_steps={accum} is larger than the {len(loader)} batches of an "
+            "epoch: lower gradient_accumulation_steps or batch_size"
+        )
+    epochs = int(cfg.get("epochs", 1))
+
+    # ---- optimizer, schedule -----------------------------------------------------------
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if in_bwd:
+        from tunesmith.config import resolve_component
+        from tunesmith.training.optimizers import OptimizerInBackward
+
+        kwargs = {k: v for k, v in cfg.optimizer.items() if k != "_component_"}
+        optimizer = OptimizerInBackward(
+            trainable, resolve_component(cfg.optimizer._component_), **kwargs
+        )
+    else:
+        optimizer = instantiate(cfg.optimizer, [p for _, p in trainable])
+    lr_scheduler = None
+    if cfg.get("lr_scheduler") is not None:
+        lr_scheduler = instantiate(
+            cfg.lr_scheduler, optimizer, num_training_steps=epochs * steps_per_epoch
+        )
+    epochs_run, global_step = 0, 0
+    if resume:
+        if world_size > 1:  # a full optimizer state dict goes back into the sharded optimizer
+            _load_sharded_optimizer(model, optimizer, state.pop("optimizer"))
+        epochs_run, global_step = restore_recipe_state(
+            state,
+            optimizer=optimizer if world_size == 1 else None,
+            lr_scheduler=lr_scheduler,
+            sampler=sampler,
+        )
+    del state
+
+    def save(epoch: int, intermediate: bool, step: int | None = None) -> None:
+        """Collective under FSDP2: every rank gathers, rank 0 writes (``step``: mid-epoch)."""
+        model_sd, optim_sd = full_state_dicts(
+            model, optimizer if intermediate else None, world_size
+        )
+        if rank == 0:
+            to_save: dict[str, Any] = {"model": model_sd}
+            if is_peft:
+                to_save["adapter_config"] = adapter_config(cfg)
+                to_save["adapter"] = {k: model_sd[k] for k in _adapter_keys(model_sd)}
+            if intermediate:
+                consumed = (step_in_epoch * accum) * int(cfg.batch_size)
+                to_save.update(
+                    build_recipe_state(
+                        epochs_run=epoch,
+                        steps_run=global_step,
+                        lr_scheduler=lr_scheduler,
+                        sampler=_SamplerAt(sampler, consumed),
+                        seed=seed,
+                        total_epochs=epochs,
+                        max_steps_per_epoch=cfg.get("max_steps_per_epoch"),
+                    )
+                )
+                to_save["optimizer"] = optim_sd
+            checkpointer.save_checkpoint(
+                to_save,
+                epoch=epoch,
+                intermediate_checkpoint=intermediate,
+                adapter_only=bool(cfg.get("save_adapter_weights_only", False)) and is_peft,
+                step=step,
+            )
+        barrier()
+
+    # ---- training loop -----------------------------------------------------------------
+    total_steps = epochs * steps_per_epoch
+    observer = Observer(cfg, rank=rank, device=device, total_steps=total_steps, initial=global_step)
+    save_every = int(cfg.get("save_every_n_steps") or 0)
+    log_every = int(cfg.get("log_every_n_steps") or 1)
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    num_tokens = torch.zeros((), device=device, dtype=torch.long)
+    step_in_epoch = 0
+    with GracefulShutdown() as shutdown, observer.profiler() as profiler:
+        for epoch in range(epochs_run, epochs):
+            sampler.set_epoch(epoch)
+            step_in_epoch = max(0, global_step - epoch * steps_per_epoch)
+            batches = iter(loader)
+            while step_in_epoch < steps_per_epoch:
+                # one optimizer step = `accum` micro-batches; gradients are sums over tokens
+                for _ in range(accum):
+                    batch = {k: v.to(device) for k, v in next(batches).items()}
+                    labels = _shift_left(batch.pop("labels"), ignore_index)
+                    n = count_trainable_tokens(labels, ignore_index)
+                    with activations_ctx:
+                        out = model(
+                            batch["tokens"],
+                            mask=batch.get("mask"),
+                            input_pos=batch.get("input_pos"),
+                        )
+                    loss = loss_fn(out, labels)
+                    loss_sum += loss.detach() * n
+                    num_tokens += n
+                    if in_bwd:  # parameters step inside backward: normalise by the global count
+                        (total,) = reduce_metrics(n.clone())
+                        (loss * (n * world_size / total.clamp(min=1))).backward()
+                    else:
+                        (loss * n).backward()
+                    del out, loss
+                (total_tokens,) = reduce_metrics(num_tokens.clone())
+                grad_norm = None
+                if not in_bwd:
+                    # FSDP2 averages gradients over ranks; world_size / tokens makes it a mean
+                    scale_grads(model, world_size / total_tokens.clamp(min=1))
+                    if max_norm:
+                        grad_norm = clip_grad_norm(model.parameters(), float(max_norm))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if lr_scheduler is not None:
+                    lr_scheduler.step()
+                global_step += 1
+                step_in_epoch += 1
+                profiler.step()
+
+                log_now = global_step % log_every == 0 or step_in_epoch == steps_per_epoch
+                loss_value = None
+                if log_now:  # the only host syncs of the loop
+                    (loss_total,) = reduce_metrics(loss_sum)
+                    loss_value = float(loss_total / total_tokens.clamp(min=1))
+                observer.log_step(
+                    global_step,
+                    loss=loss_value,
+                    lr=optimizer.param_groups[0]["lr"],
+                    tokens=total_tokens,
+                    grad_norm=grad_norm,
+                )
+                loss_sum.zero_()
+                num_tokens.zero_()
+                stop = _any_rank(shutdown.requested, world_size, device)
+                mid_epoch = step_in_epoch < steps_per_epoch
+                if stop or (save_every and global_step % save_every == 0 and mid_epoch):
+                    save(epoch, intermediate=True, step=global_step if mid_epoch else None)
+                if stop:
+                    observer.close()
+                    shutdown.exit()
+            save(epoch + 1, intermediate=epoch + 1 < epochs)
+            step_in_epoch = 0
+    observer.close()
+    destroy_distributed()
+
+
+class _SamplerAt:
+    """The sampler's state at ``consumed`` samples of this rank (not what the loader prefetched)."""
+
+    def __init__(self, sampler: Any, consumed: int) -> None:
+        self.sampler, self.consumed = sampler, consumed
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict(num_consumed=self.consumed)
+
+
+def _agreed_seed(seed: int | None, world_size: int, device: torch.device) -> int:
+    """Seed every RNG; all ranks take rank 0's seed (the same shuffle and LoRA init)."""
+    seed = set_seed(seed)
+    if world_size > 1:
+        t = torch.tensor(seed, dtype=torch.long, device=device)
+        dist.broadcast(t, src=0)
+        seed = set_seed(int(t))
+    return seed
+
+
+def _load_sharded_optimizer(model: torch.nn.Module, optimizer: Any, full_sd: Any) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+    set_optimizer_state_dict(model, optimizer, full_sd, options=options)
+
+
+def _shift_left(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Labels aligned with tokens ``[b, s]`` -> next-token targets ``[b, s]``."""
+    pad = torch.full_like(labels[:, :1], ignore_index)
+    return torch.cat([labels[:, 1:], pad], dim=1)
+
+
+def _any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
+    if world_size == 1:
+        return flag
+    t = torch.tensor(int(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t)
+
+
+def _adapter_keys(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k in state_dict if k.endswith((".lora_a.weight", ".lora_b.weight", ".magnitude"))]
+
+
+def _activation_offloading(cfg: DictConfig, model: torch.nn.Module) -> Any:
+    if not cfg.get("enable_activation_offloading", False):
+        return contextlib.nullcontext()
+    from tunesmith.training.activations import get_act_offloading_ctx_manager
+
+    return get_act_offloading_ctx_manager(model, True)
+
+
+if __name__ == "__main__":
+    recipe_main(parse_recipe_args())

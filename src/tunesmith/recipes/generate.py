@@ -1,0 +1,141 @@
+"""Recipe ``generate``: chat with a model from any checkpoint tunesmith loads, streaming tokens.
+
+Config keys (torchtune's generation config names)::
+
+    model, tokenizer, checkpointer   components, as in the finetune configs; a LoRA output
+                                     folder loads through the same checkpointer (merged weights),
+                                     or point a LoRA model at an adapter with
+                                     checkpointer.adapter_checkpoint
+    device, dtype, seed
+    prompt        "text" | {system: ..., user: ...} | a list of those (batched, left-padded)
+    max_new_tokens, temperature (0 = greedy), top_k, top_p, enable_kv_cache
+
+Run: ``tunesmith run generate --config llama3_2/generation prompt.user="Hi!"``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from tunesmith.config import instantiate, parse_recipe_args
+from tunesmith.data import Message
+from tunesmith.generation import TextStreamer, generate, left_pad_prompts
+from tunesmith.utils import get_device, get_dtype, get_logger, set_seed
+
+__all__ = ["load_model", "prompt_tokens", "recipe_main"]
+
+log = get_logger(__name__)
+
+
+def load_model(
+    cfg: DictConfig, device: torch.device, dtype: torch.dtype
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build ``cfg.model``, load ``cfg.checkpointer``'s weights into it; returns (model, ckpt).
+
+    Accepts a full state dict, a LoRA model's base weights plus ``"adapter"`` weights, or
+    merged LoRA outputs loaded into the base model. Missing non-adapter keys are an error.
+    """
+    checkpointer = instantiate(cfg.checkpointer)
+    ckpt = checkpointer.load_checkpoint()
+    with torch.device(device):
+        model = instantiate(cfg.model)
+    model.to(dtype=dtype)
+    state = dict(ckpt["model"])
+    state.update(ckpt.get("adapter") or {})
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    from tunesmith.modules.peft import get_adapter_params
+
+    adapter_names = set(get_adapter_params(model))
+    missing_base = [k for k in missing if k not in adapter_names]
+    if missing_base or unexpected:
+        raise ValueError(
+            f"checkpoint does not fit the model built by model._component_="
+            f"{cfg.model.get('_component_')}: missing {missing_base[:5]}, unexpected "
+            f"{unexpected[:5]}. Check checkpointer.checkpoint_dir and model_type."
+        )
+    if any(k in adapter_names for k in missing):
+        log.info("no adapter weights in the checkpoint: LoRA layers start at zero (a no-op)")
+    model.eval()
+    return model, ckpt
+
+
+def _as_messages(prompt: Any) -> list[Message]:
+    if isinstance(prompt, str):
+        return [Message(role="user", content=prompt)]
+    if isinstance(prompt, Mapping):
+        unknown = set(prompt) - {"system", "user"}
+        if unknown or not prompt.get("user"):
+            raise ValueError(
+                f"prompt must be a string or {{system: ..., user: ...}} with a user text; got "
+                f"keys {sorted(prompt)}"
+            )
+        messages = []
+        if prompt.get("system"):
+            messages.append(Message(role="system", content=str(prompt["system"])))
+        messages.append(Message(role="user", content=str(prompt["user"])))
+        return messages
+    raise ValueError(f"prompt must be a string or a {{system, user}} mapping, got {prompt!r}")
+
+
+def prompt_tokens(tokenizer: Any, prompt: Any) -> list[int]:
+    """Token ids of a chat prompt formatted by the tokenizer, ending where the answer starts."""
+    messages = _as_messages(prompt) + [Message(role="assistant", content="")]
+    tokens, _ = tokenizer.tokenize_messages(messages, add_end_tokens=False)
+    return list(tokens)
+
+
+def _prompts(cfg: DictConfig) -> list[Any]:
+    raw = cfg.get("prompt")
+    if raw is None:
+        raise ValueError("set prompt: a string, {system: ..., user: ...}, or a list of those")
+    raw = OmegaConf.to_container(raw, resolve=True) if OmegaConf.is_config(raw) else raw
+    return list(raw) if isinstance(raw, Sequence) and not isinstance(raw, str) else [raw]
+
+
+def recipe_main(cfg: DictConfig) -> None:
+    """Generate answers to ``cfg.prompt`` and print them (row 0 streams as it is produced)."""
+    device = get_device(cfg.get("device"))
+    dtype = get_dtype(cfg.get("dtype"))
+    seed = set_seed(cfg.get("seed"))
+    model, _ = load_model(cfg, device, dtype)
+    tokenizer = instantiate(cfg.tokenizer)
+
+    prompts = _prompts(cfg)
+    batch = left_pad_prompts([prompt_tokens(tokenizer, p) for p in prompts], tokenizer.pad_id)
+    stop_tokens = list(getattr(tokenizer, "stop_tokens", None) or [tokenizer.eos_id])
+    streamer = TextStreamer(tokenizer, stop_tokens=stop_tokens)
+    rng = torch.Generator(device=device).manual_seed(seed)
+
+    start = time.perf_counter()
+    tokens = generate(
+        model,
+        batch.to(device),
+        int(cfg.get("max_new_tokens", 256)),
+        temperature=float(cfg.get("temperature", 0.0) or 0.0),
+        top_k=cfg.get("top_k"),
+        top_p=cfg.get("top_p"),
+        stop_tokens=stop_tokens,
+        pad_id=tokenizer.pad_id,
+        rng=rng,
+        use_cache=bool(cfg.get("enable_kv_cache", True)),
+        on_token=streamer,
+    )
+    elapsed = time.perf_counter() - start
+    sys.stdout.write("\n")
+    new_tokens = tokens[:, batch.shape[1] :]
+    for row in range(1, len(prompts)):
+        ids = [t for t in new_tokens[row].tolist() if t not in stop_tokens]
+        print(f"--- prompt {row}:\n{tokenizer.decode(ids)}")
+    n = int((new_tokens != tokenizer.pad_id).sum())
+    log.info("generated %d tokens in %.2f s (%.1f tokens/s)", n, elapsed, n / max(elapsed, 1e-9))
+
+
+if __name__ == "__main__":
+    recipe_main(parse_recipe_args())
