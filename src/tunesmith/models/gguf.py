@@ -194,15 +194,6 @@ def gguf_hf_config(reader: Any, metadata: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def _meta_to_hf_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Permute q/k rows from Meta's interleaved RoPE layout to HF's rotate-half layout.
-
-    ``w``: ``[n_heads * head_dim, in_dim]``.
-    """
-    rows, cols = w.shape
-    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
-
-
 def gguf_hf_state_dict(
     reader: Any, config: dict[str, Any], dtype: torch.dtype = torch.float32
 ) -> dict[str, torch.Tensor]:
@@ -212,6 +203,9 @@ def gguf_hf_state_dict(
     """
     import gguf
 
+    from tunesmith.models.convert_weights import permute_meta_to_hf
+
+    head_dim = int(config["head_dim"])
     out: dict[str, torch.Tensor] = {}
     layer_re = re.compile(r"^blk\.(\d+)\.(.+)$")
     for t in reader.tensors:
@@ -234,9 +228,9 @@ def gguf_hf_state_dict(
             ) from None
         tensor = torch.from_numpy(np.array(array, dtype=np.float32, copy=True)).to(dtype)
         if name.endswith("q_proj.weight"):
-            tensor = _meta_to_hf_rows(tensor, config["num_attention_heads"])
+            tensor = permute_meta_to_hf(tensor, config["num_attention_heads"], head_dim)
         elif name.endswith("k_proj.weight"):
-            tensor = _meta_to_hf_rows(tensor, config["num_key_value_heads"])
+            tensor = permute_meta_to_hf(tensor, config["num_key_value_heads"], head_dim)
         out[name] = tensor.contiguous()
     return out
 
