@@ -16,7 +16,7 @@ from torch import nn
 # Attention projections LoRA can be applied to (torchtune's names).
 LORA_ATTN_MODULES = Literal["q_proj", "k_proj", "v_proj", "output_proj"]
 
-_ADAPTER_SUFFIXES = (".lora_a.weight", ".lora_b.weight", ".magnitude")
+_ADAPTER_SUFFIXES = ("lora_a.weight", "lora_b.weight", "magnitude")
 
 
 @runtime_checkable
@@ -85,10 +85,11 @@ def get_adapter_state_dict(
 
 
 def _lora_module_prefixes(state_dict: dict[str, Any]) -> set[str]:
+    """Key prefixes (``"layers.0.attn.q_proj."``, or ``""`` at top level) of adapter modules."""
     prefixes = set()
     for key in state_dict:
         for suffix in _ADAPTER_SUFFIXES:
-            if key.endswith(suffix):
+            if key == suffix or key.endswith("." + suffix):
                 prefixes.add(key[: -len(suffix)])
     return prefixes
 
@@ -102,16 +103,14 @@ def get_merged_lora_ckpt(state_dict: dict[str, Any], rank: int, alpha: float) ->
     ``W' = m * (W + s B A) / ||W + s B A||`` (norm over the input dim), ``s = alpha / rank``.
     """
     scaling = alpha / rank
-    for module in sorted(_lora_module_prefixes(state_dict)):
-        a_key, b_key, m_key = (
-            f"{module}.lora_a.weight",
-            f"{module}.lora_b.weight",
-            f"{module}.magnitude",
-        )
-        w_key = f"{module}.weight"
+    for prefix in sorted(_lora_module_prefixes(state_dict)):
+        a_key, b_key = f"{prefix}lora_a.weight", f"{prefix}lora_b.weight"
+        w_key, m_key = f"{prefix}weight", f"{prefix}magnitude"
         if a_key not in state_dict or b_key not in state_dict or w_key not in state_dict:
             missing = [k for k in (w_key, a_key, b_key) if k not in state_dict]
-            raise KeyError(f"Cannot merge adapter at '{module}': state dict lacks {missing}")
+            raise KeyError(
+                f"Cannot merge the adapter at '{prefix.rstrip('.')}': the state dict lacks {missing}"
+            )
         base = state_dict[w_key]
         merged = base.float() + scaling * (state_dict[b_key].float() @ state_dict[a_key].float())
         magnitude = state_dict.pop(m_key, None)
