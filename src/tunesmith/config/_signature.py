@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -87,12 +88,20 @@ def _accepts(value: Any, hint: Any) -> bool | None:
         return isinstance(value, (list, tuple))
     if hint is dict or origin is dict:
         return isinstance(value, dict)
+    if getattr(hint, "__module__", "") == "torch" and getattr(hint, "__name__", "") == "Tensor":
+        return False  # a config value (number, string, list) is never a tensor
     return None
 
 
 def _describe_hint(hint: Any) -> str:
     if hint in _SIMPLE:
         return _SIMPLE[hint]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe_hint(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if inspect.isclass(hint) and typing.get_origin(hint) is None:
+        return f"{hint.__module__}.{hint.__qualname__}".removeprefix("builtins.")
     return str(hint).replace("typing.", "")
 
 
@@ -137,7 +146,13 @@ def binding_problems(
     try:
         bound = sig.bind_partial(*args, **known)
     except TypeError as e:
-        problems.append(Problem(path, f"{component}: {e}; check the arguments given to it"))
+        duplicate = re.search(r"multiple values for argument '(\w+)'", str(e))
+        if duplicate:
+            name = duplicate.group(1)
+            fix = f"the recipe passes '{name}' itself; remove '{name}' from {path or 'the config'}"
+            problems.append(Problem(_join(path, name), f"{component}: {e}; {fix}"))
+        else:
+            problems.append(Problem(path, f"{component}: {e}; check the arguments given to it"))
         return problems
     for name in named:
         param = params[name]
