@@ -1,0 +1,155 @@
+"""GGUF input checkpointer: train from a llama.cpp file, save Hugging Face folders.
+
+Loading dequantizes the GGUF weights (see :mod:`tunesmith.models.gguf`); saving writes
+``model.safetensors`` + ``config.json`` + ``generation_config.json`` + ``tokenizer.json``
++ ``tokenizer_config.json`` (with the chat template), so the output loads with
+``transformers.AutoModelForCausalLM`` / ``AutoTokenizer`` and PEFT adapters apply to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.training.checkpointing._atomic import atomic_write_bytes, atomic_write_json
+from tunesmith.training.checkpointing._base import CheckpointerBase
+from tunesmith.training.checkpointing._files import (
+    load_weight_files,
+    resolve_checkpoint_files,
+    save_sharded,
+)
+
+__all__ = ["GGUFCheckpointer"]
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+class GGUFCheckpointer(CheckpointerBase):
+    """Load a GGUF model file; write Hugging Face checkpoints.
+
+    Args:
+        checkpoint_dir: folder holding the ``.gguf`` file.
+        checkpoint_files: ``["model.Q4_1.gguf"]`` (exactly one file).
+        model_type: torchtune model type (``LLAMA3``, ``LLAMA2``, ``MISTRAL``; any Llama-layout
+            type works since GGUF "llama" weights are renamed to HF Llama names first).
+        output_dir, adapter_checkpoint, recipe_checkpoint, resume_from_checkpoint,
+        keep_last_n_checkpoints, should_load_recipe_state: as for FullModelHFCheckpointer.
+        dtype: dtype of the dequantized weights (default float32).
+    """
+
+    format_name = "gguf"
+
+    def __init__(
+        self,
+        checkpoint_dir: str | os.PathLike[str],
+        checkpoint_files: Sequence[str] | Mapping[str, Any],
+        model_type: str,
+        output_dir: str | os.PathLike[str],
+        adapter_checkpoint: str | None = None,
+        recipe_checkpoint: str | None = None,
+        resume_from_checkpoint: bool = False,
+        keep_last_n_checkpoints: int | None = None,
+        should_load_recipe_state: bool = False,
+        safe_serialization: bool = True,
+        dtype: str | torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__(
+            checkpoint_dir,
+            output_dir,
+            adapter_checkpoint=adapter_checkpoint,
+            recipe_checkpoint=recipe_checkpoint,
+            resume_from_checkpoint=resume_from_checkpoint,
+            keep_last_n_checkpoints=keep_last_n_checkpoints,
+            should_load_recipe_state=should_load_recipe_state,
+        )
+        files = resolve_checkpoint_files(checkpoint_dir, checkpoint_files)
+        if len(files) != 1 or files[0].suffix != ".gguf":
+            raise ValueError(
+                "GGUFCheckpointer: checkpointer.checkpoint_files must name exactly one .gguf "
+                f"file, got {[f.name for f in files]}"
+            )
+        self._gguf_path = files[0]
+        self._model_type = str(getattr(model_type, "name", model_type)).upper()
+        self._safe_serialization = bool(safe_serialization)
+        if isinstance(dtype, str):
+            from tunesmith.utils import get_dtype
+
+            dtype = get_dtype(dtype)
+        self._dtype = dtype
+        from tunesmith.models.gguf import gguf_hf_config, read_gguf
+
+        self._reader, self._metadata = read_gguf(self._gguf_path)
+        self._hf_config = gguf_hf_config(self._reader, self._metadata)
+
+    @property
+    def hf_config(self) -> dict[str, Any]:
+        """The Hugging Face config equivalent to the GGUF metadata."""
+        return self._hf_config
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The GGUF key/value metadata (``general.*``, ``llama.*``, ``tokenizer.*``)."""
+        return self._metadata
+
+    def _load_base_weights(self) -> dict[str, torch.Tensor]:
+        from tunesmith.models.convert_weights import hf_to_native
+        from tunesmith.models.gguf import gguf_hf_state_dict
+
+        hf_sd = gguf_hf_state_dict(self._reader, self._hf_config, dtype=self._dtype)
+        return hf_to_native(hf_sd, self._model_type, self._hf_config)
+
+    def _load_weights_from(self, folder: Path) -> dict[str, torch.Tensor]:
+        from tunesmith.models.convert_weights import hf_to_native
+
+        files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+        files = [f for f in files if not f.name.startswith("adapter_")]
+        if not files:
+            raise FileNotFoundError(f"no model weights found in checkpoint folder {folder}")
+        hf_sd, _ = load_weight_files(files)
+        return hf_to_native(hf_sd, self._model_type, self._hf_config)
+
+    def _write_model(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
+        from tunesmith.models.convert_weights import native_to_hf
+
+        hf_sd = native_to_hf(state_dict, self._model_type, self._hf_config)
+        save_sharded(hf_sd, folder, safe_serialization=self._safe_serialization)
+        dtypes = {t.dtype for t in hf_sd.values() if t.is_floating_point()}
+        config = dict(self._hf_config)
+        if len(dtypes) == 1:
+            config["torch_dtype"] = _DTYPE_NAMES.get(dtypes.pop(), "float32")
+        atomic_write_json(folder / "config.json", config)
+
+    def _copy_support_files(self, folder: Path) -> None:
+        from tunesmith.models.gguf import gguf_tokenizer_files
+
+        if not (folder / "config.json").is_file():
+            atomic_write_json(folder / "config.json", self._hf_config)
+        generation = {
+            k: self._hf_config[k]
+            for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+            if k in self._hf_config
+        }
+        atomic_write_json(folder / "generation_config.json", generation)
+        for name, text in gguf_tokenizer_files(self._metadata).items():
+            atomic_write_bytes(folder / name, text.encode())
+        template = self._metadata.get("tokenizer.chat_template")
+        if template:
+            atomic_write_bytes(folder / "chat_template.jinja", str(template).encode())
+        name = self._metadata.get("general.name")
+        if name:
+            atomic_write_bytes(
+                folder / "gguf_source.json",
+                json.dumps({"gguf": self._gguf_path.name, "general.name": name}).encode(),
+            )
+
+    def _peft_context(self) -> dict[str, Any]:
+        return {
+            "model_type": self._model_type,
+            "hf_config": self._hf_config,
+            "base_model": str(self._gguf_path),
+        }
