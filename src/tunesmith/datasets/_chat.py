@@ -1,0 +1,87 @@
+"""Multi-turn chat dataset builders (ShareGPT and OpenAI conversation styles)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tunesmith.data import OpenAIToMessages, ShareGPTToMessages
+from tunesmith.datasets._common import maybe_pack
+from tunesmith.datasets._sft import SFTDataset
+
+__all__ = ["chat_dataset", "slimorca_dataset"]
+
+
+def chat_dataset(
+    tokenizer: Any,
+    *,
+    source: str,
+    conversation_column: str,
+    conversation_style: str,
+    train_on_input: bool = False,
+    new_system_prompt: str | None = None,
+    packed: bool = False,
+    filter_fn: Callable | None = None,
+    split: str = "train",
+    split_across_pack: bool = False,
+    **load_dataset_kwargs: Any,
+) -> Any:
+    """Conversations in ``conversation_column``.
+
+    ``conversation_style="sharegpt"``: ``[{"from": "system|human|gpt", "value": str}]``;
+    ``"openai"``: ``[{"role": ..., "content": ...}]``. ``train_on_input=False`` trains on
+    the assistant turns only.
+    """
+    if conversation_style == "sharegpt":
+        message_transform: Callable = ShareGPTToMessages(
+            train_on_input=train_on_input,
+            column_map={"conversations": conversation_column},
+            new_system_prompt=new_system_prompt,
+        )
+    elif conversation_style == "openai":
+        message_transform = OpenAIToMessages(
+            train_on_input=train_on_input,
+            column_map={"messages": conversation_column},
+            new_system_prompt=new_system_prompt,
+        )
+    else:
+        raise ValueError(
+            f"dataset.conversation_style={conversation_style!r} is not supported; use "
+            "'sharegpt' or 'openai'"
+        )
+    ds = SFTDataset(
+        source=source,
+        message_transform=message_transform,
+        model_transform=tokenizer,
+        filter_fn=filter_fn,
+        split=split,
+        **load_dataset_kwargs,
+    )
+    return maybe_pack(ds, tokenizer, packed, split_across_pack)
+
+
+def slimorca_dataset(
+    tokenizer: Any,
+    *,
+    source: str = "Open-Orca/SlimOrca-Dedup",
+    column_map: dict[str, str] | None = None,
+    train_on_input: bool = False,
+    new_system_prompt: str | None = None,
+    packed: bool = False,
+    filter_fn: Callable | None = None,
+    split: str = "train",
+    **load_dataset_kwargs: Any,
+) -> Any:
+    """SlimOrca (ShareGPT-style ``conversations``)."""
+    message_transform = ShareGPTToMessages(
+        train_on_input=train_on_input, column_map=column_map, new_system_prompt=new_system_prompt
+    )
+    ds = SFTDataset(
+        source=source,
+        message_transform=message_transform,
+        model_transform=tokenizer,
+        filter_fn=filter_fn,
+        split=split,
+        **load_dataset_kwargs,
+    )
+    return maybe_pack(ds, tokenizer, packed)

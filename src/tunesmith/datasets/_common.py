@@ -1,0 +1,39 @@
+"""Helpers shared by the dataset builders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunesmith.datasets._packed import PackedDataset
+
+__all__: list[str] = []
+
+# ``datasets`` builders for local files: hub-only arguments (config names, data_dir) are
+# not passed to them.
+LOCAL_BUILDERS = ("json", "parquet", "csv", "arrow", "text", "pandas")
+
+
+def is_hub_source(source: str) -> bool:
+    """True for a hub dataset name, False for a local-file builder or a local path."""
+    from pathlib import Path
+
+    return source not in LOCAL_BUILDERS and not Path(source).expanduser().exists()
+
+
+def maybe_pack(ds: Any, tokenizer: Any, packed: bool, split_across_pack: bool = False) -> Any:
+    """``ds`` itself, or a ``PackedDataset`` of it with the tokenizer's ``max_seq_len``."""
+    if not packed:
+        return ds
+    max_seq_len = getattr(tokenizer, "max_seq_len", None)
+    if max_seq_len is None:
+        raise ValueError(
+            "dataset.packed=True needs the tokenizer's max_seq_len (the pack length): set "
+            "tokenizer.max_seq_len in the config, e.g. tokenizer.max_seq_len=2048"
+        )
+    pad_id = getattr(tokenizer, "pad_id", None)
+    return PackedDataset(
+        ds,
+        max_seq_len=max_seq_len,
+        padding_idx=0 if pad_id is None else pad_id,
+        split_across_pack=split_across_pack,
+    )

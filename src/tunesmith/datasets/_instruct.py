@@ -1,0 +1,139 @@
+"""Instruct (single-turn input -> output) dataset builders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tunesmith.data import AlpacaToMessages, InputOutputToMessages
+from tunesmith.datasets._common import maybe_pack
+from tunesmith.datasets._sft import SFTDataset
+
+__all__ = [
+    "instruct_dataset",
+    "alpaca_dataset",
+    "alpaca_cleaned_dataset",
+    "samsum_dataset",
+    "grammar_dataset",
+]
+
+
+def instruct_dataset(
+    tokenizer: Any,
+    *,
+    source: str,
+    column_map: dict[str, str] | None = None,
+    train_on_input: bool = False,
+    new_system_prompt: str | None = None,
+    packed: bool = False,
+    filter_fn: Callable | None = None,
+    split: str = "train",
+    split_across_pack: bool = False,
+    **load_dataset_kwargs: Any,
+) -> Any:
+    """Rows ``{"input", "output"}`` (rename with ``column_map={"input": ..., "output": ...}``)
+    become a user and an assistant message; ``train_on_input=False`` trains on the output only.
+
+    Returns an ``SFTDataset``, or a ``PackedDataset`` of ``tokenizer.max_seq_len`` when
+    ``packed=True``. ``source="json", data_files="my.json"`` loads a local file.
+    """
+    message_transform = InputOutputToMessages(
+        train_on_input=train_on_input, column_map=column_map, new_system_prompt=new_system_prompt
+    )
+    ds = SFTDataset(
+        source=source,
+        message_transform=message_transform,
+        model_transform=tokenizer,
+        filter_fn=filter_fn,
+        split=split,
+        **load_dataset_kwargs,
+    )
+    return maybe_pack(ds, tokenizer, packed, split_across_pack)
+
+
+def alpaca_dataset(
+    tokenizer: Any,
+    *,
+    source: str = "tatsu-lab/alpaca",
+    column_map: dict[str, str] | None = None,
+    train_on_input: bool = True,
+    packed: bool = False,
+    filter_fn: Callable | None = None,
+    split: str = "train",
+    split_across_pack: bool = False,
+    **load_dataset_kwargs: Any,
+) -> Any:
+    """Alpaca rows ``{"instruction", "input", "output"}`` formatted with the Alpaca prompt
+    (the with-input or no-input variant) as the user message; trains on the prompt too by
+    default, as torchtune does."""
+    message_transform = AlpacaToMessages(train_on_input=train_on_input, column_map=column_map)
+    ds = SFTDataset(
+        source=source,
+        message_transform=message_transform,
+        model_transform=tokenizer,
+        filter_fn=filter_fn,
+        split=split,
+        **load_dataset_kwargs,
+    )
+    return maybe_pack(ds, tokenizer, packed, split_across_pack)
+
+
+def alpaca_cleaned_dataset(
+    tokenizer: Any, *, source: str = "yahma/alpaca-cleaned", **kwargs: Any
+) -> Any:
+    """``alpaca_dataset`` on the cleaned Alpaca data (``yahma/alpaca-cleaned``)."""
+    return alpaca_dataset(tokenizer, source=source, **kwargs)
+
+
+def samsum_dataset(
+    tokenizer: Any,
+    *,
+    source: str = "Samsung/samsum",
+    column_map: dict[str, str] | None = None,
+    train_on_input: bool = False,
+    new_system_prompt: str | None = None,
+    packed: bool = False,
+    filter_fn: Callable | None = None,
+    split: str = "train",
+    **load_dataset_kwargs: Any,
+) -> Any:
+    """Dialogue summarization (``dialogue`` -> ``summary``). As in torchtune the summarize
+    prompt comes from the tokenizer's ``prompt_template`` (``SummarizeTemplate``)."""
+    return instruct_dataset(
+        tokenizer,
+        source=source,
+        column_map=column_map or {"input": "dialogue", "output": "summary"},
+        train_on_input=train_on_input,
+        new_system_prompt=new_system_prompt,
+        packed=packed,
+        filter_fn=filter_fn,
+        split=split,
+        **load_dataset_kwargs,
+    )
+
+
+def grammar_dataset(
+    tokenizer: Any,
+    *,
+    source: str = "liweili/c4_200m",
+    column_map: dict[str, str] | None = None,
+    train_on_input: bool = False,
+    new_system_prompt: str | None = None,
+    packed: bool = False,
+    filter_fn: Callable | None = None,
+    split: str = "train",
+    **load_dataset_kwargs: Any,
+) -> Any:
+    """Grammar correction (``input`` -> ``output``). As in torchtune the prompt comes from
+    the tokenizer's ``prompt_template`` (``GrammarErrorCorrectionTemplate``)."""
+    return instruct_dataset(
+        tokenizer,
+        source=source,
+        column_map=column_map or {"input": "input", "output": "output"},
+        train_on_input=train_on_input,
+        new_system_prompt=new_system_prompt,
+        packed=packed,
+        filter_fn=filter_fn,
+        split=split,
+        **load_dataset_kwargs,
+    )

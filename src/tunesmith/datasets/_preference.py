@@ -1,0 +1,207 @@
+"""Preference (chosen / rejected) datasets for DPO and reward modelling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from tunesmith.data import (
+    CROSS_ENTROPY_IGNORE_IDX,
+    ChosenRejectedToMessages,
+    DataRowError,
+    Message,
+    validate_messages,
+)
+from tunesmith.datasets._common import is_hub_source
+from tunesmith.datasets._loading import load_rows
+
+__all__ = [
+    "PreferenceDataset",
+    "preference_dataset",
+    "StackExchangePairedToMessages",
+    "stack_exchange_paired_dataset",
+    "hh_rlhf_helpful_dataset",
+]
+
+
+class PreferenceDataset(Dataset):
+    """Rows -> ``{"chosen": [Message], "rejected": [Message]}`` -> token ids and labels.
+
+    Items: ``chosen_input_ids``, ``chosen_labels``, ``rejected_input_ids``,
+    ``rejected_labels`` (lists of int; labels -100 where masked). Batch with
+    ``padded_collate_dpo``. Packing is not supported.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        message_transform: Callable,
+        tokenizer: Any,
+        filter_fn: Callable | None = None,
+        packed: bool = False,
+        **load_dataset_kwargs: Any,
+    ):
+        if packed:
+            raise ValueError(
+                "packed=True is not supported for preference datasets; set dataset.packed=False"
+            )
+        self._source = str(source)
+        self._message_transform = message_transform
+        self._tokenizer = tokenizer
+        self._data, self._load_kwargs = load_rows(source, filter_fn, **load_dataset_kwargs)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def _tokenize(self, messages: list[Message]) -> tuple[list[int], list[int]]:
+        try:
+            validate_messages(messages)
+        except ValueError as e:
+            raise DataRowError(f"invalid conversation: {e}") from None
+        tokens, mask = self._tokenizer.tokenize_messages(messages)
+        labels = np.where(mask, CROSS_ENTROPY_IGNORE_IDX, tokens).tolist()
+        return list(tokens), labels
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        try:
+            transformed = self._message_transform(self._data[index])
+            chosen_ids, chosen_labels = self._tokenize(transformed["chosen"])
+            rejected_ids, rejected_labels = self._tokenize(transformed["rejected"])
+        except DataRowError as e:
+            files = self._load_kwargs.get("data_files")
+            where = self._source + (f" {files}" if files else "")
+            raise DataRowError(
+                f"{e.reason} (dataset {where}; fix or drop the row, e.g. with filter_fn, or "
+                "map the right columns with column_map)",
+                column=e.column,
+                row_index=index,
+            ) from None
+        return {
+            "chosen_input_ids": chosen_ids,
+            "chosen_labels": chosen_labels,
+            "rejected_input_ids": rejected_ids,
+            "rejected_labels": rejected_labels,
+        }
+
+
+def preference_dataset(
+    tokenizer: Any,
+    *,
+    source: str,
+    column_map: dict[str, str] | None = None,
+    train_on_input: bool = False,
+    new_system_prompt: str | None = None,
+    filter_fn: Callable | None = None,
+    packed: bool = False,
+    split: str = "train",
+    **load_dataset_kwargs: Any,
+) -> PreferenceDataset:
+    """Rows ``{"chosen": [{"role", "content"}...], "rejected": [...]}`` (rename with
+    ``column_map``); ``train_on_input=False`` trains on assistant turns only."""
+    message_transform = ChosenRejectedToMessages(
+        train_on_input=train_on_input, column_map=column_map, new_system_prompt=new_system_prompt
+    )
+    return PreferenceDataset(
+        source=source,
+        message_transform=message_transform,
+        tokenizer=tokenizer,
+        filter_fn=filter_fn,
+        packed=packed,
+        split=split,
+        **load_dataset_kwargs,
+    )
+
+
+def _text(sample: Mapping[str, Any], column: str) -> str:
+    if column not in sample:
+        raise DataRowError(
+            f"missing column; the row has columns {sorted(sample)}. Set column_map", column=column
+        )
+    value = sample[column]
+    if not isinstance(value, str):
+        kind = "null" if value is None else type(value).__name__
+        raise DataRowError(f"expected a string, got {kind}", column=column)
+    return value
+
+
+class StackExchangePairedToMessages:
+    """Row ``{"prompt", "chosen", "rejected"}`` (strings; rename with ``column_map``) ->
+    chosen and rejected conversations of a user prompt and an assistant answer."""
+
+    def __init__(self, train_on_input: bool = False, column_map: dict[str, str] | None = None):
+        self.train_on_input = train_on_input
+        expected = ("prompt", "chosen", "rejected")
+        unknown = set(column_map or {}) - set(expected)
+        if unknown:
+            raise ValueError(
+                f"StackExchangePairedToMessages: column_map has unknown key(s) {sorted(unknown)}; "
+                f"expected keys are {list(expected)}"
+            )
+        self.column_map = {k: (column_map or {}).get(k, k) for k in expected}
+
+    def __call__(self, sample: Mapping[str, Any]) -> dict[str, list[Message]]:
+        prompt = _text(sample, self.column_map["prompt"])
+        out = {}
+        for key in ("chosen", "rejected"):
+            out[key] = [
+                Message(role="user", content=prompt, masked=not self.train_on_input),
+                Message(role="assistant", content=_text(sample, self.column_map[key])),
+            ]
+        return out
+
+
+def stack_exchange_paired_dataset(
+    tokenizer: Any,
+    *,
+    source: str = "lvwerra/stack-exchange-paired",
+    column_map: dict[str, str] | None = None,
+    train_on_input: bool = False,
+    filter_fn: Callable | None = None,
+    split: str = "train",
+    **load_dataset_kwargs: Any,
+) -> PreferenceDataset:
+    """StackExchange question with a preferred (``response_j``) and a rejected
+    (``response_k``) answer."""
+    column_map = column_map or {
+        "prompt": "question",
+        "chosen": "response_j",
+        "rejected": "response_k",
+    }
+    if is_hub_source(source):
+        load_dataset_kwargs.setdefault("data_dir", "data/rl")
+    return PreferenceDataset(
+        source=source,
+        message_transform=StackExchangePairedToMessages(train_on_input, column_map),
+        tokenizer=tokenizer,
+        filter_fn=filter_fn,
+        split=split,
+        **load_dataset_kwargs,
+    )
+
+
+def hh_rlhf_helpful_dataset(
+    tokenizer: Any,
+    *,
+    source: str = "RLHFlow/HH-RLHF-Helpful-standard",
+    column_map: dict[str, str] | None = None,
+    train_on_input: bool = False,
+    new_system_prompt: str | None = None,
+    filter_fn: Callable | None = None,
+    split: str = "train",
+    **load_dataset_kwargs: Any,
+) -> PreferenceDataset:
+    """Anthropic HH-RLHF helpful subset in chosen / rejected message-list form."""
+    return preference_dataset(
+        tokenizer,
+        source=source,
+        column_map=column_map,
+        train_on_input=train_on_input,
+        new_system_prompt=new_system_prompt,
+        filter_fn=filter_fn,
+        split=split,
+        **load_dataset_kwargs,
+    )

@@ -1,0 +1,279 @@
+"""Row datasets: HF rows -> messages -> tokens and labels, one row at a time or all at once.
+
+``SFTDataset`` tokenizes lazily in ``__getitem__`` (like torchtune), so a huge dataset
+costs nothing up front. ``tokenize_all()`` tokenizes every row in bulk (column batches
+instead of per-row access, labels computed with one numpy call over the whole stream,
+worker processes for large datasets) and caches the result on disk; packing and
+length-grouped batching use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from tunesmith.data import (
+    CROSS_ENTROPY_IGNORE_IDX,
+    DataRowError,
+    TokenizedSamples,
+    validate_messages,
+)
+from tunesmith.datasets._cache import (
+    _settings_repr,
+    cache_enabled,
+    cache_key,
+    load_cached,
+    store_cached,
+    tokenizer_identity,
+)
+from tunesmith.datasets._loading import data_fingerprint, load_rows
+
+__all__ = ["SFTDataset", "SFTTransform", "TokenizedRowDataset"]
+
+logger = logging.getLogger(__name__)
+
+_ROW_BATCH = 1024
+_MIN_ROWS_PER_WORKER = 2000
+_ACTIVE_DATASET: TokenizedRowDataset | None = None
+
+
+def _default_workers() -> int:
+    env = os.environ.get("TUNESMITH_DATA_WORKERS")
+    if env:
+        return max(1, int(env))
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def _tokenize_range_in_worker(bounds: tuple[int, int]) -> TokenizedSamples:
+    assert _ACTIVE_DATASET is not None
+    return _ACTIVE_DATASET._tokenize_range(*bounds)
+
+
+class SFTTransform:
+    """``sample -> message_transform -> model_transform`` plus ``labels`` (-100 where masked).
+
+    Returns the model transform's output with ``labels`` added, as torchtune's does.
+    """
+
+    def __init__(self, message_transform: Callable | None, model_transform: Callable | None):
+        self.message_transform = message_transform
+        self.model_transform = model_transform
+
+    def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+        transformed = self.message_transform(sample) if self.message_transform else dict(sample)
+        if "messages" in transformed:
+            try:
+                validate_messages(transformed["messages"])
+            except ValueError as e:
+                raise DataRowError(f"invalid conversation: {e}") from None
+        if self.model_transform is None:
+            return transformed
+        out = dict(self.model_transform(transformed))
+        if "tokens" not in out or "mask" not in out:
+            raise ValueError(
+                f"model_transform {type(self.model_transform).__name__} must return 'tokens' and "
+                f"'mask', got keys {sorted(out)}"
+            )
+        tokens = np.asarray(out["tokens"], dtype=np.int64)
+        out["labels"] = np.where(out["mask"], CROSS_ENTROPY_IGNORE_IDX, tokens).tolist()
+        return out
+
+
+class TokenizedRowDataset(Dataset):
+    """Base for datasets whose rows each become one ``{"tokens", "labels"}`` sample.
+
+    Subclasses implement ``_tokenize_row(row) -> (tokens, mask | None)`` (``mask[i]`` True =
+    not trained on; None = train on every token) and ``_identity()`` (the settings that
+    decide the tokens, for the cache key).
+    """
+
+    _data: Any
+    _load_kwargs: dict[str, Any]
+
+    def _load(self, source: str, filter_fn: Callable | None, load_kwargs: dict[str, Any]) -> None:
+        self._source = str(source)
+        self._data, self._load_kwargs = load_rows(source, filter_fn, **load_kwargs)
+        self._tokenized: TokenizedSamples | None = None
+
+    # -- subclass hooks -------------------------------------------------------------------
+    def _tokenize_row(self, row: Mapping[str, Any]) -> tuple[Sequence[int], Sequence[bool] | None]:
+        raise NotImplementedError
+
+    def _identity(self) -> str:
+        raise NotImplementedError
+
+    # -- per-row access -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def _where(self) -> str:
+        files = self._load_kwargs.get("data_files")
+        return f"{self._source}" + (f" {files}" if files else "")
+
+    def _checked_tokenize(
+        self, row: Mapping[str, Any], index: int
+    ) -> tuple[Sequence[int], Sequence[bool] | None]:
+        try:
+            return self._tokenize_row(row)
+        except DataRowError as e:
+            raise DataRowError(
+                f"{e.reason} (dataset {self._where()}; fix or drop the row, e.g. with filter_fn, "
+                "or map the right columns with column_map)",
+                column=e.column,
+                row_index=index,
+            ) from None
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        if self._tokenized is not None:
+            return self._tokenized.sample(index)
+        tokens, mask = self._checked_tokenize(self._data[index], index)
+        tokens = list(tokens)
+        if mask is None:
+            return {"tokens": tokens, "labels": list(tokens)}
+        labels = np.where(mask, CROSS_ENTROPY_IGNORE_IDX, tokens).tolist()
+        return {"tokens": tokens, "labels": labels}
+
+    # -- bulk tokenization ----------------------------------------------------------------
+    def _rows(self, start: int, end: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        index = start
+        for lo in range(start, end, _ROW_BATCH):
+            columns = self._data[lo : min(lo + _ROW_BATCH, end)]
+            names = list(columns)
+            for values in zip(*(columns[n] for n in names)):
+                yield index, dict(zip(names, values))
+                index += 1
+
+    def _tokenize_range(self, start: int, end: int) -> TokenizedSamples:
+        all_tokens: list[Sequence[int]] = []
+        all_masks: list[Sequence[bool]] = []
+        for index, row in self._rows(start, end):
+            tokens, mask = self._checked_tokenize(row, index)
+            all_tokens.append(tokens)
+            all_masks.append([False] * len(tokens) if mask is None else mask)
+        lengths = np.fromiter((len(t) for t in all_tokens), np.int64, count=len(all_tokens))
+        offsets = np.zeros(len(all_tokens) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        total = int(offsets[-1])
+        tokens = np.fromiter((t for ts in all_tokens for t in ts), np.int32, count=total)
+        mask = np.fromiter((m for ms in all_masks for m in ms), np.bool_, count=total)
+        labels = np.where(mask, np.int32(CROSS_ENTROPY_IGNORE_IDX), tokens).astype(np.int32)
+        return TokenizedSamples(tokens, labels, offsets)
+
+    def cache_key(self) -> str | None:
+        """Key of the on-disk tokenization cache (None when the settings are not hashable)."""
+        try:
+            identity = self._identity()
+        except Exception as e:  # a tokenizer without encode/tokenize_messages, etc.
+            logger.info("tokenization cache off for %s: %s", type(self).__name__, e)
+            return None
+        if " at 0x" in identity:  # an object without a stable repr is part of the settings
+            return None
+        data = data_fingerprint(self._data, self._load_kwargs)
+        return cache_key(type(self).__qualname__, data, identity)
+
+    def tokenize_all(
+        self,
+        num_workers: int | None = None,
+        use_cache: bool = True,
+        cache_dir: str | Path | None = None,
+    ) -> TokenizedSamples:
+        """Tokenize every row (or load the cached result) as one ``TokenizedSamples`` stream.
+
+        Args:
+            num_workers: processes (default ``TUNESMITH_DATA_WORKERS`` or the CPU count, at
+                most 8; small datasets use one).
+            use_cache: read/write the disk cache (also off with ``TUNESMITH_DATA_CACHE=0``).
+            cache_dir: cache folder (default ``TUNESMITH_DATA_CACHE_DIR`` or
+                ``~/.cache/tunesmith/tokenized``).
+        """
+        if self._tokenized is not None:
+            return self._tokenized
+        folder = Path(cache_dir).expanduser() if cache_dir is not None else None
+        key = self.cache_key() if use_cache and cache_enabled() else None
+        if key is not None:
+            cached = load_cached(key, folder)
+            if cached is not None and len(cached) == len(self):
+                logger.info("loaded tokenized %s from cache %s", self._where(), key)
+                self._tokenized = cached
+                return cached
+        self._tokenized = self._tokenize_parallel(num_workers)
+        if key is not None:
+            meta = {"dataset": type(self).__qualname__, "source": self._where(), "rows": len(self)}
+            store_cached(key, self._tokenized, meta, folder)
+        return self._tokenized
+
+    def _tokenize_parallel(self, num_workers: int | None) -> TokenizedSamples:
+        n = len(self)
+        workers = min(num_workers or _default_workers(), max(1, n // _MIN_ROWS_PER_WORKER))
+        if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+            return self._tokenize_range(0, n)
+        chunks = np.linspace(0, n, workers * 4 + 1).astype(int)
+        bounds = [(int(a), int(b)) for a, b in zip(chunks[:-1], chunks[1:]) if b > a]
+        global _ACTIVE_DATASET
+        _ACTIVE_DATASET = self
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                parts = pool.map(_tokenize_range_in_worker, bounds, chunksize=1)
+        finally:
+            _ACTIVE_DATASET = None
+        return TokenizedSamples.concatenate(parts)
+
+    def sample_lengths(self) -> np.ndarray:
+        """``[n]`` token count of every sample (tokenizes everything once, cached)."""
+        return self.tokenize_all().lengths
+
+
+class SFTDataset(TokenizedRowDataset):
+    """Rows -> ``message_transform`` -> ``model_transform`` (the tokenizer) -> tokens/labels.
+
+    Args:
+        source: ``datasets.load_dataset`` path: hub name, or ``json``/``parquet``/``csv``/
+            ``arrow``/``text`` with ``data_files``, or a local file path.
+        message_transform: row -> ``{"messages": list[Message]}``.
+        model_transform: the tokenizer (``{"messages"} -> {"tokens", "mask"}``).
+        filter_fn: keep rows where it returns True (``datasets.Dataset.filter``).
+        **load_dataset_kwargs: passed to ``datasets.load_dataset`` (``split`` defaults to
+            ``"train"``; ``data_files``, ``name``, ``data_dir``, ...).
+
+    Samples are ``{"tokens": list[int], "labels": list[int]}``, labels -100 where masked.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        message_transform: Callable,
+        model_transform: Callable,
+        filter_fn: Callable | None = None,
+        **load_dataset_kwargs: Any,
+    ):
+        self._message_transform = message_transform
+        self._model_transform = model_transform
+        self._load(source, filter_fn, load_dataset_kwargs)
+
+    def _tokenize_row(self, row: Mapping[str, Any]) -> tuple[Sequence[int], Sequence[bool]]:
+        transformed = self._message_transform(row)
+        try:
+            validate_messages(transformed["messages"])
+        except ValueError as e:
+            raise DataRowError(f"invalid conversation: {e}") from None
+        out = self._model_transform(transformed)
+        return out["tokens"], out["mask"]
+
+    def _identity(self) -> str:
+        return (
+            _settings_repr(self._message_transform)
+            + "\n"
+            + tokenizer_identity(self._model_transform)
+        )
