@@ -242,7 +242,7 @@ class TensorBoardLogger(MetricLoggerInterface):
 
     def log(self, name: str, data: Scalar, step: int) -> None:
         if self._writer is not None:
-            self._writer.add_scalar(name, _scalar(data), global_step=step, new_style=True)
+            self._writer.add_scalar(name, _scalar(data), global_step=step)
 
     def log_config(self, config: Any) -> None:
         if self._writer is not None:
@@ -305,7 +305,9 @@ class CometLogger(MetricLoggerInterface):
 
 class MLFlowLogger(MetricLoggerInterface):
     """MLflow. Without ``tracking_uri`` (or ``MLFLOW_TRACKING_URI``) runs go to a local file
-    store, ``./mlruns``; no server needed."""
+    store in ``log_dir`` (default ``./mlruns``); no server or database needed. (MLflow 3 calls
+    the file store "maintenance mode" and refuses it unless ``MLFLOW_ALLOW_FILE_STORE`` is set;
+    for a file store this logger sets it, unless you set it yourself.)"""
 
     def __init__(
         self,
@@ -313,6 +315,7 @@ class MLFlowLogger(MetricLoggerInterface):
         tracking_uri: str | None = None,
         run_id: str | None = None,
         run_name: str | None = None,
+        log_dir: str | None = None,
         **kwargs: Any,
     ):
         self._mlflow = _lazy("mlflow", "MLFlowLogger")
@@ -320,8 +323,12 @@ class MLFlowLogger(MetricLoggerInterface):
         if _rank() != 0:
             return
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if uri:
-            self._mlflow.set_tracking_uri(uri)
+        if not uri:
+            uri = Path(log_dir or "mlruns").resolve().as_uri()
+        if uri.startswith("file:") or "://" not in uri:
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self._mlflow.set_tracking_uri(uri)
+        self.tracking_uri = uri
         if experiment_name:
             self._mlflow.set_experiment(experiment_name)
         self._run = self._mlflow.start_run(run_id=run_id, run_name=run_name)
