@@ -14,6 +14,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from tunesmith.data._packing import CROSS_ENTROPY_IGNORE_IDX
+from tunesmith.modules.masks import packed_causal_mask
 
 __all__ = [
     "left_pad_sequence",
@@ -21,7 +22,6 @@ __all__ = [
     "padded_collate_sft",
     "padded_collate_packed",
     "padded_collate_dpo",
-    "packed_block_causal_mask",
 ]
 
 
@@ -106,22 +106,6 @@ def padded_collate(
     return out
 
 
-def packed_block_causal_mask(document_ids: torch.Tensor) -> torch.Tensor:
-    """Block-causal mask from document ids.
-
-    Args:
-        document_ids: ``[b, s]``, equal ids mark tokens of the same document.
-
-    Returns:
-        ``[b, s, s]`` bool, ``mask[b, i, j] = True`` iff query ``i`` may attend key ``j``:
-        ``j <= i`` and both tokens belong to the same document.
-    """
-    s = document_ids.shape[-1]
-    same_doc = document_ids.unsqueeze(-1) == document_ids.unsqueeze(-2)
-    causal = torch.ones(s, s, dtype=torch.bool, device=document_ids.device).tril_()
-    return same_doc & causal
-
-
 def _document_ids_from_seq_lens(seq_lens: torch.Tensor, length: int) -> torch.Tensor:
     seq_lens = _as_tensor(seq_lens)
     if int(seq_lens.sum()) != length:
@@ -159,7 +143,7 @@ def padded_collate_packed(batch: Sequence[Mapping[str, Any]]) -> dict[str, torch
         "tokens": tokens,
         "labels": labels,
         "input_pos": input_pos,
-        "mask": packed_block_causal_mask(document_ids),
+        "mask": packed_causal_mask(document_ids),
     }
 
 
