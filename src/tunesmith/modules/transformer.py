@@ -168,7 +168,11 @@ class TransformerDecoder(nn.Module):
     def _masks(
         self, b: int, s: int, mask: Tensor | None, device: torch.device
     ) -> tuple[Tensor | None, Tensor | None, Tensor]:
-        """Return (mask for full layers, mask for sliding layers, default positions)."""
+        """Return (mask for full layers, mask for sliding layers, default positions).
+
+        A window at least as long as the keys changes nothing, so the sliding layers then
+        share the full mask (and keep SDPA's fast ``is_causal`` path when it is None).
+        """
         if self._cache_len is not None:
             start, end = self._cache_pos, self._cache_pos + s
             if end > self._cache_len:
@@ -184,8 +188,8 @@ class TransformerDecoder(nn.Module):
                 mask = mask[:, :, :end]
         else:
             q_idx = k_idx = torch.arange(s, device=device)
-        sliding = None
-        if self._sliding_window is not None:
+        sliding = mask
+        if self._sliding_window is not None and self._sliding_window < k_idx.numel():
             band = sliding_window_band(q_idx, k_idx, self._sliding_window)[None]
             sliding = band if mask is None else mask & band
         return mask, sliding, q_idx

@@ -1,0 +1,78 @@
+"""Tiny random transformers checkpoints, one per supported family, written with save_pretrained."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+transformers = __import__("pytest").importorskip("transformers")
+
+VOCAB = 160
+_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+_LLAMA31_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
+
+
+def tiny_configs() -> dict[str, object]:
+    """name -> transformers config; covers tied/untied, GQA/MHA, every family feature."""
+    t = transformers
+    return {
+        "llama3_1": t.LlamaConfig(**_COMMON, rope_scaling=_LLAMA31_ROPE, rope_theta=500_000.0),
+        "llama_tied": t.LlamaConfig(
+            **{**_COMMON, "num_key_value_heads": 4}, tie_word_embeddings=True
+        ),
+        "mistral": t.MistralConfig(**_COMMON, sliding_window=16),
+        "gemma": t.GemmaConfig(**{**_COMMON, "num_key_value_heads": 1}, head_dim=32),
+        "gemma2": t.Gemma2Config(
+            **{**_COMMON, "num_hidden_layers": 4},
+            head_dim=16,
+            sliding_window=12,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=3.0,
+        ),
+        "phi3": t.Phi3Config(**_COMMON),
+        "qwen2": t.Qwen2Config(**_COMMON, tie_word_embeddings=True),
+        "qwen2_untied": t.Qwen2Config(**_COMMON, tie_word_embeddings=False),
+        "qwen3": t.Qwen3Config(**_COMMON, head_dim=32, tie_word_embeddings=False),
+    }
+
+
+def make_checkpoint(name: str, directory: Path, std: float = 0.1):
+    """Write a random model to ``directory``; return the (eval, fp32, eager) transformers model."""
+    cfg = tiny_configs()[name]
+    cfg._attn_implementation = "eager"
+    cls = getattr(transformers, type(cfg).__name__.replace("Config", "ForCausalLM"))
+    torch.manual_seed(0)
+    model = cls(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, std)
+    model.save_pretrained(directory)
+    return model
+
+
+def read_checkpoint(directory: Path) -> tuple[dict, dict]:
+    """(config.json dict, state dict) exactly as written to disk."""
+    from safetensors.torch import load_file
+
+    config = json.loads((directory / "config.json").read_text())
+    return config, load_file(str(directory / "model.safetensors"))

@@ -1,0 +1,116 @@
+"""Every real size, built on the meta device, has its published parameter count.
+
+Counts are the released checkpoints' (Hugging Face model cards / safetensors metadata),
+counting a tied embedding once. Reward heads (torchtune's ``*_reward_7b``) have no
+published count: they are the base model minus the LM head plus a 1-class head.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tunesmith.models import SPECS, build_decoder
+from tunesmith.models.llama3_2 import llama3_2_1b
+
+PUBLISHED = {
+    "llama2_7b": 6_738_415_616,
+    "llama2_13b": 13_015_864_320,
+    "llama2_70b": 68_976_648_192,
+    "llama2_reward_7b": 6_738_415_616 - 32_000 * 4096 + 4096,
+    "code_llama2_7b": 6_738_546_688,
+    "code_llama2_13b": 13_016_028_160,
+    "code_llama2_70b": 68_976_910_336,
+    "llama3_8b": 8_030_261_248,
+    "llama3_70b": 70_553_706_496,
+    "llama3_1_8b": 8_030_261_248,
+    "llama3_1_70b": 70_553_706_496,
+    "llama3_1_405b": 405_853_388_800,
+    "llama3_2_1b": 1_235_814_400,
+    "llama3_2_3b": 3_212_749_824,
+    "llama3_3_70b": 70_553_706_496,
+    "mistral_7b": 7_241_732_096,
+    "mistral_reward_7b": 7_241_732_096 - 32_000 * 4096 + 4096,
+    "gemma_2b": 2_506_172_416,
+    "gemma_7b": 8_537_680_896,
+    "gemma2_2b": 2_614_341_888,
+    "gemma2_9b": 9_241_705_984,
+    "gemma2_27b": 27_227_128_320,
+    "phi3_mini": 3_821_079_552,
+    "phi4_14b": 14_659_507_200,
+    "qwen2_0_5b": 494_032_768,
+    "qwen2_1_5b": 1_543_714_304,
+    "qwen2_7b": 7_615_616_512,
+    "qwen2_5_0_5b": 494_032_768,
+    "qwen2_5_1_5b_base": 1_543_714_304,
+    "qwen2_5_1_5b_instruct": 1_543_714_304,
+    "qwen2_5_3b": 3_085_938_688,
+    "qwen2_5_7b_base": 7_615_616_512,
+    "qwen2_5_7b_instruct": 7_615_616_512,
+    "qwen2_5_14b_base": 14_770_033_664,
+    "qwen2_5_14b_instruct": 14_770_033_664,
+    "qwen2_5_32b_base": 32_763_876_352,
+    "qwen2_5_32b_instruct": 32_763_876_352,
+    "qwen2_5_72b_base": 72_706_203_648,
+    "qwen2_5_72b_instruct": 72_706_203_648,
+    "qwen3_0_6b_base": 596_049_920,
+    "qwen3_0_6b_instruct": 596_049_920,
+    "qwen3_1_7b_base": 1_720_574_976,
+    "qwen3_1_7b_instruct": 1_720_574_976,
+    "qwen3_4b_base": 4_022_468_096,
+    "qwen3_4b_instruct": 4_022_468_096,
+    "qwen3_8b_base": 8_190_735_360,
+    "qwen3_8b_instruct": 8_190_735_360,
+    "qwen3_14b_base": 14_768_307_200,
+    "qwen3_14b_instruct": 14_768_307_200,
+    "qwen3_32b": 32_762_123_264,
+    "smollm2_135m": 134_515_008,
+    "smollm2_360m": 361_821_120,
+    "smollm2_1_7b": 1_711_376_384,
+}
+
+_FAMILY_OF = {
+    "code_llama2": "code_llama2",
+    "llama2": "llama2",
+    "llama3_1": "llama3_1",
+    "llama3_2": "llama3_2",
+    "llama3_3": "llama3_3",
+    "llama3": "llama3",
+    "mistral": "mistral",
+    "gemma2": "gemma2",
+    "gemma": "gemma",
+    "phi3": "phi3",
+    "phi4": "phi4",
+    "qwen2_5": "qwen2_5",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "smollm2": "smollm2",
+}
+
+
+def _family(name: str) -> str:
+    return next(f for f in _FAMILY_OF if name.startswith(f + "_"))
+
+
+def test_table_covers_every_spec():
+    assert set(PUBLISHED) == set(SPECS)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_count_on_meta_device(name):
+    import importlib
+
+    builder = getattr(importlib.import_module(f"tunesmith.models.{_family(name)}"), name)
+    with torch.device("meta"):
+        model = builder()
+    assert sum(p.numel() for p in model.parameters()) == PUBLISHED[name]
+    assert model.tok_embeddings.weight.is_meta
+
+
+def test_build_decoder_matches_public_builder():
+    with torch.device("meta"):
+        a = build_decoder(SPECS["llama3_2_1b"])
+        b = llama3_2_1b()
+    assert [(k, v.shape) for k, v in a.state_dict().items()] == [
+        (k, v.shape) for k, v in b.state_dict().items()
+    ]
