@@ -28,6 +28,7 @@ batch_size: 4
 optimizer:
   _component_: torch.optim.AdamW
   lr: 2.0e-5
+  weight_decay: 1e-2
   betas: [0.9, 0.95]
 lora_attn_modules: [q_proj, v_proj]
 checkpointer:
@@ -93,6 +94,7 @@ def test_overrides_set_add_delete_and_interpolate(cfg) -> None:
         ],
     )
     assert cfg.optimizer.lr == 1e-4
+    assert cfg.optimizer.weight_decay == 0.01  # YAML 1.1 would read 1e-2 as a string
     assert cfg.batch_size == 8 and cfg.compile is True
     assert list(cfg.optimizer.betas) == [0.9, 0.99]
     assert list(cfg.lora_attn_modules) == ["q_proj", "k_proj", "v_proj"]

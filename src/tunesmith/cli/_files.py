@@ -13,7 +13,7 @@ from tunesmith.config import (
     load_config,
     resolve_config_path,
 )
-from tunesmith.recipes._registry import RECIPES, find_recipe
+from tunesmith.recipes import _registry
 
 __all__ = ["cmd_cat", "cmd_cp", "cmd_ls", "format_table"]
 
@@ -34,7 +34,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     configs = bundled_configs()
     rows: list[list[str]] = []
     claimed: set[str] = set()
-    for recipe in RECIPES:
+    for recipe in _registry.RECIPES:
         names = {recipe.name, *recipe.aliases}
         mine = [c.name for c in configs.values() if c.recipe in names]
         claimed.update(mine)
@@ -53,7 +53,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def _source_file(source: str) -> tuple[Path, str]:
     """The file behind a recipe or config name and what it is (``recipe`` or ``config``)."""
-    recipe = None if "/" in source else find_recipe(source)
+    recipe = None if "/" in source else _registry.find_recipe(source)
     if recipe is not None:
         if not recipe.exists:
             raise ConfigError(

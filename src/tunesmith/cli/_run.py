@@ -10,7 +10,8 @@ from pathlib import Path
 from types import ModuleType
 
 from tunesmith.config import ConfigError, parse_recipe_args, resolve_config_path, split_recipe_args
-from tunesmith.recipes._registry import Recipe, find_recipe, get_recipe
+from tunesmith.recipes import _registry
+from tunesmith.recipes._registry import Recipe
 
 __all__ = ["build_run_parser", "run_command"]
 
@@ -55,7 +56,7 @@ def build_run_parser() -> argparse.ArgumentParser:
 
 def _resolve_recipe(name: str) -> tuple[Recipe | None, Path | None]:
     """The registry entry or a local .py file for the ``recipe`` argument."""
-    recipe = find_recipe(name)
+    recipe = _registry.find_recipe(name)
     if recipe is not None:
         if not recipe.exists:
             raise ConfigError(
@@ -68,7 +69,7 @@ def _resolve_recipe(name: str) -> tuple[Recipe | None, Path | None]:
         if not path.is_file():
             raise ConfigError(f"recipe file {path} not found; check the path")
         return None, path.resolve()
-    get_recipe(name)  # raises with suggestions
+    _registry.get_recipe(name)  # raises with suggestions
     raise AssertionError("unreachable")
 
 

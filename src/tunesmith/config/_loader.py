@@ -26,26 +26,23 @@ def load_config(path: str | os.PathLike[str]) -> DictConfig:
     """
     resolved = resolve_config_path(path)
     try:
-        with open(resolved, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        # OmegaConf's YAML loader reads 3e-4 as a float (plain YAML 1.1 would give a string).
+        cfg = OmegaConf.load(resolved)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{resolved}:{mark.line + 1}:{mark.column + 1}" if mark else str(resolved)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{where}: invalid YAML ({problem}); fix the file at that line") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{resolved}: the top level must be a mapping of keys to values (key: value), "
-            f"not a {type(data).__name__}"
-        )
-    try:
-        return OmegaConf.create(data)
     except Exception as e:  # omegaconf rejects e.g. non-string keys
         raise ConfigError(
             f"{resolved}: cannot be used as a config ({e}); use string keys"
         ) from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(
+            f"{resolved}: the top level must be a mapping of keys to values (key: value), "
+            f"not a {type(cfg).__name__}"
+        )
+    return cfg
 
 
 def split_recipe_args(argv: Sequence[str]) -> tuple[str, list[str]]:

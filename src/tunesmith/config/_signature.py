@@ -157,14 +157,16 @@ def binding_problems(
     for name in named:
         param = params[name]
         if name not in bound.arguments and param.default is param.empty:
-            problems.append(
-                Problem(
-                    _join(path, name),
-                    f"{component} needs the argument '{name}', which is not set; add "
-                    f"'{name}: <value>' under {path or 'the top level'} (or {_join(path, name)}=<value>)"
-                    + ("" if missing_is_error else "; fine if the recipe passes it"),
-                    "error" if missing_is_error else "warning",
+            where = f"'{name}: <value>' under {path or 'the top level'} (or {_join(path, name)}=<value>)"
+            if missing_is_error:
+                message = f"{component} needs the argument '{name}', which is not set; add {where}"
+            else:
+                message = (
+                    f"not set in the config; {component} needs it (fine if the recipe passes it, "
+                    f"else add {where})"
                 )
+            problems.append(
+                Problem(_join(path, name), message, "error" if missing_is_error else "warning")
             )
     hints = _type_hints(fn)
     for key, value in config_kwargs.items():
