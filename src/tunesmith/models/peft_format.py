@@ -1,0 +1,228 @@
+"""Native LoRA / DoRA adapters <-> Hugging Face PEFT's saved adapter format.
+
+PEFT saves ``adapter_model.safetensors`` with keys like
+``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`` (``lora_B.weight``,
+``lora_magnitude_vector`` for DoRA) next to an ``adapter_config.json``. The module renames
+(``attn.q_proj`` -> ``self_attn.q_proj``, ``mlp.w1`` -> ``mlp.gate_proj``, ``output`` ->
+``lm_head``, Phi-3's fused ``qkv_proj`` / ``gate_up_proj``) come from
+:mod:`tunesmith.models.convert_weights`; this module only adds PEFT's prefix and parameter
+names. Native q/k use the Hugging Face layout, so no permutation is involved.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from tunesmith.models.convert_weights import hf_to_native, native_to_hf
+
+__all__ = [
+    "ADAPTER_CONFIG_NAME",
+    "ADAPTER_WEIGHTS_NAME",
+    "PEFT_PREFIX",
+    "load_peft_adapter",
+    "native_to_peft",
+    "peft_adapter_config",
+    "peft_to_native",
+    "save_peft_adapter",
+    "target_modules_from_adapter",
+]
+
+PEFT_PREFIX = "base_model.model."
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+
+# native parameter suffix -> PEFT parameter suffix (as PEFT writes them to disk)
+_TO_PEFT = {
+    "lora_a.weight": "lora_A.weight",
+    "lora_b.weight": "lora_B.weight",
+    "magnitude": "lora_magnitude_vector",
+}
+# PEFT suffixes as found on disk or in a live model's state dict (adapter name "default")
+_FROM_PEFT = {
+    "lora_A.weight": "lora_a.weight",
+    "lora_B.weight": "lora_b.weight",
+    "lora_magnitude_vector": "magnitude",
+    "lora_magnitude_vector.weight": "magnitude",
+    "lora_A.default.weight": "lora_a.weight",
+    "lora_B.default.weight": "lora_b.weight",
+    "lora_magnitude_vector.default.weight": "magnitude",
+}
+_TASK_TYPES = {"REWARD": "SEQ_CLS"}
+
+
+def _split_suffix(key: str, table: Mapping[str, str]) -> tuple[str, str] | None:
+    for suffix in sorted(table, key=len, reverse=True):
+        if key.endswith("." + suffix):
+            return key[: -len(suffix) - 1], table[suffix]
+    return None
+
+
+def native_to_peft(
+    adapter_state_dict: Mapping[str, Tensor], model_type: Any, hf_config: Any = None
+) -> dict[str, Tensor]:
+    """Native adapter keys (``layers.0.attn.q_proj.lora_a.weight``, ...) -> PEFT's saved keys.
+
+    ``adapter_state_dict`` must hold adapter entries only (see
+    ``tunesmith.modules.peft.get_adapter_state_dict``). ``hf_config`` is needed for Phi-3 /
+    Phi-4 (fused projections).
+    """
+    for key in adapter_state_dict:
+        if _split_suffix(key, {k: k for k in _TO_PEFT}) is None:
+            raise ValueError(
+                f"native_to_peft: {key!r} is not a LoRA/DoRA adapter key (expected a name ending "
+                "in .lora_a.weight, .lora_b.weight or .magnitude); pass only the adapter weights"
+            )
+    hf = native_to_hf(adapter_state_dict, model_type, hf_config)
+    out: dict[str, Tensor] = {}
+    for key, value in hf.items():
+        module, suffix = _split_suffix(key, _TO_PEFT)  # type: ignore[misc]
+        out[f"{PEFT_PREFIX}{module}.{suffix}"] = value
+    return out
+
+
+def peft_to_native(
+    peft_state_dict: Mapping[str, Tensor], model_type: Any, hf_config: Any = None
+) -> dict[str, Tensor]:
+    """PEFT adapter keys (from ``adapter_model.safetensors``) -> native adapter keys.
+
+    Raises:
+        ValueError: for entries that are not LoRA / DoRA weights (e.g. ``modules_to_save``
+            copies or bias terms), which a native adapter cannot hold.
+    """
+    hf: dict[str, Tensor] = {}
+    for key, value in peft_state_dict.items():
+        name = key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else key
+        hit = _split_suffix(name, _FROM_PEFT)
+        if hit is None:
+            raise ValueError(
+                f"PEFT adapter entry {key!r} is not a LoRA/DoRA weight (lora_A, lora_B, "
+                "lora_magnitude_vector); adapters with modules_to_save, trainable biases or "
+                "other PEFT methods cannot be loaded as a native LoRA adapter"
+            )
+        hf[f"{hit[0]}.{hit[1]}"] = value
+    return hf_to_native(hf, model_type, hf_config)
+
+
+def target_modules_from_adapter(peft_state_dict: Iterable[str]) -> list[str]:
+    """The Hugging Face module names (``q_proj``, ``gate_proj``, ...) an adapter covers."""
+    names = set()
+    for key in peft_state_dict:
+        hit = _split_suffix(key, _FROM_PEFT)
+        if hit is not None:
+            names.add(hit[0].rsplit(".", 1)[-1])
+    return sorted(names)
+
+
+def peft_adapter_config(
+    model_type: Any,
+    base_model_name_or_path: str | None,
+    rank: int,
+    alpha: float,
+    dropout: float = 0.0,
+    target_modules: Iterable[str] = (),
+    use_dora: bool = False,
+    task_type: str | None = None,
+) -> dict[str, Any]:
+    """An ``adapter_config.json`` dict that ``peft.PeftModel.from_pretrained`` accepts.
+
+    ``target_modules`` are Hugging Face module names (use :func:`target_modules_from_adapter`
+    on the converted weights). ``task_type`` defaults to ``CAUSAL_LM`` (``SEQ_CLS`` for
+    ``REWARD`` models).
+    """
+    targets = sorted(set(target_modules))
+    if not targets:
+        raise ValueError("peft_adapter_config: target_modules is empty; the adapter covers nothing")
+    name = str(getattr(model_type, "name", model_type)).upper()
+    alpha_value: float | int = int(alpha) if float(alpha).is_integer() else float(alpha)
+    return {
+        "peft_type": "LORA",
+        "task_type": task_type or _TASK_TYPES.get(name, "CAUSAL_LM"),
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": int(rank),
+        "lora_alpha": alpha_value,
+        "lora_dropout": float(dropout),
+        "target_modules": targets,
+        "use_dora": bool(use_dora),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "modules_to_save": None,
+        "use_rslora": False,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
+
+
+def save_peft_adapter(
+    folder: str | Path,
+    adapter_state_dict: Mapping[str, Tensor],
+    *,
+    model_type: Any,
+    rank: int,
+    alpha: float,
+    dropout: float = 0.0,
+    hf_config: Any = None,
+    base_model_name_or_path: str | None = None,
+) -> dict[str, Any]:
+    """Write ``adapter_model.safetensors`` + ``adapter_config.json`` into ``folder``.
+
+    DoRA is detected from ``magnitude`` keys. Returns the written config. (Checkpointers
+    that need atomic writes use :func:`native_to_peft` and :func:`peft_adapter_config`.)
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    peft_sd = native_to_peft(adapter_state_dict, model_type, hf_config)
+    config = peft_adapter_config(
+        model_type,
+        base_model_name_or_path,
+        rank,
+        alpha,
+        dropout,
+        target_modules_from_adapter(peft_sd),
+        use_dora=any(k.endswith(".magnitude") for k in adapter_state_dict),
+    )
+    tensors = {k: v.detach().contiguous().cpu() for k, v in peft_sd.items()}
+    save_file(tensors, str(folder / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+    (folder / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    return config
+
+
+def load_peft_adapter(
+    folder: str | Path, model_type: Any, hf_config: Any = None
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read a PEFT adapter folder -> ``(native adapter state dict, adapter_config dict)``."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    weights, config_path = folder / ADAPTER_WEIGHTS_NAME, folder / ADAPTER_CONFIG_NAME
+    if not weights.is_file() or not config_path.is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a PEFT adapter folder: expected {ADAPTER_WEIGHTS_NAME} and "
+            f"{ADAPTER_CONFIG_NAME}"
+        )
+    config = json.loads(config_path.read_text())
+    if config.get("peft_type", "LORA") != "LORA":
+        raise ValueError(
+            f"{config_path}: peft_type {config.get('peft_type')!r} is not supported; only LORA "
+            "(incl. use_dora) adapters load as native adapters"
+        )
+    unsupported = {
+        key: config[key]
+        for key in ("use_rslora", "rank_pattern", "alpha_pattern", "modules_to_save")
+        if config.get(key)
+    }
+    if unsupported:
+        raise ValueError(
+            f"{config_path}: {unsupported} change LoRA's scaling or add full weights, which a "
+            "native adapter (one rank, scaling alpha / rank) cannot represent; merge the "
+            "adapter in PEFT (merge_and_unload) and load the merged model instead"
+        )
+    return peft_to_native(load_file(str(weights)), model_type, hf_config), config
