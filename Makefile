@@ -5,13 +5,17 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+TORCH_VERSION := 2.13.0
+# The CPU wheel first (small, no CUDA libraries); PyPI's build where that index is unreachable.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: venv demo test test-slow test-all bench bench-quick lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --retries 0 --timeout 20 --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION) \
+	  || $(PIP) install -q torch==$(TORCH_VERSION)
 	$(PIP) install -q -e '.[dev,plot]'
 	touch $(STAMP)
 

@@ -1,0 +1,122 @@
+"""tunesmith.utils: dtype and device names, seeding, logging format and level, optional imports."""
+
+from __future__ import annotations
+
+import logging
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tunesmith.utils import (
+    LOG_FORMAT,
+    configure_logging,
+    get_device,
+    get_dtype,
+    get_logger,
+    require,
+    set_seed,
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [
+        (None, torch.float32),
+        ("fp32", torch.float32),
+        ("float32", torch.float32),
+        ("bf16", torch.bfloat16),
+        ("bfloat16", torch.bfloat16),
+        ("BF16", torch.bfloat16),
+        ("torch.bfloat16", torch.bfloat16),
+        ("fp16", torch.float16),
+        ("float16", torch.float16),
+        (torch.float16, torch.float16),
+    ],
+)
+def test_get_dtype(name: object, dtype: torch.dtype) -> None:
+    assert get_dtype(name) is dtype
+
+
+@pytest.mark.parametrize("bad", ["fp8", "int4", 16, ""])
+def test_get_dtype_rejects_unknown(bad: object) -> None:
+    with pytest.raises(
+        ValueError, match=r"dtype: .* is not a supported dtype; use fp32, bf16 or fp16"
+    ):
+        get_dtype(bad)
+
+
+def test_get_device() -> None:
+    assert get_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert get_device(None).type in ("cpu", "mps")
+        with pytest.raises(
+            ValueError,
+            match="device: 'cuda' asked for CUDA but no GPU is available; set device=cpu",
+        ):
+            get_device("cuda")
+    with pytest.raises(ValueError, match="device: 'gpu0' is not a device"):
+        get_device("gpu0")
+
+
+def test_set_seed_makes_every_generator_repeat() -> None:
+    def draw() -> tuple[float, float, float]:
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    assert set_seed(123) == 123
+    first = draw()
+    set_seed(123)
+    assert draw() == first
+    seed = set_seed(None)
+    assert isinstance(seed, int) and 0 <= seed < 2**32
+    with pytest.raises(ValueError, match="seed: -1 is not an int between 0 and"):
+        set_seed(-1)
+    with pytest.raises(ValueError, match="seed: '7' is not an int"):
+        set_seed("7")  # type: ignore[arg-type]
+
+
+def test_logger_format_and_level() -> None:
+    code = (
+        "from tunesmith.utils import get_logger, configure_logging\n"
+        "log = get_logger('tunesmith.recipes.demo')\n"
+        "log.info('shown')\n"
+        "log.debug('hidden')\n"
+        "configure_logging('debug')\n"
+        "log.debug('now shown')\n"
+        "configure_logging('ERROR')\n"
+        "log.warning('hidden again')\n"
+        "get_logger('__main__').error('from main')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3, result.stderr
+    assert lines[0].startswith("INFO ") and lines[0].endswith("tunesmith.recipes.demo:3] shown")
+    assert lines[1].startswith("DEBUG ") and lines[1].endswith("] now shown")
+    assert lines[2].startswith("ERROR ") and "tunesmith.__main__:9] from main" in lines[2]
+    assert LOG_FORMAT.startswith("%(levelname)s")
+
+
+def test_configure_logging_rank_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "1")
+    configure_logging("INFO")
+    assert get_logger().level == logging.WARNING
+    monkeypatch.setenv("RANK", "0")
+    configure_logging(logging.DEBUG)
+    assert get_logger().level == logging.DEBUG
+    with pytest.raises(
+        ValueError, match="log_level: 'loud' is not a log level; use one of DEBUG, INFO"
+    ):
+        configure_logging("loud")
+    configure_logging(None)
+    assert get_logger().level == logging.INFO
+
+
+def test_require() -> None:
+    assert require("json", "dev").dumps([1]) == "[1]"
+    with pytest.raises(ImportError, match=r"pip install 'tunesmith\[loggers\]'"):
+        require("surely_not_installed_module", "loggers")
