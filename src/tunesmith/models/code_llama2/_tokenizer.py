@@ -1,3 +1,5 @@
-"""Tokenizer builders for this family (filled by the tokenizer work)."""
+"""Code Llama 2 uses the Llama 2 tokenizer."""
 
-__all__: list[str] = []
+from tunesmith.models.llama2._tokenizer import Llama2Tokenizer, llama2_tokenizer
+
+__all__ = ["Llama2Tokenizer", "llama2_tokenizer"]

@@ -1,3 +1,5 @@
-"""Tokenizer builders for this family (filled by the tokenizer work)."""
+"""Gemma 2 uses the Gemma tokenizer."""
 
-__all__: list[str] = []
+from tunesmith.models.gemma._tokenizer import GemmaTokenizer, gemma_tokenizer
+
+__all__ = ["GemmaTokenizer", "gemma_tokenizer"]

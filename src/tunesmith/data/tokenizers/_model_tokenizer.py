@@ -1,0 +1,222 @@
+"""``ChatModelTokenizer``: a plain-text tokenizer + special tokens + a chat format.
+
+Every family tokenizer (Llama 3, Qwen, Gemma, Phi, ...) is one of these with its own
+defaults, so they share one interface (docs/architecture.md):
+``encode``/``decode``, ``bos_id``/``eos_id``/``pad_id``/``stop_tokens``, ``max_seq_len``,
+``tokenize_messages(messages, add_end_tokens=True) -> (tokens, mask)`` and
+``__call__(sample)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tunesmith.data._messages import Message
+from tunesmith.data._prompt_templates import PromptTemplateInterface, get_prompt_template
+from tunesmith.data.tokenizers._bpe import HuggingFaceBaseTokenizer
+from tunesmith.data.tokenizers._chat_formats import ChatFormat, get_chat_format
+from tunesmith.data.tokenizers._utils import SpecialTokenSplitter, truncate
+
+__all__ = ["ChatModelTokenizer"]
+
+
+class ChatModelTokenizer:
+    """Model tokenizer: formats messages with ``chat_format`` and encodes them.
+
+    Args:
+        base: plain-text tokenizer with ``encode(text, add_bos, add_eos)`` and ``decode(ids)``
+            (tiktoken, SentencePiece or ``tokenizers`` based).
+        special_tokens: ``{token string: id}``; these strings are split out of any text
+            (as Hugging Face tokenizers do) and skipped by ``decode`` by default.
+        chat_format: how a conversation is laid out (see ``_chat_formats``).
+        bos_id, eos_id, pad_id: ids; ``stop_tokens`` defaults to ``[eos_id]``.
+        max_seq_len: truncate ``tokenize_messages`` output to this many tokens.
+        prompt_template: applied to messages before the chat format; a template object,
+            a dotted path or a ``{role: [prepend, append]}`` mapping.
+        truncation_type: ``right`` (keep the start) or ``left`` (keep the end).
+    """
+
+    def __init__(
+        self,
+        base: Any,
+        special_tokens: Mapping[str, int],
+        chat_format: ChatFormat,
+        *,
+        bos_id: int | None,
+        eos_id: int,
+        pad_id: int | None = None,
+        stop_tokens: list[int] | None = None,
+        max_seq_len: int | None = None,
+        prompt_template: Any = None,
+        truncation_type: str = "right",
+    ):
+        if truncation_type not in ("left", "right"):
+            raise ValueError(f"truncation_type must be 'left' or 'right', got {truncation_type!r}")
+        if max_seq_len is not None and max_seq_len <= 0:
+            raise ValueError(f"max_seq_len must be a positive integer or null, got {max_seq_len}")
+        self.base = base
+        self.special_tokens = dict(special_tokens)
+        self._id_to_special = {v: k for k, v in self.special_tokens.items()}
+        self._splitter = SpecialTokenSplitter(self.special_tokens)
+        self.chat_format = chat_format
+        self.bos_id = bos_id
+        self.eos_id = eos_id
+        self.pad_id = pad_id if pad_id is not None else 0
+        self.stop_tokens = list(stop_tokens) if stop_tokens is not None else [eos_id]
+        self.max_seq_len = max_seq_len
+        self.prompt_template: PromptTemplateInterface | None = get_prompt_template(prompt_template)
+        self.truncation_type = truncation_type
+
+    @classmethod
+    def from_tokenizer_object(
+        cls,
+        tokenizer: Any,
+        *,
+        chat_format: str | ChatFormat,
+        eos_token: str,
+        bos_token: str | None = None,
+        pad_token: str | None = None,
+        stop_tokens: list[str] | None = None,
+        special_tokens: Mapping[str, int] | None = None,
+        max_seq_len: int | None = None,
+        prompt_template: Any = None,
+        truncation_type: str = "right",
+    ) -> ChatModelTokenizer:
+        """Build from an in-memory ``tokenizers.Tokenizer`` (e.g. made from a GGUF vocabulary).
+
+        Args:
+            tokenizer: a ``tokenizers.Tokenizer``.
+            chat_format: a format object or a name: ``llama3``, ``chatml``, ``qwen3``,
+                ``gemma``, ``phi3``, ``phi4``, ``inst``.
+            eos_token, bos_token, pad_token: token strings (must be in the vocabulary).
+            stop_tokens: token strings that end generation (default: ``[eos_token]``).
+            special_tokens: ``{string: id}``; default: the tokenizer's added tokens plus
+                bos/eos/pad.
+        """
+        base = HuggingFaceBaseTokenizer.from_tokenizer_object(
+            tokenizer, bos_token=bos_token, eos_token=eos_token
+        )
+        specials = dict(special_tokens) if special_tokens is not None else base.added_tokens()
+        for token in (bos_token, eos_token, pad_token, *(stop_tokens or [])):
+            if token is not None and token not in specials:
+                idx = tokenizer.token_to_id(token)
+                if idx is None:
+                    raise ValueError(f"token {token!r} is not in the tokenizer's vocabulary")
+                specials[token] = idx
+        fmt = get_chat_format(chat_format) if isinstance(chat_format, str) else chat_format
+        return cls(
+            base,
+            specials,
+            fmt,
+            bos_id=base.bos_id,
+            eos_id=specials[eos_token],
+            pad_id=specials[pad_token] if pad_token is not None else None,
+            stop_tokens=[specials[t] for t in stop_tokens] if stop_tokens else None,
+            max_seq_len=max_seq_len,
+            prompt_template=prompt_template,
+            truncation_type=truncation_type,
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return max(self.base.vocab_size, max(self.special_tokens.values(), default=-1) + 1)
+
+    def token_id(self, token: str) -> int:
+        """The id of a special token string."""
+        try:
+            return self.special_tokens[token]
+        except KeyError:
+            raise KeyError(f"{token!r} is not a special token of this tokenizer") from None
+
+    def encode_text(self, text: str, continuation: bool = False) -> list[int]:
+        """Encode text in which special-token strings become their ids (no BOS/EOS added).
+
+        ``continuation`` (SentencePiece) encodes the leading text without the dummy-prefix
+        space, as the continuation of preceding text.
+        """
+        ids: list[int] = []
+        for i, piece in enumerate(self._splitter.split(text)):
+            if isinstance(piece, int):
+                ids.append(piece)
+            elif continuation and i == 0:
+                ids.extend(
+                    self.base.encode(
+                        piece, add_bos=False, add_eos=False, trim_leading_whitespace=True
+                    )
+                )
+            else:
+                ids.extend(self.base.encode(piece, add_bos=False, add_eos=False))
+        return ids
+
+    def encode(self, text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]:
+        """Encode plain text; special-token strings in it are encoded as special tokens."""
+        ids = self.encode_text(text)
+        if add_bos and self.bos_id is not None:
+            ids.insert(0, self.bos_id)
+        if add_eos:
+            ids.append(self.eos_id)
+        return ids
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        """Decode ids; special tokens are dropped, or written as their strings."""
+        out: list[str] = []
+        run: list[int] = []
+        for idx in token_ids:
+            idx = int(idx)
+            special = self._id_to_special.get(idx)
+            if special is None:
+                run.append(idx)
+                continue
+            if run:
+                out.append(self.base.decode(run))
+                run = []
+            if not skip_special_tokens:
+                out.append(special)
+        if run:
+            out.append(self.base.decode(run))
+        return "".join(out)
+
+    def tokenize_messages(
+        self, messages: list[Message], add_end_tokens: bool = True
+    ) -> tuple[list[int], list[bool]]:
+        """Format and encode a conversation.
+
+        Returns:
+            ``(tokens, mask)``, two lists of equal length ``s``; ``mask[i]`` is True where
+            token ``i`` is not trained on (a masked message, BOS, a final EOS).
+        """
+        if self.prompt_template is not None:
+            messages = self.prompt_template(messages)
+        tokens: list[int] = []
+        mask: list[bool] = []
+        for chunk in self.chat_format.render(messages, add_end_tokens):
+            ids = self.encode_text(chunk.text, continuation=chunk.continuation)
+            tokens.extend(ids)
+            mask.extend([chunk.masked] * len(ids))
+        if self.max_seq_len is not None and len(tokens) > self.max_seq_len:
+            end_id = self.eos_id if add_end_tokens else None
+            tokens = truncate(tokens, self.max_seq_len, end_id, self.truncation_type)
+            mask = truncate(
+                mask, self.max_seq_len, True if add_end_tokens else None, self.truncation_type
+            )
+        return tokens, mask
+
+    def __call__(self, sample: dict[str, Any], inference: bool = False) -> dict[str, Any]:
+        """Replace ``sample["messages"]`` with ``sample["tokens"]`` and ``sample["mask"]``."""
+        if "messages" not in sample:
+            raise KeyError(
+                f"{type(self).__name__} expects a sample with a 'messages' list (from a message "
+                f"transform); got keys {sorted(sample)}"
+            )
+        messages = sample.pop("messages")
+        tokens, mask = self.tokenize_messages(messages, add_end_tokens=not inference)
+        sample["tokens"] = tokens
+        sample["mask"] = mask
+        return sample
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
+            f"eos_id={self.eos_id}, max_seq_len={self.max_seq_len})"
+        )

@@ -1,0 +1,125 @@
+"""Shared tokenizer pieces: interfaces, truncation, special-token splitting and files."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from tunesmith.data._messages import Message
+
+__all__ = [
+    "BaseTokenizer",
+    "ModelTokenizer",
+    "SpecialTokenSplitter",
+    "truncate",
+    "load_special_tokens",
+    "check_file",
+]
+
+
+@runtime_checkable
+class BaseTokenizer(Protocol):
+    """Text <-> ids for plain text (no chat format): ``encode(text, add_bos, add_eos)``, ``decode``."""
+
+    def encode(self, text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]: ...
+
+    def decode(self, token_ids: list[int]) -> str: ...
+
+
+@runtime_checkable
+class ModelTokenizer(Protocol):
+    """The interface every model tokenizer has (see docs/architecture.md)."""
+
+    special_tokens: dict[str, int]
+    max_seq_len: int | None
+
+    def encode(self, text: str, add_bos: bool = True, add_eos: bool = True) -> list[int]: ...
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str: ...
+
+    def tokenize_messages(
+        self, messages: list[Message], add_end_tokens: bool = True
+    ) -> tuple[list[int], list[bool]]: ...
+
+    def __call__(self, sample: dict[str, Any], inference: bool = False) -> dict[str, Any]: ...
+
+
+def truncate(
+    tokens: list[Any],
+    max_seq_len: int,
+    eos_id: Any | None = None,
+    truncation_type: str = "right",
+) -> list[Any]:
+    """Cut ``tokens`` to ``max_seq_len`` (keep the start for ``right``, the end for ``left``).
+
+    When ``eos_id`` is given the last kept element is forced to it, so a truncated
+    sequence still ends with an end-of-sequence token (torchtune's behaviour).
+    """
+    if truncation_type == "right":
+        out = list(tokens[:max_seq_len])
+    elif truncation_type == "left":
+        out = list(tokens[-max_seq_len:]) if max_seq_len > 0 else []
+    else:
+        raise ValueError(f"truncation_type must be 'left' or 'right', got {truncation_type!r}")
+    if eos_id is not None and out and out[-1] != eos_id:
+        out[-1] = eos_id
+    return out
+
+
+class SpecialTokenSplitter:
+    """Split text at special-token strings: ``"a<|x|>b"`` -> ``["a", 7, "b"]``.
+
+    Longer tokens win over their prefixes. Empty text pieces are dropped.
+    """
+
+    def __init__(self, special_tokens: Mapping[str, int]):
+        self.special_tokens = dict(special_tokens)
+        names = sorted(self.special_tokens, key=len, reverse=True)
+        self._pattern = re.compile("|".join(re.escape(n) for n in names)) if names else None
+
+    def split(self, text: str) -> list[str | int]:
+        if self._pattern is None:
+            return [text] if text else []
+        pieces: list[str | int] = []
+        start = 0
+        for match in self._pattern.finditer(text):
+            if match.start() > start:
+                pieces.append(text[start : match.start()])
+            pieces.append(self.special_tokens[match.group()])
+            start = match.end()
+        if start < len(text):
+            pieces.append(text[start:])
+        return pieces
+
+
+def check_file(path: str | Path, what: str) -> Path:
+    """Return ``Path(path)`` or raise ``FileNotFoundError`` naming what the file was for."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"{what} not found at {str(p)!r}; check the tokenizer 'path' in your config "
+            "(download the model first, e.g. `tunesmith download <repo>`)"
+        )
+    return p
+
+
+def load_special_tokens(path: str | Path, *, only_special: bool = False) -> dict[str, int]:
+    """Read special tokens from a JSON file: a ``{token: id}`` mapping or an HF tokenizer.json.
+
+    For an HF ``tokenizer.json`` (torchtune's ``special_tokens_path``) the ``added_tokens``
+    list is used; ``only_special`` keeps those flagged ``"special": true``.
+    """
+    data = json.loads(check_file(path, "special tokens file").read_text(encoding="utf-8"))
+    if isinstance(data, Mapping) and "added_tokens" in data:
+        tokens: Iterable[Mapping[str, Any]] = data["added_tokens"]
+        return {
+            t["content"]: int(t["id"]) for t in tokens if t.get("special", True) or not only_special
+        }
+    if isinstance(data, Mapping) and all(isinstance(v, int) for v in data.values()):
+        return {str(k): int(v) for k, v in data.items()}
+    raise ValueError(
+        f"{path}: expected a {{token: id}} mapping or an HF tokenizer.json with 'added_tokens'"
+    )
