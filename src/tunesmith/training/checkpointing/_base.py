@@ -18,7 +18,11 @@ State-dict contract between a recipe and every checkpointer::
 
 Output layout: ``output_dir/epoch_{epoch}`` (or ``step_{step}``) holding the weights,
 copied config/tokenizer files, ``recipe_state.pt`` (intermediate saves) and a
-``.complete`` marker. Each folder is written in a staging folder and renamed into
+``.complete`` marker. A PEFT adapter (``adapter_model.safetensors`` +
+``adapter_config.json``) sits at the top of the folder for ``adapter_only`` saves and in
+its ``adapter/`` sub-folder when merged weights are written too (so
+``AutoModelForCausalLM.from_pretrained(folder)`` loads the merged model, and
+``PeftModel.from_pretrained(base, folder / "adapter")`` the adapter). Each folder is written in a staging folder and renamed into
 place when finished, so loaders never see a partial checkpoint.
 """
 
@@ -182,7 +186,7 @@ class CheckpointerBase:
             if marker.get("has_adapter"):
                 # LoRA run: the frozen base comes from the original checkpoint.
                 out["model"] = self._load_base_weights()
-                out["adapter"] = self._read_adapter(source)
+                out["adapter"] = self._read_adapter(source / marker.get("adapter_subdir", "."))
             elif marker.get("has_model"):
                 out["model"] = self._load_weights_from(source)
             else:
@@ -248,12 +252,17 @@ class CheckpointerBase:
             "has_model": model_sd is not None,
             "has_adapter": bool(adapter),
             "has_recipe_state": bool(intermediate_checkpoint),
+            # Beside merged weights the adapter goes to a sub-folder: transformers would
+            # otherwise apply an adapter_config.json it finds on top of the merged weights.
+            "adapter_subdir": "adapter" if model_sd is not None else ".",
         }
         with staged_checkpoint_dir(self._output_dir, name, **info) as folder:
             if model_sd is not None:
                 self._write_model(model_sd, folder)
             if adapter:
-                self._write_adapter(adapter, adapter_config, folder)
+                adapter_folder = folder / info["adapter_subdir"]
+                adapter_folder.mkdir(exist_ok=True)
+                self._write_adapter(adapter, adapter_config, adapter_folder)
             self._copy_support_files(folder)
             if intermediate_checkpoint:
                 save_recipe_state(recipe_state, str(folder / RECIPE_STATE_FNAME))
