@@ -258,3 +258,44 @@ def test_run_distributed_through_torchrun(env: Path) -> None:
             "world": "2",
             "extra": None,
         }
+
+
+def test_cat_of_a_recipe_points_to_cp(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "cat", "finetune")
+    assert (
+        code == 1
+        and "'finetune' is a recipe, not a config" in err
+        and "tunesmith cp finetune" in err
+    )
+
+
+def test_run_reports_config_errors_from_the_recipe_in_one_line(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = env / "bad_recipe.py"
+    recipe.write_text(
+        "from tunesmith.config import instantiate\n"
+        "def recipe_main(cfg):\n"
+        "    instantiate(cfg.optimizer, [])\n"
+    )
+    code, _, err = run_cli(
+        capsys, "run", str(recipe), "--config", "tiny/lora", "optimizer.momentm=0.9"
+    )
+    assert code == 1
+    assert err.strip().splitlines() == [
+        "error: optimizer.momentm: torch.optim.SGD has no argument 'momentm'. Did you mean momentum? "
+        "Valid arguments: params, lr, momentum, dampening, weight_decay, nesterov, maximize, foreach, "
+        "differentiable, fused. Rename or remove the key."
+    ]
+
+
+def test_run_warns_when_config_declares_another_recipe(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(
+        capsys, "run", "generate", "--config", "tiny/lora", f"output_dir={env / 'g'}"
+    )
+    assert code == 0
+    assert (
+        "lora.yaml declares '# recipe: lora_finetune_single_device' but runs with 'generate'" in err
+    )

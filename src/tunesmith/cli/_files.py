@@ -94,7 +94,15 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
 def cmd_cat(args: argparse.Namespace) -> int:
     """Print a config file as written, or the config after ``overrides`` when given."""
-    path = resolve_config_path(args.config)
+    try:
+        path = resolve_config_path(args.config)
+    except ConfigError:
+        if "/" not in args.config and _registry.find_recipe(args.config) is not None:
+            raise ConfigError(
+                f"'{args.config}' is a recipe, not a config; `tunesmith ls` lists its configs and "
+                f"`tunesmith cp {args.config} <dest>` copies its source"
+            ) from None
+        raise
     if not args.overrides:
         print(path.read_text(encoding="utf-8"), end="")
         return 0

@@ -9,9 +9,16 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from tunesmith.config import ConfigError, parse_recipe_args, resolve_config_path, split_recipe_args
+from tunesmith.config import (
+    ConfigError,
+    parse_recipe_args,
+    read_recipe_header,
+    resolve_config_path,
+    split_recipe_args,
+)
 from tunesmith.recipes import _registry
 from tunesmith.recipes._registry import Recipe
+from tunesmith.utils import get_logger
 
 __all__ = ["build_run_parser", "run_command"]
 
@@ -93,22 +100,21 @@ def run_command(argv: list[str]) -> int:
     parser = build_run_parser()
     args = parser.parse_args(argv)
     launch_flags = argv[: len(argv) - len(args.recipe_args) - 1]
+    started = False  # past this point a ValueError is the recipe's own and keeps its traceback
     try:
         recipe, script = _resolve_recipe(args.recipe)
         config, overrides = split_recipe_args(args.recipe_args)
         config_path = resolve_config_path(config).resolve()
         recipe_argv = ["--config", str(config_path), *overrides]
         cfg = parse_recipe_args(recipe_argv)  # fail fast, once, before any process starts
+        _warn_on_recipe_mismatch(recipe, config_path)
         if launch_flags:
             if recipe is not None and not recipe.supports_distributed:
                 raise ConfigError(
                     f"recipe '{args.recipe}' runs in a single process; drop the torchrun options "
                     f"({' '.join(launch_flags)})"
                 )
-            from torch.distributed.run import get_args_parser, run
-
-            run(get_args_parser().parse_args([*launch_flags, str(script), *recipe_argv]))
-            return 0
+            return _launch(launch_flags, script, recipe_argv)
         module = _load_module(recipe, script)
         recipe_main = getattr(module, "recipe_main", None)
         if not callable(recipe_main):
@@ -116,8 +122,34 @@ def run_command(argv: list[str]) -> int:
                 f"{script} defines no recipe_main(cfg); a recipe exposes "
                 "`def recipe_main(cfg: DictConfig) -> None`"
             )
-    except ConfigError as e:
+        started = True
+        recipe_main(cfg)
+    except (ConfigError, ValueError) as e:
+        if started and not isinstance(e, ConfigError):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 1
-    recipe_main(cfg)
+    return 0
+
+
+def _warn_on_recipe_mismatch(recipe: Recipe | None, config_path: Path) -> None:
+    declared = read_recipe_header(config_path)
+    if recipe is None or declared is None:
+        return
+    if _registry.find_recipe(declared) is not recipe:
+        get_logger("tunesmith.cli").warning(
+            f"{config_path.name} declares '# recipe: {declared}' but runs with '{recipe.name}'"
+        )
+
+
+def _launch(launch_flags: list[str], script: Path, recipe_argv: list[str]) -> int:
+    """Start the recipe file under torch.distributed.run with the given torchrun options."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    try:
+        run(get_args_parser().parse_args([*launch_flags, str(script), *recipe_argv]))
+    except ChildFailedError as e:
+        print(f"error: a recipe process failed:\n{e}", file=sys.stderr)
+        return 1
     return 0
