@@ -124,36 +124,36 @@ def _chain(lists: Sequence[Sequence[int]]) -> Iterable[int]:
 
 @dataclass(frozen=True)
 class PackedSequences:
-    """Packs as a flat stream of document fragments.
+    """Packs as flat arrays over the packed documents (no padding stored).
 
     Attributes:
-        tokens, labels: ``[total]`` int32, the packed documents back to back (no padding).
+        tokens, labels: ``[total]`` int32, the packed documents back to back.
+        input_pos: ``[total]`` int32, position of each token within its document.
+        document_ids: ``[total]`` int32, index of each token's document within its pack.
         doc_lens: ``[n_docs]`` int64, the length of each document (fragment) in order.
         pack_doc_offsets: ``[n_packs + 1]`` int64; pack ``k`` holds documents
             ``doc_lens[pack_doc_offsets[k]:pack_doc_offsets[k + 1]]``.
+        pack_token_offsets: ``[n_packs + 1]`` int64; pack ``k`` holds
+            ``tokens[pack_token_offsets[k]:pack_token_offsets[k + 1]]``.
         max_seq_len: the length every pack is padded to.
         padding_idx: the token id used for padding.
     """
 
     tokens: np.ndarray
     labels: np.ndarray
+    input_pos: np.ndarray
+    document_ids: np.ndarray
     doc_lens: np.ndarray
     pack_doc_offsets: np.ndarray
+    pack_token_offsets: np.ndarray
     max_seq_len: int
     padding_idx: int = 0
 
     def __len__(self) -> int:
         return len(self.pack_doc_offsets) - 1
 
-    @property
-    def doc_offsets(self) -> np.ndarray:
-        """``[n_docs + 1]`` int64 start of each document in ``tokens``."""
-        offsets = np.zeros(len(self.doc_lens) + 1, dtype=np.int64)
-        np.cumsum(self.doc_lens, out=offsets[1:])
-        return offsets
-
-    def pack(self, index: int, doc_offsets: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Pack ``index`` as numpy arrays.
+    def pack(self, index: int) -> dict[str, np.ndarray]:
+        """Pack ``index`` as numpy int64 arrays.
 
         Returns ``tokens``, ``labels``, ``input_pos``, ``document_ids`` (all ``[max_seq_len]``)
         and ``seq_lens`` ``[n_docs_in_pack (+1 for the padding block)]``. Padding forms its
@@ -162,29 +162,23 @@ class PackedSequences:
         """
         if not 0 <= index < len(self):
             raise IndexError(f"pack index {index} out of range for {len(self)} packs")
-        if doc_offsets is None:
-            doc_offsets = self.doc_offsets
+        start, end = int(self.pack_token_offsets[index]), int(self.pack_token_offsets[index + 1])
         first, last = int(self.pack_doc_offsets[index]), int(self.pack_doc_offsets[index + 1])
-        lens = self.doc_lens[first:last]
-        start, end = int(doc_offsets[first]), int(doc_offsets[last])
-        used = end - start
-        size = self.max_seq_len
+        used, size = end - start, self.max_seq_len
         tokens = np.full(size, self.padding_idx, dtype=np.int64)
         labels = np.full(size, CROSS_ENTROPY_IGNORE_IDX, dtype=np.int64)
+        input_pos = np.empty(size, dtype=np.int64)
+        document_ids = np.empty(size, dtype=np.int64)
         tokens[:used] = self.tokens[start:end]
         labels[:used] = self.labels[start:end]
-        n_docs = len(lens)
-        document_ids = np.full(size, n_docs, dtype=np.int64)
-        document_ids[:used] = np.repeat(np.arange(n_docs), lens)
-        input_pos = np.arange(size, dtype=np.int64)
-        doc_starts = doc_offsets[first:last] - start
-        input_pos[:used] -= np.repeat(doc_starts, lens)
+        input_pos[:used] = self.input_pos[start:end]
+        document_ids[:used] = self.document_ids[start:end]
+        seq_lens = self.doc_lens[first:last]
         if used < size:
-            after = input_pos[used - 1] + 1 if used else 0
+            after = int(input_pos[used - 1]) + 1 if used else 0
             input_pos[used:] = np.minimum(np.arange(after, after + size - used), size - 1)
-            seq_lens = np.append(lens, size - used)
-        else:
-            seq_lens = lens.copy()
+            document_ids[used:] = last - first
+            seq_lens = np.append(seq_lens, size - used)
         return {
             "tokens": tokens,
             "labels": labels,
@@ -193,9 +187,9 @@ class PackedSequences:
             "seq_lens": seq_lens.astype(np.int64),
         }
 
-    def pack_tensors(self, index: int, doc_offsets: np.ndarray | None = None) -> dict[str, Any]:
+    def pack_tensors(self, index: int) -> dict[str, Any]:
         """:meth:`pack` as torch tensors (int64), the form ``padded_collate_packed`` takes."""
-        return {k: torch.from_numpy(v) for k, v in self.pack(index, doc_offsets).items()}
+        return {k: torch.from_numpy(v) for k, v in self.pack(index).items()}
 
 
 def _next_fit_pack_ends(lengths: np.ndarray, max_seq_len: int) -> np.ndarray:
@@ -272,11 +266,19 @@ def pack_sequences(
         doc_lens = doc_lens[:n_docs]
         kept = int(doc_lens.sum())
         tokens, labels = tokens[:kept], labels[:kept]
+    doc_offsets = np.zeros(len(doc_lens) + 1, dtype=np.int64)
+    np.cumsum(doc_lens, out=doc_offsets[1:])
+    docs_per_pack = np.diff(pack_doc_offsets)
+    doc_in_pack = np.arange(len(doc_lens)) - np.repeat(pack_doc_offsets[:-1], docs_per_pack)
+    input_pos = np.arange(len(tokens), dtype=np.int64) - np.repeat(doc_offsets[:-1], doc_lens)
     return PackedSequences(
         tokens=np.ascontiguousarray(tokens, dtype=np.int32),
         labels=np.ascontiguousarray(labels, dtype=np.int32),
+        input_pos=input_pos.astype(np.int32),
+        document_ids=np.repeat(doc_in_pack, doc_lens).astype(np.int32),
         doc_lens=doc_lens,
         pack_doc_offsets=pack_doc_offsets.astype(np.int64),
+        pack_token_offsets=doc_offsets[pack_doc_offsets],
         max_seq_len=max_seq_len,
         padding_idx=padding_idx,
     )

@@ -116,11 +116,27 @@ def _file_stats(data_files: Any) -> list[tuple[str, int, int]]:
     return stats
 
 
+# load_dataset arguments that change where or how rows are read, never which rows
+_NOT_CONTENT = frozenset(
+    {
+        "data_files",
+        "cache_dir",
+        "num_proc",
+        "download_mode",
+        "verification_mode",
+        "keep_in_memory",
+        "storage_options",
+        "token",
+        "download_config",
+    }
+)
+
+
 def data_fingerprint(hf_dataset: Any, load_kwargs: Mapping[str, Any]) -> str:
     """Identity of the loaded rows: load arguments, local files (path, size, mtime) and the
     ``datasets`` fingerprint (which also covers ``filter_fn``)."""
     parts = [
-        repr(sorted((k, repr(v)) for k, v in load_kwargs.items() if k != "data_files")),
+        repr(sorted((k, repr(v)) for k, v in load_kwargs.items() if k not in _NOT_CONTENT)),
         repr(_file_stats(load_kwargs.get("data_files"))),
         str(getattr(hf_dataset, "_fingerprint", "")),
         str(len(hf_dataset)),

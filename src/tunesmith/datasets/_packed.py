@@ -72,7 +72,6 @@ class PackedDataset(Dataset):
             padding_idx=padding_idx,
             max_packs=max_packs,
         )
-        self._doc_offsets = self.packs.doc_offsets
         used = len(self.packs.tokens)
         capacity = max(1, len(self.packs) * max_seq_len)
         logger.info(
@@ -89,4 +88,4 @@ class PackedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if index < 0:
             index += len(self)
-        return self.packs.pack_tensors(index, self._doc_offsets)
+        return self.packs.pack_tensors(index)
