@@ -98,12 +98,11 @@ def test_linear_ce_matches_plain_ce(output: str, softcap: float | None, train_we
 
 
 def test_linear_ce_never_projects_ignored_rows() -> None:
-    model = _Decoder()
+    model = _Decoder("lora")  # the module-call path, so a forward hook sees the rows
     loss_fn = LinearCrossEntropyLoss(num_output_chunks=2)
     loss_fn.set_model_output(model)
     seen: list[int] = []
     model.output.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
-    loss_fn._compiled_chunk = loss_fn._chunk_loss  # the module-call path, so the hook sees it
     targets = _targets()
     loss_fn(torch.randn(3, 13, DIM), targets)
     assert sum(seen) == int((targets != -100).sum())
@@ -198,3 +197,29 @@ def test_clear_errors() -> None:
     loss_fn.set_model_output(_Decoder())
     with pytest.raises(ValueError, match="disagree"):
         loss_fn(torch.randn(1, 3, DIM), torch.zeros(1, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("family", ["llama3_1", "gemma2"])  # untied; tied with final softcap
+def test_matches_real_decoder_logits(family: str) -> None:
+    """With a real TransformerDecoder: hidden-state loss == CE on the model's own logits."""
+    from tests.models._tiny_hf import tiny_configs
+
+    from tunesmith.models import build_decoder, spec_from_hf_config
+
+    torch.manual_seed(5)
+    model = build_decoder(spec_from_hf_config(tiny_configs()[family].to_dict()))
+    tokens = torch.randint(0, 160, (2, 11))
+    targets = torch.randint(0, 160, (2, 11))
+    targets[:, :3] = -100
+    ref = F.cross_entropy(model(tokens).flatten(0, 1), targets.flatten())
+    ref.backward()
+    want = model.tok_embeddings.weight.grad.clone()
+    model.zero_grad()
+
+    loss_fn = LinearCrossEntropyLoss(num_output_chunks=4)
+    loss_fn.set_model_output(model)
+    assert loss_fn.softcap == model.final_logit_softcap
+    loss = loss_fn(model(tokens), targets)
+    loss.backward()
+    torch.testing.assert_close(loss, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.tok_embeddings.weight.grad, want, atol=1e-5, rtol=0)

@@ -140,7 +140,6 @@ class LinearCrossEntropyLoss(nn.Module):
         self.reduction = reduction
         self.linear_projection: Callable[[torch.Tensor], torch.Tensor] | None = None
         self.softcap: float | None = None
-        self._compiled_chunk: Callable[..., torch.Tensor] | None = None
 
     def set_model_output(self, model: nn.Module) -> None:
         """Take ``model.output`` as the projection and make the model return hidden states."""
@@ -154,8 +153,8 @@ class LinearCrossEntropyLoss(nn.Module):
         self.softcap = getattr(model, "final_logit_softcap", None)
 
     def apply_compile_strategy(self, *args: Any, **kwargs: Any) -> LinearCrossEntropyLoss:
-        """Compile the per-chunk projection + CE of the autograd path (torchtune's hook)."""
-        self._compiled_chunk = torch.compile(self._chunk_loss, *args, **kwargs)
+        """Compile :meth:`compute_cross_entropy` (torchtune's hook; see ``_uses_module_path``)."""
+        self.compute_cross_entropy = torch.compile(self.compute_cross_entropy, *args, **kwargs)
         return self
 
     def num_tokens(self, targets: torch.Tensor) -> torch.Tensor:
@@ -175,7 +174,13 @@ class LinearCrossEntropyLoss(nn.Module):
                 return weight
         return None
 
-    def _chunk_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def compute_cross_entropy(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Summed CE of one chunk: ``hidden [n, d]`` kept rows, ``targets [n]`` -> scalar fp32.
+
+        Used through autograd when the fused path does not apply: a LoRA / biased / sharded
+        output projection, or after this method was compiled (``apply_compile_strategy`` or
+        ``tunesmith.training.compile.compile_loss`` replace it on the instance).
+        """
         logits = self.linear_projection(hidden)  # type: ignore[misc]
         if type(logits).__name__ == "DTensor":
             logits = logits.full_tensor()
@@ -197,7 +202,8 @@ class LinearCrossEntropyLoss(nn.Module):
         keep = (flat_targets != self.ignore_index).nonzero().squeeze(1)
         kept_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
         kept_targets = flat_targets.index_select(0, keep)
-        weight = self._plain_weight() if self._compiled_chunk is None else None
+        compiled = "compute_cross_entropy" in self.__dict__
+        weight = None if compiled else self._plain_weight()
         if weight is not None:
             if not torch.is_grad_enabled():  # evaluation: skip the in-forward gradients
                 kept_hidden, weight = kept_hidden.detach(), weight.detach()
@@ -205,7 +211,7 @@ class LinearCrossEntropyLoss(nn.Module):
                 kept_hidden, weight, kept_targets, self.num_output_chunks, self.softcap
             )
         else:
-            chunk_fn = self._compiled_chunk or self._chunk_loss
+            chunk_fn = self.compute_cross_entropy
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for h, t in zip(
                 kept_hidden.tensor_split(self.num_output_chunks),

@@ -7,6 +7,7 @@ locations are tried.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 
+@functools.cache
 def _nf4_api() -> tuple[type, Any, Any]:
     """Return ``(NF4Tensor, to_nf4, linear_nf4)`` from whichever torchao layout is installed."""
     try:
