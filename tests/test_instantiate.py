@@ -361,3 +361,17 @@ def test_validate_clean_config_has_no_errors() -> None:
         """
     )
     assert [p for p in validate_config(cfg) if p.severity == "error"] == []
+
+
+def test_missing_optional_dependency_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunesmith.config import _components
+
+    monkeypatch.setitem(_components.OPTIONAL_EXTRAS, "ts_absent_extra_pkg", "bnb")
+    cfg = make("optimizer:\n  _component_: ts_absent_extra_pkg.optim.PagedAdamW8bit\n")
+    with pytest.raises(ConfigError) as info:
+        instantiate(cfg.optimizer)
+    assert str(info.value) == (
+        "optimizer._component_: cannot resolve _component_ 'ts_absent_extra_pkg.optim.PagedAdamW8bit': "
+        "'ts_absent_extra_pkg' is an optional dependency that is not installed; "
+        "install it with pip install 'tunesmith[bnb]'."
+    )

@@ -25,6 +25,15 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.rlhf.", "tunesmith.rlhf."),
     ("torchtune.", "tunesmith."),
 )
+OPTIONAL_EXTRAS = {
+    "bitsandbytes": "bnb",
+    "wandb": "loggers",
+    "tensorboard": "loggers",
+    "comet_ml": "loggers",
+    "mlflow": "loggers",
+    "lm_eval": "eval",
+}
+"""Top-level packages of tunesmith's optional extras, for the install hint."""
 _DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
@@ -73,6 +82,12 @@ def _try_resolve(dotted: str) -> tuple[Any, str | None]:
             raise
         break
     if module is None:
+        extra = OPTIONAL_EXTRAS.get(parts[0])
+        if extra:
+            return None, (
+                f"'{parts[0]}' is an optional dependency that is not installed; "
+                f"install it with pip install 'tunesmith[{extra}]'."
+            )
         return None, f"there is no module named '{parts[0]}' (is the package installed?)."
     obj: Any = module
     for j in range(i, len(parts)):
@@ -119,7 +134,7 @@ def resolve_component(dotted: str, key: str = "_component_") -> Any:
     if candidates[0] != dotted:
         mapped = f" (torchtune name, looked up as {' and '.join(candidates)})"
     raise ConfigError(
-        f"{key}: cannot resolve _component_ '{dotted}'{mapped}: {reasons[0]} "
-        "Fix the dotted path in the config.",
+        f"{key}: cannot resolve _component_ '{dotted}'{mapped}: {reasons[0]}"
+        + ("" if "pip install" in reasons[0] else " Fix the dotted path in the config."),
         key=key,
     )
