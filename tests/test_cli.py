@@ -231,6 +231,10 @@ def test_run_single_process(env: Path, capsys: pytest.CaptureFixture[str]) -> No
             ["--nproc_per_node", "2", "generate", "--config", "tiny/lora"],
             "recipe 'generate' runs in a single process",
         ),
+        (
+            ["finetune", "--config", "tiny/lora", "--nproc_per_node=2"],
+            "torchrun option '--nproc_per_node' must come before the recipe",
+        ),
     ],
 )
 def test_run_errors(

@@ -102,6 +102,13 @@ def run_command(argv: list[str]) -> int:
     launch_flags = argv[: len(argv) - len(args.recipe_args) - 1]
     started = False  # past this point a ValueError is the recipe's own and keeps its traceback
     try:
+        for token in args.recipe_args:
+            option = token.split("=", 1)[0]
+            if option.startswith("--") and option in parser._option_string_actions:
+                raise ConfigError(
+                    f"torchrun option '{option}' must come before the recipe: "
+                    f"tunesmith run {token} ... {args.recipe} --config <name|path> [key=value ...]"
+                )
         recipe, script = _resolve_recipe(args.recipe)
         config, overrides = split_recipe_args(args.recipe_args)
         config_path = resolve_config_path(config).resolve()
