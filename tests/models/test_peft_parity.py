@@ -199,3 +199,36 @@ def test_key_names_and_config():
         peft_to_native(
             {"base_model.model.lm_head.modules_to_save.weight": torch.zeros(1)}, "LLAMA3"
         )
+
+
+@pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "dora"])
+def test_whole_model_fresh_adapter_is_base_and_merge_is_exact(tmp_path, use_dora):
+    """B = 0 -> logits identical to the base model; merged == unmerged (<= 1e-5)."""
+    from tunesmith.models import build_decoder
+    from tunesmith.modules.peft import get_merged_lora_ckpt, merge_lora_weights
+
+    make_checkpoint("qwen2_untied", tmp_path)
+    config, hf_sd = read_checkpoint(tmp_path)
+    spec = spec_from_hf_config(config)
+    base = build_decoder(spec).eval()
+    native = hf_to_native(hf_sd, model_type_of(spec), config)
+    base.load_state_dict(native)
+    fresh = build_from_hf(
+        config, lora_attn_modules=ALL_ATTN, apply_lora_to_mlp=True, apply_lora_to_output=True,
+        lora_rank=RANK, lora_alpha=ALPHA, use_dora=use_dora,
+    ).eval()  # fmt: skip
+    fresh.load_state_dict(native, strict=False)
+    load_dora_magnitudes(fresh)
+    tokens = _tokens()
+    with torch.no_grad():
+        want = base(tokens)
+        assert (fresh(tokens) - want).abs().max() <= (1e-6 if use_dora else 0.0)
+
+        adapted = _our_lora_model(config, hf_sd, use_dora=use_dora)
+        logits = adapted(tokens)
+        assert (logits - want).abs().max() > 1e-3  # the adapter does something
+        merged_sd = get_merged_lora_ckpt(dict(adapted.state_dict()), rank=RANK, alpha=ALPHA)
+        base.load_state_dict(merged_sd)  # strict: a plain model's keys exactly
+        torch.testing.assert_close(base(tokens), logits, atol=1e-5, rtol=0)
+        merge_lora_weights(adapted)
+        torch.testing.assert_close(adapted(tokens), logits, atol=1e-5, rtol=0)
