@@ -100,7 +100,6 @@ def run_command(argv: list[str]) -> int:
     parser = build_run_parser()
     args = parser.parse_args(argv)
     launch_flags = argv[: len(argv) - len(args.recipe_args) - 1]
-    started = False  # past this point a ValueError is the recipe's own and keeps its traceback
     try:
         for token in args.recipe_args:
             option = token.split("=", 1)[0]
@@ -129,11 +128,8 @@ def run_command(argv: list[str]) -> int:
                 f"{script} defines no recipe_main(cfg); a recipe exposes "
                 "`def recipe_main(cfg: DictConfig) -> None`"
             )
-        started = True
         recipe_main(cfg)
-    except (ConfigError, ValueError) as e:
-        if started and not isinstance(e, ConfigError):
-            raise
+    except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

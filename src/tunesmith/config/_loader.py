@@ -96,7 +96,7 @@ def parse_recipe_args(argv: Sequence[str] | None = None) -> DictConfig:
         from tunesmith.utils._logging import configure_logging
 
         configure_logging(cfg.get("log_level", None))
-    except (ConfigError, ValueError) as e:
+    except ConfigError as e:
         if from_command_line:
             raise SystemExit(f"error: {e}") from None
         raise

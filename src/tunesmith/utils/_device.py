@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+from tunesmith.config._errors import ConfigError
+
 __all__ = ["get_device", "get_dtype"]
 
 _DTYPE_NAMES = {
@@ -30,7 +32,7 @@ def get_device(name: str | None = None) -> torch.device:
     ``"cuda"`` also becomes ``cuda:<LOCAL_RANK>`` and is made the current CUDA device.
 
     Raises:
-        ValueError: naming ``device`` for an unknown or unavailable device.
+        ConfigError (a ValueError): naming ``device`` for an unknown or unavailable device.
     """
     import torch
 
@@ -44,25 +46,25 @@ def get_device(name: str | None = None) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(
+        raise ConfigError(
             f"device: {name!r} is not a device ({e}); use cpu, cuda, cuda:<index> or mps"
         ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(
+            raise ConfigError(
                 f"device: {name!r} asked for CUDA but no GPU is available; set device=cpu"
             )
         if device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         if device.index >= torch.cuda.device_count():
-            raise ValueError(
+            raise ConfigError(
                 f"device: {device} does not exist ({torch.cuda.device_count()} GPUs visible); "
                 "use a smaller index"
             )
         torch.cuda.set_device(device)
     elif device.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ValueError(
+            raise ConfigError(
                 f"device: {name!r} asked for MPS, which is not available; set device=cpu"
             )
     return device
@@ -74,7 +76,7 @@ def get_dtype(name: Any = None, device: torch.device | None = None) -> torch.dty
     ``None`` means float32. With a CUDA ``device``, bf16 is checked to be supported.
 
     Raises:
-        ValueError: naming ``dtype`` and the accepted names.
+        ConfigError (a ValueError): naming ``dtype`` and the accepted names.
     """
     import torch
 
@@ -85,7 +87,7 @@ def get_dtype(name: Any = None, device: torch.device | None = None) -> torch.dty
     elif isinstance(name, str) and name.strip().lower().removeprefix("torch.") in _DTYPE_NAMES:
         dtype = getattr(torch, _DTYPE_NAMES[name.strip().lower().removeprefix("torch.")])
     else:
-        raise ValueError(
+        raise ConfigError(
             f"dtype: {name!r} is not a supported dtype; use fp32, bf16 or fp16 "
             "(or float32, bfloat16, float16)"
         )
@@ -95,5 +97,5 @@ def get_dtype(name: Any = None, device: torch.device | None = None) -> torch.dty
         and torch.device(device).type == "cuda"
         and not torch.cuda.is_bf16_supported()
     ):
-        raise ValueError("dtype: bf16 is not supported on this GPU; use dtype=fp32 or dtype=fp16")
+        raise ConfigError("dtype: bf16 is not supported on this GPU; use dtype=fp32 or dtype=fp16")
     return dtype

@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 
+from tunesmith.config._errors import ConfigError
+
 __all__ = ["LOG_FORMAT", "configure_logging", "get_logger"]
 
 LOG_FORMAT = "%(levelname)s %(asctime)s %(name)s:%(lineno)d] %(message)s"
@@ -52,7 +54,7 @@ def configure_logging(level: str | int | None = None, *, rank_zero_only: bool = 
     With ``rank_zero_only``, processes whose ``RANK`` is not 0 log only warnings and errors.
 
     Raises:
-        ValueError: naming ``log_level`` and the accepted values.
+        ConfigError (a ValueError): naming ``log_level`` and the accepted values.
     """
     if level is None:
         value = logging.INFO
@@ -61,7 +63,7 @@ def configure_logging(level: str | int | None = None, *, rank_zero_only: bool = 
     elif isinstance(level, str) and level.strip().upper() in _LEVELS:
         value = getattr(logging, level.strip().upper())
     else:
-        raise ValueError(
+        raise ConfigError(
             f"log_level: {level!r} is not a log level; use one of {', '.join(_LEVELS)}"
         )
     if rank_zero_only and os.environ.get("RANK", "0") != "0":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 
+from tunesmith.config._errors import ConfigError
+
 __all__ = ["set_seed"]
 
 _MAX_SEED = 2**32 - 1
@@ -17,7 +19,7 @@ def set_seed(seed: int | None = None) -> int:
     rank uses the same seed.
 
     Raises:
-        ValueError: naming ``seed`` when it is not an int in ``[0, 2**32 - 1]``.
+        ConfigError (a ValueError): naming ``seed`` when it is not an int in ``[0, 2**32 - 1]``.
     """
     import numpy as np
     import torch
@@ -29,7 +31,7 @@ def set_seed(seed: int | None = None) -> int:
             torch.distributed.broadcast_object_list(shared, src=0)
             seed = int(shared[0])
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
-        raise ValueError(
+        raise ConfigError(
             f"seed: {seed!r} is not an int between 0 and {_MAX_SEED}; set seed=<int> or seed=null"
         )
     random.seed(seed)
