@@ -109,6 +109,9 @@ def test_override_null_and_replace_null_section(cfg) -> None:
     apply_overrides(cfg, ["batch_size=null", "optimizer=null", "optimizer.lr=3"])
     assert cfg.batch_size is None
     assert OmegaConf.to_container(cfg.optimizer) == {"lr": 3}
+    apply_overrides(cfg, ["~batch_size", "lora_attn_modules.0=k_proj", "~lora_attn_modules.1"])
+    assert "batch_size" not in cfg
+    assert list(cfg.lora_attn_modules) == ["k_proj"]
 
 
 # (override, key path that must be named, words of the fix that must appear)
@@ -133,6 +136,7 @@ BAD_OVERRIDES = [
     ("optimizer.l r=1", "optimizer.l r", "letters, digits and underscores"),
     ("dataset.first.packed=true", "dataset", "index from 0 to 0"),
     ("x=${unclosed", "x", "${other.key}"),
+    ("batch_size=true", "batch_size", "expects an int"),
 ]
 
 

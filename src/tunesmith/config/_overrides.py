@@ -201,7 +201,9 @@ def _check_type(old: Any, new: Any, key: str, override: str) -> None:
                 f"override '{override}': {key} is a bool ({old}); write {key}=true or {key}=false",
                 key=key,
             )
-    elif isinstance(old, (int, float)) and not isinstance(new, (int, float)):
+    elif isinstance(old, (int, float)) and (
+        isinstance(new, bool) or not isinstance(new, (int, float))
+    ):
         kind = "an int" if isinstance(old, int) else "a number"
         raise ConfigError(
             f"override '{override}': {key} expects {kind} (currently {old!r}) but got {new!r}; {fix}",
@@ -236,9 +238,13 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str] | None) -> DictCon
         last = parts[-1]
         key = ".".join(parts)
         if action == "delete":
-            target = _child(node, last, path, override, create=False)
-            del node[int(last) if isinstance(node, ListConfig) else last]
-            del target
+            if isinstance(node, ListConfig):
+                _child(node, last, path, override, create=False)  # checks the index
+                del node[int(last)]
+            elif last in node:
+                del node[last]
+            else:
+                _child(node, last, path, override, create=False)  # raises with suggestions
             continue
         if isinstance(node, ListConfig):
             current = _child(node, last, path, override, create=False)
