@@ -223,3 +223,25 @@ def test_matches_real_decoder_logits(family: str) -> None:
     loss.backward()
     torch.testing.assert_close(loss, ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(model.tok_embeddings.weight.grad, want, atol=1e-5, rtol=0)
+
+
+def test_bf16_model_close_to_fp32_reference() -> None:
+    """bf16 hidden + weight: loss in fp32, gradients in bf16, close to the fp32 computation."""
+    torch.manual_seed(6)
+    model = _Decoder().to(torch.bfloat16)
+    hidden = torch.randn(2, 9, DIM, dtype=torch.bfloat16, requires_grad=True)
+    targets = _targets(2, 9)
+    loss_fn = LinearCrossEntropyLoss(num_output_chunks=3)
+    loss_fn.set_model_output(model)
+    loss = loss_fn(hidden, targets)
+    loss.backward()
+    assert loss.dtype == torch.float32
+    assert hidden.grad.dtype == model.output.weight.grad.dtype == torch.bfloat16
+
+    h32 = hidden.detach().float().requires_grad_(True)
+    w32 = model.output.weight.detach().float().requires_grad_(True)
+    ref = F.cross_entropy(F.linear(h32, w32).flatten(0, 1), targets.flatten())
+    ref.backward()
+    torch.testing.assert_close(loss, ref, atol=2e-2, rtol=0)
+    torch.testing.assert_close(hidden.grad.float(), h32.grad, atol=2e-3, rtol=2e-2)
+    torch.testing.assert_close(model.output.weight.grad.float(), w32.grad, atol=2e-3, rtol=2e-2)

@@ -63,7 +63,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     ) -> torch.Tensor:
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if need_h else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        # In the weight's dtype, as autograd would accumulate it: a bf16 matmul is several
+        # times faster than an fp32 one on CPUs with bf16 units (addmm_ accumulates in fp32).
+        grad_weight = torch.zeros_like(weight) if need_w else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         rows = hidden.shape[0]
         step = max(1, -(-rows // max(1, num_chunks)))
@@ -88,19 +90,18 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             if grad_hidden is not None:
                 torch.mm(grad, weight, out=grad_hidden[start : start + step])
             if grad_weight is not None:
-                grad_weight.addmm_(grad.t().float(), h.float())
+                grad_weight.addmm_(grad.t(), h.to(weight.dtype))
         ctx.save_for_backward(
             grad_hidden if grad_hidden is not None else torch.empty(0),
             grad_weight if grad_weight is not None else torch.empty(0),
         )
-        ctx.weight_dtype = weight.dtype
         return total
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         grad_hidden, grad_weight = ctx.saved_tensors
         gh = grad_hidden * grad_output.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
-        gw = (grad_weight * grad_output).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        gw = grad_weight * grad_output.to(grad_weight.dtype) if ctx.needs_input_grad[1] else None
         return gh, gw, None, None, None
 
 
