@@ -355,6 +355,7 @@ def test_validate_clean_config_has_no_errors() -> None:
           _component_: ts_components.build_model
           dim: 8
           act: gelu
+          dropout: null
         optimizer:
           _component_: torch.optim.SGD
           lr: 0.1

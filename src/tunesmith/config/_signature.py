@@ -119,7 +119,8 @@ def binding_problems(
 
     Reports unknown argument names (listing the valid ones), missing required arguments
     (errors, or warnings when ``missing_is_error`` is False because a recipe may pass them)
-    and values whose type clearly contradicts a simple annotation.
+    and values whose type clearly contradicts a simple annotation (``null`` is never
+    flagged: it often means "use the default" despite a narrower annotation).
     """
     sig = _signature(fn)
     if sig is None:
@@ -170,7 +171,7 @@ def binding_problems(
             )
     hints = _type_hints(fn)
     for key, value in config_kwargs.items():
-        if key not in hints or value is UNCHECKED or key in call_kwargs:
+        if key not in hints or value is None or value is UNCHECKED or key in call_kwargs:
             continue
         if _accepts(value, hints[key]) is False:
             problems.append(
