@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tunesmith.data import OpenAIToMessages
+from tunesmith.data import Message, OpenAIToMessages
 from tunesmith.data.tokenizers import HuggingFaceModelTokenizer
 from tunesmith.models.gemma import gemma_tokenizer
 from tunesmith.models.llama3_1 import llama3_1_tokenizer
@@ -76,12 +76,20 @@ def _check(
     expected_ids: list[int],
     encode: Callable[[str], list[int]],
     assistant_turns: list[str],
+    prompt_ids: list[int] | None = None,
 ) -> None:
+    """Full conversation == ``expected_ids``; unmasked runs == the assistant turns; and, with
+    ``prompt_ids``, the conversation without its last answer plus an open empty assistant
+    message (``add_end_tokens=False``) == the template's generation prompt."""
     messages = OpenAIToMessages(train_on_input=False)({"messages": conversation})["messages"]
     tokens, mask = tokenizer.tokenize_messages(messages)
     assert len(tokens) == len(mask)
     assert tokens == expected_ids
     assert _unmasked_runs(tokens, mask) == [encode(turn) for turn in assistant_turns]
+    if prompt_ids is not None:
+        prompt = [*messages[:-1], Message("assistant", "")]
+        tokens, mask = tokenizer.tokenize_messages(prompt, add_end_tokens=False)
+        assert tokens == prompt_ids
 
 
 def _assistants(conversation: Conversation) -> list[str]:
@@ -108,11 +116,19 @@ def test_llama3_x_matches_official_template(assets: Path, template: str) -> None
     variables = {"bos_token": "<|begin_of_text|>", "date_string": "26 Jul 2024"}
     for conv in [*_conversations(assets), TRICKY[1:]]:  # the last one has no system message
         expected = encode(_render(assets / "chat_templates" / template, conv, **variables))
+        prompt = encode(
+            _render(
+                assets / "chat_templates" / template,
+                conv[:-1],
+                add_generation_prompt=True,
+                **variables,
+            )
+        )
         turns = [
             f"<|start_header_id|>assistant<|end_header_id|>\n\n{c.strip()}<|eot_id|>"
             for c in _assistants(conv)
         ]
-        _check(tok, conv, expected, encode, turns)
+        _check(tok, conv, expected, encode, turns, prompt)
 
 
 def _qwen_reference(assets: Path) -> Any:
@@ -143,8 +159,9 @@ def test_qwen2_5_matches_official_template(assets: Path) -> None:
     template = assets / "chat_templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
     for conv in [*_conversations(assets), TRICKY[1:]]:  # no system: the default one is used
         expected = encode(_render(template, conv))
+        prompt = encode(_render(template, conv[:-1], add_generation_prompt=True))
         turns = [f"<|im_start|>assistant\n{c}<|im_end|>\n" for c in _assistants(conv)]
-        _check(tok, conv, expected, encode, turns)
+        _check(tok, conv, expected, encode, turns, prompt)
 
 
 def test_qwen3_matches_official_template(assets: Path) -> None:
@@ -164,6 +181,7 @@ def test_qwen3_matches_official_template(assets: Path) -> None:
     template = assets / "chat_templates" / "Qwen-Qwen3-0.6B.jinja"
     for conv in [*_conversations(assets), reasoning]:
         expected = encode(_render(template, conv))
+        prompt = encode(_render(template, conv[:-1], add_generation_prompt=True))
         *earlier, last = _assistants(conv)
         # earlier turns keep only the answer (reasoning dropped), the last one gets a think block
         earlier = [c.split("</think>")[-1].lstrip("\n") if "</think>" in c else c for c in earlier]
@@ -175,7 +193,7 @@ def test_qwen3_matches_official_template(assets: Path) -> None:
         turns.append(
             f"<|im_start|>assistant\n<think>\n{think}\n</think>\n\n{answer.lstrip(chr(10))}<|im_end|>\n"
         )
-        _check(tok, conv, expected, encode, turns)
+        _check(tok, conv, expected, encode, turns, prompt)
 
 
 def test_smollm2_matches_official_template(assets: Path) -> None:
@@ -194,9 +212,12 @@ def test_smollm2_matches_official_template(assets: Path) -> None:
     assert generic.eos_id == dedicated.eos_id == ref.token_to_id("<|im_end|>")
     for conv in [*_conversations(assets), TRICKY[1:]]:
         expected = encode(_render(folder / "chat_template.jinja", conv))
+        prompt = encode(
+            _render(folder / "chat_template.jinja", conv[:-1], add_generation_prompt=True)
+        )
         turns = [f"<|im_start|>assistant\n{c}<|im_end|>\n" for c in _assistants(conv)]
-        _check(dedicated, conv, expected, encode, turns)
-        _check(generic, conv, expected, encode, turns)
+        _check(dedicated, conv, expected, encode, turns, prompt)
+        _check(generic, conv, expected, encode, turns, prompt)
 
 
 def _gemma_like_model(assets: Path, tmp_path: Path) -> Path:
@@ -238,8 +259,12 @@ def test_gemma2_matches_official_template(assets: Path, tmp_path: Path) -> None:
             reference_conv = folded + rest if case is conv else case
             # the reference encodes the whole rendered text; BOS is a control id, not text
             expected = [sp.bos_id(), *encode(_render(template, reference_conv, bos_token=""))]
+            prompt_text = _render(
+                template, reference_conv[:-1], bos_token="", add_generation_prompt=True
+            )
+            prompt = [sp.bos_id(), *encode(prompt_text)]
             turns = [f"<start_of_turn>model\n{c.strip()}<end_of_turn>\n" for c in _assistants(conv)]
-            _check(tok, case, expected, encode, turns)
+            _check(tok, case, expected, encode, turns, prompt)
 
 
 def _legacy_llama_reference(model_path: Path) -> Any:
@@ -301,5 +326,6 @@ def test_phi3_5_matches_official_template(assets: Path) -> None:
         expected = encode(_render(template, conv, eos_token="<|endoftext|>"))
         assert expected[-1] == tok.eos_id == 32000
         assert expected[:3] == [32006 if conv[0]["role"] == "system" else 32010, 29871, 13]
+        prompt = encode(_render(template, conv[:-1], add_generation_prompt=True))
         turns = [f"<|assistant|>\n{c}<|end|>\n" for c in _assistants(conv)]
-        _check(tok, conv, expected, encode, turns)
+        _check(tok, conv, expected, encode, turns, prompt)
