@@ -303,3 +303,12 @@ def test_run_warns_when_config_declares_another_recipe(
     assert (
         "lora.yaml declares '# recipe: lora_finetune_single_device' but runs with 'generate'" in err
     )
+
+
+def test_torchrun_launch_needs_a_main_block(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = env / "no_main.py"
+    recipe.write_text("def recipe_main(cfg):\n    pass\n")
+    code, _, err = run_cli(
+        capsys, "run", "--nproc_per_node", "2", str(recipe), "--config", "tiny/lora"
+    )
+    assert code == 1 and "cannot be launched by torchrun: it must end with" in err

@@ -147,6 +147,11 @@ def _warn_on_recipe_mismatch(recipe: Recipe | None, config_path: Path) -> None:
 
 def _launch(launch_flags: list[str], script: Path, recipe_argv: list[str]) -> int:
     """Start the recipe file under torch.distributed.run with the given torchrun options."""
+    if "__main__" not in script.read_text(encoding="utf-8"):
+        raise ConfigError(
+            f"{script} cannot be launched by torchrun: it must end with "
+            '`if __name__ == "__main__": recipe_main(parse_recipe_args())`'
+        )
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
