@@ -103,8 +103,13 @@ def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[s
     assert f"usage: tunesmith {command}" in capsys.readouterr().out
 
 
-def test_run_help_shows_torchrun_options(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run_cli(capsys, "run", "--help")
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["finetune", "--help"], ["finetune", "--config", "x", "-h"]]
+)
+def test_run_help_shows_torchrun_options(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(capsys, "run", *argv)
     assert code == 0
     assert "usage: tunesmith run [torchrun options] <recipe>" in out
     assert "--nproc-per-node NPROC_PER_NODE, --nproc_per_node NPROC_PER_NODE" in out

@@ -100,6 +100,9 @@ def run_command(argv: list[str]) -> int:
     parser = build_run_parser()
     args = parser.parse_args(argv)
     launch_flags = argv[: len(argv) - len(args.recipe_args) - 1]
+    if any(a in ("-h", "--help") for a in args.recipe_args):
+        parser.print_help()
+        return 0
     try:
         for token in args.recipe_args:
             option = token.split("=", 1)[0]
