@@ -110,3 +110,18 @@ def test_mlflow_logger_local_file_store(tmp_path: Path, monkeypatch: pytest.Monk
     history = client.get_metric_history(run.info.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 1.5), (2, 1.25)]
     assert run.data.params == {"optimizer.lr": "0.1"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="needs wandb")
+def test_wandb_logger_offline_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = ml.WandBLogger(project="tiny", log_dir=str(tmp_path), mode="offline")
+    logger.log_dict({"loss": 1.25, "learning_rate": 0.1}, 2)
+    logger.log_config({"optimizer": {"lr": 0.1}})
+    logger.close()
+    wandb.teardown()  # the wandb-core service writes the run file out when it stops
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    data = run_file.read_bytes()
+    assert b"learning_rate" in data and b"global_step" in data and b"optimizer" in data

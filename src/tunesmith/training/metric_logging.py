@@ -207,14 +207,18 @@ class WandBLogger(MetricLoggerInterface):
             mode=mode or os.environ.get("WANDB_MODE"),
             **kwargs,
         )
+        # Plot against our own step key (as torchtune does): wandb's internal step must grow
+        # strictly, which breaks on resume and when several calls log the same step.
+        self._run.define_metric("global_step")
+        self._run.define_metric("*", step_metric="global_step", step_sync=True)
 
     def log(self, name: str, data: Scalar, step: int) -> None:
         if self._run is not None:
-            self._run.log({name: _scalar(data)}, step=step)
+            self._run.log({name: _scalar(data), "global_step": step})
 
     def log_dict(self, payload: dict[str, Scalar], step: int) -> None:
         if self._run is not None:
-            self._run.log({k: _scalar(v) for k, v in payload.items()}, step=step)
+            self._run.log({**{k: _scalar(v) for k, v in payload.items()}, "global_step": step})
 
     def log_config(self, config: Any) -> None:
         if self._run is not None:
