@@ -195,6 +195,12 @@ def test_key_names_and_config():
     assert json.loads(json.dumps(config)) == config
     with pytest.raises(ValueError, match="not a LoRA/DoRA adapter key"):
         native_to_peft({"layers.0.attn.q_proj.weight": torch.zeros(1)}, "LLAMA3")
+    with pytest.raises(ValueError, match="tie_word_embeddings"):
+        peft_to_native(
+            {"base_model.model.lm_head.lora_A.weight": torch.zeros(2, 8)},
+            "QWEN2",
+            {"tie_word_embeddings": True},
+        )
     with pytest.raises(ValueError, match="modules_to_save"):
         peft_to_native(
             {"base_model.model.lm_head.modules_to_save.weight": torch.zeros(1)}, "LLAMA3"

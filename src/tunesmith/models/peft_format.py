@@ -105,7 +105,21 @@ def peft_to_native(
                 "other PEFT methods cannot be loaded as a native LoRA adapter"
             )
         hf[f"{hit[0]}.{hit[1]}"] = value
+    if _is_tied(hf_config) and any(k.startswith("lm_head.") for k in hf):
+        raise ValueError(
+            "The PEFT adapter targets lm_head but the base model ties lm_head to the token "
+            "embeddings (tie_word_embeddings=true), so a native model has no separate output "
+            "layer to adapt. Merge the adapter in PEFT (merge_and_unload) instead."
+        )
     return hf_to_native(hf, model_type, hf_config)
+
+
+def _is_tied(hf_config: Any) -> bool:
+    if hf_config is None:
+        return False
+    if isinstance(hf_config, Mapping):
+        return bool(hf_config.get("tie_word_embeddings"))
+    return bool(getattr(hf_config, "tie_word_embeddings", False))
 
 
 def target_modules_from_adapter(peft_state_dict: Iterable[str]) -> list[str]:
