@@ -83,6 +83,17 @@ def make_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (workers)."""
+    import resource
+
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _digest_update(h: hashlib._Hash, tokens, labels) -> int:
     import numpy as np
 
@@ -104,7 +115,7 @@ def stage_tunesmith(args: argparse.Namespace) -> dict:
     from tunesmith.datasets import alpaca_dataset
     from tunesmith.models.llama3 import llama3_tokenizer
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     tokenizer = llama3_tokenizer(args.tokenizer_path, max_seq_len=args.max_seq_len)
     ds = alpaca_dataset(
         tokenizer, source="json", data_files=args.data, packed=True, cache_dir=args.hf_cache
@@ -117,6 +128,7 @@ def stage_tunesmith(args: argparse.Namespace) -> dict:
     end = time.perf_counter()
     return {
         "seconds": end - start,
+        "cpu_s": _cpu_seconds() - cpu,
         "build_s": built - start,
         "packs": len(ds),
         "tokens": real,
@@ -136,7 +148,7 @@ def stage_reference(args: argparse.Namespace) -> dict:
     from tunesmith.data import AlpacaToMessages
     from tunesmith.models.llama3 import llama3_tokenizer
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     tokenizer = llama3_tokenizer(args.tokenizer_path, max_seq_len=args.max_seq_len)
     data = datasets.load_dataset(
         "json", data_files=args.data, split="train", cache_dir=args.hf_cache
@@ -181,6 +193,7 @@ def stage_reference(args: argparse.Namespace) -> dict:
     end = time.perf_counter()
     return {
         "seconds": end - start,
+        "cpu_s": _cpu_seconds() - cpu,
         "packs": len(packs),
         "tokens": real,
         "digest": h.hexdigest()[:16],
@@ -188,14 +201,17 @@ def stage_reference(args: argparse.Namespace) -> dict:
 
 
 _TORCHTUNE_SCRIPT = r"""
-import hashlib, json, sys, time
+import hashlib, json, resource, sys, time
 import numpy as np
+def cpu_s():
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 import datasets
 datasets.disable_progress_bars()
 from torchtune.datasets import alpaca_dataset
 from torchtune.models.llama3 import llama3_tokenizer
 data, tok_path, max_len, hf_cache = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-start = time.perf_counter()
+start, cpu = time.perf_counter(), cpu_s()
 tokenizer = llama3_tokenizer(tok_path, max_seq_len=max_len)
 ds = alpaca_dataset(tokenizer, source="json", data_files=data, packed=True, cache_dir=hf_cache)
 built = time.perf_counter()
@@ -207,7 +223,8 @@ for i in range(len(ds)):
     used = int(trained[-1]) + 1 if len(trained) else 0
     h.update(tokens[:used].tobytes()); h.update(labels[:used].tobytes()); real += used
 end = time.perf_counter()
-print(json.dumps({"seconds": end - start, "build_s": built - start, "packs": len(ds), "tokens": real,
+print(json.dumps({"seconds": end - start, "cpu_s": cpu_s() - cpu, "build_s": built - start,
+                  "packs": len(ds), "tokens": real,
                   "digest": h.hexdigest()[:16]}))
 """
 
@@ -293,26 +310,39 @@ def main() -> None:
             env=env,
         )
 
-    cold = results["tunesmith cold (tokenize + pack)"]["seconds"]
     print(f"\nrows={args.rows} max_seq_len={args.max_seq_len} tokenizer={args.tokenizer_path}")
-    print(f"cpus available={len(os.sched_getaffinity(0))}  work dir={work}\n")
-    print("| run | seconds | rows/s | packs | tokens | digest | x slower than tunesmith cold |")
+    print(
+        f"cpus available={len(os.sched_getaffinity(0))} load average={os.getloadavg()[0]:.1f} "
+        f"work dir={work}\n"
+    )
+    print("| run | wall s | CPU s | rows/s | packs | tokens in packs | digest |")
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(
-            f"| {name} | {r['seconds']:.2f} | {args.rows / r['seconds']:,.0f} | {r['packs']} | "
-            f"{r['tokens']:,} | {r['digest']} | {r['seconds'] / cold:.2f} |"
+            f"| {name} | {r['seconds']:.2f} | {r['cpu_s']:.2f} | {args.rows / r['seconds']:,.0f} | "
+            f"{r['packs']} | {r['tokens']:,} | {r['digest']} |"
         )
     digests = {r["digest"] for r in results.values()}
-    print("\nsame packed tokens in every run:", "yes" if len(digests) == 1 else f"NO ({digests})")
-    if "torchtune 0.6.1" in results:
+    print("\nsame packed tokens in every run:", "yes" if len(digests) == 1 else "no (see tokens)")
+    peer = results.get("torchtune 0.6.1") or results.get("per-sample reference (torchtune-style)")
+    if peer is None:
+        return
+    peer_name = "torchtune 0.6.1" if "torchtune 0.6.1" in results else "per-sample reference"
+    for label, key in (
+        ("cold", "tunesmith cold (tokenize + pack)"),
+        ("warm", "tunesmith warm (cached tokens)"),
+    ):
+        r = results[key]
         print(
-            f"speed-up vs torchtune: cold {results['torchtune 0.6.1']['seconds'] / cold:.1f}x, "
-            f"warm {results['torchtune 0.6.1']['seconds'] / results['tunesmith warm (cached tokens)']['seconds']:.1f}x"
+            f"{peer_name} / tunesmith {label}: wall {peer['seconds'] / r['seconds']:.1f}x, "
+            f"CPU {peer['cpu_s'] / r['cpu_s']:.1f}x"
         )
-    else:
+    ours = results["tunesmith cold (tokenize + pack)"]
+    if peer["tokens"] != ours["tokens"]:
         print(
-            "torchtune not found (pass --torchtune-python); compared with the per-sample reference only"
+            f"token count differs by {peer['tokens'] - ours['tokens']:+,} "
+            f"({(peer['tokens'] - ours['tokens']) / args.rows:+.2f} per row): torchtune's Llama 3 "
+            "tokenizer ends every sample with <|end_of_text|> after the last <|eot_id|>"
         )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -87,8 +88,8 @@ class TokenizedSamples:
         offsets = np.zeros(len(tokens) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         total = int(offsets[-1])
-        flat_tokens = np.fromiter(_chain(tokens), dtype=np.int32, count=total)
-        flat_labels = np.fromiter(_chain(labels), dtype=np.int32, count=total)
+        flat_tokens = np.fromiter(chain.from_iterable(tokens), dtype=np.int32, count=total)
+        flat_labels = np.fromiter(chain.from_iterable(labels), dtype=np.int32, count=total)
         return cls(flat_tokens, flat_labels, offsets)
 
     @classmethod
@@ -115,11 +116,6 @@ class TokenizedSamples:
             np.concatenate([p.labels for p in parts]),
             offsets.astype(np.int64),
         )
-
-
-def _chain(lists: Sequence[Sequence[int]]) -> Iterable[int]:
-    for values in lists:
-        yield from values
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +166,8 @@ class TokenizedRowDataset(Dataset):
         offsets = np.zeros(len(all_tokens) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         total = int(offsets[-1])
-        tokens = np.fromiter((t for ts in all_tokens for t in ts), np.int32, count=total)
-        mask = np.fromiter((m for ms in all_masks for m in ms), np.bool_, count=total)
+        tokens = np.fromiter(chain.from_iterable(all_tokens), np.int32, count=total)
+        mask = np.fromiter(chain.from_iterable(all_masks), np.bool_, count=total)
         labels = np.where(mask, np.int32(CROSS_ENTROPY_IGNORE_IDX), tokens).astype(np.int32)
         return TokenizedSamples(tokens, labels, offsets)
 
@@ -222,10 +223,15 @@ class TokenizedRowDataset(Dataset):
         bounds = [(int(a), int(b)) for a, b in zip(chunks[:-1], chunks[1:]) if b > a]
         global _ACTIVE_DATASET
         _ACTIVE_DATASET = self
+        pool = multiprocessing.get_context("fork").Pool(workers)
         try:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                parts = pool.map(_tokenize_range_in_worker, bounds, chunksize=1)
+            parts = pool.map(_tokenize_range_in_worker, bounds, chunksize=1)
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
         finally:
+            pool.join()
             _ACTIVE_DATASET = None
         return TokenizedSamples.concatenate(parts)
 
