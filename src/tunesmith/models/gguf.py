@@ -324,17 +324,32 @@ def load_gguf(
 
 
 def _model_tokenizer(metadata: dict[str, Any]) -> Any:
-    """Wrap the GGUF vocabulary in tunesmith's tokenizer interface (data package)."""
-    from tunesmith.data.tokenizers import HFTokenizer  # byte-level BPE from a tokenizers object
+    """tunesmith's tokenizer for the GGUF vocabulary: a ``HuggingFaceModelTokenizer`` driven
+    by the file's Jinja chat template (a plain ``HuggingFaceBaseTokenizer`` when it has none).
+
+    ``tokenizer.ggml.add_bos_token`` decides whether ``encode`` adds BOS (SmolLM2: no).
+    """
+    from tunesmith.data.tokenizers import HuggingFaceBaseTokenizer, HuggingFaceModelTokenizer
 
     tokens = metadata["tokenizer.ggml.tokens"]
-    return HFTokenizer.from_tokenizer(
-        gguf_tokenizer(metadata),
-        bos_token=tokens[int(metadata["tokenizer.ggml.bos_token_id"])]
-        if "tokenizer.ggml.bos_token_id" in metadata
-        else None,
-        eos_token=tokens[int(metadata["tokenizer.ggml.eos_token_id"])]
-        if "tokenizer.ggml.eos_token_id" in metadata
-        else None,
-        chat_template=metadata.get("tokenizer.chat_template"),
+
+    def name(key: str) -> str | None:
+        return tokens[int(metadata[key])] if key in metadata else None
+
+    bos = name("tokenizer.ggml.bos_token_id")
+    if not metadata.get("tokenizer.ggml.add_bos_token", False):
+        bos = None
+    eos = name("tokenizer.ggml.eos_token_id")
+    template = metadata.get("tokenizer.chat_template")
+    tok = gguf_tokenizer(metadata)
+    if not template:
+        return HuggingFaceBaseTokenizer.from_tokenizer_object(tok, bos_token=bos, eos_token=eos)
+    if eos is None:
+        raise ValueError("GGUF file has a chat template but no tokenizer.ggml.eos_token_id")
+    return HuggingFaceModelTokenizer.from_tokenizer_object(
+        tok,
+        str(template),
+        eos_token=eos,
+        bos_token=bos,
+        pad_token=name("tokenizer.ggml.padding_token_id"),
     )
