@@ -154,7 +154,11 @@ class LinearCrossEntropyLoss(nn.Module):
         self.softcap = getattr(model, "final_logit_softcap", None)
 
     def apply_compile_strategy(self, *args: Any, **kwargs: Any) -> LinearCrossEntropyLoss:
-        """Compile :meth:`compute_cross_entropy` (torchtune's hook; see ``_uses_module_path``)."""
+        """Compile :meth:`compute_cross_entropy` (torchtune's hook).
+
+        The loss then runs every chunk through the compiled autograd path instead of the
+        fused eager path.
+        """
         self.compute_cross_entropy = torch.compile(self.compute_cross_entropy, *args, **kwargs)
         return self
 
