@@ -47,7 +47,7 @@ def test_interface_and_call(llama3: Llama3Tokenizer) -> None:
     sample = {"messages": _conv(), "id": 3}
     out = llama3(sample)
     assert "messages" not in out and out["id"] == 3
-    assert out["tokens"], out["mask"] == llama3.tokenize_messages(_conv())
+    assert (out["tokens"], out["mask"]) == llama3.tokenize_messages(_conv())
     assert out["tokens"][-1] == llama3.eot_id
     with pytest.raises(KeyError, match="messages"):
         llama3({"text": "x"})

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data._messages import Message
+from tunesmith.data._prompt_templates import get_prompt_template
 from tunesmith.data.tokenizers._bpe import HuggingFaceBaseTokenizer
 from tunesmith.data.tokenizers._chat_formats import message_text
 from tunesmith.data.tokenizers._utils import check_file, truncate
@@ -65,6 +66,8 @@ class HuggingFaceModelTokenizer:
         chat_template: the template source, overriding the config's.
         max_seq_len, truncation_type: as for every model tokenizer.
         template_kwargs: extra template variables (e.g. ``{"date_string": "26 Jul 2024"}``).
+        prompt_template: applied to the messages before the chat template (dotted path,
+            mapping or template object).
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class HuggingFaceModelTokenizer:
         max_seq_len: int | None = None,
         truncation_type: str = "right",
         template_kwargs: Mapping[str, Any] | None = None,
+        prompt_template: Any = None,
     ):
         base = HuggingFaceBaseTokenizer(
             tokenizer_json_path,
@@ -93,6 +97,7 @@ class HuggingFaceModelTokenizer:
             eos = gen.get("eos_token_id")
             stop = [e for e in (eos if isinstance(eos, list) else [eos]) if isinstance(e, int)]
         self._setup(base, chat_template, max_seq_len, truncation_type, template_kwargs, stop)
+        self.prompt_template = get_prompt_template(prompt_template)
 
     @classmethod
     def from_tokenizer_object(
@@ -106,6 +111,7 @@ class HuggingFaceModelTokenizer:
         max_seq_len: int | None = None,
         truncation_type: str = "right",
         template_kwargs: Mapping[str, Any] | None = None,
+        prompt_template: Any = None,
     ) -> HuggingFaceModelTokenizer:
         """Build from an in-memory ``tokenizers.Tokenizer`` and a template (e.g. from a GGUF)."""
         base = HuggingFaceBaseTokenizer.from_tokenizer_object(
@@ -114,6 +120,7 @@ class HuggingFaceModelTokenizer:
         base.config["pad_token"] = pad_token
         self = cls.__new__(cls)
         self._setup(base, chat_template, max_seq_len, truncation_type, template_kwargs, [])
+        self.prompt_template = get_prompt_template(prompt_template)
         return self
 
     @staticmethod

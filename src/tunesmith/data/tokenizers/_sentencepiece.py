@@ -60,12 +60,3 @@ class SentencePieceBaseTokenizer:
 
     def decode(self, token_ids: list[int]) -> str:
         return self.spm_model.decode(list(token_ids))
-
-    def piece_to_id(self, piece: str) -> int | None:
-        """Id of a piece, or None when the model does not have it."""
-        idx = self.spm_model.piece_to_id(piece)
-        return (
-            None
-            if idx == self.spm_model.unk_id() and piece != self.spm_model.id_to_piece(idx)
-            else idx
-        )
