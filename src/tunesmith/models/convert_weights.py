@@ -164,7 +164,8 @@ def hf_to_native(
         if hit is None:
             raise KeyError(f"Unexpected key {key!r} in a {mt} Hugging Face checkpoint.")
         module = top_map[hit[0]]
-        if module == "output" and hit[0] == "lm_head" and cfg.get("tie_word_embeddings"):
+        tied = cfg.get("tie_word_embeddings", cfg.get("model_type") in ("gemma", "gemma2"))
+        if module == "output" and hit[0] == "lm_head" and tied:
             continue  # tied: the embedding matrix is the output projection
         out[f"{module}.{_param_to_native(module, hit[1])}"] = value
     return out
