@@ -15,12 +15,15 @@ from tunesmith.modules.peft._utils import (
 )
 from tunesmith.modules.peft.dora import DoRALinear
 from tunesmith.modules.peft.lora import LoRALinear
+from tunesmith.modules.peft.qat_lora import QATLoRALinear, TrainableParams
 
 __all__ = [
     "LORA_ATTN_MODULES",
     "AdapterModule",
     "DoRALinear",
     "LoRALinear",
+    "QATLoRALinear",
+    "TrainableParams",
     "disable_adapter",
     "get_adapter_params",
     "get_adapter_state_dict",
