@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tunesmith.models.spec import FULL, SLIDING, ModelSpec, RopeScaling
+from tunesmith.models.spec import FULL, SLIDING, ModelSpec, RopeScaling, alternating_sliding
 
 __all__ = ["spec_from_hf_config", "load_hf_config", "HF_MODEL_TYPES"]
 
@@ -68,8 +68,14 @@ def _sliding(cfg: Mapping[str, Any], n_layers: int) -> tuple[int | None, tuple[s
     if window is None or cfg.get("use_sliding_window") is False:
         return None, None
     types = cfg.get("layer_types")
-    if types is None:
-        return int(window), None
+    if types is None:  # transformers 4.x configs: the pattern is implied by the architecture
+        if cfg.get("model_type") == "gemma2":
+            types = alternating_sliding(n_layers)
+        elif cfg.get("use_sliding_window"):  # Qwen2/3: layers from max_window_layers on slide
+            start = cfg.get("max_window_layers", n_layers)
+            types = [SLIDING if i >= start else FULL for i in range(n_layers)]
+        else:
+            return int(window), None
     types = tuple(SLIDING if t == SLIDING else FULL for t in types)
     if len(types) != n_layers:
         raise ValueError(
