@@ -69,12 +69,13 @@ def write_tiny_llama(folder: Path, seed: int = 0) -> Path:
         num_key_value_heads=2,
         max_position_embeddings=512,
         tie_word_embeddings=False,
+        initializer_range=0.2,  # logits large enough for adapters on frozen layers to matter
     )
     transformers.LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     return folder
 
 
-def write_instruct_data(path: Path, n: int = 96) -> Path:
+def write_instruct_data(path: Path, n: int = 720) -> Path:
     """Alpaca-style rows with a learnable pattern (answer = the reversed word, upper-cased)."""
     words = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "ocean", "robot", "sugar",
              "maple", "crane", "delta", "ember", "fable", "giant"]  # fmt: skip

@@ -57,7 +57,7 @@ def base_config(out: Path, model_dir: Path, data: Path, **over: Any) -> dict[str
         },
         "resume_from_checkpoint": False,
         "dataset": {
-            "_component_": "tunesmith.datasets.alpaca_dataset",
+            "_component_": "tunesmith.datasets.instruct_dataset",
             "source": "json",
             "data_files": str(data),
             "split": "train",

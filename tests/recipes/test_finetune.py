@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from conftest import LORA, read_losses
 
 STEPS = 20
+LORA_RUN = {**{f"model.{k}": v for k, v in LORA.items()}, "optimizer.lr": 1e-2}
 
 
 def assert_learns(out: Path) -> list[float]:
@@ -30,14 +31,21 @@ def test_full_fp32_unpacked(run_finetune) -> None:
     assert (out / "logs" / "log.png").is_file()
 
 
-def test_lora_packed(run_finetune) -> None:
-    out = run_finetune(
-        **{f"model.{k}": v for k, v in LORA.items()},
-        **{"dataset.packed": True, "tokenizer.max_seq_len": 512},
-    )
+def test_lora_packed_saves_peft_adapter(run_finetune, tiny_llama: Path) -> None:
+    """LoRA on packed data learns; the adapter loads in PEFT and equals the merged weights."""
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    out = run_finetune(**LORA_RUN, **{"dataset.packed": True})
     assert_learns(out)
-    assert (out / "epoch_1" / "adapter_model.safetensors").is_file()
-    assert (out / "epoch_1" / "adapter_config.json").is_file()
+    tokens = torch.tensor([[257, *b"user: Reverse and shout.", 10]])
+    merged = transformers.LlamaForCausalLM.from_pretrained(out / "epoch_1").eval()
+    base = transformers.LlamaForCausalLM.from_pretrained(tiny_llama).eval()
+    with torch.no_grad():
+        before = base(tokens).logits
+        with_adapter = peft.PeftModel.from_pretrained(base, out / "epoch_1" / "adapter").eval()
+        ref = with_adapter(tokens).logits
+        assert (merged(tokens).logits - ref).abs().max() <= 1e-4
+        assert (before - ref).abs().max() > 1e-2  # the adapter changed the model
 
 
 @pytest.mark.slow
@@ -45,10 +53,10 @@ def test_lora_packed(run_finetune) -> None:
     "name, overrides",
     [
         ("full_bf16", {"dtype": "bf16"}),
-        ("full_packed", {"dataset.packed": True, "tokenizer.max_seq_len": 512}),
-        ("lora_unpacked", {f"model.{k}": v for k, v in LORA.items()}),
-        ("dora", {**{f"model.{k}": v for k, v in LORA.items()}, "model.use_dora": True}),
-        ("qlora", {**{f"model.{k}": v for k, v in LORA.items()}, "model.quantize_base": True}),
+        ("full_packed", {"dataset.packed": True}),
+        ("lora_unpacked", LORA_RUN),
+        ("dora", {**LORA_RUN, "model.use_dora": True}),
+        ("qlora", {**LORA_RUN, "model.quantize_base": True}),
         ("activation_checkpointing", {"enable_activation_checkpointing": True}),
         ("activation_offloading", {"enable_activation_offloading": True}),
         ("optimizer_in_bwd", {"optimizer_in_bwd": True}),
