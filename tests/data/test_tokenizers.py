@@ -164,3 +164,36 @@ def test_phi4_layout(assets: Path) -> None:
     assert tokens[0] == 100264 and tokens[-1] == tok.eos_id == 100265
     assert mask.index(False) == tokens.index(100264, 1)
     assert tok.pad_id == 100349
+
+
+def test_instantiate_from_torchtune_config(assets: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from tunesmith.config import instantiate
+
+    folder = assets / "tokenizers" / "qwen2"
+    cfg = OmegaConf.create(
+        {
+            "_component_": "torchtune.models.qwen2_5.qwen2_5_tokenizer",
+            "path": str(folder / "vocab.json"),
+            "merges_file": str(folder / "merges.txt"),
+            "max_seq_len": 64,
+            "prompt_template": {"user": ["Q: ", "\nA:"]},
+        }
+    )
+    tok = instantiate(cfg)
+    tokens, _ = tok.tokenize_messages([Message("user", "hi"), Message("assistant", "yo")])
+    assert "<|im_start|>user\nQ: hi\nA:<|im_end|>" in tok.decode(tokens, skip_special_tokens=False)
+    assert tok.max_seq_len == 64
+
+
+def test_special_tokens_path(assets: Path) -> None:
+    """torchtune's ``special_tokens_path``: the added tokens of an HF tokenizer.json."""
+    tok = llama3_tokenizer(
+        str(assets / "tokenizers" / "llama3" / "tokenizer.model"),
+        special_tokens_path=str(assets / "tokenizers" / "llama3_hf" / "tokenizer.json"),
+    )
+    assert len(tok.special_tokens) == 256 and tok.special_tokens["<|eot_id|>"] == 128009
+    assert tok.image_id is None  # that file has no <|image|> token
+    tokens, _ = tok.tokenize_messages(_conv())
+    assert tokens[:2] == [128000, 128006] and tokens[-1] == 128009
