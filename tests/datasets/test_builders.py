@@ -225,3 +225,23 @@ def test_local_path_as_source_and_missing_file(assets, tokenizer, tmp_path):
     assert len(ds) == 100
     with pytest.raises(FileNotFoundError, match="data_files"):
         tds.alpaca_dataset(tokenizer, source="json", data_files=str(tmp_path / "nope.json"))
+
+
+def test_packed_dataset_over_any_sample_list():
+    samples = [{"tokens": [1, 2, 3], "labels": [-100, 2, 3]}, {"tokens": [4, 5], "labels": [4, 5]}]
+    packed = tds.PackedDataset(samples, max_seq_len=4, padding_idx=0)
+    assert len(packed) == 2 and packed.packed
+    assert packed[0]["tokens"].tolist() == [1, 2, 3, 0]
+    assert packed[1]["labels"].tolist() == [4, 5, -100, -100]
+    assert packed[1]["input_pos"].tolist() == [0, 1, 2, 3]
+
+
+def test_unreachable_hub_names_the_fix(monkeypatch, tokenizer):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'tatsu-lab/alpaca' on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ConnectionError, match="source: json.*data_files"):
+        tds.alpaca_dataset(tokenizer)

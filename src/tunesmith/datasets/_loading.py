@@ -79,6 +79,12 @@ def load_rows(
             "source: json (or parquet, csv, arrow, text) with data_files: <path>; hub names "
             "need network access to huggingface.co"
         ) from e
+    except ConnectionError as e:
+        raise ConnectionError(
+            f"dataset source={source!r} looks like a Hugging Face hub name and the hub could not "
+            f"be reached ({e}). Offline, point the config at a local file: source: json (or "
+            "parquet, csv, arrow, text) and data_files: path/to/file"
+        ) from e
     except ValueError as e:
         if "split" in str(e).lower():
             raise ValueError(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch.distributed as dist
 from torch.utils.data import Dataset
 
 from tunesmith.data import (
@@ -54,6 +55,10 @@ def _default_workers() -> int:
     except AttributeError:
         cpus = os.cpu_count() or 1
     return max(1, min(8, cpus))
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _tokenize_range_in_worker(bounds: tuple[int, int]) -> TokenizedSamples:
@@ -202,17 +207,31 @@ class TokenizedRowDataset(Dataset):
             return self._tokenized
         folder = Path(cache_dir).expanduser() if cache_dir is not None else None
         key = self.cache_key() if use_cache and cache_enabled() else None
+        # Distributed: rank 0 tokenizes and writes the cache while the other ranks wait,
+        # then they read it instead of all tokenizing the same rows.
+        rank_zero_first = key is not None and _world_size() > 1
+        if rank_zero_first and dist.get_rank() != 0:
+            dist.barrier()
+        try:
+            self._tokenized = self._load_or_tokenize(key, folder, num_workers)
+        finally:
+            if rank_zero_first and dist.get_rank() == 0:
+                dist.barrier()
+        return self._tokenized
+
+    def _load_or_tokenize(
+        self, key: str | None, folder: Path | None, num_workers: int | None
+    ) -> TokenizedSamples:
         if key is not None:
             cached = load_cached(key, folder)
             if cached is not None and len(cached) == len(self):
                 logger.info("loaded tokenized %s from cache %s", self._where(), key)
-                self._tokenized = cached
                 return cached
-        self._tokenized = self._tokenize_parallel(num_workers)
+        samples = self._tokenize_parallel(num_workers)
         if key is not None:
             meta = {"dataset": type(self).__qualname__, "source": self._where(), "rows": len(self)}
-            store_cached(key, self._tokenized, meta, folder)
-        return self._tokenized
+            store_cached(key, samples, meta, folder)
+        return samples
 
     def _tokenize_parallel(self, num_workers: int | None) -> TokenizedSamples:
         n = len(self)
