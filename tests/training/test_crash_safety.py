@@ -99,3 +99,50 @@ def test_sigkill_during_saves_fast(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sigkill_during_saves_many_trials(tmp_path: Path) -> None:
     _kill_trials(tmp_path, trials=12, seed=1)
+
+
+@pytest.mark.parametrize(
+    "sig",
+    [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+    ids=["SIGTERM", "SIGINT"],
+)
+def test_signal_saves_resumable_checkpoint_and_exits_zero(tmp_path: Path, sig: int) -> None:
+    base = make_base_checkpoint(tmp_path / "base")
+    total = 24  # long enough that the signal arrives mid-run
+    reference = train(base, tmp_path / "ref", total, lora=True)
+    out, losses = tmp_path / "run", tmp_path / "losses.json"
+    progress = losses.with_suffix(".progress")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(HARNESS),
+            str(base),
+            str(out),
+            str(total),
+            "1",
+            "0",
+            str(losses),
+            "graceful",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while not (progress.is_file() and progress.read_text().strip() not in ("", "0")):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert not losses.exists()  # exited through the shutdown path, not the end of training
+    latest = latest_complete_checkpoint(out)
+    assert latest is not None and read_complete_marker(latest)["has_recipe_state"]
+    step = read_complete_marker(latest)["step"]
+    assert 1 <= step < total
+    resumed = train(base, out, total, lora=True, resume=True)
+    torch.testing.assert_close(
+        torch.tensor(resumed), torch.tensor(reference[step:]), atol=1e-6, rtol=0
+    )

@@ -26,6 +26,7 @@ from tunesmith.models.convert_weights import native_to_hf, spec_from_hf_config
 from tunesmith.modules.peft import get_adapter_params, set_trainable_params
 from tunesmith.training import (
     FullModelHFCheckpointer,
+    GracefulShutdown,
     build_recipe_state,
     restore_recipe_state,
 )
@@ -79,11 +80,15 @@ def train(
     stop_after: int | None = None,
     save_every: int | None = None,
     keep_last_n: int | None = None,
+    shutdown: GracefulShutdown | None = None,
+    progress_file: Path | None = None,
 ) -> list[float]:
     """Train until ``total_steps`` (global); returns the losses of the steps run here.
 
     ``stop_after``: save an intermediate checkpoint after that step and return.
     ``save_every``: save an intermediate checkpoint every n steps (crash test).
+    ``shutdown``: when it reports a signal at a step boundary, save and exit 0.
+    ``progress_file``: the global step is written there after every step.
     """
     # Deliberately different seeds on resume: everything must come from the checkpoint.
     seed = 99 if resume else 7
@@ -163,8 +168,13 @@ def train(
             sched.step()
             steps += 1
             losses.append(loss.item())
-            if (stop_after is not None and steps == stop_after) or (
-                save_every is not None and steps % save_every == 0
+            if progress_file is not None:
+                progress_file.write_text(str(steps))
+            stop_now = shutdown is not None and shutdown.requested
+            if (
+                stop_now
+                or (stop_after is not None and steps == stop_after)
+                or (save_every is not None and steps % save_every == 0)
             ):
                 sd: dict[str, Any] = {"model": model.state_dict()}
                 if lora:
@@ -180,6 +190,8 @@ def train(
                     )
                 )
                 ckpt.save_checkpoint(sd, epoch=epoch, intermediate_checkpoint=True, step=steps)
+                if stop_now:
+                    shutdown.exit(0)
                 if stop_after is not None:
                     return losses
             if steps >= total_steps:
@@ -188,15 +200,22 @@ def train(
 
 
 if __name__ == "__main__":
-    # python test_resume_harness.py BASE OUT TOTAL_STEPS LORA(0/1) RESUME(0/1) LOSSES_JSON
+    # python test_resume_harness.py BASE OUT TOTAL_STEPS LORA(0/1) RESUME(0/1) LOSSES_JSON [MODE]
+    # MODE "every" (default): save every step, keep 2.  MODE "graceful": save only when
+    # SIGTERM/SIGINT arrives, then exit 0 (the step count goes to LOSSES_JSON's .progress).
     base_dir, out_dir, n, use_lora, do_resume, losses_path = sys.argv[1:7]
-    result = train(
-        Path(base_dir),
-        Path(out_dir),
-        int(n),
-        lora=use_lora == "1",
-        resume=do_resume == "1",
-        save_every=1,
-        keep_last_n=2,
-    )
+    mode = sys.argv[7] if len(sys.argv) > 7 else "every"
+    kwargs: dict[str, Any] = {"lora": use_lora == "1", "resume": do_resume == "1"}
+    if mode == "graceful":
+        with GracefulShutdown() as handler:
+            result = train(
+                Path(base_dir),
+                Path(out_dir),
+                int(n),
+                shutdown=handler,
+                progress_file=Path(losses_path).with_suffix(".progress"),
+                **kwargs,
+            )
+    else:
+        result = train(Path(base_dir), Path(out_dir), int(n), save_every=1, keep_last_n=2, **kwargs)
     Path(losses_path).write_text(json.dumps(result))
