@@ -140,3 +140,17 @@ def test_openai_and_chosen_rejected(assets) -> None:
     with pytest.raises(DataRowError) as info:
         ChosenRejectedToMessages()({"chosen": [{"role": "user", "content": 5}], "rejected": []})
     assert info.value.column == "chosen"
+
+
+def test_input_output_image(assets) -> None:
+    row = {"input": "What is it?", "output": "A dog.", "image": "dog_on_skateboard.jpg"}
+    text_only = InputOutputToMessages()(row)["messages"]
+    assert not text_only[0].contains_media
+    msgs = InputOutputToMessages(image_dir=assets / "torchtune_tests")(row)["messages"]
+    assert msgs[0].contains_media and msgs[0].text_content == "What is it?"
+    with pytest.raises(DataRowError, match="does not exist") as info:
+        InputOutputToMessages(image_dir=assets)(row)
+    assert info.value.column == "image"
+    pil = msgs[0].get_media()[0]
+    msgs = InputOutputToMessages()({**row, "image": pil})["messages"]  # an image object
+    assert msgs[0].get_media() == [pil]

@@ -30,15 +30,15 @@ __all__ = [
 ]
 
 
-def load_image(path_or_url: str | Path) -> Any:
-    """Open an image file as a ``PIL.Image`` (RGB-preserving, fully loaded)."""
+def load_image(path_or_url: str | Path, column: str = "image") -> Any:
+    """Open an image file as a fully loaded ``PIL.Image``; ``column`` is named in errors."""
     try:
         from PIL import Image
     except ImportError as e:  # pragma: no cover - pillow ships with the dev env
         raise ImportError("loading images needs pillow: pip install pillow") from e
     path = Path(path_or_url)
     if not path.is_file():
-        raise DataRowError(f"image file {str(path)!r} does not exist", column="image")
+        raise DataRowError(f"image file {str(path)!r} does not exist", column=column)
     image = Image.open(path)
     image.load()
     return image
@@ -85,7 +85,7 @@ def _image_part(image: Any, image_dir: Path | None, column: str) -> dict[str, An
         path = Path(image)
         if image_dir is not None:
             path = image_dir / path
-        image = load_image(path)
+        image = load_image(path, column)
     elif image is None:
         raise DataRowError("image is null", column=column)
     return {"type": "image", "content": image}
@@ -99,7 +99,9 @@ class InputOutputToMessages:
         column_map: ``{"input": ..., "output": ..., "image": ...}`` to rename columns.
         new_system_prompt: if given, a system message with this text is prepended.
         image_dir: directory that relative image paths in the ``image`` column are
-            resolved against; when ``None`` images are not loaded.
+            resolved against. The row is multimodal when ``image_dir`` is given, when
+            ``column_map`` names an ``image`` column, or when the image column holds an
+            image object (e.g. a ``datasets.Image`` feature); otherwise text only.
         masking_strategy: ``train_on_all`` | ``train_on_assistant`` | ``train_on_last``.
     """
 
@@ -114,12 +116,15 @@ class InputOutputToMessages:
         self.masking_strategy = masking_strategy_from(train_on_input, masking_strategy)
         self.new_system_prompt = new_system_prompt
         self.image_dir = Path(image_dir) if image_dir is not None else None
+        self._explicit_image = bool(column_map) and "image" in column_map
         self.column_map = _column_map(column_map, ("input", "output", "image"), type(self).__name__)
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
         user_content: list[dict[str, Any]] = []
         image_col = self.column_map["image"]
-        if self.image_dir is not None:
+        value = sample.get(image_col)
+        image_object = value is not None and not isinstance(value, str | Path)
+        if self.image_dir is not None or self._explicit_image or image_object:
             image = _get_column(sample, image_col)
             user_content.append(_image_part(image, self.image_dir, image_col))
         user_content.append(
