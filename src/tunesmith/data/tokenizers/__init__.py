@@ -36,6 +36,7 @@ from tunesmith.data.tokenizers._utils import (
     ModelTokenizer,
     SpecialTokenSplitter,
     load_special_tokens,
+    parse_hf_tokenizer_json,
     truncate,
 )
 
@@ -66,5 +67,6 @@ __all__ = [
     "get_chat_format",
     "load_special_tokens",
     "message_text",
+    "parse_hf_tokenizer_json",
     "truncate",
 ]

@@ -16,6 +16,7 @@ __all__ = [
     "SpecialTokenSplitter",
     "truncate",
     "load_special_tokens",
+    "parse_hf_tokenizer_json",
     "check_file",
 ]
 
@@ -123,3 +124,8 @@ def load_special_tokens(path: str | Path, *, only_special: bool = False) -> dict
     raise ValueError(
         f"{path}: expected a {{token: id}} mapping or an HF tokenizer.json with 'added_tokens'"
     )
+
+
+def parse_hf_tokenizer_json(tokenizer_json_path: str | Path) -> dict[str, int]:
+    """torchtune's name: ``{content: id}`` of the added tokens in an HF tokenizer.json."""
+    return load_special_tokens(tokenizer_json_path)
