@@ -114,3 +114,31 @@ def test_keep_last_n_and_user_errors(tmp_path: Path) -> None:
     )
     with pytest.raises(FileNotFoundError, match="recipe_checkpoint"):
         resuming.load_checkpoint()
+
+
+def test_torchtune_config_section_instantiates(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from tunesmith.config import instantiate
+
+    src = _tiny_llama(tmp_path / "in", torch.float32, "20KB")
+    n = len(list(src.glob("*.safetensors")))
+    cfg = OmegaConf.create(
+        {
+            "output_dir": str(tmp_path / "out"),
+            "checkpointer": {
+                "_component_": "torchtune.training.FullModelHFCheckpointer",
+                "checkpoint_dir": str(src),
+                "checkpoint_files": {
+                    "filename_format": "model-{}-of-{}.safetensors",
+                    "max_filename": f"{n:05d}",
+                },
+                "recipe_checkpoint": None,
+                "output_dir": "${output_dir}",
+                "model_type": "LLAMA3",
+            },
+        }
+    )
+    ckpt = instantiate(cfg.checkpointer, should_load_recipe_state=False)
+    assert isinstance(ckpt, FullModelHFCheckpointer)
+    assert len(ckpt.load_checkpoint()["model"]) == 2 * 9 + 3

@@ -223,7 +223,17 @@ class CheckpointerBase:
         adapter_only: bool = False,
         step: int | None = None,
     ) -> Path:
-        """Write one complete checkpoint folder; returns its path (see the module doc)."""
+        """Write one complete checkpoint folder; returns its path (see the module doc).
+
+        In a distributed run only rank 0 writes (pass it the gathered full state dict);
+        other ranks return the same path without touching the disk.
+        """
+        if (
+            torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+            and torch.distributed.get_rank() != 0
+        ):
+            return self._output_dir / checkpoint_folder_name(epoch, step)
         if "model" not in state_dict and "adapter" not in state_dict:
             raise KeyError("save_checkpoint: state_dict needs a 'model' and/or an 'adapter' entry")
         adapter_config = state_dict.get("adapter_config")

@@ -96,8 +96,16 @@ def resolve_checkpoint_files(
 
 
 def safe_torch_load(path: str | os.PathLike[str]) -> Any:
-    """``torch.load`` on CPU with ``weights_only=True`` (no arbitrary code from pickles)."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    """``torch.load`` on CPU with ``weights_only=True`` (no arbitrary code from pickles).
+
+    Memory-maps zip-format files; falls back to a plain read for legacy (pre-zip) files.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e) and "zipfile" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_weight_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
