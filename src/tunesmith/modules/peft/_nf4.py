@@ -7,17 +7,23 @@ locations are tried.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
 import torch
 from torch import nn
 
+_NF4_API: tuple[type, Any, Any] | None = None
 
-@functools.cache
+
 def _nf4_api() -> tuple[type, Any, Any]:
-    """Return ``(NF4Tensor, to_nf4, linear_nf4)`` from whichever torchao layout is installed."""
+    """Return ``(NF4Tensor, to_nf4, linear_nf4)`` from whichever torchao layout is installed.
+
+    Memoised in a module global (not ``functools.cache``, which torch.compile warns about).
+    """
+    global _NF4_API
+    if _NF4_API is not None:
+        return _NF4_API
     try:
         from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import (
             NF4Tensor,
@@ -31,7 +37,8 @@ def _nf4_api() -> tuple[type, Any, Any]:
             raise ImportError(
                 "quantize_base=True (QLoRA) needs torchao's NF4 tensor: pip install 'torchao>=0.10'"
             ) from err
-    return NF4Tensor, to_nf4, linear_nf4
+    _NF4_API = (NF4Tensor, to_nf4, linear_nf4)
+    return _NF4_API
 
 
 def is_nf4(tensor: torch.Tensor | None) -> bool:
