@@ -100,14 +100,14 @@ class ChatMLTemplate(PromptTemplate):
         super().__init__(
             {
                 role: (f"<|im_start|>{role}\n", "<|im_end|>\n")
-                for role in ("system", "user", "assistant", "ipython", "tool")
+                for role in ("system", "user", "assistant")
             }
         )
 
     def __call__(self, messages: list[Message], inference: bool = False) -> list[Message]:
         out = []
         for i, message in enumerate(messages):
-            prepend, append = self.template[message.role]
+            prepend, append = self.template.get(message.role, ("", ""))  # tool roles: as is
             is_open = (
                 message.role == "assistant" and i == len(messages) - 1 and not message.text_content
             )
