@@ -57,6 +57,7 @@ class HuggingFaceBaseTokenizer:
 
         path = check_file(tokenizer_json_path, "tokenizer.json")
         self.tokenizer = Tokenizer.from_file(str(path))
+        self.path = str(path)
         self.config: dict[str, Any] = {}
         if tokenizer_config_json_path is not None:
             cfg_path = check_file(tokenizer_config_json_path, "tokenizer_config.json")
@@ -145,6 +146,7 @@ class ByteLevelBPEBaseTokenizer(HuggingFaceBaseTokenizer):
 
         vocab_file = check_file(vocab_path, "vocab.json")
         merges_file = check_file(merges_path, "merges.txt")
+        self.path, self.merges_file = str(vocab_file), str(merges_file)
         vocab, merges = BPE.read_file(str(vocab_file), str(merges_file))
         tok = Tokenizer(BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
         if nfc:

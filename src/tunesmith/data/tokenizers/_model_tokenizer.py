@@ -56,6 +56,9 @@ class ChatModelTokenizer:
         if max_seq_len is not None and max_seq_len <= 0:
             raise ValueError(f"max_seq_len must be a positive integer or null, got {max_seq_len}")
         self.base = base
+        for name in ("path", "merges_file"):  # the files, for cache keys and repr
+            if isinstance(getattr(base, name, None), str):
+                setattr(self, name, getattr(base, name))
         self.special_tokens = dict(special_tokens)
         self._id_to_special = {v: k for k, v in self.special_tokens.items()}
         self._splitter = SpecialTokenSplitter(self.special_tokens)

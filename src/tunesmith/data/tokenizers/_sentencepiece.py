@@ -32,6 +32,7 @@ class SentencePieceBaseTokenizer:
                 f"{model_path} is not a SentencePiece model; a tiktoken ranks file needs "
                 "a tiktoken-based tokenizer (e.g. llama3_tokenizer)"
             ) from e
+        self.path = str(model_path)
         self.vocab_size = self.spm_model.vocab_size()
         self.bos_id = self.spm_model.bos_id()
         self.eos_id = self.spm_model.eos_id()

@@ -68,6 +68,7 @@ class TikTokenBaseTokenizer:
                 f"{ranks_path} is not a tiktoken ranks file (one 'base64-token rank' per line); "
                 "a SentencePiece tokenizer.model needs a SentencePiece-based tokenizer"
             ) from e
+        self.path = str(ranks_path)
         self.base_vocab_size = len(ranks)
         self.tt_model = tiktoken.Encoding(
             name=name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=dict(special_tokens)
