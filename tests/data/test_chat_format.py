@@ -131,7 +131,8 @@ def test_llama3_x_matches_official_template(assets: Path, template: str) -> None
         _check(tok, conv, expected, encode, turns, prompt)
 
 
-def _qwen_reference(assets: Path) -> Any:
+@pytest.fixture(scope="module")
+def qwen_reference(assets: Path) -> Any:
     """Qwen2's tokenizer.json from the GGUF names Qwen2.5/Qwen3's added tokens ``[PADnnn]``;
     give them their official names (ids from Qwen's tokenizer_config) so the reference
     splits them as the official tokenizer does."""
@@ -148,26 +149,31 @@ def _qwen_reference(assets: Path) -> Any:
     return Tokenizer.from_str(json.dumps(data))
 
 
-def test_qwen2_5_matches_official_template(assets: Path) -> None:
+def test_qwen2_5_matches_official_template(assets: Path, qwen_reference: Any) -> None:
     folder = assets / "tokenizers" / "qwen2"
     tok = qwen2_5_tokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    ref = _qwen_reference(assets)
+    ref = qwen_reference
 
     def encode(s: str) -> list[int]:
         return ref.encode(s, add_special_tokens=False).ids
 
     template = assets / "chat_templates" / "Qwen-Qwen2.5-7B-Instruct.jinja"
+    # the generic tokenizer.json + Jinja tokenizer, on the same reference vocabulary
+    generic = HuggingFaceModelTokenizer.from_tokenizer_object(
+        ref, template.read_text(), eos_token="<|im_end|>"
+    )
     for conv in [*_conversations(assets), TRICKY[1:]]:  # no system: the default one is used
         expected = encode(_render(template, conv))
         prompt = encode(_render(template, conv[:-1], add_generation_prompt=True))
         turns = [f"<|im_start|>assistant\n{c}<|im_end|>\n" for c in _assistants(conv)]
         _check(tok, conv, expected, encode, turns, prompt)
+        _check(generic, conv, expected, encode, turns, prompt)
 
 
-def test_qwen3_matches_official_template(assets: Path) -> None:
+def test_qwen3_matches_official_template(assets: Path, qwen_reference: Any) -> None:
     folder = assets / "tokenizers" / "qwen2"
     tok = qwen3_tokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    ref = _qwen_reference(assets)
+    ref = qwen_reference
 
     def encode(s: str) -> list[int]:
         return ref.encode(s, add_special_tokens=False).ids
