@@ -15,6 +15,7 @@ Environment:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -89,9 +90,24 @@ def _settings_repr(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}(" + ",".join(fields) + ")"
 
 
+def code_identity(obj: Any) -> str:
+    """Source files (path, mtime) of the classes of ``obj`` and of its attributes, so editing
+    a tokenizer or a custom transform invalidates the cache."""
+    classes = {type(obj), *(type(v) for v in getattr(obj, "__dict__", {}).values())}
+    files = set()
+    for cls in classes:
+        for klass in cls.__mro__:
+            try:
+                path = Path(inspect.getfile(klass))
+                files.add(f"{path}:{path.stat().st_mtime_ns}")
+            except (TypeError, OSError):  # builtins, classes made at run time
+                continue
+    return repr(sorted(files))
+
+
 def tokenizer_identity(tokenizer: Any) -> str:
     """Class, settings, files (size + mtime) and the ids of a probe text and conversation."""
-    parts = [_settings_repr(tokenizer)]
+    parts = [_settings_repr(tokenizer), code_identity(tokenizer)]
     for value in getattr(tokenizer, "__dict__", {}).values():
         if isinstance(value, str | os.PathLike) and len(os.fspath(value)) < 4096:
             path = Path(os.fspath(value))

@@ -31,6 +31,7 @@ from tunesmith.datasets._cache import (
     _settings_repr,
     cache_enabled,
     cache_key,
+    code_identity,
     load_cached,
     store_cached,
     tokenizer_identity,
@@ -297,8 +298,6 @@ class SFTDataset(TokenizedRowDataset):
         return out["tokens"], out["mask"]
 
     def _identity(self) -> str:
-        return (
-            _settings_repr(self._message_transform)
-            + "\n"
-            + tokenizer_identity(self._model_transform)
-        )
+        transform = self._message_transform
+        parts = (_settings_repr(transform), code_identity(transform))
+        return "\n".join((*parts, tokenizer_identity(self._model_transform)))
