@@ -94,6 +94,77 @@ QWEN3_0_6B = {
     "vocab_size": 151936,
 }
 
+PHI_3_MINI_4K = {
+    "architectures": ["Phi3ForCausalLM"],
+    "hidden_act": "silu",
+    "hidden_size": 3072,
+    "intermediate_size": 8192,
+    "max_position_embeddings": 4096,
+    "model_type": "phi3",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 32,
+    "original_max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": None,
+    "rope_theta": 10000.0,
+    "sliding_window": 2047,
+    "tie_word_embeddings": False,
+    "vocab_size": 32064,
+}
+PHI_4 = {
+    "architectures": ["Phi3ForCausalLM"],
+    "hidden_act": "silu",
+    "hidden_size": 5120,
+    "intermediate_size": 17920,
+    "max_position_embeddings": 16384,
+    "model_type": "phi3",
+    "num_attention_heads": 40,
+    "num_hidden_layers": 40,
+    "num_key_value_heads": 10,
+    "original_max_position_embeddings": 16384,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": None,
+    "rope_theta": 250000,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "vocab_size": 100352,
+}
+MISTRAL_7B_V0_3 = {
+    "architectures": ["MistralForCausalLM"],
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 32768,
+    "model_type": "mistral",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 1000000.0,
+    "sliding_window": None,
+    "tie_word_embeddings": False,
+    "vocab_size": 32768,
+}
+SMOLLM2_135M = {
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "hidden_act": "silu",
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "max_position_embeddings": 8192,
+    "mlp_bias": False,
+    "model_type": "llama",
+    "num_attention_heads": 9,
+    "num_hidden_layers": 30,
+    "num_key_value_heads": 3,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": None,
+    "rope_theta": 100000,
+    "tie_word_embeddings": True,
+    "vocab_size": 49152,
+}
+
 
 def _normalise(spec):
     return spec.replace(family="-", head_dim=spec.resolved_head_dim)
@@ -106,10 +177,19 @@ def _normalise(spec):
         (QWEN2_5_0_5B, "qwen2_5_0_5b"),
         (GEMMA_2_2B, "gemma2_2b"),
         (QWEN3_0_6B, "qwen3_0_6b_instruct"),
+        (PHI_3_MINI_4K, "phi3_mini"),
+        (PHI_4, "phi4_14b"),
+        (SMOLLM2_135M, "smollm2_135m"),
     ],
 )
 def test_released_configs_match_specs(config, name):
     assert _normalise(spec_from_hf_config(config)) == _normalise(SPECS[name])
+
+
+def test_mistral_v0_3_is_mistral_7b_with_new_vocab_and_theta():
+    spec = spec_from_hf_config(MISTRAL_7B_V0_3)
+    expected = SPECS["mistral_7b"].replace(vocab_size=32768, rope_base=1_000_000.0)
+    assert _normalise(spec) == _normalise(expected)
 
 
 def test_gemma2_v4_config_alternates_sliding_layers():
