@@ -123,6 +123,19 @@ def test_rng_capture_restore_roundtrip(tmp_path: Path) -> None:
     assert torch.equal(torch.rand(2), expected[2])
 
 
+def test_named_generators_are_captured_and_restored(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(11)
+    torch.rand(3, generator=g)
+    save_recipe_state(
+        build_recipe_state(epochs_run=0, steps_run=1, generators={"loader": g}),
+        str(tmp_path / "s.pt"),
+    )
+    expected = torch.rand(4, generator=g)
+    fresh = torch.Generator().manual_seed(0)
+    restore_recipe_state(load_recipe_state(str(tmp_path / "s.pt")), generators={"loader": fresh})
+    assert torch.equal(torch.rand(4, generator=fresh), expected)
+
+
 def test_recipe_state_restores_optimizer_scheduler_and_progress(tmp_path: Path) -> None:
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)

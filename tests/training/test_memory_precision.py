@@ -26,14 +26,23 @@ def test_cpu_memory_stats_track_peak_rss() -> None:
 
 def test_log_memory_stats_line(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="tunesmith.training.memory"):
-        line = log_memory_stats({"peak_memory_alloc": 1.234, "peak_memory_reserved": 2.0}, "after step 1:")
+        line = log_memory_stats(
+            {"peak_memory_alloc": 1.234, "peak_memory_reserved": 2.0}, "after step 1:"
+        )
     assert line == "after step 1: peak_memory_alloc: 1.23 GiB, peak_memory_reserved: 2.00 GiB"
     assert line in caplog.text
 
 
 @pytest.mark.parametrize(
     "name,dtype",
-    [("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16), ("torch.float64", torch.float64), (None, torch.float32), (torch.bfloat16, torch.bfloat16)],
+    [
+        ("fp32", torch.float32),
+        ("bf16", torch.bfloat16),
+        ("fp16", torch.float16),
+        ("torch.float64", torch.float64),
+        (None, torch.float32),
+        (torch.bfloat16, torch.bfloat16),
+    ],
 )
 def test_get_dtype(name: object, dtype: torch.dtype) -> None:
     assert get_dtype(name, device="cpu") == dtype
@@ -59,5 +68,7 @@ def test_validate_expected_param_dtype_names_parameter() -> None:
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
     validate_expected_param_dtype(model, torch.float32)
     model[1].to(torch.bfloat16)
-    with pytest.raises(ValueError, match=r"'1.weight' has dtype torch.bfloat16, expected torch.float32"):
+    with pytest.raises(
+        ValueError, match=r"'1.weight' has dtype torch.bfloat16, expected torch.float32"
+    ):
         validate_expected_param_dtype(model.named_parameters(), torch.float32)

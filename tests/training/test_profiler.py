@@ -19,7 +19,20 @@ def test_disabled_returns_dummy_and_cfg() -> None:
 
 
 def test_signature_matches_torchtune_keys() -> None:
-    keys = ["enabled", "cpu", "cuda", "profile_memory", "with_stack", "record_shapes", "with_flops", "wait_steps", "warmup_steps", "active_steps", "num_cycles", "output_dir"]
+    keys = [
+        "enabled",
+        "cpu",
+        "cuda",
+        "profile_memory",
+        "with_stack",
+        "record_shapes",
+        "with_flops",
+        "wait_steps",
+        "warmup_steps",
+        "active_steps",
+        "num_cycles",
+        "output_dir",
+    ]
     assert list(inspect.signature(setup_torch_profiler).parameters)[: len(keys)] == keys
 
 

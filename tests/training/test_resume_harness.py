@@ -147,7 +147,11 @@ def train(
     epochs_run, steps = 0, 0
     if resume:
         epochs_run, steps = restore_recipe_state(
-            state, optimizer=opt, lr_scheduler=sched, sampler=sampler
+            state,
+            optimizer=opt,
+            lr_scheduler=sched,
+            sampler=sampler,
+            generators={"dataloader": loader.generator},
         )
     losses: list[float] = []
     n_epochs = math.ceil(total_steps / (NUM_SAMPLES // BATCH)) + 1
@@ -187,6 +191,7 @@ def train(
                         lr_scheduler=sched,
                         sampler=sampler,
                         seed=seed,
+                        generators={"dataloader": loader.generator},
                     )
                 )
                 ckpt.save_checkpoint(sd, epoch=epoch, intermediate_checkpoint=True, step=steps)

@@ -59,8 +59,12 @@ class _Stateful(Protocol):
     def load_state_dict(self, state_dict: dict[str, Any]) -> Any: ...
 
 
-def capture_rng_state() -> dict[str, Any]:
-    """Python, NumPy, torch CPU (and CUDA, when present) RNG states, weights_only-loadable."""
+def capture_rng_state(generators: Mapping[str, torch.Generator] | None = None) -> dict[str, Any]:
+    """Python, NumPy, torch CPU (and CUDA, when present) RNG states, weights_only-loadable.
+
+    ``generators``: extra named ``torch.Generator`` objects to include (e.g. the one given
+    to the DataLoader, whose draws seed worker processes).
+    """
     version, internal, gauss = random.getstate()
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
@@ -76,11 +80,15 @@ def capture_rng_state() -> dict[str, Any]:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if generators:
+        state["generators"] = {name: g.get_state() for name, g in generators.items()}
     return state
 
 
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
+def restore_rng_state(
+    state: Mapping[str, Any], generators: Mapping[str, torch.Generator] | None = None
+) -> None:
+    """Inverse of :func:`capture_rng_state` (``generators`` are restored by name)."""
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     npst = state["numpy"]
@@ -96,6 +104,11 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("generators", {})
+    for name, g in (generators or {}).items():
+        if name not in saved:
+            raise KeyError(f"RNG state has no generator {name!r}; it holds {sorted(saved)}")
+        g.set_state(saved[name])
 
 
 def build_recipe_state(
@@ -110,6 +123,7 @@ def build_recipe_state(
     total_epochs: int | None = None,
     max_steps_per_epoch: int | None = None,
     include_rng: bool = True,
+    generators: Mapping[str, torch.Generator] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """Everything besides weights that an exact resume needs, as one dict.
@@ -138,7 +152,7 @@ def build_recipe_state(
     if max_steps_per_epoch is not None:
         state[RecipeStateKeys.MAX_STEPS_PER_EPOCH] = int(max_steps_per_epoch)
     if include_rng:
-        state[RecipeStateKeys.RNG] = capture_rng_state()
+        state[RecipeStateKeys.RNG] = capture_rng_state(generators)
     overlap = set(extra) & (set(state) | set(WEIGHT_KEYS))
     if overlap:
         raise ValueError(
@@ -156,12 +170,16 @@ def restore_recipe_state(
     sampler: _Stateful | None = None,
     dataloader: _Stateful | None = None,
     restore_rng: bool = True,
+    generators: Mapping[str, torch.Generator] | None = None,
 ) -> tuple[int, int]:
     """Load the pieces of ``state`` into the given objects; returns ``(epochs_run, steps_run)``.
 
     Call it after the model, optimizer, scheduler and sampler are built and the weights
     loaded, and right before the training loop, so the restored RNG state is the one
-    the interrupted run had at its step boundary.
+    the interrupted run had at its step boundary. Give the DataLoader its own
+    ``torch.Generator`` (and pass it in ``generators`` on save and restore): without one,
+    every new DataLoader iterator draws from the global torch RNG, at a different moment
+    in a resumed run than in the original.
     """
     missing = [k for k in (RecipeStateKeys.EPOCHS_RUN, RecipeStateKeys.STEPS_RUN) if k not in state]
     if missing:
@@ -185,7 +203,7 @@ def restore_recipe_state(
             )
         obj.load_state_dict(state[key])
     if restore_rng and RecipeStateKeys.RNG in state:
-        restore_rng_state(state[RecipeStateKeys.RNG])
+        restore_rng_state(state[RecipeStateKeys.RNG], generators)
     return int(state[RecipeStateKeys.EPOCHS_RUN]), int(state[RecipeStateKeys.STEPS_RUN])
 
 
