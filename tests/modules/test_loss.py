@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunesmith.modules.loss import CEWithChunkedOutputLoss, LinearCrossEntropyLoss
-from tunesmith.modules.peft import LoRALinear
+from tunesmith.modules.peft import DoRALinear, LoRALinear
 
-DIM, VOCAB = 32, 97
+DIM, VOCAB = 32, 96
 
 
 class _Tied:
@@ -38,7 +38,8 @@ class _Decoder(nn.Module):
         elif output == "tied":
             self.output = _Tied(self.tok_embeddings)
         else:
-            self.output = LoRALinear(DIM, VOCAB, rank=4, alpha=8.0)
+            cls = DoRALinear if output == "dora" else LoRALinear
+            self.output = cls(DIM, VOCAB, rank=4, alpha=8.0, quantize_base=output == "qlora")
             nn.init.normal_(self.output.lora_b.weight)
         self.final_logit_softcap = softcap
         self.skip_output_layer = False
@@ -66,7 +67,7 @@ def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("output", ["linear", "tied", "lora"])
+@pytest.mark.parametrize("output", ["linear", "tied", "lora", "dora"])
 @pytest.mark.parametrize("softcap", [None, 3.0])
 @pytest.mark.parametrize("train_weight", [True, False])
 def test_linear_ce_matches_plain_ce(output: str, softcap: float | None, train_weight: bool) -> None:
@@ -98,7 +99,7 @@ def test_linear_ce_matches_plain_ce(output: str, softcap: float | None, train_we
 
 
 def test_linear_ce_never_projects_ignored_rows() -> None:
-    model = _Decoder("lora")  # the module-call path, so a forward hook sees the rows
+    model = _Decoder("dora")  # the module-call path, so a forward hook sees the rows
     loss_fn = LinearCrossEntropyLoss(num_output_chunks=2)
     loss_fn.set_model_output(model)
     seen: list[int] = []
@@ -245,3 +246,33 @@ def test_bf16_model_close_to_fp32_reference() -> None:
     torch.testing.assert_close(loss, ref, atol=2e-2, rtol=0)
     torch.testing.assert_close(hidden.grad.float(), h32.grad, atol=2e-3, rtol=2e-2)
     torch.testing.assert_close(model.output.weight.grad.float(), w32.grad, atol=2e-3, rtol=2e-2)
+
+
+@pytest.mark.parametrize("output", ["lora", "qlora", "tied"])
+def test_fused_path_equals_module_path(output: str) -> None:
+    """The fused path (incl. a LoRA / NF4-LoRA output layer) == projecting through the module."""
+    torch.manual_seed(7)
+    model = _Decoder(output, softcap=2.0)
+    hidden = torch.randn(3, 13, DIM, requires_grad=True)
+    targets = _targets()
+    params = [hidden] + [p for p in model.parameters() if p.requires_grad and p is not hidden]
+    results = []
+    for module_path in (False, True):
+        loss_fn = LinearCrossEntropyLoss(num_output_chunks=3)
+        loss_fn.set_model_output(model)
+        if module_path:  # what compile_loss does: an instance attribute disables the fused path
+            loss_fn.compute_cross_entropy = loss_fn.compute_cross_entropy
+        loss = loss_fn(hidden, targets)
+        loss.backward()
+        results.append(
+            (loss.detach(), [p.grad.clone() if p.grad is not None else None for p in params])
+        )
+        for p in params:
+            p.grad = None
+    (fused, fused_grads), (module, module_grads) = results
+    torch.testing.assert_close(fused, module, atol=1e-5, rtol=0)
+    for g, w in zip(fused_grads, module_grads, strict=True):
+        if w is None:
+            assert g is None
+        else:
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=0)

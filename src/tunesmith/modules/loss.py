@@ -6,10 +6,10 @@ ignore_index=ignore_index)`` on the full logits (values and gradients), but:
 * ``LinearCrossEntropyLoss`` takes the decoder's *hidden states* (the recipe sets
   ``model.skip_output_layer = True`` through :meth:`LinearCrossEntropyLoss.set_model_output`),
   keeps only the rows whose target is not ``ignore_index`` and projects them to the vocabulary
-  chunk by chunk. When the output projection is a plain weight, a fused autograd function
-  computes each chunk's loss *and* its gradient during the forward pass, so only one chunk of
-  ``[rows, vocab]`` logits is ever alive (a plain autograd graph would keep every chunk's
-  fp32 log-probabilities until backward).
+  chunk by chunk. When the output projection is a plain weight or a plain LoRA layer, a
+  fused autograd function computes each chunk's loss *and* its gradients during the forward
+  pass, so only one chunk of ``[rows, vocab]`` logits is ever alive (a plain autograd graph
+  would keep every chunk's fp32 log-probabilities until backward).
 * ``CEWithChunkedOutputLoss`` takes the logits the model already produced in chunks
   (``model.set_num_output_chunks(n)``) and upcasts only the kept rows of each chunk to fp32.
 
@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunesmith.modules.peft.lora import LoRALinear
+
 Reduction = Literal["mean", "sum"]
 
 
@@ -41,15 +43,22 @@ def _check_reduction(reduction: str) -> None:
         raise ValueError(f"loss.reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
+def _plain(tensor: torch.Tensor) -> bool:
+    """A local dense tensor (not a DTensor or other subclass the fused path cannot use)."""
+    return type(tensor) in (torch.Tensor, nn.Parameter)
+
+
 def _softcap(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
     return logits if softcap is None else softcap * torch.tanh(logits / softcap)
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
-    """Summed CE of ``softcap(hidden @ weight.T)`` vs ``targets``, gradients made in forward.
+    """Summed CE of ``softcap(hidden @ W.T [+ s (hidden @ A.T) @ B.T])`` vs ``targets``.
 
-    ``hidden [n, d]`` holds only kept rows, ``targets [n]`` has no ignored entries. The loss
-    is a scalar, so its gradient is ``grad_output`` times the gradient computed here.
+    ``hidden [n, d]`` holds only kept rows, ``targets [n]`` has no ignored entries; ``W
+    [vocab, d]``, optional LoRA ``A [r, d]`` and ``B [vocab, r]`` with scaling ``s``. Each
+    chunk's gradients are made during the forward pass (the loss is a scalar, so backward
+    only multiplies them by ``grad_output``); only one chunk of logits is alive at a time.
     """
 
     @staticmethod
@@ -57,22 +66,33 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         ctx: Any,
         hidden: torch.Tensor,
         weight: torch.Tensor,
+        lora_a: torch.Tensor | None,
+        lora_b: torch.Tensor | None,
         targets: torch.Tensor,
         num_chunks: int,
         softcap: float | None,
+        scaling: float,
     ) -> torch.Tensor:
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_h, need_w, need_a, need_b = ctx.needs_input_grad[:4]
+        # Gradients live in their parameter's dtype, as autograd would accumulate them: a bf16
+        # matmul is several times faster than an fp32 one on CPUs with bf16 units.
         grad_hidden = torch.empty_like(hidden) if need_h else None
-        # In the weight's dtype, as autograd would accumulate it: a bf16 matmul is several
-        # times faster than an fp32 one on CPUs with bf16 units (addmm_ accumulates in fp32).
         grad_weight = torch.zeros_like(weight) if need_w else None
+        grad_a = torch.zeros_like(lora_a) if need_a else None
+        grad_b = torch.zeros_like(lora_b) if need_b else None
+        any_grad = need_h or need_w or need_a or need_b
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         rows = hidden.shape[0]
         step = max(1, -(-rows // max(1, num_chunks)))
         for start in range(0, rows, step):
             h = hidden[start : start + step]
             t = targets[start : start + step]
-            logits = (h @ weight.t()).float()  # [c, vocab]
+            logits = h @ weight.t()  # [c, vocab]
+            u = None
+            if lora_a is not None and lora_b is not None:
+                u = h @ lora_a.t()  # [c, r]
+                logits.addmm_(u, lora_b.t(), alpha=scaling)
+            logits = logits.float()
             tanh = None
             if softcap is not None:
                 tanh = torch.tanh(logits.div_(softcap))
@@ -80,29 +100,40 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             logp = torch.log_softmax(logits, dim=-1)  # [c, vocab]
             del logits
             total -= logp.gather(1, t.unsqueeze(1)).sum()
-            if not (need_h or need_w):
+            if not any_grad:
                 continue
-            grad = logp.exp_()  # softmax, in place
+            grad = logp.exp_()  # softmax, in place: d loss / d logits = softmax - onehot
             grad[torch.arange(t.shape[0], device=t.device), t] -= 1.0
             if tanh is not None:
                 grad.mul_(1.0 - tanh * tanh)
             grad = grad.to(hidden.dtype)
+            grad_u = None
+            if u is not None and (need_h or need_a):
+                grad_u = (grad @ lora_b).mul_(scaling)  # [c, r]
             if grad_hidden is not None:
-                torch.mm(grad, weight, out=grad_hidden[start : start + step])
+                out = grad_hidden[start : start + step]
+                torch.mm(grad, weight, out=out)
+                if grad_u is not None:
+                    out.addmm_(grad_u, lora_a)
             if grad_weight is not None:
-                grad_weight.addmm_(grad.t(), h.to(weight.dtype))
+                grad_weight.addmm_(grad.t(), h)
+            if grad_b is not None:
+                grad_b.addmm_(grad.t(), u, alpha=scaling)
+            if grad_a is not None:
+                grad_a.addmm_(grad_u.t(), h)
+        empty = torch.empty(0)
         ctx.save_for_backward(
-            grad_hidden if grad_hidden is not None else torch.empty(0),
-            grad_weight if grad_weight is not None else torch.empty(0),
+            *(g if g is not None else empty for g in (grad_hidden, grad_weight, grad_a, grad_b))
         )
         return total
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grad_hidden, grad_weight = ctx.saved_tensors
-        gh = grad_hidden * grad_output.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
-        gw = grad_weight * grad_output.to(grad_weight.dtype) if ctx.needs_input_grad[1] else None
-        return gh, gw, None, None, None
+        grads = [
+            g * grad_output.to(g.dtype) if needed else None
+            for g, needed in zip(ctx.saved_tensors, ctx.needs_input_grad[:4])
+        ]
+        return (*grads, None, None, None, None)
 
 
 class LinearCrossEntropyLoss(nn.Module):
@@ -166,17 +197,32 @@ class LinearCrossEntropyLoss(nn.Module):
         """Number of non-ignored targets (what ``reduction="mean"`` divides by)."""
         return (targets != self.ignore_index).sum()
 
-    def _plain_weight(self) -> torch.Tensor | None:
-        """The projection's weight when projecting is exactly ``x @ weight.T``, else None.
+    def _fused_operands(
+        self, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, float] | None:
+        """``(W, A, B, scaling)`` when the projection is ``x W^T [+ s (x A^T) B^T]``, else None.
 
-        True for a bias-free ``nn.Linear`` and for tied embeddings (``TiedLinear``); a LoRA
-        output layer or a sharded (DTensor) weight goes through the module call instead.
+        Covers a bias-free ``nn.Linear``, tied embeddings (``TiedLinear``) and a plain
+        :class:`LoRALinear` output layer (NF4 base included; no active dropout). DoRA, QAT,
+        biased or sharded (DTensor) projections go through the module call instead.
         """
         proj = self.linear_projection
         if hasattr(proj, "tied_module") or (type(proj) is nn.Linear and proj.bias is None):
             weight = proj.weight  # type: ignore[union-attr]
-            if type(weight) in (torch.Tensor, nn.Parameter):
-                return weight
+            return (weight, None, None, 1.0) if _plain(weight) else None
+        if type(proj) is LoRALinear and proj.bias is None:
+            dropout_active = proj.training and isinstance(proj.dropout, nn.Dropout)
+            weight = proj.weight
+            if type(weight).__name__ == "NF4Tensor":
+                weight = weight.to(dtype)  # dequantize once for all chunks
+            elif not _plain(weight):
+                return None
+            if proj.disabled:
+                return weight, None, None, 1.0
+            a, b = proj.lora_a.weight, proj.lora_b.weight
+            if dropout_active or not (_plain(a) and _plain(b)):
+                return None
+            return weight, a, b, proj.scaling
         return None
 
     def compute_cross_entropy(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -208,12 +254,22 @@ class LinearCrossEntropyLoss(nn.Module):
         kept_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
         kept_targets = flat_targets.index_select(0, keep)
         compiled = "compute_cross_entropy" in self.__dict__
-        weight = None if compiled else self._plain_weight()
-        if weight is not None:
+        operands = None if compiled else self._fused_operands(hidden.dtype)
+        if operands is not None:
+            weight, lora_a, lora_b, scaling = operands
             if not torch.is_grad_enabled():  # evaluation: skip the in-forward gradients
                 kept_hidden, weight = kept_hidden.detach(), weight.detach()
+                lora_a = None if lora_a is None else lora_a.detach()
+                lora_b = None if lora_b is None else lora_b.detach()
             total = _FusedLinearCrossEntropy.apply(
-                kept_hidden, weight, kept_targets, self.num_output_chunks, self.softcap
+                kept_hidden,
+                weight,
+                lora_a,
+                lora_b,
+                kept_targets,
+                self.num_output_chunks,
+                self.softcap,
+                scaling,
             )
         else:
             chunk_fn = self.compute_cross_entropy
