@@ -142,3 +142,43 @@ def test_torchtune_config_section_instantiates(tmp_path: Path) -> None:
     ckpt = instantiate(cfg.checkpointer, should_load_recipe_state=False)
     assert isinstance(ckpt, FullModelHFCheckpointer)
     assert len(ckpt.load_checkpoint()["model"]) == 2 * 9 + 3
+
+
+_FAMILIES = {
+    # model_type: (transformers config class name, extra config)
+    "QWEN2": ("Qwen2Config", {"tie_word_embeddings": True}),
+    "PHI3_MINI": ("Phi3Config", {"tie_word_embeddings": False, "pad_token_id": 0}),
+    "MISTRAL": ("MistralConfig", {"tie_word_embeddings": False}),
+    "GEMMA2": ("Gemma2Config", {"head_dim": 8}),
+    "QWEN3": ("Qwen3Config", {"tie_word_embeddings": True, "head_dim": 8}),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(_FAMILIES))
+def test_other_families_roundtrip_bit_identical(tmp_path: Path, model_type: str) -> None:
+    cls_name, extra = _FAMILIES[model_type]
+    cfg = getattr(transformers, cls_name)(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        **extra,
+    )
+    torch.manual_seed(0)
+    ref = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    ref.save_pretrained(tmp_path / "in", max_shard_size="30KB")
+    files = sorted(p.name for p in (tmp_path / "in").glob("*.safetensors"))
+    ckpt = FullModelHFCheckpointer(tmp_path / "in", files, model_type, tmp_path / "out")
+    model = build_decoder(spec_from_hf_config(ckpt.hf_config))
+    model.load_state_dict(ckpt.load_checkpoint()["model"], strict=True)
+    out = ckpt.save_checkpoint({"model": model.state_dict()}, epoch=0)
+    before, after = _weights(tmp_path / "in"), _weights(out)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    tokens = torch.randint(0, 96, (1, 10))
+    with torch.no_grad():
+        assert torch.equal(reloaded(tokens).logits, ref(tokens).logits)
