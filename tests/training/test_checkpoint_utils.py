@@ -60,13 +60,19 @@ def test_staged_folder_marker_order_and_pruning(tmp_path: Path) -> None:
             assert not (tmp_path / f"step_{step}").exists()
     (tmp_path / "step_9").mkdir()  # partial: no marker
     (tmp_path / "step_9" / "w.txt").write_text("partial")
+    staged = tmp_path / ".tmp-step_10-123"  # killed after its marker, before the rename
+    staged.mkdir()
+    (staged / COMPLETE_MARKER).write_text('{"saved_at_ns": 1e30}')
     assert [p.name for p in list_complete_checkpoints(tmp_path)] == ["step_1", "step_2", "step_3"]
     assert latest_complete_checkpoint(tmp_path).name == "step_3"
     assert json.loads((tmp_path / "step_3" / COMPLETE_MARKER).read_text())["step"] == 3
     removed = prune_checkpoints(tmp_path, keep_last_n=2)
     assert [p.name for p in removed] == ["step_1"]
     assert not (tmp_path / "step_1").exists()
-    assert [p.name for p in remove_partial_checkpoints(tmp_path)] == ["step_9"]
+    assert sorted(p.name for p in remove_partial_checkpoints(tmp_path)) == [
+        ".tmp-step_10-123",
+        "step_9",
+    ]
     # re-saving an existing name replaces it whole
     with staged_checkpoint_dir(tmp_path, "step_3", step=3) as d:
         (d / "w.txt").write_text("again")
