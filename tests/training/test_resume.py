@@ -25,15 +25,17 @@ def test_resume_continues_exact_loss_curve(tmp_path: Path, lora: bool, stop: int
     )
 
 
-def test_lora_checkpoint_is_peft_loadable_and_merged_weights_match(tmp_path: Path) -> None:
+@pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "dora"])
+def test_lora_checkpoint_is_peft_loadable_and_merged_weights_match(
+    tmp_path: Path, use_dora: bool
+) -> None:
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
     import json
 
-    from test_resume_harness import _dataset  # noqa: F401  (same data helpers)
-
     from tunesmith.models.builder import build_decoder, lora_settings
     from tunesmith.models.convert_weights import spec_from_hf_config
+    from tunesmith.modules.peft import load_dora_magnitudes
     from tunesmith.training import FullModelHFCheckpointer
 
     base = make_base_checkpoint(tmp_path / "base")
@@ -43,19 +45,25 @@ def test_lora_checkpoint_is_peft_loadable_and_merged_weights_match(tmp_path: Pat
         apply_lora_to_mlp=True,
         lora_rank=LORA["r"],
         lora_alpha=LORA["lora_alpha"],
+        use_dora=use_dora,
     )
     model = build_decoder(spec_from_hf_config(HF_CONFIG), settings).eval()
     model.load_state_dict(ckpt.load_checkpoint()["model"], strict=False)
+    if use_dora:
+        load_dora_magnitudes(model)
     torch.manual_seed(3)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_b" in name:
                 p.normal_(0, 0.05)
+            if "magnitude" in name:
+                p.mul_(1.1)
     folder = ckpt.save_checkpoint(
         {"model": model.state_dict(), "adapter_config": dict(LORA)}, epoch=0
     )
     cfg = json.loads((folder / "adapter" / "adapter_config.json").read_text())
     assert cfg["r"] == LORA["r"] and cfg["lora_alpha"] == LORA["lora_alpha"]
+    assert cfg["use_dora"] is use_dora
     assert set(cfg["target_modules"]) == {
         "q_proj",
         "k_proj",
@@ -82,6 +90,8 @@ def test_lora_checkpoint_is_peft_loadable_and_merged_weights_match(tmp_path: Pat
     reread = FullModelHFCheckpointer(
         base, ["model.safetensors"], "LLAMA3", tmp_path / "o2", adapter_checkpoint=str(only)
     ).load_checkpoint()["adapter"]
-    expected = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    expected = {
+        k: v for k, v in model.state_dict().items() if "lora_" in k or k.endswith(".magnitude")
+    }
     assert reread.keys() == expected.keys()
     assert all(torch.equal(reread[k], expected[k]) for k in expected)
