@@ -10,6 +10,28 @@ Resume accounting: both samplers count what they have handed out. A ``DataLoader
 with ``num_workers=0`` draws indices only when it builds a batch, so the count equals
 what was consumed. With worker processes the loader prefetches, so pass the number of
 samples (or batches) actually consumed to ``state_dict``.
+
+How a recipe builds the loader (packed or not, optionally length-grouped)::
+
+    ds = instantiate(cfg.dataset, tokenizer)  # a list of datasets -> ConcatDataset([...])
+    packed = getattr(ds, "packed", False)
+    collate = (padded_collate_packed if packed else
+               partial(padded_collate_sft, padding_idx=tokenizer.pad_id, ignore_idx=-100))
+    if cfg.get("group_by_length", False) and not packed:
+        sampler = LengthGroupedBatchSampler(ds, cfg.batch_size, num_replicas=world_size,
+                                            rank=rank, shuffle=cfg.shuffle, seed=seed,
+                                            drop_last=True)
+        loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate)
+    else:
+        sampler = StatefulDistributedSampler(ds, num_replicas=world_size, rank=rank,
+                                             shuffle=cfg.shuffle, seed=seed)
+        loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler,
+                            collate_fn=collate, drop_last=True)
+
+Each epoch call ``sampler.set_epoch(epoch)``; save ``sampler.state_dict(num_consumed=n)``
+(``n`` samples for ``StatefulDistributedSampler``, batches for
+``LengthGroupedBatchSampler``) and resume with ``sampler.load_state_dict(state)`` before
+the epoch loop.
 """
 
 from __future__ import annotations
