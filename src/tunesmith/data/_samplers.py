@@ -29,9 +29,8 @@ How a recipe builds the loader (packed or not, optionally length-grouped)::
                             collate_fn=collate, drop_last=True)
 
 Each epoch call ``sampler.set_epoch(epoch)``; save ``sampler.state_dict(num_consumed=n)``
-(``n`` samples for ``StatefulDistributedSampler``, batches for
-``LengthGroupedBatchSampler``) and resume with ``sampler.load_state_dict(state)`` before
-the epoch loop.
+(``n`` = samples this rank consumed this epoch, for either sampler) and resume with
+``sampler.load_state_dict(state)`` before the epoch loop.
 """
 
 from __future__ import annotations
@@ -235,12 +234,15 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             group = order[start : start + mega]
             group = group[np.argsort(-self.lengths[group], kind="stable")]
             batches.extend(group[i : i + global_size] for i in range(0, len(group), global_size))
-        if self.shuffle and len(batches) > 1:
+        # the one short batch (if any) stays last, so every earlier batch is full
+        short = [b for b in batches if len(b) < global_size]
+        full = [b for b in batches if len(b) == global_size]
+        if self.shuffle and len(full) > 1:
             generator = torch.Generator()
             generator.manual_seed(self.seed + self.epoch + 1_000_003)
-            perm = torch.randperm(len(batches), generator=generator).tolist()
-            batches = [batches[i] for i in perm]
-        return batches
+            perm = torch.randperm(len(full), generator=generator).tolist()
+            full = [full[i] for i in perm]
+        return full + short
 
     def _rank_batches(self) -> list[list[int]]:
         out = []
@@ -271,8 +273,12 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def state_dict(self, num_consumed: int | None = None) -> dict[str, int]:
-        """Batches yielded (or ``num_consumed`` batches actually used) this epoch."""
-        consumed = self.yielded if num_consumed is None else num_consumed
+        """Batches yielded this epoch. ``num_consumed``: samples this rank actually consumed
+        (as for ``StatefulDistributedSampler``), when a prefetching DataLoader drew ahead."""
+        if num_consumed is None:
+            consumed = self.yielded
+        else:  # all batches but the last are full
+            consumed = -(-num_consumed // self.batch_size)
         return {
             "epoch": self.epoch,
             "seed": self.seed,
