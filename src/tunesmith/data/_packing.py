@@ -63,6 +63,10 @@ class TokenizedSamples:
 
     def sample(self, index: int) -> dict[str, list[int]]:
         """Sample ``index`` as ``{"tokens": list[int], "labels": list[int]}``."""
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample index {index} out of range for {len(self)} samples")
         start, end = int(self.offsets[index]), int(self.offsets[index + 1])
         return {
             "tokens": self.tokens[start:end].tolist(),
