@@ -95,3 +95,15 @@ def test_cache_default_dir_from_env(assets, tmp_path):
     )
     ds.tokenize_all()
     assert len(os.listdir(tmp_path / "tokenized_cache")) == 1
+
+
+def test_cache_size_cap_evicts_least_recently_used(assets, tmp_path, monkeypatch):
+    path = _alpaca_copy(assets, tmp_path)
+    cache = tmp_path / "capped"
+    monkeypatch.setenv("TUNESMITH_DATA_CACHE_MAX_GB", str(600_000 / 1024**3))
+    keys = []
+    for max_seq_len in (4096, 2048, 1024):  # three entries of ~430 KB each; room for one
+        ds = tds.alpaca_dataset(ByteTokenizer(max_seq_len), source="json", data_files=path)
+        ds.tokenize_all(cache_dir=cache)
+        keys.append(ds.cache_key())
+    assert os.listdir(cache) == [keys[-1]]  # the most recently used entry survived

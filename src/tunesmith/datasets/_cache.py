@@ -10,6 +10,8 @@ recomputed from the cached stream on every run: it takes milliseconds.
 Environment:
     ``TUNESMITH_DATA_CACHE=0`` disables the cache.
     ``TUNESMITH_DATA_CACHE_DIR`` moves it (default ``~/.cache/tunesmith/tokenized``).
+    ``TUNESMITH_DATA_CACHE_MAX_GB`` caps its size (default 20): after a write, the least
+    recently used entries beyond the cap are deleted.
 """
 
 from __future__ import annotations
@@ -141,6 +143,10 @@ def load_cached(key: str, cache_dir: Path | None = None) -> TokenizedSamples | N
     if not (folder / "meta.json").is_file():
         return None
     try:
+        os.utime(folder / "meta.json")  # mark as recently used
+    except OSError:
+        pass
+    try:
         arrays = {
             name: np.load(folder / f"{name}.npy", mmap_mode="r")
             for name in ("tokens", "labels", "offsets")
@@ -166,6 +172,26 @@ def store_cached(
             os.rename(tmp, folder)
         except OSError:  # another process stored it first
             shutil.rmtree(tmp, ignore_errors=True)
+        _evict(root, keep=folder)
         return folder
     except OSError:
         return None
+
+
+def _evict(root: Path, keep: Path) -> None:
+    """Delete least recently used entries while the cache is above its size cap."""
+    cap = float(os.environ.get("TUNESMITH_DATA_CACHE_MAX_GB", "20")) * 1024**3
+    entries = []
+    for folder in root.iterdir():
+        meta = folder / "meta.json"
+        if folder.name.startswith(".") or not meta.is_file():
+            continue
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+        entries.append((meta.stat().st_mtime, size, folder))
+    total = sum(size for _, size, _ in entries)
+    for _, size, folder in sorted(entries):
+        if total <= cap:
+            break
+        if folder != keep:
+            shutil.rmtree(folder, ignore_errors=True)
+            total -= size
