@@ -29,7 +29,14 @@ import torch
 from tunesmith.models.convert_weights import permute_hf_to_meta
 from tunesmith.models.spec import ModelSpec
 
-__all__ = ["GGUF_TYPES", "GGUFVocab", "export_gguf", "export_hf_folder_to_gguf", "gguf_vocab"]
+__all__ = [
+    "GGUF_TYPES",
+    "GGUFVocab",
+    "export_gguf",
+    "export_hf_folder_to_gguf",
+    "gguf_vocab",
+    "hf_tokenizer_vocab",
+]
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 """Output types :func:`export_gguf` accepts (``out_type``)."""
@@ -458,18 +465,36 @@ def export_hf_folder_to_gguf(
             hf_sd.update(load_file(str(f)))
         state_dict = hf_to_native(hf_sd, spec.family, hf_config)
     tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else folder
+    vocab = hf_tokenizer_vocab(tok_dir, spec.vocab_size, hf_config)
+    return export_gguf(path, state_dict, spec, vocab, out_type=out_type, name=name or folder.name)
+
+
+def hf_tokenizer_vocab(
+    tokenizer_dir: str | os.PathLike[str],
+    vocab_size: int,
+    hf_config: Mapping[str, Any] | None = None,
+) -> GGUFVocab:
+    """:func:`gguf_vocab` of a Hugging Face tokenizer folder: ``tokenizer.json``, special
+    tokens and ``add_bos_token`` from ``tokenizer_config.json`` (else the model's
+    ``config.json`` ids), chat template from ``chat_template.jinja`` or the config."""
+    tok_dir = Path(tokenizer_dir)
+    hf_config = hf_config or {}
     tok_config_path = tok_dir / "tokenizer_config.json"
     tok_config = json.loads(tok_config_path.read_text()) if tok_config_path.is_file() else {}
-    vocab = gguf_vocab(
+
+    def special(name: str) -> Any:
+        value = tok_config.get(f"{name}_token")
+        return value if value is not None else _first(hf_config.get(f"{name}_token_id"))
+
+    return gguf_vocab(
         tok_dir / "tokenizer.json",
-        vocab_size=spec.vocab_size,
-        bos_token=tok_config.get("bos_token", hf_config.get("bos_token_id")),
-        eos_token=tok_config.get("eos_token", _first(hf_config.get("eos_token_id"))),
-        pad_token=tok_config.get("pad_token", hf_config.get("pad_token_id")),
+        vocab_size=vocab_size,
+        bos_token=special("bos"),
+        eos_token=special("eos"),
+        pad_token=special("pad"),
         chat_template=_read_chat_template(tok_dir, tok_config),
         add_bos_token=tok_config.get("add_bos_token"),
     )
-    return export_gguf(path, state_dict, spec, vocab, out_type=out_type, name=name or folder.name)
 
 
 def _first(value: Any) -> Any:

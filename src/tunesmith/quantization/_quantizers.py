@@ -1,0 +1,269 @@
+"""torchtune-named quantizers over torchao's ``quantize_`` API (post-training and QAT).
+
+Post-training (``quantize(model) -> model``, in place):
+
+=================================  =========  ==============================================
+class                              mode       torchao config
+=================================  =========  ==============================================
+``Int8WeightOnlyQuantizer``        ``8w``     ``Int8WeightOnlyConfig`` (per-row int8 weights)
+``Int8DynActInt4WeightQuantizer``  ``8da4w``  ``Int8DynamicActivationIntxWeightConfig``
+                                              (int8 per-token dynamic activations, int4
+                                              symmetric per-group weights)
+``Int4WeightOnlyQuantizer``        ``4w``     CUDA: ``Int4WeightOnlyConfig`` (tinygemm tile
+                                              packing, bf16); CPU: ``IntxWeightOnlyConfig``
+                                              (int4 per-group)
+=================================  =========  ==============================================
+
+Quantization-aware training (``prepare(model)`` swaps linears for fake-quantized ones,
+``convert(model)`` turns them into the quantized model the matching PTQ quantizer makes):
+``Int8DynActInt4WeightQATQuantizer`` (``8da4w-qat``) and ``Int4WeightOnlyQATQuantizer``
+(``4w-qat``, always the int4 per-group ``IntxWeightOnlyConfig`` scheme so the fake
+quantization and the converted model agree on every device). LoRA layers become
+:class:`~tunesmith.quantization.QATLoRALinear`. Only ``nn.Linear`` layers (and LoRA
+linears) are quantized; embeddings stay in floating point, as in torchtune.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunesmith.quantization._qat_lora import (
+    QATLoRALinear,
+    merge_qat_lora_linears,
+    swap_lora_linear_with_qat,
+)
+from tunesmith.utils import get_logger
+
+__all__ = [
+    "Int4WeightOnlyQATQuantizer",
+    "Int4WeightOnlyQuantizer",
+    "Int8DynActInt4WeightQATQuantizer",
+    "Int8DynActInt4WeightQuantizer",
+    "Int8WeightOnlyQuantizer",
+    "disable_fake_quant",
+    "enable_fake_quant",
+    "get_quantizer_mode",
+]
+
+log = get_logger(__name__)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _check_groups(model: nn.Module, groupsize: int | None, key: str) -> None:
+    """Every quantized linear's ``in_features`` must split into groups of ``groupsize``."""
+    if groupsize is None:
+        return
+    if groupsize <= 0:
+        raise ValueError(f"quantizer.{key} must be a positive integer, got {groupsize}")
+    bad = [
+        (name, m.in_features)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and m.in_features % groupsize
+    ]
+    bad += [
+        (name, m.in_dim)
+        for name, m in model.named_modules()
+        if isinstance(m, QATLoRALinear | _lora_linear_type()) and m.in_dim % groupsize
+    ]
+    if bad:
+        name, dim = bad[0]
+        raise ValueError(
+            f"quantizer.{key}={groupsize} does not divide the input size {dim} of {name} "
+            f"({len(bad)} layer(s) affected); pick a {key} that divides every layer's input size"
+        )
+
+
+def _lora_linear_type() -> type:
+    from tunesmith.modules.peft import LoRALinear
+
+    return LoRALinear
+
+
+class _PTQQuantizer:
+    """Base of the post-training quantizers: ``quantize(model)`` applies ``torchao_config``."""
+
+    mode: str = ""
+    _groupsize_key = "groupsize"
+    groupsize: int | None = None
+
+    def torchao_config(self, device: torch.device) -> Any:
+        raise NotImplementedError
+
+    def quantize(self, model: nn.Module) -> nn.Module:
+        """Quantize every ``nn.Linear`` of ``model`` in place; returns the model."""
+        from torchao.quantization import quantize_
+
+        _check_groups(model, self.groupsize, self._groupsize_key)
+        quantize_(model, self.torchao_config(_model_device(model)))
+        return model
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class Int8WeightOnlyQuantizer(_PTQQuantizer):
+    """int8 weights (one scale per output row), activations in floating point."""
+
+    mode = "8w"
+
+    def torchao_config(self, device: torch.device) -> Any:
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return Int8WeightOnlyConfig()
+
+
+class Int8DynActInt4WeightQuantizer(_PTQQuantizer):
+    """8da4w: int8 per-token dynamic activations, int4 symmetric weights in groups of
+    ``groupsize`` input features (torchtune's default 256)."""
+
+    mode = "8da4w"
+
+    def __init__(self, groupsize: int = 256) -> None:
+        self.groupsize = int(groupsize)
+
+    def torchao_config(self, device: torch.device) -> Any:
+        from torchao.quantization import Int8DynamicActivationIntxWeightConfig
+        from torchao.quantization.granularity import PerGroup
+
+        return Int8DynamicActivationIntxWeightConfig(
+            weight_dtype=torch.int4, weight_granularity=PerGroup(self.groupsize)
+        )
+
+
+class Int4WeightOnlyQuantizer(_PTQQuantizer):
+    """int4 weights in groups of ``groupsize``; activations in floating point.
+
+    On CUDA this is torchao's tinygemm int4 kernel path (``inner_k_tiles`` = its tile
+    packing; the model should be bf16); elsewhere the int4 per-group ``IntxWeightOnlyConfig``.
+    """
+
+    mode = "4w"
+
+    def __init__(self, groupsize: int = 128, inner_k_tiles: int = 8) -> None:
+        self.groupsize = int(groupsize)
+        self.inner_k_tiles = int(inner_k_tiles)
+
+    def torchao_config(self, device: torch.device) -> Any:
+        if device.type == "cuda":
+            from torchao.quantization import Int4WeightOnlyConfig
+            from torchao.quantization.quantize_.workflows.int4.int4_packing_format import (
+                Int4PackingFormat,
+            )
+
+            return Int4WeightOnlyConfig(
+                group_size=self.groupsize,
+                int4_packing_format=Int4PackingFormat.TILE_PACKED_TO_4D,
+                int4_tile_packed_ntile=self.inner_k_tiles,
+            )
+        return _intx_weight_only(self.groupsize)
+
+
+def _intx_weight_only(groupsize: int) -> Any:
+    from torchao.quantization import IntxWeightOnlyConfig
+    from torchao.quantization.granularity import PerGroup
+
+    return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(groupsize))
+
+
+class _QATQuantizer:
+    """Base of the QAT quantizers: ``prepare`` (fake quantization) then ``convert``."""
+
+    mode: str = ""
+
+    def __init__(self, groupsize: int) -> None:
+        self.groupsize = int(groupsize)
+
+    def base_config(self) -> Any:
+        """The torchao PTQ config that ``convert`` applies (and ``prepare`` imitates)."""
+        raise NotImplementedError
+
+    def fake_quantize_configs(self) -> tuple[Any, Any]:
+        """``(activation config or None, weight config)`` torchao derives from the PTQ config."""
+        from torchao.quantization.qat.fake_quantize_config import _infer_fake_quantize_configs
+
+        return _infer_fake_quantize_configs(self.base_config())
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Swap ``nn.Linear`` -> ``FakeQuantizedLinear`` and LoRA -> ``QATLoRALinear``."""
+        from torchao.quantization import quantize_
+        from torchao.quantization.qat import QATConfig
+
+        _check_groups(model, self.groupsize, "groupsize")
+        quantize_(model, QATConfig(self.base_config(), step="prepare"))
+        act, weight = self.fake_quantize_configs()
+        swap_lora_linear_with_qat(model, act, weight)
+        return model
+
+    def convert(self, model: nn.Module) -> nn.Module:
+        """Merge QAT LoRA layers, then quantize every fake-quantized linear for real."""
+        from torchao.quantization import quantize_
+        from torchao.quantization.qat import QATConfig
+
+        act, weight = self.fake_quantize_configs()
+        merge_qat_lora_linears(model, act, weight)
+        quantize_(model, QATConfig(self.base_config(), step="convert"))
+        return model
+
+    def quantize(self, model: nn.Module) -> nn.Module:
+        """``prepare`` then ``convert``: a model trained with QAT, quantized (torchtune)."""
+        return self.convert(self.prepare(model))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(groupsize={self.groupsize})"
+
+
+class Int8DynActInt4WeightQATQuantizer(_QATQuantizer):
+    """QAT for 8da4w (see :class:`Int8DynActInt4WeightQuantizer`)."""
+
+    mode = "8da4w-qat"
+
+    def __init__(self, groupsize: int = 256) -> None:
+        super().__init__(groupsize)
+
+    def base_config(self) -> Any:
+        return Int8DynActInt4WeightQuantizer(self.groupsize).torchao_config(torch.device("cpu"))
+
+
+class Int4WeightOnlyQATQuantizer(_QATQuantizer):
+    """QAT for int4 per-group weight-only quantization (``IntxWeightOnlyConfig``)."""
+
+    mode = "4w-qat"
+
+    def __init__(self, groupsize: int = 128, inner_k_tiles: int = 8) -> None:
+        super().__init__(groupsize)
+
+    def base_config(self) -> Any:
+        return _intx_weight_only(self.groupsize)
+
+
+def get_quantizer_mode(quantizer: Any) -> str | None:
+    """torchtune's short name of a quantizer (``8da4w``, ``4w``, ``8w``, ``8da4w-qat``, ...),
+    or None for an object that is not one of tunesmith's quantizers."""
+    return getattr(quantizer, "mode", None) or None
+
+
+def _fake_quantizers(model: nn.Module) -> list[nn.Module]:
+    from torchao.quantization.qat import FakeQuantizerBase
+
+    return [m for m in model.modules() if isinstance(m, FakeQuantizerBase)]
+
+
+def enable_fake_quant(model: nn.Module) -> None:
+    """Turn fake quantization on in every fake quantizer of ``model``."""
+    for m in _fake_quantizers(model):
+        m.enabled = True
+
+
+def disable_fake_quant(model: nn.Module) -> None:
+    """Turn fake quantization off (the layers compute in floating point until re-enabled)."""
+    for m in _fake_quantizers(model):
+        m.enabled = False

@@ -1,0 +1,160 @@
+"""Recipe ``quantize``: post-training quantization of a (finetuned) model, or GGUF export.
+
+Config keys (torchtune's quantization config names)::
+
+    model, checkpointer     components, as in the finetune configs (any checkpoint format)
+    device, dtype, seed
+    quantizer               a tunesmith.quantization quantizer (torchtune's
+                            torchtune.training.quantization.* names), e.g.
+                            Int8DynActInt4WeightQuantizer(groupsize=256), Int4WeightOnlyQuantizer,
+                            Int8WeightOnlyQuantizer, or a QAT quantizer (prepare + convert of a
+                            model trained with the qat recipe)
+    output_dir              where model-<mode>.pt + quantization.json are written
+    output_format           torchao (default) | gguf
+    gguf_type               f32 | f16 | bf16 | q8_0 (output_format: gguf; default q8_0)
+    tokenizer_dir           gguf: folder with tokenizer.json (+ tokenizer_config.json /
+                            chat_template.jinja); default checkpointer.checkpoint_dir
+
+Run: ``tunesmith run quantize --config quantize/llama3_2_1b_8da4w`` (torchao) or
+``tunesmith run quantize --config quantize/llama3_2_1b_gguf`` (a llama.cpp file).
+Load the torchao result with :func:`tunesmith.quantization.load_quantized_model`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from tunesmith.config import instantiate, parse_recipe_args
+from tunesmith.utils import get_device, get_dtype, get_logger, set_seed
+
+__all__ = ["recipe_main", "self_contained_model_config"]
+
+log = get_logger(__name__)
+
+
+def _load_float_model(
+    cfg: DictConfig, device: torch.device, dtype: torch.dtype
+) -> tuple[nn.Module, Any, dict[str, torch.Tensor]]:
+    """``(model, checkpointer, native state dict)``; LoRA checkpoints must be merged outputs."""
+    checkpointer = instantiate(cfg.checkpointer)
+    state = checkpointer.load_checkpoint()["model"]
+    with torch.device(device):
+        model = instantiate(cfg.model)
+    model.to(dtype=dtype)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"the checkpoint does not fit model._component_={cfg.model.get('_component_')}: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}. Quantize the merged output "
+            "of a LoRA finetune with the plain (non-LoRA) model builder."
+        )
+    return model.eval(), checkpointer, state
+
+
+def self_contained_model_config(cfg: DictConfig, checkpointer: Any) -> dict[str, Any]:
+    """``cfg.model`` as plain data that rebuilds the model without the input folder: a
+    ``build_from_hf`` model gets the checkpoint's ``config.json`` inline."""
+    node = OmegaConf.to_container(cfg.model, resolve=True)
+    assert isinstance(node, dict)
+    component = str(node.get("_component_", ""))
+    hf_config = getattr(checkpointer, "hf_config", None)
+    if component.endswith("build_from_hf") and hf_config is not None:
+        node["checkpoint_dir_or_config"] = dict(hf_config)
+    return node
+
+
+def _export_gguf(cfg: DictConfig, checkpointer: Any, state: dict[str, torch.Tensor]) -> Path:
+    from tunesmith.models.gguf_export import export_gguf, hf_tokenizer_vocab
+    from tunesmith.models.spec import ModelSpec
+
+    hf_config = getattr(checkpointer, "hf_config", None)
+    if hf_config is not None:
+        from tunesmith.models.convert_weights import spec_from_hf_config
+
+        spec: ModelSpec = spec_from_hf_config(hf_config)
+    else:
+        from tunesmith.models._specs import get_spec
+
+        name = str(cfg.model.get("_component_", "")).rsplit(".", 1)[-1]
+        try:
+            spec = get_spec(name)
+        except (KeyError, ValueError):
+            raise ValueError(
+                f"model._component_={cfg.model.get('_component_')}: cannot tell the model's "
+                "architecture for GGUF export; use a Hugging Face checkpoint (config.json) or a "
+                "named builder such as tunesmith.models.llama3_2.llama3_2_1b"
+            ) from None
+    tok_dir = cfg.get("tokenizer_dir") or cfg.checkpointer.get("checkpoint_dir")
+    if not tok_dir or not (Path(tok_dir) / "tokenizer.json").is_file():
+        raise ValueError(
+            f"tokenizer_dir={tok_dir!r} has no tokenizer.json; set tokenizer_dir to the folder "
+            "with the model's Hugging Face tokenizer.json (GGUF embeds the vocabulary)"
+        )
+    vocab = hf_tokenizer_vocab(tok_dir, spec.vocab_size, hf_config)
+    out_type = str(cfg.get("gguf_type", "q8_0")).lower()
+    out = Path(cfg.output_dir) / f"model-{out_type}.gguf"
+    name = Path(str(cfg.checkpointer.get("checkpoint_dir", "model"))).name
+    return export_gguf(out, state, spec, vocab, out_type=out_type, name=name)
+
+
+def recipe_main(cfg: DictConfig) -> None:
+    """Quantize ``cfg.model`` with ``cfg.quantizer`` and save it (or export GGUF)."""
+    device = get_device(cfg.get("device"))
+    dtype = get_dtype(cfg.get("dtype"), device)
+    set_seed(cfg.get("seed"))
+    output_format = str(cfg.get("output_format", "torchao")).lower()
+    if output_format not in ("torchao", "gguf"):
+        raise ValueError(f"output_format={output_format!r}: choose torchao or gguf")
+    if cfg.get("output_dir") is None:
+        raise ValueError("set output_dir: the folder the quantized model is written to")
+    model, checkpointer, state = _load_float_model(cfg, device, dtype)
+
+    if output_format == "gguf":
+        path = _export_gguf(cfg, checkpointer, state)
+        log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
+        return
+
+    if cfg.get("quantizer") is None:
+        raise ValueError(
+            "set quantizer: e.g. {_component_: tunesmith.quantization."
+            "Int8DynActInt4WeightQuantizer, groupsize: 256}"
+        )
+    del state
+    quantizer = instantiate(cfg.quantizer)
+    from tunesmith.quantization import get_quantizer_mode, save_quantized
+
+    mode = get_quantizer_mode(quantizer)
+    if mode is None:
+        raise ValueError(
+            f"quantizer._component_={cfg.quantizer.get('_component_')} is not a tunesmith "
+            "quantizer; use one from tunesmith.quantization"
+        )
+    start = time.perf_counter()
+    model = quantizer.quantize(model)
+    log.info(
+        "quantized with %s (%s) in %.1f s",
+        type(quantizer).__name__,
+        mode,
+        time.perf_counter() - start,
+    )
+    quantizer_node = OmegaConf.to_container(cfg.quantizer, resolve=True)
+    assert isinstance(quantizer_node, dict)
+    path = save_quantized(
+        model,
+        cfg.output_dir,
+        mode=mode,
+        quantizer_config=quantizer_node,
+        model_config=self_contained_model_config(cfg, checkpointer),
+        dtype=dtype,
+    )
+    log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
+
+
+if __name__ == "__main__":
+    recipe_main(parse_recipe_args())
