@@ -61,14 +61,16 @@ class DoRALinear(LoRALinear):
         if self.disabled:
             return self._add_bias(base)
         dropped = self.dropout(x)
-        lora_out = self.lora_b(self.lora_a(dropped))
         scale = self.magnitude.to(x.dtype) / self._weight_norm(x.dtype)
         if isinstance(self.dropout, nn.Identity) or not self.training:
-            out = scale * (base + self.scaling * lora_out)
-        else:
-            # PEFT rescales the base path seen through the dropped-out input in training.
-            base_dropped = self._base_forward(dropped)
-            out = base + (scale - 1) * base_dropped + scale * self.scaling * lora_out
+            # base += s * (x A^T) B^T in place (the base matmul does not keep its output)
+            low_rank = self.lora_a(dropped).reshape(-1, self.rank)
+            base.view(-1, self.out_dim).addmm_(low_rank, self.lora_b.weight.t(), alpha=self.scaling)
+            return self._add_bias(scale * base)
+        # PEFT rescales the base path seen through the dropped-out input in training.
+        lora_out = self.lora_b(self.lora_a(dropped))
+        base_dropped = self._base_forward(dropped)
+        out = base + (scale - 1) * base_dropped + scale * self.scaling * lora_out
         return self._add_bias(out)
 
     @torch.no_grad()

@@ -102,14 +102,17 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., in_dim] -> [..., out_dim]``."""
         if is_nf4(self.weight):
-            out = nf4_linear(x, self.weight)
-            out = self._add_bias(out)
+            out = self._add_bias(nf4_linear(x, self.weight))
         else:
             out = F.linear(x, self.weight, self.bias)
         if self.disabled:
             return out
-        lora_out = self.lora_b(self.lora_a(self.dropout(x)))
-        return out + self.scaling * lora_out
+        low_rank = self.lora_a(self.dropout(x))  # [..., rank]
+        # out += scaling * low_rank @ B^T in one in-place GEMM: no [..., out_dim] temporaries
+        # (the base matmul's backward does not need its output, so this is autograd-safe).
+        out2d = out.view(-1, self.out_dim)
+        out2d.addmm_(low_rank.reshape(-1, self.rank), self.lora_b.weight.t(), alpha=self.scaling)
+        return out
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
