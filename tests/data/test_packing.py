@@ -164,3 +164,41 @@ def test_collate_accepts_torchtune_style_seq_lens():
     assert mask == [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
     with pytest.raises(ValueError, match="document_ids"):
         padded_collate_packed([{k: v for k, v in item.items() if k != "seq_lens"}])
+
+
+def test_packed_batch_through_decoder_equals_documents_alone():
+    """End to end: a packed, collated batch gives every document the logits it gets alone."""
+    from tunesmith.datasets import PackedDataset
+    from tunesmith.models import build_decoder
+    from tunesmith.models.spec import ModelSpec
+
+    spec = ModelSpec(
+        family="LLAMA3",
+        vocab_size=101,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        embed_dim=32,
+        intermediate_dim=48,
+        max_seq_len=64,
+    )
+    torch.manual_seed(0)
+    model = build_decoder(spec).eval()
+    gen = torch.Generator().manual_seed(1)
+    docs = [torch.randint(1, 101, (n,), generator=gen).tolist() for n in (7, 12, 5, 20, 9, 3)]
+    packed = PackedDataset([{"tokens": d, "labels": d} for d in docs], max_seq_len=24)
+    batch = padded_collate_packed([packed[i] for i in range(len(packed))])
+    with torch.no_grad():
+        logits = model(batch["tokens"], mask=batch["mask"], input_pos=batch["input_pos"])
+        expected = [model(torch.tensor([d]))[0] for d in docs]
+    used = np.diff(packed.packs.pack_token_offsets)  # real (non-padding) tokens per pack
+    got = []
+    for row in range(len(packed)):
+        start = 0
+        for n in packed[row]["seq_lens"].tolist():
+            if start < used[row]:
+                got.append(logits[row, start : start + n])
+            start += n
+    assert len(got) == len(docs)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
