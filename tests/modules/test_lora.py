@@ -233,3 +233,19 @@ def test_qat_lora_fake_quantizes_the_base_path_only() -> None:
     assert layer.adapter_params() == ["lora_a.weight", "lora_b.weight"]
     with pytest.raises(ValueError, match="group_size"):
         QATLoRALinear(40, 8, rank=2, alpha=4.0, weight_qat_config=weight_cfg)
+
+
+def test_nf4_gradients_equal_dequantized_lora() -> None:
+    torch.manual_seed(4)
+    quantized = LoRALinear(64, 128, rank=4, alpha=8.0, quantize_base=True)
+    nn.init.normal_(quantized.lora_b.weight)
+    plain = LoRALinear(64, 128, rank=4, alpha=8.0)
+    plain.load_state_dict(quantized.state_dict())  # the dequantized NF4 weight
+    x = torch.randn(2, 3, 64, requires_grad=True)
+    x_plain = x.detach().clone().requires_grad_(True)
+    quantized(x).square().sum().backward()
+    plain(x_plain).square().sum().backward()
+    torch.testing.assert_close(x.grad, x_plain.grad, atol=1e-5, rtol=1e-5)
+    for name in ("lora_a", "lora_b"):
+        got = getattr(quantized, name).weight.grad
+        torch.testing.assert_close(got, getattr(plain, name).weight.grad, atol=1e-5, rtol=1e-5)
