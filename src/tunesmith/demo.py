@@ -60,10 +60,17 @@ def _show(title: str, questions: list[str], answers: list[str]) -> None:
     sys.stdout.flush()
 
 
-def _finetuned_config(cfg: DictConfig, folder: Path) -> DictConfig:
-    """The same model, loaded from the HF folder the finetune wrote (merged LoRA weights)."""
+def _base_config(cfg: DictConfig) -> DictConfig:
+    """The original model (no adapters) from the GGUF, for the answers before finetuning."""
     out = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     out.model = {"_component_": "tunesmith.models.smollm2.smollm2_135m"}
+    out.checkpointer.output_dir = str(Path(cfg.output_dir) / "generation")
+    return out
+
+
+def _finetuned_config(cfg: DictConfig, folder: Path) -> DictConfig:
+    """The same model, loaded from the HF folder the finetune wrote (merged LoRA weights)."""
+    out = _base_config(cfg)
     out.checkpointer = {
         "_component_": "tunesmith.training.FullModelHFCheckpointer",
         "checkpoint_dir": str(folder),
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Questions (none of them is in the training data): {questions}")
 
     start = time.perf_counter()
-    before = _answers(cfg, questions)
+    before = _answers(_base_config(cfg), questions)
     _show("Before finetuning", questions, before)
 
     print(f"\n=== LoRA finetuning on the CPU ({CONFIG}, {cfg.epochs} epochs) ===", flush=True)
@@ -136,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         "  base = AutoModelForCausalLM.from_pretrained('HuggingFaceTB/SmolLM2-135M-Instruct')\n"
         f"  model = PeftModel.from_pretrained(base, '{final / 'adapter'}')\n"
         "Chat with it in tunesmith:\n"
-        f"  tunesmith run generate --config smollm2/135M_lora_demo ... (or see python -m "
-        "tunesmith.demo --help)"
+        f"  tunesmith run generate --config smollm2/generation checkpointer.checkpoint_dir={final} "
+        "prompt.user='Who are you?'"
     )
     return 0
 

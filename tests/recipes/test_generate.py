@@ -62,6 +62,7 @@ def test_recipe_streams_the_greedy_answer(tiny_llama: Path, tmp_path: Path, caps
     assert expected and printed.startswith(expected)
 
 
+@pytest.mark.slow
 def test_recipe_loads_lora_outputs(run_finetune, tiny_llama: Path, tmp_path: Path, capsys) -> None:
     """A LoRA finetune's merged output folder and base + PEFT adapter generate the same text."""
     from conftest import LORA

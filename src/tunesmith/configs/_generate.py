@@ -442,6 +442,45 @@ def demo_config(kind: str) -> str:
     )
 
 
+SMOLLM2_GENERATION = """\
+# recipe: generate
+# Chat with a SmolLM2-135M model saved as a Hugging Face folder, e.g. the output of
+# `make demo` / smollm2/135M_lora_demo (its tokenizer.json is saved beside the weights):
+#   tunesmith run generate --config smollm2/generation \\
+#     checkpointer.checkpoint_dir=/tmp/tunesmith/smollm2_135M/lora_demo/epoch_3 prompt.user="Who are you?"
+
+output_dir: /tmp/tunesmith/smollm2_135M/generation
+
+model:
+  _component_: tunesmith.models.smollm2.smollm2_135m
+
+tokenizer:
+  _component_: tunesmith.models.smollm2.smollm2_tokenizer
+  path: ${checkpointer.checkpoint_dir}/tokenizer.json
+  default_system_prompt: null
+
+checkpointer:
+  _component_: tunesmith.training.FullModelHFCheckpointer
+  checkpoint_dir: /tmp/tunesmith/smollm2_135M/lora_demo/epoch_3
+  checkpoint_files: [model.safetensors]
+  model_type: LLAMA3
+  output_dir: ${output_dir}
+
+device: cpu
+dtype: fp32
+seed: 1234
+
+prompt:
+  system: null
+  user: "Who are you?"
+max_new_tokens: 128
+temperature: 0.0  # 0 = greedy
+top_k: null
+top_p: null
+enable_kv_cache: True
+"""
+
+
 def render_all() -> dict[str, str]:
     """Every generated config as ``{relative path: text}``."""
     out: dict[str, str] = {}
@@ -453,6 +492,7 @@ def render_all() -> dict[str, str]:
         out[f"{family}/generation.yaml"] = generation_config(s)
     for kind in ("lora", "full"):
         out[f"smollm2/135M_{kind}_demo.yaml"] = demo_config(kind)
+    out["smollm2/generation.yaml"] = SMOLLM2_GENERATION
     return out
 
 

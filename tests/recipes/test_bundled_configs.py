@@ -1,0 +1,65 @@
+"""Bundled configs: torchtune's names, a recipe header, components that exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunesmith.config import load_config, resolve_component
+from tunesmith.configs._generate import render_all
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "src" / "tunesmith" / "configs"
+CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml"))
+
+
+def _components(node: object) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["_component_"]] if "_component_" in node else []
+        return found + [c for v in node.values() for c in _components(v)]
+    if isinstance(node, list):
+        return [c for v in node for c in _components(v)]
+    return []
+
+
+def test_committed_configs_are_the_generated_ones() -> None:
+    generated = render_all()
+    committed = {str(p.relative_to(CONFIG_DIR)): p.read_text() for p in CONFIGS}
+    assert committed == generated, "run python -m tunesmith.configs._generate and commit"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_config_loads_and_components_resolve(path: Path) -> None:
+    first = path.read_text().splitlines()[0]
+    assert first in ("# recipe: finetune", "# recipe: generate"), first
+    load_config(path)
+    for component in _components(yaml.safe_load(path.read_text())):
+        if component.startswith("bitsandbytes."):  # optional extra (tunesmith[bnb])
+            continue
+        assert callable(resolve_component(component)), component
+
+
+def test_torchtune_sample_configs_have_bundled_twins(assets: Path) -> None:
+    """Every torchtune sample config has a bundled config of the same name and keys."""
+    samples = sorted((assets / "torchtune_configs_sample").rglob("*.yaml"))
+    assert samples
+    for sample in samples:
+        rel = sample.relative_to(assets / "torchtune_configs_sample")
+        ours = CONFIG_DIR / rel
+        assert ours.is_file(), f"no bundled config {rel}"
+        theirs, mine = yaml.safe_load(sample.read_text()), yaml.safe_load(ours.read_text())
+        assert (
+            mine["model"]["_component_"].split(".")[-1]
+            == theirs["model"]["_component_"].split(".")[-1]
+        )
+        assert mine["checkpointer"]["model_type"] == theirs["checkpointer"]["model_type"]
+        training_keys = {
+            "batch_size",
+            "epochs",
+            "optimizer",
+            "loss",
+            "gradient_accumulation_steps",
+            "dtype",
+        }
+        assert training_keys <= set(mine), rel
