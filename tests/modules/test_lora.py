@@ -249,3 +249,18 @@ def test_nf4_gradients_equal_dequantized_lora() -> None:
     for name in ("lora_a", "lora_b"):
         got = getattr(quantized, name).weight.grad
         torch.testing.assert_close(got, getattr(plain, name).weight.grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
+def test_runs_under_bf16_autocast(cls: type) -> None:
+    """fp32 adapters under CPU bf16 autocast: the in-place update casts its operands."""
+    torch.manual_seed(5)
+    layer = cls(64, 64, rank=4, alpha=8.0)
+    nn.init.normal_(layer.lora_b.weight, std=0.1)
+    x = torch.randn(3, 64, requires_grad=True)
+    want = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(x)
+    got.float().sum().backward()
+    torch.testing.assert_close(got.float(), want, atol=0.1, rtol=0.02)
+    assert layer.lora_b.weight.grad.dtype == torch.float32

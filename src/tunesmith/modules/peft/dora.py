@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from tunesmith.modules.peft._nf4 import dequantize
-from tunesmith.modules.peft.lora import LoRALinear
+from tunesmith.modules.peft.lora import LoRALinear, add_low_rank_
 
 
 class DoRALinear(LoRALinear):
@@ -64,8 +64,7 @@ class DoRALinear(LoRALinear):
         scale = self.magnitude.to(x.dtype) / self._weight_norm(x.dtype)
         if isinstance(self.dropout, nn.Identity) or not self.training:
             # base += s * (x A^T) B^T in place (the base matmul does not keep its output)
-            low_rank = self.lora_a(dropped).reshape(-1, self.rank)
-            base.view(-1, self.out_dim).addmm_(low_rank, self.lora_b.weight.t(), alpha=self.scaling)
+            add_low_rank_(base, self.lora_a(dropped), self.lora_b.weight, self.scaling)
             return self._add_bias(scale * base)
         # PEFT rescales the base path seen through the dropped-out input in training.
         lora_out = self.lora_b(self.lora_a(dropped))

@@ -24,6 +24,19 @@ from tunesmith.modules.peft._nf4 import (
 )
 
 
+def add_low_rank_(
+    out: torch.Tensor, low_rank: torch.Tensor, lora_b: torch.Tensor, scaling: float
+) -> None:
+    """``out [..., out_dim] += scaling * low_rank [..., rank] @ lora_b[out_dim, rank].T``.
+
+    One in-place GEMM, so no ``[..., out_dim]`` temporaries; autograd-safe because the base
+    matmul that produced ``out`` does not keep its output for backward. Operands are cast to
+    ``out``'s dtype (in-place ops are not autocast).
+    """
+    mat1 = low_rank.reshape(-1, low_rank.shape[-1]).to(out.dtype)
+    out.view(-1, out.shape[-1]).addmm_(mat1, lora_b.to(out.dtype).t(), alpha=scaling)
+
+
 class LoRALinear(nn.Module):
     """Linear layer ``[..., in_dim] -> [..., out_dim]`` with a LoRA adapter.
 
@@ -108,10 +121,7 @@ class LoRALinear(nn.Module):
         if self.disabled:
             return out
         low_rank = self.lora_a(self.dropout(x))  # [..., rank]
-        # out += scaling * low_rank @ B^T in one in-place GEMM: no [..., out_dim] temporaries
-        # (the base matmul's backward does not need its output, so this is autograd-safe).
-        out2d = out.view(-1, self.out_dim)
-        out2d.addmm_(low_rank.reshape(-1, self.rank), self.lora_b.weight.t(), alpha=self.scaling)
+        add_low_rank_(out, low_rank, self.lora_b.weight, self.scaling)
         return out
 
     @torch.no_grad()
