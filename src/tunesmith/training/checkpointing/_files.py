@@ -43,7 +43,15 @@ __all__ = [
 SAFETENSORS_INDEX_FNAME = "model.safetensors.index.json"
 TORCH_BIN_INDEX_FNAME = "pytorch_model.bin.index.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".distcp")
-_NEVER_COPY = {SAFETENSORS_INDEX_FNAME, TORCH_BIN_INDEX_FNAME, ".complete"}
+# adapter files would make transformers apply an adapter on top of the copied-next-to weights
+_NEVER_COPY = {
+    SAFETENSORS_INDEX_FNAME,
+    TORCH_BIN_INDEX_FNAME,
+    ".complete",
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+}
 
 
 def _formatted_filenames(pattern: Mapping[str, Any]) -> list[str]:
