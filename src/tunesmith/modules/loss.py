@@ -261,16 +261,21 @@ class LinearCrossEntropyLoss(nn.Module):
                 kept_hidden, weight = kept_hidden.detach(), weight.detach()
                 lora_a = None if lora_a is None else lora_a.detach()
                 lora_b = None if lora_b is None else lora_b.detach()
-            total = _FusedLinearCrossEntropy.apply(
-                kept_hidden,
-                weight,
-                lora_a,
-                lora_b,
-                kept_targets,
-                self.num_output_chunks,
-                self.softcap,
-                scaling,
+            dtype = kept_hidden.dtype  # one compute dtype; autocast does not reach inside
+            weight, lora_a, lora_b = (
+                None if t is None else t.to(dtype) for t in (weight, lora_a, lora_b)
             )
+            with torch.autocast(hidden.device.type, enabled=False):
+                total = _FusedLinearCrossEntropy.apply(
+                    kept_hidden,
+                    weight,
+                    lora_a,
+                    lora_b,
+                    kept_targets,
+                    self.num_output_chunks,
+                    self.softcap,
+                    scaling,
+                )
         else:
             chunk_fn = self.compute_cross_entropy
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
