@@ -213,28 +213,6 @@ def test_bad_arguments_name_the_setting() -> None:
         LoRALinear(5, 7, rank=2, alpha=1.0, quantize_base=True)
 
 
-def test_qat_lora_fake_quantizes_the_base_path_only() -> None:
-    qat = pytest.importorskip("torchao.quantization.qat")
-    from tunesmith.modules.peft import QATLoRALinear
-
-    torch.manual_seed(3)
-    act_cfg = qat.IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False)
-    weight_cfg = qat.IntxFakeQuantizeConfig(torch.int4, group_size=32)
-    lora = LoRALinear(64, 48, rank=4, alpha=8.0)
-    nn.init.normal_(lora.lora_b.weight)
-    layer = QATLoRALinear.from_lora_linear(lora, act_cfg, weight_cfg)
-    assert layer.weight is lora.weight and layer.lora_b.weight is lora.lora_b.weight
-    x = torch.randn(3, 64)
-    fq_x = qat.FakeQuantizerBase.from_config(act_cfg)(x)
-    fq_w = qat.FakeQuantizerBase.from_config(weight_cfg)(lora.weight)
-    assert not torch.equal(fq_w, lora.weight)
-    want = F.linear(fq_x, fq_w) + lora.scaling * (x @ lora.lora_a.weight.T) @ lora.lora_b.weight.T
-    torch.testing.assert_close(layer(x), want, atol=1e-5, rtol=0)
-    assert layer.adapter_params() == ["lora_a.weight", "lora_b.weight"]
-    with pytest.raises(ValueError, match="group_size"):
-        QATLoRALinear(40, 8, rank=2, alpha=4.0, weight_qat_config=weight_cfg)
-
-
 def test_nf4_gradients_equal_dequantized_lora() -> None:
     torch.manual_seed(4)
     quantized = LoRALinear(64, 128, rank=4, alpha=8.0, quantize_base=True)

@@ -1,5 +1,6 @@
 """Parameter-efficient finetuning modules (LoRA, DoRA, QLoRA) and their helpers."""
 
+from tunesmith.modules.peft._trainable import TrainableParams
 from tunesmith.modules.peft._utils import (
     LORA_ATTN_MODULES,
     AdapterModule,
@@ -15,14 +16,12 @@ from tunesmith.modules.peft._utils import (
 )
 from tunesmith.modules.peft.dora import DoRALinear
 from tunesmith.modules.peft.lora import LoRALinear
-from tunesmith.modules.peft.qat_lora import QATLoRALinear, TrainableParams
 
 __all__ = [
     "LORA_ATTN_MODULES",
     "AdapterModule",
     "DoRALinear",
     "LoRALinear",
-    "QATLoRALinear",
     "TrainableParams",
     "disable_adapter",
     "get_adapter_params",
