@@ -137,3 +137,43 @@ def test_offload_with_checkpointing() -> None:
     loss.backward()
     for name, param in both.named_parameters():
         torch.testing.assert_close(param.grad, ref[name], atol=1e-7, rtol=0)
+
+
+def test_deepcopy_of_checkpointed_model_trains_its_own_weights() -> None:
+    torch.manual_seed(0)
+    model = Stack()
+    apply_activation_checkpointing(model)
+    clone = copy.deepcopy(model)
+    x = torch.randn(2, 3, 16)
+    clone(x).sum().backward()
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is not None for p in clone.parameters())
+    assert is_checkpointed(clone.layers[0])
+
+
+def test_transformer_decoder_layers_by_class() -> None:
+    """On tunesmith's own decoder: checkpoint TransformerSelfAttentionLayer, same gradients."""
+    builder = pytest.importorskip("tunesmith.models.builder")
+    from tunesmith.models.spec import ModelSpec
+    from tunesmith.modules.transformer import TransformerSelfAttentionLayer
+
+    spec = ModelSpec(
+        family="LLAMA3", vocab_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+        embed_dim=32, intermediate_dim=64, max_seq_len=64, tie_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    eager = builder.build_decoder(spec)
+    ckpt = copy.deepcopy(eager)
+    assert apply_activation_checkpointing(ckpt, {TransformerSelfAttentionLayer}) == [
+        "layers.0",
+        "layers.1",
+    ]
+    tokens = torch.randint(0, 64, (2, 9))
+    for model in (eager, ckpt):
+        logits = model(tokens)
+        F_loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1), tokens.roll(-1, 1).flatten()
+        )
+        F_loss.backward()
+    for (name, p), q in zip(eager.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=0, rtol=0, msg=name)

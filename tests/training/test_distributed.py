@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,7 @@ def _reference(in_backward: bool) -> tuple[list[float], dict[str, torch.Tensor]]
 
 
 def _worker(rank: int, port: int, out_dir: str, in_backward: bool) -> None:
+    torch.set_num_threads(1)  # before any op: a forked child cannot use the parent's OpenMP pool
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -99,7 +101,6 @@ def _worker(rank: int, port: int, out_dir: str, in_backward: bool) -> None:
         LOCAL_RANK=str(rank),
         WORLD_SIZE=str(WORLD),
     )
-    torch.set_num_threads(1)
     assert init_distributed(device_type="cpu")
     world_size, rank = get_world_size_and_rank()
     with torch.device("meta"):
@@ -162,9 +163,20 @@ def _free_port() -> int:
 @pytest.mark.parametrize("in_backward", [False, True], ids=["adamw_accum_clip", "optimizer_in_bwd"])
 def test_fsdp2_step_equals_single_process(tmp_path: Path, in_backward: bool) -> None:
     # fork: the workers inherit this process's imports (spawn re-imports torch: ~10 s each).
-    mp.start_processes(
-        _worker, args=(_free_port(), str(tmp_path), in_backward), nprocs=WORLD, start_method="fork"
+    # Each worker sets torch.set_num_threads(1) first: OpenMP pools do not survive fork.
+    ctx = mp.start_processes(
+        _worker,
+        args=(_free_port(), str(tmp_path), in_backward),
+        nprocs=WORLD,
+        join=False,
+        start_method="fork",
     )
+    deadline = time.monotonic() + 180
+    while not ctx.join(timeout=2):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("FSDP2 workers did not finish in 180 s (deadlock?)")
     result = torch.load(tmp_path / "result.pt")
     ref_losses, ref_sd = _reference(in_backward)
     assert result["losses"] == pytest.approx(ref_losses, abs=1e-4)

@@ -9,7 +9,7 @@ same model. Apply it before ``shard_model`` and ``compile_model``.
 from __future__ import annotations
 
 import contextlib
-import functools
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -34,14 +34,14 @@ def is_checkpointed(module: nn.Module) -> bool:
     return getattr(module, "_tunesmith_checkpointed", False)
 
 
+def _checkpointed_forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    return checkpoint(type(self).forward, self, *args, use_reentrant=False, **kwargs)
+
+
 def _checkpoint_forward(module: nn.Module) -> None:
-    inner = module.forward
-
-    @functools.wraps(inner)
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        return checkpoint(inner, *args, use_reentrant=False, **kwargs)
-
-    module.forward = forward  # type: ignore[method-assign]
+    # A method bound to the module itself (not a closure over it): copy.deepcopy rebinds it to
+    # the copy, and FSDP2's class swap keeps type(module).forward pointing at the real forward.
+    module.forward = types.MethodType(_checkpointed_forward, module)  # type: ignore[method-assign]
     module._tunesmith_checkpointed = True  # type: ignore[assignment]
 
 
