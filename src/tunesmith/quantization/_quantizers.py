@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from tunesmith.quantization._qat_lora import (
-    QATLoRALinear,
     merge_qat_lora_linears,
     swap_lora_linear_with_qat,
 )
@@ -57,21 +56,33 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _base_linear_filter(model: nn.Module) -> Any:
+    """``quantize_`` filter: ``nn.Linear`` layers that are not a LoRA adapter's own A / B."""
+    lora_type = _lora_linear_type()
+    adapters = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, lora_type))
+
+    def keep(module: nn.Module, fqn: str) -> bool:
+        return isinstance(module, nn.Linear) and not fqn.startswith(adapters)
+
+    return keep
+
+
 def _check_groups(model: nn.Module, groupsize: int | None, key: str) -> None:
     """Every quantized linear's ``in_features`` must split into groups of ``groupsize``."""
     if groupsize is None:
         return
     if groupsize <= 0:
         raise ValueError(f"quantizer.{key} must be a positive integer, got {groupsize}")
+    keep = _base_linear_filter(model)
     bad = [
         (name, m.in_features)
         for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and m.in_features % groupsize
+        if keep(m, name) and m.in_features % groupsize
     ]
     bad += [
         (name, m.in_dim)
         for name, m in model.named_modules()
-        if isinstance(m, QATLoRALinear | _lora_linear_type()) and m.in_dim % groupsize
+        if isinstance(m, _lora_linear_type()) and m.in_dim % groupsize
     ]
     if bad:
         name, dim = bad[0]
@@ -102,7 +113,8 @@ class _PTQQuantizer:
         from torchao.quantization import quantize_
 
         _check_groups(model, self.groupsize, self._groupsize_key)
-        quantize_(model, self.torchao_config(_model_device(model)))
+        config = self.torchao_config(_model_device(model))
+        quantize_(model, config, filter_fn=_base_linear_filter(model))
         return model
 
     def __repr__(self) -> str:
@@ -198,9 +210,10 @@ class _QATQuantizer:
         from torchao.quantization.qat import QATConfig
 
         _check_groups(model, self.groupsize, "groupsize")
-        quantize_(model, QATConfig(self.base_config(), step="prepare"))
         act, weight = self.fake_quantize_configs()
         swap_lora_linear_with_qat(model, act, weight)
+        config = QATConfig(self.base_config(), step="prepare")
+        quantize_(model, config, filter_fn=_base_linear_filter(model))
         return model
 
     def convert(self, model: nn.Module) -> nn.Module:
