@@ -56,7 +56,7 @@ def _show(title: str, questions: list[str], answers: list[str]) -> None:
     print(f"\n=== {title} ===")
     for q, a in zip(questions, answers):
         print(f"\nQ: {q}")
-        print(textwrap.indent(textwrap.fill(a, 96) or "(no answer)", "A: ", lambda _: True))
+        print(textwrap.fill(a or "(no answer)", 96, initial_indent="A: ", subsequent_indent="   "))
     sys.stdout.flush()
 
 

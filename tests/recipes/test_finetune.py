@@ -91,3 +91,45 @@ def test_gradient_accumulation_is_exact(run_finetune, tiny_llama: Path) -> None:
     del base
     for key in a:
         assert (a[key] - b[key]).abs().max() <= 1e-5, key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_continues_the_same_loss_curve(run_finetune, lora: bool) -> None:
+    """Interrupted after step 3 (intermediate checkpoint) and resumed == one uninterrupted run."""
+    import shutil
+
+    over = {"max_steps_per_epoch": 6, "save_every_n_steps": 3, **(LORA_RUN if lora else {})}
+    whole = read_losses(run_finetune("whole", **over))
+    out = run_finetune("cut", **over)
+    shutil.rmtree(out / "epoch_1")  # as if the run had died after step 3's checkpoint
+    (out / "logs" / "log.jsonl").unlink()
+    run_finetune("cut", resume_from_checkpoint=True, **over)
+    assert read_losses(out) == pytest.approx(whole[3:], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_dataset_list_profiler_and_adapter_only(
+    run_finetune, instruct_data: Path, tmp_path: Path
+) -> None:
+    """A list of datasets is concatenated; the profiler writes traces; adapter-only saves."""
+    data = {
+        "_component_": "tunesmith.datasets.instruct_dataset",
+        "source": "json",
+        "data_files": str(instruct_data),
+        "split": "train",
+    }
+    profiler = {"_component_": "tunesmith.training.setup_torch_profiler", "enabled": True, "output_dir": str(tmp_path / "prof"),
+                "wait_steps": 1, "warmup_steps": 1, "active_steps": 1, "num_cycles": 1, "cuda": False}  # fmt: skip
+    out = run_finetune(
+        "combo",
+        dataset=[data, data],
+        profiler=profiler,
+        save_adapter_weights_only=True,
+        max_steps_per_epoch=4,
+        **LORA_RUN,
+    )
+    assert len(read_losses(out)) == 4
+    assert any((tmp_path / "prof").rglob("*"))
+    assert not (out / "epoch_1" / "model.safetensors").exists()
+    assert any((out / "epoch_1").rglob("adapter_model.safetensors"))
