@@ -171,9 +171,7 @@ def test_transformer_decoder_layers_by_class() -> None:
     tokens = torch.randint(0, 64, (2, 9))
     for model in (eager, ckpt):
         logits = model(tokens)
-        F_loss = torch.nn.functional.cross_entropy(
-            logits.flatten(0, 1), tokens.roll(-1, 1).flatten()
-        )
-        F_loss.backward()
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.roll(-1, 1).flatten())
+        loss.backward()
     for (name, p), q in zip(eager.named_parameters(), ckpt.parameters()):
         torch.testing.assert_close(q.grad, p.grad, atol=0, rtol=0, msg=name)

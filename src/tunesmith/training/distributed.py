@@ -181,13 +181,18 @@ def load_from_full_model_state_dict(
     """Load an unsharded state dict (as a checkpointer returns it) into an FSDP2-sharded model:
     each rank keeps only its shard. With ``broadcast_from_rank0`` only rank 0 needs ``full_sd``
     (others may pass ``{}``). Works on a model whose sharded parameters are still on ``meta``
-    (they are materialised on ``device`` first). Returns ``(missing_keys, unexpected_keys)``.
+    (they are materialised on ``device`` first, and modules with a ``rope_init()`` method, such as
+    torchtune-style RoPE caches, re-run it). Returns ``(missing_keys, unexpected_keys)``.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     if any(p.is_meta for p in model.parameters()):
         target = torch.device("cpu") if cpu_offload or device is None else torch.device(device)
         model.to_empty(device=target)
+        for module in model.modules():  # torchtune convention: recompute derived buffers
+            rope_init = getattr(module, "rope_init", None)
+            if callable(rope_init):
+                rope_init()
     options = StateDictOptions(
         full_state_dict=True,
         strict=strict,

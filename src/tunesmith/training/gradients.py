@@ -24,6 +24,17 @@ more unmasked tokens weigh more, as they should. Averaging per-micro-batch means
 naive ``loss / gradient_accumulation_steps``) weighs a short micro-batch's tokens more. The
 ``world_size`` factor undoes FSDP's average over ranks (FSDP2 reduce-scatter divides by the
 number of ranks; on one process it is 1).
+
+With ``optimizer_in_bwd`` (``OptimizerInBackward``) gradients are consumed inside backward, so
+nothing can be rescaled afterwards: use one micro-batch per step and normalise the loss before
+backward by the *global* token count::
+
+    n = count_trainable_tokens(labels)
+    (global_n,) = reduce_metrics(n.clone())
+    (loss * n * world_size / global_n).backward()   # parameters are updated in here
+
+Under FSDP2, ``model.set_requires_gradient_sync(is_last_micro_batch)`` may skip the
+reduce-scatter of all but the last micro-batch; the arithmetic above is unchanged.
 """
 
 from __future__ import annotations
