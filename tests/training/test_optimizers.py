@@ -114,6 +114,12 @@ def test_low_bit_rejects_bad_bits() -> None:
         low_bit_adamw(_model().parameters(), bits=2)
 
 
+def test_low_bit_on_cpu_without_compiler_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(RuntimeError, match=r"C\+\+ compiler.*torch.optim.AdamW"):
+        low_bit_adamw([{"params": list(_model().parameters())}], bits=8, lr=1e-3)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("bits", [8, 4])
 def test_low_bit_adamw_tracks_fp32_adamw_on_cpu(bits: int) -> None:

@@ -11,6 +11,7 @@ says so with the config keys to change.
 from __future__ import annotations
 
 import importlib
+import shutil
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -168,8 +169,23 @@ def low_bit_adamw(
         raise ImportError(
             "low-bit AdamW needs torchao (a tunesmith dependency): pip install 'torchao>=0.10'"
         ) from exc
+    params = list(params)
+    if _any_cpu(params) and not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
+        raise RuntimeError(
+            f"optimizer: torchao's AdamW{bits}bit compiles its update with torch.compile, which on "
+            "CPU needs a C++ compiler (g++ or clang++) on PATH; install one, or use "
+            "torch.optim.AdamW (or run on a GPU)."
+        )
     cls = ao_optim.AdamW8bit if bits == 8 else ao_optim.AdamW4bit
     return cls(params, **kwargs)
+
+
+def _any_cpu(params: list[Any]) -> bool:
+    for item in params:
+        group = item["params"] if isinstance(item, dict) else [item]
+        if any(isinstance(p, torch.Tensor) and p.device.type == "cpu" for p in group):
+            return True
+    return False
 
 
 def bnb_optimizer(
