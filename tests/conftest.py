@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_ASSETS = Path(os.environ.get("TUNESMITH_SHARED_ASSETS", REPO_ROOT.parent / "shared" / "assets"))
+
+# Keep the tokenization cache of test runs out of the user's ~/.cache.
+os.environ.setdefault("TUNESMITH_DATA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "tunesmith-test-cache"))
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 

@@ -84,7 +84,14 @@ class TikTokenBaseTokenizer:
         ids: list[int] = []
         for i in range(0, len(text), _MAX_ENCODE_CHARS):
             chunk = text[i : i + _MAX_ENCODE_CHARS]
-            for piece in _split_long_repetitions(chunk, _MAX_NO_WHITESPACE_CHARS):
+            # A chunk no longer than the run limit cannot hold a too-long run: skip the
+            # per-character scan (it dominated tokenization time on ordinary rows).
+            pieces = (
+                (chunk,)
+                if len(chunk) <= _MAX_NO_WHITESPACE_CHARS
+                else _split_long_repetitions(chunk, _MAX_NO_WHITESPACE_CHARS)
+            )
+            for piece in pieces:
                 ids.extend(
                     self.tt_model.encode(piece, allowed_special=set(), disallowed_special=())
                 )
