@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunesmith.training.activations import apply_activation_checkpointing
+from tunesmith.training.compile import compile_model
 from tunesmith.training.distributed import (
     destroy_distributed,
     gather_cpu_state_dict,
@@ -92,7 +93,7 @@ def _reference(in_backward: bool) -> tuple[list[float], dict[str, torch.Tensor]]
     return losses, model.state_dict()
 
 
-def _worker(rank: int, port: int, out_dir: str, in_backward: bool) -> None:
+def _worker(rank: int, port: int, out_dir: str, in_backward: bool, compile: bool = False) -> None:
     torch.set_num_threads(1)  # before any op: a forked child cannot use the parent's OpenMP pool
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -110,6 +111,8 @@ def _worker(rank: int, port: int, out_dir: str, in_backward: bool) -> None:
     # Only rank 0 holds the checkpoint; the others receive their shards by broadcast.
     full_sd = _full_state_dict() if rank == 0 else {}
     load_from_full_model_state_dict(model, full_sd, "cpu", strict=True, broadcast_from_rank0=True)
+    if compile:
+        compile_model(model)  # after sharding, as the recipe does
     if in_backward:
         opt = OptimizerInBackward(model.named_parameters(), torch.optim.AdamW, lr=1e-2)
     else:
@@ -160,13 +163,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("in_backward", [False, True], ids=["adamw_accum_clip", "optimizer_in_bwd"])
-def test_fsdp2_step_equals_single_process(tmp_path: Path, in_backward: bool) -> None:
+@pytest.mark.parametrize(
+    "in_backward,compile",
+    [
+        pytest.param(False, False, id="adamw_accum_clip"),
+        pytest.param(True, False, id="optimizer_in_bwd"),
+        pytest.param(False, True, id="adamw_compiled", marks=pytest.mark.slow),
+    ],
+)
+def test_fsdp2_step_equals_single_process(tmp_path: Path, in_backward: bool, compile: bool) -> None:
     # fork: the workers inherit this process's imports (spawn re-imports torch: ~10 s each).
     # Each worker sets torch.set_num_threads(1) first: OpenMP pools do not survive fork.
     ctx = mp.start_processes(
         _worker,
-        args=(_free_port(), str(tmp_path), in_backward),
+        args=(_free_port(), str(tmp_path), in_backward, compile),
         nprocs=WORLD,
         join=False,
         start_method="fork",
