@@ -259,3 +259,17 @@ def test_qat_config_errors(files: tuple[Path, Path], tmp_path: Path) -> None:
     cfg = qat_config(_config(*files, tmp_path))
     assert cfg.model.base_component == "tunesmith.models.build_from_hf"
     assert cfg.model.quantizer.groupsize == 32
+
+
+@pytest.mark.parametrize("name", ["llama3_2/1B_qat_lora", "llama3_2/3B_qat_full"])
+def test_bundled_configs_build_qat_models(name: str) -> None:
+    """The bundled QAT configs turn into a fake-quantized model (built on the meta device)."""
+    from tunesmith.config import instantiate, load_config
+    from tunesmith.recipes.qat import qat_config
+
+    cfg = qat_config(load_config(name))
+    with torch.device("meta"):
+        model = instantiate(cfg.model)
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "FakeQuantizedLinear" in kinds
+    assert ("QATLoRALinear" in kinds) is name.endswith("lora")
