@@ -125,3 +125,25 @@ def test_wandb_logger_offline_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
     data = run_file.read_bytes()
     assert b"learning_rate" in data and b"global_step" in data and b"optimizer" in data
+
+
+@pytest.mark.skipif(importlib.util.find_spec("comet_ml") is None, reason="needs comet_ml")
+def test_comet_logger_offline_archive(tmp_path: Path) -> None:
+    import zipfile
+
+    logger = ml.CometLogger(project="tiny", experiment_dir=str(tmp_path), experiment_name="run1")
+    logger.log("loss", 1.5, 1)
+    logger.log_dict({"loss": 1.25, "learning_rate": 0.1}, 2)
+    logger.log_config({"optimizer": {"lr": 0.1}})
+    logger.close()
+    (archive,) = tmp_path.glob("*.zip")
+    lines = zipfile.ZipFile(archive).read("messages.json").decode().splitlines()
+    messages = [json.loads(line)["payload"] for line in lines]
+    metrics = {
+        (m["metric"]["metricName"], m["metric"]["step"]): m["metric"]["metricValue"]
+        for m in messages
+        if "metric" in m and not m["metric"]["metricName"].startswith("sys.")
+    }
+    assert metrics == {("loss", 1): 1.5, ("loss", 2): 1.25, ("learning_rate", 2): 0.1}
+    params = {m["param"]["paramName"]: m["param"]["paramValue"] for m in messages if "param" in m}
+    assert params["optimizer.lr"] == 0.1
