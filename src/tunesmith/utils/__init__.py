@@ -1,8 +1,18 @@
-"""tunesmith.utils: logging, device and dtype, seeding, optional imports.
+"""tunesmith.utils: logging, device and dtype, seeding, optional imports, atomic file writes.
 
 Importing this package does not import torch; the functions that need it import it.
 """
 
+from tunesmith.utils._atomic import (
+    atomic_copy,
+    atomic_save_safetensors,
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_path,
+    fsync_dir,
+)
 from tunesmith.utils._device import get_device, get_dtype
 from tunesmith.utils._imports import require
 from tunesmith.utils._logging import LOG_FORMAT, configure_logging, get_logger
@@ -10,7 +20,15 @@ from tunesmith.utils._seed import set_seed
 
 __all__ = [
     "LOG_FORMAT",
+    "atomic_copy",
+    "atomic_save_safetensors",
+    "atomic_torch_save",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_path",
     "configure_logging",
+    "fsync_dir",
     "get_device",
     "get_dtype",
     "get_logger",

@@ -1,10 +1,9 @@
-"""Crash-safe file writes and checkpoint-folder bookkeeping.
+"""Checkpoint-folder bookkeeping on top of crash-safe file writes.
 
-Every file is written to a temporary name in its destination folder, flushed and
-fsynced, then renamed over the final name (``os.replace`` is atomic on POSIX), and
-the folder is fsynced so the rename itself survives a power cut. A checkpoint
-folder becomes visible to loaders only once its ``.complete`` marker (written
-last, atomically) exists; folders without one are partial and are ignored.
+The file writes (temp file + fsync + rename) live in :mod:`tunesmith.utils` and are
+re-exported here. A checkpoint folder becomes visible to loaders only once its
+``.complete`` marker (written last, atomically) exists; folders without one are partial
+and are ignored.
 """
 
 from __future__ import annotations
@@ -15,11 +14,20 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import torch
+from tunesmith.utils._atomic import (
+    TMP_PREFIX,
+    atomic_copy,
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_path,
+    fsync_dir,
+)
 
 __all__ = [
     "COMPLETE_MARKER",
@@ -42,84 +50,7 @@ __all__ = [
 ]
 
 COMPLETE_MARKER = ".complete"
-_TMP_PREFIX = ".tmp-"
 _CKPT_DIR_RE = re.compile(r"^(epoch|step)_(\d+)$")
-
-
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """fsync a directory so renames and new entries inside it are durable."""
-    fd = os.open(os.fspath(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary file beside ``path``; on success fsync it and rename it to ``path``.
-
-    On any exception the temporary file is removed and ``path`` is left untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{os.getpid()}.{time.monotonic_ns()}"
-    try:
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_path(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp_path)`` (a writer that wants a file name), then fsync and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{_TMP_PREFIX}{path.name}.{os.getpid()}.{time.monotonic_ns()}"
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_write(path, "wb") as f:
-        f.write(data)
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=indent, sort_keys=False) + "\n").encode())
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save(obj, path)`` through a temporary file, fsync and rename."""
-    with atomic_write(path, "wb") as f:
-        torch.save(obj, f)
-
-
-def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """Copy the file ``src`` to ``dst`` atomically."""
-    with open(src, "rb") as fin, atomic_write(dst, "wb") as fout:
-        shutil.copyfileobj(fin, fout, length=16 * 1024 * 1024)
 
 
 def mark_complete(folder: str | os.PathLike[str], **info: Any) -> None:
@@ -212,7 +143,7 @@ def staged_checkpoint_dir(
     """
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    staging = root / f"{_TMP_PREFIX}{name}-{os.getpid()}"
+    staging = root / f"{TMP_PREFIX}{name}-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
@@ -247,7 +178,7 @@ def remove_partial_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]
     for child in root.iterdir():
         if not child.is_dir():
             continue
-        stale = child.name.startswith((_TMP_PREFIX, ".old-"))
+        stale = child.name.startswith((TMP_PREFIX, ".old-"))
         if stale or (_CKPT_DIR_RE.match(child.name) and not is_complete(child)):
             shutil.rmtree(child, ignore_errors=True)
             removed.append(child)

@@ -17,14 +17,9 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file as safetensors_save_file
 
-from tunesmith.training.checkpointing._atomic import (
-    atomic_copy,
-    atomic_write,
-    atomic_write_json,
-    atomic_write_path,
-)
+from tunesmith.utils._atomic import atomic_copy, atomic_write, atomic_write_json
+from tunesmith.utils._atomic import atomic_save_safetensors as save_safetensors_file
 
 __all__ = [
     "SAFETENSORS_INDEX_FNAME",
@@ -166,26 +161,6 @@ def load_weight_files(
             merged[key] = tensor
             origin[key] = p.name
     return merged, origin
-
-
-def save_safetensors_file(
-    tensors: Mapping[str, torch.Tensor],
-    path: str | os.PathLike[str],
-    metadata: dict[str, str] | None = None,
-) -> None:
-    """Write a .safetensors file atomically (tensors contiguous, on CPU, no shared storage)."""
-    clean: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for k, v in tensors.items():
-        t = v.detach().to("cpu").contiguous()
-        ident = t.untyped_storage().data_ptr()
-        if t.numel() and ident in seen:
-            t = t.clone()
-        seen.add(ident)
-        clean[k] = t
-    atomic_write_path(
-        path, lambda tmp: safetensors_save_file(clean, tmp, metadata=metadata or {"format": "pt"})
-    )
 
 
 def save_sharded(
