@@ -32,6 +32,7 @@ __all__ = [
     "permute_meta_to_hf",
     "permute_hf_to_meta",
     "spec_from_hf_config",
+    "ties_embeddings",
 ]
 
 _LAYER_HF = {
@@ -108,6 +109,17 @@ def _cfg(hf_config: Any) -> Mapping[str, Any]:
     return hf_config.to_dict()
 
 
+def ties_embeddings(hf_config: Any) -> bool:
+    """Whether an HF config ties ``lm_head`` to the token embeddings.
+
+    ``tie_word_embeddings`` when given, else the transformers default of the model type
+    (True for Gemma and Gemma 2, False otherwise). ``hf_config`` is a ``config.json`` dict,
+    a ``PretrainedConfig`` or None.
+    """
+    cfg = _cfg(hf_config)
+    return bool(cfg.get("tie_word_embeddings", cfg.get("model_type") in ("gemma", "gemma2")))
+
+
 def _split_module(rest: str, table: Mapping[str, str]) -> tuple[str, str] | None:
     """Split ``rest`` into (known module, param suffix) using the longest module match."""
     for module in sorted(table, key=len, reverse=True):
@@ -164,8 +176,7 @@ def hf_to_native(
         if hit is None:
             raise KeyError(f"Unexpected key {key!r} in a {mt} Hugging Face checkpoint.")
         module = top_map[hit[0]]
-        tied = cfg.get("tie_word_embeddings", cfg.get("model_type") in ("gemma", "gemma2"))
-        if module == "output" and hit[0] == "lm_head" and tied:
+        if module == "output" and hit[0] == "lm_head" and ties_embeddings(cfg):
             continue  # tied: the embedding matrix is the output projection
         out[f"{module}.{_param_to_native(module, hit[1])}"] = value
     return out

@@ -7,6 +7,10 @@ PEFT saves ``adapter_model.safetensors`` with keys like
 ``lm_head``, Phi-3's fused ``qkv_proj`` / ``gate_up_proj``) come from
 :mod:`tunesmith.models.convert_weights`; this module only adds PEFT's prefix and parameter
 names. Native q/k use the Hugging Face layout, so no permutation is involved.
+
+Both files are written atomically (temp file + fsync + rename, :mod:`tunesmith.utils`),
+so the checkpointers in ``tunesmith.training.checkpointing`` save and load adapters
+through :func:`save_peft_adapter` / :func:`load_peft_adapter` too.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Any
 
 from torch import Tensor
 
-from tunesmith.models.convert_weights import hf_to_native, native_to_hf
+from tunesmith.models.convert_weights import hf_to_native, native_to_hf, ties_embeddings
+from tunesmith.utils._atomic import atomic_save_safetensors, atomic_write_json
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
@@ -94,9 +99,21 @@ def peft_to_native(
         ValueError: for entries that are not LoRA / DoRA weights (e.g. ``modules_to_save``
             copies or bias terms), which a native adapter cannot hold.
     """
+    names = {k[len(PEFT_PREFIX) :] if k.startswith(PEFT_PREFIX) else k: k for k in peft_state_dict}
+    if ties_embeddings(hf_config) and any(n.startswith("lm_head.") for n in names):
+        # PEFT wraps the tied lm_head and adds B @ A to the logits only (the embedding
+        # lookup is unchanged); a native tied model has no output layer to hold that, and
+        # dropping it would silently change the model. (Checked first: PEFT also saves a
+        # copy of the tied weight as lm_head.base_layer.weight.)
+        raise ValueError(
+            "The PEFT adapter has lm_head weights but the base model ties lm_head to the "
+            "token embeddings (tie_word_embeddings=true): a native tied model has no separate "
+            "output layer to carry them. Untie the base model first (transformers: "
+            "from_pretrained(..., tie_word_embeddings=False) then save_pretrained) and use that "
+            "as the base, or train the adapter without lm_head."
+        )
     hf: dict[str, Tensor] = {}
-    for key, value in peft_state_dict.items():
-        name = key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else key
+    for name, key in names.items():
         hit = _split_suffix(name, _FROM_PEFT)
         if hit is None:
             raise ValueError(
@@ -104,22 +121,8 @@ def peft_to_native(
                 "lora_magnitude_vector); adapters with modules_to_save, trainable biases or "
                 "other PEFT methods cannot be loaded as a native LoRA adapter"
             )
-        hf[f"{hit[0]}.{hit[1]}"] = value
-    if _is_tied(hf_config) and any(k.startswith("lm_head.") for k in hf):
-        raise ValueError(
-            "The PEFT adapter targets lm_head but the base model ties lm_head to the token "
-            "embeddings (tie_word_embeddings=true), so a native model has no separate output "
-            "layer to adapt. Merge the adapter in PEFT (merge_and_unload) instead."
-        )
+        hf[f"{hit[0]}.{hit[1]}"] = peft_state_dict[key]
     return hf_to_native(hf, model_type, hf_config)
-
-
-def _is_tied(hf_config: Any) -> bool:
-    if hf_config is None:
-        return False
-    if isinstance(hf_config, Mapping):
-        return bool(hf_config.get("tie_word_embeddings"))
-    return bool(getattr(hf_config, "tie_word_embeddings", False))
 
 
 def target_modules_from_adapter(peft_state_dict: Iterable[str]) -> list[str]:
@@ -186,13 +189,10 @@ def save_peft_adapter(
 ) -> dict[str, Any]:
     """Write ``adapter_model.safetensors`` + ``adapter_config.json`` into ``folder``.
 
-    DoRA is detected from ``magnitude`` keys. Returns the written config. (Checkpointers
-    that need atomic writes use :func:`native_to_peft` and :func:`peft_adapter_config`.)
+    DoRA is detected from ``magnitude`` keys. Each file is written atomically, so a crash
+    leaves the previous file or the new one. Returns the written config.
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     peft_sd = native_to_peft(adapter_state_dict, model_type, hf_config)
     config = peft_adapter_config(
         model_type,
@@ -203,24 +203,28 @@ def save_peft_adapter(
         target_modules_from_adapter(peft_sd),
         use_dora=any(k.endswith(".magnitude") for k in adapter_state_dict),
     )
-    tensors = {k: v.detach().contiguous().cpu() for k, v in peft_sd.items()}
-    save_file(tensors, str(folder / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
-    (folder / ADAPTER_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    atomic_save_safetensors(peft_sd, folder / ADAPTER_WEIGHTS_NAME)
+    atomic_write_json(folder / ADAPTER_CONFIG_NAME, config)
     return config
 
 
 def load_peft_adapter(
     folder: str | Path, model_type: Any, hf_config: Any = None
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read a PEFT adapter folder -> ``(native adapter state dict, adapter_config dict)``."""
+    """Read a PEFT adapter -> ``(native adapter state dict, adapter_config dict)``.
+
+    ``folder`` is the adapter folder or its ``adapter_model.safetensors`` (the
+    ``adapter_config.json`` beside it is required: it holds the scaling).
+    """
     from safetensors.torch import load_file
 
-    folder = Path(folder)
-    weights, config_path = folder / ADAPTER_WEIGHTS_NAME, folder / ADAPTER_CONFIG_NAME
+    path = Path(folder)
+    weights = path if path.is_file() else path / ADAPTER_WEIGHTS_NAME
+    config_path = weights.parent / ADAPTER_CONFIG_NAME
     if not weights.is_file() or not config_path.is_file():
         raise FileNotFoundError(
-            f"{folder} is not a PEFT adapter folder: expected {ADAPTER_WEIGHTS_NAME} and "
-            f"{ADAPTER_CONFIG_NAME}"
+            f"{path} is not a PEFT adapter: expected {ADAPTER_WEIGHTS_NAME} and "
+            f"{ADAPTER_CONFIG_NAME} in {weights.parent}"
         )
     config = json.loads(config_path.read_text())
     if config.get("peft_type", "LORA") != "LORA":

@@ -44,7 +44,7 @@ from tunesmith.training.checkpointing._atomic import (
     remove_partial_checkpoints,
     staged_checkpoint_dir,
 )
-from tunesmith.training.checkpointing._files import resolve_checkpoint_dir
+from tunesmith.training.checkpointing._files import load_weight_file, resolve_checkpoint_dir
 from tunesmith.training.checkpointing._recipe_state import (
     RECIPE_STATE_FNAME,
     WEIGHT_KEYS,
@@ -157,20 +157,59 @@ class CheckpointerBase:
         adapter_config: Mapping[str, Any] | None,
         folder: Path,
     ) -> None:
-        from tunesmith.training.checkpointing._peft import write_peft_adapter
+        """PEFT ``adapter_model.safetensors`` + ``adapter_config.json`` (HF module names)."""
+        if (
+            adapter_config is None
+            or "r" not in adapter_config
+            or "lora_alpha" not in adapter_config
+        ):
+            raise ValueError(
+                "save_checkpoint: writing a PEFT adapter needs state_dict['adapter_config'] with "
+                "'r' and 'lora_alpha' (e.g. {'r': 8, 'lora_alpha': 16})"
+            )
+        from tunesmith.models.peft_format import save_peft_adapter
 
-        write_peft_adapter(adapter, adapter_config, folder, self._peft_context())
+        save_peft_adapter(
+            folder,
+            adapter,
+            model_type=self._adapter_model_type(),
+            rank=int(adapter_config["r"]),
+            alpha=float(adapter_config["lora_alpha"]),
+            dropout=float(adapter_config.get("lora_dropout", 0.0)),
+            hf_config=getattr(self, "hf_config", None),
+            base_model_name_or_path=str(self._base_model_path()),
+        )
 
     def _read_adapter(self, path: Path) -> dict[str, torch.Tensor]:
-        from tunesmith.training.checkpointing._peft import read_adapter
+        """Native adapter weights from a PEFT folder (or its ``adapter_model.safetensors``)
+        or from a native adapter file (torchtune's ``adapter_*.pt``)."""
+        from tunesmith.models.peft_format import PEFT_PREFIX, load_peft_adapter
 
-        return read_adapter(path, self._peft_context())
+        path = Path(path)
+        if path.is_dir() or path.name.startswith("adapter_model."):
+            native, _ = load_peft_adapter(
+                path, self._adapter_model_type(), getattr(self, "hf_config", None)
+            )
+            return native
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"checkpointer.adapter_checkpoint: {str(path)!r} does not exist; point it at a "
+                "PEFT folder (with adapter_model.safetensors) or a native adapter file"
+            )
+        weights = load_weight_file(path)
+        if any(k.startswith(PEFT_PREFIX) or ".lora_A." in k for k in weights):
+            raise ValueError(
+                f"checkpointer.adapter_checkpoint: {str(path)!r} holds PEFT-named weights; "
+                "point it at the PEFT folder (with adapter_config.json) instead"
+            )
+        return weights
 
-    def _peft_context(self) -> dict[str, Any]:
-        return {
-            "model_type": getattr(self, "_model_type", None),
-            "base_model": str(self._checkpoint_dir),
-        }
+    def _adapter_model_type(self) -> str:
+        return str(getattr(self, "_model_type", None) or "LLAMA3")
+
+    def _base_model_path(self) -> Path:
+        """What ``adapter_config.json`` names as ``base_model_name_or_path``."""
+        return self._checkpoint_dir
 
     def _copy_support_files(self, folder: Path) -> None:
         """Copy config/tokenizer files into a new checkpoint folder (format-specific)."""

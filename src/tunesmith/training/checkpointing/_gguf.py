@@ -147,9 +147,5 @@ class GGUFCheckpointer(CheckpointerBase):
                 json.dumps({"gguf": self._gguf_path.name, "general.name": name}).encode(),
             )
 
-    def _peft_context(self) -> dict[str, Any]:
-        return {
-            "model_type": self._model_type,
-            "hf_config": self._hf_config,
-            "base_model": str(self._gguf_path),
-        }
+    def _base_model_path(self) -> Path:
+        return self._gguf_path

@@ -144,10 +144,3 @@ class FullModelHFCheckpointer(CheckpointerBase):
 
     def _copy_support_files(self, folder: Path) -> None:
         copy_support_files(self._checkpoint_dir, folder)
-
-    def _peft_context(self) -> dict[str, Any]:
-        return {
-            "model_type": self._model_type,
-            "hf_config": self._hf_config,
-            "base_model": str(self._checkpoint_dir),
-        }

@@ -132,9 +132,6 @@ class FullModelMetaCheckpointer(_SingleFormatCheckpointer):
     def _output_name(self) -> str:
         return "consolidated.00.pth"
 
-    def _peft_context(self) -> dict[str, Any]:
-        return {"model_type": self._model_type, "base_model": str(self._checkpoint_dir)}
-
 
 def _head_counts(folder: Path, overrides: dict[str, int | None]) -> tuple[int, int, int] | None:
     """(num_heads, num_kv_heads, head_dim) from arguments, config.json or params.json."""
@@ -239,6 +236,3 @@ class FullModelTorchTuneCheckpointer(_SingleFormatCheckpointer):
             save_sharded(sd, folder, safe_serialization=False, single_file_name=self._output_name())
             return
         save_sharded(sd, folder, key_to_file=self._key_to_file, safe_serialization=False)
-
-    def _peft_context(self) -> dict[str, Any]:
-        return {"model_type": self._model_type, "base_model": str(self._checkpoint_dir)}
