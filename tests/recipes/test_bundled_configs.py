@@ -24,15 +24,19 @@ def _components(node: object) -> list[str]:
 
 
 def test_committed_configs_are_the_generated_ones() -> None:
-    generated = render_all()
-    committed = {str(p.relative_to(CONFIG_DIR)): p.read_text() for p in CONFIGS}
-    assert committed == generated, "run python -m tunesmith.configs._generate and commit"
+    """The finetune/generation configs of the table are committed as generated (other recipes'
+    configs live beside them, written by hand)."""
+    for rel, text in render_all().items():
+        path = CONFIG_DIR / rel
+        assert path.is_file() and path.read_text() == text, (
+            f"{rel} differs: run python -m tunesmith.configs._generate and commit"
+        )
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_config_loads_and_components_resolve(path: Path) -> None:
     first = path.read_text().splitlines()[0]
-    assert first in ("# recipe: finetune", "# recipe: generate"), first
+    assert first.startswith("# recipe: "), f"{path}: first line must be '# recipe: <name>'"
     load_config(path)
     for component in _components(yaml.safe_load(path.read_text())):
         if component.startswith("bitsandbytes."):  # optional extra (tunesmith[bnb])

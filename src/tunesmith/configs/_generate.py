@@ -433,7 +433,7 @@ def demo_config(kind: str) -> str:
         "loss:\n  _component_: tunesmith.modules.loss.LinearCrossEntropyLoss\n"
         "clip_grad_norm: 1.0\ncompile: False\n"
         f"optimizer_in_bwd: False\n\n"
-        "device: cpu\ndtype: fp32\n"
+        "device: cpu\ndtype: bf16  # several times faster than fp32 on CPUs with AVX512-BF16/AMX\n"
         f"enable_activation_checkpointing: {not lora}\nenable_activation_offloading: False\n\n"
         "metric_logger:\n"
         "  _component_: tunesmith.training.metric_logging.DiskLogger\n"
