@@ -32,7 +32,6 @@ def _answers(cfg: DictConfig, questions: list[str], stream_first: bool = False) 
     """Greedy answers of the model ``cfg.model`` + ``cfg.checkpointer`` describe (batched)."""
     from tunesmith.generation import TextStreamer, generate, left_pad_prompts
     from tunesmith.recipes.generate import load_model, prompt_tokens
-
     from tunesmith.utils import get_dtype
 
     model, _ = load_model(cfg, torch.device("cpu"), get_dtype(cfg.get("dtype")))
