@@ -230,3 +230,28 @@ def test_config_errors(files: tuple[Path, Path]) -> None:
         run_evaluation(None, _config(model_dir, tasks_dir, include_path="/nonexistent/tasks"))
     with pytest.raises(ConfigError, match="at least one"):
         run_evaluation(None, _config(model_dir, tasks_dir, tasks=[]))
+
+
+def test_apply_chat_template_matches_transformers(files: tuple[Path, Path]) -> None:
+    from tunesmith.data.tokenizers import HuggingFaceModelTokenizer
+
+    model_dir, tasks_dir = files
+    template = (
+        "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}</s>\n"
+        "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    tok = HuggingFaceModelTokenizer(
+        model_dir / "tokenizer.json",
+        tokenizer_config_json_path=model_dir / "tokenizer_config.json",
+        chat_template=template,
+    )
+    ours = TunesmithLM(_ours(model_dir, tasks_dir).model, tok)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sky?"}]
+    want = hf_tok.apply_chat_template(
+        chat, chat_template=template, tokenize=False, add_generation_prompt=True
+    )
+    assert ours.apply_chat_template(chat) == want
+    ids = ours.tok_encode(want)
+    assert ids[0] == 1 and ids[1] != 1  # the template's BOS is not doubled
+    assert ours.tok_encode(want) == hf_tok(want, add_special_tokens=False)["input_ids"]

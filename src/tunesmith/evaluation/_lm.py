@@ -118,6 +118,29 @@ class TunesmithLM(TemplateLM):
         left = kwargs.get("left_truncate_len")
         return ids[-left:] if left else ids
 
+    @property
+    def tokenizer_name(self) -> str:
+        """Identifies the tokenizer in lm-eval's request cache keys."""
+        path = getattr(self._tokenizer, "path", None) or ""
+        return f"{type(self._tokenizer).__name__}:{path}".replace("/", "__")
+
+    def apply_chat_template(
+        self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
+        """The prompt text of ``chat_history`` in the tokenizer's chat format (lm-eval's
+        ``apply_chat_template=True``): a Jinja-template tokenizer renders it; a tokenizer
+        with a built-in chat format tokenizes the messages and the ids are decoded."""
+        from tunesmith.data import Message
+
+        messages = [Message(role=m["role"], content=m["content"]) for m in chat_history]
+        render = getattr(self._tokenizer, "render", None)
+        if callable(render):
+            return render(messages, add_generation_prompt=add_generation_prompt)
+        if add_generation_prompt:
+            messages.append(Message(role="assistant", content=""))
+        tokens, _ = self._tokenizer.tokenize_messages(messages, add_end_tokens=False)
+        return self.tok_decode(tokens, skip_special_tokens=False)
+
     def tok_decode(self, tokens: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._tokenizer.decode(list(tokens), skip_special_tokens=skip_special_tokens)
 

@@ -14,6 +14,8 @@ Config keys (torchtune's eleuther_evaluation names)::
     batch_size       sequences per forward (default 8)
     max_seq_length   longest scored input (default: the model's max_seq_len)
     add_bos_token    null (BOS like a Hugging Face tokenizer would add) | true | false
+    apply_chat_template, fewshot_as_multiturn, system_instruction   lm-eval's chat options
+                     (the prompt is formatted by the tokenizer's chat template / format)
     enable_kv_cache  KV cache for generation tasks (default true)
     quantizer        optional: quantize the loaded float model before evaluating
     output_dir       optional: results.json is written there
@@ -71,6 +73,12 @@ def run_evaluation(lm: Any, cfg: DictConfig) -> dict[str, Any]:
             f"tasks: unknown lm-eval task(s) {unknown}{hint}; `lm_eval --tasks list` shows them",
             key="tasks",
         )
+    chat: dict[str, Any] = {}
+    if cfg.get("apply_chat_template"):
+        chat["apply_chat_template"] = True
+        chat["fewshot_as_multiturn"] = bool(cfg.get("fewshot_as_multiturn", True))
+    if cfg.get("system_instruction"):
+        chat["system_instruction"] = str(cfg.system_instruction)
     results = lm_eval.simple_evaluate(
         model=lm,
         tasks=tasks,
@@ -82,6 +90,7 @@ def run_evaluation(lm: Any, cfg: DictConfig) -> dict[str, Any]:
         numpy_random_seed=int(cfg.get("seed") or 1234),
         torch_random_seed=int(cfg.get("seed") or 1234),
         fewshot_random_seed=int(cfg.get("seed") or 1234),
+        **chat,
     )
     if results is None:
         raise RuntimeError("lm-eval returned no results")
