@@ -18,13 +18,16 @@ from torch import nn
 from tunesmith.training.activations import apply_activation_checkpointing
 from tunesmith.training.compile import compile_model
 from tunesmith.training.distributed import (
+    barrier,
     destroy_distributed,
     gather_cpu_state_dict,
     get_distributed_backend,
+    get_full_optimizer_state_dict,
     get_world_size_and_rank,
     init_distributed,
     is_distributed,
     load_from_full_model_state_dict,
+    load_from_full_optimizer_state_dict,
     reduce_metrics,
     shard_model,
 )
@@ -72,14 +75,11 @@ def _ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
 
 
-def _reference(in_backward: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
+def _reference(in_backward: bool) -> tuple[list[float], dict[str, torch.Tensor], dict]:
     """One process, one batch of 8 per step."""
     model = TinyLM()
     model.load_state_dict(_full_state_dict())
-    if in_backward:
-        opt = OptimizerInBackward(model.named_parameters(), torch.optim.AdamW, lr=1e-2)
-    else:
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    opt = _new_optimizer(model, in_backward)
     losses = []
     for step in range(STEPS):
         tokens, labels = _global_batch(step)
@@ -90,7 +90,22 @@ def _reference(in_backward: bool) -> tuple[list[float], dict[str, torch.Tensor]]
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
-    return losses, model.state_dict()
+    return losses, model.state_dict(), get_full_optimizer_state_dict(model, opt, True)
+
+
+def _new_optimizer(model: nn.Module, in_backward: bool) -> torch.optim.Optimizer:
+    if in_backward:
+        return OptimizerInBackward(model.named_parameters(), torch.optim.AdamW, lr=1e-2)
+    return torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+
+def _moments(optim_sd: dict) -> dict[str, torch.Tensor]:
+    """``{"<param>.exp_avg": tensor, ...}`` from either full optimizer state format."""
+    if "optimizers" in optim_sd:
+        per_param = {n: sd["state"][0] for n, sd in optim_sd["optimizers"].items()}
+    else:
+        per_param = optim_sd["state"]
+    return {f"{n}.{k}": v for n, st in per_param.items() for k, v in st.items() if k != "step"}
 
 
 def _worker(rank: int, port: int, out_dir: str, in_backward: bool, compile: bool = False) -> None:
@@ -147,12 +162,29 @@ def _worker(rank: int, port: int, out_dir: str, in_backward: bool, compile: bool
         opt.zero_grad()
         losses.append((loss_sum / num_tokens).item())
     full = gather_cpu_state_dict(model, is_rank_zero=rank == 0)
+    # Optimizer state: gather to rank 0, save, load on every rank into a fresh optimizer over
+    # the sharded model, gather again: the round trip must be exact.
+    optim_full = get_full_optimizer_state_dict(model, opt, is_rank_zero=rank == 0)
+    if rank == 0:
+        torch.save(optim_full, Path(out_dir) / "optim.pt")
+    barrier()
+    optim_full = torch.load(Path(out_dir) / "optim.pt")
+    fresh = _new_optimizer(model, in_backward)
+    load_from_full_optimizer_state_dict(model, fresh, optim_full)
+    optim_again = get_full_optimizer_state_dict(model, fresh, is_rank_zero=rank == 0)
     if rank == 0:
         torch.save(
-            {"losses": losses, "state_dict": full, "norms": norms}, Path(out_dir) / "result.pt"
+            {
+                "losses": losses,
+                "state_dict": full,
+                "norms": norms,
+                "optim": optim_full,
+                "optim_again": optim_again,
+            },
+            Path(out_dir) / "result.pt",
         )
     else:
-        assert full == {}
+        assert full == {} and optim_again == {}
     destroy_distributed()
     os._exit(0)  # skip gloo's thread teardown at interpreter exit (it can abort)
 
@@ -188,7 +220,7 @@ def test_fsdp2_step_equals_single_process(tmp_path: Path, in_backward: bool, com
                 proc.kill()
             pytest.fail("FSDP2 workers did not finish in 180 s (deadlock?)")
     result = torch.load(tmp_path / "result.pt")
-    ref_losses, ref_sd = _reference(in_backward)
+    ref_losses, ref_sd, ref_optim = _reference(in_backward)
     assert result["losses"] == pytest.approx(ref_losses, abs=1e-4)
     if not in_backward:
         assert len(result["norms"]) == STEPS and all(n > 0 for n in result["norms"])
@@ -196,6 +228,16 @@ def test_fsdp2_step_equals_single_process(tmp_path: Path, in_backward: bool, com
     assert set(result["state_dict"]) == set(ref_sd)
     for key, value in ref_sd.items():
         torch.testing.assert_close(result["state_dict"][key], value, atol=1e-4, rtol=0, msg=key)
+    moments, again, ref_moments = (
+        _moments(result["optim"]),
+        _moments(result["optim_again"]),
+        _moments(ref_optim),
+    )
+    assert set(moments) == set(ref_moments) and len(moments) == 2 * len(ref_sd)
+    for key, value in ref_moments.items():
+        assert moments[key].shape == value.shape
+        torch.testing.assert_close(moments[key], value, atol=1e-5, rtol=1e-4, msg=key)
+        torch.testing.assert_close(again[key], moments[key], atol=0, rtol=0, msg=key)
 
 
 def test_single_process_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -225,3 +267,26 @@ def test_adapter_only_gather() -> None:
     model.q.lora_b = nn.Linear(1, 2, bias=False)
     sd = gather_cpu_state_dict(copy.deepcopy(model), True, adapter_weights_only=True)
     assert sorted(sd) == ["q.lora_a.weight", "q.lora_b.weight"]
+
+
+@pytest.mark.parametrize("in_backward", [False, True], ids=["adamw", "optimizer_in_bwd"])
+def test_full_optimizer_state_round_trip_single_process(in_backward: bool) -> None:
+    model = TinyLM()
+    opt = _new_optimizer(model, in_backward)
+    tokens, labels = _global_batch(0)
+    _ce(model(tokens), labels).backward()
+    opt.step()
+    opt.zero_grad()
+    full = get_full_optimizer_state_dict(model, opt, is_rank_zero=True)
+    assert set(_moments(full)) == {
+        f"{n}.{k}" for n, _ in model.named_parameters() for k in ("exp_avg", "exp_avg_sq")
+    }
+    fresh = _new_optimizer(model, in_backward)
+    load_from_full_optimizer_state_dict(model, fresh, full)
+    again = _moments(get_full_optimizer_state_dict(model, fresh, is_rank_zero=True))
+    for key, value in _moments(full).items():
+        assert torch.equal(again[key], value), key
+    with pytest.raises(ValueError, match="optimizer"):
+        load_from_full_optimizer_state_dict(
+            model, fresh, _new_optimizer(model, not in_backward).state_dict() | {"state": {0: {}}}
+        )

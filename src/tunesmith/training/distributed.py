@@ -33,10 +33,12 @@ __all__ = [
     "destroy_distributed",
     "gather_cpu_state_dict",
     "get_distributed_backend",
+    "get_full_optimizer_state_dict",
     "get_world_size_and_rank",
     "init_distributed",
     "is_distributed",
     "load_from_full_model_state_dict",
+    "load_from_full_optimizer_state_dict",
     "reduce_metrics",
     "shard_model",
 ]
@@ -253,3 +255,88 @@ def reduce_metrics(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         for t in tensors:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return tensors
+
+
+def get_full_optimizer_state_dict(
+    model: nn.Module, optimizer: torch.optim.Optimizer, is_rank_zero: bool
+) -> dict[str, Any]:
+    """The optimizer state with full (unsharded) CPU tensors keyed by parameter name, on rank 0;
+    ``{}`` elsewhere. Every rank must call it (it all-gathers under FSDP2).
+
+    The same format comes out of 1 or N processes, so a checkpoint resumes on any world size.
+    Plain optimizers go through ``torch.distributed.checkpoint.state_dict``
+    (``{"state": {fqn: ...}, "param_groups": [...]}``); an ``OptimizerInBackward`` gives
+    ``{"optimizers": {param_name: per-parameter state dict}}`` with full tensors.
+    """
+    from tunesmith.training.optimizers import OptimizerInBackward
+
+    if isinstance(optimizer, OptimizerInBackward):
+        out: dict[str, Any] = {}
+        for name, opt in optimizer.optimizers.items():  # same order on every rank
+            sd = opt.state_dict()
+            sd["state"] = {
+                idx: {k: _full_cpu(v) for k, v in state.items()}
+                for idx, state in sd["state"].items()
+            }
+            out[name] = sd
+        return {"optimizers": out} if is_rank_zero else {}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    sd = get_optimizer_state_dict(model, optimizer, options=options)
+    return sd if is_rank_zero else {}
+
+
+def load_from_full_optimizer_state_dict(
+    model: nn.Module, optimizer: torch.optim.Optimizer, full_sd: dict[str, Any]
+) -> None:
+    """Load what ``get_full_optimizer_state_dict`` returned into ``optimizer`` (sharded or not);
+    every rank passes the full dict and keeps its own shard."""
+    from tunesmith.training.optimizers import OptimizerInBackward
+
+    if isinstance(optimizer, OptimizerInBackward):
+        saved = full_sd.get("optimizers")
+        if saved is None:
+            raise ValueError(
+                "optimizer state: expected an optimizer_in_bwd checkpoint (key 'optimizers'); "
+                "resume with the optimizer_in_bwd setting the checkpoint was made with"
+            )
+        params = dict(model.named_parameters())
+        local = {}
+        for name, sd in saved.items():
+            param = params.get(name)
+            sd = dict(sd)
+            sd["state"] = {
+                idx: {k: _shard_like(v, param) for k, v in state.items()}
+                for idx, state in sd["state"].items()
+            }
+            local[name] = sd
+        optimizer.load_state_dict({"optimizers": local})
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    if "state" in full_sd and any(isinstance(k, int) for k in full_sd["state"]):
+        raise ValueError(
+            "optimizer state: keyed by position (torch's optimizer.state_dict()), not by parameter "
+            "name; save it with get_full_optimizer_state_dict"
+        )
+    set_optimizer_state_dict(
+        model, optimizer, full_sd, options=StateDictOptions(full_state_dict=True)
+    )
+
+
+def _full_cpu(value: Any) -> Any:
+    if hasattr(value, "full_tensor"):
+        value = value.full_tensor()
+    return value.detach().cpu() if isinstance(value, torch.Tensor) else value
+
+
+def _shard_like(value: Any, param: torch.Tensor | None) -> Any:
+    """Full optimizer-state tensor -> this rank's shard, laid out like ``param`` (a DTensor)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(param, DTensor) or not isinstance(value, torch.Tensor):
+        return value
+    if tuple(value.shape) != tuple(param.shape):
+        return value  # scalars such as "step"
+    return distribute_tensor(value.to(param.to_local().device), param.device_mesh, param.placements)
