@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,12 @@ from tunesmith.training.checkpointing._atomic import (
     remove_partial_checkpoints,
     staged_checkpoint_dir,
 )
-from tunesmith.training.checkpointing._files import load_weight_file, resolve_checkpoint_dir
+from tunesmith.training.checkpointing._files import (
+    load_weight_file,
+    load_weight_files,
+    resolve_checkpoint_dir,
+    resolve_checkpoint_files,
+)
 from tunesmith.training.checkpointing._recipe_state import (
     RECIPE_STATE_FNAME,
     WEIGHT_KEYS,
@@ -91,11 +96,13 @@ def _merge_lora(
 
 
 class CheckpointerBase:
-    """Output-folder handling shared by the HF, Meta, torchtune-native and GGUF checkpointers.
+    """What the HF, Meta, torchtune-native and GGUF checkpointers share: argument handling,
+    reading weight files (recording each key's shard and dtype so a save reproduces them),
+    output folders, resume discovery, PEFT adapters and recipe state.
 
-    Subclasses implement ``_load_base_weights() -> native sd``,
-    ``_load_weights_from(folder) -> native sd`` (a previous output folder),
-    ``_write_model(native_sd, folder)`` and optionally ``_write_adapter``.
+    Subclasses implement ``_to_native(sd)`` / ``_from_native(sd)`` (their key format),
+    ``_load_weights_from(folder) -> native sd`` (a previous output folder) and
+    ``_write_model(native_sd, folder)``; ``_load_base_weights`` reads ``checkpoint_files``.
     """
 
     format_name = "base"
@@ -103,6 +110,8 @@ class CheckpointerBase:
     def __init__(
         self,
         checkpoint_dir: str | os.PathLike[str],
+        checkpoint_files: Sequence[str] | Mapping[str, Any],
+        model_type: str,
         output_dir: str | os.PathLike[str],
         adapter_checkpoint: str | None = None,
         recipe_checkpoint: str | None = None,
@@ -111,6 +120,8 @@ class CheckpointerBase:
         should_load_recipe_state: bool = False,
     ) -> None:
         self._checkpoint_dir = resolve_checkpoint_dir(checkpoint_dir)
+        self._files = resolve_checkpoint_files(checkpoint_dir, checkpoint_files)
+        self._model_type = str(getattr(model_type, "name", model_type)).upper()
         self._output_dir = Path(output_dir)
         self._adapter_checkpoint = adapter_checkpoint
         self._recipe_checkpoint = recipe_checkpoint
@@ -125,6 +136,9 @@ class CheckpointerBase:
         )
         self._output_dir.mkdir(parents=True, exist_ok=True)
         self.resumed_from: Path | None = None
+        # Filled by the first read; used on save to keep the input's sharding and dtypes.
+        self._key_to_file: dict[str, str] = {}
+        self._stored_dtypes: dict[str, torch.dtype] = {}
 
     # ---- paths --------------------------------------------------------------------------
     @property
@@ -142,7 +156,10 @@ class CheckpointerBase:
         return latest_complete_checkpoint(self._output_dir)
 
     # ---- subclass hooks -----------------------------------------------------------------
-    def _load_base_weights(self) -> dict[str, torch.Tensor]:
+    def _to_native(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _from_native(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def _load_weights_from(self, folder: Path) -> dict[str, torch.Tensor]:
@@ -150,6 +167,26 @@ class CheckpointerBase:
 
     def _write_model(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
         raise NotImplementedError
+
+    # ---- weight files -------------------------------------------------------------------
+    def _read(self, files: Sequence[Path]) -> dict[str, torch.Tensor]:
+        """Native weights of ``files``; the first read records each key's file and dtype."""
+        sd, origin = load_weight_files(files)
+        if not self._key_to_file:
+            self._key_to_file = origin
+            self._stored_dtypes = {k: v.dtype for k, v in sd.items()}
+        return self._to_native(sd)
+
+    def _load_base_weights(self) -> dict[str, torch.Tensor]:
+        return self._read(self._files)
+
+    def _to_stored_dtypes(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Cast floating tensors back to the dtype each key had in the input (in place)."""
+        for key, tensor in sd.items():
+            stored = self._stored_dtypes.get(key)
+            if stored is not None and tensor.dtype != stored and tensor.is_floating_point():
+                sd[key] = tensor.to(stored)
+        return sd
 
     def _write_adapter(
         self,
@@ -172,7 +209,7 @@ class CheckpointerBase:
         save_peft_adapter(
             folder,
             adapter,
-            model_type=self._adapter_model_type(),
+            model_type=self._model_type,
             rank=int(adapter_config["r"]),
             alpha=float(adapter_config["lora_alpha"]),
             dropout=float(adapter_config.get("lora_dropout", 0.0)),
@@ -187,9 +224,7 @@ class CheckpointerBase:
 
         path = Path(path)
         if path.is_dir() or path.name.startswith("adapter_model."):
-            native, _ = load_peft_adapter(
-                path, self._adapter_model_type(), getattr(self, "hf_config", None)
-            )
+            native, _ = load_peft_adapter(path, self._model_type, getattr(self, "hf_config", None))
             return native
         if not path.is_file():
             raise FileNotFoundError(
@@ -203,9 +238,6 @@ class CheckpointerBase:
                 "point it at the PEFT folder (with adapter_config.json) instead"
             )
         return weights
-
-    def _adapter_model_type(self) -> str:
-        return str(getattr(self, "_model_type", None) or "LLAMA3")
 
     def _base_model_path(self) -> Path:
         """What ``adapter_config.json`` names as ``base_model_name_or_path``."""

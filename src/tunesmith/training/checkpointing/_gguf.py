@@ -20,16 +20,16 @@ from tunesmith.training.checkpointing._atomic import atomic_write_bytes, atomic_
 from tunesmith.training.checkpointing._base import CheckpointerBase
 from tunesmith.training.checkpointing._files import (
     load_weight_files,
-    resolve_checkpoint_files,
     save_sharded,
 )
+from tunesmith.training.checkpointing._hf import HuggingFaceKeys
 
 __all__ = ["GGUFCheckpointer"]
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
-class GGUFCheckpointer(CheckpointerBase):
+class GGUFCheckpointer(HuggingFaceKeys, CheckpointerBase):
     """Load a GGUF model file; write Hugging Face checkpoints.
 
     Args:
@@ -60,6 +60,8 @@ class GGUFCheckpointer(CheckpointerBase):
     ) -> None:
         super().__init__(
             checkpoint_dir,
+            checkpoint_files,
+            model_type,
             output_dir,
             adapter_checkpoint=adapter_checkpoint,
             recipe_checkpoint=recipe_checkpoint,
@@ -67,14 +69,12 @@ class GGUFCheckpointer(CheckpointerBase):
             keep_last_n_checkpoints=keep_last_n_checkpoints,
             should_load_recipe_state=should_load_recipe_state,
         )
-        files = resolve_checkpoint_files(checkpoint_dir, checkpoint_files)
-        if len(files) != 1 or files[0].suffix != ".gguf":
+        if len(self._files) != 1 or self._files[0].suffix != ".gguf":
             raise ValueError(
                 "GGUFCheckpointer: checkpointer.checkpoint_files must name exactly one .gguf "
-                f"file, got {[f.name for f in files]}"
+                f"file, got {[f.name for f in self._files]}"
             )
-        self._gguf_path = files[0]
-        self._model_type = str(getattr(model_type, "name", model_type)).upper()
+        self._gguf_path = self._files[0]
         self._safe_serialization = bool(safe_serialization)
         if isinstance(dtype, str):
             from tunesmith.utils import get_dtype
@@ -87,36 +87,24 @@ class GGUFCheckpointer(CheckpointerBase):
         self._hf_config = gguf_hf_config(self._reader, self._metadata)
 
     @property
-    def hf_config(self) -> dict[str, Any]:
-        """The Hugging Face config equivalent to the GGUF metadata."""
-        return self._hf_config
-
-    @property
     def metadata(self) -> dict[str, Any]:
         """The GGUF key/value metadata (``general.*``, ``llama.*``, ``tokenizer.*``)."""
         return self._metadata
 
     def _load_base_weights(self) -> dict[str, torch.Tensor]:
-        from tunesmith.models.convert_weights import hf_to_native
         from tunesmith.models.gguf import gguf_hf_state_dict
 
-        hf_sd = gguf_hf_state_dict(self._reader, self._hf_config, dtype=self._dtype)
-        return hf_to_native(hf_sd, self._model_type, self._hf_config)
+        return self._to_native(gguf_hf_state_dict(self._reader, self._hf_config, dtype=self._dtype))
 
     def _load_weights_from(self, folder: Path) -> dict[str, torch.Tensor]:
-        from tunesmith.models.convert_weights import hf_to_native
-
         files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
         files = [f for f in files if not f.name.startswith("adapter_")]
         if not files:
             raise FileNotFoundError(f"no model weights found in checkpoint folder {folder}")
-        hf_sd, _ = load_weight_files(files)
-        return hf_to_native(hf_sd, self._model_type, self._hf_config)
+        return self._to_native(load_weight_files(files)[0])
 
     def _write_model(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
-        from tunesmith.models.convert_weights import native_to_hf
-
-        hf_sd = native_to_hf(state_dict, self._model_type, self._hf_config)
+        hf_sd = self._from_native(state_dict)
         save_sharded(hf_sd, folder, safe_serialization=self._safe_serialization)
         dtypes = {t.dtype for t in hf_sd.values() if t.is_floating_point()}
         config = dict(self._hf_config)

@@ -13,9 +13,7 @@ from tunesmith.training.checkpointing._base import CheckpointerBase
 from tunesmith.training.checkpointing._files import (
     SAFETENSORS_INDEX_FNAME,
     copy_support_files,
-    load_weight_files,
     read_json,
-    resolve_checkpoint_files,
     save_sharded,
 )
 
@@ -39,7 +37,29 @@ def _hf_weight_files(folder: Path) -> list[Path]:
     return shards
 
 
-class FullModelHFCheckpointer(CheckpointerBase):
+class HuggingFaceKeys:
+    """Key conversion for checkpointers whose files use Hugging Face names (``_hf_config``)."""
+
+    _model_type: str
+    _hf_config: dict[str, Any]
+
+    @property
+    def hf_config(self) -> dict[str, Any]:
+        """The Hugging Face ``config.json`` of the model (a dict)."""
+        return self._hf_config
+
+    def _to_native(self, hf_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from tunesmith.models.convert_weights import hf_to_native
+
+        return hf_to_native(hf_sd, self._model_type, self._hf_config)
+
+    def _from_native(self, native_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from tunesmith.models.convert_weights import native_to_hf
+
+        return native_to_hf(native_sd, self._model_type, self._hf_config)
+
+
+class FullModelHFCheckpointer(HuggingFaceKeys, CheckpointerBase):
     """Reads and writes Hugging Face checkpoints; the model sees native keys.
 
     Args:
@@ -76,6 +96,8 @@ class FullModelHFCheckpointer(CheckpointerBase):
     ) -> None:
         super().__init__(
             checkpoint_dir,
+            checkpoint_files,
+            model_type,
             output_dir,
             adapter_checkpoint=adapter_checkpoint,
             recipe_checkpoint=recipe_checkpoint,
@@ -83,9 +105,7 @@ class FullModelHFCheckpointer(CheckpointerBase):
             keep_last_n_checkpoints=keep_last_n_checkpoints,
             should_load_recipe_state=should_load_recipe_state,
         )
-        self._model_type = str(model_type).upper()
         self._safe_serialization = bool(safe_serialization)
-        self._files = resolve_checkpoint_files(checkpoint_dir, checkpoint_files)
         config_path = self._checkpoint_dir / "config.json"
         self._hf_config: dict[str, Any] = read_json(config_path) if config_path.is_file() else {}
         if not self._hf_config:
@@ -93,44 +113,13 @@ class FullModelHFCheckpointer(CheckpointerBase):
                 f"checkpointer.checkpoint_dir {str(self._checkpoint_dir)!r} has no config.json; "
                 "FullModelHFCheckpointer needs the Hugging Face config beside the weights"
             )
-        # Filled on load; used on save to keep sharding and dtypes.
-        self._key_to_file: dict[str, str] = {}
-        self._stored_dtypes: dict[str, torch.dtype] = {}
-
-    @property
-    def hf_config(self) -> dict[str, Any]:
-        return self._hf_config
-
-    def _to_native(self, hf_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        from tunesmith.models.convert_weights import hf_to_native
-
-        return hf_to_native(hf_sd, self._model_type, self._hf_config)
-
-    def _to_hf(self, native_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        from tunesmith.models.convert_weights import native_to_hf
-
-        return native_to_hf(native_sd, self._model_type, self._hf_config)
-
-    def _read(self, files: Sequence[Path]) -> dict[str, torch.Tensor]:
-        hf_sd, origin = load_weight_files(files)
-        if not self._key_to_file:
-            self._key_to_file = origin
-            self._stored_dtypes = {k: v.dtype for k, v in hf_sd.items()}
-        return self._to_native(hf_sd)
-
-    def _load_base_weights(self) -> dict[str, torch.Tensor]:
-        return self._read(self._files)
 
     def _load_weights_from(self, folder: Path) -> dict[str, torch.Tensor]:
         self._key_to_file = {}
         return self._read(_hf_weight_files(folder))
 
     def _write_model(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
-        hf_sd = self._to_hf(state_dict)
-        for key, tensor in hf_sd.items():
-            stored = self._stored_dtypes.get(key)
-            if stored is not None and tensor.dtype != stored and tensor.is_floating_point():
-                hf_sd[key] = tensor.to(stored)
+        hf_sd = self._to_stored_dtypes(self._from_native(state_dict))
         single = None
         if len(set(self._key_to_file.values())) <= 1:
             single = "model.safetensors" if self._safe_serialization else "pytorch_model.bin"

@@ -12,9 +12,7 @@ import torch
 from tunesmith.training.checkpointing._base import CheckpointerBase
 from tunesmith.training.checkpointing._files import (
     copy_support_files,
-    load_weight_files,
     read_json,
-    resolve_checkpoint_files,
     save_sharded,
 )
 
@@ -24,50 +22,8 @@ __all__ = ["FullModelMetaCheckpointer", "FullModelTorchTuneCheckpointer"]
 class _SingleFormatCheckpointer(CheckpointerBase):
     """Shared load/save for formats whose keys differ from native by a pure function."""
 
-    def __init__(
-        self,
-        checkpoint_dir: str | os.PathLike[str],
-        checkpoint_files: Sequence[str] | Mapping[str, Any],
-        model_type: str,
-        output_dir: str | os.PathLike[str],
-        adapter_checkpoint: str | None = None,
-        recipe_checkpoint: str | None = None,
-        resume_from_checkpoint: bool = False,
-        keep_last_n_checkpoints: int | None = None,
-        should_load_recipe_state: bool = False,
-    ) -> None:
-        super().__init__(
-            checkpoint_dir,
-            output_dir,
-            adapter_checkpoint=adapter_checkpoint,
-            recipe_checkpoint=recipe_checkpoint,
-            resume_from_checkpoint=resume_from_checkpoint,
-            keep_last_n_checkpoints=keep_last_n_checkpoints,
-            should_load_recipe_state=should_load_recipe_state,
-        )
-        self._model_type = str(getattr(model_type, "name", model_type)).upper()
-        self._files = resolve_checkpoint_files(checkpoint_dir, checkpoint_files)
-        self._key_to_file: dict[str, str] = {}
-        self._stored_dtypes: dict[str, torch.dtype] = {}
-
-    def _to_native(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def _from_native(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
     def _output_name(self) -> str:
         raise NotImplementedError
-
-    def _read(self, files: Sequence[Path]) -> dict[str, torch.Tensor]:
-        sd, origin = load_weight_files(files)
-        if not self._key_to_file:
-            self._key_to_file = origin
-            self._stored_dtypes = {k: v.dtype for k, v in sd.items()}
-        return self._to_native(sd)
-
-    def _load_base_weights(self) -> dict[str, torch.Tensor]:
-        return self._read(self._files)
 
     def _load_weights_from(self, folder: Path) -> dict[str, torch.Tensor]:
         self._key_to_file = {}
@@ -83,12 +39,7 @@ class _SingleFormatCheckpointer(CheckpointerBase):
         return self._read(files)
 
     def _write_model(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
-        sd = self._from_native(state_dict)
-        for key, tensor in sd.items():
-            stored = self._stored_dtypes.get(key)
-            if stored is not None and tensor.dtype != stored and tensor.is_floating_point():
-                sd[key] = tensor.to(stored)
-        self._save(sd, folder)
+        self._save(self._to_stored_dtypes(self._from_native(state_dict)), folder)
 
     def _save(self, sd: dict[str, torch.Tensor], folder: Path) -> None:
         save_sharded(sd, folder, safe_serialization=False, single_file_name=self._output_name())
