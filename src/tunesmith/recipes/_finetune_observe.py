@@ -29,10 +29,18 @@ class Observer:
     """Progress bar + ``cfg.metric_logger`` + ``cfg.profiler`` + loss curve PNG at the end."""
 
     def __init__(
-        self, cfg: DictConfig, *, rank: int, device: torch.device, total_steps: int, initial: int
+        self,
+        cfg: DictConfig,
+        *,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+        total_steps: int,
+        initial: int,
     ) -> None:
         self.cfg = cfg
         self.rank = rank
+        self.world_size = world_size
         self.device = device
         self.memory = bool(cfg.get("log_peak_memory_stats", False))
         self.logger = None
@@ -81,7 +89,12 @@ class Observer:
         if self.rank != 0:
             return
         self.history.append((step, loss))
-        metrics: dict[str, float] = {"loss": loss, "lr": lr, "tokens_per_second": tokens_per_second}
+        metrics: dict[str, float] = {
+            "loss": loss,
+            "lr": lr,
+            "tokens_per_second": tokens_per_second,  # trained tokens, all ranks
+            "tokens_per_second_per_gpu": tokens_per_second / self.world_size,  # torchtune's
+        }
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
         if self.memory:

@@ -164,7 +164,14 @@ def recipe_main(cfg: DictConfig) -> None:
 
     # ---- training loop -----------------------------------------------------------------
     total_steps = epochs * steps_per_epoch
-    observer = Observer(cfg, rank=rank, device=device, total_steps=total_steps, initial=global_step)
+    observer = Observer(
+        cfg,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        total_steps=total_steps,
+        initial=global_step,
+    )
     save_every = int(cfg.get("save_every_n_steps") or 0)
     log_every = int(cfg.get("log_every_n_steps") or 1)
     model.train()
