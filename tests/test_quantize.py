@@ -189,18 +189,22 @@ def test_generate_recipe_runs_on_quantized_checkpoint(
     assert any("generated 6 tokens" in r.getMessage() for r in caplog.records)
 
 
-def test_gguf_output_format(tiny: Path, tmp_path: Path) -> None:
+def _write_byte_tokenizer(tok_dir: Path) -> None:
+    """A byte-level BPE tokenizer.json with no merges (256 byte tokens + 3 specials)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    tok_dir = tmp_path / "tok"
-    tok_dir.mkdir()
-    vocab = {c: i for i, c in enumerate(pre_tokenizers.ByteLevel.alphabet())}
-    vocab = {c: i for i, c in enumerate(sorted(vocab))}
+    tok_dir.mkdir(parents=True)
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.add_special_tokens(["<pad>", "<s>", "</s>"])
     tok.save(str(tok_dir / "tokenizer.json"))
     (tok_dir / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
+
+
+def test_gguf_output_format(tiny: Path, tmp_path: Path) -> None:
+    tok_dir = tmp_path / "tok"
+    _write_byte_tokenizer(tok_dir)
     out = tmp_path / "gguf"
     recipe_main(
         _config(tiny, out, output_format="gguf", gguf_type="f32", tokenizer_dir=str(tok_dir))
@@ -228,3 +232,27 @@ def test_errors(tiny: Path, tmp_path: Path) -> None:
     assert get_quantizer_mode(Int4WeightOnlyQuantizer()) == "4w"
     assert get_quantizer_mode(Int8WeightOnlyQuantizer()) == "8w"
     assert get_quantizer_mode(object()) is None
+
+
+@pytest.mark.slow
+def test_cli_run_quantize_to_gguf(tiny: Path, tmp_path: Path) -> None:
+    """The user's path: `tunesmith run quantize --config <yaml> output_format=gguf`."""
+    import subprocess
+
+    tok_dir = tmp_path / "tok"
+    _write_byte_tokenizer(tok_dir)
+    cfg = _config(tiny, tmp_path / "out", quantizer=None)
+    path = tmp_path / "q.yaml"
+    path.write_text("# recipe: quantize\n" + OmegaConf.to_yaml(cfg))
+    exe = Path(sys.executable).with_name("tunesmith")
+    result = subprocess.run(
+        [str(exe), "run", "quantize", "--config", str(path), "output_format=gguf",
+         "gguf_type=q8_0", f"tokenizer_dir={tok_dir}"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    from tunesmith.models.gguf import read_gguf
+
+    reader, meta = read_gguf(tmp_path / "out" / "model-q8_0.gguf")
+    assert meta["general.architecture"] == "llama"
+    assert {t.tensor_type.name for t in reader.tensors} == {"Q8_0", "F32"}
