@@ -37,7 +37,9 @@ from tunesmith.data.tokenizers._utils import (
     SpecialTokenSplitter,
     load_special_tokens,
     parse_hf_tokenizer_json,
+    tokenize_sample,
     truncate,
+    truncate_messages_tokens,
 )
 
 __all__ = [
@@ -68,5 +70,7 @@ __all__ = [
     "load_special_tokens",
     "message_text",
     "parse_hf_tokenizer_json",
+    "tokenize_sample",
     "truncate",
+    "truncate_messages_tokens",
 ]

@@ -22,7 +22,11 @@ from tunesmith.data._messages import Message
 from tunesmith.data._prompt_templates import get_prompt_template
 from tunesmith.data.tokenizers._bpe import HuggingFaceBaseTokenizer
 from tunesmith.data.tokenizers._chat_formats import message_text
-from tunesmith.data.tokenizers._utils import check_file, truncate
+from tunesmith.data.tokenizers._utils import (
+    check_file,
+    tokenize_sample,
+    truncate_messages_tokens,
+)
 
 __all__ = ["HuggingFaceModelTokenizer", "compile_chat_template"]
 
@@ -211,15 +215,10 @@ class HuggingFaceModelTokenizer:
             start = end
         if open_last:
             mask[start:] = [messages[-1].masked] * (len(full) - start)
-        if self.max_seq_len is not None and len(tokens) > self.max_seq_len:
-            end_id = self.eos_id if add_end_tokens else None
-            tokens = truncate(tokens, self.max_seq_len, end_id, self.truncation_type)
-            mask = truncate(
-                mask, self.max_seq_len, True if add_end_tokens else None, self.truncation_type
-            )
-        return tokens, mask
+        return truncate_messages_tokens(
+            tokens, mask, self.max_seq_len, self.eos_id, add_end_tokens, self.truncation_type
+        )
 
     def __call__(self, sample: dict[str, Any], inference: bool = False) -> dict[str, Any]:
-        messages = sample.pop("messages")
-        sample["tokens"], sample["mask"] = self.tokenize_messages(messages, not inference)
-        return sample
+        """Replace ``sample["messages"]`` with ``sample["tokens"]`` and ``sample["mask"]``."""
+        return tokenize_sample(self, sample, inference)

@@ -16,7 +16,11 @@ from tunesmith.data._messages import Message
 from tunesmith.data._prompt_templates import PromptTemplateInterface, get_prompt_template
 from tunesmith.data.tokenizers._bpe import HuggingFaceBaseTokenizer
 from tunesmith.data.tokenizers._chat_formats import ChatFormat, get_chat_format
-from tunesmith.data.tokenizers._utils import SpecialTokenSplitter, truncate
+from tunesmith.data.tokenizers._utils import (
+    SpecialTokenSplitter,
+    tokenize_sample,
+    truncate_messages_tokens,
+)
 
 __all__ = ["ChatModelTokenizer"]
 
@@ -197,26 +201,13 @@ class ChatModelTokenizer:
             ids = self.encode_text(chunk.text, continuation=chunk.continuation)
             tokens.extend(ids)
             mask.extend([chunk.masked] * len(ids))
-        if self.max_seq_len is not None and len(tokens) > self.max_seq_len:
-            end_id = self.eos_id if add_end_tokens else None
-            tokens = truncate(tokens, self.max_seq_len, end_id, self.truncation_type)
-            mask = truncate(
-                mask, self.max_seq_len, True if add_end_tokens else None, self.truncation_type
-            )
-        return tokens, mask
+        return truncate_messages_tokens(
+            tokens, mask, self.max_seq_len, self.eos_id, add_end_tokens, self.truncation_type
+        )
 
     def __call__(self, sample: dict[str, Any], inference: bool = False) -> dict[str, Any]:
         """Replace ``sample["messages"]`` with ``sample["tokens"]`` and ``sample["mask"]``."""
-        if "messages" not in sample:
-            raise KeyError(
-                f"{type(self).__name__} expects a sample with a 'messages' list (from a message "
-                f"transform); got keys {sorted(sample)}"
-            )
-        messages = sample.pop("messages")
-        tokens, mask = self.tokenize_messages(messages, add_end_tokens=not inference)
-        sample["tokens"] = tokens
-        sample["mask"] = mask
-        return sample
+        return tokenize_sample(self, sample, inference)
 
     def __repr__(self) -> str:
         return (

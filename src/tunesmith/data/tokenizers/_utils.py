@@ -15,6 +15,8 @@ __all__ = [
     "ModelTokenizer",
     "SpecialTokenSplitter",
     "truncate",
+    "truncate_messages_tokens",
+    "tokenize_sample",
     "load_special_tokens",
     "parse_hf_tokenizer_json",
     "check_file",
@@ -68,6 +70,43 @@ def truncate(
     if eos_id is not None and out and out[-1] != eos_id:
         out[-1] = eos_id
     return out
+
+
+def truncate_messages_tokens(
+    tokens: list[int],
+    mask: list[bool],
+    max_seq_len: int | None,
+    eos_id: int,
+    add_end_tokens: bool,
+    truncation_type: str = "right",
+) -> tuple[list[int], list[bool]]:
+    """Cut a tokenized conversation to ``max_seq_len`` (no-op when None or short enough).
+
+    With ``add_end_tokens`` the last kept token becomes ``eos_id`` and is masked (not
+    trained on), as torchtune's ``tokenize_messages`` does.
+    """
+    if max_seq_len is None or len(tokens) <= max_seq_len:
+        return tokens, mask
+    tokens = truncate(tokens, max_seq_len, eos_id if add_end_tokens else None, truncation_type)
+    mask = truncate(mask, max_seq_len, True if add_end_tokens else None, truncation_type)
+    return tokens, mask
+
+
+def tokenize_sample(
+    tokenizer: ModelTokenizer, sample: dict[str, Any], inference: bool = False
+) -> dict[str, Any]:
+    """A model tokenizer's ``__call__``: replace ``sample["messages"]`` with ``sample["tokens"]``
+    and ``sample["mask"]`` (no end tokens after the last message when ``inference``)."""
+    if "messages" not in sample:
+        raise KeyError(
+            f"{type(tokenizer).__name__} expects a sample with a 'messages' list (from a message "
+            f"transform); got keys {sorted(sample)}"
+        )
+    messages = sample.pop("messages")
+    sample["tokens"], sample["mask"] = tokenizer.tokenize_messages(
+        messages, add_end_tokens=not inference
+    )
+    return sample
 
 
 class SpecialTokenSplitter:
