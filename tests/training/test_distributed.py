@@ -290,3 +290,79 @@ def test_full_optimizer_state_round_trip_single_process(in_backward: bool) -> No
         load_from_full_optimizer_state_dict(
             model, fresh, _new_optimizer(model, not in_backward).state_dict() | {"state": {0: {}}}
         )
+
+
+def _peft_decoder(quantize_base: bool) -> nn.Module:
+    from tunesmith.models.builder import build_decoder, lora_settings
+    from tunesmith.models.spec import ModelSpec
+    from tunesmith.modules.peft import get_adapter_params, set_trainable_params
+
+    # 256-wide so each NF4 weight's quantization blocks split evenly over 2 ranks.
+    spec = ModelSpec(
+        family="LLAMA3", vocab_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+        embed_dim=256, intermediate_dim=512, max_seq_len=64, tie_embeddings=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    lora = lora_settings(
+        ["q_proj", "v_proj"], apply_lora_to_mlp=True, lora_rank=4, quantize_base=quantize_base
+    )
+    model = build_decoder(spec, lora)
+    set_trainable_params(model, get_adapter_params(model))
+    for name, param in model.named_parameters():
+        if "lora_b" in name:  # non-zero B so every adapter weight gets a gradient
+            nn.init.normal_(param, std=0.02)
+    return model
+
+
+def _peft_grads(model: nn.Module, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    logits = model(tokens)
+    F.cross_entropy(logits.flatten(0, 1), tokens.roll(-1, 1).flatten()).backward()
+    return {
+        n: p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def _peft_worker(rank: int, port: int, out_dir: str, quantize_base: bool) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+        LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
+    )  # fmt: skip
+    init_distributed(device_type="cpu")
+    model = _peft_decoder(quantize_base)
+    shard_model(model)
+    tokens = torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(1))
+    grads = _peft_grads(model, tokens[rank * 2 : rank * 2 + 2])
+    adapter = gather_cpu_state_dict(model, rank == 0, adapter_weights_only=True)
+    if rank == 0:
+        torch.save({"grads": grads, "adapter": adapter}, Path(out_dir) / "peft.pt")
+    destroy_distributed()
+    os._exit(0)
+
+
+@pytest.mark.parametrize("quantize_base", [False, True], ids=["lora", "qlora_nf4"])
+def test_fsdp2_lora_and_qlora_gradients(tmp_path: Path, quantize_base: bool) -> None:
+    pytest.importorskip("tunesmith.models.builder")
+    ctx = mp.start_processes(
+        _peft_worker,
+        args=(_free_port(), str(tmp_path), quantize_base),
+        nprocs=WORLD,
+        join=False,
+        start_method="fork",
+    )
+    deadline = time.monotonic() + 180
+    while not ctx.join(timeout=2):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("FSDP2 workers did not finish in 180 s (deadlock?)")
+    result = torch.load(tmp_path / "peft.pt", weights_only=False)
+    tokens = torch.randint(0, 64, (4, 12), generator=torch.Generator().manual_seed(1))
+    model = _peft_decoder(quantize_base)
+    ref = _peft_grads(model, tokens)
+    assert set(result["grads"]) == set(ref) and all("lora_" in k for k in ref)
+    for name, grad in ref.items():
+        torch.testing.assert_close(result["grads"][name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert set(result["adapter"]) == set(ref)

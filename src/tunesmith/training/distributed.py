@@ -166,10 +166,24 @@ def shard_model(
     ]
     if not units:
         raise ValueError("shard_model: no module matched the shard conditions")
-    for module in reversed(units):  # inner-most first, as FSDP2 expects
-        fully_shard(module, **kwargs)
-    fully_shard(model, **{**kwargs, "reshard_after_forward": False})
+    names = {id(m): n for n, m in model.named_modules()}
+    for module in [*reversed(units), model]:  # inner-most first, as FSDP2 expects; root last
+        unit_kwargs = kwargs if module is not model else {**kwargs, "reshard_after_forward": False}
+        try:
+            fully_shard(module, **unit_kwargs)
+        except AssertionError as exc:
+            if "divisible" not in str(exc):
+                raise
+            raise ValueError(
+                f"FSDP2 cannot shard {names[id(module)] or 'the root module'!r}: its NF4 (QLoRA) "
+                f"weights split into quantization blocks that do not divide evenly across "
+                f"{_world_size()} ranks ({exc}). Use fewer ranks, a larger model, or plain LoRA."
+            ) from exc
     return model
+
+
+def _world_size() -> int:
+    return get_world_size_and_rank()[0]
 
 
 def load_from_full_model_state_dict(
