@@ -5,6 +5,8 @@ Recipes use these as plain functions; torchtune config paths such as
 below exports exactly its ``__all__``.
 """
 
+import sys as _sys
+
 from tunesmith.training.activations import *  # noqa: F401,F403
 from tunesmith.training.checkpointing import *  # noqa: F401,F403
 from tunesmith.training.compile import *  # noqa: F401,F403
@@ -18,3 +20,27 @@ from tunesmith.training.plot import *  # noqa: F401,F403
 from tunesmith.training.precision import *  # noqa: F401,F403
 from tunesmith.training.profiler import *  # noqa: F401,F403
 from tunesmith.training.progress import *  # noqa: F401,F403
+
+# `from tunesmith.training import *` gives the functions and classes, never the submodule names
+# (a star import must not shadow the builtin `compile`).
+__all__ = sorted(
+    {
+        name
+        for _module in (
+            "checkpointing",
+            "activations",
+            "compile",
+            "distributed",
+            "gradients",
+            "lr_schedulers",
+            "memory",
+            "metric_logging",
+            "optimizers",
+            "plot",
+            "precision",
+            "profiler",
+            "progress",
+        )
+        for name in _sys.modules[f"{__name__}.{_module}"].__all__
+    }
+)
