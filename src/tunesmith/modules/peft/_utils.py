@@ -28,7 +28,14 @@ class AdapterModule(Protocol):
         ...
 
 
+def is_adapter_key(key: str) -> bool:
+    """True for a LoRA / DoRA parameter name: it ends in ``lora_a.weight``, ``lora_b.weight``
+    or ``magnitude``."""
+    return any(key == s or key.endswith("." + s) for s in _ADAPTER_SUFFIXES)
+
+
 def _is_adapter_key(key: str) -> bool:
+    # torchtune's looser test ("lora" / "magnitude" anywhere in the name), kept for its helpers
     return "lora" in key or "magnitude" in key
 
 

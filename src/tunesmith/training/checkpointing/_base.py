@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from tunesmith.modules.peft import is_adapter_key
 from tunesmith.training.checkpointing._atomic import (
     checkpoint_folder_name,
     latest_complete_checkpoint,
@@ -60,13 +61,6 @@ from tunesmith.training.checkpointing._recipe_state import (
 __all__ = ["CheckpointerBase", "is_adapter_key", "split_adapter_keys"]
 
 logger = logging.getLogger(__name__)
-
-_ADAPTER_SUFFIXES = (".lora_a.weight", ".lora_b.weight", ".magnitude")
-
-
-def is_adapter_key(key: str) -> bool:
-    """True for LoRA / DoRA parameter names (``lora_a``, ``lora_b``, ``magnitude``)."""
-    return key.endswith(_ADAPTER_SUFFIXES)
 
 
 def split_adapter_keys(
