@@ -181,6 +181,13 @@ def test_generate_until_equals_hf_backend(
     want = hf.generate_until(_requests("generate_until", args))
     assert got == want
     assert len(got[0]) > 0
+    # batched (same arguments, left-padded) == one at a time
+    same = {"until": ["\n\n"], "max_gen_toks": 8, "do_sample": False}
+    contexts = ["The sky is", "Two plus two is", "Fire", "The opposite of up is down and"]
+    batched = TunesmithLM(ours.model, ours._tokenizer, batch_size=4)
+    single = TunesmithLM(ours.model, ours._tokenizer, batch_size=1)
+    reqs = _requests("generate_until", [(c, same) for c in contexts])
+    assert batched.generate_until(reqs) == single.generate_until(reqs)
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ each was the argmax. ``loglikelihood_rolling`` uses lm-eval's rolling windows.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -206,15 +207,30 @@ class TunesmithLM(TemplateLM):
         return totals
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        """Continue each context until one of its ``until`` strings or ``max_gen_toks``."""
-        out = []
-        for req in requests:
-            context, gen_kwargs = req.args
-            out.append(self._generate_one(context, dict(gen_kwargs or {})))
-            self.cache_hook.add_partial("generate_until", req.args, out[-1])
+        """Continue each context until one of its ``until`` strings or ``max_gen_toks``.
+
+        Requests with the same generation arguments are decoded together in left-padded
+        batches of ``batch_size`` (padding never changes a row's tokens).
+        """
+        groups: dict[str, list[int]] = {}
+        for i, req in enumerate(requests):
+            key = json.dumps(req.args[1] or {}, sort_keys=True, default=str)
+            groups.setdefault(key, []).append(i)
+        out: list[str] = [""] * len(requests)
+        for indices in groups.values():
+            gen_kwargs = dict(requests[indices[0]].args[1] or {})
+            indices.sort(key=lambda i: -len(requests[i].args[0]))
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                texts = self._generate_batch([requests[i].args[0] for i in chunk], gen_kwargs)
+                for i, text in zip(chunk, texts, strict=True):
+                    out[i] = text
+        for req, text in zip(requests, out, strict=True):
+            self.cache_hook.add_partial("generate_until", req.args, text)
         return out
 
-    def _generate_one(self, context: str, gen_kwargs: dict[str, Any]) -> str:
+    def _generate_batch(self, contexts: list[str], gen_kwargs: dict[str, Any]) -> list[str]:
+        gen_kwargs = dict(gen_kwargs)
         until = gen_kwargs.pop("until", None) or []
         until = [until] if isinstance(until, str) else list(until)
         eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
@@ -227,11 +243,13 @@ class TunesmithLM(TemplateLM):
         top_k, top_p = gen_kwargs.pop("top_k", None), gen_kwargs.pop("top_p", None)
         if gen_kwargs:
             log.debug("generate_until ignores generation arguments %s", sorted(gen_kwargs))
-        prompt = self.tok_encode(context, left_truncate_len=max(1, self.max_length - max_new))
+        keep = max(1, self.max_length - max_new)
+        prompts = [self.tok_encode(c, left_truncate_len=keep) for c in contexts]
         stop = list(getattr(self._tokenizer, "stop_tokens", None) or [self.eot_token_id])
+        batch = left_pad_prompts(prompts, pad_id=self.eot_token_id)
         tokens = generate(
             self.model,
-            left_pad_prompts([prompt], pad_id=self.eot_token_id).to(self.device),
+            batch.to(self.device),
             max_new,
             temperature=temperature,
             top_k=top_k,
@@ -240,9 +258,16 @@ class TunesmithLM(TemplateLM):
             pad_id=self.eot_token_id,
             use_cache=self.enable_kv_cache,
         )
-        new = [t for t in tokens[0, len(prompt) :].tolist() if t not in stop]
-        text = self.tok_decode(new, skip_special_tokens=False)
-        for s in until:
-            if s:
-                text = text.split(s)[0]
-        return text
+        texts = []
+        for row in tokens[:, batch.shape[1] :].tolist():
+            ids = []
+            for t in row:
+                if t in stop:
+                    break
+                ids.append(t)
+            text = self.tok_decode(ids, skip_special_tokens=False)
+            for s in until:
+                if s:
+                    text = text.split(s)[0]
+            texts.append(text)
+        return texts
