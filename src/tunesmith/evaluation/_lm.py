@@ -172,12 +172,12 @@ class TunesmithLM(TemplateLM):
             for row, i in enumerate(chunk):
                 tokens = inputs[i][0]
                 batch[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            logits = _logits_of(self.model(batch.to(self.device))).float()
-            logprobs = F.log_softmax(logits, dim=-1)
+            logits = _logits_of(self.model(batch.to(self.device)))
             for row, i in enumerate(chunk):
                 tokens, continuation = inputs[i]
                 n = len(continuation)
-                scores = logprobs[row, len(tokens) - n : len(tokens)]  # [n, vocab]
+                # only the continuation's positions: [n, vocab] float32 log-probabilities
+                scores = F.log_softmax(logits[row, len(tokens) - n : len(tokens)].float(), dim=-1)
                 target = torch.tensor(continuation, device=scores.device)
                 greedy = bool((scores.argmax(dim=-1) == target).all())
                 total = float(scores.gather(-1, target[:, None]).sum())
