@@ -39,7 +39,9 @@ from tunesmith.utils import get_logger
 __all__ = [
     "Int4WeightOnlyQATQuantizer",
     "Int4WeightOnlyQuantizer",
+    "Int4WeightOnlyQATQuantizerModuleSwap",
     "Int8DynActInt4WeightQATQuantizer",
+    "Int8DynActInt4WeightQATQuantizerModuleSwap",
     "Int8DynActInt4WeightQuantizer",
     "Int8WeightOnlyQuantizer",
     "disable_fake_quant",
@@ -247,7 +249,8 @@ class Int8DynActInt4WeightQATQuantizer(_QATQuantizer):
 
 
 class Int4WeightOnlyQATQuantizer(_QATQuantizer):
-    """QAT for int4 per-group weight-only quantization (``IntxWeightOnlyConfig``)."""
+    """QAT for int4 per-group weight-only quantization (``IntxWeightOnlyConfig`` on every
+    device; ``inner_k_tiles`` is accepted for torchtune configs and has no effect)."""
 
     mode = "4w-qat"
 
@@ -256,6 +259,11 @@ class Int4WeightOnlyQATQuantizer(_QATQuantizer):
 
     def base_config(self) -> Any:
         return _intx_weight_only(self.groupsize)
+
+
+# torchtune's older module-swap QAT names: the same quantizers here
+Int8DynActInt4WeightQATQuantizerModuleSwap = Int8DynActInt4WeightQATQuantizer
+Int4WeightOnlyQATQuantizerModuleSwap = Int4WeightOnlyQATQuantizer
 
 
 def get_quantizer_mode(quantizer: Any) -> str | None:
