@@ -342,7 +342,10 @@ def _peft_worker(rank: int, port: int, out_dir: str, quantize_base: bool) -> Non
     os._exit(0)
 
 
-@pytest.mark.parametrize("quantize_base", [False, True], ids=["lora", "qlora_nf4"])
+@pytest.mark.parametrize(
+    "quantize_base",
+    [pytest.param(False, id="lora"), pytest.param(True, id="qlora_nf4", marks=pytest.mark.slow)],
+)
 def test_fsdp2_lora_and_qlora_gradients(tmp_path: Path, quantize_base: bool) -> None:
     pytest.importorskip("tunesmith.models.builder")
     ctx = mp.start_processes(
