@@ -45,6 +45,7 @@ __all__ = [
     "list_complete_checkpoints",
     "latest_complete_checkpoint",
     "prune_checkpoints",
+    "publish_checkpoint_dir",
     "remove_partial_checkpoints",
     "staged_checkpoint_dir",
 ]
@@ -149,21 +150,34 @@ def staged_checkpoint_dir(
     staging.mkdir()
     try:
         yield staging
-        mark_complete(staging, name=name, **marker_info)
-        fsync_dir(staging)
-        final = root / name
-        if final.exists():
-            old = root / f".old-{name}-{os.getpid()}-{time.monotonic_ns()}"
-            os.rename(final, old)
-            os.rename(staging, final)
-            fsync_dir(root)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(staging, final)
-        fsync_dir(root)
+        publish_checkpoint_dir(staging, name, **marker_info)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def publish_checkpoint_dir(staging: str | os.PathLike[str], name: str, **marker_info: Any) -> Path:
+    """Mark a fully written staging folder complete and rename it to ``name`` beside it.
+
+    An existing folder of that name is moved aside first and deleted after the rename, so
+    at every moment one complete folder answers to ``name`` (or, the very first time,
+    none). Returns the final path.
+    """
+    staging = Path(staging)
+    root = staging.parent
+    mark_complete(staging, name=name, **marker_info)
+    fsync_dir(staging)
+    final = root / name
+    if final.exists():
+        old = root / f".old-{name}-{os.getpid()}-{time.monotonic_ns()}"
+        os.rename(final, old)
+        os.rename(staging, final)
+        fsync_dir(root)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, final)
+    fsync_dir(root)
+    return final
 
 
 def remove_partial_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:

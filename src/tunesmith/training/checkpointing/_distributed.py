@@ -33,8 +33,8 @@ from tunesmith.training.checkpointing._atomic import (
     checkpoint_folder_name,
     fsync_dir,
     latest_complete_checkpoint,
-    mark_complete,
     prune_checkpoints,
+    publish_checkpoint_dir,
     remove_partial_checkpoints,
 )
 from tunesmith.training.checkpointing._recipe_state import load_recipe_state, save_recipe_state
@@ -115,26 +115,16 @@ class DistributedCheckpointer:
         _barrier()
         final = self._output_dir / name
         if rank == 0:
-            for sub in (staging / DCP_SUBDIR, staging):
-                fsync_dir(sub)
-            mark_complete(
+            fsync_dir(staging / DCP_SUBDIR)
+            publish_checkpoint_dir(
                 staging,
-                name=name,
+                name,
                 epoch=int(epoch),
                 step=step,
                 format="dcp",
                 world_size=world,
                 has_recipe_state=recipe_state is not None,
             )
-            if final.exists():
-                old = self._output_dir / f".old-{name}"
-                shutil.rmtree(old, ignore_errors=True)
-                os.rename(final, old)
-                os.rename(staging, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(staging, final)
-            fsync_dir(self._output_dir)
             prune_checkpoints(self._output_dir, self._keep_last_n, protect=final)
         _barrier()
         return final
