@@ -273,3 +273,26 @@ def test_bundled_configs_build_qat_models(name: str) -> None:
     kinds = {type(m).__name__ for m in model.modules()}
     assert "FakeQuantizedLinear" in kinds
     assert ("QATLoRALinear" in kinds) is name.endswith("lora")
+
+
+@pytest.mark.slow
+def test_qat_lora_with_two_processes(files: tuple[Path, Path], tmp_path: Path) -> None:
+    """`tunesmith run --nproc_per_node 2 qat`: FSDP2 over fake-quantized LoRA layers (gloo)."""
+    import os
+    import subprocess
+
+    model_dir, data = files
+    over = {"model.lora_attn_modules": ["q_proj", "v_proj"], "model.lora_rank": 8,
+            "model.lora_alpha": 16, "max_steps_per_epoch": 4}  # fmt: skip
+    cfg = _config(model_dir, data, tmp_path / "out", **over)
+    path = tmp_path / "qat.yaml"
+    path.write_text("# recipe: qat\n" + OmegaConf.to_yaml(cfg))
+    exe = Path(sys.executable).with_name("tunesmith")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent / "recipes")}
+    result = subprocess.run(
+        [str(exe), "run", "--nproc_per_node", "2", "qat", "--config", str(path)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(_losses(tmp_path / "out")) == 4
+    assert (tmp_path / "out" / "epoch_1" / "adapter").is_dir()
