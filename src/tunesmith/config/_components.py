@@ -23,6 +23,14 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.training.checkpointing.", "tunesmith.training."),
     ("torchtune.utils.metric_logging.", "tunesmith.training.metric_logging."),
     ("torchtune.rlhf.", "tunesmith.rlhf."),
+    # Older torchtune configs name the scheduler at its pre-0.3 home.
+    (
+        "torchtune.modules.get_cosine_schedule_with_warmup",
+        "tunesmith.training.lr_schedulers.get_cosine_schedule_with_warmup",
+    ),
+    ("torchtune.modules.peft.QATLoRALinear", "tunesmith.quantization.QATLoRALinear"),
+    # torchao moved its low-bit optimizers out of prototype.
+    ("torchao.prototype.low_bit_optim.", "torchao.optim."),
     ("torchtune.", "tunesmith."),
 )
 OPTIONAL_EXTRAS = {
