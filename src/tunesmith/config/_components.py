@@ -23,6 +23,7 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.training.checkpointing.", "tunesmith.training."),
     ("torchtune.utils.metric_logging.", "tunesmith.training.metric_logging."),
     ("torchtune.rlhf.", "tunesmith.rlhf."),
+    ("torchtune.training.quantization.", "tunesmith.quantization."),
     # Older torchtune configs name the scheduler at its pre-0.3 home.
     (
         "torchtune.modules.get_cosine_schedule_with_warmup",
