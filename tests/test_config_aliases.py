@@ -16,6 +16,11 @@ from tunesmith.config import resolve_component
         ("torchao.prototype.low_bit_optim.AdamW8bit", "torchao.optim", "AdamW8bit"),
         ("torchtune.modules.peft.QATLoRALinear", "tunesmith.quantization", "QATLoRALinear"),
         (
+            "torchtune.training.quantization.Int8DynActInt4WeightQuantizer",
+            "tunesmith.quantization",
+            "Int8DynActInt4WeightQuantizer",
+        ),
+        (
             "torchtune.training.FullModelHFCheckpointer",
             "tunesmith.training",
             "FullModelHFCheckpointer",
