@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -109,10 +110,11 @@ def test_resume_continues_the_same_loss_curve(run_finetune, lora: bool) -> None:
 
 
 @pytest.mark.slow
-def test_dataset_list_profiler_and_adapter_only(
+def test_dataset_list_validation_profiler_adapter_only(
     run_finetune, instruct_data: Path, tmp_path: Path
 ) -> None:
-    """A list of datasets is concatenated; the profiler writes traces; adapter-only saves."""
+    """A list of datasets is concatenated; validation runs every n steps; the profiler writes
+    traces; adapter-only saves."""
     data = {
         "_component_": "tunesmith.datasets.instruct_dataset",
         "source": "json",
@@ -127,9 +129,14 @@ def test_dataset_list_profiler_and_adapter_only(
         profiler=profiler,
         save_adapter_weights_only=True,
         max_steps_per_epoch=4,
+        dataset_val={**data, "split": "train[:16]"},
+        run_val_every_n_steps=2,
         **LORA_RUN,
     )
     assert len(read_losses(out)) == 4
+    records = [json.loads(x) for x in (out / "logs" / "log.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    assert len(val) == 2 and val[1] < val[0]
     assert any((tmp_path / "prof").rglob("*"))
     assert not (out / "epoch_1" / "model.safetensors").exists()
     assert any((out / "epoch_1").rglob("adapter_model.safetensors"))

@@ -80,6 +80,7 @@ def test_torchrun_two_processes_match_single(
         over.update({f"model.{k}": v for k, v in LORA.items()})
     single = base_config(tmp_path / "single", tiny_llama, instruct_data, batch_size=4, **over)
     dist = base_config(tmp_path / "dist", tiny_llama, instruct_data, batch_size=2, **over)
+    dist["custom_sharded_layers"] = ["tok_embeddings", "output"]  # torchtune's key
     _run(["run", "finetune", "--config", str(_write(single, tmp_path / "single.yaml"))], tmp_path)
     _run(
         [

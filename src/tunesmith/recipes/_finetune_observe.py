@@ -102,6 +102,12 @@ class Observer:
         if self.logger is not None:
             self.logger.log_dict(metrics, step=step)
 
+    def log_validation(self, step: int, val_loss: float) -> None:
+        """Record the validation loss (``run_val_every_n_steps``)."""
+        self.progress.write(f"step {step}: val_loss {val_loss:.4f}")
+        if self.rank == 0 and self.logger is not None:
+            self.logger.log_dict({"val_loss": val_loss}, step=step)
+
     def close(self) -> None:
         """Close the bar and logger; draw the loss/lr curve next to the DiskLogger's JSONL."""
         self.progress.close()

@@ -27,6 +27,8 @@ __all__ = [
     "build_model",
     "full_state_dicts",
     "local_device",
+    "shift_labels",
+    "validation_loss",
     "is_packed",
 ]
 
@@ -92,11 +94,21 @@ def _init_dora_magnitudes(model: nn.Module, loaded: set[str]) -> None:
 
 
 def _shard(model: nn.Module, cfg: DictConfig) -> None:
-    """FSDP2: every transformer layer is one unit, then the root (embeddings, norm, output)."""
+    """FSDP2: every transformer layer is one unit, and each of ``custom_sharded_layers``
+    (torchtune's key, e.g. ``['tok_embeddings', 'output']``) that owns parameters; the root
+    takes the rest."""
     from tunesmith.training.distributed import shard_model
+
+    layer_ids = {id(m) for m in model.layers}
+    custom = set(cfg.get("custom_sharded_layers") or [])
+
+    def condition(name: str, module: nn.Module) -> bool:
+        owns_params = next(module.parameters(recurse=False), None) is not None
+        return id(module) in layer_ids or (name in custom and owns_params)
 
     shard_model(
         model,
+        shard_conditions=[condition],
         cpu_offload=bool(cfg.get("fsdp_cpu_offload", False)),
         reshard_after_forward=bool(cfg.get("fsdp_reshard_after_forward", True)),
     )
@@ -113,47 +125,79 @@ def is_packed(dataset_cfg: DictConfig | ListConfig) -> bool:
 
 
 def build_dataloader(
-    cfg: DictConfig,
+    dataset_cfg: DictConfig | ListConfig,
     tokenizer: Any,
     *,
+    batch_size: int,
     world_size: int,
     rank: int,
     seed: int,
     ignore_index: int,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    num_workers: int = 0,
 ) -> tuple[DataLoader, Any]:
     """Dataset (one, or a list concatenated) -> resumable distributed sampler -> collate."""
     from tunesmith.data import StatefulDistributedSampler, padded_collate_packed, padded_collate_sft
 
-    nodes = list(cfg.dataset) if isinstance(cfg.dataset, ListConfig) else [cfg.dataset]
+    nodes = list(dataset_cfg) if isinstance(dataset_cfg, ListConfig) else [dataset_cfg]
     datasets: list[Dataset] = [instantiate(node, tokenizer) for node in nodes]
     dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
-    packed = is_packed(cfg.dataset)
     sampler = StatefulDistributedSampler(
-        dataset,
-        num_replicas=world_size,
-        rank=rank,
-        shuffle=bool(cfg.get("shuffle", True)),
-        seed=seed,
+        dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
     )
     collate = (
         padded_collate_packed
-        if packed
+        if is_packed(dataset_cfg)
         else partial(padded_collate_sft, padding_idx=tokenizer.pad_id, ignore_idx=ignore_index)
     )
     loader = DataLoader(
         dataset,
-        batch_size=int(cfg.batch_size),
+        batch_size=batch_size,
         sampler=sampler,
         collate_fn=collate,
-        drop_last=True,
-        num_workers=int(cfg.get("num_workers", 0) or 0),
+        drop_last=drop_last,
+        num_workers=num_workers,
     )
     if len(loader) == 0:
         raise ValueError(
-            f"batch_size={cfg.batch_size} x {world_size} process(es) is larger than the dataset "
+            f"batch_size={batch_size} x {world_size} process(es) is larger than the dataset "
             f"({len(dataset)} samples): lower batch_size"
         )
     return loader, sampler
+
+
+def shift_labels(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Labels aligned with tokens ``[b, s]`` -> next-token targets ``[b, s]``."""
+    pad = torch.full_like(labels[:, :1], ignore_index)
+    return torch.cat([labels[:, 1:], pad], dim=1)
+
+
+@torch.no_grad()
+def validation_loss(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    ignore_index: int,
+) -> float:
+    """Token-weighted mean loss over the whole validation loader (all ranks)."""
+    from tunesmith.training.distributed import reduce_metrics
+
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    num_tokens = torch.zeros((), device=device, dtype=torch.long)
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = shift_labels(batch.pop("labels"), ignore_index)
+        n = (labels != ignore_index).sum()
+        out = model(batch["tokens"], mask=batch.get("mask"), input_pos=batch.get("input_pos"))
+        loss_sum += loss_fn(out, labels).float() * n
+        num_tokens += n
+    reduce_metrics(loss_sum, num_tokens)
+    model.train(was_training)
+    return float(loss_sum / num_tokens.clamp(min=1))
 
 
 # ------------------------------------------------------------------------------------- saving

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tunesmith.config import instantiate, parse_recipe_args
 from tunesmith.recipes._finetune_observe import Observer
@@ -28,6 +28,8 @@ from tunesmith.recipes._finetune_setup import (
     build_model,
     full_state_dicts,
     local_device,
+    shift_labels,
+    validation_loss,
 )
 from tunesmith.training.checkpointing._recipe_state import build_recipe_state, restore_recipe_state
 from tunesmith.training.checkpointing._signals import GracefulShutdown
@@ -87,9 +89,31 @@ def recipe_main(cfg: DictConfig) -> None:
 
     # ---- data --------------------------------------------------------------------------
     tokenizer = instantiate(cfg.tokenizer)
+    data_kwargs = {
+        "world_size": world_size,
+        "rank": rank,
+        "seed": seed,
+        "ignore_index": ignore_index,
+    }
     loader, sampler = build_dataloader(
-        cfg, tokenizer, world_size=world_size, rank=rank, seed=seed, ignore_index=ignore_index
+        cfg.dataset,
+        tokenizer,
+        batch_size=int(cfg.batch_size),
+        shuffle=bool(cfg.get("shuffle", True)),
+        num_workers=int(cfg.get("num_workers") or 0),
+        **data_kwargs,
     )
+    val_every = int(cfg.get("run_val_every_n_steps") or 0)
+    val_loader = None
+    if val_every and cfg.get("dataset_val") is not None:  # torchtune's validation keys
+        val_loader, _ = build_dataloader(
+            cfg.dataset_val,
+            tokenizer,
+            batch_size=int(cfg.get("batch_size_val") or cfg.batch_size),
+            shuffle=False,
+            drop_last=False,
+            **data_kwargs,
+        )
     steps_per_epoch = len(loader) // accum
     if cfg.get("max_steps_per_epoch"):
         steps_per_epoch = min(steps_per_epoch, int(cfg.max_steps_per_epoch))
@@ -106,7 +130,8 @@ def recipe_main(cfg: DictConfig) -> None:
         from tunesmith.config import resolve_component
         from tunesmith.training.optimizers import OptimizerInBackward
 
-        kwargs = {k: v for k, v in cfg.optimizer.items() if k != "_component_"}
+        kwargs = OmegaConf.to_container(cfg.optimizer, resolve=True)
+        kwargs.pop("_component_")
         optimizer = OptimizerInBackward(
             trainable, resolve_component(cfg.optimizer._component_), **kwargs
         )
@@ -187,7 +212,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 # one optimizer step = `accum` micro-batches; gradients are sums over tokens
                 for _ in range(accum):
                     batch = {k: v.to(device) for k, v in next(batches).items()}
-                    labels = _shift_left(batch.pop("labels"), ignore_index)
+                    labels = shift_labels(batch.pop("labels"), ignore_index)
                     n = count_trainable_tokens(labels, ignore_index)
                     with activations_ctx:
                         out = model(
@@ -233,6 +258,9 @@ def recipe_main(cfg: DictConfig) -> None:
                 )
                 loss_sum.zero_()
                 num_tokens.zero_()
+                if val_loader is not None and global_step % val_every == 0:
+                    val_loss = validation_loss(model, loss_fn, val_loader, device, ignore_index)
+                    observer.log_validation(global_step, val_loss)
                 stop = _any_rank(shutdown.requested, world_size, device)
                 mid_epoch = step_in_epoch < steps_per_epoch
                 if stop or (save_every and global_step % save_every == 0 and mid_epoch):
@@ -271,12 +299,6 @@ def _load_sharded_optimizer(model: torch.nn.Module, optimizer: Any, full_sd: Any
 
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
     set_optimizer_state_dict(model, optimizer, full_sd, options=options)
-
-
-def _shift_left(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """Labels aligned with tokens ``[b, s]`` -> next-token targets ``[b, s]``."""
-    pad = torch.full_like(labels[:, :1], ignore_index)
-    return torch.cat([labels[:, 1:], pad], dim=1)
 
 
 def _any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
