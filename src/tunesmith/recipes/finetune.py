@@ -40,7 +40,7 @@ from tunesmith.training.distributed import (
     init_distributed,
     reduce_metrics,
 )
-from tunesmith.training.gradients import clip_grad_norm, count_trainable_tokens, scale_grads
+from tunesmith.training.gradients import clip_grad_norm, count_trainable_tokens
 from tunesmith.utils import get_device, get_dtype, get_logger, set_seed
 
 __all__ = ["recipe_main"]
@@ -201,7 +201,6 @@ def recipe_main(cfg: DictConfig) -> None:
     log_every = int(cfg.get("log_every_n_steps") or 1)
     model.train()
     loss_sum = torch.zeros((), device=device)
-    num_tokens = torch.zeros((), device=device, dtype=torch.long)
     step_in_epoch = 0
     with GracefulShutdown() as shutdown, observer.profiler() as profiler:
         for epoch in range(epochs_run, epochs):
@@ -209,11 +208,17 @@ def recipe_main(cfg: DictConfig) -> None:
             step_in_epoch = max(0, global_step - epoch * steps_per_epoch)
             batches = iter(loader)
             while step_in_epoch < steps_per_epoch:
-                # one optimizer step = `accum` micro-batches; gradients are sums over tokens
-                for _ in range(accum):
-                    batch = {k: v.to(device) for k, v in next(batches).items()}
-                    labels = shift_labels(batch.pop("labels"), ignore_index)
-                    n = count_trainable_tokens(labels, ignore_index)
+                # One optimizer step = `accum` micro-batches. Their trained tokens are counted
+                # (over all ranks) before any backward, so each micro-batch's mean loss is
+                # weighted by n / total up front: the gradient is the token mean of the whole
+                # global batch with no extra pass over the gradients (and the same formula
+                # holds when parameters step inside backward).
+                micro = [_to_device(next(batches), device, ignore_index) for _ in range(accum)]
+                counts = [count_trainable_tokens(labels, ignore_index) for _, labels in micro]
+                num_tokens = torch.stack(counts).sum()
+                (total_tokens,) = reduce_metrics(num_tokens.clone())
+                weight = world_size / total_tokens.clamp(min=1)  # FSDP2 averages over ranks
+                for (batch, labels), n in zip(micro, counts):
                     with activations_ctx:
                         out = model(
                             batch["tokens"],
@@ -222,18 +227,11 @@ def recipe_main(cfg: DictConfig) -> None:
                         )
                     loss = loss_fn(out, labels)
                     loss_sum += loss.detach() * n
-                    num_tokens += n
-                    if in_bwd:  # parameters step inside backward: normalise by the global count
-                        (total,) = reduce_metrics(n.clone())
-                        (loss * (n * world_size / total.clamp(min=1))).backward()
-                    else:
-                        (loss * n).backward()
+                    (loss * (n * weight)).backward()
                     del out, loss
-                (total_tokens,) = reduce_metrics(num_tokens.clone())
+                del micro
                 grad_norm = None
                 if not in_bwd:
-                    # FSDP2 averages gradients over ranks; world_size / tokens makes it a mean
-                    scale_grads(model, world_size / total_tokens.clamp(min=1))
                     if max_norm:
                         grad_norm = clip_grad_norm(model.parameters(), float(max_norm))
                     optimizer.step()
@@ -257,7 +255,6 @@ def recipe_main(cfg: DictConfig) -> None:
                     grad_norm=grad_norm,
                 )
                 loss_sum.zero_()
-                num_tokens.zero_()
                 if val_loader is not None and global_step % val_every == 0:
                     val_loss = validation_loss(model, loss_fn, val_loader, device, ignore_index)
                     observer.log_validation(global_step, val_loss)
@@ -299,6 +296,14 @@ def _load_sharded_optimizer(model: torch.nn.Module, optimizer: Any, full_sd: Any
 
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
     set_optimizer_state_dict(model, optimizer, full_sd, options=options)
+
+
+def _to_device(
+    batch: dict[str, torch.Tensor], device: torch.device, ignore_index: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``(inputs, next-token targets)`` of a collated batch, on ``device``."""
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return batch, shift_labels(batch.pop("labels"), ignore_index)
 
 
 def _any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
