@@ -54,21 +54,24 @@ class ByteChatTokenizer:
         return {**sample, "tokens": tokens, "mask": mask}
 
 
-def write_tiny_llama(folder: Path, seed: int = 0) -> Path:
-    """A random 2-layer Llama (HF format) whose vocabulary fits :class:`ByteChatTokenizer`."""
+def write_tiny_llama(
+    folder: Path, seed: int = 0, vocab_size: int = VOCAB, tied: bool = False
+) -> Path:
+    """A random 2-layer Llama (HF format); the default vocabulary fits :class:`ByteChatTokenizer`
+    (``vocab_size=128256, tied=True`` is a tiny Llama 3.2 for the real Llama 3 tokenizer)."""
     import torch
     import transformers
 
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
-        vocab_size=VOCAB,
+        vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
         initializer_range=0.2,  # logits large enough for adapters on frozen layers to matter
     )
     transformers.LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
