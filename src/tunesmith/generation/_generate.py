@@ -101,6 +101,8 @@ def generate(
         raise ValueError(
             f"prompt_tokens must be [batch, seq], got shape {tuple(prompt_tokens.shape)}"
         )
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     device = prompt_tokens.device
     b, s = prompt_tokens.shape
     total = s + max_new_tokens
@@ -154,7 +156,12 @@ def generate(
         if use_cache:
             _teardown_caches(model)
     if return_logits:
-        return GenerationOutput(tokens=tokens, logits=torch.stack(step_logits, dim=1))
+        logits = (
+            torch.stack(step_logits, dim=1)
+            if step_logits
+            else torch.empty(b, 0, 0, device=device, dtype=torch.float32)
+        )
+        return GenerationOutput(tokens=tokens, logits=logits)
     return tokens
 
 
