@@ -114,7 +114,7 @@ def test_dataset_list_validation_profiler_adapter_only(
     run_finetune, instruct_data: Path, tmp_path: Path
 ) -> None:
     """A list of datasets is concatenated; validation runs every n steps; the profiler writes
-    traces; adapter-only saves."""
+    traces; adapter-only saves; only the newest checkpoints are kept."""
     data = {
         "_component_": "tunesmith.datasets.instruct_dataset",
         "source": "json",
@@ -131,8 +131,11 @@ def test_dataset_list_validation_profiler_adapter_only(
         max_steps_per_epoch=4,
         dataset_val={**data, "split": "train[:16]"},
         run_val_every_n_steps=2,
+        save_every_n_steps=1,
+        keep_last_n_checkpoints=2,
         **LORA_RUN,
     )
+    assert sorted(p.name for p in out.glob("*_*") if p.is_dir()) == ["epoch_1", "step_3"]
     assert len(read_losses(out)) == 4
     records = [json.loads(x) for x in (out / "logs" / "log.jsonl").read_text().splitlines()]
     val = [r["val_loss"] for r in records if "val_loss" in r]
