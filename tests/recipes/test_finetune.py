@@ -49,7 +49,6 @@ def test_lora_packed_saves_peft_adapter(run_finetune, tiny_llama: Path) -> None:
         assert (before - ref).abs().max() > 1e-2  # the adapter changed the model
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, overrides",
     [
@@ -65,7 +64,7 @@ def test_lora_packed_saves_peft_adapter(run_finetune, tiny_llama: Path) -> None:
         ("clip_and_schedule", {"clip_grad_norm": 1.0, "lr_scheduler": {
             "_component_": "tunesmith.training.lr_schedulers.get_cosine_schedule_with_warmup",
             "num_warmup_steps": 2}}),
-        ("compile", {"compile": True}),
+        pytest.param("compile", {"compile": True}, marks=pytest.mark.slow),  # inductor: C++ builds
     ],
 )  # fmt: skip
 def test_mode_learns(run_finetune, name: str, overrides: dict) -> None:

@@ -14,6 +14,7 @@ trained tokens in the whole (global) batch, clip, step, log, save.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any
 
 import torch
@@ -199,6 +200,8 @@ def recipe_main(cfg: DictConfig) -> None:
     )
     save_every = int(cfg.get("save_every_n_steps") or 0)
     log_every = int(cfg.get("log_every_n_steps") or 1)
+    # drop padding from the micro-batches where the decoder takes document lengths
+    unpad = "seq_lens" in inspect.signature(model.forward).parameters
     model.train()
     loss_sum = torch.zeros((), device=device)
     step_in_epoch = 0
@@ -213,18 +216,16 @@ def recipe_main(cfg: DictConfig) -> None:
                 # weighted by n / total up front: the gradient is the token mean of the whole
                 # global batch with no extra pass over the gradients (and the same formula
                 # holds when parameters step inside backward).
-                micro = [_to_device(next(batches), device, ignore_index) for _ in range(accum)]
+                micro = [
+                    _to_device(next(batches), device, ignore_index, unpad) for _ in range(accum)
+                ]
                 counts = [count_trainable_tokens(labels, ignore_index) for _, labels in micro]
                 num_tokens = torch.stack(counts).sum()
                 (total_tokens,) = reduce_metrics(num_tokens.clone())
                 weight = world_size / total_tokens.clamp(min=1)  # FSDP2 averages over ranks
                 for (batch, labels), n in zip(micro, counts):
                     with activations_ctx:
-                        out = model(
-                            batch["tokens"],
-                            mask=batch.get("mask"),
-                            input_pos=batch.get("input_pos"),
-                        )
+                        out = model(batch.pop("tokens"), **batch)
                     loss = loss_fn(out, labels)
                     loss_sum += loss.detach() * n
                     (loss * (n * weight)).backward()
@@ -299,11 +300,38 @@ def _load_sharded_optimizer(model: torch.nn.Module, optimizer: Any, full_sd: Any
 
 
 def _to_device(
-    batch: dict[str, torch.Tensor], device: torch.device, ignore_index: int
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """``(inputs, next-token targets)`` of a collated batch, on ``device``."""
+    batch: dict[str, torch.Tensor], device: torch.device, ignore_index: int, unpad: bool = False
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """``(inputs, next-token targets)`` of a collated batch, on ``device``.
+
+    ``unpad=True`` (models whose forward takes ``seq_lens``) turns the ``[b, s]`` rows into one
+    ``[1, T]`` row of documents: each row is cut after its last trained target (right padding
+    and pack tails cannot affect a trained token in a causal model), and ``seq_lens`` lists the
+    documents (one per unpacked row; split where ``input_pos`` restarts in packs).
+    """
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    return batch, shift_labels(batch.pop("labels"), ignore_index)
+    targets = shift_labels(batch.pop("labels"), ignore_index)
+    if unpad:
+        return _unpad(batch, targets, ignore_index)
+    return batch, targets
+
+
+def _unpad(
+    batch: dict[str, torch.Tensor], targets: torch.Tensor, ignore_index: int
+) -> tuple[dict[str, Any], torch.Tensor]:
+    valid = targets != ignore_index  # [b, s]
+    if not bool(valid.any()):
+        return batch, targets
+    b, s = targets.shape
+    pos = torch.arange(s, device=targets.device).expand(b, s)
+    keep = pos <= torch.where(valid, pos, -1).amax(dim=1, keepdim=True)  # up to the last target
+    input_pos = batch.get("input_pos", pos)
+    starts = keep & ((input_pos == 0) | (pos == 0))  # a document starts at position 0 / each row
+    flat_starts = torch.nonzero(starts[keep]).flatten().tolist()
+    seq_lens = [e - b_ for b_, e in zip(flat_starts, flat_starts[1:] + [int(keep.sum())])]
+    inputs = {"tokens": batch["tokens"][keep][None], "input_pos": input_pos[keep][None]}
+    inputs["seq_lens"] = seq_lens
+    return inputs, targets[keep][None]
 
 
 def _any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
