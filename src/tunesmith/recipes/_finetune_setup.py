@@ -136,6 +136,7 @@ def build_dataloader(
     shuffle: bool = True,
     drop_last: bool = True,
     num_workers: int = 0,
+    pin_memory: bool = False,
 ) -> tuple[DataLoader, Any]:
     """Dataset (one, or a list concatenated) -> resumable distributed sampler -> collate."""
     from tunesmith.data import StatefulDistributedSampler, padded_collate_packed, padded_collate_sft
@@ -158,6 +159,7 @@ def build_dataloader(
         collate_fn=collate,
         drop_last=drop_last,
         num_workers=num_workers,
+        pin_memory=pin_memory,
     )
     if len(loader) == 0:
         raise ValueError(

@@ -95,6 +95,7 @@ def recipe_main(cfg: DictConfig) -> None:
         "rank": rank,
         "seed": seed,
         "ignore_index": ignore_index,
+        "pin_memory": device.type == "cuda",  # lets .to(device, non_blocking=True) overlap
     }
     loader, sampler = build_dataloader(
         cfg.dataset,
