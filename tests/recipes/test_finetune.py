@@ -142,3 +142,66 @@ def test_dataset_list_validation_profiler_adapter_only(
     assert any((tmp_path / "prof").rglob("*"))
     assert not (out / "epoch_1" / "model.safetensors").exists()
     assert any((out / "epoch_1").rglob("adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_unpadded_micro_batch_equals_padded(packed: bool) -> None:
+    """The recipe's unpadded ``[1, T]`` batch (documents = ``seq_lens``) gives the padded
+    batch's loss and gradients; documents are isolated here with the equivalent block mask."""
+    from tunesmith.data import padded_collate_packed, padded_collate_sft
+    from tunesmith.models import build_decoder
+    from tunesmith.models.spec import ModelSpec
+    from tunesmith.modules.loss import LinearCrossEntropyLoss
+    from tunesmith.modules.masks import packed_causal_mask
+    from tunesmith.recipes.finetune import _to_device
+
+    torch.manual_seed(0)
+    spec = ModelSpec(family="LLAMA3", vocab_size=97, num_layers=2, num_heads=4, num_kv_heads=2,
+                     embed_dim=32, intermediate_dim=64, max_seq_len=64)  # fmt: skip
+    model = build_decoder(spec)
+    loss_fn = LinearCrossEntropyLoss()
+    loss_fn.set_model_output(model)
+    gen = torch.Generator().manual_seed(1)
+
+    def sample(n: int) -> dict:
+        tokens = torch.randint(1, 97, (n,), generator=gen).tolist()
+        return {
+            "tokens": tokens,
+            "labels": [t if i >= n // 3 else -100 for i, t in enumerate(tokens)],
+        }
+
+    if packed:
+        rows = []
+        for lengths in ([7, 20, 5], [40]):
+            docs = [sample(n) for n in lengths]
+            pad = 48 - sum(lengths)
+            rows.append({
+                "tokens": sum((d["tokens"] for d in docs), []) + [0] * pad,
+                "labels": sum((d["labels"] for d in docs), []) + [-100] * pad,
+                "input_pos": sum((list(range(n)) for n in lengths), []) + list(range(pad)),
+                "document_ids": sum(([i] * n for i, n in enumerate(lengths)), []) + [9] * pad,
+            })  # fmt: skip
+        batch = padded_collate_packed(rows)
+    else:
+        batch = padded_collate_sft([sample(n) for n in (7, 31, 2, 18)])
+
+    def loss_and_grads(inputs: dict, targets: torch.Tensor) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        if "seq_lens" in inputs:
+            lens = torch.tensor(inputs.pop("seq_lens"))
+            inputs["mask"] = packed_causal_mask(
+                torch.repeat_interleave(torch.arange(len(lens)), lens)[None]
+            )
+        loss = loss_fn(model(inputs.pop("tokens"), **inputs), targets)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    padded = loss_and_grads(*_to_device(dict(batch), torch.device("cpu"), -100))
+    inputs, targets = _to_device(dict(batch), torch.device("cpu"), -100, unpad=True)
+    assert inputs["tokens"].shape[0] == 1 and inputs["tokens"].shape[1] < batch["tokens"].numel()
+    if packed:
+        assert inputs["seq_lens"] == [7, 20, 4, 39]  # each row ends at its last trained target
+    unpadded = loss_and_grads(inputs, targets)
+    assert unpadded[0] == pytest.approx(padded[0], abs=1e-5)
+    for a, b in zip(padded[1], unpadded[1]):
+        assert (a - b).abs().max() <= 1e-5
