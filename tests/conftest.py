@@ -10,10 +10,14 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_ASSETS = Path(os.environ.get("TUNESMITH_SHARED_ASSETS", REPO_ROOT.parent / "shared" / "assets"))
+SHARED_ASSETS = Path(
+    os.environ.get("TUNESMITH_SHARED_ASSETS", REPO_ROOT.parent / "shared" / "assets")
+)
 
 # Keep the tokenization cache of test runs out of the user's ~/.cache.
-os.environ.setdefault("TUNESMITH_DATA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "tunesmith-test-cache"))
+os.environ.setdefault(
+    "TUNESMITH_DATA_CACHE_DIR", str(Path(tempfile.gettempdir()) / "tunesmith-test-cache")
+)
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -22,5 +26,7 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 def assets() -> Path:
     """Path to ../shared/assets; skips the test with a clear reason where it is absent."""
     if not SHARED_ASSETS.is_dir():
-        pytest.skip(f"needs the shared test assets at {SHARED_ASSETS} (not present on this machine)")
+        pytest.skip(
+            f"needs the shared test assets at {SHARED_ASSETS} (not present on this machine)"
+        )
     return SHARED_ASSETS

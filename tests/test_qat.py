@@ -16,8 +16,7 @@ pytest.importorskip("torchao")
 pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parent / "recipes"))
 
-from _recipe_toys import write_instruct_data, write_tiny_llama  # noqa: E402
-
+from tests.recipes._recipe_toys import write_instruct_data, write_tiny_llama  # noqa: E402
 from tunesmith.models.builder import build_decoder, lora_settings  # noqa: E402
 from tunesmith.models.spec import ModelSpec  # noqa: E402
 from tunesmith.quantization import (  # noqa: E402

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from byte_tokenizer import ByteTokenizer
 
 import datasets
+from tests.datasets.byte_tokenizer import ByteTokenizer
 
 datasets.disable_progress_bars()
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from byte_tokenizer import ByteTokenizer, byte_ids
 
+from tests.datasets.byte_tokenizer import ByteTokenizer, byte_ids
 from tunesmith import datasets as tds
 
 IGNORE = -100

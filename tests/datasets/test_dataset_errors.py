@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from byte_tokenizer import ByteTokenizer
 
+from tests.datasets.byte_tokenizer import ByteTokenizer
 from tunesmith import datasets as tds
 from tunesmith.data import DataRowError
 

@@ -7,8 +7,8 @@ import os
 
 import pytest
 import torch.distributed as dist
-from byte_tokenizer import ByteTokenizer
 
+from tests.datasets.byte_tokenizer import ByteTokenizer
 from tunesmith import datasets as tds
 
 

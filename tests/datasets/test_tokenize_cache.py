@@ -7,8 +7,8 @@ import json
 import os
 
 import numpy as np
-from byte_tokenizer import ByteTokenizer
 
+from tests.datasets.byte_tokenizer import ByteTokenizer
 from tunesmith import datasets as tds
 
 

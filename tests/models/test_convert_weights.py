@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _tiny_hf import VOCAB, make_checkpoint, read_checkpoint
 
+from tests.models._tiny_hf import VOCAB, make_checkpoint, read_checkpoint
 from tunesmith.models import build_decoder, spec_from_hf_config
 from tunesmith.models.convert_weights import (
     hf_to_native,

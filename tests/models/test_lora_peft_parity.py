@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _tiny_hf import VOCAB, make_checkpoint, read_checkpoint
 
+from tests.models._tiny_hf import VOCAB, make_checkpoint, read_checkpoint
 from tunesmith.models import build_decoder, lora_settings, spec_from_hf_config
 from tunesmith.models.convert_weights import hf_to_native, native_to_hf
 

@@ -9,8 +9,8 @@ import json
 
 import pytest
 import torch
-from tests.models._tiny_hf import VOCAB, make_checkpoint, read_checkpoint
 
+from tests.models._tiny_hf import VOCAB, make_checkpoint, read_checkpoint
 from tunesmith.models import build_from_hf, model_type_of, spec_from_hf_config
 from tunesmith.models.convert_weights import hf_to_native
 from tunesmith.models.peft_format import (

@@ -204,7 +204,6 @@ def test_clear_errors() -> None:
 def test_matches_real_decoder_logits(family: str) -> None:
     """With a real TransformerDecoder: hidden-state loss == CE on the model's own logits."""
     from tests.models._tiny_hf import tiny_configs
-
     from tunesmith.models import build_decoder, spec_from_hf_config
 
     torch.manual_seed(5)

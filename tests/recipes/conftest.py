@@ -15,7 +15,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # `_recipe_toys.ByteChatTokenizer` is a config component
     sys.path.insert(0, str(HERE))
 
-from _recipe_toys import write_instruct_data, write_tiny_llama  # noqa: E402
+from tests.recipes._recipe_toys import write_instruct_data, write_tiny_llama  # noqa: E402
 
 pytest.importorskip("transformers")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import LORA, read_losses
+from tests.recipes.conftest import LORA, read_losses
 
 STEPS = 20
 LORA_RUN = {**{f"model.{k}": v for k, v in LORA.items()}, "optimizer.lr": 1e-2}

@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import HERE, LORA, base_config, read_losses
+from tests.recipes.conftest import HERE, LORA, base_config, read_losses
 
 REPO = HERE.parents[1]
 TUNESMITH = [sys.executable, "-m", "tunesmith.cli"]
@@ -36,7 +36,7 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def test_torchtune_config_runs_unchanged(assets: Path, tmp_path: Path) -> None:
     """torchtune's llama3_2/1B_lora_single_device.yaml as shipped; overridden: paths, the device,
     the step budget, and the model size (a 2-layer Llama 3.2 instead of the 1B download)."""
-    from _recipe_toys import write_tiny_llama
+    from tests.recipes._recipe_toys import write_tiny_llama
 
     model_dir = write_tiny_llama(tmp_path / "llama3_2_tiny", vocab_size=128256, tied=True)
     config = assets / "torchtune_configs_sample" / "llama3_2" / "1B_lora_single_device.yaml"

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from _recipe_toys import ByteChatTokenizer
 from omegaconf import OmegaConf
 
+from tests.recipes._recipe_toys import ByteChatTokenizer
 from tunesmith.data import Message
 from tunesmith.generation import generate
 from tunesmith.recipes.generate import load_model, prompt_tokens, recipe_main
@@ -65,7 +65,7 @@ def test_recipe_streams_the_greedy_answer(tiny_llama: Path, tmp_path: Path, caps
 @pytest.mark.slow
 def test_recipe_loads_lora_outputs(run_finetune, tiny_llama: Path, tmp_path: Path, capsys) -> None:
     """A LoRA finetune's merged output folder and base + PEFT adapter generate the same text."""
-    from conftest import LORA
+    from tests.recipes.conftest import LORA
 
     out = run_finetune(
         "lora",

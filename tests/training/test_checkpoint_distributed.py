@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
-from test_resume_harness import make_base_checkpoint
 
+from tests.training.test_resume_harness import make_base_checkpoint
 from tunesmith.training import (
     DistributedCheckpointer,
     FullModelHFCheckpointer,

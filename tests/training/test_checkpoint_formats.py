@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_resume_harness import HF_CONFIG
 
+from tests.training.test_resume_harness import HF_CONFIG
 from tunesmith.models.builder import build_decoder
 from tunesmith.models.convert_weights import native_to_torchtune, spec_from_hf_config
 from tunesmith.training import (

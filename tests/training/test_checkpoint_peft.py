@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.models._tiny_hf import VOCAB, make_checkpoint
 
+from tests.models._tiny_hf import VOCAB, make_checkpoint
 from tunesmith.models import build_from_hf
 from tunesmith.modules.peft import get_adapter_params
 from tunesmith.training import FullModelHFCheckpointer

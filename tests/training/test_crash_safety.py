@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_resume_harness import make_base_checkpoint, train
 
+from tests.training.test_resume_harness import make_base_checkpoint, train
 from tunesmith.training import (
     COMPLETE_MARKER,
     latest_complete_checkpoint,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_resume_harness import HF_CONFIG, LORA, make_base_checkpoint, train
 
+from tests.training.test_resume_harness import HF_CONFIG, LORA, make_base_checkpoint, train
 from tunesmith.training import latest_complete_checkpoint
 
 
