@@ -97,3 +97,30 @@ def test_sampling_filters() -> None:
     flat = torch.zeros(1, 4)
     draws = {int(sample_next_token(flat, temperature=1.0, top_p=0.6, rng=rng)) for _ in range(300)}
     assert len(draws) == 3  # 0.25 + 0.25 < 0.6 <= 0.75: three tokens survive
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        # Gemma 2 style: softcaps, alternating sliding-window layers, post-norms, scaled embeddings
+        dict(family="GEMMA2", attn_softcap=50.0, final_softcap=30.0, sliding_window=4,
+             layer_types=("sliding_attention", "full_attention"), post_norms=True, embed_scale=True,
+             norm_offset=True, activation="gelu_tanh", query_pre_attn_scalar=16.0, tie_embeddings=True),
+        # Qwen 3 style: QK-norm; Qwen 2 style: qkv bias
+        dict(family="QWEN3", qk_norm=True, head_dim=16),
+        dict(family="QWEN2", qkv_bias=True),
+    ],
+    ids=["gemma2", "qwen3", "qwen2"],
+)  # fmt: skip
+def test_kv_cache_equals_recompute_across_architectures(extra: dict) -> None:
+    from tunesmith.models.spec import ModelSpec
+
+    torch.manual_seed(0)
+    base = dict(vocab_size=96, num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=64,
+                intermediate_dim=128, max_seq_len=128)  # fmt: skip
+    model = build_decoder(ModelSpec(**{**base, **extra})).eval()
+    prompts = left_pad_prompts([[5, 17, 42, 8, 77, 3, 9], [4, 4, 60]], pad_id=0)
+    cached = generate(model, prompts, 10, use_cache=True, return_logits=True)
+    full = generate(model, prompts, 10, use_cache=False, return_logits=True)
+    assert torch.equal(cached.tokens, full.tokens)
+    assert (cached.logits - full.logits).abs().max() <= 1e-5
