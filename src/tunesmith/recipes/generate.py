@@ -44,9 +44,10 @@ def load_model(
     """
     checkpointer = instantiate(cfg.checkpointer)
     ckpt = checkpointer.load_checkpoint()
-    with torch.device(device):
+    from tunesmith.training.precision import set_default_dtype
+
+    with set_default_dtype(dtype), torch.device(device):  # built directly in dtype on device
         model = instantiate(cfg.model)
-    model.to(dtype=dtype)
     state = dict(ckpt["model"])
     state.update(ckpt.get("adapter") or {})
     missing, unexpected = model.load_state_dict(state, strict=False)
