@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--packed", action="store_true")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--rows", type=int, default=20, help="profiler table rows")
+    ap.add_argument("--fused", action="store_true", help="fused AdamW")
     ap.add_argument("--padded", action="store_true", help="do not unpad the batches")
     ap.add_argument("--shapes", action="store_true", help="group ops by input shape")
     args = ap.parse_args()
@@ -73,7 +74,7 @@ def main() -> None:
     loss_fn = LinearCrossEntropyLoss()
     loss_fn.set_model_output(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=2e-5, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=2e-5, weight_decay=0.01, fused=args.fused or None)
     kind = "packed" if args.packed else "unpacked"
     batches = load_batches(args.work / "data" / f"samples-{kind}-512.json", 4, args.steps + 1)
 
