@@ -53,17 +53,17 @@ def test_lora_packed_saves_peft_adapter(run_finetune, tiny_llama: Path) -> None:
     "name, overrides",
     [
         ("full_bf16", {"dtype": "bf16"}),
-        ("full_packed", {"dataset.packed": True}),
-        ("lora_unpacked", LORA_RUN),
+        pytest.param("full_packed", {"dataset.packed": True}, marks=pytest.mark.slow),
+        pytest.param("lora_unpacked", LORA_RUN, marks=pytest.mark.slow),
         ("dora", {**LORA_RUN, "model.use_dora": True}),
         ("qlora", {**LORA_RUN, "model.quantize_base": True}),
         ("activation_checkpointing", {"enable_activation_checkpointing": True}),
-        ("activation_offloading", {"enable_activation_offloading": True}),
+        pytest.param("activation_offloading", {"enable_activation_offloading": True}, marks=pytest.mark.slow),
         ("optimizer_in_bwd", {"optimizer_in_bwd": True}),
         ("grad_accumulation", {"gradient_accumulation_steps": 2, "batch_size": 2}),
-        ("clip_and_schedule", {"clip_grad_norm": 1.0, "lr_scheduler": {
+        pytest.param("clip_and_schedule", {"clip_grad_norm": 1.0, "lr_scheduler": {
             "_component_": "tunesmith.training.lr_schedulers.get_cosine_schedule_with_warmup",
-            "num_warmup_steps": 2}}),
+            "num_warmup_steps": 2}}, marks=pytest.mark.slow),
         pytest.param("compile", {"compile": True}, marks=pytest.mark.slow),  # inductor: C++ builds
     ],
 )  # fmt: skip
