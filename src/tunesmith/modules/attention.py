@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -29,7 +31,9 @@ class MultiHeadAttention(nn.Module):
             decoder builds the matching mask and passes it in.
 
     Shapes: ``x [b, s, d]``, ``cos, sin [b|1, 1, s, hd]``, ``mask [b|1, s, s_kv]`` bool
-    (True = attend) or None for plain causal attention -> ``[b, s, d]``.
+    (True = attend) or None for plain causal attention -> ``[b, s, d]``. With ``seq_lens``
+    (document lengths summing to ``s``, ``b == 1``) attention is causal within each document
+    of the concatenation, one SDPA call per document (no mask, no padding).
     """
 
     def __init__(
@@ -76,7 +80,14 @@ class MultiHeadAttention(nn.Module):
             batch_size, max_seq_len, self.num_kv_heads, self.head_dim, dtype, device
         )
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None = None,
+        seq_lens: Sequence[int] | None = None,
+    ) -> Tensor:
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
@@ -91,7 +102,9 @@ class MultiHeadAttention(nn.Module):
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(k, v)
         attn_mask = None if mask is None else mask[:, None]
-        if self.softcap is None:
+        if seq_lens is not None:
+            out = self._per_document_attention(q, k, v, seq_lens)
+        elif self.softcap is None:
             out = F.scaled_dot_product_attention(
                 q,
                 k,
@@ -104,6 +117,30 @@ class MultiHeadAttention(nn.Module):
         else:
             out = self._softcapped_attention(q, k, v, attn_mask)
         return self.output_proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
+
+    def _per_document_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, seq_lens: Sequence[int]
+    ) -> Tensor:
+        """Causal SDPA per document of ``q [1, h, T, hd]``, ``k, v [1, kv, T, hd]``.
+
+        Each document sees only its own earlier tokens: the result equals a block-causal
+        mask over the concatenation, without the ``T x T`` mask or any padded positions.
+        """
+        if self.kv_cache is not None or self.softcap is not None or q.shape[0] != 1:
+            raise ValueError(
+                "seq_lens needs batch size 1, no KV cache and no attention softcap; pass a "
+                "block-causal mask instead"
+            )
+        gqa = self.num_kv_heads != self.num_heads
+        outs = [
+            F.scaled_dot_product_attention(
+                qi, ki, vi, is_causal=True, scale=self.scale, enable_gqa=gqa
+            )
+            for qi, ki, vi in zip(
+                q.split(seq_lens, dim=2), k.split(seq_lens, dim=2), v.split(seq_lens, dim=2)
+            )
+        ]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     def _softcapped_attention(
         self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None

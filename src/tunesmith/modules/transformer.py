@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
 from tunesmith.modules.attention import MultiHeadAttention
-from tunesmith.modules.masks import sliding_window_band
+from tunesmith.modules.masks import packed_causal_mask, sliding_window_band
 from tunesmith.modules.rope import RotaryEmbedding
 from tunesmith.modules.tied_linear import TiedLinear
 
@@ -38,8 +40,18 @@ class TransformerSelfAttentionLayer(nn.Module):
         self.sa_scale = sa_scale
         self.mlp_scale = mlp_scale
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None = None) -> Tensor:
-        attn_out = self.attn(self.sa_norm(x), cos, sin, mask)
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None = None,
+        seq_lens: Sequence[int] | None = None,
+    ) -> Tensor:
+        if seq_lens is None:
+            attn_out = self.attn(self.sa_norm(x), cos, sin, mask)
+        else:  # documents of a concatenated, unpadded batch (see TransformerDecoder.forward)
+            attn_out = self.attn(self.sa_norm(x), cos, sin, mask, seq_lens=seq_lens)
         if self.sa_scale is not None:
             attn_out = self.sa_scale(attn_out)
         h = x + attn_out
@@ -194,6 +206,38 @@ class TransformerDecoder(nn.Module):
             sliding = band if mask is None else mask & band
         return mask, sliding, q_idx
 
+    def _documents(
+        self,
+        b: int,
+        s: int,
+        mask: Tensor | None,
+        seq_lens: Sequence[int],
+        input_pos: Tensor | None,
+        device: torch.device,
+    ) -> tuple[Tensor | None, list[int] | None, Tensor]:
+        """Check ``seq_lens``; return (mask, seq_lens, input_pos) for the forward pass.
+
+        Layers that cannot attend per document (soft-capped attention, a sliding window
+        shorter than a document) get the equivalent block-causal mask instead.
+        """
+        lens = [int(n) for n in seq_lens]
+        if b != 1 or sum(lens) != s or min(lens, default=0) < 1:
+            raise ValueError(
+                f"seq_lens {lens[:8]}... must be positive and sum to the sequence length {s} "
+                f"of a batch of one row (got batch size {b})"
+            )
+        if mask is not None or self._cache_len is not None:
+            raise ValueError("seq_lens cannot be combined with a mask or with KV caches")
+        if input_pos is None:
+            input_pos = torch.cat([torch.arange(n, device=device) for n in lens])[None]
+        window = self._sliding_window
+        softcapped = any(layer.attn.softcap is not None for layer in self.layers)
+        if softcapped or (window is not None and window < max(lens)):
+            counts = torch.tensor(lens, device=device)
+            doc_ids = torch.repeat_interleave(torch.arange(len(lens), device=device), counts)
+            return packed_causal_mask(doc_ids[None]), None, input_pos
+        return None, lens, input_pos
+
     def forward(
         self,
         tokens: Tensor | None,
@@ -201,6 +245,7 @@ class TransformerDecoder(nn.Module):
         mask: Tensor | None = None,
         input_pos: Tensor | None = None,
         input_embeds: Tensor | None = None,
+        seq_lens: Sequence[int] | None = None,
     ) -> Tensor | list[Tensor]:
         """Run the decoder.
 
@@ -212,6 +257,10 @@ class TransformerDecoder(nn.Module):
             input_pos: ``[b, s]`` position ids (restart per packed document; default
                 ``arange``, offset by the cache position when decoding).
             input_embeds: ``[b, s, d]`` embeddings used instead of ``tok_embeddings(tokens)``.
+            seq_lens: lengths of the documents concatenated in a ``[1, s]`` batch (training on
+                unpadded data): attention is causal within each document, computed per
+                document; ``input_pos`` defaults to positions restarting at each document.
+                Not with ``mask`` or KV caches.
 
         Returns:
             ``[b, s, vocab]`` logits; ``[b, s, d]`` hidden states after the final norm when
@@ -222,11 +271,16 @@ class TransformerDecoder(nn.Module):
         if self.embed_scale is not None:
             h = h * torch.tensor(self.embed_scale, dtype=h.dtype, device=h.device)
         b, s = h.shape[:2]
+        if seq_lens is not None:
+            mask, seq_lens, input_pos = self._documents(b, s, mask, seq_lens, input_pos, h.device)
         full_mask, sliding_mask, default_pos = self._masks(b, s, mask, h.device)
         cos, sin = self.rope(default_pos if input_pos is None else input_pos, h.dtype)
         for layer in self.layers:
             layer_mask = sliding_mask if layer.attn.sliding_window is not None else full_mask
-            h = layer(h, cos, sin, layer_mask)
+            if seq_lens is None:
+                h = layer(h, cos, sin, layer_mask)
+            else:
+                h = layer(h, cos, sin, None, seq_lens=seq_lens)
         if self._cache_len is not None:
             self._cache_pos += s
         h = self.norm(h)
