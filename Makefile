@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q --retries 0 --timeout 20 --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION) \
 	  || $(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q -e '.[dev,plot]'
+	$(PIP) install -q -e '.[dev,plot,eval]'
 	touch $(STAMP)
 
 venv: $(STAMP)
