@@ -8,19 +8,34 @@ import pytest
 import torch
 from torch import nn
 
-from tunesmith.training.memory import cleanup_before_training, get_memory_stats, log_memory_stats
+from tunesmith.training.memory import cleanup_before_training, log_memory_stats
 from tunesmith.training.precision import get_dtype, set_default_dtype, validate_expected_param_dtype
+
+_RSS_PROBE = """
+import json, torch
+from tunesmith.training.memory import get_memory_stats
+before = get_memory_stats("cpu")
+block = torch.ones(256 * 1024 * 1024, dtype=torch.uint8)  # 256 MiB, touched
+after = get_memory_stats(torch.device("cpu"))
+print(json.dumps({"before": before, "after": after}))
+"""
 
 
 def test_cpu_memory_stats_track_peak_rss() -> None:
-    before = get_memory_stats("cpu")
+    # A fresh process: in the test process freed memory may be reused, hiding the growth.
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_PROBE], check=True, capture_output=True, text=True
+    ).stdout
+    stats = json.loads(out.strip().splitlines()[-1])
+    before, after = stats["before"], stats["after"]
     assert set(before) == {"peak_memory_rss", "memory_rss"}
     assert 0.01 < before["memory_rss"] <= before["peak_memory_rss"] < 1024
-    block = torch.ones(64 * 1024 * 1024, dtype=torch.uint8)  # 64 MiB, touched
-    after = get_memory_stats(torch.device("cpu"))
-    assert after["memory_rss"] - before["memory_rss"] > 0.05  # GiB
+    assert after["memory_rss"] - before["memory_rss"] > 0.2  # GiB
     assert after["peak_memory_rss"] >= after["memory_rss"]
-    del block
     cleanup_before_training()
 
 
