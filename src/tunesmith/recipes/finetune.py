@@ -22,6 +22,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from tunesmith.config import instantiate, parse_recipe_args
+from tunesmith.modules.peft import is_adapter_key
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
     adapter_config,
@@ -169,7 +170,7 @@ def recipe_main(cfg: DictConfig) -> None:
             to_save: dict[str, Any] = {"model": model_sd}
             if is_peft:
                 to_save["adapter_config"] = adapter_config(cfg)
-                to_save["adapter"] = {k: model_sd[k] for k in _adapter_keys(model_sd)}
+                to_save["adapter"] = {k: v for k, v in model_sd.items() if is_adapter_key(k)}
             if intermediate:
                 consumed = (step_in_epoch * accum) * int(cfg.batch_size)
                 to_save.update(
@@ -357,10 +358,6 @@ def _any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
     t = torch.tensor(int(flag), device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t)
-
-
-def _adapter_keys(state_dict: dict[str, torch.Tensor]) -> list[str]:
-    return [k for k in state_dict if k.endswith((".lora_a.weight", ".lora_b.weight", ".magnitude"))]
 
 
 def _activation_offloading(cfg: DictConfig, model: torch.nn.Module) -> Any:

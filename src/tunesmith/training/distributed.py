@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from tunesmith.modules.peft import is_adapter_key
+
 __all__ = [
     "barrier",
     "destroy_distributed",
@@ -244,12 +246,8 @@ def gather_cpu_state_dict(
     else:
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()} if is_rank_zero else {}
     if adapter_weights_only:
-        sd = {k: v for k, v in sd.items() if _is_adapter_key(k)}
+        sd = {k: v for k, v in sd.items() if is_adapter_key(k)}
     return sd
-
-
-def _is_adapter_key(key: str) -> bool:
-    return any(part in ("lora_a", "lora_b", "magnitude") for part in key.split("."))
 
 
 def _is_sharded(model: nn.Module) -> bool:
