@@ -6,8 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tunesmith.data import OpenAIToMessages, ShareGPTToMessages
-from tunesmith.datasets._common import maybe_pack
-from tunesmith.datasets._sft import SFTDataset
+from tunesmith.datasets._common import sft_dataset
 
 __all__ = ["chat_dataset", "slimorca_dataset"]
 
@@ -49,15 +48,16 @@ def chat_dataset(
             f"dataset.conversation_style={conversation_style!r} is not supported; use "
             "'sharegpt' or 'openai'"
         )
-    ds = SFTDataset(
+    return sft_dataset(
+        tokenizer,
+        message_transform,
         source=source,
-        message_transform=message_transform,
-        model_transform=tokenizer,
         filter_fn=filter_fn,
         split=split,
+        packed=packed,
+        split_across_pack=split_across_pack,
         **load_dataset_kwargs,
     )
-    return maybe_pack(ds, tokenizer, packed, split_across_pack)
 
 
 def slimorca_dataset(
@@ -76,12 +76,12 @@ def slimorca_dataset(
     message_transform = ShareGPTToMessages(
         train_on_input=train_on_input, column_map=column_map, new_system_prompt=new_system_prompt
     )
-    ds = SFTDataset(
+    return sft_dataset(
+        tokenizer,
+        message_transform,
         source=source,
-        message_transform=message_transform,
-        model_transform=tokenizer,
         filter_fn=filter_fn,
         split=split,
+        packed=packed,
         **load_dataset_kwargs,
     )
-    return maybe_pack(ds, tokenizer, packed)

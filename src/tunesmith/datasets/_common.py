@@ -37,3 +37,29 @@ def maybe_pack(ds: Any, tokenizer: Any, packed: bool, split_across_pack: bool = 
         padding_idx=0 if pad_id is None else pad_id,
         split_across_pack=split_across_pack,
     )
+
+
+def sft_dataset(
+    tokenizer: Any,
+    message_transform: Any,
+    *,
+    source: str,
+    filter_fn: Any = None,
+    split: str = "train",
+    packed: bool = False,
+    split_across_pack: bool = False,
+    **load_dataset_kwargs: Any,
+) -> Any:
+    """An ``SFTDataset`` of ``source`` through ``message_transform`` and the tokenizer,
+    packed when ``packed=True`` (the shared tail of every SFT builder)."""
+    from tunesmith.datasets._sft import SFTDataset
+
+    ds = SFTDataset(
+        source=source,
+        message_transform=message_transform,
+        model_transform=tokenizer,
+        filter_fn=filter_fn,
+        split=split,
+        **load_dataset_kwargs,
+    )
+    return maybe_pack(ds, tokenizer, packed, split_across_pack)

@@ -6,8 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tunesmith.data import AlpacaToMessages, InputOutputToMessages
-from tunesmith.datasets._common import maybe_pack
-from tunesmith.datasets._sft import SFTDataset
+from tunesmith.datasets._common import sft_dataset
 
 __all__ = [
     "instruct_dataset",
@@ -40,15 +39,16 @@ def instruct_dataset(
     message_transform = InputOutputToMessages(
         train_on_input=train_on_input, column_map=column_map, new_system_prompt=new_system_prompt
     )
-    ds = SFTDataset(
+    return sft_dataset(
+        tokenizer,
+        message_transform,
         source=source,
-        message_transform=message_transform,
-        model_transform=tokenizer,
         filter_fn=filter_fn,
         split=split,
+        packed=packed,
+        split_across_pack=split_across_pack,
         **load_dataset_kwargs,
     )
-    return maybe_pack(ds, tokenizer, packed, split_across_pack)
 
 
 def alpaca_dataset(
@@ -67,15 +67,16 @@ def alpaca_dataset(
     (the with-input or no-input variant) as the user message; trains on the prompt too by
     default, as torchtune does."""
     message_transform = AlpacaToMessages(train_on_input=train_on_input, column_map=column_map)
-    ds = SFTDataset(
+    return sft_dataset(
+        tokenizer,
+        message_transform,
         source=source,
-        message_transform=message_transform,
-        model_transform=tokenizer,
         filter_fn=filter_fn,
         split=split,
+        packed=packed,
+        split_across_pack=split_across_pack,
         **load_dataset_kwargs,
     )
-    return maybe_pack(ds, tokenizer, packed, split_across_pack)
 
 
 def alpaca_cleaned_dataset(
