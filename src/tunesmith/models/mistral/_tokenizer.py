@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from tunesmith.data import Message
-from tunesmith.data.tokenizers import ChatModelTokenizer, InstChatFormat, SentencePieceBaseTokenizer
-from tunesmith.models.llama2._tokenizer import sentencepiece_special_tokens
+from tunesmith.models.llama2._tokenizer import Llama2Tokenizer
 
 __all__ = ["MistralChatTemplate", "MistralTokenizer", "mistral_tokenizer"]
 
@@ -48,30 +46,9 @@ class MistralChatTemplate:
         return out
 
 
-class MistralTokenizer(ChatModelTokenizer):
-    """SentencePiece tokenizer with Mistral's turn layout (``<s>`` ... ``</s>`` per turn)."""
-
-    def __init__(
-        self,
-        path: str | Path,
-        max_seq_len: int | None = None,
-        prompt_template: Any = None,
-        truncation_type: str = "right",
-    ):
-        base = SentencePieceBaseTokenizer(path)
-        bos = base.spm_model.id_to_piece(base.bos_id)
-        eos = base.spm_model.id_to_piece(base.eos_id)
-        super().__init__(
-            base,
-            sentencepiece_special_tokens(base),
-            InstChatFormat(bos=bos, eos=eos),
-            bos_id=base.bos_id,
-            eos_id=base.eos_id,
-            pad_id=base.pad_id if base.pad_id >= 0 else 0,
-            max_seq_len=max_seq_len,
-            prompt_template=prompt_template,
-            truncation_type=truncation_type,
-        )
+class MistralTokenizer(Llama2Tokenizer):
+    """SentencePiece tokenizer with Mistral's turn layout (``<s>`` ... ``</s>`` per turn),
+    the same as Llama 2's; the ``[INST]`` markup differs in the prompt template."""
 
 
 def mistral_tokenizer(
