@@ -84,29 +84,42 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         rows = hidden.shape[0]
         step = max(1, -(-rows // max(1, num_chunks)))
+        # Two [step, vocab] buffers reused by every chunk (matmul output in the compute dtype,
+        # fp32 log-probabilities / gradient): no per-chunk allocations of logit size, whose
+        # ever-changing sizes otherwise keep the allocator's heap growing across steps.
+        vocab = weight.shape[0]
+        f32 = torch.empty((step, vocab), dtype=torch.float32, device=hidden.device)
+        low = (
+            f32
+            if hidden.dtype == torch.float32
+            else torch.empty((step, vocab), dtype=hidden.dtype, device=hidden.device)
+        )
         for start in range(0, rows, step):
             h = hidden[start : start + step]
             t = targets[start : start + step]
-            logits = h @ weight.t()  # [c, vocab]
+            c = h.shape[0]
+            logits = torch.mm(h, weight.t(), out=low[:c])  # [c, vocab]
             u = None
             if lora_a is not None and lora_b is not None:
                 u = h @ lora_a.t()  # [c, r]
                 logits.addmm_(u, lora_b.t(), alpha=scaling)
-            logits = logits.float()
+            logp = f32[:c]
+            if logp.data_ptr() != logits.data_ptr():
+                logp.copy_(logits)
             tanh = None
             if softcap is not None:
-                tanh = torch.tanh(logits.div_(softcap))
-                logits = torch.mul(tanh, softcap)
-            logp = torch.log_softmax(logits, dim=-1)  # [c, vocab]
-            del logits
+                tanh = torch.tanh(logp.div_(softcap))
+                torch.mul(tanh, softcap, out=logp)
+            torch.log_softmax(logp, dim=-1, out=logp)  # in place, row by row
             total -= logp.gather(1, t.unsqueeze(1)).sum()
             if not any_grad:
                 continue
             grad = logp.exp_()  # softmax, in place: d loss / d logits = softmax - onehot
-            grad[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+            grad[torch.arange(c, device=t.device), t] -= 1.0
             if tanh is not None:
                 grad.mul_(1.0 - tanh * tanh)
-            grad = grad.to(hidden.dtype)
+            if grad.dtype != hidden.dtype:
+                grad = low[:c].copy_(grad)
             grad_u = None
             if u is not None and (need_h or need_a):
                 grad_u = (grad @ lora_b).mul_(scaling)  # [c, r]

@@ -208,6 +208,9 @@ def recipe_main(cfg: DictConfig) -> None:
     log_every = int(cfg.get("log_every_n_steps") or 1)
     # drop padding from the micro-batches where the decoder takes document lengths
     unpad = "seq_lens" in inspect.signature(model.forward).parameters
+    # bf16/fp16 matmuls on CPU keep per-shape state (oneDNN): round the unpadded length up so
+    # a run meets a handful of shapes instead of a new one every step (fp32 does not need it)
+    bucket = 64 if unpad and device.type == "cpu" and dtype != torch.float32 else 1
     model.train()
     loss_sum = torch.zeros((), device=device)
     step_in_epoch = 0
@@ -223,7 +226,8 @@ def recipe_main(cfg: DictConfig) -> None:
                 # global batch with no extra pass over the gradients (and the same formula
                 # holds when parameters step inside backward).
                 micro = [
-                    _to_device(next(batches), device, ignore_index, unpad) for _ in range(accum)
+                    _to_device(next(batches), device, ignore_index, unpad, bucket)
+                    for _ in range(accum)
                 ]
                 counts = [count_trainable_tokens(labels, ignore_index) for _, labels in micro]
                 num_tokens = torch.stack(counts).sum()
@@ -306,24 +310,30 @@ def _load_sharded_optimizer(model: torch.nn.Module, optimizer: Any, full_sd: Any
 
 
 def _to_device(
-    batch: dict[str, torch.Tensor], device: torch.device, ignore_index: int, unpad: bool = False
+    batch: dict[str, torch.Tensor],
+    device: torch.device,
+    ignore_index: int,
+    unpad: bool = False,
+    bucket: int = 1,
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """``(inputs, next-token targets)`` of a collated batch, on ``device``.
 
     ``unpad=True`` (models whose forward takes ``seq_lens``) turns the ``[b, s]`` rows into one
     ``[1, T]`` row of documents: each row is cut after its last trained target (right padding
     and pack tails cannot affect a trained token in a causal model), and ``seq_lens`` lists the
-    documents (one per unpacked row; split where ``input_pos`` restarts in packs).
+    documents (one per unpacked row; split where ``input_pos`` restarts in packs). With
+    ``bucket > 1``, ``T`` is rounded up to a multiple of it by one more document whose targets
+    are all ignored (it sees only itself, so no trained token changes).
     """
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     targets = shift_labels(batch.pop("labels"), ignore_index)
     if unpad:
-        return _unpad(batch, targets, ignore_index)
+        return _unpad(batch, targets, ignore_index, bucket)
     return batch, targets
 
 
 def _unpad(
-    batch: dict[str, torch.Tensor], targets: torch.Tensor, ignore_index: int
+    batch: dict[str, torch.Tensor], targets: torch.Tensor, ignore_index: int, bucket: int = 1
 ) -> tuple[dict[str, Any], torch.Tensor]:
     valid = targets != ignore_index  # [b, s]
     if not bool(valid.any()):
@@ -335,9 +345,15 @@ def _unpad(
     starts = keep & ((input_pos == 0) | (pos == 0))  # a document starts at position 0 / each row
     flat_starts = torch.nonzero(starts[keep]).flatten().tolist()
     seq_lens = [e - b_ for b_, e in zip(flat_starts, flat_starts[1:] + [int(keep.sum())])]
-    inputs = {"tokens": batch["tokens"][keep][None], "input_pos": input_pos[keep][None]}
-    inputs["seq_lens"] = seq_lens
-    return inputs, targets[keep][None]
+    tokens, input_pos, targets = batch["tokens"][keep], input_pos[keep], targets[keep]
+    extra = -tokens.shape[0] % bucket
+    if extra:
+        tokens = torch.cat([tokens, tokens.new_zeros(extra)])
+        input_pos = torch.cat([input_pos, torch.arange(extra, device=input_pos.device)])
+        targets = torch.cat([targets, targets.new_full((extra,), ignore_index)])
+        seq_lens.append(extra)
+    inputs = {"tokens": tokens[None], "input_pos": input_pos[None], "seq_lens": seq_lens}
+    return inputs, targets[None]
 
 
 def _fused_adam(node: DictConfig, device: torch.device, world_size: int) -> dict[str, bool]:
