@@ -92,9 +92,9 @@ class TikTokenBaseTokenizer:
                 else _split_long_repetitions(chunk, _MAX_NO_WHITESPACE_CHARS)
             )
             for piece in pieces:
-                ids.extend(
-                    self.tt_model.encode(piece, allowed_special=set(), disallowed_special=())
-                )
+                # == encode(piece, allowed_special=set(), disallowed_special=()), without
+                # the scan for special-token strings that would then be encoded as text
+                ids.extend(self.tt_model.encode_ordinary(piece))
         if add_bos:
             ids.insert(0, self.bos_id)
         if add_eos:
