@@ -95,6 +95,21 @@ def test_help_lists_every_command_without_importing_torch() -> None:
     assert "TORCH False" in result.stdout
 
 
+def test_python_dash_m_tunesmith_is_the_cli() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "ls"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "llama3_2/1B_lora_single_device" in result.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "cat", "no/such_config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode != 0 and "no/such_config" in bad.stderr + bad.stdout
+
+
 @pytest.mark.parametrize("command", ["ls", "cp", "cat", "validate", "download"])
 def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
