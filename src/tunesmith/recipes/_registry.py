@@ -53,6 +53,17 @@ RECIPES: tuple[Recipe, ...] = (
         ),
         supports_distributed=True,
     ),
+    Recipe(
+        "dpo",
+        "tunesmith.recipes.dpo",
+        (
+            "lora_dpo_single_device",
+            "lora_dpo_distributed",
+            "full_dpo_distributed",
+            "full_dpo_single_device",
+        ),
+        supports_distributed=True,
+    ),
     Recipe("generate", "tunesmith.recipes.generate", ("generate",)),
     Recipe("eval", "tunesmith.recipes.eval", ("eleuther_eval",)),
     Recipe("quantize", "tunesmith.recipes.quantize"),

@@ -1,0 +1,386 @@
+"""Recipe ``dpo``: preference optimization (DPO, RSO hinge, IPO) — full or LoRA, one device or many.
+
+The policy trains on pairs of a chosen and a rejected response; the loss compares the policy's
+log-probability of each response with a frozen reference model's. The model component decides
+the method, as in ``finetune``: with adapters (``lora_*`` builders) only the adapters train and
+the reference is the same model with its adapters switched off (no second copy); without, the
+reference is a frozen copy of the initial weights, read from ``ref_checkpointer`` (torchtune's
+key) or else from ``checkpointer``. torchtune's ``lora_dpo_single_device``,
+``lora_dpo_distributed`` and ``full_dpo_distributed`` are aliases, and their configs run
+unchanged; launched with ``tunesmith run --nproc_per_node N dpo ...`` the models are sharded
+with FSDP2.
+
+A sequence's log-probability is the sum over its trained (non-ignored) label tokens, as in
+torchtune (the token mean for losses with ``average_log_probs``, e.g. IPO). Logged per step:
+``loss``, ``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``, ``rewards/margins``,
+``log_probs/chosen``, ``log_probs/rejected`` (means over the step's pairs, all ranks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, ListConfig
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from tunesmith.config import ConfigError, instantiate, parse_recipe_args
+from tunesmith.modules.peft import disable_adapter, is_adapter_key
+from tunesmith.recipes import finetune
+from tunesmith.recipes._finetune_observe import Observer
+from tunesmith.recipes._finetune_setup import (
+    adapter_config,
+    build_model,
+    full_state_dicts,
+    is_packed,
+    local_device,
+    shift_labels,
+)
+from tunesmith.rlhf import sequence_log_probs
+from tunesmith.rlhf.loss import PreferenceLoss
+from tunesmith.training.checkpointing._recipe_state import build_recipe_state, restore_recipe_state
+from tunesmith.training.checkpointing._signals import GracefulShutdown
+from tunesmith.training.distributed import (
+    barrier,
+    destroy_distributed,
+    get_world_size_and_rank,
+    init_distributed,
+    reduce_metrics,
+)
+from tunesmith.training.gradients import clip_grad_norm
+from tunesmith.utils import get_device, get_dtype, get_logger
+
+__all__ = ["recipe_main", "build_preference_dataloader"]
+
+log = get_logger(__name__)
+
+IGNORE_INDEX = -100
+PREFERENCE_KEYS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
+METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+           "log_probs/chosen", "log_probs/rejected")  # fmt: skip
+
+
+def recipe_main(cfg: DictConfig) -> None:
+    """Train ``cfg.model`` on the preference pairs of ``cfg.dataset`` with ``cfg.loss``."""
+    # ---- environment -------------------------------------------------------------------
+    device = get_device(cfg.get("device"))
+    init_distributed(device_type=device.type)
+    world_size, rank = get_world_size_and_rank()
+    device = local_device(device)
+    dtype = get_dtype(cfg.get("dtype"), device)
+    resume = bool(cfg.get("resume_from_checkpoint", False))
+    accum = int(cfg.get("gradient_accumulation_steps", 1))
+    max_norm = cfg.get("clip_grad_norm")
+    if cfg.get("optimizer_in_bwd", False):
+        raise ConfigError(
+            "optimizer_in_bwd=True is not supported by the dpo recipe; set optimizer_in_bwd=False",
+            key="optimizer_in_bwd",
+        )
+    loss_fn = instantiate(cfg.loss)
+    if not isinstance(loss_fn, PreferenceLoss):
+        raise ConfigError(
+            f"loss._component_={cfg.loss.get('_component_')} is not a preference loss; the dpo "
+            "recipe needs one of torchtune.rlhf.loss.DPOLoss, RSOLoss or IPOLoss",
+            key="loss._component_",
+        )
+
+    # ---- weights, seed, models ---------------------------------------------------------
+    ckpt_kwargs: dict[str, Any] = {"resume_from_checkpoint": resume}
+    if cfg.get("keep_last_n_checkpoints") and "keep_last_n_checkpoints" not in cfg.checkpointer:
+        ckpt_kwargs["keep_last_n_checkpoints"] = cfg.keep_last_n_checkpoints
+    checkpointer = instantiate(cfg.checkpointer, **ckpt_kwargs)
+    state = checkpointer.load_checkpoint()
+    seed = finetune._agreed_seed(
+        state.get("seed") if resume else cfg.get("seed"), world_size, device
+    )
+    model, is_peft = build_model(cfg, state, device, dtype, world_size)
+    reference = None
+    if not is_peft:  # full DPO: a frozen copy of the initial weights
+        ref_state = state
+        if cfg.get("ref_checkpointer") is not None:
+            ref_state = instantiate(cfg.ref_checkpointer, resume_from_checkpoint=False)
+            ref_state = ref_state.load_checkpoint()
+        elif resume:  # `state` holds the resumed policy; the reference is the starting point
+            ref_state = instantiate(cfg.checkpointer, resume_from_checkpoint=False)
+            ref_state = ref_state.load_checkpoint()
+        reference, _ = build_model(cfg, ref_state, device, dtype, world_size)
+        reference.requires_grad_(False)
+        reference.eval()
+        del ref_state
+    # Under FSDP2 the output layer runs only inside forward; on one process the log-probs are
+    # computed from hidden states, projecting only positions that have a target.
+    from_hidden = world_size == 1
+    for m in (model, reference):
+        if m is not None:
+            m.skip_output_layer = from_hidden
+    activations_ctx = finetune._activation_offloading(cfg, model)
+
+    # ---- data --------------------------------------------------------------------------
+    tokenizer = instantiate(cfg.tokenizer)
+    loader, sampler = build_preference_dataloader(
+        cfg.dataset,
+        tokenizer,
+        batch_size=int(cfg.batch_size),
+        world_size=world_size,
+        rank=rank,
+        seed=seed,
+        shuffle=bool(cfg.get("shuffle", True)),
+        num_workers=int(cfg.get("num_workers") or 0),
+        pin_memory=device.type == "cuda",
+    )
+    steps_per_epoch = len(loader) // accum
+    if cfg.get("max_steps_per_epoch"):
+        steps_per_epoch = min(steps_per_epoch, int(cfg.max_steps_per_epoch))
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"gradient_accumulation_steps={accum} is larger than the {len(loader)} batches of an "
+            "epoch: lower gradient_accumulation_steps or batch_size"
+        )
+    epochs = int(cfg.get("epochs", 1))
+
+    # ---- optimizer, schedule -----------------------------------------------------------
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = instantiate(
+        cfg.optimizer, trainable, **finetune._fused_adam(cfg.optimizer, device, world_size)
+    )
+    lr_scheduler = None
+    if cfg.get("lr_scheduler") is not None:
+        lr_scheduler = instantiate(
+            cfg.lr_scheduler, optimizer, num_training_steps=epochs * steps_per_epoch
+        )
+    epochs_run, global_step = 0, 0
+    if resume:
+        if world_size > 1:
+            finetune._load_sharded_optimizer(model, optimizer, state.pop("optimizer"))
+        epochs_run, global_step = restore_recipe_state(
+            state,
+            optimizer=optimizer if world_size == 1 else None,
+            lr_scheduler=lr_scheduler,
+            sampler=sampler,
+        )
+    del state
+
+    def save(epoch: int, intermediate: bool, step: int | None = None) -> None:
+        """Collective under FSDP2: every rank gathers, rank 0 writes (``step``: mid-epoch)."""
+        model_sd, optim_sd = full_state_dicts(
+            model, optimizer if intermediate else None, world_size
+        )
+        if rank == 0:
+            to_save: dict[str, Any] = {"model": model_sd}
+            if is_peft:
+                to_save["adapter_config"] = adapter_config(cfg)
+                to_save["adapter"] = {k: v for k, v in model_sd.items() if is_adapter_key(k)}
+            if intermediate:
+                consumed = step_in_epoch * accum * int(cfg.batch_size)
+                position = SimpleNamespace(state_dict=partial(sampler.state_dict, consumed))
+                to_save.update(
+                    build_recipe_state(
+                        epochs_run=epoch,
+                        steps_run=global_step,
+                        lr_scheduler=lr_scheduler,
+                        sampler=position,
+                        seed=seed,
+                        total_epochs=epochs,
+                        max_steps_per_epoch=cfg.get("max_steps_per_epoch"),
+                    )
+                )
+                to_save["optimizer"] = optim_sd
+            checkpointer.save_checkpoint(
+                to_save,
+                epoch=epoch,
+                intermediate_checkpoint=intermediate,
+                adapter_only=bool(cfg.get("save_adapter_weights_only", False)) and is_peft,
+                step=step,
+            )
+        barrier()
+
+    # ---- training loop -----------------------------------------------------------------
+    observer = Observer(
+        cfg,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        total_steps=epochs * steps_per_epoch,
+        initial=global_step,
+    )
+    save_every = int(cfg.get("save_every_n_steps") or 0)
+    log_every = int(cfg.get("log_every_n_steps") or 1)
+    average = loss_fn.average_log_probs
+    model.train()
+    sums = torch.zeros(len(METRICS) + 2, device=device, dtype=torch.float64)  # + pairs, tokens
+    step_in_epoch = 0
+    with GracefulShutdown() as shutdown, observer.profiler() as profiler:
+        for epoch in range(epochs_run, epochs):
+            sampler.set_epoch(epoch)
+            step_in_epoch = max(0, global_step - epoch * steps_per_epoch)
+            batches = iter(loader)
+            while step_in_epoch < steps_per_epoch:
+                for _ in range(accum):
+                    tokens, labels = (t.to(device, non_blocking=True) for t in next(batches))
+                    targets = shift_labels(labels, IGNORE_INDEX)
+                    with activations_ctx:
+                        policy = _pair_log_probs(model, tokens, targets, average)
+                    with torch.no_grad():
+                        if reference is None:
+                            with disable_adapter(model):
+                                ref = _pair_log_probs(model, tokens, targets, average)
+                        else:
+                            ref = _pair_log_probs(reference, tokens, targets, average)
+                    losses, chosen_r, rejected_r = loss_fn(*policy, *ref)
+                    (losses.mean() / accum).backward()
+                    sums += _step_metrics(losses, chosen_r, rejected_r, policy, targets)
+                grad_norm = None
+                if max_norm:
+                    grad_norm = clip_grad_norm(model.parameters(), float(max_norm))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if lr_scheduler is not None:
+                    lr_scheduler.step()
+                global_step += 1
+                step_in_epoch += 1
+                profiler.step()
+
+                (step_tokens,) = reduce_metrics(sums[-1].clone())  # all ranks, for tokens/s
+                log_now = global_step % log_every == 0 or step_in_epoch == steps_per_epoch
+                metrics = None
+                if log_now:  # the only host syncs of the loop
+                    (totals,) = reduce_metrics(sums.clone())
+                    pairs = float(totals[-2])
+                    metrics = {k: float(v) / pairs for k, v in zip(METRICS, totals.tolist())}
+                observer.log_step(
+                    global_step,
+                    loss=None if metrics is None else metrics["loss"],
+                    lr=optimizer.param_groups[0]["lr"],
+                    tokens=step_tokens.long(),
+                    grad_norm=grad_norm,
+                )
+                if metrics is not None and observer.logger is not None:
+                    del metrics["loss"]  # logged by the observer
+                    observer.logger.log_dict(metrics, step=global_step)
+                sums.zero_()
+                stop = finetune._any_rank(shutdown.requested, world_size, device)
+                mid_epoch = step_in_epoch < steps_per_epoch
+                if stop or (save_every and global_step % save_every == 0 and mid_epoch):
+                    save(epoch, intermediate=True, step=global_step if mid_epoch else None)
+                if stop:
+                    observer.close()
+                    shutdown.exit()
+            save(epoch + 1, intermediate=epoch + 1 < epochs)
+            step_in_epoch = 0
+    observer.close()
+    destroy_distributed()
+
+
+def _pair_log_probs(
+    model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor, average: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(chosen [b], rejected [b])`` sequence log-probs of a ``[2b, s]`` batch (chosen rows
+    first), summed over the trained targets or, with ``average``, their token mean."""
+    out = model(tokens)  # hidden [2b, s, d] with skip_output_layer, else logits [2b, s, vocab]
+    project: Callable[[torch.Tensor], torch.Tensor] = (
+        partial(_project, model) if getattr(model, "skip_output_layer", False) else _identity
+    )
+    sums, counts = sequence_log_probs(out, targets, project, IGNORE_INDEX)
+    if average:
+        sums = sums / counts.clamp(min=1)
+    chosen, rejected = sums.chunk(2)
+    return chosen, rejected
+
+
+def _project(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The decoder's output layer and logit soft-cap on ``[n, d]`` hidden states."""
+    logits = model.output(hidden)
+    cap = getattr(model, "final_logit_softcap", None)
+    return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
+def _identity(logits: torch.Tensor) -> torch.Tensor:
+    return logits
+
+
+def _step_metrics(
+    losses: torch.Tensor,
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    policy: tuple[torch.Tensor, torch.Tensor],
+    targets: torch.Tensor,
+) -> torch.Tensor:
+    """Sums over a micro-batch's pairs, in ``METRICS`` order, then pairs and trained tokens."""
+    margins = chosen_rewards - rejected_rewards
+    parts = [losses.detach(), chosen_rewards, rejected_rewards, (margins > 0).double(), margins,
+             policy[0].detach(), policy[1].detach()]  # fmt: skip
+    values = [p.double().sum() for p in parts]
+    values += [losses.new_tensor(losses.numel(), dtype=torch.float64)]
+    values += [(targets != IGNORE_INDEX).sum().double()]
+    return torch.stack(values)
+
+
+def build_preference_dataloader(
+    dataset_cfg: DictConfig | ListConfig,
+    tokenizer: Any,
+    *,
+    batch_size: int,
+    world_size: int,
+    rank: int,
+    seed: int,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> tuple[DataLoader, Any]:
+    """Preference dataset(s) -> resumable distributed sampler -> ``padded_collate_dpo``.
+
+    Batches are ``(input_ids [2b, s], labels [2b, s])``: rows ``:b`` chosen, ``b:`` rejected.
+    The first sample is read up front, so a dataset of the wrong kind or a row with a missing
+    column fails before training, naming the dataset and column.
+    """
+    from tunesmith.data import StatefulDistributedSampler, padded_collate_dpo
+
+    if is_packed(dataset_cfg):
+        raise ConfigError(
+            "dataset.packed=True: preference pairs cannot be packed; set dataset.packed=False",
+            key="dataset.packed",
+        )
+    nodes = list(dataset_cfg) if isinstance(dataset_cfg, ListConfig) else [dataset_cfg]
+    datasets: list[Dataset] = [instantiate(node, tokenizer) for node in nodes]
+    for node, ds in zip(nodes, datasets):
+        sample = ds[0]
+        missing = [k for k in PREFERENCE_KEYS if k not in sample]
+        if missing:
+            raise ConfigError(
+                f"dataset._component_={node.get('_component_')} gives samples with keys "
+                f"{sorted(sample)}, not preference pairs (missing {missing}); the dpo recipe "
+                "needs a preference dataset such as torchtune.datasets.preference_dataset or "
+                "stack_exchange_paired_dataset",
+                key="dataset._component_",
+            )
+    dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+    sampler = StatefulDistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
+    )
+    pad_id = getattr(tokenizer, "pad_id", None)
+    collate = partial(
+        padded_collate_dpo, padding_idx=0 if pad_id is None else pad_id, ignore_idx=IGNORE_INDEX
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        drop_last=True,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+    )
+    if len(loader) == 0:
+        raise ValueError(
+            f"batch_size={batch_size} x {world_size} process(es) is larger than the dataset "
+            f"({len(dataset)} pairs): lower batch_size"
+        )
+    return loader, sampler
+
+
+if __name__ == "__main__":
+    recipe_main(parse_recipe_args())

@@ -1,0 +1,228 @@
+"""The dpo recipe on a tiny random Llama: LoRA and full DPO learn a preference from log(2),
+the LoRA adapter loads in PEFT, torchtune-style configs run through the CLI, and wrong
+configs fail naming the key or column."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from tests.recipes.conftest import HERE, LORA, base_config
+from tunesmith.config import ConfigError
+
+REPO = HERE.parents[1]
+STEPS = 15
+WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "ocean", "robot", "sugar",
+         "maple", "crane", "delta", "ember", "fable", "giant"]  # fmt: skip
+
+
+def write_preference_data(path: Path, n: int = 128, drop: str | None = None) -> Path:
+    """Rows ``{prompt, chosen, rejected}``: the chosen answer is the word reversed and upper-cased,
+    the rejected one repeats the word (``drop`` leaves a column out)."""
+    rows = []
+    for i in range(n):
+        w = WORDS[i % len(WORDS)] + WORDS[(i * 7) % len(WORDS)][: 1 + i % 3]
+        row = {"question": f"Reverse and shout: {w}", "response_j": w[::-1].upper(),
+               "response_k": w}  # fmt: skip
+        if drop:
+            del row[drop]
+        rows.append(row)
+    path.write_text(json.dumps(rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def preference_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_preference_data(tmp_path_factory.mktemp("pref") / "pairs.json")
+
+
+def dpo_config(out: Path, model_dir: Path, data: Path, **over: Any) -> dict[str, Any]:
+    """torchtune's DPO keys (torchtune.* component names), pointing at tiny local files."""
+    cfg = base_config(out, model_dir, data, max_steps_per_epoch=STEPS, **over)
+    cfg["dataset"] = {
+        "_component_": "torchtune.datasets.stack_exchange_paired_dataset",
+        "source": "json",
+        "data_files": str(data),
+        "split": "train",
+    }
+    cfg["loss"] = {"_component_": "torchtune.rlhf.loss.DPOLoss", "beta": 0.1}
+    cfg["checkpointer"]["_component_"] = "torchtune.training.FullModelHFCheckpointer"
+    for key, value in over.items():  # overrides of the replaced nodes win
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return cfg
+
+
+def read_metrics(out: Path) -> dict[str, list[float]]:
+    """``{metric: values by step}`` from the DiskLogger's JSONL."""
+    found: dict[str, list[float]] = {}
+    for line in (out / "logs" / "log.jsonl").read_text().splitlines():
+        for k, v in json.loads(line).items():
+            if k not in ("step", "time"):
+                found.setdefault(k, []).append(v)
+    return found
+
+
+@pytest.fixture
+def run_dpo(tiny_llama: Path, preference_data: Path, tmp_path: Path) -> Callable[..., Path]:
+    from tunesmith.recipes.dpo import recipe_main
+
+    def run(name: str = "run", **over: Any) -> Path:
+        out = tmp_path / name
+        recipe_main(OmegaConf.create(dpo_config(out, tiny_llama, preference_data, **over)))
+        return out
+
+    return run
+
+
+def assert_prefers(out: Path) -> dict[str, list[float]]:
+    m = read_metrics(out)
+    losses, acc = m["loss"], m["rewards/accuracies"]
+    assert len(losses) == STEPS and all(math.isfinite(x) for x in losses)
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference at step 1
+    assert acc[0] == 0.0 and m["rewards/margins"][0] == pytest.approx(0.0, abs=1e-6)
+    assert sum(losses[-3:]) / 3 < 0.6 * math.log(2), losses
+    assert sum(acc[-3:]) / 3 >= 0.9, acc
+    assert m["rewards/margins"][-1] > 0
+    for key in ("rewards/chosen", "rewards/rejected", "log_probs/chosen", "log_probs/rejected"):
+        assert len(m[key]) == STEPS, key
+    return m
+
+
+def test_lora_dpo_learns_and_saves_peft_adapter(run_dpo, tiny_llama: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    out = run_dpo(**{f"model.{k}": v for k, v in LORA.items()}, **{"optimizer.lr": 1e-2})
+    assert_prefers(out)
+    tokens = torch.tensor([[257, *b"user: Reverse and shout: apple", 10]])
+    merged = transformers.LlamaForCausalLM.from_pretrained(out / "epoch_1").eval()
+    base = transformers.LlamaForCausalLM.from_pretrained(tiny_llama).eval()
+    with torch.no_grad():
+        before = base(tokens).logits
+        adapted = peft.PeftModel.from_pretrained(base, out / "epoch_1" / "adapter").eval()
+        ref = adapted(tokens).logits
+        assert (merged(tokens).logits - ref).abs().max() <= 1e-4
+        assert (before - ref).abs().max() > 1e-3  # the adapter changed the model
+
+
+def test_full_dpo_learns(run_dpo) -> None:
+    out = run_dpo(**{"optimizer.lr": 1e-3})
+    assert_prefers(out)
+    assert (out / "epoch_1" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "loss", [{"_component_": "torchtune.rlhf.loss.RSOLoss", "gamma": 0.1},
+             {"_component_": "tunesmith.rlhf.loss.IPOLoss", "tau": 0.1}],
+)  # fmt: skip
+def test_other_preference_losses_run(run_dpo, loss: dict) -> None:
+    out = run_dpo(loss=loss, max_steps_per_epoch=3, **{f"model.{k}": v for k, v in LORA.items()})
+    assert len(read_metrics(out)["loss"]) == 3
+
+
+def test_missing_column_names_it(tiny_llama: Path, tmp_path: Path) -> None:
+    from tunesmith.recipes.dpo import recipe_main
+
+    data = write_preference_data(tmp_path / "bad.json", n=8, drop="response_k")
+    cfg = dpo_config(tmp_path / "out", tiny_llama, data)
+    with pytest.raises(ValueError, match="response_k") as err:
+        recipe_main(OmegaConf.create(cfg))
+    assert "row 0" in str(err.value)
+
+
+def test_wrong_dataset_or_loss_names_the_key(
+    tiny_llama: Path, preference_data: Path, instruct_data: Path, tmp_path: Path
+) -> None:
+    from tunesmith.recipes.dpo import recipe_main
+
+    cfg = dpo_config(tmp_path / "a", tiny_llama, preference_data)
+    cfg["loss"] = {"_component_": "torchtune.modules.loss.LinearCrossEntropyLoss"}
+    with pytest.raises(ConfigError, match="loss._component_"):
+        recipe_main(OmegaConf.create(cfg))
+    sft = base_config(tmp_path / "b", tiny_llama, instruct_data)["dataset"]
+    cfg = dpo_config(tmp_path / "b", tiny_llama, preference_data, dataset=sft)
+    with pytest.raises(ConfigError, match="dataset._component_.*not preference pairs"):
+        recipe_main(OmegaConf.create(cfg))
+
+
+def test_cli_runs_torchtune_recipe_name(
+    tiny_llama: Path, preference_data: Path, tmp_path: Path
+) -> None:
+    """``tunesmith run lora_dpo_single_device --config <yaml>`` with torchtune's keys."""
+    import os
+
+    cfg = dpo_config(tmp_path / "out", tiny_llama, preference_data, max_steps_per_epoch=2,
+                     **{f"model.{k}": v for k, v in LORA.items()})  # fmt: skip
+    path = tmp_path / "tiny_lora_dpo.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "run", "lora_dpo_single_device", "--config",
+         str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert len(read_metrics(tmp_path / "out")["loss"]) == 2
+    assert (tmp_path / "out" / "epoch_1" / "adapter" / "adapter_config.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_continues_the_same_curve(run_dpo, lora: bool) -> None:
+    """Cut after step 3's intermediate checkpoint and resumed == one uninterrupted run (the full
+    DPO reference stays the initial weights, not the resumed ones)."""
+    import shutil
+
+    over: dict[str, Any] = {"max_steps_per_epoch": 6, "save_every_n_steps": 3}
+    if lora:
+        over.update({f"model.{k}": v for k, v in LORA.items()})
+    whole = read_metrics(run_dpo("whole", **over))
+    out = run_dpo("cut", **over)
+    shutil.rmtree(out / "epoch_1")
+    (out / "logs" / "log.jsonl").unlink()
+    run_dpo("cut", resume_from_checkpoint=True, **over)
+    again = read_metrics(out)
+    for key in ("loss", "rewards/margins"):
+        assert again[key] == pytest.approx(whole[key][3:], abs=1e-5), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True])
+def test_torchrun_two_processes_match_single(
+    tiny_llama: Path, preference_data: Path, tmp_path: Path, lora: bool
+) -> None:
+    """2 ranks x batch 2 (FSDP2, log-probs from logits) == 1 process x batch 4 (from hidden
+    states): the same metrics every step."""
+    import os
+
+    over: dict[str, Any] = {"max_steps_per_epoch": 3, "shuffle": False}
+    if lora:
+        over.update({f"model.{k}": v for k, v in LORA.items()})
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
+    for name, nproc, batch in (("single", 1, 4), ("dist", 2, 2)):
+        cfg = dpo_config(tmp_path / name, tiny_llama, preference_data, batch_size=batch, **over)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        launch = ["--nproc_per_node", str(nproc)] if nproc > 1 else []
+        proc = subprocess.run(
+            [sys.executable, "-m", "tunesmith.cli", "run", *launch, "dpo", "--config", str(path)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    single, dist = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "dist")
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "log_probs/chosen"):
+        assert dist[key] == pytest.approx(single[key], rel=1e-4, abs=1e-4), key
