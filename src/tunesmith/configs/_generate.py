@@ -532,6 +532,9 @@ def render_all() -> dict[str, str]:
         out[f"smollm2/135M_{kind}_demo.yaml"] = demo_config(kind)
     out["smollm2/generation.yaml"] = SMOLLM2_GENERATION
     out["smollm2/generation_gguf.yaml"] = SMOLLM2_GENERATION_GGUF
+    from tunesmith.configs._generate_dpo import render_dpo  # imports this module's table
+
+    out.update(render_dpo())
     return out
 
 
