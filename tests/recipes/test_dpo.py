@@ -48,7 +48,8 @@ def preference_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def dpo_config(out: Path, model_dir: Path, data: Path, **over: Any) -> dict[str, Any]:
     """torchtune's DPO keys (torchtune.* component names), pointing at tiny local files."""
-    cfg = base_config(out, model_dir, data, max_steps_per_epoch=STEPS, **over)
+    over = {"max_steps_per_epoch": STEPS, **over}
+    cfg = base_config(out, model_dir, data, **over)
     cfg["dataset"] = {
         "_component_": "torchtune.datasets.stack_exchange_paired_dataset",
         "source": "json",
@@ -226,3 +227,44 @@ def test_torchrun_two_processes_match_single(
     single, dist = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "dist")
     for key in ("loss", "rewards/chosen", "rewards/rejected", "log_probs/chosen"):
         assert dist[key] == pytest.approx(single[key], rel=1e-4, abs=1e-4), key
+
+
+PEER_CONFIGS = (
+    Path.home() / ".cache/tunesmith-bench/peer-venv/lib/python3.11/site-packages/recipes/configs"
+)
+
+
+@pytest.mark.parametrize("source", ["bundled", pytest.param("torchtune", marks=pytest.mark.slow)])
+def test_torchtune_dpo_config_runs_unchanged(assets: Path, tmp_path: Path, source: str) -> None:
+    """llama3_1/8B_lora_dpo_single_device (the bundled twin, and torchtune 0.6.1's own file where
+    installed) on the StackExchange sample; overridden: paths, device, step budget, batch size,
+    and the model size (a 2-layer Llama instead of the 8B download)."""
+    import os
+
+    from tests.recipes._recipe_toys import write_tiny_llama
+
+    config = "llama3_1/8B_lora_dpo_single_device"
+    if source == "torchtune":
+        if not (PEER_CONFIGS / f"{config}.yaml").is_file():
+            pytest.skip("torchtune 0.6.1 peer venv not installed")
+        config = str(PEER_CONFIGS / f"{config}.yaml")
+    model_dir = write_tiny_llama(tmp_path / "llama_tiny", vocab_size=128256, tied=True)
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "run", "lora_dpo_single_device", "--config", config,
+         f"output_dir={out}", "model._component_=tunesmith.models.build_from_hf",
+         f"+model.checkpoint_dir_or_config={model_dir}",
+         f"tokenizer.path={assets / 'torchtune_tests' / 'tiktoken_small.model'}",
+         "tokenizer.max_seq_len=128", f"checkpointer.checkpoint_dir={model_dir}",
+         "checkpointer.checkpoint_files=[model.safetensors]", "+dataset.source=json",
+         f"+dataset.data_files={assets / 'torchtune_tests' / 'stack_exchange_paired_tiny.json'}",
+         "device=cpu", "max_steps_per_epoch=2", "batch_size=2", "gradient_accumulation_steps=1",
+         "+metric_logger.filename=log.jsonl"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    losses = read_metrics(out)["loss"]
+    assert len(losses) == 2 and losses[0] == pytest.approx(math.log(2), abs=1e-3)
+    assert (out / "epoch_1" / "adapter" / "adapter_model.safetensors").is_file()
