@@ -20,7 +20,7 @@ import torch
 
 from tunesmith.config import resolve_component
 from tunesmith.rlhf import get_batch_log_probs, sequence_log_probs
-from tunesmith.rlhf.loss import DPOLoss, IPOLoss, RSOLoss
+from tunesmith.rlhf.loss import DPOLoss, IPOLoss, RSOLoss, SimPOLoss
 
 PEER_PYTHON = Path.home() / ".cache" / "tunesmith-bench" / "peer-venv" / "bin" / "python"
 
@@ -93,6 +93,22 @@ def test_losses_equal_trl(loss_type: str, ours: torch.nn.Module) -> None:
             )
 
 
+@pytest.mark.parametrize("beta, gamma, eps", [(2.0, 0.5, 0.0), (2.5, 1.0, 0.0), (2.0, 0.3, 0.1)])
+def test_simpo_equals_trl_cpo(beta: float, gamma: float, eps: float) -> None:
+    """SimPO on token-mean log-probs == TRL's CPOTrainer.cpo_loss with loss_type='simpo'."""
+    pytest.importorskip("trl")
+    from trl.experimental.cpo import CPOTrainer
+
+    p = _pairs()
+    chosen, rejected = p["pc"] / p["nc"], p["pr"] / p["nr"]
+    ours = SimPOLoss(beta=beta, gamma=gamma, label_smoothing=eps)
+    assert ours.reference_free and ours.average_log_probs
+    self = SimpleNamespace(alpha=0.0, loss_type="simpo", simpo_gamma=gamma, beta=beta,
+                           label_smoothing=eps, accelerator=SimpleNamespace(device="cpu"))  # fmt: skip
+    for mine, theirs in zip(ours(chosen, rejected), CPOTrainer.cpo_loss(self, chosen, rejected)):
+        torch.testing.assert_close(mine, theirs)
+
+
 def test_dpo_starts_at_log2_and_label_smoothing_is_conservative_dpo() -> None:
     x = torch.tensor([-5.0, -7.0])
     losses, chosen, rejected = DPOLoss()(x, x, x, x)
@@ -111,6 +127,7 @@ def test_dpo_starts_at_log2_and_label_smoothing_is_conservative_dpo() -> None:
 def test_torchtune_component_paths_resolve() -> None:
     assert resolve_component("torchtune.rlhf.loss.DPOLoss") is DPOLoss
     assert resolve_component("torchtune.rlhf.loss.RSOLoss") is RSOLoss
+    assert resolve_component("torchtune.rlhf.loss.SimPOLoss") is SimPOLoss
     assert resolve_component("torchtune.rlhf.get_batch_log_probs") is get_batch_log_probs
     assert callable(resolve_component("torchtune.data.padded_collate_dpo"))
 

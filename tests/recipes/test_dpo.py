@@ -126,12 +126,20 @@ def test_full_dpo_learns(run_dpo) -> None:
 
 
 @pytest.mark.parametrize(
-    "loss", [{"_component_": "torchtune.rlhf.loss.RSOLoss", "gamma": 0.1},
-             {"_component_": "tunesmith.rlhf.loss.IPOLoss", "tau": 0.1}],
+    "loss, lora",
+    [({"_component_": "torchtune.rlhf.loss.RSOLoss", "gamma": 0.1}, True),
+     ({"_component_": "tunesmith.rlhf.loss.IPOLoss", "tau": 0.1}, True),
+     ({"_component_": "tunesmith.rlhf.loss.SimPOLoss"}, True),
+     ({"_component_": "tunesmith.rlhf.loss.SimPOLoss"}, False)],
 )  # fmt: skip
-def test_other_preference_losses_run(run_dpo, loss: dict) -> None:
-    out = run_dpo(loss=loss, max_steps_per_epoch=3, **{f"model.{k}": v for k, v in LORA.items()})
-    assert len(read_metrics(out)["loss"]) == 3
+def test_other_preference_losses_learn(run_dpo, loss: dict, lora: bool) -> None:
+    """RSO, IPO and reference-free SimPO (no reference model, LoRA or full) raise the margin."""
+    over = {f"model.{k}": v for k, v in LORA.items()} if lora else {}
+    lr = 1e-2 if lora else 1e-3
+    out = run_dpo(loss=loss, max_steps_per_epoch=8, **{"optimizer.lr": lr}, **over)
+    m = read_metrics(out)
+    assert len(m["loss"]) == 8 and m["loss"][-1] < m["loss"][0], m["loss"]
+    assert m["rewards/margins"][-1] > m["rewards/margins"][0]
 
 
 def test_missing_column_names_it(tiny_llama: Path, tmp_path: Path) -> None:

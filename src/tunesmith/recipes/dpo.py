@@ -1,4 +1,4 @@
-"""Recipe ``dpo``: preference optimization (DPO, RSO hinge, IPO) — full or LoRA, one device or many.
+"""Recipe ``dpo``: preference optimization (DPO, RSO, IPO, SimPO), full or LoRA, on 1 or N devices.
 
 The policy trains on pairs of a chosen and a rejected response; the loss compares the policy's
 log-probability of each response with a frozen reference model's. The model component decides
@@ -11,7 +11,8 @@ unchanged; launched with ``tunesmith run --nproc_per_node N dpo ...`` the models
 with FSDP2.
 
 A sequence's log-probability is the sum over its trained (non-ignored) label tokens, as in
-torchtune (the token mean for losses with ``average_log_probs``, e.g. IPO). Logged per step:
+torchtune (the token mean for losses with ``average_log_probs``, e.g. IPO; reference-free
+losses, SimPO, run no reference model). Logged per step:
 ``loss``, ``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``, ``rewards/margins``,
 ``log_probs/chosen``, ``log_probs/rejected`` (means over the step's pairs, all ranks).
 """
@@ -19,6 +20,7 @@ torchtune (the token mean for losses with ``average_log_probs``, e.g. IPO). Logg
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -84,7 +86,7 @@ def recipe_main(cfg: DictConfig) -> None:
     if not isinstance(loss_fn, PreferenceLoss):
         raise ConfigError(
             f"loss._component_={cfg.loss.get('_component_')} is not a preference loss; the dpo "
-            "recipe needs one of torchtune.rlhf.loss.DPOLoss, RSOLoss or IPOLoss",
+            "recipe needs one of torchtune.rlhf.loss.DPOLoss, RSOLoss, IPOLoss or SimPOLoss",
             key="loss._component_",
         )
 
@@ -99,7 +101,8 @@ def recipe_main(cfg: DictConfig) -> None:
     )
     model, is_peft = build_model(cfg, state, device, dtype, world_size)
     reference = None
-    if not is_peft:  # full DPO: a frozen copy of the initial weights
+    reference_free = loss_fn.reference_free  # SimPO: no reference model at all
+    if not is_peft and not reference_free:  # full DPO: a frozen copy of the initial weights
         ref_state = state
         if cfg.get("ref_checkpointer") is not None:
             ref_state = instantiate(cfg.ref_checkpointer, resume_from_checkpoint=False)
@@ -224,12 +227,12 @@ def recipe_main(cfg: DictConfig) -> None:
                     targets = shift_labels(labels, IGNORE_INDEX)
                     with activations_ctx:
                         policy = _pair_log_probs(model, tokens, targets, average)
-                    with torch.no_grad():
-                        if reference is None:
-                            with disable_adapter(model):
-                                ref = _pair_log_probs(model, tokens, targets, average)
-                        else:
-                            ref = _pair_log_probs(reference, tokens, targets, average)
+                    ref: tuple[torch.Tensor, ...] = ()
+                    if not reference_free:  # LoRA: the same model with its adapters off
+                        ref_model = model if reference is None else reference
+                        off = disable_adapter(model) if reference is None else nullcontext()
+                        with torch.no_grad(), off:
+                            ref = _pair_log_probs(ref_model, tokens, targets, average)
                     losses, chosen_r, rejected_r = loss_fn(*policy, *ref)
                     (losses.mean() / accum).backward()
                     sums += _step_metrics(losses, chosen_r, rejected_r, policy, targets)

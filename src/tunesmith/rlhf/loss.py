@@ -5,7 +5,8 @@ of the chosen and rejected responses under the policy and the reference model, e
 and returns ``(losses [b], chosen_rewards [b], rejected_rewards [b])``: per-pair losses (the
 recipe takes their mean) and the implicit rewards ``scale * (policy - reference)``, detached,
 that the recipe logs. The names and arguments are torchtune's (``torchtune.rlhf.loss.*``
-resolves here), so its DPO configs run unchanged.
+resolves here), so its DPO configs run unchanged. Reference-free losses (SimPO) take only the
+two policy log-probs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PreferenceLoss", "DPOLoss", "RSOLoss", "IPOLoss"]
+__all__ = ["PreferenceLoss", "DPOLoss", "RSOLoss", "IPOLoss", "SimPOLoss"]
 
 
 class PreferenceLoss(nn.Module):
@@ -22,9 +23,12 @@ class PreferenceLoss(nn.Module):
 
     Attributes:
         average_log_probs: the loss expects token-averaged log-probs instead of sums (IPO).
+        reference_free: ``forward`` takes only the policy's two log-probs (SimPO); the
+            recipe then runs no reference model.
     """
 
     average_log_probs: bool = False
+    reference_free: bool = False
 
     def _margins(
         self,
@@ -140,3 +144,38 @@ class IPOLoss(PreferenceLoss):
         )  # fmt: skip
         losses = (h - 1 / (2 * self.tau)) ** 2
         return losses, self.tau * chosen.detach(), self.tau * rejected.detach()
+
+
+class SimPOLoss(PreferenceLoss):
+    """Simple preference optimization (Meng et al., 2024, arXiv:2405.14734): reference-free,
+    on token-averaged log-probs, with a target reward margin ``gamma``:
+    ``-(1 - eps) * logsigmoid(beta * d - gamma) - eps * logsigmoid(gamma - beta * d)`` where
+    ``d`` is the chosen-minus-rejected mean log-prob. torchtune 0.3's arguments.
+
+    Args:
+        beta: reward scale (the paper uses 2.0 to 2.5).
+        gamma: target margin between the chosen and rejected rewards.
+        label_smoothing: probability that a preference label is wrong, in ``[0, 0.5)``.
+    """
+
+    average_log_probs = True
+    reference_free = True
+
+    def __init__(self, beta: float = 2.0, gamma: float = 0.5, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+        self.beta = beta
+        self.gamma = gamma
+        self.label_smoothing = label_smoothing
+
+    def forward(
+        self, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token-mean log-probs ``[b]`` each; returns ``(losses [b], chosen_rewards [b],
+        rejected_rewards [b])`` with rewards ``beta * mean log-prob``."""
+        z = self.beta * (policy_chosen_logps - policy_rejected_logps) - self.gamma
+        eps = self.label_smoothing
+        losses = -F.logsigmoid(z) * (1 - eps) - F.logsigmoid(-z) * eps
+        chosen = self.beta * policy_chosen_logps.detach()
+        return losses, chosen, self.beta * policy_rejected_logps.detach()
