@@ -103,10 +103,27 @@ def assert_prefers(out: Path) -> dict[str, list[float]]:
     return m
 
 
-def test_lora_dpo_learns_and_saves_peft_adapter(run_dpo, tiny_llama: Path) -> None:
+def test_cli_lora_dpo_learns_and_saves_peft_adapter(
+    tiny_llama: Path, preference_data: Path, tmp_path: Path
+) -> None:
+    """``tunesmith run lora_dpo_single_device --config <tiny yaml>`` (torchtune's recipe name and
+    keys): the loss falls from log(2), accuracies rise, and the adapter loads in PEFT."""
+    import os
+
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
-    out = run_dpo(**{f"model.{k}": v for k, v in LORA.items()}, **{"optimizer.lr": 1e-2})
+    out = tmp_path / "out"
+    cfg = dpo_config(out, tiny_llama, preference_data, **{"optimizer.lr": 1e-2},
+                     **{f"model.{k}": v for k, v in LORA.items()})  # fmt: skip
+    path = tmp_path / "tiny_lora_dpo.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "run", "lora_dpo_single_device", "--config",
+         str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     assert_prefers(out)
     tokens = torch.tensor([[257, *b"user: Reverse and shout: apple", 10]])
     merged = transformers.LlamaForCausalLM.from_pretrained(out / "epoch_1").eval()
@@ -165,27 +182,6 @@ def test_wrong_dataset_or_loss_names_the_key(
     cfg = dpo_config(tmp_path / "b", tiny_llama, preference_data, dataset=sft)
     with pytest.raises(ConfigError, match="dataset._component_.*not preference pairs"):
         recipe_main(OmegaConf.create(cfg))
-
-
-def test_cli_runs_torchtune_recipe_name(
-    tiny_llama: Path, preference_data: Path, tmp_path: Path
-) -> None:
-    """``tunesmith run lora_dpo_single_device --config <yaml>`` with torchtune's keys."""
-    import os
-
-    cfg = dpo_config(tmp_path / "out", tiny_llama, preference_data, max_steps_per_epoch=2,
-                     **{f"model.{k}": v for k, v in LORA.items()})  # fmt: skip
-    path = tmp_path / "tiny_lora_dpo.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(
-        [sys.executable, "-m", "tunesmith.cli", "run", "lora_dpo_single_device", "--config",
-         str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    assert len(read_metrics(tmp_path / "out")["loss"]) == 2
-    assert (tmp_path / "out" / "epoch_1" / "adapter" / "adapter_config.json").is_file()
 
 
 @pytest.mark.slow
