@@ -23,6 +23,9 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.training.checkpointing.", "tunesmith.training."),
     ("torchtune.utils.metric_logging.", "tunesmith.training.metric_logging."),
     ("torchtune.rlhf.", "tunesmith.rlhf."),
+    # distillation losses live beside, not inside, tunesmith.modules.loss
+    ("torchtune.modules.loss.kd_losses.", "tunesmith.modules.kd_loss."),
+    ("torchtune.modules.loss.ForwardKL", "tunesmith.modules.kd_loss.ForwardKL"),
     ("torchtune.training.quantization.", "tunesmith.quantization."),
     # Older torchtune configs name the scheduler at its pre-0.3 home.
     (
