@@ -64,6 +64,11 @@ RECIPES: tuple[Recipe, ...] = (
         ),
         supports_distributed=True,
     ),
+    Recipe(
+        "knowledge_distillation",
+        "tunesmith.recipes.knowledge_distillation",
+        ("knowledge_distillation_single_device", "knowledge_distillation_distributed"),
+    ),
     Recipe("generate", "tunesmith.recipes.generate", ("generate",)),
     Recipe("eval", "tunesmith.recipes.eval", ("eleuther_eval",)),
     Recipe("quantize", "tunesmith.recipes.quantize"),

@@ -1,0 +1,188 @@
+"""The knowledge_distillation recipe on tiny random Llamas: a LoRA student run through the CLI
+under torchtune's recipe name lowers the KD loss and saves a PEFT adapter; kd_ratio=0 is the
+finetune recipe; wrong configs fail naming the key."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from tests.recipes._recipe_toys import write_tiny_llama
+from tests.recipes.conftest import HERE, LORA, base_config, read_losses
+from tunesmith.config import ConfigError
+
+REPO = HERE.parents[1]
+STEPS = 15
+
+
+def write_teacher(folder: Path, vocab_size: int = 320) -> Path:
+    """A random 3-layer Llama, wider than the student, with the toy tokenizer's vocabulary."""
+    import transformers
+
+    torch.manual_seed(7)
+    config = transformers.LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=96,
+        intermediate_size=192,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        initializer_range=0.2,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_teacher(tmp_path_factory.mktemp("teacher"))
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(
+    tiny_teacher: Path, instruct_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The tiny teacher after 20 steps of full finetuning on the toy data (as torchtune's KD
+    configs advise: distil from a teacher finetuned on the target dataset)."""
+    from tunesmith.recipes import finetune
+
+    out = tmp_path_factory.mktemp("trained_teacher")
+    cfg = base_config(out, tiny_teacher, instruct_data, **{"optimizer.lr": 3e-3})
+    finetune.recipe_main(OmegaConf.create(cfg))
+    return out / "epoch_1"
+
+
+def kd_config(out: Path, student: Path, teacher: Path, data: Path, **over: Any) -> dict[str, Any]:
+    """torchtune's KD keys (torchtune.* component names), pointing at tiny local files."""
+    cfg = base_config(out, student, data, max_steps_per_epoch=STEPS)
+    cfg["teacher_model"] = {
+        "_component_": "tunesmith.models.build_from_hf",
+        "checkpoint_dir_or_config": str(teacher),
+    }
+    cfg["teacher_checkpointer"] = {**cfg["checkpointer"], "checkpoint_dir": str(teacher)}
+    cfg["checkpointer"]["_component_"] = "torchtune.training.FullModelHFCheckpointer"
+    cfg["loss"] = {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss"}
+    cfg["kd_loss"] = {"_component_": "torchtune.modules.loss.ForwardKLWithChunkedOutputLoss"}
+    cfg["kd_ratio"] = 0.5
+    for key, value in over.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return cfg
+
+
+def read_metrics(out: Path) -> dict[str, list[float]]:
+    """``{metric: values by step}`` from the DiskLogger's JSONL."""
+    found: dict[str, list[float]] = {}
+    for line in (out / "logs" / "log.jsonl").read_text().splitlines():
+        for k, v in json.loads(line).items():
+            if k not in ("step", "time"):
+                found.setdefault(k, []).append(v)
+    return found
+
+
+@pytest.mark.slow
+def test_cli_lora_kd_learns_and_saves_peft_adapter(
+    tiny_llama: Path, trained_teacher: Path, instruct_data: Path, tmp_path: Path
+) -> None:
+    """``tunesmith run knowledge_distillation_single_device --config <tiny yaml>``: the KD loss
+    falls over 15 steps, the logged loss mixes class and KD loss by kd_ratio, and the LoRA
+    adapter loads in PEFT and equals the merged weights."""
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    out = tmp_path / "out"
+    cfg = kd_config(out, tiny_llama, trained_teacher, instruct_data, **{"optimizer.lr": 1e-2},
+                    gradient_accumulation_steps=2, clip_grad_norm=1.0,
+                    lr_scheduler={"_component_": "torchtune.training.lr_schedulers."
+                                  "get_cosine_schedule_with_warmup", "num_warmup_steps": 2},
+                    **{f"model.{k}": v for k, v in LORA.items()})  # fmt: skip
+    path = tmp_path / "tiny_kd_lora.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "run", "knowledge_distillation_single_device",
+         "--config", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    m = read_metrics(out)
+    for key in ("loss", "class_loss", "kd_loss", "lr", "tokens_per_second", "grad_norm"):
+        assert len(m[key]) == STEPS and all(math.isfinite(x) for x in m[key]), key
+    kd = m["kd_loss"]
+    assert sum(kd[-3:]) / 3 < 0.6 * sum(kd[:3]) / 3, kd  # ~7.0 -> ~2.9
+    for loss, ce, k in zip(m["loss"], m["class_loss"], kd):
+        assert loss == pytest.approx(0.5 * ce + 0.5 * k, rel=1e-5)
+    assert m["lr"][0] < m["lr"][2]  # warmup
+
+    tokens = torch.tensor([[257, *b"user: Reverse and shout: apple", 10]])
+    merged = transformers.LlamaForCausalLM.from_pretrained(out / "epoch_1").eval()
+    base = transformers.LlamaForCausalLM.from_pretrained(tiny_llama).eval()
+    with torch.no_grad():
+        before = base(tokens).logits
+        adapted = peft.PeftModel.from_pretrained(base, out / "epoch_1" / "adapter").eval()
+        ref = adapted(tokens).logits
+        assert (merged(tokens).logits - ref).abs().max() <= 1e-4
+        assert (before - ref).abs().max() > 1e-3  # the adapter changed the model
+
+
+@pytest.mark.slow
+def test_kd_ratio_zero_equals_finetune(
+    tiny_llama: Path, tiny_teacher: Path, instruct_data: Path, tmp_path: Path
+) -> None:
+    """With kd_ratio=0 the loss (and so every update) is the finetune recipe's, step by step."""
+    from tunesmith.recipes import finetune, knowledge_distillation
+
+    over = {"max_steps_per_epoch": 2, "gradient_accumulation_steps": 2}
+    ft = base_config(tmp_path / "ft", tiny_llama, instruct_data, **over)
+    ft["loss"] = {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss"}
+    finetune.recipe_main(OmegaConf.create(ft))
+    kd = kd_config(tmp_path / "kd", tiny_llama, tiny_teacher, instruct_data, kd_ratio=0.0, **over)
+    knowledge_distillation.recipe_main(OmegaConf.create(kd))
+    m = read_metrics(tmp_path / "kd")
+    expected = read_losses(tmp_path / "ft")
+    assert len(expected) == 2
+    assert m["loss"] == pytest.approx(expected, rel=1e-4)
+    assert m["class_loss"] == pytest.approx(expected, rel=1e-4)
+    assert all(k > 0 for k in m["kd_loss"])  # still measured, weighted 0
+
+
+def test_vocab_mismatch_names_teacher_model_and_model(
+    tiny_llama: Path, instruct_data: Path, tmp_path: Path
+) -> None:
+    from tunesmith.recipes.knowledge_distillation import recipe_main
+
+    teacher = write_tiny_llama(tmp_path / "teacher384", vocab_size=384)
+    cfg = kd_config(tmp_path / "out", tiny_llama, teacher, instruct_data)
+    with pytest.raises(ConfigError, match="teacher_model has a vocabulary of 384") as err:
+        recipe_main(OmegaConf.create(cfg))
+    assert "model has 320" in str(err.value) and err.value.key == "teacher_model"
+
+
+def test_wrong_kd_loss_or_missing_teacher_names_the_key(
+    tiny_llama: Path, tiny_teacher: Path, instruct_data: Path, tmp_path: Path
+) -> None:
+    from tunesmith.recipes.knowledge_distillation import recipe_main
+
+    ce = {"_component_": "torchtune.modules.loss.CEWithChunkedOutputLoss"}
+    cfg = kd_config(tmp_path / "a", tiny_llama, tiny_teacher, instruct_data, kd_loss=ce)
+    with pytest.raises(ConfigError, match="not a distillation loss") as err:
+        recipe_main(OmegaConf.create(cfg))
+    assert err.value.key == "kd_loss._component_"
+    cfg = kd_config(tmp_path / "b", tiny_llama, tiny_teacher, instruct_data)
+    del cfg["teacher_checkpointer"]
+    with pytest.raises(ConfigError, match="teacher_checkpointer is missing"):
+        recipe_main(OmegaConf.create(cfg))
