@@ -186,3 +186,80 @@ def test_wrong_kd_loss_or_missing_teacher_names_the_key(
     del cfg["teacher_checkpointer"]
     with pytest.raises(ConfigError, match="teacher_checkpointer is missing"):
         recipe_main(OmegaConf.create(cfg))
+
+
+PEER_CONFIGS = (
+    Path.home() / ".cache/tunesmith-bench/peer-venv/lib/python3.11/site-packages/recipes/configs"
+)
+KD_CONFIG_NAMES = (
+    "qwen2/1.5_to_0.5B_KD_lora_single_device",
+    "qwen2/1.5_to_0.5B_KD_lora_distributed",
+    "llama3_2/8B_to_1B_KD_lora_single_device",
+    "llama3_2/8B_to_1B_KD_lora_distributed",
+)
+
+
+def _flat(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+@pytest.mark.parametrize("name", KD_CONFIG_NAMES)
+def test_bundled_kd_configs_match_torchtune(name: str) -> None:
+    """Same keys and values as torchtune 0.6.1's file; components resolve to the same objects."""
+    from tunesmith.config import load_config, resolve_component
+
+    if not (PEER_CONFIGS / f"{name}.yaml").is_file():
+        pytest.skip("torchtune 0.6.1 peer venv not installed")
+    theirs = _flat(OmegaConf.to_container(OmegaConf.load(PEER_CONFIGS / f"{name}.yaml")))
+    ours = _flat(OmegaConf.to_container(load_config(name)))
+    assert set(ours) == set(theirs)
+    for key, value in theirs.items():
+        if key.endswith("_component_"):
+            assert resolve_component(ours[key]) is resolve_component(value), key
+        elif key == "output_dir":
+            assert ours[key] == value.replace("/tmp/torchtune/", "/tmp/tunesmith/")
+        elif isinstance(value, str) and value.startswith("/tmp/"):
+            assert ours[key].rstrip("/") == value.rstrip("/"), key
+        else:
+            assert ours[key] == value, key
+
+
+@pytest.mark.parametrize("source", ["bundled", pytest.param("torchtune", marks=pytest.mark.slow)])
+def test_torchtune_kd_config_runs_unchanged(assets: Path, tmp_path: Path, source: str) -> None:
+    """llama3_2/8B_to_1B_KD_lora_single_device (the bundled twin, and torchtune 0.6.1's own file)
+    on the Alpaca sample; overridden: paths, device, step budget, batch size, and the model sizes
+    (2- and 3-layer Llamas with Llama 3's vocabulary instead of the 1B / 8B downloads)."""
+    config = "llama3_2/8B_to_1B_KD_lora_single_device"
+    if source == "torchtune":
+        if not (PEER_CONFIGS / f"{config}.yaml").is_file():
+            pytest.skip("torchtune 0.6.1 peer venv not installed")
+        config = str(PEER_CONFIGS / f"{config}.yaml")
+    student = write_tiny_llama(tmp_path / "student", vocab_size=128256, tied=True)
+    teacher = write_tiny_llama(tmp_path / "teacher", seed=1, vocab_size=128256, tied=True)
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "run", "knowledge_distillation_single_device",
+         "--config", config, f"output_dir={out}",
+         "model._component_=tunesmith.models.build_from_hf",
+         f"+model.checkpoint_dir_or_config={student}",
+         "teacher_model._component_=tunesmith.models.build_from_hf",
+         f"+teacher_model.checkpoint_dir_or_config={teacher}",
+         f"tokenizer.path={assets / 'torchtune_tests' / 'tiktoken_small.model'}",
+         "tokenizer.max_seq_len=128", f"checkpointer.checkpoint_dir={student}",
+         "checkpointer.checkpoint_files=[model.safetensors]",
+         f"teacher_checkpointer.checkpoint_dir={teacher}",
+         "teacher_checkpointer.checkpoint_files=[model.safetensors]", "+dataset.source=json",
+         f"+dataset.data_files={assets / 'torchtune_tests' / 'alpaca_tiny.json'}",
+         "device=cpu", "max_steps_per_epoch=2", "batch_size=2", "gradient_accumulation_steps=1",
+         "+metric_logger.filename=log.jsonl"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    m = read_metrics(out)
+    assert len(m["kd_loss"]) == 2 and all(math.isfinite(x) and x > 0 for x in m["kd_loss"])
+    assert (out / "epoch_1" / "adapter" / "adapter_model.safetensors").is_file()

@@ -535,6 +535,9 @@ def render_all() -> dict[str, str]:
     from tunesmith.configs._generate_dpo import render_dpo  # imports this module's table
 
     out.update(render_dpo())
+    from tunesmith.configs._generate_kd import render_kd
+
+    out.update(render_kd())
     return out
 
 
