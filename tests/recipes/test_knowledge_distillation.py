@@ -160,6 +160,41 @@ def test_kd_ratio_zero_equals_finetune(
     assert all(k > 0 for k in m["kd_loss"])  # still measured, weighted 0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_continues_the_same_curve(
+    tiny_llama: Path, tiny_teacher: Path, instruct_data: Path, tmp_path: Path, lora: bool
+) -> None:
+    """Full and LoRA students: cut after step 3's intermediate checkpoint and resumed == one
+    uninterrupted run (loss, class_loss and kd_loss every step); the full student learns."""
+    import shutil
+
+    from tunesmith.recipes.knowledge_distillation import recipe_main
+
+    over: dict[str, Any] = {"max_steps_per_epoch": 6, "save_every_n_steps": 3,
+                            "optimizer.lr": 1e-2 if lora else 2e-3}  # fmt: skip
+    if lora:
+        over.update({f"model.{k}": v for k, v in LORA.items()})
+
+    def run(name: str, **more: Any) -> Path:
+        out = tmp_path / name
+        cfg = kd_config(out, tiny_llama, tiny_teacher, instruct_data, **over, **more)
+        recipe_main(OmegaConf.create(cfg))
+        return out
+
+    whole = read_metrics(run("whole"))
+    if not lora:
+        assert (tmp_path / "whole" / "epoch_1" / "model.safetensors").is_file()
+        assert whole["loss"][-1] < whole["loss"][0], whole["loss"]
+    out = run("cut")
+    shutil.rmtree(out / "epoch_1")
+    (out / "logs" / "log.jsonl").unlink()
+    run("cut", resume_from_checkpoint=True)
+    again = read_metrics(out)
+    for key in ("loss", "class_loss", "kd_loss"):
+        assert again[key] == pytest.approx(whole[key][3:], abs=1e-5), key
+
+
 def test_vocab_mismatch_names_teacher_model_and_model(
     tiny_llama: Path, instruct_data: Path, tmp_path: Path
 ) -> None:
