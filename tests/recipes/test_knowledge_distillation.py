@@ -195,6 +195,38 @@ def test_resume_continues_the_same_curve(
         assert again[key] == pytest.approx(whole[key][3:], abs=1e-5), key
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True])
+def test_torchrun_two_processes_match_single(
+    tiny_llama: Path, tiny_teacher: Path, instruct_data: Path, tmp_path: Path, lora: bool
+) -> None:
+    """2 ranks x batch 2 (student and teacher sharded with FSDP2) == 1 process x batch 4: the
+    same loss, class_loss and kd_loss every step."""
+    over: dict[str, Any] = {"max_steps_per_epoch": 3, "shuffle": False,
+                            "gradient_accumulation_steps": 2}  # fmt: skip
+    if lora:
+        over.update({f"model.{k}": v for k, v in LORA.items()})
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
+    for name, nproc, batch in (("single", 1, 4), ("dist", 2, 2)):
+        cfg = kd_config(tmp_path / name, tiny_llama, tiny_teacher, instruct_data,
+                        batch_size=batch, **over)  # fmt: skip
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        launch = ["--nproc_per_node", str(nproc)] if nproc > 1 else []
+        proc = subprocess.run(
+            [sys.executable, "-m", "tunesmith.cli", "run", *launch, "knowledge_distillation",
+             "--config", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=900,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    single, dist = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "dist")
+    for key in ("loss", "class_loss", "kd_loss"):
+        assert len(dist[key]) == 3
+        assert dist[key] == pytest.approx(single[key], rel=1e-4, abs=1e-4), key
+    assert (tmp_path / "dist" / "epoch_1").is_dir()
+
+
 def test_vocab_mismatch_names_teacher_model_and_model(
     tiny_llama: Path, instruct_data: Path, tmp_path: Path
 ) -> None:

@@ -64,6 +64,8 @@ def kd_config(folder: str, variant: str) -> str:
     name = f"{folder}/{p.name}_{variant}"
     single = variant.endswith("single_device")
     alias = "knowledge_distillation_" + ("single_device" if single else "distributed")
+    where = "one device" if single else "several devices (FSDP2)"
+    launch = "" if single else "--nproc_per_node 2 "
     out = f"/tmp/tunesmith/{folder}_{p.name.replace('.', '_')}/{variant}"
     lora = (
         "model:\n"
@@ -84,8 +86,7 @@ def kd_config(folder: str, variant: str) -> str:
     text = (
         "# recipe: knowledge_distillation\n"
         f"# LoRA knowledge distillation of {teacher.hub_id} (teacher) into {student.hub_id}\n"
-        "# (student) on Alpaca; torchtune's config of the same name. The recipe runs in one\n"
-        "# process (the distributed name runs there too).\n"
+        f"# (student) on Alpaca, {where}; torchtune's config of the same name.\n"
         "#\n"
         "# Get the weights first:\n"
         f"#   tunesmith download {student.hub_id} --output-dir {_ckpt_dir(student)}\n"
@@ -94,7 +95,7 @@ def kd_config(folder: str, variant: str) -> str:
         f"#   tunesmith run finetune --config {teacher.family}/{teacher.size}_lora_single_device\n"
         "#\n"
         f"# Launch (torchtune's recipe name works too: tunesmith run {alias} --config {name}):\n"
-        f"#   tunesmith run knowledge_distillation --config {name}\n"
+        f"#   tunesmith run {launch}knowledge_distillation --config {name}\n"
         "# Override any key on the command line, e.g. teacher_checkpointer.checkpoint_dir=<DIR>.\n\n"
         f"output_dir: {out} # /tmp may be deleted by your system. Change it to your preference.\n\n"
         "# Student model\n" + lora + "\n"

@@ -68,6 +68,7 @@ RECIPES: tuple[Recipe, ...] = (
         "knowledge_distillation",
         "tunesmith.recipes.knowledge_distillation",
         ("knowledge_distillation_single_device", "knowledge_distillation_distributed"),
+        supports_distributed=True,
     ),
     Recipe("generate", "tunesmith.recipes.generate", ("generate",)),
     Recipe("eval", "tunesmith.recipes.eval", ("eleuther_eval",)),

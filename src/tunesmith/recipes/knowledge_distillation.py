@@ -11,9 +11,10 @@ where ``cfg.loss`` is the cross-entropy (e.g. ``CEWithChunkedOutputLoss``) and
 ``cfg.kd_loss`` the distillation loss (``ForwardKLLoss`` / ``ForwardKLWithChunkedOutputLoss``),
 both means over the same non-ignored labels. Gradient accumulation weights each micro-batch by
 its share of the step's trained tokens (as ``finetune`` does), so the step's loss is the token
-mean over the whole step. torchtune's ``knowledge_distillation_single_device`` and
+mean over the whole step (all ranks). torchtune's ``knowledge_distillation_single_device`` and
 ``knowledge_distillation_distributed`` are aliases and their configs' keys are read unchanged;
-the recipe runs in one process (``world_size > 1`` is refused).
+launched with ``tunesmith run --nproc_per_node N knowledge_distillation ...`` the student and
+the teacher are both sharded with FSDP2.
 
 Logged per step: ``loss``, ``class_loss``, ``kd_loss``, ``lr``, ``tokens_per_second`` (+
 ``grad_norm`` with ``clip_grad_norm``). Saved like ``finetune``: weights in the student
@@ -38,10 +39,17 @@ from tunesmith.recipes._finetune_setup import (
     build_dataloader,
     build_model,
     full_state_dicts,
+    local_device,
 )
 from tunesmith.training.checkpointing._recipe_state import build_recipe_state, restore_recipe_state
 from tunesmith.training.checkpointing._signals import GracefulShutdown
-from tunesmith.training.distributed import get_world_size_and_rank
+from tunesmith.training.distributed import (
+    barrier,
+    destroy_distributed,
+    get_world_size_and_rank,
+    init_distributed,
+    reduce_metrics,
+)
 from tunesmith.training.gradients import clip_grad_norm, count_trainable_tokens
 from tunesmith.utils import get_device, get_dtype, get_logger
 
@@ -55,14 +63,10 @@ METRICS = ("loss", "class_loss", "kd_loss")
 def recipe_main(cfg: DictConfig) -> None:
     """Distil ``cfg.teacher_model`` into ``cfg.model`` on ``cfg.dataset``."""
     # ---- environment and losses --------------------------------------------------------
-    world_size, rank = get_world_size_and_rank()
-    if world_size > 1:
-        raise ConfigError(
-            f"the knowledge_distillation recipe runs in one process, not {world_size}: launch "
-            "it without --nproc_per_node / torchrun",
-            key="knowledge_distillation",
-        )
     device = get_device(cfg.get("device"))
+    init_distributed(device_type=device.type)
+    world_size, rank = get_world_size_and_rank()
+    device = local_device(device)
     dtype = get_dtype(cfg.get("dtype"), device)
     resume = bool(cfg.get("resume_from_checkpoint", False))
     accum = int(cfg.get("gradient_accumulation_steps", 1))
@@ -87,9 +91,11 @@ def recipe_main(cfg: DictConfig) -> None:
         ckpt_kwargs["keep_last_n_checkpoints"] = cfg.keep_last_n_checkpoints
     checkpointer = instantiate(cfg.checkpointer, **ckpt_kwargs)
     state = checkpointer.load_checkpoint()
-    seed = finetune._agreed_seed(state.get("seed") if resume else cfg.get("seed"), 1, device)
-    model, is_peft = build_model(cfg, state, device, dtype, 1)
-    teacher = build_teacher(cfg, device, dtype)
+    seed = finetune._agreed_seed(
+        state.get("seed") if resume else cfg.get("seed"), world_size, device
+    )
+    model, is_peft = build_model(cfg, state, device, dtype, world_size)
+    teacher = build_teacher(cfg, device, dtype, world_size)
     _check_vocab(model, teacher)
     chunks = int(getattr(kd_loss_fn, "num_output_chunks", 0) or 0)
     for m in (model, teacher):
@@ -102,8 +108,8 @@ def recipe_main(cfg: DictConfig) -> None:
         cfg.dataset,
         tokenizer,
         batch_size=int(cfg.batch_size),
-        world_size=1,
-        rank=0,
+        world_size=world_size,
+        rank=rank,
         seed=seed,
         ignore_index=ignore_index,
         shuffle=bool(cfg.get("shuffle", True)),
@@ -123,7 +129,7 @@ def recipe_main(cfg: DictConfig) -> None:
     # ---- optimizer, schedule -----------------------------------------------------------
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = instantiate(
-        cfg.optimizer, trainable, **finetune._fused_adam(cfg.optimizer, device, 1)
+        cfg.optimizer, trainable, **finetune._fused_adam(cfg.optimizer, device, world_size)
     )
     lr_scheduler = None
     if cfg.get("lr_scheduler") is not None:
@@ -132,49 +138,58 @@ def recipe_main(cfg: DictConfig) -> None:
         )
     epochs_run, global_step = 0, 0
     if resume:
+        if world_size > 1:  # a full optimizer state dict goes back into the sharded optimizer
+            finetune._load_sharded_optimizer(model, optimizer, state.pop("optimizer"))
         epochs_run, global_step = restore_recipe_state(
-            state, optimizer=optimizer, lr_scheduler=lr_scheduler, sampler=sampler
+            state,
+            optimizer=optimizer if world_size == 1 else None,
+            lr_scheduler=lr_scheduler,
+            sampler=sampler,
         )
     del state
 
     def save(epoch: int, intermediate: bool, step: int | None = None) -> None:
-        """Weights (+ PEFT adapter) and, for ``intermediate``, the recipe state."""
-        model_sd, optim_sd = full_state_dicts(model, optimizer if intermediate else None, 1)
-        to_save: dict[str, Any] = {"model": model_sd}
-        if is_peft:
-            to_save["adapter_config"] = adapter_config(cfg)
-            to_save["adapter"] = {k: v for k, v in model_sd.items() if is_adapter_key(k)}
-        if intermediate:
-            consumed = step_in_epoch * accum * int(cfg.batch_size)
-            to_save.update(
-                build_recipe_state(
-                    epochs_run=epoch,
-                    steps_run=global_step,
-                    lr_scheduler=lr_scheduler,
-                    sampler=finetune._SamplerAt(sampler, consumed),
-                    seed=seed,
-                    total_epochs=epochs,
-                    max_steps_per_epoch=cfg.get("max_steps_per_epoch"),
-                )
-            )
-            to_save["optimizer"] = optim_sd
-        checkpointer.save_checkpoint(
-            to_save,
-            epoch=epoch,
-            intermediate_checkpoint=intermediate,
-            adapter_only=bool(cfg.get("save_adapter_weights_only", False)) and is_peft,
-            step=step,
+        """Collective under FSDP2: every rank gathers, rank 0 writes (``step``: mid-epoch)."""
+        model_sd, optim_sd = full_state_dicts(
+            model, optimizer if intermediate else None, world_size
         )
+        if rank == 0:
+            to_save: dict[str, Any] = {"model": model_sd}
+            if is_peft:
+                to_save["adapter_config"] = adapter_config(cfg)
+                to_save["adapter"] = {k: v for k, v in model_sd.items() if is_adapter_key(k)}
+            if intermediate:
+                consumed = step_in_epoch * accum * int(cfg.batch_size)
+                to_save.update(
+                    build_recipe_state(
+                        epochs_run=epoch,
+                        steps_run=global_step,
+                        lr_scheduler=lr_scheduler,
+                        sampler=finetune._SamplerAt(sampler, consumed),
+                        seed=seed,
+                        total_epochs=epochs,
+                        max_steps_per_epoch=cfg.get("max_steps_per_epoch"),
+                    )
+                )
+                to_save["optimizer"] = optim_sd
+            checkpointer.save_checkpoint(
+                to_save,
+                epoch=epoch,
+                intermediate_checkpoint=intermediate,
+                adapter_only=bool(cfg.get("save_adapter_weights_only", False)) and is_peft,
+                step=step,
+            )
+        barrier()
 
     # ---- training loop -----------------------------------------------------------------
     observer = Observer(
-        cfg, rank=0, world_size=1, device=device, total_steps=epochs * steps_per_epoch,
-        initial=global_step,
+        cfg, rank=rank, world_size=world_size, device=device,
+        total_steps=epochs * steps_per_epoch, initial=global_step,
     )  # fmt: skip
     save_every = int(cfg.get("save_every_n_steps") or 0)
     log_every = int(cfg.get("log_every_n_steps") or 1)
     model.train()
-    sums = torch.zeros(len(METRICS), device=device, dtype=torch.float64)
+    sums = torch.zeros(len(METRICS), device=device, dtype=torch.float64)  # token-weighted
     step_in_epoch = 0
     with GracefulShutdown() as shutdown, observer.profiler() as profiler:
         for epoch in range(epochs_run, epochs):
@@ -183,20 +198,20 @@ def recipe_main(cfg: DictConfig) -> None:
             batches = iter(loader)
             while step_in_epoch < steps_per_epoch:
                 # token-weighted accumulation, as in finetune: each micro-batch's mean losses
-                # are weighted by its share n / total of the step's trained tokens
+                # are weighted by its share n / total of the step's trained tokens (all ranks)
                 micro = [
                     finetune._to_device(next(batches), device, ignore_index) for _ in range(accum)
                 ]
                 counts = [count_trainable_tokens(labels, ignore_index) for _, labels in micro]
-                total_tokens = torch.stack(counts).sum()
+                (total_tokens,) = reduce_metrics(torch.stack(counts).sum())
+                weight = world_size / total_tokens.clamp(min=1)  # FSDP2 averages over ranks
                 for (batch, labels), n in zip(micro, counts):
-                    weight = n / total_tokens.clamp(min=1)
                     with activations_ctx:
                         losses = kd_step_losses(
                             model, teacher, batch, labels, loss_fn, kd_loss_fn, kd_ratio
                         )
-                    (losses[0] * weight).backward()
-                    sums += torch.stack([x.detach().double() for x in losses]) * weight
+                    (losses[0] * (n * weight)).backward()
+                    sums += torch.stack([x.detach().double() for x in losses]) * n
                     del losses
                 del micro
                 grad_norm = None
@@ -211,7 +226,11 @@ def recipe_main(cfg: DictConfig) -> None:
                 profiler.step()
 
                 log_now = global_step % log_every == 0 or step_in_epoch == steps_per_epoch
-                values = dict(zip(METRICS, sums.tolist())) if log_now else None
+                values = None
+                if log_now:  # the only host syncs of the loop
+                    (totals,) = reduce_metrics(sums.clone())
+                    totals = totals / total_tokens.clamp(min=1)
+                    values = dict(zip(METRICS, totals.tolist()))
                 observer.log_step(
                     global_step,
                     loss=None if values is None else values.pop("loss"),
@@ -222,7 +241,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 if values is not None and observer.logger is not None:
                     observer.logger.log_dict(values, step=global_step)
                 sums.zero_()
-                stop = shutdown.requested
+                stop = finetune._any_rank(shutdown.requested, world_size, device)
                 mid_epoch = step_in_epoch < steps_per_epoch
                 if stop or (save_every and global_step % save_every == 0 and mid_epoch):
                     save(epoch, intermediate=True, step=global_step if mid_epoch else None)
@@ -232,6 +251,7 @@ def recipe_main(cfg: DictConfig) -> None:
             save(epoch + 1, intermediate=epoch + 1 < epochs)
             step_in_epoch = 0
     observer.close()
+    destroy_distributed()
 
 
 def kd_step_losses(
@@ -271,13 +291,16 @@ def _for_loss(
     return logits if isinstance(logits, torch.Tensor) else torch.cat(list(logits), dim=1)
 
 
-def build_teacher(cfg: DictConfig, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """``cfg.teacher_model`` with ``cfg.teacher_checkpointer``'s weights, frozen, in eval mode."""
+def build_teacher(
+    cfg: DictConfig, device: torch.device, dtype: torch.dtype, world_size: int = 1
+) -> nn.Module:
+    """``cfg.teacher_model`` with ``cfg.teacher_checkpointer``'s weights, frozen, in eval mode
+    (sharded with FSDP2 when ``world_size > 1``)."""
     teacher_ckpt = instantiate(cfg.teacher_checkpointer, resume_from_checkpoint=False)
     teacher_state = teacher_ckpt.load_checkpoint()
     sub = OmegaConf.create({"model": cfg.teacher_model, "compile": cfg.get("compile", False)})
     try:
-        teacher, has_adapters = build_model(sub, teacher_state, device, dtype, 1)
+        teacher, has_adapters = build_model(sub, teacher_state, device, dtype, world_size)
     except ValueError as err:
         raise ConfigError(
             f"teacher_model / teacher_checkpointer: {err}", key="teacher_checkpointer"
