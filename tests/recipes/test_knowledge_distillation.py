@@ -249,6 +249,14 @@ def test_wrong_kd_loss_or_missing_teacher_names_the_key(
     with pytest.raises(ConfigError, match="not a distillation loss") as err:
         recipe_main(OmegaConf.create(cfg))
     assert err.value.key == "kd_loss._component_"
+    linear = {"_component_": "tunesmith.modules.loss.LinearCrossEntropyLoss"}
+    cfg = kd_config(tmp_path / "c", tiny_llama, tiny_teacher, instruct_data, loss=linear)
+    with pytest.raises(ConfigError, match="CEWithChunkedOutputLoss") as err:
+        recipe_main(OmegaConf.create(cfg))
+    assert err.value.key == "loss._component_"
+    cfg = kd_config(tmp_path / "d", tiny_llama, tiny_teacher, instruct_data, kd_ratio=1.5)
+    with pytest.raises(ConfigError, match=r"kd_ratio=1.5 must lie in \[0, 1\]"):
+        recipe_main(OmegaConf.create(cfg))
     cfg = kd_config(tmp_path / "b", tiny_llama, tiny_teacher, instruct_data)
     del cfg["teacher_checkpointer"]
     with pytest.raises(ConfigError, match="teacher_checkpointer is missing"):
