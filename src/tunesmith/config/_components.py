@@ -26,6 +26,8 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     # distillation losses live beside, not inside, tunesmith.modules.loss
     ("torchtune.modules.loss.kd_losses.", "tunesmith.modules.kd_loss."),
     ("torchtune.modules.loss.ForwardKL", "tunesmith.modules.kd_loss.ForwardKL"),
+    ("torchtune.modules.loss.ReverseKL", "tunesmith.modules.kd_loss.ReverseKL"),
+    ("torchtune.modules.loss.SymmetricKL", "tunesmith.modules.kd_loss.SymmetricKL"),
     ("torchtune.training.quantization.", "tunesmith.quantization."),
     # Older torchtune configs name the scheduler at its pre-0.3 home.
     (
