@@ -8,7 +8,7 @@ tokens, and
     loss = (1 - kd_ratio) * CE(student, labels) + kd_ratio * KD(student, teacher)
 
 where ``cfg.loss`` is the cross-entropy (e.g. ``CEWithChunkedOutputLoss``) and
-``cfg.kd_loss`` the distillation loss (``ForwardKLLoss`` / ``ForwardKLWithChunkedOutputLoss``),
+``cfg.kd_loss`` the distillation loss (forward / reverse / symmetric KL, plain or chunked),
 both means over the same non-ignored labels. Gradient accumulation weights each micro-batch by
 its share of the step's trained tokens (as ``finetune`` does), so the step's loss is the token
 mean over the whole step (all ranks). torchtune's ``knowledge_distillation_single_device`` and
@@ -329,7 +329,8 @@ def _build_losses(cfg: DictConfig) -> tuple[nn.Module, KDLoss]:
     if not isinstance(kd_loss_fn, KDLoss):
         raise ConfigError(
             f"kd_loss._component_={cfg.kd_loss.get('_component_')} is not a distillation loss; "
-            "use torchtune.modules.loss.ForwardKLWithChunkedOutputLoss or ForwardKLLoss",
+            "use one of torchtune.modules.loss.{ForwardKL,ReverseKL,SymmetricKL}Loss or their "
+            "...WithChunkedOutputLoss forms",
             key="kd_loss._component_",
         )
     return loss_fn, kd_loss_fn
