@@ -117,14 +117,7 @@ def recipe_main(cfg: DictConfig) -> None:
             drop_last=False,
             **data_kwargs,
         )
-    steps_per_epoch = len(loader) // accum
-    if cfg.get("max_steps_per_epoch"):
-        steps_per_epoch = min(steps_per_epoch, int(cfg.max_steps_per_epoch))
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"gradient_accumulation_steps={accum} is larger than the {len(loader)} batches of an "
-            "epoch: lower gradient_accumulation_steps or batch_size"
-        )
+    steps_per_epoch = epoch_steps(cfg, len(loader), accum)
     epochs = int(cfg.get("epochs", 1))
 
     # ---- optimizer, schedule -----------------------------------------------------------
@@ -144,55 +137,32 @@ def recipe_main(cfg: DictConfig) -> None:
             [p for _, p in trainable],
             **_fused_adam(cfg.optimizer, device, world_size),
         )
-    lr_scheduler = None
-    if cfg.get("lr_scheduler") is not None:
-        lr_scheduler = instantiate(
-            cfg.lr_scheduler, optimizer, num_training_steps=epochs * steps_per_epoch
-        )
-    epochs_run, global_step = 0, 0
-    if resume:
-        if world_size > 1:  # a full optimizer state dict goes back into the sharded optimizer
-            _load_sharded_optimizer(model, optimizer, state.pop("optimizer"))
-        epochs_run, global_step = restore_recipe_state(
-            state,
-            optimizer=optimizer if world_size == 1 else None,
-            lr_scheduler=lr_scheduler,
-            sampler=sampler,
-        )
+    lr_scheduler, epochs_run, global_step = schedule_and_resume(
+        cfg,
+        model,
+        optimizer,
+        sampler,
+        state,
+        resume=resume,
+        world_size=world_size,
+        total_steps=epochs * steps_per_epoch,
+    )
     del state
 
-    def save(epoch: int, intermediate: bool, step: int | None = None) -> None:
-        """Collective under FSDP2: every rank gathers, rank 0 writes (``step``: mid-epoch)."""
-        model_sd, optim_sd = full_state_dicts(
-            model, optimizer if intermediate else None, world_size
-        )
-        if rank == 0:
-            to_save: dict[str, Any] = {"model": model_sd}
-            if is_peft:
-                to_save["adapter_config"] = adapter_config(cfg)
-                to_save["adapter"] = {k: v for k, v in model_sd.items() if is_adapter_key(k)}
-            if intermediate:
-                consumed = (step_in_epoch * accum) * int(cfg.batch_size)
-                to_save.update(
-                    build_recipe_state(
-                        epochs_run=epoch,
-                        steps_run=global_step,
-                        lr_scheduler=lr_scheduler,
-                        sampler=_SamplerAt(sampler, consumed),
-                        seed=seed,
-                        total_epochs=epochs,
-                        max_steps_per_epoch=cfg.get("max_steps_per_epoch"),
-                    )
-                )
-                to_save["optimizer"] = optim_sd
-            checkpointer.save_checkpoint(
-                to_save,
-                epoch=epoch,
-                intermediate_checkpoint=intermediate,
-                adapter_only=bool(cfg.get("save_adapter_weights_only", False)) and is_peft,
-                step=step,
-            )
-        barrier()
+    save = CheckpointSaver(
+        cfg,
+        checkpointer,
+        model,
+        optimizer,
+        lr_scheduler,
+        sampler,
+        rank=rank,
+        world_size=world_size,
+        is_peft=is_peft,
+        seed=seed,
+        epochs=epochs,
+        accum=accum,
+    )
 
     # ---- training loop -----------------------------------------------------------------
     total_steps = epochs * steps_per_epoch
@@ -272,14 +242,137 @@ def recipe_main(cfg: DictConfig) -> None:
                 stop = _any_rank(shutdown.requested, world_size, device)
                 mid_epoch = step_in_epoch < steps_per_epoch
                 if stop or (save_every and global_step % save_every == 0 and mid_epoch):
-                    save(epoch, intermediate=True, step=global_step if mid_epoch else None)
+                    save(
+                        epoch,
+                        intermediate=True,
+                        global_step=global_step,
+                        step_in_epoch=step_in_epoch,
+                        step=global_step if mid_epoch else None,
+                    )
                 if stop:
                     observer.close()
                     shutdown.exit()
-            save(epoch + 1, intermediate=epoch + 1 < epochs)
+            save(
+                epoch + 1,
+                intermediate=epoch + 1 < epochs,
+                global_step=global_step,
+                step_in_epoch=step_in_epoch,
+            )
             step_in_epoch = 0
     observer.close()
     destroy_distributed()
+
+
+def epoch_steps(cfg: DictConfig, num_batches: int, accum: int) -> int:
+    """Optimizer steps per epoch: ``num_batches // accum``, capped by ``max_steps_per_epoch``."""
+    steps = num_batches // accum
+    if cfg.get("max_steps_per_epoch"):
+        steps = min(steps, int(cfg.max_steps_per_epoch))
+    if steps == 0:
+        raise ValueError(
+            f"gradient_accumulation_steps={accum} is larger than the {num_batches} batches of an "
+            "epoch: lower gradient_accumulation_steps or batch_size"
+        )
+    return steps
+
+
+def schedule_and_resume(
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    optimizer: Any,
+    sampler: Any,
+    state: dict[str, Any],
+    *,
+    resume: bool,
+    world_size: int,
+    total_steps: int,
+) -> tuple[Any, int, int]:
+    """``(lr_scheduler or None, epochs_run, global_step)``; on resume the optimizer, schedule
+    and sampler position are restored from the recipe state in ``state``."""
+    lr_scheduler = None
+    if cfg.get("lr_scheduler") is not None:
+        lr_scheduler = instantiate(cfg.lr_scheduler, optimizer, num_training_steps=total_steps)
+    if not resume:
+        return lr_scheduler, 0, 0
+    if world_size > 1:  # a full optimizer state dict goes back into the sharded optimizer
+        _load_sharded_optimizer(model, optimizer, state.pop("optimizer"))
+    epochs_run, global_step = restore_recipe_state(
+        state,
+        optimizer=optimizer if world_size == 1 else None,
+        lr_scheduler=lr_scheduler,
+        sampler=sampler,
+    )
+    return lr_scheduler, epochs_run, global_step
+
+
+class CheckpointSaver:
+    """Saves the model (+ PEFT adapter) and, for intermediate checkpoints, the recipe state.
+
+    Collective under FSDP2: every rank gathers, rank 0 writes. ``step`` names a mid-epoch
+    checkpoint; ``step_in_epoch`` gives the sampler position to resume from.
+    """
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        checkpointer: Any,
+        model: torch.nn.Module,
+        optimizer: Any,
+        lr_scheduler: Any,
+        sampler: Any,
+        *,
+        rank: int,
+        world_size: int,
+        is_peft: bool,
+        seed: int,
+        epochs: int,
+        accum: int,
+    ) -> None:
+        self.cfg, self.checkpointer, self.model = cfg, checkpointer, model
+        self.optimizer, self.lr_scheduler, self.sampler = optimizer, lr_scheduler, sampler
+        self.rank, self.world_size, self.is_peft = rank, world_size, is_peft
+        self.seed, self.epochs, self.accum = seed, epochs, accum
+
+    def __call__(
+        self,
+        epoch: int,
+        intermediate: bool,
+        *,
+        global_step: int,
+        step_in_epoch: int,
+        step: int | None = None,
+    ) -> None:
+        cfg = self.cfg
+        model_sd, optim_sd = full_state_dicts(
+            self.model, self.optimizer if intermediate else None, self.world_size
+        )
+        if self.rank == 0:
+            to_save: dict[str, Any] = {"model": model_sd}
+            if self.is_peft:
+                to_save["adapter_config"] = adapter_config(cfg)
+                to_save["adapter"] = {k: v for k, v in model_sd.items() if is_adapter_key(k)}
+            if intermediate:
+                consumed = step_in_epoch * self.accum * int(cfg.batch_size)
+                to_save.update(
+                    build_recipe_state(
+                        epochs_run=epoch,
+                        steps_run=global_step,
+                        lr_scheduler=self.lr_scheduler,
+                        sampler=_SamplerAt(self.sampler, consumed),
+                        seed=self.seed,
+                        total_epochs=self.epochs,
+                        max_steps_per_epoch=cfg.get("max_steps_per_epoch"),
+                    )
+                )
+                to_save["optimizer"] = optim_sd
+            self.checkpointer.save_checkpoint(
+                to_save,
+                epoch=epoch,
+                intermediate_checkpoint=intermediate,
+                adapter_only=bool(cfg.get("save_adapter_weights_only", False)) and self.is_peft,
+                step=step,
+            )
+        barrier()
 
 
 class _SamplerAt:

@@ -31,20 +31,15 @@ from torch import nn
 
 from tunesmith.config import ConfigError, instantiate, parse_recipe_args
 from tunesmith.modules.kd_loss import KDLoss
-from tunesmith.modules.peft import is_adapter_key
 from tunesmith.recipes import finetune
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
-    adapter_config,
     build_dataloader,
     build_model,
-    full_state_dicts,
     local_device,
 )
-from tunesmith.training.checkpointing._recipe_state import build_recipe_state, restore_recipe_state
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
-    barrier,
     destroy_distributed,
     get_world_size_and_rank,
     init_distributed,
@@ -116,14 +111,7 @@ def recipe_main(cfg: DictConfig) -> None:
         num_workers=int(cfg.get("num_workers") or 0),
         pin_memory=device.type == "cuda",
     )
-    steps_per_epoch = len(loader) // accum
-    if cfg.get("max_steps_per_epoch"):
-        steps_per_epoch = min(steps_per_epoch, int(cfg.max_steps_per_epoch))
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"gradient_accumulation_steps={accum} is larger than the {len(loader)} batches of an "
-            "epoch: lower gradient_accumulation_steps or batch_size"
-        )
+    steps_per_epoch = finetune.epoch_steps(cfg, len(loader), accum)
     epochs = int(cfg.get("epochs", 1))
 
     # ---- optimizer, schedule -----------------------------------------------------------
@@ -131,55 +119,32 @@ def recipe_main(cfg: DictConfig) -> None:
     optimizer = instantiate(
         cfg.optimizer, trainable, **finetune._fused_adam(cfg.optimizer, device, world_size)
     )
-    lr_scheduler = None
-    if cfg.get("lr_scheduler") is not None:
-        lr_scheduler = instantiate(
-            cfg.lr_scheduler, optimizer, num_training_steps=epochs * steps_per_epoch
-        )
-    epochs_run, global_step = 0, 0
-    if resume:
-        if world_size > 1:  # a full optimizer state dict goes back into the sharded optimizer
-            finetune._load_sharded_optimizer(model, optimizer, state.pop("optimizer"))
-        epochs_run, global_step = restore_recipe_state(
-            state,
-            optimizer=optimizer if world_size == 1 else None,
-            lr_scheduler=lr_scheduler,
-            sampler=sampler,
-        )
+    lr_scheduler, epochs_run, global_step = finetune.schedule_and_resume(
+        cfg,
+        model,
+        optimizer,
+        sampler,
+        state,
+        resume=resume,
+        world_size=world_size,
+        total_steps=epochs * steps_per_epoch,
+    )
     del state
 
-    def save(epoch: int, intermediate: bool, step: int | None = None) -> None:
-        """Collective under FSDP2: every rank gathers, rank 0 writes (``step``: mid-epoch)."""
-        model_sd, optim_sd = full_state_dicts(
-            model, optimizer if intermediate else None, world_size
-        )
-        if rank == 0:
-            to_save: dict[str, Any] = {"model": model_sd}
-            if is_peft:
-                to_save["adapter_config"] = adapter_config(cfg)
-                to_save["adapter"] = {k: v for k, v in model_sd.items() if is_adapter_key(k)}
-            if intermediate:
-                consumed = step_in_epoch * accum * int(cfg.batch_size)
-                to_save.update(
-                    build_recipe_state(
-                        epochs_run=epoch,
-                        steps_run=global_step,
-                        lr_scheduler=lr_scheduler,
-                        sampler=finetune._SamplerAt(sampler, consumed),
-                        seed=seed,
-                        total_epochs=epochs,
-                        max_steps_per_epoch=cfg.get("max_steps_per_epoch"),
-                    )
-                )
-                to_save["optimizer"] = optim_sd
-            checkpointer.save_checkpoint(
-                to_save,
-                epoch=epoch,
-                intermediate_checkpoint=intermediate,
-                adapter_only=bool(cfg.get("save_adapter_weights_only", False)) and is_peft,
-                step=step,
-            )
-        barrier()
+    save = finetune.CheckpointSaver(
+        cfg,
+        checkpointer,
+        model,
+        optimizer,
+        lr_scheduler,
+        sampler,
+        rank=rank,
+        world_size=world_size,
+        is_peft=is_peft,
+        seed=seed,
+        epochs=epochs,
+        accum=accum,
+    )
 
     # ---- training loop -----------------------------------------------------------------
     observer = Observer(
@@ -244,11 +209,22 @@ def recipe_main(cfg: DictConfig) -> None:
                 stop = finetune._any_rank(shutdown.requested, world_size, device)
                 mid_epoch = step_in_epoch < steps_per_epoch
                 if stop or (save_every and global_step % save_every == 0 and mid_epoch):
-                    save(epoch, intermediate=True, step=global_step if mid_epoch else None)
+                    save(
+                        epoch,
+                        intermediate=True,
+                        global_step=global_step,
+                        step_in_epoch=step_in_epoch,
+                        step=global_step if mid_epoch else None,
+                    )
                 if stop:
                     observer.close()
                     shutdown.exit()
-            save(epoch + 1, intermediate=epoch + 1 < epochs)
+            save(
+                epoch + 1,
+                intermediate=epoch + 1 < epochs,
+                global_step=global_step,
+                step_in_epoch=step_in_epoch,
+            )
             step_in_epoch = 0
     observer.close()
     destroy_distributed()
