@@ -139,18 +139,51 @@ def build_dataloader(
     pin_memory: bool = False,
 ) -> tuple[DataLoader, Any]:
     """Dataset (one, or a list concatenated) -> resumable distributed sampler -> collate."""
-    from tunesmith.data import StatefulDistributedSampler, padded_collate_packed, padded_collate_sft
+
+    from tunesmith.data import padded_collate_packed, padded_collate_sft
 
     nodes = list(dataset_cfg) if isinstance(dataset_cfg, ListConfig) else [dataset_cfg]
     datasets: list[Dataset] = [instantiate(node, tokenizer) for node in nodes]
-    dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
-    sampler = StatefulDistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
-    )
     collate = (
         padded_collate_packed
         if is_packed(dataset_cfg)
         else partial(padded_collate_sft, padding_idx=tokenizer.pad_id, ignore_idx=ignore_index)
+    )
+    return sampled_loader(
+        datasets,
+        collate,
+        batch_size=batch_size,
+        world_size=world_size,
+        rank=rank,
+        seed=seed,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+    )
+
+
+def sampled_loader(
+    datasets: list[Dataset],
+    collate: Any,
+    *,
+    batch_size: int,
+    world_size: int,
+    rank: int,
+    seed: int,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    unit: str = "samples",
+) -> tuple[DataLoader, Any]:
+    """Datasets (concatenated) -> resumable distributed sampler -> ``DataLoader(collate)``;
+    refuses a batch larger than this rank's share of the data (``unit`` names the rows)."""
+    from tunesmith.data import StatefulDistributedSampler
+
+    dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
+    sampler = StatefulDistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
     )
     loader = DataLoader(
         dataset,
@@ -164,7 +197,7 @@ def build_dataloader(
     if len(loader) == 0:
         raise ValueError(
             f"batch_size={batch_size} x {world_size} process(es) is larger than the dataset "
-            f"({len(dataset)} samples): lower batch_size"
+            f"({len(dataset)} {unit}): lower batch_size"
         )
     return loader, sampler
 

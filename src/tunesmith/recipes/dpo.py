@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, ListConfig
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from tunesmith.config import ConfigError, instantiate, parse_recipe_args
 from tunesmith.modules.peft import disable_adapter
@@ -37,6 +37,7 @@ from tunesmith.recipes._finetune_setup import (
     build_model,
     is_packed,
     local_device,
+    sampled_loader,
     shift_labels,
 )
 from tunesmith.rlhf import sequence_log_probs
@@ -315,7 +316,7 @@ def build_preference_dataloader(
     The first sample is read up front, so a dataset of the wrong kind or a row with a missing
     column fails before training, naming the dataset and column.
     """
-    from tunesmith.data import StatefulDistributedSampler, padded_collate_dpo
+    from tunesmith.data import padded_collate_dpo
 
     if is_packed(dataset_cfg):
         raise ConfigError(
@@ -335,29 +336,22 @@ def build_preference_dataloader(
                 "stack_exchange_paired_dataset",
                 key="dataset._component_",
             )
-    dataset = datasets[0] if len(datasets) == 1 else ConcatDataset(datasets)
-    sampler = StatefulDistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
-    )
     pad_id = getattr(tokenizer, "pad_id", None)
     collate = partial(
         padded_collate_dpo, padding_idx=0 if pad_id is None else pad_id, ignore_idx=IGNORE_INDEX
     )
-    loader = DataLoader(
-        dataset,
+    return sampled_loader(
+        datasets,
+        collate,
         batch_size=batch_size,
-        sampler=sampler,
-        collate_fn=collate,
-        drop_last=True,
+        world_size=world_size,
+        rank=rank,
+        seed=seed,
+        shuffle=shuffle,
         num_workers=num_workers,
         pin_memory=pin_memory,
+        unit="pairs",
     )
-    if len(loader) == 0:
-        raise ValueError(
-            f"batch_size={batch_size} x {world_size} process(es) is larger than the dataset "
-            f"({len(dataset)} pairs): lower batch_size"
-        )
-    return loader, sampler
 
 
 if __name__ == "__main__":
