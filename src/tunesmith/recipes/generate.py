@@ -27,7 +27,7 @@ from torch import nn
 from tunesmith.config import instantiate, parse_recipe_args
 from tunesmith.data import Message
 from tunesmith.generation import TextStreamer, generate, left_pad_prompts
-from tunesmith.utils import get_device, get_dtype, get_logger, set_seed
+from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, set_seed
 
 __all__ = ["load_model", "prompt_tokens", "recipe_main"]
 
@@ -104,6 +104,7 @@ def recipe_main(cfg: DictConfig) -> None:
     """Generate answers to ``cfg.prompt`` and print them (row 0 streams as it is produced)."""
     device = get_device(cfg.get("device"))
     dtype = get_dtype(cfg.get("dtype"))
+    log_runtime(device, 0)
     seed = set_seed(cfg.get("seed"))
     model, _ = load_model(cfg, device, dtype)
     tokenizer = instantiate(cfg.tokenizer)

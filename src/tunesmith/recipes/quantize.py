@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from tunesmith.config import instantiate, parse_recipe_args
-from tunesmith.utils import get_device, get_dtype, get_logger, set_seed
+from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, set_seed
 
 __all__ = ["recipe_main", "self_contained_model_config"]
 
@@ -107,6 +107,7 @@ def recipe_main(cfg: DictConfig) -> None:
     """Quantize ``cfg.model`` with ``cfg.quantizer`` and save it (or export GGUF)."""
     device = get_device(cfg.get("device"))
     dtype = get_dtype(cfg.get("dtype"), device)
+    log_runtime(device, 0)
     set_seed(cfg.get("seed"))
     output_format = str(cfg.get("output_format", "torchao")).lower()
     if output_format not in ("torchao", "gguf"):

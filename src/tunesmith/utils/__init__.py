@@ -13,7 +13,13 @@ from tunesmith.utils._atomic import (
     atomic_write_path,
     fsync_dir,
 )
-from tunesmith.utils._device import get_device, get_dtype
+from tunesmith.utils._device import (
+    describe_runtime,
+    format_runtime,
+    get_device,
+    get_dtype,
+    log_runtime,
+)
 from tunesmith.utils._imports import require
 from tunesmith.utils._logging import LOG_FORMAT, configure_logging, get_logger
 from tunesmith.utils._seed import set_seed
@@ -28,10 +34,13 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_path",
     "configure_logging",
+    "describe_runtime",
+    "format_runtime",
     "fsync_dir",
     "get_device",
     "get_dtype",
     "get_logger",
+    "log_runtime",
     "require",
     "set_seed",
 ]
