@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: the location of ../shared/assets (skipped where absent)."""
+"""Shared pytest fixtures: ../shared/assets (skipped where absent) and the test ``device``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests._device import test_device
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_ASSETS = Path(
@@ -30,3 +32,10 @@ def assets() -> Path:
             f"needs the shared test assets at {SHARED_ASSETS} (not present on this machine)"
         )
     return SHARED_ASSETS
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """The device of device-generic tests: ``TUNESMITH_TEST_DEVICE`` (default cpu; see
+    ``tests/_device.py``). Skips where it names a GPU this machine lacks."""
+    return test_device()

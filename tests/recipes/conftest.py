@@ -15,6 +15,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # `_recipe_toys.ByteChatTokenizer` is a config component
     sys.path.insert(0, str(HERE))
 
+from tests._device import test_device  # noqa: E402
 from tests.recipes._recipe_toys import write_instruct_data, write_tiny_llama  # noqa: E402
 
 pytest.importorskip("transformers")
@@ -73,7 +74,7 @@ def base_config(out: Path, model_dir: Path, data: Path, **over: Any) -> dict[str
         "loss": {"_component_": "tunesmith.modules.loss.LinearCrossEntropyLoss"},
         "clip_grad_norm": None,
         "compile": False,
-        "device": "cpu",
+        "device": str(test_device()),  # TUNESMITH_TEST_DEVICE
         "dtype": "fp32",
         "enable_activation_checkpointing": False,
         "enable_activation_offloading": False,

@@ -145,7 +145,7 @@ def test_dataset_list_validation_profiler_adapter_only(
 
 
 @pytest.mark.parametrize("packed", [False, True])
-def test_unpadded_micro_batch_equals_padded(packed: bool) -> None:
+def test_unpadded_micro_batch_equals_padded(packed: bool, device: torch.device) -> None:
     """The recipe's unpadded ``[1, T]`` batch (documents = ``seq_lens``) gives the padded
     batch's loss and gradients; documents are isolated here with the equivalent block mask."""
     from tunesmith.data import padded_collate_packed, padded_collate_sft
@@ -158,7 +158,7 @@ def test_unpadded_micro_batch_equals_padded(packed: bool) -> None:
     torch.manual_seed(0)
     spec = ModelSpec(family="LLAMA3", vocab_size=97, num_layers=2, num_heads=4, num_kv_heads=2,
                      embed_dim=32, intermediate_dim=64, max_seq_len=64)  # fmt: skip
-    model = build_decoder(spec)
+    model = build_decoder(spec).to(device)
     loss_fn = LinearCrossEntropyLoss()
     loss_fn.set_model_output(model)
     gen = torch.Generator().manual_seed(1)
@@ -188,16 +188,16 @@ def test_unpadded_micro_batch_equals_padded(packed: bool) -> None:
     def loss_and_grads(inputs: dict, targets: torch.Tensor) -> tuple[float, list[torch.Tensor]]:
         model.zero_grad()
         if "seq_lens" in inputs:
-            lens = torch.tensor(inputs.pop("seq_lens"))
+            lens = torch.tensor(inputs.pop("seq_lens"), device=device)
             inputs["mask"] = packed_causal_mask(
-                torch.repeat_interleave(torch.arange(len(lens)), lens)[None]
+                torch.repeat_interleave(torch.arange(len(lens), device=device), lens)[None]
             )
         loss = loss_fn(model(inputs.pop("tokens"), **inputs), targets)
         loss.backward()
         return loss.item(), [p.grad.clone() for p in model.parameters()]
 
-    padded = loss_and_grads(*_to_device(dict(batch), torch.device("cpu"), -100))
-    inputs, targets = _to_device(dict(batch), torch.device("cpu"), -100, unpad=True)
+    padded = loss_and_grads(*_to_device(dict(batch), device, -100))
+    inputs, targets = _to_device(dict(batch), device, -100, unpad=True)
     assert inputs["tokens"].shape[0] == 1 and inputs["tokens"].shape[1] < batch["tokens"].numel()
     if packed:
         assert inputs["seq_lens"] == [7, 20, 4, 39]  # each row ends at its last trained target

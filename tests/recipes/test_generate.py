@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from tests._device import test_device
 from tests.recipes._recipe_toys import ByteChatTokenizer
 from tunesmith.data import Message
 from tunesmith.generation import generate
@@ -26,7 +27,7 @@ def _config(model_dir: Path, tmp_path: Path, **extra: object) -> dict:
             "model_type": "LLAMA3",
             "output_dir": str(tmp_path / "gen_out"),
         },
-        "device": "cpu",
+        "device": str(test_device()),
         "dtype": "fp32",
         "seed": 0,
         "max_new_tokens": 12,
@@ -50,11 +51,13 @@ def test_recipe_streams_the_greedy_answer(tiny_llama: Path, tmp_path: Path, caps
     cfg = OmegaConf.create(_config(tiny_llama, tmp_path, prompt={"user": "Hello there"}))
     recipe_main(cfg)
     printed = capsys.readouterr().out
-    model, _ = load_model(cfg, torch.device("cpu"), torch.float32)
+    device = test_device()
+    model, _ = load_model(cfg, device, torch.float32)
     tok = ByteChatTokenizer()
     prompt = prompt_tokens(tok, {"user": "Hello there"})
     tokens = generate(
-        model, torch.tensor([prompt]), 12, stop_tokens=tok.stop_tokens, pad_id=tok.pad_id
+        model, torch.tensor([prompt], device=device), 12, stop_tokens=tok.stop_tokens,
+        pad_id=tok.pad_id,
     )
     expected = tok.decode(
         [t for t in tokens[0, len(prompt) :].tolist() if t not in tok.stop_tokens]
@@ -106,7 +109,7 @@ def test_smollm2_gguf_knows_paris(tmp_path: Path, capsys) -> None:
             "model_type": "LLAMA3",
             "output_dir": str(tmp_path / "out"),
         },
-        "device": "cpu",
+        "device": str(test_device()),
         "dtype": "fp32",
         "prompt": {"user": "What is the capital of France?"},
         "max_new_tokens": 16,

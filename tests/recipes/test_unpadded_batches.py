@@ -71,12 +71,12 @@ def _loss_and_grads(model, loss_fn, inputs, targets):
 @pytest.mark.parametrize("bucket", [1, 16])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("loss_cls", [LinearCrossEntropyLoss, CEWithChunkedOutputLoss])
-def test_unpadded_equals_padded(packed, loss_cls, bucket, monkeypatch):
+def test_unpadded_equals_padded(packed, loss_cls, bucket, monkeypatch, device):
     # bucket > 1: the length rounding used for bf16 on CPU (a trailing ignored document, and
     # per-document attention padded to a multiple), forced here in fp32 to compare exactly
     monkeypatch.setattr("tunesmith.modules.attention._length_bucket", lambda q: bucket)
     torch.manual_seed(0)
-    model = build_decoder(SPEC)
+    model = build_decoder(SPEC).to(device)
     loss_fn = loss_cls(num_output_chunks=3)
     if hasattr(loss_fn, "set_model_output"):
         loss_fn.set_model_output(model)
@@ -86,7 +86,6 @@ def test_unpadded_equals_padded(packed, loss_cls, bucket, monkeypatch):
         batch = padded_collate_packed(_packs([[7, 20, 5], [40], [3, 3, 9]], 48, seed=1))
     else:
         batch = padded_collate_sft(_samples([7, 31, 2, 18], seed=2), padding_idx=0)
-    device = torch.device("cpu")
     padded = _to_device(batch, device, -100)
     unpadded = _to_device(batch, device, -100, unpad=True, bucket=bucket)
     assert unpadded[0]["tokens"].shape[0] == 1
@@ -102,8 +101,8 @@ def test_unpadded_equals_padded(packed, loss_cls, bucket, monkeypatch):
         assert (got[name] - grad).abs().max().item() <= 1e-5 * max(1.0, grad.abs().max().item())
 
 
-def test_batch_without_trained_tokens_is_left_alone():
+def test_batch_without_trained_tokens_is_left_alone(device):
     batch = padded_collate_sft([{"tokens": [5, 6, 7], "labels": [-100, -100, -100]}], padding_idx=0)
-    inputs, targets = _to_device(batch, torch.device("cpu"), -100, unpad=True)
+    inputs, targets = _to_device(batch, device, -100, unpad=True)
     assert "seq_lens" not in inputs and inputs["tokens"].shape == (1, 3)
     assert (targets == -100).all()
