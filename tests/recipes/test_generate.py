@@ -56,7 +56,10 @@ def test_recipe_streams_the_greedy_answer(tiny_llama: Path, tmp_path: Path, caps
     tok = ByteChatTokenizer()
     prompt = prompt_tokens(tok, {"user": "Hello there"})
     tokens = generate(
-        model, torch.tensor([prompt], device=device), 12, stop_tokens=tok.stop_tokens,
+        model,
+        torch.tensor([prompt], device=device),
+        12,
+        stop_tokens=tok.stop_tokens,
         pad_id=tok.pad_id,
     )
     expected = tok.decode(
