@@ -34,7 +34,7 @@ def assets() -> Path:
     return SHARED_ASSETS
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def device() -> torch.device:
     """The device of device-generic tests: ``TUNESMITH_TEST_DEVICE`` (default cpu; see
     ``tests/_device.py``). Skips where it names a GPU this machine lacks."""

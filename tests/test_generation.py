@@ -29,17 +29,17 @@ def _tiny_hf_llama(seed: int = 0) -> transformers.LlamaForCausalLM:
 
 
 @pytest.fixture(scope="module")
-def models() -> tuple[torch.nn.Module, transformers.LlamaForCausalLM]:
+def models(device) -> tuple[torch.nn.Module, transformers.LlamaForCausalLM]:
     hf = _tiny_hf_llama()
     config = hf.config.to_dict()
     model = build_decoder(spec_from_hf_config(config))
     model.load_state_dict(hf_to_native(hf.state_dict(), "LLAMA3", config))
-    return model.eval(), hf
+    return model.eval().to(device), hf.to(device)
 
 
-def test_kv_cache_equals_recompute(models) -> None:
+def test_kv_cache_equals_recompute(models, device) -> None:
     model, _ = models
-    prompt = torch.randint(1, 96, (2, 7), generator=torch.Generator().manual_seed(1))
+    prompt = torch.randint(1, 96, (2, 7), generator=torch.Generator().manual_seed(1)).to(device)
     cached = generate(model, prompt, 12, use_cache=True, return_logits=True)
     full = generate(model, prompt, 12, use_cache=False, return_logits=True)
     assert torch.equal(cached.tokens, full.tokens)
@@ -47,28 +47,28 @@ def test_kv_cache_equals_recompute(models) -> None:
     assert not model.caches_are_enabled()  # generation leaves the model ready for training
 
 
-def test_greedy_matches_transformers(models) -> None:
+def test_greedy_matches_transformers(models, device) -> None:
     model, hf = models
-    prompt = torch.tensor([[5, 17, 42, 8, 77, 3]])
+    prompt = torch.tensor([[5, 17, 42, 8, 77, 3]], device=device)
     ours = generate(model, prompt, 10, temperature=0.0)
     ref = hf.generate(prompt, max_new_tokens=10, do_sample=False, pad_token_id=0)
     assert ours.tolist() == ref.tolist()
 
 
-def test_left_padded_batch_equals_single_prompts(models) -> None:
+def test_left_padded_batch_equals_single_prompts(models, device) -> None:
     model, _ = models
     prompts = [[5, 17, 42, 8, 77, 3], [9, 4], [60, 61, 62]]
-    batch = left_pad_prompts(prompts, pad_id=0)
+    batch = left_pad_prompts(prompts, pad_id=0).to(device)
     out = generate(model, batch, 8, pad_id=0, return_logits=True)
     for row, p in enumerate(prompts):
-        alone = generate(model, torch.tensor([p]), 8, return_logits=True)
+        alone = generate(model, torch.tensor([p], device=device), 8, return_logits=True)
         assert out.tokens[row, batch.shape[1] :].tolist() == alone.tokens[0, len(p) :].tolist()
         assert (out.logits[row] - alone.logits[0]).abs().max() <= 1e-4
 
 
-def test_stop_tokens_pad_finished_rows(models) -> None:
+def test_stop_tokens_pad_finished_rows(models, device) -> None:
     model, _ = models
-    prompt = torch.tensor([[5, 17, 42], [9, 4, 11]])
+    prompt = torch.tensor([[5, 17, 42], [9, 4, 11]], device=device)
     free = generate(model, prompt, 6)
     stop = int(free[0, 4])  # the second token row 0 generates
     out = generate(model, prompt, 6, stop_tokens=[stop], pad_id=0)
@@ -78,23 +78,28 @@ def test_stop_tokens_pad_finished_rows(models) -> None:
     assert out[0, : 3 + cut + 1].tolist() == free[0, : 3 + cut + 1].tolist()
 
 
-def test_streaming_callback_sees_every_token(models) -> None:
+def test_streaming_callback_sees_every_token(models, device) -> None:
     model, _ = models
     seen: list[int] = []
-    out = generate(model, torch.tensor([[1, 2, 3]]), 5, on_token=lambda t: seen.append(int(t[0])))
+    out = generate(
+        model,
+        torch.tensor([[1, 2, 3]], device=device),
+        5,
+        on_token=lambda t: seen.append(int(t[0])),
+    )
     assert seen == out[0, 3:].tolist()
 
 
-def test_sampling_filters() -> None:
-    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 10.0]])
+def test_sampling_filters(device) -> None:
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 10.0]], device=device)
     assert sample_next_token(logits, temperature=0.0).tolist() == [4]
-    rng = torch.Generator().manual_seed(0)
+    rng = torch.Generator(device).manual_seed(0)
     draws = {int(sample_next_token(logits, temperature=5.0, top_k=2, rng=rng)) for _ in range(200)}
     assert draws == {3, 4}
     # top_p: token 4 alone holds > 99% of the mass
     draws = {int(sample_next_token(logits, temperature=1.0, top_p=0.5, rng=rng)) for _ in range(50)}
     assert draws == {4}
-    flat = torch.zeros(1, 4)
+    flat = torch.zeros(1, 4, device=device)
     draws = {int(sample_next_token(flat, temperature=1.0, top_p=0.6, rng=rng)) for _ in range(300)}
     assert len(draws) == 3  # 0.25 + 0.25 < 0.6 <= 0.75: three tokens survive
 
@@ -112,14 +117,14 @@ def test_sampling_filters() -> None:
     ],
     ids=["gemma2", "qwen3", "qwen2"],
 )  # fmt: skip
-def test_kv_cache_equals_recompute_across_architectures(extra: dict) -> None:
+def test_kv_cache_equals_recompute_across_architectures(extra: dict, device) -> None:
     from tunesmith.models.spec import ModelSpec
 
     torch.manual_seed(0)
     base = dict(vocab_size=96, num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=64,
                 intermediate_dim=128, max_seq_len=128)  # fmt: skip
-    model = build_decoder(ModelSpec(**{**base, **extra})).eval()
-    prompts = left_pad_prompts([[5, 17, 42, 8, 77, 3, 9], [4, 4, 60]], pad_id=0)
+    model = build_decoder(ModelSpec(**{**base, **extra})).eval().to(device)
+    prompts = left_pad_prompts([[5, 17, 42, 8, 77, 3, 9], [4, 4, 60]], pad_id=0).to(device)
     cached = generate(model, prompts, 10, use_cache=True, return_logits=True)
     full = generate(model, prompts, 10, use_cache=False, return_logits=True)
     assert torch.equal(cached.tokens, full.tokens)

@@ -14,7 +14,7 @@ FAMILIES = list(tiny_configs())
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def pair(request, tmp_path_factory):
+def pair(request, tmp_path_factory, device):
     """(transformers model, our model loaded through the HF conversion, config, HF state dict)."""
     directory = tmp_path_factory.mktemp(request.param)
     hf = make_checkpoint(request.param, directory)
@@ -22,12 +22,12 @@ def pair(request, tmp_path_factory):
     spec = spec_from_hf_config(config)
     ours = build_decoder(spec).eval()
     ours.load_state_dict(hf_to_native(hf_sd, model_type_of(spec), config), strict=True)
-    return hf, ours, config, hf_sd
+    return hf.to(device), ours.to(device), config, hf_sd
 
 
-def test_logits_match_transformers(pair):
+def test_logits_match_transformers(pair, device):
     hf, ours, _, _ = pair
-    tokens = torch.randint(0, VOCAB, (2, 37), generator=torch.Generator().manual_seed(1))
+    tokens = torch.randint(0, VOCAB, (2, 37), generator=torch.Generator().manual_seed(1)).to(device)
     with torch.no_grad():
         expected = hf(tokens).logits
         got = ours(tokens)
@@ -35,10 +35,10 @@ def test_logits_match_transformers(pair):
     assert (got - expected).abs().max().item() <= 1e-5
 
 
-def test_left_padded_logits_match_transformers(pair):
+def test_left_padded_logits_match_transformers(pair, device):
     hf, ours, _, _ = pair
-    tokens = torch.randint(3, VOCAB, (2, 37), generator=torch.Generator().manual_seed(2))
-    attention_mask = torch.ones(2, 37, dtype=torch.long)
+    tokens = torch.randint(3, VOCAB, (2, 37), generator=torch.Generator().manual_seed(2)).to(device)
+    attention_mask = torch.ones(2, 37, dtype=torch.long, device=device)
     attention_mask[0, :9] = 0
     tokens[0, :9] = 0
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)

@@ -47,17 +47,17 @@ def _reference(attn: MultiHeadAttention, x, cos, sin, mask):
     return attn.output_proj(out.transpose(1, 2).reshape(b, s, 32))
 
 
-def test_causal_and_masked_attention_match_reference():
-    x = torch.randn(2, 11, 32)
-    cos, sin = RotaryEmbedding(8)(torch.arange(11), torch.float32)
-    causal = torch.ones(11, 11, dtype=torch.bool).tril()[None].expand(2, -1, -1)
+def test_causal_and_masked_attention_match_reference(device):
+    x = torch.randn(2, 11, 32).to(device)
+    cos, sin = RotaryEmbedding(8).to(device)(torch.arange(11, device=device), torch.float32)
+    causal = torch.ones(11, 11, dtype=torch.bool, device=device).tril()[None].expand(2, -1, -1)
     for softcap in (None, 2.0):
-        attn = _attn(softcap)
+        attn = _attn(softcap).to(device)
         with torch.no_grad():
             ref = _reference(attn, x, cos, sin, causal)
             torch.testing.assert_close(attn(x, cos, sin), ref, atol=1e-5, rtol=0)
             torch.testing.assert_close(attn(x, cos, sin, causal), ref, atol=1e-5, rtol=0)
-            docs = packed_causal_mask(torch.tensor([[0] * 4 + [1] * 7, [0] * 11]))
+            docs = packed_causal_mask(torch.tensor([[0] * 4 + [1] * 7, [0] * 11], device=device))
             ref = _reference(attn, x, cos, sin, docs)
             torch.testing.assert_close(attn(x, cos, sin, docs), ref, atol=1e-5, rtol=0)
 
