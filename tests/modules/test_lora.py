@@ -46,8 +46,8 @@ def _randomise_adapters(model: nn.Module, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
 
 
-def test_state_dict_keys_shapes_and_init() -> None:
-    lora = LoRALinear(48, 80, rank=8, alpha=16.0, use_bias=True)
+def test_state_dict_keys_shapes_and_init(device) -> None:
+    lora = LoRALinear(48, 80, rank=8, alpha=16.0, use_bias=True).to(device)
     shapes = {k: tuple(v.shape) for k, v in lora.state_dict().items()}
     assert shapes == {
         "weight": (80, 48),
@@ -65,33 +65,33 @@ def test_state_dict_keys_shapes_and_init() -> None:
     assert isinstance(lora, AdapterModule)
 
 
-def test_fresh_adapter_equals_base_linear() -> None:
-    lora = LoRALinear(48, 80, rank=8, alpha=16.0, use_bias=True)
-    x = torch.randn(2, 7, 48)
+def test_fresh_adapter_equals_base_linear(device) -> None:
+    lora = LoRALinear(48, 80, rank=8, alpha=16.0, use_bias=True).to(device)
+    x = torch.randn(2, 7, 48, device=device)
     assert torch.equal(lora(x), F.linear(x, lora.weight, lora.bias))
 
 
-def test_forward_formula_with_nonzero_b() -> None:
-    lora = LoRALinear(16, 24, rank=4, alpha=6.0)
+def test_forward_formula_with_nonzero_b(device) -> None:
+    lora = LoRALinear(16, 24, rank=4, alpha=6.0).to(device)
     nn.init.normal_(lora.lora_b.weight)
-    x = torch.randn(5, 16)
+    x = torch.randn(5, 16, device=device)
     want = x @ lora.weight.T + 1.5 * (x @ lora.lora_a.weight.T) @ lora.lora_b.weight.T
     torch.testing.assert_close(lora(x), want, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
-def test_merged_model_equals_unmerged(dora: bool) -> None:
+def test_merged_model_equals_unmerged(dora: bool, device) -> None:
     torch.manual_seed(0)
-    model = _Block(dora=dora)
+    model = _Block(dora=dora).to(device)
     _randomise_adapters(model)
-    x = torch.randn(3, 5, 64)
+    x = torch.randn(3, 5, 64, device=device)
     want = model(x)
     merged_sd = get_merged_lora_ckpt(
         {k: v.clone() for k, v in model.state_dict().items()}, rank=4, alpha=8.0
     )
     assert not any("lora" in k or "magnitude" in k for k in merged_sd)
 
-    plain = _Block(dora=dora)
+    plain = _Block(dora=dora).to(device)
     merge_lora_weights(plain)
     assert all(type(m) is nn.Linear for m in (plain.q_proj, plain.v_proj, plain.output))
     plain.load_state_dict(merged_sd)  # merged checkpoint == a plain model's keys
@@ -102,8 +102,8 @@ def test_merged_model_equals_unmerged(dora: bool) -> None:
     assert set(model.state_dict()) == set(merged_sd)
 
 
-def test_adapter_params_trainable_and_adapter_state_dict() -> None:
-    model = _Block(dora=False)
+def test_adapter_params_trainable_and_adapter_state_dict(device) -> None:
+    model = _Block(dora=False).to(device)
     params = get_adapter_params(model)
     assert set(params) == {
         f"{m}.lora_{ab}.weight" for m in ("q_proj", "v_proj", "output") for ab in "ab"
@@ -111,12 +111,12 @@ def test_adapter_params_trainable_and_adapter_state_dict() -> None:
     set_trainable_params(model, params)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == set(params)
-    model(torch.randn(2, 64)).sum().backward()
+    model(torch.randn(2, 64, device=device)).sum().backward()
     assert model.k_proj.weight.grad is None and model.q_proj.weight.grad is None
     assert all(p.grad is not None for p in params.values())
     assert set(get_adapter_state_dict(model.state_dict())) == set(params)
 
-    dora_params = get_adapter_params(_Block(dora=True))
+    dora_params = get_adapter_params(_Block(dora=True).to(device))
     assert {k for k in dora_params if k.endswith("magnitude")} == {
         "q_proj.magnitude",
         "v_proj.magnitude",
@@ -124,11 +124,11 @@ def test_adapter_params_trainable_and_adapter_state_dict() -> None:
     }
 
 
-def test_disable_adapter_gives_base_model() -> None:
+def test_disable_adapter_gives_base_model(device) -> None:
     torch.manual_seed(1)
-    model = _Block()
+    model = _Block().to(device)
     _randomise_adapters(model)
-    x = torch.randn(2, 64)
+    x = torch.randn(2, 64, device=device)
     adapted = model(x)
     base = model.output.weight @ F.silu(
         model.v_proj.weight @ (model.q_proj.weight @ x.T + model.k_proj.weight @ x.T)
@@ -140,19 +140,19 @@ def test_disable_adapter_gives_base_model() -> None:
 
 
 @pytest.mark.parametrize("dora", [False, True], ids=["qlora", "qdora"])
-def test_nf4_base_forward_backward_and_checkpoint(dora: bool) -> None:
+def test_nf4_base_forward_backward_and_checkpoint(dora: bool, device) -> None:
     torch.manual_seed(2)
-    reference = _Block(dora=dora)
+    reference = _Block(dora=dora).to(device)
     _randomise_adapters(reference)
     sd = reference.state_dict()
-    quantized = _Block(quantize_base=True, dora=dora)
+    quantized = _Block(quantize_base=True, dora=dora).to(device)
     quantized.load_state_dict(sd)  # plain tensors are re-quantized on load
     assert type(quantized.q_proj.weight).__name__ == "NF4Tensor"
 
-    x = torch.randn(4, 64, requires_grad=True)
+    x = torch.randn(4, 64, requires_grad=True, device=device)
     got = quantized(x)
     # Forward equals the same module on the dequantized weights...
-    dequantized = _Block(dora=dora)
+    dequantized = _Block(dora=dora).to(device)
     dequantized.load_state_dict(quantized.state_dict())
     torch.testing.assert_close(got, dequantized(x), atol=1e-5, rtol=1e-5)
     # ... and stays close to the unquantized original (NF4 error is a few percent).
@@ -170,10 +170,10 @@ def test_nf4_base_forward_backward_and_checkpoint(dora: bool) -> None:
     torch.testing.assert_close(quantized(x), got, atol=1e-5, rtol=1e-5)
 
 
-def test_nf4_bf16_base_saves_bf16() -> None:
-    lora = LoRALinear(64, 64, rank=2, alpha=4.0, quantize_base=True).to(torch.bfloat16)
+def test_nf4_bf16_base_saves_bf16(device) -> None:
+    lora = LoRALinear(64, 64, rank=2, alpha=4.0, quantize_base=True).to(device, torch.bfloat16)
     assert lora.state_dict()["weight"].dtype == torch.bfloat16
-    x = torch.randn(3, 64, dtype=torch.bfloat16)
+    x = torch.randn(3, 64, dtype=torch.bfloat16, device=device)
     assert lora(x).dtype == torch.bfloat16
 
 
@@ -213,13 +213,13 @@ def test_bad_arguments_name_the_setting() -> None:
         LoRALinear(5, 7, rank=2, alpha=1.0, quantize_base=True)
 
 
-def test_nf4_gradients_equal_dequantized_lora() -> None:
+def test_nf4_gradients_equal_dequantized_lora(device) -> None:
     torch.manual_seed(4)
-    quantized = LoRALinear(64, 128, rank=4, alpha=8.0, quantize_base=True)
+    quantized = LoRALinear(64, 128, rank=4, alpha=8.0, quantize_base=True).to(device)
     nn.init.normal_(quantized.lora_b.weight)
-    plain = LoRALinear(64, 128, rank=4, alpha=8.0)
+    plain = LoRALinear(64, 128, rank=4, alpha=8.0).to(device)
     plain.load_state_dict(quantized.state_dict())  # the dequantized NF4 weight
-    x = torch.randn(2, 3, 64, requires_grad=True)
+    x = torch.randn(2, 3, 64, requires_grad=True, device=device)
     x_plain = x.detach().clone().requires_grad_(True)
     quantized(x).square().sum().backward()
     plain(x_plain).square().sum().backward()
@@ -230,14 +230,14 @@ def test_nf4_gradients_equal_dequantized_lora() -> None:
 
 
 @pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
-def test_runs_under_bf16_autocast(cls: type) -> None:
+def test_runs_under_bf16_autocast(cls: type, device) -> None:
     """fp32 adapters under CPU bf16 autocast: the in-place update casts its operands."""
     torch.manual_seed(5)
-    layer = cls(64, 64, rank=4, alpha=8.0)
+    layer = cls(64, 64, rank=4, alpha=8.0).to(device)
     nn.init.normal_(layer.lora_b.weight, std=0.1)
-    x = torch.randn(3, 64, requires_grad=True)
+    x = torch.randn(3, 64, requires_grad=True, device=device)
     want = layer(x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         got = layer(x)
     got.float().sum().backward()
     torch.testing.assert_close(got.float(), want, atol=0.1, rtol=0.02)

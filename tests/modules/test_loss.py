@@ -51,9 +51,9 @@ class _Decoder(nn.Module):
         return logits
 
 
-def _targets(b: int = 3, s: int = 13, seed: int = 0) -> torch.Tensor:
+def _targets(b: int = 3, s: int = 13, seed: int = 0, device: str = "cpu") -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    targets = torch.randint(0, VOCAB, (b, s), generator=g)
+    targets = torch.randint(0, VOCAB, (b, s), generator=g).to(device)
     targets[0, :6] = -100  # a masked prompt
     targets[-1, -3:] = -100  # padding
     targets[1, 4] = -100
@@ -70,12 +70,14 @@ def _grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
 @pytest.mark.parametrize("output", ["linear", "tied", "lora", "dora"])
 @pytest.mark.parametrize("softcap", [None, 3.0])
 @pytest.mark.parametrize("train_weight", [True, False])
-def test_linear_ce_matches_plain_ce(output: str, softcap: float | None, train_weight: bool) -> None:
+def test_linear_ce_matches_plain_ce(
+    output: str, softcap: float | None, train_weight: bool, device
+) -> None:
     torch.manual_seed(0)
-    model = _Decoder(output, softcap)
+    model = _Decoder(output, softcap).to(device)
     model.output.weight.requires_grad_(train_weight)
-    hidden = torch.randn(3, 13, DIM, requires_grad=True)
-    targets = _targets()
+    hidden = torch.randn(3, 13, DIM, requires_grad=True, device=device)
+    targets = _targets(device=device)
     output_params = (
         model.output.parameters() if isinstance(model.output, nn.Module) else [model.output.weight]
     )
@@ -98,22 +100,22 @@ def test_linear_ce_matches_plain_ce(output: str, softcap: float | None, train_we
         torch.testing.assert_close(g, w, atol=1e-5, rtol=0)
 
 
-def test_linear_ce_never_projects_ignored_rows() -> None:
-    model = _Decoder("dora")  # the module-call path, so a forward hook sees the rows
+def test_linear_ce_never_projects_ignored_rows(device) -> None:
+    model = _Decoder("dora").to(device)  # the module-call path, so a forward hook sees the rows
     loss_fn = LinearCrossEntropyLoss(num_output_chunks=2)
     loss_fn.set_model_output(model)
     seen: list[int] = []
     model.output.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
-    targets = _targets()
-    loss_fn(torch.randn(3, 13, DIM), targets)
+    targets = _targets(device=device)
+    loss_fn(torch.randn(3, 13, DIM, device=device), targets)
     assert sum(seen) == int((targets != -100).sum())
 
 
 @pytest.mark.parametrize("loss_cls", [LinearCrossEntropyLoss, CEWithChunkedOutputLoss])
-def test_all_ignored_gives_zero_not_nan(loss_cls: type) -> None:
-    model = _Decoder()
-    hidden = torch.randn(2, 5, DIM, requires_grad=True)
-    targets = torch.full((2, 5), -100)
+def test_all_ignored_gives_zero_not_nan(loss_cls: type, device) -> None:
+    model = _Decoder().to(device)
+    hidden = torch.randn(2, 5, DIM, requires_grad=True, device=device)
+    targets = torch.full((2, 5), -100, device=device)
     loss_fn = loss_cls(num_output_chunks=4)
     if loss_cls is LinearCrossEntropyLoss:
         loss_fn.set_model_output(model)
@@ -125,10 +127,10 @@ def test_all_ignored_gives_zero_not_nan(loss_cls: type) -> None:
     assert torch.equal(hidden.grad, torch.zeros_like(hidden))
 
 
-def test_chunked_output_loss_matches_plain_ce() -> None:
+def test_chunked_output_loss_matches_plain_ce(device) -> None:
     torch.manual_seed(1)
-    logits = torch.randn(3, 13, VOCAB, requires_grad=True)
-    targets = _targets(seed=1)
+    logits = torch.randn(3, 13, VOCAB, requires_grad=True, device=device)
+    targets = _targets(seed=1, device=device)
     chunks = list(logits.chunk(4, dim=1))  # uneven: 4, 4, 4, 1
     loss = CEWithChunkedOutputLoss(num_output_chunks=4)(chunks, targets)
     loss.backward()
@@ -143,22 +145,22 @@ def test_chunked_output_loss_matches_plain_ce() -> None:
     torch.testing.assert_close(whole, ref, atol=1e-5, rtol=0)
 
 
-def test_chunked_output_loss_upcasts_bf16_logits() -> None:
-    logits = torch.randn(2, 8, VOCAB).bfloat16()
-    targets = torch.randint(0, VOCAB, (2, 8))
+def test_chunked_output_loss_upcasts_bf16_logits(device) -> None:
+    logits = torch.randn(2, 8, VOCAB, device=device).bfloat16()
+    targets = torch.randint(0, VOCAB, (2, 8), device=device)
     loss = CEWithChunkedOutputLoss(num_output_chunks=2)(list(logits.chunk(2, dim=1)), targets)
     ref = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, ref, atol=1e-5, rtol=0)
 
 
-def test_sum_reduction_and_token_weighted_accumulation() -> None:
+def test_sum_reduction_and_token_weighted_accumulation(device) -> None:
     """4 micro-batches with reduction='sum' / total tokens == one batch with the mean."""
     torch.manual_seed(2)
-    model = _Decoder()
-    hidden = torch.randn(8, 9, DIM)
-    targets = torch.randint(0, VOCAB, (8, 9))
-    targets[torch.rand(8, 9) < 0.4] = -100
+    model = _Decoder().to(device)
+    hidden = torch.randn(8, 9, DIM, device=device)
+    targets = torch.randint(0, VOCAB, (8, 9), device=device)
+    targets[torch.rand(8, 9, device=device) < 0.4] = -100
 
     mean_fn = LinearCrossEntropyLoss(num_output_chunks=2)
     mean_fn.set_model_output(model)
@@ -178,11 +180,11 @@ def test_sum_reduction_and_token_weighted_accumulation() -> None:
     torch.testing.assert_close(sum_fn(hidden, targets), ref_sum, atol=1e-4, rtol=1e-6)
 
 
-def test_no_grad_evaluation_gives_same_value() -> None:
-    model = _Decoder()
+def test_no_grad_evaluation_gives_same_value(device) -> None:
+    model = _Decoder().to(device)
     loss_fn = LinearCrossEntropyLoss()
     loss_fn.set_model_output(model)
-    hidden, targets = torch.randn(2, 7, DIM), _targets(2, 7)
+    hidden, targets = torch.randn(2, 7, DIM, device=device), _targets(2, 7, device=device)
     with torch.no_grad():
         value = loss_fn(hidden, targets)
     ref = F.cross_entropy(model.logits(hidden).flatten(0, 1), targets.flatten())
@@ -201,15 +203,15 @@ def test_clear_errors() -> None:
 
 
 @pytest.mark.parametrize("family", ["llama3_1", "gemma2"])  # untied; tied with final softcap
-def test_matches_real_decoder_logits(family: str) -> None:
+def test_matches_real_decoder_logits(family: str, device) -> None:
     """With a real TransformerDecoder: hidden-state loss == CE on the model's own logits."""
     from tests.models._tiny_hf import tiny_configs
     from tunesmith.models import build_decoder, spec_from_hf_config
 
     torch.manual_seed(5)
-    model = build_decoder(spec_from_hf_config(tiny_configs()[family].to_dict()))
-    tokens = torch.randint(0, 160, (2, 11))
-    targets = torch.randint(0, 160, (2, 11))
+    model = build_decoder(spec_from_hf_config(tiny_configs()[family].to_dict())).to(device)
+    tokens = torch.randint(0, 160, (2, 11), device=device)
+    targets = torch.randint(0, 160, (2, 11), device=device)
     targets[:, :3] = -100
     ref = F.cross_entropy(model(tokens).flatten(0, 1), targets.flatten())
     ref.backward()
@@ -225,12 +227,12 @@ def test_matches_real_decoder_logits(family: str) -> None:
     torch.testing.assert_close(model.tok_embeddings.weight.grad, want, atol=1e-5, rtol=0)
 
 
-def test_bf16_model_close_to_fp32_reference() -> None:
+def test_bf16_model_close_to_fp32_reference(device) -> None:
     """bf16 hidden + weight: loss in fp32, gradients in bf16, close to the fp32 computation."""
     torch.manual_seed(6)
-    model = _Decoder().to(torch.bfloat16)
-    hidden = torch.randn(2, 9, DIM, dtype=torch.bfloat16, requires_grad=True)
-    targets = _targets(2, 9)
+    model = _Decoder().to(device, torch.bfloat16)
+    hidden = torch.randn(2, 9, DIM, dtype=torch.bfloat16, requires_grad=True, device=device)
+    targets = _targets(2, 9, device=device)
     loss_fn = LinearCrossEntropyLoss(num_output_chunks=3)
     loss_fn.set_model_output(model)
     loss = loss_fn(hidden, targets)
@@ -248,12 +250,12 @@ def test_bf16_model_close_to_fp32_reference() -> None:
 
 
 @pytest.mark.parametrize("output", ["lora", "qlora", "tied"])
-def test_fused_path_equals_module_path(output: str) -> None:
+def test_fused_path_equals_module_path(output: str, device) -> None:
     """The fused path (incl. a LoRA / NF4-LoRA output layer) == projecting through the module."""
     torch.manual_seed(7)
-    model = _Decoder(output, softcap=2.0)
-    hidden = torch.randn(3, 13, DIM, requires_grad=True)
-    targets = _targets()
+    model = _Decoder(output, softcap=2.0).to(device)
+    hidden = torch.randn(3, 13, DIM, requires_grad=True, device=device)
+    targets = _targets(device=device)
     params = [hidden] + [p for p in model.parameters() if p.requires_grad and p is not hidden]
     results = []
     for module_path in (False, True):
