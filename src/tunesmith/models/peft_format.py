@@ -24,6 +24,7 @@ from torch import Tensor
 
 from tunesmith.models.convert_weights import hf_to_native, native_to_hf, ties_embeddings
 from tunesmith.utils._atomic import atomic_save_safetensors, atomic_write_json
+from tunesmith.utils._integrity import check_safetensors
 
 __all__ = [
     "ADAPTER_CONFIG_NAME",
@@ -243,4 +244,5 @@ def load_peft_adapter(
             "native adapter (one rank, scaling alpha / rank) cannot represent; merge the "
             "adapter in PEFT (merge_and_unload) and load the merged model instead"
         )
+    check_safetensors(weights)
     return peft_to_native(load_file(str(weights)), model_type, hf_config), config

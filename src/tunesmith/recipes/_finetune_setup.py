@@ -27,6 +27,7 @@ __all__ = [
     "build_model",
     "full_state_dicts",
     "local_device",
+    "open_checkpointer",
     "shift_labels",
     "validation_loss",
     "is_packed",
@@ -41,6 +42,34 @@ def local_device(device: torch.device) -> torch.device:
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
+
+
+# -------------------------------------------------------------------------------- checkpointer
+def open_checkpointer(cfg: DictConfig, resume: bool) -> Any:
+    """Pre-flight the output folders (earlier run, writable, free space), then instantiate
+    ``cfg.checkpointer`` (weights not read yet). Top-level ``overwrite=True`` lets a new
+    run replace an earlier run's checkpoints (at its first save, never up front)."""
+    from tunesmith.training.checkpointing import base_checkpoint_bytes, preflight_outputs
+
+    node = cfg.checkpointer
+    logger_node = cfg.get("metric_logger")
+    log_dir = logger_node.get("log_dir") if isinstance(logger_node, DictConfig) else None
+    replaces = []
+    if node.get("output_dir") is not None:
+        replaces = preflight_outputs(
+            node.output_dir,
+            resume=resume,
+            overwrite=bool(cfg.get("overwrite", False)),
+            log_dirs=[log_dir] if log_dir else [],
+            need_bytes=base_checkpoint_bytes(node),
+        )
+    kwargs: dict[str, Any] = {"resume_from_checkpoint": resume}
+    if cfg.get("keep_last_n_checkpoints") and "keep_last_n_checkpoints" not in node:
+        kwargs["keep_last_n_checkpoints"] = cfg.keep_last_n_checkpoints
+    checkpointer = instantiate(node, **kwargs)
+    if replaces:
+        checkpointer.replaces = replaces
+    return checkpointer
 
 
 # -------------------------------------------------------------------------------------- model

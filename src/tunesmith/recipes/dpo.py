@@ -37,6 +37,7 @@ from tunesmith.recipes._finetune_setup import (
     build_model,
     is_packed,
     local_device,
+    open_checkpointer,
     sampled_loader,
     shift_labels,
 )
@@ -88,10 +89,7 @@ def recipe_main(cfg: DictConfig) -> None:
         )
 
     # ---- weights, seed, models ---------------------------------------------------------
-    ckpt_kwargs: dict[str, Any] = {"resume_from_checkpoint": resume}
-    if cfg.get("keep_last_n_checkpoints") and "keep_last_n_checkpoints" not in cfg.checkpointer:
-        ckpt_kwargs["keep_last_n_checkpoints"] = cfg.keep_last_n_checkpoints
-    checkpointer = instantiate(cfg.checkpointer, **ckpt_kwargs)
+    checkpointer = open_checkpointer(cfg, resume)
     state = checkpointer.load_checkpoint()
     seed = finetune._agreed_seed(
         state.get("seed") if resume else cfg.get("seed"), world_size, device

@@ -30,6 +30,7 @@ from tunesmith.recipes._finetune_setup import (
     build_model,
     full_state_dicts,
     local_device,
+    open_checkpointer,
     shift_labels,
     validation_loss,
 )
@@ -71,10 +72,7 @@ def recipe_main(cfg: DictConfig) -> None:
         )
 
     # ---- weights, seed, model ----------------------------------------------------------
-    ckpt_kwargs: dict[str, Any] = {"resume_from_checkpoint": resume}
-    if cfg.get("keep_last_n_checkpoints") and "keep_last_n_checkpoints" not in cfg.checkpointer:
-        ckpt_kwargs["keep_last_n_checkpoints"] = cfg.keep_last_n_checkpoints
-    checkpointer = instantiate(cfg.checkpointer, **ckpt_kwargs)
+    checkpointer = open_checkpointer(cfg, resume)
     state = checkpointer.load_checkpoint()
     seed = _agreed_seed(state.get("seed") if resume else cfg.get("seed"), world_size, device)
     model, is_peft = build_model(cfg, state, device, dtype, world_size)

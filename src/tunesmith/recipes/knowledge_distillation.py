@@ -37,6 +37,7 @@ from tunesmith.recipes._finetune_setup import (
     build_dataloader,
     build_model,
     local_device,
+    open_checkpointer,
 )
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
@@ -82,10 +83,7 @@ def recipe_main(cfg: DictConfig) -> None:
     ignore_index = int(getattr(loss_fn, "ignore_index", -100))
 
     # ---- weights, seed, models ---------------------------------------------------------
-    ckpt_kwargs: dict[str, Any] = {"resume_from_checkpoint": resume}
-    if cfg.get("keep_last_n_checkpoints") and "keep_last_n_checkpoints" not in cfg.checkpointer:
-        ckpt_kwargs["keep_last_n_checkpoints"] = cfg.keep_last_n_checkpoints
-    checkpointer = instantiate(cfg.checkpointer, **ckpt_kwargs)
+    checkpointer = open_checkpointer(cfg, resume)
     state = checkpointer.load_checkpoint()
     seed = finetune._agreed_seed(
         state.get("seed") if resume else cfg.get("seed"), world_size, device

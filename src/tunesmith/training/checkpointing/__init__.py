@@ -51,12 +51,17 @@ from tunesmith.training.checkpointing._gguf import *  # noqa: F401,F403
 from tunesmith.training.checkpointing._gguf import __all__ as _gguf_all
 from tunesmith.training.checkpointing._hf import *  # noqa: F401,F403
 from tunesmith.training.checkpointing._hf import __all__ as _hf_all
+from tunesmith.training.checkpointing._integrity import *  # noqa: F401,F403
+from tunesmith.training.checkpointing._integrity import __all__ as _integrity_all
 from tunesmith.training.checkpointing._meta import *  # noqa: F401,F403
 from tunesmith.training.checkpointing._meta import __all__ as _meta_all
+from tunesmith.training.checkpointing._preflight import *  # noqa: F401,F403
+from tunesmith.training.checkpointing._preflight import __all__ as _preflight_all
 from tunesmith.training.checkpointing._recipe_state import *  # noqa: F401,F403
 from tunesmith.training.checkpointing._recipe_state import __all__ as _recipe_all
 from tunesmith.training.checkpointing._signals import *  # noqa: F401,F403
 from tunesmith.training.checkpointing._signals import __all__ as _signals_all
+from tunesmith.utils._integrity import CheckpointError, CheckpointNotFoundError
 
 __all__ = [
     *_atomic_all,
@@ -68,4 +73,8 @@ __all__ = [
     *_meta_all,
     *_recipe_all,
     *_signals_all,
+    *_integrity_all,
+    *_preflight_all,
+    "CheckpointError",
+    "CheckpointNotFoundError",
 ]

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from tunesmith.utils._atomic import (
     atomic_write_path,
     fsync_dir,
 )
+from tunesmith.utils._integrity import CHECKSUM_ALGO, file_records, verify_records
 
 __all__ = [
     "COMPLETE_MARKER",
@@ -41,6 +42,7 @@ __all__ = [
     "mark_complete",
     "read_complete_marker",
     "is_complete",
+    "verify_checkpoint",
     "checkpoint_folder_name",
     "list_complete_checkpoints",
     "latest_complete_checkpoint",
@@ -55,12 +57,38 @@ _CKPT_DIR_RE = re.compile(r"^(epoch|step)_(\d+)$")
 
 
 def mark_complete(folder: str | os.PathLike[str], **info: Any) -> None:
-    """Write the ``.complete`` marker (JSON with ``info`` and a save time) into ``folder``.
+    """Write the ``.complete`` marker into ``folder``: JSON with ``info``, a save time, the
+    checksum algorithm and every file's relative path, size and checksum::
 
-    Call this only after every other file of the checkpoint is durably written.
+        {"saved_at_ns": ..., **info, "checksum": "xxh3_64",
+         "files": {"model.safetensors": {"size": 1234, "hash": "9f0c..."}, ...}}
+
+    Call this only after every other file of the checkpoint is durably written (the
+    files are read back once to checksum them, from the page cache right after a save).
     """
-    payload = {"saved_at_ns": time.time_ns(), **info}
+    files = file_records(folder, exclude=(COMPLETE_MARKER,))
+    payload = {"saved_at_ns": time.time_ns(), **info, "checksum": CHECKSUM_ALGO, "files": files}
     atomic_write_json(Path(folder) / COMPLETE_MARKER, payload)
+
+
+def verify_checkpoint(
+    folder: str | os.PathLike[str], only: Iterable[str] | None = None
+) -> str | None:
+    """What is wrong with a complete checkpoint folder, or None when it is intact.
+
+    Checks every file its marker records (or just ``only``, relative paths) for size,
+    then checksum. Markers written before file lists existed have nothing to check and
+    pass. A folder without a readable marker is reported as such.
+    """
+    marker = read_complete_marker(folder)
+    if marker is None:
+        return f"{COMPLETE_MARKER} is missing or unreadable"
+    files = marker.get("files")
+    if not isinstance(files, dict):
+        return None  # old marker: no file list
+    if only is not None:
+        only = [n for n in only if n in files]
+    return verify_records(folder, files, str(marker.get("checksum", "")), only=only)
 
 
 def read_complete_marker(folder: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -39,7 +39,6 @@ import torch
 from tunesmith.modules.peft import is_adapter_key
 from tunesmith.training.checkpointing._atomic import (
     checkpoint_folder_name,
-    latest_complete_checkpoint,
     prune_checkpoints,
     read_complete_marker,
     remove_partial_checkpoints,
@@ -51,12 +50,20 @@ from tunesmith.training.checkpointing._files import (
     resolve_checkpoint_dir,
     resolve_checkpoint_files,
 )
+from tunesmith.training.checkpointing._integrity import (
+    guarded_save,
+    newest_intact_checkpoint,
+    no_recipe_state_message,
+    retire_previous_run,
+    verify_input_files,
+)
 from tunesmith.training.checkpointing._recipe_state import (
     RECIPE_STATE_FNAME,
     WEIGHT_KEYS,
     load_recipe_state,
     save_recipe_state,
 )
+from tunesmith.utils._integrity import CheckpointNotFoundError
 
 __all__ = ["CheckpointerBase", "is_adapter_key", "split_adapter_keys"]
 
@@ -130,6 +137,8 @@ class CheckpointerBase:
         )
         self._output_dir.mkdir(parents=True, exist_ok=True)
         self.resumed_from: Path | None = None
+        # overwrite=True: complete folders of a previous run, removed after the first save
+        self.replaces: list[Path] = []
         # Filled by the first read; used on save to keep the input's sharding and dtypes.
         self._key_to_file: dict[str, str] = {}
         self._stored_dtypes: dict[str, torch.dtype] = {}
@@ -144,10 +153,15 @@ class CheckpointerBase:
         return p if p.is_absolute() else self._checkpoint_dir / p
 
     def _resume_source(self) -> Path | None:
-        """The newest complete folder in output_dir, when resuming (else None)."""
+        """The newest intact complete folder in output_dir, when resuming (else None).
+
+        A damaged newer folder (a file missing, of the wrong size or checksum, per its
+        marker) is skipped with a warning naming the file; when every folder is damaged
+        the error lists them.
+        """
         if not self._resume_from_checkpoint:
             return None
-        return latest_complete_checkpoint(self._output_dir)
+        return newest_intact_checkpoint(self._output_dir, logger)
 
     # ---- subclass hooks -----------------------------------------------------------------
     def _to_native(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -172,6 +186,7 @@ class CheckpointerBase:
         return self._to_native(sd)
 
     def _load_base_weights(self) -> dict[str, torch.Tensor]:
+        verify_input_files(self._checkpoint_dir, self._files)
         return self._read(self._files)
 
     def _to_stored_dtypes(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -218,12 +233,22 @@ class CheckpointerBase:
 
         path = Path(path)
         if path.is_dir() or path.name.startswith("adapter_model."):
+            if not path.exists():
+                raise CheckpointNotFoundError(
+                    f"adapter checkpoint does not exist (checkpointer.adapter_checkpoint={path}): "
+                    "point it at a PEFT folder (with adapter_model.safetensors)",
+                    key="checkpointer.adapter_checkpoint",
+                )
+            folder = path if path.is_dir() else path.parent
+            verify_input_files(folder, [folder / "adapter_model.safetensors"])
             native, _ = load_peft_adapter(path, self._model_type, getattr(self, "hf_config", None))
             return native
         if not path.is_file():
-            raise FileNotFoundError(
-                f"checkpointer.adapter_checkpoint: {str(path)!r} does not exist; point it at a "
-                "PEFT folder (with adapter_model.safetensors) or a native adapter file"
+            raise CheckpointNotFoundError(
+                f"adapter checkpoint does not exist (checkpointer.adapter_checkpoint={path}): "
+                "point it at a PEFT folder (with adapter_model.safetensors) or a native adapter "
+                "file",
+                key="checkpointer.adapter_checkpoint",
             )
         weights = load_weight_file(path)
         if any(k.startswith(PEFT_PREFIX) or ".lora_A." in k for k in weights):
@@ -259,11 +284,7 @@ class CheckpointerBase:
                 raise ValueError(f"checkpoint {source} holds neither model nor adapter weights")
             recipe_path = source / RECIPE_STATE_FNAME
             if not recipe_path.is_file():
-                raise FileNotFoundError(
-                    f"resume_from_checkpoint=True but {recipe_path} is missing: the newest "
-                    "checkpoint is a final (non-intermediate) save; start a new run from it "
-                    "with resume_from_checkpoint=False"
-                )
+                raise CheckpointNotFoundError(no_recipe_state_message(source, marker))
             out.update(load_recipe_state(str(recipe_path)))
             return out
         out["model"] = self._load_base_weights()
@@ -271,7 +292,7 @@ class CheckpointerBase:
             out["adapter"] = self._read_adapter(self._path_in_ckpt_dir(self._adapter_checkpoint))
         if self._resume_from_checkpoint:
             if not self._recipe_checkpoint:
-                raise FileNotFoundError(
+                raise CheckpointNotFoundError(
                     "checkpointer.resume_from_checkpoint=True but output_dir "
                     f"{str(self._output_dir)!r} holds no complete checkpoint and "
                     "checkpointer.recipe_checkpoint is not set; set resume_from_checkpoint=False "
@@ -332,7 +353,10 @@ class CheckpointerBase:
             # otherwise apply an adapter_config.json it finds on top of the merged weights.
             "adapter_subdir": "adapter" if model_sd is not None else ".",
         }
-        with staged_checkpoint_dir(self._output_dir, name, **info) as folder:
+        with (
+            guarded_save(self._output_dir, name, (model_sd, adapter, recipe_state)),
+            staged_checkpoint_dir(self._output_dir, name, **info) as folder,
+        ):
             if model_sd is not None:
                 self._write_model(model_sd, folder)
             if adapter:
@@ -343,6 +367,9 @@ class CheckpointerBase:
             if intermediate_checkpoint:
                 save_recipe_state(recipe_state, str(folder / RECIPE_STATE_FNAME))
         final = self._output_dir / name
+        if self.replaces:  # overwrite=True: the previous run's folders go once one is published
+            retire_previous_run(self.replaces, keep=final)
+            self.replaces = []
         removed = prune_checkpoints(self._output_dir, self._keep_last_n, protect=final)
         for r in removed:
             logger.info(

