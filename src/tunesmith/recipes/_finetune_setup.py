@@ -16,8 +16,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from tunesmith.config import instantiate
-from tunesmith.modules.peft import get_adapter_params, set_trainable_params
+from tunesmith.config import ConfigError, instantiate
+from tunesmith.modules.peft import get_adapter_params, is_adapter_key, set_trainable_params
 from tunesmith.training.precision import set_default_dtype
 from tunesmith.utils import get_logger
 
@@ -90,6 +90,7 @@ def build_model(
     weights = dict(state["model"])
     weights.update(state.get("adapter") or {})
     adapter = get_adapter_params(model)
+    check_weight_shapes(model, weights)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     missing_base = [k for k in missing if k not in adapter]
     if missing_base or unexpected:
@@ -112,6 +113,34 @@ def build_model(
 
         compile_model(model)
     return model, bool(adapter)
+
+
+def check_weight_shapes(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
+    """One :class:`ConfigError` line when checkpoint tensors do not fit the model's shapes
+    (instead of torch's line per tensor): an adapter of another rank names both ranks."""
+    own = model.state_dict()
+    bad = [
+        (k, tuple(v.shape), tuple(own[k].shape))
+        for k, v in weights.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if not bad:
+        return
+    ranks = [(got[0], want[0]) for k, got, want in bad if k.endswith("lora_a.weight")]
+    if ranks and all(is_adapter_key(k) for k, _, _ in bad):
+        raise ConfigError(
+            f"the adapter has LoRA rank {ranks[0][0]} but the model is built with rank "
+            f"{ranks[0][1]} (checkpointer.adapter_checkpoint / model.lora_rank): set "
+            f"model.lora_rank={ranks[0][0]}, or load an adapter of rank {ranks[0][1]}",
+            key="model.lora_rank",
+        )
+    key, got, want = bad[0]
+    raise ConfigError(
+        f"{len(bad)} checkpoint tensor(s) do not fit the model, e.g. {key}: {list(got)} in the "
+        f"checkpoint, {list(want)} in model._component_={model.__class__.__name__} "
+        "(checkpointer.checkpoint_dir): pick the model builder that matches the checkpoint",
+        key="model._component_",
+    )
 
 
 def _init_dora_magnitudes(model: nn.Module, loaded: set[str]) -> None:

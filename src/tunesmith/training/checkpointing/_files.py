@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import string
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -130,12 +131,9 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
     :class:`CheckpointError` naming it.
     """
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e) and "zipfile" not in str(e):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch asks to "file an issue" about odd protocols
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return _torch_load(path)
     except FileNotFoundError:
         raise
     except Exception as e:  # torch's own text ends with "please file an issue": not helpful
@@ -145,6 +143,15 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
             f"cannot read {Path(path).name}: it is damaged or not a torch file "
             f"({type(e).__name__}) ({path}): resume from an earlier checkpoint or start fresh"
         ) from None
+
+
+def _torch_load(path: str | os.PathLike[str]) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e) and "zipfile" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_weight_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
