@@ -82,7 +82,9 @@ def test_marker_records_every_file_with_size_and_checksum(three_saves: Path) -> 
     assert verify_checkpoint(folder) is None
 
 
-def test_old_marker_without_file_list_still_resumes(base: Path, three_saves: Path, tmp_path) -> None:
+def test_old_marker_without_file_list_still_resumes(
+    base: Path, three_saves: Path, tmp_path
+) -> None:
     out = _copy(three_saves, tmp_path / "out")
     for folder in list_complete_checkpoints(out):
         marker = read_complete_marker(folder)
