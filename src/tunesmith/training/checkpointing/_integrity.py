@@ -45,7 +45,13 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_DISK_FULL_TEXT = ("No space left", "StorageFull", "unexpected pos", "file write failed")
+_DISK_FULL_TEXT = (
+    "No space left",
+    "os error 28",
+    "StorageFull",
+    "unexpected pos",
+    "file write failed",
+)
 
 
 def verify_input_files(folder: Path, files: Sequence[Path]) -> None:
@@ -162,7 +168,7 @@ def guarded_save(output_dir: Path, name: str, parts: Any) -> Iterator[None]:
     free = shutil.disk_usage(output_dir).free if output_dir.is_dir() else 0
     try:
         yield
-    except (OSError, RuntimeError) as e:
+    except Exception as e:  # OSError, torch's RuntimeError, safetensors' SafetensorError
         code = getattr(e, "errno", None)
         text = str(e)
         previous = latest_complete_checkpoint(output_dir)
@@ -180,7 +186,7 @@ def guarded_save(output_dir: Path, name: str, parts: Any) -> Iterator[None]:
             ) from None
         if code in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise CheckpointError(
-                f"cannot write checkpoint {name}: {e.strerror} ({output_dir}): {intact}; make "
+                f"cannot write checkpoint {name}: {getattr(e, 'strerror', e)} ({output_dir}): {intact}; make "
                 "the folder writable or pick another output_dir"
             ) from None
         raise
