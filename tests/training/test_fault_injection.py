@@ -66,16 +66,19 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(tmp_path: Path, w
         # "weights": not even the weights fit; "recipe_state": the weights fit, then
         # torch.save runs out of room (torch's own text is `inline_container.cc ... unexpected pos`)
         filler = _fill(disk, 16 << 10 if where == "weights" else weights + (64 << 10))
-        script = (
-            "import sys; sys.path.insert(0, %r)\n"
-            "from pathlib import Path\n"
-            "from tests.training.test_resume_harness import train\n"
-            "from tunesmith.config import ConfigError\n"
-            "try:\n"
-            "    train(Path(%r), Path(%r), %d, resume=True, save_every=1)\n"
-            "except ConfigError as e:\n"
-            "    print(f'error: {e}', file=sys.stderr); sys.exit(2)\n"
-        ) % (str(REPO), str(base), str(out), TOTAL)
+        script = "\n".join(
+            [
+                f"import sys; sys.path.insert(0, {str(REPO)!r})",
+                "from pathlib import Path",
+                "from tests.training.test_resume_harness import train",
+                "from tunesmith.config import ConfigError",
+                "try:",
+                f"    train(Path({str(base)!r}), Path({str(out)!r}), {TOTAL}, resume=True,"
+                " save_every=1)",
+                "except ConfigError as e:",
+                "    print(f'error: {e}', file=sys.stderr); sys.exit(2)",
+            ]
+        )
         env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
         proc = subprocess.run(
             [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
