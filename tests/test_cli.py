@@ -151,22 +151,22 @@ def test_ls_table(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_cp_config_and_recipe(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dest = env / "out" / "my_config"
     code, _, err = run_cli(capsys, "cp", "tiny/lora", str(dest))
-    assert code == 1 and f"folder {dest.parent} does not exist; pass --make-parents" in err
+    assert code == 2 and f"folder {dest.parent} does not exist; pass --make-parents" in err
     code, out, _ = run_cli(capsys, "cp", "tiny/lora", str(dest), "--make-parents")
     assert code == 0 and out.strip() == f"Copied config tiny/lora to {dest}.yaml"
     assert Path(f"{dest}.yaml").read_text() == LORA_CONFIG
     code, _, err = run_cli(capsys, "cp", "tiny/lora", str(dest))
-    assert code == 1 and "already exists; pass --force to overwrite it" in err
+    assert code == 2 and "already exists; pass --force to overwrite it" in err
     Path(f"{dest}.yaml").write_text("edited")
     assert run_cli(capsys, "cp", "tiny/lora", str(dest), "--force")[0] == 0
     assert Path(f"{dest}.yaml").read_text() == LORA_CONFIG
     code, out, _ = run_cli(capsys, "cp", "lora_finetune_single_device", str(env / "out"))
     assert code == 0 and (env / "out" / "ts_fake_recipe.py").read_text() == RECIPE
     code, _, err = run_cli(capsys, "cp", "ghost", str(env / "out"))
-    assert code == 1 and "recipe 'ghost' (tunesmith.recipes.ghost) is not installed" in err
+    assert code == 2 and "recipe 'ghost' (tunesmith.recipes.ghost) is not installed" in err
     code, _, err = run_cli(capsys, "cp", "tiny/lorra", str(env / "x.yaml"))
     assert (
-        code == 1
+        code == 2
         and "'tiny/lorra' is neither a recipe nor a config" in err
         and "Did you mean tiny/lora" in err
     )
@@ -179,9 +179,9 @@ def test_cat_raw_and_with_overrides(env: Path, capsys: pytest.CaptureFixture[str
     assert code == 0
     assert out == "optimizer:\n  _component_: torch.optim.SGD\n  lr: 0.5\nseed: 7\n"
     code, _, err = run_cli(capsys, "cat", "tiny/lora", "optimizer.lr=fast")
-    assert code == 1 and "optimizer.lr expects a number" in err
+    assert code == 2 and "optimizer.lr expects a number" in err
     code, _, err = run_cli(capsys, "cat", "tiny/nothing")
-    assert code == 1 and "config 'tiny/nothing' not found" in err
+    assert code == 2 and "config 'tiny/nothing' not found" in err
 
 
 def test_validate(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -197,11 +197,11 @@ def test_validate(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
         "loss._component_=torch.nn.MSELos",
         "loss.reduce=x",
     )
-    assert code == 1
+    assert code == 2
     assert "error: optimizer.lrr: torch.optim.SGD has no argument 'lrr'. Did you mean lr?" in err
     assert "error: loss._component_: cannot resolve _component_ 'torch.nn.MSELos'" in err
     assert "Did you mean torch.nn.MSELoss" in err
-    assert "2 problem(s) found" in err
+    assert "2 problem(s) found" in out
 
 
 def test_run_single_process(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -261,7 +261,7 @@ def test_run_errors(
     env: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
     code, _, err = run_cli(capsys, "run", *argv)
-    assert code == 1
+    assert code == 2
     assert message in err
 
 
@@ -287,7 +287,7 @@ def test_run_distributed_through_torchrun(env: Path) -> None:
 def test_cat_of_a_recipe_points_to_cp(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(capsys, "cat", "finetune")
     assert (
-        code == 1
+        code == 2
         and "'finetune' is a recipe, not a config" in err
         and "tunesmith cp finetune" in err
     )
@@ -305,7 +305,7 @@ def test_run_reports_config_errors_from_the_recipe_in_one_line(
     code, _, err = run_cli(
         capsys, "run", str(recipe), "--config", "tiny/lora", "optimizer.momentm=0.9"
     )
-    assert code == 1
+    assert code == 2
     assert err.strip().splitlines() == [
         "error: optimizer.momentm: torch.optim.SGD has no argument 'momentm'. Did you mean momentum? "
         "Valid arguments: params, lr, momentum, dampening, weight_decay, nesterov, maximize, foreach, "
@@ -325,10 +325,27 @@ def test_run_warns_when_config_declares_another_recipe(
     )
 
 
-def test_torchrun_launch_needs_a_main_block(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_torchrun_user_error_is_one_line_and_exit_2(env: Path) -> None:
+    """A user error in the ranks is rank 0's one line, not torchrun's ChildFailedError dump.
+
+    The recipe file has no ``__main__`` block: the ranks run tunesmith's own launcher.
+    """
     recipe = env / "no_main.py"
-    recipe.write_text("def recipe_main(cfg):\n    pass\n")
-    code, _, err = run_cli(
-        capsys, "run", "--nproc_per_node", "2", str(recipe), "--config", "tiny/lora"
+    recipe.write_text(
+        "from tunesmith.config import ConfigError\n"
+        "def recipe_main(cfg):\n"
+        "    raise ConfigError('batch_size must be at least 1 (batch_size=0): set batch_size=1')\n"
     )
-    assert code == 1 and "cannot be launched by torchrun: it must end with" in err
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "tunesmith.cli", "run", "--standalone", "--nproc_per_node", "2",
+            str(recipe), "--config", str(env / "configs" / "tiny" / "lora.yaml"),
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["error: batch_size must be at least 1 (batch_size=0): set batch_size=1"], (
+        result.stderr
+    )
+    assert "Traceback" not in result.stdout + result.stderr

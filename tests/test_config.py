@@ -212,9 +212,11 @@ def test_parse_recipe_args(tmp_path: Path) -> None:
 
 
 def test_parse_recipe_args_from_command_line_exits_with_one_line(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr("sys.argv", ["recipe.py", "--config", "/no/such/file.yaml"])
     with pytest.raises(SystemExit) as info:
         parse_recipe_args()
-    assert str(info.value).startswith("error: config '/no/such/file.yaml' not found")
+    assert info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: config '/no/such/file.yaml' not found")

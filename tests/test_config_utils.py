@@ -93,11 +93,13 @@ def test_logger_format_and_level() -> None:
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 3, result.stderr
+    lines = result.stdout.strip().splitlines()  # INFO and DEBUG on stdout
+    assert len(lines) == 2, result.stdout
     assert lines[0].startswith("INFO ") and lines[0].endswith("tunesmith.recipes.demo:3] shown")
     assert lines[1].startswith("DEBUG ") and lines[1].endswith("] now shown")
-    assert lines[2].startswith("ERROR ") and "tunesmith.__main__:9] from main" in lines[2]
+    errors = result.stderr.strip().splitlines()  # WARNING and above on stderr
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("ERROR ") and "tunesmith.__main__:9] from main" in errors[0]
     assert LOG_FORMAT.startswith("%(levelname)s")
 
 

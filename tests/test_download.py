@@ -168,7 +168,7 @@ def test_download_ignore_and_allow_patterns(hub: str, tmp_path: Path) -> None:
 
 def test_download_missing_repo_is_one_line(hub: str, tmp_path: Path) -> None:
     result = _download(hub, tmp_path, "tiny-org/nope", "--output-dir", str(tmp_path / "x"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: repository tiny-org/nope not found on {hub}: check the id (owner/name); "
         "a private repository needs --hf-token <token> or HF_TOKEN"
@@ -177,7 +177,7 @@ def test_download_missing_repo_is_one_line(hub: str, tmp_path: Path) -> None:
 
 def test_download_gated_repo_without_token(hub: str, tmp_path: Path) -> None:
     result = _download(hub, tmp_path, GATED, "--output-dir", str(tmp_path / "g"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(
@@ -190,14 +190,14 @@ def test_download_gated_repo_with_token(hub: str, tmp_path: Path) -> None:
     result = _download(
         hub, tmp_path, GATED, "--output-dir", str(tmp_path / "g"), "--hf-token", TOKEN
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "this token has no access" in lines[0]
 
 
 def test_download_invalid_token(hub: str, tmp_path: Path) -> None:
     result = _download(hub, tmp_path, REPO, "--output-dir", str(tmp_path / "t"), token="hf_wrong")
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "token was rejected" in lines[0] and "HF_TOKEN" in lines[0]
 
@@ -221,6 +221,6 @@ def test_download_with_valid_token_sends_it(hub: str, tmp_path: Path) -> None:
 
 def test_download_rejects_bad_repo_id_and_source(hub: str, tmp_path: Path) -> None:
     result = _download(hub, tmp_path, "justaname")
-    assert result.returncode == 1 and "write owner/name" in result.stderr
+    assert result.returncode == 2 and "write owner/name" in result.stderr
     result = _download(hub, tmp_path, REPO, "--source", "kaggle")
     assert result.returncode == 2 and "invalid choice: 'kaggle'" in result.stderr

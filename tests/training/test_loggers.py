@@ -77,7 +77,8 @@ def test_stdout_logger_format() -> None:
 def test_missing_library_names_the_extra(cls: type, module: str, tmp_path: Path) -> None:
     if importlib.util.find_spec(module) is not None:
         pytest.skip(f"{module} is installed")
-    with pytest.raises(ImportError, match=r"tunesmith\[loggers\]"):
+    extra = {"comet_ml": "comet"}.get(module, module)
+    with pytest.raises(ImportError, match=rf"pip install 'tunesmith\[{extra}\]'"):
         cls(log_dir=str(tmp_path))
 
 

@@ -63,7 +63,7 @@ def cmd_download(args: argparse.Namespace) -> int:
             "e.g. meta-llama/Llama-3.2-1B-Instruct",
             file=sys.stderr,
         )
-        return 1
+        return 2
     token = args.hf_token or os.environ.get("HF_TOKEN") or None
     endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
     output_dir = Path(args.output_dir or Path("/tmp") / args.repo_id.split("/")[-1]).expanduser()
@@ -82,7 +82,7 @@ def cmd_download(args: argparse.Namespace) -> int:
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
-        return 1
+        return 2
     files = sorted(
         p.relative_to(path).as_posix()
         for p in Path(path).rglob("*")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from tunesmith.config import (
     ConfigError,
@@ -39,7 +42,9 @@ def build_run_parser() -> argparse.ArgumentParser:
     """``tunesmith run``'s parser: torchrun's own options, then the recipe and its arguments."""
     from torch.distributed.run import get_args_parser
 
-    parser = argparse.ArgumentParser(
+    from tunesmith.cli.main import UsageParser
+
+    parser = UsageParser(
         prog="tunesmith run",
         usage="tunesmith run [torchrun options] <recipe> --config <name|path> [key=value ...]",
         description="Run a recipe with a config and command-line overrides.",
@@ -103,39 +108,40 @@ def run_command(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args.recipe_args):
         parser.print_help()
         return 0
-    try:
-        for token in args.recipe_args:
-            option = token.split("=", 1)[0]
-            if option.startswith("--") and option in parser._option_string_actions:
-                raise ConfigError(
-                    f"torchrun option '{option}' must come before the recipe: "
-                    f"tunesmith run {token} ... {args.recipe} --config <name|path> [key=value ...]"
-                )
-        recipe, script = _resolve_recipe(args.recipe)
-        config, overrides = split_recipe_args(args.recipe_args)
-        config_path = resolve_config_path(config).resolve()
-        recipe_argv = ["--config", str(config_path), *overrides]
-        cfg = parse_recipe_args(recipe_argv)  # fail fast, once, before any process starts
-        _warn_on_recipe_mismatch(recipe, config_path)
-        if launch_flags:
-            if recipe is not None and not recipe.supports_distributed:
-                raise ConfigError(
-                    f"recipe '{args.recipe}' runs in a single process; drop the torchrun options "
-                    f"({' '.join(launch_flags)})"
-                )
-            return _launch(launch_flags, script, recipe_argv)
-        module = _load_module(recipe, script)
-        recipe_main = getattr(module, "recipe_main", None)
-        if not callable(recipe_main):
+    for token in args.recipe_args:
+        option = token.split("=", 1)[0]
+        if option.startswith("--") and option in parser._option_string_actions:
             raise ConfigError(
-                f"{script} defines no recipe_main(cfg); a recipe exposes "
-                "`def recipe_main(cfg: DictConfig) -> None`"
+                f"torchrun option '{option}' must come before the recipe: "
+                f"tunesmith run {token} ... {args.recipe} --config <name|path> [key=value ...]"
             )
-        recipe_main(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    recipe, script = _resolve_recipe(args.recipe)
+    config, overrides = split_recipe_args(args.recipe_args)
+    config_path = resolve_config_path(config).resolve()
+    recipe_argv = ["--config", str(config_path), *overrides]
+    cfg = parse_recipe_args(recipe_argv)  # fail fast, once, before any process starts
+    _warn_on_recipe_mismatch(recipe, config_path)
+    if launch_flags and recipe is not None and not recipe.supports_distributed:
+        raise ConfigError(
+            f"recipe '{args.recipe}' runs in a single process; drop the torchrun options "
+            f"({' '.join(launch_flags)})"
+        )
+    recipe_main = _recipe_main(recipe, script)
+    if launch_flags:
+        return _launch(launch_flags, recipe, script, recipe_argv)
+    recipe_main(cfg)
     return 0
+
+
+def _recipe_main(recipe: Recipe | None, script: Path) -> Callable[[Any], None]:
+    module = _load_module(recipe, script)
+    recipe_main = getattr(module, "recipe_main", None)
+    if not callable(recipe_main):
+        raise ConfigError(
+            f"{script} defines no recipe_main(cfg); a recipe exposes "
+            "`def recipe_main(cfg: DictConfig) -> None`"
+        )
+    return recipe_main
 
 
 def _warn_on_recipe_mismatch(recipe: Recipe | None, config_path: Path) -> None:
@@ -148,19 +154,52 @@ def _warn_on_recipe_mismatch(recipe: Recipe | None, config_path: Path) -> None:
         )
 
 
-def _launch(launch_flags: list[str], script: Path, recipe_argv: list[str]) -> int:
-    """Start the recipe file under torch.distributed.run with the given torchrun options."""
-    if "__main__" not in script.read_text(encoding="utf-8"):
-        raise ConfigError(
-            f"{script} cannot be launched by torchrun: it must end with "
-            '`if __name__ == "__main__": recipe_main(parse_recipe_args())`'
-        )
+def _launch(
+    launch_flags: list[str], recipe: Recipe | None, script: Path, recipe_argv: list[str]
+) -> int:
+    """Start the recipe under torch.distributed.run (one ``tunesmith.cli._child`` per rank).
+
+    A user error in the ranks is one ``error: ...`` line (rank 0's, else the lowest rank's)
+    and exit code 2, not torchrun's ChildFailedError report.
+    """
+    import logging
+    import tempfile
+
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    try:
-        run(get_args_parser().parse_args([*launch_flags, str(script), *recipe_argv]))
-    except ChildFailedError as e:
-        print(f"error: a recipe process failed:\n{e}", file=sys.stderr)
-        return 1
+    from tunesmith.cli import _child
+
+    target = recipe.name if recipe is not None else str(script)
+    # torchrun logs every failed rank at ERROR and repeats it in the exception; the one
+    # line below says what went wrong.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # torchrun sets OMP_NUM_THREADS=1 per rank when unset, with a four-line banner; the same
+    # default without the banner.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with tempfile.TemporaryDirectory(prefix="tunesmith-errors-") as error_dir:
+        os.environ[_child.ERROR_DIR_ENV] = error_dir
+        try:
+            run(
+                get_args_parser().parse_args([*launch_flags, _child.__file__, target, *recipe_argv])
+            )
+        except ChildFailedError as e:
+            message = _child.first_user_error(Path(error_dir))
+            if message is not None:
+                print(f"error: {message}", file=sys.stderr)
+                return 2
+            failed = ", ".join(
+                f"rank {rank} (exit code {failure.exitcode})"
+                for rank, failure in sorted(e.failures.items())
+            )
+            print(
+                f"error: recipe process failed: {failed}; its traceback is above "
+                f"(rerun with --debug for torchrun's report)",
+                file=sys.stderr,
+            )
+            if os.environ.get("TUNESMITH_DEBUG"):
+                print(e, file=sys.stderr)
+            return 1
+        finally:
+            os.environ.pop(_child.ERROR_DIR_ENV, None)
     return 0

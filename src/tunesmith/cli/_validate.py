@@ -11,17 +11,18 @@ __all__ = ["cmd_validate"]
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Print each problem as ``error: <key>: <message>``; exit code 1 when there are errors."""
+    """Print each error as ``error: <key>: <message>`` on stderr, warnings on stdout; 2 on errors."""
     path = resolve_config_path(args.config)
     cfg = apply_overrides(load_config(path), args.overrides)
     problems = validate_config(cfg)
     errors = [p for p in problems if p.severity == "error"]
     for problem in problems:
-        print(
-            f"{problem.severity}: {problem}", file=sys.stderr if problem in errors else sys.stdout
-        )
+        if problem not in errors:
+            print(f"{problem.severity}: {problem}")
+    for problem in errors:
+        print(f"error: {problem} ({path.name})", file=sys.stderr)
     if errors:
-        print(f"{path}: {len(errors)} problem(s) found", file=sys.stderr)
-        return 1
+        print(f"{path}: {len(errors)} problem(s) found")
+        return 2
     print(f"{path}: config is valid")
     return 0

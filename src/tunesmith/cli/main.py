@@ -7,10 +7,15 @@ runs, so ``tunesmith --help``, ``ls``, ``cp`` and ``cat`` never import torch.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-__all__ = ["build_parser", "main"]
+__all__ = ["DEBUG_ENV", "UsageParser", "build_parser", "debug_enabled", "main", "report_error"]
+
+DEBUG_ENV = "TUNESMITH_DEBUG"
+"""Set to 1 (or pass ``--debug``) to see the traceback behind a user error too."""
 
 _DESCRIPTION = """\
 tunesmith: PyTorch-native post-training for LLMs (reads torchtune configs unchanged).
@@ -22,7 +27,39 @@ examples:
   tunesmith run --nproc_per_node 2 finetune --config llama3_2/1B_full
   tunesmith validate ./my_config.yaml
   tunesmith download Qwen/Qwen2.5-0.5B-Instruct --output-dir /tmp/Qwen2.5-0.5B-Instruct
+
+A mistake in the input is one line `error: <what> (<where>): <what to do>` and exit code 2;
+--debug (anywhere on the command line) or TUNESMITH_DEBUG=1 also prints its traceback.
 """
+
+
+class UsageParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one ``error: ...`` line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(
+            f"error: {message} ({self.prog}): see `{self.prog} --help` for the usage",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
+def debug_enabled() -> bool:
+    """True when tracebacks of user errors are wanted (``--debug`` or ``TUNESMITH_DEBUG=1``)."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def report_error(error: BaseException) -> int:
+    """Print a user error as one ``error: ...`` line (with its traceback in debug mode); 2."""
+    from tunesmith.config._errors import one_line
+
+    if debug_enabled():
+        import traceback
+
+        traceback.print_exception(error)
+    print(f"error: {one_line(error)}", file=sys.stderr)
+    return 2
+
 
 _RUN_USAGE = "tunesmith run [torchrun options] <recipe> --config <name|path> [key=value ...]"
 
@@ -38,13 +75,18 @@ def _handler(module: str, function: str) -> Callable[[argparse.Namespace], int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser; ``run`` is parsed by ``tunesmith.cli._run`` (it adds torchrun flags)."""
-    parser = argparse.ArgumentParser(
+    parser = UsageParser(
         prog="tunesmith",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show tracebacks of user errors too (or {DEBUG_ENV}=1)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>", parser_class=UsageParser)
 
     ls = sub.add_parser("ls", help="list recipes, their torchtune aliases and bundled configs")
     ls.set_defaults(func=_handler("tunesmith.cli._files", "cmd_ls"))
@@ -88,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Load a config, apply overrides, and check that every _component_ resolves and that "
             "its keys bind to the callable's signature, without building anything. Every problem "
-            "is reported with its key path; the exit code is 1 when there is one."
+            "is reported with its key path; the exit code is 2 when there is one."
         ),
     )
     validate.add_argument("config", help="config name or path to a .yaml file")
@@ -129,8 +171,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tunesmith`` command; returns the process exit code."""
+    """Entry point of the ``tunesmith`` command; returns the process exit code.
+
+    A user error (``tunesmith.config.UserError``: config, data, files, missing extra) is one
+    ``error: ...`` line on stderr and exit code 2; anything else is a bug and raises.
+    """
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in args_list:
+        args_list = [a for a in args_list if a != "--debug"]
+        os.environ[DEBUG_ENV] = "1"  # torchrun children inherit it
+    from tunesmith.cli._noise import quiet_third_party
+    from tunesmith.config._errors import UserError
+
+    quiet_third_party()
+    try:
+        return _dispatch(args_list)
+    except UserError as e:
+        return report_error(e)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args_list: list[str]) -> int:
     if args_list and args_list[0] == "run":
         from tunesmith.cli._run import run_command
 
@@ -145,15 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 1
-    from tunesmith.config import ConfigError
-
-    try:
-        return int(args.func(args) or 0)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":

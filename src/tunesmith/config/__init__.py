@@ -11,7 +11,7 @@ from tunesmith.config._bundled import (
     resolve_config_path,
 )
 from tunesmith.config._components import TORCHTUNE_ALIASES, candidate_paths, resolve_component
-from tunesmith.config._errors import ConfigError
+from tunesmith.config._errors import ConfigError, MissingDependencyError, UserError
 from tunesmith.config._instantiate import instantiate
 from tunesmith.config._loader import load_config, parse_recipe_args, split_recipe_args
 from tunesmith.config._overrides import apply_overrides, parse_override, parse_value
@@ -23,7 +23,9 @@ __all__ = [
     "TORCHTUNE_ALIASES",
     "BundledConfig",
     "ConfigError",
+    "MissingDependencyError",
     "Problem",
+    "UserError",
     "apply_overrides",
     "bundled_configs",
     "candidate_paths",

@@ -41,10 +41,10 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
 )
 OPTIONAL_EXTRAS = {
     "bitsandbytes": "bnb",
-    "wandb": "loggers",
-    "tensorboard": "loggers",
-    "comet_ml": "loggers",
-    "mlflow": "loggers",
+    "wandb": "wandb",
+    "tensorboard": "tensorboard",
+    "comet_ml": "comet",
+    "mlflow": "mlflow",
     "lm_eval": "eval",
 }
 """Top-level packages of tunesmith's optional extras, for the install hint."""

@@ -82,7 +82,7 @@ def parse_recipe_args(argv: Sequence[str] | None = None) -> DictConfig:
 
     Loads the config, applies the overrides and sets the log level from ``log_level``.
     With ``argv=None`` it reads ``sys.argv[1:]`` (a recipe run as a script, also under
-    torchrun) and a mistake exits with a one-line message; with an explicit ``argv`` it
+    torchrun) and a mistake exits with a one-line message and code 2; with an explicit ``argv`` it
     raises ``ConfigError``.
     """
     from_command_line = argv is None
@@ -98,6 +98,9 @@ def parse_recipe_args(argv: Sequence[str] | None = None) -> DictConfig:
         configure_logging(cfg.get("log_level", None))
     except ConfigError as e:
         if from_command_line:
-            raise SystemExit(f"error: {e}") from None
+            from tunesmith.config._errors import one_line
+
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            raise SystemExit(2) from None
         raise
     return cfg

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any, Literal
 
+from tunesmith.config._errors import UserError
+
 __all__ = [
     "Role",
     "Message",
@@ -25,8 +27,8 @@ Role = Literal["system", "user", "assistant", "ipython", "tool"]
 VALID_ROLES: tuple[str, ...] = ("system", "user", "assistant", "ipython", "tool")
 
 
-class DataRowError(ValueError):
-    """A dataset row that cannot be turned into messages.
+class DataRowError(UserError, ValueError):
+    """A dataset row that cannot be turned into messages (a user error: one line, exit 2).
 
     ``column`` names the offending column (or ``None`` when the whole row is at
     fault); ``row_index`` is filled in by the dataset layer, which knows it,

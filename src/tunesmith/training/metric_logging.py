@@ -2,13 +2,12 @@
 
 Every logger has ``log(name, value, step)``, ``log_dict(payload, step)``, ``log_config(cfg)`` and
 ``close()``, and logs from rank 0 only under torchrun. Heavy libraries (wandb, tensorboard,
-comet_ml, mlflow) are imported on construction; a missing one raises an ImportError naming
-``tunesmith[loggers]``.
+comet_ml, mlflow) are imported on construction; a missing one raises a MissingDependencyError (an
+ImportError) naming the extra, e.g. ``tunesmith[tensorboard]``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import os
@@ -47,14 +46,19 @@ def _scalar(value: Scalar) -> float | int:
 
 
 def _lazy(module: str, logger: str) -> ModuleType:
+    """Import ``module`` for ``logger``, or a one-line error naming the extra to install."""
+    from tunesmith.config._errors import MissingDependencyError
+    from tunesmith.utils._imports import require
+
     try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ImportError(
-            f"{logger} needs the '{module.split('.')[0]}' package: pip install 'tunesmith[loggers]' "
-            f"(or pip install {module.split('.')[0]}), or pick another metric_logger such as "
-            "tunesmith.training.metric_logging.DiskLogger."
-        ) from exc
+        return require(module, feature=logger)
+    except MissingDependencyError as exc:
+        raise MissingDependencyError(
+            f"{exc}, or pick another metric_logger such as "
+            "tunesmith.training.metric_logging.DiskLogger",
+            exc.package,
+            exc.extra,
+        ) from exc.__cause__
 
 
 def _config_dict(cfg: Any) -> dict[str, Any]:

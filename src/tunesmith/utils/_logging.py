@@ -1,4 +1,8 @@
-"""One log format for all of tunesmith; the level comes from the config's ``log_level``."""
+"""One log format for all of tunesmith; the level comes from the config's ``log_level``.
+
+INFO and DEBUG records go to stdout, WARNING and above to stderr: stderr holds only what
+needs attention, and a user error is the one ``error: ...`` line there.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +20,18 @@ _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (so redirection and capture work)."""
+    """Writes WARNING+ to whatever ``sys.stderr`` is at the time, the rest to ``sys.stdout``.
+
+    The stream is looked up per record, so redirection and capture work.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._to_stderr = record.levelno >= logging.WARNING
+        super().emit(record)
 
     @property  # type: ignore[override]
     def stream(self):  # noqa: ANN201
-        return sys.stderr
+        return sys.stderr if getattr(self, "_to_stderr", True) else sys.stdout
 
     @stream.setter
     def stream(self, value: object) -> None:
