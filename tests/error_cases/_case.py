@@ -19,7 +19,9 @@ class ErrorCase:
     expression the single ``error: ...`` line must match (``re.search``). ``watch`` is the
     folder (relative to ``tmp``) whose contents must be byte-identical before and after
     (absent before means it must still be absent or empty after). ``env`` adds environment
-    variables.
+    variables. ``subprocess=True`` runs the command in a fresh ``python -m tunesmith`` process
+    (for cases about imports, the environment, torchrun or signals); the others run in the
+    test's process through ``tunesmith.cli.main.main``, which is much faster.
     """
 
     kind: str
@@ -28,3 +30,4 @@ class ErrorCase:
     expect: str
     watch: str = "out"
     env: dict[str, str] = field(default_factory=dict)
+    subprocess: bool = False
