@@ -57,6 +57,7 @@ from tunesmith.training.checkpointing._integrity import (
     retire_previous_run,
     verify_input_files,
 )
+from tunesmith.training.checkpointing._merge import FileStamps, merge_adapter_into_base
 from tunesmith.training.checkpointing._recipe_state import (
     RECIPE_STATE_FNAME,
     WEIGHT_KEYS,
@@ -77,23 +78,6 @@ def split_adapter_keys(
     base = {k: v for k, v in state_dict.items() if not is_adapter_key(k)}
     adapter = {k: v for k, v in state_dict.items() if is_adapter_key(k)}
     return base, adapter
-
-
-def _merge_lora(
-    state_dict: Mapping[str, torch.Tensor], adapter_config: Mapping[str, Any] | None
-) -> dict[str, torch.Tensor]:
-    """Merge LoRA/DoRA keys of ``state_dict`` into its base weights (modules.peft's merge)."""
-    if adapter_config is None or "r" not in adapter_config or "lora_alpha" not in adapter_config:
-        raise ValueError(
-            "save_checkpoint: state_dict['model'] holds LoRA weights but state_dict"
-            "['adapter_config'] with 'r' and 'lora_alpha' is missing, so they cannot be merged"
-        )
-    from tunesmith.modules.peft import get_merged_lora_ckpt
-
-    merged = get_merged_lora_ckpt(
-        dict(state_dict), rank=int(adapter_config["r"]), alpha=float(adapter_config["lora_alpha"])
-    )
-    return {k: v for k, v in merged.items() if not is_adapter_key(k)}
 
 
 class CheckpointerBase:
@@ -142,6 +126,8 @@ class CheckpointerBase:
         # Filled by the first read; used on save to keep the input's sharding and dtypes.
         self._key_to_file: dict[str, str] = {}
         self._stored_dtypes: dict[str, torch.dtype] = {}
+        # The base files as loaded (a LoRA merge re-reads them when unchanged).
+        self._base_stamps: FileStamps | None = None
 
     # ---- paths --------------------------------------------------------------------------
     @property
@@ -188,6 +174,37 @@ class CheckpointerBase:
     def _load_base_weights(self) -> dict[str, torch.Tensor]:
         verify_input_files(self._checkpoint_dir, self._files)
         return self._read(self._files)
+
+    def _base_files(self) -> list[Path]:
+        """The files ``_load_base_weights`` reads (stamped at load, re-read to merge)."""
+        return list(self._files)
+
+    def _merge(
+        self, model_sd: Mapping[str, torch.Tensor], adapter_config: Mapping[str, Any] | None
+    ) -> dict[str, torch.Tensor]:
+        """Merged weights = the base checkpoint as stored + the adapter (see ``_merge``)."""
+        if (
+            adapter_config is None
+            or "r" not in adapter_config
+            or "lora_alpha" not in adapter_config
+        ):
+            raise ValueError(
+                "save_checkpoint: state_dict['model'] holds LoRA weights but state_dict"
+                "['adapter_config'] with 'r' and 'lora_alpha' is missing, so they cannot be merged"
+            )
+        base_sd = None  # never loaded: the model's own copy is all there is
+        if self._base_stamps is not None:
+            changed = self._base_stamps.changed()
+            if changed:
+                logger.warning(
+                    "%s changed since it was loaded; the merged weights use the model's own "
+                    "copy of the base (rounded to the training dtype) instead of the base "
+                    "checkpoint",
+                    changed[0],
+                )
+            else:
+                base_sd = self._load_base_weights()
+        return merge_adapter_into_base(model_sd, base_sd, adapter_config)
 
     def _to_stored_dtypes(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Cast floating tensors back to the dtype each key had in the input (in place)."""
@@ -276,6 +293,7 @@ class CheckpointerBase:
             logger.info("resuming from the newest complete checkpoint %s", source)
             if marker.get("has_adapter"):
                 # LoRA run: the frozen base comes from the original checkpoint.
+                self._base_stamps = FileStamps(self._base_files())
                 out["model"] = self._load_base_weights()
                 out["adapter"] = self._read_adapter(source / marker.get("adapter_subdir", "."))
             elif marker.get("has_model"):
@@ -287,6 +305,7 @@ class CheckpointerBase:
                 raise CheckpointNotFoundError(no_recipe_state_message(source, marker))
             out.update(load_recipe_state(str(recipe_path)))
             return out
+        self._base_stamps = FileStamps(self._base_files())
         out["model"] = self._load_base_weights()
         if self._adapter_checkpoint:
             out["adapter"] = self._read_adapter(self._path_in_ckpt_dir(self._adapter_checkpoint))
@@ -330,7 +349,7 @@ class CheckpointerBase:
             base, lora = split_adapter_keys(state_dict["model"])
             if lora:
                 adapter = adapter or lora
-                model_sd = _merge_lora(state_dict["model"], adapter_config)
+                model_sd = self._merge(state_dict["model"], adapter_config)
             else:
                 model_sd = base
         elif "model" in state_dict and not adapter:

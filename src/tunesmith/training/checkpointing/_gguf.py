@@ -104,7 +104,11 @@ class GGUFCheckpointer(HuggingFaceKeys, CheckpointerBase):
         return self._to_native(load_weight_files(files)[0])
 
     def _write_model(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
-        hf_sd = self._from_native(state_dict)
+        # the base's dtype (the dequantized one), whatever dtype training ran in
+        hf_sd = {
+            k: v.to(self._dtype) if v.is_floating_point() else v
+            for k, v in self._from_native(state_dict).items()
+        }
         save_sharded(hf_sd, folder, safe_serialization=self._safe_serialization)
         dtypes = {t.dtype for t in hf_sd.values() if t.is_floating_point()}
         config = dict(self._hf_config)
