@@ -145,12 +145,14 @@ def peft_adapter_config(
     target_modules: Iterable[str] = (),
     use_dora: bool = False,
     task_type: str | None = None,
+    revision: str | None = None,
 ) -> dict[str, Any]:
     """An ``adapter_config.json`` dict that ``peft.PeftModel.from_pretrained`` accepts.
 
     ``target_modules`` are Hugging Face module names (use :func:`target_modules_from_adapter`
     on the converted weights). ``task_type`` defaults to ``CAUSAL_LM`` (``SEQ_CLS`` for
-    ``REWARD`` models).
+    ``REWARD`` models). ``base_model_name_or_path`` (+ ``revision``) is what
+    ``peft.AutoPeftModelForCausalLM`` loads the base from: a repo id or a model folder.
     """
     targets = sorted(set(target_modules))
     if not targets:
@@ -161,6 +163,7 @@ def peft_adapter_config(
         "peft_type": "LORA",
         "task_type": task_type or _TASK_TYPES.get(name, "CAUSAL_LM"),
         "base_model_name_or_path": base_model_name_or_path,
+        "revision": revision,
         "r": int(rank),
         "lora_alpha": alpha_value,
         "lora_dropout": float(dropout),
@@ -187,6 +190,7 @@ def save_peft_adapter(
     dropout: float = 0.0,
     hf_config: Any = None,
     base_model_name_or_path: str | None = None,
+    revision: str | None = None,
 ) -> dict[str, Any]:
     """Write ``adapter_model.safetensors`` + ``adapter_config.json`` into ``folder``.
 
@@ -203,6 +207,7 @@ def save_peft_adapter(
         dropout,
         target_modules_from_adapter(peft_sd),
         use_dora=any(k.endswith(".magnitude") for k in adapter_state_dict),
+        revision=revision,
     )
     atomic_save_safetensors(peft_sd, folder / ADAPTER_WEIGHTS_NAME)
     atomic_write_json(folder / ADAPTER_CONFIG_NAME, config)

@@ -44,6 +44,7 @@ from tunesmith.training.checkpointing._atomic import (
     remove_partial_checkpoints,
     staged_checkpoint_dir,
 )
+from tunesmith.training.checkpointing._base_ref import base_model_reference
 from tunesmith.training.checkpointing._files import (
     load_weight_file,
     load_weight_files,
@@ -232,6 +233,7 @@ class CheckpointerBase:
             )
         from tunesmith.models.peft_format import save_peft_adapter
 
+        base, revision = self._base_model_reference()
         save_peft_adapter(
             folder,
             adapter,
@@ -240,7 +242,8 @@ class CheckpointerBase:
             alpha=float(adapter_config["lora_alpha"]),
             dropout=float(adapter_config.get("lora_dropout", 0.0)),
             hf_config=getattr(self, "hf_config", None),
-            base_model_name_or_path=str(self._base_model_path()),
+            base_model_name_or_path=base,
+            revision=revision,
         )
 
     def _read_adapter(self, path: Path) -> dict[str, torch.Tensor]:
@@ -275,9 +278,10 @@ class CheckpointerBase:
             )
         return weights
 
-    def _base_model_path(self) -> Path:
-        """What ``adapter_config.json`` names as ``base_model_name_or_path``."""
-        return self._checkpoint_dir
+    def _base_model_reference(self) -> tuple[str, str | None]:
+        """``adapter_config.json``'s ``base_model_name_or_path`` and ``revision``: a repo id
+        or a folder ``from_pretrained`` loads (see ``_base_ref``)."""
+        return base_model_reference(self._checkpoint_dir, getattr(self, "hf_config", None))
 
     def _copy_support_files(self, folder: Path) -> None:
         """Copy config/tokenizer files into a new checkpoint folder (format-specific)."""

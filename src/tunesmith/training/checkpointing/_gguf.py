@@ -4,6 +4,8 @@ Loading dequantizes the GGUF weights (see :mod:`tunesmith.models.gguf`); saving 
 ``model.safetensors`` + ``config.json`` + ``generation_config.json`` + ``tokenizer.json``
 + ``tokenizer_config.json`` (with the chat template), so the output loads with
 ``transformers.AutoModelForCausalLM`` / ``AutoTokenizer`` and PEFT adapters apply to it.
+A saved adapter's ``base_model_name_or_path`` is ``output_dir/base_model``, the dequantized
+GGUF written once as such a folder (a ``.gguf`` file is not a base PEFT can load).
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from typing import Any
 
 import torch
 
-from tunesmith.training.checkpointing._atomic import atomic_write_bytes, atomic_write_json
+from tunesmith.training.checkpointing._atomic import (
+    atomic_write_bytes,
+    atomic_write_json,
+    read_complete_marker,
+    staged_checkpoint_dir,
+)
 from tunesmith.training.checkpointing._base import CheckpointerBase
 from tunesmith.training.checkpointing._files import (
     load_weight_files,
@@ -26,6 +33,8 @@ from tunesmith.training.checkpointing._hf import HuggingFaceKeys
 
 __all__ = ["GGUFCheckpointer"]
 
+# The dequantized base as a Hugging Face folder: what saved PEFT adapters name as their base.
+BASE_MODEL_FOLDER = "base_model"
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
@@ -139,5 +148,23 @@ class GGUFCheckpointer(HuggingFaceKeys, CheckpointerBase):
                 json.dumps({"gguf": self._gguf_path.name, "general.name": name}).encode(),
             )
 
-    def _base_model_path(self) -> Path:
-        return self._gguf_path
+    def _base_model_reference(self) -> tuple[str, str | None]:
+        """A PEFT adapter's base is a folder, never the ``.gguf`` file: the dequantized base
+        written once as a Hugging Face folder ``output_dir/base_model`` (weights in the
+        checkpointer's dtype, config, tokenizer), rewritten when the GGUF file changes."""
+        stat = self._gguf_path.stat()
+        source = {
+            "gguf": str(self._gguf_path.resolve()),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "dtype": str(self._dtype).removeprefix("torch."),
+        }
+        folder = self._output_dir / BASE_MODEL_FOLDER
+        marker = read_complete_marker(folder) or {}
+        if marker.get("gguf_source") != source or not (folder / "config.json").is_file():
+            with staged_checkpoint_dir(
+                self._output_dir, BASE_MODEL_FOLDER, gguf_source=source
+            ) as staging:
+                self._write_model(self._load_base_weights(), staging)
+                self._copy_support_files(staging)
+        return str(folder.resolve()), None
