@@ -174,6 +174,10 @@ class CheckpointerBase:
 
     def _load_base_weights(self) -> dict[str, torch.Tensor]:
         verify_input_files(self._checkpoint_dir, self._files)
+        return self._read_base_weights()
+
+    def _read_base_weights(self) -> dict[str, torch.Tensor]:
+        """The base checkpoint's native weights as stored (no verification)."""
         return self._read(self._files)
 
     def _base_files(self) -> list[Path]:
@@ -203,8 +207,8 @@ class CheckpointerBase:
                     "checkpoint",
                     changed[0],
                 )
-            else:
-                base_sd = self._load_base_weights()
+            else:  # verified at load and unchanged since
+                base_sd = self._read_base_weights()
         return merge_adapter_into_base(model_sd, base_sd, adapter_config)
 
     def _to_stored_dtypes(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

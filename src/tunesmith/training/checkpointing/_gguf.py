@@ -101,6 +101,9 @@ class GGUFCheckpointer(HuggingFaceKeys, CheckpointerBase):
         return self._metadata
 
     def _load_base_weights(self) -> dict[str, torch.Tensor]:
+        return self._read_base_weights()
+
+    def _read_base_weights(self) -> dict[str, torch.Tensor]:
         from tunesmith.models.gguf import gguf_hf_state_dict
 
         return self._to_native(gguf_hf_state_dict(self._reader, self._hf_config, dtype=self._dtype))
@@ -165,6 +168,6 @@ class GGUFCheckpointer(HuggingFaceKeys, CheckpointerBase):
             with staged_checkpoint_dir(
                 self._output_dir, BASE_MODEL_FOLDER, gguf_source=source
             ) as staging:
-                self._write_model(self._load_base_weights(), staging)
+                self._write_model(self._read_base_weights(), staging)
                 self._copy_support_files(staging)
         return str(folder.resolve()), None

@@ -10,12 +10,17 @@ from typing import Any
 import torch
 
 from tunesmith.training.checkpointing._base import CheckpointerBase
+from tunesmith.training.checkpointing._config_check import (
+    check_config_matches_weights,
+    config_mismatch,
+)
 from tunesmith.training.checkpointing._files import (
     SAFETENSORS_INDEX_FNAME,
     copy_support_files,
     read_json,
     save_sharded,
 )
+from tunesmith.utils._atomic import atomic_write_json
 
 __all__ = ["FullModelHFCheckpointer"]
 
@@ -114,12 +119,28 @@ class FullModelHFCheckpointer(HuggingFaceKeys, CheckpointerBase):
                 "FullModelHFCheckpointer needs the Hugging Face config beside the weights"
             )
 
+    def _to_native(self, hf_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # a config.json that does not describe the weights is refused here, before training
+        shapes = {k: tuple(v.shape) for k, v in hf_sd.items()}
+        check_config_matches_weights(self._hf_config, shapes, self._checkpoint_dir / "config.json")
+        return super()._to_native(hf_sd)
+
     def _load_weights_from(self, folder: Path) -> dict[str, torch.Tensor]:
         self._key_to_file = {}
         return self._read(_hf_weight_files(folder))
 
     def _write_model(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
         hf_sd = self._to_stored_dtypes(self._from_native(state_dict))
+        hit = config_mismatch(self._hf_config, {k: tuple(v.shape) for k, v in hf_sd.items()})
+        if hit is not None:  # the model is not the one config.json describes: write nothing
+            key, value, name, shape = hit
+            raise ValueError(
+                f"save_checkpoint: the weights do not fit the config.json that would be written "
+                f"beside them ({key}={value}, {name} has shape {list(shape)}); the model is not "
+                f"the one {self._checkpoint_dir / 'config.json'} describes"
+            )
+        dtypes = {v.dtype for v in hf_sd.values() if v.is_floating_point()}
+        self._written_dtype = (folder, dtypes.pop()) if len(dtypes) == 1 else None
         single = None
         if len(set(self._key_to_file.values())) <= 1:
             single = "model.safetensors" if self._safe_serialization else "pytorch_model.bin"
@@ -133,3 +154,13 @@ class FullModelHFCheckpointer(HuggingFaceKeys, CheckpointerBase):
 
     def _copy_support_files(self, folder: Path) -> None:
         copy_support_files(self._checkpoint_dir, folder)
+        written = getattr(self, "_written_dtype", None)
+        config_path = folder / "config.json"
+        if written is None or written[0] != folder or not config_path.is_file():
+            return  # no weights written into this folder (an adapter-only save)
+        # the copied config names the dtype the weights were written in
+        config = read_json(config_path)
+        name = str(written[1]).removeprefix("torch.")
+        keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]
+        if any(config.get(k) != name for k in keys):
+            atomic_write_json(config_path, {**config, **dict.fromkeys(keys, name)})
