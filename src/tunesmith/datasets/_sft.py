@@ -255,6 +255,14 @@ class TokenizedRowDataset(Dataset):
             _ACTIVE_DATASET = None
         return TokenizedSamples.concatenate(parts)
 
+    def token_counts(self) -> tuple[int, int] | None:
+        """``(tokens, trained tokens)`` of all rows once tokenized in bulk; None before (rows
+        tokenized one at a time as batches are drawn are not counted up front)."""
+        if self._tokenized is None:
+            return None
+        labels = self._tokenized.labels
+        return len(labels), int((labels != CROSS_ENTROPY_IGNORE_IDX).sum())
+
     def sample_lengths(self) -> np.ndarray:
         """``[n]`` token count of every sample (tokenizes everything once, cached)."""
         return self.tokenize_all().lengths

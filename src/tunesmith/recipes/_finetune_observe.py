@@ -1,4 +1,5 @@
-"""What the finetune recipe shows and records: progress bar, metric logger, profiler, curves.
+"""What the training recipes show and record: the run summary, progress bar, metric logger,
+profiler, compile time and loss curve.
 
 All of it happens on rank 0 except the profiler (every rank traces its own steps).
 """
@@ -6,6 +7,8 @@ All of it happens on rank 0 except the profiler (every rank traces its own steps
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +18,11 @@ import torch
 from omegaconf import DictConfig
 
 from tunesmith.config import instantiate
+from tunesmith.recipes._run_summary import summary_lines
 from tunesmith.training.memory import get_memory_stats
 from tunesmith.training.profiler import DummyProfiler
 from tunesmith.training.progress import TrainingProgress
-from tunesmith.utils import get_logger
+from tunesmith.utils import atomic_write_json, get_logger
 
 __all__ = ["Observer"]
 
@@ -26,7 +30,15 @@ log = get_logger(__name__)
 
 
 class Observer:
-    """Progress bar + ``cfg.metric_logger`` + ``cfg.profiler`` + loss curve PNG at the end."""
+    """Run summary + progress bar + ``cfg.metric_logger`` + ``cfg.profiler`` + compile time +
+    loss curve PNG at the end. Create it right before the loop: its clock starts then.
+
+    ``summary`` (from :func:`~tunesmith.recipes._run_summary.describe_run`) is printed as a
+    few INFO lines and written to ``run_summary.json`` in the metrics folder (the DiskLogger's
+    ``log_dir``, else ``output_dir``). When resuming (``cfg.resume_from_checkpoint``) the
+    logger is told the step it continues from (``logger.resume(initial)``), so one metrics
+    file holds every step once.
+    """
 
     def __init__(
         self,
@@ -37,6 +49,7 @@ class Observer:
         device: torch.device,
         total_steps: int,
         initial: int,
+        summary: dict[str, Any] | None = None,
     ) -> None:
         self.cfg = cfg
         self.rank = rank
@@ -46,13 +59,88 @@ class Observer:
         self.logger = None
         if rank == 0 and cfg.get("metric_logger") is not None:
             self.logger = instantiate(cfg.metric_logger)
+            resume = getattr(self.logger, "resume", None)
+            if cfg.get("resume_from_checkpoint", False) and callable(resume):
+                resume(initial)
             log_config = getattr(self.logger, "log_config", None)
             if callable(log_config):
                 log_config(cfg)
+        self.summary = summary
+        self.summary_path: Path | None = None
+        self._earlier_starts: list[dict[str, Any]] = []
+        if rank == 0 and summary is not None:
+            self._announce(summary)
+        self._compiling = bool(cfg.get("compile", False)) and rank == 0
+        self._step_seconds: list[float] = []
         self.progress = TrainingProgress(total=total_steps, initial=initial, disable=rank != 0)
         self.history: list[tuple[int, float]] = []
         self._tokens: torch.Tensor | None = None
-        self._since = time.perf_counter()
+        self._since = self._last_step_end = time.perf_counter()
+
+    # ---- before step 1 -------------------------------------------------------------------
+    def _announce(self, summary: dict[str, Any]) -> None:
+        """Print the summary and keep it (with earlier starts of this run) in the log folder."""
+        output = summary.setdefault("output", {})
+        path = getattr(self.logger, "path", None)
+        if path is not None:
+            output["metrics_file"] = str(path)
+        elif self.logger is not None:
+            where = getattr(self.logger, "log_dir", None)
+            output["metrics"] = f"{type(self.logger).__name__}" + (f" ({where})" if where else "")
+        folder = getattr(self.logger, "log_dir", None) or self.cfg.get("output_dir")
+        if folder is not None:
+            self.summary_path = Path(folder) / "run_summary.json"
+            output["summary_file"] = str(self.summary_path)
+        summary["started_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        self._earlier_starts = _earlier_starts(self.summary_path) if "resume" in summary else []
+        for line in summary_lines(summary):
+            log.info("%s", line)
+        if "compile" in summary:
+            log.info(
+                "compiling the model (torch.compile: %s); the first step includes compiling",
+                summary["compile"]["what"],
+            )
+        self._write_summary()
+
+    def _write_summary(self) -> None:
+        if self.summary_path is None or self.summary is None:
+            return
+        record = dict(self.summary)
+        if self._earlier_starts:
+            record["earlier_starts"] = self._earlier_starts
+        self.summary_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.summary_path, record)
+
+    def _time_compile(self) -> None:
+        """Compile overhead = step 1's wall time minus step 2's (said once, after step 2)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self._step_seconds.append(now - self._last_step_end)
+        self._last_step_end = now
+        if len(self._step_seconds) == 2:
+            self._report_compile()
+
+    def _report_compile(self) -> None:
+        self._compiling = False
+        times = self._step_seconds
+        if len(times) >= 2:
+            seconds = max(times[0] - times[1], 0.0)
+            log.info(
+                "torch.compile: done in %.1f s (first step %.1f s minus the next step's %.2f s; "
+                "new shapes later may compile again)",
+                seconds, times[0], times[1],
+            )  # fmt: skip
+        elif times:
+            seconds = times[0]
+            log.info("torch.compile: the only step took %.1f s, compiling included", seconds)
+        else:
+            return
+        if self.summary is not None and "compile" in self.summary:
+            self.summary["compile"].update(
+                seconds=round(seconds, 3), first_step_seconds=round(times[0], 3)
+            )
+            self._write_summary()
 
     @contextlib.contextmanager
     def profiler(self) -> Iterator[Any]:
@@ -78,6 +166,8 @@ class Observer:
         """Advance the bar every step; at log steps (``loss`` given, already on the host) write
         metrics. ``tokens`` (trained tokens of this step, all ranks) stays on the device until
         then, so steps in between never wait for the accelerator."""
+        if self._compiling:
+            self._time_compile()
         self._tokens = tokens if self._tokens is None else self._tokens + tokens
         if loss is None:
             self.progress.update(lr=lr)
@@ -110,6 +200,8 @@ class Observer:
 
     def close(self) -> None:
         """Close the bar and logger; draw the loss/lr curve next to the DiskLogger's JSONL."""
+        if self._compiling:
+            self._report_compile()
         self.progress.close()
         if self.logger is None:
             return
@@ -123,3 +215,17 @@ class Observer:
                 log.info("loss curve written to %s", png)
             except (ImportError, ValueError) as err:  # matplotlib missing / nothing to plot
                 log.info("no loss curve: %s", err)
+
+
+def _earlier_starts(path: Path | None) -> list[dict[str, Any]]:
+    """The starts recorded in an existing ``run_summary.json`` (oldest first)."""
+    if path is None or not path.is_file():
+        return []
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(earlier, dict):
+        return []
+    starts = earlier.pop("earlier_starts", [])
+    return [*starts, earlier] if isinstance(starts, list) else [earlier]

@@ -41,6 +41,7 @@ from tunesmith.recipes._finetune_setup import (
     sampled_loader,
     shift_labels,
 )
+from tunesmith.recipes._run_summary import describe_run
 from tunesmith.rlhf import sequence_log_probs
 from tunesmith.rlhf.loss import PreferenceLoss
 from tunesmith.training.checkpointing._signals import GracefulShutdown
@@ -173,7 +174,13 @@ def recipe_main(cfg: DictConfig) -> None:
         device=device,
         total_steps=epochs * steps_per_epoch,
         initial=global_step,
-    )
+        summary=describe_run(
+            cfg, model=model, loader=loader, checkpointer=checkpointer, device=device,
+            dtype=dtype, world_size=world_size, steps_per_epoch=steps_per_epoch, epochs=epochs,
+            accum=accum, is_peft=is_peft, resumed_step=global_step if resume else None,
+            extra_models={} if reference is None else {"reference": reference},
+        ),
+    )  # fmt: skip
     save_every = int(cfg.get("save_every_n_steps") or 0)
     log_every = int(cfg.get("log_every_n_steps") or 1)
     average = loss_fn.average_log_probs

@@ -34,6 +34,7 @@ from tunesmith.recipes._finetune_setup import (
     shift_labels,
     validation_loss,
 )
+from tunesmith.recipes._run_summary import describe_run
 from tunesmith.training.checkpointing._recipe_state import build_recipe_state, restore_recipe_state
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
@@ -172,7 +173,12 @@ def recipe_main(cfg: DictConfig) -> None:
         device=device,
         total_steps=total_steps,
         initial=global_step,
-    )
+        summary=describe_run(
+            cfg, model=model, loader=loader, checkpointer=checkpointer, device=device,
+            dtype=dtype, world_size=world_size, steps_per_epoch=steps_per_epoch, epochs=epochs,
+            accum=accum, is_peft=is_peft, resumed_step=global_step if resume else None,
+        ),
+    )  # fmt: skip
     save_every = int(cfg.get("save_every_n_steps") or 0)
     log_every = int(cfg.get("log_every_n_steps") or 1)
     # drop padding from the micro-batches where the decoder takes document lengths

@@ -39,6 +39,7 @@ from tunesmith.recipes._finetune_setup import (
     local_device,
     open_checkpointer,
 )
+from tunesmith.recipes._run_summary import describe_run
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
     destroy_distributed,
@@ -149,6 +150,12 @@ def recipe_main(cfg: DictConfig) -> None:
     observer = Observer(
         cfg, rank=rank, world_size=world_size, device=device,
         total_steps=epochs * steps_per_epoch, initial=global_step,
+        summary=describe_run(
+            cfg, model=model, loader=loader, checkpointer=checkpointer, device=device,
+            dtype=dtype, world_size=world_size, steps_per_epoch=steps_per_epoch, epochs=epochs,
+            accum=accum, is_peft=is_peft, resumed_step=global_step if resume else None,
+            extra_models={"teacher": teacher},
+        ),
     )  # fmt: skip
     save_every = int(cfg.get("save_every_n_steps") or 0)
     log_every = int(cfg.get("log_every_n_steps") or 1)

@@ -19,6 +19,8 @@ from typing import Any, TextIO
 
 import torch
 
+from tunesmith.utils import write_clear_of_progress_bars
+
 __all__ = [
     "CometLogger",
     "DiskLogger",
@@ -96,6 +98,12 @@ class MetricLoggerInterface:
     def log_config(self, config: Any) -> None:
         """Record the run's resolved config (default: nothing)."""
 
+    def resume(self, step: int) -> None:
+        """Continue the run that stopped at optimizer step ``step`` (called by the recipes
+        before anything is logged when they resume from a checkpoint): the next step logged
+        is ``step + 1``, and anything an interrupted run logged after ``step`` is dropped or
+        hidden where the backend allows it. Default: nothing."""
+
     def close(self) -> None:
         """Flush and release resources; safe to call twice."""
 
@@ -117,20 +125,41 @@ class DiskLogger(MetricLoggerInterface):
     ``{"step": 3, "loss": 1.23, "lr": 2e-05, "time": 1730000000.0}``).
 
     ``filename`` defaults to ``log_<unix time>.jsonl``; the path is ``self.path``. The file is
-    flushed after each line, so a crashed run keeps its metrics. Non-zero ranks write nothing.
+    opened at the first record and flushed after each line, so a crashed run keeps its
+    metrics. Non-zero ranks write nothing.
+
+    ``resume(step)`` keeps one file per run across restarts: without ``filename`` it adopts
+    the newest ``log_*.jsonl`` already in ``log_dir`` (the interrupted run's), and it drops,
+    atomically, the records of steps after ``step`` (an interrupted run logged them after
+    its last checkpoint; the resumed run logs them again), so every step appears once.
     """
 
     def __init__(self, log_dir: str | os.PathLike[str], filename: str | None = None, **kwargs: Any):
         self.log_dir = Path(log_dir)
+        self._named = filename is not None
         self.path = self.log_dir / (filename or f"log_{int(time.time())}.jsonl")
         self._file: TextIO | None = None
-        if _rank() == 0:
+        self._enabled = _rank() == 0
+        if self._enabled:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def resume(self, step: int) -> None:
+        if not self._enabled:
+            return
+        if self._file is not None:
+            raise RuntimeError("DiskLogger.resume must be called before anything is logged")
+        if not self._named:
+            earlier = sorted(self.log_dir.glob("log_*.jsonl"), key=_log_file_time)
+            if earlier:
+                self.path = earlier[-1]
+        if self.path.is_file():
+            _drop_steps_after(self.path, int(step))
 
     def _write(self, record: dict[str, Any]) -> None:
-        if self._file is None:
+        if not self._enabled:
             return
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         self._file.write(json.dumps(record, default=str) + "\n")
         self._file.flush()
 
@@ -144,7 +173,7 @@ class DiskLogger(MetricLoggerInterface):
         self._write(record)
 
     def log_config(self, config: Any) -> None:
-        if self._file is None:
+        if not self._enabled:
             return
         cfg_path = self.log_dir / "config.json"
         cfg_path.write_text(json.dumps(_config_dict(config), indent=2, default=str) + "\n")
@@ -153,6 +182,40 @@ class DiskLogger(MetricLoggerInterface):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _log_file_time(path: Path) -> tuple[int, str]:
+    """Sort key of ``log_<unix time>.jsonl`` names: the time, then the name."""
+    stem = path.stem.removeprefix("log_")
+    return (int(stem) if stem.isdigit() else -1, path.name)
+
+
+def _drop_steps_after(path: Path, step: int) -> None:
+    """Rewrite the JSONL file ``path`` without records whose ``step`` is after ``step``
+    (write a sibling, fsync, rename: a crash leaves the old file or the new one). A damaged
+    last line (a run killed mid-write) goes too; other lines are kept as they are."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept: list[str] = []
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                continue
+            kept.append(line)
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int | float):
+            if record["step"] > step:
+                continue
+        kept.append(line if line.endswith("\n") else line + "\n")
+    if kept == lines:
+        return
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class StdoutLogger(MetricLoggerInterface):
@@ -164,7 +227,7 @@ class StdoutLogger(MetricLoggerInterface):
 
     def _print(self, line: str) -> None:
         if self._enabled:
-            print(line, file=self.stream or sys.stdout, flush=True)
+            write_clear_of_progress_bars(line, self.stream or sys.stdout)
 
     @staticmethod
     def _fmt(value: Scalar) -> str:
@@ -186,7 +249,12 @@ class StdoutLogger(MetricLoggerInterface):
 
 class WandBLogger(MetricLoggerInterface):
     """Weights & Biases. ``mode="offline"`` (or ``WANDB_MODE=offline``) writes the run under
-    ``log_dir`` for a later ``wandb sync``; needs no account or network."""
+    ``log_dir`` for a later ``wandb sync``; needs no account or network.
+
+    The run starts at the first record. With ``log_dir``, its id is kept in
+    ``log_dir/wandb_run_id``; ``resume(step)`` continues that run (``id=..., resume="allow"``)
+    unless ``id`` / ``resume`` are given. Steps are plotted against our ``global_step``, so a
+    resumed run's steps continue (the replayed steps are logged again)."""
 
     def __init__(
         self,
@@ -199,34 +267,52 @@ class WandBLogger(MetricLoggerInterface):
     ):
         self._wandb = _lazy("wandb", "WandBLogger")
         self._run = None
-        if _rank() != 0:
-            return
-        if log_dir is not None:
-            Path(log_dir).mkdir(parents=True, exist_ok=True)
-        self._run = self._wandb.init(
-            project=project,
-            entity=entity,
-            group=group,
-            dir=log_dir,
-            mode=mode or os.environ.get("WANDB_MODE"),
+        self._enabled = _rank() == 0
+        self._log_dir = log_dir
+        self._init_kwargs: dict[str, Any] = {
+            "project": project,
+            "entity": entity,
+            "group": group,
+            "dir": log_dir,
+            "mode": mode or os.environ.get("WANDB_MODE"),
             **kwargs,
-        )
-        # Plot against our own step key (as torchtune does): wandb's internal step must grow
-        # strictly, which breaks on resume and when several calls log the same step.
-        self._run.define_metric("global_step")
-        self._run.define_metric("*", step_metric="global_step", step_sync=True)
+        }
+        if self._enabled and log_dir is not None:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+
+    def _id_file(self) -> Path | None:
+        return None if self._log_dir is None else Path(self._log_dir) / "wandb_run_id"
+
+    def resume(self, step: int) -> None:
+        id_file = self._id_file()
+        if self._run is not None or not self._enabled or id_file is None:
+            return
+        if id_file.is_file() and not {"id", "resume"} & set(self._init_kwargs):
+            self._init_kwargs.update(id=id_file.read_text().strip(), resume="allow")
+
+    def _get_run(self) -> Any:
+        if self._run is None and self._enabled:
+            self._run = self._wandb.init(**self._init_kwargs)
+            # Plot against our own step key (as torchtune does): wandb's internal step must
+            # grow strictly, which breaks on resume and when several calls log the same step.
+            self._run.define_metric("global_step")
+            self._run.define_metric("*", step_metric="global_step", step_sync=True)
+            id_file = self._id_file()
+            if id_file is not None and getattr(self._run, "id", None):
+                id_file.write_text(str(self._run.id) + "\n")
+        return self._run
 
     def log(self, name: str, data: Scalar, step: int) -> None:
-        if self._run is not None:
-            self._run.log({name: _scalar(data), "global_step": step})
+        if (run := self._get_run()) is not None:
+            run.log({name: _scalar(data), "global_step": step})
 
     def log_dict(self, payload: dict[str, Scalar], step: int) -> None:
-        if self._run is not None:
-            self._run.log({**{k: _scalar(v) for k, v in payload.items()}, "global_step": step})
+        if (run := self._get_run()) is not None:
+            run.log({**{k: _scalar(v) for k, v in payload.items()}, "global_step": step})
 
     def log_config(self, config: Any) -> None:
-        if self._run is not None:
-            self._run.config.update(_config_dict(config), allow_val_change=True)
+        if (run := self._get_run()) is not None:
+            run.config.update(_config_dict(config), allow_val_change=True)
 
     def close(self) -> None:
         if self._run is not None:
@@ -236,30 +322,52 @@ class WandBLogger(MetricLoggerInterface):
 
 class TensorBoardLogger(MetricLoggerInterface):
     """TensorBoard event files under ``log_dir/run_<rank>_<time>`` (``organize_logs``) or
-    ``log_dir``."""
+    ``log_dir``. ``resume(step)`` writes into the newest ``run_<rank>_*`` folder again with
+    ``purge_step=step + 1``, so TensorBoard shows one run whose steps after ``step`` (logged
+    by the interrupted run) are replaced by the resumed run's."""
 
     def __init__(self, log_dir: str, organize_logs: bool = True, **kwargs: Any):
         _lazy("tensorboard", "TensorBoardLogger")
-        tb = _lazy("torch.utils.tensorboard", "TensorBoardLogger")
+        self._tb = _lazy("torch.utils.tensorboard", "TensorBoardLogger")
         self._writer = None
+        self._root, self._organize = log_dir, organize_logs
+        self._purge_step: int | None = None
+        self._enabled = _rank() == 0
         self.log_dir = (
             os.path.join(log_dir, f"run_{_rank()}_{int(time.time())}") if organize_logs else log_dir
         )
-        if _rank() == 0:
-            self._writer = tb.SummaryWriter(log_dir=self.log_dir)
+
+    def resume(self, step: int) -> None:
+        if self._writer is not None:
+            raise RuntimeError("TensorBoardLogger.resume must be called before anything is logged")
+        if self._organize:
+            runs = sorted(Path(self._root).glob(f"run_{_rank()}_*"), key=_run_dir_time)
+            if runs:
+                self.log_dir = str(runs[-1])
+        self._purge_step = int(step) + 1
+
+    def _get_writer(self) -> Any:
+        if self._writer is None and self._enabled:
+            self._writer = self._tb.SummaryWriter(log_dir=self.log_dir, purge_step=self._purge_step)
+        return self._writer
 
     def log(self, name: str, data: Scalar, step: int) -> None:
-        if self._writer is not None:
-            self._writer.add_scalar(name, _scalar(data), global_step=step)
+        if (writer := self._get_writer()) is not None:
+            writer.add_scalar(name, _scalar(data), global_step=step)
 
     def log_config(self, config: Any) -> None:
-        if self._writer is not None:
-            self._writer.add_text("config", json.dumps(_config_dict(config), default=str))
+        if (writer := self._get_writer()) is not None:
+            writer.add_text("config", json.dumps(_config_dict(config), default=str))
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def _run_dir_time(path: Path) -> tuple[int, str]:
+    stamp = path.name.rsplit("_", 1)[-1]
+    return (int(stamp) if stamp.isdigit() else -1, path.name)
 
 
 class CometLogger(MetricLoggerInterface):

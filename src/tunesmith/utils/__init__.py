@@ -21,7 +21,12 @@ from tunesmith.utils._device import (
     log_runtime,
 )
 from tunesmith.utils._imports import require
-from tunesmith.utils._logging import LOG_FORMAT, configure_logging, get_logger
+from tunesmith.utils._logging import (
+    LOG_FORMAT,
+    configure_logging,
+    get_logger,
+    write_clear_of_progress_bars,
+)
 from tunesmith.utils._seed import set_seed
 
 __all__ = [
@@ -43,4 +48,5 @@ __all__ = [
     "log_runtime",
     "require",
     "set_seed",
+    "write_clear_of_progress_bars",
 ]

@@ -9,25 +9,49 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TextIO
 
 from tunesmith.config._errors import ConfigError
 
-__all__ = ["LOG_FORMAT", "configure_logging", "get_logger"]
+__all__ = ["LOG_FORMAT", "configure_logging", "get_logger", "write_clear_of_progress_bars"]
 
 LOG_FORMAT = "%(levelname)s %(asctime)s %(name)s:%(lineno)d] %(message)s"
 _ROOT = "tunesmith"
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+def write_clear_of_progress_bars(text: str, stream: TextIO) -> None:
+    """Write the line ``text`` to ``stream`` without breaking a live tqdm progress bar.
+
+    A bar on the same terminal (stdout and stderr count as one) is cleared first and drawn
+    again below the line, as ``tqdm.write`` does; with no bar it is a plain write + flush.
+    """
+    tqdm_module = sys.modules.get("tqdm")  # no tqdm imported yet: no bar can be showing
+    bars = getattr(getattr(tqdm_module, "tqdm", None), "_instances", None)
+    if not bars:
+        stream.write(text + "\n")
+        stream.flush()
+        return
+    with tqdm_module.tqdm.external_write_mode(file=stream):
+        stream.write(text + "\n")
+        stream.flush()
+
+
 class _StderrHandler(logging.StreamHandler):
-    """Writes WARNING+ to whatever ``sys.stderr`` is at the time, the rest to ``sys.stdout``.
+    """Writes WARNING+ to whatever ``sys.stderr`` is at the time, the rest to ``sys.stdout``,
+    above any live progress bar rather than into its line.
 
     The stream is looked up per record, so redirection and capture work.
     """
 
     def emit(self, record: logging.LogRecord) -> None:
         self._to_stderr = record.levelno >= logging.WARNING
-        super().emit(record)
+        try:
+            write_clear_of_progress_bars(self.format(record), self.stream)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
 
     @property  # type: ignore[override]
     def stream(self):  # noqa: ANN201
