@@ -39,3 +39,47 @@ def test_resume_starts_at_initial_and_hidden_off_rank0(monkeypatch: pytest.Monke
     hidden.update(loss=1.0, lr=1e-3, num_tokens=10)
     hidden.close()
     assert quiet.getvalue() == ""
+
+
+def _screen(text: str) -> list[str]:
+    """What a terminal shows for ``text`` (``\\r`` returns to column 0, ``\\n`` starts a line)."""
+    lines: list[list[str]] = [[]]
+    col = 0
+    for ch in text:
+        if ch == "\r":
+            col = 0
+        elif ch == "\n":
+            lines.append([])
+            col = 0
+        else:
+            line = lines[-1]
+            if col < len(line):
+                line[col] = ch
+            else:
+                line.append(ch)
+            col += 1
+    return ["".join(line).rstrip() for line in lines]
+
+
+def test_log_lines_and_stdout_metrics_stay_off_the_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log record or a StdoutLogger line written while the bar is live gets a line of its
+    own, and the bar is drawn again below it."""
+    import io
+
+    from tunesmith.training.metric_logging import StdoutLogger
+    from tunesmith.utils import get_logger
+
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)  # where tunesmith's log handler writes
+    bar = TrainingProgress(total=10, file=stream, disable=False)
+    bar.update(loss=2.0, lr=1e-3)
+    get_logger("tunesmith.test").warning("saved checkpoint to /tmp/x")
+    StdoutLogger(stream=stream).log("loss", 2.0, 1)
+    bar.update(loss=1.5, lr=1e-3)
+    bar.bar.refresh()
+    screen = [line for line in _screen(stream.getvalue()) if line]
+    log_lines = [line for line in screen if "saved checkpoint" in line]
+    assert len(log_lines) == 1 and log_lines[0].startswith("WARNING "), screen
+    assert "Step 1 | loss:2.0000" in screen, screen
+    assert screen[-1].startswith("train:") and "2/10" in screen[-1], screen
+    bar.close()
