@@ -66,6 +66,7 @@ def test_summary_before_step_one(
 ) -> None:
     """LoRA on packed data: the printed lines and run_summary.json agree with counts taken
     elsewhere (transformers' parameter count, the data file, the packer)."""
+    import torch
     import transformers
 
     over: dict[str, Any] = {
@@ -91,7 +92,8 @@ def test_summary_before_step_one(
     assert 0 < d["trained_tokens"] < d["tokens"] <= d["packs"] * 256
     assert (d["steps_per_epoch"], d["total_steps"], d["batch"]["effective"]) == (2, 2, 4)
     assert summary["precision"] == {"parameters": "fp32", "compute": "fp32"}
-    assert summary["devices"]["type"] == "cpu" and summary["devices"]["world_size"] == 1
+    assert summary["devices"]["device"] == "cpu" and summary["devices"]["world_size"] == 1
+    assert summary["devices"]["torch"] == torch.__version__
     assert summary["output"]["checkpoint_dir"] == str(out)
     assert "compile" not in summary and "resume" not in summary
 
@@ -103,7 +105,7 @@ def test_summary_before_step_one(
         f"{d['tokens']:,} tokens ({d['trained_tokens']:,} trained)",
         "2 steps/epoch x 1 epoch(s) = 2 steps | batch 2 x accumulation 2 x 1 process(es) = 4",
         "precision: parameters fp32 | compute fp32",
-        "devices: cpu",
+        "devices: cpu ",
         f"this summary -> {out / 'logs' / 'run_summary.json'}",
     ):
         assert text in before_bar, text

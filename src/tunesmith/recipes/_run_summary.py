@@ -13,7 +13,6 @@ the data (lazily tokenized rows).
 
 from __future__ import annotations
 
-import platform
 from collections import Counter
 from typing import Any
 
@@ -95,8 +94,10 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         precision += f" | loss scaling: {p['loss_scaling']}"
     if p.get("fake_quantization"):
         precision += f" | fake quantization: {p['fake_quantization']}"
-    devices = f"devices: {dev['type']}{_paren(dev.get('name'))} x {dev['world_size']}"
-    devices += f" | torch {dev['torch']}" + (f", CUDA {dev['cuda']}" if dev.get("cuda") else "")
+    # the torch / CUDA builds are on the `runtime:` line every recipe logs first (log_runtime)
+    n = dev["world_size"]
+    devices = f"devices: {dev['device']} {dev.get('device_name') or ''}".rstrip()
+    devices += f" x {n} process" + ("es (FSDP2)" if n > 1 else "")
     output = f"output: checkpoints -> {out['checkpoint_dir']}"
     if out.get("metrics_file"):
         output += f" | metrics -> {out['metrics_file']}"
@@ -224,19 +225,10 @@ def _precision_section(cfg: DictConfig, model: nn.Module, dtype: torch.dtype) ->
 
 
 def _device_section(device: torch.device, world_size: int) -> dict[str, Any]:
-    section: dict[str, Any] = {
-        "type": device.type,
-        "name": None,
-        "world_size": world_size,
-        "torch": torch.__version__,
-        "cuda": None,
-    }
-    if device.type == "cuda":
-        section["name"] = torch.cuda.get_device_name(device)
-        section["cuda"] = torch.version.cuda
-    elif device.type == "cpu":
-        section["name"] = f"{platform.machine()}, {torch.get_num_threads()} threads"
-    return section
+    """``describe_runtime`` (device, GPU, torch / CUDA builds) + the number of processes."""
+    from tunesmith.utils import describe_runtime
+
+    return {**describe_runtime(device), "world_size": world_size}
 
 
 # ------------------------------------------------------------------------------------ pieces
