@@ -229,6 +229,10 @@ def test_qat_recipe_learns_and_quantizes(
     losses = _losses(out)
     assert len(losses) == 20
     assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4
+    summary = json.loads((out / "logs" / "run_summary.json").read_text())  # said before step 1
+    assert summary["model"]["builder"] == "tunesmith.models.build_from_hf"
+    assert summary["precision"]["fake_quantization"].endswith("Int8DynActInt4WeightQATQuantizer")
+    assert summary["model"]["method"].startswith("LoRA" if lora else "full")
     # quantize the trained float weights with the same QAT quantizer (prepare + convert)
     trained = out / "epoch_1"
     qcfg = OmegaConf.create({

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from tunesmith.data import CROSS_ENTROPY_IGNORE_IDX, TokenizedSamples, pack_sequences
+from tunesmith.data import TokenizedSamples, pack_sequences
 
 __all__ = ["PackedDataset"]
 
@@ -85,11 +85,14 @@ class PackedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.packs)
 
-    def token_counts(self) -> tuple[int, int]:
-        """``(tokens, trained tokens)`` in all packs (padding not counted)."""
-        return len(self.packs.tokens), int((self.packs.labels != CROSS_ENTROPY_IGNORE_IDX).sum())
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if index < 0:
             index += len(self)
         return self.packs.pack_tensors(index)
+
+    def token_counts(self) -> tuple[int, int]:
+        """``(tokens, trained tokens)`` in all packs (padding not counted)."""
+        from tunesmith.data import CROSS_ENTROPY_IGNORE_IDX
+
+        labels = self.packs.labels
+        return len(labels), int((labels != CROSS_ENTROPY_IGNORE_IDX).sum())

@@ -189,6 +189,14 @@ class TokenizedRowDataset(Dataset):
         data = data_fingerprint(self._data, self._load_kwargs)
         return cache_key(type(self).__qualname__, data, identity)
 
+    def token_counts(self) -> tuple[int, int] | None:
+        """``(tokens, trained tokens)`` of all rows once tokenized in bulk; None before (rows
+        tokenized one at a time as batches are drawn are not counted up front)."""
+        if self._tokenized is None:
+            return None
+        labels = self._tokenized.labels
+        return len(labels), int((labels != CROSS_ENTROPY_IGNORE_IDX).sum())
+
     def tokenize_all(
         self,
         num_workers: int | None = None,
@@ -254,14 +262,6 @@ class TokenizedRowDataset(Dataset):
             pool.join()
             _ACTIVE_DATASET = None
         return TokenizedSamples.concatenate(parts)
-
-    def token_counts(self) -> tuple[int, int] | None:
-        """``(tokens, trained tokens)`` of all rows once tokenized in bulk; None before (rows
-        tokenized one at a time as batches are drawn are not counted up front)."""
-        if self._tokenized is None:
-            return None
-        labels = self._tokenized.labels
-        return len(labels), int((labels != CROSS_ENTROPY_IGNORE_IDX).sum())
 
     def sample_lengths(self) -> np.ndarray:
         """``[n]`` token count of every sample (tokenizes everything once, cached)."""
