@@ -53,7 +53,7 @@ def test_metrics_file_is_one_run_across_a_resume(run_finetune, capsys) -> None:
     assert [s for s, _ in read_metrics(log_file)["loss"]] == list(range(1, 11))
     assert log_file.with_suffix(".png").is_file()
 
-    printed = capsys.readouterr().err
+    printed = capsys.readouterr().out  # INFO goes to stdout
     assert "resuming after step 5 of 10 (epoch 1)" in printed
     summary = json.loads((out / "logs" / "run_summary.json").read_text())
     assert summary["resume"] == {"step": 5, "epoch": 1, "total_steps": 10}
@@ -77,7 +77,7 @@ def test_summary_before_step_one(
         "batch_size": 2,
     }
     out = run_finetune("packed", **over)
-    printed = capsys.readouterr().err
+    printed = capsys.readouterr().out  # INFO goes to stdout, the bar to stderr
     summary = json.loads((out / "logs" / "run_summary.json").read_text())
 
     base = transformers.AutoModelForCausalLM.from_pretrained(tiny_llama).num_parameters()
@@ -97,7 +97,6 @@ def test_summary_before_step_one(
     assert summary["output"]["checkpoint_dir"] == str(out)
     assert "compile" not in summary and "resume" not in summary
 
-    before_bar = printed.split("train:")[0]
     for text in (
         f"{m['parameters']:,} parameters, {m['trainable_parameters']:,} trainable",
         "LoRA rank 8, alpha 16 on q_proj, v_proj, output_proj, w1, w2, w3",
@@ -108,15 +107,18 @@ def test_summary_before_step_one(
         "devices: cpu ",
         f"this summary -> {out / 'logs' / 'run_summary.json'}",
     ):
-        assert text in before_bar, text
-    assert len([line for line in before_bar.splitlines() if "_finetune_observe" in line]) == 5
+        assert text in printed, text
+    said = [line.split("] ", 1)[1] for line in printed.splitlines() if "_finetune_observe" in line]
+    heads = [line.split(":", 1)[0] for line in said[:5]]
+    assert heads == ["model", "data", "precision", "devices", "output"], said
+    assert said[5:] == [f"loss curve written to {out / 'logs' / 'log.png'}"], said  # no spam
 
 
 @pytest.mark.slow
 def test_compiled_run_says_how_long_compiling_took(run_finetune, capsys, monkeypatch) -> None:
     monkeypatch.setenv("TORCH_COMPILE_BACKEND", "eager")  # compile for real, cheaply
     out = run_finetune("compiled", compile=True, max_steps_per_epoch=3)
-    printed = capsys.readouterr().err
+    printed = capsys.readouterr().out
     assert "compiling the model (torch.compile: each of the 2 layers + the loss)" in printed
     assert "torch.compile: done in" in printed
     summary = json.loads((out / "logs" / "run_summary.json").read_text())
@@ -168,7 +170,7 @@ def test_observer_resumes_the_logger_and_times_compiling(tmp_path: Path, capsys)
     observer.log_step(3, loss=1.0, lr=0.1, tokens=tokens, grad_norm=None)
     observer.log_step(4, loss=0.5, lr=0.1, tokens=tokens, grad_norm=None)
     observer.close()
-    printed = capsys.readouterr().err
+    printed = capsys.readouterr().out
     assert [json.loads(x)["step"] for x in old.read_text().splitlines()] == [1, 2, 3, 4]
     assert [json.loads(x)["loss"] for x in old.read_text().splitlines()][2:] == [1.0, 0.5]
     assert "model: torch.nn.Linear | 15 parameters, 3 trainable (20.00%)" in printed

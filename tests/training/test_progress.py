@@ -70,16 +70,19 @@ def test_log_lines_and_stdout_metrics_stay_off_the_bar(monkeypatch: pytest.Monke
     from tunesmith.utils import get_logger
 
     stream = io.StringIO()
-    monkeypatch.setattr("sys.stderr", stream)  # where tunesmith's log handler writes
+    monkeypatch.setattr("sys.stderr", stream)  # tunesmith logs warnings here, the rest to
+    monkeypatch.setattr("sys.stdout", stream)  # stdout: one terminal, as on a console
     bar = TrainingProgress(total=10, file=stream, disable=False)
     bar.update(loss=2.0, lr=1e-3)
     get_logger("tunesmith.test").warning("saved checkpoint to /tmp/x")
+    get_logger("tunesmith.test").info("validation loss 1.25")
     StdoutLogger(stream=stream).log("loss", 2.0, 1)
     bar.update(loss=1.5, lr=1e-3)
     bar.bar.refresh()
     screen = [line for line in _screen(stream.getvalue()) if line]
     log_lines = [line for line in screen if "saved checkpoint" in line]
     assert len(log_lines) == 1 and log_lines[0].startswith("WARNING "), screen
+    assert [line for line in screen if "validation" in line][0].startswith("INFO "), screen
     assert "Step 1 | loss:2.0000" in screen, screen
     assert screen[-1].startswith("train:") and "2/10" in screen[-1], screen
     bar.close()
