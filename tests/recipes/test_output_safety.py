@@ -103,3 +103,11 @@ def test_adapter_of_another_rank_is_one_line_naming_both_ranks(run_finetune, tmp
         )
     msg = str(info.value)
     assert "\n" not in msg and "rank 8" in msg and "rank 4" in msg and "lora_rank" in msg
+
+
+def test_preflight_creates_nothing(tmp_path: Path) -> None:
+    from tunesmith.training import preflight_outputs
+
+    out = tmp_path / "a" / "b" / "out"
+    assert preflight_outputs(out, resume=False, log_dirs=[out / "logs"], need_bytes=1) == []
+    assert list(tmp_path.iterdir()) == []

@@ -90,7 +90,7 @@ def build_model(
     weights = dict(state["model"])
     weights.update(state.get("adapter") or {})
     adapter = get_adapter_params(model)
-    check_weight_shapes(model, weights)
+    check_weight_shapes(model, weights, str(cfg.model.get("_component_")))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     missing_base = [k for k in missing if k not in adapter]
     if missing_base or unexpected:
@@ -115,7 +115,9 @@ def build_model(
     return model, bool(adapter)
 
 
-def check_weight_shapes(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> None:
+def check_weight_shapes(
+    model: nn.Module, weights: Mapping[str, torch.Tensor], component: str = "?"
+) -> None:
     """One :class:`ConfigError` line when checkpoint tensors do not fit the model's shapes
     (instead of torch's line per tensor): an adapter of another rank names both ranks."""
     own = model.state_dict()
@@ -137,7 +139,7 @@ def check_weight_shapes(model: nn.Module, weights: Mapping[str, torch.Tensor]) -
     key, got, want = bad[0]
     raise ConfigError(
         f"{len(bad)} checkpoint tensor(s) do not fit the model, e.g. {key}: {list(got)} in the "
-        f"checkpoint, {list(want)} in model._component_={model.__class__.__name__} "
+        f"checkpoint, {list(want)} in the model (model._component_={component}) "
         "(checkpointer.checkpoint_dir): pick the model builder that matches the checkpoint",
         key="model._component_",
     )

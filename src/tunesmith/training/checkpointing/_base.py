@@ -320,10 +320,10 @@ class CheckpointerBase:
         if self._resume_from_checkpoint:
             if not self._recipe_checkpoint:
                 raise CheckpointNotFoundError(
-                    "checkpointer.resume_from_checkpoint=True but output_dir "
-                    f"{str(self._output_dir)!r} holds no complete checkpoint and "
-                    "checkpointer.recipe_checkpoint is not set; set resume_from_checkpoint=False "
-                    "or point output_dir at the previous run"
+                    "nothing to resume: no complete checkpoint in output_dir and no "
+                    f"checkpointer.recipe_checkpoint ({self._output_dir}): point output_dir at "
+                    "the earlier run, or set resume_from_checkpoint=False to start fresh",
+                    key="resume_from_checkpoint",
                 )
             out.update(load_recipe_state(str(self._path_in_ckpt_dir(self._recipe_checkpoint))))
         return out

@@ -15,6 +15,7 @@ right after the new run's first checkpoint is published (``CheckpointerBase.repl
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -34,12 +35,17 @@ def previous_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
 
 
 def check_writable(folder: str | os.PathLike[str], key: str) -> None:
-    """Create ``folder`` if needed and write/remove a probe file in it; a failure raises
-    :class:`CheckpointError` naming ``key``."""
-    path = Path(folder).expanduser()
-    probe = path / f"{TMP_PREFIX}preflight-{os.getpid()}"
+    """Write and remove a probe file in ``folder`` (or, when it does not exist yet, in its
+    nearest existing parent, so nothing is created); a failure raises :class:`CheckpointError`
+    naming ``key``."""
+    path = Path(folder).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # probe the folder that would hold it: create nothing yet
+    probe = existing / f"{TMP_PREFIX}preflight-{os.getpid()}"
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file, not a folder")
         with open(probe, "wb") as f:
             f.write(b"\0")
             f.flush()
@@ -104,7 +110,10 @@ def preflight_outputs(
     for i, log_dir in enumerate(log_dirs):
         if log_dir is not None:
             check_writable(log_dir, "metric_logger.log_dir" if i == 0 else "log_dir")
-    free = shutil.disk_usage(root).free
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
     if need_bytes and free < need_bytes:
         raise CheckpointError(
             f"not enough free disk space for one checkpoint: about {_mb(need_bytes)} needed (the "
