@@ -102,13 +102,12 @@ def newest_intact_checkpoint(output_dir: Path, logger: logging.Logger = log) -> 
         if problem is None:
             if damaged:
                 logger.warning(
-                    "resuming from %s, the newest intact checkpoint (skipped: %s)",
+                    "resuming from %s, the newest intact checkpoint (skipped newer: %s)",
                     folder,
                     "; ".join(damaged),
                 )
             return folder
         damaged.append(f"{folder.name} is damaged: {problem}")
-        logger.warning("checkpoint %s is damaged (%s); trying an older one", folder, problem)
     if damaged:
         raise CheckpointError(
             f"no intact checkpoint to resume from ({output_dir}: {'; '.join(damaged)}): start a "
