@@ -1,7 +1,7 @@
 """Every bad-input case in tests/error_cases/ gets one line and exit 2; docs/errors.md is their table.
 
 Each case (see ``tests/error_cases/_case.py``) is checked for: exit code 2; exactly one non-blank
-line on stderr, starting ``error: `` and matching the case's ``expect``; no ``Traceback`` in
+line on stderr (progress-bar frames aside), starting ``error: `` and matching ``expect``; no ``Traceback`` in
 either stream; its ``watch`` folder unchanged. ``test_docs_errors_md_is_current`` renders the
 table and fails when the committed ``docs/errors.md`` differs; regenerate it with
 ``TUNESMITH_UPDATE_ERRORS=1 pytest tests/test_error_table.py``.
@@ -140,8 +140,14 @@ def _outcome(case: ErrorCase, factory: pytest.TempPathFactory) -> Outcome:
     return _OUTCOMES[case.kind]
 
 
+_PROGRESS = re.compile(r"(\d+|\?)\s*(it|s|examples|step|steps|B|kB|MB|GB)/s\]|\[\d+:\d+<")
+
+
 def _error_lines(outcome: Outcome) -> list[str]:
-    return [line for line in outcome.stderr.splitlines() if line.strip()]
+    """Non-blank stderr lines, without progress-bar frames (tqdm's ``... [00:00, 5.1it/s]``)."""
+    return [
+        line for line in outcome.stderr.splitlines() if line.strip() and not _PROGRESS.search(line)
+    ]
 
 
 def test_cases_are_well_formed() -> None:

@@ -127,10 +127,27 @@ def run_command(argv: list[str]) -> int:
             f"({' '.join(launch_flags)})"
         )
     recipe_main = _recipe_main(recipe, script)
+    from tunesmith.recipes._checks import check_config
+
+    keys = getattr(sys.modules.get(recipe_main.__module__), "CONFIG_KEYS", None)
+    name = recipe.name if recipe is not None else script.stem
+    check_config(cfg, name, overrides, config_path, keys)  # before any process or model
+    _check_components(cfg)
     if launch_flags:
         return _launch(launch_flags, recipe, script, recipe_argv)
     recipe_main(cfg)
     return 0
+
+
+def _check_components(cfg: Any) -> None:
+    """Raise the first error ``tunesmith validate`` would report (a misspelt argument or
+    component, a broken interpolation), so it costs no model load."""
+    from tunesmith.config import validate_config
+    from tunesmith.recipes._config_keys import SUPPLIED
+
+    for problem in validate_config(cfg, SUPPLIED):
+        if problem.severity == "error":
+            raise ConfigError(str(problem), key=problem.key)
 
 
 def _recipe_main(recipe: Recipe | None, script: Path) -> Callable[[Any], None]:

@@ -129,11 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="check a config: components resolve and their arguments bind",
         description=(
             "Load a config, apply overrides, and check that every _component_ resolves and that "
-            "its keys bind to the callable's signature, without building anything. Every problem "
+            "its keys bind to the callable's signature, that every top-level key is one the "
+            "recipe reads and that numbers are in range, without building anything. Every problem "
             "is reported with its key path; the exit code is 2 when there is one."
         ),
     )
     validate.add_argument("config", help="config name or path to a .yaml file")
+    validate.add_argument(
+        "--recipe",
+        help="the recipe the config is for (default: its '# recipe: <name>' first line); "
+        "top-level keys the recipe does not read are errors",
+    )
     validate.add_argument("overrides", nargs="*", help="key=value to set, ~key to delete")
     validate.set_defaults(func=_handler("tunesmith.cli._validate", "cmd_validate"))
 

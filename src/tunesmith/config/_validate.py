@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import Container, DictConfig, ListConfig, OmegaConf
@@ -27,7 +28,21 @@ def _resolved(node: Any, key: Any, path: str, problems: list[Problem]) -> tuple[
         return False, None
 
 
-def _check_component(node: DictConfig, path: str, problems: list[Problem]) -> None:
+Supplied = Mapping[str, tuple[int, "frozenset[str] | set[str]"]]
+
+
+def _supplied_for(path: str, supplied: Supplied) -> tuple[int, frozenset[str]]:
+    """What the recipe passes to the component at ``path`` (``dataset`` or ``dataset.0``)."""
+    top, *rest = path.split(".") if path else [""]
+    if top in supplied and (not rest or (len(rest) == 1 and rest[0].isdigit())):
+        n_args, kwargs = supplied[top]
+        return n_args, frozenset(kwargs)
+    return 0, frozenset()
+
+
+def _check_component(
+    node: DictConfig, path: str, problems: list[Problem], supplied: Supplied
+) -> None:
     ok, component = _resolved(node, "_component_", join_key(path, "_component_"), problems)
     if not ok:
         return
@@ -57,34 +72,47 @@ def _check_component(node: DictConfig, path: str, problems: list[Problem]) -> No
                 kwargs[key] = UNCHECKED  # reported when the walk reaches it
         else:
             kwargs[key] = value
-    problems.extend(binding_problems(fn, component, path, kwargs, missing_is_error=False))
+    n_args, call_kwargs = _supplied_for(path, supplied)
+    problems.extend(
+        binding_problems(
+            fn,
+            component,
+            path,
+            kwargs,
+            args=(UNCHECKED,) * n_args,
+            call_kwargs=dict.fromkeys(call_kwargs, UNCHECKED),
+            missing_is_error=False,
+        )
+    )
 
 
-def _walk(node: Any, path: str, problems: list[Problem]) -> None:
+def _walk(node: Any, path: str, problems: list[Problem], supplied: Supplied) -> None:
     if isinstance(node, DictConfig):
         if "_component_" in node:
-            _check_component(node, path, problems)
+            _check_component(node, path, problems, supplied)
         for key in node:
             if key == "_component_":
                 continue
             ok, child = _resolved(node, key, join_key(path, key), problems)
             if ok and isinstance(child, (DictConfig, ListConfig)):
-                _walk(child, join_key(path, key), problems)
+                _walk(child, join_key(path, key), problems, supplied)
     elif isinstance(node, ListConfig):
         for index in range(len(node)):
             ok, child = _resolved(node, index, join_key(path, index), problems)
             if ok and isinstance(child, (DictConfig, ListConfig)):
-                _walk(child, join_key(path, index), problems)
+                _walk(child, join_key(path, index), problems, supplied)
 
 
-def validate_config(cfg: DictConfig) -> list[Problem]:
+def validate_config(cfg: DictConfig, supplied: Supplied | None = None) -> list[Problem]:
     """Every problem in ``cfg`` at once, in config order; nothing is instantiated.
 
     Checks that interpolations resolve, every ``_component_`` imports, config keys name real
     arguments of the callable, and simple-typed values match annotations. Required arguments
     the config leaves out are warnings (``severity="warning"``): recipes pass some of them
-    (the model parameters to the optimizer, the tokenizer to the dataset).
+    (the model parameters to the optimizer, the tokenizer to the dataset). ``supplied`` maps
+    a top-level component key to what the recipe passes itself (positional count, keyword
+    names), e.g. ``{"optimizer": (1, set())}``; those draw no warning.
     """
     problems: list[Problem] = []
-    _walk(cfg, "", problems)
+    _walk(cfg, "", problems, supplied or {})
     return problems

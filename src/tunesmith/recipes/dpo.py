@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tunesmith.config import ConfigError, instantiate, parse_recipe_args
+from tunesmith.config._ranges import check_ranges
 from tunesmith.modules.peft import disable_adapter
 from tunesmith.recipes import finetune
 from tunesmith.recipes._finetune_observe import Observer
@@ -66,6 +67,7 @@ METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "
 
 def recipe_main(cfg: DictConfig) -> None:
     """Train ``cfg.model`` on the preference pairs of ``cfg.dataset`` with ``cfg.loss``."""
+    check_ranges(cfg)  # every numeric key, named, before anything is built
     # ---- environment -------------------------------------------------------------------
     device = get_device(cfg.get("device"))
     init_distributed(device_type=device.type)

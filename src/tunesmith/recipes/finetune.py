@@ -22,6 +22,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from tunesmith.config import instantiate, parse_recipe_args
+from tunesmith.config._ranges import check_ranges
 from tunesmith.modules.peft import is_adapter_key
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
@@ -54,6 +55,7 @@ log = get_logger(__name__)
 
 def recipe_main(cfg: DictConfig) -> None:
     """Finetune ``cfg.model`` on ``cfg.dataset`` and save in the checkpoint's own format."""
+    check_ranges(cfg)  # every numeric key, named, before anything is built
     # ---- environment -------------------------------------------------------------------
     device = get_device(cfg.get("device"))
     init_distributed(device_type=device.type)

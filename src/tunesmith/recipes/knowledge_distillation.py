@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from tunesmith.config import ConfigError, instantiate, parse_recipe_args
+from tunesmith.config._ranges import check_ranges
 from tunesmith.modules.kd_loss import KDLoss
 from tunesmith.recipes import finetune
 from tunesmith.recipes._finetune_observe import Observer
@@ -59,6 +60,7 @@ METRICS = ("loss", "class_loss", "kd_loss")
 
 def recipe_main(cfg: DictConfig) -> None:
     """Distil ``cfg.teacher_model`` into ``cfg.model`` on ``cfg.dataset``."""
+    check_ranges(cfg)  # every numeric key, named, before anything is built
     # ---- environment and losses --------------------------------------------------------
     device = get_device(cfg.get("device"))
     init_distributed(device_type=device.type)

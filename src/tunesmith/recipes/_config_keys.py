@@ -1,0 +1,113 @@
+"""The top-level config keys each recipe reads: anything else in a config is a mistake.
+
+Plain data (no torch import), used by ``tunesmith run`` and ``tunesmith validate`` through
+``tunesmith.recipes._checks``. A key is listed here when the recipe (or a helper it calls)
+reads it, or when torchtune 0.6.1 configs for that recipe carry it and tunesmith accepts it on
+purpose without using it (``TORCHTUNE_ACCEPTED``). Besides these, a config may hold top-level
+keys that other values reference (``${name}``) and anything under the ``extra:`` mapping, the
+documented place for deliberate extras. ``tests/recipes/test_config_keys.py`` checks that every
+key a recipe's source reads is declared and that every bundled and torchtune config passes.
+"""
+
+from __future__ import annotations
+
+__all__ = ["EXTRA_KEY", "KEYS", "SUPPLIED", "TORCHTUNE_ACCEPTED", "recipe_keys"]
+
+EXTRA_KEY = "extra"
+"""A top-level mapping no recipe reads: deliberate extras (notes, values to interpolate)."""
+
+_COMMON = frozenset({"output_dir", "seed", "device", "dtype", "log_level", "model", "tokenizer"})
+
+_TRAINING = _COMMON | {
+    "checkpointer",
+    "resume_from_checkpoint",
+    "overwrite",  # run into a folder that holds an earlier run's checkpoints (replacing them)
+    "keep_last_n_checkpoints",
+    "save_every_n_steps",
+    "save_adapter_weights_only",
+    "dataset",
+    "shuffle",
+    "batch_size",
+    "num_workers",
+    "epochs",
+    "max_steps_per_epoch",
+    "gradient_accumulation_steps",
+    "optimizer",
+    "optimizer_in_bwd",
+    "lr_scheduler",
+    "loss",
+    "clip_grad_norm",
+    "compile",
+    "enable_activation_checkpointing",
+    "enable_activation_offloading",
+    "custom_sharded_layers",
+    "fsdp_cpu_offload",
+    "fsdp_reshard_after_forward",
+    "metric_logger",
+    "log_every_n_steps",
+    "log_peak_memory_stats",
+    "profiler",
+}
+
+TORCHTUNE_ACCEPTED: dict[str, frozenset[str]] = {
+    # torchtune 0.6.1 configs carry these; tunesmith picks its own collate function, shards
+    # with FSDP2 defaults, has no tensor parallelism or low-CPU-RAM loading, so they change
+    # nothing here but must not make the config invalid.
+    "finetune": frozenset(
+        {"collate_fn", "fsdp", "low_cpu_ram", "tensor_parallel_dim", "tensor_parallel_plan"}
+    ),
+    "qat": frozenset({"collate_fn", "fsdp", "low_cpu_ram"}),
+    "dpo": frozenset({"collate_fn"}),
+    "knowledge_distillation": frozenset({"collate_fn"}),
+    "eval": frozenset({"resume_from_checkpoint"}),
+    "generate": frozenset({"quantizer"}),
+}
+
+KEYS: dict[str, frozenset[str]] = {
+    "finetune": frozenset(_TRAINING | {"dataset_val", "batch_size_val", "run_val_every_n_steps"}),
+    "qat": frozenset(
+        _TRAINING
+        | {"dataset_val", "batch_size_val", "run_val_every_n_steps"}
+        | {"quantizer", "fake_quant_after_n_steps"}
+    ),
+    "dpo": frozenset(_TRAINING | {"ref_checkpointer"}),
+    "knowledge_distillation": frozenset(
+        _TRAINING | {"teacher_model", "teacher_checkpointer", "kd_loss", "kd_ratio"}
+    ),
+    "generate": frozenset(
+        _COMMON
+        | {"checkpointer", "prompt", "max_new_tokens", "temperature", "top_k", "top_p"}
+        | {"enable_kv_cache"}
+    ),
+    "eval": frozenset(
+        _COMMON
+        | {"checkpointer", "quantizer", "tasks", "limit", "num_fewshot", "batch_size"}
+        | {"max_seq_length", "enable_kv_cache", "add_bos_token", "include_path", "log_samples"}
+        | {"apply_chat_template", "fewshot_as_multiturn", "system_instruction"}
+    ),
+    "quantize": frozenset(
+        _COMMON | {"checkpointer", "quantizer", "output_format", "gguf_type", "tokenizer_dir"}
+    ),
+}
+"""Recipe name -> the top-level keys it reads."""
+
+
+def recipe_keys(recipe: str) -> frozenset[str] | None:
+    """Every top-level key valid for ``recipe`` (read or accepted), or None when unknown."""
+    keys = KEYS.get(recipe)
+    if keys is None:
+        return None
+    return keys | TORCHTUNE_ACCEPTED.get(recipe, frozenset()) | {EXTRA_KEY}
+
+
+SUPPLIED: dict[str, tuple[int, frozenset[str]]] = {
+    # component key -> (positional arguments the recipe passes, keyword arguments it passes)
+    "dataset": (1, frozenset()),  # instantiate(node, tokenizer)
+    "dataset_val": (1, frozenset()),
+    "optimizer": (1, frozenset()),  # instantiate(cfg.optimizer, model.parameters())
+    "lr_scheduler": (1, frozenset({"num_training_steps"})),  # (optimizer, num_training_steps=)
+    "checkpointer": (0, frozenset({"resume_from_checkpoint"})),
+    "ref_checkpointer": (0, frozenset({"resume_from_checkpoint"})),
+    "teacher_checkpointer": (0, frozenset({"resume_from_checkpoint"})),
+}
+"""What the recipes pass to ``instantiate`` themselves, so ``validate`` does not ask for it."""
