@@ -97,3 +97,22 @@ def test_dcp_two_ranks_save_load_and_consolidate(tmp_path: Path) -> None:
     original = load_file(base / "model.safetensors")
     assert written.keys() == original.keys()
     assert all(torch.equal(written[k], original[k]) for k in original)
+
+
+def test_dcp_resume_skips_a_damaged_newest_checkpoint(tmp_path: Path, caplog) -> None:
+    import logging
+
+    from tunesmith.training import DistributedCheckpointer
+
+    ckpt = DistributedCheckpointer(tmp_path)
+    for step in (1, 2):
+        state = {"model": {"w": torch.full((4096,), float(step))}}
+        ckpt.save_checkpoint(state, epoch=0, step=step, recipe_state={"steps_run": step})
+    shard = next((tmp_path / "distributed" / "step_2" / "dcp").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-8])
+    with caplog.at_level(logging.WARNING):
+        assert ckpt.latest() == tmp_path / "distributed" / "step_1"
+    assert "step_2" in caplog.text and shard.name in caplog.text
+    target = {"model": {"w": torch.zeros(4096)}}
+    assert ckpt.load_checkpoint(target)["steps_run"] == 1
+    assert torch.equal(target["model"]["w"], torch.ones(4096))

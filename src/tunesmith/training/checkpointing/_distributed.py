@@ -32,7 +32,6 @@ from tunesmith.training.checkpointing._atomic import (
     COMPLETE_MARKER,
     checkpoint_folder_name,
     fsync_dir,
-    latest_complete_checkpoint,
     prune_checkpoints,
     publish_checkpoint_dir,
     remove_partial_checkpoints,
@@ -86,8 +85,11 @@ class DistributedCheckpointer:
         return self._output_dir
 
     def latest(self) -> Path | None:
-        """The newest complete checkpoint folder (same answer on every rank)."""
-        return latest_complete_checkpoint(self._output_dir)
+        """The newest intact complete checkpoint folder (same answer on every rank): newer
+        folders whose files do not match their marker are skipped with a warning."""
+        from tunesmith.training.checkpointing._integrity import newest_intact_checkpoint
+
+        return newest_intact_checkpoint(self._output_dir)
 
     def save_checkpoint(
         self,
