@@ -2,120 +2,44 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import pytest
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-REPO = "tiny-org/tiny-model"
-GATED = "tiny-org/gated-model"
-TOKEN = "hf_good_token"
-FILES = {
-    "config.json": b'{"model_type": "llama", "hidden_size": 8}',
-    "model.safetensors": b"\x00" * 64 + b"weights",
-    "tokenizer.json": b'{"version": "1.0"}',
-    "original/consolidated.00.pth": b"meta weights",
-}
+from tests._fake_hub import (
+    CHUNK,
+    COMMIT,
+    FILES,
+    GATED,
+    LFS,
+    ORG,
+    REPO,
+    TOKEN,
+    FakeHub,
+    files_of,
+    git_sha1,
+    reset,
+    serve,
+    sha256,
+)
 
-
-class FakeHub(BaseHTTPRequestHandler):
-    """The few endpoints `snapshot_download` uses: repo info, tree listing, file resolve."""
-
-    requests: list[str] = []
-
-    def log_message(self, *args: object) -> None:  # keep test output clean
-        pass
-
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, payload: object) -> None:
-        self._send(200, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-
-    def _repo_access(self, repo: str) -> bool:
-        """Answer the error responses the real hub gives; True when the repo may be read."""
-        auth = self.headers.get("Authorization", "")
-        if auth and auth != f"Bearer {TOKEN}":
-            self._send(
-                401, b"{}", {"X-Error-Message": "Invalid credentials in Authorization header"}
-            )
-            return False
-        if repo == GATED:
-            self._send(
-                403,
-                b'{"error": "gated"}',
-                {"X-Error-Code": "GatedRepo", "X-Error-Message": "gated"},
-            )
-            return False
-        if repo != REPO:
-            self._send(404, b'{"error": "not found"}', {"X-Error-Code": "RepoNotFound"})
-            return False
-        return True
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def do_GET(self) -> None:
-        FakeHub.requests.append(f"{self.command} {self.path}")
-        path = unquote(urlparse(self.path).path)
-        parts = path.strip("/").split("/")
-        if parts[:2] == ["api", "models"] and len(parts) >= 6:
-            repo = "/".join(parts[2:4])
-            if not self._repo_access(repo):
-                return
-            if parts[4] == "revision":
-                siblings = [{"rfilename": name} for name in FILES]
-                self._json({"id": repo, "sha": COMMIT, "siblings": siblings, "private": False})
-                return
-            if parts[4] == "tree":
-                entries = [
-                    {"type": "file", "path": n, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
-                    for n, b in FILES.items()
-                ]
-                self._json(entries)
-                return
-        if len(parts) >= 5 and parts[2] == "resolve":
-            repo = "/".join(parts[:2])
-            if not self._repo_access(repo):
-                return
-            name = "/".join(parts[4:])
-            if name not in FILES:
-                self._send(404, b"", {"X-Error-Code": "EntryNotFound"})
-                return
-            body = FILES[name]
-            headers = {
-                "X-Repo-Commit": COMMIT,
-                "ETag": f'"{hashlib.sha1(body).hexdigest()}"',
-                "Content-Type": "application/octet-stream",
-            }
-            self._send(200, body, headers)
-            return
-        self._send(404, b"", {"X-Error-Code": "RepoNotFound"})
+MANIFEST = ".tunesmith-manifest.json"
 
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve() as url:
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def _fresh_faults() -> None:
+    reset()
 
 
 def _download(
@@ -157,13 +81,15 @@ def test_download_ignore_and_allow_patterns(hub: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.rglob("*") if p.is_file() and ".cache" not in p.parts) == [
-        "model.safetensors"
+        MANIFEST,
+        "model.safetensors",
     ]
     out = tmp_path / "allowed"
     result = _download(hub, tmp_path, REPO, "--output-dir", str(out), "--allow-patterns", "*.json")
     assert result.returncode == 0, result.stderr
     got = sorted(p.name for p in out.rglob("*") if p.is_file() and ".cache" not in p.parts)
-    assert got == ["config.json", "tokenizer.json"]
+    assert got == [MANIFEST, "config.json", "tokenizer.json"]
+    assert sorted(json.loads((out / MANIFEST).read_text())["files"]) == got[1:]
 
 
 def test_download_missing_repo_is_one_line(hub: str, tmp_path: Path) -> None:
@@ -224,3 +150,98 @@ def test_download_rejects_bad_repo_id_and_source(hub: str, tmp_path: Path) -> No
     assert result.returncode == 2 and "write owner/name" in result.stderr
     result = _download(hub, tmp_path, REPO, "--source", "kaggle")
     assert result.returncode == 2 and "invalid choice: 'kaggle'" in result.stderr
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in out.rglob("*")
+        if p.is_file() and ".cache" not in p.relative_to(out).parts and p.name != MANIFEST
+    }
+
+
+def test_download_writes_a_manifest_of_verified_files(hub: str, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    result = _download(hub, tmp_path, REPO, "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "verified" in result.stdout
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert (manifest["repo_id"], manifest["revision"]) == (REPO, COMMIT)
+    assert manifest["files"] == {
+        name: {
+            "size": len(body),
+            "sha256": sha256(body),
+            "git_sha1": None if name in LFS else git_sha1(body),
+        }
+        for name, body in FILES.items()
+    }
+
+
+@pytest.mark.parametrize(
+    "repo, name, what",
+    [
+        ("bad-size", "model.safetensors", f"size: expected {len(FILES['model.safetensors']) + 3} bytes, got {len(FILES['model.safetensors'])}"),
+        ("bad-hash", "model.safetensors", f"sha256: expected {sha256(FILES['model.safetensors'])}, got "),
+        ("bad-etag", "tokenizer.json", f"ETag: the hub sent {'f' * 40}, the file hashes to {git_sha1(FILES['tokenizer.json'])}"),
+    ],
+)  # fmt: skip
+def test_download_mismatch_is_one_line_and_the_file_is_not_kept(
+    hub: str, tmp_path: Path, repo: str, name: str, what: str
+) -> None:
+    out = tmp_path / repo
+    result = _download(hub, tmp_path, f"{ORG}/{repo}", "--output-dir", str(out))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: downloaded file does not match what the hub reports")
+    assert what in lines[0] and str(out / name) in lines[0] and "rerun the download" in lines[0]
+    assert not (out / name).exists()  # never left under its final name
+    assert not (out / MANIFEST).exists()
+    # the correct files stay, so a rerun fetches only what is missing
+    assert (out / "config.json").read_bytes() == FILES["config.json"]
+
+
+def test_connection_dropped_mid_file_is_resumed(hub: str, tmp_path: Path) -> None:
+    """The hub drops the connection half-way through a file: huggingface_hub resumes with
+    a Range request and the result is verified."""
+    out = tmp_path / "flaky"
+    result = _download(hub, tmp_path, f"{ORG}/flaky", "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert not result.stderr.strip(), result.stderr
+    assert _files(out) == files_of(f"{ORG}/flaky")
+    assert FakeHub.ranges == [f"{ORG}/flaky model.safetensors bytes={CHUNK}-"]
+
+
+def test_rerun_continues_a_broken_download(hub: str, tmp_path: Path) -> None:
+    """A download that breaks off is one line; the rerun continues the partial file (Range
+    from where it stopped) and does not fetch complete files again."""
+    out = tmp_path / "cut"
+    result = _download(hub, tmp_path, f"{ORG}/cut", "--output-dir", str(out))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "503" in lines[0], lines
+    assert not (out / "model.safetensors").exists() and not (out / MANIFEST).exists()
+    FakeHub.refuse_resume = False
+    FakeHub.requests.clear()
+    result = _download(hub, tmp_path, f"{ORG}/cut", "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert _files(out) == files_of(f"{ORG}/cut")
+    assert FakeHub.ranges[-1] == f"{ORG}/cut model.safetensors bytes={CHUNK}-"
+    fetched = [r for r in FakeHub.requests if r.startswith("GET ") and "/resolve/" in r]
+    assert [r.rsplit("/", 1)[-1] for r in fetched] == ["model.safetensors"]
+    assert json.loads((out / MANIFEST).read_text())["revision"] == COMMIT
+
+
+def test_damaged_local_copy_is_refetched(hub: str, tmp_path: Path) -> None:
+    """A rerun over a folder whose file was damaged after the download (same size, other
+    bytes) notices the hash, refetches that file and rewrites the manifest."""
+    out = tmp_path / "model"
+    assert _download(hub, tmp_path, REPO, "--output-dir", str(out)).returncode == 0
+    weights = out / "model.safetensors"
+    weights.write_bytes(b"\0" * len(FILES["model.safetensors"]))
+    FakeHub.requests.clear()
+    result = _download(hub, tmp_path, REPO, "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert _files(out) == FILES
+    fetched = [r for r in FakeHub.requests if r.startswith("GET ") and "/resolve/" in r]
+    assert [r.rsplit("/", 1)[-1] for r in fetched] == ["model.safetensors"]

@@ -20,9 +20,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DOWNLOAD_MANIFEST_NAME", "base_model_reference", "looks_like_repo_id"]
+from tunesmith.utils._integrity import MANIFEST_NAME
 
-DOWNLOAD_MANIFEST_NAME = ".tunesmith-manifest.json"
+__all__ = ["base_model_reference", "looks_like_repo_id"]
+
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
 
 
@@ -40,7 +41,7 @@ def base_model_reference(
 ) -> tuple[str, str | None]:
     """``(base_model_name_or_path, revision or None)`` for a base model in ``folder``."""
     folder = Path(folder).expanduser().resolve()
-    manifest = folder / DOWNLOAD_MANIFEST_NAME
+    manifest = folder / MANIFEST_NAME
     if manifest.is_file():
         try:
             data = json.loads(manifest.read_text())
