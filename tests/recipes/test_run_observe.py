@@ -112,6 +112,10 @@ def test_summary_before_step_one(
     heads = [line.split(":", 1)[0] for line in said[:5]]
     assert heads == ["model", "data", "precision", "devices", "output"], said
     assert said[5:] == [f"loss curve written to {out / 'logs' / 'log.png'}"], said  # no spam
+    run_log = (out / "logs" / "run.log").read_text()  # all of it is kept in the log folder
+    assert summary["output"]["log_file"] == str(out / "logs" / "run.log")
+    for text in ("] runtime: cpu", "] model: ", "] data: ", "] output: ", "saved checkpoint to"):
+        assert text in run_log, text
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from tunesmith.recipes._run_summary import summary_lines
 from tunesmith.training.memory import get_memory_stats
 from tunesmith.training.profiler import DummyProfiler
 from tunesmith.training.progress import TrainingProgress
-from tunesmith.utils import atomic_write_json, get_logger
+from tunesmith.utils import atomic_write_json, attach_run_log, get_logger, stop_run_log
 
 __all__ = ["Observer"]
 
@@ -91,6 +91,10 @@ class Observer:
         if folder is not None:
             self.summary_path = Path(folder) / "run_summary.json"
             output["summary_file"] = str(self.summary_path)
+        if folder is not None:
+            run_log = attach_run_log(folder)  # what was logged so far, and from now on
+            if run_log is not None:
+                output["log_file"] = str(run_log)
         summary["started_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         self._earlier_starts = _earlier_starts(self.summary_path) if "resume" in summary else []
         for line in summary_lines(summary):
@@ -204,6 +208,7 @@ class Observer:
             self._report_compile()
         self.progress.close()
         if self.logger is None:
+            stop_run_log()
             return
         self.logger.close()
         path = getattr(self.logger, "path", None)
@@ -215,6 +220,7 @@ class Observer:
                 log.info("loss curve written to %s", png)
             except (ImportError, ValueError) as err:  # matplotlib missing / nothing to plot
                 log.info("no loss curve: %s", err)
+        stop_run_log()
 
 
 def _earlier_starts(path: Path | None) -> list[dict[str, Any]]:

@@ -103,6 +103,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         output += f" | metrics -> {out['metrics_file']}"
     elif out.get("metrics"):
         output += f" | metrics -> {out['metrics']}"
+    if out.get("log_file"):
+        output += f" | log -> {out['log_file']}"
     if out.get("summary_file"):
         output += f" | this summary -> {out['summary_file']}"
     lines = [model, data, precision, devices, output]

@@ -53,7 +53,7 @@ from tunesmith.training.distributed import (
     reduce_metrics,
 )
 from tunesmith.training.gradients import clip_grad_norm
-from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime
+from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, start_run_log
 
 __all__ = ["recipe_main", "build_preference_dataloader"]
 
@@ -67,6 +67,7 @@ METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "
 
 def recipe_main(cfg: DictConfig) -> None:
     """Train ``cfg.model`` on the preference pairs of ``cfg.dataset`` with ``cfg.loss``."""
+    start_run_log()  # kept in <log folder>/run.log once the observer knows the folder
     check_ranges(cfg)  # every numeric key, named, before anything is built
     # ---- environment -------------------------------------------------------------------
     device = get_device(cfg.get("device"))

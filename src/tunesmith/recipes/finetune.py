@@ -46,7 +46,7 @@ from tunesmith.training.distributed import (
     reduce_metrics,
 )
 from tunesmith.training.gradients import clip_grad_norm, count_trainable_tokens
-from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, set_seed
+from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, set_seed, start_run_log
 
 __all__ = ["recipe_main"]
 
@@ -55,6 +55,7 @@ log = get_logger(__name__)
 
 def recipe_main(cfg: DictConfig) -> None:
     """Finetune ``cfg.model`` on ``cfg.dataset`` and save in the checkpoint's own format."""
+    start_run_log()  # kept in <log folder>/run.log once the observer knows the folder
     check_ranges(cfg)  # every numeric key, named, before anything is built
     # ---- environment -------------------------------------------------------------------
     device = get_device(cfg.get("device"))

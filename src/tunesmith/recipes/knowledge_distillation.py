@@ -49,7 +49,7 @@ from tunesmith.training.distributed import (
     reduce_metrics,
 )
 from tunesmith.training.gradients import clip_grad_norm, count_trainable_tokens
-from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime
+from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, start_run_log
 
 __all__ = ["recipe_main", "build_teacher", "kd_step_losses"]
 
@@ -60,6 +60,7 @@ METRICS = ("loss", "class_loss", "kd_loss")
 
 def recipe_main(cfg: DictConfig) -> None:
     """Distil ``cfg.teacher_model`` into ``cfg.model`` on ``cfg.dataset``."""
+    start_run_log()  # kept in <log folder>/run.log once the observer knows the folder
     check_ranges(cfg)  # every numeric key, named, before anything is built
     # ---- environment and losses --------------------------------------------------------
     device = get_device(cfg.get("device"))

@@ -27,11 +27,13 @@ from tunesmith.utils._logging import (
     get_logger,
     write_clear_of_progress_bars,
 )
+from tunesmith.utils._run_log import attach_run_log, start_run_log, stop_run_log
 from tunesmith.utils._seed import set_seed
 
 __all__ = [
     "LOG_FORMAT",
     "atomic_copy",
+    "attach_run_log",
     "atomic_save_safetensors",
     "atomic_torch_save",
     "atomic_write",
@@ -48,5 +50,7 @@ __all__ = [
     "log_runtime",
     "require",
     "set_seed",
+    "start_run_log",
+    "stop_run_log",
     "write_clear_of_progress_bars",
 ]
