@@ -122,3 +122,30 @@ def test_require() -> None:
     assert require("json", "dev").dumps([1]) == "[1]"
     with pytest.raises(ImportError, match=r"pip install 'tunesmith\[loggers\]'"):
         require("surely_not_installed_module", "loggers")
+
+
+def test_run_log_keeps_what_was_said_before_the_folder_was_known(tmp_path) -> None:
+    from tunesmith.utils import attach_run_log, get_logger, start_run_log, stop_run_log
+
+    log = get_logger("tunesmith.test_run_log")
+    log.info("from an earlier run")
+    start_run_log()
+    log.info("runtime: cpu")
+    log.warning("skipped 2 rows")
+    path = attach_run_log(tmp_path / "logs")
+    log.info("saved checkpoint")
+    stop_run_log()
+    log.info("after the run")
+    lines = path.read_text().splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        "runtime: cpu",
+        "skipped 2 rows",
+        "saved checkpoint",
+    ]
+    assert lines[1].startswith("WARNING ")
+    start_run_log()  # a resumed run appends to the same file
+    log.info("resumed")
+    attach_run_log(tmp_path / "logs")
+    stop_run_log()
+    assert path.read_text().splitlines()[-1].endswith("] resumed")
+    assert attach_run_log(tmp_path) is None  # not started: nothing kept
