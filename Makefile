@@ -44,6 +44,15 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(PY) benchmarks/run.py --quick
 
+# One GPU, <= 8 minutes, offline: the machine's own CUDA torch (BENCH_PYTHON), the rest from
+# benchmarks/gpu/wheels (filled by `make bench-gpu-wheels` on a networked machine).
+BENCH_PYTHON ?= $(PYTHON)
+bench-gpu:
+	$(BENCH_PYTHON) benchmarks/gpu/run_gpu.py $(ARGS)
+
+bench-gpu-wheels:
+	$(PYTHON) benchmarks/gpu/fetch_wheels.py $(if $(BENCH_TORCH),--torch $(BENCH_TORCH))
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(VENV)/bin/ruff format --check src tests benchmarks scripts
