@@ -77,11 +77,11 @@ LLAMA_1B = dict(
 )
 TINY = dict(
     LLAMA_1B,
-    hidden_size=128,
+    hidden_size=256,  # every projection a multiple of 16384 elements: torchao NF4 blocks
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
-    intermediate_size=256,
+    intermediate_size=512,
     vocab_size=512,
 )
 BYTES = 256  # byte-level ranks; specials at 256..511

@@ -22,14 +22,15 @@ LENGTHS = [5, 13, 1, 9]
 
 
 @pytest.mark.parametrize("family", list(tiny_configs()))
-def test_documents_match_transformers_per_document(family, tmp_path):
-    hf = make_checkpoint(family, tmp_path)
+def test_documents_match_transformers_per_document(family, tmp_path, device):
+    hf = make_checkpoint(family, tmp_path).to(device)
     config, hf_sd = read_checkpoint(tmp_path)
     spec = spec_from_hf_config(config)
     ours = build_decoder(spec).eval()
     ours.load_state_dict(hf_to_native(hf_sd, model_type_of(spec), config), strict=True)
+    ours.to(device)
     gen = torch.Generator().manual_seed(3)
-    docs = [torch.randint(0, VOCAB, (1, n), generator=gen) for n in LENGTHS]
+    docs = [torch.randint(0, VOCAB, (1, n), generator=gen).to(device) for n in LENGTHS]
     with torch.no_grad():
         expected = torch.cat([hf(d).logits for d in docs], dim=1)
         got = ours(torch.cat(docs, dim=1), seq_lens=LENGTHS)

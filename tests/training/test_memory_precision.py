@@ -59,8 +59,24 @@ def test_log_memory_stats_line(caplog: pytest.LogCaptureFixture) -> None:
         (torch.bfloat16, torch.bfloat16),
     ],
 )
-def test_get_dtype(name: object, dtype: torch.dtype) -> None:
-    assert get_dtype(name, device="cpu") == dtype
+def test_get_dtype(name: object, dtype: torch.dtype, device: torch.device) -> None:
+    assert get_dtype(name, device=device) == dtype
+
+
+def test_device_memory_stats_track_the_peak(device: torch.device) -> None:
+    """On a GPU: allocated / reserved / peak in GiB, and the peak resets (issue 18 item 11)."""
+    from tunesmith.training.memory import get_memory_stats
+
+    if device.type != "cuda":
+        pytest.skip("CUDA memory statistics (the CPU's RSS is tested above)")
+    torch.cuda.reset_peak_memory_stats(device)
+    block = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
+    stats = get_memory_stats(device)
+    assert stats["peak_memory_alloc"] >= 0.25 - 1e-6
+    assert stats["peak_memory_reserved"] >= stats["peak_memory_alloc"]
+    del block
+    after = get_memory_stats(device)  # the peak was reset by the first call
+    assert after["peak_memory_alloc"] < stats["peak_memory_alloc"] - 0.2
 
 
 def test_get_dtype_error_lists_choices() -> None:
