@@ -311,10 +311,12 @@ def zeroed_pages(path: str | os.PathLike[str], header: dict[str, Any] | None = N
         for start in range(first, last, 1 << 26):  # 64 MiB at a time
             stop = min(last, start + (1 << 26))
             pages = np.asarray(mm[start:stop]).view(np.uint64).reshape(-1, PAGE // 8)
-            empty = ~pages.any(axis=1)
-            if empty.any():
-                zero_at = start + int(np.argmax(empty)) * PAGE
-                break
+            candidates = np.flatnonzero(pages[:, 0] == 0)  # one word per page first: cheap
+            if candidates.size:
+                empty = np.bitwise_or.reduce(pages[candidates], axis=1) == 0
+                if empty.any():
+                    zero_at = start + int(candidates[np.argmax(empty)]) * PAGE
+                    break
         if zero_at is None:
             continue
         if np.asarray(mm[lo:hi]).any():  # all-zero tensors (fresh LoRA B, biases) are fine
