@@ -30,6 +30,7 @@ from tunesmith.training.checkpointing._files import (
     save_sharded,
 )
 from tunesmith.training.checkpointing._hf import HuggingFaceKeys
+from tunesmith.training.checkpointing._integrity import verify_input_files
 
 __all__ = ["GGUFCheckpointer"]
 
@@ -101,6 +102,7 @@ class GGUFCheckpointer(HuggingFaceKeys, CheckpointerBase):
         return self._metadata
 
     def _load_base_weights(self) -> dict[str, torch.Tensor]:
+        verify_input_files(self._checkpoint_dir, self._files)  # download manifest, if any
         return self._read_base_weights()
 
     def _read_base_weights(self) -> dict[str, torch.Tensor]:
