@@ -58,7 +58,10 @@ def download_error_message(
             )
         if status == 403:
             return f"access to {repo_id} was refused (403); check that your token has read access"
-        return f"the hub at {endpoint} answered {status} for {repo_id}; retry later"
+        return (
+            f"the hub answered {status} for {repo_id} ({endpoint}): retry later; a rerun "
+            "continues from what already arrived"
+        )
     if isinstance(error, LocalEntryNotFoundError):
         return f"cannot reach the hub at {endpoint} to download {repo_id}; check your network connection"
     return None

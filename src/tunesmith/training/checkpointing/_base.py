@@ -65,7 +65,7 @@ from tunesmith.training.checkpointing._recipe_state import (
     load_recipe_state,
     save_recipe_state,
 )
-from tunesmith.utils._integrity import CheckpointNotFoundError
+from tunesmith.utils._integrity import CheckpointError, CheckpointNotFoundError
 
 __all__ = ["CheckpointerBase", "is_adapter_key", "split_adapter_keys"]
 
@@ -107,6 +107,14 @@ class CheckpointerBase:
     ) -> None:
         self._checkpoint_dir = resolve_checkpoint_dir(checkpoint_dir)
         self._files = resolve_checkpoint_files(checkpoint_dir, checkpoint_files)
+        gguf = [f.name for f in self._files if f.suffix == ".gguf"]
+        if gguf and self.format_name != "gguf":
+            raise CheckpointError(
+                f"{gguf[0]} is a GGUF file, which {type(self).__name__} cannot read "
+                "(checkpointer.checkpoint_files): use _component_: "
+                "tunesmith.training.GGUFCheckpointer for a .gguf model",
+                key="checkpointer.checkpoint_files",
+            )
         self._model_type = str(getattr(model_type, "name", model_type)).upper()
         self._output_dir = Path(output_dir)
         self._adapter_checkpoint = adapter_checkpoint
@@ -256,6 +264,14 @@ class CheckpointerBase:
         from tunesmith.models.peft_format import PEFT_PREFIX, load_peft_adapter
 
         path = Path(path)
+        if path.suffix == ".gguf":
+            raise CheckpointError(
+                f"{path.name} is a GGUF file, not an adapter (checkpointer.adapter_checkpoint="
+                f"{path}): point it at a PEFT folder (adapter_model.safetensors + "
+                "adapter_config.json) or a native adapter .pt; a .gguf model is a base, for "
+                "tunesmith.training.GGUFCheckpointer",
+                key="checkpointer.adapter_checkpoint",
+            )
         if path.is_dir() or path.name.startswith("adapter_model."):
             if not path.exists():
                 raise CheckpointNotFoundError(

@@ -268,8 +268,12 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(
-            f"expected {str(path)!r} (model config) but it is missing"
+        raise CheckpointNotFoundError(
+            f"{Path(path).name} is missing ({path}): copy it from the model's source or "
+            "download the model again"
         ) from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from None
+        raise CheckpointError(
+            f"{Path(path).name} is not valid JSON ({e.msg} at line {e.lineno} column "
+            f"{e.colno}) ({path}): fix the file or copy it again from the model's source"
+        ) from None

@@ -21,6 +21,7 @@ from tunesmith.training.checkpointing._files import (
     save_sharded,
 )
 from tunesmith.utils._atomic import atomic_write_json
+from tunesmith.utils._integrity import CheckpointNotFoundError
 
 __all__ = ["FullModelHFCheckpointer"]
 
@@ -114,9 +115,11 @@ class FullModelHFCheckpointer(HuggingFaceKeys, CheckpointerBase):
         config_path = self._checkpoint_dir / "config.json"
         self._hf_config: dict[str, Any] = read_json(config_path) if config_path.is_file() else {}
         if not self._hf_config:
-            raise FileNotFoundError(
-                f"checkpointer.checkpoint_dir {str(self._checkpoint_dir)!r} has no config.json; "
-                "FullModelHFCheckpointer needs the Hugging Face config beside the weights"
+            raise CheckpointNotFoundError(
+                f"config.json is missing beside the weights (checkpointer.checkpoint_dir="
+                f"{self._checkpoint_dir}): FullModelHFCheckpointer needs the model's Hugging "
+                "Face config; copy it from the model's source or download the model again",
+                key="checkpointer.checkpoint_dir",
             )
 
     def _to_native(self, hf_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
