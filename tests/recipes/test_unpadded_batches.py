@@ -74,7 +74,7 @@ def _loss_and_grads(model, loss_fn, inputs, targets):
 def test_unpadded_equals_padded(packed, loss_cls, bucket, monkeypatch, device):
     # bucket > 1: the length rounding used for bf16 on CPU (a trailing ignored document, and
     # per-document attention padded to a multiple), forced here in fp32 to compare exactly
-    monkeypatch.setattr("tunesmith.modules.attention._length_bucket", lambda q: bucket)
+    monkeypatch.setattr("tunesmith.modules.attention_kernels._length_bucket", lambda q: bucket)
     torch.manual_seed(0)
     model = build_decoder(SPEC).to(device)
     loss_fn = loss_cls(num_output_chunks=3)

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from tunesmith.modules.attention import MultiHeadAttention
-from tunesmith.modules.masks import packed_causal_mask, sliding_window_band
+from tunesmith.modules.attention_kernels import Documents
+from tunesmith.modules.masks import sliding_window_band
 from tunesmith.modules.rope import RotaryEmbedding
 from tunesmith.modules.tied_linear import TiedLinear
 
@@ -46,7 +47,7 @@ class TransformerSelfAttentionLayer(nn.Module):
         cos: Tensor,
         sin: Tensor,
         mask: Tensor | None = None,
-        seq_lens: Sequence[int] | None = None,
+        seq_lens: Sequence[int] | Documents | None = None,
     ) -> Tensor:
         if seq_lens is None:
             attn_out = self.attn(self.sa_norm(x), cos, sin, mask)
@@ -115,6 +116,15 @@ class TransformerDecoder(nn.Module):
     def tie_word_embeddings(self) -> bool:
         """True when ``output`` reuses the embedding matrix."""
         return isinstance(self.output, TiedLinear)
+
+    def _embed_scale_for(self, dtype: torch.dtype) -> float:
+        """``embed_scale`` rounded to ``dtype`` (Gemma's normalizer), as a Python float: the
+        multiply equals one by a ``dtype`` tensor, with no host-to-device copy per forward."""
+        assert self.embed_scale is not None
+        cache = self.__dict__.setdefault("_embed_scales", {})
+        if dtype not in cache:
+            cache[dtype] = float(torch.tensor(self.embed_scale, dtype=dtype))
+        return cache[dtype]
 
     # ------------------------------------------------------------------ output
     def set_num_output_chunks(self, num_output_chunks: int) -> None:
@@ -211,32 +221,27 @@ class TransformerDecoder(nn.Module):
         b: int,
         s: int,
         mask: Tensor | None,
-        seq_lens: Sequence[int],
+        seq_lens: Sequence[int] | Documents,
         input_pos: Tensor | None,
         device: torch.device,
-    ) -> tuple[Tensor | None, list[int] | None, Tensor]:
-        """Check ``seq_lens``; return (mask, seq_lens, input_pos) for the forward pass.
+    ) -> tuple[Documents, Tensor]:
+        """Check ``seq_lens``; return (documents for every layer, input_pos).
 
-        Layers that cannot attend per document (soft-capped attention, a sliding window
-        shorter than a document) get the equivalent block-causal mask instead.
+        Each layer picks its kernel for the documents itself (soft-cap, its sliding window:
+        ``attention_kernels.document_strategy``); masks they need are built once and shared.
         """
-        lens = [int(n) for n in seq_lens]
-        if b != 1 or sum(lens) != s or min(lens, default=0) < 1:
+        docs = seq_lens if isinstance(seq_lens, Documents) else Documents(seq_lens, device)
+        lens = docs.seq_lens
+        if b != 1 or docs.total != s or min(lens, default=0) < 1:
             raise ValueError(
-                f"seq_lens {lens[:8]}... must be positive and sum to the sequence length {s} "
-                f"of a batch of one row (got batch size {b})"
+                f"seq_lens {list(lens[:8])}... must be positive and sum to the sequence length "
+                f"{s} of a batch of one row (got batch size {b})"
             )
         if mask is not None or self._cache_len is not None:
             raise ValueError("seq_lens cannot be combined with a mask or with KV caches")
         if input_pos is None:
             input_pos = torch.cat([torch.arange(n, device=device) for n in lens])[None]
-        window = self._sliding_window
-        softcapped = any(layer.attn.softcap is not None for layer in self.layers)
-        if softcapped or (window is not None and window < max(lens)):
-            counts = torch.tensor(lens, device=device)
-            doc_ids = torch.repeat_interleave(torch.arange(len(lens), device=device), counts)
-            return packed_causal_mask(doc_ids[None]), None, input_pos
-        return None, lens, input_pos
+        return docs, input_pos
 
     def forward(
         self,
@@ -245,7 +250,7 @@ class TransformerDecoder(nn.Module):
         mask: Tensor | None = None,
         input_pos: Tensor | None = None,
         input_embeds: Tensor | None = None,
-        seq_lens: Sequence[int] | None = None,
+        seq_lens: Sequence[int] | Documents | None = None,
     ) -> Tensor | list[Tensor]:
         """Run the decoder.
 
@@ -258,9 +263,10 @@ class TransformerDecoder(nn.Module):
                 ``arange``, offset by the cache position when decoding).
             input_embeds: ``[b, s, d]`` embeddings used instead of ``tok_embeddings(tokens)``.
             seq_lens: lengths of the documents concatenated in a ``[1, s]`` batch (training on
-                unpadded data): attention is causal within each document, computed per
-                document; ``input_pos`` defaults to positions restarting at each document.
-                Not with ``mask`` or KV caches.
+                unpadded data; a list of ints or a ``Documents``): attention is causal within
+                each document (per-document SDPA on CPU, one varlen / flex call on CUDA, see
+                ``attention_kernels``); ``input_pos`` defaults to positions restarting at each
+                document. Not with ``mask`` or KV caches.
 
         Returns:
             ``[b, s, vocab]`` logits; ``[b, s, d]`` hidden states after the final norm when
@@ -269,10 +275,10 @@ class TransformerDecoder(nn.Module):
         """
         h = self.tok_embeddings(tokens) if input_embeds is None else input_embeds
         if self.embed_scale is not None:
-            h = h * torch.tensor(self.embed_scale, dtype=h.dtype, device=h.device)
+            h = h * self._embed_scale_for(h.dtype)
         b, s = h.shape[:2]
         if seq_lens is not None:
-            mask, seq_lens, input_pos = self._documents(b, s, mask, seq_lens, input_pos, h.device)
+            seq_lens, input_pos = self._documents(b, s, mask, seq_lens, input_pos, h.device)
         full_mask, sliding_mask, default_pos = self._masks(b, s, mask, h.device)
         cos, sin = self.rope(default_pos if input_pos is None else input_pos, h.dtype)
         for layer in self.layers:
