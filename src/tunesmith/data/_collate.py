@@ -113,15 +113,19 @@ def _document_ids_from_seq_lens(seq_lens: torch.Tensor, length: int) -> torch.Te
     return torch.repeat_interleave(torch.arange(len(seq_lens)), seq_lens)
 
 
-def padded_collate_packed(batch: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+def padded_collate_packed(
+    batch: Sequence[Mapping[str, Any]], mask: bool = True
+) -> dict[str, torch.Tensor]:
     """Stack packed samples (all ``max_seq_len`` long) and build their attention mask.
 
     Each sample holds ``tokens``, ``labels``, ``input_pos`` (``[s]``) and ``document_ids``
     ``[s]`` or ``seq_lens`` (document lengths summing to ``s``, as torchtune's packs have).
 
     Returns:
-        ``tokens``, ``labels``, ``input_pos``: ``[b, s]`` int64, and ``mask``: ``[b, s, s]``
-        bool block-causal (True = attend), so no token attends across documents.
+        ``tokens``, ``labels``, ``input_pos``: ``[b, s]`` int64, and (``mask=True``) ``mask``:
+        ``[b, s, s]`` bool block-causal (True = attend), so no token attends across
+        documents. ``mask=False`` skips building it (``b * s * s`` bytes, copied to the device
+        each step) for consumers that find the documents from ``input_pos`` restarts.
     """
     if not batch:
         raise ValueError("padded_collate_packed got an empty batch")
@@ -139,12 +143,10 @@ def padded_collate_packed(batch: Sequence[Mapping[str, Any]]) -> dict[str, torch
             "PackedDataset (dataset.packed=True) with this collate, or padded_collate_sft "
             "for unpacked data"
         )
-    return {
-        "tokens": tokens,
-        "labels": labels,
-        "input_pos": input_pos,
-        "mask": packed_causal_mask(document_ids),
-    }
+    out = {"tokens": tokens, "labels": labels, "input_pos": input_pos}
+    if mask:
+        out["mask"] = packed_causal_mask(document_ids)
+    return out
 
 
 def padded_collate_dpo(

@@ -13,6 +13,11 @@ ignore_index=ignore_index)`` on the full logits (values and gradients), but:
 * ``CEWithChunkedOutputLoss`` takes the logits the model already produced in chunks
   (``model.set_num_output_chunks(n)``) and upcasts only the kept rows of each chunk to fp32.
 
+Host syncs: dropping ignored rows has a data-dependent size, so each forward reads it from the
+device exactly once (``LinearCrossEntropyLoss``: one ``nonzero``; ``CEWithChunkedOutputLoss``:
+the kept count of every chunk in one ``tolist``); nothing else in either loss waits for the
+device.
+
 Reduction and gradient accumulation: ``reduction="mean"`` (default) divides the summed token
 losses by the number of non-ignored targets (0 when there are none, never NaN).
 ``reduction="sum"`` returns the plain sum, so a recipe can accumulate micro-batches and
@@ -263,6 +268,8 @@ class LinearCrossEntropyLoss(nn.Module):
                 "expected hidden [b, s, d] and targets [b, s]"
             )
         flat_targets = targets.reshape(-1)
+        # the loss's one host sync: how many rows are kept (boolean selection has a
+        # data-dependent size); everything after it is sized on the host
         keep = (flat_targets != self.ignore_index).nonzero().squeeze(1)
         kept_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, keep)
         kept_targets = flat_targets.index_select(0, keep)
@@ -349,10 +356,23 @@ class CEWithChunkedOutputLoss(nn.Module):
                 f"logit chunks cover {sum(lengths)} positions but targets have {targets.shape[1]}"
             )
         total = torch.zeros((), dtype=torch.float32, device=targets.device)
-        for chunk, target in zip(chunks, targets.split(lengths, dim=1)):
-            total = total + self.compute_cross_entropy(
-                chunk.reshape(-1, chunk.shape[-1]), target.reshape(-1)
-            )
+        chunk_targets = [t.reshape(-1) for t in targets.split(lengths, dim=1)]
+        if "compute_cross_entropy" in self.__dict__:  # compiled / replaced: torchtune's hook
+            for chunk, target in zip(chunks, chunk_targets):
+                total = total + self.compute_cross_entropy(
+                    chunk.reshape(-1, chunk.shape[-1]), target
+                )
+        else:
+            # the kept-row counts of every chunk in one host read (the loss's only sync);
+            # each chunk then gathers its rows with a known size (no sync per chunk)
+            keeps = [t != self.ignore_index for t in chunk_targets]
+            counts = torch.stack([k.sum() for k in keeps]).tolist()
+            for chunk, target, keep, n in zip(chunks, chunk_targets, keeps, counts):
+                rows = torch.nonzero_static(keep, size=n).squeeze(1)
+                kept = chunk.reshape(-1, chunk.shape[-1]).index_select(0, rows).float()
+                total = total + F.cross_entropy(
+                    kept, target.index_select(0, rows), reduction="sum"
+                )
         if self.reduction == "sum":
             return total
         count = self.num_tokens(targets)

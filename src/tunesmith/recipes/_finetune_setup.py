@@ -197,15 +197,20 @@ def build_dataloader(
     drop_last: bool = True,
     num_workers: int = 0,
     pin_memory: bool = False,
+    packed_mask: bool = True,
 ) -> tuple[DataLoader, Any]:
-    """Dataset (one, or a list concatenated) -> resumable distributed sampler -> collate."""
+    """Dataset (one, or a list concatenated) -> resumable distributed sampler -> collate.
+
+    ``packed_mask=False``: packed batches come without the dense ``[b, s, s]`` block-causal
+    mask (for a consumer that finds the documents from ``input_pos``, as unpadding does).
+    """
 
     from tunesmith.data import padded_collate_packed, padded_collate_sft
 
     nodes = list(dataset_cfg) if isinstance(dataset_cfg, ListConfig) else [dataset_cfg]
     datasets: list[Dataset] = [instantiate(node, tokenizer) for node in nodes]
     collate = (
-        padded_collate_packed
+        partial(padded_collate_packed, mask=packed_mask)
         if is_packed(dataset_cfg)
         else partial(padded_collate_sft, padding_idx=tokenizer.pad_id, ignore_idx=ignore_index)
     )

@@ -36,6 +36,7 @@ from tunesmith.recipes._finetune_setup import (
     validation_loss,
 )
 from tunesmith.recipes._run_summary import describe_run
+from tunesmith.recipes._unpad import unpad_to_device
 from tunesmith.training.checkpointing._recipe_state import build_recipe_state, restore_recipe_state
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
@@ -93,6 +94,9 @@ def recipe_main(cfg: DictConfig) -> None:
     activations_ctx = _activation_offloading(cfg, model)
 
     # ---- data --------------------------------------------------------------------------
+    # drop padding from the micro-batches where the decoder takes document lengths; packs
+    # then need no dense [b, s, s] mask from the collate (the documents come from input_pos)
+    unpad = "seq_lens" in inspect.signature(model.forward).parameters
     tokenizer = instantiate(cfg.tokenizer)
     data_kwargs = {
         "world_size": world_size,
@@ -107,6 +111,7 @@ def recipe_main(cfg: DictConfig) -> None:
         batch_size=int(cfg.batch_size),
         shuffle=bool(cfg.get("shuffle", True)),
         num_workers=int(cfg.get("num_workers") or 0),
+        packed_mask=not unpad,
         **data_kwargs,
     )
     val_every = int(cfg.get("run_val_every_n_steps") or 0)
@@ -184,8 +189,6 @@ def recipe_main(cfg: DictConfig) -> None:
     )  # fmt: skip
     save_every = int(cfg.get("save_every_n_steps") or 0)
     log_every = int(cfg.get("log_every_n_steps") or 1)
-    # drop padding from the micro-batches where the decoder takes document lengths
-    unpad = "seq_lens" in inspect.signature(model.forward).parameters
     # bf16/fp16 matmuls on CPU keep per-shape state (oneDNN): round the unpadded length up so
     # a run meets a handful of shapes instead of a new one every step (fp32 does not need it)
     bucket = 64 if unpad and device.type == "cpu" and dtype != torch.float32 else 1
@@ -426,35 +429,12 @@ def _to_device(
     ``bucket > 1``, ``T`` is rounded up to a multiple of it by one more document whose targets
     are all ignored (it sees only itself, so no trained token changes).
     """
-    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if not unpad:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        return batch, shift_labels(batch.pop("labels"), ignore_index)
+    # unpad where the collated batch lives (the host), so its reads cost no device sync
     targets = shift_labels(batch.pop("labels"), ignore_index)
-    if unpad:
-        return _unpad(batch, targets, ignore_index, bucket)
-    return batch, targets
-
-
-def _unpad(
-    batch: dict[str, torch.Tensor], targets: torch.Tensor, ignore_index: int, bucket: int = 1
-) -> tuple[dict[str, Any], torch.Tensor]:
-    valid = targets != ignore_index  # [b, s]
-    if not bool(valid.any()):
-        return batch, targets
-    b, s = targets.shape
-    pos = torch.arange(s, device=targets.device).expand(b, s)
-    keep = pos <= torch.where(valid, pos, -1).amax(dim=1, keepdim=True)  # up to the last target
-    input_pos = batch.get("input_pos", pos)
-    starts = keep & ((input_pos == 0) | (pos == 0))  # a document starts at position 0 / each row
-    flat_starts = torch.nonzero(starts[keep]).flatten().tolist()
-    seq_lens = [e - b_ for b_, e in zip(flat_starts, flat_starts[1:] + [int(keep.sum())])]
-    tokens, input_pos, targets = batch["tokens"][keep], input_pos[keep], targets[keep]
-    extra = -tokens.shape[0] % bucket
-    if extra:
-        tokens = torch.cat([tokens, tokens.new_zeros(extra)])
-        input_pos = torch.cat([input_pos, torch.arange(extra, device=input_pos.device)])
-        targets = torch.cat([targets, targets.new_full((extra,), ignore_index)])
-        seq_lens.append(extra)
-    inputs = {"tokens": tokens[None], "input_pos": input_pos[None], "seq_lens": seq_lens}
-    return inputs, targets[None]
+    return unpad_to_device(batch, targets, device, ignore_index, bucket)
 
 
 def _fused_adam(node: DictConfig, device: torch.device, world_size: int) -> dict[str, bool]:
