@@ -10,6 +10,8 @@ recomputed from the cached stream on every run: it takes milliseconds.
 Environment:
     ``TUNESMITH_DATA_CACHE=0`` disables the cache.
     ``TUNESMITH_DATA_CACHE_DIR`` moves it (default ``~/.cache/tunesmith/tokenized``).
+    ``LOCAL_RANK`` (torchrun): on a distributed run, local rank 0 of each node tokenizes and
+    writes the cache while the other ranks wait, then they read it (:func:`fills_cache`).
     ``TUNESMITH_DATA_CACHE_MAX_GB`` caps its size (default 20): after a write, the least
     recently used entries beyond the cap are deleted.
 """
@@ -46,6 +48,18 @@ def cache_enabled() -> bool:
         "no",
         "off",
     )
+
+
+def fills_cache(rank: int) -> bool:
+    """True for the process that tokenizes and writes the cache on its node: local rank 0
+    (``LOCAL_RANK``, as torchrun sets it), or global ``rank`` 0 when ``LOCAL_RANK`` is unset.
+
+    On a multi-node run each node's first process fills its own (usually node-local) cache
+    folder while the node's other processes wait, instead of global rank 0 filling only its
+    own node's; on a shared folder the nodes write the same entry atomically.
+    """
+    local = os.environ.get("LOCAL_RANK")
+    return int(local) == 0 if local not in (None, "") else rank == 0
 
 
 def default_cache_dir() -> Path:

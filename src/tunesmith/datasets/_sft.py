@@ -32,6 +32,7 @@ from tunesmith.datasets._cache import (
     cache_enabled,
     cache_key,
     code_identity,
+    fills_cache,
     load_cached,
     store_cached,
     tokenizer_identity,
@@ -216,15 +217,16 @@ class TokenizedRowDataset(Dataset):
             return self._tokenized
         folder = Path(cache_dir).expanduser() if cache_dir is not None else None
         key = self.cache_key() if use_cache and cache_enabled() else None
-        # Distributed: rank 0 tokenizes and writes the cache while the other ranks wait,
-        # then they read it instead of all tokenizing the same rows.
-        rank_zero_first = key is not None and _world_size() > 1
-        if rank_zero_first and dist.get_rank() != 0:
+        # Distributed: local rank 0 of each node tokenizes and writes the cache while the
+        # other ranks wait, then they read it instead of all tokenizing the same rows.
+        first = key is not None and _world_size() > 1
+        filler = first and fills_cache(dist.get_rank())
+        if first and not filler:
             dist.barrier()
         try:
             self._tokenized = self._load_or_tokenize(key, folder, num_workers)
         finally:
-            if rank_zero_first and dist.get_rank() == 0:
+            if filler:
                 dist.barrier()
         return self._tokenized
 
