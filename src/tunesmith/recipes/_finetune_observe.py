@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from tunesmith.config import instantiate
 from tunesmith.recipes._run_summary import summary_lines
-from tunesmith.training.memory import get_memory_stats
+from tunesmith.training.memory import get_memory_stats, log_memory_stats
 from tunesmith.training.profiler import DummyProfiler
 from tunesmith.training.progress import TrainingProgress
 from tunesmith.utils import atomic_write_json, attach_run_log, get_logger, stop_run_log
@@ -56,6 +56,8 @@ class Observer:
         self.world_size = world_size
         self.device = device
         self.memory = bool(cfg.get("log_peak_memory_stats", False))
+        if self.memory and rank == 0:  # setup's peak, then a new interval (torchtune's order)
+            log_memory_stats(get_memory_stats(device, reset_stats=True))
         self.logger = None
         if rank == 0 and cfg.get("metric_logger") is not None:
             self.logger = instantiate(cfg.metric_logger)
@@ -192,7 +194,7 @@ class Observer:
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
         if self.memory:
-            metrics.update(get_memory_stats(self.device, reset_stats=False))
+            metrics.update(get_memory_stats(self.device, reset_stats=True))  # this interval
         if self.logger is not None:
             self.logger.log_dict(metrics, step=step)
 

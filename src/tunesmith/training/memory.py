@@ -1,4 +1,12 @@
-"""Memory statistics: accelerator peaks (CUDA/XPU/MPS) or, on CPU, the process's peak RSS."""
+"""Memory statistics: accelerator peaks (CUDA/XPU/MPS) or, on CPU, the process's peak RSS.
+
+Definition (the same as torchtune's ``get_memory_stats``): a peak is the highest value since
+the last reset. The finetune recipe resets after model/optimizer setup and after each read at
+a log step, so every logged ``peak_memory_*`` is the peak of that log interval, comparable
+with torchtune's per-interval figures. On CPU the peak is the resident set's high-water mark
+(``VmHWM``), which Linux lets a process reset (``/proc/self/clear_refs``); where it cannot be
+reset (other systems, restricted containers) ``peak_memory_rss`` stays a lifetime peak.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +16,34 @@ import sys
 
 import torch
 
-__all__ = ["cleanup_before_training", "get_memory_stats", "log_memory_stats"]
+__all__ = [
+    "cleanup_before_training",
+    "get_memory_stats",
+    "log_memory_stats",
+    "reset_peak_memory_stats",
+]
 
 log = logging.getLogger(__name__)
 
 _GIB = 1024**3
 
 
+def _hwm_bytes() -> int | None:
+    """Linux: ``VmHWM`` (peak RSS since the last ``clear_refs`` reset), else None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def _peak_rss_bytes() -> int:
+    hwm = _hwm_bytes()
+    if hwm is not None:
+        return hwm
     try:
         import resource
 
@@ -29,14 +57,40 @@ def _peak_rss_bytes() -> int:
         return int(getattr(info, "peak_wset", info.rss))
 
 
+def _reset_peak_rss() -> bool:
+    try:  # "5" resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _hwm_bytes() is not None
+    except OSError:
+        return False
+
+
+def reset_peak_memory_stats(device: torch.device | str) -> bool:
+    """Start a new peak interval on ``device``; False where its peak cannot be reset (MPS;
+    CPU outside Linux), so the next peak is the lifetime one.
+
+    Accelerators: ``torch.<type>.reset_peak_memory_stats`` (CUDA, XPU, and any backend that
+    follows their API). CPU: the process's RSS high-water mark.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return _reset_peak_rss()
+    backend = getattr(torch, device.type, None)
+    reset = getattr(backend, "reset_peak_memory_stats", None)
+    if reset is None:
+        return False
+    reset(device)
+    return True
+
+
 def get_memory_stats(device: torch.device | str, reset_stats: bool = True) -> dict[str, float]:
-    """Peak memory in GiB since the last reset.
+    """Peak memory in GiB since the last reset; with ``reset_stats`` a new interval starts.
 
     CUDA: ``peak_memory_active``, ``peak_memory_alloc``, ``peak_memory_reserved`` (torchtune's
-    keys); the peaks are reset afterwards when ``reset_stats``. XPU: the same keys. MPS:
-    ``peak_memory_alloc`` (currently allocated by the driver). CPU: ``peak_memory_rss``, the
-    process's peak resident set size (a lifetime peak; it cannot be reset) and
-    ``memory_rss``, the current one.
+    keys). XPU: the same keys. MPS: ``peak_memory_alloc`` (currently allocated by the
+    driver; no peak). CPU: ``peak_memory_rss``, the peak resident set size since the last
+    reset (Linux; elsewhere the lifetime peak), and ``memory_rss``, the current one.
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -65,7 +119,10 @@ def get_memory_stats(device: torch.device | str, reset_stats: bool = True) -> di
 
     rss = psutil.Process().memory_info().rss
     # The kernel's high-water mark can lag the current RSS by a page or two.
-    return {"peak_memory_rss": max(_peak_rss_bytes(), rss) / _GIB, "memory_rss": rss / _GIB}
+    out = {"peak_memory_rss": max(_peak_rss_bytes(), rss) / _GIB, "memory_rss": rss / _GIB}
+    if reset_stats:
+        _reset_peak_rss()
+    return out
 
 
 def log_memory_stats(
@@ -84,3 +141,4 @@ def cleanup_before_training() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    _reset_peak_rss()
