@@ -87,20 +87,20 @@ def test_document_strategy(device, dtype, softcap, window, varlen_ok, flex_ok, e
     )  # flash's head_dim limit
 
 
-def _qkv(h=4, kv=2, t=sum(LENS), hd=8, b=1, seed=0, grad=True):
+def _qkv(h=4, kv=2, t=sum(LENS), hd=8, b=1, seed=0, grad=True, device="cpu", dtype=FP32):
     gen = torch.Generator().manual_seed(seed)
     shapes = [(b, h, t, hd), (b, kv, t, hd), (b, kv, t, hd)]
-    return [torch.randn(*s, generator=gen).requires_grad_(grad) for s in shapes]
+    return [torch.randn(*s, generator=gen).to(device, dtype).requires_grad_(grad) for s in shapes]
 
 
-def _reference_mask(lens, window=None):
+def _reference_mask(lens, window=None, device="cpu"):
     t = sum(lens)
     doc = [d for d, n in enumerate(lens) for _ in range(n)]
     mask = torch.zeros(t, t, dtype=torch.bool)
     for i in range(t):
         for j in range(t):
             mask[i, j] = doc[i] == doc[j] and 0 <= i - j < (window or t + 1)
-    return mask
+    return mask.to(device)
 
 
 def _reference(q, k, v, mask, scale, softcap=None):
@@ -119,12 +119,13 @@ def _grads(out, tensors):
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_dense_strategies_agree(masked):
-    q, k, v = _qkv(b=2, t=12)
+def test_dense_strategies_agree(masked, device):
+    q, k, v = _qkv(b=2, t=12, device=device)
     mask = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(1)) > 0.3
-    mask = mask | torch.eye(12, dtype=torch.bool)
+    mask = (mask | torch.eye(12, dtype=torch.bool)).to(device)
     m = mask if masked else None
-    ref = _reference(q, k, v, m if masked else torch.ones(12, 12, dtype=torch.bool).tril(), 0.3)
+    causal = torch.ones(12, 12, dtype=torch.bool, device=device).tril()
+    ref = _reference(q, k, v, m if masked else causal, 0.3)
     ref_g = _grads(ref, (q, k, v))
     for strategy in ("sdpa_gqa", "sdpa_expand"):
         out = dense_attention(q, k, v, m, scale=0.3, strategy=strategy)
@@ -143,10 +144,10 @@ def test_dense_strategies_agree(masked):
         (("mask",), 5.0, 6, 2),
     ],
 )
-def test_document_kernels_equal_block_causal_reference(strategies, softcap, window, kv):
-    q, k, v = _qkv(kv=kv)
-    docs = Documents(LENS, "cpu")
-    ref = _reference(q, k, v, _reference_mask(LENS, window), 0.35, softcap)
+def test_document_kernels_equal_block_causal_reference(strategies, softcap, window, kv, device):
+    q, k, v = _qkv(kv=kv, device=device)
+    docs = Documents(LENS, device)
+    ref = _reference(q, k, v, _reference_mask(LENS, window, device), 0.35, softcap)
     ref_g = _grads(ref, (q, k, v))
     for strategy in strategies:
         out = document_attention(
@@ -156,11 +157,34 @@ def test_document_kernels_equal_block_causal_reference(strategies, softcap, wind
         for g, r in zip(_grads(out, (q, k, v)), ref_g):
             torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5, msg=strategy)
     # flex (CUDA's kernel for soft-cap / fp32) runs forward-only on CPU, eagerly
-    q, k, v = (t.detach() for t in (q, k, v))
+    if device.type == "cpu":
+        q, k, v = (t.detach() for t in (q, k, v))
     flex = document_attention(
         q, k, v, docs, scale=0.35, softcap=softcap, window=window, strategy="flex"
     )
-    torch.testing.assert_close(flex, ref.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flex, ref, atol=1e-5, rtol=1e-5)
+    if q.requires_grad:
+        for g, r in zip(_grads(flex, (q, k, v)), ref_g):
+            torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4, msg="flex")
+
+
+@pytest.mark.parametrize("window", [None, 6])
+def test_cuda_default_document_kernel_equals_loop(device, window):
+    """On a GPU (``TUNESMITH_TEST_DEVICE=cuda``): the default kernel (varlen, bf16) and the
+    flex kernel equal the block-causal reference, values and gradients."""
+    if device.type != "cuda":
+        pytest.skip("needs TUNESMITH_TEST_DEVICE=cuda")
+    lens = [130, 7, 300, 64]
+    q, k, v = _qkv(h=8, kv=2, t=sum(lens), hd=64, device=device, dtype=BF16)
+    docs = Documents(lens, device)
+    qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = _reference(qf, kf, vf, _reference_mask(lens, window, device), 0.125)
+    ref_g = _grads(ref, (qf, kf, vf))
+    for strategy in (None, "flex"):
+        out = document_attention(q, k, v, docs, scale=0.125, window=window, strategy=strategy)
+        torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+        for g, r in zip(_grads(out, (q, k, v)), ref_g):
+            torch.testing.assert_close(g.float(), r, atol=5e-2, rtol=5e-2)
 
 
 def _fake_varlen_attn(calls):
