@@ -370,9 +370,7 @@ class CEWithChunkedOutputLoss(nn.Module):
             for chunk, target, keep, n in zip(chunks, chunk_targets, keeps, counts):
                 rows = torch.nonzero_static(keep, size=n).squeeze(1)
                 kept = chunk.reshape(-1, chunk.shape[-1]).index_select(0, rows).float()
-                total = total + F.cross_entropy(
-                    kept, target.index_select(0, rows), reduction="sum"
-                )
+                total = total + F.cross_entropy(kept, target.index_select(0, rows), reduction="sum")
         if self.reduction == "sum":
             return total
         count = self.num_tokens(targets)
