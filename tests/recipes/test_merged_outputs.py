@@ -23,11 +23,21 @@ def _lora(**extra: object) -> dict[str, object]:
     return {**RUN, **{f"model.{k}": v for k, v in LORA.items()}, **extra}
 
 
-@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
-def test_bf16_lora_on_fp32_base_merges_exactly(run_finetune, tiny_llama: Path, dora: bool) -> None:
-    """bf16 LoRA/DoRA on an fp32 base: the merged folder == PEFT merge_and_unload of the fp32
-    base + the saved adapter; untouched tensors are bit-identical to the base file."""
-    out = run_finetune("dora" if dora else "lora", **_lora(**{"model.use_dora": dora}))
+@pytest.mark.parametrize(
+    "name, extra",
+    [
+        ("lora", {}),
+        pytest.param("dora", {"model.use_dora": True}, marks=pytest.mark.slow),
+        # NF4 base in training, the exact base merged
+        pytest.param("qlora", {"model.quantize_base": True}, marks=pytest.mark.slow),
+    ],
+)
+def test_bf16_lora_on_fp32_base_merges_exactly(
+    run_finetune, tiny_llama: Path, name: str, extra: dict
+) -> None:
+    """bf16 LoRA/DoRA/QLoRA on an fp32 base: the merged folder == PEFT merge_and_unload of the
+    fp32 base + the saved adapter; untouched tensors are bit-identical to the base file."""
+    out = run_finetune(name, **_lora(**extra))
     folder = out / "epoch_1"
     base_file = load_file(tiny_llama / "model.safetensors")
     merged_file = load_file(folder / "model.safetensors")
@@ -55,6 +65,7 @@ def test_bf16_lora_on_fp32_base_merges_exactly(run_finetune, tiny_llama: Path, d
         assert torch.allclose(tensor, ref_sd[key], atol=1e-6, rtol=1e-5), key
 
 
+@pytest.mark.slow
 def test_bf16_full_finetune_on_fp32_base_stores_fp32(run_finetune, tiny_llama: Path) -> None:
     """Full finetune in bf16 on an fp32 base: every trained weight is stored in the base dtype
     (fp32), holding the bf16 values training produced (exactly representable in fp32)."""

@@ -121,3 +121,19 @@ def test_gguf_base_is_the_hf_folder_written_beside_the_checkpoints(tmp_path: Pat
     stamp = (base / "model.safetensors").stat().st_mtime_ns
     ckpt.save_checkpoint({"model": model.state_dict(), "adapter_config": ADAPTER}, epoch=2)
     assert (base / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_meta_weights_in_original_subfolder_name_the_download(tmp_path: Path) -> None:
+    """Meta weights in a Hugging Face download's original/ folder: the base is the download's
+    repo id (its manifest sits in the parent), else the parent folder with config.json."""
+    from tunesmith.training.checkpointing._base_ref import base_model_reference
+
+    (tmp_path / "dl" / "original").mkdir(parents=True)
+    (tmp_path / "dl" / "config.json").write_text("{}")
+    assert base_model_reference(tmp_path / "dl" / "original") == (str(tmp_path / "dl"), None)
+    manifest = {"repo_id": "meta-llama/Llama-3.2-1B", "revision": "c0ffee", "files": {}}
+    (tmp_path / "dl" / ".tunesmith-manifest.json").write_text(json.dumps(manifest))
+    assert base_model_reference(tmp_path / "dl" / "original") == (
+        "meta-llama/Llama-3.2-1B",
+        "c0ffee",
+    )

@@ -9,7 +9,8 @@ single file such as a ``.gguf``. In order of preference:
    download`` wrote into the base folder (the files are verified copies of that revision);
 2. ``_name_or_path`` of the base's ``config.json`` when it is a repo id (``owner/name``, not
    a local path);
-3. the base folder's absolute path.
+3. the base folder's absolute path (its parent's, for the ``original/`` sub-folder of
+   Meta weights beside a Hugging Face ``config.json``).
 """
 
 from __future__ import annotations
@@ -41,8 +42,12 @@ def base_model_reference(
 ) -> tuple[str, str | None]:
     """``(base_model_name_or_path, revision or None)`` for a base model in ``folder``."""
     folder = Path(folder).expanduser().resolve()
-    manifest = folder / MANIFEST_NAME
-    if manifest.is_file():
+    # Meta weights of a Hugging Face download sit in its original/ sub-folder: the parent
+    # holds the manifest and config.json
+    for place in (folder, folder.parent):
+        manifest = place / MANIFEST_NAME
+        if not manifest.is_file():
+            continue
         try:
             data = json.loads(manifest.read_text())
         except (OSError, ValueError):
@@ -54,4 +59,6 @@ def base_model_reference(
     name = (hf_config or {}).get("_name_or_path")
     if looks_like_repo_id(name):
         return str(name), None
+    if not (folder / "config.json").is_file() and (folder.parent / "config.json").is_file():
+        return str(folder.parent), None
     return str(folder), None

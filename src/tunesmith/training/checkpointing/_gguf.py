@@ -11,6 +11,7 @@ GGUF written once as such a folder (a ``.gguf`` file is not a base PEFT can load
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +34,8 @@ from tunesmith.training.checkpointing._hf import HuggingFaceKeys
 from tunesmith.training.checkpointing._integrity import verify_input_files
 
 __all__ = ["GGUFCheckpointer"]
+
+logger = logging.getLogger(__name__)
 
 # The dequantized base as a Hugging Face folder: what saved PEFT adapters name as their base.
 BASE_MODEL_FOLDER = "base_model"
@@ -172,4 +175,10 @@ class GGUFCheckpointer(HuggingFaceKeys, CheckpointerBase):
             ) as staging:
                 self._write_model(self._read_base_weights(), staging)
                 self._copy_support_files(staging)
+            logger.info(
+                "wrote the dequantized base %s as a Hugging Face folder %s (the base saved "
+                "adapters name)",
+                self._gguf_path.name,
+                folder,
+            )
         return str(folder.resolve()), None
