@@ -68,7 +68,16 @@ def test_lora_packed_saves_peft_adapter(run_finetune, tiny_llama: Path) -> None:
     ],
 )  # fmt: skip
 def test_mode_learns(run_finetune, name: str, overrides: dict) -> None:
-    assert_learns(run_finetune(name, **overrides))
+    out = run_finetune(name, **overrides)
+    assert_learns(out)
+    summary = json.loads((out / "logs" / "run_summary.json").read_text())  # said before step 1
+    kind = {"dora": "DoRA", "qlora": "QLoRA"}.get(name)
+    if kind is not None:
+        assert summary["model"]["adapter"]["type"] == kind
+    if name == "qlora":  # the frozen base is NF4, the adapters train in the run's dtype
+        assert summary["precision"]["parameters"] == "frozen nf4 + fp32, trainable fp32"
+    if name == "full_bf16":
+        assert summary["precision"] == {"parameters": "bf16", "compute": "bf16"}
 
 
 def test_gradient_accumulation_is_exact(run_finetune, tiny_llama: Path) -> None:

@@ -211,12 +211,17 @@ def _token_counts(dataset: Any) -> tuple[int, int] | None:
 
 
 def _precision_section(cfg: DictConfig, model: nn.Module, dtype: torch.dtype) -> dict[str, Any]:
-    trainable = Counter(_dtype_name(p) for p in model.parameters() if p.requires_grad)
-    frozen = Counter(_dtype_name(p) for p in model.parameters() if not p.requires_grad)
-    if set(trainable) == set(frozen) or not frozen or not trainable:
-        params = ", ".join(sorted(set(trainable) | set(frozen)))
-    else:
-        params = f"{', '.join(sorted(frozen))} frozen, {', '.join(sorted(trainable))} trainable"
+    trainable: Counter[str] = Counter()
+    frozen: Counter[str] = Counter()
+    for p in model.parameters():
+        (trainable if p.requires_grad else frozen)[_dtype_name(p)] += int(p.numel())
+    if not frozen or not trainable or set(trainable) == set(frozen):
+        params = " + ".join(name for name, _ in (trainable + frozen).most_common())
+    else:  # most elements first: "frozen nf4 + fp32, trainable bf16"
+        params = (
+            f"frozen {' + '.join(n for n, _ in frozen.most_common())}, "
+            f"trainable {' + '.join(n for n, _ in trainable.most_common())}"
+        )
     section: dict[str, Any] = {"parameters": params, "compute": _short(dtype)}
     if dtype == torch.float16:
         section["loss_scaling"] = "none (fp16 without a loss scaler; bf16 is safer)"
@@ -238,12 +243,17 @@ def _numel(params: Any) -> int:
     return sum(int(p.numel()) for p in params)  # DTensor (FSDP2): numel of the full tensor
 
 
+def _is_nf4(p: torch.Tensor) -> bool:
+    local = getattr(p.data, "_local_tensor", p.data)  # an FSDP2 shard holds the NF4 tensor
+    return type(local).__name__ == "NF4Tensor"
+
+
 def _has_nf4(model: nn.Module) -> bool:
-    return any(type(p.data).__name__ == "NF4Tensor" for p in model.parameters())
+    return any(_is_nf4(p) for p in model.parameters())
 
 
 def _dtype_name(p: torch.Tensor) -> str:
-    return "nf4" if type(p.data).__name__ == "NF4Tensor" else _short(p.dtype)
+    return "nf4" if _is_nf4(p) else _short(p.dtype)
 
 
 def _short(dtype: torch.dtype) -> str:
