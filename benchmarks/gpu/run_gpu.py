@@ -247,7 +247,7 @@ def main() -> None:
     info = json.loads((args.model_dir / "bench_model_info.json").read_text())
     results["model"] = (
         f"random-init {'tiny' if args.tiny else 'Llama-3.2-1B'}-shaped Llama "
-        f"({info['params'] / 1e9:.2f}B parameters, bf16, tied embeddings), byte tokenizer"
+        f"({info['params'] / 1e6:,.0f}M parameters, bf16, tied embeddings), byte tokenizer"
     )
     results["workload_note"] = (
         f"bf16, seq {args.seq_len}, batch {args.batch_size}, {args.steps} steps "
