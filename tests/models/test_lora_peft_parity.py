@@ -31,7 +31,7 @@ def _to_peft(native_adapter: dict, model_type: str, config: dict) -> dict:
 
 @pytest.mark.parametrize("use_dora", [False, True])
 @pytest.mark.parametrize("family", ["llama3_1", "qwen2_untied"])
-def test_adapter_logits_equal_peft(family, use_dora, tmp_path):
+def test_adapter_logits_equal_peft(family, use_dora, tmp_path, device):
     hf = make_checkpoint(family, tmp_path)
     config, hf_sd = read_checkpoint(tmp_path)
     spec = spec_from_hf_config(config)
@@ -55,11 +55,12 @@ def test_adapter_logits_equal_peft(family, use_dora, tmp_path):
     model.load_state_dict(adapter, strict=False)
 
     peft_cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=_TARGETS, use_dora=use_dora)
-    peft_model = peft.get_peft_model(hf, peft_cfg).eval()
+    peft_model = peft.get_peft_model(hf, peft_cfg).eval().to(device)
+    model.to(device)
     result = peft.set_peft_model_state_dict(peft_model, _to_peft(adapter, spec.family, config))
     assert not result.unexpected_keys
     assert not [k for k in result.missing_keys if "lora_" in k]
-    tokens = torch.randint(0, VOCAB, (2, 37))
+    tokens = torch.randint(0, VOCAB, (2, 37)).to(device)
     with torch.no_grad():
         expected = peft_model(tokens).logits
         got = model(tokens)

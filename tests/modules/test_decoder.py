@@ -42,19 +42,19 @@ SPECS = {
 }
 
 
-def _model(name: str):
+def _model(name: str, device: torch.device | str = "cpu"):
     torch.manual_seed(0)
     model = build_decoder(SPECS[name]).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.2)
-    return model
+    return model.to(device)
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_kv_cached_decoding_equals_full_forward(name):
-    model = _model(name)
-    tokens = torch.randint(0, 101, (2, 20))
+def test_kv_cached_decoding_equals_full_forward(name, device):
+    model = _model(name, device)
+    tokens = torch.randint(0, 101, (2, 20)).to(device)
     with torch.no_grad():
         full = model(tokens)
         model.setup_caches(batch_size=2, dtype=torch.float32, max_seq_len=32)
@@ -69,10 +69,10 @@ def test_kv_cached_decoding_equals_full_forward(name):
         torch.testing.assert_close(model(tokens), full, atol=0, rtol=0)
 
 
-def test_kv_cache_with_left_padding_and_explicit_masks():
-    model = _model("mistral_window")
-    tokens = torch.randint(1, 101, (2, 14))
-    valid = torch.ones(2, 14, dtype=torch.bool)
+def test_kv_cache_with_left_padding_and_explicit_masks(device):
+    model = _model("mistral_window", device)
+    tokens = torch.randint(1, 101, (2, 14)).to(device)
+    valid = torch.ones(2, 14, dtype=torch.bool, device=device)
     valid[1, :4] = False
     pos = (valid.long().cumsum(-1) - 1).clamp(min=0)
     mask = padding_to_causal_mask(valid)
@@ -90,21 +90,21 @@ def test_kv_cache_with_left_padding_and_explicit_masks():
 
 
 @pytest.mark.parametrize("name", ["llama31_tied", "gemma2_like"])
-def test_packed_documents_equal_separate_runs(name):
-    model = _model(name)
-    a, b = torch.randint(0, 101, (1, 9)), torch.randint(0, 101, (1, 13))
+def test_packed_documents_equal_separate_runs(name, device):
+    model = _model(name, device)
+    a, b = torch.randint(0, 101, (1, 9)).to(device), torch.randint(0, 101, (1, 13)).to(device)
     packed = torch.cat([a, b], dim=1)
-    doc_ids = torch.tensor([[0] * 9 + [1] * 13])
-    input_pos = torch.cat([torch.arange(9), torch.arange(13)])[None]
+    doc_ids = torch.tensor([[0] * 9 + [1] * 13], device=device)
+    input_pos = torch.cat([torch.arange(9), torch.arange(13)])[None].to(device)
     with torch.no_grad():
         out = model(packed, mask=packed_causal_mask(doc_ids), input_pos=input_pos)
         torch.testing.assert_close(out[:, :9], model(a), atol=1e-5, rtol=0)
         torch.testing.assert_close(out[:, 9:], model(b), atol=1e-5, rtol=0)
 
 
-def test_chunked_output_hidden_states_and_tied_weights():
-    model = _model("llama31_tied")
-    tokens = torch.randint(0, 101, (2, 17))
+def test_chunked_output_hidden_states_and_tied_weights(device):
+    model = _model("llama31_tied", device)
+    tokens = torch.randint(0, 101, (2, 17)).to(device)
     with torch.no_grad():
         logits = model(tokens)
         model.set_num_output_chunks(4)
@@ -121,8 +121,8 @@ def test_chunked_output_hidden_states_and_tied_weights():
     assert model.tie_word_embeddings
 
 
-def test_gemma2_final_softcap_bounds_logits():
-    model = _model("gemma2_like")
+def test_gemma2_final_softcap_bounds_logits(device):
+    model = _model("gemma2_like", device)
     with torch.no_grad():
-        logits = model(torch.randint(0, 101, (1, 10)))
+        logits = model(torch.randint(0, 101, (1, 10)).to(device))
     assert logits.abs().max() < 3.0 and model.final_logit_softcap == 3.0
