@@ -22,12 +22,14 @@ import re
 import subprocess
 import sys
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.error_cases._case import ErrorCase
+from tests.error_cases._hide.sitecustomize import HidePackages
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES_DIR = ROOT / "tests" / "error_cases"
@@ -82,6 +84,14 @@ def _run_in_process(argv: list[str], tmp: Path, env: dict[str, str]) -> tuple[in
     cwd = os.getcwd()
     os.environ.update(env)
     os.environ.pop("TUNESMITH_DEBUG", None) if "TUNESMITH_DEBUG" not in env else None
+    hidden = {n.strip() for n in env.get("TS_HIDE_PACKAGES", "").split(",") if n.strip()}
+    finder = HidePackages(hidden)
+    unloaded = {
+        name: sys.modules.pop(name)
+        for name in list(sys.modules)
+        if name.split(".")[0] in hidden and sys.modules.get(name) is not None
+    }
+    sys.meta_path.insert(0, finder)
     try:
         os.chdir(tmp)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -95,6 +105,8 @@ def _run_in_process(argv: list[str], tmp: Path, env: dict[str, str]) -> tuple[in
                 traceback.print_exc()
                 code = 1
     finally:
+        sys.meta_path.remove(finder)
+        sys.modules.update(unloaded)
         os.chdir(cwd)
         for k, v in saved_env.items():
             if v is None:
@@ -106,13 +118,19 @@ def _run_in_process(argv: list[str], tmp: Path, env: dict[str, str]) -> tuple[in
 
 
 def _run_subprocess(argv: list[str], tmp: Path, env: dict[str, str]) -> tuple[int, str, str]:
-    paths = [str(ROOT / "src"), str(ROOT), str(ROOT / "tests" / "recipes")]
+    """``python -m tunesmith argv`` in ``tmp``; a case's ``PYTHONPATH`` goes first on the path."""
+    paths = [
+        env.get("PYTHONPATH", ""),
+        str(ROOT / "src"),
+        str(ROOT),
+        str(ROOT / "tests" / "recipes"),
+    ]
     base = {k: v for k, v in os.environ.items() if k != "TUNESMITH_DEBUG"}
-    pythonpath = os.pathsep.join([*paths, base.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    pythonpath = os.pathsep.join(p for p in [*paths, base.get("PYTHONPATH", "")] if p)
     result = subprocess.run(
         [sys.executable, "-m", "tunesmith", *argv],
         cwd=tmp,
-        env={**base, "PYTHONPATH": pythonpath, **env},
+        env={**base, **env, "PYTHONPATH": pythonpath},
         capture_output=True,
         text=True,
         timeout=300,
@@ -124,19 +142,39 @@ def _slug(kind: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", kind).strip("_")[:40] or "case"
 
 
+def _run_case(case: ErrorCase, tmp: Path, argv: list[str]) -> Outcome:
+    watched = tmp / case.watch
+    before = _snapshot(watched)
+    runner = _run_subprocess if case.subprocess else _run_in_process
+    code, stdout, stderr = runner(argv, tmp, case.env)
+    after = _snapshot(watched)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    if not before and after and all(v == "dir" for v in after.values()):
+        changed = []  # created empty folders only
+    return Outcome(argv, code, stdout, stderr, tmp, changed)
+
+
+def _prepare(case: ErrorCase, factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    tmp = factory.mktemp(_slug(case.kind), numbered=True)
+    return tmp, [str(a) for a in case.build(tmp)]
+
+
+def _run_subprocess_cases(factory: pytest.TempPathFactory) -> None:
+    """Run every subprocess case at once, in parallel: each mostly waits on imports."""
+    todo = [c for c in CASES if c.subprocess and c.kind not in _OUTCOMES]
+    prepared = [(c, *_prepare(c, factory)) for c in todo]
+    with ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
+        futures = {c.kind: pool.submit(_run_case, c, tmp, argv) for c, tmp, argv in prepared}
+    for kind, future in futures.items():
+        _OUTCOMES[kind] = future.result()
+
+
 def _outcome(case: ErrorCase, factory: pytest.TempPathFactory) -> Outcome:
     if case.kind not in _OUTCOMES:
-        tmp = factory.mktemp(_slug(case.kind), numbered=True)
-        argv = [str(a) for a in case.build(tmp)]
-        watched = tmp / case.watch
-        before = _snapshot(watched)
-        runner = _run_subprocess if case.subprocess else _run_in_process
-        code, stdout, stderr = runner(argv, tmp, case.env)
-        after = _snapshot(watched)
-        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-        if not before and after and all(v == "dir" for v in after.values()):
-            changed = []  # created empty folders only
-        _OUTCOMES[case.kind] = Outcome(argv, code, stdout, stderr, tmp, changed)
+        if case.subprocess:
+            _run_subprocess_cases(factory)
+        else:
+            _OUTCOMES[case.kind] = _run_case(case, *_prepare(case, factory))
     return _OUTCOMES[case.kind]
 
 

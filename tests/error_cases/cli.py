@@ -129,3 +129,57 @@ CASES = [
         r"invalid choice: 'kaggle'",
     ),
 ]
+
+CASES += [
+    ErrorCase(
+        "torchrun with 0 processes",
+        "cli",
+        lambda tmp: [
+            "run",
+            "--nproc_per_node",
+            "0",
+            "finetune",
+            "--config",
+            str(write_config(tmp)),
+        ],
+        r"--nproc_per_node 0 is not a process count",
+    ),
+    ErrorCase(
+        "torchrun with a bad node count",
+        "cli",
+        lambda tmp: ["run", "--nnodes", "two", "finetune", "--config", str(write_config(tmp))],
+        r"--nnodes two is not a node count",
+    ),
+    ErrorCase(
+        "torchrun option out of range",
+        "cli",
+        lambda tmp: [
+            "run",
+            "--nnodes",
+            "1",
+            "--max_restarts=-1",
+            "finetune",
+            "--config",
+            str(write_config(tmp)),
+        ],  # fmt: skip
+        r"torchrun options rejected \(max_restarts must be >= 0\)",
+    ),
+    ErrorCase(
+        "validate with an unknown --recipe",
+        "cli",
+        lambda tmp: ["validate", str(write_config(tmp)), "--recipe", "finetun"],
+        r"unknown recipe 'finetun'\. Did you mean finetune",
+    ),
+    ErrorCase(
+        "validate of a missing file",
+        "cli",
+        lambda tmp: ["validate", str(tmp / "my_config.yaml")],
+        r"config '.*my_config\.yaml' not found",
+    ),
+    ErrorCase(
+        "cp of an unknown name",
+        "cli",
+        lambda tmp: ["cp", "finetuning", str(tmp / "out")],
+        r"'finetuning' is neither a recipe nor a config",
+    ),
+]

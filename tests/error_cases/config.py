@@ -138,3 +138,43 @@ CASES = [
     _range("model.lora_alpha", "-16", r"model\.lora_alpha: must be a number > 0", "lora_alpha<0"),
     _range("seed", "-5", r"seed: must be an integer >= 0"),
 ]
+
+CASES += [
+    ErrorCase(
+        "unknown device",
+        "config",
+        lambda tmp: finetune(tmp, "device=gpu"),
+        r"device: 'gpu' is not a device",
+    ),
+    ErrorCase(
+        "unknown dtype",
+        "config",
+        lambda tmp: finetune(tmp, "dtype=float8"),
+        r"dtype: 'float8' is not a supported dtype; use fp32, bf16 or fp16",
+    ),
+    ErrorCase(
+        "override of a section with a value",
+        "config",
+        lambda tmp: finetune(tmp, "optimizer=adamw"),
+        r"optimizer is a .*not a single value",
+    ),
+    ErrorCase(
+        "argument the recipe passes itself",
+        "config",
+        lambda tmp: finetune(
+            tmp,
+            "lr_scheduler._component_=tunesmith.training.lr_schedulers."
+            "get_cosine_schedule_with_warmup",
+            "lr_scheduler.num_warmup_steps=1",
+            "lr_scheduler.optimizer=x",
+        ),
+        r"lr_scheduler\.optimizer: .*the recipe passes 'optimizer' itself",
+    ),  # fmt: skip
+    ErrorCase(
+        "misspelt section added on the command line",
+        "config",
+        lambda tmp: finetune(tmp, "+optimiser.lr=1e-4"),
+        r"unknown config key 'optimiser' for recipe finetune \(override \+optimiser\.lr=1e-4\): "
+        r"did you mean optimizer\?",
+    ),
+]

@@ -29,11 +29,17 @@ def download_error_message(
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
     url = f"{endpoint.rstrip('/')}/{repo_id}"
+    if isinstance(error, OfflineModeIsEnabled):
+        return (
+            f"cannot download {repo_id}: offline mode is on (HF_HUB_OFFLINE=1); unset "
+            "HF_HUB_OFFLINE to reach the hub"
+        )
     if isinstance(error, GatedRepoError):
         if has_token:
             return (

@@ -126,6 +126,8 @@ def run_command(argv: list[str]) -> int:
             f"recipe '{args.recipe}' runs in a single process; drop the torchrun options "
             f"({' '.join(launch_flags)})"
         )
+    if launch_flags:
+        _check_launch_flags(launch_flags)
     recipe_main = _recipe_main(recipe, script)
     from tunesmith.recipes._checks import check_config
 
@@ -169,6 +171,36 @@ def _warn_on_recipe_mismatch(recipe: Recipe | None, config_path: Path) -> None:
         get_logger("tunesmith.cli").warning(
             f"{config_path.name} declares '# recipe: {declared}' but runs with '{recipe.name}'"
         )
+
+
+def _check_launch_flags(launch_flags: list[str]) -> None:
+    """One line for torchrun option values torchrun itself answers with a traceback."""
+    from torch.distributed.run import config_from_args, get_args_parser
+
+    launch = get_args_parser().parse_args([*launch_flags, "recipe.py"])
+    nproc = str(launch.nproc_per_node)
+    if nproc not in ("auto", "cpu", "gpu", "xpu") and not (nproc.isdigit() and int(nproc) >= 1):
+        raise ConfigError(
+            f"--nproc_per_node {nproc} is not a process count (torchrun option): give an integer "
+            ">= 1, or auto, gpu or cpu"
+        )
+    parts = str(launch.nnodes).split(":")
+    if (
+        len(parts) > 2
+        or not all(p.isdigit() and int(p) >= 1 for p in parts)
+        or (len(parts) == 2 and int(parts[0]) > int(parts[1]))
+    ):
+        raise ConfigError(
+            f"--nnodes {launch.nnodes} is not a node count (torchrun option): give N or MIN:MAX "
+            "with integers >= 1, e.g. --nnodes 1 or --nnodes 1:4"
+        )
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # else config_from_args prints a banner
+    try:
+        config_from_args(launch)
+    except (ValueError, TypeError, AssertionError) as e:  # torch asserts on option values
+        raise ConfigError(
+            f"torchrun options rejected ({e or type(e).__name__}): see `tunesmith run --help`"
+        ) from None
 
 
 def _launch(

@@ -28,6 +28,22 @@ def _resolved(node: Any, key: Any, path: str, problems: list[Problem]) -> tuple[
         return False, None
 
 
+def _missing_package(module: str, feature: str) -> str | None:
+    """The one-line install hint when ``module`` (a component's ``REQUIRES``) is absent."""
+    import importlib.util
+
+    from tunesmith.utils._imports import EXTRAS
+
+    try:
+        if importlib.util.find_spec(module) is not None:
+            return None
+    except (ImportError, ValueError):
+        pass
+    extra = EXTRAS.get(module.split(".")[0])
+    how = f"pip install 'tunesmith[{extra}]'" if extra else f"pip install {module}"
+    return f"{module} is not installed ({feature} needs it): install it with {how}"
+
+
 Supplied = Mapping[str, tuple[int, "frozenset[str] | set[str]"]]
 
 
@@ -56,6 +72,10 @@ def _check_component(
             Problem(join_key(path, "_component_"), f"importing {component} failed: {e}")
         )
         return
+    for module in getattr(fn, "REQUIRES", ()):
+        missing = _missing_package(module, component.rsplit(".", 1)[-1])
+        if missing is not None:
+            problems.append(Problem(join_key(path, "_component_"), missing))
     kwargs: dict[str, Any] = {}
     for key in node:
         if key == "_component_":

@@ -256,6 +256,8 @@ class WandBLogger(MetricLoggerInterface):
     unless ``id`` / ``resume`` are given. Steps are plotted against our ``global_step``, so a
     resumed run's steps continue (the replayed steps are logged again)."""
 
+    REQUIRES: tuple[str, ...] = ("wandb",)  # checked by validate and run up front
+
     def __init__(
         self,
         project: str = "tunesmith",
@@ -326,6 +328,8 @@ class TensorBoardLogger(MetricLoggerInterface):
     ``purge_step=step + 1``, so TensorBoard shows one run whose steps after ``step`` (logged
     by the interrupted run) are replaced by the resumed run's."""
 
+    REQUIRES: tuple[str, ...] = ("tensorboard",)  # checked by validate and run up front
+
     def __init__(self, log_dir: str, organize_logs: bool = True, **kwargs: Any):
         _lazy("tensorboard", "TensorBoardLogger")
         self._tb = _lazy("torch.utils.tensorboard", "TensorBoardLogger")
@@ -373,6 +377,8 @@ def _run_dir_time(path: Path) -> tuple[int, str]:
 class CometLogger(MetricLoggerInterface):
     """Comet. ``online=False`` (default) records an offline experiment archive under
     ``experiment_dir`` (upload later with ``comet upload``)."""
+
+    REQUIRES: tuple[str, ...] = ("comet_ml",)  # checked by validate and run up front
 
     def __init__(
         self,
@@ -424,6 +430,8 @@ class MLFlowLogger(MetricLoggerInterface):
     store in ``log_dir`` (default ``./mlruns``); no server or database needed. (MLflow 3 calls
     the file store "maintenance mode" and refuses it unless ``MLFLOW_ALLOW_FILE_STORE`` is set;
     for a file store this logger sets it, unless you set it yourself.)"""
+
+    REQUIRES: tuple[str, ...] = ("mlflow",)  # checked by validate and run up front
 
     def __init__(
         self,
