@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +95,27 @@ def test_third_party_start_up_noise_is_hidden(monkeypatch: pytest.MonkeyPatch) -
         warnings.warn_explicit("old api", FutureWarning, "x.py", 1, module="torchao.quantization")
         warnings.warn_explicit("mine", UserWarning, "y.py", 1, module="tunesmith.recipes")
     assert [str(w.message) for w in caught] == ["mine"]
+
+
+def test_recipe_file_run_as_a_script_gives_one_line(tmp_path: Path) -> None:
+    """``python finetune.py --config ...`` (what torchrun runs by hand): the same checks and
+    one line as ``tunesmith run``, exit 2."""
+    import subprocess
+
+    import tunesmith.recipes.finetune as finetune
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("output_dir: out\nepochs: 1\nbatch_size: 2\n")
+    result = subprocess.run(
+        [sys.executable, finetune.__file__, "--config", str(cfg), "batch_sise=2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert lines == [
+        "error: unknown config key 'batch_sise' for recipe finetune (override batch_sise=2): "
+        "did you mean batch_size? Fix the name, or move a deliberate extra under 'extra:'"
+    ]

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ERROR_DIR_ENV", "USER_ERROR_EXIT", "first_user_error", "main"]
+__all__ = ["ERROR_DIR_ENV", "USER_ERROR_EXIT", "first_user_error", "main", "script_main"]
 
 ERROR_DIR_ENV = "TUNESMITH_ERROR_DIR"
 USER_ERROR_EXIT = 2
@@ -60,6 +62,32 @@ def main(argv: list[str]) -> int:
         target, recipe_argv = argv[0], argv[1:]
         recipe_main = _recipe_main(*_resolve_recipe(target))
         recipe_main(parse_recipe_args(recipe_argv))
+    except UserError as e:
+        _report(e)
+        return USER_ERROR_EXIT
+    return 0
+
+
+def script_main(recipe_main: Callable[[Any], None], recipe: str | None = None) -> int:
+    """A recipe file run as a script (``python finetune.py --config ...``, or ``torchrun
+    finetune.py ...``): the same checks and one-line user errors as ``tunesmith run``.
+
+    Recipes end with ``raise SystemExit(script_main(recipe_main, "<name>"))``.
+    """
+    from tunesmith.cli._noise import quiet_third_party
+    from tunesmith.config import parse_recipe_args, resolve_config_path, split_recipe_args
+    from tunesmith.config._errors import UserError
+
+    quiet_third_party()
+    argv = sys.argv[1:]
+    try:
+        cfg = parse_recipe_args(argv)
+        if recipe is not None:
+            from tunesmith.recipes._checks import check_config
+
+            config, overrides = split_recipe_args(argv)
+            check_config(cfg, recipe, overrides, resolve_config_path(config))
+        recipe_main(cfg)
     except UserError as e:
         _report(e)
         return USER_ERROR_EXIT

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, ListConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from tunesmith.config import ConfigError, instantiate, parse_recipe_args
+from tunesmith.config import ConfigError, instantiate
 from tunesmith.config._ranges import check_ranges
 from tunesmith.modules.peft import disable_adapter
 from tunesmith.recipes import finetune
@@ -363,5 +363,7 @@ def build_preference_dataloader(
     )
 
 
-if __name__ == "__main__":
-    recipe_main(parse_recipe_args())
+if __name__ == "__main__":  # python dpo.py --config ... (also under torchrun)
+    from tunesmith.cli._child import script_main
+
+    raise SystemExit(script_main(recipe_main, "dpo"))

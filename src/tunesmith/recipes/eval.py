@@ -33,7 +33,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from tunesmith.config import ConfigError, instantiate, parse_recipe_args
+from tunesmith.config import ConfigError, instantiate
 from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, require, set_seed
 
 __all__ = ["recipe_main", "run_evaluation"]
@@ -139,5 +139,7 @@ def recipe_main(cfg: DictConfig) -> None:
         log.info("wrote %s", out / "results.json")
 
 
-if __name__ == "__main__":
-    recipe_main(parse_recipe_args())
+if __name__ == "__main__":  # python eval.py --config ... (also under torchrun)
+    from tunesmith.cli._child import script_main
+
+    raise SystemExit(script_main(recipe_main, "eval"))

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
-from tunesmith.config import instantiate, parse_recipe_args
+from tunesmith.config import instantiate
 from tunesmith.config._ranges import check_ranges
 from tunesmith.modules.peft import is_adapter_key
 from tunesmith.recipes._finetune_observe import Observer
@@ -465,5 +465,7 @@ def _activation_offloading(cfg: DictConfig, model: torch.nn.Module) -> Any:
     return get_act_offloading_ctx_manager(model, True)
 
 
-if __name__ == "__main__":
-    recipe_main(parse_recipe_args())
+if __name__ == "__main__":  # python finetune.py --config ... (also under torchrun)
+    from tunesmith.cli._child import script_main
+
+    raise SystemExit(script_main(recipe_main, "finetune"))

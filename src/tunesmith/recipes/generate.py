@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from tunesmith.config import instantiate, parse_recipe_args
+from tunesmith.config import instantiate
 from tunesmith.data import Message
 from tunesmith.generation import TextStreamer, generate, left_pad_prompts
 from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, set_seed
@@ -139,5 +139,7 @@ def recipe_main(cfg: DictConfig) -> None:
     log.info("generated %d tokens in %.2f s (%.1f tokens/s)", n, elapsed, n / max(elapsed, 1e-9))
 
 
-if __name__ == "__main__":
-    recipe_main(parse_recipe_args())
+if __name__ == "__main__":  # python generate.py --config ... (also under torchrun)
+    from tunesmith.cli._child import script_main
+
+    raise SystemExit(script_main(recipe_main, "generate"))

@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from tunesmith.config import ConfigError, instantiate, parse_recipe_args
+from tunesmith.config import ConfigError, instantiate
 from tunesmith.config._ranges import check_ranges
 from tunesmith.modules.kd_loss import KDLoss
 from tunesmith.recipes import finetune
@@ -333,5 +333,7 @@ def _check_vocab(model: nn.Module, teacher: nn.Module) -> None:
         )
 
 
-if __name__ == "__main__":
-    recipe_main(parse_recipe_args())
+if __name__ == "__main__":  # python knowledge_distillation.py --config ... (also under torchrun)
+    from tunesmith.cli._child import script_main
+
+    raise SystemExit(script_main(recipe_main, "knowledge_distillation"))

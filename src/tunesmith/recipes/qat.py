@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from tunesmith.config import ConfigError, parse_recipe_args
+from tunesmith.config import ConfigError
 from tunesmith.recipes import finetune
 
 __all__ = ["qat_config", "recipe_main"]
@@ -68,5 +68,7 @@ def recipe_main(cfg: DictConfig) -> None:
     finetune.recipe_main(qat_config(cfg))
 
 
-if __name__ == "__main__":
-    recipe_main(parse_recipe_args())
+if __name__ == "__main__":  # python qat.py --config ... (also under torchrun)
+    from tunesmith.cli._child import script_main
+
+    raise SystemExit(script_main(recipe_main, "qat"))

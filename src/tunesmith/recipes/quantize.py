@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from tunesmith.config import instantiate, parse_recipe_args
+from tunesmith.config import instantiate
 from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, set_seed
 
 __all__ = ["recipe_main", "self_contained_model_config"]
@@ -157,5 +157,7 @@ def recipe_main(cfg: DictConfig) -> None:
     log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
 
 
-if __name__ == "__main__":
-    recipe_main(parse_recipe_args())
+if __name__ == "__main__":  # python quantize.py --config ... (also under torchrun)
+    from tunesmith.cli._child import script_main
+
+    raise SystemExit(script_main(recipe_main, "quantize"))
