@@ -55,18 +55,24 @@ class ByteChatTokenizer:
 
 
 def write_tiny_llama(
-    folder: Path, seed: int = 0, vocab_size: int = VOCAB, tied: bool = False
+    folder: Path,
+    seed: int = 0,
+    vocab_size: int = VOCAB,
+    tied: bool = False,
+    hidden_size: int = 64,
 ) -> Path:
     """A random 2-layer Llama (HF format); the default vocabulary fits :class:`ByteChatTokenizer`
-    (``vocab_size=128256, tied=True`` is a tiny Llama 3.2 for the real Llama 3 tokenizer)."""
+    (``vocab_size=128256, tied=True`` is a tiny Llama 3.2 for the real Llama 3 tokenizer).
+    ``hidden_size=256`` gives NF4 weights that FSDP2 can shard across 2 ranks (each has at
+    least two double-quantization groups of 256 blocks of 64)."""
     import torch
     import transformers
 
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

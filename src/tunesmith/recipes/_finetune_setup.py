@@ -84,15 +84,23 @@ def build_model(
 
     Returns ``(model, is_peft)``. When the model has adapter parameters (LoRA / DoRA /
     QLoRA builders) only they train; otherwise every parameter does.
+
+    The model is built on the meta device, checkpointed and sharded (FSDP2, when
+    ``world_size > 1``) there, and only then filled from the checkpoint: each rank
+    materialises its own shards and nothing else. Fresh adapters come from the run's seed
+    (``torch.initial_seed()``), identical on every rank and in a single process.
     """
-    with set_default_dtype(dtype), torch.device(device):
+    from tunesmith.training.meta_init import initial_adapter_weights, load_full_state_dict
+
+    with set_default_dtype(dtype), torch.device("meta"):
         model = instantiate(cfg.model)
     weights = dict(state["model"])
     weights.update(state.get("adapter") or {})
     adapter = get_adapter_params(model)
     check_weight_shapes(model, weights, str(cfg.model.get("_component_")))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing_base = [k for k in missing if k not in adapter]
+    expected = set(model.state_dict())
+    missing_base = [k for k in expected if k not in weights and k not in adapter]
+    unexpected = [k for k in weights if k not in expected]
     if missing_base or unexpected:
         raise ValueError(
             f"the checkpoint does not fit model._component_={cfg.model.get('_component_')}: "
@@ -101,13 +109,16 @@ def build_model(
         )
     if adapter:
         set_trainable_params(model, adapter)
-        _init_dora_magnitudes(model, loaded=set(weights))
+        weights.update(initial_adapter_weights(model, weights, seed=torch.initial_seed()))
     if cfg.get("enable_activation_checkpointing", False):
         from tunesmith.training.activations import apply_activation_checkpointing
 
         apply_activation_checkpointing(model)
+    offload = world_size > 1 and bool(cfg.get("fsdp_cpu_offload", False))
     if world_size > 1:
         _shard(model, cfg)
+    load_full_state_dict(model, weights, torch.device("cpu") if offload else device)
+    del weights
     if cfg.get("compile", False):
         from tunesmith.training.compile import compile_model
 
@@ -143,14 +154,6 @@ def check_weight_shapes(
         "(checkpointer.checkpoint_dir): pick the model builder that matches the checkpoint",
         key="model._component_",
     )
-
-
-def _init_dora_magnitudes(model: nn.Module, loaded: set[str]) -> None:
-    """DoRA magnitudes start at the norm of the loaded base weight rows (unless resumed)."""
-    for name, module in model.named_modules():
-        init = getattr(module, "initialize_dora_magnitude", None)
-        if callable(init) and f"{name}.magnitude" not in loaded:
-            init()
 
 
 def _shard(model: nn.Module, cfg: DictConfig) -> None:
@@ -323,21 +326,19 @@ def full_state_dicts(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Full (unsharded, CPU) model and optimizer state dicts; collective under FSDP2.
 
-    Every rank must call it; only rank 0's result is complete and meant to be saved.
+    Every rank must call it; only rank 0's result is complete and meant to be saved. NF4
+    (QLoRA) weights come out dequantized, one at a time (``gather_cpu_state_dict``).
     """
-    if world_size == 1:
-        model_sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        return model_sd, (optimizer.state_dict() if optimizer is not None else None)
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
+    from tunesmith.training.distributed import gather_cpu_state_dict, get_world_size_and_rank
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model_sd = get_model_state_dict(model, options=options)
+    model_sd = gather_cpu_state_dict(model, is_rank_zero=get_world_size_and_rank()[1] == 0)
+    if world_size == 1:
+        return model_sd, (optimizer.state_dict() if optimizer is not None else None)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
     optim_sd = None
     if optimizer is not None:
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         optim_sd = get_optimizer_state_dict(model, optimizer, options=options)
     return model_sd, optim_sd
 

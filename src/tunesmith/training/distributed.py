@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from tunesmith.modules.peft import is_adapter_key
+from tunesmith.modules.peft._nf4 import dequantize, dequantized_state_dict_on
 
 __all__ = [
     "barrier",
@@ -169,8 +170,14 @@ def shard_model(
     if not units:
         raise ValueError("shard_model: no module matched the shard conditions")
     names = {id(m): n for n, m in model.named_modules()}
+    # Tied embeddings: the output projection (TiedLinear, also called by the loss outside the
+    # model's forward) reads the embedding's weight after the embedding's own forward, so an
+    # embedding unit keeps its parameters gathered until backward, as the root does.
+    keep_gathered = {id(model)} | _tied_embedding_ids(model)
     for module in [*reversed(units), model]:  # inner-most first, as FSDP2 expects; root last
-        unit_kwargs = kwargs if module is not model else {**kwargs, "reshard_after_forward": False}
+        unit_kwargs = kwargs
+        if id(module) in keep_gathered:
+            unit_kwargs = {**kwargs, "reshard_after_forward": False}
         try:
             fully_shard(module, **unit_kwargs)
         except AssertionError as exc:
@@ -182,6 +189,18 @@ def shard_model(
                 f"{_world_size()} ranks ({exc}). Use fewer ranks, a larger model, or plain LoRA."
             ) from exc
     return model
+
+
+def _tied_embedding_ids(model: nn.Module) -> set[int]:
+    """ids of the modules whose weight a ``TiedLinear`` in ``model`` projects with."""
+    from tunesmith.modules.tied_linear import TiedLinear
+
+    return {
+        id(value.tied_module)
+        for module in model.modules()
+        for value in vars(module).values()
+        if isinstance(value, TiedLinear)
+    }
 
 
 def _world_size() -> int:
@@ -229,6 +248,11 @@ def gather_cpu_state_dict(
     """The full (unsharded) state dict, on CPU, on rank 0; ``{}`` on other ranks. Every rank must
     call it (it all-gathers). On an unsharded model it is simply ``model.state_dict()`` on CPU.
 
+    NF4 (QLoRA) base weights come out dequantized, as plain tensors in their original dtype,
+    one at a time: each is moved to CPU as soon as it is dequantized (unsharded) or gathered to
+    CPU still quantized and dequantized there (FSDP2), so the accelerator never holds more than
+    one dequantized weight.
+
     ``adapter_weights_only`` keeps only LoRA/DoRA tensors (``lora_a``, ``lora_b``, ``magnitude``).
     ``device`` is accepted for torchtune compatibility and unused (the result is always on CPU).
     """
@@ -243,11 +267,23 @@ def gather_cpu_state_dict(
             model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
         sd = sd if is_rank_zero else {}
+        for key, value in sd.items():  # gathered NF4 weights are still NF4 (the hook ran on
+            sd[key] = dequantize(value, device="cpu")  # the DTensor, which it cannot see into)
+    elif is_rank_zero:
+        sd = state_dict_on(model, torch.device("cpu"))
     else:
-        sd = {k: v.detach().cpu() for k, v in model.state_dict().items()} if is_rank_zero else {}
+        sd = {}
     if adapter_weights_only:
         sd = {k: v for k, v in sd.items() if is_adapter_key(k)}
     return sd
+
+
+def state_dict_on(model: nn.Module, device: torch.device) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` (unsharded) with every tensor detached on ``device``; NF4 weights
+    are dequantized and moved one by one (see :func:`gather_cpu_state_dict`)."""
+    with dequantized_state_dict_on(device):
+        sd = model.state_dict()
+    return {k: v.detach().to(device) for k, v in sd.items()}
 
 
 def _is_sharded(model: nn.Module) -> bool:

@@ -7,13 +7,17 @@ locations are tried.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 _NF4_API: tuple[type, Any, Any] | None = None
+# Where state_dict() puts dequantized NF4 weights (None: where the NF4 weight lives).
+_STATE_DICT_DEVICE: torch.device | None = None
 
 
 def _nf4_api() -> tuple[type, Any, Any]:
@@ -71,18 +75,37 @@ def nf4_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return linear_nf4(input=x, weight=weight)
 
 
-def dequantize(weight: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Plain tensor of ``weight`` (dequantized when NF4) in ``dtype`` (default: its own dtype)."""
+def dequantize(
+    weight: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Plain tensor of ``weight`` (dequantized when NF4) in ``dtype`` (default: its own dtype),
+    on ``device`` (default: its own device)."""
     if is_nf4(weight):
-        plain = weight.get_original_weight()
-        return plain.to(dtype or weight.dtype)
-    return weight if dtype is None else weight.to(dtype)
+        plain = weight.get_original_weight().to(dtype or weight.dtype)
+        return plain if device is None else plain.to(device)
+    return weight.to(device=device, dtype=dtype)
+
+
+@contextlib.contextmanager
+def dequantized_state_dict_on(device: torch.device | str) -> Iterator[None]:
+    """While active, ``state_dict()`` moves each dequantized NF4 weight to ``device`` as soon
+    as it is made, so a GPU holds at most one dequantized base weight at a time (instead of
+    the whole dequantized base until the caller copies the dict to CPU)."""
+    global _STATE_DICT_DEVICE
+    previous, _STATE_DICT_DEVICE = _STATE_DICT_DEVICE, torch.device(device)
+    try:
+        yield
+    finally:
+        _STATE_DICT_DEVICE = previous
 
 
 def dequantize_state_dict_post_hook(
     module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
 ) -> None:
-    """``state_dict`` post hook: replace NF4 entries with plain tensors in their original dtype.
+    """``state_dict`` post hook: replace NF4 entries with plain tensors in their original dtype
+    (on the device set by :func:`dequantized_state_dict_on`, if any).
 
     Checkpoints then hold ordinary tensors that load into a quantized or unquantized model
     alike (loading a plain tensor into an NF4 parameter re-quantizes it via ``copy_``).
@@ -90,4 +113,4 @@ def dequantize_state_dict_post_hook(
     key = prefix + "weight"
     value = state_dict.get(key)
     if is_nf4(value):
-        state_dict[key] = value.get_original_weight().to(value.dtype)
+        state_dict[key] = dequantize(value, device=_STATE_DICT_DEVICE)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tunesmith.modules.peft._nf4 import dequantize
+from tunesmith.modules.peft._nf4 import dequantize, quantize_nf4
 from tunesmith.modules.peft.lora import LoRALinear, add_low_rank_
 
 
@@ -40,6 +40,26 @@ class DoRALinear(LoRALinear):
     def adapter_params(self) -> list[str]:
         """Names of the trainable adapter parameters, relative to this module."""
         return ["lora_a.weight", "lora_b.weight", "magnitude"]
+
+    def initial_adapter_state(
+        self, generator: torch.Generator, loaded: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """LoRA's fresh tensors plus, unless loaded, ``magnitude [out]``: the row norms of
+        ``W + s B A`` from the loaded base ``weight`` (NF4-rounded first under QLoRA, as the
+        model will see it), as :meth:`initialize_dora_magnitude` computes them."""
+        out = super().initial_adapter_state(generator, loaded)
+        if "magnitude" in loaded:
+            return out
+        if "weight" not in loaded:
+            raise KeyError("DoRA magnitude: the base weight is not in the checkpoint")
+        weight = loaded["weight"].to(self.weight.dtype)  # what the model holds
+        if self._quantize_base:
+            weight = dequantize(quantize_nf4(weight))
+        a = {**loaded, **out}["lora_a.weight"].float()
+        b = {**loaded, **out}["lora_b.weight"].float()
+        norm = torch.linalg.norm(weight.float() + self.scaling * (b @ a), dim=1)
+        out["magnitude"] = norm.to(self.magnitude.dtype)
+        return out
 
     def _weight_norm(self, dtype: torch.dtype) -> torch.Tensor:
         """``||W + s B A||`` over the input dim, ``[out]``, with no gradient."""

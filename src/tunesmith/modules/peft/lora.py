@@ -97,6 +97,21 @@ class LoRALinear(nn.Module):
         """Names of the trainable adapter parameters, relative to this module."""
         return ["lora_a.weight", "lora_b.weight"]
 
+    def initial_adapter_state(
+        self, generator: torch.Generator, loaded: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Fresh full CPU adapter tensors for the keys ``loaded`` lacks, drawn from
+        ``generator`` as :meth:`initialize_parameters` draws them: ``lora_a.weight
+        [rank, in]`` kaiming-uniform (a=sqrt(5)), ``lora_b.weight [out, rank]`` zeros. Works on
+        a meta (or sharded) module: only the shapes and dtypes are read."""
+        out: dict[str, torch.Tensor] = {}
+        if "lora_a.weight" not in loaded:
+            a = torch.empty(self.rank, self.in_dim, dtype=self.lora_a.weight.dtype)
+            out["lora_a.weight"] = nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+        if "lora_b.weight" not in loaded:
+            out["lora_b.weight"] = torch.zeros(self.out_dim, self.rank, dtype=self.lora_b.weight.dtype)
+        return out
+
     def extra_repr(self) -> str:
         return (
             f"in_dim={self.in_dim}, out_dim={self.out_dim}, rank={self.rank}, alpha={self.alpha}, "

@@ -1,0 +1,141 @@
+"""Build a model on the meta device and fill it from a full (unsharded) state dict.
+
+The recipes' order, one process or many::
+
+    with torch.device("meta"):
+        model = build(...)                         # no memory, no random init
+    shard_model(model)                             # FSDP2, if distributed: still on meta
+    weights |= initial_adapter_weights(model, weights, seed)   # fresh LoRA / DoRA tensors
+    load_full_state_dict(model, weights, device)   # each rank materialises only its shards
+
+Nothing is ever materialised un-sharded on the accelerator except, briefly, one NF4 weight
+while it is quantized (NF4's double quantization uses the whole tensor's statistics, so a
+shard must be cut from the quantized full tensor, not quantized on its own).
+
+Fresh adapters are drawn on CPU from one ``torch.Generator`` seeded with the run's seed, in
+module order, as full tensors: every rank and a single process get bit-identical adapters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunesmith.modules.peft._nf4 import is_nf4, quantize_nf4
+
+__all__ = ["initial_adapter_weights", "load_full_state_dict", "meta_tensors"]
+
+
+def initial_adapter_weights(
+    model: nn.Module, weights: dict[str, torch.Tensor], seed: int
+) -> dict[str, torch.Tensor]:
+    """Full CPU tensors for every adapter parameter of ``model`` that ``weights`` lacks.
+
+    Each adapter module with an ``initial_adapter_state(generator, loaded)`` method (LoRA,
+    DoRA, QLoRA) gets its own entries (``loaded`` = what ``weights`` has for it: ``weight``,
+    maybe ``lora_a.weight`` ...); DoRA magnitudes are computed from the loaded base weight.
+    ``model`` may be on the meta device (only shapes and dtypes are read).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    fresh: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        init = getattr(module, "initial_adapter_state", None)
+        if not callable(init):
+            continue
+        prefix = f"{name}." if name else ""
+        own = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+        for key, value in init(generator, own).items():
+            fresh[prefix + key] = value
+    return fresh
+
+
+def meta_tensors(model: nn.Module) -> list[str]:
+    """Names of the parameters and buffers of ``model`` still on the meta device."""
+    names = []
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        local = getattr(tensor, "_local_tensor", tensor)
+        if tensor.is_meta or local.is_meta:
+            names.append(name)
+    return names
+
+
+@torch.no_grad()
+def load_full_state_dict(
+    model: nn.Module,
+    full_sd: dict[str, torch.Tensor],
+    device: torch.device | str,
+    strict: bool = True,
+) -> tuple[list[str], list[str]]:
+    """Assign every entry of ``full_sd`` (full tensors, usually on CPU) to the parameter or
+    buffer of the same name in ``model`` (on meta, FSDP2-sharded or not), on ``device``, in the
+    dtype the model was built with.
+
+    A sharded parameter gets only this rank's shard (cut on CPU, then moved); an NF4
+    parameter is quantized from the full tensor with the model's block sizes (then cut). With
+    ``strict`` anything left on meta afterwards is an error naming it. Returns
+    ``(missing, unexpected)`` keys.
+    """
+    device = torch.device(device)
+    targets: dict[str, tuple[nn.Module, str, torch.Tensor, bool]] = {}
+    for mod_name, module in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        for pname, param in module._parameters.items():
+            if param is not None and prefix + pname not in targets:
+                targets[prefix + pname] = (module, pname, param, True)
+        for bname, buf in module._buffers.items():
+            if buf is not None and bname not in module._non_persistent_buffers_set:
+                targets.setdefault(prefix + bname, (module, bname, buf, False))
+    unexpected = [k for k in full_sd if k not in targets]
+    missing = [k for k in targets if k not in full_sd]
+    for key, (module, name, like, is_param) in targets.items():
+        if key not in full_sd:
+            continue
+        value = _materialise(full_sd[key], like, device)
+        if is_param:
+            module._parameters[name] = nn.Parameter(value, requires_grad=like.requires_grad)
+        else:
+            module._buffers[name] = value
+    for module in model.modules():  # torchtune convention: recompute derived buffers
+        rope_init = getattr(module, "rope_init", None)
+        if callable(rope_init):
+            rope_init()
+    if strict and (missing or unexpected):
+        raise RuntimeError(
+            f"load_full_state_dict: missing {missing[:6]}, unexpected {unexpected[:6]}"
+        )
+    if strict and (left := meta_tensors(model)):
+        raise RuntimeError(f"load_full_state_dict: still on the meta device: {left[:6]}")
+    return missing, unexpected
+
+
+def _materialise(full: torch.Tensor, like: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``full`` as ``like`` is laid out (dtype, NF4, DTensor shard) on ``device`` (a copy)."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    local_like = like._local_tensor if isinstance(like, DTensor) else like
+    if tuple(full.shape) != tuple(like.shape):
+        raise RuntimeError(
+            f"load_full_state_dict: shape {tuple(full.shape)} in the checkpoint, "
+            f"{tuple(like.shape)} in the model"
+        )
+    if is_nf4(local_like):
+        value = quantize_nf4(full.to(device=device, dtype=local_like.dtype), local_like.block_size)
+    else:
+        value = None
+    if not isinstance(like, DTensor):
+        return value if value is not None else full.to(device=device, dtype=like.dtype, copy=True)
+    mesh, placements = like.device_mesh, like.placements
+    if len(placements) != 1 or placements[0] != Shard(0):
+        raise NotImplementedError(f"load_full_state_dict: only 1-D Shard(0), got {placements}")
+    rank, world = mesh.get_local_rank(0), mesh.size(0)
+    if value is not None:  # NF4: FSDP2 already refused uneven splits, so chunks are equal
+        local = list(torch.chunk(value, world, dim=0))[rank]
+        return DTensor(local, like._spec, requires_grad=like.requires_grad)
+    chunks = list(torch.chunk(full, world, dim=0))
+    local = chunks[rank] if rank < len(chunks) else full.new_empty((0, *full.shape[1:]))
+    local = local.to(device=device, dtype=like.dtype, copy=True)
+    return DTensor.from_local(
+        local, mesh, placements, run_check=False, shape=like.shape, stride=like.stride()
+    )
