@@ -256,3 +256,79 @@ def test_cli_run_quantize_to_gguf(tiny: Path, tmp_path: Path) -> None:
     reader, meta = read_gguf(tmp_path / "out" / "model-q8_0.gguf")
     assert meta["general.architecture"] == "llama"
     assert {t.tensor_type.name for t in reader.tensors} == {"Q8_0", "F32"}
+
+
+# --------------------------------------------------------------- CUDA layout (issue 18, item 10)
+def test_int4_cuda_kwargs_follow_the_installed_torchao_fields() -> None:
+    """Only arguments the installed Int4WeightOnlyConfig has are passed (0.15 had no
+    ``int4_tile_packed_ntile``); the kwargs for the installed version construct a config."""
+    import dataclasses
+
+    from torchao.quantization import Int4WeightOnlyConfig
+
+    from tunesmith.quantization._quantizers import int4_cuda_kwargs
+
+    v2 = {"group_size", "int4_packing_format", "int4_choose_qparams_algorithm", "version"}
+    got = int4_cuda_kwargs(v2, 64, 8)
+    assert set(got) == {"group_size", "int4_packing_format"}
+    assert str(getattr(got["int4_packing_format"], "value", got["int4_packing_format"])) == (
+        "tile_packed_to_4d"
+    )
+    with pytest.raises(ValueError, match="inner_k_tiles=4"):
+        int4_cuda_kwargs(v2, 64, 4)
+    assert int4_cuda_kwargs(v2 | {"int4_tile_packed_ntile"}, 64, 4)["int4_tile_packed_ntile"] == 4
+    installed = {f.name for f in dataclasses.fields(Int4WeightOnlyConfig)}
+    config = Int4WeightOnlyConfig(**int4_cuda_kwargs(installed, 64, 8))
+    assert config.group_size == 64
+
+
+def test_quantized_metadata_records_device_and_layout(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "4w"
+    recipe_main(_config(tiny, out, quantizer={"_component_": Q + "Int4WeightOnlyQuantizer",
+                                              "groupsize": 32}))  # fmt: skip
+    meta_path = out / "quantization.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["quantized_on"] == "cpu"
+    types = meta["tensor_types"]
+    assert types["layers.0.attn.q_proj.weight"] not in ("Tensor", "Parameter")
+    assert "tok_embeddings.weight" not in types  # embeddings stay in floating point
+    load_quantized_model(out)  # the recorded layout rebuilds
+    # a layout that rebuilds differently is named, not silently reinterpreted
+    meta["tensor_types"]["layers.0.attn.q_proj.weight"] = "Int4TilePackedTo4dTensor"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="layers.0.attn.q_proj.weight was saved as Int4Tile"):
+        load_quantized_model(out)
+    if not torch.cuda.is_available():
+        meta["quantized_on"] = "cuda"
+        meta_path.write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match="quantized on cuda .* no cuda device"):
+            load_quantized_model(out)
+
+
+def test_quantize_builds_in_the_target_dtype(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The float model is built on meta in ``dtype`` and filled once: no fp32 copy first."""
+    from tunesmith.recipes import quantize as recipe
+
+    seen = {}
+    real = recipe._load_float_model
+
+    def spy(cfg: Any, device: torch.device, dtype: torch.dtype) -> Any:
+        model, ckpt, state = real(cfg, device, dtype)
+        seen["dtypes"] = {p.dtype for p in model.parameters()}
+        return model, ckpt, state
+
+    made = []
+    real_ctor = torch.nn.Linear.__init__
+
+    def ctor(self: torch.nn.Linear, *args: Any, **kwargs: Any) -> None:
+        real_ctor(self, *args, **kwargs)
+        made.append(self.weight.device.type)
+
+    monkeypatch.setattr(torch.nn.Linear, "__init__", ctor)
+    monkeypatch.setattr(recipe, "_load_float_model", spy)
+    recipe_main(_config(tiny, tmp_path / "8w", dtype="bf16",
+                        quantizer={"_component_": Q + "Int8WeightOnlyQuantizer"}))  # fmt: skip
+    assert seen["dtypes"] == {torch.bfloat16}
+    assert made and set(made) == {"meta"}

@@ -168,17 +168,56 @@ class Int4WeightOnlyQuantizer(_PTQQuantizer):
 
     def torchao_config(self, device: torch.device) -> Any:
         if device.type == "cuda":
-            from torchao.quantization import Int4WeightOnlyConfig
-            from torchao.quantization.quantize_.workflows.int4.int4_packing_format import (
-                Int4PackingFormat,
-            )
+            import dataclasses
 
+            from torchao.quantization import Int4WeightOnlyConfig
+
+            fields = {f.name for f in dataclasses.fields(Int4WeightOnlyConfig)}
             return Int4WeightOnlyConfig(
-                group_size=self.groupsize,
-                int4_packing_format=Int4PackingFormat.TILE_PACKED_TO_4D,
-                int4_tile_packed_ntile=self.inner_k_tiles,
+                **int4_cuda_kwargs(fields, self.groupsize, self.inner_k_tiles)
             )
         return _intx_weight_only(self.groupsize)
+
+
+def int4_cuda_kwargs(fields: set[str], groupsize: int, inner_k_tiles: int) -> dict[str, Any]:
+    """``Int4WeightOnlyConfig`` keyword arguments for the tinygemm tile-packed layout, chosen
+    from the config's ``fields`` (its dataclass field names), since torchao renamed them:
+
+    - ``int4_packing_format`` (v2 tensors, torchao >= 0.15): ``"tile_packed_to_4d"``, plus
+      ``int4_tile_packed_ntile`` = ``inner_k_tiles`` where it exists (later releases; before,
+      the packing is fixed at 8 tiles and another value is refused);
+    - ``layout`` (torchao 0.10 - 0.14): ``TensorCoreTiledLayout(inner_k_tiles)`` with
+      ``version=1`` where a ``version`` field exists.
+    """
+    kwargs: dict[str, Any] = {"group_size": groupsize}
+    if "int4_packing_format" in fields:
+        kwargs["int4_packing_format"] = _tile_packed_format()
+        if "int4_tile_packed_ntile" in fields:
+            kwargs["int4_tile_packed_ntile"] = inner_k_tiles
+        elif inner_k_tiles != 8:
+            raise ValueError(
+                f"quantizer.inner_k_tiles={inner_k_tiles}: the installed torchao packs int4 "
+                "weights in 8 tiles only; set inner_k_tiles: 8 or upgrade torchao"
+            )
+    elif "layout" in fields:
+        from torchao.dtypes import TensorCoreTiledLayout
+
+        kwargs["layout"] = TensorCoreTiledLayout(inner_k_tiles=inner_k_tiles)
+        if "version" in fields:
+            kwargs["version"] = 1
+    return kwargs
+
+
+def _tile_packed_format() -> Any:
+    """torchao's ``Int4PackingFormat.TILE_PACKED_TO_4D`` (its string value where the enum
+    has moved)."""
+    try:
+        from torchao.quantization.quantize_.workflows.int4.int4_packing_format import (
+            Int4PackingFormat,
+        )
+    except ImportError:
+        return "tile_packed_to_4d"
+    return Int4PackingFormat.TILE_PACKED_TO_4D
 
 
 def _intx_weight_only(groupsize: int) -> Any:

@@ -42,12 +42,15 @@ def _load_float_model(
     cfg: DictConfig, device: torch.device, dtype: torch.dtype
 ) -> tuple[nn.Module, Any, dict[str, torch.Tensor]]:
     """``(model, checkpointer, native state dict)``; LoRA checkpoints must be merged outputs."""
+    from tunesmith.training.meta_init import load_full_state_dict
+    from tunesmith.training.precision import set_default_dtype
+
     checkpointer = instantiate(cfg.checkpointer)
     state = checkpointer.load_checkpoint()["model"]
-    with torch.device(device):
+    # built on meta in the target dtype, then filled: never an fp32 copy on the device
+    with set_default_dtype(dtype), torch.device("meta"):
         model = instantiate(cfg.model)
-    model.to(dtype=dtype)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = load_full_state_dict(model, state, device, strict=False)
     if missing or unexpected:
         raise ValueError(
             f"the checkpoint does not fit model._component_={cfg.model.get('_component_')}: "

@@ -18,8 +18,6 @@ module order, as full tensors: every rank and a single process get bit-identical
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 

@@ -109,7 +109,9 @@ class LoRALinear(nn.Module):
             a = torch.empty(self.rank, self.in_dim, dtype=self.lora_a.weight.dtype)
             out["lora_a.weight"] = nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
         if "lora_b.weight" not in loaded:
-            out["lora_b.weight"] = torch.zeros(self.out_dim, self.rank, dtype=self.lora_b.weight.dtype)
+            out["lora_b.weight"] = torch.zeros(
+                self.out_dim, self.rank, dtype=self.lora_b.weight.dtype
+            )
         return out
 
     def extra_repr(self) -> str:
