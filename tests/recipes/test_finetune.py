@@ -58,8 +58,10 @@ def test_lora_packed_saves_peft_adapter(run_finetune, tiny_llama: Path) -> None:
         ("dora", {**LORA_RUN, "model.use_dora": True}),
         ("qlora", {**LORA_RUN, "model.quantize_base": True}),
         ("activation_checkpointing", {"enable_activation_checkpointing": True}),
-        pytest.param("activation_offloading", {"enable_activation_offloading": True}, marks=pytest.mark.slow),
+        pytest.param("activation_offloading", {"enable_activation_offloading": True,
+                     "enable_activation_checkpointing": True}, marks=pytest.mark.slow),
         ("optimizer_in_bwd", {"optimizer_in_bwd": True}),
+        pytest.param("fp16_loss_scaling", {"dtype": "fp16"}, marks=pytest.mark.slow),
         ("grad_accumulation", {"gradient_accumulation_steps": 2, "batch_size": 2}),
         pytest.param("clip_and_schedule", {"clip_grad_norm": 1.0, "lr_scheduler": {
             "_component_": "tunesmith.training.lr_schedulers.get_cosine_schedule_with_warmup",

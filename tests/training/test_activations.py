@@ -175,3 +175,46 @@ def test_transformer_decoder_layers_by_class() -> None:
         loss.backward()
     for (name, p), q in zip(eager.named_parameters(), ckpt.parameters()):
         torch.testing.assert_close(q.grad, p.grad, atol=0, rtol=0, msg=name)
+
+
+def test_offload_prefetches_and_frees_with_the_graph() -> None:
+    """Backward brings saved tensors back ahead of need (prefetch), gradients are unchanged,
+    and nothing stays stashed once the graph is gone (also for a graph never backwarded)."""
+    torch.manual_seed(0)
+    eager = Stack(n_layers=6)
+    off = copy.deepcopy(eager)
+    x = torch.randn(2, 8, 16)
+    ref = _grads(eager, x)
+    ctx = OffloadActivations(offload_cpu_tensors=True, min_offload_size=64, prefetch=2)
+    off.zero_grad()
+    with ctx:
+        loss = off(x).pow(2).mean()
+    assert len(ctx._host) == ctx.num_offloaded > 4
+    loss.backward()
+    assert ctx.num_prefetched > 0
+    assert not ctx._host and not ctx._fetched
+    for name, param in off.named_parameters():
+        torch.testing.assert_close(param.grad, ref[name], atol=0, rtol=0)
+    with ctx:
+        unused = off(x).sum()
+    assert ctx._host
+    del unused
+    assert not ctx._host
+
+
+def test_offloading_without_checkpointing_is_refused() -> None:
+    from omegaconf import OmegaConf
+
+    from tunesmith.config import ConfigError
+    from tunesmith.training.activations import check_activation_offloading
+
+    bad = OmegaConf.create({"enable_activation_offloading": True})
+    with pytest.raises(ConfigError, match="needs enable_activation_checkpointing=True") as err:
+        check_activation_offloading(bad)
+    assert err.value.key == "enable_activation_offloading" and "\n" not in str(err.value)
+    check_activation_offloading(
+        OmegaConf.create(
+            {"enable_activation_offloading": True, "enable_activation_checkpointing": True}
+        )
+    )
+    check_activation_offloading(OmegaConf.create({}))

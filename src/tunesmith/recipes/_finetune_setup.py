@@ -90,8 +90,10 @@ def build_model(
     materialises its own shards and nothing else. Fresh adapters come from the run's seed
     (``torch.initial_seed()``), identical on every rank and in a single process.
     """
+    from tunesmith.training.activations import check_activation_offloading
     from tunesmith.training.meta_init import initial_adapter_weights, load_full_state_dict
 
+    check_activation_offloading(cfg)  # before any heavy work
     with set_default_dtype(dtype), torch.device("meta"):
         model = instantiate(cfg.model)
     weights = dict(state["model"])

@@ -47,6 +47,7 @@ from tunesmith.training.distributed import (
     reduce_metrics,
 )
 from tunesmith.training.gradients import clip_grad_norm, count_trainable_tokens
+from tunesmith.training.precision import loss_scaler
 from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, set_seed, start_run_log
 
 __all__ = ["recipe_main"]
@@ -92,6 +93,7 @@ def recipe_main(cfg: DictConfig) -> None:
 
         compile_loss(loss_fn)
     activations_ctx = _activation_offloading(cfg, model)
+    scaler = loss_scaler(dtype, in_bwd)  # fp16: dynamic loss scaling; else None
 
     # ---- data --------------------------------------------------------------------------
     # drop padding from the micro-batches where the decoder takes document lengths; packs
@@ -219,14 +221,17 @@ def recipe_main(cfg: DictConfig) -> None:
                         out = model(batch.pop("tokens"), **batch)
                     loss = loss_fn(out, labels)
                     loss_sum += loss.detach() * n
-                    (loss * (n * weight)).backward()
+                    scaled = loss * (n * weight)
+                    (scaler.scale(scaled) if scaler else scaled).backward()
                     del out, loss
                 del micro
                 grad_norm = None
                 if not in_bwd:
+                    if scaler is not None:  # before clipping: clip the true gradient
+                        scaler.unscale_(model.parameters())
                     if max_norm:
                         grad_norm = clip_grad_norm(model.parameters(), float(max_norm))
-                    optimizer.step()
+                    scaler.step(optimizer) if scaler is not None else optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 if lr_scheduler is not None:
                     lr_scheduler.step()
@@ -458,6 +463,9 @@ def _any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
 
 
 def _activation_offloading(cfg: DictConfig, model: torch.nn.Module) -> Any:
+    from tunesmith.training.activations import check_activation_offloading
+
+    check_activation_offloading(cfg)
     if not cfg.get("enable_activation_offloading", False):
         return contextlib.nullcontext()
     from tunesmith.training.activations import get_act_offloading_ctx_manager

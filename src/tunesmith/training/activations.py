@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 __all__ = [
     "OffloadActivations",
     "apply_activation_checkpointing",
+    "check_activation_offloading",
     "get_act_offloading_ctx_manager",
     "is_checkpointed",
     "set_activation_checkpointing",
@@ -123,26 +124,44 @@ class OffloadActivations(torch.autograd.graph.saved_tensors_hooks):
     parameters (and views of them) stay put, as does everything else. On a CPU-only run there is
     nothing to offload to, so it warns once and does nothing.
 
+    On an accelerator the copies run on a side stream, not the compute stream: the
+    device-to-host copy of a saved tensor waits (by event) only for the kernel that produced
+    it, and the compute stream goes on; in backward, unpacking tensor ``i`` also starts the
+    host-to-device copies of the ``prefetch`` tensors saved before it (backward needs them
+    next), so the compute stream waits on an event rather than on a copy it just issued. The
+    caching allocator is told (``record_stream``) which stream still uses each buffer.
+
     Args:
         use_pin_memory: copy into pinned host memory (asynchronous copies).
         min_offload_size: smallest tensor (bytes) worth a copy.
+        prefetch: how many earlier-saved tensors to bring back ahead of need in backward.
         offload_cpu_tensors: test hook: also round-trip CPU tensors (through a copy), so the
-            mechanism can be checked on a machine without an accelerator.
+            mechanism (bookkeeping and prefetch) can be checked without an accelerator.
     """
 
     def __init__(
         self,
         use_pin_memory: bool = True,
         min_offload_size: int = 1024,
+        prefetch: int = 2,
         offload_cpu_tensors: bool = False,
+        **_torchtune: Any,  # use_streams, max_fwd_stash_size: torchtune's knobs, not needed here
     ) -> None:
         self.active = offload_cpu_tensors or torch.cuda.is_available() or _xpu_available()
         if not self.active:
             _warn_no_offload()
         self.use_pin_memory = use_pin_memory and torch.cuda.is_available()
         self.min_offload_size = min_offload_size
+        self.prefetch = max(0, int(prefetch))
         self.offload_cpu_tensors = offload_cpu_tensors
         self.num_offloaded = 0
+        self.num_prefetched = 0
+        self._next_id = 0
+        # id -> (device, host tensor, event the d2h copy recorded or None)
+        self._host: dict[int, tuple[torch.device, torch.Tensor, Any]] = {}
+        # id -> (device tensor being brought back, event its h2d copy recorded or None)
+        self._fetched: dict[int, tuple[torch.Tensor, Any]] = {}
+        self._side: dict[torch.device, Any] = {}
         super().__init__(self._pack, self._unpack)
 
     def _should_offload(self, tensor: torch.Tensor) -> bool:
@@ -154,6 +173,14 @@ class OffloadActivations(torch.autograd.graph.saved_tensors_hooks):
             return False
         return tensor.numel() * tensor.element_size() >= self.min_offload_size
 
+    def _side_stream(self, device: torch.device) -> Any:
+        """The copy stream of ``device`` (None on CPU: copies are synchronous there)."""
+        if device.type == "cpu":
+            return None
+        if device not in self._side:
+            self._side[device] = torch.Stream(device=device)
+        return self._side[device]
+
     def _pack(self, tensor: torch.Tensor) -> Any:
         if not self._should_offload(tensor):
             return tensor
@@ -164,15 +191,86 @@ class OffloadActivations(torch.autograd.graph.saved_tensors_hooks):
             pin_memory=self.use_pin_memory,
             device="cpu",
         )
-        host.copy_(tensor, non_blocking=self.use_pin_memory)
+        side = self._side_stream(tensor.device)
+        event = None
+        if side is None:
+            host.copy_(tensor)
+        else:
+            side.wait_stream(torch.accelerator.current_stream(tensor.device))
+            with side:
+                host.copy_(tensor, non_blocking=self.use_pin_memory)
+                tensor.record_stream(side)  # the allocator keeps it until the copy is done
+                event = side.record_event()
         self.num_offloaded += 1
-        return (tensor.device, host)
+        key = self._next_id
+        self._next_id += 1
+        self._host[key] = (tensor.device, host, event)
+        return _Saved(self, key)
+
+    def _fetch(self, key: int) -> None:
+        """Start bringing tensor ``key`` back to its device (on the side stream)."""
+        if key in self._fetched or key not in self._host:
+            return
+        device, host, event = self._host.pop(key)
+        side = self._side_stream(device)
+        if side is None:
+            self._fetched[key] = (host.to(device, copy=True), None)
+            return
+        with side:
+            if event is not None:
+                side.wait_event(event)  # the d2h copy into ``host`` has finished
+            out = host.to(device, non_blocking=self.use_pin_memory)
+            self._fetched[key] = (out, side.record_event())
 
     def _unpack(self, packed: Any) -> torch.Tensor:
         if isinstance(packed, torch.Tensor):
             return packed
-        device, host = packed
-        return host.to(device, non_blocking=self.use_pin_memory)
+        key = packed.key
+        if key in self._fetched:
+            self.num_prefetched += 1
+        else:
+            self._fetch(key)
+        for earlier in range(key - 1, max(-1, key - 1 - self.prefetch), -1):
+            self._fetch(earlier)  # backward walks the saved tensors newest-first
+        out, event = self._fetched.pop(key)
+        if event is not None:
+            compute = torch.accelerator.current_stream(out.device)
+            compute.wait_event(event)
+            out.record_stream(compute)
+        return out
+
+
+class _Saved:
+    """What autograd keeps for an offloaded tensor: its id. When the graph lets go of it
+    (after backward, or a graph that never runs backward), its host / fetched copies go too."""
+
+    __slots__ = ("key", "owner")
+
+    def __init__(self, owner: OffloadActivations, key: int) -> None:
+        self.owner, self.key = owner, key
+
+    def __del__(self) -> None:
+        self.owner._host.pop(self.key, None)
+        self.owner._fetched.pop(self.key, None)
+
+
+def check_activation_offloading(cfg: Any) -> None:
+    """Refuse ``enable_activation_offloading`` without ``enable_activation_checkpointing``.
+
+    torchtune only warns. Without checkpointing every op's saved tensors cross PCIe twice
+    per step (many small copies that stall the step), which is almost never what the user
+    meant; with it only each layer's input moves. So it is a config mistake: one line.
+    """
+    from tunesmith.config import ConfigError
+
+    offload = bool(cfg.get("enable_activation_offloading", False))
+    if offload and not cfg.get("enable_activation_checkpointing", False):
+        raise ConfigError(
+            "enable_activation_offloading=True needs enable_activation_checkpointing=True "
+            "(offloading every saved tensor without checkpointing is slow): set "
+            "enable_activation_checkpointing=True, or enable_activation_offloading=False",
+            key="enable_activation_offloading",
+        )
 
 
 def _xpu_available() -> bool:

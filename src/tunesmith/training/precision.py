@@ -10,6 +10,8 @@ from torch import nn
 
 __all__ = [
     "PRECISION_STR_TO_DTYPE",
+    "DynamicLossScaler",
+    "loss_scaler",
     "get_dtype",
     "set_default_dtype",
     "validate_expected_param_dtype",
@@ -64,7 +66,8 @@ def get_dtype(
     if resolved == torch.bfloat16 and device is not None:
         if not verify_bf16_support(torch.device(device)):
             raise ValueError(
-                f"dtype: bf16 is not supported on {device}; set dtype=fp32 (or fp16 with care)."
+                f"dtype: bf16 is not supported on {device}; set dtype=fp32, or use a bf16-capable "
+                "GPU (dtype=fp16 also trains, with dynamic loss scaling, less stably)."
             )
     return resolved
 
@@ -101,3 +104,101 @@ def validate_expected_param_dtype(
                 f"parameter {name!r} has dtype {param.dtype}, expected {dtype}: build the model "
                 f"under set_default_dtype({dtype}) or cast it with model.to({dtype})."
             )
+
+
+class DynamicLossScaler:
+    """Dynamic loss scaling for fp16 training (``dtype: fp16``), as ``torch.amp.GradScaler``
+    does it, for fp16 parameters, plain or FSDP2-sharded.
+
+    ``torch.amp.GradScaler`` refuses fp16 gradients (it expects fp32 master weights under
+    autocast), and FSDP1's ``ShardedGradScaler`` does not know FSDP2's DTensors; so this one
+    works on whatever gradients the parameters hold, on any device, and agrees on overflow
+    across ranks with one all-reduce.
+
+    Per optimizer step: ``scale(loss).backward()`` (for each micro-batch), then
+    ``unscale_(params)`` (divides the gradients by the scale, finds inf/NaN), then clip, then
+    ``step(optimizer)``: skips the step when a gradient overflowed and halves the scale;
+    after ``growth_interval`` clean steps in a row it doubles the scale.
+    """
+
+    def __init__(
+        self,
+        init_scale: float = 2.0**16,
+        growth_factor: float = 2.0,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 2000,
+    ) -> None:
+        self.scale_value = float(init_scale)
+        self.growth_factor, self.backoff_factor = growth_factor, backoff_factor
+        self.growth_interval = int(growth_interval)
+        self._clean_steps = 0
+        self._found_inf: bool | None = None
+        self.skipped_steps = 0
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss * scale`` (backward through this)."""
+        return loss * self.scale_value
+
+    @torch.no_grad()
+    def unscale_(self, params: Iterable[torch.Tensor]) -> bool:
+        """Divide every gradient by the scale in place; True if any is inf/NaN on any rank."""
+        import torch.distributed as dist
+
+        grads = [p.grad for p in params if p.grad is not None]
+        found = torch.zeros((), dtype=torch.float32)
+        if grads:
+            locals_ = [getattr(g, "_local_tensor", g) for g in grads]
+            found = found.to(locals_[0].device)
+            for g in locals_:
+                g.mul_(1.0 / self.scale_value)
+                found = torch.maximum(found, (~torch.isfinite(g)).any().float())
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(found, op=dist.ReduceOp.MAX)
+        self._found_inf = bool(found)
+        return self._found_inf
+
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Step unless :meth:`unscale_` found an overflow; update the scale. True if stepped."""
+        if self._found_inf is None:
+            raise RuntimeError("DynamicLossScaler.step: call unscale_(params) first")
+        stepped = not self._found_inf
+        if stepped:
+            optimizer.step()
+            self._clean_steps += 1
+            if self._clean_steps >= self.growth_interval:
+                self.scale_value *= self.growth_factor
+                self._clean_steps = 0
+        else:
+            self.scale_value *= self.backoff_factor
+            self._clean_steps = 0
+            self.skipped_steps += 1
+        self._found_inf = None
+        return stepped
+
+    def state_dict(self) -> dict[str, float]:
+        return {"scale": self.scale_value, "clean_steps": self._clean_steps}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.scale_value = float(state["scale"])
+        self._clean_steps = int(state["clean_steps"])
+
+
+def loss_scaler(dtype: torch.dtype, optimizer_in_bwd: bool) -> DynamicLossScaler | None:
+    """A :class:`DynamicLossScaler` for fp16 training, None otherwise.
+
+    Raises:
+        ConfigError: fp16 with ``optimizer_in_bwd`` (parameters step inside backward, before
+            an overflow could be seen and the step skipped).
+    """
+    if dtype != torch.float16:
+        return None
+    if optimizer_in_bwd:
+        from tunesmith.config import ConfigError
+
+        raise ConfigError(
+            "dtype=fp16 trains with dynamic loss scaling, which must see every gradient before "
+            "any parameter steps; optimizer_in_bwd=True steps inside backward: set "
+            "optimizer_in_bwd=False, or dtype=bf16 / fp32",
+            key="optimizer_in_bwd",
+        )
+    return DynamicLossScaler()

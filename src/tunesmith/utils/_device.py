@@ -100,7 +100,10 @@ def get_dtype(name: Any = None, device: torch.device | None = None) -> torch.dty
         and torch.device(device).type == "cuda"
         and not torch.cuda.is_bf16_supported()
     ):
-        raise ConfigError("dtype: bf16 is not supported on this GPU; use dtype=fp32 or dtype=fp16")
+        raise ConfigError(
+            "dtype: bf16 is not supported on this GPU; use dtype=fp32, or a bf16-capable GPU "
+            "(Ampere or newer); dtype=fp16 also trains, with dynamic loss scaling"
+        )
     return dtype
 
 
