@@ -47,7 +47,7 @@ from tunesmith.training.distributed import (
     reduce_metrics,
 )
 from tunesmith.training.gradients import clip_grad_norm, count_trainable_tokens
-from tunesmith.training.precision import loss_scaler
+from tunesmith.training.precision import compute_context, loss_scaler, master_dtype
 from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, set_seed, start_run_log
 
 __all__ = ["recipe_main"]
@@ -81,7 +81,7 @@ def recipe_main(cfg: DictConfig) -> None:
     checkpointer = open_checkpointer(cfg, resume)
     state = checkpointer.load_checkpoint()
     seed = _agreed_seed(state.get("seed") if resume else cfg.get("seed"), world_size, device)
-    model, is_peft = build_model(cfg, state, device, dtype, world_size)
+    model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size)
     loss_fn = instantiate(cfg.loss)
     ignore_index = int(getattr(loss_fn, "ignore_index", -100))
     if hasattr(loss_fn, "set_model_output"):  # the loss projects hidden states itself
@@ -92,8 +92,9 @@ def recipe_main(cfg: DictConfig) -> None:
         from tunesmith.training.compile import compile_loss
 
         compile_loss(loss_fn)
-    activations_ctx = _activation_offloading(cfg, model)
-    scaler = loss_scaler(dtype, in_bwd)  # fp16: dynamic loss scaling; else None
+    # fp16: fp32 parameters, fp16 autocast compute, dynamic loss scaling; else plain
+    activations_ctx = compute_context(dtype, device, _activation_offloading(cfg, model))
+    scaler = loss_scaler(dtype, in_bwd)
 
     # ---- data --------------------------------------------------------------------------
     # drop padding from the micro-batches where the decoder takes document lengths; packs
@@ -219,7 +220,8 @@ def recipe_main(cfg: DictConfig) -> None:
                 for (batch, labels), n in zip(micro, counts):
                     with activations_ctx:
                         out = model(batch.pop("tokens"), **batch)
-                    loss = loss_fn(out, labels)
+                    with compute_context(dtype, device):
+                        loss = loss_fn(out, labels)
                     loss_sum += loss.detach() * n
                     scaled = loss * (n * weight)
                     (scaler.scale(scaled) if scaler else scaled).backward()

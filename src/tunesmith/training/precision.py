@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Generator, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,7 +12,9 @@ from torch import nn
 __all__ = [
     "PRECISION_STR_TO_DTYPE",
     "DynamicLossScaler",
+    "compute_context",
     "loss_scaler",
+    "master_dtype",
     "get_dtype",
     "set_default_dtype",
     "validate_expected_param_dtype",
@@ -107,13 +110,15 @@ def validate_expected_param_dtype(
 
 
 class DynamicLossScaler:
-    """Dynamic loss scaling for fp16 training (``dtype: fp16``), as ``torch.amp.GradScaler``
-    does it, for fp16 parameters, plain or FSDP2-sharded.
+    """Dynamic loss scaling for fp16 training (``dtype: fp16``: fp32 master parameters,
+    fp16 autocast compute), the algorithm of ``torch.amp.GradScaler``, for plain or
+    FSDP2-sharded parameters.
 
-    ``torch.amp.GradScaler`` refuses fp16 gradients (it expects fp32 master weights under
-    autocast), and FSDP1's ``ShardedGradScaler`` does not know FSDP2's DTensors; so this one
-    works on whatever gradients the parameters hold, on any device, and agrees on overflow
-    across ranks with one all-reduce.
+    ``torch.amp.GradScaler`` checks each rank's gradients on its own (FSDP1's
+    ``ShardedGradScaler`` does not know FSDP2's DTensors), so ranks holding different shards
+    could disagree on skipping a step; this one unscales the local shards of DTensor
+    gradients and agrees on overflow across ranks with one all-reduce. It also accepts fp16
+    gradients (``GradScaler`` refuses them), on any device.
 
     Per optimizer step: ``scale(loss).backward()`` (for each micro-batch), then
     ``unscale_(params)`` (divides the gradients by the scale, finds inf/NaN), then clip, then
@@ -181,6 +186,34 @@ class DynamicLossScaler:
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.scale_value = float(state["scale"])
         self._clean_steps = int(state["clean_steps"])
+
+
+def master_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype parameters are kept in for a run of ``dtype``: fp32 for fp16 (fp16 weights
+    and Adam moments lose small updates and overflow; compute runs in fp16 under
+    :func:`compute_context`), ``dtype`` otherwise."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
+class compute_context:  # noqa: N801  (a context manager, named like one)
+    """Reusable context for the forward pass (and loss) of a ``dtype`` run: fp16 autocast on
+    ``device`` for fp16, nothing otherwise; wraps ``inner`` (e.g. activation offloading)."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device, inner: Any = None) -> None:
+        self.dtype, self.device_type, self.inner = dtype, torch.device(device).type, inner
+        self._stack: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        if self.dtype == torch.float16:
+            self._stack.enter_context(torch.autocast(self.device_type, dtype=torch.float16))
+        if self.inner is not None:
+            self._stack.enter_context(self.inner)
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self._stack is not None
+        self._stack.__exit__(*exc)
+        self._stack = None
 
 
 def loss_scaler(dtype: torch.dtype, optimizer_in_bwd: bool) -> DynamicLossScaler | None:
