@@ -272,3 +272,13 @@ def test_torchtune_dpo_config_runs_unchanged(assets: Path, tmp_path: Path, sourc
     losses = read_metrics(out)["loss"]
     assert len(losses) == 2 and losses[0] == pytest.approx(math.log(2), abs=1e-3)
     assert (out / "epoch_1" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_fp16_lora_dpo_learns_with_loss_scaling(run_dpo) -> None:
+    """dtype=fp16: fp32 policy weights, fp16 autocast, dynamic loss scaling (issue 18.7)."""
+    over = {f"model.{k}": v for k, v in LORA.items()}
+    out = run_dpo(dtype="fp16", max_steps_per_epoch=8, **{"optimizer.lr": 1e-2}, **over)
+    m = read_metrics(out)
+    assert len(m["loss"]) == 8 and all(math.isfinite(x) for x in m["loss"])
+    assert m["loss"][-1] < m["loss"][0] and m["rewards/margins"][-1] > 0

@@ -338,3 +338,18 @@ def test_torchtune_kd_config_runs_unchanged(assets: Path, tmp_path: Path, source
     m = read_metrics(out)
     assert len(m["kd_loss"]) == 2 and all(math.isfinite(x) and x > 0 for x in m["kd_loss"])
     assert (out / "epoch_1" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_fp16_kd_learns_with_loss_scaling(
+    tiny_llama: Path, trained_teacher: Path, instruct_data: Path, tmp_path: Path
+) -> None:
+    """dtype=fp16: fp32 student weights, fp16 autocast (teacher too), loss scaling (18.7)."""
+    from tunesmith.recipes import knowledge_distillation
+
+    cfg = kd_config(tmp_path / "kd", tiny_llama, trained_teacher, instruct_data, dtype="fp16",
+                    clip_grad_norm=1.0, **{"optimizer.lr": 3e-3})  # fmt: skip
+    knowledge_distillation.recipe_main(OmegaConf.create(cfg))
+    losses = read_metrics(tmp_path / "kd")["loss"]
+    assert len(losses) == STEPS and all(math.isfinite(x) for x in losses)
+    assert sum(losses[-3:]) / 3 < 0.9 * sum(losses[:3]) / 3, losses

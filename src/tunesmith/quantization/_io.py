@@ -101,16 +101,17 @@ def load_quantized_model(
 ) -> nn.Module:
     """The quantized model saved by :func:`save_quantized` (eval mode), on ``device``
     (default: the current default device, so ``with torch.device(...)`` works)."""
-    from tunesmith.config import instantiate
+    from tunesmith.config import ConfigError, instantiate
 
     folder, meta = _read_metadata(checkpoint_dir)
     dtype = getattr(torch, meta.get("dtype", "float32"))
     quantized_on = torch.device(meta.get("quantized_on", "cpu"))  # older folders: CPU
     if quantized_on.type != "cpu" and not _available(quantized_on):
-        raise ValueError(
+        raise ConfigError(
             f"{folder / METADATA_FILE}: quantized on {quantized_on.type} (its weight layout only "
             f"runs there) but no {quantized_on.type} device is available; load it on one, or "
-            "quantize the float model again on this machine"
+            "quantize the float model again on this machine",
+            key="checkpoint_dir",
         )
     with torch.device("meta"):
         model = instantiate(meta["model"])
@@ -133,10 +134,11 @@ def load_quantized_model(
     recorded = meta.get("tensor_types")
     if recorded is not None and (built := _tensor_types(model.state_dict())) != recorded:
         key = next(k for k in sorted(set(built) | set(recorded)) if built.get(k) != recorded.get(k))
-        raise ValueError(
+        raise ConfigError(
             f"{folder / METADATA_FILE}: {key} was saved as {recorded.get(key)} but rebuilds as "
             f"{built.get(key)} (torchao {meta.get('torchao_version')} saved it); install that "
-            "torchao version or quantize again"
+            "torchao version or quantize again",
+            key="checkpoint_dir",
         )
     target = torch.device(device) if device is not None else torch.get_default_device()
     return model.to(target).eval()

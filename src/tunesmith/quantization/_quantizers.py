@@ -195,9 +195,12 @@ def int4_cuda_kwargs(fields: set[str], groupsize: int, inner_k_tiles: int) -> di
         if "int4_tile_packed_ntile" in fields:
             kwargs["int4_tile_packed_ntile"] = inner_k_tiles
         elif inner_k_tiles != 8:
-            raise ValueError(
+            from tunesmith.config import ConfigError
+
+            raise ConfigError(
                 f"quantizer.inner_k_tiles={inner_k_tiles}: the installed torchao packs int4 "
-                "weights in 8 tiles only; set inner_k_tiles: 8 or upgrade torchao"
+                "weights in 8 tiles only; set inner_k_tiles: 8 or upgrade torchao",
+                key="quantizer.inner_k_tiles",
             )
     elif "layout" in fields:
         from torchao.dtypes import TensorCoreTiledLayout

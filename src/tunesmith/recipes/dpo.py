@@ -52,7 +52,8 @@ from tunesmith.training.distributed import (
     init_distributed,
     reduce_metrics,
 )
-from tunesmith.training.gradients import clip_grad_norm
+from tunesmith.training.gradients import clip_and_step
+from tunesmith.training.precision import compute_context, loss_scaler, master_dtype
 from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, start_run_log
 
 __all__ = ["recipe_main", "build_preference_dataloader"]
@@ -98,7 +99,7 @@ def recipe_main(cfg: DictConfig) -> None:
     seed = finetune._agreed_seed(
         state.get("seed") if resume else cfg.get("seed"), world_size, device
     )
-    model, is_peft = build_model(cfg, state, device, dtype, world_size)
+    model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size)
     reference = None
     reference_free = loss_fn.reference_free  # SimPO: no reference model at all
     if not is_peft and not reference_free:  # full DPO: a frozen copy of the initial weights
@@ -109,7 +110,7 @@ def recipe_main(cfg: DictConfig) -> None:
         elif resume:  # `state` holds the resumed policy; the reference is the starting point
             ref_state = instantiate(cfg.checkpointer, resume_from_checkpoint=False)
             ref_state = ref_state.load_checkpoint()
-        reference, _ = build_model(cfg, ref_state, device, dtype, world_size)
+        reference, _ = build_model(cfg, ref_state, device, dtype, world_size)  # frozen
         reference.requires_grad_(False)
         reference.eval()
         del ref_state
@@ -119,7 +120,9 @@ def recipe_main(cfg: DictConfig) -> None:
     for m in (model, reference):
         if m is not None:
             m.skip_output_layer = from_hidden
-    activations_ctx = finetune._activation_offloading(cfg, model)
+    # fp16: fp32 policy weights, fp16 autocast compute, dynamic loss scaling
+    activations_ctx = compute_context(dtype, device, finetune._activation_offloading(cfg, model))
+    scaler = loss_scaler(dtype, optimizer_in_bwd=False)
 
     # ---- data --------------------------------------------------------------------------
     tokenizer = instantiate(cfg.tokenizer)
@@ -205,15 +208,13 @@ def recipe_main(cfg: DictConfig) -> None:
                     if not reference_free:  # LoRA: the same model with its adapters off
                         ref_model = model if reference is None else reference
                         off = disable_adapter(model) if reference is None else nullcontext()
-                        with torch.no_grad(), off:
+                        with torch.no_grad(), off, compute_context(dtype, device):
                             ref = _pair_log_probs(ref_model, tokens, targets, average)
                     losses, chosen_r, rejected_r = loss_fn(*policy, *ref)
-                    (losses.mean() / accum).backward()
+                    loss = losses.mean() / accum
+                    (scaler.scale(loss) if scaler else loss).backward()
                     sums += _step_metrics(losses, chosen_r, rejected_r, policy, targets)
-                grad_norm = None
-                if max_norm:
-                    grad_norm = clip_grad_norm(model.parameters(), float(max_norm))
-                optimizer.step()
+                grad_norm = clip_and_step(model, optimizer, max_norm, scaler)
                 optimizer.zero_grad(set_to_none=True)
                 if lr_scheduler is not None:
                     lr_scheduler.step()

@@ -46,7 +46,7 @@ from tunesmith.training.distributed import (
     init_distributed,
     reduce_metrics,
 )
-from tunesmith.training.gradients import clip_grad_norm, count_trainable_tokens
+from tunesmith.training.gradients import clip_and_step, count_trainable_tokens
 from tunesmith.training.precision import compute_context, loss_scaler, master_dtype
 from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, set_seed, start_run_log
 
@@ -229,11 +229,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 del micro
                 grad_norm = None
                 if not in_bwd:
-                    if scaler is not None:  # before clipping: clip the true gradient
-                        scaler.unscale_(model.parameters())
-                    if max_norm:
-                        grad_norm = clip_grad_norm(model.parameters(), float(max_norm))
-                    scaler.step(optimizer) if scaler is not None else optimizer.step()
+                    grad_norm = clip_and_step(model, optimizer, max_norm, scaler)
                     optimizer.zero_grad(set_to_none=True)
                 if lr_scheduler is not None:
                     lr_scheduler.step()

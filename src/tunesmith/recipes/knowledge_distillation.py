@@ -48,7 +48,8 @@ from tunesmith.training.distributed import (
     init_distributed,
     reduce_metrics,
 )
-from tunesmith.training.gradients import clip_grad_norm, count_trainable_tokens
+from tunesmith.training.gradients import clip_and_step, count_trainable_tokens
+from tunesmith.training.precision import compute_context, loss_scaler, master_dtype
 from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, start_run_log
 
 __all__ = ["recipe_main", "build_teacher", "kd_step_losses"]
@@ -92,13 +93,15 @@ def recipe_main(cfg: DictConfig) -> None:
     seed = finetune._agreed_seed(
         state.get("seed") if resume else cfg.get("seed"), world_size, device
     )
-    model, is_peft = build_model(cfg, state, device, dtype, world_size)
-    teacher = build_teacher(cfg, device, dtype, world_size)
+    model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size)
+    teacher = build_teacher(cfg, device, dtype, world_size)  # frozen: fp16 weights are fine
     _check_vocab(model, teacher)
     chunks = int(getattr(kd_loss_fn, "num_output_chunks", 0) or 0)
     for m in (model, teacher):
         m.set_num_output_chunks(chunks)
-    activations_ctx = finetune._activation_offloading(cfg, model)
+    # fp16: fp32 student weights, fp16 autocast compute, dynamic loss scaling
+    activations_ctx = compute_context(dtype, device, finetune._activation_offloading(cfg, model))
+    scaler = loss_scaler(dtype, optimizer_in_bwd=False)
 
     # ---- data --------------------------------------------------------------------------
     tokenizer = instantiate(cfg.tokenizer)
@@ -184,14 +187,12 @@ def recipe_main(cfg: DictConfig) -> None:
                         losses = kd_step_losses(
                             model, teacher, batch, labels, loss_fn, kd_loss_fn, kd_ratio
                         )
-                    (losses[0] * (n * weight)).backward()
+                    scaled = losses[0] * (n * weight)
+                    (scaler.scale(scaled) if scaler else scaled).backward()
                     sums += torch.stack([x.detach().double() for x in losses]) * n
                     del losses
                 del micro
-                grad_norm = None
-                if max_norm:
-                    grad_norm = clip_grad_norm(model.parameters(), float(max_norm))
-                optimizer.step()
+                grad_norm = clip_and_step(model, optimizer, max_norm, scaler)
                 optimizer.zero_grad(set_to_none=True)
                 if lr_scheduler is not None:
                     lr_scheduler.step()

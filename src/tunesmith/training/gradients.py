@@ -40,11 +40,12 @@ reduce-scatter of all but the last micro-batch; the arithmetic above is unchange
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["clip_grad_norm", "count_trainable_tokens", "scale_grads"]
+__all__ = ["clip_and_step", "clip_grad_norm", "count_trainable_tokens", "scale_grads"]
 
 
 def count_trainable_tokens(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -89,3 +90,23 @@ def clip_grad_norm(
     if hasattr(total, "full_tensor"):
         total = total.full_tensor()
     return total
+
+
+def clip_and_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    max_norm: float | None,
+    scaler: Any = None,
+) -> torch.Tensor | None:
+    """The end of an optimizer step: unscale (fp16 loss scaling, a ``DynamicLossScaler``),
+    clip to ``max_norm`` (the true, unscaled gradient), step (skipped by the scaler on an
+    overflow). Returns the total gradient norm when clipping, else None. Does not zero grads.
+    """
+    if scaler is not None:
+        scaler.unscale_(model.parameters())
+    grad_norm = clip_grad_norm(model.parameters(), float(max_norm)) if max_norm else None
+    if scaler is not None:
+        scaler.step(optimizer)
+    else:
+        optimizer.step()
+    return grad_norm
