@@ -216,13 +216,20 @@ def load_from_full_model_state_dict(
     broadcast_from_rank0: bool = False,
 ) -> Any:
     """Load an unsharded state dict (as a checkpointer returns it) into an FSDP2-sharded model:
-    each rank keeps only its shard. With ``broadcast_from_rank0`` only rank 0 needs ``full_sd``
-    (others may pass ``{}``). Works on a model whose sharded parameters are still on ``meta``
+    each rank keeps only its shard. Without ``broadcast_from_rank0`` every rank passes the full
+    dict and cuts its shards locally (:func:`tunesmith.training.meta_init.load_full_state_dict`:
+    NF4 too, no collective). With ``broadcast_from_rank0`` only rank 0 needs ``full_sd``
+    (others may pass ``{}``; DCP's ``set_model_state_dict``). Works on a model whose sharded parameters are still on ``meta``
     (they are materialised on ``device`` first, and modules with a ``rope_init()`` method, such as
     torchtune-style RoPE caches, re-run it). Returns ``(missing_keys, unexpected_keys)``.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+    if not broadcast_from_rank0:  # every rank has the full dict: cut shards locally
+        from tunesmith.training.meta_init import load_full_state_dict
+
+        target = torch.device("cpu") if cpu_offload or device is None else torch.device(device)
+        return load_full_state_dict(model, full_sd, target, strict=strict)
     if any(p.is_meta for p in model.parameters()):
         target = torch.device("cpu") if cpu_offload or device is None else torch.device(device)
         model.to_empty(device=target)

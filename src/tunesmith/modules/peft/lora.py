@@ -106,11 +106,11 @@ class LoRALinear(nn.Module):
         a meta (or sharded) module: only the shapes and dtypes are read."""
         out: dict[str, torch.Tensor] = {}
         if "lora_a.weight" not in loaded:
-            a = torch.empty(self.rank, self.in_dim, dtype=self.lora_a.weight.dtype)
+            a = torch.empty(self.rank, self.in_dim, dtype=self.lora_a.weight.dtype, device="cpu")
             out["lora_a.weight"] = nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
         if "lora_b.weight" not in loaded:
             out["lora_b.weight"] = torch.zeros(
-                self.out_dim, self.rank, dtype=self.lora_b.weight.dtype
+                self.out_dim, self.rank, dtype=self.lora_b.weight.dtype, device="cpu"
             )
         return out
 
