@@ -246,3 +246,15 @@ def test_disk_full_during_save_is_one_line_and_keeps_the_previous(base, tmp_path
     assert "step_1 is intact" in msg and "MB" in msg
     assert sorted(p.name for p in out.iterdir()) == ["step_1"]
     assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == before
+
+
+def test_zeroed_adapter_in_a_checkpoint_subfolder_is_caught(base: Path, tmp_path: Path) -> None:
+    out = tmp_path / "lora"
+    train(base, out, 2, lora=True, save_every=2)
+    adapter = out / "step_2" / "adapter"
+    _zero_page(adapter / "adapter_model.safetensors", page=1)
+    ckpt = FullModelHFCheckpointer(
+        base, ["model.safetensors"], "LLAMA3", tmp_path / "new", adapter_checkpoint=str(adapter)
+    )
+    with pytest.raises(CheckpointError, match=r"adapter/adapter_model.safetensors does not match"):
+        ckpt.load_checkpoint()

@@ -57,23 +57,22 @@ _DISK_FULL_TEXT = (
 def verify_input_files(folder: Path, files: Sequence[Path]) -> None:
     """Check the weight ``files`` of ``folder`` before they load (see the module doc)."""
     folder = Path(folder)
-    rels = []
-    for f in files:
-        try:
-            rels.append(Path(f).resolve().relative_to(folder.resolve()).as_posix())
-        except ValueError:
-            continue
-    marker = read_complete_marker(folder)
+    # an adapter in a checkpoint's adapter/ sub-folder is covered by the parent's marker
+    marker_dir = folder
+    if read_complete_marker(folder) is None and read_complete_marker(folder.parent) is not None:
+        marker_dir = folder.parent
+    marker = read_complete_marker(marker_dir)
     checked = False
     if marker is not None and isinstance(marker.get("files"), dict):
-        problem = verify_checkpoint(folder, only=rels)
+        rels = _relative(files, marker_dir)
+        problem = verify_checkpoint(marker_dir, only=rels)
         if problem is not None:
             raise CheckpointError(
-                f"checkpoint file is damaged: {problem} ({folder}): copy it again, or use an "
-                "earlier checkpoint"
+                f"checkpoint file is damaged: {problem} ({marker_dir}): copy it again, or use "
+                "an earlier checkpoint"
             )
         checked = all(r in marker["files"] for r in rels)
-    verify_manifest(folder, only=rels)
+    verify_manifest(folder, only=_relative(files, folder))
     for f in files:
         if Path(f).suffix != ".safetensors":
             continue
@@ -91,6 +90,16 @@ def verify_input_files(folder: Path, files: Sequence[Path]) -> None:
                 ", ".join(zeroed[:3]),
                 ", ..." if len(zeroed) > 3 else "",
             )
+
+
+def _relative(files: Sequence[Path], root: Path) -> list[str]:
+    out = []
+    for f in files:
+        try:
+            out.append(Path(f).resolve().relative_to(root.resolve()).as_posix())
+        except ValueError:
+            continue
+    return out
 
 
 def newest_intact_checkpoint(output_dir: Path, logger: logging.Logger = log) -> Path | None:
