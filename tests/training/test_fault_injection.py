@@ -131,3 +131,28 @@ def test_all_checkpoints_damaged_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as info:
         train(base, out, TOTAL, resume=True)
     assert "\n" not in str(info.value) and "no intact checkpoint" in str(info.value)
+
+
+@pytest.mark.slow
+def test_disk_full_in_a_cli_run_is_one_line_exit_2(tmp_path: Path) -> None:
+    """``tunesmith run finetune`` with output_dir on a small disk: the pre-flight passes (room
+    for the weights), the first intermediate save (weights + AdamW state) does not fit."""
+    from tests.error_cases.checkpoint import _setup
+
+    with _tmpfs(tmp_path / "disk", "1m") as disk:
+        cfg = _setup(tmp_path, output_dir=str(disk / "out"), epochs=2)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+        proc = subprocess.run(
+            [sys.executable, "-m", "tunesmith", "run", "finetune", "--config", str(cfg)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        # training had started, so progress lines come first; the error is one line after them
+        errors = [ln[ln.index("error: ") :] for ln in proc.stderr.splitlines() if "error: " in ln]
+        assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+        assert errors[0].startswith("error: disk full while saving checkpoint epoch_1")
+        assert "no earlier checkpoint exists" in errors[0] and "Traceback" not in proc.stderr
+        assert not [p for p in (disk / "out").iterdir() if p.name.startswith((".tmp-", "epoch"))]
