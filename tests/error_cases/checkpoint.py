@@ -7,6 +7,7 @@ one the case plants. The base model is built once per process and copied per cas
 
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 import tempfile
@@ -30,7 +31,9 @@ def _base_model() -> Path:
     import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    folder = Path(tempfile.mkdtemp(prefix="tunesmith-errcase-")) / "model"
+    root = Path(tempfile.mkdtemp(prefix="tunesmith-errcase-"))
+    atexit.register(shutil.rmtree, root, True)
+    folder = root / "model"
     folder.mkdir(parents=True)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
