@@ -151,7 +151,7 @@ def test_disk_full_in_a_cli_run_is_one_line_exit_2(tmp_path: Path) -> None:
             timeout=600,
         )
         # training had started, so progress lines come first; the error is one line after them
-        errors = [ln[ln.index("error: ") :] for ln in proc.stderr.splitlines() if "error: " in ln]
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
         assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
         assert errors[0].startswith("error: disk full while saving checkpoint epoch_1")
         assert "no earlier checkpoint exists" in errors[0] and "Traceback" not in proc.stderr

@@ -57,8 +57,17 @@ def report_error(error: BaseException) -> int:
         import traceback
 
         traceback.print_exception(error)
+    _close_progress_bars()
     print(f"error: {one_line(error)}", file=sys.stderr)
     return 2
+
+
+def _close_progress_bars() -> None:
+    """End open tqdm bars (a failure mid-training, e.g. a full disk at a save) so the error
+    starts its own line instead of trailing the bar."""
+    tqdm_module = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm_module, "tqdm", None), "_instances", ()) or ()):
+        bar.close()
 
 
 _RUN_USAGE = "tunesmith run [torchrun options] <recipe> --config <name|path> [key=value ...]"
