@@ -261,7 +261,7 @@ def test_torchtune_dpo_config_runs_unchanged(assets: Path, tmp_path: Path, sourc
          f"output_dir={out}", "model._component_=tunesmith.models.build_from_hf",
          f"+model.checkpoint_dir_or_config={model_dir}",
          f"tokenizer.path={assets / 'torchtune_tests' / 'tiktoken_small.model'}",
-         "tokenizer.max_seq_len=128", f"checkpointer.checkpoint_dir={model_dir}",
+         "tokenizer.max_seq_len=512", f"checkpointer.checkpoint_dir={model_dir}",
          "checkpointer.checkpoint_files=[model.safetensors]", "+dataset.source=json",
          f"+dataset.data_files={assets / 'torchtune_tests' / 'stack_exchange_paired_tiny.json'}",
          "device=cpu", "max_steps_per_epoch=2", "batch_size=2", "gradient_accumulation_steps=1",
@@ -269,6 +269,8 @@ def test_torchtune_dpo_config_runs_unchanged(assets: Path, tmp_path: Path, sourc
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    # the 21 pairs whose prompt alone fills 512 tokens train on nothing: skipped, and said so
+    assert "skipped 21 of 25 pairs with no trained token" in proc.stderr
     losses = read_metrics(out)["loss"]
     assert len(losses) == 2 and losses[0] == pytest.approx(math.log(2), abs=1e-3)
     assert (out / "epoch_1" / "adapter" / "adapter_model.safetensors").is_file()

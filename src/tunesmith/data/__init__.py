@@ -1,6 +1,7 @@
 """tunesmith.data: messages, message transforms, prompt templates, tokenizers, collate, packing."""
 
 from tunesmith.data._collate import *  # noqa: F401,F403
+from tunesmith.data._errors import *  # noqa: F401,F403
 from tunesmith.data._message_transforms import *  # noqa: F401,F403
 from tunesmith.data._messages import *  # noqa: F401,F403
 from tunesmith.data._packing import *  # noqa: F401,F403

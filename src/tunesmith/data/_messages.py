@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any, Literal
 
-from tunesmith.config._errors import UserError
+from tunesmith.data._errors import DataError
 
 __all__ = [
     "Role",
@@ -27,32 +27,41 @@ Role = Literal["system", "user", "assistant", "ipython", "tool"]
 VALID_ROLES: tuple[str, ...] = ("system", "user", "assistant", "ipython", "tool")
 
 
-class DataRowError(UserError, ValueError):
-    """A dataset row that cannot be turned into messages (a user error: one line, exit 2).
+class DataRowError(DataError):
+    """A dataset row that cannot be turned into messages (a user error, so a ``ValueError``).
 
     ``column`` names the offending column (or ``None`` when the whole row is at
     fault); ``row_index`` is filled in by the dataset layer, which knows it,
-    through :meth:`with_row_index`.
+    through :meth:`with_row_index`, as are ``source`` (the dataset / file) and ``fix``.
+    Renders as ``row 12, column 'messages': <reason> (<source>): <fix>``.
     """
 
-    def __init__(self, reason: str, column: str | None = None, row_index: int | None = None):
+    def __init__(
+        self,
+        reason: str,
+        column: str | None = None,
+        row_index: int | None = None,
+        *,
+        source: str | None = None,
+        fix: str | None = None,
+    ):
         self.reason = reason
         self.column = column
         self.row_index = row_index
-        super().__init__(self._render())
-
-    def _render(self) -> str:
+        self.source = source
         where = []
-        if self.row_index is not None:
-            where.append(f"row {self.row_index}")
-        if self.column is not None:
-            where.append(f"column '{self.column}'")
+        if row_index is not None:
+            where.append(f"row {row_index}")
+        if column is not None:
+            where.append(f"column '{column}'")
         prefix = (", ".join(where) + ": ") if where else ""
-        return prefix + self.reason
+        super().__init__(prefix + reason, source or "", fix or "")
 
     def with_row_index(self, row_index: int) -> DataRowError:
         """Return a copy of this error that also names the row index."""
-        return type(self)(self.reason, column=self.column, row_index=row_index)
+        return type(self)(
+            self.reason, column=self.column, row_index=row_index, source=self.source, fix=self.fix
+        )
 
 
 def _normalise_content(content: Any, column: str | None = None) -> list[dict[str, Any]]:

@@ -121,6 +121,28 @@ class TokenizedSamples:
             offsets.astype(np.int64),
         )
 
+    def select(self, indices: Sequence[int] | np.ndarray) -> TokenizedSamples:
+        """The samples at ``indices`` (``[k]``, in that order) as a new stream."""
+        idx = np.asarray(indices, dtype=np.int64)
+        lengths = self.lengths[idx]
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        shift = np.repeat(self.offsets[idx] - offsets[:-1], lengths)
+        positions = shift + np.arange(int(offsets[-1]), dtype=np.int64)
+        return TokenizedSamples(self.tokens[positions], self.labels[positions], offsets)
+
+    def trained_targets(self) -> np.ndarray:
+        """``[n]`` int64: how many next-token targets of each sample are trained on.
+
+        The recipe shifts labels left by one, so sample ``i`` trains on
+        ``labels[offsets[i] + 1 : offsets[i + 1]]`` that are not -100; 0 means the sample
+        contributes nothing to the loss.
+        """
+        trained = np.zeros(len(self.labels) + 1, dtype=np.int64)
+        np.cumsum(self.labels != CROSS_ENTROPY_IGNORE_IDX, out=trained[1:])
+        starts, ends = self.offsets[:-1], self.offsets[1:]
+        return trained[ends] - trained[np.minimum(starts + 1, ends)]
+
 
 @dataclass(frozen=True)
 class PackedSequences:

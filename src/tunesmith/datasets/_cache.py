@@ -33,7 +33,7 @@ from tunesmith.data import Message, TokenizedSamples
 
 __all__: list[str] = []
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: rows with empty trained messages are masked entirely
 _PROBE_TEXT = (
     "Hello world! Ünïcödé, 数字 12345, tabs\tand\nnewlines  <|x|> <s> [INST] "
     "def f(x):\n    return x ** 2  # comment"

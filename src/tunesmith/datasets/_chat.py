@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from tunesmith.config import ConfigError
 from tunesmith.data import OpenAIToMessages, ShareGPTToMessages
 from tunesmith.datasets._common import sft_dataset
 
@@ -44,10 +45,15 @@ def chat_dataset(
             new_system_prompt=new_system_prompt,
         )
     else:
-        raise ValueError(
-            f"dataset.conversation_style={conversation_style!r} is not supported; use "
-            "'sharegpt' or 'openai'"
+        raise ConfigError(
+            f"dataset.conversation_style={conversation_style!r} is not a conversation style; "
+            "use 'sharegpt' ([{from, value}] turns) or 'openai' ([{role, content}] turns)",
+            key="dataset.conversation_style",
         )
+    # a missing column is named by the builder's own key, not column_map
+    message_transform.config_keys = {
+        key: "conversation_column" for key in ("conversations", "messages")
+    }
     return sft_dataset(
         tokenizer,
         message_transform,

@@ -46,15 +46,35 @@ class ConcatDataset(Dataset):
         start = self._ends[part - 1] if part else 0
         return self._datasets[part][index - start]
 
-    def tokenize_all(self, **kwargs: Any) -> TokenizedSamples:
-        """Concatenated bulk tokenization of the parts (each part's cache is used)."""
+    def drop_untrained_rows(self, **tokenize_kwargs: Any) -> None:
+        """Every part leaves out its rows with no trained token (see ``SFTDataset``)."""
+        for d in self._datasets:
+            if hasattr(d, "drop_untrained_rows"):
+                d.drop_untrained_rows(**tokenize_kwargs)
+        self._ends = np.cumsum([len(d) for d in self._datasets]).tolist()
+
+    def samples(self) -> TokenizedSamples:
+        """The parts' samples as one stream, in order (each part's cache is used)."""
         parts = []
         for d in self._datasets:
-            if hasattr(d, "tokenize_all"):
-                parts.append(d.tokenize_all(**kwargs))
+            if hasattr(d, "samples"):
+                parts.append(d.samples())
             else:
                 parts.append(TokenizedSamples.from_samples(d[i] for i in range(len(d))))
         return TokenizedSamples.concatenate(parts)
+
+    def tokenize_all(self, **kwargs: Any) -> TokenizedSamples:
+        """Bulk tokenization of every part (``kwargs`` go to each part's ``tokenize_all``),
+        then ``samples()``."""
+        for d in self._datasets:
+            if hasattr(d, "tokenize_all"):
+                d.tokenize_all(**kwargs)
+        return self.samples()
+
+    def max_token_id(self) -> int | None:
+        """The largest token id over the parts (None when a part cannot tell)."""
+        found = [getattr(d, "max_token_id", lambda: None)() for d in self._datasets]
+        return None if None in found else max(found)
 
     def sample_lengths(self) -> np.ndarray:
         """``[n]`` token count of every sample, in order."""

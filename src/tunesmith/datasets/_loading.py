@@ -4,16 +4,28 @@
 or a builder for local files (``"json"``, ``"parquet"``, ``"csv"``, ``"arrow"``, ``"text"``)
 with ``data_files=...``. As a convenience a path to a local file or folder also works as
 ``source`` (the builder is picked from the file extension).
+
+Every failure is a one-line :class:`~tunesmith.data.DataError` naming the file (and line,
+byte or column) and what to change; ``datasets`` internals never reach the user. Local files
+are checked before ``load_dataset`` runs (missing, a glob matching nothing, a folder,
+unreadable, empty); when ``load_dataset`` fails anyway each file is read once more to find
+the first bad byte (not UTF-8), JSON line or CSV / parquet problem.
 """
 
 from __future__ import annotations
 
+import difflib
 import glob
 import hashlib
+import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from tunesmith.data import DataError
+from tunesmith.data._errors import DataFileNotFoundError, DataSourceUnreachableError
 
 __all__: list[str] = []
 
@@ -25,6 +37,9 @@ _BUILDER_BY_SUFFIX = {
     ".arrow": "arrow",
     ".txt": "text",
 }
+_LOCAL_BUILDERS = ("json", "parquet", "csv", "arrow", "text", "pandas")
+_TEXT_BUILDERS = ("json", "csv", "text")
+_FORMATS = "source: json (or parquet, csv, arrow, text) with data_files: path/to/file"
 
 
 def _local_source(source: str, kwargs: dict[str, Any]) -> str:
@@ -34,18 +49,6 @@ def _local_source(source: str, kwargs: dict[str, Any]) -> str:
         kwargs["data_files"] = str(path)
         return _BUILDER_BY_SUFFIX[path.suffix]
     return source
-
-
-def _check_data_files(source: str, data_files: Any) -> None:
-    files = _flatten_files(data_files)
-    for f in files:
-        if "://" in f or glob.has_magic(f):
-            continue
-        if not Path(f).expanduser().exists():
-            raise FileNotFoundError(
-                f"dataset source={source!r}: data_files entry {f!r} does not exist "
-                f"(working directory {os.getcwd()}). Fix the dataset.data_files path in the config"
-            )
 
 
 def _flatten_files(data_files: Any) -> list[str]:
@@ -58,50 +61,386 @@ def _flatten_files(data_files: Any) -> list[str]:
     return [f for value in data_files for f in _flatten_files(value)]
 
 
+def _local_files(data_files: Any) -> list[Path]:
+    """The existing local files ``data_files`` names (globs expanded, URLs left out)."""
+    out: list[Path] = []
+    for pattern in _flatten_files(data_files):
+        if "://" in pattern:
+            continue
+        expanded = os.path.expanduser(pattern)
+        matches = (
+            sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(pattern) else [expanded]
+        )
+        out += [Path(m) for m in matches if Path(m).is_file()]
+    return out
+
+
+def describe(source: str, load_kwargs: Mapping[str, Any]) -> str:
+    """Where rows come from, for messages: the data file(s), else the hub name and split."""
+    files = _flatten_files(load_kwargs.get("data_files"))
+    if files:
+        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        return shown if source in _LOCAL_BUILDERS else f"{source} {shown}"
+    split = load_kwargs.get("split")
+    return f"{source}" + (f" split {split!r}" if split else "")
+
+
+def _cwd_note() -> str:
+    return f"working directory {os.getcwd()}"
+
+
+def _check_source(source: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse, before ``load_dataset`` runs, what cannot work: a misspelt builder, a local
+    path that does not exist, data files that are missing, folders, unreadable or empty."""
+    looks_like_path = (
+        source.startswith((".", "~", "/")) or Path(source).suffix in _BUILDER_BY_SUFFIX
+    )
+    if looks_like_path and not Path(source).expanduser().exists():
+        raise DataFileNotFoundError(
+            f"dataset file {source!r} does not exist",
+            f"dataset.source, {_cwd_note()}",
+            "fix the path (or use source: json with data_files: <path>)",
+            key="dataset.source",
+        )
+    files = _flatten_files(kwargs.get("data_files"))
+    local = source in _LOCAL_BUILDERS or Path(source).expanduser().exists()
+    if files and not local:
+        close = difflib.get_close_matches(source.lower(), _LOCAL_BUILDERS, n=1, cutoff=0.5)
+        if close or "/" not in source:
+            hint = f"did you mean source: {close[0]}?" if close else f"use {_FORMATS}"
+            raise DataError(
+                f"dataset source {source!r} is not a file format",
+                "dataset.source",
+                f"{hint} Local files need {_FORMATS}",
+                key="dataset.source",
+            )
+    if not files and source in _LOCAL_BUILDERS:
+        raise DataError(
+            f"dataset source {source!r} reads local files but no data_files are given",
+            "dataset.data_files",
+            "set dataset.data_files: path/to/file (a path, a glob, or a list of them)",
+            key="dataset.data_files",
+        )
+    empty = []
+    for pattern in files:
+        if "://" in pattern:
+            continue
+        expanded = os.path.expanduser(pattern)
+        if glob.has_magic(pattern):
+            if not glob.glob(expanded, recursive=True):
+                raise DataFileNotFoundError(
+                    f"data_files pattern {pattern!r} matches no file",
+                    f"dataset.data_files, {_cwd_note()}",
+                    "fix the pattern or the folder it looks in",
+                    key="dataset.data_files",
+                )
+            continue
+        path = Path(expanded)
+        if not path.exists():
+            raise DataFileNotFoundError(
+                f"data file {pattern!r} does not exist",
+                f"dataset.data_files, {_cwd_note()}",
+                "fix the dataset.data_files path in the config",
+                key="dataset.data_files",
+            )
+        if path.is_dir():
+            suffix = next((s for s, b in _BUILDER_BY_SUFFIX.items() if b == source), ".json")
+            raise DataError(
+                f"data_files entry {pattern!r} is a folder",
+                "dataset.data_files",
+                f"name the files in it, e.g. data_files: {pattern.rstrip('/')}/*{suffix}",
+                key="dataset.data_files",
+            )
+        try:
+            with path.open("rb") as f:
+                head = f.read(64)
+        except OSError as e:
+            raise DataError(
+                "cannot read data file",
+                str(path),
+                f"{e.strerror or e}; check that the file is readable (permissions)",
+                key="dataset.data_files",
+            ) from e
+        if head.strip() in (b"", b"[]", b"{}") and path.stat().st_size <= 64:
+            empty.append(pattern)
+    if empty and len(empty) == len(files):
+        raise DataError(
+            "data file is empty" if len(empty) == 1 else "every data file is empty",
+            ", ".join(empty),
+            "add rows to it, or point dataset.data_files at the file that holds them",
+            key="dataset.data_files",
+        )
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The innermost exception of ``e``'s cause / context chain."""
+    seen = {id(e)}
+    while True:
+        inner = e.__cause__ or e.__context__
+        if inner is None or id(inner) in seen:
+            return e
+        seen.add(id(inner))
+        e = inner
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return text.rstrip(".")
+
+
+def _utf8_problem(path: Path) -> DataError | None:
+    """The first byte of ``path`` that is not UTF-8, as an error naming line and offset."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 1
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                bad = offset + e.start
+                line = lines + chunk[: e.start].count(b"\n")
+                return DataError(
+                    f"data file is not UTF-8 text (byte 0x{chunk[e.start]:02x})",
+                    f"{path}, line {line}, byte offset {bad}",
+                    "re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 in > out",
+                )
+            offset += len(chunk)
+            lines += chunk.count(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return DataError(
+            "data file is not UTF-8 text (it ends inside a multi-byte character)",
+            f"{path}, line {lines}, byte offset {offset}",
+            "re-save the file as UTF-8; it may be truncated",
+        )
+    return None
+
+
+def _json_problem(path: Path) -> DataError | None:
+    """The first malformed line of a JSON Lines file (or position in a JSON document)."""
+    with path.open(encoding="utf-8") as f:
+        head = f.read(4096).lstrip()
+    if head.startswith("["):  # one JSON document: a list of rows
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            return DataError(
+                "malformed JSON",
+                f"{path}, line {e.lineno}, column {e.colno}",
+                f"{e.msg}; fix the file (a .json file holds one list of {{...}} rows)",
+            )
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict):
+                return DataError(
+                    f"JSON row {i} is a {type(row).__name__}, not an object",
+                    str(path),
+                    'every row must be a {"column": value, ...} object',
+                )
+        return None
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as line_error:
+                err, at = line_error, number
+                if number == 1 and head.startswith("{"):
+                    try:  # a single pretty-printed JSON object
+                        json.loads(path.read_text(encoding="utf-8"))
+                        return None
+                    except json.JSONDecodeError as whole:
+                        err, at = whole, whole.lineno
+                return DataError(
+                    "malformed JSON",
+                    f"{path}, line {at}, column {err.colno}",
+                    f"{err.msg}; fix or delete the line (a .jsonl file holds one {{...}} row per "
+                    "line)",
+                )
+            if not isinstance(row, dict):
+                return DataError(
+                    f"JSON line is a {type(row).__name__}, not an object",
+                    f"{path}, line {number}",
+                    'each line of a .jsonl file must be one {"column": value, ...} row',
+                )
+    return None
+
+
+def _csv_problem(path: Path, kwargs: Mapping[str, Any]) -> DataError | None:
+    import pandas as pd
+
+    options = {k: kwargs[k] for k in ("sep", "delimiter", "quotechar") if k in kwargs}
+    try:
+        pd.read_csv(path, **options)
+    except Exception as e:  # pandas' parser errors name the line
+        return DataError("malformed CSV", str(path), f"{_one_line(e)}; fix the file")
+    return None
+
+
+def _parquet_problem(path: Path) -> DataError | None:
+    import pyarrow.parquet as pq
+
+    try:
+        pq.ParquetFile(path).schema_arrow  # noqa: B018 - reads the footer
+    except Exception as e:
+        return DataError(
+            "not a readable parquet file",
+            str(path),
+            f"{_one_line(e)}; re-export the file (it may be truncated or in another format)",
+        )
+    return None
+
+
+def _arrow_problem(path: Path) -> DataError | None:
+    import pyarrow as pa
+
+    try:
+        with pa.memory_map(str(path)) as source:
+            try:
+                pa.ipc.open_stream(source).read_all()
+            except pa.ArrowInvalid:
+                source.seek(0)
+                pa.ipc.open_file(source).read_all()
+    except Exception as e:
+        return DataError("not a readable arrow file", str(path), f"{_one_line(e)}")
+    return None
+
+
+def _file_problem(builder: str, path: Path, kwargs: Mapping[str, Any]) -> DataError | None:
+    """What is wrong with one local file for ``builder``, or None when it looks fine."""
+    if builder in _TEXT_BUILDERS:
+        problem = _utf8_problem(path)
+        if problem is not None:
+            return problem
+    if builder == "json":
+        return _json_problem(path)
+    if builder == "csv":
+        return _csv_problem(path, kwargs)
+    if builder == "parquet":
+        return _parquet_problem(path)
+    if builder == "arrow":
+        return _arrow_problem(path)
+    return None
+
+
+def _load_error(source: str, kwargs: Mapping[str, Any], e: Exception) -> DataError:
+    """One line for a failed ``load_dataset``: the bad file / line / split when it can be
+    found, else the innermost ``datasets`` / arrow message with where the rows came from."""
+    where = describe(source, kwargs)
+    message = " ".join(str(e).split())
+    split = kwargs.get("split")
+    if isinstance(e, ValueError) and "split" in message.lower():
+        known = re.search(r"(?:Should be one of|one of) (\[[^\]]*\])", message)
+        hint = f"one of {known.group(1)}" if known else "a split the dataset has"
+        local = " (local files have a single 'train' split)" if source in _LOCAL_BUILDERS else ""
+        return DataError(
+            f"split {split!r} does not exist",
+            f"dataset.split, dataset {where}",
+            f"set dataset.split to {hint}{local}",
+            key="dataset.split",
+        )
+    chain = [e]
+    while chain[-1].__cause__ or chain[-1].__context__:
+        inner = chain[-1].__cause__ or chain[-1].__context__
+        if inner in chain:
+            break
+        chain.append(inner)  # type: ignore[arg-type]
+    names = " ".join(type(x).__name__ for x in chain)
+    if (
+        isinstance(e, ConnectionError)
+        or "LocalEntryNotFound" in names
+        or "Couldn't reach" in message
+    ):
+        return DataSourceUnreachableError(
+            f"dataset {source!r} looks like a Hugging Face hub name and the hub could not be "
+            "reached",
+            "dataset.source",
+            f"go online, or point the config at a local file: {_FORMATS}",
+            key="dataset.source",
+        )
+    if "DatasetNotFound" in names or (
+        isinstance(e, FileNotFoundError) and not kwargs.get("data_files")
+    ):
+        return DataFileNotFoundError(
+            f"dataset {source!r} was not found (not a local path, not a hub dataset)",
+            f"dataset.source, {_cwd_note()}",
+            f"fix the name, or for local files use {_FORMATS}",
+            key="dataset.source",
+        )
+    if source in _LOCAL_BUILDERS:
+        for path in _local_files(kwargs.get("data_files")):
+            problem = _file_problem(source, path, kwargs)
+            if problem is not None:
+                problem.key = "dataset.data_files"
+                return problem
+    return DataError(
+        f"could not load the dataset: {_one_line(_root_cause(e))}",
+        f"dataset {where}",
+        "check the data files and the dataset.* keys (source, data_files, split, name)",
+        key="dataset",
+    )
+
+
 def load_rows(
     source: str, filter_fn: Callable[[Any], bool] | None = None, **load_dataset_kwargs: Any
 ) -> tuple[Any, dict[str, Any]]:
     """Load one split with ``datasets.load_dataset`` and apply ``filter_fn``.
 
     Returns ``(hf_dataset, effective_load_kwargs)`` (``source`` included as ``"path"``).
+
+    Raises:
+        DataError: naming the file (line, byte), split or config key, for every way the
+            rows cannot be read, and for a dataset with no rows (also after ``filter_fn``).
     """
     import datasets
 
     kwargs = dict(load_dataset_kwargs)
     kwargs.setdefault("split", "train")
     source = _local_source(str(source), kwargs)
-    _check_data_files(source, kwargs.get("data_files"))
+    _check_source(source, kwargs)
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors are ours to tell
     try:
         data = datasets.load_dataset(source, **kwargs)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(
-            f"dataset source={source!r} could not be loaded ({e}). For local files use "
-            "source: json (or parquet, csv, arrow, text) with data_files: <path>; hub names "
-            "need network access to huggingface.co"
-        ) from e
-    except ConnectionError as e:
-        raise ConnectionError(
-            f"dataset source={source!r} looks like a Hugging Face hub name and the hub could not "
-            f"be reached ({e}). Offline, point the config at a local file: source: json (or "
-            "parquet, csv, arrow, text) and data_files: path/to/file"
-        ) from e
-    except ValueError as e:
-        if "split" in str(e).lower():
-            raise ValueError(
-                f"dataset source={source!r}: {e}. Set dataset.split to one of the splits above "
-                "(local files have a single 'train' split)"
-            ) from e
-        raise
+    except Exception as e:  # datasets' own messages and tracebacks never reach the user
+        raise _load_error(source, kwargs, e) from e
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+    where = describe(source, kwargs)
     if isinstance(data, datasets.DatasetDict):
-        raise ValueError(
-            f"dataset source={source!r} returned several splits {list(data)}; set dataset.split"
+        raise DataError(
+            f"the dataset has several splits {list(data)}",
+            f"dataset {where}",
+            "set dataset.split to one of them",
+            key="dataset.split",
         )
     if isinstance(data, datasets.IterableDataset):
-        raise ValueError(
-            f"dataset source={source!r}: streaming datasets are not supported; drop streaming=True"
+        raise DataError(
+            "streaming datasets are not supported",
+            f"dataset {where}",
+            "drop streaming=True",
+            key="dataset.streaming",
+        )
+    if len(data) == 0:
+        raise DataError(
+            f"the dataset has no rows (split {kwargs['split']!r})",
+            f"dataset {where}",
+            "add rows, or point dataset.data_files / dataset.split at the ones that hold them",
+            key="dataset",
         )
     if filter_fn is not None:
         data = data.filter(filter_fn)
+        if len(data) == 0:
+            raise DataError(
+                "filter_fn removed every row",
+                f"dataset {where}, dataset.filter_fn",
+                "check the filter (it must return True for the rows to keep)",
+                key="dataset.filter_fn",
+            )
     return data, {"path": source, **kwargs}
 
 

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tunesmith.data import TokenizedSamples, pack_sequences
+from tunesmith.datasets._checks import drop_untrained, why_untrained
 
 __all__ = ["PackedDataset"]
 
@@ -23,7 +24,8 @@ class PackedDataset(Dataset):
     one does not fit (torchtune's packing); the tail of each pack is padded. Packing is
     vectorised over the whole token stream. When ``ds`` offers ``tokenize_all`` (tunesmith
     datasets do) all rows are tokenized in bulk and cached on disk, so a second run skips
-    tokenization; other datasets are iterated once.
+    tokenization; other datasets are iterated once. Samples with no trained token are left
+    out before packing (one warning; an error when no sample has one).
 
     Args:
         ds: a dataset of ``{"tokens", "labels"}`` samples.
@@ -59,12 +61,22 @@ class PackedDataset(Dataset):
         self.padding_idx = padding_idx
         self.max_packs = max_packs
         self.split_across_pack = split_across_pack
-        if hasattr(ds, "tokenize_all"):
-            samples = ds.tokenize_all(
+        if hasattr(ds, "drop_untrained_rows"):  # tunesmith datasets: bulk, cached
+            ds.drop_untrained_rows(
                 num_workers=num_workers, use_cache=use_cache, cache_dir=cache_dir
             )
+            samples = ds.samples()
         else:
             samples = TokenizedSamples.from_samples(ds[i] for i in range(len(ds)))
+            keep = drop_untrained(
+                type(ds).__name__,
+                samples.trained_targets(),
+                lambda i: why_untrained(int(samples.lengths[i]), None, lambda: False),
+                max_seq_len=None,
+                unit="samples",
+            )
+            if keep is not None:
+                samples = samples.select(keep)
         self.packs = pack_sequences(
             samples,
             max_seq_len,
@@ -84,6 +96,12 @@ class PackedDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.packs)
+
+    def max_token_id(self) -> int | None:
+        """The largest token id of the packs, padding included."""
+        tokens = self.packs.tokens
+        found = int(tokens.max()) if len(tokens) else -1
+        return max(found, self.padding_idx)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if index < 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -15,8 +16,10 @@ from tunesmith.data import (
     Message,
     validate_messages,
 )
+from tunesmith.datasets._checks import drop_untrained, has_trained_content, why_untrained
 from tunesmith.datasets._common import is_hub_source
-from tunesmith.datasets._loading import load_rows
+from tunesmith.datasets._loading import describe, load_rows
+from tunesmith.datasets._sft import column_setting, row_error
 
 __all__ = [
     "PreferenceDataset",
@@ -32,7 +35,9 @@ class PreferenceDataset(Dataset):
 
     Items: ``chosen_input_ids``, ``chosen_labels``, ``rejected_input_ids``,
     ``rejected_labels`` (lists of int; labels -100 where masked). Batch with
-    ``padded_collate_dpo``. Packing is not supported.
+    ``padded_collate_dpo``. Packing is not supported. ``drop_untrained_rows()`` (the dpo
+    recipe calls it before training) tokenizes every pair once and leaves out the pairs
+    where either side has no trained token.
     """
 
     def __init__(
@@ -53,39 +58,99 @@ class PreferenceDataset(Dataset):
         self._message_transform = message_transform
         self._tokenizer = tokenizer
         self._data, self._load_kwargs = load_rows(source, filter_fn, **load_dataset_kwargs)
+        self._keep: np.ndarray | None = None  # [k] kept pairs, once some were dropped
+        self._max_id: int | None = None
+        self._rows_checked = False
 
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._data) if self._keep is None else len(self._keep)
 
     def _tokenize(self, messages: list[Message]) -> tuple[list[int], list[int]]:
         try:
             validate_messages(messages)
         except ValueError as e:
             raise DataRowError(f"invalid conversation: {e}") from None
-        tokens, mask = self._tokenizer.tokenize_messages(messages)
+        trained = has_trained_content(messages)
+        try:
+            tokens, mask = self._tokenizer.tokenize_messages(messages)
+        except DataRowError:
+            raise
+        except ValueError as e:  # e.g. image content for a text-only tokenizer
+            raise DataRowError(f"cannot tokenize the row: {e}") from None
+        if not trained:  # an empty response: nothing to prefer but the end-of-turn token
+            mask = [True] * len(tokens)
         labels = np.where(mask, CROSS_ENTROPY_IGNORE_IDX, tokens).tolist()
         return list(tokens), labels
 
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
+    def _where(self) -> str:
+        return describe(self._source, self._load_kwargs)
+
+    def _pair(self, index: int) -> tuple[dict[str, list[Message]], dict[str, list[int]]]:
         try:
             transformed = self._message_transform(self._data[index])
             chosen_ids, chosen_labels = self._tokenize(transformed["chosen"])
             rejected_ids, rejected_labels = self._tokenize(transformed["rejected"])
         except DataRowError as e:
-            files = self._load_kwargs.get("data_files")
-            where = self._source + (f" {files}" if files else "")
-            raise DataRowError(
-                f"{e.reason} (dataset {where}; fix or drop the row, e.g. with filter_fn, or "
-                "map the right columns with column_map)",
-                column=e.column,
-                row_index=index,
-            ) from None
-        return {
+            setting = partial(column_setting, self._message_transform)
+            raise row_error(e, index, self._where(), self._data, setting) from None
+        return transformed, {
             "chosen_input_ids": chosen_ids,
             "chosen_labels": chosen_labels,
             "rejected_input_ids": rejected_ids,
             "rejected_labels": rejected_labels,
         }
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        if self._keep is not None:
+            index = int(self._keep[index])
+        return self._pair(index)[1]
+
+    def max_token_id(self) -> int | None:
+        """The largest token id of the pairs (known after ``drop_untrained_rows``)."""
+        return self._max_id
+
+    def drop_untrained_rows(self) -> None:
+        """Tokenize every pair once and leave out the pairs where the chosen or the rejected
+        side has no trained token (empty, truncated away, or all masked), with one warning;
+        idempotent.
+
+        Raises:
+            DataError: when no pair is left.
+            DataRowError: for a row that cannot be tokenized (row, column, file named).
+        """
+        if self._rows_checked:
+            return
+        n = len(self._data)
+        counts = np.zeros(n, dtype=np.int64)
+        reasons: dict[int, str] = {}
+        max_id = -1
+        max_seq_len = getattr(self._tokenizer, "max_seq_len", None)
+        for i in range(n):
+            transformed, pair = self._pair(i)
+            sides = []
+            for side in ("chosen", "rejected"):
+                labels = pair[f"{side}_labels"]
+                ids = pair[f"{side}_input_ids"]
+                trained = sum(1 for label in labels[1:] if label != CROSS_ENTROPY_IGNORE_IDX)
+                sides.append(trained)
+                if ids:
+                    max_id = max(max_id, max(ids))
+                if not trained and i not in reasons:
+                    messages = transformed[side]
+                    reasons[i] = why_untrained(
+                        len(ids), max_seq_len, lambda m=messages: not has_trained_content(m)
+                    )
+            counts[i] = min(sides)
+        self._max_id = max_id if max_id >= 0 else None
+        self._keep = drop_untrained(
+            self._where(),
+            counts,
+            reasons.__getitem__,
+            max_seq_len=max_seq_len,
+            unit="pairs",
+            detail=" in the chosen or the rejected response",
+        )
+        self._rows_checked = True
 
 
 def preference_dataset(

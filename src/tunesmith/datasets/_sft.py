@@ -37,7 +37,8 @@ from tunesmith.datasets._cache import (
     store_cached,
     tokenizer_identity,
 )
-from tunesmith.datasets._loading import data_fingerprint, load_rows
+from tunesmith.datasets._checks import drop_untrained, has_trained_content, why_untrained
+from tunesmith.datasets._loading import data_fingerprint, describe, load_rows
 
 __all__ = ["SFTDataset", "SFTTransform", "TokenizedRowDataset"]
 
@@ -102,12 +103,18 @@ class TokenizedRowDataset(Dataset):
     """Base for datasets whose rows each become one ``{"tokens", "labels"}`` sample.
 
     Subclasses implement ``_tokenize_row(row) -> (tokens, mask | None)`` (``mask[i]`` True =
-    not trained on; None = train on every token) and ``_identity()`` (the settings that
-    decide the tokens, for the cache key).
+    not trained on; None = train on every token), ``_identity()`` (the settings that
+    decide the tokens, for the cache key) and ``_row_is_empty(row)`` (nothing to train on).
+
+    ``drop_untrained_rows()`` (the recipes call it before training; ``PackedDataset`` before
+    packing) tokenizes every row once and leaves out the rows with no trained token; from
+    then on indices, ``len`` and ``samples()`` cover the kept rows only.
     """
 
     _data: Any
     _load_kwargs: dict[str, Any]
+    _keep: np.ndarray | None = None  # [k] indices of the kept rows, once some were dropped
+    _rows_checked = False
 
     def _load(self, source: str, filter_fn: Callable | None, load_kwargs: dict[str, Any]) -> None:
         self._source = str(source)
@@ -121,13 +128,23 @@ class TokenizedRowDataset(Dataset):
     def _identity(self) -> str:
         raise NotImplementedError
 
+    def _row_is_empty(self, row: Mapping[str, Any]) -> bool:
+        return False
+
+    def _max_seq_len(self) -> int | None:
+        """The length rows are truncated to (None: not truncated)."""
+        return getattr(getattr(self, "_model_transform", None), "max_seq_len", None)
+
+    def _column_setting(self, column: str) -> str:
+        """The config key that names ``column`` (for messages)."""
+        return column_setting(getattr(self, "_message_transform", None), column)
+
     # -- per-row access -------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._data)
+        return len(self._data) if self._keep is None else len(self._keep)
 
     def _where(self) -> str:
-        files = self._load_kwargs.get("data_files")
-        return f"{self._source}" + (f" {files}" if files else "")
+        return describe(self._source, self._load_kwargs)
 
     def _checked_tokenize(
         self, row: Mapping[str, Any], index: int
@@ -135,14 +152,11 @@ class TokenizedRowDataset(Dataset):
         try:
             return self._tokenize_row(row)
         except DataRowError as e:
-            raise DataRowError(
-                f"{e.reason} (dataset {self._where()}; fix or drop the row, e.g. with filter_fn, "
-                "or map the right columns with column_map)",
-                column=e.column,
-                row_index=index,
-            ) from None
+            raise row_error(e, index, self._where(), self._data, self._column_setting) from None
 
     def __getitem__(self, index: int) -> dict[str, list[int]]:
+        if self._keep is not None:
+            index = int(self._keep[index])
         if self._tokenized is not None:
             return self._tokenized.sample(index)
         tokens, mask = self._checked_tokenize(self._data[index], index)
@@ -235,7 +249,7 @@ class TokenizedRowDataset(Dataset):
     ) -> TokenizedSamples:
         if key is not None:
             cached = load_cached(key, folder)
-            if cached is not None and len(cached) == len(self):
+            if cached is not None and len(cached) == len(self._data):
                 logger.info("loaded tokenized %s from cache %s", self._where(), key)
                 return cached
         samples = self._tokenize_parallel(num_workers)
@@ -245,7 +259,7 @@ class TokenizedRowDataset(Dataset):
         return samples
 
     def _tokenize_parallel(self, num_workers: int | None) -> TokenizedSamples:
-        n = len(self)
+        n = len(self._data)
         workers = min(num_workers or _default_workers(), max(1, n // _MIN_ROWS_PER_WORKER))
         if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
             return self._tokenize_range(0, n)
@@ -267,7 +281,41 @@ class TokenizedRowDataset(Dataset):
 
     def sample_lengths(self) -> np.ndarray:
         """``[n]`` token count of every sample (tokenizes everything once, cached)."""
-        return self.tokenize_all().lengths
+        return self.samples().lengths
+
+    def samples(self) -> TokenizedSamples:
+        """The dataset's samples as one stream: ``tokenize_all()`` less the dropped rows."""
+        samples = self.tokenize_all()
+        return samples if self._keep is None else samples.select(self._keep)
+
+    def max_token_id(self) -> int | None:
+        """The largest token id of the rows (None for a dataset with no tokens)."""
+        tokens = self.samples().tokens
+        return int(tokens.max()) if len(tokens) else None
+
+    def drop_untrained_rows(self, **tokenize_kwargs: Any) -> None:
+        """Tokenize every row (``tokenize_all(**tokenize_kwargs)``, cached) and leave out the
+        rows with no trained token, with one warning; idempotent.
+
+        Raises:
+            DataError: when no row has a trained token.
+            DataRowError: for a row that cannot be tokenized (row, column, file named).
+        """
+        if self._rows_checked:
+            return
+        samples = self.tokenize_all(**tokenize_kwargs)
+        lengths = samples.lengths
+        max_seq_len = self._max_seq_len()
+
+        def reason(i: int) -> str:
+            return why_untrained(
+                int(lengths[i]), max_seq_len, lambda: self._row_is_empty(self._data[i])
+            )
+
+        self._keep = drop_untrained(
+            self._where(), samples.trained_targets(), reason, max_seq_len=max_seq_len
+        )
+        self._rows_checked = True
 
 
 class SFTDataset(TokenizedRowDataset):
@@ -300,14 +348,66 @@ class SFTDataset(TokenizedRowDataset):
 
     def _tokenize_row(self, row: Mapping[str, Any]) -> tuple[Sequence[int], Sequence[bool]]:
         transformed = self._message_transform(row)
+        messages = transformed["messages"]
         try:
-            validate_messages(transformed["messages"])
+            validate_messages(messages)
         except ValueError as e:
             raise DataRowError(f"invalid conversation: {e}") from None
-        out = self._model_transform(transformed)
-        return out["tokens"], out["mask"]
+        trained = has_trained_content(messages)  # before the tokenizer consumes the messages
+        try:
+            out = self._model_transform(transformed)
+        except DataRowError:
+            raise
+        except ValueError as e:  # e.g. image content for a text-only tokenizer
+            raise DataRowError(f"cannot tokenize the row: {e}") from None
+        tokens, mask = out["tokens"], out["mask"]
+        if not trained:  # empty responses: nothing to learn but the end-of-turn token
+            mask = [True] * len(tokens)
+        return tokens, mask
+
+    def _row_is_empty(self, row: Mapping[str, Any]) -> bool:
+        return not has_trained_content(self._message_transform(row)["messages"])
 
     def _identity(self) -> str:
         transform = self._message_transform
         parts = (_settings_repr(transform), code_identity(transform))
         return "\n".join((*parts, tokenizer_identity(self._model_transform)))
+
+
+def column_setting(message_transform: Any, column: str) -> str:
+    """The config key that names dataset column ``column``: ``dataset.column_map.<key>`` for
+    the transform key mapped to it (or the builder's own key, e.g. ``conversation_column``,
+    from the transform's ``config_keys``)."""
+    column_map = getattr(message_transform, "column_map", None) or {}
+    for key, mapped in column_map.items():
+        if mapped == column:
+            own = (getattr(message_transform, "config_keys", None) or {}).get(key)
+            return f"dataset.{own or f'column_map.{key}'}"
+    return "dataset.column_map"
+
+
+def row_error(
+    e: DataRowError, index: int, where: str, data: Any, setting: Callable[[str], str]
+) -> DataRowError:
+    """``e`` from row ``index`` as the one-line user error: a column the whole dataset lacks
+    names the columns it has and the key to set; any other row problem names the row."""
+    columns = list(getattr(data, "column_names", None) or [])
+    if e.column is not None and columns and e.column not in columns:
+        key = setting(e.column)
+        error = DataRowError(
+            f"missing column; the dataset has columns {columns}",
+            column=e.column,
+            row_index=index,
+            source=f"dataset {where}",
+            fix=f"set {key} to the column that holds it"
+            + (f" (e.g. {key}={columns[0]})" if key != "dataset.column_map" else ""),
+        )
+        error.key = key
+        return error
+    return DataRowError(
+        e.reason,
+        column=e.column,
+        row_index=index,
+        source=f"dataset {where}",
+        fix="fix or drop the row (e.g. with filter_fn), or map the right columns with column_map",
+    )

@@ -34,12 +34,12 @@ class TextCompletionDataset(TokenizedRowDataset):
         **load_dataset_kwargs: Any,
     ):
         self._tokenizer = tokenizer
-        self._max_seq_len = max_seq_len
+        self._max_seq_len_arg = max_seq_len
         self._column = column
         self.add_eos = add_eos
         self._load(source, filter_fn, load_dataset_kwargs)
 
-    def _tokenize_row(self, row: Mapping[str, Any]) -> tuple[Sequence[int], None]:
+    def _text(self, row: Mapping[str, Any]) -> str:
         if self._column not in row:
             raise DataRowError(
                 f"missing column; the row has columns {sorted(row)}. Set dataset.column",
@@ -49,15 +49,31 @@ class TextCompletionDataset(TokenizedRowDataset):
         if not isinstance(text, str):
             kind = "null" if text is None else type(text).__name__
             raise DataRowError(f"expected a string, got {kind}", column=self._column)
+        return text
+
+    def _tokenize_row(self, row: Mapping[str, Any]) -> tuple[Sequence[int], Sequence[bool] | None]:
+        text = self._text(row)
         tokens = self._tokenizer.encode(text, add_bos=True, add_eos=self.add_eos)
-        max_seq_len = self._max_seq_len or getattr(self._tokenizer, "max_seq_len", None)
+        max_seq_len = self._max_seq_len()
         if max_seq_len is not None:
-            tokens = tokens[: max_seq_len - 1]
+            tokens = tokens[:max_seq_len]
+        if not text.strip():  # a blank document: nothing to learn but BOS -> EOS
+            return tokens, [True] * len(tokens)
         return tokens, None
+
+    def _max_seq_len(self) -> int | None:
+        max_seq_len = self._max_seq_len_arg or getattr(self._tokenizer, "max_seq_len", None)
+        return None if max_seq_len is None else max_seq_len - 1
+
+    def _row_is_empty(self, row: Mapping[str, Any]) -> bool:
+        return not self._text(row).strip()
+
+    def _column_setting(self, column: str) -> str:
+        return "dataset.column"
 
     def _identity(self) -> str:
         return (
-            f"column={self._column!r} add_eos={self.add_eos} max_seq_len={self._max_seq_len}\n"
+            f"column={self._column!r} add_eos={self.add_eos} max_seq_len={self._max_seq_len_arg}\n"
             + tokenizer_identity(self._tokenizer)
         )
 

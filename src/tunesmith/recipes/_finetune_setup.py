@@ -24,7 +24,9 @@ from tunesmith.utils import get_logger
 __all__ = [
     "adapter_config",
     "build_dataloader",
+    "build_datasets",
     "build_model",
+    "check_vocab",
     "full_state_dicts",
     "local_device",
     "open_checkpointer",
@@ -189,8 +191,49 @@ def is_packed(dataset_cfg: DictConfig | ListConfig) -> bool:
     return flags.pop()
 
 
+def build_datasets(dataset_cfg: DictConfig | ListConfig, tokenizer: Any) -> list[Dataset]:
+    """Instantiate the dataset node(s) and check them, before any weights load.
+
+    Every tunesmith dataset tokenizes all its rows here (cached on disk) and leaves out the
+    rows with no trained token (one warning; an error when none is left), so a bad file,
+    row or column fails in seconds, and the sampler only ever sees the kept rows (the same on
+    every rank and on resume).
+    """
+    from tunesmith.data import DataError
+
+    nodes = list(dataset_cfg) if isinstance(dataset_cfg, ListConfig) else [dataset_cfg]
+    datasets: list[Dataset] = [instantiate(node, tokenizer) for node in nodes]
+    for i, (node, ds) in enumerate(zip(nodes, datasets)):
+        drop = getattr(ds, "drop_untrained_rows", None)
+        if callable(drop):
+            drop()
+        if len(ds) == 0:  # type: ignore[arg-type]
+            where = f"dataset[{i}]" if len(nodes) > 1 else "dataset"
+            raise DataError(
+                "the dataset has no samples",
+                f"{where}._component_={node.get('_component_')}",
+                "point it at data with rows",
+                key=where,
+            )
+    return datasets
+
+
+def check_vocab(
+    datasets: list[Dataset], tokenizer: Any, state: Mapping[str, Any], checkpointer: DictConfig
+) -> None:
+    """Refuse token ids the checkpoint's embedding (``state["model"]``) has no row for, before
+    the model is built (the message names ``checkpointer.checkpoint_dir``)."""
+    from tunesmith.datasets._checks import check_token_ids
+
+    weights = state.get("model") or {}
+    embedding = next((v for k, v in weights.items() if k.endswith("tok_embeddings.weight")), None)
+    vocab = int(embedding.shape[0]) if getattr(embedding, "ndim", 0) == 2 else None
+    model = f"checkpointer.checkpoint_dir={checkpointer.get('checkpoint_dir')}"
+    check_token_ids(datasets, tokenizer, vocab, model)
+
+
 def build_dataloader(
-    dataset_cfg: DictConfig | ListConfig,
+    datasets: list[Dataset],
     tokenizer: Any,
     *,
     batch_size: int,
@@ -204,7 +247,8 @@ def build_dataloader(
     pin_memory: bool = False,
     packed_mask: bool = True,
 ) -> tuple[DataLoader, Any]:
-    """Dataset (one, or a list concatenated) -> resumable distributed sampler -> collate.
+    """Datasets from ``build_datasets`` (concatenated) -> resumable distributed sampler ->
+    collate (``padded_collate_packed`` for packed datasets, else ``padded_collate_sft``).
 
     ``packed_mask=False``: packed batches come without the dense ``[b, s, s]`` block-causal
     mask (for a consumer that finds the documents from ``input_pos``, as unpadding does).
@@ -212,11 +256,12 @@ def build_dataloader(
 
     from tunesmith.data import padded_collate_packed, padded_collate_sft
 
-    nodes = list(dataset_cfg) if isinstance(dataset_cfg, ListConfig) else [dataset_cfg]
-    datasets: list[Dataset] = [instantiate(node, tokenizer) for node in nodes]
+    packed = {bool(getattr(ds, "packed", False)) for ds in datasets}
+    if len(packed) > 1:
+        raise ValueError("dataset: mix of packed and unpacked datasets; set packed the same on all")
     collate = (
         partial(padded_collate_packed, mask=packed_mask)
-        if is_packed(dataset_cfg)
+        if packed.pop()
         else partial(padded_collate_sft, padding_idx=tokenizer.pad_id, ignore_idx=ignore_index)
     )
     return sampled_loader(

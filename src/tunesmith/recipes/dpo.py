@@ -35,7 +35,9 @@ from tunesmith.modules.peft import disable_adapter
 from tunesmith.recipes import finetune
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
+    build_datasets,
     build_model,
+    check_vocab,
     is_packed,
     local_device,
     open_checkpointer,
@@ -56,7 +58,7 @@ from tunesmith.training.gradients import clip_and_step
 from tunesmith.training.precision import compute_context, loss_scaler, master_dtype
 from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, start_run_log
 
-__all__ = ["recipe_main", "build_preference_dataloader"]
+__all__ = ["recipe_main", "build_preference_datasets", "build_preference_dataloader"]
 
 log = get_logger(__name__)
 
@@ -93,9 +95,14 @@ def recipe_main(cfg: DictConfig) -> None:
             key="loss._component_",
         )
 
+    # ---- data, checked before any weights load -----------------------------------------
+    tokenizer = instantiate(cfg.tokenizer)
+    datasets = build_preference_datasets(cfg.dataset, tokenizer)
+
     # ---- weights, seed, models ---------------------------------------------------------
     checkpointer = open_checkpointer(cfg, resume)
     state = checkpointer.load_checkpoint()
+    check_vocab(datasets, tokenizer, state, cfg.checkpointer)
     seed = finetune._agreed_seed(
         state.get("seed") if resume else cfg.get("seed"), world_size, device
     )
@@ -124,10 +131,9 @@ def recipe_main(cfg: DictConfig) -> None:
     activations_ctx = compute_context(dtype, device, finetune._activation_offloading(cfg, model))
     scaler = loss_scaler(dtype, optimizer_in_bwd=False)
 
-    # ---- data --------------------------------------------------------------------------
-    tokenizer = instantiate(cfg.tokenizer)
+    # ---- data loader -------------------------------------------------------------------
     loader, sampler = build_preference_dataloader(
-        cfg.dataset,
+        datasets,
         tokenizer,
         batch_size=int(cfg.batch_size),
         world_size=world_size,
@@ -308,33 +314,22 @@ def _step_metrics(
     return torch.stack(values)
 
 
-def build_preference_dataloader(
-    dataset_cfg: DictConfig | ListConfig,
-    tokenizer: Any,
-    *,
-    batch_size: int,
-    world_size: int,
-    rank: int,
-    seed: int,
-    shuffle: bool = True,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-) -> tuple[DataLoader, Any]:
-    """Preference dataset(s) -> resumable distributed sampler -> ``padded_collate_dpo``.
+def build_preference_datasets(
+    dataset_cfg: DictConfig | ListConfig, tokenizer: Any
+) -> list[Dataset]:
+    """Preference dataset(s), checked before any weights load (see ``build_datasets``: every
+    pair is tokenized once and pairs with an untrained side are left out).
 
-    Batches are ``(input_ids [2b, s], labels [2b, s])``: rows ``:b`` chosen, ``b:`` rejected.
-    The first sample is read up front, so a dataset of the wrong kind or a row with a missing
-    column fails before training, naming the dataset and column.
+    The first sample is read up front, so a dataset of the wrong kind fails before training,
+    naming the component.
     """
-    from tunesmith.data import padded_collate_dpo
-
     if is_packed(dataset_cfg):
         raise ConfigError(
             "dataset.packed=True: preference pairs cannot be packed; set dataset.packed=False",
             key="dataset.packed",
         )
     nodes = list(dataset_cfg) if isinstance(dataset_cfg, ListConfig) else [dataset_cfg]
-    datasets: list[Dataset] = [instantiate(node, tokenizer) for node in nodes]
+    datasets = build_datasets(dataset_cfg, tokenizer)
     for node, ds in zip(nodes, datasets):
         sample = ds[0]
         missing = [k for k in PREFERENCE_KEYS if k not in sample]
@@ -346,6 +341,28 @@ def build_preference_dataloader(
                 "stack_exchange_paired_dataset",
                 key="dataset._component_",
             )
+    return datasets
+
+
+def build_preference_dataloader(
+    datasets: list[Dataset],
+    tokenizer: Any,
+    *,
+    batch_size: int,
+    world_size: int,
+    rank: int,
+    seed: int,
+    shuffle: bool = True,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> tuple[DataLoader, Any]:
+    """Preference datasets (from ``build_preference_datasets``) -> resumable distributed
+    sampler -> ``padded_collate_dpo``.
+
+    Batches are ``(input_ids [2b, s], labels [2b, s])``: rows ``:b`` chosen, ``b:`` rejected.
+    """
+    from tunesmith.data import padded_collate_dpo
+
     pad_id = getattr(tokenizer, "pad_id", None)
     collate = partial(
         padded_collate_dpo, padding_idx=0 if pad_id is None else pad_id, ignore_idx=IGNORE_INDEX

@@ -28,7 +28,9 @@ from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
     adapter_config,
     build_dataloader,
+    build_datasets,
     build_model,
+    check_vocab,
     full_state_dicts,
     local_device,
     open_checkpointer,
@@ -77,9 +79,18 @@ def recipe_main(cfg: DictConfig) -> None:
             "gradient_accumulation_steps=1 and clip_grad_norm=null, or optimizer_in_bwd=False"
         )
 
+    # ---- data, checked before any weights load -----------------------------------------
+    tokenizer = instantiate(cfg.tokenizer)
+    datasets = build_datasets(cfg.dataset, tokenizer)
+    val_every = int(cfg.get("run_val_every_n_steps") or 0)
+    val_datasets = None
+    if val_every and cfg.get("dataset_val") is not None:  # torchtune's validation keys
+        val_datasets = build_datasets(cfg.dataset_val, tokenizer)
+
     # ---- weights, seed, model ----------------------------------------------------------
     checkpointer = open_checkpointer(cfg, resume)
     state = checkpointer.load_checkpoint()
+    check_vocab(datasets + (val_datasets or []), tokenizer, state, cfg.checkpointer)
     seed = _agreed_seed(state.get("seed") if resume else cfg.get("seed"), world_size, device)
     model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size)
     loss_fn = instantiate(cfg.loss)
@@ -96,11 +107,10 @@ def recipe_main(cfg: DictConfig) -> None:
     activations_ctx = compute_context(dtype, device, _activation_offloading(cfg, model))
     scaler = loss_scaler(dtype, in_bwd)
 
-    # ---- data --------------------------------------------------------------------------
+    # ---- data loaders ------------------------------------------------------------------
     # drop padding from the micro-batches where the decoder takes document lengths; packs
     # then need no dense [b, s, s] mask from the collate (the documents come from input_pos)
     unpad = "seq_lens" in inspect.signature(model.forward).parameters
-    tokenizer = instantiate(cfg.tokenizer)
     data_kwargs = {
         "world_size": world_size,
         "rank": rank,
@@ -109,7 +119,7 @@ def recipe_main(cfg: DictConfig) -> None:
         "pin_memory": device.type == "cuda",  # lets .to(device, non_blocking=True) overlap
     }
     loader, sampler = build_dataloader(
-        cfg.dataset,
+        datasets,
         tokenizer,
         batch_size=int(cfg.batch_size),
         shuffle=bool(cfg.get("shuffle", True)),
@@ -117,11 +127,10 @@ def recipe_main(cfg: DictConfig) -> None:
         packed_mask=not unpad,
         **data_kwargs,
     )
-    val_every = int(cfg.get("run_val_every_n_steps") or 0)
     val_loader = None
-    if val_every and cfg.get("dataset_val") is not None:  # torchtune's validation keys
+    if val_datasets is not None:
         val_loader, _ = build_dataloader(
-            cfg.dataset_val,
+            val_datasets,
             tokenizer,
             batch_size=int(cfg.get("batch_size_val") or cfg.batch_size),
             shuffle=False,

@@ -36,7 +36,9 @@ from tunesmith.recipes import finetune
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
     build_dataloader,
+    build_datasets,
     build_model,
+    check_vocab,
     local_device,
     open_checkpointer,
 )
@@ -87,9 +89,14 @@ def recipe_main(cfg: DictConfig) -> None:
     loss_fn, kd_loss_fn = _build_losses(cfg)
     ignore_index = int(getattr(loss_fn, "ignore_index", -100))
 
+    # ---- data, checked before any weights load -----------------------------------------
+    tokenizer = instantiate(cfg.tokenizer)
+    datasets = build_datasets(cfg.dataset, tokenizer)
+
     # ---- weights, seed, models ---------------------------------------------------------
     checkpointer = open_checkpointer(cfg, resume)
     state = checkpointer.load_checkpoint()
+    check_vocab(datasets, tokenizer, state, cfg.checkpointer)
     seed = finetune._agreed_seed(
         state.get("seed") if resume else cfg.get("seed"), world_size, device
     )
@@ -103,10 +110,9 @@ def recipe_main(cfg: DictConfig) -> None:
     activations_ctx = compute_context(dtype, device, finetune._activation_offloading(cfg, model))
     scaler = loss_scaler(dtype, optimizer_in_bwd=False)
 
-    # ---- data --------------------------------------------------------------------------
-    tokenizer = instantiate(cfg.tokenizer)
+    # ---- data loader -------------------------------------------------------------------
     loader, sampler = build_dataloader(
-        cfg.dataset,
+        datasets,
         tokenizer,
         batch_size=int(cfg.batch_size),
         world_size=world_size,
