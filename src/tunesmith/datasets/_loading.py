@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -343,6 +344,13 @@ def _load_error(source: str, kwargs: Mapping[str, Any], e: Exception) -> DataErr
             f"set dataset.split to {hint}{local}",
             key="dataset.split",
         )
+    if "corresponds to no data" in message:
+        return DataError(
+            f"the dataset has no rows (split {split!r})",
+            f"dataset {where}",
+            "add rows, or point dataset.data_files / dataset.split at the ones that hold them",
+            key="dataset",
+        )
     chain = [e]
     while chain[-1].__cause__ or chain[-1].__context__:
         inner = chain[-1].__cause__ or chain[-1].__context__
@@ -385,6 +393,30 @@ def _load_error(source: str, kwargs: Mapping[str, Any], e: Exception) -> DataErr
     )
 
 
+def _check_text(data: Any, source: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse strings that are not UTF-8 (pyarrow's JSON reader lets them through, and they
+    would fail when a row is read): one full validation of the arrow table."""
+    import pyarrow as pa
+
+    table = getattr(getattr(data, "data", None), "table", None)
+    if table is None:
+        return
+    try:
+        table.validate(full=True)
+    except pa.ArrowInvalid as e:
+        for path in _local_files(kwargs.get("data_files")):
+            problem = _utf8_problem(path)
+            if problem is not None:
+                problem.key = "dataset.data_files"
+                raise problem from e
+        raise DataError(
+            f"the dataset holds invalid text: {_one_line(e)}",
+            f"dataset {describe(source, kwargs)}",
+            "re-encode the data as UTF-8",
+            key="dataset",
+        ) from e
+
+
 def load_rows(
     source: str, filter_fn: Callable[[Any], bool] | None = None, **load_dataset_kwargs: Any
 ) -> tuple[Any, dict[str, Any]]:
@@ -404,12 +436,17 @@ def load_rows(
     _check_source(source, kwargs)
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors are ours to tell
+    bars = datasets.utils.are_progress_bars_disabled()
+    if not sys.stderr.isatty():  # progress bars only where someone watches them
+        datasets.disable_progress_bars()
     try:
         data = datasets.load_dataset(source, **kwargs)
     except Exception as e:  # datasets' own messages and tracebacks never reach the user
         raise _load_error(source, kwargs, e) from e
     finally:
         datasets.logging.set_verbosity(verbosity)
+        if not bars:
+            datasets.enable_progress_bars()
     where = describe(source, kwargs)
     if isinstance(data, datasets.DatasetDict):
         raise DataError(
@@ -432,6 +469,7 @@ def load_rows(
             "add rows, or point dataset.data_files / dataset.split at the ones that hold them",
             key="dataset",
         )
+    _check_text(data, source, kwargs)
     if filter_fn is not None:
         data = data.filter(filter_fn)
         if len(data) == 0:

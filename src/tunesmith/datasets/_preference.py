@@ -109,6 +109,11 @@ class PreferenceDataset(Dataset):
         """The largest token id of the pairs (known after ``drop_untrained_rows``)."""
         return self._max_id
 
+    @property
+    def num_skipped_rows(self) -> int | None:
+        """Pairs left out by ``drop_untrained_rows`` (None before it ran)."""
+        return len(self._data) - len(self) if self._rows_checked else None
+
     def drop_untrained_rows(self) -> None:
         """Tokenize every pair once and leave out the pairs where the chosen or the rejected
         side has no trained token (empty, truncated away, or all masked), with one warning;

@@ -210,7 +210,18 @@ class TokenizedRowDataset(Dataset):
         if self._tokenized is None:
             return None
         labels = self._tokenized.labels
-        return len(labels), int((labels != CROSS_ENTROPY_IGNORE_IDX).sum())
+        if self._keep is None:
+            return len(labels), int((labels != CROSS_ENTROPY_IGNORE_IDX).sum())
+        trained = np.zeros(len(labels) + 1, dtype=np.int64)
+        np.cumsum(labels != CROSS_ENTROPY_IGNORE_IDX, out=trained[1:])
+        offsets = self._tokenized.offsets
+        starts, ends = offsets[:-1][self._keep], offsets[1:][self._keep]
+        return int((ends - starts).sum()), int((trained[ends] - trained[starts]).sum())
+
+    @property
+    def num_skipped_rows(self) -> int | None:
+        """Rows left out by ``drop_untrained_rows`` (None before it ran)."""
+        return len(self._data) - len(self) if self._rows_checked else None
 
     def tokenize_all(
         self,

@@ -310,9 +310,12 @@ def sampled_loader(
         pin_memory=pin_memory,
     )
     if len(loader) == 0:
-        raise ValueError(
+        from tunesmith.config import ConfigError
+
+        raise ConfigError(
             f"batch_size={batch_size} x {world_size} process(es) is larger than the dataset "
-            f"({len(dataset)} {unit}): lower batch_size"
+            f"({len(dataset)} {unit}): lower batch_size",
+            key="batch_size",
         )
     return loader, sampler
 

@@ -95,12 +95,12 @@ def recipe_main(cfg: DictConfig) -> None:
             key="loss._component_",
         )
 
-    # ---- data, checked before any weights load -----------------------------------------
+    # ---- output folders, then the data, checked before any weights load -------------
+    checkpointer = open_checkpointer(cfg, resume)
     tokenizer = instantiate(cfg.tokenizer)
     datasets = build_preference_datasets(cfg.dataset, tokenizer)
 
     # ---- weights, seed, models ---------------------------------------------------------
-    checkpointer = open_checkpointer(cfg, resume)
     state = checkpointer.load_checkpoint()
     check_vocab(datasets, tokenizer, state, cfg.checkpointer)
     seed = finetune._agreed_seed(

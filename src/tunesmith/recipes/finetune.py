@@ -79,7 +79,8 @@ def recipe_main(cfg: DictConfig) -> None:
             "gradient_accumulation_steps=1 and clip_grad_norm=null, or optimizer_in_bwd=False"
         )
 
-    # ---- data, checked before any weights load -----------------------------------------
+    # ---- output folders, then the data, checked before any weights load -------------
+    checkpointer = open_checkpointer(cfg, resume)
     tokenizer = instantiate(cfg.tokenizer)
     datasets = build_datasets(cfg.dataset, tokenizer)
     val_every = int(cfg.get("run_val_every_n_steps") or 0)
@@ -88,7 +89,6 @@ def recipe_main(cfg: DictConfig) -> None:
         val_datasets = build_datasets(cfg.dataset_val, tokenizer)
 
     # ---- weights, seed, model ----------------------------------------------------------
-    checkpointer = open_checkpointer(cfg, resume)
     state = checkpointer.load_checkpoint()
     check_vocab(datasets + (val_datasets or []), tokenizer, state, cfg.checkpointer)
     seed = _agreed_seed(state.get("seed") if resume else cfg.get("seed"), world_size, device)

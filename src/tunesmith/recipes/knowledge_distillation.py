@@ -89,12 +89,12 @@ def recipe_main(cfg: DictConfig) -> None:
     loss_fn, kd_loss_fn = _build_losses(cfg)
     ignore_index = int(getattr(loss_fn, "ignore_index", -100))
 
-    # ---- data, checked before any weights load -----------------------------------------
+    # ---- output folders, then the data, checked before any weights load -------------
+    checkpointer = open_checkpointer(cfg, resume)
     tokenizer = instantiate(cfg.tokenizer)
     datasets = build_datasets(cfg.dataset, tokenizer)
 
     # ---- weights, seed, models ---------------------------------------------------------
-    checkpointer = open_checkpointer(cfg, resume)
     state = checkpointer.load_checkpoint()
     check_vocab(datasets, tokenizer, state, cfg.checkpointer)
     seed = finetune._agreed_seed(
