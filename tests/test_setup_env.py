@@ -115,6 +115,12 @@ def test_make_passes_torch_venv_and_wheels_through() -> None:
     assert "--stamp '.venv/.installed-cu126-offline'" in gpu
     user = dry("VENV=/opt/env")
     assert "--venv '/opt/env'" in user and "/opt/env/bin/python -m pytest" in user
+    out = subprocess.run(["make", "-n", "bench-gpu", "ARGS=--dry-run", "BENCH_PYTHON=/opt/py"],
+                         cwd=REPO, capture_output=True, text=True).stdout  # fmt: skip
+    assert out.strip() == "/opt/py benchmarks/gpu/run_gpu.py --dry-run"  # no .venv build
+    out = subprocess.run(["make", "-n", "bench-gpu-wheels", "BENCH_TORCH=cu128"], cwd=REPO,
+                         capture_output=True, text=True).stdout  # fmt: skip
+    assert "benchmarks/gpu/fetch_wheels.py --torch cu128" in out
 
 
 def test_setup_env_dry_run_prints_the_plan() -> None:
