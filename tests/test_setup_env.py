@@ -93,7 +93,11 @@ def test_venv_pointing_at_the_users_environment_installs_in_place(tmp_path: Path
     ("torch", "message"),
     [("cuda", "TORCH=cuda: use auto, env, cpu"), ("env", "TORCH=env: the active environment")],
 )
-def test_user_mistakes_are_one_line_and_exit_2(torch: str, message: str, capsys) -> None:
+def test_user_mistakes_are_one_line_and_exit_2(
+    torch: str, message: str, capsys, monkeypatch
+) -> None:
+    monkeypatch.delenv("VIRTUAL_ENV", raising=False)
+    monkeypatch.delenv("CONDA_PREFIX", raising=False)
     rc = setup_env.main(["--torch", torch, "--venv", "/nonexistent/v", "--python", "/no/py"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith(f"error: {message}") and "\n" not in err
