@@ -208,16 +208,22 @@ def format_runtime(info: dict[str, Any]) -> str:
     return f"{where} | {build} | Python {info['python']}, {info['cpu_threads']} CPU threads"
 
 
-_LOGGED: set[str] = set()
+_DESCRIBED: dict[str, dict[str, Any]] = {}
 
 
 def log_runtime(device: Any = None, rank: int = 0) -> dict[str, Any] | None:
-    """Log :func:`format_runtime` once per process and device (rank 0 only); returns the dict."""
+    """Log :func:`format_runtime` at the start of each run (rank 0 only); returns the dict.
+
+    Every run logs the line, so each run's ``run.log`` holds it even when several recipes
+    run in one process; the probe itself (drivers, ``nvidia-smi``) runs once per device.
+    """
     from tunesmith.utils._logging import get_logger
 
-    if rank != 0 or str(device) in _LOGGED:
+    if rank != 0:
         return None
-    _LOGGED.add(str(device))
-    info = describe_runtime(device)
+    key = str(device)
+    if key not in _DESCRIBED:
+        _DESCRIBED[key] = describe_runtime(device)
+    info = _DESCRIBED[key]
     get_logger("tunesmith.runtime").info("runtime: %s", format_runtime(info))
     return info
