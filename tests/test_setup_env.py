@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -105,8 +106,13 @@ def test_user_mistakes_are_one_line_and_exit_2(
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_passes_torch_venv_and_wheels_through() -> None:
+    # Under `make test` (CI) the parent make's MAKEFLAGS/MAKELEVEL leak in and a nested
+    # make prints "Entering directory" lines; run each dry run as a top-level make.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    make = ["make", "--no-print-directory"]
+
     def dry(*variables: str) -> str:
-        out = subprocess.run(["make", "-n", "-B", "test", *variables], cwd=REPO,
+        out = subprocess.run([*make, "-n", "-B", "test", *variables], cwd=REPO, env=env,
                              capture_output=True, text=True)  # fmt: skip
         assert out.returncode == 0, out.stderr
         return out.stdout
@@ -119,11 +125,11 @@ def test_make_passes_torch_venv_and_wheels_through() -> None:
     assert "--stamp '.venv/.installed-cu126-offline'" in gpu
     user = dry("VENV=/opt/env")
     assert "--venv '/opt/env'" in user and "/opt/env/bin/python -m pytest" in user
-    out = subprocess.run(["make", "-n", "bench-gpu", "ARGS=--dry-run", "BENCH_PYTHON=/opt/py"],
-                         cwd=REPO, capture_output=True, text=True).stdout  # fmt: skip
+    out = subprocess.run([*make, "-n", "bench-gpu", "ARGS=--dry-run", "BENCH_PYTHON=/opt/py"],
+                         cwd=REPO, env=env, capture_output=True, text=True).stdout  # fmt: skip
     assert out.strip() == "/opt/py benchmarks/gpu/run_gpu.py --dry-run"  # no .venv build
-    out = subprocess.run(["make", "-n", "bench-gpu-wheels", "BENCH_TORCH=cu128"], cwd=REPO,
-                         capture_output=True, text=True).stdout  # fmt: skip
+    out = subprocess.run([*make, "-n", "bench-gpu-wheels", "BENCH_TORCH=cu128"], cwd=REPO,
+                         env=env, capture_output=True, text=True).stdout  # fmt: skip
     assert "benchmarks/gpu/fetch_wheels.py --torch cu128" in out
 
 
