@@ -46,6 +46,8 @@ OPTIONAL_EXTRAS = {
     "comet_ml": "comet",
     "mlflow": "mlflow",
     "lm_eval": "eval",
+    "math_verify": "rl",
+    "reasoning_gym": "rl",
 }
 """Top-level packages of tunesmith's optional extras, for the install hint."""
 _DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
