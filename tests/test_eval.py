@@ -223,6 +223,12 @@ def test_eval_task_equals_hf_backend(
     assert "tiny_mc" in printed and "acc" in printed
     assert "tiny_mc" in json.loads((out / "results.json").read_text())["results"]
     from tunesmith.config import ConfigError
+    from tunesmith.utils._integrity import CheckpointError
+
+    kept = (out / "results.json").read_bytes()  # a second run keeps the first one's results
+    with pytest.raises(CheckpointError, match="already holds results.json"):
+        recipe_main(_config(model_dir, tasks_dir, output_dir=str(out), limit=4))
+    assert (out / "results.json").read_bytes() == kept
 
     with pytest.raises(ConfigError, match="unknown lm-eval task"):
         run_evaluation(None, _config(model_dir, tasks_dir, tasks=["no_such_task_xyz"]))

@@ -223,7 +223,7 @@ def test_gguf_output_format(tiny: Path, tmp_path: Path) -> None:
 def test_errors(tiny: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="groupsize=48 does not divide"):
         Int8DynActInt4WeightQuantizer(groupsize=48).quantize(_float_model(tiny))
-    with pytest.raises(ValueError, match="set quantizer"):
+    with pytest.raises(ValueError, match="quantizer is not set"):
         recipe_main(_config(tiny, tmp_path / "x"))
     with pytest.raises(ValueError, match="output_format"):
         recipe_main(_config(tiny, tmp_path / "x", output_format="onnx"))
@@ -232,6 +232,32 @@ def test_errors(tiny: Path, tmp_path: Path) -> None:
     assert get_quantizer_mode(Int4WeightOnlyQuantizer()) == "4w"
     assert get_quantizer_mode(Int8WeightOnlyQuantizer()) == "8w"
     assert get_quantizer_mode(object()) is None
+
+
+def test_earlier_output_is_kept_unless_overwrite(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second quantize into the same folder refuses before reading any weights; the
+    earlier model stays byte-identical; overwrite=True replaces it."""
+    from tunesmith.recipes import quantize
+    from tunesmith.utils._integrity import CheckpointError
+
+    out = tmp_path / "q"
+    quantizer = {"_component_": Q + "Int8WeightOnlyQuantizer"}
+    recipe_main(_config(tiny, out, quantizer=quantizer))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    loads: list[int] = []
+    real = quantize._load_float_model
+    monkeypatch.setattr(quantize, "_load_float_model", lambda *a: loads.append(1) or real(*a))
+    with pytest.raises(CheckpointError, match=r"already holds model-8w.pt, quantization.json"):
+        recipe_main(_config(tiny, out, quantizer=quantizer))
+    # another mode would replace quantization.json, which describes the earlier weights
+    with pytest.raises(CheckpointError, match=r"already holds quantization.json"):
+        recipe_main(_config(tiny, out, quantizer={"_component_": Q + "Int4WeightOnlyQuantizer",
+                                                  "groupsize": 32}))  # fmt: skip
+    assert not loads and {p.name: p.read_bytes() for p in out.iterdir()} == before
+    recipe_main(_config(tiny, out, quantizer=quantizer, overwrite=True))
+    assert loads and sorted(p.name for p in out.iterdir()) == sorted(before)
 
 
 @pytest.mark.slow

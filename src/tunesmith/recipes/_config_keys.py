@@ -84,9 +84,12 @@ KEYS: dict[str, frozenset[str]] = {
         | {"checkpointer", "quantizer", "tasks", "limit", "num_fewshot", "batch_size"}
         | {"max_seq_length", "enable_kv_cache", "add_bos_token", "include_path", "log_samples"}
         | {"apply_chat_template", "fewshot_as_multiturn", "system_instruction"}
+        | {"overwrite"}  # replace an earlier results.json in output_dir
     ),
     "quantize": frozenset(
-        _COMMON | {"checkpointer", "quantizer", "output_format", "gguf_type", "tokenizer_dir"}
+        _COMMON
+        | {"checkpointer", "quantizer", "output_format", "gguf_type", "tokenizer_dir"}
+        | {"overwrite"}  # replace an earlier quantized model in output_dir
     ),
 }
 """Recipe name -> the top-level keys it reads."""

@@ -34,7 +34,15 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from tunesmith.config import ConfigError, instantiate
-from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, require, set_seed
+from tunesmith.utils import (
+    atomic_write_bytes,
+    get_device,
+    get_dtype,
+    get_logger,
+    log_runtime,
+    require,
+    set_seed,
+)
 
 __all__ = ["recipe_main", "run_evaluation"]
 
@@ -109,6 +117,12 @@ def recipe_main(cfg: DictConfig) -> None:
     dtype = get_dtype(cfg.get("dtype"), device)
     log_runtime(device, 0)
     set_seed(cfg.get("seed"))
+    if cfg.get("output_dir"):  # an earlier run's results stay unless overwrite=True
+        from tunesmith.training.checkpointing import preflight_files
+
+        preflight_files(
+            cfg.output_dir, ["results.json"], overwrite=bool(cfg.get("overwrite", False))
+        )
     model, _ = load_model(cfg, device, dtype)
     if cfg.get("quantizer") is not None:
         quantizer = instantiate(cfg.quantizer)
@@ -135,7 +149,7 @@ def recipe_main(cfg: DictConfig) -> None:
         out.mkdir(parents=True, exist_ok=True)
         keep = {k: results[k] for k in ("results", "groups", "versions", "n-shot") if k in results}
         keep["config"] = OmegaConf.to_container(cfg, resolve=True)
-        (out / "results.json").write_text(json.dumps(keep, indent=2, default=str))
+        atomic_write_bytes(out / "results.json", json.dumps(keep, indent=2, default=str).encode())
         log.info("wrote %s", out / "results.json")
 
 

@@ -30,7 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from tunesmith.config import instantiate
+from tunesmith.config import ConfigError, instantiate
 from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, set_seed
 
 __all__ = ["recipe_main", "self_contained_model_config"]
@@ -106,6 +106,41 @@ def _export_gguf(cfg: DictConfig, checkpointer: Any, state: dict[str, torch.Tens
     return export_gguf(out, state, spec, vocab, out_type=out_type, name=name)
 
 
+def _quantizer(cfg: DictConfig) -> tuple[Any, str]:
+    """``(quantizer, mode)`` from ``cfg.quantizer``, checked before any weights are read."""
+    if cfg.get("quantizer") is None:
+        raise ConfigError(
+            "quantizer is not set: e.g. {_component_: tunesmith.quantization."
+            "Int8DynActInt4WeightQuantizer, groupsize: 256}",
+            key="quantizer",
+        )
+    from tunesmith.quantization import get_quantizer_mode
+
+    quantizer = instantiate(cfg.quantizer)
+    mode = get_quantizer_mode(quantizer)
+    if mode is None:
+        raise ConfigError(
+            f"quantizer._component_={cfg.quantizer.get('_component_')} is not a tunesmith "
+            "quantizer; use one from tunesmith.quantization",
+            key="quantizer._component_",
+        )
+    return quantizer, mode
+
+
+def _preflight(cfg: DictConfig, names: list[str]) -> None:
+    """Refuse to replace an earlier output (unless ``overwrite=True``); check the folder can
+    be written and holds about the float weights' size."""
+    from tunesmith.training.checkpointing import base_checkpoint_bytes, preflight_files
+
+    need = base_checkpoint_bytes(cfg.checkpointer) if cfg.get("checkpointer") else 0
+    preflight_files(
+        cfg.output_dir,
+        names,
+        overwrite=bool(cfg.get("overwrite", False)),
+        need_bytes=need // 2,  # a quantized copy is at most about half the float weights
+    )
+
+
 def recipe_main(cfg: DictConfig) -> None:
     """Quantize ``cfg.model`` with ``cfg.quantizer`` and save it (or export GGUF)."""
     device = get_device(cfg.get("device"))
@@ -114,9 +149,22 @@ def recipe_main(cfg: DictConfig) -> None:
     set_seed(cfg.get("seed"))
     output_format = str(cfg.get("output_format", "torchao")).lower()
     if output_format not in ("torchao", "gguf"):
-        raise ValueError(f"output_format={output_format!r}: choose torchao or gguf")
+        raise ConfigError(
+            f"output_format={output_format!r} is not a format: choose torchao or gguf",
+            key="output_format",
+        )
     if cfg.get("output_dir") is None:
-        raise ValueError("set output_dir: the folder the quantized model is written to")
+        raise ConfigError(
+            "output_dir is not set: name the folder the quantized model is written to",
+            key="output_dir",
+        )
+    if output_format == "gguf":
+        quantizer, mode = None, ""
+        names = [f"model-{str(cfg.get('gguf_type', 'q8_0')).lower()}.gguf"]
+    else:
+        quantizer, mode = _quantizer(cfg)
+        names = [f"model-{mode}.pt", "quantization.json"]
+    _preflight(cfg, names)  # before any weights are read
     model, checkpointer, state = _load_float_model(cfg, device, dtype)
 
     if output_format == "gguf":
@@ -124,21 +172,9 @@ def recipe_main(cfg: DictConfig) -> None:
         log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
         return
 
-    if cfg.get("quantizer") is None:
-        raise ValueError(
-            "set quantizer: e.g. {_component_: tunesmith.quantization."
-            "Int8DynActInt4WeightQuantizer, groupsize: 256}"
-        )
     del state
-    quantizer = instantiate(cfg.quantizer)
-    from tunesmith.quantization import get_quantizer_mode, save_quantized
+    from tunesmith.quantization import save_quantized
 
-    mode = get_quantizer_mode(quantizer)
-    if mode is None:
-        raise ValueError(
-            f"quantizer._component_={cfg.quantizer.get('_component_')} is not a tunesmith "
-            "quantizer; use one from tunesmith.quantization"
-        )
     start = time.perf_counter()
     model = quantizer.quantize(model)
     log.info(

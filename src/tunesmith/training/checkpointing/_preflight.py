@@ -25,7 +25,13 @@ from typing import Any
 from tunesmith.training.checkpointing._atomic import TMP_PREFIX, list_complete_checkpoints
 from tunesmith.utils._integrity import CheckpointError
 
-__all__ = ["base_checkpoint_bytes", "check_writable", "previous_checkpoints", "preflight_outputs"]
+__all__ = [
+    "base_checkpoint_bytes",
+    "check_writable",
+    "previous_checkpoints",
+    "preflight_files",
+    "preflight_outputs",
+]
 
 
 def previous_checkpoints(output_dir: str | os.PathLike[str]) -> list[Path]:
@@ -121,3 +127,34 @@ def preflight_outputs(
             "output_dir on a larger disk"
         )
     return previous if overwrite else []
+
+
+def preflight_files(
+    output_dir: str | os.PathLike[str],
+    names: Sequence[str],
+    *,
+    overwrite: bool = False,
+    need_bytes: int = 0,
+    key: str = "output_dir",
+) -> None:
+    """Pre-flight of a recipe that writes a few named files into ``output_dir`` (quantize,
+    eval): refuse when one of ``names`` already exists there unless ``overwrite=True``, check
+    the folder can be written and, with ``need_bytes``, that its disk has that much room.
+    Nothing is created or removed."""
+    root = Path(output_dir).expanduser()
+    taken = [n for n in names if (root / n).exists()]
+    if taken and not overwrite:
+        raise CheckpointError(
+            f"output_dir already holds {', '.join(taken)} from an earlier run ({key}={root}): "
+            "pick another output_dir, or pass overwrite=True to replace it"
+        )
+    check_writable(root, key)
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if need_bytes and free < need_bytes:
+        raise CheckpointError(
+            f"not enough free disk space: about {_mb(need_bytes)} needed, {_mb(free)} free "
+            f"({key}={root}): free space or pick an output_dir on a larger disk"
+        )
