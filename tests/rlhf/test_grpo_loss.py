@@ -160,6 +160,10 @@ def test_on_policy_defaults_and_errors() -> None:
         GRPOPolicyLoss("ppo")
     with pytest.raises(ValueError, match="ref_logprobs"):
         GRPOPolicyLoss(beta=0.1)(lp, None, None, d["adv"], d["mask"])
+    with pytest.raises(ValueError, match=r"mask has shape \(8, 6\); logprobs has \(8, 7\)"):
+        GRPOPolicyLoss(beta=0.0)(lp, None, None, d["adv"], d["mask"][:, :6])
+    with pytest.raises(ValueError, match="advantages must be"):
+        GRPOPolicyLoss(beta=0.0)(lp, None, None, d["adv"][:4], d["mask"])
     with pytest.raises(ValueError, match="group, batch, none"):
         group_advantages(torch.zeros(4), 2, scale="global")
     with pytest.raises(ValueError, match="multiple of group_size=3"):

@@ -177,6 +177,7 @@ class GRPOPolicyLoss(nn.Module):
             the sequence level, whose ratio is clipped below / above / either, where that
             clipping is active for the advantage's sign).
         """
+        self._check_shapes(logprobs, old_logprobs, ref_logprobs, advantages, mask)
         if old_logprobs is None:
             old_logprobs = logprobs.detach()
         if self.beta != 0.0 and ref_logprobs is None:
@@ -213,6 +214,19 @@ class GRPOPolicyLoss(nn.Module):
             metrics["clip_ratio/high"] = self._mean(high, maskf)
             metrics["clip_ratio/region"] = self._mean(torch.maximum(low, high), maskf)
         return loss, {k: v.detach() for k, v in metrics.items()}
+
+    @staticmethod
+    def _check_shapes(logprobs, old_logprobs, ref_logprobs, advantages, mask) -> None:
+        want = tuple(logprobs.shape)
+        named = {"old_logprobs": old_logprobs, "ref_logprobs": ref_logprobs, "mask": mask}
+        for name, t in named.items():
+            if t is not None and tuple(t.shape) != want:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}; logprobs has {want}")
+        if tuple(advantages.shape) not in (want[:1], want):
+            raise ValueError(
+                f"advantages must be [b] or [b, n] = {want[:1]} or {want}; "
+                f"got {tuple(advantages.shape)}"
+            )
 
     @staticmethod
     def _mean(x: torch.Tensor, maskf: torch.Tensor) -> torch.Tensor:
