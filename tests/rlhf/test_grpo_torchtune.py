@@ -192,7 +192,6 @@ def test_torchtune_names_resolve() -> None:
     for name, cls in [("torchtune.dev.grpo.loss.GRPOLoss", GRPOLoss),
                       ("torchtune.dev.grpo.loss.GRPOSimpleLoss", GRPOSimpleLoss),
                       ("torchtune.dev.grpo.loss.GRPOWithChunkedOutputLoss", GRPOWithChunkedOutputLoss),
-                      ("torchtune.dev.rl.loss.GRPOSimpleLoss", GRPOSimpleLoss),
                       ("torchtune.dev.rl.linear_grpo_loss.LinearGRPOLoss", LinearGRPOLoss)]:  # fmt: skip
         assert resolve_component(name) is cls
     assert (
