@@ -250,7 +250,8 @@ class GRPOPolicyLoss(nn.Module):
         # dapo
         if num_items is None:
             num_items = maskf.sum()
-        return masked.sum() / torch.as_tensor(num_items, dtype=maskf.dtype).clamp(min=1.0)
+        denom = torch.as_tensor(num_items, dtype=maskf.dtype, device=maskf.device)
+        return masked.sum() / denom.clamp(min=1.0)
 
 
 from tunesmith.rlhf.grpo_torchtune import (  # noqa: E402  (torchtune's names, re-exported)
