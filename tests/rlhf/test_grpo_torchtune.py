@@ -9,6 +9,7 @@ as modules over a stand-in ``torchtune`` package built from torchtune's own
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import types
@@ -26,7 +27,7 @@ from tunesmith.rlhf.grpo import (
     LinearGRPOLoss,
 )
 
-MIRROR = Path("/work/.mirror/pytorch+torchtune/repo")
+MIRROR = Path(os.environ.get("TUNESMITH_TORCHTUNE_MIRROR", "/work/.mirror/pytorch+torchtune/repo"))
 
 
 def _show(path: str) -> str:
