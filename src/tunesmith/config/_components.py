@@ -22,7 +22,21 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.modules.tokenizers.", "tunesmith.data.tokenizers."),
     ("torchtune.training.checkpointing.", "tunesmith.training."),
     ("torchtune.utils.metric_logging.", "tunesmith.training.metric_logging."),
+    # PPO's loss lives with the rest of PPO, not among the preference losses
+    ("torchtune.rlhf.loss.PPOLoss", "tunesmith.rlhf.ppo.PPOLoss"),
+    ("torchtune.rlhf.loss.ppo.", "tunesmith.rlhf.ppo."),
+    ("torchtune.rlhf.rewards.", "tunesmith.rlhf.ppo."),
+    ("torchtune.rlhf.sequence_processing.", "tunesmith.rlhf."),
+    ("torchtune.rlhf._types.", "tunesmith.rlhf.ppo."),
     ("torchtune.rlhf.", "tunesmith.rlhf."),
+    ("torchtune.training.pooling.", "tunesmith.rlhf.ppo."),
+    (
+        "torchtune.training.get_unmasked_sequence_lengths",
+        "tunesmith.rlhf.ppo.get_unmasked_sequence_lengths",
+    ),
+    # torchtune main's dev GRPO losses
+    ("torchtune.dev.grpo.loss.", "tunesmith.rlhf.grpo."),
+    ("torchtune.dev.rl.linear_grpo_loss.", "tunesmith.rlhf.grpo."),
     # distillation losses live beside, not inside, tunesmith.modules.loss
     ("torchtune.modules.loss.kd_losses.", "tunesmith.modules.kd_loss."),
     ("torchtune.modules.loss.ForwardKL", "tunesmith.modules.kd_loss.ForwardKL"),

@@ -1,7 +1,53 @@
-"""Preference and RL training pieces: preference losses (``tunesmith.rlhf.loss``, torchtune's
-``torchtune.rlhf.loss.*`` names) and per-sequence log-probabilities."""
+"""Preference and RL training pieces.
+
+- ``loss``: pairwise preference losses (torchtune's ``torchtune.rlhf.loss.*`` names);
+  per-sequence log-probabilities (``get_batch_log_probs``, ``sequence_log_probs``).
+- ``grpo``: group-relative advantages and the GRPO policy-loss variants (TRL's numbers), plus
+  torchtune's dev GRPO losses.
+- ``ppo``: ``PPOLoss``, GAE, whitening, KL-shaped rewards and the sequence helpers of
+  torchtune 0.6.1's ``torchtune.rlhf`` (exported here, so ``torchtune.rlhf.<name>`` resolves).
+- ``rl_metrics``: entropy, clip fraction, KL and reward/advantage/length statistics.
+"""
 
 from tunesmith.rlhf import loss
 from tunesmith.rlhf._log_probs import get_batch_log_probs, sequence_log_probs
+from tunesmith.rlhf.ppo import (
+    ChosenRejectedOutputs,
+    PPOLoss,
+    PPOStats,
+    Trajectory,
+    batched_logits_to_logprobs,
+    estimate_advantages,
+    get_reward_penalty_mask,
+    get_rewards_ppo,
+    get_unmasked_sequence_lengths,
+    logits_to_logprobs,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    truncate_sequence_at_first_stop_token,
+    truncate_sequence_for_logprobs,
+    whiten,
+)
 
-__all__ = ["get_batch_log_probs", "loss", "sequence_log_probs"]
+__all__ = [
+    "ChosenRejectedOutputs",
+    "PPOLoss",
+    "PPOStats",
+    "Trajectory",
+    "batched_logits_to_logprobs",
+    "estimate_advantages",
+    "get_batch_log_probs",
+    "get_reward_penalty_mask",
+    "get_rewards_ppo",
+    "get_unmasked_sequence_lengths",
+    "logits_to_logprobs",
+    "loss",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "sequence_log_probs",
+    "truncate_sequence_at_first_stop_token",
+    "truncate_sequence_for_logprobs",
+    "whiten",
+]
