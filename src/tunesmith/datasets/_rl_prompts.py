@@ -16,6 +16,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from tunesmith.data._errors import DataError
+from tunesmith.data._prompt import prompt_tokens
 from tunesmith.datasets._loading import describe, load_rows
 
 __all__ = [
@@ -80,8 +81,6 @@ def _column(row: Mapping[str, Any], column: str, key: str, where: str, index: in
 
 
 def _chat_tokens(tokenizer: Any, prompt: str, system_prompt: str | None) -> list[int]:
-    from tunesmith.recipes.generate import prompt_tokens
-
     if system_prompt:
         return prompt_tokens(tokenizer, {"system": system_prompt, "user": prompt})
     return prompt_tokens(tokenizer, prompt)
