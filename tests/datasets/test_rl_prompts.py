@@ -81,6 +81,7 @@ def test_gsm8k_sft_masks_the_preamble(tmp_path: Path) -> None:
     trained = tok.encode(trainable.format(cot=cot, answer=answer), add_bos=False)
     assert ds[0]["tokens"] == pre + trained
     assert ds[0]["labels"] == [-100] * len(pre) + trained
+    assert ds.max_token_id() == max(max(r["tokens"]) for r in ds)
 
 
 def test_rl_prompt_dataset_and_collate(tmp_path: Path) -> None:

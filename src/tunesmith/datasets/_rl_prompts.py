@@ -68,6 +68,10 @@ class RLPromptDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.rows[index]
 
+    def max_token_id(self) -> int | None:
+        """The largest token id of any row (the recipes' vocabulary check)."""
+        return max((max(r["tokens"]) for r in self.rows if r["tokens"]), default=None)
+
 
 def _column(row: Mapping[str, Any], column: str, key: str, where: str, index: int) -> Any:
     if column not in row or row[column] is None:
