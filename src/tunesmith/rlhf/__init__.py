@@ -2,6 +2,9 @@
 
 - ``loss``: pairwise preference losses (torchtune's ``torchtune.rlhf.loss.*`` names);
   per-sequence log-probabilities (``get_batch_log_probs``, ``sequence_log_probs``).
+- ``rollout``: sampling completions for online RL (``Rollout``, ``RolloutEngine``,
+  ``LocalRolloutEngine``) and the policy pass over them (``response_logprobs``).
+- ``rewards``: reward functions (rule-based, model-based, torchtune's dev reward classes).
 - ``grpo``: group-relative advantages and the GRPO policy-loss variants (TRL's numbers), plus
   torchtune's dev GRPO losses.
 - ``ppo``: ``PPOLoss``, GAE, whitening, KL-shaped rewards and the sequence helpers of
@@ -9,8 +12,8 @@
 - ``rl_metrics``: entropy, clip fraction, KL and reward/advantage/length statistics.
 """
 
-from tunesmith.rlhf import loss
-from tunesmith.rlhf._log_probs import get_batch_log_probs, sequence_log_probs
+from tunesmith.rlhf import loss, rollout
+from tunesmith.rlhf._log_probs import get_batch_log_probs, sequence_log_probs, token_log_probs
 from tunesmith.rlhf.ppo import (
     ChosenRejectedOutputs,
     PPOLoss,
@@ -29,11 +32,22 @@ from tunesmith.rlhf.ppo import (
     truncate_sequence_for_logprobs,
     whiten,
 )
+from tunesmith.rlhf.rollout import (
+    LocalRolloutEngine,
+    Rollout,
+    RolloutEngine,
+    SamplingParams,
+    response_logprobs,
+)
 
 __all__ = [
     "ChosenRejectedOutputs",
+    "LocalRolloutEngine",
     "PPOLoss",
     "PPOStats",
+    "Rollout",
+    "RolloutEngine",
+    "SamplingParams",
     "Trajectory",
     "batched_logits_to_logprobs",
     "estimate_advantages",
@@ -46,7 +60,10 @@ __all__ = [
     "masked_mean",
     "masked_sum",
     "masked_var",
+    "response_logprobs",
+    "rollout",
     "sequence_log_probs",
+    "token_log_probs",
     "truncate_sequence_at_first_stop_token",
     "truncate_sequence_for_logprobs",
     "whiten",
