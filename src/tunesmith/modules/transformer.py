@@ -251,6 +251,8 @@ class TransformerDecoder(nn.Module):
         input_pos: Tensor | None = None,
         input_embeds: Tensor | None = None,
         seq_lens: Sequence[int] | Documents | None = None,
+        encoder_input: Tensor | None = None,
+        encoder_mask: Tensor | None = None,
     ) -> Tensor | list[Tensor]:
         """Run the decoder.
 
@@ -267,6 +269,9 @@ class TransformerDecoder(nn.Module):
                 each document (per-document SDPA on CPU, one varlen / flex call on CUDA, see
                 ``attention_kernels``); ``input_pos`` defaults to positions restarting at each
                 document. Not with ``mask`` or KV caches.
+            encoder_input: ``[b, s_enc, d]`` encoder states (e.g. projected image tokens) for
+                the layers that fuse them (``modules.fusion.FusionLayer``); None skips fusion.
+            encoder_mask: ``[b, s, s_enc]`` bool, True = token i may attend encoder state j.
 
         Returns:
             ``[b, s, vocab]`` logits; ``[b, s, d]`` hidden states after the final norm when
@@ -283,7 +288,17 @@ class TransformerDecoder(nn.Module):
         cos, sin = self.rope(default_pos if input_pos is None else input_pos, h.dtype)
         for layer in self.layers:
             layer_mask = sliding_mask if layer.attn.sliding_window is not None else full_mask
-            if seq_lens is None:
+            if encoder_input is not None and hasattr(layer, "fusion_layer"):
+                h = layer(
+                    h,
+                    cos,
+                    sin,
+                    layer_mask,
+                    seq_lens=seq_lens,
+                    encoder_input=encoder_input,
+                    encoder_mask=encoder_mask,
+                )
+            elif seq_lens is None:
                 h = layer(h, cos, sin, layer_mask)
             else:
                 h = layer(h, cos, sin, None, seq_lens=seq_lens)
