@@ -1,0 +1,210 @@
+"""Llama 3.2 Vision: logits equal transformers' Mllama (one image, two images, no image),
+HF -> native -> HF is bit-exact (also through the checkpointer), published sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.models._tiny_mllama import IMAGE_TOKEN, VOCAB, make_checkpoint, read_checkpoint
+from tunesmith.models._convert_vision import mllama_spec_from_hf_config
+from tunesmith.models.convert_weights import hf_to_native, native_to_hf
+from tunesmith.models.vision_builder import build_deep_fusion
+from tunesmith.modules.fusion import expand_cross_attention_mask
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("mllama")
+    hf = make_checkpoint(directory)
+    config, hf_sd = read_checkpoint(directory)
+    spec = mllama_spec_from_hf_config(config)
+    ours = build_deep_fusion(spec).eval()
+    ours.load_state_dict(hf_to_native(hf_sd, "LLAMA3_VISION", config), strict=True)
+    return hf, ours, spec, config, hf_sd, directory
+
+
+def _inputs(num_images: int, seed: int = 1):
+    """Two rows; row 0 has every image, row 1 the first one only (padding images / tiles)."""
+    g = torch.Generator().manual_seed(seed)
+    b, s = 2, 14
+    tokens = torch.randint(3, VOCAB, (b, s), generator=g)
+    if num_images == 0:
+        return tokens, {}
+    pixels = torch.randn(b, num_images, 4, 3, 28, 28, generator=g)
+    ids = torch.tensor([[6, 2][:num_images], [3, 0][:num_images]])  # 2x2, 1x2 | 1x3, pad
+    tiles = {6: 4, 2: 2, 3: 3, 0: 0}
+    ar_mask = torch.zeros(b, num_images, 4, dtype=torch.long)
+    cross = torch.zeros(b, s, num_images, 4, dtype=torch.long)
+    starts = [2, 8]
+    for row in range(b):
+        for k in range(num_images):
+            n = tiles[int(ids[row, k])]
+            ar_mask[row, k, :n] = 1
+            if n:
+                tokens[row, starts[k]] = IMAGE_TOKEN
+                cross[row, starts[k] :, k, :n] = 1  # a token sees the images before it
+    ar_mask[1, num_images - 1, 0] |= int(num_images > 1)  # the processor's padding image
+    pixels = pixels * ar_mask[..., None, None, None]
+    hf_kw = dict(
+        pixel_values=pixels,
+        aspect_ratio_ids=ids,
+        aspect_ratio_mask=ar_mask,
+        cross_attention_mask=cross,
+    )
+    return tokens, hf_kw
+
+
+@pytest.mark.parametrize("num_images", [1, 2, 0])
+def test_logits_match_transformers(pair, num_images):
+    hf, ours, spec, *_ = pair
+    tokens, kw = _inputs(num_images)
+    with torch.no_grad():
+        expected = hf(input_ids=tokens, **kw).logits
+        if kw:
+            got = ours(
+                tokens,
+                encoder_input=dict(
+                    images=kw["pixel_values"],
+                    aspect_ratio_ids=kw["aspect_ratio_ids"],
+                    aspect_ratio_mask=kw["aspect_ratio_mask"],
+                ),
+                encoder_mask=expand_cross_attention_mask(
+                    kw["cross_attention_mask"], spec.encoder.tokens_per_tile
+                ),
+            )
+        else:
+            got = ours(tokens)
+    assert got.shape == expected.shape == (2, 14, VOCAB)
+    scale = expected.abs().max().item()
+    assert (got - expected).abs().max().item() <= 1e-4 * scale
+
+
+def test_image_changes_the_logits(pair):
+    """The check above is not vacuous: the image path changes the text logits."""
+    _, ours, spec, *_ = pair
+    tokens, kw = _inputs(1)
+    encoder_input = dict(images=kw["pixel_values"], aspect_ratio_ids=kw["aspect_ratio_ids"])
+    mask = expand_cross_attention_mask(kw["cross_attention_mask"], spec.encoder.tokens_per_tile)
+    with torch.no_grad():
+        with_image = ours(tokens, encoder_input=encoder_input, encoder_mask=mask)
+        text_only = ours(tokens)
+    assert (with_image - text_only).abs().max() > 1e-3
+
+
+def test_aspect_ratio_pairs_equal_ids(pair):
+    """torchtune's ``aspect_ratio`` (tiles high, wide) input selects the same embeddings."""
+    _, ours, spec, *_ = pair
+    tokens, kw = _inputs(1)
+    ratios = torch.tensor([[[2, 2]], [[1, 3]]])
+    mask = expand_cross_attention_mask(kw["cross_attention_mask"], spec.encoder.tokens_per_tile)
+    with torch.no_grad():
+        by_id = ours(
+            tokens,
+            encoder_input=dict(
+                images=kw["pixel_values"],
+                aspect_ratio_ids=kw["aspect_ratio_ids"],
+                aspect_ratio_mask=kw["aspect_ratio_mask"],
+            ),
+            encoder_mask=mask,
+        )
+        by_ratio = ours(
+            tokens,
+            encoder_input=dict(images=kw["pixel_values"], aspect_ratio=ratios),
+            encoder_mask=mask,
+        )
+    torch.testing.assert_close(by_ratio, by_id, rtol=0, atol=0)
+
+
+def test_hf_native_hf_round_trip_is_bit_exact(pair):
+    _, ours, _, config, hf_sd, _ = pair
+    native = hf_to_native(hf_sd, "LLAMA3_VISION", config)
+    assert set(native) == set(ours.state_dict())
+    back = native_to_hf(native, "LLAMA3_VISION", config)
+    assert sorted(back) == sorted(hf_sd)
+    for key, value in hf_sd.items():
+        assert back[key].dtype == value.dtype and torch.equal(back[key], value), key
+
+
+def test_checkpointer_round_trip(pair, tmp_path):
+    from safetensors.torch import load_file
+
+    from tunesmith.training import FullModelHFCheckpointer
+
+    *_, hf_sd, directory = pair
+    ckpt = FullModelHFCheckpointer(
+        checkpoint_dir=str(directory),
+        checkpoint_files=["model.safetensors"],
+        model_type="LLAMA3_VISION",
+        output_dir=str(tmp_path),
+    )
+    native = ckpt.load_checkpoint()["model"]
+    out = ckpt.save_checkpoint({"model": native}, epoch=0)
+    written = load_file(str(out / "model.safetensors"))
+    assert sorted(written) == sorted(hf_sd)
+    assert all(torch.equal(written[k], v) for k, v in hf_sd.items())
+
+
+def _official(text_layers: int, cross: list[int], **text: int):
+    """The released configs' numbers (meta-llama/Llama-3.2-{11B,90B}-Vision config.json)."""
+    t = transformers
+    return t.MllamaConfig(
+        vision_config=t.MllamaVisionConfig(image_size=560),  # the rest: released defaults
+        text_config=t.MllamaTextConfig(
+            vocab_size=128_256,
+            num_hidden_layers=text_layers,
+            cross_attention_layers=cross,
+            num_key_value_heads=8,
+            **text,
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    "name, published, config",
+    [
+        ("11b", 10.67e9, lambda: _official(40, list(range(3, 40, 5)))),
+        (
+            "90b",
+            88.6e9,
+            lambda: _official(
+                100,
+                list(range(3, 100, 5)),
+                hidden_size=8192,
+                intermediate_size=28_672,
+                num_attention_heads=64,
+            ),
+        ),
+    ],
+)
+def test_parameter_counts(name, published, config):
+    from tunesmith.models import llama3_2_vision
+
+    with torch.device("meta"):
+        hf = transformers.MllamaForConditionalGeneration(config())
+        ours = getattr(llama3_2_vision, f"llama3_2_vision_{name}")()
+        lora = getattr(llama3_2_vision, f"lora_llama3_2_vision_{name}")()
+    hf_count = sum(p.numel() for p in hf.parameters())
+    count = sum(p.numel() for p in ours.parameters())
+    assert count == hf_count
+    assert abs(count - published) / published < 0.001
+    adapters = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert adapters and all("lora_" in n for n in adapters)
+    assert not any(n.startswith("decoder.") and ".fusion_layer." not in n for n in adapters)
+
+
+def test_trainable_parts(pair):
+    model = build_deep_fusion(
+        pair[2], decoder_trainable=False, encoder_trainable="frozen", fusion_trainable=True
+    )
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "decoder.tok_embeddings.fusion_embedding.weight" in trainable
+    assert "encoder.projection.output.weight" in trainable
+    assert "decoder.layers.1.fusion_layer.attn.q_proj.weight" in trainable
+    assert "decoder.layers.1.attn.q_proj.weight" not in trainable
+    assert "decoder.tok_embeddings.weight" not in trainable
+    assert not any(n.startswith("encoder.clip.") for n in trainable)
+    with pytest.raises(ValueError, match="decoder_trainable"):
+        build_deep_fusion(pair[2], decoder_trainable="sometimes")
