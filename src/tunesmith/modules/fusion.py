@@ -212,6 +212,7 @@ class Llama3VisionEncoder(nn.Module):
             if aspect_ratio_mask is None:
                 tiles = aspect_ratio.prod(-1)  # [b, I]
                 aspect_ratio_mask = torch.arange(t, device=images.device) < tiles[..., None]
+                aspect_ratio_mask[..., 0] = True  # padding images: one "real" tile, no NaN
         tile_mask = None if aspect_ratio_mask is None else aspect_ratio_mask.reshape(b * i, t)
         vision = self.clip(images.flatten(0, 1), aspect_ratio_ids.reshape(b * i), tile_mask)
         out = self.projection(vision)  # [b * I, T * L, d_out]

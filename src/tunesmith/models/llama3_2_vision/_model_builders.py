@@ -14,6 +14,10 @@ from typing import Any
 
 from tunesmith.models._vision_specs import get_vision_spec
 from tunesmith.models.builder import lora_settings
+from tunesmith.models.llama3_2_vision._transform import (
+    Llama3VisionTransform,
+    llama3_2_vision_transform,
+)
 from tunesmith.models.spec import ModelSpec, RopeScaling
 from tunesmith.models.vision_builder import (
     build_deep_fusion,
@@ -37,6 +41,8 @@ __all__ = [
     "qlora_llama3_2_vision_90b",
     "llama3_2_vision_encoder",
     "llama3_2_vision_decoder",
+    "llama3_2_vision_transform",
+    "Llama3VisionTransform",
 ]
 
 
