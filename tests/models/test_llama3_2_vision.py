@@ -208,3 +208,26 @@ def test_trainable_parts(pair):
     assert not any(n.startswith("encoder.clip.") for n in trainable)
     with pytest.raises(ValueError, match="decoder_trainable"):
         build_deep_fusion(pair[2], decoder_trainable="sometimes")
+
+
+def test_lora_recipe_rule_keeps_full_parts_training(pair):
+    """A LoRA recipe trains ``get_adapter_params``: LoRA matrices plus the parts set 'full'."""
+    from tunesmith.models.builder import lora_settings
+    from tunesmith.modules.peft import get_adapter_params, set_trainable_params
+
+    lora = lora_settings(["q_proj", "v_proj"], lora_rank=4)
+    model = build_deep_fusion(
+        pair[2],
+        decoder_trainable="frozen",
+        encoder_trainable="lora",
+        fusion_trainable="full",
+        lora=lora,
+    )
+    before = {n for n, p in model.named_parameters() if p.requires_grad}
+    set_trainable_params(model, get_adapter_params(model))
+    after = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert after == before
+    assert "encoder.projection.output.weight" in after
+    assert "encoder.clip.layers.0.attn.q_proj.lora_a.weight" in after
+    assert "encoder.clip.layers.0.attn.q_proj.weight" not in after
+    assert not any(n.startswith("decoder.") and "fusion" not in n for n in after)

@@ -199,4 +199,11 @@ def build_deep_fusion(
     model = DeepFusionModel(decoder=decoder, encoder=encoder)
     for part, mode in modes.items():
         set_part_trainable(model, part, mode)
+    if lora is not None:  # a LoRA recipe trains exactly the adapter params: list the full ones
+        model.trainable_with_adapters = tuple(
+            name
+            for part, mode in modes.items()
+            if mode == "full"
+            for name, _ in _part_parameters(model, part)
+        )
     return model

@@ -241,6 +241,13 @@ class DeepFusionModel(nn.Module):
         super().__init__()
         self.decoder = decoder
         self.encoder = encoder
+        self.trainable_with_adapters: tuple[str, ...] = ()
+
+    def adapter_params(self) -> list[str]:
+        """Names of fully trained parameters of a LoRA model (parts built ``"full"``), so a
+        LoRA recipe's ``get_adapter_params`` / ``set_trainable_params`` keeps them training
+        next to the LoRA matrices (those are listed by their own modules)."""
+        return list(self.trainable_with_adapters)
 
     def __getattr__(self, name: str) -> Any:  # decoder knobs (set_num_output_chunks, ...)
         try:
