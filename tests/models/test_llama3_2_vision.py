@@ -231,3 +231,32 @@ def test_lora_recipe_rule_keeps_full_parts_training(pair):
     assert "encoder.clip.layers.0.attn.q_proj.lora_a.weight" in after
     assert "encoder.clip.layers.0.attn.q_proj.weight" not in after
     assert not any(n.startswith("decoder.") and "fusion" not in n for n in after)
+
+
+def test_kv_cached_decoding_equals_full_forward(pair):
+    """Prefill with the image, then one token at a time: the logits of the full forward."""
+    _, ours, spec, *_ = pair
+    tokens, kw = _inputs(2)
+    encoder_input = dict(
+        images=kw["pixel_values"],
+        aspect_ratio_ids=kw["aspect_ratio_ids"],
+        aspect_ratio_mask=kw["aspect_ratio_mask"],
+    )
+    mask = expand_cross_attention_mask(kw["cross_attention_mask"], spec.encoder.tokens_per_tile)
+    prompt = 10
+    with torch.no_grad():
+        full = ours(tokens, encoder_input=encoder_input, encoder_mask=mask)
+        ours.setup_caches(batch_size=2, dtype=torch.float32, encoder_max_seq_len=1, max_seq_len=32)
+        try:
+            steps = [
+                ours(
+                    tokens[:, :prompt],
+                    encoder_input=encoder_input,
+                    encoder_mask=mask[:, :prompt],
+                )
+            ]
+            for i in range(prompt, tokens.shape[1]):
+                steps.append(ours(tokens[:, i : i + 1]))
+        finally:
+            ours.remove_caches()
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)

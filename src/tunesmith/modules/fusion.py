@@ -109,7 +109,8 @@ class FusionLayer(TransformerSelfAttentionLayer):
 
     Its self-attention parameters keep the plain layer's names (``attn``, ``mlp``, ...), so a
     fused decoder's keys are ``layers.<i>.attn.*`` and ``layers.<i>.fusion_layer.*``. Without
-    ``encoder_input`` the fusion layer is skipped (text-only batches).
+    ``encoder_input`` the fusion layer is skipped (text-only batches). With KV caches set up
+    (``cache_encoder``) the prompt's encoder states are kept for the decoding steps.
     """
 
     def __init__(self, layer: TransformerSelfAttentionLayer, fusion_layer: nn.Module):
@@ -122,6 +123,30 @@ class FusionLayer(TransformerSelfAttentionLayer):
             mlp_scale=layer.mlp_scale,
         )
         self.fusion_layer = fusion_layer
+        self.cache_encoder = False  # set by TransformerDecoder.setup_caches
+        self._encoder: tuple[Tensor, Tensor | None] | None = None
+
+    def reset_encoder_cache(self) -> None:
+        """Forget the cached encoder states (a new prompt)."""
+        self._encoder = None
+
+    def _cached(
+        self, encoder_input: Tensor | None, encoder_mask: Tensor | None, b: int, s: int
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """While decoding, keep the prompt's encoder states; later tokens see what the last
+        prompt token saw unless ``encoder_mask`` says otherwise."""
+        if not self.cache_encoder:
+            return encoder_input, encoder_mask
+        if encoder_input is not None:
+            last = None if encoder_mask is None else encoder_mask[:, -1:]
+            self._encoder = (encoder_input, last)
+            return encoder_input, encoder_mask
+        if self._encoder is None:
+            return None, None
+        cached, last = self._encoder
+        if encoder_mask is None and last is not None:
+            encoder_mask = last.expand(b, s, -1)
+        return cached, encoder_mask
 
     def forward(
         self,
@@ -134,6 +159,7 @@ class FusionLayer(TransformerSelfAttentionLayer):
         encoder_input: Tensor | None = None,
         encoder_mask: Tensor | None = None,
     ) -> Tensor:
+        encoder_input, encoder_mask = self._cached(encoder_input, encoder_mask, *x.shape[:2])
         if encoder_input is not None:
             x = self.fusion_layer(x, encoder_input, encoder_mask)
         return super().forward(x, cos, sin, mask, seq_lens)

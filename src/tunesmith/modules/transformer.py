@@ -151,13 +151,18 @@ class TransformerDecoder(nn.Module):
         """Allocate a KV cache of ``max_seq_len`` (default: the model's) in every layer.
 
         ``decoder_max_seq_len`` is torchtune's name for ``max_seq_len``;
-        ``encoder_max_seq_len`` is accepted for signature compatibility and must be None.
+        ``encoder_max_seq_len`` is accepted for torchtune's signature; it must be None unless
+        the decoder has fusion layers (which then keep the prompt's encoder states).
         """
-        if encoder_max_seq_len is not None:
+        fused = [layer for layer in self.layers if hasattr(layer, "fusion_layer")]
+        if encoder_max_seq_len is not None and not fused:
             raise ValueError("This decoder has no encoder; encoder_max_seq_len must be None.")
         length = max_seq_len or decoder_max_seq_len or self.max_seq_len
         for layer in self.layers:
             layer.attn.setup_cache(batch_size, dtype, length)
+        for layer in fused:  # keep the prompt's encoder states while decoding
+            layer.cache_encoder = True
+            layer.reset_encoder_cache()
         self._cache_len = length
         self._cache_pos = 0
 
@@ -173,12 +178,17 @@ class TransformerDecoder(nn.Module):
             raise RuntimeError("reset_caches() called before setup_caches().")
         for layer in self.layers:
             layer.attn.kv_cache.reset()
+            if hasattr(layer, "fusion_layer"):
+                layer.reset_encoder_cache()
         self._cache_pos = 0
 
     def remove_caches(self) -> None:
         """Drop the caches (back to training mode)."""
         for layer in self.layers:
             layer.attn.kv_cache = None
+            if hasattr(layer, "fusion_layer"):
+                layer.cache_encoder = False
+                layer.reset_encoder_cache()
         self._cache_len = None
         self._cache_pos = 0
 
@@ -288,7 +298,8 @@ class TransformerDecoder(nn.Module):
         cos, sin = self.rope(default_pos if input_pos is None else input_pos, h.dtype)
         for layer in self.layers:
             layer_mask = sliding_mask if layer.attn.sliding_window is not None else full_mask
-            if encoder_input is not None and hasattr(layer, "fusion_layer"):
+            fuse = encoder_input is not None or encoder_mask is not None
+            if fuse and hasattr(layer, "fusion_layer"):
                 h = layer(
                     h,
                     cos,
