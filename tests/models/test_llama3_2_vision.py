@@ -260,3 +260,55 @@ def test_kv_cached_decoding_equals_full_forward(pair):
         finally:
             ours.remove_caches()
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+
+
+def test_peft_adapter_round_trip_equals_peft_logits(pair, tmp_path):
+    """A PEFT LoRA adapter of transformers' Mllama loads into the native LoRA model with equal
+    logits, and native -> PEFT gives back PEFT's file bit for bit."""
+    peft = pytest.importorskip("peft")
+    from safetensors.torch import load_file
+
+    from tunesmith.models.builder import lora_settings
+    from tunesmith.models.peft_format import native_to_peft, peft_to_native
+
+    hf, _, spec, config, hf_sd, directory = pair
+    lora_cfg = peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    torch.manual_seed(3)
+    hf_copy = transformers.MllamaForConditionalGeneration.from_pretrained(directory).eval()
+    peft_model = peft.get_peft_model(hf_copy, lora_cfg).eval()
+    peft_model.save_pretrained(tmp_path)
+    peft_sd = load_file(str(tmp_path / "adapter_model.safetensors"))
+
+    model = build_deep_fusion(
+        spec,
+        decoder_trainable="lora",
+        encoder_trainable="lora",
+        fusion_trainable="lora",
+        lora=lora_settings(["q_proj", "v_proj"], lora_rank=4, lora_alpha=8),
+    ).eval()
+    adapter = peft_to_native(peft_sd, "LLAMA3_VISION", config)
+    weights = {**hf_to_native(hf_sd, "LLAMA3_VISION", config), **adapter}
+    model.load_state_dict(weights, strict=True)
+    back = native_to_peft(adapter, "LLAMA3_VISION", config)
+    assert sorted(back) == sorted(peft_sd)
+    assert all(torch.equal(back[k], v) for k, v in peft_sd.items())
+
+    tokens, kw = _inputs(1)
+    with torch.no_grad():
+        expected = peft_model(input_ids=tokens, **kw).logits
+        got = model(
+            tokens,
+            encoder_input=dict(
+                images=kw["pixel_values"],
+                aspect_ratio_ids=kw["aspect_ratio_ids"],
+                aspect_ratio_mask=kw["aspect_ratio_mask"],
+            ),
+            encoder_mask=expand_cross_attention_mask(
+                kw["cross_attention_mask"], spec.encoder.tokens_per_tile
+            ),
+        )
+        base = hf(input_ids=tokens, **kw).logits
+    assert (expected - base).abs().max() > 1e-3  # the adapter matters
+    assert (got - expected).abs().max().item() <= 1e-4 * expected.abs().max().item()
