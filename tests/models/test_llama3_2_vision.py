@@ -312,3 +312,15 @@ def test_peft_adapter_round_trip_equals_peft_logits(pair, tmp_path):
         base = hf(input_ids=tokens, **kw).logits
     assert (expected - base).abs().max() > 1e-3  # the adapter matters
     assert (got - expected).abs().max().item() <= 1e-4 * expected.abs().max().item()
+
+
+def test_build_from_hf_builds_the_vision_model(pair):
+    from tunesmith.models import build_from_hf
+
+    *_, hf_sd, directory = pair
+    model = build_from_hf(directory)
+    config = read_checkpoint(directory)[0]
+    model.load_state_dict(hf_to_native(hf_sd, "LLAMA3_VISION", config), strict=True)
+    lora = build_from_hf(directory, lora_attn_modules=["q_proj"], lora_rank=2)
+    assert hasattr(lora.encoder.clip.layers[0].attn.q_proj, "lora_a")
+    assert hasattr(lora.decoder.layers[1].fusion_layer.attn.q_proj, "lora_a")
