@@ -8,3 +8,4 @@ from tunesmith.data._packing import *  # noqa: F401,F403
 from tunesmith.data._prompt import *  # noqa: F401,F403
 from tunesmith.data._prompt_templates import *  # noqa: F401,F403
 from tunesmith.data._samplers import *  # noqa: F401,F403
+from tunesmith.data._vision_collate import *  # noqa: F401,F403

@@ -230,9 +230,22 @@ def build_from_hf(
     """Build the model a Hugging Face checkpoint folder (or config dict) describes.
 
     With ``lora_attn_modules`` (or ``apply_lora_to_mlp``) set, LoRA/DoRA layers are added as
-    in the ``lora_*`` builders. Usable from YAML:
+    in the ``lora_*`` builders (an ``mllama`` config builds Llama 3.2 Vision; with LoRA
+    arguments every part gets adapters). Usable from YAML:
     ``_component_: tunesmith.models.build_from_hf`` with ``checkpoint_dir_or_config: <dir>``.
     """
+    if _hf_model_type(checkpoint_dir_or_config) == "mllama":  # Llama 3.2 Vision
+        return _build_vision_from_hf(
+            checkpoint_dir_or_config,
+            lora_attn_modules=lora_attn_modules,
+            apply_lora_to_mlp=apply_lora_to_mlp,
+            apply_lora_to_output=apply_lora_to_output,
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            use_dora=use_dora,
+            quantize_base=quantize_base,
+        )
     spec = spec_from_hf_config(checkpoint_dir_or_config)
     lora = None
     if lora_attn_modules or apply_lora_to_mlp or apply_lora_to_output:
@@ -247,3 +260,37 @@ def build_from_hf(
             quantize_base=quantize_base,
         )
     return build_decoder(spec, lora)
+
+
+def _hf_model_type(config: Any) -> str | None:
+    from pathlib import Path
+
+    from tunesmith.models._hf_config import load_hf_config
+
+    if isinstance(config, (str, Path)):
+        config = load_hf_config(config)
+    cfg = config if isinstance(config, dict) else config.to_dict()
+    return cfg.get("model_type")
+
+
+def _build_vision_from_hf(config: Any, **lora_kwargs: Any) -> nn.Module:
+    from pathlib import Path
+
+    from tunesmith.models._convert_vision import mllama_spec_from_hf_config
+    from tunesmith.models._hf_config import load_hf_config
+    from tunesmith.models.vision_builder import build_deep_fusion
+
+    if isinstance(config, (str, Path)):
+        config = load_hf_config(config)
+    spec = mllama_spec_from_hf_config(config)
+    wanted = lora_kwargs["lora_attn_modules"] or lora_kwargs["apply_lora_to_mlp"]
+    if not (wanted or lora_kwargs["apply_lora_to_output"]):
+        return build_deep_fusion(
+            spec, decoder_trainable=True, encoder_trainable=True, fusion_trainable=True
+        )
+    lora = lora_settings(
+        **{**lora_kwargs, "lora_attn_modules": lora_kwargs["lora_attn_modules"] or []}
+    )
+    return build_deep_fusion(
+        spec, decoder_trainable="lora", encoder_trainable="lora", fusion_trainable="lora", lora=lora
+    )

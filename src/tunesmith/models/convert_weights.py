@@ -7,7 +7,8 @@ interleaved RoPE layout and are permuted here. Keys ending in LoRA / DoRA suffix
 (``.lora_a.weight``, ``.lora_b.weight``, ``.magnitude``) are renamed like their base module.
 
 ``model_type`` strings are torchtune's: LLAMA2, LLAMA3, LLAMA3_2, MISTRAL, GEMMA, GEMMA2,
-PHI3_MINI, PHI4, QWEN2, QWEN3, REWARD (a Llama / Mistral classifier with a ``score`` head).
+PHI3_MINI, PHI4, QWEN2, QWEN3, REWARD (a Llama / Mistral classifier with a ``score`` head),
+and LLAMA3_VISION (HF ``MllamaForConditionalGeneration``, see ``_convert_vision``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tunesmith.models._hf_config import spec_from_hf_config
 
 __all__ = [
     "MODEL_TYPES",
+    "VISION_MODEL_TYPES",
     "hf_to_native",
     "native_to_hf",
     "meta_to_native",
@@ -101,6 +103,14 @@ def _model_type(model_type: Any) -> str:
     return key
 
 
+#: vision-language model types, converted by their own modules (``_convert_vision``)
+VISION_MODEL_TYPES = ("LLAMA3_VISION",)
+
+
+def _is_vision(model_type: Any) -> bool:
+    return str(getattr(model_type, "name", model_type)).upper() in VISION_MODEL_TYPES
+
+
 def _cfg(hf_config: Any) -> Mapping[str, Any]:
     if hf_config is None:
         return {}
@@ -151,6 +161,10 @@ def hf_to_native(
     ``hf_config`` (the ``config.json`` dict or a ``PretrainedConfig``) is needed for Phi-3 /
     Phi-4 (head counts to split ``qkv_proj``) and to drop ``lm_head.weight`` of tied models.
     """
+    if _is_vision(model_type):
+        from tunesmith.models._convert_vision import mllama_hf_to_native
+
+        return mllama_hf_to_native(state_dict, hf_config)
     mt = _model_type(model_type)
     layer_map, top_map, fused, _ = _RULES[mt]
     cfg = _cfg(hf_config)
@@ -206,6 +220,10 @@ def native_to_hf(
     state_dict: Mapping[str, Tensor], model_type: Any, hf_config: Any = None
 ) -> dict[str, Tensor]:
     """Inverse of :func:`hf_to_native` (REWARD writes the head as ``score.weight``)."""
+    if _is_vision(model_type):
+        from tunesmith.models._convert_vision import mllama_native_to_hf
+
+        return mllama_native_to_hf(state_dict, hf_config)
     mt = _model_type(model_type)
     layer_map, top_map, fused, _ = _RULES[mt]
     inv_layer = {v: k for k, v in layer_map.items()}

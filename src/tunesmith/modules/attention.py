@@ -31,8 +31,11 @@ class MultiHeadAttention(nn.Module):
             decoder builds the matching mask and passes it in (with ``seq_lens`` the layer
             applies its own window).
 
-    Shapes: ``x [b, s, d]``, ``cos, sin [b|1, 1, s, hd]``, ``mask [b|1, s, s_kv]`` bool
-    (True = attend) or None for plain causal attention -> ``[b, s, d]``. With ``seq_lens``
+    Shapes: ``x [b, s, d]``, ``cos, sin [b|1, 1, s, hd]`` (both None: no RoPE, as in vision
+    encoders and cross-attention), ``mask [b|1, s, s_kv]`` bool (True = attend) or None for
+    plain causal attention -> ``[b, s, d]``. With ``kv_input [b, s_kv, d_kv]`` keys and values
+    come from it (cross-attention: no RoPE on them, no KV cache, and a None mask means every
+    query sees every key). With ``seq_lens``
     (a :class:`~tunesmith.modules.attention_kernels.Documents` or document lengths summing to
     ``s``, ``b == 1``) attention is causal within each document of the concatenation; the
     kernel (per-document SDPA on CPU, one varlen / flex call on CUDA) is chosen by
@@ -86,12 +89,16 @@ class MultiHeadAttention(nn.Module):
     def forward(
         self,
         x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
+        cos: Tensor | None,
+        sin: Tensor | None,
         mask: Tensor | None = None,
         seq_lens: Documents | Sequence[int] | None = None,
+        *,
+        kv_input: Tensor | None = None,
     ) -> Tensor:
         b, s, _ = x.shape
+        if kv_input is not None:
+            return self._cross(x, kv_input, mask)
         q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
@@ -99,9 +106,9 @@ class MultiHeadAttention(nn.Module):
             q = self.q_norm(q)
         if self.k_norm is not None:
             k = self.k_norm(k)
-        q = apply_rope(q.transpose(1, 2), cos, sin)
-        k = apply_rope(k.transpose(1, 2), cos, sin)
-        v = v.transpose(1, 2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if cos is not None and sin is not None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(k, v)
         if seq_lens is not None:
@@ -117,4 +124,27 @@ class MultiHeadAttention(nn.Module):
         else:
             attn_mask = None if mask is None else mask[:, None]
             out = dense_attention(q, k, v, attn_mask, scale=self.scale, softcap=self.softcap)
+        return self.output_proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
+
+    def _cross(self, x: Tensor, kv_input: Tensor, mask: Tensor | None) -> Tensor:
+        """Queries from ``x [b, s, d]``, keys/values from ``kv_input [b, s_kv, d_kv]``."""
+        b, s, _ = x.shape
+        s_kv = kv_input.shape[1]
+        q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim)
+        k = self.k_proj(kv_input).view(b, s_kv, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(kv_input).view(b, s_kv, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        if mask is None:  # not causal: every query sees every key
+            mask = torch.ones(1, 1, 1, dtype=torch.bool, device=x.device)
+        out = dense_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            mask[:, None],
+            scale=self.scale,
+            softcap=self.softcap,
+        )
         return self.output_proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))

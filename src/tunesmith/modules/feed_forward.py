@@ -1,4 +1,5 @@
-"""Gated feed-forward (SwiGLU / GeGLU) with torchtune's names: w1 gate, w2 down, w3 up."""
+"""Feed-forward: gated (SwiGLU / GeGLU) or plain two-layer (CLIP), torchtune's names: w1
+gate / in, w2 down, w3 up."""
 
 from __future__ import annotations
 
@@ -14,17 +15,22 @@ def _gelu_tanh(x: Tensor) -> Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"silu": F.silu, "gelu_tanh": _gelu_tanh}
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "silu": F.silu,
+    "gelu_tanh": _gelu_tanh,
+    "gelu": F.gelu,
+}
 
 
 class FeedForward(nn.Module):
-    """``w2(act(w1(x)) * w3(x))``.
+    """``w2(act(w1(x)) * w3(x))``, or ``w2(act(w1(x)))`` when ``up_proj`` is None.
 
     Args:
         gate_proj: ``w1``, ``[dim] -> [hidden]``.
         down_proj: ``w2``, ``[hidden] -> [dim]``.
-        up_proj: ``w3``, ``[dim] -> [hidden]``.
-        activation: ``"silu"`` (SwiGLU) or ``"gelu_tanh"`` (GeGLU), or a callable.
+        up_proj: ``w3``, ``[dim] -> [hidden]``; None for a plain MLP (vision encoders).
+        activation: ``"silu"`` (SwiGLU), ``"gelu_tanh"`` (GeGLU), ``"gelu"`` (exact), or a
+            callable.
 
     Shapes: ``x [b, s, dim] -> [b, s, dim]``.
     """
@@ -34,7 +40,7 @@ class FeedForward(nn.Module):
         *,
         gate_proj: nn.Module,
         down_proj: nn.Module,
-        up_proj: nn.Module,
+        up_proj: nn.Module | None,
         activation: str | Callable[[Tensor], Tensor] = "silu",
     ):
         super().__init__()
@@ -50,4 +56,6 @@ class FeedForward(nn.Module):
         self.activation = activation
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.w3 is None:
+            return self.w2(self.activation(self.w1(x)))
         return self.w2(self.activation(self.w1(x)) * self.w3(x))

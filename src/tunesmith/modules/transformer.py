@@ -151,13 +151,18 @@ class TransformerDecoder(nn.Module):
         """Allocate a KV cache of ``max_seq_len`` (default: the model's) in every layer.
 
         ``decoder_max_seq_len`` is torchtune's name for ``max_seq_len``;
-        ``encoder_max_seq_len`` is accepted for signature compatibility and must be None.
+        ``encoder_max_seq_len`` is accepted for torchtune's signature; it must be None unless
+        the decoder has fusion layers (which then keep the prompt's encoder states).
         """
-        if encoder_max_seq_len is not None:
+        fused = [layer for layer in self.layers if hasattr(layer, "fusion_layer")]
+        if encoder_max_seq_len is not None and not fused:
             raise ValueError("This decoder has no encoder; encoder_max_seq_len must be None.")
         length = max_seq_len or decoder_max_seq_len or self.max_seq_len
         for layer in self.layers:
             layer.attn.setup_cache(batch_size, dtype, length)
+        for layer in fused:  # keep the prompt's encoder states while decoding
+            layer.cache_encoder = True
+            layer.reset_encoder_cache()
         self._cache_len = length
         self._cache_pos = 0
 
@@ -173,12 +178,17 @@ class TransformerDecoder(nn.Module):
             raise RuntimeError("reset_caches() called before setup_caches().")
         for layer in self.layers:
             layer.attn.kv_cache.reset()
+            if hasattr(layer, "fusion_layer"):
+                layer.reset_encoder_cache()
         self._cache_pos = 0
 
     def remove_caches(self) -> None:
         """Drop the caches (back to training mode)."""
         for layer in self.layers:
             layer.attn.kv_cache = None
+            if hasattr(layer, "fusion_layer"):
+                layer.cache_encoder = False
+                layer.reset_encoder_cache()
         self._cache_len = None
         self._cache_pos = 0
 
@@ -251,6 +261,8 @@ class TransformerDecoder(nn.Module):
         input_pos: Tensor | None = None,
         input_embeds: Tensor | None = None,
         seq_lens: Sequence[int] | Documents | None = None,
+        encoder_input: Tensor | None = None,
+        encoder_mask: Tensor | None = None,
     ) -> Tensor | list[Tensor]:
         """Run the decoder.
 
@@ -267,6 +279,9 @@ class TransformerDecoder(nn.Module):
                 each document (per-document SDPA on CPU, one varlen / flex call on CUDA, see
                 ``attention_kernels``); ``input_pos`` defaults to positions restarting at each
                 document. Not with ``mask`` or KV caches.
+            encoder_input: ``[b, s_enc, d]`` encoder states (e.g. projected image tokens) for
+                the layers that fuse them (``modules.fusion.FusionLayer``); None skips fusion.
+            encoder_mask: ``[b, s, s_enc]`` bool, True = token i may attend encoder state j.
 
         Returns:
             ``[b, s, vocab]`` logits; ``[b, s, d]`` hidden states after the final norm when
@@ -283,7 +298,18 @@ class TransformerDecoder(nn.Module):
         cos, sin = self.rope(default_pos if input_pos is None else input_pos, h.dtype)
         for layer in self.layers:
             layer_mask = sliding_mask if layer.attn.sliding_window is not None else full_mask
-            if seq_lens is None:
+            fuse = encoder_input is not None or encoder_mask is not None
+            if fuse and hasattr(layer, "fusion_layer"):
+                h = layer(
+                    h,
+                    cos,
+                    sin,
+                    layer_mask,
+                    seq_lens=seq_lens,
+                    encoder_input=encoder_input,
+                    encoder_mask=encoder_mask,
+                )
+            elif seq_lens is None:
                 h = layer(h, cos, sin, layer_mask)
             else:
                 h = layer(h, cos, sin, None, seq_lens=seq_lens)

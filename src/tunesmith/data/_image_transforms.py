@@ -1,0 +1,160 @@
+"""Tiled image transforms (Llama 3.2 Vision): canvas selection, resize, pad, normalise, tile.
+
+The steps and their rounding follow ``transformers``' ``MllamaImageProcessor`` (PIL backend):
+RGB uint8 -> bilinear resize (PIL) to fit the chosen canvas -> zero pad right / bottom ->
+``/ 255`` -> ``(x - mean) / std`` -> split into ``tile_size`` squares, row-major.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "TiledImageTransform",
+    "find_supported_resolutions",
+    "get_canvas_best_fit",
+    "load_image",
+    "resize_to_fit_canvas",
+    "tile_crop",
+]
+
+#: CLIP's normalisation, used by Llama 3.2 Vision
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def load_image(source: Any) -> Any:
+    """A PIL RGB image from a path, bytes, ``{"bytes": ...}`` / ``{"path": ...}``, a PIL image
+    or an ``http(s)://`` URL. Raises ``ValueError`` naming the source when it is not one."""
+    from PIL import Image
+
+    if isinstance(source, Image.Image):
+        image = source
+    elif isinstance(source, dict) and (source.get("bytes") or source.get("path")):
+        return load_image(source.get("bytes") or source["path"])
+    elif isinstance(source, (bytes, bytearray)):
+        image = _open(io.BytesIO(source), "<bytes>")
+    elif isinstance(source, (str, Path)) and str(source).startswith(("http://", "https://")):
+        from urllib.request import urlopen
+
+        with urlopen(str(source), timeout=30) as response:  # noqa: S310 (http(s) only)
+            image = _open(io.BytesIO(response.read()), str(source))
+    elif isinstance(source, (str, Path)):
+        if not Path(source).is_file():
+            raise ValueError(f"image file not found: {source}")
+        image = _open(source, str(source))
+    else:
+        raise ValueError(f"cannot load an image from a {type(source).__name__}")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _open(fp: Any, name: str) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(fp)
+        image.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"not a readable image ({name}): {exc}") from None
+    return image
+
+
+@lru_cache(maxsize=16)
+def find_supported_resolutions(max_num_tiles: int, tile_size: int) -> tuple[tuple[int, int], ...]:
+    """Canvases ``(height, width)`` in pixels of every tile grid with at most ``max_num_tiles``
+    tiles, in aspect-ratio-id order (``(1, 1), (1, 2), ..., (4, 1)`` tiles for 4)."""
+    return tuple(
+        (h * tile_size, w * tile_size)
+        for h in range(1, max_num_tiles + 1)
+        for w in range(1, max_num_tiles + 1)
+        if h * w <= max_num_tiles
+    )
+
+
+def get_canvas_best_fit(
+    image_hw: tuple[int, int], possible_resolutions: Sequence[tuple[int, int]]
+) -> tuple[int, int]:
+    """The canvas that needs the least upscaling (or, when every one shrinks the image, the
+    least downscaling), ties broken by the smallest area. ``-> (height, width)``."""
+    h, w = image_hw
+    canvases = np.asarray(possible_resolutions, dtype=np.float64)
+    scales = np.minimum(canvases[:, 0] / h, canvases[:, 1] / w)
+    up = scales[scales >= 1]
+    chosen = up.min() if len(up) else scales[scales < 1].max()
+    candidates = [tuple(int(v) for v in c) for c, s in zip(canvases, scales) if s == chosen]
+    return min(candidates, key=lambda c: c[0] * c[1])
+
+
+def resize_to_fit_canvas(
+    image_hw: tuple[int, int], canvas_hw: tuple[int, int], tile_size: int
+) -> tuple[int, int]:
+    """Size ``(height, width)`` to resize to: the aspect ratio kept, each side at least
+    ``tile_size`` (when the canvas allows) and at most the canvas; never beyond what fits."""
+    h, w = image_hw
+    target_w = min(max(w, tile_size), canvas_hw[1])
+    target_h = min(max(h, tile_size), canvas_hw[0])
+    scale_h, scale_w = target_h / h, target_w / w
+    if scale_w < scale_h:
+        return min(math.floor(h * scale_w) or 1, target_h), target_w
+    return target_h, min(math.floor(w * scale_h) or 1, target_w)
+
+
+def tile_crop(image: Tensor, tile_size: int) -> Tensor:
+    """``[C, H, W]`` (multiples of ``tile_size``) -> ``[T, C, tile_size, tile_size]`` row-major."""
+    c, h, w = image.shape
+    nh, nw = h // tile_size, w // tile_size
+    tiles = image.reshape(c, nh, tile_size, nw, tile_size).permute(1, 3, 0, 2, 4)
+    return tiles.reshape(nh * nw, c, tile_size, tile_size).contiguous()
+
+
+class TiledImageTransform:
+    """Image -> ``{"image": [T, C, tile, tile] float32, "aspect_ratio": [2] (tiles h, w)}``.
+
+    Args:
+        tile_size: tile side in pixels (560 for Llama 3.2 Vision).
+        max_num_tiles: most tiles per image (4).
+        image_mean, image_std: per-channel normalisation (CLIP's by default).
+        resample: a PIL resampling filter name (``"bilinear"``).
+    """
+
+    def __init__(
+        self,
+        tile_size: int = 560,
+        max_num_tiles: int = 4,
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+        resample: str = "bilinear",
+    ):
+        from PIL import Image
+
+        self.tile_size = tile_size
+        self.max_num_tiles = max_num_tiles
+        self.mean = np.asarray(image_mean, dtype=np.float64)[:, None, None]
+        self.std = np.asarray(image_std, dtype=np.float64)[:, None, None]
+        self.resample = getattr(Image.Resampling, resample.upper())
+        self.resolutions = find_supported_resolutions(max_num_tiles, tile_size)
+
+    def __call__(self, image: Any) -> dict[str, Tensor]:
+        image = load_image(image)
+        w, h = image.size
+        canvas = get_canvas_best_fit((h, w), self.resolutions)
+        new_h, new_w = resize_to_fit_canvas((h, w), canvas, self.tile_size)
+        if (new_h, new_w) != (h, w):
+            image = image.resize((new_w, new_h), resample=self.resample)
+        pixels = np.zeros((3, *canvas), dtype=np.float64)
+        pixels[:, :new_h, :new_w] = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+        pixels = ((pixels / 255.0).astype(np.float32) - self.mean) / self.std
+        tiles = tile_crop(torch.from_numpy(pixels.astype(np.float32)), self.tile_size)
+        ratio = torch.tensor([canvas[0] // self.tile_size, canvas[1] // self.tile_size])
+        return {"image": tiles, "aspect_ratio": ratio}

@@ -1,0 +1,136 @@
+"""Cross-attention masks for image tokens and the tiled-image collate (torchtune's names).
+
+Which text tokens see which image (Meta's / transformers' rule): an image is seen from its
+``<|image|>`` token up to the next image token; consecutive image tokens form a group that
+is seen up to the end of the next group's start (or the sequence end).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tunesmith.data._collate import padded_collate_sft
+
+__all__ = [
+    "VisionCrossAttentionMask",
+    "image_attention_intervals",
+    "padded_collate_tiled_images_and_mask",
+]
+
+
+def image_attention_intervals(tokens: Sequence[int], image_token_id: int) -> list[list[int]]:
+    """``[start, end)`` token ranges that see each image, one per image token, in order."""
+    locations = [i for i, t in enumerate(tokens) if t == image_token_id]
+    if not locations:
+        return []
+    intervals = [[a, b] for a, b in zip(locations[:-1], locations[1:])]
+    intervals.append([locations[-1], len(tokens)])
+    end = intervals[-1][1]
+    for interval in reversed(intervals):  # consecutive image tokens share the group's end
+        if interval[0] == interval[1] - 1:
+            interval[1] = end
+        end = interval[1]
+    return intervals
+
+
+class VisionCrossAttentionMask:
+    """Adds ``encoder_mask``: one ``[s, T_i * L]`` bool mask per image of a sample.
+
+    Args:
+        tile_size, patch_size: give ``L = (tile_size / patch_size) ** 2 + 1`` tokens per tile.
+        image_token_id: the ``<|image|>`` id.
+        max_num_tiles: unused beyond torchtune's signature (tiles come from each image).
+
+    ``__call__(sample)`` reads ``sample["tokens"]`` and ``sample["encoder_input"]["images"]``
+    (a list of ``[T_i, C, H, W]``) and raises ``ValueError`` when the image token count
+    differs from the number of images.
+    """
+
+    def __init__(
+        self,
+        tile_size: int,
+        patch_size: int,
+        image_token_id: int,
+        max_num_tiles: int | None = None,
+    ):
+        self.tokens_per_tile = (tile_size // patch_size) ** 2 + 1
+        self.image_token_id = image_token_id
+        self.max_num_tiles = max_num_tiles
+
+    def __call__(self, sample: dict[str, Any], inference: bool = False) -> dict[str, Any]:
+        tokens = sample["tokens"]
+        images = sample.get("encoder_input", {}).get("images", [])
+        intervals = image_attention_intervals(tokens, self.image_token_id)
+        if len(intervals) != len(images):
+            raise ValueError(
+                f"the text has {len(intervals)} <|image|> tokens but the sample has "
+                f"{len(images)} images; put one image tag per image"
+            )
+        masks = []
+        for (start, end), image in zip(intervals, images):
+            mask = torch.zeros(len(tokens), image.shape[0] * self.tokens_per_tile, dtype=torch.bool)
+            mask[start:end] = True
+            masks.append(mask)
+        sample["encoder_mask"] = masks
+        return sample
+
+
+def padded_collate_tiled_images_and_mask(
+    batch: Sequence[Mapping[str, Any]],
+    padding_idx: int = 0,
+    ignore_idx: int = -100,
+    pad_direction: str = "right",
+    pad_max_tiles: int | None = None,
+    pad_max_images: int | None = None,
+) -> dict[str, Any]:
+    """Pad tokens / labels, images, aspect ratios and cross-attention masks of a batch.
+
+    Each sample: ``tokens [s_i]``, ``labels [s_i]``, ``encoder_input = {"images": [T, C, H,
+    W] per image, "aspect_ratio": [2] per image}``, ``encoder_mask``: ``[s_i, T * L]`` per
+    image. Returns ``tokens, labels [b, s]``, ``encoder_input = {"images" [b, I, T, C, H, W]
+    (zeros for padding tiles / images), "aspect_ratio" [b, I, 2] ((0, 0) for padding images),
+    "aspect_ratio_mask" [b, I, T] (tile 0 of padding images set, as transformers does)}``,
+    ``encoder_mask [b, s, I * T * L]`` bool. Right padding only.
+    """
+    if pad_direction != "right":
+        raise ValueError("padded_collate_tiled_images_and_mask supports pad_direction='right'")
+    text = padded_collate_sft(batch, padding_idx=padding_idx, ignore_idx=ignore_idx)
+    b, s = text["tokens"].shape
+    images = [list(sample.get("encoder_input", {}).get("images", [])) for sample in batch]
+    ratios = [list(sample.get("encoder_input", {}).get("aspect_ratio", [])) for sample in batch]
+    masks = [list(sample.get("encoder_mask", [])) for sample in batch]
+    n_img = max([len(x) for x in images] + [pad_max_images or 0])
+    all_images = [img for row in images for img in row]
+    if not all_images:
+        return text
+    n_tiles = max([img.shape[0] for img in all_images] + [pad_max_tiles or 0])
+    c, h, w = all_images[0].shape[1:]
+    tokens_per_tile = masks[0][0].shape[1] // images[0][0].shape[0] if masks[0] else None
+    out_images = torch.zeros(b, n_img, n_tiles, c, h, w, dtype=all_images[0].dtype)
+    out_ratio = torch.zeros(b, n_img, 2, dtype=torch.long)
+    out_tile_mask = torch.zeros(b, n_img, n_tiles, dtype=torch.bool)
+    out_tile_mask[:, :, 0] = True
+    enc_mask = None
+    if tokens_per_tile is not None:
+        enc_mask = torch.zeros(b, s, n_img, n_tiles * tokens_per_tile, dtype=torch.bool)
+    for row in range(b):
+        for k, img in enumerate(images[row]):
+            t = img.shape[0]
+            out_images[row, k, :t] = img
+            out_ratio[row, k] = torch.as_tensor(ratios[row][k])
+            out_tile_mask[row, k, :t] = True
+            if enc_mask is not None:
+                m = masks[row][k]
+                enc_mask[row, : m.shape[0], k] = F.pad(m, (0, enc_mask.shape[-1] - m.shape[1]))
+    text["encoder_input"] = {
+        "images": out_images,
+        "aspect_ratio": out_ratio,
+        "aspect_ratio_mask": out_tile_mask,
+    }
+    if enc_mask is not None:
+        text["encoder_mask"] = enc_mask.reshape(b, s, -1)
+    return text

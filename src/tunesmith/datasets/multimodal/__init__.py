@@ -1,0 +1,3 @@
+"""Multimodal (image + text) dataset builders with torchtune's names."""
+
+from tunesmith.datasets.multimodal._the_cauldron import *  # noqa: F401,F403

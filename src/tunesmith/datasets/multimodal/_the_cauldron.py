@@ -1,0 +1,123 @@
+"""``the_cauldron_dataset`` (torchtune's name and arguments) over a lazy multimodal dataset.
+
+Rows are read with ``datasets`` (hub names or local files); images are decoded and
+transformed one sample at a time in ``__getitem__``, never all in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from tunesmith.data._messages import Message
+from tunesmith.data._packing import CROSS_ENTROPY_IGNORE_IDX
+from tunesmith.datasets._loading import load_rows
+
+__all__ = ["MultimodalSFTDataset", "TheCauldronToMessages", "the_cauldron_dataset"]
+
+
+class TheCauldronToMessages:
+    """The Cauldron row ``{"images": [...], "texts": [{"user", "assistant"}, ...]}`` ->
+    messages; every image goes before the first user turn's text (torchtune's rule)."""
+
+    def __init__(
+        self, column_map: Mapping[str, str] | None = None, new_system_prompt: str | None = None
+    ):
+        if column_map is not None:
+            for key in ("images", "texts"):
+                if key not in column_map:
+                    raise ValueError(
+                        f"dataset.column_map must map '{key}' to your column name if specified"
+                    )
+        self.column_map = dict(column_map or {"images": "images", "texts": "texts"})
+        self.new_system_prompt = new_system_prompt
+
+    def __call__(self, row: Mapping[str, Any]) -> dict[str, list[Message]]:
+        images = row[self.column_map["images"]] or []
+        if not isinstance(images, list):
+            images = [images]
+        image_parts = [{"type": "image", "content": image} for image in images]
+        messages = []
+        if self.new_system_prompt is not None:
+            messages.append(Message(role="system", content=self.new_system_prompt, masked=True))
+        for i, turn in enumerate(row[self.column_map["texts"]]):
+            user = [{"type": "text", "content": turn["user"]}]
+            messages.append(
+                Message(role="user", content=(image_parts + user) if i == 0 else user, masked=True)
+            )
+            messages.append(Message(role="assistant", content=turn["assistant"]))
+        return {"messages": messages}
+
+
+class MultimodalSFTDataset(Dataset):
+    """Rows -> ``message_transform`` -> ``model_transform`` (e.g. ``llama3_2_vision_transform``)
+    per item: ``{"tokens", "labels", "encoder_input", "encoder_mask"}`` (labels -100 where
+    masked). A bad row raises ``ValueError`` naming its index."""
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        message_transform: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+        model_transform: Callable[..., dict[str, Any]],
+        filter_fn: Callable | None = None,
+        **load_dataset_kwargs: Any,
+    ):
+        self._data, self._load_kwargs = load_rows(source, filter_fn, **load_dataset_kwargs)
+        self._message_transform = message_transform
+        self._model_transform = model_transform
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            sample = dict(self._message_transform(self._data[index]))
+            out = self._model_transform(sample)
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"dataset row {index}: {e}") from None
+        tokens, mask = out["tokens"], out["mask"]
+        labels = [CROSS_ENTROPY_IGNORE_IDX if m else t for t, m in zip(tokens, mask)]
+        return {
+            "tokens": tokens,
+            "labels": labels,
+            "encoder_input": out.get("encoder_input", {}),
+            "encoder_mask": out.get("encoder_mask", []),
+        }
+
+
+def the_cauldron_dataset(
+    model_transform: Any,
+    *,
+    subset: str,
+    source: str = "HuggingFaceM4/the_cauldron",
+    column_map: Mapping[str, str] | None = None,
+    new_system_prompt: str | None = None,
+    packed: bool = False,
+    filter_fn: Callable | None = None,
+    split: str = "train",
+    **load_dataset_kwargs: Any,
+) -> MultimodalSFTDataset:
+    """The Cauldron (``subset``, e.g. ``ocrvqa``) as image + text chat samples.
+
+    Local copies work as for every builder (``source: json|parquet``, ``data_files``; the
+    ``images`` column then holds paths or bytes). ``packed=True`` is not supported yet.
+    """
+    if packed:
+        raise ValueError(
+            "dataset.packed=True is not supported for multimodal datasets yet; set packed: False"
+        )
+    from tunesmith.datasets._common import is_hub_source
+
+    if is_hub_source(source):
+        load_dataset_kwargs.setdefault("name", subset)
+    return MultimodalSFTDataset(
+        source=source,
+        message_transform=TheCauldronToMessages(column_map, new_system_prompt),
+        model_transform=model_transform,
+        filter_fn=filter_fn,
+        split=split,
+        **load_dataset_kwargs,
+    )

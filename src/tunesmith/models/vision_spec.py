@@ -1,0 +1,78 @@
+"""Specs of vision-language models, as plain data (the decoder part is a ``ModelSpec``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from tunesmith.models.spec import ModelSpec
+
+__all__ = ["LLAMA3_2_VISION_ASPECT_RATIOS", "DeepFusionSpec", "TiledViTSpec", "every_nth_layer"]
+
+#: (tiles high, tiles wide) of Llama 3.2 Vision, in the order of their aspect_ratio_ids (1-based)
+LLAMA3_2_VISION_ASPECT_RATIOS = ((1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (3, 1), (4, 1))
+
+
+@dataclass(frozen=True)
+class TiledViTSpec:
+    """A tiled CLIP-style image encoder (``modules.vision_transformer``) and its projection.
+
+    ``num_layers`` local layers, then ``num_global_layers`` gated ones in the projection head;
+    ``out_indices`` are the tapped local layers whose outputs join the final state before
+    the projection to the decoder's width.
+    """
+
+    embed_dim: int
+    num_layers: int
+    num_global_layers: int
+    num_heads: int
+    intermediate_dim: int
+    patch_size: int
+    tile_size: int
+    max_num_tiles: int
+    out_indices: tuple[int, ...]
+    supported_aspect_ratios: tuple[tuple[int, int], ...] = LLAMA3_2_VISION_ASPECT_RATIOS
+    in_channels: int = 3
+    norm_eps: float = 1e-5
+    activation: str = "gelu"
+    pad_to_multiple: int = 8
+
+    @property
+    def tokens_per_tile(self) -> int:
+        """``(tile_size / patch_size) ** 2 + 1`` (patches and the class token)."""
+        return (self.tile_size // self.patch_size) ** 2 + 1
+
+    @property
+    def output_dim(self) -> int:
+        """Width of the concatenated final + tapped states (Mllama's ``vision_output_dim``)."""
+        return self.embed_dim * (1 + len(self.out_indices))
+
+
+@dataclass(frozen=True)
+class DeepFusionSpec:
+    """An encoder fused into a decoder by cross-attention layers (Llama 3.2 Vision).
+
+    ``decoder.num_layers`` counts the self-attention layers only; ``fusion_layers`` are the
+    decoder layers that run a cross-attention layer before themselves;
+    ``num_fusion_tokens`` extra embedding rows follow the vocabulary (``<|image|>``, ...).
+    """
+
+    decoder: ModelSpec
+    encoder: TiledViTSpec
+    fusion_layers: tuple[int, ...]
+    num_fusion_tokens: int = 8
+    family: str = "LLAMA3_VISION"
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        bad = [i for i in self.fusion_layers if not 0 <= i < self.decoder.num_layers]
+        if bad:
+            raise ValueError(f"fusion_layers {bad} outside the {self.decoder.num_layers} layers")
+
+    def replace(self, **changes: object) -> DeepFusionSpec:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+
+def every_nth_layer(num_layers: int, interval: int) -> tuple[int, ...]:
+    """Layers ``interval - 1, 2 * interval - 1, ...`` (Mllama: a fusion layer every 4th)."""
+    return tuple(range(interval - 1, num_layers, interval))

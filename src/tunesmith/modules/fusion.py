@@ -1,0 +1,307 @@
+"""Deep fusion of an encoder into a decoder (Llama 3.2 Vision) with torchtune's names.
+
+Native key layout (torchtune's): ``encoder.clip.*`` (the ViT), ``encoder.projection.*``
+(global layers + output projection), ``decoder.*`` a ``TransformerDecoder`` whose fused
+layers hold ``decoder.layers.<i>.fusion_layer.*`` next to their own self-attention keys,
+and ``decoder.tok_embeddings.fusion_embedding.weight`` for the extra image tokens.
+
+Cross-attention rows that see no image follow transformers / Meta: the attention still runs
+(over every image token) but the layer's MLP output is zeroed for that row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tunesmith.modules.attention import MultiHeadAttention
+from tunesmith.modules.attention_kernels import Documents
+from tunesmith.modules.transformer import TransformerDecoder, TransformerSelfAttentionLayer
+from tunesmith.modules.vision_transformer import TanhGate, TiledVisionOutput, VisionTransformer
+
+__all__ = [
+    "DeepFusionModel",
+    "FusionEmbedding",
+    "FusionLayer",
+    "Llama3VisionEncoder",
+    "Llama3VisionProjectionHead",
+    "TransformerCrossAttentionLayer",
+    "expand_cross_attention_mask",
+]
+
+
+class FusionEmbedding(nn.Module):
+    """Token embedding plus ``num_fusion_tokens`` extra rows (``<|image|>`` and kin).
+
+    ``weight [vocab, d]`` (the text embedding) and ``fusion_embedding.weight [extra, d]``;
+    ids ``>= vocab`` read the extra rows, so they can train while the text rows stay frozen.
+    ``forward(tokens [b, s]) -> [b, s, d]``.
+    """
+
+    def __init__(self, vocab_size: int, num_fusion_tokens: int, embed_dim: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.weight = nn.Parameter(torch.randn(vocab_size, embed_dim))
+        self.fusion_embedding = nn.Embedding(num_fusion_tokens, embed_dim)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.vocab_size + self.fusion_embedding.num_embeddings
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        vocab = self.vocab_size
+        text = F.embedding(tokens.clamp(max=vocab - 1), self.weight)
+        is_fusion = tokens >= vocab
+        fused = self.fusion_embedding((tokens - vocab).clamp(min=0)).to(text.dtype)
+        return torch.where(is_fusion[..., None], fused, text)
+
+
+class TransformerCrossAttentionLayer(nn.Module):
+    """Gated cross-attention block (Mllama's):
+
+    ``h = x + ca_scale(attn(ca_norm(x), encoder))``, ``h + mlp_scale(row_mask * mlp(mlp_norm(h)))``
+    with :class:`TanhGate` s ``ca_scale`` / ``mlp_scale`` (closed at init) and ``row_mask``
+    zero for tokens that see no encoder state.
+
+    ``forward(x [b, s, d], encoder_input [b, s_enc, d], encoder_mask [b, s, s_enc] | None)``
+    -> ``[b, s, d]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        attn: MultiHeadAttention,
+        mlp: nn.Module,
+        ca_norm: nn.Module,
+        mlp_norm: nn.Module,
+        ca_scale: nn.Module | None = None,
+        mlp_scale: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.ca_norm = ca_norm
+        self.attn = attn
+        self.ca_scale = ca_scale if ca_scale is not None else TanhGate()
+        self.mlp_norm = mlp_norm
+        self.mlp = mlp
+        self.mlp_scale = mlp_scale if mlp_scale is not None else TanhGate()
+
+    def forward(
+        self, x: Tensor, encoder_input: Tensor, encoder_mask: Tensor | None = None
+    ) -> Tensor:
+        row_seen = None
+        mask = encoder_mask
+        if encoder_mask is not None:
+            row_seen = encoder_mask.any(dim=-1, keepdim=True)  # [b, s, 1]
+            mask = encoder_mask | ~row_seen  # empty rows attend everything (no NaN)
+        h = x + self.ca_scale(self.attn(self.ca_norm(x), None, None, mask, kv_input=encoder_input))
+        mlp_out = self.mlp(self.mlp_norm(h))
+        if row_seen is not None:
+            mlp_out = mlp_out * row_seen.to(mlp_out.dtype)
+        return h + self.mlp_scale(mlp_out)
+
+
+class FusionLayer(TransformerSelfAttentionLayer):
+    """A decoder self-attention layer with a ``fusion_layer`` run before it (Mllama's order).
+
+    Its self-attention parameters keep the plain layer's names (``attn``, ``mlp``, ...), so a
+    fused decoder's keys are ``layers.<i>.attn.*`` and ``layers.<i>.fusion_layer.*``. Without
+    ``encoder_input`` the fusion layer is skipped (text-only batches). With KV caches set up
+    (``cache_encoder``) the prompt's encoder states are kept for the decoding steps.
+    """
+
+    def __init__(self, layer: TransformerSelfAttentionLayer, fusion_layer: nn.Module):
+        super().__init__(
+            attn=layer.attn,
+            mlp=layer.mlp,
+            sa_norm=layer.sa_norm,
+            mlp_norm=layer.mlp_norm,
+            sa_scale=layer.sa_scale,
+            mlp_scale=layer.mlp_scale,
+        )
+        self.fusion_layer = fusion_layer
+        self.cache_encoder = False  # set by TransformerDecoder.setup_caches
+        self._encoder: tuple[Tensor, Tensor | None] | None = None
+
+    def reset_encoder_cache(self) -> None:
+        """Forget the cached encoder states (a new prompt)."""
+        self._encoder = None
+
+    def _cached(
+        self, encoder_input: Tensor | None, encoder_mask: Tensor | None, b: int, s: int
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """While decoding, keep the prompt's encoder states; later tokens see what the last
+        prompt token saw unless ``encoder_mask`` says otherwise."""
+        if not self.cache_encoder:
+            return encoder_input, encoder_mask
+        if encoder_input is not None:
+            last = None if encoder_mask is None else encoder_mask[:, -1:]
+            self._encoder = (encoder_input, last)
+            return encoder_input, encoder_mask
+        if self._encoder is None:
+            return None, None
+        cached, last = self._encoder
+        if encoder_mask is None and last is not None:
+            encoder_mask = last.expand(b, s, -1)
+        return cached, encoder_mask
+
+    def forward(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None = None,
+        seq_lens: Sequence[int] | Documents | None = None,
+        *,
+        encoder_input: Tensor | None = None,
+        encoder_mask: Tensor | None = None,
+    ) -> Tensor:
+        encoder_input, encoder_mask = self._cached(encoder_input, encoder_mask, *x.shape[:2])
+        if encoder_input is not None:
+            x = self.fusion_layer(x, encoder_input, encoder_mask)
+        return super().forward(x, cos, sin, mask, seq_lens)
+
+
+class Llama3VisionProjectionHead(nn.Module):
+    """Global (gated) ViT layers, then ``output`` over the final states and the taps.
+
+    ``forward(TiledVisionOutput) -> [n, T * L, d_out]``: the global layers run over all
+    tiles of an image under the encoder mask; padding tokens are dropped; the final state of
+    every token is concatenated with its tapped states (interleaved as Meta / transformers
+    store them: feature ``c`` of tap ``k`` at ``c * K + k``) and projected by
+    ``output [d * (1 + K)] -> [d_out]``.
+    """
+
+    def __init__(self, layers: list[nn.Module] | nn.ModuleList, output: nn.Module):
+        super().__init__()
+        self.layers = layers if isinstance(layers, nn.ModuleList) else nn.ModuleList(layers)
+        self.output = output
+
+    def forward(self, vision: TiledVisionOutput) -> Tensor:
+        n, t, padded, d = vision.hidden.shape
+        x = vision.hidden.reshape(n, t * padded, d)
+        for layer in self.layers:
+            x = layer(x, None, None, vision.mask)
+        length = vision.num_tokens
+        x = x.reshape(n, t, padded, d)[:, :, :length]
+        if vision.taps:
+            taps = torch.stack(vision.taps, dim=-1)[:, :, :length]  # [n, T, L, d, K]
+            x = torch.cat([x, taps.reshape(n, t, length, -1)], dim=-1)
+        return self.output(x).reshape(n, t * length, -1)
+
+
+class Llama3VisionEncoder(nn.Module):
+    """``clip`` (a :class:`VisionTransformer`) followed by ``projection``.
+
+    ``forward(images [b, I, T, C, H, W], aspect_ratio_ids [b, I], aspect_ratio_mask
+    [b, I, T] | None) -> [b, I * T * L, d_out]`` (every image of a sample, in order).
+    ``aspect_ratio`` ``[b, I, 2]`` (tiles high, wide; torchtune's input) may replace the ids:
+    it is looked up in ``supported_aspect_ratios``.
+    """
+
+    def __init__(
+        self,
+        clip: VisionTransformer,
+        projection: nn.Module,
+        supported_aspect_ratios: Sequence[Sequence[int]] = (),
+    ):
+        super().__init__()
+        self.clip = clip
+        self.projection = projection
+        self.supported_aspect_ratios = [tuple(r) for r in supported_aspect_ratios]
+
+    def aspect_ratio_ids(self, aspect_ratio: Tensor) -> Tensor:
+        """``[..., 2]`` (h, w) tile counts -> ``[...]`` 1-based ids (0 where ``(0, 0)``)."""
+        table = torch.tensor([(0, 0), *self.supported_aspect_ratios], device=aspect_ratio.device)
+        hit = (aspect_ratio[..., None, :] == table).all(-1)
+        if not bool(hit.any(-1).all()):
+            raise ValueError(
+                f"aspect ratio not among the supported ones {self.supported_aspect_ratios}"
+            )
+        return hit.int().argmax(-1)
+
+    def forward(
+        self,
+        images: Tensor,
+        aspect_ratio_ids: Tensor | None = None,
+        aspect_ratio_mask: Tensor | None = None,
+        aspect_ratio: Tensor | None = None,
+    ) -> Tensor:
+        b, i, t = images.shape[:3]
+        if aspect_ratio_ids is None:
+            if aspect_ratio is None:
+                raise ValueError("encoder input needs aspect_ratio_ids or aspect_ratio")
+            aspect_ratio_ids = self.aspect_ratio_ids(aspect_ratio)
+            if aspect_ratio_mask is None:
+                tiles = aspect_ratio.prod(-1)  # [b, I]
+                aspect_ratio_mask = torch.arange(t, device=images.device) < tiles[..., None]
+                aspect_ratio_mask[..., 0] = True  # padding images: one "real" tile, no NaN
+        tile_mask = None if aspect_ratio_mask is None else aspect_ratio_mask.reshape(b * i, t)
+        vision = self.clip(images.flatten(0, 1), aspect_ratio_ids.reshape(b * i), tile_mask)
+        out = self.projection(vision)  # [b * I, T * L, d_out]
+        return out.reshape(b, i * out.shape[1], -1)
+
+
+def expand_cross_attention_mask(mask: Tensor, tokens_per_tile: int) -> Tensor:
+    """transformers' ``cross_attention_mask [b, s, I, T]`` (1 = token sees that tile) ->
+    ``[b, s, I * T * tokens_per_tile]`` bool, the decoder's ``encoder_mask``."""
+    b, s = mask.shape[:2]
+    return mask.bool().repeat_interleave(tokens_per_tile, dim=3).reshape(b, s, -1)
+
+
+class DeepFusionModel(nn.Module):
+    """An encoder whose output the decoder's fusion layers cross-attend (torchtune's name).
+
+    ``forward(tokens [b, s], *, mask=None, encoder_input=None, encoder_mask=None,
+    input_pos=None, input_embeds=None, seq_lens=None)`` -> the decoder's logits
+    ``[b, s, vocab]``. ``encoder_input`` is the encoder's keyword arguments
+    (``images``, ``aspect_ratio_ids`` / ``aspect_ratio``, ``aspect_ratio_mask``) or None for
+    text only; ``encoder_mask [b, s, I * T * L]`` bool (see
+    :func:`expand_cross_attention_mask`), None = every token sees every image token.
+    """
+
+    def __init__(self, decoder: TransformerDecoder, encoder: nn.Module):
+        super().__init__()
+        self.decoder = decoder
+        self.encoder = encoder
+        self.trainable_with_adapters: tuple[str, ...] = ()
+
+    def adapter_params(self) -> list[str]:
+        """Names of fully trained parameters of a LoRA model (parts built ``"full"``), so a
+        LoRA recipe's ``get_adapter_params`` / ``set_trainable_params`` keeps them training
+        next to the LoRA matrices (those are listed by their own modules)."""
+        return list(self.trainable_with_adapters)
+
+    def __getattr__(self, name: str) -> Any:  # decoder knobs (set_num_output_chunks, ...)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            decoder = self._modules.get("decoder")
+            if decoder is not None and hasattr(decoder, name):
+                return getattr(decoder, name)
+            raise
+
+    def forward(
+        self,
+        tokens: Tensor | None,
+        *,
+        mask: Tensor | None = None,
+        encoder_input: Mapping[str, Tensor] | None = None,
+        encoder_mask: Tensor | None = None,
+        input_pos: Tensor | None = None,
+        input_embeds: Tensor | None = None,
+        seq_lens: Sequence[int] | Documents | None = None,
+    ) -> Tensor | list[Tensor]:
+        encoded = None if encoder_input is None else self.encoder(**encoder_input)
+        return self.decoder(
+            tokens,
+            mask=mask,
+            input_pos=input_pos,
+            input_embeds=input_embeds,
+            seq_lens=seq_lens,
+            encoder_input=encoded,
+            encoder_mask=encoder_mask,
+        )
