@@ -12,3 +12,4 @@ from tunesmith.datasets._packed import *  # noqa: F401,F403
 from tunesmith.datasets._preference import *  # noqa: F401,F403
 from tunesmith.datasets._sft import *  # noqa: F401,F403
 from tunesmith.datasets._text_completion import *  # noqa: F401,F403
+from tunesmith.datasets._unpaired import *  # noqa: F401,F403
