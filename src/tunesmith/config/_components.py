@@ -23,6 +23,13 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.training.checkpointing.", "tunesmith.training."),
     ("torchtune.utils.metric_logging.", "tunesmith.training.metric_logging."),
     ("torchtune.rlhf.", "tunesmith.rlhf."),
+    # torchtune main's dev/ online-RL pieces: rewards and GSM8K / RL prompt datasets
+    ("torchtune.dev.rl.rewards.", "tunesmith.rlhf.rewards."),
+    ("torchtune.dev.grpo.rewards.", "tunesmith.rlhf.rewards."),
+    ("torchtune.dev.grpo.gsm8k.", "tunesmith.datasets."),
+    ("torchtune.dev.rl.gsm8k.", "tunesmith.datasets."),
+    ("torchtune.dev.grpo.data.", "tunesmith.datasets."),
+    ("torchtune.dev.rl.data.", "tunesmith.datasets."),
     # distillation losses live beside, not inside, tunesmith.modules.loss
     ("torchtune.modules.loss.kd_losses.", "tunesmith.modules.kd_loss."),
     ("torchtune.modules.loss.ForwardKL", "tunesmith.modules.kd_loss.ForwardKL"),
