@@ -28,25 +28,22 @@ logged: ``loss``, ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Any
-
-from omegaconf import DictConfig, ListConfig
-from torch.utils.data import DataLoader, Dataset
+from omegaconf import DictConfig
 
 from tunesmith.config import ConfigError, instantiate
 from tunesmith.config._ranges import check_ranges
 from tunesmith.recipes import finetune
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
-    build_datasets,
     build_model,
     check_vocab,
-    is_packed,
     local_device,
     open_checkpointer,
-    sampled_loader,
     shift_labels,
+)
+from tunesmith.recipes._preference_data import (
+    build_preference_dataloader,
+    build_preference_datasets,
 )
 from tunesmith.recipes._preference_step import IGNORE_INDEX, PreferenceStep
 from tunesmith.recipes._run_summary import describe_run
@@ -65,9 +62,6 @@ from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, star
 __all__ = ["recipe_main", "build_preference_datasets", "build_preference_dataloader"]
 
 log = get_logger(__name__)
-
-PREFERENCE_KEYS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
-UNPAIRED_KEYS = ("input_ids", "labels", "label", "prompt_len")
 
 
 def recipe_main(cfg: DictConfig) -> None:
@@ -272,91 +266,6 @@ def recipe_main(cfg: DictConfig) -> None:
             step_in_epoch = 0
     observer.close()
     destroy_distributed()
-
-
-def build_preference_datasets(
-    dataset_cfg: DictConfig | ListConfig, tokenizer: Any, *, unpaired: bool = False
-) -> list[Dataset]:
-    """Preference dataset(s), checked before any weights load (see ``build_datasets``: every
-    pair is tokenized once and pairs with an untrained side are left out).
-
-    The first sample is read up front, so a dataset of the wrong kind fails before training,
-    naming the component. ``unpaired`` (KTO): unpaired datasets (``kto_dataset``) are used as
-    they are and paired ones are split (``split_preference_pairs``).
-    """
-    from tunesmith.datasets import split_preference_pairs
-
-    if is_packed(dataset_cfg):
-        raise ConfigError(
-            "dataset.packed=True: preference pairs cannot be packed; set dataset.packed=False",
-            key="dataset.packed",
-        )
-    nodes = list(dataset_cfg) if isinstance(dataset_cfg, ListConfig) else [dataset_cfg]
-    datasets = build_datasets(dataset_cfg, tokenizer)
-    for i, (node, ds) in enumerate(zip(nodes, datasets)):
-        sample = ds[0]
-        if unpaired and all(k in sample for k in UNPAIRED_KEYS):
-            continue
-        missing = [k for k in PREFERENCE_KEYS if k not in sample]
-        if missing:
-            kind = "unpaired rows or preference pairs" if unpaired else "preference pairs"
-            raise ConfigError(
-                f"dataset._component_={node.get('_component_')} gives samples with keys "
-                f"{sorted(sample)}, not {kind} (missing {missing}); the dpo recipe "
-                "needs a preference dataset such as torchtune.datasets.preference_dataset or "
-                "stack_exchange_paired_dataset"
-                + (" (or tunesmith.datasets.kto_dataset for KTO)" if unpaired else ""),
-                key="dataset._component_",
-            )
-        if unpaired:
-            datasets[i] = split_preference_pairs(ds)
-    return datasets
-
-
-def build_preference_dataloader(
-    datasets: list[Dataset],
-    tokenizer: Any,
-    *,
-    batch_size: int,
-    world_size: int,
-    rank: int,
-    seed: int,
-    shuffle: bool = True,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-    unpaired: bool = False,
-    kl_rows: bool = True,
-) -> tuple[DataLoader, Any]:
-    """Preference datasets (from ``build_preference_datasets``) -> resumable distributed
-    sampler -> ``padded_collate_dpo``.
-
-    Batches are ``(input_ids [2b, s], labels [2b, s])``: rows ``:b`` chosen, ``b:`` rejected.
-    ``unpaired`` (KTO): ``padded_collate_kto`` batches ``(input_ids, labels, desirable [b])``,
-    with the ``b`` mismatched KL rows after the ``b`` rows when ``kl_rows``.
-    """
-    from tunesmith.data import padded_collate_dpo
-    from tunesmith.datasets import padded_collate_kto
-
-    pad_id = getattr(tokenizer, "pad_id", None)
-    padding = 0 if pad_id is None else pad_id
-    if unpaired:
-        collate = partial(
-            padded_collate_kto, padding_idx=padding, ignore_idx=IGNORE_INDEX, with_kl=kl_rows
-        )
-    else:
-        collate = partial(padded_collate_dpo, padding_idx=padding, ignore_idx=IGNORE_INDEX)
-    return sampled_loader(
-        datasets,
-        collate,
-        batch_size=batch_size,
-        world_size=world_size,
-        rank=rank,
-        seed=seed,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        unit="rows" if unpaired else "pairs",
-    )
 
 
 if __name__ == "__main__":  # python dpo.py --config ... (also under torchrun)
