@@ -148,3 +148,25 @@ def test_bundled_reward_config_runs(assets: Path, tmp_path: Path, config: str) -
     assert len(m["loss"]) == 2 and len(m["accuracy"]) == 2
     config_json = json.loads((out / "epoch_1" / "config.json").read_text())
     assert config_json["architectures"] == ["LlamaForSequenceClassification"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_single(tiny_llama: Path, tmp_path: Path) -> None:
+    """2 ranks x batch 2 (FSDP2) == 1 process x batch 4: the same metrics every step."""
+    data = write_preference_data(tmp_path / "pairs.json", n=48)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
+    for name, nproc, batch in (("single", 1, 4), ("dist", 2, 2)):
+        cfg = reward_config(tmp_path / name, tiny_llama, data, batch_size=batch, shuffle=False)
+        cfg["max_steps_per_epoch"] = 3
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        launch = ["--nproc_per_node", str(nproc)] if nproc > 1 else []
+        proc = subprocess.run(
+            [sys.executable, "-m", "tunesmith.cli", "run", *launch, "reward_model", "--config",
+             str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    single, dist = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "dist")
+    for key in ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected"):
+        assert dist[key] == pytest.approx(single[key], rel=1e-4, abs=1e-4), key
