@@ -114,6 +114,10 @@ def test_reward_model_mistakes_are_one_line(tiny_llama: Path, tmp_path: Path) ->
     cfg["checkpointer"]["model_type"] = "LLAMA3"
     with pytest.raises(ConfigError, match="model_type=REWARD"):
         recipe_main(OmegaConf.create(cfg))
+    lora = {f"model.{k}": v for k, v in LORA.items()}
+    cfg = reward_config(tmp_path / "d", tiny_llama, data, save_adapter_weights_only=True, **lora)
+    with pytest.raises(ConfigError, match="save_adapter_weights_only"):
+        recipe_main(OmegaConf.create(cfg))
     cfg = reward_config(tmp_path / "c", tiny_llama, data)
     cfg["loss"] = {"_component_": "tunesmith.rlhf.loss.DPOLoss"}
     with pytest.raises(ConfigError, match="loss._component_"):

@@ -7,7 +7,9 @@ The model is a classifier decoder with one output (``tunesmith.modules.classifie
 saved folder is a ``<Family>ForSequenceClassification`` checkpoint that transformers loads.
 Starting from a causal-LM checkpoint, its LM head (or, for tied embeddings, none) is replaced
 by a fresh head drawn from the run's seed. With adapters (``lora_*`` / ``apply_lora_to_*``
-base builders) the adapters and the head train, the rest stays frozen.
+base builders) the adapters and the head train, the rest stays frozen; the merged HF folder
+holds the trained head (the PEFT ``adapter/`` folder holds the LoRA weights only, so load the
+merged folder; ``save_adapter_weights_only=True`` is refused).
 
 Each response is scored at its last real token (``sequence_scores``); the loss is
 ``cfg.loss`` (default ``tunesmith.rlhf.reward_loss.BradleyTerryLoss``, TRL's RewardTrainer
@@ -60,10 +62,19 @@ METRICS = ("accuracy", "margin", "rewards/chosen", "rewards/rejected")
 
 def _head_shape(cfg: DictConfig) -> tuple[int, int]:
     """``(num_classes, dim)`` of ``cfg.model``'s output layer, built on the meta device;
-    a model without a one-output head is a one-line error."""
+    a model without a one-output head, or adapter-only saving (which would leave the trained
+    head out), is a one-line error."""
+    from tunesmith.modules.peft import get_adapter_params
+
     component = cfg.model.get("_component_")
     with torch.device("meta"):
         model = instantiate(cfg.model)
+    if cfg.get("save_adapter_weights_only", False) and get_adapter_params(model):
+        raise ConfigError(
+            "save_adapter_weights_only=True: the reward head trains too and is not part of the "
+            "adapter, so it would not be saved; set save_adapter_weights_only=False",
+            key="save_adapter_weights_only",
+        )
     out = getattr(getattr(model, "decoder", model), "output", None)
     weight = getattr(out, "weight", None)
     if weight is None or weight.ndim != 2 or weight.shape[0] != 1:
