@@ -174,3 +174,32 @@ def test_torchrun_two_processes_match_single(tiny_llama: Path, tmp_path: Path) -
     single, dist = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "dist")
     for key in ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected"):
         assert dist[key] == pytest.approx(single[key], rel=1e-4, abs=1e-4), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True])
+def test_resume_continues_the_same_curve(tiny_llama: Path, tmp_path: Path, lora: bool) -> None:
+    """Cut after step 3's intermediate checkpoint and resumed == one uninterrupted run."""
+    import shutil
+
+    from tunesmith.recipes.reward_model import recipe_main
+
+    data = write_preference_data(tmp_path / "pairs.json", n=48)
+    over: dict[str, Any] = {"save_every_n_steps": 3}
+    if lora:
+        over.update({f"model.{k}": v for k, v in LORA.items()})
+
+    def run(name: str, **more: Any) -> Path:
+        cfg = reward_config(tmp_path / name, tiny_llama, data, **over, **more)
+        cfg["max_steps_per_epoch"] = 6
+        recipe_main(OmegaConf.create(cfg))
+        return tmp_path / name
+
+    whole = read_metrics(run("whole"))
+    out = run("cut")
+    shutil.rmtree(out / "epoch_1")
+    (out / "logs" / "log.jsonl").unlink()
+    run("cut", resume_from_checkpoint=True)
+    again = read_metrics(out)
+    for key in ("loss", "accuracy", "margin"):
+        assert again[key] == pytest.approx(whole[key][3:], abs=1e-5), key

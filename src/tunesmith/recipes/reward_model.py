@@ -102,6 +102,22 @@ def _fresh_head(state: dict[str, Any], shape: tuple[int, int], seed: int) -> boo
     return True
 
 
+def _resumed_head(checkpointer: Any, state: dict[str, Any]) -> None:
+    """LoRA resume: the checkpointer gives the frozen base + the adapter, but the trained head
+    is in neither; take it from the resumed folder's merged weights."""
+    source = getattr(checkpointer, "resumed_from", None)
+    if source is None or "adapter" not in state:
+        return
+    merged = checkpointer._load_weights_from(source)  # native keys, incl. output.weight
+    if "output.weight" not in merged:
+        raise ConfigError(
+            f"cannot resume: {source} holds no merged weights with the trained reward head; "
+            "resume from a checkpoint saved with save_adapter_weights_only=False",
+            key="resume_from_checkpoint",
+        )
+    state["model"]["output.weight"] = merged["output.weight"]
+
+
 def recipe_main(cfg: DictConfig) -> None:
     """Train ``cfg.model``'s reward head on the preference pairs of ``cfg.dataset``."""
     start_run_log()
@@ -143,6 +159,8 @@ def recipe_main(cfg: DictConfig) -> None:
     tokenizer = instantiate(cfg.tokenizer)
     datasets = build_preference_datasets(cfg.dataset, tokenizer)
     state = checkpointer.load_checkpoint()
+    if resume:
+        _resumed_head(checkpointer, state)
     check_vocab(datasets, tokenizer, state, cfg.checkpointer)
     seed = finetune._agreed_seed(
         state.get("seed") if resume else cfg.get("seed"), world_size, device
