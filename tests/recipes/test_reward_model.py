@@ -203,3 +203,21 @@ def test_resume_continues_the_same_curve(tiny_llama: Path, tmp_path: Path, lora:
     again = read_metrics(out)
     for key in ("loss", "accuracy", "margin"):
         assert again[key] == pytest.approx(whole[key][3:], abs=1e-5), key
+
+
+def test_cli_mistake_is_one_line_exit_2(tiny_llama: Path, tmp_path: Path) -> None:
+    data = write_preference_data(tmp_path / "pairs.json", n=8)
+    cfg = reward_config(tmp_path / "out", tiny_llama, data)
+    cfg["checkpointer"]["model_type"] = "LLAMA3"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "run", "reward_model", "--config", str(path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "checkpointer.model_type" in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr

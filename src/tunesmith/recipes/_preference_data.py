@@ -17,7 +17,9 @@ from omegaconf import DictConfig, ListConfig
 from torch.utils.data import DataLoader, Dataset
 
 from tunesmith.config import ConfigError
+from tunesmith.datasets._unpaired import UNPAIRED_KEYS
 from tunesmith.recipes._finetune_setup import build_datasets, is_packed, sampled_loader
+from tunesmith.recipes._preference_step import IGNORE_INDEX
 
 __all__ = [
     "PREFERENCE_KEYS",
@@ -26,9 +28,7 @@ __all__ = [
     "padded_collate_reward",
 ]
 
-IGNORE_INDEX = -100
 PREFERENCE_KEYS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
-UNPAIRED_KEYS = ("input_ids", "labels", "label", "prompt_len")
 
 
 def padded_collate_reward(
