@@ -134,3 +134,27 @@ def test_kto_mistakes_are_one_line(tiny_llama: Path, tmp_path: Path) -> None:
     bad.write_text(json.dumps([{"prompt": "a", "completion": "b", "label": True}] * 4))
     with pytest.raises(ConfigError, match="not preference pairs"):
         recipe_main(OmegaConf.create(cfg))
+
+
+@pytest.mark.slow
+def test_kto_two_processes_run_and_share_the_kl_point(tiny_llama: Path, tmp_path: Path) -> None:
+    """KTO under FSDP2 on 2 ranks: the KL reference point is averaged over ranks (TRL's
+    gather + mean) and the loss falls as on one process."""
+    data = write_preference_data(tmp_path / "pairs.json", n=64)
+    over = {f"model.{k}": v for k, v in LORA.items()}
+    cfg = dpo_config(tmp_path / "dist", tiny_llama, data, loss=KTO, max_steps_per_epoch=8,
+                     batch_size=2, **{"optimizer.lr": 1e-2}, **over)  # fmt: skip
+    path = tmp_path / "dist.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "run", "--nproc_per_node", "2", "dpo",
+         "--config", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    m = read_metrics(tmp_path / "dist")
+    assert m["loss"][0] == pytest.approx(0.5, abs=1e-5)
+    assert all(k >= 0 for k in m["kl"]) and len(m["kl"]) == 8
+    _falls(m["loss"], 8)
