@@ -158,3 +158,32 @@ def test_kto_two_processes_run_and_share_the_kl_point(tiny_llama: Path, tmp_path
     assert m["loss"][0] == pytest.approx(0.5, abs=1e-5)
     assert all(k >= 0 for k in m["kl"]) and len(m["kl"]) == 8
     _falls(m["loss"], 8)
+
+
+@pytest.mark.parametrize("config", ["llama3_2/1B_lora_kto", "llama3_2/1B_lora_orpo"])
+def test_bundled_kto_orpo_configs_run(assets: Path, tmp_path: Path, config: str) -> None:
+    """The bundled configs on the StackExchange sample; overridden: paths, device, steps, batch
+    size and the model size (a 2-layer tied Llama 3.2 instead of the 1B download)."""
+    from tests.recipes._recipe_toys import write_tiny_llama
+
+    model_dir = write_tiny_llama(tmp_path / "llama_tiny", vocab_size=128256, tied=True)
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "run", "dpo", "--config", config,
+         f"output_dir={out}", "model._component_=tunesmith.models.build_from_hf",
+         f"+model.checkpoint_dir_or_config={model_dir}",
+         f"tokenizer.path={assets / 'torchtune_tests' / 'tiktoken_small.model'}",
+         "tokenizer.max_seq_len=512", f"checkpointer.checkpoint_dir={model_dir}",
+         "checkpointer.checkpoint_files=[model.safetensors]", "+dataset.source=json",
+         f"+dataset.data_files={assets / 'torchtune_tests' / 'stack_exchange_paired_tiny.json'}",
+         "device=cpu", "dtype=fp32", "max_steps_per_epoch=2", "batch_size=2",
+         "gradient_accumulation_steps=1", "optimizer.fused=False",
+         "+metric_logger.filename=log.jsonl"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    m = read_metrics(out)
+    assert len(m["loss"]) == 2 and all(math.isfinite(x) for x in m["loss"])
+    assert ("kl" in m) == config.endswith("kto") and ("nll_loss" in m) == config.endswith("orpo")
