@@ -23,7 +23,8 @@ _READ = re.compile(r'cfg(?:\.get\("(\w+)"|\["(\w+)"\]|\.(?!get\b)([a-z_]\w*))|"(
 _SOURCES = {
     "finetune": ["finetune", "_finetune_setup", "_finetune_observe"],
     "qat": ["qat", "finetune", "_finetune_setup", "_finetune_observe"],
-    "dpo": ["dpo", "_finetune_setup", "_finetune_observe"],
+    "dpo": ["dpo", "_preference_data", "_preference_step", "_finetune_setup", "_finetune_observe"],
+    "reward_model": ["reward_model", "_preference_data", "_finetune_setup", "_finetune_observe"],
     "knowledge_distillation": ["knowledge_distillation", "_finetune_setup", "_finetune_observe"],
     "generate": ["generate"],
     "eval": ["eval"],  # + generate.load_model: model, checkpointer (declared)

@@ -538,6 +538,9 @@ def render_all() -> dict[str, str]:
     from tunesmith.configs._generate_kd import render_kd
 
     out.update(render_kd())
+    from tunesmith.configs._generate_reward import render_reward
+
+    out.update(render_reward())
     return out
 
 

@@ -25,6 +25,18 @@ DPO_CONFIGS: list[tuple[str, str, str]] = [
     ("llama3_1", "8B", "lora_dpo"),
     ("llama3_1", "8B", "lora_dpo_single_device"),
 ]
+# tunesmith's own: the KTO and ORPO losses of the dpo recipe, LoRA on one device.
+PREFERENCE_LOSS_CONFIGS: list[tuple[str, str, str]] = [
+    ("llama3_2", "1B", "lora_kto"),
+    ("llama3_2", "1B", "lora_orpo"),
+    ("qwen2_5", "1.5B", "lora_kto"),
+    ("qwen2_5", "1.5B", "lora_orpo"),
+]
+_LOSSES = {  # variant -> (method, loss block)
+    "kto": ("LoRA KTO", "  _component_: tunesmith.rlhf.loss.KTOLoss\n  beta: 0.1\n"
+            "  desirable_weight: 1.0\n  undesirable_weight: 1.0\n"),
+    "orpo": ("LoRA ORPO", "  _component_: tunesmith.rlhf.loss.ORPOLoss\n  beta: 0.1\n"),
+}  # fmt: skip
 
 _ALIAS = {
     "lora_dpo": "lora_dpo_distributed",
@@ -34,25 +46,35 @@ _ALIAS = {
 
 
 def dpo_config(s: Size, variant: str) -> str:
-    """Text of ``<family>/<size>_<variant>.yaml`` for a DPO variant of ``_ALIAS``."""
+    """Text of ``<family>/<size>_<variant>.yaml`` for a DPO variant of ``_ALIAS``, or a
+    ``lora_kto`` / ``lora_orpo`` one (one device; no torchtune twin)."""
     name = f"{s.family}/{s.size}_{variant}"
-    alias = _ALIAS[variant]
+    alias = _ALIAS.get(variant)
+    own = _LOSSES.get(variant.removeprefix("lora_"))
     full = variant.startswith("full")
-    single = variant.endswith("single_device")
-    method = "Full DPO" if full else "LoRA DPO"
+    single = variant.endswith("single_device") or own is not None
+    method = own[0] if own else "Full DPO" if full else "LoRA DPO"
     method += " on one device" if single else " on several devices (FSDP2)"
     launch = f"tunesmith run {'' if single else '--nproc_per_node 4 '}dpo --config {name}"
+    data = "StackExchange preference pairs"
+    twin = "torchtune's config of the same name." if own is None else "tunesmith's own config."
+    if variant == "lora_kto":
+        twin = "each pair split into a desirable and an undesirable row; " + twin
     out = f"/tmp/tunesmith/{s.family}_{s.size.replace('.', '_')}/{variant}"
     text = (
         "# recipe: dpo\n"
-        f"# {method} of {s.hub_id} ({s.family} {s.size}) on StackExchange preference pairs;\n"
-        "# torchtune's config of the same name.\n"
+        f"# {method} of {s.hub_id} ({s.family} {s.size}) on {data};\n"
+        f"# {twin}\n"
         "#\n"
         "# Get the weights first:\n"
         f"#   tunesmith download {s.hub_id} --output-dir {_ckpt_dir(s)}\n"
         "#\n"
-        f"# Launch (torchtune's recipe name works too: tunesmith run {alias} --config {name}):\n"
-        f"#   {launch}\n"
+        + (
+            f"# Launch (torchtune's recipe name works too: tunesmith run {alias} --config {name}):\n"
+            if alias
+            else "# Launch:\n"
+        )
+        + f"#   {launch}\n"
         "# Override any key on the command line, e.g. checkpointer.checkpoint_dir=<DIR>.\n\n"
         f"output_dir: {out} # /tmp may be deleted by your system. Change it to your preference.\n\n"
     )
@@ -80,9 +102,14 @@ def dpo_config(s: Size, variant: str) -> str:
         "  _component_: tunesmith.training.lr_schedulers.get_cosine_schedule_with_warmup\n"
         f"  num_warmup_steps: {20 if full else 100}\n\n"
         "loss:\n"
-        "  _component_: tunesmith.rlhf.loss.DPOLoss\n"
-        f"  beta: {0.05 if full else 0.1}\n"
-        "  label_smoothing: 0\n\n"
+        + (
+            own[1]
+            if own
+            else "  _component_: tunesmith.rlhf.loss.DPOLoss\n"
+            f"  beta: {0.05 if full else 0.1}\n"
+            "  label_smoothing: 0\n"
+        )
+        + "\n"
         "# Training\n"
         "epochs: 1\n"
         "max_steps_per_epoch: 1000\n"
@@ -104,7 +131,7 @@ def dpo_config(s: Size, variant: str) -> str:
 def render_dpo() -> dict[str, str]:
     """Every DPO config as ``{relative path: text}``."""
     out = {}
-    for family, size, variant in DPO_CONFIGS:
+    for family, size, variant in DPO_CONFIGS + PREFERENCE_LOSS_CONFIGS:
         s = next(x for x in SIZES if x.family == family and x.size == size)
         out[f"{family}/{size}_{variant}.yaml"] = dpo_config(s, variant)
     return out

@@ -13,3 +13,4 @@ from tunesmith.datasets._preference import *  # noqa: F401,F403
 from tunesmith.datasets._rl_prompts import *  # noqa: F401,F403
 from tunesmith.datasets._sft import *  # noqa: F401,F403
 from tunesmith.datasets._text_completion import *  # noqa: F401,F403
+from tunesmith.datasets._unpaired import *  # noqa: F401,F403

@@ -71,6 +71,7 @@ KEYS: dict[str, frozenset[str]] = {
         | {"quantizer", "fake_quant_after_n_steps"}
     ),
     "dpo": frozenset(_TRAINING | {"ref_checkpointer"}),
+    "reward_model": frozenset(_TRAINING),
     "knowledge_distillation": frozenset(
         _TRAINING | {"teacher_model", "teacher_checkpointer", "kd_loss", "kd_ratio"}
     ),

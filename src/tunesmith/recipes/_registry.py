@@ -64,6 +64,7 @@ RECIPES: tuple[Recipe, ...] = (
         ),
         supports_distributed=True,
     ),
+    Recipe("reward_model", "tunesmith.recipes.reward_model", (), supports_distributed=True),
     Recipe(
         "knowledge_distillation",
         "tunesmith.recipes.knowledge_distillation",

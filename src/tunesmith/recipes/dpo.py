@@ -1,4 +1,5 @@
-"""Recipe ``dpo``: preference optimization (DPO, RSO, IPO, SimPO), full or LoRA, on 1 or N devices.
+"""Recipe ``dpo``: preference optimization (DPO, RSO, IPO, SimPO, ORPO, KTO), full or LoRA, on 1
+or N devices.
 
 The policy trains on pairs of a chosen and a rejected response; the loss compares the policy's
 log-probability of each response with a frozen reference model's. The model component decides
@@ -12,40 +13,40 @@ with FSDP2.
 
 A sequence's log-probability is the sum over its trained (non-ignored) label tokens, as in
 torchtune (the token mean for losses with ``average_log_probs``, e.g. IPO; reference-free
-losses, SimPO, run no reference model). Logged per step:
-``loss``, ``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``, ``rewards/margins``,
-``log_probs/chosen``, ``log_probs/rejected`` (means over the step's pairs, all ranks).
+losses, SimPO and ORPO, run no reference model; ORPO adds the chosen responses' NLL). Logged per
+step: ``loss``, ``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``,
+``rewards/margins``, ``log_probs/chosen``, ``log_probs/rejected`` (means over the step's pairs,
+all ranks); ORPO also ``nll_loss``, ``log_odds_ratio``, ``log_odds_chosen``.
+
+KTO (``loss._component_: tunesmith.rlhf.loss.KTOLoss``) trains on unpaired rows: a
+``tunesmith.datasets.kto_dataset`` (prompt, completion, bool label), or any preference dataset,
+whose pairs are split into a desirable and an undesirable row. Each batch also carries KTO's
+mismatched rows (each prompt with the previous row's completion) for the KL reference point;
+logged: ``loss``, ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``, ``kl``,
+``log_probs/chosen``, ``log_probs/rejected``. The step itself lives in ``_preference_step``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import nullcontext
-from functools import partial
-from typing import Any
-
-import torch
-from omegaconf import DictConfig, ListConfig
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from omegaconf import DictConfig
 
 from tunesmith.config import ConfigError, instantiate
 from tunesmith.config._ranges import check_ranges
-from tunesmith.modules.peft import disable_adapter
 from tunesmith.recipes import finetune
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
-    build_datasets,
     build_model,
     check_vocab,
-    is_packed,
     local_device,
     open_checkpointer,
-    sampled_loader,
     shift_labels,
 )
+from tunesmith.recipes._preference_data import (
+    build_preference_dataloader,
+    build_preference_datasets,
+)
+from tunesmith.recipes._preference_step import IGNORE_INDEX, PreferenceStep
 from tunesmith.recipes._run_summary import describe_run
-from tunesmith.rlhf import sequence_log_probs
 from tunesmith.rlhf.loss import PreferenceLoss
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
@@ -61,11 +62,6 @@ from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, star
 __all__ = ["recipe_main", "build_preference_datasets", "build_preference_dataloader"]
 
 log = get_logger(__name__)
-
-IGNORE_INDEX = -100
-PREFERENCE_KEYS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
-METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-           "log_probs/chosen", "log_probs/rejected")  # fmt: skip
 
 
 def recipe_main(cfg: DictConfig) -> None:
@@ -91,14 +87,22 @@ def recipe_main(cfg: DictConfig) -> None:
     if not isinstance(loss_fn, PreferenceLoss):
         raise ConfigError(
             f"loss._component_={cfg.loss.get('_component_')} is not a preference loss; the dpo "
-            "recipe needs one of torchtune.rlhf.loss.DPOLoss, RSOLoss, IPOLoss or SimPOLoss",
+            "recipe needs one of torchtune.rlhf.loss.DPOLoss, RSOLoss, IPOLoss, SimPOLoss, "
+            "tunesmith.rlhf.loss.ORPOLoss or KTOLoss",
             key="loss._component_",
+        )
+    kl_rows = bool(getattr(loss_fn, "uses_kl", False))
+    if kl_rows and int(cfg.batch_size) < 2:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size}: KTO's KL reference point pairs each prompt with "
+            "another row's completion in the batch; set batch_size >= 2",
+            key="batch_size",
         )
 
     # ---- output folders, then the data, checked before any weights load -------------
     checkpointer = open_checkpointer(cfg, resume)
     tokenizer = instantiate(cfg.tokenizer)
-    datasets = build_preference_datasets(cfg.dataset, tokenizer)
+    datasets = build_preference_datasets(cfg.dataset, tokenizer, unpaired=loss_fn.unpaired)
 
     # ---- weights, seed, models ---------------------------------------------------------
     state = checkpointer.load_checkpoint()
@@ -142,6 +146,8 @@ def recipe_main(cfg: DictConfig) -> None:
         shuffle=bool(cfg.get("shuffle", True)),
         num_workers=int(cfg.get("num_workers") or 0),
         pin_memory=device.type == "cuda",
+        unpaired=loss_fn.unpaired,
+        kl_rows=kl_rows,
     )
     steps_per_epoch = finetune.epoch_steps(cfg, len(loader), accum)
     epochs = int(cfg.get("epochs", 1))
@@ -195,9 +201,10 @@ def recipe_main(cfg: DictConfig) -> None:
     )  # fmt: skip
     save_every = int(cfg.get("save_every_n_steps") or 0)
     log_every = int(cfg.get("log_every_n_steps") or 1)
-    average = loss_fn.average_log_probs
+    step = PreferenceStep(loss_fn, model, reference, dtype=dtype, device=device,
+                          activations_ctx=activations_ctx, world_size=world_size)  # fmt: skip
     model.train()
-    sums = torch.zeros(len(METRICS) + 2, device=device, dtype=torch.float64)  # + pairs, tokens
+    sums = step.zeros()  # (sum, count) per metric, then trained tokens
     step_in_epoch = 0
     with GracefulShutdown() as shutdown, observer.profiler() as profiler:
         for epoch in range(epochs_run, epochs):
@@ -206,20 +213,12 @@ def recipe_main(cfg: DictConfig) -> None:
             batches = iter(loader)
             while step_in_epoch < steps_per_epoch:
                 for _ in range(accum):
-                    tokens, labels = (t.to(device, non_blocking=True) for t in next(batches))
-                    targets = shift_labels(labels, IGNORE_INDEX)
-                    with activations_ctx:
-                        policy = _pair_log_probs(model, tokens, targets, average)
-                    ref: tuple[torch.Tensor, ...] = ()
-                    if not reference_free:  # LoRA: the same model with its adapters off
-                        ref_model = model if reference is None else reference
-                        off = disable_adapter(model) if reference is None else nullcontext()
-                        with torch.no_grad(), off, compute_context(dtype, device):
-                            ref = _pair_log_probs(ref_model, tokens, targets, average)
-                    losses, chosen_r, rejected_r = loss_fn(*policy, *ref)
-                    loss = losses.mean() / accum
+                    batch = [t.to(device, non_blocking=True) for t in next(batches)]
+                    batch[1] = shift_labels(batch[1], IGNORE_INDEX)  # next-token targets
+                    loss, parts = step(tuple(batch))
+                    loss = loss / accum
                     (scaler.scale(loss) if scaler else loss).backward()
-                    sums += _step_metrics(losses, chosen_r, rejected_r, policy, targets)
+                    sums += parts
                 grad_norm = clip_and_step(model, optimizer, max_norm, scaler)
                 optimizer.zero_grad(set_to_none=True)
                 if lr_scheduler is not None:
@@ -233,8 +232,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 metrics = None
                 if log_now:  # the only host syncs of the loop
                     (totals,) = reduce_metrics(sums.clone())
-                    pairs = float(totals[-2])
-                    metrics = {k: float(v) / pairs for k, v in zip(METRICS, totals.tolist())}
+                    metrics = step.means(totals)
                 observer.log_step(
                     global_step,
                     loss=None if metrics is None else metrics["loss"],
@@ -268,117 +266,6 @@ def recipe_main(cfg: DictConfig) -> None:
             step_in_epoch = 0
     observer.close()
     destroy_distributed()
-
-
-def _pair_log_probs(
-    model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor, average: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(chosen [b], rejected [b])`` sequence log-probs of a ``[2b, s]`` batch (chosen rows
-    first), summed over the trained targets or, with ``average``, their token mean."""
-    out = model(tokens)  # hidden [2b, s, d] with skip_output_layer, else logits [2b, s, vocab]
-    project: Callable[[torch.Tensor], torch.Tensor] = (
-        partial(_project, model) if getattr(model, "skip_output_layer", False) else _identity
-    )
-    sums, counts = sequence_log_probs(out, targets, project, IGNORE_INDEX)
-    if average:
-        sums = sums / counts.clamp(min=1)
-    chosen, rejected = sums.chunk(2)
-    return chosen, rejected
-
-
-def _project(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """The decoder's output layer and logit soft-cap on ``[n, d]`` hidden states."""
-    logits = model.output(hidden)
-    cap = getattr(model, "final_logit_softcap", None)
-    return logits if cap is None else torch.tanh(logits / cap) * cap
-
-
-def _identity(logits: torch.Tensor) -> torch.Tensor:
-    return logits
-
-
-def _step_metrics(
-    losses: torch.Tensor,
-    chosen_rewards: torch.Tensor,
-    rejected_rewards: torch.Tensor,
-    policy: tuple[torch.Tensor, torch.Tensor],
-    targets: torch.Tensor,
-) -> torch.Tensor:
-    """Sums over a micro-batch's pairs, in ``METRICS`` order, then pairs and trained tokens."""
-    margins = chosen_rewards - rejected_rewards
-    parts = [losses.detach(), chosen_rewards, rejected_rewards, (margins > 0).double(), margins,
-             policy[0].detach(), policy[1].detach()]  # fmt: skip
-    values = [p.double().sum() for p in parts]
-    values += [losses.new_tensor(losses.numel(), dtype=torch.float64)]
-    values += [(targets != IGNORE_INDEX).sum().double()]
-    return torch.stack(values)
-
-
-def build_preference_datasets(
-    dataset_cfg: DictConfig | ListConfig, tokenizer: Any
-) -> list[Dataset]:
-    """Preference dataset(s), checked before any weights load (see ``build_datasets``: every
-    pair is tokenized once and pairs with an untrained side are left out).
-
-    The first sample is read up front, so a dataset of the wrong kind fails before training,
-    naming the component.
-    """
-    if is_packed(dataset_cfg):
-        raise ConfigError(
-            "dataset.packed=True: preference pairs cannot be packed; set dataset.packed=False",
-            key="dataset.packed",
-        )
-    nodes = list(dataset_cfg) if isinstance(dataset_cfg, ListConfig) else [dataset_cfg]
-    datasets = build_datasets(dataset_cfg, tokenizer)
-    for node, ds in zip(nodes, datasets):
-        sample = ds[0]
-        missing = [k for k in PREFERENCE_KEYS if k not in sample]
-        if missing:
-            raise ConfigError(
-                f"dataset._component_={node.get('_component_')} gives samples with keys "
-                f"{sorted(sample)}, not preference pairs (missing {missing}); the dpo recipe "
-                "needs a preference dataset such as torchtune.datasets.preference_dataset or "
-                "stack_exchange_paired_dataset",
-                key="dataset._component_",
-            )
-    return datasets
-
-
-def build_preference_dataloader(
-    datasets: list[Dataset],
-    tokenizer: Any,
-    *,
-    batch_size: int,
-    world_size: int,
-    rank: int,
-    seed: int,
-    shuffle: bool = True,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-) -> tuple[DataLoader, Any]:
-    """Preference datasets (from ``build_preference_datasets``) -> resumable distributed
-    sampler -> ``padded_collate_dpo``.
-
-    Batches are ``(input_ids [2b, s], labels [2b, s])``: rows ``:b`` chosen, ``b:`` rejected.
-    """
-    from tunesmith.data import padded_collate_dpo
-
-    pad_id = getattr(tokenizer, "pad_id", None)
-    collate = partial(
-        padded_collate_dpo, padding_idx=0 if pad_id is None else pad_id, ignore_idx=IGNORE_INDEX
-    )
-    return sampled_loader(
-        datasets,
-        collate,
-        batch_size=batch_size,
-        world_size=world_size,
-        rank=rank,
-        seed=seed,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        unit="pairs",
-    )
 
 
 if __name__ == "__main__":  # python dpo.py --config ... (also under torchrun)
