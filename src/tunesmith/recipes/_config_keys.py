@@ -74,6 +74,14 @@ KEYS: dict[str, frozenset[str]] = {
     "knowledge_distillation": frozenset(
         _TRAINING | {"teacher_model", "teacher_checkpointer", "kd_loss", "kd_ratio"}
     ),
+    "ppo": frozenset(
+        (_TRAINING - {"model", "epochs", "max_steps_per_epoch", "save_adapter_weights_only"})
+        | {"policy_model", "reward_and_value_model", "ref_policy_checkpointer"}
+        | {"value_checkpointer", "reward_checkpointer", "num_steps", "ppo_epochs"}
+        | {"ppo_batch_size", "forward_batch_size", "temperature", "top_k"}
+        | {"max_generated_tokens", "min_response_length", "penalise_no_eos", "reward_penalty"}
+        | {"stop_token_ids", "whiten_rewards", "gamma", "lmbda", "kl_coeff", "enable_kv_cache"}
+    ),
     "generate": frozenset(
         _COMMON
         | {"checkpointer", "prompt", "max_new_tokens", "temperature", "top_k", "top_p"}
@@ -109,5 +117,8 @@ SUPPLIED: dict[str, tuple[int, frozenset[str]]] = {
     "checkpointer": (0, frozenset({"resume_from_checkpoint"})),
     "ref_checkpointer": (0, frozenset({"resume_from_checkpoint"})),
     "teacher_checkpointer": (0, frozenset({"resume_from_checkpoint"})),
+    "ref_policy_checkpointer": (0, frozenset({"resume_from_checkpoint"})),
+    "value_checkpointer": (0, frozenset({"resume_from_checkpoint"})),
+    "reward_checkpointer": (0, frozenset({"resume_from_checkpoint"})),
 }
 """What the recipes pass to ``instantiate`` themselves, so ``validate`` does not ask for it."""

@@ -168,9 +168,10 @@ class Observer:
         lr: float,
         tokens: torch.Tensor,
         grad_norm: torch.Tensor | None,
+        postfix: dict[str, float] | None = None,
     ) -> None:
         """Advance the bar every step; at log steps (``loss`` given, already on the host) write
-        metrics. ``tokens`` (trained tokens of this step, all ranks) stays on the device until
+        metrics (``postfix``: more values for the bar, e.g. an RL recipe's mean reward). ``tokens`` (trained tokens of this step, all ranks) stays on the device until
         then, so steps in between never wait for the accelerator."""
         if self._compiling:
             self._time_compile()
@@ -181,7 +182,9 @@ class Observer:
         now = time.perf_counter()
         tokens_per_second = int(self._tokens) / max(now - self._since, 1e-9)
         self._tokens, self._since = None, now
-        self.progress.update(loss=loss, lr=lr, **{"tok/s": f"{tokens_per_second:,.0f}"})
+        self.progress.update(
+            loss=loss, lr=lr, **{"tok/s": f"{tokens_per_second:,.0f}"}, **(postfix or {})
+        )
         if self.rank != 0:
             return
         self.history.append((step, loss))

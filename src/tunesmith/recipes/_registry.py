@@ -70,6 +70,12 @@ RECIPES: tuple[Recipe, ...] = (
         ("knowledge_distillation_single_device", "knowledge_distillation_distributed"),
         supports_distributed=True,
     ),
+    Recipe(
+        "ppo",
+        "tunesmith.recipes.ppo",
+        ("ppo_full_finetune_single_device",),
+        supports_distributed=True,
+    ),
     Recipe("generate", "tunesmith.recipes.generate", ("generate",)),
     Recipe("eval", "tunesmith.recipes.eval", ("eleuther_eval",)),
     Recipe("quantize", "tunesmith.recipes.quantize"),

@@ -1,0 +1,139 @@
+"""The ppo recipe on tiny local models: a random 2-layer Llama policy, and a hand-built Llama
+classifier whose score rises with the share of one token ("Q") in the sequence (uniform
+attention over the context, a fixed linear head), so PPO has something easy to learn."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from tests.recipes.conftest import HERE
+from tests.recipes.test_dpo import read_metrics
+from tunesmith.config import ConfigError
+
+REPO = HERE.parents[1]
+TARGET = ord("Q")
+
+
+def write_toy_reward_model(folder: Path, vocab_size: int = 320, dim: int = 32) -> Path:
+    """``LlamaForSequenceClassification`` (1 label): zero q/k projections make attention a
+    uniform average over the context, so the last token's score is a monotone function of the
+    fraction of ``TARGET`` tokens in the sequence."""
+    import torch
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=vocab_size, hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=1,
+        num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=512,
+        num_labels=1, pad_token_id=256,
+    )  # fmt: skip
+    model = transformers.LlamaForSequenceClassification(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        emb = model.model.embed_tokens.weight
+        emb[:, 1] = 1.0  # every token points along e1 ...
+        emb[TARGET, 1], emb[TARGET, 0] = 0.0, 1.0  # ... except the target (e0)
+        layer = model.model.layers[0]
+        layer.self_attn.v_proj.weight.copy_(torch.eye(dim))
+        layer.self_attn.o_proj.weight.copy_(torch.eye(dim) * 10)  # the average dominates
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm, model.model.norm):
+            norm.weight.fill_(1.0)
+        model.score.weight[0, 0], model.score.weight[0, 1] = 1.0, -1.0
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def write_prompts(path: Path, n: int = 64) -> Path:
+    words = ["apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "ocean"]
+    rows = [{"prompt": f"{words[i % 8]} {words[(i * 3) % 8]}"[: 4 + i % 7]} for i in range(n)]
+    path.write_text(json.dumps(rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def toy_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.recipes._recipe_toys import write_tiny_llama
+
+    root = tmp_path_factory.mktemp("ppo_toys")
+    return {
+        "policy": write_tiny_llama(root / "policy", hidden_size=32),
+        "reward": write_toy_reward_model(root / "reward"),
+        "data": write_prompts(root / "prompts.json"),
+    }
+
+
+def _ckpt(folder: Path, out: str, model_type: str) -> dict[str, Any]:
+    return {"_component_": "torchtune.training.FullModelHFCheckpointer",
+            "checkpoint_dir": str(folder), "checkpoint_files": ["model.safetensors"],
+            "output_dir": out, "model_type": model_type}  # fmt: skip
+
+
+def ppo_config(out: Path, files: dict[str, Path], **over: Any) -> dict[str, Any]:
+    """torchtune's PPO keys on the toy files."""
+    cfg: dict[str, Any] = {
+        "output_dir": str(out),
+        "tokenizer": {"_component_": "_recipe_toys.ByteChatTokenizer", "max_seq_len": 64},
+        "dataset": {"_component_": "torchtune.datasets.text_completion_dataset",
+                    "source": "json", "data_files": str(files["data"]), "split": "train",
+                    "column": "prompt", "add_eos": False},  # fmt: skip
+        "policy_model": {"_component_": "tunesmith.models.build_from_hf",
+                         "checkpoint_dir_or_config": str(files["policy"])},  # fmt: skip
+        "reward_and_value_model": {"_component_": "tunesmith.models.build_from_hf",
+                                   "checkpoint_dir_or_config": str(files["reward"])},  # fmt: skip
+        "checkpointer": _ckpt(files["policy"], "${output_dir}/policy", "LLAMA3"),
+        "ref_policy_checkpointer": _ckpt(files["policy"], "${output_dir}/policy", "LLAMA3"),
+        "value_checkpointer": _ckpt(files["reward"], "${output_dir}/value", "REWARD"),
+        "reward_checkpointer": _ckpt(files["reward"], "${output_dir}/value", "REWARD"),
+        "resume_from_checkpoint": False, "seed": 0, "shuffle": True, "device": "cpu",
+        "batch_size": 8, "num_steps": 8 * 12, "ppo_epochs": 2, "ppo_batch_size": 4,
+        "forward_batch_size": 4, "gradient_accumulation_steps": 1,
+        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 3e-3},
+        "optimizer_in_bwd": False, "compile": False, "enable_activation_checkpointing": False,
+        "enable_kv_cache": True, "dtype": "fp32", "max_generated_tokens": 8,
+        "temperature": 1.0, "top_k": None, "min_response_length": None,
+        "penalise_no_eos": False, "reward_penalty": -3, "stop_token_ids": None,
+        "whiten_rewards": False, "gamma": 1.0, "lmbda": 0.95, "kl_coeff": 0.01,
+        "loss": {"_component_": "torchtune.rlhf.loss.PPOLoss", "epsilon": 0.2,
+                 "value_coeff": 0.1, "value_clip_range": 0.2},  # fmt: skip
+        "metric_logger": {"_component_": "tunesmith.training.metric_logging.DiskLogger",
+                          "log_dir": "${output_dir}/logs", "filename": "log.jsonl"},
+        "log_every_n_steps": 1,
+    }  # fmt: skip
+    for key, value in over.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return cfg
+
+
+def run_ppo(out: Path, files: dict[str, Path], **over: Any) -> dict[str, list[float]]:
+    from tunesmith.recipes.ppo import recipe_main
+
+    recipe_main(OmegaConf.create(ppo_config(out, files, **over)))
+    return read_metrics(out)
+
+
+def test_ppo_raises_the_toy_reward(toy_files: dict[str, Path], tmp_path: Path) -> None:
+    m = run_ppo(tmp_path / "run", toy_files)
+    scores = m["scores"]
+    assert len(scores) == 12 and all(math.isfinite(x) for x in m["loss"])
+    assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.3, scores
+    for key in ("reward_std", "advantage_mean", "advantage_std", "kl", "clipfrac",
+                "value_clipfrac", "entropy", "response_lengths", "fraction_truncated",
+                "rollout_tokens_per_second", "training_tokens_per_second", "policy_loss",
+                "value_loss", "approx_policy_kl"):  # fmt: skip
+        assert len(m[key]) == 12, key
+    assert m["clipfrac"][0] == pytest.approx(0.0)  # the first minibatch is on-policy
+    assert (tmp_path / "run" / "value").is_dir() and any((tmp_path / "run" / "value").iterdir())
