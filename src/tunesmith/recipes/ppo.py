@@ -199,7 +199,7 @@ def recipe_main(cfg: DictConfig) -> None:
         cfg, rank=rank, world_size=world_size, device=device, total_steps=total_steps,
         initial=steps_run,
         summary=describe_run(
-            cfg, model=policy, loader=loader, checkpointer=checkpointer, device=device,
+            policy_cfg, model=policy, loader=loader, checkpointer=checkpointer, device=device,
             dtype=dtype, world_size=world_size, steps_per_epoch=steps_per_epoch, epochs=epochs,
             accum=s.accum, is_peft=False, resumed_step=steps_run if resume else None,
             extra_models={"reference": reference, "value": value, "reward": reward},
