@@ -247,7 +247,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 tokens = torch.tensor(float(traj.query_responses.numel()), device=device)
                 (tokens,) = reduce_metrics(tokens)
                 if steps_run % log_every == 0 or steps_run == total_steps:
-                    metrics = _finish_metrics(sums / n_opt, rollout, world_size)
+                    metrics = _finish_metrics(sums / n_opt, rollout)
                     metrics["rollout_tokens_per_second"] = float(tokens) / max(t_rollout, 1e-9)
                     metrics["training_tokens_per_second"] = float(tokens) / max(t_train, 1e-9)
                     observer.log_step(
@@ -388,11 +388,9 @@ def _rollout_metrics(traj: Any, adv: torch.Tensor, kl: torch.Tensor, kl_r: torch
     return torch.stack(parts)
 
 
-def _finish_metrics(step: torch.Tensor, rollout: torch.Tensor, world_size: int
-                    ) -> dict[str, float]:  # fmt: skip
+def _finish_metrics(step: torch.Tensor, rollout: torch.Tensor) -> dict[str, float]:
     """The logged dict (torchtune's names plus std/advantage/entropy/truncation), all ranks."""
-    (step, rollout) = reduce_metrics(step.clone(), rollout.clone())
-    step = step / world_size
+    (step, rollout) = reduce_metrics(step.clone(), rollout.clone())  # step: token-weighted
     r = rollout.tolist()
     rows, adv_n = max(r[0], 1.0), max(r[10], 1.0)
     mean = r[1] / rows
