@@ -36,7 +36,6 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ),
     # torchtune main's dev GRPO losses
     ("torchtune.dev.grpo.loss.", "tunesmith.rlhf.grpo."),
-    ("torchtune.dev.rl.loss.", "tunesmith.rlhf.grpo."),
     ("torchtune.dev.rl.linear_grpo_loss.", "tunesmith.rlhf.grpo."),
     # distillation losses live beside, not inside, tunesmith.modules.loss
     ("torchtune.modules.loss.kd_losses.", "tunesmith.modules.kd_loss."),
