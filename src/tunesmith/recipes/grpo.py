@@ -176,7 +176,8 @@ def recipe_main(cfg: DictConfig) -> None:
     save_every = int(cfg.get("save_every_n_steps") or 0)
     save_every_epochs = int(cfg.get("save_every_n_epochs") or 1)
     log_every = int(cfg.get("log_every_n_steps") or 1)
-    temperature = float(params.temperature) or 1.0
+    temperature = params.logprob_temperature
+    from_hidden = world_size == 1  # under FSDP2 the output layer runs only inside forward
     dapo = getattr(loss_fn, "loss_type", None) == "dapo"
     model.train()
     done = global_step >= total_steps
@@ -213,12 +214,18 @@ def recipe_main(cfg: DictConfig) -> None:
                             off = disable_adapter(model) if reference is None else nullcontext()
                             with off, compute_context(dtype, device):
                                 c.ref_logprobs = response_logprobs(
-                                    ref_model, c.rollout, temperature=temperature
+                                    ref_model,
+                                    c.rollout,
+                                    temperature=temperature,
+                                    from_hidden=from_hidden,
                                 )
                         if ppo_epochs > 1:
                             with compute_context(dtype, device):
                                 c.old_logprobs = response_logprobs(
-                                    model, c.rollout, temperature=temperature
+                                    model,
+                                    c.rollout,
+                                    temperature=temperature,
+                                    from_hidden=from_hidden,
                                 )
                 num_items = None
                 if dapo:  # completion tokens of the whole batch per rank whose grads average
@@ -234,7 +241,11 @@ def recipe_main(cfg: DictConfig) -> None:
                     for c in out.chunks:
                         with activations_ctx:
                             logprobs, entropy = response_logprobs(
-                                model, c.rollout, temperature=temperature, return_entropy=True
+                                model,
+                                c.rollout,
+                                temperature=temperature,
+                                return_entropy=True,
+                                from_hidden=from_hidden,
                             )
                         loss, metrics = _loss(loss_fn, logprobs, c, num_items)
                         if not dapo:
