@@ -182,3 +182,69 @@ def test_two_processes_match_single(tiny_llama: Path, prompt_data: Path, tmp_pat
     single, dist = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "dist")
     for key in ("reward/mean", "reward/std", "loss", "kl", "entropy", "response_length/mean"):
         assert dist[key] == pytest.approx(single[key], rel=1e-4, abs=1e-4), key
+
+
+@pytest.fixture
+def no_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the weights fails the test: the errors below must come before."""
+    from tunesmith.training import FullModelHFCheckpointer
+
+    def refuse(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("weights were read before the bad input was reported")
+
+    monkeypatch.setattr(FullModelHFCheckpointer, "load_checkpoint", refuse)
+
+
+def test_prompt_longer_than_the_context_names_the_row(
+    run_grpo, tmp_path: Path, no_weights: None
+) -> None:
+    import json
+
+    from tunesmith.data import DataError
+
+    rows = [{"question": "Write letters", "answer": "abc"} for _ in range(8)]
+    rows[5]["question"] = "Write letters " + "x" * 40
+    data = tmp_path / "long.json"
+    data.write_text(json.dumps(rows))
+    with pytest.raises(DataError, match=r"row 5\b") as err:
+        run_grpo(data=data, **{"tokenizer.max_seq_len": 40})
+    assert "max_generated_tokens=8" in str(err.value)
+
+
+def test_dataset_without_the_answer_column_names_the_key(
+    run_grpo, tmp_path: Path, no_weights: None
+) -> None:
+    from tunesmith.data import DataError
+
+    data = write_prompt_data(tmp_path / "no_answer.json", drop_answer=True)
+    with pytest.raises(DataError, match="answer"):
+        run_grpo(data=data)
+
+
+@pytest.mark.parametrize("mode", ["raise", "nan"])
+def test_broken_reward_function_names_itself_and_the_row(
+    run_grpo, mode: str, no_weights: None
+) -> None:
+    from tunesmith.rlhf.rewards import RewardError
+
+    functions = [
+        {"_component_": "_grpo_toys.AllowedCharsReward"},
+        {"_component_": "_grpo_toys.BrokenReward", "mode": mode, "name": "my_broken_reward"},
+    ]
+    with pytest.raises(RewardError, match="my_broken_reward") as err:
+        run_grpo(reward_functions=functions)
+    assert "row" in str(err.value)
+
+
+def test_wrong_loss_or_settings_name_the_key(run_grpo) -> None:
+    from tunesmith.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        run_grpo(loss={"_component_": "torchtune.rlhf.loss.DPOLoss"})
+    assert err.value.key == "loss._component_"
+    with pytest.raises(ConfigError) as err:
+        run_grpo(forward_batch_size=3)
+    assert err.value.key == "forward_batch_size"
+    with pytest.raises(ConfigError) as err:
+        run_grpo(scale_rewards="rank")
+    assert err.value.key == "scale_rewards"
