@@ -130,7 +130,8 @@ def recipe_main(cfg: DictConfig) -> None:
     scaler = loss_scaler(dtype, optimizer_in_bwd=False)
     from tunesmith.rlhf.rollout import LocalRolloutEngine, response_logprobs
 
-    pad_id = getattr(tokenizer, "pad_id", None) or 0
+    pad_id = getattr(tokenizer, "pad_id", None)
+    pad_id = 0 if pad_id is None else int(pad_id)
     engine = LocalRolloutEngine(
         model, pad_id=pad_id, use_cache=bool(cfg.get("enable_kv_cache", True))
     )
