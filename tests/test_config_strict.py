@@ -25,6 +25,7 @@ _SOURCES = {
     "qat": ["qat", "finetune", "_finetune_setup", "_finetune_observe"],
     "dpo": ["dpo", "_finetune_setup", "_finetune_observe"],
     "knowledge_distillation": ["knowledge_distillation", "_finetune_setup", "_finetune_observe"],
+    "grpo": ["grpo", "_rl_loop", "_finetune_setup", "_finetune_observe"],
     "generate": ["generate"],
     "eval": ["eval"],  # + generate.load_model: model, checkpointer (declared)
     "quantize": ["quantize"],

@@ -538,6 +538,9 @@ def render_all() -> dict[str, str]:
     from tunesmith.configs._generate_kd import render_kd
 
     out.update(render_kd())
+    from tunesmith.configs._generate_grpo import render_grpo
+
+    out.update(render_grpo())
     return out
 
 

@@ -21,14 +21,19 @@ __all__ = ["GenerationOutput", "generate", "left_pad_prompts"]
 
 @dataclass
 class GenerationOutput:
-    """What :func:`generate` returns when ``return_logits=True``.
+    """What :func:`generate` returns when ``return_logits`` or ``return_logprobs`` is set.
 
     ``tokens``: ``[b, s + n]`` prompt and generated ids (after a stop token: ``pad_id``).
-    ``logits``: ``[b, n, vocab]`` float32 scores each generated token was sampled from.
+    ``logits``: ``[b, n, vocab]`` float32 scores each generated token was sampled from
+    (None unless ``return_logits``).
+    ``logprobs``: ``[b, n]`` float32 ``log_softmax(logits / T)`` of each sampled token over the
+    full vocabulary (``T`` the temperature, 1 when greedy); 0 after a row finished (None
+    unless ``return_logprobs``).
     """
 
     tokens: torch.Tensor
-    logits: torch.Tensor
+    logits: torch.Tensor | None = None
+    logprobs: torch.Tensor | None = None
 
 
 def left_pad_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
@@ -77,6 +82,8 @@ def generate(
     use_cache: bool = True,
     on_token: Callable[[torch.Tensor], None] | None = None,
     return_logits: bool = False,
+    return_logprobs: bool = False,
+    prompt_mask: torch.Tensor | None = None,
 ) -> torch.Tensor | GenerationOutput:
     """Generate up to ``max_new_tokens`` tokens after each (left-padded) prompt.
 
@@ -93,6 +100,10 @@ def generate(
             batch and sequence length); False re-runs the whole sequence every step.
         on_token: called after every step with the ``[b]`` new tokens (streaming).
         return_logits: also return the ``[b, n, vocab]`` logits each token came from.
+        return_logprobs: also return the ``[b, n]`` log-probs of the sampled tokens (without
+            keeping ``[b, n, vocab]`` logits).
+        prompt_mask: ``[b, s]`` bool, True at real prompt tokens; default ``prompt_tokens !=
+            pad_id`` (pass it when ``pad_id`` is also a real token of the prompts).
 
     Returns:
         ``[b, s + n]`` tokens (``n <= max_new_tokens``), or a :class:`GenerationOutput`.
@@ -107,13 +118,20 @@ def generate(
     b, s = prompt_tokens.shape
     total = s + max_new_tokens
     key_valid = torch.zeros(b, total, dtype=torch.bool, device=device)
-    key_valid[:, :s] = prompt_tokens != pad_id
+    if prompt_mask is not None and prompt_mask.shape != prompt_tokens.shape:
+        raise ValueError(
+            f"prompt_mask {tuple(prompt_mask.shape)} must match prompt_tokens "
+            f"{tuple(prompt_tokens.shape)}"
+        )
+    key_valid[:, :s] = prompt_tokens != pad_id if prompt_mask is None else prompt_mask.bool()
     # the first real token of each row sits at position 0
     positions = (key_valid.long().cumsum(dim=-1) - 1).clamp(min=0)
     stop = torch.tensor(list(stop_tokens or []), dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     tokens = prompt_tokens
     step_logits: list[torch.Tensor] = []
+    step_logprobs: list[torch.Tensor] = []
+    logprob_temperature = temperature if temperature is not None and temperature >= 1e-5 else 1.0
 
     if use_cache:
         dtype = next(model.parameters()).dtype
@@ -142,6 +160,10 @@ def generate(
             next_token = torch.where(done, torch.full_like(next_token, pad_id), next_token)
             if return_logits:
                 step_logits.append(logits)
+            if return_logprobs:
+                logp = torch.log_softmax(logits / logprob_temperature, dim=-1)
+                picked = logp.gather(-1, next_token[:, None]).squeeze(-1)
+                step_logprobs.append(picked.masked_fill(done, 0.0))
             key_valid[:, cur] = ~done
             positions[:, cur] = positions[:, cur - 1] + 1
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)
@@ -155,13 +177,22 @@ def generate(
     finally:
         if use_cache:
             _teardown_caches(model)
-    if return_logits:
-        logits = (
-            torch.stack(step_logits, dim=1)
-            if step_logits
-            else torch.empty(b, 0, 0, device=device, dtype=torch.float32)
-        )
-        return GenerationOutput(tokens=tokens, logits=logits)
+    if return_logits or return_logprobs:
+        out_logits = None
+        if return_logits:
+            out_logits = (
+                torch.stack(step_logits, dim=1)
+                if step_logits
+                else torch.empty(b, 0, 0, device=device, dtype=torch.float32)
+            )
+        out_logprobs = None
+        if return_logprobs:
+            out_logprobs = (
+                torch.stack(step_logprobs, dim=1)
+                if step_logprobs
+                else torch.empty(b, 0, device=device, dtype=torch.float32)
+            )
+        return GenerationOutput(tokens=tokens, logits=out_logits, logprobs=out_logprobs)
     return tokens
 
 

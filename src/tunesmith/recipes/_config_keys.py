@@ -59,6 +59,8 @@ TORCHTUNE_ACCEPTED: dict[str, frozenset[str]] = {
     "qat": frozenset({"collate_fn", "fsdp", "low_cpu_ram"}),
     "dpo": frozenset({"collate_fn"}),
     "knowledge_distillation": frozenset({"collate_fn"}),
+    # torchtune's dev GRPO configs: `name` and `base_model_path` are interpolated values
+    "grpo": frozenset({"name", "base_model_path"}),
     "eval": frozenset({"resume_from_checkpoint"}),
     "generate": frozenset({"quantizer"}),
 }
@@ -71,6 +73,13 @@ KEYS: dict[str, frozenset[str]] = {
         | {"quantizer", "fake_quant_after_n_steps"}
     ),
     "dpo": frozenset(_TRAINING | {"ref_checkpointer"}),
+    "grpo": frozenset(
+        _TRAINING
+        | {"ref_checkpointer", "grpo_samples", "forward_batch_size", "max_generated_tokens"}
+        | {"temperature", "top_k", "top_p", "stop_token_ids", "ppo_epochs", "num_steps"}
+        | {"reward_functions", "reward_weights", "scale_rewards", "save_every_n_epochs"}
+        | {"enable_kv_cache"}
+    ),
     "knowledge_distillation": frozenset(
         _TRAINING | {"teacher_model", "teacher_checkpointer", "kd_loss", "kd_ratio"}
     ),

@@ -50,8 +50,10 @@ class Observer:
         total_steps: int,
         initial: int,
         summary: dict[str, Any] | None = None,
+        curves: tuple[str, ...] = ("loss", "lr"),
     ) -> None:
         self.cfg = cfg
+        self.curves = curves  # the metrics drawn in the PNG at the end
         self.rank = rank
         self.world_size = world_size
         self.device = device
@@ -168,16 +170,16 @@ class Observer:
         lr: float,
         tokens: torch.Tensor,
         grad_norm: torch.Tensor | None,
-        postfix: dict[str, float] | None = None,
+        postfix: dict[str, str] | None = None,
     ) -> None:
         """Advance the bar every step; at log steps (``loss`` given, already on the host) write
-        metrics (``postfix``: more values for the bar, e.g. an RL recipe's mean reward). ``tokens`` (trained tokens of this step, all ranks) stays on the device until
+        metrics. ``postfix``: more values for the bar (e.g. the RL recipes' mean reward). ``tokens`` (trained tokens of this step, all ranks) stays on the device until
         then, so steps in between never wait for the accelerator."""
         if self._compiling:
             self._time_compile()
         self._tokens = tokens if self._tokens is None else self._tokens + tokens
         if loss is None:
-            self.progress.update(lr=lr)
+            self.progress.update(lr=lr, **(postfix or {}))
             return
         now = time.perf_counter()
         tokens_per_second = int(self._tokens) / max(now - self._since, 1e-9)
@@ -221,7 +223,7 @@ class Observer:
             try:
                 from tunesmith.training.plot import plot_training_curves
 
-                png = plot_training_curves(path)
+                png = plot_training_curves(path, metrics=self.curves)
                 log.info("loss curve written to %s", png)
             except (ImportError, ValueError) as err:  # matplotlib missing / nothing to plot
                 log.info("no loss curve: %s", err)

@@ -7,10 +7,12 @@
 - ``ppo``: ``PPOLoss``, GAE, whitening, KL-shaped rewards and the sequence helpers of
   torchtune 0.6.1's ``torchtune.rlhf`` (exported here, so ``torchtune.rlhf.<name>`` resolves).
 - ``rl_metrics``: entropy, clip fraction, KL and reward/advantage/length statistics.
+- ``rollout``: sampling for online RL (``SamplingParams``, ``Rollout``, ``LocalRolloutEngine``,
+  ``response_logprobs``).
 """
 
-from tunesmith.rlhf import loss
-from tunesmith.rlhf._log_probs import get_batch_log_probs, sequence_log_probs
+from tunesmith.rlhf import loss, rollout
+from tunesmith.rlhf._log_probs import get_batch_log_probs, sequence_log_probs, token_log_probs
 from tunesmith.rlhf.ppo import (
     ChosenRejectedOutputs,
     PPOLoss,
@@ -29,8 +31,22 @@ from tunesmith.rlhf.ppo import (
     truncate_sequence_for_logprobs,
     whiten,
 )
+from tunesmith.rlhf.rollout import (
+    LocalRolloutEngine,
+    Rollout,
+    RolloutEngine,
+    SamplingParams,
+    response_logprobs,
+)
 
 __all__ = [
+    "LocalRolloutEngine",
+    "Rollout",
+    "RolloutEngine",
+    "SamplingParams",
+    "response_logprobs",
+    "rollout",
+    "token_log_probs",
     "ChosenRejectedOutputs",
     "PPOLoss",
     "PPOStats",

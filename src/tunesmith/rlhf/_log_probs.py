@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["get_batch_log_probs", "sequence_log_probs"]
+__all__ = ["get_batch_log_probs", "sequence_log_probs", "token_log_probs"]
 
 CROSS_ENTROPY_IGNORE_IDX = -100
 
@@ -59,6 +59,51 @@ def _token_log_probs(
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
+def _token_log_probs_entropy(
+    project: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = project(hidden)
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
+
+
+def token_log_probs(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    project: Callable[[torch.Tensor], torch.Tensor],
+    chunk_size: int = 1024,
+    return_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each target token, projecting ``chunk_size`` positions at a time.
+
+    Args:
+        hidden: ``[n, d]`` hidden states of the positions that predict ``targets``.
+        targets: ``[n]`` long token ids.
+        project: ``[m, d] -> [m, vocab]`` logits.
+        chunk_size: positions projected at once; under autograd each chunk's logits are
+            recomputed in backward rather than stored.
+        return_entropy: also return each position's ``[n]`` entropy of the distribution.
+
+    Returns:
+        ``[n]`` log-probs (at least fp32), or ``(log-probs [n], entropy [n])``.
+    """
+    fn = _token_log_probs_entropy if return_entropy else _token_log_probs
+    parts = []
+    for h, t in zip(hidden.split(chunk_size), targets.split(chunk_size)):
+        if torch.is_grad_enabled() and h.requires_grad:
+            parts.append(checkpoint(fn, project, h, t, use_reentrant=False))
+        else:
+            parts.append(fn(project, h, t))
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    if not parts:
+        empty = hidden.new_zeros(0, dtype=dtype)
+        return (empty, empty.clone()) if return_entropy else empty
+    if return_entropy:
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return torch.cat(parts)
+
+
 def sequence_log_probs(
     hidden: torch.Tensor,
     targets: torch.Tensor,
@@ -84,14 +129,10 @@ def sequence_log_probs(
     keep = targets != ignore_index  # [b, s]
     rows = keep.nonzero(as_tuple=True)[0]  # [n]
     selected, wanted = hidden[keep], targets[keep]  # [n, d], [n]
-    parts = []
-    for h, t in zip(selected.split(chunk_size), wanted.split(chunk_size)):
-        if torch.is_grad_enabled() and h.requires_grad:
-            parts.append(checkpoint(_token_log_probs, project, h, t, use_reentrant=False))
-        else:
-            parts.append(_token_log_probs(project, h, t))
+    per_token = token_log_probs(selected, wanted, project, chunk_size)
+    assert isinstance(per_token, torch.Tensor)
     dtype = torch.promote_types(hidden.dtype, torch.float32)
     sums = torch.zeros(targets.shape[0], dtype=dtype, device=hidden.device)
-    if parts:
-        sums = sums.index_add(0, rows, torch.cat(parts).to(dtype))
+    if per_token.numel():
+        sums = sums.index_add(0, rows, per_token.to(dtype))
     return sums, keep.sum(-1)
