@@ -185,3 +185,64 @@ def test_two_processes_match_one(toy_files: dict[str, Path], tmp_path: Path) -> 
     assert len(single["loss"]) == 3
     for key in ("loss", "scores", "kl", "policy_loss", "value_loss", "advantage_std", "entropy"):
         assert dist[key] == pytest.approx(single[key], rel=1e-4, abs=1e-4), key
+
+
+TORCHTUNE_CONFIGS = ("mistral/7B_full_ppo_low_memory", "llama2/1B_full_ppo_low_memory_single_device")
+
+
+@pytest.fixture(scope="session")
+def llama2_vocab_toys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The toy policy and reward model with Llama 2's 32,000-token vocabulary."""
+    from tests.recipes._recipe_toys import write_tiny_llama
+
+    root = tmp_path_factory.mktemp("ppo_llama2_vocab")
+    return {
+        "policy": write_tiny_llama(root / "policy", vocab_size=32000, hidden_size=32),
+        "reward": write_toy_reward_model(root / "reward", vocab_size=32000),
+        "data": write_prompts(root / "prompts.json"),
+    }
+
+
+@pytest.mark.parametrize("name", TORCHTUNE_CONFIGS)
+def test_torchtune_ppo_config_runs_unchanged(
+    name: str, assets: Path, llama2_vocab_toys: dict[str, Path], tmp_path: Path
+) -> None:
+    """torchtune's PPO configs (bundled unchanged) through the CLI with the overrides torchtune's
+    own PPO test used: the real Llama 2 tokenizer, local prompts and tiny checkpoints (model
+    sizes), CPU/fp32, small batches, a plain AdamW instead of bitsandbytes."""
+    from tunesmith.config import bundled_configs
+
+    files = llama2_vocab_toys
+    path = bundled_configs()[name].path
+    policy = {"num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "embed_dim": 32,
+              "max_seq_len": 512, "intermediate_dim": 64, "vocab_size": 32000}  # fmt: skip
+    critic = {"num_layers": 1, "num_heads": 1, "num_kv_heads": 1, "embed_dim": 32,
+              "max_seq_len": 512, "intermediate_dim": 64, "vocab_size": 32000}  # fmt: skip
+    over = [
+        f"output_dir={tmp_path / 'out'}", f"tokenizer.path={assets / 'tokenizers/llama2/tokenizer.model'}",
+        "dataset.source=json", f"+dataset.data_files={files['data']}",
+        "policy_model._component_=torchtune.models.llama2.llama2",
+        *(f"{'+' if name.startswith('mistral') else ''}policy_model.{k}={v}" for k, v in policy.items()),
+        *(f"reward_and_value_model.{k}={v}" for k, v in critic.items()),
+        "checkpointer.model_type=LLAMA2", "ref_policy_checkpointer.model_type=LLAMA2",
+        "device=cpu", "dtype=fp32", "batch_size=4", "forward_batch_size=4", "ppo_batch_size=4",
+        "num_steps=8", "optimizer._component_=torch.optim.AdamW", "optimizer.lr=2e-5", "compile=False",
+        "max_generated_tokens=12",
+    ]  # fmt: skip
+    for key, folder in (("checkpointer", "policy"), ("ref_policy_checkpointer", "policy"),
+                        ("value_checkpointer", "reward"), ("reward_checkpointer", "reward")):  # fmt: skip
+        over += [f"{key}.checkpoint_dir={files[folder]}", f"{key}.checkpoint_files=[model.safetensors]"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunesmith.cli", "run", "ppo_full_finetune_single_device",
+         "--config", str(path), *over],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    logs = (tmp_path / "out" / "logs").glob("*.jsonl")
+    metrics = [json.loads(x) for f in logs for x in f.read_text().splitlines()]
+    steps = [m for m in metrics if "scores" in m]
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert len(steps) == 2 and len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    assert any((tmp_path / "out" / "value").iterdir())
