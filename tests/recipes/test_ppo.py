@@ -187,7 +187,10 @@ def test_two_processes_match_one(toy_files: dict[str, Path], tmp_path: Path) -> 
         assert dist[key] == pytest.approx(single[key], rel=1e-4, abs=1e-4), key
 
 
-TORCHTUNE_CONFIGS = ("mistral/7B_full_ppo_low_memory", "llama2/1B_full_ppo_low_memory_single_device")
+TORCHTUNE_CONFIGS = (
+    "mistral/7B_full_ppo_low_memory",
+    "llama2/1B_full_ppo_low_memory_single_device",
+)
 
 
 @pytest.fixture(scope="session")
@@ -231,7 +234,10 @@ def test_torchtune_ppo_config_runs_unchanged(
     ]  # fmt: skip
     for key, folder in (("checkpointer", "policy"), ("ref_policy_checkpointer", "policy"),
                         ("value_checkpointer", "reward"), ("reward_checkpointer", "reward")):  # fmt: skip
-        over += [f"{key}.checkpoint_dir={files[folder]}", f"{key}.checkpoint_files=[model.safetensors]"]
+        over += [
+            f"{key}.checkpoint_dir={files[folder]}",
+            f"{key}.checkpoint_files=[model.safetensors]",
+        ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
@@ -246,3 +252,45 @@ def test_torchtune_ppo_config_runs_unchanged(
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert len(steps) == 2 and len(losses) == 2 and all(math.isfinite(x) for x in losses)
     assert any((tmp_path / "out" / "value").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("over", "key"),
+    [
+        ({"forward_batch_size": 3}, "forward_batch_size"),
+        ({"ppo_batch_size": 3}, "ppo_batch_size"),
+        ({"gradient_accumulation_steps": 3}, "gradient_accumulation_steps"),
+        ({"optimizer_in_bwd": True, "gradient_accumulation_steps": 2}, "optimizer_in_bwd"),
+        ({"num_steps": 4}, "num_steps"),
+        ({"loss": {"_component_": "torchtune.rlhf.loss.DPOLoss"}}, "loss._component_"),
+        ({"reward_checkpointer": None}, "reward_checkpointer"),
+        ({"dtype": "fp16"}, "dtype"),
+        ({"max_generated_tokens": 510}, "max_generated_tokens"),
+    ],
+)
+def test_bad_settings_name_the_key(
+    toy_files: dict[str, Path], tmp_path: Path, over: dict[str, Any], key: str
+) -> None:
+    from tunesmith.data import DataError
+    from tunesmith.recipes.ppo import recipe_main
+
+    cfg = ppo_config(tmp_path / "bad", toy_files)
+    cfg.update(over)
+    with pytest.raises((ConfigError, DataError)) as err:
+        recipe_main(OmegaConf.create(cfg))
+    assert err.value.key == key, str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_language_model_as_reward_model_is_refused(
+    toy_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The critic must be a 1-output classifier (num_classes=1, model_type REWARD)."""
+    from tunesmith.recipes.ppo import recipe_main
+
+    cfg = ppo_config(tmp_path / "bad", toy_files)
+    cfg["reward_and_value_model"] = dict(cfg["policy_model"])
+    for key in ("value_checkpointer", "reward_checkpointer"):
+        cfg[key] = _ckpt(toy_files["policy"], "${output_dir}/value", "LLAMA3")
+    with pytest.raises(ConfigError, match="num_classes=1"):
+        recipe_main(OmegaConf.create(cfg))

@@ -52,6 +52,7 @@ from tunesmith.recipes._ppo_steps import (
     make_trajectory,
     ppo_minibatch,
 )
+from tunesmith.recipes._rl_loop import check_prompt_lengths
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.rlhf.ppo import PPOLoss
 from tunesmith.training.checkpointing._recipe_state import build_recipe_state
@@ -138,14 +139,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 mod.p = 0.0
     _check_heads(policy, value, cfg)
     context = getattr(policy, "max_seq_len", None)
-    longest = max(len(row["tokens"]) for ds in datasets for row in _rows(ds))
-    if context is not None and longest + s.max_generated_tokens > int(context):
-        raise ConfigError(
-            f"a prompt of {longest} tokens + max_generated_tokens={s.max_generated_tokens} is "
-            f"longer than the policy's context ({context}): lower tokenizer.max_seq_len or "
-            "max_generated_tokens",
-            key="max_generated_tokens",
-        )
+    check_prompt_lengths(datasets, s.max_generated_tokens, context, "policy_model.max_seq_len")
     pair = nn.ModuleDict({"policy": policy, "value": value})
 
     # ---- data, optimizer, schedule ------------------------------------------------------
@@ -181,9 +175,12 @@ def recipe_main(cfg: DictConfig) -> None:
             if intermediate:
                 to_save.update(
                     build_recipe_state(
-                        epochs_run=epoch, steps_run=steps_run, lr_scheduler=lr_scheduler,
+                        epochs_run=epoch,
+                        steps_run=steps_run,
+                        lr_scheduler=lr_scheduler,
                         sampler=finetune._SamplerAt(sampler, step_in_epoch * s.batch_size),
-                        seed=seed, total_epochs=epochs,
+                        seed=seed,
+                        total_epochs=epochs,
                     ),  # fmt: skip
                     optimizer=optim_sd,
                     value_model=value_sd,
@@ -232,8 +229,18 @@ def recipe_main(cfg: DictConfig) -> None:
                 for _ in range(s.ppo_epochs):
                     order = torch.randperm(s.batch_size, generator=shuffle).to(device)
                     for i in range(0, s.batch_size, s.ppo_batch_size):
-                        sums += ppo_minibatch(order[i : i + s.ppo_batch_size], traj, adv,
-                                              returns, p, policy, value, loss_fn, s, world_size)
+                        sums += ppo_minibatch(
+                            order[i : i + s.ppo_batch_size],
+                            traj,
+                            adv,
+                            returns,
+                            p,
+                            policy,
+                            value,
+                            loss_fn,
+                            s,
+                            world_size,
+                        )
                         grad_norm = clip_and_step(pair, optimizer, max_norm)
                         optimizer.zero_grad(set_to_none=True)
                         if lr_scheduler is not None:
@@ -361,10 +368,6 @@ def _check_heads(policy: nn.Module, value: nn.Module, cfg: DictConfig) -> None:
             "policy_model is a 1-output classifier; it must be a language model",
             key="policy_model._component_",
         )
-
-
-def _rows(ds: Any) -> Any:
-    return (ds[i] for i in range(len(ds)))
 
 
 def _prompt_collate(rows: list[dict[str, Any]]) -> list[list[int]]:
