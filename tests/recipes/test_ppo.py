@@ -127,17 +127,16 @@ def run_ppo(out: Path, files: dict[str, Path], **over: Any) -> dict[str, list[fl
 
 
 def test_ppo_raises_the_toy_reward(toy_files: dict[str, Path], tmp_path: Path) -> None:
-    m = run_ppo(tmp_path / "run", toy_files)
+    m = run_ppo(tmp_path / "run", toy_files, num_steps=8 * 10)
     scores = m["scores"]
-    assert len(scores) == 12 and all(math.isfinite(x) for x in m["loss"])
+    assert len(scores) == 10 and all(math.isfinite(x) for x in m["loss"])
     assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.3, scores
     for key in ("reward_std", "advantage_mean", "advantage_std", "kl", "clipfrac",
                 "value_clipfrac", "entropy", "response_lengths", "fraction_truncated",
                 "rollout_tokens_per_second", "training_tokens_per_second", "policy_loss",
                 "value_loss", "approx_policy_kl"):  # fmt: skip
-        assert len(m[key]) == 12, key
+        assert len(m[key]) == 10, key
     assert all(0.0 <= x <= 1.0 for x in m["clipfrac"] + m["value_clipfrac"])
-    print("scores", [round(x, 3) for x in scores], "kl", m["kl"][-1], "clip", m["clipfrac"])
     assert (tmp_path / "run" / "value").is_dir() and any((tmp_path / "run" / "value").iterdir())
 
 
