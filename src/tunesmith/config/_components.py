@@ -38,6 +38,13 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.dev.grpo.loss.", "tunesmith.rlhf.grpo."),
     ("torchtune.dev.rl.loss.", "tunesmith.rlhf.grpo."),
     ("torchtune.dev.rl.linear_grpo_loss.", "tunesmith.rlhf.grpo."),
+    # torchtune main's dev/ online-RL pieces: rewards and GSM8K / RL prompt datasets
+    ("torchtune.dev.rl.rewards.", "tunesmith.rlhf.rewards."),
+    ("torchtune.dev.grpo.rewards.", "tunesmith.rlhf.rewards."),
+    ("torchtune.dev.grpo.gsm8k.", "tunesmith.datasets."),
+    ("torchtune.dev.rl.gsm8k.", "tunesmith.datasets."),
+    ("torchtune.dev.grpo.data.", "tunesmith.datasets."),
+    ("torchtune.dev.rl.data.", "tunesmith.datasets."),
     # distillation losses live beside, not inside, tunesmith.modules.loss
     ("torchtune.modules.loss.kd_losses.", "tunesmith.modules.kd_loss."),
     ("torchtune.modules.loss.ForwardKL", "tunesmith.modules.kd_loss.ForwardKL"),

@@ -1,6 +1,7 @@
 """tunesmith.modules: attention, RoPE, norms, feed-forward, decoder, KV cache, masks."""
 
 from tunesmith.modules.attention import MultiHeadAttention
+from tunesmith.modules.classifier import classifier_model, sequence_scores
 from tunesmith.modules.feed_forward import FeedForward
 from tunesmith.modules.kv_cache import KVCache
 from tunesmith.modules.masks import (
@@ -26,8 +27,10 @@ __all__ = [
     "TransformerSelfAttentionLayer",
     "apply_rope",
     "causal_mask",
+    "classifier_model",
     "packed_causal_mask",
     "padding_to_causal_mask",
     "rope_inv_freq",
+    "sequence_scores",
     "sliding_window_band",
 ]
