@@ -158,9 +158,11 @@ def probe_rewards(functions: Sequence[Any], weights: Any, dataset: Dataset) -> N
 
 
 def reward_row(sample: Mapping[str, Any]) -> dict:
-    """What a reward function sees as the row: the dataset row plus ``answer``."""
+    """What a reward function sees as the row: the dataset row, its ``answer`` the prompt
+    dataset's reference answer (e.g. GSM8K's final number, not the worked solution)."""
     out = dict(sample.get("row") or {})
-    out.setdefault("answer", sample.get("answer"))
+    if sample.get("answer") is not None or "answer" not in out:
+        out["answer"] = sample.get("answer")
     return out
 
 
