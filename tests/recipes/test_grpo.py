@@ -250,7 +250,7 @@ def test_wrong_loss_or_settings_name_the_key(run_grpo) -> None:
     assert err.value.key == "scale_rewards"
 
 
-def write_gsm8k(path: Path, n: int = 16) -> Path:
+def write_gsm8k(path: Path, n: int = 60) -> Path:
     """GSM8K-format rows (``question``, ``answer`` ending in ``#### <number>``), JSON lines."""
     import json
 

@@ -10,5 +10,6 @@ from tunesmith.datasets._concat import *  # noqa: F401,F403
 from tunesmith.datasets._instruct import *  # noqa: F401,F403
 from tunesmith.datasets._packed import *  # noqa: F401,F403
 from tunesmith.datasets._preference import *  # noqa: F401,F403
+from tunesmith.datasets._rl_prompts import *  # noqa: F401,F403
 from tunesmith.datasets._sft import *  # noqa: F401,F403
 from tunesmith.datasets._text_completion import *  # noqa: F401,F403

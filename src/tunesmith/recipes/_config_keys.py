@@ -55,6 +55,7 @@ TORCHTUNE_ACCEPTED: dict[str, frozenset[str]] = {
     # nothing here but must not make the config invalid.
     "finetune": frozenset(
         {"collate_fn", "fsdp", "low_cpu_ram", "tensor_parallel_dim", "tensor_parallel_plan"}
+        | {"name"}  # torchtune main's dev/3B_sft_for_grpo: the run name output_dir interpolates
     ),
     "qat": frozenset({"collate_fn", "fsdp", "low_cpu_ram"}),
     "dpo": frozenset({"collate_fn"}),

@@ -34,16 +34,21 @@ __all__ = [
     "all_gather_rows",
     "rl_step_metrics",
     "finish_at_stop",
+    "decode",
 ]
 
 log = get_logger(__name__)
 
 DEFAULT_REWARDS = (
-    {"_component_": "tunesmith.rlhf.rewards.ThinkingAnswerFormattingReward"},
-    {"_component_": "tunesmith.rlhf.rewards.FormattedMathCorrectnessReward"},
-)
+    {"_component_": "tunesmith.rlhf.rewards.ThinkingAnswerFormattingReward",
+     "think_tag": "think", "answer_tag": "answer", "positive_reward": 1.0,
+     "negative_reward": 0.0},
+    {"_component_": "tunesmith.rlhf.rewards.FormattedMathCorrectnessReward",
+     "answer_tag": "answer", "positive_reward": 10.0, "negative_reward": 0.0},
+)  # fmt: skip
 """torchtune's dev GRPO recipe scores with a think/answer format reward and math correctness
-when no ``reward_functions`` are configured (its ``batched_rewards``); so does this one."""
+when no ``reward_functions`` are configured (its ``batched_rewards``); so does this one, with
+the values of torchtune's ``qwen3B_sync_grpo`` config."""
 
 
 # ------------------------------------------------------------------------------- config pieces
@@ -158,9 +163,11 @@ def probe_rewards(functions: Sequence[Any], weights: Any, dataset: Dataset) -> N
 
 
 def reward_row(sample: Mapping[str, Any]) -> dict:
-    """What a reward function sees as the row: the dataset row plus ``answer``."""
+    """What a reward function sees as the row: the dataset row, its ``answer`` the prompt
+    dataset's reference answer (e.g. GSM8K's final number, not the worked solution)."""
     out = dict(sample.get("row") or {})
-    out.setdefault("answer", sample.get("answer"))
+    if sample.get("answer") is not None or "answer" not in out:
+        out["answer"] = sample.get("answer")
     return out
 
 
@@ -261,7 +268,7 @@ def generate_rollouts(
         for i in range(r.response_tokens.shape[0]):
             k = lo + int(r.prompt_index[i])
             ids = r.response_tokens[i][r.response_mask[i]].tolist()
-            texts.append(tokenizer.decode(ids))
+            texts.append(decode(tokenizer, ids))
             prompt_texts.append(batch["prompt"][k])
             rows.append(reward_row({"row": batch["row"][k], "answer": batch["answer"][k]}))
     total, per_function = compute_rewards(functions, prompt_texts, texts, rows, weights=weights)
@@ -277,6 +284,22 @@ def generate_rollouts(
         lengths=lengths,
         truncated=truncated,
     )
+
+
+def decode(tokenizer: Any, ids: list[int]) -> str:
+    """The completion's text. Ids the tokenizer cannot decode (embedding rows past its
+    vocabulary, e.g. Qwen2.5's padded rows, which a sampled policy can emit) are left out."""
+    try:
+        return tokenizer.decode(ids)
+    except (KeyError, ValueError, IndexError, OverflowError, TypeError):
+        kept = []
+        for i in ids:
+            try:
+                tokenizer.decode([i])
+            except (KeyError, ValueError, IndexError, OverflowError, TypeError):
+                continue
+            kept.append(i)
+        return tokenizer.decode(kept)
 
 
 # ---------------------------------------------------------------------------- ranks, metrics

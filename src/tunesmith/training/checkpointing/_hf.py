@@ -144,6 +144,8 @@ class FullModelHFCheckpointer(HuggingFaceKeys, CheckpointerBase):
             )
         dtypes = {v.dtype for v in hf_sd.values() if v.is_floating_point()}
         self._written_dtype = (folder, dtypes.pop()) if len(dtypes) == 1 else None
+        score = hf_sd.get("score.weight")
+        self._num_labels = None if score is None else int(score.shape[0])
         single = None
         if len(set(self._key_to_file.values())) <= 1:
             single = "model.safetensors" if self._safe_serialization else "pytorch_model.bin"
@@ -165,5 +167,33 @@ class FullModelHFCheckpointer(HuggingFaceKeys, CheckpointerBase):
         config = read_json(config_path)
         name = str(written[1]).removeprefix("torch.")
         keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]
-        if any(config.get(k) != name for k in keys):
-            atomic_write_json(config_path, {**config, **dict.fromkeys(keys, name)})
+        updated = {**config, **dict.fromkeys(keys, name)}
+        num_labels = getattr(self, "_num_labels", None)
+        if self._model_type == "REWARD" and num_labels is not None:
+            updated = sequence_classification_config(updated, num_labels)
+        if updated != config:
+            atomic_write_json(config_path, updated)
+
+
+def sequence_classification_config(config: Mapping[str, Any], num_labels: int) -> dict[str, Any]:
+    """``config`` as a ``<Family>ForSequenceClassification`` of ``num_labels`` (what
+    transformers' ``AutoModelForSequenceClassification`` needs): ``architectures``,
+    ``num_labels`` with matching ``id2label``/``label2id``, and a ``pad_token_id`` (the EOS id
+    when the config has none) so batched rows pool at their last real token."""
+    out = dict(config)
+    archs = list(out.get("architectures") or [])
+    family = archs[0] if archs else "LlamaForCausalLM"
+    for suffix in ("ForCausalLM", "ForSequenceClassification", "Model"):
+        if family.endswith(suffix):
+            family = family[: -len(suffix)]
+            break
+    out["architectures"] = [f"{family}ForSequenceClassification"]
+    old = {int(k): v for k, v in (out.get("id2label") or {}).items()}
+    labels = {i: old.get(i, f"LABEL_{i}") for i in range(num_labels)}
+    out["id2label"] = {str(i): v for i, v in labels.items()}
+    out["label2id"] = {v: i for i, v in labels.items()}
+    out["num_labels"] = num_labels
+    if out.get("pad_token_id") is None:
+        eos = out.get("eos_token_id")
+        out["pad_token_id"] = eos[0] if isinstance(eos, list) and eos else eos
+    return out
