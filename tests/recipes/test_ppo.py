@@ -5,6 +5,7 @@ learn."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -138,6 +139,8 @@ def test_ppo_raises_the_toy_reward(toy_files: dict[str, Path], tmp_path: Path) -
         assert len(m[key]) == 10, key
     assert all(0.0 <= x <= 1.0 for x in m["clipfrac"] + m["value_clipfrac"])
     assert (tmp_path / "run" / "value").is_dir() and any((tmp_path / "run" / "value").iterdir())
+    if importlib.util.find_spec("matplotlib") is not None:  # the reward curve is drawn
+        assert list((tmp_path / "run" / "logs").glob("*.png"))
 
 
 @pytest.mark.slow

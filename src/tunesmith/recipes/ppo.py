@@ -194,7 +194,7 @@ def recipe_main(cfg: DictConfig) -> None:
     # ---- training loop -----------------------------------------------------------------
     observer = Observer(
         cfg, rank=rank, world_size=world_size, device=device, total_steps=total_steps,
-        initial=steps_run,
+        initial=steps_run, curves=("scores", "loss", "kl", "lr"),
         summary=describe_run(
             policy_cfg, model=policy, loader=loader, checkpointer=checkpointer, device=device,
             dtype=dtype, world_size=world_size, steps_per_epoch=steps_per_epoch, epochs=epochs,
@@ -260,7 +260,7 @@ def recipe_main(cfg: DictConfig) -> None:
                     observer.log_step(
                         steps_run, loss=metrics.pop("loss"), lr=optimizer.param_groups[0]["lr"],
                         tokens=tokens, grad_norm=grad_norm,
-                        postfix={"reward": metrics["scores"], "kl": metrics["kl"]},
+                        postfix={"reward": f"{metrics['scores']:.4g}", "kl": f"{metrics['kl']:.4g}"},
                     )  # fmt: skip
                     if observer.logger is not None:
                         observer.logger.log_dict(metrics, step=steps_run)
