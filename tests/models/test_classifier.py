@@ -118,3 +118,49 @@ def test_torchtune_classifier_builders() -> None:
         family = "llama2" if "llama2" in name else "mistral"
         assert callable(resolve_component(f"torchtune.models.{family}.{name}"))
     assert callable(resolve_component("torchtune.modules.classifier_model"))
+
+
+PEER_PYTHON = Path.home() / ".cache/tunesmith-bench/peer-venv/bin/python"
+_PEER_SCRIPT = """
+import sys, torch
+from torchtune.models.llama2 import llama2_classifier
+from torchtune.models.mistral import mistral_classifier
+kw = dict(vocab_size=128, num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=64, max_seq_len=128)
+tokens = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(0))
+out = {"tokens": tokens}
+for name, build in (("llama2", lambda: llama2_classifier(num_classes=3, **kw)),
+                    ("mistral", lambda: mistral_classifier(num_classes=1, intermediate_dim=96, **kw))):
+    torch.manual_seed(0)
+    model = build().eval()
+    with torch.no_grad():
+        out[name] = {"state": model.state_dict(), "logits": model(tokens)}
+torch.save(out, sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PEER_PYTHON.is_file(), reason="torchtune 0.6.1 peer venv not installed")
+def test_classifier_builders_equal_torchtune_0_6_1(tmp_path: Path) -> None:
+    """torchtune 0.6.1's llama2_classifier / mistral_classifier weights in our builders give
+    its logits (run live in the peer venv)."""
+    import os
+    import subprocess
+
+    from tunesmith.models.convert_weights import torchtune_to_native
+
+    (tmp_path / "peer.py").write_text(_PEER_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([str(PEER_PYTHON), str(tmp_path / "peer.py"), str(tmp_path / "out.pt")],
+                   check=True, env=env, timeout=300)  # fmt: skip
+    ref = torch.load(tmp_path / "out.pt", weights_only=True)
+    kw = dict(vocab_size=VOCAB, num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=64,
+              max_seq_len=128)  # fmt: skip
+    for name, ours in (("llama2", llama2_classifier(num_classes=3, **kw)),
+                       ("mistral", mistral_classifier(num_classes=1, intermediate_dim=96, **kw))):  # fmt: skip
+        sd = {k: v for k, v in ref[name]["state"].items() if not k.endswith("rope.cache")}
+        state = torchtune_to_native(sd, "REWARD", 4, 2, 16)
+        missing, unexpected = ours.load_state_dict(state, strict=False)
+        assert not missing, missing
+        with torch.no_grad():
+            got = ours.eval()(ref["tokens"])
+        assert (got - ref[name]["logits"]).abs().max() <= 1e-5

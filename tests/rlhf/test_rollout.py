@@ -97,8 +97,17 @@ def test_response_logprobs_gradient_flows_lora() -> None:
     assert (lp - rollout.logprobs).abs().max() <= 1e-5
     assert not lora.skip_output_layer  # restored
     lp.sum().backward()
-    grads = [p.grad for n, p in lora.named_parameters() if "lora" in n]
-    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    params = [p for n, p in lora.named_parameters() if "lora" in n]
+    grads = [p.grad.clone() for p in params]
+    assert all(g.abs().sum() > 0 for g in grads)
+    # chunked projection (recomputed in backward) gives the same values and gradients
+    for p in params:
+        p.grad = None
+    chunked = response_logprobs(lora, rollout, chunk_size=3)
+    assert (chunked - lp).abs().max() <= 1e-6
+    chunked.sum().backward()
+    for p, g in zip(params, grads):
+        assert (p.grad - g).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])

@@ -36,7 +36,6 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ),
     # torchtune main's dev GRPO losses
     ("torchtune.dev.grpo.loss.", "tunesmith.rlhf.grpo."),
-    ("torchtune.dev.rl.loss.", "tunesmith.rlhf.grpo."),
     ("torchtune.dev.rl.linear_grpo_loss.", "tunesmith.rlhf.grpo."),
     # torchtune main's dev/ online-RL pieces: rewards and GSM8K / RL prompt datasets
     ("torchtune.dev.rl.rewards.", "tunesmith.rlhf.rewards."),

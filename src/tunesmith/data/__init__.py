@@ -5,5 +5,6 @@ from tunesmith.data._errors import *  # noqa: F401,F403
 from tunesmith.data._message_transforms import *  # noqa: F401,F403
 from tunesmith.data._messages import *  # noqa: F401,F403
 from tunesmith.data._packing import *  # noqa: F401,F403
+from tunesmith.data._prompt import *  # noqa: F401,F403
 from tunesmith.data._prompt_templates import *  # noqa: F401,F403
 from tunesmith.data._samplers import *  # noqa: F401,F403

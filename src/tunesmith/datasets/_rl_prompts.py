@@ -16,6 +16,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from tunesmith.data._errors import DataError
+from tunesmith.data._prompt import prompt_tokens
 from tunesmith.datasets._loading import describe, load_rows
 
 __all__ = [
@@ -67,6 +68,10 @@ class RLPromptDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.rows[index]
 
+    def max_token_id(self) -> int | None:
+        """The largest token id of any row (the recipes' vocabulary check)."""
+        return max((max(r["tokens"]) for r in self.rows if r["tokens"]), default=None)
+
 
 def _column(row: Mapping[str, Any], column: str, key: str, where: str, index: int) -> Any:
     if column not in row or row[column] is None:
@@ -80,8 +85,6 @@ def _column(row: Mapping[str, Any], column: str, key: str, where: str, index: in
 
 
 def _chat_tokens(tokenizer: Any, prompt: str, system_prompt: str | None) -> list[int]:
-    from tunesmith.recipes.generate import prompt_tokens
-
     if system_prompt:
         return prompt_tokens(tokenizer, {"system": system_prompt, "user": prompt})
     return prompt_tokens(tokenizer, prompt)

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tunesmith.modules.masks import padding_to_causal_mask
+
 __all__ = ["classifier_model", "last_token_index", "sequence_scores"]
 
 
@@ -77,13 +79,11 @@ def sequence_scores(
     Returns:
         ``[b, num_classes]`` in the model's dtype (grad flows when enabled).
     """
-    from tunesmith.generation._generate import _attention_mask, _logits_of
-
     if mask is None:
         mask = torch.ones_like(tokens, dtype=torch.bool) if pad_id is None else tokens != pad_id
     mask = mask.bool()
-    s = tokens.shape[1]
     input_pos = (mask.long().cumsum(dim=-1) - 1).clamp(min=0)
-    out = _logits_of(model(tokens, mask=_attention_mask(mask, 0, s), input_pos=input_pos))
+    out = model(tokens, mask=padding_to_causal_mask(mask), input_pos=input_pos)
+    out = torch.cat(out, dim=1) if isinstance(out, list) else out  # chunked output
     rows = torch.arange(tokens.shape[0], device=tokens.device)
     return out[rows, last_token_index(mask)]

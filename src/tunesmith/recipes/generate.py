@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from tunesmith.config import instantiate
-from tunesmith.data import Message
+from tunesmith.data import prompt_tokens
 from tunesmith.generation import TextStreamer, generate, left_pad_prompts
 from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, set_seed
 
@@ -65,31 +65,6 @@ def load_model(
         log.info("no adapter weights in the checkpoint: LoRA layers start at zero (a no-op)")
     model.eval()
     return model, ckpt
-
-
-def _as_messages(prompt: Any) -> list[Message]:
-    if isinstance(prompt, str):
-        return [Message(role="user", content=prompt)]
-    if isinstance(prompt, Mapping):
-        unknown = set(prompt) - {"system", "user"}
-        if unknown or not prompt.get("user"):
-            raise ValueError(
-                f"prompt must be a string or {{system: ..., user: ...}} with a user text; got "
-                f"keys {sorted(prompt)}"
-            )
-        messages = []
-        if prompt.get("system"):
-            messages.append(Message(role="system", content=str(prompt["system"])))
-        messages.append(Message(role="user", content=str(prompt["user"])))
-        return messages
-    raise ValueError(f"prompt must be a string or a {{system, user}} mapping, got {prompt!r}")
-
-
-def prompt_tokens(tokenizer: Any, prompt: Any) -> list[int]:
-    """Token ids of a chat prompt formatted by the tokenizer, ending where the answer starts."""
-    messages = _as_messages(prompt) + [Message(role="assistant", content="")]
-    tokens, _ = tokenizer.tokenize_messages(messages, add_end_tokens=False)
-    return list(tokens)
 
 
 def _prompts(cfg: DictConfig) -> list[Any]:

@@ -177,6 +177,7 @@ class GRPOPolicyLoss(nn.Module):
             the sequence level, whose ratio is clipped below / above / either, where that
             clipping is active for the advantage's sign).
         """
+        self._check_shapes(logprobs, old_logprobs, ref_logprobs, advantages, mask)
         if old_logprobs is None:
             old_logprobs = logprobs.detach()
         if self.beta != 0.0 and ref_logprobs is None:
@@ -215,6 +216,19 @@ class GRPOPolicyLoss(nn.Module):
         return loss, {k: v.detach() for k, v in metrics.items()}
 
     @staticmethod
+    def _check_shapes(logprobs, old_logprobs, ref_logprobs, advantages, mask) -> None:
+        want = tuple(logprobs.shape)
+        named = {"old_logprobs": old_logprobs, "ref_logprobs": ref_logprobs, "mask": mask}
+        for name, t in named.items():
+            if t is not None and tuple(t.shape) != want:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}; logprobs has {want}")
+        if tuple(advantages.shape) not in (want[:1], want):
+            raise ValueError(
+                f"advantages must be [b] or [b, n] = {want[:1]} or {want}; "
+                f"got {tuple(advantages.shape)}"
+            )
+
+    @staticmethod
     def _mean(x: torch.Tensor, maskf: torch.Tensor) -> torch.Tensor:
         """Token mean over ``maskf``; a ``[b, 1]`` (sequence-level) tensor: mean over rows."""
         if x.shape[-1] == 1 and maskf.shape[-1] != 1:
@@ -236,7 +250,8 @@ class GRPOPolicyLoss(nn.Module):
         # dapo
         if num_items is None:
             num_items = maskf.sum()
-        return masked.sum() / torch.as_tensor(num_items, dtype=maskf.dtype).clamp(min=1.0)
+        denom = torch.as_tensor(num_items, dtype=maskf.dtype, device=maskf.device)
+        return masked.sum() / denom.clamp(min=1.0)
 
 
 from tunesmith.rlhf.grpo_torchtune import (  # noqa: E402  (torchtune's names, re-exported)

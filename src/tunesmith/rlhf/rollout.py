@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from tunesmith.config._errors import ConfigError
-from tunesmith.generation._generate import _attention_mask, _logits_of, generate
+from tunesmith.generation import generate
+from tunesmith.modules.masks import padding_to_causal_mask
 from tunesmith.rlhf._log_probs import token_log_probs
 
 __all__ = [
@@ -107,9 +108,8 @@ class Rollout:
         unused); positions count real tokens, so each row is computed as if alone.
         """
         valid = self.mask
-        s = valid.shape[1]
         input_pos = (valid.long().cumsum(dim=-1) - 1).clamp(min=0)
-        return _attention_mask(valid, 0, s), input_pos
+        return padding_to_causal_mask(valid), input_pos
 
     def response_lengths(self) -> Tensor:
         """``[b]`` long number of response tokens (incl. the stop token)."""
@@ -346,7 +346,8 @@ def response_logprobs(
         )
     else:
         out = model(tokens, mask=mask, input_pos=input_pos)
-        logits = _logits_of(out)[:, p - 1 : p - 1 + n][keep]  # [m, vocab]
+        out = torch.cat(out, dim=1) if isinstance(out, list) else out  # chunked output
+        logits = out[:, p - 1 : p - 1 + n][keep]  # [m, vocab]
         result = token_log_probs(
             logits, targets, lambda x: x.float() / temperature, chunk_size, return_entropy
         )
