@@ -233,7 +233,7 @@ def test_broken_reward_function_names_itself_and_the_row(
     ]
     with pytest.raises(RewardError, match="my_broken_reward") as err:
         run_grpo(reward_functions=functions)
-    assert "row" in str(err.value)
+    assert "dataset row 0" in str(err.value)
 
 
 def test_wrong_loss_or_settings_name_the_key(run_grpo) -> None:

@@ -150,16 +150,22 @@ def check_prompt_lengths(
 def probe_rewards(functions: Sequence[Any], weights: Any, dataset: Dataset) -> None:
     """Score an empty completion of the first prompts with every reward function, before any
     weights load: a function that raises or returns NaN fails now, naming itself and the row."""
-    from tunesmith.rlhf.rewards import compute_rewards
+    from tunesmith.rlhf.rewards import RewardError, compute_rewards
 
     rows = [dataset[i] for i in range(min(2, len(dataset)))]  # type: ignore[arg-type]
-    compute_rewards(
-        functions,
-        [r["prompt"] for r in rows],
-        ["" for _ in rows],
-        [reward_row(r) for r in rows],
-        weights=weights,
-    )
+    prompts, scored = [r["prompt"] for r in rows], [reward_row(r) for r in rows]
+    try:
+        compute_rewards(functions, prompts, ["" for _ in rows], scored, weights=weights)
+    except RewardError as err:
+        for i in range(len(rows)):  # which dataset row: one at a time
+            try:
+                compute_rewards(functions, prompts[i : i + 1], [""], scored[i : i + 1],
+                                weights=weights)  # fmt: skip
+            except RewardError as one:
+                raise RewardError(
+                    f"{one} (dataset row {i}, scoring an empty completion before training)"
+                ) from err
+        raise
 
 
 def reward_row(sample: Mapping[str, Any]) -> dict:
