@@ -29,6 +29,9 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.rlhf.sequence_processing.", "tunesmith.rlhf."),
     ("torchtune.rlhf._types.", "tunesmith.rlhf.ppo."),
     ("torchtune.rlhf.", "tunesmith.rlhf."),
+    # torchtune's per-family _component_builders modules: the builders are public here
+    ("torchtune.models.mistral._component_builders.", "tunesmith.models.mistral."),
+    ("torchtune.models.llama2._component_builders.", "tunesmith.models.llama2."),
     ("torchtune.training.pooling.", "tunesmith.rlhf.ppo."),
     (
         "torchtune.training.get_unmasked_sequence_lengths",

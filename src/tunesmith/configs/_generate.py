@@ -541,6 +541,9 @@ def render_all() -> dict[str, str]:
     from tunesmith.configs._generate_reward import render_reward
 
     out.update(render_reward())
+    from tunesmith.configs._generate_grpo import render_grpo
+
+    out.update(render_grpo())
     return out
 
 

@@ -55,10 +55,13 @@ TORCHTUNE_ACCEPTED: dict[str, frozenset[str]] = {
     # nothing here but must not make the config invalid.
     "finetune": frozenset(
         {"collate_fn", "fsdp", "low_cpu_ram", "tensor_parallel_dim", "tensor_parallel_plan"}
+        | {"name"}  # torchtune main's dev/3B_sft_for_grpo: the run name output_dir interpolates
     ),
     "qat": frozenset({"collate_fn", "fsdp", "low_cpu_ram"}),
     "dpo": frozenset({"collate_fn"}),
     "knowledge_distillation": frozenset({"collate_fn"}),
+    # torchtune's dev GRPO configs: `name` and `base_model_path` are interpolated values
+    "grpo": frozenset({"name", "base_model_path"}),
     "eval": frozenset({"resume_from_checkpoint"}),
     "generate": frozenset({"quantizer"}),
 }
@@ -72,8 +75,23 @@ KEYS: dict[str, frozenset[str]] = {
     ),
     "dpo": frozenset(_TRAINING | {"ref_checkpointer"}),
     "reward_model": frozenset(_TRAINING),
+    "grpo": frozenset(
+        _TRAINING
+        | {"ref_checkpointer", "grpo_samples", "forward_batch_size", "max_generated_tokens"}
+        | {"temperature", "top_k", "top_p", "stop_token_ids", "ppo_epochs", "num_steps"}
+        | {"reward_functions", "reward_weights", "scale_rewards", "save_every_n_epochs"}
+        | {"enable_kv_cache"}
+    ),
     "knowledge_distillation": frozenset(
         _TRAINING | {"teacher_model", "teacher_checkpointer", "kd_loss", "kd_ratio"}
+    ),
+    "ppo": frozenset(
+        (_TRAINING - {"model", "epochs", "max_steps_per_epoch", "save_adapter_weights_only"})
+        | {"policy_model", "reward_and_value_model", "ref_policy_checkpointer"}
+        | {"value_checkpointer", "reward_checkpointer", "num_steps", "ppo_epochs"}
+        | {"ppo_batch_size", "forward_batch_size", "temperature", "top_k"}
+        | {"max_generated_tokens", "min_response_length", "penalise_no_eos", "reward_penalty"}
+        | {"stop_token_ids", "whiten_rewards", "gamma", "lmbda", "kl_coeff", "enable_kv_cache"}
     ),
     "generate": frozenset(
         _COMMON
@@ -113,5 +131,8 @@ SUPPLIED: dict[str, tuple[int, frozenset[str]]] = {
     "checkpointer": (0, frozenset({"resume_from_checkpoint"})),
     "ref_checkpointer": (0, frozenset({"resume_from_checkpoint"})),
     "teacher_checkpointer": (0, frozenset({"resume_from_checkpoint"})),
+    "ref_policy_checkpointer": (0, frozenset({"resume_from_checkpoint"})),
+    "value_checkpointer": (0, frozenset({"resume_from_checkpoint"})),
+    "reward_checkpointer": (0, frozenset({"resume_from_checkpoint"})),
 }
 """What the recipes pass to ``instantiate`` themselves, so ``validate`` does not ask for it."""

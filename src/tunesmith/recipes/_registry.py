@@ -71,6 +71,18 @@ RECIPES: tuple[Recipe, ...] = (
         ("knowledge_distillation_single_device", "knowledge_distillation_distributed"),
         supports_distributed=True,
     ),
+    Recipe(
+        "ppo",
+        "tunesmith.recipes.ppo",
+        ("ppo_full_finetune_single_device",),
+        supports_distributed=True,
+    ),
+    Recipe(
+        "grpo",
+        "tunesmith.recipes.grpo",
+        ("grpo_full_finetune_distributed", "dev/grpo_full_finetune_distributed"),
+        supports_distributed=True,
+    ),
     Recipe("generate", "tunesmith.recipes.generate", ("generate",)),
     Recipe("eval", "tunesmith.recipes.eval", ("eleuther_eval",)),
     Recipe("quantize", "tunesmith.recipes.quantize"),

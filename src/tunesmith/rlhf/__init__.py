@@ -10,6 +10,8 @@
 - ``ppo``: ``PPOLoss``, GAE, whitening, KL-shaped rewards and the sequence helpers of
   torchtune 0.6.1's ``torchtune.rlhf`` (exported here, so ``torchtune.rlhf.<name>`` resolves).
 - ``rl_metrics``: entropy, clip fraction, KL and reward/advantage/length statistics.
+- ``rollout``: sampling for online RL (``SamplingParams``, ``Rollout``, ``LocalRolloutEngine``,
+  ``response_logprobs``).
 """
 
 from tunesmith.rlhf import loss, rollout
@@ -41,6 +43,13 @@ from tunesmith.rlhf.rollout import (
 )
 
 __all__ = [
+    "LocalRolloutEngine",
+    "Rollout",
+    "RolloutEngine",
+    "SamplingParams",
+    "response_logprobs",
+    "rollout",
+    "token_log_probs",
     "ChosenRejectedOutputs",
     "LocalRolloutEngine",
     "PPOLoss",
