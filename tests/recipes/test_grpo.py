@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from omegaconf import OmegaConf
 
@@ -142,6 +143,40 @@ def test_loss_variants_train(run_grpo, over: dict[str, Any]) -> None:
         assert any(abs(r - 1.0) > 1e-6 for r in m["ratio"]), m["ratio"]
     if over.get("loss.beta") == 0.0:
         assert "kl" not in m
+
+
+def test_torchtune_chunked_losses_run_as_the_simple_loss(run_grpo) -> None:
+    """torchtune's GRPOWithChunkedOutputLoss / LinearGRPOLoss are GRPOSimpleLoss computed from
+    logits a chunk at a time: on logits they equal GRPOSimpleLoss on the same log-probs (value
+    and gradient), and a run configured with them follows the GRPOSimpleLoss run exactly."""
+    from tunesmith.rlhf.grpo import GRPOSimpleLoss, GRPOWithChunkedOutputLoss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 11, (3, 7), generator=g)
+    ref = -torch.rand(3, 7, generator=g, dtype=torch.float64)
+    adv = torch.randn(3, generator=g, dtype=torch.float64)
+    mask = torch.rand(3, 7, generator=g) > 0.3
+    chunked = GRPOWithChunkedOutputLoss(kl_coeff=0.05)(list(logits.chunk(3, dim=1)), targets,
+                                                       ref, adv, mask)[0]  # fmt: skip
+    (grad_chunked,) = torch.autograd.grad(chunked, logits)
+    logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
+    simple = GRPOSimpleLoss(kl_coeff=0.05)(logp.detach(), logp, ref, adv, mask)[0]
+    (grad_simple,) = torch.autograd.grad(simple, logits)
+    # the chunked loss upcasts each chunk's logits to fp32, as torchtune's does
+    torch.testing.assert_close(chunked, simple, atol=1e-6, rtol=0)
+    torch.testing.assert_close(grad_chunked, grad_simple, atol=1e-6, rtol=0)
+    a = read_metrics(
+        run_grpo(
+            "simple",
+            num_steps=3,
+            loss={"_component_": "torchtune.dev.grpo.loss.GRPOSimpleLoss", "kl_coeff": 0.01},
+        )
+    )
+    b = read_metrics(run_grpo("chunked", num_steps=3, loss={
+        "_component_": "torchtune.dev.grpo.loss.GRPOWithChunkedOutputLoss", "kl_coeff": 0.01,
+        "num_output_chunks": 4}))  # fmt: skip
+    assert a["loss"] == b["loss"] and a["reward/mean"] == b["reward/mean"]
 
 
 @pytest.mark.slow

@@ -11,7 +11,9 @@ reference log-probs (full: a frozen copy of the initial weights, from ``ref_chec
 0), then makes ``ppo_epochs`` optimizer steps over the rollout batch, each accumulating the
 clipped-ratio ``loss`` over micro-batches of ``forward_batch_size`` prompts. The loss is
 :class:`~tunesmith.rlhf.grpo.GRPOPolicyLoss` (TRL's ``grpo | dr_grpo | dapo | bnpo | gspo``) or
-one of torchtune's dev losses (``GRPOLoss``, ``GRPOSimpleLoss``, ``GRPOCompletionLoss``).
+one of torchtune's dev losses (``GRPOLoss``, ``GRPOSimpleLoss``, ``GRPOCompletionLoss``;
+``GRPOWithChunkedOutputLoss`` / ``LinearGRPOLoss`` run as ``GRPOSimpleLoss`` on the chunked
+policy pass, which is what they compute).
 
 A step is one rollout batch (``num_steps`` caps them, as torchtune's ``num_steps``); the
 schedule counts optimizer steps (``ppo_epochs`` per step). Sampling is seeded per generation
@@ -360,14 +362,28 @@ def _build_loss(cfg: DictConfig) -> nn.Module:
         GRPOLoss,
         GRPOPolicyLoss,
         GRPOSimpleLoss,
+        GRPOWithChunkedOutputLoss,
+        LinearGRPOLoss,
     )
 
     loss_fn = GRPOPolicyLoss() if cfg.get("loss") is None else instantiate(cfg.loss)
+    if isinstance(loss_fn, GRPOWithChunkedOutputLoss | LinearGRPOLoss):
+        # torchtune's chunked losses are GRPOSimpleLoss computed from logits (or hidden
+        # states) a chunk at a time, to never hold [b, n, vocab] fp32 logits. The policy pass
+        # here (response_logprobs) already projects response positions a chunk at a time and
+        # recomputes them in backward, so the same loss on its log-probs is the same number.
+        log.info(
+            "%s: computed as GRPOSimpleLoss(kl_coeff=%g) on the chunked policy pass's log-probs",
+            type(loss_fn).__name__,
+            loss_fn.kl_coeff,
+        )
+        loss_fn = GRPOSimpleLoss(epsilon=loss_fn.epsilon, kl_coeff=loss_fn.kl_coeff)
     if not isinstance(loss_fn, GRPOPolicyLoss | GRPOLoss | GRPOSimpleLoss | GRPOCompletionLoss):
         raise ConfigError(
             f"loss._component_={cfg.loss.get('_component_')} is not a GRPO loss on log-probs; "
             "use tunesmith.rlhf.grpo.GRPOPolicyLoss (loss_type grpo, dr_grpo, dapo, bnpo, "
-            "gspo) or torchtune.dev.grpo.loss.GRPOLoss / GRPOSimpleLoss",
+            "gspo) or torchtune.dev.grpo.loss.GRPOLoss / GRPOSimpleLoss / "
+            "GRPOWithChunkedOutputLoss",
             key="loss._component_",
         )
     if isinstance(loss_fn, GRPOPolicyLoss) and loss_fn.max_completion_length is None:
