@@ -18,6 +18,7 @@ from tunesmith.modules import (
     TransformerDecoder,
     TransformerSelfAttentionLayer,
 )
+from tunesmith.modules.rope import MultimodalRotaryEmbedding
 
 __all__ = [
     "LORA_ATTN_MODULE_NAMES",
@@ -143,11 +144,18 @@ def build_decoder(spec: ModelSpec, lora: LoRASettings | None = None) -> Transfor
         layers=[_layer(spec, i, lora) for i in range(spec.num_layers)],
         norm=_norm(spec, spec.embed_dim),
         output=output,
-        rope=RotaryEmbedding(spec.resolved_head_dim, spec.rope_base, spec.rope_scaling),
+        rope=_rope(spec),
         max_seq_len=spec.max_seq_len,
         embed_scale=spec.embed_dim**0.5 if spec.embed_scale else None,
         final_logit_softcap=spec.final_softcap,
     )
+
+
+def _rope(spec: ModelSpec) -> RotaryEmbedding:
+    hd = spec.resolved_head_dim
+    if spec.mrope_section is not None:
+        return MultimodalRotaryEmbedding(hd, spec.rope_base, spec.rope_scaling, spec.mrope_section)
+    return RotaryEmbedding(hd, spec.rope_base, spec.rope_scaling)
 
 
 def model_type_of(spec: ModelSpec) -> str:
