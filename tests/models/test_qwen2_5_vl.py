@@ -226,3 +226,19 @@ def test_spec_from_config_matches_bundled_spec():
     bundled = get_vision_spec("qwen2_5_vl_7b")
     assert spec.encoder == bundled.encoder
     assert spec.decoder.replace(max_seq_len=0) == bundled.decoder.replace(max_seq_len=0)
+
+
+def test_builders_parts_and_lora():
+    from tunesmith.models import qwen2_5_vl
+
+    with torch.device("meta"):
+        full = qwen2_5_vl.qwen2_5_vl_3b()
+        lora = qwen2_5_vl.lora_qwen2_5_vl_7b(lora_attn_modules=["q_proj", "v_proj"])
+    frozen = {n for n, p in full.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith("encoder.") and ".merger." not in n for n in frozen)
+    trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert any("lora_a" in n for n in trainable)
+    assert all("lora_" in n or n.startswith("encoder.merger.") for n in trainable)
+    assert set(lora.trainable_with_adapters) == {
+        n for n in trainable if n.startswith("encoder.merger.")
+    }
