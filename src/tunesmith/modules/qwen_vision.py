@@ -201,7 +201,9 @@ class Qwen2_5_VLModel(nn.Module):
     """Early fusion: image tokens from ``encoder`` replace the placeholder embeddings.
 
     ``forward(tokens [b, s], pixel_values [N, C*tp*p*p] | None, image_grid_thw [n, 3] | None,
-    mask=None, input_pos [3, b, s] | None, padding_mask [b, s] | None) -> logits [b, s, V]``;
+    mask=None, input_pos [3, b, s] | None, padding_mask [b, s] | None, encoder_input=None)
+    -> logits [b, s, V]`` (``encoder_input``: ``{"pixel_values", "image_grid_thw"}`` as
+    ``data.padded_collate_image_patches`` makes it, instead of the two arguments);
     ``input_pos`` defaults to :func:`mrope_positions`. The placeholder count must equal the
     images' merged patch count.
     """
@@ -227,7 +229,11 @@ class Qwen2_5_VLModel(nn.Module):
         mask: Tensor | None = None,
         input_pos: Tensor | None = None,
         padding_mask: Tensor | None = None,
+        encoder_input: dict[str, Tensor] | None = None,
     ) -> Tensor | list[Tensor]:
+        if encoder_input is not None:  # a batch from ``padded_collate_image_patches``
+            pixel_values = encoder_input.get("pixel_values")
+            image_grid_thw = encoder_input.get("image_grid_thw")
         h = self.decoder.tok_embeddings(tokens)
         is_img = tokens == self.image_token_id
         if pixel_values is not None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from tunesmith.models._vision_specs import get_vision_spec
 from tunesmith.models.builder import lora_settings
+from tunesmith.models.qwen2_5_vl._transform import Qwen2_5_VLTransform, qwen2_5_vl_transform
 from tunesmith.models.vision_builder import build_early_fusion
 from tunesmith.modules.qwen_vision import Qwen2_5_VLModel
 
@@ -22,6 +23,8 @@ __all__ = [
     *(f"qwen2_5_vl_{s}" for s in _SIZES),
     *(f"lora_qwen2_5_vl_{s}" for s in _SIZES),
     *(f"qlora_qwen2_5_vl_{s}" for s in _SIZES),
+    "Qwen2_5_VLTransform",
+    "qwen2_5_vl_transform",
 ]
 
 
