@@ -242,3 +242,35 @@ def test_builders_parts_and_lora():
     assert set(lora.trainable_with_adapters) == {
         n for n in trainable if n.startswith("encoder.merger.")
     }
+
+
+def test_checkpointer_round_trip_and_build_from_hf(tmp_path):
+    from tunesmith.models import build_from_hf
+    from tunesmith.training import FullModelHFCheckpointer
+
+    src = tmp_path / "src"
+    hf, config, hf_sd = _checkpoint(src)
+    ckpt = FullModelHFCheckpointer(
+        checkpoint_dir=str(src),
+        checkpoint_files=["model.safetensors"],
+        model_type="QWEN2_5_VL",
+        output_dir=str(tmp_path / "out"),
+    )
+    native = ckpt.load_checkpoint()["model"]
+    model = build_from_hf(str(src)).eval()
+    model.load_state_dict(native, strict=True)
+    tokens, pixels, grid = _inputs(1)
+    with torch.no_grad():
+        ref = hf(
+            input_ids=tokens,
+            pixel_values=pixels,
+            image_grid_thw=grid,
+            mm_token_type_ids=(tokens == IMAGE).int(),
+        ).logits
+        assert (model(tokens, pixels, grid) - ref).abs().max() <= 1e-4 * ref.abs().max()
+    out = ckpt.save_checkpoint({"model": native}, epoch=0)
+    written = safetensors_torch.load_file(str(out / "model.safetensors"))
+    assert sorted(written) == sorted(hf_sd)
+    assert all(torch.equal(written[k], v) for k, v in hf_sd.items())
+    lora = build_from_hf(str(src), lora_attn_modules=["q_proj", "v_proj"])
+    assert any("lora_a" in n for n, _ in lora.named_parameters())
