@@ -274,3 +274,62 @@ def test_checkpointer_round_trip_and_build_from_hf(tmp_path):
     assert all(torch.equal(written[k], v) for k, v in hf_sd.items())
     lora = build_from_hf(str(src), lora_attn_modules=["q_proj", "v_proj"])
     assert any("lora_a" in n for n, _ in lora.named_parameters())
+
+
+def test_peft_adapter_round_trip_equals_peft_logits(tmp_path):
+    """A PEFT LoRA of transformers' Qwen2.5-VL (decoder q/v, ViT MLP, merger) loads into
+    the native LoRA model with equal logits; native -> PEFT gives PEFT's file back exactly."""
+    peft = pytest.importorskip("peft")
+    from tunesmith.models.builder import lora_settings
+    from tunesmith.models.peft_format import native_to_peft, peft_to_native
+    from tunesmith.modules.peft import LoRALinear
+
+    hf, config, hf_sd = _checkpoint(tmp_path / "base")
+    targets = ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj", "mlp.0", "mlp.2"]
+    torch.manual_seed(3)
+    base = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "base")
+    peft_model = peft.get_peft_model(
+        base.eval(),
+        peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False),
+    ).eval()
+    peft_model.save_pretrained(tmp_path / "adapter")
+    peft_sd = safetensors_torch.load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+
+    spec = qwen_vl_spec_from_hf_config(config)
+    model = build_early_fusion(
+        spec,
+        decoder_trainable="lora",
+        encoder_trainable="lora",
+        fusion_trainable="lora",
+        lora=lora_settings([], apply_lora_to_mlp=True, lora_rank=4, lora_alpha=8),
+    )
+    # q/v adapters on the decoder only (the ViT's q/v are one fused qkv module in HF)
+    for layer in model.decoder.layers:
+        for name in ("q_proj", "v_proj"):
+            old = getattr(layer.attn, name)
+            setattr(
+                layer.attn,
+                name,
+                LoRALinear(old.in_features, old.out_features, rank=4, alpha=8, use_bias=True),
+            )
+    adapter = peft_to_native(peft_sd, "QWEN2_5_VL", config)
+    model.load_state_dict({**hf_to_native(hf_sd, "QWEN2_5_VL", config), **adapter}, strict=True)
+    back = native_to_peft(adapter, "QWEN2_5_VL", config)
+    assert sorted(back) == sorted(peft_sd)
+    assert all(torch.equal(back[k], v) for k, v in peft_sd.items())
+
+    tokens, pixels, grid = _inputs(2)
+    kw = dict(pixel_values=pixels, image_grid_thw=grid, mm_token_type_ids=(tokens == IMAGE).int())
+    with torch.no_grad():
+        expected = peft_model(input_ids=tokens, **kw).logits
+        plain = hf(input_ids=tokens, **kw).logits
+        got = model.eval()(tokens, pixels, grid)
+    assert (expected - plain).abs().max() > 1e-3  # the adapter matters
+    assert (got - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_vit_qkv_adapters_have_no_hf_form(pair):
+    with pytest.raises(ValueError, match="fused qkv"):
+        native_to_hf(
+            {"encoder.layers.0.attn.q_proj.lora_a.weight": torch.zeros(1)}, "QWEN2_5_VL", pair[2]
+        )

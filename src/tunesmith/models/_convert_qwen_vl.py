@@ -43,12 +43,10 @@ _VIT = {
     "norm2.weight": "mlp_norm.scale",
 }
 _VIT_TOP = {
-    "patch_embed.proj.weight": "patch_embed.weight",
+    "patch_embed.proj": "patch_embed",
     "merger.ln_q.weight": "merger.norm.scale",
-    "merger.mlp.0.weight": "merger.fc1.weight",
-    "merger.mlp.0.bias": "merger.fc1.bias",
-    "merger.mlp.2.weight": "merger.fc2.weight",
-    "merger.mlp.2.bias": "merger.fc2.bias",
+    "merger.mlp.0": "merger.fc1",
+    "merger.mlp.2": "merger.fc2",
 }
 _QKV = ("q_proj", "k_proj", "v_proj")
 
@@ -84,14 +82,19 @@ def qwen_vl_hf_to_native(state_dict: Mapping[str, Tensor], hf_config: Any) -> di
             m = re.match(r"^blocks\.(\d+)\.(.+)$", rest)
             if m and m.group(2).startswith("attn.qkv."):
                 suffix = m.group(2)[len("attn.qkv.") :]
+                if suffix not in ("weight", "bias"):
+                    raise ValueError(
+                        f"{key!r}: an adapter on the ViT's fused qkv has no native form (native "
+                        "q/k/v are separate); train the ViT without attention adapters"
+                    )
                 for part, chunk in zip(_QKV, value.chunk(3, dim=0), strict=True):
                     out[f"encoder.layers.{m.group(1)}.attn.{part}.{suffix}"] = chunk
                 continue
             if m:
                 sub = _rename(m.group(2), _VIT)
                 name = sub and f"encoder.layers.{m.group(1)}.{sub}"
-            elif rest in _VIT_TOP:
-                name = "encoder." + _VIT_TOP[rest]
+            elif (sub := _rename(rest, _VIT_TOP)) is not None:
+                name = "encoder." + sub
         elif key == "lm_head.weight":
             if _tied(cfg):
                 continue
@@ -145,12 +148,17 @@ def qwen_vl_native_to_hf(
             name = f"{lm}norm.weight"
         elif key == "decoder.output.weight":
             name = "lm_head.weight"
-        elif key.startswith("encoder.") and key[len("encoder.") :] in vit_top:
-            name = vm + vit_top[key[len("encoder.") :]]
+        elif key.startswith("encoder.") and (sub := _rename(key[len("encoder.") :], vit_top)):
+            name = vm + sub
         if name is None:
             raise KeyError(f"Native key {key!r} has no QWEN2_5_VL Hugging Face equivalent.")
         out[name] = value
     for (layer, suffix), parts in qkv.items():
+        if suffix not in ("weight", "bias"):
+            raise ValueError(
+                f"encoder layer {layer}: q/k/v adapters ({suffix}) cannot be written for the "
+                "ViT's fused qkv (PEFT / HF format); use encoder_trainable='frozen' or 'full'"
+            )
         if set(parts) != set(_QKV):
             raise KeyError(f"QWEN2_5_VL: encoder layer {layer} lacks one of q/k/v {suffix}")
         out[f"{vm}blocks.{layer}.attn.qkv.{suffix}"] = torch.cat([parts[p] for p in _QKV])
