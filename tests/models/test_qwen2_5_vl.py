@@ -113,6 +113,29 @@ def test_logits_equal_transformers(pair, num_images):
     assert (got - ref).abs().max() <= 1e-4 * scale, float((got - ref).abs().max() / scale)
 
 
+def test_batch_of_two_rows_equals_transformers(pair):
+    """Row 0: the 15-token image, row 1: the 4-token one and more text (same length)."""
+    hf, ours, _, _ = pair
+    t0, p0, g0 = _inputs(1)
+    t1, _, _ = _inputs(0, seed=2)
+    g1 = torch.tensor(GRIDS[1:2])
+    extra = torch.randint(3, 280, (t0.shape[1] - t1.shape[1] - 6,))
+    img = [torch.tensor([START]), torch.full((4,), IMAGE), torch.tensor([END])]
+    t1 = torch.cat([t1[0, :3], *img, extra, t1[0, 3:]])[None]
+    tokens = torch.cat([t0, t1])
+    pixels = torch.cat([p0, torch.randn(16, p0.shape[1])])
+    grid = torch.cat([g0, g1])
+    with torch.no_grad():
+        ref = hf(
+            input_ids=tokens,
+            pixel_values=pixels,
+            image_grid_thw=grid,
+            mm_token_type_ids=(tokens == IMAGE).int(),
+        ).logits
+        got = ours(tokens, encoder_input={"pixel_values": pixels, "image_grid_thw": grid})
+    assert (got - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
 def test_mrope_positions_equal_transformers(pair):
     hf, ours, _, _ = pair
     tokens, _, grid = _inputs(2)

@@ -179,3 +179,15 @@ def test_collate_variable_patch_counts():
         enc["pixel_values"], torch.cat([a["pixel_values"], b["pixel_values"], c["pixel_values"]])
     )
     assert enc["pixel_values"].shape[0] == int(enc["image_grid_thw"].prod(-1).sum())
+
+
+def test_image_part_count_must_match_tags(assets, tokenizer_dir):
+    ours = qwen2_5_vl_transform(
+        str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt")
+    )
+    messages = [
+        Message("user", "<|vision_start|><|image_pad|><|vision_end|> what is it?"),
+        Message("assistant", "noise"),
+    ]
+    with pytest.raises(ValueError, match="0 image parts but the text has 1"):
+        ours({"messages": messages})

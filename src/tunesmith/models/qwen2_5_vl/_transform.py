@@ -83,14 +83,20 @@ class Qwen2_5_VLTransform:  # noqa: N801 - the model's name
         images = [img for message in sample["messages"] for img in message.get_media()]
         outs = [self.image_transform(image) for image in images]
         sample = self.tokenizer(sample, inference=inference)
-        counts = iter([int(o["grid_thw"].prod()) // self.merge_size**2 for o in outs])
-        tokens, mask = [], []
+        counts = [int(o["grid_thw"].prod()) // self.merge_size**2 for o in outs]
+        n_tags = sum(tok == self.image_token_id for tok in sample["tokens"])
+        if n_tags != len(counts):
+            raise ValueError(
+                f"the messages have {len(counts)} image parts but the text has {n_tags} "
+                "<|image_pad|> tokens; write images as content parts, not as text tags"
+            )
+        tokens, mask, k = [], [], 0
         for tok, m in zip(sample["tokens"], sample["mask"], strict=True):
-            n = next(counts) if tok == self.image_token_id else 1
+            n = 1
+            if tok == self.image_token_id:
+                n, k = counts[k], k + 1
             tokens += [tok] * n
             mask += [m] * n
-        if next(counts, None) is not None:
-            raise ValueError(f"{len(outs)} images but fewer <|image_pad|> tokens in the text")
         if self.max_seq_len is not None and len(tokens) > self.max_seq_len:
             if self.image_token_id in tokens[self.max_seq_len :]:
                 raise ValueError(
