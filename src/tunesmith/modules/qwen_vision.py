@@ -204,8 +204,9 @@ class Qwen2_5_VLModel(nn.Module):
     mask=None, input_pos [3, b, s] | None, padding_mask [b, s] | None, encoder_input=None)
     -> logits [b, s, V]`` (``encoder_input``: ``{"pixel_values", "image_grid_thw"}`` as
     ``data.padded_collate_image_patches`` makes it, instead of the two arguments);
-    ``input_pos`` defaults to :func:`mrope_positions`. The placeholder count must equal the
-    images' merged patch count.
+    ``input_pos`` defaults to :func:`mrope_positions` (continued past the prompt when decoding
+    with ``decoder.setup_caches``). The placeholder count must equal the images' merged patch
+    count.
     """
 
     def __init__(
@@ -219,6 +220,7 @@ class Qwen2_5_VLModel(nn.Module):
         self.decoder = decoder
         self.encoder = encoder
         self.image_token_id = image_token_id
+        self._rope_delta: Tensor | int = 0
 
     def forward(
         self,
@@ -249,7 +251,28 @@ class Qwen2_5_VLModel(nn.Module):
         elif bool(is_img.any()):
             raise ValueError("image placeholder tokens in the text but no pixel_values")
         if input_pos is None:
-            m = self.encoder.spatial_merge_size
-            grid = image_grid_thw if pixel_values is not None else None
-            input_pos = mrope_positions(tokens, grid, self.image_token_id, m, padding_mask)
+            input_pos = self._positions(tokens, pixel_values, image_grid_thw, padding_mask)
         return self.decoder(None, mask=mask, input_pos=input_pos, input_embeds=h)
+
+    def _positions(
+        self,
+        tokens: Tensor,
+        pixel_values: Tensor | None,
+        image_grid_thw: Tensor | None,
+        padding_mask: Tensor | None,
+    ) -> Tensor:
+        """M-RoPE ids ``[3, b, s]``. With KV caches, a decoding step continues from the
+        prompt: ids ``cache_pos + i + delta`` where ``delta [b]`` = the prompt's largest id
+        + 1 - its length (stored at the prefill, as transformers' ``rope_deltas``)."""
+        b, s = tokens.shape
+        cached = self.decoder.caches_are_enabled() and self.decoder._cache_pos > 0
+        if cached and pixel_values is None:
+            start = self.decoder._cache_pos
+            pos = torch.arange(start, start + s, device=tokens.device)[None] + self._rope_delta
+            return pos[None].expand(3, -1, -1)
+        grid = image_grid_thw if pixel_values is not None else None
+        m = self.encoder.spatial_merge_size
+        pos = mrope_positions(tokens, grid, self.image_token_id, m, padding_mask)
+        if self.decoder.caches_are_enabled():
+            self._rope_delta = pos.amax(dim=(0, 2))[:, None] + 1 - s  # [b, 1]
+        return pos
