@@ -379,10 +379,7 @@ def test_greedy_decoding_with_kv_cache_equals_transformers_generate(pair):
                 out.append(int(nxt))
                 logits = ours(nxt)
         finally:
-            ours.decoder.reset_caches()
-            for layer in ours.decoder.layers:
-                layer.attn.kv_cache = None
-            ours.decoder._cache_len = None
+            ours.decoder.remove_caches()
     assert out == ref.tolist()
 
 
