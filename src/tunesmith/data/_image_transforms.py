@@ -1,4 +1,5 @@
-"""Tiled image transforms (Llama 3.2 Vision): canvas selection, resize, pad, normalise, tile.
+"""Image transforms: tiled (Llama 3.2 Vision: canvas selection, resize, pad, normalise, tile)
+and dynamic-resolution (Qwen2.5-VL: smart resize, normalise, flatten to patches).
 
 The steps and their rounding follow ``transformers``' ``MllamaImageProcessor`` (PIL backend):
 RGB uint8 -> bilinear resize (PIL) to fit the chosen canvas -> zero pad right / bottom ->
@@ -21,11 +22,13 @@ from torch import Tensor
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "DynamicResolutionImageTransform",
     "TiledImageTransform",
     "find_supported_resolutions",
     "get_canvas_best_fit",
     "load_image",
     "resize_to_fit_canvas",
+    "smart_resize",
     "tile_crop",
 ]
 
@@ -158,3 +161,82 @@ class TiledImageTransform:
         tiles = tile_crop(torch.from_numpy(pixels.astype(np.float32)), self.tile_size)
         ratio = torch.tensor([canvas[0] // self.tile_size, canvas[1] // self.tile_size])
         return {"image": tiles, "aspect_ratio": ratio}
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = 28,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 28 * 28 * 1280,
+) -> tuple[int, int]:
+    """Qwen2-VL's target ``(height, width)``: multiples of ``factor``, close to the input's
+    aspect ratio, ``min_pixels <= h * w <= max_pixels`` (rounded, then scaled down with
+    floor or up with ceil). Raises ``ValueError`` past an aspect ratio of 200."""
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(
+            f"image of {height}x{width} pixels: aspect ratio over 200 is not supported"
+        )
+    h = round(height / factor) * factor
+    w = round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+class DynamicResolutionImageTransform:
+    """Image -> ``{"pixel_values": [gh * gw, C * tp * p * p] float32, "grid_thw": [3]}``.
+
+    As ``transformers``' ``Qwen2VLImageProcessor`` (PIL backend): RGB uint8 -> bicubic
+    resize to :func:`smart_resize` (``factor = patch_size * merge_size``) -> ``/ 255`` ->
+    ``(x - mean) / std`` -> ``p x p`` patches, repeated ``tp`` times along time, in
+    merge-unit-major order (each ``merge_size ** 2`` rows are one merged token).
+    ``grid_thw = (1, gh, gw)``; the image becomes ``gh * gw / merge_size ** 2`` tokens.
+    """
+
+    def __init__(
+        self,
+        patch_size: int = 14,
+        merge_size: int = 2,
+        temporal_patch_size: int = 2,
+        min_pixels: int = 56 * 56,
+        max_pixels: int = 28 * 28 * 1280,
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+        resample: str = "bicubic",
+    ):
+        from PIL import Image
+
+        self.patch_size, self.merge_size = patch_size, merge_size
+        self.temporal_patch_size = temporal_patch_size
+        self.min_pixels, self.max_pixels = min_pixels, max_pixels
+        self.mean = np.asarray(image_mean, dtype=np.float64)[:, None, None]
+        self.std = np.asarray(image_std, dtype=np.float64)[:, None, None]
+        self.resample = getattr(Image.Resampling, resample.upper())
+
+    def num_tokens(self, height: int, width: int) -> int:
+        """Decoder tokens of an image of ``height x width`` pixels."""
+        factor = self.patch_size * self.merge_size
+        h, w = smart_resize(height, width, factor, self.min_pixels, self.max_pixels)
+        return (h // factor) * (w // factor)
+
+    def __call__(self, image: Any) -> dict[str, Tensor]:
+        image = load_image(image)
+        w, h = image.size
+        p, m, tp = self.patch_size, self.merge_size, self.temporal_patch_size
+        new_h, new_w = smart_resize(h, w, p * m, self.min_pixels, self.max_pixels)
+        if (new_h, new_w) != (h, w):
+            image = image.resize((new_w, new_h), resample=self.resample)
+        pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+        pixels = (((pixels / 255.0).astype(np.float32) - self.mean) / self.std).astype(np.float32)
+        c, gh, gw = pixels.shape[0], new_h // p, new_w // p
+        x = torch.from_numpy(pixels).reshape(c, gh // m, m, p, gw // m, m, p)
+        x = x.permute(1, 4, 2, 5, 0, 3, 6)[:, :, :, :, :, None]  # [gh/m, gw/m, m, m, C, 1, p, p]
+        x = x.expand(*x.shape[:5], tp, p, p).reshape(gh * gw, c * tp * p * p)
+        return {"pixel_values": x.contiguous(), "grid_thw": torch.tensor([1, gh, gw])}

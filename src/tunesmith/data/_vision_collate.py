@@ -1,4 +1,5 @@
-"""Cross-attention masks for image tokens and the tiled-image collate (torchtune's names).
+"""Cross-attention masks for image tokens, the tiled-image collate (torchtune's names) and
+the collate for variable patch counts (Qwen2.5-VL).
 
 Which text tokens see which image (Meta's / transformers' rule): an image is seen from its
 ``<|image|>`` token up to the next image token; consecutive image tokens form a group that
@@ -18,6 +19,7 @@ from tunesmith.data._collate import padded_collate_sft
 __all__ = [
     "VisionCrossAttentionMask",
     "image_attention_intervals",
+    "padded_collate_image_patches",
     "padded_collate_tiled_images_and_mask",
 ]
 
@@ -133,4 +135,36 @@ def padded_collate_tiled_images_and_mask(
     }
     if enc_mask is not None:
         text["encoder_mask"] = enc_mask.reshape(b, s, -1)
+    return text
+
+
+def padded_collate_image_patches(
+    batch: Sequence[Mapping[str, Any]],
+    padding_idx: int = 0,
+    ignore_idx: int = -100,
+    pad_direction: str = "right",
+) -> dict[str, Any]:
+    """Pad tokens / labels and concatenate every image's patches (variable counts).
+
+    Each sample: ``tokens [s_i]``, ``labels [s_i]``, ``encoder_input = {"pixel_values":
+    [N_k, P] per image, "grid_thw": [3] per image}``. Returns ``tokens, labels [b, s]``
+    (right padded) and, when any sample has images, ``encoder_input = {"pixel_values"
+    [sum N_k, P], "image_grid_thw" [n, 3]}`` with images in batch order (as the model
+    consumes the placeholder tokens row by row).
+    """
+    if pad_direction != "right":
+        raise ValueError("padded_collate_image_patches supports pad_direction='right'")
+    text = padded_collate_sft(batch, padding_idx=padding_idx, ignore_idx=ignore_idx)
+    pixels, grids = [], []
+    for sample in batch:
+        enc = sample.get("encoder_input", {})
+        pixels += list(enc.get("pixel_values", []))
+        grids += [torch.as_tensor(g, dtype=torch.long) for g in enc.get("grid_thw", [])]
+    if len(pixels) != len(grids):
+        raise ValueError(f"{len(pixels)} images but {len(grids)} grid_thw entries")
+    if pixels:
+        text["encoder_input"] = {
+            "pixel_values": torch.cat(pixels),
+            "image_grid_thw": torch.stack(grids),
+        }
     return text

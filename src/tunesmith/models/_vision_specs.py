@@ -4,7 +4,13 @@ released Hugging Face ``config.json`` files)."""
 from __future__ import annotations
 
 from tunesmith.models.spec import ModelSpec, RopeScaling
-from tunesmith.models.vision_spec import DeepFusionSpec, TiledViTSpec, every_nth_layer
+from tunesmith.models.vision_spec import (
+    DeepFusionSpec,
+    EarlyFusionSpec,
+    QwenViTSpec,
+    TiledViTSpec,
+    every_nth_layer,
+)
 
 __all__ = ["VISION_SPECS", "get_vision_spec"]
 
@@ -42,7 +48,31 @@ def _llama32_vision(num_layers: int, **kw: object) -> DeepFusionSpec:
     )
 
 
-VISION_SPECS: dict[str, DeepFusionSpec] = {
+def _qwen2_5_vl(vocab: int, tie: bool, **kw: object) -> EarlyFusionSpec:
+    decoder = ModelSpec(
+        **{
+            "family": "QWEN2_5_VL",
+            "vocab_size": vocab,
+            "max_seq_len": 128_000,
+            "rope_base": 1_000_000.0,
+            "norm_eps": 1e-6,
+            "qkv_bias": True,
+            "tie_embeddings": tie,
+            "mrope_section": (16, 24, 24),
+            **kw,
+        }
+    )
+    encoder = QwenViTSpec(
+        embed_dim=1280,
+        num_layers=32,
+        num_heads=16,
+        intermediate_dim=3420,
+        full_attention_layers=(7, 15, 23, 31),
+    )
+    return EarlyFusionSpec(decoder=decoder, encoder=encoder)
+
+
+VISION_SPECS: dict[str, DeepFusionSpec | EarlyFusionSpec] = {
     # 40 text layers in HF = 32 self-attention + 8 cross-attention
     "llama3_2_vision_11b": _llama32_vision(
         32, num_heads=32, embed_dim=4096, intermediate_dim=14_336
@@ -51,10 +81,46 @@ VISION_SPECS: dict[str, DeepFusionSpec] = {
     "llama3_2_vision_90b": _llama32_vision(
         80, num_heads=64, embed_dim=8192, intermediate_dim=28_672
     ),
+    "qwen2_5_vl_3b": _qwen2_5_vl(
+        151_936,
+        True,
+        num_layers=36,
+        num_heads=16,
+        num_kv_heads=2,
+        embed_dim=2048,
+        intermediate_dim=11_008,
+    ),
+    "qwen2_5_vl_7b": _qwen2_5_vl(
+        152_064,
+        False,
+        num_layers=28,
+        num_heads=28,
+        num_kv_heads=4,
+        embed_dim=3584,
+        intermediate_dim=18_944,
+    ),
+    "qwen2_5_vl_32b": _qwen2_5_vl(
+        152_064,
+        False,
+        num_layers=64,
+        num_heads=40,
+        num_kv_heads=8,
+        embed_dim=5120,
+        intermediate_dim=27_648,
+    ),
+    "qwen2_5_vl_72b": _qwen2_5_vl(
+        152_064,
+        False,
+        num_layers=80,
+        num_heads=64,
+        num_kv_heads=8,
+        embed_dim=8192,
+        intermediate_dim=29_568,
+    ),
 }
 
 
-def get_vision_spec(name: str) -> DeepFusionSpec:
+def get_vision_spec(name: str) -> DeepFusionSpec | EarlyFusionSpec:
     """The spec of a named size (``llama3_2_vision_11b``, ...)."""
     if name not in VISION_SPECS:
         raise KeyError(f"unknown vision model {name!r}; known: {', '.join(sorted(VISION_SPECS))}")

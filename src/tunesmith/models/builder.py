@@ -18,6 +18,7 @@ from tunesmith.modules import (
     TransformerDecoder,
     TransformerSelfAttentionLayer,
 )
+from tunesmith.modules.rope import MultimodalRotaryEmbedding
 
 __all__ = [
     "LORA_ATTN_MODULE_NAMES",
@@ -143,11 +144,18 @@ def build_decoder(spec: ModelSpec, lora: LoRASettings | None = None) -> Transfor
         layers=[_layer(spec, i, lora) for i in range(spec.num_layers)],
         norm=_norm(spec, spec.embed_dim),
         output=output,
-        rope=RotaryEmbedding(spec.resolved_head_dim, spec.rope_base, spec.rope_scaling),
+        rope=_rope(spec),
         max_seq_len=spec.max_seq_len,
         embed_scale=spec.embed_dim**0.5 if spec.embed_scale else None,
         final_logit_softcap=spec.final_softcap,
     )
+
+
+def _rope(spec: ModelSpec) -> RotaryEmbedding:
+    hd = spec.resolved_head_dim
+    if spec.mrope_section is not None:
+        return MultimodalRotaryEmbedding(hd, spec.rope_base, spec.rope_scaling, spec.mrope_section)
+    return RotaryEmbedding(hd, spec.rope_base, spec.rope_scaling)
 
 
 def model_type_of(spec: ModelSpec) -> str:
@@ -230,11 +238,12 @@ def build_from_hf(
     """Build the model a Hugging Face checkpoint folder (or config dict) describes.
 
     With ``lora_attn_modules`` (or ``apply_lora_to_mlp``) set, LoRA/DoRA layers are added as
-    in the ``lora_*`` builders (an ``mllama`` config builds Llama 3.2 Vision; with LoRA
-    arguments every part gets adapters). Usable from YAML:
+    in the ``lora_*`` builders (an ``mllama`` config builds Llama 3.2 Vision, a ``qwen2_5_vl``
+    one Qwen2.5-VL; with LoRA arguments every part gets adapters). Usable from YAML:
     ``_component_: tunesmith.models.build_from_hf`` with ``checkpoint_dir_or_config: <dir>``.
     """
-    if _hf_model_type(checkpoint_dir_or_config) == "mllama":  # Llama 3.2 Vision
+    hf_type = _hf_model_type(checkpoint_dir_or_config)
+    if hf_type in ("mllama", "qwen2_5_vl"):  # Llama 3.2 Vision, Qwen2.5-VL
         return _build_vision_from_hf(
             checkpoint_dir_or_config,
             lora_attn_modules=lora_attn_modules,
@@ -276,21 +285,23 @@ def _hf_model_type(config: Any) -> str | None:
 def _build_vision_from_hf(config: Any, **lora_kwargs: Any) -> nn.Module:
     from pathlib import Path
 
+    from tunesmith.models._convert_qwen_vl import qwen_vl_spec_from_hf_config
     from tunesmith.models._convert_vision import mllama_spec_from_hf_config
     from tunesmith.models._hf_config import load_hf_config
-    from tunesmith.models.vision_builder import build_deep_fusion
+    from tunesmith.models.vision_builder import build_deep_fusion, build_early_fusion
 
     if isinstance(config, (str, Path)):
         config = load_hf_config(config)
-    spec = mllama_spec_from_hf_config(config)
+    if _hf_model_type(config) == "qwen2_5_vl":
+        spec, build = qwen_vl_spec_from_hf_config(config), build_early_fusion
+    else:
+        spec, build = mllama_spec_from_hf_config(config), build_deep_fusion
     wanted = lora_kwargs["lora_attn_modules"] or lora_kwargs["apply_lora_to_mlp"]
     if not (wanted or lora_kwargs["apply_lora_to_output"]):
-        return build_deep_fusion(
-            spec, decoder_trainable=True, encoder_trainable=True, fusion_trainable=True
-        )
+        return build(spec, decoder_trainable=True, encoder_trainable=True, fusion_trainable=True)
     lora = lora_settings(
         **{**lora_kwargs, "lora_attn_modules": lora_kwargs["lora_attn_modules"] or []}
     )
-    return build_deep_fusion(
+    return build(
         spec, decoder_trainable="lora", encoder_trainable="lora", fusion_trainable="lora", lora=lora
     )

@@ -8,7 +8,8 @@ interleaved RoPE layout and are permuted here. Keys ending in LoRA / DoRA suffix
 
 ``model_type`` strings are torchtune's: LLAMA2, LLAMA3, LLAMA3_2, MISTRAL, GEMMA, GEMMA2,
 PHI3_MINI, PHI4, QWEN2, QWEN3, REWARD (a Llama / Mistral classifier with a ``score`` head),
-and LLAMA3_VISION (HF ``MllamaForConditionalGeneration``, see ``_convert_vision``).
+and LLAMA3_VISION (HF ``MllamaForConditionalGeneration``, see ``_convert_vision``) and
+QWEN2_5_VL (HF ``Qwen2_5_VLForConditionalGeneration``, see ``_convert_qwen_vl``).
 """
 
 from __future__ import annotations
@@ -104,11 +105,15 @@ def _model_type(model_type: Any) -> str:
 
 
 #: vision-language model types, converted by their own modules (``_convert_vision``)
-VISION_MODEL_TYPES = ("LLAMA3_VISION",)
+VISION_MODEL_TYPES = ("LLAMA3_VISION", "QWEN2_5_VL")
+
+
+def _vision_type(model_type: Any) -> str:
+    return str(getattr(model_type, "name", model_type)).upper()
 
 
 def _is_vision(model_type: Any) -> bool:
-    return str(getattr(model_type, "name", model_type)).upper() in VISION_MODEL_TYPES
+    return _vision_type(model_type) in VISION_MODEL_TYPES
 
 
 def _cfg(hf_config: Any) -> Mapping[str, Any]:
@@ -162,8 +167,11 @@ def hf_to_native(
     Phi-4 (head counts to split ``qkv_proj``) and to drop ``lm_head.weight`` of tied models.
     """
     if _is_vision(model_type):
+        from tunesmith.models._convert_qwen_vl import qwen_vl_hf_to_native
         from tunesmith.models._convert_vision import mllama_hf_to_native
 
+        if _vision_type(model_type) == "QWEN2_5_VL":
+            return qwen_vl_hf_to_native(state_dict, hf_config)
         return mllama_hf_to_native(state_dict, hf_config)
     mt = _model_type(model_type)
     layer_map, top_map, fused, _ = _RULES[mt]
@@ -221,8 +229,11 @@ def native_to_hf(
 ) -> dict[str, Tensor]:
     """Inverse of :func:`hf_to_native` (REWARD writes the head as ``score.weight``)."""
     if _is_vision(model_type):
+        from tunesmith.models._convert_qwen_vl import qwen_vl_native_to_hf
         from tunesmith.models._convert_vision import mllama_native_to_hf
 
+        if _vision_type(model_type) == "QWEN2_5_VL":
+            return qwen_vl_native_to_hf(state_dict, hf_config)
         return mllama_native_to_hf(state_dict, hf_config)
     mt = _model_type(model_type)
     layer_map, top_map, fused, _ = _RULES[mt]

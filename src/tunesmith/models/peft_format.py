@@ -83,11 +83,16 @@ def native_to_peft(
                 f"native_to_peft: {key!r} is not a LoRA/DoRA adapter key (expected a name ending "
                 "in .lora_a.weight, .lora_b.weight or .magnitude); pass only the adapter weights"
             )
-    if str(getattr(model_type, "name", model_type)).upper() == "LLAMA3_VISION":
+    kind = str(getattr(model_type, "name", model_type)).upper()
+    if kind == "LLAMA3_VISION":
         from tunesmith.models._convert_vision import mllama_native_to_hf
 
         # PEFT names modules as the transformers model holds them, not as its files do
         hf = mllama_native_to_hf(adapter_state_dict, hf_config, layout="module")
+    elif kind == "QWEN2_5_VL":
+        from tunesmith.models._convert_qwen_vl import qwen_vl_native_to_hf
+
+        hf = qwen_vl_native_to_hf(adapter_state_dict, hf_config, layout="module")
     else:
         hf = native_to_hf(adapter_state_dict, model_type, hf_config)
     out: dict[str, Tensor] = {}

@@ -19,7 +19,8 @@ class ModelSpec:
     ``family`` names the weight-conversion rules (torchtune's ``model_type`` strings:
     ``LLAMA2``, ``LLAMA3``, ``LLAMA3_2``, ``MISTRAL``, ``GEMMA``, ``GEMMA2``, ``PHI3_MINI``,
     ``PHI4``, ``QWEN2``, ``QWEN3``). ``num_classes`` set turns the LM head into a
-    classification / reward head ``[d] -> [num_classes]``.
+    classification / reward head ``[d] -> [num_classes]``. ``mrope_section`` set uses
+    M-RoPE (three position ids per token, Qwen2.5-VL's decoder).
     """
 
     family: str
@@ -47,6 +48,7 @@ class ModelSpec:
     qk_norm: bool = False
     post_norms: bool = False
     num_classes: int | None = None
+    mrope_section: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

@@ -20,8 +20,13 @@ from torch import nn
 
 from tunesmith.models.builder import _layer, _linear, build_decoder
 from tunesmith.models.spec import LoRASettings, ModelSpec
-from tunesmith.models.vision_spec import DeepFusionSpec, TiledViTSpec
-from tunesmith.modules import FeedForward, MultiHeadAttention, TransformerSelfAttentionLayer
+from tunesmith.models.vision_spec import DeepFusionSpec, EarlyFusionSpec, QwenViTSpec, TiledViTSpec
+from tunesmith.modules import (
+    FeedForward,
+    MultiHeadAttention,
+    RMSNorm,
+    TransformerSelfAttentionLayer,
+)
 from tunesmith.modules.fusion import (
     DeepFusionModel,
     FusionEmbedding,
@@ -30,6 +35,7 @@ from tunesmith.modules.fusion import (
     Llama3VisionProjectionHead,
     TransformerCrossAttentionLayer,
 )
+from tunesmith.modules.qwen_vision import PatchMerger, Qwen2_5_VLModel, QwenVisionTransformer
 from tunesmith.modules.vision_transformer import (
     CLSEmbedding,
     TanhGate,
@@ -40,6 +46,8 @@ from tunesmith.modules.vision_transformer import (
 
 __all__ = [
     "build_deep_fusion",
+    "build_early_fusion",
+    "build_qwen_vision_encoder",
     "build_fusion_decoder",
     "build_tiled_vision_encoder",
     "part_mode",
@@ -153,6 +161,7 @@ def set_part_trainable(model: DeepFusionModel, part: str, mode: str) -> None:
 def _is_fusion(name: str) -> bool:
     return (
         name.startswith("encoder.projection.")
+        or name.startswith("encoder.merger.")
         or ".fusion_layer." in name
         or name.startswith("decoder.tok_embeddings.fusion_embedding.")
     )
@@ -200,6 +209,101 @@ def build_deep_fusion(
     for part, mode in modes.items():
         set_part_trainable(model, part, mode)
     if lora is not None:  # a LoRA recipe trains exactly the adapter params: list the full ones
+        model.trainable_with_adapters = tuple(
+            name
+            for part, mode in modes.items()
+            if mode == "full"
+            for name, _ in _part_parameters(model, part)
+        )
+    return model
+
+
+def _qwen_vit_layer(spec: QwenViTSpec, lora: LoRASettings | None) -> nn.Module:
+    d, h, f = spec.embed_dim, spec.num_heads, spec.intermediate_dim
+    targets = set(lora.lora_attn_modules) if lora else set()
+    mlp_lora = bool(lora and lora.apply_lora_to_mlp)
+    attn = MultiHeadAttention(
+        embed_dim=d,
+        num_heads=h,
+        num_kv_heads=h,
+        head_dim=d // h,
+        q_proj=_linear(d, d, bias=True, adapt="q_proj" in targets, lora=lora),
+        k_proj=_linear(d, d, bias=True, adapt="k_proj" in targets, lora=lora),
+        v_proj=_linear(d, d, bias=True, adapt="v_proj" in targets, lora=lora),
+        output_proj=_linear(d, d, bias=True, adapt="output_proj" in targets, lora=lora),
+    )
+    mlp = FeedForward(
+        gate_proj=_linear(d, f, bias=True, adapt=mlp_lora, lora=lora),
+        down_proj=_linear(f, d, bias=True, adapt=mlp_lora, lora=lora),
+        up_proj=_linear(d, f, bias=True, adapt=mlp_lora, lora=lora),
+        activation=spec.activation,
+    )
+    return TransformerSelfAttentionLayer(
+        attn=attn,
+        mlp=mlp,
+        sa_norm=RMSNorm(d, eps=spec.norm_eps),
+        mlp_norm=RMSNorm(d, eps=spec.norm_eps),
+    )
+
+
+def build_qwen_vision_encoder(
+    spec: QwenViTSpec,
+    decoder_dim: int,
+    encoder_lora: LoRASettings | None = None,
+    fusion_lora: LoRASettings | None = None,
+) -> QwenVisionTransformer:
+    """Qwen2.5-VL's ViT and patch merger (``merger``) a spec describes."""
+    d, m = spec.embed_dim, spec.spatial_merge_size
+    k = (spec.temporal_patch_size, spec.patch_size, spec.patch_size)
+    wide = d * m * m
+    adapt = bool(fusion_lora and fusion_lora.apply_lora_to_mlp)
+    merger = PatchMerger(
+        norm=RMSNorm(d, eps=1e-6),
+        fc1=_linear(wide, wide, bias=True, adapt=adapt, lora=fusion_lora),
+        fc2=_linear(wide, decoder_dim, bias=True, adapt=adapt, lora=fusion_lora),
+        merge=m,
+    )
+    return QwenVisionTransformer(
+        patch_embed=nn.Conv3d(spec.in_channels, d, k, stride=k, bias=False),
+        layers=[_qwen_vit_layer(spec, encoder_lora) for _ in range(spec.num_layers)],
+        merger=merger,
+        head_dim=d // spec.num_heads,
+        patch_size=spec.patch_size,
+        temporal_patch_size=spec.temporal_patch_size,
+        in_channels=spec.in_channels,
+        spatial_merge_size=m,
+        window_size=spec.window_size,
+        full_attention_layers=spec.full_attention_layers,
+        rope_base=spec.rope_base,
+    )
+
+
+def build_early_fusion(
+    spec: EarlyFusionSpec,
+    *,
+    decoder_trainable: Any = True,
+    encoder_trainable: Any = False,
+    fusion_trainable: Any = True,
+    lora: LoRASettings | None = None,
+) -> Qwen2_5_VLModel:
+    """Build a Qwen2.5-VL model; parts as in :func:`build_deep_fusion` (``fusion`` = the
+    patch merger). Build under ``torch.device("meta")`` to count parameters."""
+    modes = {
+        "decoder": part_mode("decoder_trainable", decoder_trainable),
+        "encoder": part_mode("encoder_trainable", encoder_trainable),
+        "fusion": part_mode("fusion_trainable", fusion_trainable),
+    }
+    if lora is None and "lora" in modes.values():
+        raise ValueError("a part is 'lora' but no LoRA settings were given")
+    per_part = {k: lora if m == "lora" else None for k, m in modes.items()}
+    encoder = build_qwen_vision_encoder(
+        spec.encoder, spec.decoder.embed_dim, per_part["encoder"], per_part["fusion"]
+    )
+    decoder = build_decoder(spec.decoder, per_part["decoder"])
+    model = Qwen2_5_VLModel(decoder=decoder, encoder=encoder, image_token_id=spec.image_token_id)
+    for part, mode in modes.items():
+        set_part_trainable(model, part, mode)  # type: ignore[arg-type]
+    if lora is not None:
         model.trainable_with_adapters = tuple(
             name
             for part, mode in modes.items()

@@ -6,7 +6,14 @@ from dataclasses import dataclass, field, replace
 
 from tunesmith.models.spec import ModelSpec
 
-__all__ = ["LLAMA3_2_VISION_ASPECT_RATIOS", "DeepFusionSpec", "TiledViTSpec", "every_nth_layer"]
+__all__ = [
+    "LLAMA3_2_VISION_ASPECT_RATIOS",
+    "DeepFusionSpec",
+    "EarlyFusionSpec",
+    "QwenViTSpec",
+    "TiledViTSpec",
+    "every_nth_layer",
+]
 
 #: (tiles high, tiles wide) of Llama 3.2 Vision, in the order of their aspect_ratio_ids (1-based)
 LLAMA3_2_VISION_ASPECT_RATIOS = ((1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (3, 1), (4, 1))
@@ -76,3 +83,47 @@ class DeepFusionSpec:
 def every_nth_layer(num_layers: int, interval: int) -> tuple[int, ...]:
     """Layers ``interval - 1, 2 * interval - 1, ...`` (Mllama: a fusion layer every 4th)."""
     return tuple(range(interval - 1, num_layers, interval))
+
+
+@dataclass(frozen=True)
+class QwenViTSpec:
+    """Qwen2.5-VL's dynamic-resolution ViT (``modules.qwen_vision``) and patch merger.
+
+    ``full_attention_layers`` attend over the whole image, the others within windows of
+    ``window_size`` pixels; the merger maps ``spatial_merge_size ** 2`` patches of width
+    ``embed_dim`` to one token of the decoder's width.
+    """
+
+    embed_dim: int
+    num_layers: int
+    num_heads: int
+    intermediate_dim: int
+    full_attention_layers: tuple[int, ...]
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    spatial_merge_size: int = 2
+    window_size: int = 112
+    in_channels: int = 3
+    norm_eps: float = 1e-6
+    activation: str = "silu"
+    rope_base: float = 10_000.0
+
+
+@dataclass(frozen=True)
+class EarlyFusionSpec:
+    """An encoder whose tokens replace ``image_token_id`` placeholders (Qwen2.5-VL).
+
+    The decoder is a text ``ModelSpec`` with ``mrope_section`` set (M-RoPE).
+    """
+
+    decoder: ModelSpec
+    encoder: QwenViTSpec
+    image_token_id: int = 151_655
+    video_token_id: int = 151_656
+    vision_start_token_id: int = 151_652
+    vision_end_token_id: int = 151_653
+    family: str = "QWEN2_5_VL"
+
+    def replace(self, **changes: object) -> EarlyFusionSpec:
+        """A copy with some fields changed."""
+        return replace(self, **changes)

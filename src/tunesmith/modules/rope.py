@@ -13,7 +13,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RopeScaling", "RotaryEmbedding", "apply_rope", "rope_inv_freq"]
+__all__ = [
+    "AxialRotaryEmbedding",
+    "MultimodalRotaryEmbedding",
+    "RopeScaling",
+    "RotaryEmbedding",
+    "apply_rope",
+    "rope_inv_freq",
+]
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,72 @@ class RotaryEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, base={self.base}, scaling={self.scaling}"
+
+
+class MultimodalRotaryEmbedding(RotaryEmbedding):
+    """M-RoPE (Qwen2-VL / Qwen2.5-VL): three position ids per token (temporal, height, width).
+
+    The ``head_dim / 2`` frequencies are cut into ``mrope_section`` (e.g. ``(16, 24, 24)``);
+    section ``i`` rotates by the ``i % 3``-th position id. Text tokens carry three equal ids,
+    which makes this plain RoPE; image tokens carry their grid coordinates (see
+    ``tunesmith.modules.qwen_vision.mrope_positions``).
+
+    ``forward(positions, dtype)``: ``positions`` ``[3, b, s]`` (or ``[b, s]`` / ``[s]``, the
+    same id on all three axes) -> ``cos, sin`` each ``[b|1, 1, s, head_dim]``.
+    """
+
+    def __init__(
+        self,
+        head_dim: int,
+        base: float = 10_000.0,
+        scaling: RopeScaling | None = None,
+        mrope_section: tuple[int, ...] = (16, 24, 24),
+    ):
+        super().__init__(head_dim, base, scaling)
+        if sum(mrope_section) != head_dim // 2:
+            raise ValueError(
+                f"mrope_section {mrope_section} must sum to head_dim/2={head_dim // 2}"
+            )
+        self.mrope_section = tuple(mrope_section)
+
+    def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        if positions.dim() == 1:
+            positions = positions[None]
+        if positions.dim() == 2:
+            positions = positions[None].expand(3, -1, -1)
+        inv_freq = rope_inv_freq(self.head_dim, self.base, self.scaling, positions.device)
+        freqs = positions.float()[..., None] * inv_freq  # [3, b, s, hd/2]
+        chunks = freqs.split(self.mrope_section, dim=-1)
+        freqs = torch.cat([c[i % 3] for i, c in enumerate(chunks)], dim=-1)  # [b, s, hd/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, mrope_section={self.mrope_section}"
+
+
+class AxialRotaryEmbedding(nn.Module):
+    """2D RoPE of a ViT over (row, column) patch coordinates (Qwen2.5-VL's vision encoder).
+
+    ``head_dim / 4`` frequencies (``rope_inv_freq(head_dim / 2, base)``) rotate by the row,
+    the next ``head_dim / 4`` by the column, in the rotate-half layout.
+
+    ``forward(positions [n, 2] (row, col), dtype)`` -> ``cos, sin`` each ``[1, 1, n, head_dim]``.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10_000.0):
+        super().__init__()
+        self.head_dim = head_dim
+        self.base = base
+
+    def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        inv_freq = rope_inv_freq(self.head_dim // 2, self.base, device=positions.device)
+        freqs = (positions.float()[..., None] * inv_freq).flatten(1)  # [n, hd/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[None, None]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, base={self.base}"
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

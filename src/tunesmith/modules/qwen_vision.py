@@ -1,0 +1,278 @@
+"""Qwen2.5-VL's pieces: dynamic-resolution ViT (2D RoPE, window attention), patch merger,
+M-RoPE positions, and the early-fusion model that puts image features into the token stream.
+
+An image of ``t x gh x gw`` patches (``grid_thw``; ``t = 1`` for still images, each patch
+``C * temporal_patch_size * p * p`` pixel values) is given as rows of ``pixel_values``, in
+merge-unit-major order: each run of ``m * m`` rows (``m`` = ``spatial_merge_size``) is one
+``m x m`` block of patches, which the merger turns into one decoder token. So an image is
+``t * gh * gw / m**2`` placeholder tokens (``image_token_id``) in the text.
+
+Shapes used below: ``N`` patches of all images together, ``n`` images, ``d`` ViT width,
+``D`` decoder width. The ViT layers are :class:`~tunesmith.modules.TransformerSelfAttentionLayer`
+s with RMSNorm and a gated MLP (the decoder's attention/MLP/norm code); attention is
+bidirectional, within windows of ``window_size`` pixels in most layers and within each
+image in the ``full_attention_layers``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tunesmith.modules.rope import AxialRotaryEmbedding
+from tunesmith.modules.transformer import TransformerDecoder, TransformerSelfAttentionLayer
+
+__all__ = [
+    "PatchMerger",
+    "QwenVisionTransformer",
+    "Qwen2_5_VLModel",
+    "block_diagonal_mask",
+    "mrope_positions",
+    "vision_positions",
+    "window_order",
+]
+
+
+def vision_positions(grid_thw: Tensor, merge: int) -> Tensor:
+    """(row, col) of every patch in merge-unit-major order: ``grid_thw [n, 3] -> [N, 2]``."""
+    out = []
+    for t, h, w in grid_thw.tolist():
+        rows = torch.arange(h).view(h // merge, merge, 1, 1).expand(-1, -1, w // merge, merge)
+        cols = torch.arange(w).view(1, 1, w // merge, merge).expand(h // merge, merge, -1, -1)
+        rc = torch.stack([rows.transpose(1, 2).flatten(), cols.transpose(1, 2).flatten()], -1)
+        out.append(rc.repeat(t, 1))
+    return torch.cat(out).to(grid_thw.device)
+
+
+def window_order(grid_thw: Tensor, merge: int, window: int) -> tuple[Tensor, list[int]]:
+    """Reorder merge units window by window.
+
+    ``window`` is the window side in merged tokens (``window_size // merge // patch_size``).
+    Returns ``(order [N / merge**2], window_lengths)``: ``units[order]`` lists the merge units
+    of each ``window x window`` window (row-major windows, cut at the image's edges) one
+    window after another; ``window_lengths`` are the windows' sizes in patches.
+    """
+    order, lengths, offset = [], [], 0
+    for t, h, w in grid_thw.tolist():
+        gh, gw = h // merge, w // merge
+        idx = torch.arange(t * gh * gw).view(t, gh, gw)
+        ph, pw = -gh % window, -gw % window
+        idx = F.pad(idx, (0, pw, 0, ph), value=-1)
+        nh, nw = (gh + ph) // window, (gw + pw) // window
+        idx = idx.view(t, nh, window, nw, window).permute(0, 1, 3, 2, 4).reshape(-1, window**2)
+        for win in idx:
+            real = win[win >= 0]
+            if real.numel():
+                order.append(real + offset)
+                lengths.append(real.numel() * merge * merge)
+        offset += t * gh * gw
+    return torch.cat(order).to(grid_thw.device), lengths
+
+
+def block_diagonal_mask(lengths: list[int], device: torch.device) -> Tensor:
+    """``[1, N, N]`` bool: token i may attend j iff both lie in the same block."""
+    ids = torch.repeat_interleave(
+        torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device)
+    )
+    return (ids[:, None] == ids[None, :])[None]
+
+
+class PatchMerger(nn.Module):
+    """``m * m`` neighbouring patches -> one decoder token: ``fc2(gelu(fc1(concat(norm(x)))))``.
+
+    ``norm`` over ``d``, ``fc1 [m*m*d] -> [m*m*d]``, ``fc2 [m*m*d] -> [D]``.
+    ``forward(x [N, d]) -> [N / m**2, D]``.
+    """
+
+    def __init__(self, norm: nn.Module, fc1: nn.Module, fc2: nn.Module, merge: int = 2):
+        super().__init__()
+        self.norm, self.fc1, self.fc2, self.merge = norm, fc1, fc2, merge
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(x).reshape(-1, x.shape[-1] * self.merge**2)
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class QwenVisionTransformer(nn.Module):
+    """Qwen2.5-VL's ViT.
+
+    Args:
+        patch_embed: ``nn.Conv3d(C, d, (tp, p, p), stride=(tp, p, p), bias=False)``.
+        layers: bidirectional self-attention layers (RoPE inside attention).
+        merger: :class:`PatchMerger`.
+        head_dim: per-head width (for the 2D RoPE).
+        patch_size, temporal_patch_size, in_channels, spatial_merge_size: as in HF's config.
+        window_size: window side in pixels (112: 4 x 4 merged tokens).
+        full_attention_layers: layer indexes that attend over the whole image.
+        rope_base: 2D RoPE base.
+
+    ``forward(pixel_values [N, C * tp * p * p], grid_thw [n, 3]) -> [N / m**2, D]`` image
+    tokens, images in order.
+    """
+
+    def __init__(
+        self,
+        *,
+        patch_embed: nn.Conv3d,
+        layers: list[TransformerSelfAttentionLayer] | nn.ModuleList,
+        merger: PatchMerger,
+        head_dim: int,
+        patch_size: int = 14,
+        temporal_patch_size: int = 2,
+        in_channels: int = 3,
+        spatial_merge_size: int = 2,
+        window_size: int = 112,
+        full_attention_layers: tuple[int, ...] = (7, 15, 23, 31),
+        rope_base: float = 10_000.0,
+    ):
+        super().__init__()
+        self.patch_embed = patch_embed
+        self.layers = layers if isinstance(layers, nn.ModuleList) else nn.ModuleList(layers)
+        self.merger = merger
+        self.rope = AxialRotaryEmbedding(head_dim, rope_base)
+        self.patch_size, self.temporal_patch_size = patch_size, temporal_patch_size
+        self.in_channels, self.spatial_merge_size = in_channels, spatial_merge_size
+        self.window_size = window_size
+        self.full_attention_layers = tuple(full_attention_layers)
+
+    def forward(self, pixel_values: Tensor, grid_thw: Tensor) -> Tensor:
+        m, unit = self.spatial_merge_size, self.spatial_merge_size**2
+        p, tp, c = self.patch_size, self.temporal_patch_size, self.in_channels
+        dtype = self.patch_embed.weight.dtype
+        x = self.patch_embed(pixel_values.reshape(-1, c, tp, p, p).to(dtype)).flatten(1)
+        n, d = x.shape
+        order, win_lens = window_order(grid_thw, m, self.window_size // m // p)
+        x = x.view(n // unit, unit, d)[order].reshape(1, n, d)
+        pos = vision_positions(grid_thw, m).view(n // unit, unit, 2)[order].reshape(n, 2)
+        cos, sin = self.rope(pos, x.dtype)
+        frames = torch.repeat_interleave(grid_thw[:, 1] * grid_thw[:, 2], grid_thw[:, 0])
+        full_mask = block_diagonal_mask(frames.tolist(), x.device)
+        window_mask = block_diagonal_mask(win_lens, x.device)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, full_mask if i in self.full_attention_layers else window_mask)
+        merged = self.merger(x[0])
+        return merged[torch.argsort(order)]
+
+
+def mrope_positions(
+    tokens: Tensor,
+    image_grid_thw: Tensor | None,
+    image_token_id: int,
+    merge: int,
+    padding_mask: Tensor | None = None,
+) -> Tensor:
+    """M-RoPE position ids (Qwen2-VL's rule): ``tokens [b, s] -> [3, b, s]`` (t, h, w).
+
+    Text continues one past the largest id so far, the same id on all three axes. A run of
+    an image's ``t * gh * gw / m**2`` placeholder tokens starting at id ``q`` gets
+    ``(q + ti, q + hi, q + wi)`` over its merged grid, and the text after it starts at
+    ``q + max(gh, gw) / m``. Images are taken from ``image_grid_thw [n, 3]`` in order.
+    ``padding_mask [b, s]`` (True = real token): padding gets id 0 and is skipped.
+    """
+    b, s = tokens.shape
+    out = torch.zeros(3, b, s, dtype=torch.long, device=tokens.device)
+    grids = iter(image_grid_thw.tolist() if image_grid_thw is not None else [])
+    for row in range(b):
+        keep = padding_mask[row].bool() if padding_mask is not None else slice(None)
+        is_img = (tokens[row][keep] == image_token_id).tolist()
+        parts, pos, i = [], 0, 0
+        while i < len(is_img):
+            j = i
+            if is_img[i]:
+                t, h, w = next(grids)
+                gh, gw = h // merge, w // merge
+                ti, hi, wi = torch.meshgrid(
+                    torch.arange(t), torch.arange(gh), torch.arange(gw), indexing="ij"
+                )
+                parts.append(torch.stack([ti.flatten(), hi.flatten(), wi.flatten()]) + pos)
+                i, pos = i + t * gh * gw, pos + max(gh, gw)
+            else:
+                while j < len(is_img) and not is_img[j]:
+                    j += 1
+                parts.append(torch.arange(pos, pos + j - i).expand(3, -1))
+                i, pos = j, pos + j - i
+        if parts:
+            out[:, row, keep] = torch.cat(parts, dim=1).to(tokens.device)
+    return out
+
+
+class Qwen2_5_VLModel(nn.Module):
+    """Early fusion: image tokens from ``encoder`` replace the placeholder embeddings.
+
+    ``forward(tokens [b, s], pixel_values [N, C*tp*p*p] | None, image_grid_thw [n, 3] | None,
+    mask=None, input_pos [3, b, s] | None, padding_mask [b, s] | None, encoder_input=None)
+    -> logits [b, s, V]`` (``encoder_input``: ``{"pixel_values", "image_grid_thw"}`` as
+    ``data.padded_collate_image_patches`` makes it, instead of the two arguments);
+    ``input_pos`` defaults to :func:`mrope_positions` (continued past the prompt when decoding
+    with ``decoder.setup_caches``). The placeholder count must equal the images' merged patch
+    count.
+    """
+
+    def __init__(
+        self,
+        *,
+        decoder: TransformerDecoder,
+        encoder: QwenVisionTransformer,
+        image_token_id: int,
+    ):
+        super().__init__()
+        self.decoder = decoder
+        self.encoder = encoder
+        self.image_token_id = image_token_id
+        self._rope_delta: Tensor | int = 0
+
+    def forward(
+        self,
+        tokens: Tensor,
+        pixel_values: Tensor | None = None,
+        image_grid_thw: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        input_pos: Tensor | None = None,
+        padding_mask: Tensor | None = None,
+        encoder_input: dict[str, Tensor] | None = None,
+    ) -> Tensor | list[Tensor]:
+        if encoder_input is not None:  # a batch from ``padded_collate_image_patches``
+            pixel_values = encoder_input.get("pixel_values")
+            image_grid_thw = encoder_input.get("image_grid_thw")
+        h = self.decoder.tok_embeddings(tokens)
+        is_img = tokens == self.image_token_id
+        if pixel_values is not None:
+            if image_grid_thw is None:
+                raise ValueError("pixel_values need image_grid_thw")
+            feats = self.encoder(pixel_values, image_grid_thw).to(h.dtype)
+            if int(is_img.sum()) != feats.shape[0]:
+                raise ValueError(
+                    f"{int(is_img.sum())} image placeholder tokens but the images give "
+                    f"{feats.shape[0]} image tokens"
+                )
+            h = h.masked_scatter(is_img[..., None], feats)
+        elif bool(is_img.any()):
+            raise ValueError("image placeholder tokens in the text but no pixel_values")
+        if input_pos is None:
+            input_pos = self._positions(tokens, pixel_values, image_grid_thw, padding_mask)
+        return self.decoder(None, mask=mask, input_pos=input_pos, input_embeds=h)
+
+    def _positions(
+        self,
+        tokens: Tensor,
+        pixel_values: Tensor | None,
+        image_grid_thw: Tensor | None,
+        padding_mask: Tensor | None,
+    ) -> Tensor:
+        """M-RoPE ids ``[3, b, s]``. With KV caches, a decoding step continues from the
+        prompt: ids ``cache_pos + i + delta`` where ``delta [b]`` = the prompt's largest id
+        + 1 - its length (stored at the prefill, as transformers' ``rope_deltas``)."""
+        b, s = tokens.shape
+        cached = self.decoder.caches_are_enabled() and self.decoder._cache_pos > 0
+        if cached and pixel_values is None:
+            start = self.decoder._cache_pos
+            pos = torch.arange(start, start + s, device=tokens.device)[None] + self._rope_delta
+            return pos[None].expand(3, -1, -1)
+        grid = image_grid_thw if pixel_values is not None else None
+        m = self.encoder.spatial_merge_size
+        pos = mrope_positions(tokens, grid, self.image_token_id, m, padding_mask)
+        if self.decoder.caches_are_enabled():
+            self._rope_delta = pos.amax(dim=(0, 2))[:, None] + 1 - s  # [b, 1]
+        return pos
