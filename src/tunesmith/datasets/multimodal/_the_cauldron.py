@@ -11,7 +11,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from tunesmith.data._messages import Message
+from tunesmith.data._messages import DataRowError, Message
 from tunesmith.data._packing import CROSS_ENTROPY_IGNORE_IDX
 from tunesmith.datasets._loading import load_rows
 
@@ -54,7 +54,16 @@ class TheCauldronToMessages:
 class MultimodalSFTDataset(Dataset):
     """Rows -> ``message_transform`` -> ``model_transform`` (e.g. ``llama3_2_vision_transform``)
     per item: ``{"tokens", "labels", "encoder_input", "encoder_mask"}`` (labels -100 where
-    masked). A bad row raises ``ValueError`` naming its index."""
+    masked). Images are opened in ``__getitem__`` of their row only.
+
+    Before training (in ``__init__``) every row's image column is checked without decoding:
+    a missing file, a file that is no image, a count of ``image_tag`` in ``text_column`` that
+    does not match the row's images, an image for a ``model_transform`` with no image
+    transform (a text-only model). Each raises one :class:`DataRowError` naming the row and
+    column; a truncated image found later raises the same way when its row is read.
+    """
+
+    multimodal = True  # the finetune recipe collates with padded_collate_tiled_images_and_mask
 
     def __init__(
         self,
@@ -63,21 +72,53 @@ class MultimodalSFTDataset(Dataset):
         message_transform: Callable[[Mapping[str, Any]], Mapping[str, Any]],
         model_transform: Callable[..., dict[str, Any]],
         filter_fn: Callable | None = None,
+        image_column: str | None = None,
+        image_dir: str | None = None,
+        image_tag: str | None = None,
+        text_column: str | None = None,
         **load_dataset_kwargs: Any,
     ):
+        self._source = source
         self._data, self._load_kwargs = load_rows(source, filter_fn, **load_dataset_kwargs)
         self._message_transform = message_transform
         self._model_transform = model_transform
+        if image_column is not None:
+            self._preflight(image_column, image_dir, image_tag, text_column)
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def _where(self) -> str:
+        from tunesmith.datasets._loading import describe
+
+        return describe(self._source, self._load_kwargs)
+
+    def _preflight(
+        self, column: str, image_dir: str | None, tag: str | None, text_column: str | None
+    ) -> None:
+        from tunesmith.datasets._images import check_row_images
+
+        sees_images = hasattr(self._model_transform, "image_transform")
+        for index in range(len(self._data)):
+            try:
+                check_row_images(
+                    self._data[index], column, image_dir, tag, text_column, sees_images
+                )
+            except DataRowError as e:
+                raise DataRowError(
+                    e.reason, column=e.column, row_index=index, source=self._where(), fix=e.fix
+                ) from None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
             sample = dict(self._message_transform(self._data[index]))
             out = self._model_transform(sample)
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"dataset row {index}: {e}") from None
+        except DataRowError as e:
+            raise DataRowError(
+                e.reason, column=e.column, row_index=index, source=self._where(), fix=e.fix
+            ) from None
+        except (KeyError, ValueError, OSError) as e:
+            raise DataRowError(str(e), row_index=index, source=self._where()) from None
         tokens, mask = out["tokens"], out["mask"]
         labels = [CROSS_ENTROPY_IGNORE_IDX if m else t for t, m in zip(tokens, mask)]
         return {

@@ -1,0 +1,121 @@
+"""The finetune recipe trains a tiny random Llama 3.2 Vision (transformers' Mllama) on a
+local VQA sample: full, LoRA and QLoRA learn; the saved checkpoint is HF Mllama and the
+LoRA adapter loads with ``peft`` on transformers' model with the same logits."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from tests.recipes._vision_toys import (
+    vision_config,
+    write_special_tokens,
+    write_tiny_mllama,
+    write_vqa_data,
+)
+from tests.recipes.conftest import base_config
+from tests.recipes.test_finetune import STEPS, assert_learns
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("PIL")
+
+LORA_VISION = {
+    "model.lora_attn_modules": ["q_proj", "v_proj", "output_proj"],
+    "model.apply_lora_to_mlp": True,
+    "model.lora_rank": 8,
+    "model.lora_alpha": 16,
+    "optimizer.lr": 3e-2,
+}
+
+
+@pytest.fixture(scope="module")
+def vision_files(tmp_path_factory, assets):
+    root = tmp_path_factory.mktemp("vision")
+    model_dir = write_tiny_mllama(root / "mllama")
+    images = root / "images"
+    images.mkdir()
+    shutil.copy(assets / "torchtune_tests" / "dog_on_skateboard.jpg", images)
+    data = write_vqa_data(root / "vqa.json", images / "dog_on_skateboard.jpg")
+    specials = write_special_tokens(root / "specials.json")
+    return model_dir, data, images, assets / "torchtune_tests", specials
+
+
+def _run(vision_files, tmp_path: Path, name: str, **over) -> Path:
+    from tunesmith.recipes.finetune import recipe_main
+
+    model_dir, data, images, assets, specials = vision_files
+    out = tmp_path / name
+    overrides = {**vision_config(out, model_dir, data, images, assets, specials), **over}
+    recipe_main(OmegaConf.create(base_config(out, model_dir, data, **overrides)))
+    return out
+
+
+def _hf_inputs(vision_files):
+    """One VQA sample through our transform + collate, as transformers' Mllama inputs."""
+    from tunesmith.data._vision_collate import padded_collate_tiled_images_and_mask
+    from tunesmith.datasets.multimodal import vqa_dataset
+    from tunesmith.models.llama3_2_vision import Llama3VisionTransform
+    from tunesmith.modules.fusion import expand_cross_attention_mask  # noqa: F401
+
+    model_dir, data, images, assets, specials = vision_files
+    transform = Llama3VisionTransform(
+        str(assets / "tiktoken_small.model"),
+        special_tokens_path=str(specials),
+        tile_size=28,
+        patch_size=14,
+        max_num_tiles=4,
+    )
+    ds = vqa_dataset(transform, source="json", data_files=str(data), image_dir=str(images))
+    batch = padded_collate_tiled_images_and_mask([ds[0]], padding_idx=transform.pad_id)
+    enc = batch["encoder_input"]
+    from tunesmith.models.vision_spec import LLAMA3_2_VISION_ASPECT_RATIOS
+
+    ratios = [tuple(r) for r in LLAMA3_2_VISION_ASPECT_RATIOS]
+    ids = torch.tensor([[ratios.index(tuple(r.tolist())) + 1 for r in row] for row in enc["aspect_ratio"]])
+    b, s = batch["tokens"].shape
+    n_img, n_tiles = enc["images"].shape[1:3]
+    cross = batch["encoder_mask"].reshape(b, s, n_img, n_tiles, -1)[..., 0].long()
+    return dict(
+        input_ids=batch["tokens"],
+        pixel_values=enc["images"],
+        aspect_ratio_ids=ids,
+        aspect_ratio_mask=enc["aspect_ratio_mask"].long(),
+        cross_attention_mask=cross,
+    )
+
+
+def test_full_finetune_learns_and_saves_hf_mllama(vision_files, tmp_path):
+    from safetensors.torch import load_file
+
+    out = _run(vision_files, tmp_path, "full")
+    assert_learns(out)
+    saved = load_file(out / "epoch_1" / "model.safetensors")
+    original = load_file(vision_files[0] / "model.safetensors")
+    assert sorted(saved) == sorted(original)  # HF Mllama names, every tensor
+    changed = [k for k in saved if not torch.equal(saved[k], original[k])]
+    assert any("vision_model" in k for k in changed)  # the encoder trained (builder default)
+    transformers.MllamaForConditionalGeneration.from_pretrained(out / "epoch_1")
+
+
+@pytest.mark.parametrize("quantize", [False, True], ids=["lora", "qlora"])
+def test_lora_saves_peft_adapter_with_equal_logits(vision_files, tmp_path, quantize):
+    peft = pytest.importorskip("peft")
+    out = _run(vision_files, tmp_path, "lora", **LORA_VISION, **{"model.quantize_base": quantize})
+    losses = assert_learns(out)
+    assert len(losses) == STEPS
+    inputs = _hf_inputs(vision_files)
+    base = transformers.MllamaForConditionalGeneration.from_pretrained(vision_files[0]).eval()
+    with torch.no_grad():
+        before = base(**inputs).logits
+        tuned = peft.PeftModel.from_pretrained(base, out / "epoch_1" / "adapter").eval()
+        with_adapter = tuned(**inputs).logits
+        assert (with_adapter - before).abs().max() > 1e-3  # the adapter changed the model
+        if not quantize:  # merged weights = base + adapter, saved in HF format
+            merged = transformers.MllamaForConditionalGeneration.from_pretrained(out / "epoch_1")
+            got = merged.eval()(**inputs).logits
+            scale = with_adapter.abs().max()
+            assert (got - with_adapter).abs().max() <= 1e-4 * max(1.0, float(scale))
