@@ -59,7 +59,7 @@ def _hf_inputs(vision_files):
     from tunesmith.data._vision_collate import padded_collate_tiled_images_and_mask
     from tunesmith.datasets.multimodal import vqa_dataset
     from tunesmith.models.llama3_2_vision import Llama3VisionTransform
-    from tunesmith.modules.fusion import expand_cross_attention_mask  # noqa: F401
+    from tunesmith.models.vision_spec import LLAMA3_2_VISION_ASPECT_RATIOS
 
     model_dir, data, images, assets, specials = vision_files
     transform = Llama3VisionTransform(
@@ -72,10 +72,10 @@ def _hf_inputs(vision_files):
     ds = vqa_dataset(transform, source="json", data_files=str(data), image_dir=str(images))
     batch = padded_collate_tiled_images_and_mask([ds[0]], padding_idx=transform.pad_id)
     enc = batch["encoder_input"]
-    from tunesmith.models.vision_spec import LLAMA3_2_VISION_ASPECT_RATIOS
-
-    ratios = [tuple(r) for r in LLAMA3_2_VISION_ASPECT_RATIOS]
-    ids = torch.tensor([[ratios.index(tuple(r.tolist())) + 1 for r in row] for row in enc["aspect_ratio"]])
+    ratios = [tuple(r) for r in LLAMA3_2_VISION_ASPECT_RATIOS]  # transformers' ids start at 1
+    ids = torch.tensor(
+        [[ratios.index(tuple(r.tolist())) + 1 for r in row] for row in enc["aspect_ratio"]]
+    )
     b, s = batch["tokens"].shape
     n_img, n_tiles = enc["images"].shape[1:3]
     cross = batch["encoder_mask"].reshape(b, s, n_img, n_tiles, -1)[..., 0].long()
@@ -101,7 +101,9 @@ def test_full_finetune_learns_and_saves_hf_mllama(vision_files, tmp_path):
     transformers.MllamaForConditionalGeneration.from_pretrained(out / "epoch_1")
 
 
-@pytest.mark.parametrize("quantize", [False, True], ids=["lora", "qlora"])
+@pytest.mark.parametrize(
+    "quantize", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["lora", "qlora"]
+)
 def test_lora_saves_peft_adapter_with_equal_logits(vision_files, tmp_path, quantize):
     peft = pytest.importorskip("peft")
     out = _run(vision_files, tmp_path, "lora", **LORA_VISION, **{"model.quantize_base": quantize})
