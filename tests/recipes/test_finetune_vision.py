@@ -17,7 +17,7 @@ from tests.recipes._vision_toys import (
     write_tiny_mllama,
     write_vqa_data,
 )
-from tests.recipes.conftest import base_config
+from tests.recipes.conftest import base_config, read_losses
 from tests.recipes.test_finetune import STEPS, assert_learns
 
 transformers = pytest.importorskip("transformers")
@@ -121,3 +121,67 @@ def test_lora_saves_peft_adapter_with_equal_logits(vision_files, tmp_path, quant
             got = merged.eval()(**inputs).logits
             scale = with_adapter.abs().max()
             assert (got - with_adapter).abs().max() <= 1e-4 * max(1.0, float(scale))
+
+
+def test_torchtune_11b_lora_config_runs_unchanged(vision_files, tmp_path):
+    """torchtune v0.6.1's llama3_2_vision/11B_lora_single_device.yaml as shipped, through
+    ``tunesmith run lora_finetune_single_device``; overridden: paths, the device, the step
+    budget, and the model (the tiny Mllama via build_from_hf, 28 px tiles)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.recipes.conftest import HERE
+
+    mirror = Path(
+        os.environ.get("TUNESMITH_TORCHTUNE_MIRROR", "/work/.mirror/pytorch+torchtune/repo")
+    )
+    if not mirror.exists():
+        pytest.skip(f"needs the torchtune mirror at {mirror} (TUNESMITH_TORCHTUNE_MIRROR)")
+    name = "recipes/configs/llama3_2_vision/11B_lora_single_device.yaml"
+    config = tmp_path / "11B_lora_single_device.yaml"
+    config.write_text(
+        subprocess.run(
+            ["git", "-C", str(mirror), "show", f"v0.6.1:{name}"],
+            check=True, capture_output=True, text=True,
+        ).stdout
+    )  # fmt: skip
+    tiny, _, images, assets, specials = vision_files
+    model_dir = tmp_path / "model"  # the config's sharded file names, one shard
+    shutil.copytree(tiny, model_dir)
+    (model_dir / "model.safetensors").rename(model_dir / "model-00001-of-00001.safetensors")
+    image = str(images / "dog_on_skateboard.jpg")
+    rows = [{"images": [image], "texts": [{"user": "What is shown?", "assistant": "A dog."}]}] * 8
+    data = tmp_path / "cauldron.json"
+    data.write_text(json.dumps(rows))
+    out = tmp_path / "out"
+    repo = HERE.parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(repo / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "tunesmith.cli", "run", "lora_finetune_single_device",
+            "--config", str(config),
+            f"output_dir={out}",
+            "model._component_=tunesmith.models.build_from_hf",
+            f"model.checkpoint_dir_or_config={model_dir}",
+            "model.image_size=28",
+            f"tokenizer.path={assets / 'tiktoken_small.model'}",
+            f"tokenizer.special_tokens_path={specials}",
+            "tokenizer.image_size=28",
+            "tokenizer.max_seq_len=128",
+            f"checkpointer.checkpoint_dir={model_dir}",
+            "checkpointer.checkpoint_files.max_filename=00001",
+            "dataset.source=json",
+            f"dataset.data_files={data}",
+            "device=cpu", "max_steps_per_epoch=2", "gradient_accumulation_steps=1",
+            "metric_logger.filename=log.jsonl",
+        ],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    losses = read_losses(out)
+    assert len(losses) == 2 and torch.isfinite(torch.tensor(losses)).all()
+    assert (out / "epoch_1" / "model.safetensors").is_file()
+    assert (out / "epoch_1" / "adapter" / "adapter_model.safetensors").is_file()
