@@ -99,11 +99,12 @@ class MultimodalSFTDataset(Dataset):
         from tunesmith.datasets._images import check_row_images
 
         sees_images = hasattr(self._model_transform, "image_transform")
-        for index in range(len(self._data)):
+        rows = _undecoded(self._data, column)
+        if rows is None:  # a column of decoded images (hub datasets): checked when read
+            return
+        for index in range(len(rows)):
             try:
-                check_row_images(
-                    self._data[index], column, image_dir, tag, text_column, sees_images
-                )
+                check_row_images(rows[index], column, image_dir, tag, text_column, sees_images)
             except DataRowError as e:
                 raise DataRowError(
                     e.reason, column=e.column, row_index=index, source=self._where(), fix=e.fix
@@ -127,6 +128,23 @@ class MultimodalSFTDataset(Dataset):
             "encoder_input": out.get("encoder_input", {}),
             "encoder_mask": out.get("encoder_mask", []),
         }
+
+
+def _undecoded(data: Any, column: str) -> Any:
+    """``data`` with ``column`` read without decoding images (paths stay paths), or None when
+    the column holds image features that cannot be read undecoded cheaply."""
+    features = getattr(data, "features", None)
+    feature = features.get(column) if features is not None else None
+    if feature is None or type(feature).__name__ == "Value":
+        return data
+    if type(feature).__name__ == "Image":
+        from datasets import Image
+
+        return data.cast_column(column, Image(decode=False))
+    inner = getattr(feature, "feature", feature[0] if isinstance(feature, list) else None)
+    if type(inner).__name__ == "Value":
+        return data
+    return None
 
 
 def the_cauldron_dataset(
@@ -154,11 +172,13 @@ def the_cauldron_dataset(
 
     if is_hub_source(source):
         load_dataset_kwargs.setdefault("name", subset)
+    transform = TheCauldronToMessages(column_map, new_system_prompt)
     return MultimodalSFTDataset(
         source=source,
-        message_transform=TheCauldronToMessages(column_map, new_system_prompt),
+        message_transform=transform,
         model_transform=model_transform,
         filter_fn=filter_fn,
         split=split,
+        image_column=transform.column_map["images"],
         **load_dataset_kwargs,
     )
