@@ -59,7 +59,6 @@ def _hf_inputs(vision_files):
     from tunesmith.data._vision_collate import padded_collate_tiled_images_and_mask
     from tunesmith.datasets.multimodal import vqa_dataset
     from tunesmith.models.llama3_2_vision import Llama3VisionTransform
-    from tunesmith.models.vision_spec import LLAMA3_2_VISION_ASPECT_RATIOS
 
     model_dir, data, images, assets, specials = vision_files
     transform = Llama3VisionTransform(
@@ -70,7 +69,13 @@ def _hf_inputs(vision_files):
         max_num_tiles=4,
     )
     ds = vqa_dataset(transform, source="json", data_files=str(data), image_dir=str(images))
-    batch = padded_collate_tiled_images_and_mask([ds[0]], padding_idx=transform.pad_id)
+    return hf_inputs(padded_collate_tiled_images_and_mask([ds[0]], padding_idx=transform.pad_id))
+
+
+def hf_inputs(batch):
+    """A collated vision batch as transformers' Mllama keyword arguments."""
+    from tunesmith.models.vision_spec import LLAMA3_2_VISION_ASPECT_RATIOS
+
     enc = batch["encoder_input"]
     ratios = [tuple(r) for r in LLAMA3_2_VISION_ASPECT_RATIOS]  # transformers' ids start at 1
     ids = torch.tensor(
