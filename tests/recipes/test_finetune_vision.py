@@ -190,3 +190,44 @@ def test_torchtune_11b_lora_config_runs_unchanged(vision_files, tmp_path):
     assert len(losses) == 2 and torch.isfinite(torch.tensor(losses)).all()
     assert (out / "epoch_1" / "model.safetensors").is_file()
     assert (out / "epoch_1" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_match_single(vision_files, tmp_path):
+    """LoRA on the tiny Mllama: 2 ranks x batch 1 == 1 process x batch 2 (losses)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.recipes.conftest import HERE
+
+    model_dir, data, images, assets, specials = vision_files
+    over = {**LORA_VISION, "max_steps_per_epoch": 3, "shuffle": False}
+    runs = {}
+    for name, nproc, batch in (("single", 1, 2), ("dist", 2, 1)):
+        out = tmp_path / name
+        cfg = base_config(
+            out,
+            model_dir,
+            data,
+            **{
+                **vision_config(out, model_dir, data, images, assets, specials),
+                **over,
+                "batch_size": batch,
+            },
+        )
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(HERE.parents[1] / "src")])
+        launch = ["--nproc_per_node", str(nproc)] if nproc > 1 else []
+        proc = subprocess.run(
+            [sys.executable, "-m", "tunesmith.cli", "run", *launch, "finetune", "--config", str(path)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        runs[name] = read_losses(out)
+    assert len(runs["single"]) == 3
+    assert runs["dist"] == pytest.approx(runs["single"], abs=1e-4)
