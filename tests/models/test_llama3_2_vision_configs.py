@@ -42,3 +42,57 @@ def test_torchtune_llama3_2_vision_configs_validate(ref, tmp_path):
             if problem.severity == "error" and not missing_extra:
                 failures.append(f"{path.name}: {problem}")
     assert failures == []
+
+
+def _keys(node: object, prefix: str = "") -> set[str]:
+    if isinstance(node, dict):
+        return {k for key, v in node.items() for k in {prefix + key} | _keys(v, f"{prefix}{key}.")}
+    return set()
+
+
+def test_bundled_llama3_2_vision_configs_are_torchtunes(tmp_path):
+    """The bundled configs/llama3_2_vision/*.yaml: torchtune v0.6.1's files of the same names
+    with the same keys and values (components renamed to tunesmith's), and they validate."""
+    import yaml
+
+    from tunesmith.config import resolve_component
+
+    bundled = (
+        Path(__file__).resolve().parents[2]
+        / "src"
+        / "tunesmith"
+        / "configs"
+        / FOLDER.split("/")[-1]
+    )
+    ours = sorted(p.name for p in bundled.glob("*.yaml"))
+    if MIRROR.exists():
+        names = sorted(
+            Path(n).name for n in _git("ls-tree", "--name-only", "v0.6.1", f"{FOLDER}/").split()
+        )
+        assert ours == names
+    assert len(ours) == 11
+    failures = []
+    for name in ours:
+        path = bundled / name
+        assert path.read_text().startswith("# recipe: "), name
+        mine = yaml.safe_load(path.read_text())
+        if MIRROR.exists():
+            theirs = yaml.safe_load(_git("show", f"v0.6.1:{FOLDER}/{name}"))
+            assert _keys(mine) == _keys(theirs), name
+            renamed = yaml.safe_load(
+                yaml.safe_dump(theirs)
+                .replace("torchtune.", "tunesmith.")
+                .replace("/tmp/torchtune/", "/tmp/tunesmith/")
+            )
+            assert mine == renamed, name
+        for problem in validate_config(load_config(path)):
+            missing_extra = any(
+                f"'{pkg}' is an optional dependency" in problem.message
+                and importlib.util.find_spec(pkg) is None
+                for pkg in OPTIONAL_EXTRAS
+            )
+            if problem.severity == "error" and not missing_extra:
+                failures.append(f"{name}: {problem}")
+        for key in ("model", "tokenizer", "checkpointer"):
+            assert callable(resolve_component(mine[key]["_component_"])), (name, key)
+    assert failures == []

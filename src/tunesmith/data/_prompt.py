@@ -8,7 +8,7 @@ from typing import Any
 
 from tunesmith.data._messages import Message
 
-__all__ = ["prompt_tokens"]
+__all__ = ["prompt_tokens", "vision_prompt_batch"]
 
 
 def _as_messages(prompt: Any) -> list[Message]:
@@ -24,7 +24,18 @@ def _as_messages(prompt: Any) -> list[Message]:
         messages = []
         if prompt.get("system"):
             messages.append(Message(role="system", content=str(prompt["system"])))
-        messages.append(Message(role="user", content=str(prompt["user"])))
+        user = prompt["user"]
+        if isinstance(user, Mapping):  # torchtune's {image: path | URL, text: ...}
+            if set(user) - {"image", "text"} or not user.get("text"):
+                raise ValueError(
+                    f"prompt.user must be a text or {{image: ..., text: ...}}; got keys "
+                    f"{sorted(user)}"
+                )
+            parts = [{"type": "image", "content": user["image"]}] if user.get("image") else []
+            parts.append({"type": "text", "content": str(user["text"])})
+            messages.append(Message(role="user", content=parts))
+        else:
+            messages.append(Message(role="user", content=str(user)))
         return messages
     raise ValueError(f"prompt must be a string or a {{system, user}} mapping, got {prompt!r}")
 
@@ -34,3 +45,18 @@ def prompt_tokens(tokenizer: Any, prompt: Any) -> list[int]:
     messages = _as_messages(prompt) + [Message(role="assistant", content="")]
     tokens, _ = tokenizer.tokenize_messages(messages, add_end_tokens=False)
     return list(tokens)
+
+
+def vision_prompt_batch(transform: Any, prompt: Any) -> dict[str, Any]:
+    """One image + text prompt through a vision model transform (e.g.
+    ``llama3_2_vision_transform``), collated as a batch of one: ``tokens [1, s]``,
+    ``encoder_input`` (``images [1, I, T, C, H, W]``, ``aspect_ratio``, ``aspect_ratio_mask``)
+    and ``encoder_mask [1, s, I*T*L]``, ending where the answer starts."""
+    from tunesmith.data._vision_collate import padded_collate_tiled_images_and_mask
+
+    messages = _as_messages(prompt) + [Message(role="assistant", content="")]
+    sample = transform({"messages": messages}, inference=True)
+    sample["labels"] = list(sample["tokens"])
+    batch = padded_collate_tiled_images_and_mask([sample], padding_idx=transform.pad_id)
+    batch.pop("labels")
+    return batch

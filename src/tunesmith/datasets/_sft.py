@@ -365,6 +365,14 @@ class SFTDataset(TokenizedRowDataset):
         except ValueError as e:
             raise DataRowError(f"invalid conversation: {e}") from None
         trained = has_trained_content(messages)  # before the tokenizer consumes the messages
+        if not hasattr(self._model_transform, "image_transform") and any(
+            m.get_media() for m in messages
+        ):
+            raise DataRowError(
+                "the row has an image but the tokenizer is text-only",
+                fix="use a vision model's transform as tokenizer and a multimodal dataset "
+                "(tunesmith.datasets.multimodal.*), or drop the image column",
+            )
         try:
             out = self._model_transform(transformed)
         except DataRowError:

@@ -8,8 +8,9 @@ exactly what it would generate alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,6 +85,8 @@ def generate(
     return_logits: bool = False,
     return_logprobs: bool = False,
     prompt_mask: torch.Tensor | None = None,
+    encoder_input: Mapping[str, torch.Tensor] | None = None,
+    encoder_mask: torch.Tensor | None = None,
 ) -> torch.Tensor | GenerationOutput:
     """Generate up to ``max_new_tokens`` tokens after each (left-padded) prompt.
 
@@ -104,6 +107,9 @@ def generate(
             keeping ``[b, n, vocab]`` logits).
         prompt_mask: ``[b, s]`` bool, True at real prompt tokens; default ``prompt_tokens !=
             pad_id`` (pass it when ``pad_id`` is also a real token of the prompts).
+        encoder_input, encoder_mask: a fusion model's image inputs (``DeepFusionModel``) and
+            the prompt's ``[b, s, E]`` cross-attention mask; new tokens see what the last
+            prompt token sees. With the KV cache the encoder runs once, on the prompt.
 
     Returns:
         ``[b, s + n]`` tokens (``n <= max_new_tokens``), or a :class:`GenerationOutput`.
@@ -140,18 +146,26 @@ def generate(
     try:
         cur = s
         for step in range(max_new_tokens):
+            fusion: dict[str, Any] = {}
             if use_cache:
                 start = 0 if step == 0 else cur - 1
+                if encoder_input is not None and step == 0:  # cached by the fusion layers
+                    fusion = {"encoder_input": encoder_input, "encoder_mask": encoder_mask}
                 out = model(
                     tokens[:, start:cur],
                     mask=_attention_mask(key_valid[:, :cur], start, cur),
                     input_pos=positions[:, start:cur],
+                    **fusion,
                 )
             else:
+                if encoder_input is not None:
+                    fusion = {"encoder_input": encoder_input}
+                    fusion["encoder_mask"] = _extend_rows(encoder_mask, cur)
                 out = model(
                     tokens,
                     mask=_attention_mask(key_valid[:, :cur], 0, cur),
                     input_pos=positions[:, :cur],
+                    **fusion,
                 )
             logits = _logits_of(out)[:, -1].float()
             next_token = sample_next_token(
@@ -194,6 +208,14 @@ def generate(
             )
         return GenerationOutput(tokens=tokens, logits=out_logits, logprobs=out_logprobs)
     return tokens
+
+
+def _extend_rows(mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    """``[b, s, E]`` -> ``[b, length, E]``: rows past ``s`` repeat the last one."""
+    if mask is None or mask.shape[1] >= length:
+        return mask
+    extra = mask[:, -1:].expand(-1, length - mask.shape[1], -1)
+    return torch.cat([mask, extra], dim=1)
 
 
 def _teardown_caches(model: nn.Module) -> None:

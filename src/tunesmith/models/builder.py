@@ -234,6 +234,7 @@ def build_from_hf(
     lora_dropout: float = 0.0,
     use_dora: bool = False,
     quantize_base: bool = False,
+    **vision_kwargs: Any,
 ) -> TransformerDecoder:
     """Build the model a Hugging Face checkpoint folder (or config dict) describes.
 
@@ -241,11 +242,16 @@ def build_from_hf(
     in the ``lora_*`` builders (an ``mllama`` config builds Llama 3.2 Vision, a ``qwen2_5_vl``
     one Qwen2.5-VL; with LoRA arguments every part gets adapters). Usable from YAML:
     ``_component_: tunesmith.models.build_from_hf`` with ``checkpoint_dir_or_config: <dir>``.
+    A vision model also takes the vision builders' ``decoder_trainable``,
+    ``encoder_trainable``, ``fusion_trainable`` and ``image_size`` (which must equal the
+    checkpoint's), so a torchtune vision config's model node works with only its
+    ``_component_`` swapped.
     """
     hf_type = _hf_model_type(checkpoint_dir_or_config)
     if hf_type in ("mllama", "qwen2_5_vl"):  # Llama 3.2 Vision, Qwen2.5-VL
         return _build_vision_from_hf(
             checkpoint_dir_or_config,
+            vision_kwargs,
             lora_attn_modules=lora_attn_modules,
             apply_lora_to_mlp=apply_lora_to_mlp,
             apply_lora_to_output=apply_lora_to_output,
@@ -254,6 +260,11 @@ def build_from_hf(
             lora_dropout=lora_dropout,
             use_dora=use_dora,
             quantize_base=quantize_base,
+        )
+    if vision_kwargs:
+        raise TypeError(
+            f"build_from_hf got vision arguments {sorted(vision_kwargs)} for a text model "
+            "(only a Llama 3.2 Vision checkpoint takes them): remove them"
         )
     spec = spec_from_hf_config(checkpoint_dir_or_config)
     lora = None
@@ -282,7 +293,12 @@ def _hf_model_type(config: Any) -> str | None:
     return cfg.get("model_type")
 
 
-def _build_vision_from_hf(config: Any, **lora_kwargs: Any) -> nn.Module:
+_VISION_ARGS = ("decoder_trainable", "encoder_trainable", "fusion_trainable", "image_size")
+
+
+def _build_vision_from_hf(
+    config: Any, vision_kwargs: dict[str, Any], **lora_kwargs: Any
+) -> nn.Module:
     from pathlib import Path
 
     from tunesmith.models._convert_qwen_vl import qwen_vl_spec_from_hf_config
@@ -290,18 +306,31 @@ def _build_vision_from_hf(config: Any, **lora_kwargs: Any) -> nn.Module:
     from tunesmith.models._hf_config import load_hf_config
     from tunesmith.models.vision_builder import build_deep_fusion, build_early_fusion
 
+    unknown = sorted(set(vision_kwargs) - set(_VISION_ARGS))
+    if unknown:
+        raise TypeError(f"build_from_hf got unexpected arguments {unknown}")
     if isinstance(config, (str, Path)):
         config = load_hf_config(config)
     if _hf_model_type(config) == "qwen2_5_vl":
         spec, build = qwen_vl_spec_from_hf_config(config), build_early_fusion
     else:
         spec, build = mllama_spec_from_hf_config(config), build_deep_fusion
+    image_size = vision_kwargs.pop("image_size", None)
+    tile_size = getattr(spec.encoder, "tile_size", None)  # Llama 3.2 Vision's fixed tiles
+    if image_size is not None and tile_size is not None and int(image_size) != tile_size:
+        from tunesmith.config import ConfigError
+
+        raise ConfigError(
+            f"model.image_size={image_size} but the checkpoint's tiles are "
+            f"{tile_size} px: set model.image_size (and tokenizer.image_size) to {tile_size}",
+            key="model.image_size",
+        )
     wanted = lora_kwargs["lora_attn_modules"] or lora_kwargs["apply_lora_to_mlp"]
     if not (wanted or lora_kwargs["apply_lora_to_output"]):
-        return build(spec, decoder_trainable=True, encoder_trainable=True, fusion_trainable=True)
+        parts = {k: vision_kwargs.get(k, True) for k in _VISION_ARGS[:3]}
+        return build(spec, **parts)
     lora = lora_settings(
         **{**lora_kwargs, "lora_attn_modules": lora_kwargs["lora_attn_modules"] or []}
     )
-    return build(
-        spec, decoder_trainable="lora", encoder_trainable="lora", fusion_trainable="lora", lora=lora
-    )
+    parts = {k: vision_kwargs.get(k, "lora") for k in _VISION_ARGS[:3]}
+    return build(spec, lora=lora, **parts)

@@ -275,6 +275,15 @@ class DeepFusionModel(nn.Module):
         next to the LoRA matrices (those are listed by their own modules)."""
         return list(self.trainable_with_adapters)
 
+    @property
+    def skip_output_layer(self) -> bool:
+        """The decoder's switch (set by ``LinearCrossEntropyLoss.set_model_output``)."""
+        return bool(self.decoder.skip_output_layer)
+
+    @skip_output_layer.setter
+    def skip_output_layer(self, value: bool) -> None:
+        self.decoder.skip_output_layer = value
+
     def __getattr__(self, name: str) -> Any:  # decoder knobs (set_num_output_chunks, ...)
         try:
             return super().__getattr__(name)

@@ -23,6 +23,8 @@ from tunesmith.utils import get_logger
 
 __all__ = [
     "adapter_config",
+    "batch_to_device",
+    "fuses_images",
     "build_dataloader",
     "build_datasets",
     "build_model",
@@ -228,6 +230,9 @@ def check_vocab(
     weights = state.get("model") or {}
     embedding = next((v for k, v in weights.items() if k.endswith("tok_embeddings.weight")), None)
     vocab = int(embedding.shape[0]) if getattr(embedding, "ndim", 0) == 2 else None
+    fusion = next((v for k, v in weights.items() if k.endswith("fusion_embedding.weight")), None)
+    if vocab is not None and getattr(fusion, "ndim", 0) == 2:  # <|image|> and kin (fusion)
+        vocab += int(fusion.shape[0])
     model = f"checkpointer.checkpoint_dir={checkpointer.get('checkpoint_dir')}"
     check_token_ids(datasets, tokenizer, vocab, model)
 
@@ -255,14 +260,18 @@ def build_dataloader(
     """
 
     from tunesmith.data import padded_collate_packed, padded_collate_sft
+    from tunesmith.data._vision_collate import padded_collate_tiled_images_and_mask
 
     packed = {bool(getattr(ds, "packed", False)) for ds in datasets}
     if len(packed) > 1:
         raise ValueError("dataset: mix of packed and unpacked datasets; set packed the same on all")
+    # image + text samples (``encoder_input``): images, tiles and cross-attention masks padded
+    images = any(getattr(ds, "multimodal", False) for ds in datasets)
+    pad = padded_collate_tiled_images_and_mask if images else padded_collate_sft
     collate = (
         partial(padded_collate_packed, mask=packed_mask)
         if packed.pop()
-        else partial(padded_collate_sft, padding_idx=tokenizer.pad_id, ignore_idx=ignore_index)
+        else partial(pad, padding_idx=tokenizer.pad_id, ignore_idx=ignore_index)
     )
     return sampled_loader(
         datasets,
@@ -342,15 +351,39 @@ def validation_loss(
     loss_sum = torch.zeros((), device=device)
     num_tokens = torch.zeros((), device=device, dtype=torch.long)
     for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = batch_to_device(batch, device)
         labels = shift_labels(batch.pop("labels"), ignore_index)
         n = (labels != ignore_index).sum()
-        out = model(batch["tokens"], mask=batch.get("mask"), input_pos=batch.get("input_pos"))
+        out = model(batch.pop("tokens"), **batch)
         loss_sum += loss_fn(out, labels).float() * n
         num_tokens += n
     reduce_metrics(loss_sum, num_tokens)
     model.train(was_training)
     return float(loss_sum / num_tokens.clamp(min=1))
+
+
+def fuses_images(model: nn.Module) -> bool:
+    """Whether ``model`` is an encoder + decoder fusion model (``DeepFusionModel``): its
+    batches carry ``encoder_input`` / ``encoder_mask`` and stay padded ``[b, s]`` rows."""
+    from tunesmith.modules.fusion import DeepFusionModel
+
+    return isinstance(model, DeepFusionModel)
+
+
+def batch_to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """Every tensor of a collated batch on ``device``, nested dicts (a vision batch's
+    ``encoder_input = {"images", "aspect_ratio", ...}``) included; other values unchanged.
+    Asynchronous (pinned, ``non_blocking``) for host tensors bound for CUDA."""
+    from tunesmith.recipes._unpad import to_device_async
+
+    def move(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return to_device_async(value, device)
+        if isinstance(value, Mapping):
+            return {k: move(v) for k, v in value.items()}
+        return value
+
+    return {k: move(v) for k, v in batch.items()}
 
 
 # ------------------------------------------------------------------------------------- saving

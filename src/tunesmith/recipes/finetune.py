@@ -27,11 +27,13 @@ from tunesmith.modules.peft import is_adapter_key
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
     adapter_config,
+    batch_to_device,
     build_dataloader,
     build_datasets,
     build_model,
     check_vocab,
     full_state_dicts,
+    fuses_images,
     local_device,
     open_checkpointer,
     shift_labels,
@@ -110,7 +112,8 @@ def recipe_main(cfg: DictConfig) -> None:
     # ---- data loaders ------------------------------------------------------------------
     # drop padding from the micro-batches where the decoder takes document lengths; packs
     # then need no dense [b, s, s] mask from the collate (the documents come from input_pos)
-    unpad = "seq_lens" in inspect.signature(model.forward).parameters
+    # (not for fusion models: their cross-attention masks are per padded row)
+    unpad = "seq_lens" in inspect.signature(model.forward).parameters and not fuses_images(model)
     data_kwargs = {
         "world_size": world_size,
         "rank": rank,
@@ -442,7 +445,7 @@ def _to_device(
     are all ignored (it sees only itself, so no trained token changes).
     """
     if not unpad:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = batch_to_device(batch, device)
         return batch, shift_labels(batch.pop("labels"), ignore_index)
     # unpad where the collated batch lives (the host), so its reads cost no device sync
     targets = shift_labels(batch.pop("labels"), ignore_index)

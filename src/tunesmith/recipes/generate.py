@@ -7,7 +7,9 @@ Config keys (torchtune's generation config names)::
                                      or point a LoRA model at an adapter with
                                      checkpointer.adapter_checkpoint
     device, dtype, seed
-    prompt        "text" | {system: ..., user: ...} | a list of those (batched, left-padded)
+    prompt        "text" | {system: ..., user: ...} | a list of those (batched, left-padded);
+                  with a vision model transform as tokenizer (llama3_2_vision_transform),
+                  user may be {image: <path or URL>, text: ...} (one prompt at a time)
     max_new_tokens, temperature (0 = greedy), top_k, top_p, enable_kv_cache
 
 Run: ``tunesmith run generate --config llama3_2/generation prompt.user="Hi!"``.
@@ -85,7 +87,24 @@ def recipe_main(cfg: DictConfig) -> None:
     tokenizer = instantiate(cfg.tokenizer)
 
     prompts = _prompts(cfg)
-    batch = left_pad_prompts([prompt_tokens(tokenizer, p) for p in prompts], tokenizer.pad_id)
+    fusion: dict[str, Any] = {}
+    if hasattr(tokenizer, "image_transform"):  # a vision model: images in the prompt
+        if len(prompts) != 1:
+            from tunesmith.config import ConfigError
+
+            raise ConfigError(
+                f"prompt: a vision model answers one prompt at a time, got {len(prompts)}: "
+                "give one prompt",
+                key="prompt",
+            )
+        from tunesmith.data._prompt import vision_prompt_batch
+        from tunesmith.recipes._finetune_setup import batch_to_device
+
+        vision = batch_to_device(vision_prompt_batch(tokenizer, prompts[0]), device)
+        batch = vision.pop("tokens")
+        fusion = {k: vision[k] for k in ("encoder_input", "encoder_mask") if k in vision}
+    else:
+        batch = left_pad_prompts([prompt_tokens(tokenizer, p) for p in prompts], tokenizer.pad_id)
     stop_tokens = list(getattr(tokenizer, "stop_tokens", None) or [tokenizer.eos_id])
     streamer = TextStreamer(tokenizer, stop_tokens=stop_tokens)
     rng = torch.Generator(device=device).manual_seed(seed)
@@ -103,6 +122,7 @@ def recipe_main(cfg: DictConfig) -> None:
         rng=rng,
         use_cache=bool(cfg.get("enable_kv_cache", True)),
         on_token=streamer,
+        **fusion,
     )
     elapsed = time.perf_counter() - start
     sys.stdout.write("\n")

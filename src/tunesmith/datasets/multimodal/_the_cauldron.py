@@ -11,7 +11,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from tunesmith.data._messages import Message
+from tunesmith.data._messages import DataRowError, Message
 from tunesmith.data._packing import CROSS_ENTROPY_IGNORE_IDX
 from tunesmith.datasets._loading import load_rows
 
@@ -54,7 +54,16 @@ class TheCauldronToMessages:
 class MultimodalSFTDataset(Dataset):
     """Rows -> ``message_transform`` -> ``model_transform`` (e.g. ``llama3_2_vision_transform``)
     per item: ``{"tokens", "labels", "encoder_input", "encoder_mask"}`` (labels -100 where
-    masked). A bad row raises ``ValueError`` naming its index."""
+    masked). Images are opened in ``__getitem__`` of their row only.
+
+    Before training (in ``__init__``) every row's image column is checked without decoding:
+    a missing file, a file that is no image, a count of ``image_tag`` in ``text_column`` that
+    does not match the row's images, an image for a ``model_transform`` with no image
+    transform (a text-only model). Each raises one :class:`DataRowError` naming the row and
+    column; a truncated image found later raises the same way when its row is read.
+    """
+
+    multimodal = True  # the finetune recipe collates with padded_collate_tiled_images_and_mask
 
     def __init__(
         self,
@@ -63,21 +72,54 @@ class MultimodalSFTDataset(Dataset):
         message_transform: Callable[[Mapping[str, Any]], Mapping[str, Any]],
         model_transform: Callable[..., dict[str, Any]],
         filter_fn: Callable | None = None,
+        image_column: str | None = None,
+        image_dir: str | None = None,
+        image_tag: str | None = None,
+        text_column: str | None = None,
         **load_dataset_kwargs: Any,
     ):
+        self._source = source
         self._data, self._load_kwargs = load_rows(source, filter_fn, **load_dataset_kwargs)
         self._message_transform = message_transform
         self._model_transform = model_transform
+        if image_column is not None:
+            self._preflight(image_column, image_dir, image_tag, text_column)
 
     def __len__(self) -> int:
         return len(self._data)
+
+    def _where(self) -> str:
+        from tunesmith.datasets._loading import describe
+
+        return describe(self._source, self._load_kwargs)
+
+    def _preflight(
+        self, column: str, image_dir: str | None, tag: str | None, text_column: str | None
+    ) -> None:
+        from tunesmith.datasets._images import check_row_images
+
+        sees_images = hasattr(self._model_transform, "image_transform")
+        rows = _undecoded(self._data, column)
+        if rows is None:  # a column of decoded images (hub datasets): checked when read
+            return
+        for index in range(len(rows)):
+            try:
+                check_row_images(rows[index], column, image_dir, tag, text_column, sees_images)
+            except DataRowError as e:
+                raise DataRowError(
+                    e.reason, column=e.column, row_index=index, source=self._where(), fix=e.fix
+                ) from None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
             sample = dict(self._message_transform(self._data[index]))
             out = self._model_transform(sample)
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"dataset row {index}: {e}") from None
+        except DataRowError as e:
+            raise DataRowError(
+                e.reason, column=e.column, row_index=index, source=self._where(), fix=e.fix
+            ) from None
+        except (KeyError, ValueError, OSError) as e:
+            raise DataRowError(str(e), row_index=index, source=self._where()) from None
         tokens, mask = out["tokens"], out["mask"]
         labels = [CROSS_ENTROPY_IGNORE_IDX if m else t for t, m in zip(tokens, mask)]
         return {
@@ -86,6 +128,23 @@ class MultimodalSFTDataset(Dataset):
             "encoder_input": out.get("encoder_input", {}),
             "encoder_mask": out.get("encoder_mask", []),
         }
+
+
+def _undecoded(data: Any, column: str) -> Any:
+    """``data`` with ``column`` read without decoding images (paths stay paths), or None when
+    the column holds image features that cannot be read undecoded cheaply."""
+    features = getattr(data, "features", None)
+    feature = features.get(column) if features is not None else None
+    if feature is None or type(feature).__name__ == "Value":
+        return data
+    if type(feature).__name__ == "Image":
+        from datasets import Image
+
+        return data.cast_column(column, Image(decode=False))
+    inner = getattr(feature, "feature", feature[0] if isinstance(feature, list) else None)
+    if type(inner).__name__ == "Value":
+        return data
+    return None
 
 
 def the_cauldron_dataset(
@@ -113,11 +172,13 @@ def the_cauldron_dataset(
 
     if is_hub_source(source):
         load_dataset_kwargs.setdefault("name", subset)
+    transform = TheCauldronToMessages(column_map, new_system_prompt)
     return MultimodalSFTDataset(
         source=source,
-        message_transform=TheCauldronToMessages(column_map, new_system_prompt),
+        message_transform=transform,
         model_transform=model_transform,
         filter_fn=filter_fn,
         split=split,
+        image_column=transform.column_map["images"],
         **load_dataset_kwargs,
     )
