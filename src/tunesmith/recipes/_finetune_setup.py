@@ -32,6 +32,7 @@ __all__ = [
     "full_state_dicts",
     "local_device",
     "open_checkpointer",
+    "start_training",
     "shift_labels",
     "validation_loss",
     "is_packed",
@@ -46,6 +47,26 @@ def local_device(device: torch.device) -> torch.device:
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
+
+
+def start_training(cfg: DictConfig) -> tuple[torch.device, torch.dtype, int, int]:
+    """The opening every training recipe shares: keep the run's log lines for ``run.log``,
+    check every numeric key's range (named, before anything is built), pick the device,
+    join the process group under torchrun, take this rank's device and the dtype, and log
+    the runtime line. Returns ``(device, dtype, world_size, rank)``."""
+    from tunesmith.config._ranges import check_ranges
+    from tunesmith.training.distributed import get_world_size_and_rank, init_distributed
+    from tunesmith.utils import get_device, get_dtype, log_runtime, start_run_log
+
+    start_run_log()  # kept in <log folder>/run.log once the observer knows the folder
+    check_ranges(cfg)
+    device = get_device(cfg.get("device"))
+    init_distributed(device_type=device.type)
+    world_size, rank = get_world_size_and_rank()
+    device = local_device(device)
+    dtype = get_dtype(cfg.get("dtype"), device)
+    log_runtime(device, rank)
+    return device, dtype, world_size, rank
 
 
 # -------------------------------------------------------------------------------- checkpointer

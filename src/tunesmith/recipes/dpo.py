@@ -31,15 +31,14 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from tunesmith.config import ConfigError, instantiate
-from tunesmith.config._ranges import check_ranges
 from tunesmith.recipes import finetune
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
     build_model,
     check_vocab,
-    local_device,
     open_checkpointer,
     shift_labels,
+    start_training,
 )
 from tunesmith.recipes._preference_data import (
     build_preference_dataloader,
@@ -51,13 +50,11 @@ from tunesmith.rlhf.loss import PreferenceLoss
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
     destroy_distributed,
-    get_world_size_and_rank,
-    init_distributed,
     reduce_metrics,
 )
 from tunesmith.training.gradients import clip_and_step
 from tunesmith.training.precision import compute_context, loss_scaler, master_dtype
-from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, start_run_log
+from tunesmith.utils import get_logger
 
 __all__ = ["recipe_main", "build_preference_datasets", "build_preference_dataloader"]
 
@@ -66,15 +63,8 @@ log = get_logger(__name__)
 
 def recipe_main(cfg: DictConfig) -> None:
     """Train ``cfg.model`` on the preference pairs of ``cfg.dataset`` with ``cfg.loss``."""
-    start_run_log()  # kept in <log folder>/run.log once the observer knows the folder
-    check_ranges(cfg)  # every numeric key, named, before anything is built
     # ---- environment -------------------------------------------------------------------
-    device = get_device(cfg.get("device"))
-    init_distributed(device_type=device.type)
-    world_size, rank = get_world_size_and_rank()
-    device = local_device(device)
-    dtype = get_dtype(cfg.get("dtype"), device)
-    log_runtime(device, rank)
+    device, dtype, world_size, rank = start_training(cfg)  # log, ranges, devices
     resume = bool(cfg.get("resume_from_checkpoint", False))
     accum = int(cfg.get("gradient_accumulation_steps", 1))
     max_norm = cfg.get("clip_grad_norm")

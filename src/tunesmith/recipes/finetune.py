@@ -22,7 +22,6 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from tunesmith.config import instantiate
-from tunesmith.config._ranges import check_ranges
 from tunesmith.modules.peft import is_adapter_key
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
@@ -34,9 +33,9 @@ from tunesmith.recipes._finetune_setup import (
     check_vocab,
     full_state_dicts,
     fuses_images,
-    local_device,
     open_checkpointer,
     shift_labels,
+    start_training,
     validation_loss,
 )
 from tunesmith.recipes._run_summary import describe_run
@@ -46,13 +45,11 @@ from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
     barrier,
     destroy_distributed,
-    get_world_size_and_rank,
-    init_distributed,
     reduce_metrics,
 )
 from tunesmith.training.gradients import clip_and_step, count_trainable_tokens
 from tunesmith.training.precision import compute_context, loss_scaler, master_dtype
-from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, set_seed, start_run_log
+from tunesmith.utils import get_logger, set_seed
 
 __all__ = ["recipe_main"]
 
@@ -61,15 +58,8 @@ log = get_logger(__name__)
 
 def recipe_main(cfg: DictConfig) -> None:
     """Finetune ``cfg.model`` on ``cfg.dataset`` and save in the checkpoint's own format."""
-    start_run_log()  # kept in <log folder>/run.log once the observer knows the folder
-    check_ranges(cfg)  # every numeric key, named, before anything is built
     # ---- environment -------------------------------------------------------------------
-    device = get_device(cfg.get("device"))
-    init_distributed(device_type=device.type)
-    world_size, rank = get_world_size_and_rank()
-    device = local_device(device)
-    dtype = get_dtype(cfg.get("dtype"), device)
-    log_runtime(device, rank)
+    device, dtype, world_size, rank = start_training(cfg)  # log, ranges, devices
     resume = bool(cfg.get("resume_from_checkpoint", False))
     accum = int(cfg.get("gradient_accumulation_steps", 1))
     max_norm = cfg.get("clip_grad_norm")

@@ -35,7 +35,6 @@ from omegaconf import DictConfig
 from torch import nn
 
 from tunesmith.config import ConfigError, instantiate
-from tunesmith.config._ranges import check_ranges
 from tunesmith.modules.peft import disable_adapter
 from tunesmith.recipes import _rl_loop as rl
 from tunesmith.recipes import finetune
@@ -44,21 +43,19 @@ from tunesmith.recipes._finetune_setup import (
     build_datasets,
     build_model,
     check_vocab,
-    local_device,
     open_checkpointer,
     sampled_loader,
+    start_training,
 )
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
     destroy_distributed,
-    get_world_size_and_rank,
-    init_distributed,
     reduce_metrics,
 )
 from tunesmith.training.gradients import clip_and_step
 from tunesmith.training.precision import compute_context, loss_scaler, master_dtype
-from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, start_run_log
+from tunesmith.utils import get_logger
 
 __all__ = ["recipe_main"]
 
@@ -71,15 +68,8 @@ CURVES = ("reward/mean", "loss", "kl", "lr")
 
 def recipe_main(cfg: DictConfig) -> None:
     """Train ``cfg.model`` with GRPO on the prompts of ``cfg.dataset``."""
-    start_run_log()
-    check_ranges(cfg)
     # ---- environment -------------------------------------------------------------------
-    device = get_device(cfg.get("device"))
-    init_distributed(device_type=device.type)
-    world_size, rank = get_world_size_and_rank()
-    device = local_device(device)
-    dtype = get_dtype(cfg.get("dtype"), device)
-    log_runtime(device, rank)
+    device, dtype, world_size, rank = start_training(cfg)  # log, ranges, devices
     resume = bool(cfg.get("resume_from_checkpoint", False))
     max_norm = cfg.get("clip_grad_norm")
     group = int(cfg.get("grpo_samples", 8))

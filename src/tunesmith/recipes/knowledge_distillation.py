@@ -30,7 +30,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from tunesmith.config import ConfigError, instantiate
-from tunesmith.config._ranges import check_ranges
 from tunesmith.modules.kd_loss import KDLoss
 from tunesmith.recipes import finetune
 from tunesmith.recipes._finetune_observe import Observer
@@ -39,20 +38,18 @@ from tunesmith.recipes._finetune_setup import (
     build_datasets,
     build_model,
     check_vocab,
-    local_device,
     open_checkpointer,
+    start_training,
 )
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
     destroy_distributed,
-    get_world_size_and_rank,
-    init_distributed,
     reduce_metrics,
 )
 from tunesmith.training.gradients import clip_and_step, count_trainable_tokens
 from tunesmith.training.precision import compute_context, loss_scaler, master_dtype
-from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, start_run_log
+from tunesmith.utils import get_logger
 
 __all__ = ["recipe_main", "build_teacher", "kd_step_losses"]
 
@@ -63,15 +60,8 @@ METRICS = ("loss", "class_loss", "kd_loss")
 
 def recipe_main(cfg: DictConfig) -> None:
     """Distil ``cfg.teacher_model`` into ``cfg.model`` on ``cfg.dataset``."""
-    start_run_log()  # kept in <log folder>/run.log once the observer knows the folder
-    check_ranges(cfg)  # every numeric key, named, before anything is built
     # ---- environment and losses --------------------------------------------------------
-    device = get_device(cfg.get("device"))
-    init_distributed(device_type=device.type)
-    world_size, rank = get_world_size_and_rank()
-    device = local_device(device)
-    dtype = get_dtype(cfg.get("dtype"), device)
-    log_runtime(device, rank)
+    device, dtype, world_size, rank = start_training(cfg)  # log, ranges, devices
     resume = bool(cfg.get("resume_from_checkpoint", False))
     accum = int(cfg.get("gradient_accumulation_steps", 1))
     max_norm = cfg.get("clip_grad_norm")

@@ -26,15 +26,14 @@ import torch
 from omegaconf import DictConfig
 
 from tunesmith.config import ConfigError, instantiate
-from tunesmith.config._ranges import check_ranges
 from tunesmith.modules.classifier import sequence_scores
 from tunesmith.recipes import finetune
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
     build_model,
     check_vocab,
-    local_device,
     open_checkpointer,
+    start_training,
 )
 from tunesmith.recipes._preference_data import (
     build_preference_dataloader,
@@ -45,13 +44,11 @@ from tunesmith.rlhf.reward_loss import BradleyTerryLoss, reward_metrics
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
     destroy_distributed,
-    get_world_size_and_rank,
-    init_distributed,
     reduce_metrics,
 )
 from tunesmith.training.gradients import clip_and_step
 from tunesmith.training.precision import compute_context, loss_scaler, master_dtype
-from tunesmith.utils import get_device, get_dtype, get_logger, log_runtime, start_run_log
+from tunesmith.utils import get_logger
 
 __all__ = ["recipe_main", "METRICS"]
 
@@ -120,15 +117,8 @@ def _resumed_head(checkpointer: Any, state: dict[str, Any]) -> None:
 
 def recipe_main(cfg: DictConfig) -> None:
     """Train ``cfg.model``'s reward head on the preference pairs of ``cfg.dataset``."""
-    start_run_log()
-    check_ranges(cfg)
     # ---- environment -------------------------------------------------------------------
-    device = get_device(cfg.get("device"))
-    init_distributed(device_type=device.type)
-    world_size, rank = get_world_size_and_rank()
-    device = local_device(device)
-    dtype = get_dtype(cfg.get("dtype"), device)
-    log_runtime(device, rank)
+    device, dtype, world_size, rank = start_training(cfg)  # log, ranges, devices
     resume = bool(cfg.get("resume_from_checkpoint", False))
     accum = int(cfg.get("gradient_accumulation_steps", 1))
     max_norm = cfg.get("clip_grad_norm")
