@@ -5,6 +5,7 @@ dev GRPO configs run unchanged, and bad inputs fail naming the row, key or funct
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -138,6 +139,8 @@ def test_loss_variants_train(run_grpo, over: dict[str, Any]) -> None:
     out = run_grpo(num_steps=4, **over)
     m = read_metrics(out)
     assert len(m["loss"]) == 4 and all(math.isfinite(x) for x in m["loss"])
+    summary = json.loads(next(out.rglob("run_summary.json")).read_text())
+    assert summary["data"]["total_steps"] == 4 and summary["data"]["capped"]  # num_steps
     assert all(math.isfinite(x) for x in m["reward/mean"])
     if over.get("ppo_epochs") == 2:
         assert any(abs(r - 1.0) > 1e-6 for r in m["ratio"]), m["ratio"]

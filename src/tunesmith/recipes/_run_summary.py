@@ -39,13 +39,15 @@ def describe_run(
     is_peft: bool,
     resumed_step: int | None = None,
     extra_models: dict[str, nn.Module] | None = None,
+    step_cap: int | None = None,
 ) -> dict[str, Any]:
     """The run's facts as JSON-ready sections ``model``, ``data``, ``precision``, ``devices``,
     ``output`` (+ ``resume``). ``extra_models`` names frozen companions (a KD teacher, a DPO
-    reference) whose parameter counts are reported too."""
+    reference) whose parameter counts are reported too. ``step_cap``: a step budget below
+    ``steps_per_epoch * epochs`` (the RL recipes' ``num_steps``)."""
     summary: dict[str, Any] = {
         "model": _model_section(cfg, model, is_peft),
-        "data": _data_section(loader, steps_per_epoch, epochs, accum, world_size),
+        "data": _data_section(loader, steps_per_epoch, epochs, accum, world_size, step_cap),
         "precision": _precision_section(cfg, model, dtype),
         "devices": _device_section(device, world_size),
         "output": {"checkpoint_dir": str(getattr(checkpointer, "output_dir", "") or "") or None},
@@ -55,7 +57,7 @@ def describe_run(
     if cfg.get("compile", False):
         summary["compile"] = {"what": _compile_scope(model)}
     if resumed_step is not None:
-        total = steps_per_epoch * epochs
+        total = summary["data"]["total_steps"]
         summary["resume"] = {
             "step": int(resumed_step),
             "epoch": int(resumed_step // steps_per_epoch) + 1,
@@ -86,7 +88,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     b = d["batch"]
     data = (
         f"data: {rows} | {tokens} | {d['steps_per_epoch']:,} steps/epoch x {d['epochs']} "
-        f"epoch(s) = {d['total_steps']:,} steps | batch {b['per_device']} x accumulation "
+        f"epoch(s) = {d['total_steps']:,} steps{' (num_steps)' if d.get('capped') else ''} | "
+        f"batch {b['per_device']} x accumulation "
         f"{b['accumulation']} x {b['world_size']} process(es) = {b['effective']} rows/step"
     )
     precision = f"precision: parameters {p['parameters']} | compute {p['compute']}"
@@ -153,7 +156,12 @@ def _family(cfg: DictConfig) -> str | None:
 
 
 def _data_section(
-    loader: DataLoader, steps_per_epoch: int, epochs: int, accum: int, world_size: int
+    loader: DataLoader,
+    steps_per_epoch: int,
+    epochs: int,
+    accum: int,
+    world_size: int,
+    step_cap: int | None = None,
 ) -> dict[str, Any]:
     parts = _leaf_datasets(loader.dataset)
     packed = [ds for ds in parts if getattr(ds, "packed", False) and hasattr(ds, "ds")]
@@ -170,7 +178,8 @@ def _data_section(
         "pack_length": packed[0].max_seq_len if packed else None,
         "steps_per_epoch": steps_per_epoch,
         "epochs": epochs,
-        "total_steps": steps_per_epoch * epochs,
+        "total_steps": min(steps_per_epoch * epochs, step_cap or steps_per_epoch * epochs),
+        "capped": bool(step_cap) and step_cap < steps_per_epoch * epochs,
         "batch": {
             "per_device": batch,
             "accumulation": accum,

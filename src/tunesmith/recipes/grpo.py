@@ -164,6 +164,7 @@ def recipe_main(cfg: DictConfig) -> None:
             dtype=dtype, world_size=world_size, steps_per_epoch=steps_per_epoch, epochs=epochs,
             accum=1, is_peft=is_peft, resumed_step=global_step if resume else None,
             extra_models={} if reference is None else {"reference": reference},
+            step_cap=total_steps,
         ),
     )  # fmt: skip
     save_every = int(cfg.get("save_every_n_steps") or 0)

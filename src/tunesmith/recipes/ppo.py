@@ -199,6 +199,7 @@ def recipe_main(cfg: DictConfig) -> None:
             policy_cfg, model=policy, loader=loader, checkpointer=checkpointer, device=device,
             dtype=dtype, world_size=world_size, steps_per_epoch=steps_per_epoch, epochs=epochs,
             accum=s.accum, is_peft=False, resumed_step=steps_run if resume else None,
+            step_cap=total_steps,
             extra_models={"reference": reference, "value": value, "reward": reward},
         ),
     )  # fmt: skip
