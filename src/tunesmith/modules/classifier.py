@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tunesmith.modules.masks import padding_to_causal_mask
+from tunesmith.modules.masks import padded_attention_inputs
 
 __all__ = ["classifier_model", "last_token_index", "sequence_scores"]
 
@@ -82,8 +82,8 @@ def sequence_scores(
     if mask is None:
         mask = torch.ones_like(tokens, dtype=torch.bool) if pad_id is None else tokens != pad_id
     mask = mask.bool()
-    input_pos = (mask.long().cumsum(dim=-1) - 1).clamp(min=0)
-    out = model(tokens, mask=padding_to_causal_mask(mask), input_pos=input_pos)
+    attention, input_pos = padded_attention_inputs(mask)
+    out = model(tokens, mask=attention, input_pos=input_pos)
     out = torch.cat(out, dim=1) if isinstance(out, list) else out  # chunked output
     rows = torch.arange(tokens.shape[0], device=tokens.device)
     return out[rows, last_token_index(mask)]

@@ -8,6 +8,7 @@ from torch import Tensor
 __all__ = [
     "causal_mask",
     "padding_to_causal_mask",
+    "padded_attention_inputs",
     "packed_causal_mask",
     "sliding_window_band",
 ]
@@ -43,6 +44,21 @@ def padding_to_causal_mask(padding_mask: Tensor) -> Tensor:
     mask = causal[None] & padding_mask[:, None, :].bool()
     eye = torch.eye(s, dtype=torch.bool, device=padding_mask.device)
     return mask | eye[None]
+
+
+def padded_attention_inputs(padding_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Mask and positions for one forward over a padded batch, each row computed as if alone.
+
+    Args:
+        padding_mask: ``[b, s]`` bool, True for real tokens (padding anywhere, e.g. on the left).
+
+    Returns:
+        ``(mask [b, s, s] bool, input_pos [b, s] long)``: :func:`padding_to_causal_mask`, and
+        positions that count real tokens only (the first real token of a row sits at 0).
+    """
+    valid = padding_mask.bool()
+    input_pos = (valid.long().cumsum(dim=-1) - 1).clamp(min=0)
+    return padding_to_causal_mask(valid), input_pos
 
 
 def packed_causal_mask(document_ids: Tensor) -> Tensor:

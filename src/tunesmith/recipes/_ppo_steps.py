@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunesmith.generation import generate
-from tunesmith.generation._generate import _attention_mask, left_pad_prompts
+from tunesmith.generation._generate import left_pad_prompts
+from tunesmith.modules.masks import padded_attention_inputs
 from tunesmith.rlhf.ppo import (
     PPOLoss,
     Trajectory,
@@ -70,12 +71,6 @@ def rollout_generator(seed: int, step: int, row: int, device: torch.device) -> t
     return gen
 
 
-def _inputs(tokens: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mask [b, s, s] bool causal over valid tokens, input_pos [b, s] long)``."""
-    positions = (valid.long().cumsum(dim=-1) - 1).clamp(min=0)
-    return _attention_mask(valid, 0, tokens.shape[1]), positions
-
-
 def _logits(model: nn.Module, traj: Trajectory, p: int) -> torch.Tensor:
     """``[b, n, v|1]`` outputs at the positions that predict (score) the response tokens."""
     out = model(traj.query_responses, mask=traj.masks, input_pos=traj.position_ids)
@@ -125,7 +120,7 @@ def make_trajectory(
     p = width - n
     valid = torch.ones_like(tokens, dtype=torch.bool)
     valid[:, :p] = tokens[:, :p] != s.pad_id
-    masks, positions = _inputs(tokens, valid)
+    masks, positions = padded_attention_inputs(valid)
     responses = tokens[:, p:].clone()
     parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "ref": [], "values": []}
     b = tokens.shape[0]

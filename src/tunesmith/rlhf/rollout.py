@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from tunesmith.config._errors import ConfigError
 from tunesmith.generation import generate
-from tunesmith.modules.masks import padding_to_causal_mask
+from tunesmith.modules.masks import padded_attention_inputs
 from tunesmith.rlhf._log_probs import token_log_probs
 
 __all__ = [
@@ -107,9 +107,7 @@ class Rollout:
         Causal attention over real tokens only (a padded query sees only itself, its output
         unused); positions count real tokens, so each row is computed as if alone.
         """
-        valid = self.mask
-        input_pos = (valid.long().cumsum(dim=-1) - 1).clamp(min=0)
-        return padding_to_causal_mask(valid), input_pos
+        return padded_attention_inputs(self.mask)
 
     def response_lengths(self) -> Tensor:
         """``[b]`` long number of response tokens (incl. the stop token)."""
