@@ -53,6 +53,22 @@ def tiny_configs() -> dict[str, object]:
         "qwen2": t.Qwen2Config(**_COMMON, tie_word_embeddings=True),
         "qwen2_untied": t.Qwen2Config(**_COMMON, tie_word_embeddings=False),
         "qwen3": t.Qwen3Config(**_COMMON, head_dim=32, tie_word_embeddings=False),
+        # mixtures of experts: layer 2 of qwen3_moe is dense (mlp_only_layers)
+        "qwen3_moe": t.Qwen3MoeConfig(
+            **{**_COMMON, "num_hidden_layers": 3},
+            head_dim=16,
+            moe_intermediate_size=32,
+            num_experts=8,
+            num_experts_per_tok=2,
+            norm_topk_prob=True,
+            mlp_only_layers=[2],
+        ),
+        "mixtral": t.MixtralConfig(
+            **{**_COMMON, "intermediate_size": 48},
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=16,
+        ),
     }
 
 

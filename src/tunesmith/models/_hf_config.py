@@ -20,6 +20,8 @@ HF_MODEL_TYPES = {
     "phi3": "PHI3_MINI",
     "qwen2": "QWEN2",
     "qwen3": "QWEN3",
+    "qwen3_moe": "QWEN3_MOE",
+    "mixtral": "MIXTRAL",
 }
 _ACTIVATIONS = {
     "silu": "silu",
@@ -136,7 +138,31 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
         query_pre_attn_scalar=cfg.get("query_pre_attn_scalar") if family == "GEMMA2" else None,
         sliding_window=window,
         layer_types=layer_types,
-        qk_norm=family == "QWEN3",
+        qk_norm=family in ("QWEN3", "QWEN3_MOE"),
         post_norms=family == "GEMMA2",
         num_classes=len(cfg.get("id2label") or {0: 0, 1: 1}) if classifier else None,
+        **_moe_fields(cfg, family, n_layers),
+    )
+
+
+def _moe_fields(cfg: Mapping[str, Any], family: str, n_layers: int) -> dict[str, Any]:
+    """The ``ModelSpec`` mixture-of-experts fields of a Qwen3-MoE / Mixtral config."""
+    if family == "MIXTRAL":
+        return dict(
+            num_experts=cfg["num_local_experts"],
+            experts_per_token=cfg["num_experts_per_tok"],
+            moe_intermediate_dim=cfg["intermediate_size"],
+        )
+    if family != "QWEN3_MOE":
+        return {}
+    step = cfg.get("decoder_sparse_step", 1)
+    only = set(cfg.get("mlp_only_layers") or ())
+    n_exp = cfg.get("num_experts") or cfg.get("num_local_experts") or 0
+    dense = tuple(i for i in range(n_layers) if i in only or n_exp == 0 or (i + 1) % step)
+    return dict(
+        num_experts=n_exp,
+        experts_per_token=cfg["num_experts_per_tok"] if n_exp else 0,
+        moe_intermediate_dim=cfg["moe_intermediate_size"],
+        dense_layers=dense,
+        router_norm_topk=bool(cfg.get("norm_topk_prob", False)),
     )

@@ -18,6 +18,7 @@ from tunesmith.modules import (
     TransformerDecoder,
     TransformerSelfAttentionLayer,
 )
+from tunesmith.modules.moe import MoE, GroupedExperts, TopKRouter
 from tunesmith.modules.rope import MultimodalRotaryEmbedding
 
 __all__ = [
@@ -87,6 +88,39 @@ def _norm(spec: ModelSpec, dim: int) -> RMSNorm:
     return RMSNorm(dim, eps=spec.norm_eps, offset=spec.norm_offset)
 
 
+def _mlp(spec: ModelSpec, f: int, adapt: bool, lora: LoRASettings | None) -> FeedForward:
+    d = spec.embed_dim
+    return FeedForward(
+        gate_proj=_linear(d, f, bias=False, adapt=adapt, lora=lora),
+        down_proj=_linear(f, d, bias=False, adapt=adapt, lora=lora),
+        up_proj=_linear(d, f, bias=False, adapt=adapt, lora=lora),
+        activation=spec.activation,
+    )
+
+
+def _moe(spec: ModelSpec) -> MoE:
+    """The spec's mixture-of-experts feed-forward (LoRA never adapts the experts yet)."""
+    d = spec.embed_dim
+    return MoE(
+        router=TopKRouter(
+            d,
+            spec.num_experts,
+            spec.experts_per_token,
+            scoring=spec.router_scoring,
+            norm_topk=spec.router_norm_topk,
+        ),
+        experts=GroupedExperts(
+            d,
+            spec.moe_intermediate_dim or spec.intermediate_dim,
+            spec.num_experts,
+            activation=spec.activation,
+        ),
+        shared_expert=(
+            _mlp(spec, spec.shared_expert_dim, False, None) if spec.shared_expert_dim else None
+        ),
+    )
+
+
 def _layer(spec: ModelSpec, index: int, lora: LoRASettings | None) -> TransformerSelfAttentionLayer:
     d, hd = spec.embed_dim, spec.resolved_head_dim
     h, kv = spec.num_heads, spec.num_kv_heads
@@ -107,13 +141,7 @@ def _layer(spec: ModelSpec, index: int, lora: LoRASettings | None) -> Transforme
         softcap=spec.attn_softcap,
         sliding_window=spec.layer_window(index),
     )
-    f = spec.intermediate_dim
-    mlp = FeedForward(
-        gate_proj=_linear(d, f, bias=False, adapt=mlp_lora, lora=lora),
-        down_proj=_linear(f, d, bias=False, adapt=mlp_lora, lora=lora),
-        up_proj=_linear(d, f, bias=False, adapt=mlp_lora, lora=lora),
-        activation=spec.activation,
-    )
+    mlp = _moe(spec) if spec.is_moe_layer(index) else _mlp(spec, spec.intermediate_dim, mlp_lora, lora)
     return TransformerSelfAttentionLayer(
         attn=attn,
         mlp=mlp,
@@ -133,6 +161,11 @@ def build_decoder(spec: ModelSpec, lora: LoRASettings | None = None) -> Transfor
         raise ValueError(
             "model.apply_lora_to_output=True is not possible: this model ties its output "
             "projection to the token embeddings. Set apply_lora_to_output=False."
+        )
+    if lora is not None and lora.apply_lora_to_mlp and spec.num_experts:
+        raise ValueError(
+            "model.apply_lora_to_mlp=True is not supported for a mixture-of-experts model yet "
+            "(no LoRA on experts): set apply_lora_to_mlp=False and adapt the attention."
         )
     out_dim = spec.num_classes or spec.vocab_size
     output = None

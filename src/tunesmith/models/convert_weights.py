@@ -7,7 +7,8 @@ interleaved RoPE layout and are permuted here. Keys ending in LoRA / DoRA suffix
 (``.lora_a.weight``, ``.lora_b.weight``, ``.magnitude``) are renamed like their base module.
 
 ``model_type`` strings are torchtune's: LLAMA2, LLAMA3, LLAMA3_2, MISTRAL, GEMMA, GEMMA2,
-PHI3_MINI, PHI4, QWEN2, QWEN3, REWARD (a Llama / Mistral classifier with a ``score`` head),
+PHI3_MINI, PHI4, QWEN2, QWEN3, QWEN3_MOE and MIXTRAL (experts stacked into grouped tensors,
+see ``_convert_moe``), REWARD (a Llama / Mistral classifier with a ``score`` head),
 and LLAMA3_VISION (HF ``MllamaForConditionalGeneration``, see ``_convert_vision``) and
 QWEN2_5_VL (HF ``Qwen2_5_VLForConditionalGeneration``, see ``_convert_qwen_vl``).
 """
@@ -21,6 +22,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tunesmith.models._convert_moe import (
+    MOE_FAMILIES,
+    hf_experts_to_native,
+    native_experts_to_hf,
+)
 from tunesmith.models._hf_config import spec_from_hf_config
 
 __all__ = [
@@ -77,6 +83,8 @@ _RULES: dict[str, tuple[dict[str, str], dict[str, str], bool, bool]] = {
     "PHI4": (_LAYER_HF, _TOP_HF, True, False),
     "QWEN2": (_LAYER_HF, _TOP_HF, False, False),
     "QWEN3": (_LAYER_HF, _TOP_HF, False, False),
+    "QWEN3_MOE": (_LAYER_HF, _TOP_HF, False, False),
+    "MIXTRAL": (_LAYER_HF, _TOP_HF, False, True),
     "REWARD": (_LAYER_HF, _TOP_REWARD, False, True),
 }
 MODEL_TYPES = tuple(_RULES)
@@ -177,6 +185,8 @@ def hf_to_native(
     layer_map, top_map, fused, _ = _RULES[mt]
     cfg = _cfg(hf_config)
     out: dict[str, Tensor] = {}
+    if mt in MOE_FAMILIES:
+        out, state_dict = hf_experts_to_native(state_dict, mt)
     for key, value in state_dict.items():
         if _DROP.search(key):
             continue
@@ -247,6 +257,8 @@ def native_to_hf(
         for n in names
     }
     out: dict[str, Tensor] = {}
+    if mt in MOE_FAMILIES:
+        out, state_dict = native_experts_to_hf(state_dict, mt)
     pending: dict[tuple[str, str, str], dict[str, Tensor]] = {}
     for key, value in state_dict.items():
         m = _LAYER_RE.match(key)

@@ -21,6 +21,13 @@ class ModelSpec:
     ``PHI4``, ``QWEN2``, ``QWEN3``). ``num_classes`` set turns the LM head into a
     classification / reward head ``[d] -> [num_classes]``. ``mrope_section`` set uses
     M-RoPE (three position ids per token, Qwen2.5-VL's decoder).
+
+    Mixture of experts (``num_experts > 0``): every layer not in ``dense_layers`` has a
+    ``modules.moe.MoE`` feed-forward of ``num_experts`` experts of width
+    ``moe_intermediate_dim``, ``experts_per_token`` per token, scored by
+    ``router_scoring`` (``softmax`` / ``sigmoid``), the kept scores renormalised when
+    ``router_norm_topk``; ``shared_expert_dim`` adds a shared expert. Dense layers use
+    ``intermediate_dim``.
     """
 
     family: str
@@ -49,6 +56,13 @@ class ModelSpec:
     post_norms: bool = False
     num_classes: int | None = None
     mrope_section: tuple[int, ...] | None = None
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_dim: int | None = None
+    dense_layers: tuple[int, ...] = ()
+    router_norm_topk: bool = True
+    router_scoring: str = "softmax"
+    shared_expert_dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -59,6 +73,14 @@ class ModelSpec:
             raise ValueError(
                 f"layer_types has {len(self.layer_types)} entries, num_layers={self.num_layers}"
             )
+        if self.num_experts and not 0 < self.experts_per_token <= self.num_experts:
+            raise ValueError(
+                f"experts_per_token={self.experts_per_token} must be in 1..{self.num_experts}"
+            )
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether ``layer``'s feed-forward is a mixture of experts."""
+        return self.num_experts > 0 and layer not in self.dense_layers
 
     @property
     def resolved_head_dim(self) -> int:

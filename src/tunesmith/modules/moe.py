@@ -1,0 +1,313 @@
+"""Mixture-of-experts feed-forward: top-k router, grouped experts, auxiliary losses.
+
+``MoE(router, experts, shared_expert=None)`` replaces a layer's ``FeedForward``
+(``x [b, s, d] -> [b, s, d]``). Tokens are never dropped (no capacity factor): every token is
+sent to its ``k`` experts. The experts' weights are grouped tensors ``[n_experts, ...]`` run
+with one ``torch._grouped_mm`` per projection where the device / dtype support it, else a
+loop over experts (same numbers; see ``GroupedExperts``).
+
+Each ``MoE`` keeps the router logits and choices of its last forward (``last_routing``); the
+model-level helpers ``router_aux_loss`` (Switch / Mixtral load balancing, equal to
+transformers' ``load_balancing_loss_func``), ``router_z_loss`` (ST-MoE) and ``router_stats``
+(per-expert token fractions for the metrics) read them after a forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tunesmith.modules.feed_forward import ACTIVATIONS
+
+__all__ = [
+    "TopKRouter",
+    "GroupedExperts",
+    "MoE",
+    "Routing",
+    "moe_layers",
+    "router_aux_loss",
+    "router_z_loss",
+    "router_stats",
+    "grouped_mm_supported",
+]
+
+SCORINGS = ("softmax", "sigmoid")
+
+
+@dataclass
+class Routing:
+    """One forward's routing: ``logits [T, E]`` (T = b * s tokens), ``indices [T, k]``."""
+
+    logits: Tensor
+    indices: Tensor
+
+
+class TopKRouter(nn.Module):
+    """Score every expert per token and keep the ``top_k`` best.
+
+    Args:
+        dim: model width ``d``.
+        num_experts: ``E``.
+        top_k: experts per token ``k``.
+        scoring: ``"softmax"`` (over all experts, in fp32; Qwen3-MoE, Mixtral) or
+            ``"sigmoid"`` (independent per expert; Llama 4).
+        norm_topk: divide the kept ``k`` scores by their sum (Mixtral; Qwen3-MoE's
+            ``norm_topk_prob``).
+        bias: a bias on the gate projection.
+
+    ``forward(x [T, d]) -> (weights [T, k] in x's dtype, indices [T, k] long, logits [T, E])``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_experts: int,
+        top_k: int,
+        *,
+        scoring: str = "softmax",
+        norm_topk: bool = True,
+        bias: bool = False,
+    ):
+        super().__init__()
+        if scoring not in SCORINGS:
+            raise ValueError(f"router scoring {scoring!r}: choose one of {SCORINGS}")
+        if not 0 < top_k <= num_experts:
+            raise ValueError(f"top_k={top_k} must be in 1..num_experts={num_experts}")
+        self.gate = nn.Linear(dim, num_experts, bias=bias)
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.scoring = scoring
+        self.norm_topk = norm_topk
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        logits = self.gate(x)
+        if self.scoring == "softmax":
+            scores = F.softmax(logits, dim=-1, dtype=torch.float32)
+        else:
+            scores = torch.sigmoid(logits.float())
+        weights, indices = torch.topk(scores, self.top_k, dim=-1)
+        if self.norm_topk:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights.to(x.dtype), indices, logits
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous (``_grouped_mm``'s
+    backward rejects expanded / zero-stride gradients)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return grad.contiguous()
+
+
+def grouped_mm_supported(x: Tensor, *dims: int) -> bool:
+    """Whether ``torch._grouped_mm`` runs ``x``'s device / dtype with inner sizes ``dims``.
+
+    CPU: fp32 / bf16. CUDA: bf16 on compute capability >= 9.0 (Hopper). Every row stride
+    must be a multiple of 16 bytes.
+    """
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    if any((n * x.element_size()) % 16 for n in dims):
+        return False
+    if x.device.type == "cpu":
+        return x.dtype in (torch.float32, torch.bfloat16)
+    if x.device.type == "cuda":
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9
+    return False
+
+
+class GroupedExperts(nn.Module):
+    """``E`` gated feed-forward experts with grouped weights (torchtune's layout).
+
+    Parameters: ``gate_proj [E, d, f]``, ``up_proj [E, d, f]``, ``down_proj [E, f, d]``;
+    expert ``e`` computes ``(act(x @ gate_proj[e]) * (x @ up_proj[e])) @ down_proj[e]``.
+
+    Args:
+        dim: ``d``. hidden_dim: ``f``. num_experts: ``E``.
+        activation: a ``feed_forward.ACTIVATIONS`` name.
+        use_grouped_mm: True / False forces the path; None (default) uses
+            ``torch._grouped_mm`` where ``grouped_mm_supported`` says it runs, else the loop.
+
+    ``forward(x [N, d] rows sorted by expert, counts [E] rows per expert) -> [N, d]``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        num_experts: int,
+        *,
+        activation: str = "silu",
+        use_grouped_mm: bool | None = None,
+    ):
+        super().__init__()
+        self.gate_proj = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))
+        self.up_proj = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))
+        self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_dim, dim))
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"Unknown activation {activation!r}; choose one of {ACTIVATIONS}")
+        self.act: Callable[[Tensor], Tensor] = ACTIVATIONS[activation]
+        self.num_experts = num_experts
+        self.use_grouped_mm = use_grouped_mm
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for p in (self.gate_proj, self.up_proj, self.down_proj):
+            nn.init.normal_(p, std=p.shape[1] ** -0.5)
+
+    def _grouped(self, x: Tensor, counts: Tensor) -> Tensor:
+        offs = torch.cumsum(counts, dim=0).to(torch.int32)
+
+        def mm(a: Tensor, w: Tensor) -> Tensor:
+            return _ContiguousGrad.apply(torch._grouped_mm(a, w.to(a.dtype), offs=offs))
+
+        h = self.act(mm(x, self.gate_proj)) * mm(x, self.up_proj)
+        return mm(h, self.down_proj)
+
+    def _loop(self, x: Tensor, counts: Tensor) -> Tensor:
+        outs = []
+        for e, rows in enumerate(x.split(counts.tolist(), dim=0)):
+            if rows.shape[0] == 0:
+                continue
+            h = self.act(rows @ self.gate_proj[e]) * (rows @ self.up_proj[e])
+            outs.append(h @ self.down_proj[e])
+        return torch.cat(outs) if outs else x.new_zeros(0, x.shape[-1])
+
+    def forward(self, x: Tensor, counts: Tensor) -> Tensor:
+        grouped = self.use_grouped_mm
+        if grouped is None:
+            grouped = grouped_mm_supported(x, x.shape[-1], self.gate_proj.shape[-1])
+        return self._grouped(x, counts) if grouped else self._loop(x, counts)
+
+
+class MoE(nn.Module):
+    """Route each token to ``k`` experts, add the shared expert if any.
+
+    ``out[t] = sum_j weights[t, j] * expert_{indices[t, j]}(x[t]) (+ shared_expert(x[t]))``.
+
+    Args:
+        router: a ``TopKRouter``.
+        experts: a ``GroupedExperts``.
+        shared_expert: a ``FeedForward`` every token also goes through (None: none).
+
+    Shapes: ``x [b, s, d] -> [b, s, d]``. After each forward ``last_routing`` holds the
+    router logits ``[b * s, E]`` and choices ``[b * s, k]`` for the auxiliary losses.
+    """
+
+    def __init__(
+        self,
+        *,
+        router: TopKRouter,
+        experts: GroupedExperts,
+        shared_expert: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.router = router
+        self.experts = experts
+        self.shared_expert = shared_expert
+        self.last_routing: Routing | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        weights, indices, logits = self.router(flat)
+        self.last_routing = Routing(logits=logits, indices=indices)
+        k = indices.shape[-1]
+        choice = indices.reshape(-1)  # [T * k]
+        order = torch.argsort(choice, stable=True)
+        token = order // k
+        counts = torch.bincount(choice, minlength=self.router.num_experts)
+        y = self.experts(flat[token], counts) * weights.reshape(-1)[order, None]
+        out = torch.zeros_like(flat).index_add_(0, token, y.to(flat.dtype))
+        if self.shared_expert is not None:
+            out = out + self.shared_expert(flat)
+        return out.reshape(shape)
+
+
+def moe_layers(model: nn.Module) -> Iterator[MoE]:
+    """Every ``MoE`` module of ``model`` in module order."""
+    return (m for m in model.modules() if isinstance(m, MoE))
+
+
+def _routings(model: nn.Module) -> list[tuple[MoE, Routing]]:
+    return [(m, m.last_routing) for m in moe_layers(model) if m.last_routing is not None]
+
+
+def _flat_mask(mask: Tensor | None, rows: int, device: torch.device) -> Tensor | None:
+    if mask is None:
+        return None
+    flat = mask.reshape(-1).to(device=device, dtype=torch.float32)
+    if flat.numel() != rows:
+        raise ValueError(f"token mask has {flat.numel()} entries for {rows} routed tokens")
+    return flat
+
+
+def router_aux_loss(model: nn.Module, token_mask: Tensor | None = None) -> Tensor | None:
+    """Switch / Mixtral load-balancing loss over every MoE layer's last forward.
+
+    ``E * sum_e f_e * P_e`` with ``f_e`` the fraction of (token, choice) assignments to
+    expert ``e`` times ``k`` and ``P_e`` the mean softmax probability of ``e``, both pooled
+    over all layers first, exactly as transformers' ``load_balancing_loss_func``
+    (``token_mask [b, s]``, True / 1 = real token, is its ``attention_mask``). The
+    probabilities are the softmax of the router logits for every scoring. None when the
+    model has no routed forward.
+    """
+    routed = _routings(model)
+    if not routed:
+        return None
+    n_exp = routed[0][0].router.num_experts
+    device = routed[0][1].logits.device
+    counts = torch.zeros(n_exp, device=device)
+    probs = torch.zeros(n_exp, device=device)
+    rows = torch.zeros((), device=device)
+    for _, r in routed:
+        p = F.softmax(r.logits.float(), dim=-1)
+        m = _flat_mask(token_mask, p.shape[0], device)
+        w = torch.ones(p.shape[0], device=device) if m is None else m
+        k = r.indices.shape[-1]
+        counts = counts.scatter_add(0, r.indices.reshape(-1), w.repeat_interleave(k))
+        probs = probs + (p * w[:, None]).sum(dim=0)
+        rows = rows + w.sum()
+    return (counts / rows * (probs / rows)).sum() * n_exp
+
+
+def router_z_loss(model: nn.Module, token_mask: Tensor | None = None) -> Tensor | None:
+    """ST-MoE router z-loss: mean over tokens and layers of ``logsumexp(logits) ** 2``."""
+    routed = _routings(model)
+    if not routed:
+        return None
+    total = 0.0
+    for _, r in routed:
+        z = torch.logsumexp(r.logits.float(), dim=-1) ** 2
+        m = _flat_mask(token_mask, z.shape[0], z.device)
+        total = total + (z.mean() if m is None else (z * m).sum() / m.sum().clamp(min=1))
+    return total / len(routed)
+
+
+@torch.no_grad()
+def router_stats(model: nn.Module) -> dict[str, float]:
+    """Per-expert token fractions of the last forward, pooled over layers, for the metrics.
+
+    ``router/expert_frac_max`` and ``_min`` (1 / E each when perfectly balanced) and
+    ``router/expert_frac_<e>`` for every expert; empty without MoE layers.
+    """
+    routed = _routings(model)
+    if not routed:
+        return {}
+    n_exp = routed[0][0].router.num_experts
+    counts = sum(
+        torch.bincount(r.indices.reshape(-1), minlength=n_exp).float().cpu() for _, r in routed
+    )
+    frac = counts / counts.sum().clamp(min=1)
+    stats = {"router/expert_frac_max": frac.max().item(), "router/expert_frac_min": frac.min().item()}
+    stats.update({f"router/expert_frac_{e}": v for e, v in enumerate(frac.tolist())})
+    return stats
