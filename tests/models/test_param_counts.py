@@ -53,6 +53,10 @@ PUBLISHED = {
     "qwen2_5_32b_instruct": 32_763_876_352,
     "qwen2_5_72b_base": 72_706_203_648,
     "qwen2_5_72b_instruct": 72_706_203_648,
+    "qwen3_moe_30b_a3b": 30_532_122_624,
+    "qwen3_moe_235b_a22b": 235_093_634_560,
+    "mixtral_8x7b": 46_702_792_704,
+    "mixtral_8x22b": 140_620_634_112,
     "qwen3_0_6b_base": 596_049_920,
     "qwen3_0_6b_instruct": 596_049_920,
     "qwen3_1_7b_base": 1_720_574_976,
@@ -83,7 +87,9 @@ _FAMILY_OF = {
     "phi4": "phi4",
     "qwen2_5": "qwen2_5",
     "qwen2": "qwen2",
+    "qwen3_moe": "qwen3_moe",
     "qwen3": "qwen3",
+    "mixtral": "mixtral",
     "smollm2": "smollm2",
 }
 

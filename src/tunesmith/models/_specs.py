@@ -70,6 +70,36 @@ def _qwen3(**kw: object) -> ModelSpec:
     return ModelSpec(**{**base, **kw})
 
 
+def _qwen3_moe(**kw: object) -> ModelSpec:
+    base: dict = dict(
+        family="QWEN3_MOE",
+        vocab_size=151_936,
+        head_dim=128,
+        num_kv_heads=4,
+        norm_eps=1e-6,
+        rope_base=1_000_000.0,
+        qk_norm=True,
+        max_seq_len=40_960,
+        num_experts=128,
+        experts_per_token=8,
+        router_norm_topk=True,
+    )
+    return ModelSpec(**{**base, **kw})
+
+
+def _mixtral(**kw: object) -> ModelSpec:
+    base: dict = dict(
+        family="MIXTRAL",
+        vocab_size=32_000,
+        num_kv_heads=8,
+        rope_base=1_000_000.0,
+        norm_eps=1e-5,
+        num_experts=8,
+        experts_per_token=2,
+    )
+    return ModelSpec(**{**base, **kw})
+
+
 def _smollm2(**kw: object) -> ModelSpec:
     base: dict = dict(family="LLAMA3_2", vocab_size=49_152, max_seq_len=8192, tie_embeddings=True)
     return ModelSpec(**{**base, **kw})
@@ -313,6 +343,38 @@ SPECS: dict[str, ModelSpec] = {
         embed_dim=5120,
         intermediate_dim=25600,
         max_seq_len=40_960,
+    ),
+    # Qwen3-MoE (every layer routed; dense intermediate_dim unused by the released sizes)
+    "qwen3_moe_30b_a3b": _qwen3_moe(
+        num_layers=48,
+        num_heads=32,
+        embed_dim=2048,
+        intermediate_dim=6144,
+        moe_intermediate_dim=768,
+    ),
+    "qwen3_moe_235b_a22b": _qwen3_moe(
+        num_layers=94,
+        num_heads=64,
+        embed_dim=4096,
+        intermediate_dim=12288,
+        moe_intermediate_dim=1536,
+    ),
+    # Mixtral v0.1 (expert width = intermediate_dim)
+    "mixtral_8x7b": _mixtral(
+        num_layers=32,
+        num_heads=32,
+        embed_dim=4096,
+        intermediate_dim=14336,
+        moe_intermediate_dim=14336,
+        max_seq_len=32_768,
+    ),
+    "mixtral_8x22b": _mixtral(
+        num_layers=56,
+        num_heads=48,
+        embed_dim=6144,
+        intermediate_dim=16384,
+        moe_intermediate_dim=16384,
+        max_seq_len=65_536,
     ),
     # SmolLM2 (Llama architecture, tied embeddings)
     "smollm2_135m": _smollm2(
