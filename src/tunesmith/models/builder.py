@@ -18,7 +18,7 @@ from tunesmith.modules import (
     TransformerDecoder,
     TransformerSelfAttentionLayer,
 )
-from tunesmith.modules.moe import MoE, GroupedExperts, TopKRouter
+from tunesmith.modules.moe import GroupedExperts, MoE, TopKRouter
 from tunesmith.modules.rope import MultimodalRotaryEmbedding
 
 __all__ = [
@@ -141,7 +141,11 @@ def _layer(spec: ModelSpec, index: int, lora: LoRASettings | None) -> Transforme
         softcap=spec.attn_softcap,
         sliding_window=spec.layer_window(index),
     )
-    mlp = _moe(spec) if spec.is_moe_layer(index) else _mlp(spec, spec.intermediate_dim, mlp_lora, lora)
+    mlp = (
+        _moe(spec)
+        if spec.is_moe_layer(index)
+        else _mlp(spec, spec.intermediate_dim, mlp_lora, lora)
+    )
     return TransformerSelfAttentionLayer(
         attn=attn,
         mlp=mlp,

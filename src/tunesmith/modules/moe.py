@@ -308,6 +308,9 @@ def router_stats(model: nn.Module) -> dict[str, float]:
         torch.bincount(r.indices.reshape(-1), minlength=n_exp).float().cpu() for _, r in routed
     )
     frac = counts / counts.sum().clamp(min=1)
-    stats = {"router/expert_frac_max": frac.max().item(), "router/expert_frac_min": frac.min().item()}
+    stats = {
+        "router/expert_frac_max": frac.max().item(),
+        "router/expert_frac_min": frac.min().item(),
+    }
     stats.update({f"router/expert_frac_{e}": v for e, v in enumerate(frac.tolist())})
     return stats
