@@ -35,6 +35,7 @@ class Size:
     qlora_builder: str | None = None  # defaults to "qlora_" + builder
     custom_sharded_layers: bool = False
     extra_tokenizer: dict[str, str] = field(default_factory=dict)
+    moe: bool = False  # mixture of experts: no LoRA on the experts, router aux loss on
 
 
 def _shards(n: int, ext: str = "safetensors", prefix: str = "model") -> list[str]:
@@ -158,6 +159,13 @@ SIZES: list[Size] = [
          _BPE, ["lora_single_device"], big=True, lora_lr="1e-4"),
     Size("qwen3", "32B", "qwen3_32b", "Qwen/Qwen3-32B", _shards(17), "QWEN3", _QWEN3_TOK, _BPE,
          ["lora"], big=True, lora_lr="1e-4"),
+    # Qwen3-MoE, Mixtral (mixtures of experts: LoRA on attention, router load-balancing loss)
+    Size("qwen3_moe", "30B_A3B", "qwen3_moe_30b_a3b", "Qwen/Qwen3-30B-A3B", _shards(16),
+         "QWEN3_MOE", _QWEN3_TOK, _BPE, ["lora", "lora_single_device"], big=True, lora_lr="1e-4",
+         moe=True),
+    Size("mixtral", "8x7B", "mixtral_8x7b", "mistralai/Mixtral-8x7B-v0.1", _shards(19), "MIXTRAL",
+         "tunesmith.models.mixtral.mistral_tokenizer", _SPM, ["lora"], big=True, lora_rank=16,
+         lora_lr="2e-5", moe=True),
 ]  # fmt: skip
 
 # One generation config per family, pointing at a small size of it.
@@ -245,7 +253,9 @@ def _model_block(s: Size, kind: str) -> str:
         "model:",
         f"  _component_: tunesmith.models.{s.family}.{builder}",
         "  lora_attn_modules: ['q_proj', 'v_proj', 'output_proj']",
-        "  apply_lora_to_mlp: True",
+        "  apply_lora_to_mlp: False  # no LoRA on experts yet"
+        if s.moe
+        else "  apply_lora_to_mlp: True",
         f"  lora_rank: {s.lora_rank}  # higher increases accuracy and memory",
         f"  lora_alpha: {2 * s.lora_rank}  # usually alpha=2*rank",
         "  lora_dropout: 0.0",
@@ -341,7 +351,12 @@ def finetune_config(s: Size, variant: str) -> str:
         )
     text += (
         "loss:\n  _component_: tunesmith.modules.loss.LinearCrossEntropyLoss\n"
-        "clip_grad_norm: null\n"
+        + (
+            "router_aux_loss_coef: 0.001  # MoE load balancing (transformers' router_aux_loss_coef)\n"
+            if s.moe
+            else ""
+        )
+        + "clip_grad_norm: null\n"
         "compile: False  # torch.compile the model + loss, True increases speed + decreases memory\n\n"
         "# Training environment\ndevice: cuda\ndtype: bf16\n\n"
         "# Memory management\n"

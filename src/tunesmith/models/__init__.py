@@ -6,7 +6,13 @@ package exposes the shared machinery.
 
 from tunesmith.models._hf_config import load_hf_config, spec_from_hf_config
 from tunesmith.models._specs import SPECS, get_spec
-from tunesmith.models.builder import build_decoder, build_from_hf, lora_settings, model_type_of
+from tunesmith.models.builder import (
+    build_decoder,
+    build_from_hf,
+    from_hf,
+    lora_settings,
+    model_type_of,
+)
 from tunesmith.models.spec import LoRASettings, ModelSpec, RopeScaling
 
 __all__ = [
@@ -16,6 +22,7 @@ __all__ = [
     "RopeScaling",
     "build_decoder",
     "build_from_hf",
+    "from_hf",
     "get_spec",
     "load_hf_config",
     "lora_settings",

@@ -95,9 +95,11 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
     cfg: Mapping[str, Any] = config if isinstance(config, Mapping) else config.to_dict()
     hf_type = cfg.get("model_type")
     if hf_type not in HF_MODEL_TYPES:
+        archs = ", ".join(cfg.get("architectures") or []) or "no architectures listed"
         raise ValueError(
-            f"config.json: model_type {hf_type!r} is not supported; "
-            f"supported: {', '.join(sorted(HF_MODEL_TYPES))}."
+            f"config.json: model_type {hf_type!r} ({archs}) is not supported; supported "
+            f"model types: {', '.join(sorted(HF_MODEL_TYPES))} (and mllama, qwen2_5_vl for "
+            "build_from_hf's vision models)."
         )
     family = HF_MODEL_TYPES[hf_type]
     for flag in ("mlp_bias",) + (("attention_bias",) if family not in ("QWEN2",) else ()):

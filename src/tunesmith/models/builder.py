@@ -25,6 +25,7 @@ __all__ = [
     "LORA_ATTN_MODULE_NAMES",
     "build_decoder",
     "build_from_hf",
+    "from_hf",
     "lora_model_builder",
     "lora_settings",
     "model_builder",
@@ -317,6 +318,14 @@ def build_from_hf(
             quantize_base=quantize_base,
         )
     return build_decoder(spec, lora)
+
+
+def from_hf(checkpoint_dir: Any, **kwargs: Any) -> TransformerDecoder:
+    """``build_from_hf`` named for YAML: ``_component_: tunesmith.models.from_hf`` with
+    ``checkpoint_dir: <dir>`` builds the model its ``config.json`` describes (any supported
+    architecture, dense or mixture of experts); the other arguments are ``build_from_hf``'s.
+    """
+    return build_from_hf(checkpoint_dir, **kwargs)
 
 
 def _hf_model_type(config: Any) -> str | None:

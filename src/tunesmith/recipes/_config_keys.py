@@ -67,7 +67,11 @@ TORCHTUNE_ACCEPTED: dict[str, frozenset[str]] = {
 }
 
 KEYS: dict[str, frozenset[str]] = {
-    "finetune": frozenset(_TRAINING | {"dataset_val", "batch_size_val", "run_val_every_n_steps"}),
+    "finetune": frozenset(
+        _TRAINING
+        | {"dataset_val", "batch_size_val", "run_val_every_n_steps"}
+        | {"router_aux_loss_coef", "router_z_loss_coef"}  # training.router_loss (MoE models)
+    ),
     "qat": frozenset(
         _TRAINING
         | {"dataset_val", "batch_size_val", "run_val_every_n_steps"}

@@ -171,9 +171,11 @@ class Observer:
         tokens: torch.Tensor,
         grad_norm: torch.Tensor | None,
         postfix: dict[str, str] | None = None,
+        extra: dict[str, float] | None = None,
     ) -> None:
         """Advance the bar every step; at log steps (``loss`` given, already on the host) write
-        metrics. ``postfix``: more values for the bar (e.g. the RL recipes' mean reward). ``tokens`` (trained tokens of this step, all ranks) stays on the device until
+        metrics. ``postfix``: more values for the bar (e.g. the RL recipes' mean reward);
+        ``extra``: more metrics of this log step (e.g. MoE router statistics). ``tokens`` (trained tokens of this step, all ranks) stays on the device until
         then, so steps in between never wait for the accelerator."""
         if self._compiling:
             self._time_compile()
@@ -198,6 +200,7 @@ class Observer:
         }
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
+        metrics.update(extra or {})
         if self.memory:
             metrics.update(get_memory_stats(self.device, reset_stats=True))  # this interval
         if self.logger is not None:

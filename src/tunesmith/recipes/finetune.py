@@ -49,6 +49,7 @@ from tunesmith.training.distributed import (
 )
 from tunesmith.training.gradients import clip_and_step, count_trainable_tokens
 from tunesmith.training.precision import compute_context, loss_scaler, master_dtype
+from tunesmith.training.router_loss import RouterLoss, add_router_loss
 from tunesmith.utils import get_logger, set_seed
 
 __all__ = ["recipe_main"]
@@ -86,6 +87,7 @@ def recipe_main(cfg: DictConfig) -> None:
     seed = _agreed_seed(state.get("seed") if resume else cfg.get("seed"), world_size, device)
     model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size)
     loss_fn = instantiate(cfg.loss)
+    router_loss = RouterLoss.from_config(cfg, model)  # MoE: load balancing / z-loss
     ignore_index = int(getattr(loss_fn, "ignore_index", -100))
     if hasattr(loss_fn, "set_model_output"):  # the loss projects hidden states itself
         loss_fn.set_model_output(model)
@@ -224,8 +226,8 @@ def recipe_main(cfg: DictConfig) -> None:
                         out = model(batch.pop("tokens"), **batch)
                     with compute_context(dtype, device):
                         loss = loss_fn(out, labels)
-                    loss_sum += loss.detach() * n
-                    scaled = loss * (n * weight)
+                    loss_sum += loss.detach() * n  # the logged loss is the token loss alone
+                    scaled = add_router_loss(loss, router_loss, model) * (n * weight)
                     (scaler.scale(scaled) if scaler else scaled).backward()
                     del out, loss
                 del micro
@@ -250,6 +252,7 @@ def recipe_main(cfg: DictConfig) -> None:
                     lr=optimizer.param_groups[0]["lr"],
                     tokens=total_tokens,
                     grad_norm=grad_norm,
+                    extra=router_loss.metrics(model) if router_loss and log_now else None,
                 )
                 loss_sum.zero_()
                 if val_loader is not None and global_step % val_every == 0:
