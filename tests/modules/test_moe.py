@@ -159,3 +159,24 @@ def test_experts_without_tokens_are_skipped_and_sigmoid_scoring():
     e = moe.experts
     h = torch.nn.functional.silu(x[0] @ e.gate_proj[2]) * (x[0] @ e.up_proj[2])
     assert torch.allclose(out[0], weights * (h @ e.down_proj[2]), atol=1e-6)
+
+
+def test_aux_loss_gradient_survives_activation_checkpointing(pair):
+    """The router logits kept inside a checkpointed layer still carry the aux-loss gradient."""
+    import copy
+
+    from tunesmith.training.activations import apply_activation_checkpointing
+
+    _, ours = pair
+    grads = []
+    for ckpt in (False, True):
+        model = copy.deepcopy(ours).train()
+        if ckpt:
+            apply_activation_checkpointing(model)
+        logits = model(_tokens(4))
+        loss = logits.float().pow(2).mean() * 1e-3 + 0.1 * router_aux_loss(model)
+        loss = loss + 0.01 * router_z_loss(model)
+        loss.backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        assert (a - b).abs().max() <= 1e-6

@@ -56,11 +56,15 @@ def _run(tmp_path: Path, model_dir: Path, data: Path, name: str, **over) -> Path
     return out
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora_attention"])
-def test_moe_finetune_learns_and_logs_router_stats(tiny_moe, instruct_data, tmp_path, lora):
-    over = {}
+@pytest.mark.parametrize(
+    "lora, checkpointing", [(False, False), (True, True)], ids=["full", "lora_attn_ckpt"]
+)
+def test_moe_finetune_learns_and_logs_router_stats(
+    tiny_moe, instruct_data, tmp_path, lora, checkpointing
+):
+    over = {"enable_activation_checkpointing": checkpointing}
     if lora:
-        over = {
+        over |= {
             "model.lora_attn_modules": ["q_proj", "k_proj", "v_proj", "output_proj"],
             "model.apply_lora_to_output": True,
             "model.lora_rank": 8,
