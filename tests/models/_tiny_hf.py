@@ -69,6 +69,23 @@ def tiny_configs() -> dict[str, object]:
             num_experts_per_tok=2,
             sliding_window=16,
         ),
+        # gpt-oss: sinks, alternating sliding window, yarn RoPE, biased experts, clamped SwiGLU
+        "gpt_oss": t.GptOssConfig(
+            **{**_COMMON, "num_hidden_layers": 4, "intermediate_size": 32},
+            head_dim=16,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=12,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 150000.0,
+                "factor": 32.0,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": False,
+                "original_max_position_embeddings": 16,
+            },
+        ),
     }
 
 

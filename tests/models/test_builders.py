@@ -26,7 +26,7 @@ TORCHTUNE_NAMES = {
     "phi4": ["phi4_14b"],
     "qwen2": ["qwen2_0_5b", "qwen2_1_5b", "qwen2_7b"],
     "qwen2_5": [n for n in SPECS if n.startswith("qwen2_5_")],
-    "qwen3": [n for n in SPECS if n.startswith("qwen3_")],
+    "qwen3": [n for n in SPECS if n.startswith("qwen3_") and not n.startswith("qwen3_moe_")],
     "smollm2": ["smollm2_135m", "smollm2_360m", "smollm2_1_7b"],
 }
 NO_QLORA = {"qwen2", "qwen2_5", "qwen3", "smollm2"}

@@ -201,7 +201,9 @@ def test_gemma2_v4_config_alternates_sliding_layers():
 def test_unsupported_configs_fail_clearly():
     with pytest.raises(ValueError, match="model_type 'bert'"):
         spec_from_hf_config({"model_type": "bert"})
-    with pytest.raises(ValueError, match="rope type 'yarn'"):
-        spec_from_hf_config({**LLAMA_3_2_1B, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+    with pytest.raises(ValueError, match="rope type 'longrope'"):
+        spec_from_hf_config(
+            {**LLAMA_3_2_1B, "rope_scaling": {"rope_type": "longrope", "factor": 4.0}}
+        )
     with pytest.raises(ValueError, match="attention_bias"):
         spec_from_hf_config({**LLAMA_3_2_1B, "attention_bias": True})

@@ -57,6 +57,8 @@ PUBLISHED = {
     "qwen3_moe_235b_a22b": 235_093_634_560,
     "mixtral_8x7b": 46_702_792_704,
     "mixtral_8x22b": 140_620_634_112,
+    "gpt_oss_20b": 20_914_757_184,
+    "gpt_oss_120b": 116_829_156_672,
     "qwen3_0_6b_base": 596_049_920,
     "qwen3_0_6b_instruct": 596_049_920,
     "qwen3_1_7b_base": 1_720_574_976,
@@ -90,6 +92,7 @@ _FAMILY_OF = {
     "qwen3_moe": "qwen3_moe",
     "qwen3": "qwen3",
     "mixtral": "mixtral",
+    "gpt_oss": "gpt_oss",
     "smollm2": "smollm2",
 }
 

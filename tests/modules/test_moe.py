@@ -23,7 +23,7 @@ from tunesmith.modules.moe import (
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(scope="module", params=["qwen3_moe", "mixtral"])
+@pytest.fixture(scope="module", params=["qwen3_moe", "mixtral", "gpt_oss"])
 def pair(request, tmp_path_factory):
     """(transformers model, our model with the same weights)."""
     directory = tmp_path_factory.mktemp(request.param)
@@ -41,13 +41,15 @@ def _tokens(seed: int, b: int = 2, s: int = 23) -> torch.Tensor:
 
 def test_router_outputs_and_expert_counts_equal_transformers(pair):
     hf, ours = pair
-    hf_moe = next(m for m in hf.modules() if type(m).__name__.endswith("SparseMoeBlock"))
+    hf_moe = next(m for m in hf.modules() if type(m).__name__.endswith(("SparseMoeBlock", "MLP")))
     our_moe = next(moe_layers(ours))
     x = torch.randn(40, hf.config.hidden_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        hf_logits, hf_weights, hf_idx = hf_moe.gate(x)
+        router = getattr(hf_moe, "gate", None) or hf_moe.router
+        hf_logits, hf_weights, hf_idx = router(x)
         weights, idx, logits = our_moe.router(x)
-        expected_out = hf_moe(x[None])[0]
+        expected_out = hf_moe(x[None])
+        expected_out = (expected_out[0] if isinstance(expected_out, tuple) else expected_out)[0]
         got_out = our_moe(x[None])[0]
     assert torch.equal(idx, hf_idx)
     assert (logits - hf_logits).abs().max() <= 1e-6
@@ -120,12 +122,18 @@ def test_kv_cache_decoding_equals_transformers(pair):
     assert (got - expected).abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("oss", [False, True], ids=["swiglu", "gpt_oss_biased_clamped"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_grouped_mm_equals_loop_in_output_and_gradient(dtype):
+def test_grouped_mm_equals_loop_in_output_and_gradient(dtype, oss):
     if not grouped_mm_supported(torch.zeros((), dtype=dtype), 32, 48):
         pytest.skip(f"torch._grouped_mm does not run {dtype} on this device")
     torch.manual_seed(0)
-    moe = MoE(router=TopKRouter(32, 6, 2), experts=GroupedExperts(32, 48, 6)).to(dtype)
+    kw = {"bias": True, "swiglu_limit": 0.5} if oss else {}
+    experts = GroupedExperts(32, 48, 6, **kw)
+    if oss:
+        for b in (experts.gate_bias, experts.up_bias, experts.down_bias):
+            torch.nn.init.normal_(b)
+    moe = MoE(router=TopKRouter(32, 6, 2, bias=oss), experts=experts).to(dtype)
     x = torch.randn(3, 10, 32, dtype=dtype)
     results = []
     for grouped in (True, False):

@@ -111,3 +111,14 @@ def test_unknown_architecture_lists_the_supported_ones(tmp_path):
     )
     with pytest.raises(ValueError, match=r"'mamba' \(MambaForCausalLM\).*mixtral.*qwen3_moe"):
         from_hf(tmp_path)
+
+
+def test_quantized_checkpoint_is_refused(tmp_path):
+    from tests.models._tiny_hf import tiny_configs
+    from tunesmith.models import from_hf
+
+    config = tiny_configs()["gpt_oss"].to_dict()
+    config["quantization_config"] = {"quant_method": "mxfp4"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"quantized \(mxfp4\).*bf16"):
+        from_hf(tmp_path)

@@ -6,6 +6,11 @@ HF (on disk, as transformers' ``save_pretrained`` writes them):
 Native: ``layers.{i}.mlp.experts.{gate,up,down}_proj`` ``[E, d, f]`` / ``[E, f, d]`` (each
 expert's matrix transposed, stacked) and ``layers.{i}.mlp.router.gate.weight``. Both
 directions only stack / transpose, so HF -> native -> HF is bit-exact.
+
+gpt-oss stores its experts grouped already: ``mlp.experts.gate_up_proj [E, d, 2f]`` (gate and
+up interleaved along the last dim) with ``gate_up_proj_bias [E, 2f]``, ``down_proj [E, f, d]``
+with ``down_proj_bias [E, d]``, the router as ``mlp.router.{weight,bias}`` and the attention
+sinks as ``self_attn.sinks``; the interleaved columns are split / re-interleaved (bit-exact).
 """
 
 from __future__ import annotations
@@ -22,14 +27,72 @@ __all__ = ["MOE_FAMILIES", "hf_experts_to_native", "native_experts_to_hf"]
 MOE_FAMILIES: dict[str, tuple[str, tuple[str, str, str]]] = {
     "QWEN3_MOE": ("mlp", ("gate_proj", "up_proj", "down_proj")),
     "MIXTRAL": ("block_sparse_moe", ("w1", "w3", "w2")),
+    "GPT_OSS": ("mlp", ("gate_up_proj", "gate_up_proj", "down_proj")),  # fused: see _oss_*
 }
 _NATIVE = ("gate_proj", "up_proj", "down_proj")
+
+
+_OSS_HF = re.compile(
+    r"^model\.layers\.(\d+)\.(mlp\.experts\.(?:gate_up_proj|down_proj)(?:_bias)?"
+    r"|mlp\.router\.(?:weight|bias)|self_attn\.sinks)$"
+)
+_OSS_NATIVE = re.compile(
+    r"^layers\.(\d+)\.(mlp\.experts\.(?:gate|up|down)_(?:proj|bias)"
+    r"|mlp\.router\.gate\.(?:weight|bias)|attn\.sinks)$"
+)
+
+
+def _oss_to_native(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    native: dict[str, Tensor] = {}
+    rest: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        m = _OSS_HF.match(key)
+        if m is None:
+            rest[key] = value
+            continue
+        pre, name = f"layers.{m.group(1)}.", m.group(2)
+        if name == "self_attn.sinks":
+            native[pre + "attn.sinks"] = value
+        elif name.startswith("mlp.router."):
+            native[pre + "mlp.router.gate." + name.rsplit(".", 1)[1]] = value
+        elif name.endswith("gate_up_proj") or name.endswith("gate_up_proj_bias"):
+            kind = "proj" if name.endswith("proj") else "bias"
+            native[f"{pre}mlp.experts.gate_{kind}"] = value[..., ::2].contiguous()
+            native[f"{pre}mlp.experts.up_{kind}"] = value[..., 1::2].contiguous()
+        else:
+            native[f"{pre}mlp.experts.down_{'proj' if name.endswith('proj') else 'bias'}"] = value
+    return native, rest
+
+
+def _oss_to_hf(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    hf: dict[str, Tensor] = {}
+    rest: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        m = _OSS_NATIVE.match(key)
+        if m is None:
+            rest[key] = value
+            continue
+        pre, name = f"model.layers.{m.group(1)}.", m.group(2)
+        if name == "attn.sinks":
+            hf[pre + "self_attn.sinks"] = value
+        elif name.startswith("mlp.router."):
+            hf[pre + "mlp.router." + name.rsplit(".", 1)[1]] = value
+        elif name.startswith("mlp.experts.down_"):
+            hf[pre + "mlp.experts.down_proj" + ("" if name.endswith("proj") else "_bias")] = value
+        elif name.startswith("mlp.experts.gate_"):
+            kind = name.rsplit("_", 1)[1]
+            up = sd[key.replace("gate_", "up_")]
+            fused = torch.stack([value, up], dim=-1).reshape(*value.shape[:-1], -1)
+            hf[pre + "mlp.experts.gate_up_proj" + ("" if kind == "proj" else "_bias")] = fused
+    return hf, rest
 
 
 def hf_experts_to_native(
     state_dict: Mapping[str, Tensor], family: str
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Split ``state_dict`` into (native expert + router tensors, every other HF key)."""
+    if family == "GPT_OSS":
+        return _oss_to_native(state_dict)
     block, names = MOE_FAMILIES[family]
     expert_re = re.compile(
         rf"^model\.layers\.(\d+)\.{block}\.experts\.(\d+)\.({'|'.join(names)})\.weight$"
@@ -58,6 +121,8 @@ def native_experts_to_hf(
     state_dict: Mapping[str, Tensor], family: str
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Split native ``state_dict`` into (HF expert + router tensors, every other key)."""
+    if family == "GPT_OSS":
+        return _oss_to_hf(state_dict)
     block, names = MOE_FAMILIES[family]
     expert_re = re.compile(rf"^layers\.(\d+)\.mlp\.experts\.({'|'.join(_NATIVE)})$")
     router_re = re.compile(r"^layers\.(\d+)\.mlp\.router\.gate\.weight$")

@@ -22,6 +22,7 @@ HF_MODEL_TYPES = {
     "qwen3": "QWEN3",
     "qwen3_moe": "QWEN3_MOE",
     "mixtral": "MIXTRAL",
+    "gpt_oss": "GPT_OSS",
 }
 _ACTIVATIONS = {
     "silu": "silu",
@@ -51,6 +52,19 @@ def _rope(cfg: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
     kind = params.get("rope_type", params.get("type", "default"))
     if kind == "default":
         return theta, None
+    if kind == "yarn":
+        return theta, RopeScaling(
+            factor=float(params["factor"]),
+            original_max_position_embeddings=int(
+                params.get("original_max_position_embeddings")
+                or cfg.get("max_position_embeddings", 4096)
+            ),
+            rope_type="yarn",
+            beta_fast=float(params.get("beta_fast") or 32.0),
+            beta_slow=float(params.get("beta_slow") or 1.0),
+            truncate=bool(params.get("truncate", True)),
+            attention_factor=params.get("attention_factor"),
+        )
     if kind == "linear":
         return theta, RopeScaling(factor=float(params["factor"]), rope_type="linear")
     if kind == "llama3":
@@ -61,7 +75,8 @@ def _rope(cfg: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
             original_max_position_embeddings=int(params["original_max_position_embeddings"]),
         )
     raise ValueError(
-        f"config.json: rope type {kind!r} is not supported (supported: default, linear, llama3)."
+        f"config.json: rope type {kind!r} is not supported (supported: default, linear, llama3, "
+        "yarn)."
     )
 
 
@@ -102,7 +117,15 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
             "build_from_hf's vision models)."
         )
     family = HF_MODEL_TYPES[hf_type]
-    for flag in ("mlp_bias",) + (("attention_bias",) if family not in ("QWEN2",) else ()):
+    quant = (cfg.get("quantization_config") or {}).get("quant_method")
+    if quant:
+        raise ValueError(
+            f"config.json: the checkpoint is quantized ({quant}); tunesmith loads bf16 / fp32 "
+            "weights only: use a bf16 copy (for gpt-oss e.g. unsloth/gpt-oss-20b-BF16) or "
+            "dequantize it first."
+        )
+    biased = ("QWEN2", "GPT_OSS")
+    for flag in ("mlp_bias",) + (("attention_bias",) if family not in biased else ()):
         if cfg.get(flag):
             raise ValueError(f"config.json: {flag}=true is not supported for {hf_type}.")
     act_name = cfg.get("hidden_activation") or cfg.get("hidden_act", "silu")
@@ -149,6 +172,19 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
 
 def _moe_fields(cfg: Mapping[str, Any], family: str, n_layers: int) -> dict[str, Any]:
     """The ``ModelSpec`` mixture-of-experts fields of a Qwen3-MoE / Mixtral config."""
+    if family == "GPT_OSS":
+        if float(cfg.get("swiglu_alpha", 1.702)) != 1.702:
+            raise ValueError("config.json: swiglu_alpha != 1.702 is not supported.")
+        return dict(
+            num_experts=cfg["num_local_experts"],
+            experts_per_token=cfg["num_experts_per_tok"],
+            moe_intermediate_dim=cfg["intermediate_size"],
+            router_bias=True,
+            expert_bias=True,
+            swiglu_limit=float(cfg.get("swiglu_limit", 7.0)),
+            attn_sinks=True,
+            out_bias=bool(cfg.get("attention_bias", True)),
+        )
     if family == "MIXTRAL":
         return dict(
             num_experts=cfg["num_local_experts"],

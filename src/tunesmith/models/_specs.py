@@ -100,6 +100,44 @@ def _mixtral(**kw: object) -> ModelSpec:
     return ModelSpec(**{**base, **kw})
 
 
+_GPT_OSS_ROPE = RopeScaling(
+    factor=32.0,
+    original_max_position_embeddings=4096,
+    rope_type="yarn",
+    beta_fast=32.0,
+    beta_slow=1.0,
+    truncate=False,
+)
+
+
+def _gpt_oss(n_layers: int, n_experts: int) -> ModelSpec:
+    return ModelSpec(
+        family="GPT_OSS",
+        vocab_size=201_088,
+        num_layers=n_layers,
+        num_heads=64,
+        num_kv_heads=8,
+        head_dim=64,
+        embed_dim=2880,
+        intermediate_dim=2880,
+        moe_intermediate_dim=2880,
+        max_seq_len=131_072,
+        rope_base=150_000.0,
+        rope_scaling=_GPT_OSS_ROPE,
+        norm_eps=1e-5,
+        qkv_bias=True,
+        out_bias=True,
+        attn_sinks=True,
+        sliding_window=128,
+        layer_types=alternating_sliding(n_layers),
+        num_experts=n_experts,
+        experts_per_token=4,
+        router_bias=True,
+        expert_bias=True,
+        swiglu_limit=7.0,
+    )
+
+
 def _smollm2(**kw: object) -> ModelSpec:
     base: dict = dict(family="LLAMA3_2", vocab_size=49_152, max_seq_len=8192, tie_embeddings=True)
     return ModelSpec(**{**base, **kw})
@@ -376,6 +414,9 @@ SPECS: dict[str, ModelSpec] = {
         moe_intermediate_dim=16384,
         max_seq_len=65_536,
     ),
+    # gpt-oss (bf16 weights; the released MXFP4 checkpoints are refused on load)
+    "gpt_oss_20b": _gpt_oss(24, 32),
+    "gpt_oss_120b": _gpt_oss(36, 128),
     # SmolLM2 (Llama architecture, tied embeddings)
     "smollm2_135m": _smollm2(
         num_layers=30,

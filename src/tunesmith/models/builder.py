@@ -109,12 +109,15 @@ def _moe(spec: ModelSpec) -> MoE:
             spec.experts_per_token,
             scoring=spec.router_scoring,
             norm_topk=spec.router_norm_topk,
+            bias=spec.router_bias,
         ),
         experts=GroupedExperts(
             d,
             spec.moe_intermediate_dim or spec.intermediate_dim,
             spec.num_experts,
             activation=spec.activation,
+            bias=spec.expert_bias,
+            swiglu_limit=spec.swiglu_limit,
         ),
         shared_expert=(
             _mlp(spec, spec.shared_expert_dim, False, None) if spec.shared_expert_dim else None
@@ -135,12 +138,15 @@ def _layer(spec: ModelSpec, index: int, lora: LoRASettings | None) -> Transforme
         q_proj=_linear(d, h * hd, bias=spec.qkv_bias, adapt="q_proj" in targets, lora=lora),
         k_proj=_linear(d, kv * hd, bias=spec.qkv_bias, adapt="k_proj" in targets, lora=lora),
         v_proj=_linear(d, kv * hd, bias=spec.qkv_bias, adapt="v_proj" in targets, lora=lora),
-        output_proj=_linear(h * hd, d, bias=False, adapt="output_proj" in targets, lora=lora),
+        output_proj=_linear(
+            h * hd, d, bias=spec.out_bias, adapt="output_proj" in targets, lora=lora
+        ),
         q_norm=_norm(spec, hd) if spec.qk_norm else None,
         k_norm=_norm(spec, hd) if spec.qk_norm else None,
         scale=spec.query_pre_attn_scalar**-0.5 if spec.query_pre_attn_scalar else None,
         softcap=spec.attn_softcap,
         sliding_window=spec.layer_window(index),
+        sinks=spec.attn_sinks,
     )
     mlp = (
         _moe(spec)

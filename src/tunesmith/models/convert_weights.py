@@ -7,7 +7,7 @@ interleaved RoPE layout and are permuted here. Keys ending in LoRA / DoRA suffix
 (``.lora_a.weight``, ``.lora_b.weight``, ``.magnitude``) are renamed like their base module.
 
 ``model_type`` strings are torchtune's: LLAMA2, LLAMA3, LLAMA3_2, MISTRAL, GEMMA, GEMMA2,
-PHI3_MINI, PHI4, QWEN2, QWEN3, QWEN3_MOE and MIXTRAL (experts stacked into grouped tensors,
+PHI3_MINI, PHI4, QWEN2, QWEN3, QWEN3_MOE, MIXTRAL and GPT_OSS (experts stacked into grouped tensors,
 see ``_convert_moe``), REWARD (a Llama / Mistral classifier with a ``score`` head),
 and LLAMA3_VISION (HF ``MllamaForConditionalGeneration``, see ``_convert_vision``) and
 QWEN2_5_VL (HF ``Qwen2_5_VLForConditionalGeneration``, see ``_convert_qwen_vl``).
@@ -85,6 +85,7 @@ _RULES: dict[str, tuple[dict[str, str], dict[str, str], bool, bool]] = {
     "QWEN3": (_LAYER_HF, _TOP_HF, False, False),
     "QWEN3_MOE": (_LAYER_HF, _TOP_HF, False, False),
     "MIXTRAL": (_LAYER_HF, _TOP_HF, False, True),
+    "GPT_OSS": (_LAYER_HF, _TOP_HF, False, False),
     "REWARD": (_LAYER_HF, _TOP_REWARD, False, True),
 }
 MODEL_TYPES = tuple(_RULES)

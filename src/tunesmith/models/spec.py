@@ -27,7 +27,9 @@ class ModelSpec:
     ``moe_intermediate_dim``, ``experts_per_token`` per token, scored by
     ``router_scoring`` (``softmax`` / ``sigmoid``), the kept scores renormalised when
     ``router_norm_topk``; ``shared_expert_dim`` adds a shared expert. Dense layers use
-    ``intermediate_dim``.
+    ``intermediate_dim``. gpt-oss: ``router_bias`` / ``expert_bias`` (biases on the router and
+    the expert projections), ``swiglu_limit`` (its clamped SwiGLU), ``attn_sinks`` (a learned
+    sink logit per head), ``out_bias`` (a bias on the attention output projection).
     """
 
     family: str
@@ -63,6 +65,11 @@ class ModelSpec:
     router_norm_topk: bool = True
     router_scoring: str = "softmax"
     shared_expert_dim: int | None = None
+    router_bias: bool = False
+    expert_bias: bool = False
+    swiglu_limit: float | None = None
+    attn_sinks: bool = False
+    out_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

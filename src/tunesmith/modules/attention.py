@@ -7,7 +7,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from tunesmith.modules.attention_kernels import Documents, dense_attention, document_attention
+from tunesmith.modules.attention_kernels import (
+    Documents,
+    dense_attention,
+    document_attention,
+    sink_attention,
+)
 from tunesmith.modules.kv_cache import KVCache
 from tunesmith.modules.rope import apply_rope
 
@@ -30,6 +35,9 @@ class MultiHeadAttention(nn.Module):
         sliding_window: when set, this layer only sees the last ``sliding_window`` keys; the
             decoder builds the matching mask and passes it in (with ``seq_lens`` the layer
             applies its own window).
+        sinks: a learned sink logit per query head (parameter ``sinks [h]``, gpt-oss): the
+            softmax also runs over it and drops its share (``attention_kernels.sink_attention``,
+            eager; with ``seq_lens`` over the documents' dense block-causal mask).
 
     Shapes: ``x [b, s, d]``, ``cos, sin [b|1, 1, s, hd]`` (both None: no RoPE, as in vision
     encoders and cross-attention), ``mask [b|1, s, s_kv]`` bool (True = attend) or None for
@@ -58,6 +66,7 @@ class MultiHeadAttention(nn.Module):
         scale: float | None = None,
         softcap: float | None = None,
         sliding_window: int | None = None,
+        sinks: bool = False,
     ):
         super().__init__()
         if num_heads % num_kv_heads != 0:
@@ -77,6 +86,7 @@ class MultiHeadAttention(nn.Module):
         self.scale = head_dim**-0.5 if scale is None else scale
         self.softcap = softcap
         self.sliding_window = sliding_window
+        self.sinks = nn.Parameter(torch.zeros(num_heads)) if sinks else None
         self.kv_cache: KVCache | None = None
 
     def setup_cache(self, batch_size: int, dtype: torch.dtype, max_seq_len: int) -> None:
@@ -118,12 +128,20 @@ class MultiHeadAttention(nn.Module):
                     "mask instead"
                 )
             docs = seq_lens if isinstance(seq_lens, Documents) else Documents(seq_lens, x.device)
+            if self.sinks is not None:
+                out = sink_attention(
+                    q, k, v, docs.dense_mask(self.sliding_window), self.scale, self.sinks
+                )
+                return self.output_proj(out.transpose(1, 2).reshape(b, s, -1))
             out = document_attention(
                 q, k, v, docs, scale=self.scale, softcap=self.softcap, window=self.sliding_window
             )
         else:
             attn_mask = None if mask is None else mask[:, None]
-            out = dense_attention(q, k, v, attn_mask, scale=self.scale, softcap=self.softcap)
+            if self.sinks is not None:
+                out = sink_attention(q, k, v, attn_mask, self.scale, self.sinks)
+            else:
+                out = dense_attention(q, k, v, attn_mask, scale=self.scale, softcap=self.softcap)
         return self.output_proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
 
     def _cross(self, x: Tensor, kv_input: Tensor, mask: Tensor | None) -> Tensor:

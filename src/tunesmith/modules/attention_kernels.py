@@ -35,6 +35,7 @@ __all__ = [
     "Documents",
     "dense_attention",
     "dense_strategy",
+    "sink_attention",
     "document_attention",
     "document_strategy",
     "flex_available",
@@ -141,6 +142,26 @@ def _softcapped(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: flo
     scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     return torch.matmul(probs, v)
+
+
+def sink_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, sinks: Tensor
+) -> Tensor:
+    """Attention with a learned sink logit per head (gpt-oss): the softmax runs over the keys
+    plus one extra logit ``sinks[h]`` whose probability is dropped (fp32 softmax, eager).
+
+    ``q [b, h, s, hd]``, ``k, v [b, kv, s_kv, hd]``, ``mask [b|1, 1, s, s_kv]`` bool or None
+    (causal), ``sinks [h]`` -> ``[b, h, s, hd]``.
+    """
+    k, v = _expand_kv(q, k, v)
+    scores = torch.matmul(q, k.transpose(-2, -1)).float() * scale
+    s_q, s_k = q.shape[-2], k.shape[-2]
+    if mask is None:
+        mask = torch.ones(s_q, s_k, dtype=torch.bool, device=q.device).tril(s_k - s_q)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    sink = sinks.float().reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+    probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+    return torch.matmul(probs.to(q.dtype), v)
 
 
 def dense_attention(

@@ -128,12 +128,17 @@ def grouped_mm_supported(x: Tensor, *dims: int) -> bool:
 class GroupedExperts(nn.Module):
     """``E`` gated feed-forward experts with grouped weights (torchtune's layout).
 
-    Parameters: ``gate_proj [E, d, f]``, ``up_proj [E, d, f]``, ``down_proj [E, f, d]``;
-    expert ``e`` computes ``(act(x @ gate_proj[e]) * (x @ up_proj[e])) @ down_proj[e]``.
+    Parameters: ``gate_proj [E, d, f]``, ``up_proj [E, d, f]``, ``down_proj [E, f, d]``
+    (and ``gate_bias``, ``up_bias [E, f]``, ``down_bias [E, d]`` with ``bias``); expert ``e``
+    computes ``glu(x @ gate_proj[e], x @ up_proj[e]) @ down_proj[e]`` with
+    ``glu(g, u) = act(g) * u``, or with ``swiglu_limit`` gpt-oss's clamped form
+    ``(clamp(u, -L, L) + 1) * g' * sigmoid(alpha * g')``, ``g' = min(g, L)``.
 
     Args:
         dim: ``d``. hidden_dim: ``f``. num_experts: ``E``.
         activation: a ``feed_forward.ACTIVATIONS`` name.
+        bias: biases on the three projections (gpt-oss).
+        swiglu_limit, swiglu_alpha: gpt-oss's clamped SwiGLU (``activation`` unused).
         use_grouped_mm: True / False forces the path; None (default) uses
             ``torch._grouped_mm`` where ``grouped_mm_supported`` says it runs, else the loop.
 
@@ -148,11 +153,21 @@ class GroupedExperts(nn.Module):
         *,
         activation: str = "silu",
         use_grouped_mm: bool | None = None,
+        bias: bool = False,
+        swiglu_limit: float | None = None,
+        swiglu_alpha: float = 1.702,
     ):
         super().__init__()
         self.gate_proj = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))
         self.up_proj = nn.Parameter(torch.empty(num_experts, dim, hidden_dim))
         self.down_proj = nn.Parameter(torch.empty(num_experts, hidden_dim, dim))
+        self.gate_bias = self.up_bias = self.down_bias = None
+        if bias:
+            self.gate_bias = nn.Parameter(torch.zeros(num_experts, hidden_dim))
+            self.up_bias = nn.Parameter(torch.zeros(num_experts, hidden_dim))
+            self.down_bias = nn.Parameter(torch.zeros(num_experts, dim))
+        self.swiglu_limit = swiglu_limit
+        self.swiglu_alpha = swiglu_alpha
         if activation not in ACTIVATIONS:
             raise ValueError(f"Unknown activation {activation!r}; choose one of {ACTIVATIONS}")
         self.act: Callable[[Tensor], Tensor] = ACTIVATIONS[activation]
@@ -164,22 +179,37 @@ class GroupedExperts(nn.Module):
         for p in (self.gate_proj, self.up_proj, self.down_proj):
             nn.init.normal_(p, std=p.shape[1] ** -0.5)
 
+    def _glu(self, g: Tensor, u: Tensor) -> Tensor:
+        if self.swiglu_limit is None:
+            return self.act(g) * u
+        limit = self.swiglu_limit
+        g = g.clamp(max=limit)
+        return (u.clamp(-limit, limit) + 1) * (g * torch.sigmoid(g * self.swiglu_alpha))
+
     def _grouped(self, x: Tensor, counts: Tensor) -> Tensor:
         offs = torch.cumsum(counts, dim=0).to(torch.int32)
+        rows = None
+        if self.gate_bias is not None:  # the expert of every row, for its bias
+            experts = torch.arange(self.num_experts, device=x.device)
+            rows = torch.repeat_interleave(experts, counts, output_size=x.shape[0])
 
-        def mm(a: Tensor, w: Tensor) -> Tensor:
-            return _ContiguousGrad.apply(torch._grouped_mm(a, w.to(a.dtype), offs=offs))
+        def mm(a: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+            out = _ContiguousGrad.apply(torch._grouped_mm(a, w.to(a.dtype), offs=offs))
+            return out if b is None else out + b[rows].to(out.dtype)
 
-        h = self.act(mm(x, self.gate_proj)) * mm(x, self.up_proj)
-        return mm(h, self.down_proj)
+        h = self._glu(mm(x, self.gate_proj, self.gate_bias), mm(x, self.up_proj, self.up_bias))
+        return mm(h, self.down_proj, self.down_bias)
 
     def _loop(self, x: Tensor, counts: Tensor) -> Tensor:
         outs = []
         for e, rows in enumerate(x.split(counts.tolist(), dim=0)):
             if rows.shape[0] == 0:
                 continue
-            h = self.act(rows @ self.gate_proj[e]) * (rows @ self.up_proj[e])
-            outs.append(h @ self.down_proj[e])
+            g, u = rows @ self.gate_proj[e], rows @ self.up_proj[e]
+            if self.gate_bias is not None:
+                g, u = g + self.gate_bias[e], u + self.up_bias[e]
+            out = self._glu(g, u) @ self.down_proj[e]
+            outs.append(out if self.down_bias is None else out + self.down_bias[e])
         return torch.cat(outs) if outs else x.new_zeros(0, x.shape[-1])
 
     def forward(self, x: Tensor, counts: Tensor) -> Tensor:

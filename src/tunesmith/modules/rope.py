@@ -25,13 +25,29 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RopeScaling:
-    """RoPE frequency scaling: Llama 3.1's ``"llama3"`` or plain ``"linear"`` (uses ``factor`` only)."""
+    """RoPE frequency scaling: Llama 3.1's ``"llama3"``, plain ``"linear"`` (uses ``factor``
+    only) or ``"yarn"`` (``factor``, ``beta_fast``, ``beta_slow``, ``truncate``,
+    ``original_max_position_embeddings``; cos / sin are multiplied by ``attention_factor``,
+    default ``0.1 * ln(factor) + 1``; gpt-oss), computed as transformers does."""
 
     factor: float = 8.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
     rope_type: str = "llama3"
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    truncate: bool = True
+    attention_factor: float | None = None
+
+    @property
+    def cos_sin_scale(self) -> float:
+        """The factor on cos / sin (1 except for yarn)."""
+        if self.rope_type != "yarn":
+            return 1.0
+        if self.attention_factor is not None:
+            return self.attention_factor
+        return 1.0 if self.factor <= 1 else 0.1 * math.log(self.factor) + 1.0
 
 
 def rope_inv_freq(
@@ -47,9 +63,12 @@ def rope_inv_freq(
         return inv_freq
     if scaling.rope_type == "linear":
         return inv_freq / scaling.factor
+    if scaling.rope_type == "yarn":
+        return _yarn(inv_freq, head_dim, base, scaling)
     if scaling.rope_type != "llama3":
         raise ValueError(
-            f"Unsupported rope scaling type {scaling.rope_type!r}; use 'llama3' or 'linear'."
+            f"Unsupported rope scaling type {scaling.rope_type!r}; use 'llama3', 'linear' or "
+            "'yarn'."
         )
     old_len = scaling.original_max_position_embeddings
     low_freq_wavelen = old_len / scaling.low_freq_factor
@@ -62,6 +81,25 @@ def rope_inv_freq(
     smoothed = (1 - smooth) * inv_freq_llama / scaling.factor + smooth * inv_freq_llama
     is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
     return torch.where(is_medium, smoothed, inv_freq_llama)
+
+
+def _yarn(inv_freq: Tensor, dim: int, base: float, scaling: RopeScaling) -> Tensor:
+    """YaRN: interpolate the low frequencies by ``factor``, keep the high ones, ramp between."""
+    old_len = scaling.original_max_position_embeddings
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(old_len / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(scaling.beta_fast), correction_dim(scaling.beta_slow)
+    if scaling.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extrapolation = 1 - ramp.to(inv_freq.device)
+    interpolated = inv_freq / scaling.factor
+    return interpolated * (1 - extrapolation) + inv_freq * extrapolation
 
 
 class RotaryEmbedding(nn.Module):
@@ -84,6 +122,9 @@ class RotaryEmbedding(nn.Module):
         inv_freq = rope_inv_freq(self.head_dim, self.base, self.scaling, positions.device)
         freqs = positions.float()[..., None] * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+        scale = 1.0 if self.scaling is None else self.scaling.cos_sin_scale
+        if scale != 1.0:
+            return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def extra_repr(self) -> str:
