@@ -96,6 +96,12 @@ def test_moe_finetune_learns_and_logs_router_stats(
     tokens = torch.tensor([[257, *b"user: Reverse and shout.", 10]])
     with torch.no_grad():
         assert (ours(tokens) - hf(tokens).logits).abs().max() <= 1e-4
+    if lora:  # the adapter is PEFT's format: on the base model it gives the merged logits
+        peft = pytest.importorskip("peft")
+        base = transformers.Qwen3MoeForCausalLM.from_pretrained(tiny_moe).eval()
+        adapted = peft.PeftModel.from_pretrained(base, saved / "adapter").eval()
+        with torch.no_grad():
+            assert (adapted(tokens).logits - hf(tokens).logits).abs().max() <= 1e-4
 
 
 def test_router_coefficient_on_a_dense_model_is_an_error(run_finetune):
