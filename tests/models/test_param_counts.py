@@ -123,3 +123,31 @@ def test_build_decoder_matches_public_builder():
     assert [(k, v.shape) for k, v in a.state_dict().items()] == [
         (k, v.shape) for k, v in b.state_dict().items()
     ]
+
+
+#: published active parameters (billions, as rounded on the model cards: within 2%); gpt-oss's
+#: cards count them without the input embedding table
+ACTIVE = {
+    "qwen3_moe_30b_a3b": (3.3, True),
+    "qwen3_moe_235b_a22b": (22.0, True),
+    "mixtral_8x7b": (12.9, True),
+    "mixtral_8x22b": (39.0, True),
+    "gpt_oss_20b": (3.6, False),
+    "gpt_oss_120b": (5.1, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVE))
+def test_moe_active_parameters_on_meta_device(name):
+    import importlib
+
+    from tunesmith.modules.moe import active_parameter_count
+
+    builder = getattr(importlib.import_module(f"tunesmith.models.{_family(name)}"), name)
+    with torch.device("meta"):
+        model = builder()
+    billions, with_embeddings = ACTIVE[name]
+    active = active_parameter_count(model)
+    if not with_embeddings:
+        active -= model.tok_embeddings.weight.numel()
+    assert abs(active / 1e9 - billions) <= 0.02 * billions, active

@@ -33,6 +33,7 @@ __all__ = [
     "router_z_loss",
     "router_stats",
     "grouped_mm_supported",
+    "active_parameter_count",
 ]
 
 SCORINGS = ("softmax", "sigmoid")
@@ -266,6 +267,20 @@ class MoE(nn.Module):
 def moe_layers(model: nn.Module) -> Iterator[MoE]:
     """Every ``MoE`` module of ``model`` in module order."""
     return (m for m in model.modules() if isinstance(m, MoE))
+
+
+def active_parameter_count(model: nn.Module) -> int:
+    """Parameters one token uses: every parameter outside the experts plus ``k / E`` of each
+    MoE layer's expert parameters (the "A3B" of Qwen3-30B-A3B; works on the meta device)."""
+    expert_ids = set()
+    active = 0.0
+    for moe in moe_layers(model):
+        params = list(moe.experts.parameters())
+        expert_ids.update(id(p) for p in params)
+        share = moe.router.top_k / moe.router.num_experts
+        active += share * sum(p.numel() for p in params)
+    rest = sum(p.numel() for p in model.parameters() if id(p) not in expert_ids)
+    return rest + round(active)
 
 
 def _routings(model: nn.Module) -> list[tuple[MoE, Routing]]:
