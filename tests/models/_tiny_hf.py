@@ -69,6 +69,21 @@ def tiny_configs() -> dict[str, object]:
             num_experts_per_tok=2,
             sliding_window=16,
         ),
+        # Llama 4 text: chunked attention on RoPE layers, a NoPE layer (temperature tuning with a
+        # small floor_scale so it acts), QK-norm, sigmoid top-1 routing with a shared expert,
+        # dense / MoE layers interleaved
+        "llama4": t.Llama4TextConfig(
+            **{**_COMMON, "num_hidden_layers": 4, "intermediate_size": 32},
+            head_dim=16,
+            intermediate_size_mlp=96,
+            num_local_experts=4,
+            num_experts_per_tok=1,
+            interleave_moe_layer_step=2,
+            no_rope_layers=[1, 1, 1, 0],
+            attention_chunk_size=8,
+            floor_scale=4,
+            attn_scale=0.1,
+        ),
         # gpt-oss: sinks, alternating sliding window, yarn RoPE, biased experts, clamped SwiGLU
         "gpt_oss": t.GptOssConfig(
             **{**_COMMON, "num_hidden_layers": 4, "intermediate_size": 32},
@@ -93,7 +108,8 @@ def make_checkpoint(name: str, directory: Path, std: float = 0.1):
     """Write a random model to ``directory``; return the (eval, fp32, eager) transformers model."""
     cfg = tiny_configs()[name]
     cfg._attn_implementation = "eager"
-    cls = getattr(transformers, type(cfg).__name__.replace("Config", "ForCausalLM"))
+    name_ = type(cfg).__name__.replace("Config", "ForCausalLM").replace("Llama4Text", "Llama4")
+    cls = getattr(transformers, name_)
     torch.manual_seed(0)
     model = cls(cfg).eval()
     with torch.no_grad():

@@ -188,3 +188,29 @@ def test_aux_loss_gradient_survives_activation_checkpointing(pair):
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads, strict=True):
         assert (a - b).abs().max() <= 1e-6
+
+
+def test_llama4_kv_cache_decoding_and_routing_equal_transformers(tmp_path):
+    """Chunked layers (chunk 8 < 16 tokens), a tempered NoPE layer, sigmoid top-1 routing
+    that scales the expert inputs, and a shared expert, decoded token by token."""
+    hf = make_checkpoint("llama4", tmp_path)
+    config, hf_sd = read_checkpoint(tmp_path)
+    spec = spec_from_hf_config(config)
+    ours = build_decoder(spec).eval()
+    ours.load_state_dict(hf_to_native(hf_sd, model_type_of(spec), config), strict=True)
+    tokens = _tokens(5, b=2, s=16)
+    with torch.no_grad():
+        expected = hf(tokens).logits
+        ours.setup_caches(batch_size=2, dtype=torch.float32, max_seq_len=20)
+        try:
+            steps = [ours(tokens[:, :6])] + [ours(tokens[:, i : i + 1]) for i in range(6, 16)]
+        finally:
+            ours.remove_caches()
+        assert (torch.cat(steps, dim=1) - expected).abs().max() <= 1e-5
+        hf_moe = hf.model.layers[1].feed_forward
+        x = torch.randn(30, 64, generator=torch.Generator().manual_seed(0))
+        hf_scores, hf_logits = hf_moe.router(x)
+        weights, idx, logits = ours.layers[1].mlp.router(x)
+        assert (logits - hf_logits).abs().max() <= 1e-6
+        assert torch.equal(hf_scores.topk(1).indices, idx)
+        assert (ours.layers[1].mlp(x[None])[0] - hf_moe(x[None])[0]).abs().max() <= 1e-6

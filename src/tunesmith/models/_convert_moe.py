@@ -28,6 +28,7 @@ MOE_FAMILIES: dict[str, tuple[str, tuple[str, str, str]]] = {
     "QWEN3_MOE": ("mlp", ("gate_proj", "up_proj", "down_proj")),
     "MIXTRAL": ("block_sparse_moe", ("w1", "w3", "w2")),
     "GPT_OSS": ("mlp", ("gate_up_proj", "gate_up_proj", "down_proj")),  # fused: see _oss_*
+    "LLAMA4": ("feed_forward", ("gate_up_proj", "gate_up_proj", "down_proj")),  # _llama4_*
 }
 _NATIVE = ("gate_proj", "up_proj", "down_proj")
 
@@ -87,12 +88,63 @@ def _oss_to_hf(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, T
     return hf, rest
 
 
+_L4_HF = re.compile(
+    r"^model\.layers\.(\d+)\.feed_forward\.(experts\.gate_up_proj|experts\.down_proj"
+    r"|router\.weight)$"
+)
+_L4_NATIVE = re.compile(
+    r"^layers\.(\d+)\.mlp\.(experts\.(?:gate|up|down)_proj|router\.gate\.weight)$"
+)
+
+
+def _llama4_to_native(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Llama 4: ``feed_forward.experts.gate_up_proj [E, d, 2f]`` is gate then up (halves)."""
+    native: dict[str, Tensor] = {}
+    rest: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        m = _L4_HF.match(key)
+        if m is None:
+            rest[key] = value
+            continue
+        pre, name = f"layers.{m.group(1)}.mlp.", m.group(2)
+        if name == "router.weight":
+            native[pre + "router.gate.weight"] = value
+        elif name == "experts.down_proj":
+            native[pre + "experts.down_proj"] = value
+        else:
+            gate, up = value.chunk(2, dim=-1)
+            native[pre + "experts.gate_proj"] = gate.contiguous()
+            native[pre + "experts.up_proj"] = up.contiguous()
+    return native, rest
+
+
+def _llama4_to_hf(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    hf: dict[str, Tensor] = {}
+    rest: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        m = _L4_NATIVE.match(key)
+        if m is None:
+            rest[key] = value
+            continue
+        pre, name = f"model.layers.{m.group(1)}.feed_forward.", m.group(2)
+        if name == "router.gate.weight":
+            hf[pre + "router.weight"] = value
+        elif name == "experts.down_proj":
+            hf[pre + "experts.down_proj"] = value
+        elif name == "experts.gate_proj":
+            up = sd[key.replace("gate_proj", "up_proj")]
+            hf[pre + "experts.gate_up_proj"] = torch.cat([value, up], dim=-1)
+    return hf, rest
+
+
 def hf_experts_to_native(
     state_dict: Mapping[str, Tensor], family: str
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Split ``state_dict`` into (native expert + router tensors, every other HF key)."""
     if family == "GPT_OSS":
         return _oss_to_native(state_dict)
+    if family == "LLAMA4":
+        return _llama4_to_native(state_dict)
     block, names = MOE_FAMILIES[family]
     expert_re = re.compile(
         rf"^model\.layers\.(\d+)\.{block}\.experts\.(\d+)\.({'|'.join(names)})\.weight$"
@@ -123,6 +175,8 @@ def native_experts_to_hf(
     """Split native ``state_dict`` into (HF expert + router tensors, every other key)."""
     if family == "GPT_OSS":
         return _oss_to_hf(state_dict)
+    if family == "LLAMA4":
+        return _llama4_to_hf(state_dict)
     block, names = MOE_FAMILIES[family]
     expert_re = re.compile(rf"^layers\.(\d+)\.mlp\.experts\.({'|'.join(_NATIVE)})$")
     router_re = re.compile(r"^layers\.(\d+)\.mlp\.router\.gate\.weight$")

@@ -23,6 +23,7 @@ HF_MODEL_TYPES = {
     "qwen3_moe": "QWEN3_MOE",
     "mixtral": "MIXTRAL",
     "gpt_oss": "GPT_OSS",
+    "llama4_text": "LLAMA4",
 }
 _ACTIVATIONS = {
     "silu": "silu",
@@ -147,7 +148,7 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
         num_heads=n_heads,
         num_kv_heads=cfg.get("num_key_value_heads") or n_heads,
         embed_dim=cfg["hidden_size"],
-        intermediate_dim=cfg["intermediate_size"],
+        intermediate_dim=cfg.get("intermediate_size_mlp") or cfg["intermediate_size"],
         max_seq_len=cfg.get("max_position_embeddings", 4096),
         head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
         rope_base=theta,
@@ -172,6 +173,32 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
 
 def _moe_fields(cfg: Mapping[str, Any], family: str, n_layers: int) -> dict[str, Any]:
     """The ``ModelSpec`` mixture-of-experts fields of a Qwen3-MoE / Mixtral config."""
+    if family == "LLAMA4":
+        n_exp = cfg["num_local_experts"]
+        moe = cfg.get("moe_layers")
+        if moe is None:
+            step = cfg.get("interleave_moe_layer_step", 1)
+            moe = list(range(step - 1, n_layers, step))
+        rope = cfg.get("no_rope_layers") or [1] * n_layers
+        nope = tuple(i for i, r in enumerate(rope) if not r)
+        return dict(
+            num_experts=n_exp,
+            experts_per_token=cfg["num_experts_per_tok"],
+            moe_intermediate_dim=cfg["intermediate_size"],
+            dense_layers=tuple(i for i in range(n_layers) if i not in set(moe)),
+            router_scoring="sigmoid",
+            router_norm_topk=False,
+            router_weights_inputs=True,
+            shared_expert_dim=cfg["intermediate_size"],
+            nope_layers=nope,
+            attn_chunk_size=cfg.get("attention_chunk_size"),
+            qk_rms_norm=bool(cfg.get("use_qk_norm", True)),
+            attn_temperature=(
+                (float(cfg.get("floor_scale", 8192)), float(cfg.get("attn_scale", 0.1)))
+                if cfg.get("attn_temperature_tuning", True) and nope
+                else None
+            ),
+        )
     if family == "GPT_OSS":
         if float(cfg.get("swiglu_alpha", 1.702)) != 1.702:
             raise ValueError("config.json: swiglu_alpha != 1.702 is not supported.")

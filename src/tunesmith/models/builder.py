@@ -19,6 +19,7 @@ from tunesmith.modules import (
     TransformerSelfAttentionLayer,
 )
 from tunesmith.modules.moe import GroupedExperts, MoE, TopKRouter
+from tunesmith.modules.norms import WeightlessRMSNorm
 from tunesmith.modules.rope import MultimodalRotaryEmbedding
 
 __all__ = [
@@ -122,13 +123,23 @@ def _moe(spec: ModelSpec) -> MoE:
         shared_expert=(
             _mlp(spec, spec.shared_expert_dim, False, None) if spec.shared_expert_dim else None
         ),
+        weight_inputs=spec.router_weights_inputs,
     )
+
+
+def _qk_norm(spec: ModelSpec, hd: int, nope: bool) -> nn.Module | None:
+    if spec.qk_norm:
+        return _norm(spec, hd)
+    if spec.qk_rms_norm and not nope:  # Llama 4: RoPE layers only, no weight
+        return WeightlessRMSNorm(spec.norm_eps)
+    return None
 
 
 def _layer(spec: ModelSpec, index: int, lora: LoRASettings | None) -> TransformerSelfAttentionLayer:
     d, hd = spec.embed_dim, spec.resolved_head_dim
     h, kv = spec.num_heads, spec.num_kv_heads
     targets = set(lora.lora_attn_modules) if lora else set()
+    nope = index in spec.nope_layers
     mlp_lora = bool(lora and lora.apply_lora_to_mlp)
     attn = MultiHeadAttention(
         embed_dim=d,
@@ -141,12 +152,15 @@ def _layer(spec: ModelSpec, index: int, lora: LoRASettings | None) -> Transforme
         output_proj=_linear(
             h * hd, d, bias=spec.out_bias, adapt="output_proj" in targets, lora=lora
         ),
-        q_norm=_norm(spec, hd) if spec.qk_norm else None,
-        k_norm=_norm(spec, hd) if spec.qk_norm else None,
+        q_norm=_qk_norm(spec, hd, nope),
+        k_norm=_qk_norm(spec, hd, nope),
         scale=spec.query_pre_attn_scalar**-0.5 if spec.query_pre_attn_scalar else None,
         softcap=spec.attn_softcap,
         sliding_window=spec.layer_window(index),
         sinks=spec.attn_sinks,
+        use_rope=not nope,
+        chunk_size=None if nope else spec.attn_chunk_size,
+        temperature=spec.attn_temperature if nope else None,
     )
     mlp = (
         _moe(spec)

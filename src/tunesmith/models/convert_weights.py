@@ -63,6 +63,15 @@ _LAYER_GEMMA2 = {
     "pre_feedforward_layernorm": "mlp_norm",
     "post_feedforward_layernorm": "mlp_scale",
 }
+_LAYER_LLAMA4 = {
+    **{k: v for k, v in _LAYER_HF.items() if not k.startswith("mlp.")},
+    "feed_forward.gate_proj": "mlp.w1",
+    "feed_forward.down_proj": "mlp.w2",
+    "feed_forward.up_proj": "mlp.w3",
+    "feed_forward.shared_expert.gate_proj": "mlp.shared_expert.w1",
+    "feed_forward.shared_expert.down_proj": "mlp.shared_expert.w2",
+    "feed_forward.shared_expert.up_proj": "mlp.shared_expert.w3",
+}
 _TOP_HF = {"model.embed_tokens": "tok_embeddings", "model.norm": "norm", "lm_head": "output"}
 _TOP_REWARD = {**_TOP_HF, "score": "output"}
 _FUSED_PHI3 = {
@@ -86,6 +95,7 @@ _RULES: dict[str, tuple[dict[str, str], dict[str, str], bool, bool]] = {
     "QWEN3_MOE": (_LAYER_HF, _TOP_HF, False, False),
     "MIXTRAL": (_LAYER_HF, _TOP_HF, False, True),
     "GPT_OSS": (_LAYER_HF, _TOP_HF, False, False),
+    "LLAMA4": (_LAYER_LLAMA4, _TOP_HF, False, False),
     "REWARD": (_LAYER_HF, _TOP_REWARD, False, True),
 }
 MODEL_TYPES = tuple(_RULES)
@@ -212,6 +222,8 @@ def hf_to_native(
         if module == "output" and hit[0] == "lm_head" and ties_embeddings(cfg):
             continue  # tied: the embedding matrix is the output projection
         out[f"{module}.{_param_to_native(module, hit[1])}"] = value
+    if mt == "LLAMA4":  # HF's Llama 4 q/k rows are in the interleaved (complex) RoPE layout
+        out = _permute_qk(out, *_attn_sizes(cfg), permute_meta_to_hf)
     return out
 
 
@@ -258,6 +270,8 @@ def native_to_hf(
         for n in names
     }
     out: dict[str, Tensor] = {}
+    if mt == "LLAMA4":
+        state_dict = _permute_qk(state_dict, *_attn_sizes(_cfg(hf_config)), permute_hf_to_meta)
     if mt in MOE_FAMILIES:
         out, state_dict = native_experts_to_hf(state_dict, mt)
     pending: dict[tuple[str, str, str], dict[str, Tensor]] = {}

@@ -29,7 +29,11 @@ class ModelSpec:
     ``router_norm_topk``; ``shared_expert_dim`` adds a shared expert. Dense layers use
     ``intermediate_dim``. gpt-oss: ``router_bias`` / ``expert_bias`` (biases on the router and
     the expert projections), ``swiglu_limit`` (its clamped SwiGLU), ``attn_sinks`` (a learned
-    sink logit per head), ``out_bias`` (a bias on the attention output projection).
+    sink logit per head), ``out_bias`` (a bias on the attention output projection). Llama 4:
+    ``nope_layers`` skip RoPE (and take ``attn_temperature = (floor_scale, attn_scale)``),
+    the other layers use chunked local attention of ``attn_chunk_size`` and, with
+    ``qk_rms_norm``, a weightless RMS norm on q / k; ``router_weights_inputs`` scales the
+    routed inputs (not outputs) by the sigmoid router weight.
     """
 
     family: str
@@ -70,6 +74,11 @@ class ModelSpec:
     swiglu_limit: float | None = None
     attn_sinks: bool = False
     out_bias: bool = False
+    nope_layers: tuple[int, ...] = ()
+    attn_chunk_size: int | None = None
+    qk_rms_norm: bool = False
+    attn_temperature: tuple[float, float] | None = None
+    router_weights_inputs: bool = False
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

@@ -38,6 +38,13 @@ class MultiHeadAttention(nn.Module):
         sinks: a learned sink logit per query head (parameter ``sinks [h]``, gpt-oss): the
             softmax also runs over it and drops its share (``attention_kernels.sink_attention``,
             eager; with ``seq_lens`` over the documents' dense block-causal mask).
+        use_rope: False skips RoPE in this layer (Llama 4's NoPE layers).
+        chunk_size: chunked local attention (Llama 4): a query sees only the keys of its own
+            ``chunk_size`` block of positions (the decoder builds the mask; with ``seq_lens``
+            this layer builds it from the documents' positions).
+        temperature: ``(floor_scale, attn_scale)``: queries at slot ``p`` are multiplied by
+            ``log1p(floor((p + 1) / floor_scale)) * attn_scale + 1`` (Llama 4's NoPE layers;
+            ``p`` counts cache slots, or positions within each document with ``seq_lens``).
 
     Shapes: ``x [b, s, d]``, ``cos, sin [b|1, 1, s, hd]`` (both None: no RoPE, as in vision
     encoders and cross-attention), ``mask [b|1, s, s_kv]`` bool (True = attend) or None for
@@ -67,6 +74,9 @@ class MultiHeadAttention(nn.Module):
         softcap: float | None = None,
         sliding_window: int | None = None,
         sinks: bool = False,
+        use_rope: bool = True,
+        chunk_size: int | None = None,
+        temperature: tuple[float, float] | None = None,
     ):
         super().__init__()
         if num_heads % num_kv_heads != 0:
@@ -87,6 +97,9 @@ class MultiHeadAttention(nn.Module):
         self.softcap = softcap
         self.sliding_window = sliding_window
         self.sinks = nn.Parameter(torch.zeros(num_heads)) if sinks else None
+        self.use_rope = use_rope
+        self.chunk_size = chunk_size
+        self.temperature = temperature
         self.kv_cache: KVCache | None = None
 
     def setup_cache(self, batch_size: int, dtype: torch.dtype, max_seq_len: int) -> None:
@@ -116,8 +129,10 @@ class MultiHeadAttention(nn.Module):
             q = self.q_norm(q)
         if self.k_norm is not None:
             k = self.k_norm(k)
+        if self.temperature is not None:
+            q = self._temper(q, seq_lens)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if cos is not None and sin is not None:
+        if self.use_rope and cos is not None and sin is not None:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(k, v)
@@ -128,6 +143,11 @@ class MultiHeadAttention(nn.Module):
                     "mask instead"
                 )
             docs = seq_lens if isinstance(seq_lens, Documents) else Documents(seq_lens, x.device)
+            if self.chunk_size is not None and docs.max_len > self.chunk_size:
+                pos = _document_positions(docs, x.device) // self.chunk_size
+                chunk_mask = docs.dense_mask() & (pos[:, None] == pos[None, :])
+                out = dense_attention(q, k, v, chunk_mask, scale=self.scale, softcap=self.softcap)
+                return self.output_proj(out.transpose(1, 2).reshape(b, s, -1))
             if self.sinks is not None:
                 out = sink_attention(
                     q, k, v, docs.dense_mask(self.sliding_window), self.scale, self.sinks
@@ -143,6 +163,19 @@ class MultiHeadAttention(nn.Module):
             else:
                 out = dense_attention(q, k, v, attn_mask, scale=self.scale, softcap=self.softcap)
         return self.output_proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
+
+    def _temper(self, q: Tensor, seq_lens: Documents | Sequence[int] | None) -> Tensor:
+        """``q [b, s, h, hd]`` times the per-position temperature (see ``temperature``)."""
+        assert self.temperature is not None
+        floor_scale, attn_scale = self.temperature
+        s = q.shape[1]
+        if seq_lens is not None:
+            pos = _document_positions(seq_lens, q.device)
+        else:
+            start = self.kv_cache.size if self.kv_cache is not None else 0
+            pos = torch.arange(start, start + s, device=q.device)
+        scale = torch.log1p(torch.floor((pos.float() + 1.0) / floor_scale)) * attn_scale + 1.0
+        return (q * scale[None, :, None, None]).to(q.dtype)
 
     def _cross(self, x: Tensor, kv_input: Tensor, mask: Tensor | None) -> Tensor:
         """Queries from ``x [b, s, d]``, keys/values from ``kv_input [b, s_kv, d_kv]``."""
@@ -166,3 +199,9 @@ class MultiHeadAttention(nn.Module):
             softcap=self.softcap,
         )
         return self.output_proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
+
+
+def _document_positions(seq_lens: Documents | Sequence[int], device: torch.device) -> Tensor:
+    """``[T]`` position of every token within its document."""
+    lens = seq_lens.seq_lens if isinstance(seq_lens, Documents) else tuple(seq_lens)
+    return torch.cat([torch.arange(n, device=device) for n in lens])

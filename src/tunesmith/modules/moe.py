@@ -229,6 +229,8 @@ class MoE(nn.Module):
         router: a ``TopKRouter``.
         experts: a ``GroupedExperts``.
         shared_expert: a ``FeedForward`` every token also goes through (None: none).
+        weight_inputs: scale each routed token's input by its router weight instead of the
+            expert's output (Llama 4; the same for linear experts, not for SwiGLU ones).
 
     Shapes: ``x [b, s, d] -> [b, s, d]``. After each forward ``last_routing`` holds the
     router logits ``[b * s, E]`` and choices ``[b * s, k]`` for the auxiliary losses.
@@ -240,11 +242,13 @@ class MoE(nn.Module):
         router: TopKRouter,
         experts: GroupedExperts,
         shared_expert: nn.Module | None = None,
+        weight_inputs: bool = False,
     ):
         super().__init__()
         self.router = router
         self.experts = experts
         self.shared_expert = shared_expert
+        self.weight_inputs = weight_inputs
         self.last_routing: Routing | None = None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -257,7 +261,11 @@ class MoE(nn.Module):
         order = torch.argsort(choice, stable=True)
         token = order // k
         counts = torch.bincount(choice, minlength=self.router.num_experts)
-        y = self.experts(flat[token], counts) * weights.reshape(-1)[order, None]
+        w = weights.reshape(-1)[order, None]
+        if self.weight_inputs:
+            y = self.experts(flat[token] * w, counts)
+        else:
+            y = self.experts(flat[token], counts) * w
         out = torch.zeros_like(flat).index_add_(0, token, y.to(flat.dtype))
         if self.shared_expert is not None:
             out = out + self.shared_expert(flat)

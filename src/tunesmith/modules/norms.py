@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["RMSNorm"]
+__all__ = ["RMSNorm", "WeightlessRMSNorm"]
 
 
 class RMSNorm(nn.Module):
@@ -35,3 +35,18 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}, offset={self.offset}"
+
+
+class WeightlessRMSNorm(nn.Module):
+    """``x / rms(x)`` in fp32 with no parameters (Llama 4's QK "L2Norm").
+
+    Shapes: ``x [..., dim] -> [..., dim]`` (same dtype).
+    """
+
+    def __init__(self, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)

@@ -111,6 +111,12 @@ class TransformerDecoder(nn.Module):
         if len(windows) > 1:
             raise ValueError(f"All sliding-window layers must share one window, got {windows}.")
         self._sliding_window: int | None = windows.pop() if windows else None
+        chunks = {getattr(layer.attn, "chunk_size", None) for layer in self.layers} - {None}
+        if len(chunks) > 1:
+            raise ValueError(f"All chunked-attention layers must share one chunk, got {chunks}.")
+        self._chunk: int | None = chunks.pop() if chunks else None
+        if self._chunk is not None and self._sliding_window is not None:
+            raise ValueError("A decoder cannot mix sliding-window and chunked-attention layers.")
 
     @property
     def tie_word_embeddings(self) -> bool:
@@ -200,7 +206,7 @@ class TransformerDecoder(nn.Module):
     def _masks(
         self, b: int, s: int, mask: Tensor | None, device: torch.device
     ) -> tuple[Tensor | None, Tensor | None, Tensor]:
-        """Return (mask for full layers, mask for sliding layers, default positions).
+        """Return (mask for full layers, mask for sliding / chunked layers, default positions).
 
         A window at least as long as the keys changes nothing, so the sliding layers then
         share the full mask (and keep SDPA's fast ``is_causal`` path when it is None).
@@ -225,6 +231,29 @@ class TransformerDecoder(nn.Module):
             band = sliding_window_band(q_idx, k_idx, self._sliding_window)[None]
             sliding = band if mask is None else mask & band
         return mask, sliding, q_idx
+
+    def _chunked_mask(self, mask: Tensor | None, pos: Tensor, s: int) -> Tensor | None:
+        """The mask of Llama 4's chunked layers: ``mask`` (None = causal) and "same chunk of
+        ``_chunk`` positions" (positions, not slots: left padding and packed documents start
+        their chunks at their first token, as transformers does). ``pos [b|1, s]``."""
+        assert self._chunk is not None
+        pos = pos if pos.dim() == 2 else pos[None]
+        if self._cache_len is not None:  # remember the positions of the cached slots
+            start = self._cache_pos
+            if start == 0 or getattr(self, "_slot_pos", None) is None:
+                self._slot_pos = torch.zeros(
+                    pos.shape[0], self._cache_len, dtype=pos.dtype, device=pos.device
+                )
+            self._slot_pos[:, start : start + s] = pos
+            k_pos = self._slot_pos[:, : start + s]
+        else:
+            k_pos = pos
+        same = pos[:, :, None] // self._chunk == k_pos[:, None, :] // self._chunk
+        if mask is None:
+            n = k_pos.shape[-1]
+            causal = torch.ones(s, n, dtype=torch.bool, device=pos.device).tril(n - s)
+            return same & causal[None]
+        return mask & same
 
     def _documents(
         self,
@@ -295,9 +324,13 @@ class TransformerDecoder(nn.Module):
         if seq_lens is not None:
             seq_lens, input_pos = self._documents(b, s, mask, seq_lens, input_pos, h.device)
         full_mask, sliding_mask, default_pos = self._masks(b, s, mask, h.device)
+        if self._chunk is not None and seq_lens is None:
+            pos = default_pos if input_pos is None else input_pos
+            sliding_mask = self._chunked_mask(full_mask, pos, s)
         cos, sin = self.rope(default_pos if input_pos is None else input_pos, h.dtype)
         for layer in self.layers:
-            layer_mask = sliding_mask if layer.attn.sliding_window is not None else full_mask
+            local = layer.attn.sliding_window is not None or getattr(layer.attn, "chunk_size", None)
+            layer_mask = sliding_mask if local else full_mask
             fuse = encoder_input is not None or encoder_mask is not None
             if fuse and hasattr(layer, "fusion_layer"):
                 h = layer(
