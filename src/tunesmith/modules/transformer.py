@@ -324,7 +324,8 @@ class TransformerDecoder(nn.Module):
         if seq_lens is not None:
             seq_lens, input_pos = self._documents(b, s, mask, seq_lens, input_pos, h.device)
         full_mask, sliding_mask, default_pos = self._masks(b, s, mask, h.device)
-        if self._chunk is not None and seq_lens is None:
+        plain = input_pos is None and self._cache_len is None and s <= (self._chunk or 0)
+        if self._chunk is not None and seq_lens is None and not plain:  # plain: one chunk
             pos = default_pos if input_pos is None else input_pos
             sliding_mask = self._chunked_mask(full_mask, pos, s)
         cos, sin = self.rope(default_pos if input_pos is None else input_pos, h.dtype)
