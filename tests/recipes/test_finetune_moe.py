@@ -128,3 +128,45 @@ def test_quantized_checkpoint_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"quantized \(mxfp4\).*bf16"):
         from_hf(tmp_path)
+
+
+@pytest.mark.parametrize("family", ["gpt_oss", "llama4"])
+def test_other_moe_families_finetune(family, instruct_data, tmp_path):
+    """gpt-oss (sinks, yarn, clamped experts) and Llama 4 (chunked / NoPE attention, sigmoid
+    routing) train through the unpadded path and save a checkpoint transformers loads."""
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        initializer_range=0.2,
+    )
+    if family == "gpt_oss":
+        config = transformers.GptOssConfig(
+            **common, num_local_experts=4, num_experts_per_tok=2, sliding_window=16
+        )
+    else:
+        config = transformers.Llama4TextConfig(
+            **common,
+            intermediate_size_mlp=128,
+            num_local_experts=4,
+            num_experts_per_tok=1,
+            interleave_moe_layer_step=2,
+            attention_chunk_size=16,
+            no_rope_layers=[1, 0],
+        )
+    model_dir = tmp_path / "base"
+    torch.manual_seed(0)
+    cls = transformers.GptOssForCausalLM if family == "gpt_oss" else transformers.Llama4ForCausalLM
+    cls(config).save_pretrained(model_dir)
+    model_type = {"gpt_oss": "GPT_OSS", "llama4": "LLAMA4"}[family]
+    out = _run(
+        tmp_path, model_dir, instruct_data, family, **{"checkpointer.model_type": model_type}
+    )
+    assert_learns(out)
+    assert cls.from_pretrained(out / "epoch_1") is not None
