@@ -185,9 +185,10 @@ def _grid_to_rows(grid: Tensor, ratios: list[tuple[int, int]]) -> Tensor:
 
 
 def _rows_to_grid(
-    rows: Tensor, ratios: list[tuple[int, int]], t: int, d: int, reference: Tensor | None, key: str
-) -> Tensor:
-    """Inverse of :func:`_grid_to_rows`; cells no ratio reaches come from ``reference``."""
+    rows: Tensor, ratios: list[tuple[int, int]], t: int, d: int, reference: Tensor | None
+) -> tuple[Tensor, bool]:
+    """Inverse of :func:`_grid_to_rows` and whether it is exact (else cells are the mean of
+    the ratios using them); cells no ratio reaches come from ``reference``."""
     n = rows.shape[-1] // (t * d)
     per = rows.reshape(len(ratios) + 1, t, n, d)
     if reference is not None and tuple(reference.shape) == (t, t, n, d):
@@ -209,15 +210,9 @@ def _rows_to_grid(
         total[:h, :w] += block.double()
         count[:h, :w] += 1
     if not exact:
-        logger.warning(
-            "%s: the per-aspect-ratio tile embeddings no longer agree (or padding rows are "
-            "not zero), which Meta's one-grid layout cannot hold; writing each cell's mean over "
-            "the aspect ratios that use it (save in Hugging Face format to keep them exactly)",
-            key,
-        )
         mean = (total / count.clamp(min=1)).to(rows.dtype)
         grid = torch.where(seen[:, :, None, None], mean, grid)
-    return grid
+    return grid, exact
 
 
 def mllama_meta_to_native(
@@ -298,6 +293,7 @@ def mllama_native_to_meta(
             f"this model has them before {sorted(found)}: save it in Hugging Face format"
         )
     out: dict[str, Tensor] = {}
+    averaged: list[str] = []
     for key, value in state_dict.items():
         name = top.get(key)
         m = re.match(r"^decoder\.layers\.(\d+)\.(fusion_layer\.)?(.+)$", key)
@@ -326,10 +322,19 @@ def mllama_native_to_meta(
                             "native Llama 3.2 Vision weights lack the encoder embeddings"
                         )
                     ref = (meta_reference or {}).get(name)
-                    value = _rows_to_grid(value, ratios, t, enc_dim, ref, name)
+                    value, exact = _rows_to_grid(value, ratios, t, enc_dim, ref)
+                    if not exact:
+                        averaged.append(name)
                 elif key == "encoder.clip.conv.weight":
                     value = value.reshape(value.shape[0], -1)
         if name is None:
             raise KeyError(f"Native key {key!r} has no Llama 3.2 Vision Meta equivalent.")
         out[name] = value
+    if averaged:
+        logger.warning(
+            "%s: the per-aspect-ratio tile embeddings no longer agree (or padding rows are not "
+            "zero), which Meta's one-grid layout cannot hold; wrote each cell's mean over the "
+            "aspect ratios that use it (save in Hugging Face format to keep them exactly)",
+            ", ".join(averaged),
+        )
     return out
