@@ -240,3 +240,44 @@ def test_torchtune_11b_evaluation_runs_on_the_tiny_model(files, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert "exact_match,none" in results["results"]["tiny_vqa"]
+
+
+def test_prompt_of_a_three_tile_image_equals_transformers(files, tmp_path):
+    """generate's vision_prompt_batch pads images to the max tiles as transformers' processor
+    does (the ViT lets patches attend to padding tiles): last-token logits equal."""
+    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+    from transformers.models.mllama.processing_mllama import (
+        convert_sparse_cross_attention_mask_to_dense,
+        get_cross_attention_token_mask,
+    )
+
+    from tests.recipes._vision_toys import IMAGE_TOKEN
+    from tunesmith.config import instantiate
+    from tunesmith.data._image_transforms import CLIP_MEAN, CLIP_STD
+    from tunesmith.data._prompt import vision_prompt_batch
+    from tunesmith.recipes.generate import load_model
+
+    cfg = _config(files, tmp_path)
+    model, _ = load_model(cfg, torch.device("cpu"), torch.float32)
+    image = TASKS / "tiny_vqa" / "images" / "blue_wide.png"  # 1 x 3 tiles of 4
+    batch = vision_prompt_batch(
+        instantiate(cfg.tokenizer), {"user": {"image": str(image), "text": "Hi?"}}
+    )
+    with torch.no_grad():
+        ours = model(batch["tokens"], encoder_input=batch["encoder_input"],
+                     encoder_mask=batch["encoder_mask"])[0, -1]  # fmt: skip
+    from PIL import Image
+
+    px = MllamaImageProcessorPil(size={"height": TILE, "width": TILE}, image_mean=list(CLIP_MEAN),
+                                 image_std=list(CLIP_STD), max_image_tiles=4)(
+        images=[[Image.open(image).convert("RGB")]], return_tensors="pt")  # fmt: skip
+    ids = batch["tokens"][0].tolist()
+    cross = convert_sparse_cross_attention_mask_to_dense(
+        [get_cross_attention_token_mask(ids, IMAGE_TOKEN)], px["num_tiles"], 4, len(ids)
+    )
+    hf = transformers.MllamaForConditionalGeneration.from_pretrained(files[0]).eval()
+    with torch.no_grad():
+        ref = hf(input_ids=batch["tokens"], pixel_values=px["pixel_values"],
+                 aspect_ratio_ids=px["aspect_ratio_ids"], aspect_ratio_mask=px["aspect_ratio_mask"],
+                 cross_attention_mask=torch.as_tensor(cross)).logits[0, -1]  # fmt: skip
+    assert (ours - ref).abs().max() <= 1e-4 * max(1.0, float(ref.abs().max()))
