@@ -281,3 +281,16 @@ def test_prompt_of_a_three_tile_image_equals_transformers(files, tmp_path):
                  aspect_ratio_ids=px["aspect_ratio_ids"], aspect_ratio_mask=px["aspect_ratio_mask"],
                  cross_attention_mask=torch.as_tensor(cross)).logits[0, -1]  # fmt: skip
     assert (ours - ref).abs().max() <= 1e-4 * max(1.0, float(ref.abs().max()))
+
+
+def test_image_loglikelihood_is_refused_clearly():
+    from types import SimpleNamespace
+
+    from lm_eval.api.instance import Instance
+
+    from tunesmith.evaluation import TunesmithVLM
+
+    lm = TunesmithVLM(torch.nn.Linear(1, 1), SimpleNamespace(tokenizer=SimpleNamespace()))
+    req = Instance("loglikelihood", doc={}, arguments=("<image>Q", " A", {"visual": ["im"]}), idx=0)
+    with pytest.raises(NotImplementedError, match="generate_until task"):
+        lm.loglikelihood([req])

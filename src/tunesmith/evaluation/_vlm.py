@@ -71,6 +71,16 @@ def _left_pad(batch: dict[str, Any], pad_id: int) -> tuple[torch.Tensor, torch.T
     return out, valid, out_mask
 
 
+def _text_request(request: Any) -> Any:
+    """The request with an empty multimodal argument dropped (lm-eval adds ``{}``)."""
+    if len(request.args) > 2:
+        import copy
+
+        request = copy.copy(request)
+        request.arguments = request.args[:2]
+    return request
+
+
 def _max_tiles(transform: Any) -> int | None:
     image_transform = getattr(transform, "image_transform", None)
     return getattr(image_transform, "max_num_tiles", None)
@@ -100,6 +110,17 @@ class TunesmithVLM(TunesmithLM):
         super().__init__(model, transform.tokenizer, **kwargs)
         self._transform = transform
         self.image_tag = image_tag
+
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[Any]:
+        """Text requests only: scoring continuations of image+text contexts is not supported
+        (use a generate_until task, as lm-eval's multimodal tasks are)."""
+        if any(len(r.args) > 2 and r.args[2].get("visual") for r in requests):
+            raise NotImplementedError(
+                "TunesmithVLM scores loglikelihood requests of text-only tasks; this task asks "
+                "for image+text loglikelihoods (multiple_choice with doc_to_image): use a "
+                "generate_until task"
+            )
+        return super().loglikelihood([_text_request(r) for r in requests], disable_tqdm)
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
         """Image+text requests (a third ``{"visual": [...]}`` argument) are answered about
