@@ -168,8 +168,15 @@ def test_placeholder_count_must_match_images():
     assert assistant.role == "assistant"
 
 
+@pytest.fixture(scope="module")
+def lm_eval_tasks() -> list[str]:
+    from lm_eval.tasks import TaskManager
+
+    return list(TaskManager().all_tasks)
+
+
 @pytest.mark.parametrize("source", ["bundled", "torchtune"])
-def test_11b_evaluation_config_validates_unchanged(source, tmp_path):
+def test_11b_evaluation_config_validates_unchanged(source, tmp_path, lm_eval_tasks):
     from tunesmith.config import load_config, validate_config
 
     if source == "bundled":
@@ -192,9 +199,7 @@ def test_11b_evaluation_config_validates_unchanged(source, tmp_path):
     assert list(cfg.tasks) == ["mmmu_val_science"]
     errors = [p for p in validate_config(cfg) if p.severity == "error"]
     assert errors == []
-    from lm_eval.tasks import TaskManager
-
-    assert "mmmu_val_science" in TaskManager().all_tasks  # the task lm-eval will run
+    assert "mmmu_val_science" in lm_eval_tasks  # the task lm-eval will run
 
 
 def test_torchtune_11b_evaluation_runs_on_the_tiny_model(files, tmp_path):
