@@ -151,6 +151,19 @@ def _drop_file_lists(out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------- builders
+def _router_loss_on_dense_model(tmp: Path) -> list[str]:
+    return _args(_setup(tmp), "router_aux_loss_coef=0.01")
+
+
+def _quantized_checkpoint(tmp: Path) -> list[str]:
+    cfg = _setup(tmp)
+    config_file = tmp / "model" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["quantization_config"] = {"quant_method": "mxfp4"}
+    config_file.write_text(json.dumps(config))
+    return _args(cfg)
+
+
 def _missing_checkpoint_dir(tmp: Path) -> list[str]:
     return _args(_setup(tmp, **{"checkpointer.checkpoint_dir": str(tmp / "nowhere")}))
 
@@ -291,6 +304,10 @@ def _weights_of_another_model(tmp: Path) -> list[str]:
 
 
 CASES: list[ErrorCase] = [
+    ErrorCase("router loss coefficient for a dense model", "config", _router_loss_on_dense_model,
+              r"router_aux_loss_coef=0\.01: the model has no mixture-of-experts layers"),
+    ErrorCase("quantized (MXFP4) checkpoint", "checkpoint", _quantized_checkpoint,
+              r"checkpoint is quantized \(mxfp4\).*bf16"),
     ErrorCase("checkpoint folder missing", "checkpoint", _missing_checkpoint_dir,
               r"checkpoint folder does not exist \(checkpointer\.checkpoint_dir=.*nowhere\)"),
     ErrorCase("checkpoint file missing", "checkpoint", _missing_checkpoint_file,

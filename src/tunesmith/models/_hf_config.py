@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tunesmith.config import ConfigError
 from tunesmith.models.spec import FULL, SLIDING, ModelSpec, RopeScaling, alternating_sliding
 
 __all__ = ["spec_from_hf_config", "load_hf_config", "HF_MODEL_TYPES"]
@@ -112,7 +113,7 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
     hf_type = cfg.get("model_type")
     if hf_type not in HF_MODEL_TYPES:
         archs = ", ".join(cfg.get("architectures") or []) or "no architectures listed"
-        raise ValueError(
+        raise ConfigError(
             f"config.json: model_type {hf_type!r} ({archs}) is not supported; supported "
             f"model types: {', '.join(sorted(HF_MODEL_TYPES))} (and mllama, qwen2_5_vl for "
             "build_from_hf's vision models)."
@@ -120,7 +121,7 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
     family = HF_MODEL_TYPES[hf_type]
     quant = (cfg.get("quantization_config") or {}).get("quant_method")
     if quant:
-        raise ValueError(
+        raise ConfigError(
             f"config.json: the checkpoint is quantized ({quant}); tunesmith loads bf16 / fp32 "
             "weights only: use a bf16 copy (for gpt-oss e.g. unsloth/gpt-oss-20b-BF16) or "
             "dequantize it first."

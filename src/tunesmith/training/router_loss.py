@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from tunesmith.config import ConfigError
 from tunesmith.modules.moe import moe_layers, router_aux_loss, router_stats, router_z_loss
 
 __all__ = ["RouterLoss", "ROUTER_LOSS_KEYS", "add_router_loss"]
@@ -33,13 +34,13 @@ class RouterLoss:
     @classmethod
     def from_config(cls, cfg: Any, model: nn.Module) -> RouterLoss | None:
         """The recipe's router loss; None when the model has no MoE layer. A coefficient set
-        for a dense model is a config mistake (``ValueError`` naming the key)."""
+        for a dense model is a config mistake (``ConfigError`` naming the key)."""
         aux = float(cfg.get("router_aux_loss_coef") or 0.0)
         z = float(cfg.get("router_z_loss_coef") or 0.0)
         if next(moe_layers(model), None) is None:
             for key, value in (("router_aux_loss_coef", aux), ("router_z_loss_coef", z)):
                 if value:
-                    raise ValueError(
+                    raise ConfigError(
                         f"{key}={value}: the model has no mixture-of-experts layers; remove it"
                     )
             return None
