@@ -25,7 +25,7 @@ mapping), ``POST /api/models/<repo>/preupload/<rev>`` (weights, ``.pt``, ``.png`
 over 1 MiB are LFS, the rest regular), ``POST /<repo>.git/info/lfs/objects/batch`` (a basic
 transfer: one ``PUT /lfs-upload/<sha256>`` per object; a body whose sha256 differs is refused),
 and ``POST /api/models/<repo>/commit/<rev>`` (ndjson: ``header``, ``file`` with base64
-content, ``lfsFile`` naming an uploaded object, ``deletedFile``). A committed repo is then
+content, ``lfsFile`` naming an uploaded object, ``deletedFile``), ``POST /api/models/<repo>/branch/<name>``. A committed repo is then
 served for download like the fixed ones (``FakeHub.uploaded[repo]`` holds its files,
 ``FakeHub.created[repo]`` its visibility; a private one needs the token to be read).
 """
@@ -118,6 +118,7 @@ class FakeHub(BaseHTTPRequestHandler):
     uploaded_lfs: dict[str, set[str]] = {}  # repo -> its files committed as LFS objects
     created: dict[str, dict[str, object]] = {}  # repo -> {"private": bool}
     commit: dict[str, str] = {}  # repo -> head commit oid
+    branches: set[tuple[str, str]] = set()  # (repo, branch) made by create_branch
     commits: list[dict[str, object]] = []  # {"repo", "revision", "summary", "paths"}
     lfs_objects: dict[str, bytes] = {}  # sha256 -> body PUT by an LFS upload
     _first_get: set[str] = set()
@@ -268,6 +269,10 @@ class FakeHub(BaseHTTPRequestHandler):
             self._lfs_batch(f"{parts[0]}/{parts[1].removesuffix('.git')}", json.loads(body))
         elif len(parts) >= 6 and parts[:2] == ["api", "models"] and parts[4] == "preupload":
             self._preupload("/".join(parts[2:4]), json.loads(body))
+        elif len(parts) >= 6 and parts[:2] == ["api", "models"] and parts[4] == "branch":
+            if self._known("/".join(parts[2:4])):
+                FakeHub.branches.add(("/".join(parts[2:4]), "/".join(parts[5:])))
+                self._json({})
         elif len(parts) >= 6 and parts[:2] == ["api", "models"] and parts[4] == "commit":
             self._commit("/".join(parts[2:4]), "/".join(parts[5:]), body)
         else:
@@ -437,3 +442,4 @@ def reset() -> None:
     ):
         store.clear()
     FakeHub.commits.clear()
+    FakeHub.branches.clear()
