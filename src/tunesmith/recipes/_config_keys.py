@@ -67,10 +67,14 @@ TORCHTUNE_ACCEPTED: dict[str, frozenset[str]] = {
 }
 
 KEYS: dict[str, frozenset[str]] = {
-    "finetune": frozenset(_TRAINING | {"dataset_val", "batch_size_val", "run_val_every_n_steps"}),
-    "qat": frozenset(
+    "finetune": frozenset(
         _TRAINING
         | {"dataset_val", "batch_size_val", "run_val_every_n_steps"}
+        | {"upload_to_hub"}  # publish the final checkpoint (training/hub_upload.py)
+    ),
+    "qat": frozenset(
+        _TRAINING
+        | {"dataset_val", "batch_size_val", "run_val_every_n_steps", "upload_to_hub"}
         | {"quantizer", "fake_quant_after_n_steps"}
     ),
     "dpo": frozenset(_TRAINING | {"ref_checkpointer"}),

@@ -48,6 +48,7 @@ from tunesmith.training.distributed import (
     reduce_metrics,
 )
 from tunesmith.training.gradients import clip_and_step, count_trainable_tokens
+from tunesmith.training.hub_upload import upload_after_training, upload_option
 from tunesmith.training.precision import compute_context, loss_scaler, master_dtype
 from tunesmith.utils import get_logger, set_seed
 
@@ -60,6 +61,7 @@ def recipe_main(cfg: DictConfig) -> None:
     """Finetune ``cfg.model`` on ``cfg.dataset`` and save in the checkpoint's own format."""
     # ---- environment -------------------------------------------------------------------
     device, dtype, world_size, rank = start_training(cfg)  # log, ranges, devices
+    upload = upload_option(cfg)  # a run that could not publish stops before it trains
     resume = bool(cfg.get("resume_from_checkpoint", False))
     accum = int(cfg.get("gradient_accumulation_steps", 1))
     max_norm = cfg.get("clip_grad_norm")
@@ -275,7 +277,9 @@ def recipe_main(cfg: DictConfig) -> None:
                 step_in_epoch=step_in_epoch,
             )
             step_in_epoch = 0
-    observer.close()
+    observer.close()  # writes the loss plot the model card shows
+    if upload is not None and rank == 0:
+        upload_after_training(cfg, save.saved, "finetune", upload)
     destroy_distributed()
 
 
@@ -348,6 +352,7 @@ class CheckpointSaver:
         self.optimizer, self.lr_scheduler, self.sampler = optimizer, lr_scheduler, sampler
         self.rank, self.world_size, self.is_peft = rank, world_size, is_peft
         self.seed, self.epochs, self.accum = seed, epochs, accum
+        self.saved: Any = None  # the folder of the latest save (rank 0)
 
     def __call__(
         self,
@@ -381,7 +386,7 @@ class CheckpointSaver:
                     )
                 )
                 to_save["optimizer"] = optim_sd
-            self.checkpointer.save_checkpoint(
+            self.saved = self.checkpointer.save_checkpoint(
                 to_save,
                 epoch=epoch,
                 intermediate_checkpoint=intermediate,

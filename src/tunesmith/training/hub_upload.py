@@ -14,16 +14,27 @@ state (``recipe_state.pt``), the ``.complete`` marker and other dot files stay l
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tunesmith.config._errors import UserError
 
-__all__ = ["UploadError", "UploadPlan", "check_upload", "upload_checkpoint"]
+__all__ = [
+    "UploadError",
+    "UploadPlan",
+    "check_upload",
+    "upload_after_training",
+    "upload_checkpoint",
+    "upload_option",
+]
+
+log = logging.getLogger(__name__)
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 _LOCAL_ONLY = {"recipe_state.pt", ".tunesmith-manifest.json"}
@@ -237,3 +248,83 @@ def upload_checkpoint(
                 raise
             raise UploadError(text) from e
     return str(getattr(info, "commit_url", info))
+
+
+# ------------------------------------------------------------------- the recipe option
+_OPTION_KEYS = {"repo_id", "private", "revision", "commit_message", "base_model"}
+
+
+def upload_option(cfg: Any) -> dict[str, Any] | None:
+    """The checked ``upload_to_hub`` mapping of a training config (None when absent), so a
+    run that cannot publish stops before it trains: ``repo_id`` (owner/name, required),
+    ``private``, ``revision``, ``commit_message``, ``base_model``; the token comes from
+    ``HF_TOKEN`` or ``huggingface-cli login``, never from the config (which is logged)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from tunesmith.config import ConfigError
+
+    node = cfg.get("upload_to_hub")
+    if node is None or node is False:
+        return None
+    if isinstance(node, str):
+        node = {"repo_id": node}
+    elif isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(node, dict):
+        raise ConfigError(
+            f"upload_to_hub must be a mapping {{repo_id: owner/name, private: ...}}, got "
+            f"{node!r}: write upload_to_hub.repo_id=owner/name",
+            key="upload_to_hub",
+        )
+    if "token" in node or "hf_token" in node:
+        raise ConfigError(
+            "upload_to_hub must not hold a token (configs are logged to config.json): remove "
+            "it and set HF_TOKEN or run `huggingface-cli login`",
+            key="upload_to_hub.token",
+        )
+    unknown = sorted(set(node) - _OPTION_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"unknown key upload_to_hub.{unknown[0]}: the keys are {', '.join(sorted(_OPTION_KEYS))}",
+            key=f"upload_to_hub.{unknown[0]}",
+        )
+    repo_id = node.get("repo_id")
+    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id):
+        raise ConfigError(
+            f"upload_to_hub.repo_id must be a repository id owner/name, got {repo_id!r}",
+            key="upload_to_hub.repo_id",
+        )
+    if not _token(None):
+        raise ConfigError(
+            f"upload_to_hub: publishing to {repo_id} after training needs a Hugging Face "
+            "token with write access: set HF_TOKEN or run `huggingface-cli login` (tokens: "
+            "https://huggingface.co/settings/tokens)",
+            key="upload_to_hub",
+        )
+    return node
+
+
+def upload_after_training(
+    cfg: Any, folder: str | os.PathLike[str], recipe: str, option: dict[str, Any]
+) -> str:
+    """Publish the run's final ``folder`` as ``option`` says (after the last save and the
+    loss plot); returns the commit URL."""
+    logger = cfg.get("metric_logger")
+    run_dir = logger.get("log_dir") if hasattr(logger, "get") else None
+    plan = check_upload(
+        folder,
+        option["repo_id"],
+        run_dir=run_dir if run_dir and Path(str(run_dir)).is_dir() else None,
+        base_model=option.get("base_model"),
+        recipe=recipe,
+    )
+    for note in plan.notes:
+        log.info("upload_to_hub: %s", note)
+    url = upload_checkpoint(
+        plan,
+        private=bool(option.get("private", False)),
+        revision=option.get("revision"),
+        commit_message=option.get("commit_message"),
+    )
+    log.info("uploaded %s to %s: %s", plan.folder, plan.repo_id, url)
+    return url

@@ -97,7 +97,9 @@ def find_run(
 
 # ------------------------------------------------------------------------------- facts
 def _component(node: Any) -> str | None:
-    return str(node.get("_component_")) if isinstance(node, Mapping) else None
+    if not isinstance(node, Mapping) or node.get("_component_") is None:
+        return None
+    return str(node["_component_"])
 
 
 def _short(component: str | None) -> str | None:
@@ -153,6 +155,8 @@ def method(folder: Path, record: RunRecord) -> tuple[str, list[str]]:
     if kind is None and marker.get("has_adapter"):
         kind = "LoRA"
     text, tags = ("full finetune", []) if kind is None else (kind, ["peft", "lora", kind.lower()])
+    if kind:
+        text += " finetune"
     if kind and adapter.get("r") is not None:
         text += f" (rank {adapter['r']}, alpha {float(adapter.get('lora_alpha', 0)):g})"
     loss = _short(_component(cfg.get("loss"))) or ""
@@ -287,7 +291,7 @@ def model_card(
     lines.append(
         f"This model is {'a ' + what + ' adapter of' if adapter_only else 'a ' + what + ' of'} "
         f"{f'[{base}](https://huggingface.co/{base})' if base else 'a local base model'}, "
-        "trained with [tunesmith](https://github.com/tunesmith)."
+        "trained with tunesmith."
     )
     if family:
         lines.append(f"Model family: `{family}`.")
