@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,9 +218,17 @@ def upload_checkpoint(
     """Create ``plan.repo_id`` (kept when it exists) and commit the files; returns the
     commit's URL."""
     from huggingface_hub import HfApi, constants
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
 
     endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
     api = HfApi(endpoint=endpoint, token=plan.token)
+    bars_were_off = are_progress_bars_disabled()
+    if not sys.stderr.isatty():  # progress bars only on a terminal
+        disable_progress_bars()
     message = commit_message or f"Upload {plan.folder.name} with tunesmith"
     with tempfile.TemporaryDirectory(prefix="tunesmith-upload-") as tmp:
         stage = Path(tmp)
@@ -247,6 +256,9 @@ def upload_checkpoint(
             if text is None:
                 raise
             raise UploadError(text) from e
+        finally:
+            if not bars_were_off:
+                enable_progress_bars()
     return str(getattr(info, "commit_url", info))
 
 
