@@ -47,6 +47,7 @@ from tunesmith.recipes._preference_data import (
 from tunesmith.recipes._preference_step import IGNORE_INDEX, PreferenceStep
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.rlhf.loss import PreferenceLoss
+from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
     destroy_distributed,
@@ -92,6 +93,7 @@ def recipe_main(cfg: DictConfig) -> None:
     # ---- output folders, then the data, checked before any weights load -------------
     checkpointer = open_checkpointer(cfg, resume)
     tokenizer = instantiate(cfg.tokenizer)
+    checkpointer.serving = serving_info(tokenizer, cfg.tokenizer)  # saved beside weights
     datasets = build_preference_datasets(cfg.dataset, tokenizer, unpaired=loss_fn.unpaired)
 
     # ---- weights, seed, models ---------------------------------------------------------

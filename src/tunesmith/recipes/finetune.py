@@ -41,6 +41,7 @@ from tunesmith.recipes._finetune_setup import (
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.recipes._unpad import unpad_to_device
 from tunesmith.training.checkpointing._recipe_state import build_recipe_state, restore_recipe_state
+from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
     barrier,
@@ -76,6 +77,7 @@ def recipe_main(cfg: DictConfig) -> None:
     # ---- output folders, then the data, checked before any weights load -------------
     checkpointer = open_checkpointer(cfg, resume)
     tokenizer = instantiate(cfg.tokenizer)
+    checkpointer.serving = serving_info(tokenizer, cfg.tokenizer)  # saved beside weights
     datasets = build_datasets(cfg.dataset, tokenizer)
     val_every = int(cfg.get("run_val_every_n_steps") or 0)
     val_datasets = None

@@ -41,6 +41,7 @@ from tunesmith.recipes._preference_data import (
 )
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.rlhf.reward_loss import BradleyTerryLoss, reward_metrics
+from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
     destroy_distributed,
@@ -147,6 +148,7 @@ def recipe_main(cfg: DictConfig) -> None:
     # ---- output folders, data, weights, model ------------------------------------------
     checkpointer = open_checkpointer(cfg, resume)
     tokenizer = instantiate(cfg.tokenizer)
+    checkpointer.serving = serving_info(tokenizer, cfg.tokenizer)  # saved beside weights
     datasets = build_preference_datasets(cfg.dataset, tokenizer)
     state = checkpointer.load_checkpoint()
     if resume:
