@@ -263,3 +263,46 @@ def test_upload_to_hub_option_is_checked_before_training(
     monkeypatch.delenv("HF_TOKEN")
     with pytest.raises(ConfigError, match="needs a Hugging Face token"):
         upload_option(OmegaConf.create({"upload_to_hub": {"repo_id": "me/m"}}))
+
+
+def test_card_names_base_model_and_eval_scores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base model comes from the download manifest of the run's checkpoint folder, the
+    eval table from an eval run's results.json beside the checkpoint; --dry-run sends
+    nothing and needs no token."""
+    from tunesmith.cli.main import main
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / ".tunesmith-manifest.json").write_text(
+        json.dumps({"files": {}, "repo_id": "HuggingFaceTB/SmolLM2-135M", "revision": "abc"})
+    )
+    (base / "README.md").write_text("---\nlicense: apache-2.0\n---\n# base\n")
+    run = tmp_path / "run"
+    folder = _complete_folder(run)
+    (run / "logs").mkdir()
+    config = {
+        "checkpointer": {"checkpoint_dir": str(base), "model_type": "LLAMA3"},
+        "dataset": {
+            "_component_": "tunesmith.datasets.alpaca_dataset",
+            "source": "tatsu-lab/alpaca",
+        },
+        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 2e-5},
+        "loss": {"_component_": "tunesmith.rlhf.loss.DPOLoss"},
+    }
+    (run / "logs" / "config.json").write_text(json.dumps(config))
+    results = {
+        "results": {"hellaswag": {"alias": "hellaswag", "acc,none": 0.5, "acc_stderr,none": 0.1}}
+    }
+    (run / "results.json").write_text(json.dumps(results))
+    before = len(FakeHub.requests)
+    assert main(["upload", str(folder), "me/model", "--dry-run"]) == 0
+    card = capsys.readouterr().out
+    assert 'base_model: "HuggingFaceTB/SmolLM2-135M"' in card
+    assert 'license: "apache-2.0"' in card and 'datasets: ["tatsu-lab/alpaca"]' in card
+    assert '"dpo"' in card and "This model is a DPO, full finetune of" in card
+    assert "| learning rate | 2e-05 |" in card
+    assert "| hellaswag | acc | 0.5000 |" in card and "stderr" not in card
+    assert len(FakeHub.requests) == before

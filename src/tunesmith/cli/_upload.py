@@ -52,6 +52,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         run_dir=args.run_dir,
         results=args.eval_results,
         base_model=args.base_model,
+        need_token=not args.dry_run,
     )
     for note in plan.notes:
         print(f"note: {note}", file=sys.stderr)

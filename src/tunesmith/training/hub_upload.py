@@ -139,8 +139,10 @@ def check_upload(
     results: str | os.PathLike[str] | None = None,
     base_model: str | None = None,
     recipe: str | None = None,
+    need_token: bool = True,
 ) -> UploadPlan:
-    """Every check that needs no network, and the files + card to send (see the module doc)."""
+    """Every check that needs no network, and the files + card to send (see the module doc);
+    ``need_token=False`` (a dry run) skips the token check."""
     from tunesmith.training.model_card import find_run, model_card
 
     path = Path(folder).expanduser()
@@ -157,8 +159,8 @@ def check_upload(
         raise UploadError(
             f"{path} holds no model weights (.safetensors/.bin): pass a checkpoint folder"
         )
-    resolved = _token(token)
-    if not resolved:
+    resolved = _token(token) or ""
+    if not resolved and need_token:
         raise UploadError(
             f"uploading to {repo_id} needs a Hugging Face token with write access: pass "
             "--hf-token <token> or set HF_TOKEN (tokens: https://huggingface.co/settings/tokens)"
