@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._fake_hub import TOKEN, FakeHub, reset, serve
+from tests._fake_hub import REPO, TOKEN, FakeHub, reset, serve
 from tests.recipes.conftest import LORA, read_losses
 
 pytest.importorskip("huggingface_hub")
@@ -131,6 +131,7 @@ def test_upload_to_hub_publishes_lora_run_and_download_matches(
     assert "| batch size (per device) | 4 |" in card and "| total steps | 5 |" in card
     assert "| max sequence length | 256 |" in card and "| epochs | 1 |" in card
     assert "tunesmith.datasets.instruct_dataset" in card
+    assert "data_files `reverse.json`" in card and str(tmp_path) not in card  # no local paths
     losses = read_losses(out)
     assert len(losses) == 5
     for step, loss in enumerate(losses, 1):
@@ -306,3 +307,17 @@ def test_card_names_base_model_and_eval_scores(
     assert "| learning rate | 2e-05 |" in card
     assert "| hellaswag | acc | 0.5000 |" in card and "stderr" not in card
     assert len(FakeHub.requests) == before
+
+
+def test_upload_to_hub_failure_after_training_says_how_to_retry(
+    run_finetune: Callable[..., Path], hub_env: dict[str, str]
+) -> None:
+    """The hub refuses the commit (a repo this account cannot write): the run's checkpoint
+    is saved and the error names the command that publishes it later."""
+    from tunesmith.training.hub_upload import UploadError
+
+    with pytest.raises(UploadError) as info:
+        run_finetune("refused", max_steps_per_epoch=1, upload_to_hub={"repo_id": REPO})
+    message = str(info.value)
+    assert "not found" in message and "refused/epoch_1" in message
+    assert "publish it later with `tunesmith upload" in message and REPO in message

@@ -334,11 +334,17 @@ def upload_after_training(
     )
     for note in plan.notes:
         log.info("upload_to_hub: %s", note)
-    url = upload_checkpoint(
-        plan,
-        private=bool(option.get("private", False)),
-        revision=option.get("revision"),
-        commit_message=option.get("commit_message"),
-    )
+    try:
+        url = upload_checkpoint(
+            plan,
+            private=bool(option.get("private", False)),
+            revision=option.get("revision"),
+            commit_message=option.get("commit_message"),
+        )
+    except UploadError as e:  # the checkpoint is saved: say how to publish it later
+        raise UploadError(
+            f"{e} (upload_to_hub; the checkpoint is saved: publish it later with `tunesmith "
+            f"upload {plan.folder} {plan.repo_id}`)"
+        ) from e
     log.info("uploaded %s to %s: %s", plan.folder, plan.repo_id, url)
     return url

@@ -181,6 +181,11 @@ def _datasets(config: Mapping[str, Any]) -> list[dict[str, Any]]:
         for key in ("data_files", "name", "subset", "split"):
             if n.get(key) is not None:
                 entry[key] = n[key]
+        if entry.get("data_files") is not None:  # a local file: its name, not where it lives
+            files = entry["data_files"]
+            files = files if isinstance(files, list) else [files]
+            names = [Path(str(f)).name if Path(str(f)).exists() else f for f in files]
+            entry["data_files"] = names[0] if len(names) == 1 else names
         out.append(entry)
     return out
 
