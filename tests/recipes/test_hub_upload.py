@@ -321,3 +321,33 @@ def test_upload_to_hub_failure_after_training_says_how_to_retry(
     message = str(info.value)
     assert "not found" in message and "refused/epoch_1" in message
     assert "publish it later with `tunesmith upload" in message and REPO in message
+
+
+def test_upload_to_hub_from_a_dpo_run(
+    tiny_llama: Path, tmp_path: Path, hub_env: dict[str, str]
+) -> None:
+    """The dpo recipe publishes too; the card names the method from its loss."""
+    from omegaconf import OmegaConf
+
+    from tests.recipes.test_dpo import dpo_config, write_preference_data
+    from tunesmith.recipes.dpo import recipe_main
+
+    data = write_preference_data(tmp_path / "pairs.json", n=16)
+    cfg = dpo_config(
+        tmp_path / "dpo",
+        tiny_llama,
+        data,
+        max_steps_per_epoch=2,
+        **{f"model.{k}": v for k, v in LORA.items()},
+        upload_to_hub={"repo_id": "tiny-org/dpo-run"},
+    )
+    recipe_main(OmegaConf.create(cfg))
+    files = FakeHub.uploaded["tiny-org/dpo-run"]
+    assert (
+        files["adapter/adapter_model.safetensors"]
+        == (tmp_path / "dpo" / "epoch_1" / "adapter" / "adapter_model.safetensors").read_bytes()
+    )
+    card = files["README.md"].decode()
+    assert "This model is a DPO, LoRA finetune (rank 8, alpha 16) of" in card
+    assert 'tags: ["tunesmith", "dpo", "peft", "lora"]' in card
+    assert "| loss | DPOLoss |" in card

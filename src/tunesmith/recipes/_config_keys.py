@@ -77,8 +77,8 @@ KEYS: dict[str, frozenset[str]] = {
         | {"dataset_val", "batch_size_val", "run_val_every_n_steps", "upload_to_hub"}
         | {"quantizer", "fake_quant_after_n_steps"}
     ),
-    "dpo": frozenset(_TRAINING | {"ref_checkpointer"}),
-    "reward_model": frozenset(_TRAINING),
+    "dpo": frozenset(_TRAINING | {"ref_checkpointer", "upload_to_hub"}),
+    "reward_model": frozenset(_TRAINING | {"upload_to_hub"}),
     "grpo": frozenset(
         _TRAINING
         | {"ref_checkpointer", "grpo_samples", "forward_batch_size", "max_generated_tokens"}
@@ -87,7 +87,8 @@ KEYS: dict[str, frozenset[str]] = {
         | {"enable_kv_cache"}
     ),
     "knowledge_distillation": frozenset(
-        _TRAINING | {"teacher_model", "teacher_checkpointer", "kd_loss", "kd_ratio"}
+        _TRAINING
+        | {"teacher_model", "teacher_checkpointer", "kd_loss", "kd_ratio", "upload_to_hub"}
     ),
     "ppo": frozenset(
         (_TRAINING - {"model", "epochs", "max_steps_per_epoch", "save_adapter_weights_only"})

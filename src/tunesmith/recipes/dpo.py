@@ -54,6 +54,7 @@ from tunesmith.training.distributed import (
     reduce_metrics,
 )
 from tunesmith.training.gradients import clip_and_step
+from tunesmith.training.hub_upload import upload_after_training, upload_option
 from tunesmith.training.precision import compute_context, loss_scaler, master_dtype
 from tunesmith.utils import get_logger
 
@@ -66,6 +67,7 @@ def recipe_main(cfg: DictConfig) -> None:
     """Train ``cfg.model`` on the preference pairs of ``cfg.dataset`` with ``cfg.loss``."""
     # ---- environment -------------------------------------------------------------------
     device, dtype, world_size, rank = start_training(cfg)  # log, ranges, devices
+    upload = upload_option(cfg)  # a run that could not publish stops before it trains
     resume = bool(cfg.get("resume_from_checkpoint", False))
     accum = int(cfg.get("gradient_accumulation_steps", 1))
     max_norm = cfg.get("clip_grad_norm")
@@ -257,6 +259,8 @@ def recipe_main(cfg: DictConfig) -> None:
             )
             step_in_epoch = 0
     observer.close()
+    if upload is not None and rank == 0:
+        upload_after_training(cfg, save.saved, "dpo", upload)
     destroy_distributed()
 
 

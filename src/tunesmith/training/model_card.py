@@ -160,11 +160,15 @@ def method(folder: Path, record: RunRecord) -> tuple[str, list[str]]:
     if kind and adapter.get("r") is not None:
         text += f" (rank {adapter['r']}, alpha {float(adapter.get('lora_alpha', 0)):g})"
     loss = _short(_component(cfg.get("loss"))) or ""
-    for key, (name, tag) in _LOSS_METHODS.items():
-        if loss.startswith(key) or (record.recipe or "").lower() == tag:
+    recipe = (record.recipe or "").lower().replace("_", "-")
+    for key, (name, tag) in _LOSS_METHODS.items():  # the loss names the method first
+        if loss.startswith(key):
             return f"{name}, {text}", [tag, *tags]
-    if record.recipe and record.recipe != "finetune":
-        return f"{record.recipe}, {text}", [record.recipe.replace("_", "-"), *tags]
+    for name, tag in _LOSS_METHODS.values():
+        if recipe == tag:
+            return f"{name}, {text}", [tag, *tags]
+    if recipe and recipe != "finetune":
+        return f"{recipe.replace('-', ' ')}, {text}", [recipe, *tags]
     if cfg.get("quantizer") is not None and "QAT" in (_component(cfg.get("quantizer")) or ""):
         return f"QAT, {text}", ["qat", *tags]
     return f"supervised {text}", ["sft", *tags]
