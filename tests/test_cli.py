@@ -90,7 +90,7 @@ def test_help_lists_every_command_without_importing_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    for command in ("ls", "cp", "cat", "run", "validate", "download"):
+    for command in ("ls", "cp", "cat", "run", "validate", "download", "upload"):
         assert f"    {command} " in result.stdout
     assert "TORCH False" in result.stdout
 
@@ -110,7 +110,7 @@ def test_python_dash_m_tunesmith_is_the_cli() -> None:
     assert bad.returncode != 0 and "no/such_config" in bad.stderr + bad.stdout
 
 
-@pytest.mark.parametrize("command", ["ls", "cp", "cat", "validate", "download"])
+@pytest.mark.parametrize("command", ["ls", "cp", "cat", "validate", "download", "upload"])
 def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])

@@ -71,14 +71,15 @@ KEYS: dict[str, frozenset[str]] = {
         _TRAINING
         | {"dataset_val", "batch_size_val", "run_val_every_n_steps"}
         | {"router_aux_loss_coef", "router_z_loss_coef"}  # training.router_loss (MoE models)
+        | {"upload_to_hub"}  # publish the final checkpoint (training/hub_upload.py)
     ),
     "qat": frozenset(
         _TRAINING
-        | {"dataset_val", "batch_size_val", "run_val_every_n_steps"}
+        | {"dataset_val", "batch_size_val", "run_val_every_n_steps", "upload_to_hub"}
         | {"quantizer", "fake_quant_after_n_steps"}
     ),
-    "dpo": frozenset(_TRAINING | {"ref_checkpointer"}),
-    "reward_model": frozenset(_TRAINING),
+    "dpo": frozenset(_TRAINING | {"ref_checkpointer", "upload_to_hub"}),
+    "reward_model": frozenset(_TRAINING | {"upload_to_hub"}),
     "grpo": frozenset(
         _TRAINING
         | {"ref_checkpointer", "grpo_samples", "forward_batch_size", "max_generated_tokens"}
@@ -87,7 +88,8 @@ KEYS: dict[str, frozenset[str]] = {
         | {"enable_kv_cache"}
     ),
     "knowledge_distillation": frozenset(
-        _TRAINING | {"teacher_model", "teacher_checkpointer", "kd_loss", "kd_ratio"}
+        _TRAINING
+        | {"teacher_model", "teacher_checkpointer", "kd_loss", "kd_ratio", "upload_to_hub"}
     ),
     "ppo": frozenset(
         (_TRAINING - {"model", "epochs", "max_steps_per_epoch", "save_adapter_weights_only"})

@@ -47,12 +47,14 @@ from tunesmith.recipes._preference_data import (
 from tunesmith.recipes._preference_step import IGNORE_INDEX, PreferenceStep
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.rlhf.loss import PreferenceLoss
+from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
     destroy_distributed,
     reduce_metrics,
 )
 from tunesmith.training.gradients import clip_and_step
+from tunesmith.training.hub_upload import upload_after_training, upload_option
 from tunesmith.training.precision import compute_context, loss_scaler, master_dtype
 from tunesmith.utils import get_logger
 
@@ -65,6 +67,7 @@ def recipe_main(cfg: DictConfig) -> None:
     """Train ``cfg.model`` on the preference pairs of ``cfg.dataset`` with ``cfg.loss``."""
     # ---- environment -------------------------------------------------------------------
     device, dtype, world_size, rank = start_training(cfg)  # log, ranges, devices
+    upload = upload_option(cfg)  # a run that could not publish stops before it trains
     resume = bool(cfg.get("resume_from_checkpoint", False))
     accum = int(cfg.get("gradient_accumulation_steps", 1))
     max_norm = cfg.get("clip_grad_norm")
@@ -92,6 +95,7 @@ def recipe_main(cfg: DictConfig) -> None:
     # ---- output folders, then the data, checked before any weights load -------------
     checkpointer = open_checkpointer(cfg, resume)
     tokenizer = instantiate(cfg.tokenizer)
+    checkpointer.serving = serving_info(tokenizer, cfg.tokenizer)  # saved beside weights
     datasets = build_preference_datasets(cfg.dataset, tokenizer, unpaired=loss_fn.unpaired)
 
     # ---- weights, seed, models ---------------------------------------------------------
@@ -255,6 +259,8 @@ def recipe_main(cfg: DictConfig) -> None:
             )
             step_in_epoch = 0
     observer.close()
+    if upload is not None and rank == 0:
+        upload_after_training(cfg, save.saved, "dpo", upload)
     destroy_distributed()
 
 

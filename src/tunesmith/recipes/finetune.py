@@ -41,6 +41,7 @@ from tunesmith.recipes._finetune_setup import (
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.recipes._unpad import unpad_to_device
 from tunesmith.training.checkpointing._recipe_state import build_recipe_state, restore_recipe_state
+from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
     barrier,
@@ -48,6 +49,7 @@ from tunesmith.training.distributed import (
     reduce_metrics,
 )
 from tunesmith.training.gradients import clip_and_step, count_trainable_tokens
+from tunesmith.training.hub_upload import upload_after_training, upload_option
 from tunesmith.training.precision import compute_context, loss_scaler, master_dtype
 from tunesmith.training.router_loss import RouterLoss, add_router_loss
 from tunesmith.utils import get_logger, set_seed
@@ -61,6 +63,7 @@ def recipe_main(cfg: DictConfig) -> None:
     """Finetune ``cfg.model`` on ``cfg.dataset`` and save in the checkpoint's own format."""
     # ---- environment -------------------------------------------------------------------
     device, dtype, world_size, rank = start_training(cfg)  # log, ranges, devices
+    upload = upload_option(cfg)  # a run that could not publish stops before it trains
     resume = bool(cfg.get("resume_from_checkpoint", False))
     accum = int(cfg.get("gradient_accumulation_steps", 1))
     max_norm = cfg.get("clip_grad_norm")
@@ -75,6 +78,7 @@ def recipe_main(cfg: DictConfig) -> None:
     # ---- output folders, then the data, checked before any weights load -------------
     checkpointer = open_checkpointer(cfg, resume)
     tokenizer = instantiate(cfg.tokenizer)
+    checkpointer.serving = serving_info(tokenizer, cfg.tokenizer)  # saved beside weights
     datasets = build_datasets(cfg.dataset, tokenizer)
     val_every = int(cfg.get("run_val_every_n_steps") or 0)
     val_datasets = None
@@ -278,7 +282,9 @@ def recipe_main(cfg: DictConfig) -> None:
                 step_in_epoch=step_in_epoch,
             )
             step_in_epoch = 0
-    observer.close()
+    observer.close()  # writes the loss plot the model card shows
+    if upload is not None and rank == 0:
+        upload_after_training(cfg, save.saved, "finetune", upload)
     destroy_distributed()
 
 
@@ -351,6 +357,7 @@ class CheckpointSaver:
         self.optimizer, self.lr_scheduler, self.sampler = optimizer, lr_scheduler, sampler
         self.rank, self.world_size, self.is_peft = rank, world_size, is_peft
         self.seed, self.epochs, self.accum = seed, epochs, accum
+        self.saved: Any = None  # the folder of the latest save (rank 0)
 
     def __call__(
         self,
@@ -384,7 +391,7 @@ class CheckpointSaver:
                     )
                 )
                 to_save["optimizer"] = optim_sd
-            self.checkpointer.save_checkpoint(
+            self.saved = self.checkpointer.save_checkpoint(
                 to_save,
                 epoch=epoch,
                 intermediate_checkpoint=intermediate,

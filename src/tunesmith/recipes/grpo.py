@@ -48,6 +48,7 @@ from tunesmith.recipes._finetune_setup import (
     start_training,
 )
 from tunesmith.recipes._run_summary import describe_run
+from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
     destroy_distributed,
@@ -84,6 +85,7 @@ def recipe_main(cfg: DictConfig) -> None:
     # ---- output folders, data, rewards: all checked before any weights load -------------
     checkpointer = open_checkpointer(cfg, resume)
     tokenizer = instantiate(cfg.tokenizer)
+    checkpointer.serving = serving_info(tokenizer, cfg.tokenizer)  # saved beside weights
     datasets = build_datasets(cfg.dataset, tokenizer)
     _check_prompt_rows(cfg, datasets)
     max_new = int(cfg.max_generated_tokens)

@@ -56,6 +56,7 @@ from tunesmith.recipes._rl_loop import check_prompt_lengths
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.rlhf.ppo import PPOLoss
 from tunesmith.training.checkpointing._recipe_state import build_recipe_state
+from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
     barrier,
@@ -109,6 +110,7 @@ def recipe_main(cfg: DictConfig) -> None:
     # ---- output folders, data and stop tokens, checked before any weights load -----------
     checkpointer = open_checkpointer(cfg, resume)
     tokenizer = instantiate(cfg.tokenizer)
+    checkpointer.serving = serving_info(tokenizer, cfg.tokenizer)  # saved beside weights
     datasets = build_datasets(cfg.dataset, tokenizer)
     s = _with_tokens(s, cfg, tokenizer)
     state = checkpointer.load_checkpoint()

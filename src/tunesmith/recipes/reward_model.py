@@ -41,12 +41,14 @@ from tunesmith.recipes._preference_data import (
 )
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.rlhf.reward_loss import BradleyTerryLoss, reward_metrics
+from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
     destroy_distributed,
     reduce_metrics,
 )
 from tunesmith.training.gradients import clip_and_step
+from tunesmith.training.hub_upload import upload_after_training, upload_option
 from tunesmith.training.precision import compute_context, loss_scaler, master_dtype
 from tunesmith.utils import get_logger
 
@@ -119,6 +121,7 @@ def recipe_main(cfg: DictConfig) -> None:
     """Train ``cfg.model``'s reward head on the preference pairs of ``cfg.dataset``."""
     # ---- environment -------------------------------------------------------------------
     device, dtype, world_size, rank = start_training(cfg)  # log, ranges, devices
+    upload = upload_option(cfg)  # a run that could not publish stops before it trains
     resume = bool(cfg.get("resume_from_checkpoint", False))
     accum = int(cfg.get("gradient_accumulation_steps", 1))
     max_norm = cfg.get("clip_grad_norm")
@@ -147,6 +150,7 @@ def recipe_main(cfg: DictConfig) -> None:
     # ---- output folders, data, weights, model ------------------------------------------
     checkpointer = open_checkpointer(cfg, resume)
     tokenizer = instantiate(cfg.tokenizer)
+    checkpointer.serving = serving_info(tokenizer, cfg.tokenizer)  # saved beside weights
     datasets = build_preference_datasets(cfg.dataset, tokenizer)
     state = checkpointer.load_checkpoint()
     if resume:
@@ -270,6 +274,8 @@ def recipe_main(cfg: DictConfig) -> None:
                  step_in_epoch=step_in_epoch)  # fmt: skip
             step_in_epoch = 0
     observer.close()
+    if upload is not None and rank == 0:
+        upload_after_training(cfg, save.saved, "reward_model", upload)
     destroy_distributed()
 
 

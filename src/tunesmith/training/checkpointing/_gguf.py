@@ -32,6 +32,7 @@ from tunesmith.training.checkpointing._files import (
 )
 from tunesmith.training.checkpointing._hf import HuggingFaceKeys
 from tunesmith.training.checkpointing._integrity import verify_input_files
+from tunesmith.training.checkpointing._serving import write_serving_files
 
 __all__ = ["GGUFCheckpointer"]
 
@@ -133,7 +134,16 @@ class GGUFCheckpointer(HuggingFaceKeys, CheckpointerBase):
             config["torch_dtype"] = _DTYPE_NAMES.get(dtypes.pop(), "float32")
         atomic_write_json(folder / "config.json", config)
 
+    serving: dict[str, Any] | None = None
+    """The training tokenizer's template and stop tokens (see ``_serving.py``)."""
+
     def _copy_support_files(self, folder: Path) -> None:
+        """The GGUF's config, tokenizer and template, then what training used (a trained
+        checkpoint; the dequantized base folder keeps the GGUF's own)."""
+        self._write_gguf_files(folder)
+        write_serving_files(folder, self.serving)
+
+    def _write_gguf_files(self, folder: Path) -> None:
         from tunesmith.models.gguf import gguf_tokenizer_files
 
         if not (folder / "config.json").is_file():
@@ -174,7 +184,7 @@ class GGUFCheckpointer(HuggingFaceKeys, CheckpointerBase):
                 self._output_dir, BASE_MODEL_FOLDER, gguf_source=source
             ) as staging:
                 self._write_model(self._read_base_weights(), staging)
-                self._copy_support_files(staging)
+                self._write_gguf_files(staging)
             logger.info(
                 "wrote the dequantized base %s as a Hugging Face folder %s (the base saved "
                 "adapters name)",

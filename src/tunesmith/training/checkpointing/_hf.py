@@ -20,6 +20,7 @@ from tunesmith.training.checkpointing._files import (
     read_json,
     save_sharded,
 )
+from tunesmith.training.checkpointing._serving import write_serving_files
 from tunesmith.utils._atomic import atomic_write_json
 from tunesmith.utils._integrity import CheckpointNotFoundError
 
@@ -157,8 +158,13 @@ class FullModelHFCheckpointer(HuggingFaceKeys, CheckpointerBase):
             single_file_name=single,
         )
 
+    serving: dict[str, Any] | None = None
+    """The training tokenizer's template and stop tokens (``_serving.serving_info``), set by
+    the recipe; every save writes them beside the weights (``write_serving_files``)."""
+
     def _copy_support_files(self, folder: Path) -> None:
         copy_support_files(self._checkpoint_dir, folder)
+        write_serving_files(folder, self.serving)
         written = getattr(self, "_written_dtype", None)
         config_path = folder / "config.json"
         if written is None or written[0] != folder or not config_path.is_file():
