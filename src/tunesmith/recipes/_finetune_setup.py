@@ -274,14 +274,18 @@ def build_dataloader(
     packed_mask: bool = True,
 ) -> tuple[DataLoader, Any]:
     """Datasets from ``build_datasets`` (concatenated) -> resumable distributed sampler ->
-    collate (``padded_collate_packed`` for packed datasets, else ``padded_collate_sft``).
+    collate (``padded_collate_packed`` for packed datasets, else ``padded_collate_sft``; their
+    tiled-image forms for multimodal datasets).
 
     ``packed_mask=False``: packed batches come without the dense ``[b, s, s]`` block-causal
     mask (for a consumer that finds the documents from ``input_pos``, as unpadding does).
     """
 
     from tunesmith.data import padded_collate_packed, padded_collate_sft
-    from tunesmith.data._vision_collate import padded_collate_tiled_images_and_mask
+    from tunesmith.data._vision_collate import (
+        padded_collate_packed_tiled_images_and_mask,
+        padded_collate_tiled_images_and_mask,
+    )
 
     packed = {bool(getattr(ds, "packed", False)) for ds in datasets}
     if len(packed) > 1:
@@ -289,8 +293,9 @@ def build_dataloader(
     # image + text samples (``encoder_input``): images, tiles and cross-attention masks padded
     images = any(getattr(ds, "multimodal", False) for ds in datasets)
     pad = padded_collate_tiled_images_and_mask if images else padded_collate_sft
+    pack = padded_collate_packed_tiled_images_and_mask if images else padded_collate_packed
     collate = (
-        partial(padded_collate_packed, mask=packed_mask)
+        partial(pack, mask=packed_mask)
         if packed.pop()
         else partial(pad, padding_idx=tokenizer.pad_id, ignore_idx=ignore_index)
     )
