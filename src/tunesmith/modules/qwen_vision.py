@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tunesmith.modules._decoder_facade import DecoderFacade
 from tunesmith.modules.rope import AxialRotaryEmbedding
 from tunesmith.modules.transformer import TransformerDecoder, TransformerSelfAttentionLayer
 
@@ -197,16 +198,21 @@ def mrope_positions(
     return out
 
 
-class Qwen2_5_VLModel(nn.Module):
+class Qwen2_5_VLModel(DecoderFacade):
     """Early fusion: image tokens from ``encoder`` replace the placeholder embeddings.
 
     ``forward(tokens [b, s], pixel_values [N, C*tp*p*p] | None, image_grid_thw [n, 3] | None,
-    mask=None, input_pos [3, b, s] | None, padding_mask [b, s] | None, encoder_input=None)
-    -> logits [b, s, V]`` (``encoder_input``: ``{"pixel_values", "image_grid_thw"}`` as
-    ``data.padded_collate_image_patches`` makes it, instead of the two arguments);
-    ``input_pos`` defaults to :func:`mrope_positions` (continued past the prompt when decoding
-    with ``decoder.setup_caches``). The placeholder count must equal the images' merged patch
-    count.
+    mask=None, input_pos=None, padding_mask [b, s] | None, encoder_input=None,
+    encoder_mask=None) -> logits [b, s, V]`` (``encoder_input``: ``{"pixel_values",
+    "image_grid_thw"}`` as ``data.padded_collate_image_patches`` makes it, instead of the two
+    arguments; ``encoder_mask`` must be None: there is no cross-attention).
+
+    ``input_pos``: ``[3, b, s]`` M-RoPE ids (as the Qwen2.5-VL transform's ``collate`` makes
+    them), or ``[b, s]`` ids counting each row's real tokens (``generation.generate``'s, left
+    padding), or None; the last two become :func:`mrope_positions` (shifted past each row's
+    left padding), continued past the prompt when decoding with ``setup_caches``. The
+    placeholder count must equal the images' merged patch count. Decoder attributes
+    (``layers``, ``setup_caches``, ...) resolve on ``decoder`` (:class:`DecoderFacade`).
     """
 
     def __init__(
@@ -232,12 +238,16 @@ class Qwen2_5_VLModel(nn.Module):
         input_pos: Tensor | None = None,
         padding_mask: Tensor | None = None,
         encoder_input: dict[str, Tensor] | None = None,
+        encoder_mask: Tensor | None = None,
     ) -> Tensor | list[Tensor]:
+        if encoder_mask is not None:
+            raise ValueError("Qwen2.5-VL has no cross-attention: encoder_mask must be None")
         if encoder_input is not None:  # a batch from ``padded_collate_image_patches``
             pixel_values = encoder_input.get("pixel_values")
             image_grid_thw = encoder_input.get("image_grid_thw")
         h = self.decoder.tok_embeddings(tokens)
         is_img = tokens == self.image_token_id
+        decoding = self.decoder.caches_are_enabled() and self.decoder._cache_pos > 0
         if pixel_values is not None:
             if image_grid_thw is None:
                 raise ValueError("pixel_values need image_grid_thw")
@@ -248,31 +258,38 @@ class Qwen2_5_VLModel(nn.Module):
                     f"{feats.shape[0]} image tokens"
                 )
             h = h.masked_scatter(is_img[..., None], feats)
-        elif bool(is_img.any()):
+        elif not decoding and bool(is_img.any()):  # (a generated placeholder is plain text)
             raise ValueError("image placeholder tokens in the text but no pixel_values")
-        if input_pos is None:
-            input_pos = self._positions(tokens, pixel_values, image_grid_thw, padding_mask)
+        if input_pos is None or input_pos.dim() == 2:
+            grid = image_grid_thw if pixel_values is not None else None
+            input_pos = self._positions(tokens, grid, padding_mask, input_pos, decoding)
         return self.decoder(None, mask=mask, input_pos=input_pos, input_embeds=h)
 
     def _positions(
         self,
         tokens: Tensor,
-        pixel_values: Tensor | None,
         image_grid_thw: Tensor | None,
         padding_mask: Tensor | None,
+        text_pos: Tensor | None,
+        decoding: bool,
     ) -> Tensor:
-        """M-RoPE ids ``[3, b, s]``. With KV caches, a decoding step continues from the
-        prompt: ids ``cache_pos + i + delta`` where ``delta [b]`` = the prompt's largest id
-        + 1 - its length (stored at the prefill, as transformers' ``rope_deltas``)."""
+        """M-RoPE ids ``[3, b, s]``. ``text_pos [b, s]``: ids counting real tokens (left
+        padding). With KV caches, a decoding step continues from the prompt: ids ``text_pos
+        (default: cache_pos + i) + delta`` where ``delta [b, 1]`` = the prompt's largest
+        M-RoPE id - its last text id (stored at the prefill, as transformers'
+        ``rope_deltas``)."""
         b, s = tokens.shape
-        cached = self.decoder.caches_are_enabled() and self.decoder._cache_pos > 0
-        if cached and pixel_values is None:
-            start = self.decoder._cache_pos
-            pos = torch.arange(start, start + s, device=tokens.device)[None] + self._rope_delta
-            return pos[None].expand(3, -1, -1)
-        grid = image_grid_thw if pixel_values is not None else None
+        if decoding and image_grid_thw is None:
+            if text_pos is None:
+                start = self.decoder._cache_pos
+                text_pos = torch.arange(start, start + s, device=tokens.device)[None]
+            return (text_pos + self._rope_delta)[None].expand(3, b, s)
         m = self.encoder.spatial_merge_size
-        pos = mrope_positions(tokens, grid, self.image_token_id, m, padding_mask)
+        pos = mrope_positions(tokens, image_grid_thw, self.image_token_id, m, padding_mask)
+        last = torch.full((b,), s - 1, device=tokens.device)
+        if text_pos is not None:  # left padding: the row's pads come first, as text
+            pos = (pos - (last - text_pos[:, -1])[None, :, None]).clamp(min=0)
+            last = text_pos[:, -1]
         if self.decoder.caches_are_enabled():
-            self._rope_delta = pos.amax(dim=(0, 2))[:, None] + 1 - s  # [b, 1]
+            self._rope_delta = pos.amax(dim=(0, 2))[:, None] - last[:, None]  # [b, 1]
         return pos

@@ -274,7 +274,8 @@ def build_dataloader(
     packed_mask: bool = True,
 ) -> tuple[DataLoader, Any]:
     """Datasets from ``build_datasets`` (concatenated) -> resumable distributed sampler ->
-    collate (``padded_collate_packed`` for packed datasets, else ``padded_collate_sft``).
+    collate (``padded_collate_packed`` for packed datasets, else ``padded_collate_sft``;
+    multimodal datasets: ``tokenizer.collate`` or ``padded_collate_tiled_images_and_mask``).
 
     ``packed_mask=False``: packed batches come without the dense ``[b, s, s]`` block-causal
     mask (for a consumer that finds the documents from ``input_pos``, as unpadding does).
@@ -286,9 +287,13 @@ def build_dataloader(
     packed = {bool(getattr(ds, "packed", False)) for ds in datasets}
     if len(packed) > 1:
         raise ValueError("dataset: mix of packed and unpacked datasets; set packed the same on all")
-    # image + text samples (``encoder_input``): images, tiles and cross-attention masks padded
+    # image + text samples (``encoder_input``): the model transform's own ``collate`` where it
+    # has one (Qwen2.5-VL: variable patch counts + M-RoPE ids), else images, tiles and
+    # cross-attention masks padded (Llama 3.2 Vision)
     images = any(getattr(ds, "multimodal", False) for ds in datasets)
-    pad = padded_collate_tiled_images_and_mask if images else padded_collate_sft
+    pad = padded_collate_sft
+    if images:
+        pad = getattr(tokenizer, "collate", None) or padded_collate_tiled_images_and_mask
     collate = (
         partial(padded_collate_packed, mask=packed_mask)
         if packed.pop()
