@@ -117,23 +117,42 @@ def _close(got, ref):
 
 
 def test_collate_positions_equal_transformers_rope_index(qwen_files):
-    """The transform's collate: M-RoPE ids per row (padding 0) equal transformers'
-    get_rope_index on the same padded batch with its attention mask."""
-    batch = _batch(qwen_files)
+    """The transform's collate on rows of different lengths and images: M-RoPE ids per row
+    equal transformers' get_rope_index with the padded batch's attention mask (padding: 0)."""
+    from PIL import Image
+
+    from tunesmith.data import Message
+
+    transform = qwen_transform(qwen_files)
+    dog = Image.open(qwen_files[2] / "dog_on_skateboard.jpg").convert("RGB")
+    rows = []
+    for text, image in (("What is it?", dog), ("Say it", dog.resize((40, 90)))):
+        messages = [
+            Message(
+                "user", [{"type": "image", "content": image}, {"type": "text", "content": text}]
+            ),
+            Message("assistant", "A dog on a skateboard, I think."),
+        ]
+        out = transform({"messages": messages})
+        rows.append({**out, "labels": out["tokens"]})
+    rows.append({"tokens": rows[0]["tokens"][:5], "labels": rows[0]["tokens"][:5]})  # text only
+    batch = transform.collate(rows)
+    tokens = batch["tokens"]
+    lengths = torch.tensor([len(r["tokens"]) for r in rows])
+    real = torch.arange(tokens.shape[1])[None] < lengths[:, None]
+    assert len(set(lengths.tolist())) == 3
     hf = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(qwen_files[0])
-    real = batch["labels"] != -100  # placeholder: replaced below by the row lengths
-    lengths = [int((row != 0).sum()) for row in real]
-    assert lengths  # the rows train on their answers
-    mask = torch.zeros_like(batch["tokens"])
-    n = [len(row) for row in batch["tokens"]]
-    assert len(set(n)) == 1
     ref, _ = hf.model.get_rope_index(
-        batch["tokens"],
-        mm_token_type_ids=(batch["tokens"] == IMAGE).int(),
+        tokens,
+        mm_token_type_ids=(tokens == IMAGE).int(),
         image_grid_thw=batch["encoder_input"]["image_grid_thw"],
-        attention_mask=mask + 1,
+        attention_mask=real.long(),
     )
-    assert torch.equal(batch["input_pos"], ref)
+    pos = batch["input_pos"]
+    assert pos.shape == (3, 3, tokens.shape[1])
+    assert torch.equal(pos[:, real], ref[:, real])
+    assert not pos[:, ~real].any()
+    assert batch["encoder_input"]["image_grid_thw"].shape == (2, 3)
 
 
 def test_full_finetune_learns_and_saves_hf_qwen_vl(qwen_files, tmp_path):
@@ -177,3 +196,39 @@ def test_lora_saves_peft_adapter_with_equal_logits(qwen_files, tmp_path, quantiz
                 out / "epoch_1"
             )
             _close(merged.eval()(**kw).logits, with_adapter)
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_match_single(qwen_files, tmp_path):
+    """LoRA on the tiny Qwen2.5-VL: 2 ranks x batch 1 == 1 process x batch 2 (losses)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.recipes.conftest import HERE
+
+    model_dir, data, images, assets, specials = qwen_files
+    over = {**LORA_QWEN, "max_steps_per_epoch": 3, "shuffle": False}
+    runs = {}
+    for name, nproc, batch in (("single", 1, 2), ("dist", 2, 1)):
+        out = tmp_path / name
+        overrides = {
+            **qwen_vl_config(model_dir, data, images, assets, specials),
+            **over,
+            "batch_size": batch,
+        }
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(base_config(out, model_dir, data, **overrides)))
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(HERE.parents[1] / "src")])
+        launch = ["--nproc_per_node", str(nproc)] if nproc > 1 else []
+        proc = subprocess.run(
+            [sys.executable, "-m", "tunesmith.cli", "run", *launch, "finetune", "--config", str(path)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        runs[name] = read_losses(out)
+    assert len(runs["single"]) == 3
+    assert runs["dist"] == pytest.approx(runs["single"], abs=1e-4)

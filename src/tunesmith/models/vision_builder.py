@@ -220,7 +220,9 @@ def build_deep_fusion(
 
 def _qwen_vit_layer(spec: QwenViTSpec, lora: LoRASettings | None) -> nn.Module:
     d, h, f = spec.embed_dim, spec.num_heads, spec.intermediate_dim
-    targets = set(lora.lora_attn_modules) if lora else set()
+    # HF (and so PEFT) holds the ViT's q/k/v as one fused ``qkv``: separate q/k/v adapters
+    # could not be saved, so the ViT adapts only ``output_proj`` (HF ``proj``) and the MLP
+    targets = set(lora.lora_attn_modules) & {"output_proj"} if lora else set()
     mlp_lora = bool(lora and lora.apply_lora_to_mlp)
     attn = MultiHeadAttention(
         embed_dim=d,
@@ -252,7 +254,9 @@ def build_qwen_vision_encoder(
     encoder_lora: LoRASettings | None = None,
     fusion_lora: LoRASettings | None = None,
 ) -> QwenVisionTransformer:
-    """Qwen2.5-VL's ViT and patch merger (``merger``) a spec describes."""
+    """Qwen2.5-VL's ViT and patch merger (``merger``) a spec describes. With
+    ``encoder_lora`` the ViT's layers adapt ``output_proj`` (when listed) and, with
+    ``apply_lora_to_mlp``, the MLP; never q/k/v (fused in HF / PEFT files)."""
     d, m = spec.embed_dim, spec.spatial_merge_size
     k = (spec.temporal_patch_size, spec.patch_size, spec.patch_size)
     wide = d * m * m
