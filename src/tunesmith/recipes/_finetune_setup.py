@@ -184,12 +184,15 @@ def check_weight_shapes(
 
 
 def _shard(model: nn.Module, cfg: DictConfig) -> None:
-    """FSDP2: every transformer layer is one unit, and each of ``custom_sharded_layers``
+    """FSDP2: every transformer layer (decoder, and an encoder's ``layers``) is one unit, and
+    each of ``custom_sharded_layers``
     (torchtune's key, e.g. ``['tok_embeddings', 'output']``) that owns parameters; the root
     takes the rest."""
     from tunesmith.training.distributed import shard_model
 
     layer_ids = {id(m) for m in model.layers}
+    # an encoder with its own layer list (Qwen2.5-VL's ViT): each of them is a unit too
+    layer_ids |= {id(m) for m in getattr(getattr(model, "encoder", None), "layers", ())}
     custom = set(cfg.get("custom_sharded_layers") or [])
 
     def condition(name: str, module: nn.Module) -> bool:
