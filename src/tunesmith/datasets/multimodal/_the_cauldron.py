@@ -99,12 +99,15 @@ class MultimodalSFTDataset(Dataset):
         from tunesmith.datasets._images import check_row_images
 
         sees_images = hasattr(self._model_transform, "image_transform")
+        placeholder = getattr(self._model_transform, "image_placeholder_text", None)
         rows = _undecoded(self._data, column)
         if rows is None:  # a column of decoded images (hub datasets): checked when read
             return
         for index in range(len(rows)):
             try:
-                check_row_images(rows[index], column, image_dir, tag, text_column, sees_images)
+                check_row_images(
+                    rows[index], column, image_dir, tag, text_column, sees_images, placeholder
+                )
             except DataRowError as e:
                 raise DataRowError(
                     e.reason, column=e.column, row_index=index, source=self._where(), fix=e.fix

@@ -61,6 +61,8 @@ class Qwen2_5_VLTransform:  # noqa: N801 - the model's name
         )
         specials = self.tokenizer.special_tokens
         self.image_token_id = specials["<|image_pad|>"]
+        # datasets refuse rows whose text writes it (images come as content parts)
+        self.image_placeholder_text = "<|image_pad|>"
         self.image_transform = DynamicResolutionImageTransform(
             patch_size,
             merge_size,
