@@ -85,3 +85,36 @@ def test_generate_recipe_answers_about_an_image(qwen_files, capsys):  # noqa: F8
     }
     recipe_main(OmegaConf.create(cfg))
     assert capsys.readouterr().out.strip()  # the answer streamed to stdout
+
+
+def test_left_padded_batch_equals_each_prompt_alone(qwen_files):  # noqa: F811
+    """Two image prompts of different lengths, left padded into one batch: each row's greedy
+    tokens equal its own run (decoding continues each row's M-RoPE ids from its own prompt:
+    the rope delta is per row)."""
+    from tunesmith.data._prompt import vision_prompt_batch
+    from tunesmith.generation import generate, left_pad_prompts
+
+    transform = qwen_transform(qwen_files)
+    image = str(qwen_files[2] / "dog_on_skateboard.jpg")
+    prompts = [
+        {"user": {"image": image, "text": "What is this?"}},
+        {"system": "Answer in one short sentence, please.", "user": {"image": image, "text": "?"}},
+    ]
+    batches = [vision_prompt_batch(transform, p) for p in prompts]
+    assert batches[0]["tokens"].shape[1] != batches[1]["tokens"].shape[1]
+    ours = _ours_from(qwen_files[0])
+    alone = [
+        generate(ours, b["tokens"], NEW, pad_id=transform.pad_id, encoder_input=b["encoder_input"])
+        for b in batches
+    ]
+    tokens = left_pad_prompts([b["tokens"][0].tolist() for b in batches], transform.pad_id)
+    enc = {
+        k: torch.cat([b["encoder_input"][k] for b in batches])
+        for k in ("pixel_values", "image_grid_thw")
+    }
+    for use_cache in (True, False):
+        together = generate(
+            ours, tokens, NEW, pad_id=transform.pad_id, use_cache=use_cache, encoder_input=enc
+        )
+        for row, single in enumerate(alone):
+            assert together[row, -NEW:].tolist() == single[0, -NEW:].tolist(), (row, use_cache)
