@@ -232,3 +232,18 @@ def test_fsdp_two_processes_match_single(qwen_files, tmp_path):
         runs[name] = read_losses(out)
     assert len(runs["single"]) == 3
     assert runs["dist"] == pytest.approx(runs["single"], abs=1e-4)
+
+
+def test_lora_with_a_fully_trained_merger_warns_the_adapter_lacks_it(qwen_files, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    over = {**LORA_QWEN, "model.fusion_trainable": True, "max_steps_per_epoch": 2}
+    out = run_qwen(qwen_files, tmp_path, "merger", **over)
+    assert "the PEFT adapter (epoch_N/adapter) does not" in capsys.readouterr().err
+    saved = load_file(out / "epoch_1" / "model.safetensors")
+    original = load_file(qwen_files[0] / "model.safetensors")
+    assert not torch.equal(
+        saved["visual.merger.mlp.0.weight"], original["visual.merger.mlp.0.weight"]
+    )
+    adapter = load_file(out / "epoch_1" / "adapter" / "adapter_model.safetensors")
+    assert not any("merger" in k for k in adapter)

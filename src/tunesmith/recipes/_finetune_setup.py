@@ -136,6 +136,15 @@ def build_model(
         )
     if adapter:
         set_trainable_params(model, adapter)
+        full = getattr(model, "trainable_with_adapters", ())
+        if full:  # parts built "full" next to LoRA (a vision model's merger / projection)
+            log.warning(
+                "%d parameters train fully next to the LoRA adapters (e.g. %s): the merged "
+                "checkpoint holds them, the PEFT adapter (epoch_N/adapter) does not; set the "
+                "part's *_trainable to 'lora' or 'frozen' for a complete adapter",
+                len(full),
+                full[0],
+            )
         weights.update(initial_adapter_weights(model, weights, seed=torch.initial_seed()))
     if cfg.get("enable_activation_checkpointing", False):
         from tunesmith.training.activations import apply_activation_checkpointing

@@ -63,7 +63,9 @@ class MultimodalSFTDataset(Dataset):
     column; a truncated image found later raises the same way when its row is read.
     """
 
-    multimodal = True  # the finetune recipe collates with padded_collate_tiled_images_and_mask
+    # the finetune recipe collates with the model transform's ``collate`` (Qwen2.5-VL) or
+    # else padded_collate_tiled_images_and_mask
+    multimodal = True
 
     def __init__(
         self,
