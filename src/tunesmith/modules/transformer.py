@@ -263,6 +263,7 @@ class TransformerDecoder(nn.Module):
         seq_lens: Sequence[int] | Documents | None = None,
         encoder_input: Tensor | None = None,
         encoder_mask: Tensor | None = None,
+        encoder_fallback_mask: Tensor | None = None,
     ) -> Tensor | list[Tensor]:
         """Run the decoder.
 
@@ -282,6 +283,9 @@ class TransformerDecoder(nn.Module):
             encoder_input: ``[b, s_enc, d]`` encoder states (e.g. projected image tokens) for
                 the layers that fuse them (``modules.fusion.FusionLayer``); None skips fusion.
             encoder_mask: ``[b, s, s_enc]`` bool, True = token i may attend encoder state j.
+            encoder_fallback_mask: ``[b, s, s_enc]`` bool, what a token with an all-False
+                ``encoder_mask`` row attends (packed documents; see
+                ``modules.fusion.TransformerCrossAttentionLayer``); None = every state.
 
         Returns:
             ``[b, s, vocab]`` logits; ``[b, s, d]`` hidden states after the final norm when
@@ -300,6 +304,9 @@ class TransformerDecoder(nn.Module):
             layer_mask = sliding_mask if layer.attn.sliding_window is not None else full_mask
             fuse = encoder_input is not None or encoder_mask is not None
             if fuse and hasattr(layer, "fusion_layer"):
+                fallback = {}
+                if encoder_fallback_mask is not None:
+                    fallback = {"encoder_fallback_mask": encoder_fallback_mask}
                 h = layer(
                     h,
                     cos,
@@ -308,6 +315,7 @@ class TransformerDecoder(nn.Module):
                     seq_lens=seq_lens,
                     encoder_input=encoder_input,
                     encoder_mask=encoder_mask,
+                    **fallback,
                 )
             elif seq_lens is None:
                 h = layer(h, cos, sin, layer_mask)

@@ -286,15 +286,19 @@ def build_dataloader(
     packed_mask: bool = True,
 ) -> tuple[DataLoader, Any]:
     """Datasets from ``build_datasets`` (concatenated) -> resumable distributed sampler ->
-    collate (``padded_collate_packed`` for packed datasets, else ``padded_collate_sft``;
-    multimodal datasets: ``tokenizer.collate`` or ``padded_collate_tiled_images_and_mask``).
+    collate (``padded_collate_packed`` for packed datasets, else ``padded_collate_sft``; for
+    multimodal datasets ``tokenizer.collate`` where the model transform has one, else their
+    tiled-image forms).
 
     ``packed_mask=False``: packed batches come without the dense ``[b, s, s]`` block-causal
     mask (for a consumer that finds the documents from ``input_pos``, as unpadding does).
     """
 
     from tunesmith.data import padded_collate_packed, padded_collate_sft
-    from tunesmith.data._vision_collate import padded_collate_tiled_images_and_mask
+    from tunesmith.data._vision_collate import (
+        padded_collate_packed_tiled_images_and_mask,
+        padded_collate_tiled_images_and_mask,
+    )
 
     packed = {bool(getattr(ds, "packed", False)) for ds in datasets}
     if len(packed) > 1:
@@ -303,11 +307,12 @@ def build_dataloader(
     # has one (Qwen2.5-VL: variable patch counts + M-RoPE ids), else images, tiles and
     # cross-attention masks padded (Llama 3.2 Vision)
     images = any(getattr(ds, "multimodal", False) for ds in datasets)
-    pad = padded_collate_sft
-    if images:
+    pad, pack = padded_collate_sft, padded_collate_packed
+    if images:  # (a transform with its own collate is refused packing by its dataset)
         pad = getattr(tokenizer, "collate", None) or padded_collate_tiled_images_and_mask
+        pack = padded_collate_packed_tiled_images_and_mask
     collate = (
-        partial(padded_collate_packed, mask=packed_mask)
+        partial(pack, mask=packed_mask)
         if packed.pop()
         else partial(pad, padding_idx=tokenizer.pad_id, ignore_idx=ignore_index)
     )

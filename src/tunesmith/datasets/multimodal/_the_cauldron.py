@@ -163,22 +163,21 @@ def the_cauldron_dataset(
     filter_fn: Callable | None = None,
     split: str = "train",
     **load_dataset_kwargs: Any,
-) -> MultimodalSFTDataset:
+) -> Any:
     """The Cauldron (``subset``, e.g. ``ocrvqa``) as image + text chat samples.
 
-    Local copies work as for every builder (``source: json|parquet``, ``data_files``; the
-    ``images`` column then holds paths or bytes). ``packed=True`` is not supported yet.
+        Local copies work as for every builder (``source: json|parquet``, ``data_files``; the
+        ``images`` column then holds paths or bytes). ``packed=True`` packs samples and their
+    images (``PackedMultimodalDataset``).
     """
-    if packed:
-        raise ValueError(
-            "dataset.packed=True is not supported for multimodal datasets yet; set packed: False"
-        )
     from tunesmith.datasets._common import is_hub_source
 
     if is_hub_source(source):
         load_dataset_kwargs.setdefault("name", subset)
     transform = TheCauldronToMessages(column_map, new_system_prompt)
-    return MultimodalSFTDataset(
+    from tunesmith.datasets.multimodal._packed import maybe_pack_multimodal
+
+    ds = MultimodalSFTDataset(
         source=source,
         message_transform=transform,
         model_transform=model_transform,
@@ -187,3 +186,4 @@ def the_cauldron_dataset(
         image_column=transform.column_map["images"],
         **load_dataset_kwargs,
     )
+    return maybe_pack_multimodal(ds, model_transform, packed)
