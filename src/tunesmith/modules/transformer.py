@@ -263,6 +263,7 @@ class TransformerDecoder(nn.Module):
         seq_lens: Sequence[int] | Documents | None = None,
         encoder_input: Tensor | None = None,
         encoder_mask: Tensor | None = None,
+        layer_residuals: Sequence[Tensor] | None = None,
     ) -> Tensor | list[Tensor]:
         """Run the decoder.
 
@@ -282,6 +283,9 @@ class TransformerDecoder(nn.Module):
             encoder_input: ``[b, s_enc, d]`` encoder states (e.g. projected image tokens) for
                 the layers that fuse them (``modules.fusion.FusionLayer``); None skips fusion.
             encoder_mask: ``[b, s, s_enc]`` bool, True = token i may attend encoder state j.
+            layer_residuals: ``[b, s, d]`` tensors; the i-th is added to the hidden states
+                after layer i (Qwen3-VL's DeepStack: intermediate image features, zero away
+                from the image tokens).
 
         Returns:
             ``[b, s, vocab]`` logits; ``[b, s, d]`` hidden states after the final norm when
@@ -296,7 +300,7 @@ class TransformerDecoder(nn.Module):
             seq_lens, input_pos = self._documents(b, s, mask, seq_lens, input_pos, h.device)
         full_mask, sliding_mask, default_pos = self._masks(b, s, mask, h.device)
         cos, sin = self.rope(default_pos if input_pos is None else input_pos, h.dtype)
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             layer_mask = sliding_mask if layer.attn.sliding_window is not None else full_mask
             fuse = encoder_input is not None or encoder_mask is not None
             if fuse and hasattr(layer, "fusion_layer"):
@@ -313,6 +317,8 @@ class TransformerDecoder(nn.Module):
                 h = layer(h, cos, sin, layer_mask)
             else:
                 h = layer(h, cos, sin, None, seq_lens=seq_lens)
+            if layer_residuals is not None and i < len(layer_residuals):
+                h = h + layer_residuals[i].to(h.dtype)
         if self._cache_len is not None:
             self._cache_pos += s
         h = self.norm(h)
