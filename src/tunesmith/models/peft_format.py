@@ -89,7 +89,7 @@ def native_to_peft(
 
         # PEFT names modules as the transformers model holds them, not as its files do
         hf = mllama_native_to_hf(adapter_state_dict, hf_config, layout="module")
-    elif kind == "QWEN2_5_VL":
+    elif kind in ("QWEN2_5_VL", "QWEN3_VL"):
         from tunesmith.models._convert_qwen_vl import qwen_vl_native_to_hf
 
         hf = qwen_vl_native_to_hf(adapter_state_dict, hf_config, layout="module")
