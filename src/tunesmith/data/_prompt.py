@@ -51,12 +51,15 @@ def vision_prompt_batch(transform: Any, prompt: Any) -> dict[str, Any]:
     """One image + text prompt through a vision model transform (e.g.
     ``llama3_2_vision_transform``), collated as a batch of one: ``tokens [1, s]``,
     ``encoder_input`` (``images [1, I, T, C, H, W]``, ``aspect_ratio``, ``aspect_ratio_mask``)
-    and ``encoder_mask [1, s, I*T*L]``, ending where the answer starts."""
+    and ``encoder_mask [1, s, I*T*L]``, ending where the answer starts; a transform with its
+    own ``collate`` (Qwen2.5-VL: ``encoder_input = {"pixel_values", "image_grid_thw"}``,
+    ``input_pos [3, 1, s]``) collates itself."""
     from tunesmith.data._vision_collate import padded_collate_tiled_images_and_mask
 
     messages = _as_messages(prompt) + [Message(role="assistant", content="")]
     sample = transform({"messages": messages}, inference=True)
     sample["labels"] = list(sample["tokens"])
-    batch = padded_collate_tiled_images_and_mask([sample], padding_idx=transform.pad_id)
+    collate = getattr(transform, "collate", None) or padded_collate_tiled_images_and_mask
+    batch = collate([sample], padding_idx=transform.pad_id)
     batch.pop("labels")
     return batch

@@ -12,12 +12,12 @@ Cross-attention rows that see no image follow transformers / Meta: the attention
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tunesmith.modules._decoder_facade import DecoderFacade
 from tunesmith.modules.attention import MultiHeadAttention
 from tunesmith.modules.attention_kernels import Documents
 from tunesmith.modules.transformer import TransformerDecoder, TransformerSelfAttentionLayer
@@ -279,7 +279,7 @@ def expand_cross_attention_mask(mask: Tensor, tokens_per_tile: int) -> Tensor:
     return mask.bool().repeat_interleave(tokens_per_tile, dim=3).reshape(b, s, -1)
 
 
-class DeepFusionModel(nn.Module):
+class DeepFusionModel(DecoderFacade):
     """An encoder whose output the decoder's fusion layers cross-attend (torchtune's name).
 
     ``forward(tokens [b, s], *, mask=None, encoder_input=None, encoder_mask=None,
@@ -296,31 +296,6 @@ class DeepFusionModel(nn.Module):
         super().__init__()
         self.decoder = decoder
         self.encoder = encoder
-        self.trainable_with_adapters: tuple[str, ...] = ()
-
-    def adapter_params(self) -> list[str]:
-        """Names of fully trained parameters of a LoRA model (parts built ``"full"``), so a
-        LoRA recipe's ``get_adapter_params`` / ``set_trainable_params`` keeps them training
-        next to the LoRA matrices (those are listed by their own modules)."""
-        return list(self.trainable_with_adapters)
-
-    @property
-    def skip_output_layer(self) -> bool:
-        """The decoder's switch (set by ``LinearCrossEntropyLoss.set_model_output``)."""
-        return bool(self.decoder.skip_output_layer)
-
-    @skip_output_layer.setter
-    def skip_output_layer(self, value: bool) -> None:
-        self.decoder.skip_output_layer = value
-
-    def __getattr__(self, name: str) -> Any:  # decoder knobs (set_num_output_chunks, ...)
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            decoder = self._modules.get("decoder")
-            if decoder is not None and hasattr(decoder, name):
-                return getattr(decoder, name)
-            raise
 
     def forward(
         self,

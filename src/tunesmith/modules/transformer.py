@@ -264,6 +264,7 @@ class TransformerDecoder(nn.Module):
         encoder_input: Tensor | None = None,
         encoder_mask: Tensor | None = None,
         encoder_fallback_mask: Tensor | None = None,
+        layer_residuals: Sequence[Tensor] | None = None,
     ) -> Tensor | list[Tensor]:
         """Run the decoder.
 
@@ -286,6 +287,9 @@ class TransformerDecoder(nn.Module):
             encoder_fallback_mask: ``[b, s, s_enc]`` bool, what a token with an all-False
                 ``encoder_mask`` row attends (packed documents; see
                 ``modules.fusion.TransformerCrossAttentionLayer``); None = every state.
+            layer_residuals: ``[b, s, d]`` tensors; the i-th is added to the hidden states
+                after layer i (Qwen3-VL's DeepStack: intermediate image features, zero away
+                from the image tokens).
 
         Returns:
             ``[b, s, vocab]`` logits; ``[b, s, d]`` hidden states after the final norm when
@@ -300,7 +304,7 @@ class TransformerDecoder(nn.Module):
             seq_lens, input_pos = self._documents(b, s, mask, seq_lens, input_pos, h.device)
         full_mask, sliding_mask, default_pos = self._masks(b, s, mask, h.device)
         cos, sin = self.rope(default_pos if input_pos is None else input_pos, h.dtype)
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             layer_mask = sliding_mask if layer.attn.sliding_window is not None else full_mask
             fuse = encoder_input is not None or encoder_mask is not None
             if fuse and hasattr(layer, "fusion_layer"):
@@ -321,6 +325,8 @@ class TransformerDecoder(nn.Module):
                 h = layer(h, cos, sin, layer_mask)
             else:
                 h = layer(h, cos, sin, None, seq_lens=seq_lens)
+            if layer_residuals is not None and i < len(layer_residuals):
+                h = h + layer_residuals[i].to(h.dtype)
         if self._cache_len is not None:
             self._cache_pos += s
         h = self.norm(h)

@@ -115,6 +115,15 @@ def maybe_pack_multimodal(ds: Any, model_transform: Any, packed: bool) -> Any:
     unset)."""
     if not packed:
         return ds
+    if getattr(model_transform, "collate", None) is not None:  # Qwen2.5-VL's batches
+        from tunesmith.config import ConfigError
+
+        raise ConfigError(
+            f"dataset.packed=True: packing covers tiled-image models (Llama 3.2 Vision); "
+            f"{type(model_transform).__name__} batches (variable patch counts, M-RoPE ids) "
+            "are not packed yet: set dataset.packed: False",
+            key="dataset.packed",
+        )
     from tunesmith.datasets._common import pack_length
 
     max_seq_len, pad_id = pack_length(model_transform)

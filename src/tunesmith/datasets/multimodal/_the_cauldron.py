@@ -63,7 +63,9 @@ class MultimodalSFTDataset(Dataset):
     column; a truncated image found later raises the same way when its row is read.
     """
 
-    multimodal = True  # the finetune recipe collates with padded_collate_tiled_images_and_mask
+    # the finetune recipe collates with the model transform's ``collate`` (Qwen2.5-VL) or
+    # else padded_collate_tiled_images_and_mask
+    multimodal = True
 
     def __init__(
         self,
@@ -99,12 +101,15 @@ class MultimodalSFTDataset(Dataset):
         from tunesmith.datasets._images import check_row_images
 
         sees_images = hasattr(self._model_transform, "image_transform")
+        placeholder = getattr(self._model_transform, "image_placeholder_text", None)
         rows = _undecoded(self._data, column)
         if rows is None:  # a column of decoded images (hub datasets): checked when read
             return
         for index in range(len(rows)):
             try:
-                check_row_images(rows[index], column, image_dir, tag, text_column, sees_images)
+                check_row_images(
+                    rows[index], column, image_dir, tag, text_column, sees_images, placeholder
+                )
             except DataRowError as e:
                 raise DataRowError(
                     e.reason, column=e.column, row_index=index, source=self._where(), fix=e.fix
