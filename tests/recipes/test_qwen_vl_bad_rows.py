@@ -83,18 +83,3 @@ def test_literal_image_pad_in_vqa_text_names_the_row(qwen_files, tmp_path):  # n
     message = str(err.value)
     assert "row 2, column 'input'" in message and "'<|image_pad|>'" in message
     assert not (out / "logs" / "log.jsonl").exists()  # before training started
-
-
-def test_packing_is_refused_for_qwen_batches(qwen_files):  # noqa: F811
-    from tunesmith.config import ConfigError
-    from tunesmith.datasets.multimodal import vqa_dataset
-
-    _, data, images, _, _ = qwen_files
-    with pytest.raises(ConfigError, match="dataset.packed=True.*Qwen2_5_VLTransform"):
-        vqa_dataset(
-            qwen_transform(qwen_files),
-            source="json",
-            data_files=str(data),
-            image_dir=str(images),
-            packed=True,
-        )

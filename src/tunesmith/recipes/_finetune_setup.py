@@ -308,9 +308,12 @@ def build_dataloader(
     # cross-attention masks padded (Llama 3.2 Vision)
     images = any(getattr(ds, "multimodal", False) for ds in datasets)
     pad, pack = padded_collate_sft, padded_collate_packed
-    if images:  # (a transform with its own collate is refused packing by its dataset)
+    if images:  # (a transform with its own collate but no collate_packed refuses packing)
         pad = getattr(tokenizer, "collate", None) or padded_collate_tiled_images_and_mask
-        pack = padded_collate_packed_tiled_images_and_mask
+        pack = (
+            getattr(tokenizer, "collate_packed", None)
+            or padded_collate_packed_tiled_images_and_mask
+        )
     collate = (
         partial(pack, mask=packed_mask)
         if packed.pop()

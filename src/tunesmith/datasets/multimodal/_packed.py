@@ -65,13 +65,7 @@ class PackedMultimodalDataset(PackedDataset):
             index += len(self)
         out: dict[str, Any] = self.packs.pack_tensors(index)
         first, last = (int(x) for x in self.packs.pack_doc_offsets[index : index + 2])
-        size = self.max_seq_len
-        images: list[torch.Tensor] = []
-        ratios: list[Any] = []
-        padded: list[int] = []
-        seen: list[torch.Tensor] = []
-        fallback: list[torch.Tensor] = []
-        start = 0
+        samples, start = [], 0
         for doc in range(first, last):
             sample_index = int(self.sample_indices[doc])
             sample = self.ds[sample_index]
@@ -81,13 +75,38 @@ class PackedMultimodalDataset(PackedDataset):
                     f"sample {sample_index} has {len(sample['tokens'])} tokens now but had {n} "
                     "when packed; packing needs a deterministic model transform"
                 )
+            samples.append((sample_index, sample, start, n))
+            start += n
+        patches = any("pixel_values" in s.get("encoder_input", {}) for _, s, _, _ in samples)
+        out.update(self._patches(samples) if patches else self._tiles(samples))
+        return out
+
+    def _patches(self, samples: list[tuple[int, dict[str, Any], int, int]]) -> dict[str, Any]:
+        """Variable patch counts (Qwen2.5-VL): every image's patches and grid, in order."""
+        pixels: list[torch.Tensor] = []
+        grids: list[Any] = []
+        for _, sample, _, _ in samples:
+            enc = sample.get("encoder_input", {})
+            pixels += list(enc.get("pixel_values", []))
+            grids += list(enc.get("grid_thw", []))
+        return {"encoder_input": {"pixel_values": pixels, "grid_thw": grids}}
+
+    def _tiles(self, samples: list[tuple[int, dict[str, Any], int, int]]) -> dict[str, Any]:
+        """Tiled images (Llama 3.2 Vision) with their per-document cross-attention masks."""
+        size = self.max_seq_len
+        images: list[torch.Tensor] = []
+        ratios: list[Any] = []
+        padded: list[int] = []
+        seen: list[torch.Tensor] = []
+        fallback: list[torch.Tensor] = []
+        for sample_index, sample, start, n in samples:
             doc_images = list(sample.get("encoder_input", {}).get("images", []))
             masks = list(sample.get("encoder_mask", []))
             if len(masks) != len(doc_images):
                 raise ValueError(
                     f"sample {sample_index}: {len(doc_images)} images but {len(masks)} "
                     "encoder_mask entries; packing needs a tiled image transform with a "
-                    "cross-attention mask (Llama 3.2 Vision's)"
+                    "cross-attention mask (Llama 3.2 Vision's) or image patches (Qwen2.5-VL's)"
                 )
             if doc_images:
                 tiles = max(int(img.shape[0]) for img in doc_images)
@@ -102,11 +121,11 @@ class PackedMultimodalDataset(PackedDataset):
                 padded.append(tiles)
                 seen.append(row_seen)
                 fallback.append(row_fallback)
-            start += n
-        out["encoder_input"] = {"images": images, "aspect_ratio": ratios, "padded_tiles": padded}
-        out["encoder_mask"] = seen
-        out["encoder_fallback_mask"] = fallback
-        return out
+        return {
+            "encoder_input": {"images": images, "aspect_ratio": ratios, "padded_tiles": padded},
+            "encoder_mask": seen,
+            "encoder_fallback_mask": fallback,
+        }
 
 
 def maybe_pack_multimodal(ds: Any, model_transform: Any, packed: bool) -> Any:
@@ -115,13 +134,14 @@ def maybe_pack_multimodal(ds: Any, model_transform: Any, packed: bool) -> Any:
     unset)."""
     if not packed:
         return ds
-    if getattr(model_transform, "collate", None) is not None:  # Qwen2.5-VL's batches
+    own = getattr(model_transform, "collate", None) is not None
+    if own and getattr(model_transform, "collate_packed", None) is None:
         from tunesmith.config import ConfigError
 
         raise ConfigError(
-            f"dataset.packed=True: packing covers tiled-image models (Llama 3.2 Vision); "
-            f"{type(model_transform).__name__} batches (variable patch counts, M-RoPE ids) "
-            "are not packed yet: set dataset.packed: False",
+            f"dataset.packed=True: {type(model_transform).__name__} collates its own batches "
+            "but has no collate_packed, so its samples cannot be packed: set "
+            "dataset.packed: False",
             key="dataset.packed",
         )
     from tunesmith.datasets._common import pack_length

@@ -141,6 +141,48 @@ class Qwen2_5_VLTransform:  # noqa: N801 - the model's name
         )
         return out
 
+    def collate_packed(
+        self, batch: Sequence[Mapping[str, Any]], mask: bool = True
+    ) -> dict[str, Any]:
+        """Packs of this model's documents (``PackedMultimodalDataset`` items):
+        ``padded_collate_packed``'s ``tokens, labels [b, s]`` and block-causal ``mask [b, s,
+        s]``, ``encoder_input`` as :meth:`collate` makes it (every pack's images in batch
+        order) and ``input_pos [3, b, s]``: each document's own M-RoPE ids (restarting at 0
+        per document, as when it runs alone); the pack's padding tail counts on as text."""
+        from tunesmith.data import padded_collate_packed
+        from tunesmith.modules.qwen_vision import mrope_positions
+
+        out = padded_collate_packed(batch, mask=mask)
+        tokens = out["tokens"]
+        pixels: list[torch.Tensor] = []
+        grids: list[torch.Tensor] = []
+        for sample in batch:
+            enc = sample.get("encoder_input", {})
+            pixels += list(enc.get("pixel_values", []))
+            grids += [torch.as_tensor(g, dtype=torch.long) for g in enc.get("grid_thw", [])]
+        if pixels:
+            out["encoder_input"] = {
+                "pixel_values": torch.cat(pixels),
+                "image_grid_thw": torch.stack(grids),
+            }
+        per_image = [int(g.prod()) // self.merge_size**2 for g in grids]
+        positions = torch.zeros(3, *tokens.shape, dtype=torch.long)
+        k = 0
+        for row, sample in enumerate(batch):
+            start = 0
+            for n in torch.as_tensor(sample["seq_lens"]).tolist():
+                doc = tokens[row : row + 1, start : start + n]
+                placeholders, first = int((doc == self.image_token_id).sum()), k
+                while placeholders > 0:
+                    placeholders, k = placeholders - per_image[k], k + 1
+                grid = torch.stack(grids[first:k]) if k > first else None
+                positions[:, row : row + 1, start : start + n] = mrope_positions(
+                    doc, grid, self.image_token_id, self.merge_size
+                )
+                start += n
+        out["input_pos"] = positions
+        return out
+
 
 def qwen2_5_vl_transform(
     path: str,
