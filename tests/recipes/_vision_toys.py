@@ -27,9 +27,11 @@ TILE = 28
 QUESTIONS = [("What is presented on image?", "A dog on a skateboard.")]
 
 
-def write_tiny_mllama(directory: Path) -> Path:
+def write_tiny_mllama(
+    directory: Path, num_hidden_layers: int = 5, cross_attention_layers: tuple = (1, 3)
+) -> Path:
     """A random ``MllamaForConditionalGeneration`` (28 px tiles, 2 x 2 tiles at most,
-    3 self- + 2 cross-attention text layers) saved with ``save_pretrained``."""
+    3 self- + 2 cross-attention text layers by default) saved with ``save_pretrained``."""
     import transformers as t
 
     vision = t.MllamaVisionConfig(
@@ -47,8 +49,8 @@ def write_tiny_mllama(directory: Path) -> Path:
     text = t.MllamaTextConfig(
         vocab_size=TEXT_VOCAB,
         hidden_size=64,
-        num_hidden_layers=5,
-        cross_attention_layers=[1, 3],
+        num_hidden_layers=num_hidden_layers,
+        cross_attention_layers=list(cross_attention_layers),
         num_attention_heads=4,
         num_key_value_heads=2,
         intermediate_size=128,

@@ -59,7 +59,15 @@ def vision_prompt_batch(transform: Any, prompt: Any) -> dict[str, Any]:
     messages = _as_messages(prompt) + [Message(role="assistant", content="")]
     sample = transform({"messages": messages}, inference=True)
     sample["labels"] = list(sample["tokens"])
-    collate = getattr(transform, "collate", None) or padded_collate_tiled_images_and_mask
-    batch = collate([sample], padding_idx=transform.pad_id)
+    collate = getattr(transform, "collate", None)
+    if collate is not None:  # the transform's own batches (Qwen2.5-VL)
+        batch = collate([sample], padding_idx=transform.pad_id)
+    else:
+        # images padded to the transform's max tiles, as transformers' processor does (the
+        # ViT lets real patches attend to padding tiles, so their number changes the answer)
+        max_tiles = getattr(getattr(transform, "image_transform", None), "max_num_tiles", None)
+        batch = padded_collate_tiled_images_and_mask(
+            [sample], padding_idx=transform.pad_id, pad_max_tiles=max_tiles
+        )
     batch.pop("labels")
     return batch

@@ -229,7 +229,9 @@ class TunesmithLM(TemplateLM):
             self.cache_hook.add_partial("generate_until", req.args, text)
         return out
 
-    def _generate_batch(self, contexts: list[str], gen_kwargs: dict[str, Any]) -> list[str]:
+    def _generation_settings(self, gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """lm-eval's generation arguments -> ``until`` strings (with the EOS text),
+        ``max_new``, ``temperature`` (0 unless ``do_sample``), ``top_k``, ``top_p``."""
         gen_kwargs = dict(gen_kwargs)
         until = gen_kwargs.pop("until", None) or []
         until = [until] if isinstance(until, str) else list(until)
@@ -243,23 +245,17 @@ class TunesmithLM(TemplateLM):
         top_k, top_p = gen_kwargs.pop("top_k", None), gen_kwargs.pop("top_p", None)
         if gen_kwargs:
             log.debug("generate_until ignores generation arguments %s", sorted(gen_kwargs))
-        keep = max(1, self.max_length - max_new)
-        prompts = [self.tok_encode(c, left_truncate_len=keep) for c in contexts]
-        stop = list(getattr(self._tokenizer, "stop_tokens", None) or [self.eot_token_id])
-        batch = left_pad_prompts(prompts, pad_id=self.eot_token_id)
-        tokens = generate(
-            self.model,
-            batch.to(self.device),
-            max_new,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            stop_tokens=stop,
-            pad_id=self.eot_token_id,
-            use_cache=self.enable_kv_cache,
-        )
+        return {"until": until, "max_new": max_new, "temperature": temperature,
+                "top_k": top_k, "top_p": top_p}  # fmt: skip
+
+    def _stop_tokens(self) -> list[int]:
+        return list(getattr(self._tokenizer, "stop_tokens", None) or [self.eot_token_id])
+
+    def _texts(self, new_tokens: torch.Tensor, until: Sequence[str]) -> list[str]:
+        """``[b, n]`` generated ids -> texts, cut at the first stop token and ``until`` string."""
+        stop = self._stop_tokens()
         texts = []
-        for row in tokens[:, batch.shape[1] :].tolist():
+        for row in new_tokens.tolist():
             ids = []
             for t in row:
                 if t in stop:
@@ -271,3 +267,22 @@ class TunesmithLM(TemplateLM):
                     text = text.split(s)[0]
             texts.append(text)
         return texts
+
+    def _generate_batch(self, contexts: list[str], gen_kwargs: dict[str, Any]) -> list[str]:
+        opts = self._generation_settings(gen_kwargs)
+        max_new = opts["max_new"]
+        keep = max(1, self.max_length - max_new)
+        prompts = [self.tok_encode(c, left_truncate_len=keep) for c in contexts]
+        batch = left_pad_prompts(prompts, pad_id=self.eot_token_id)
+        tokens = generate(
+            self.model,
+            batch.to(self.device),
+            max_new,
+            temperature=opts["temperature"],
+            top_k=opts["top_k"],
+            top_p=opts["top_p"],
+            stop_tokens=self._stop_tokens(),
+            pad_id=self.eot_token_id,
+            use_cache=self.enable_kv_cache,
+        )
+        return self._texts(tokens[:, batch.shape[1] :], opts["until"])

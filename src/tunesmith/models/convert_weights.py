@@ -371,10 +371,15 @@ def meta_to_native(
     """Meta's ``consolidated.00.pth`` keys -> native, permuting q/k to rotate-half.
 
     ``params`` is Meta's ``params.json`` dict (``dim``, ``n_heads``, ``n_kv_heads``).
+    ``LLAMA3_VISION`` is converted by ``_convert_vision_meta``.
     """
-    _model_type(model_type)
     if params is None:
         raise ValueError("meta_to_native needs params (Meta's params.json: dim, n_heads, ...).")
+    if _vision_type(model_type) == "LLAMA3_VISION":
+        from tunesmith.models._convert_vision_meta import mllama_meta_to_native
+
+        return mllama_meta_to_native(state_dict, params)
+    _model_type(model_type)
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         if _DROP.search(key):
@@ -392,12 +397,20 @@ def meta_to_native(
 
 
 def native_to_meta(
-    state_dict: Mapping[str, Tensor], model_type: Any = "LLAMA3", params: Any = None
+    state_dict: Mapping[str, Tensor],
+    model_type: Any = "LLAMA3",
+    params: Any = None,
+    meta_reference: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
-    """Inverse of :func:`meta_to_native`."""
-    _model_type(model_type)
+    """Inverse of :func:`meta_to_native`. ``meta_reference`` (``LLAMA3_VISION`` only): the
+    Meta file as loaded, whose tile-embedding cells no aspect ratio reaches are kept."""
     if params is None:
         raise ValueError("native_to_meta needs params (Meta's params.json: dim, n_heads, ...).")
+    if _vision_type(model_type) == "LLAMA3_VISION":
+        from tunesmith.models._convert_vision_meta import mllama_native_to_meta
+
+        return mllama_native_to_meta(state_dict, params, meta_reference)
+    _model_type(model_type)
     sd = _permute_qk(state_dict, *_meta_sizes(params), permute_hf_to_meta)
     inv = {v: k for k, v in _META.items()}
     inv_top = {v: k for k, v in _META_TOP.items()}

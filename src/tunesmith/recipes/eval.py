@@ -18,7 +18,12 @@ Config keys (torchtune's eleuther_evaluation names)::
                      (the prompt is formatted by the tokenizer's chat template / format)
     enable_kv_cache  KV cache for generation tasks (default true)
     quantizer        optional: quantize the loaded float model before evaluating
+
+With a vision model transform as tokenizer (``llama3_2_vision_transform``) the model runs
+lm-eval's multimodal path (``TunesmithVLM``): image+text ``generate_until`` tasks such as
+``mmmu_val_science``, or a local task YAML with ``doc_to_image``.
     output_dir       optional: results.json is written there
+    log_samples      also keep each document's responses (results.json "samples")
 
 Needs ``pip install 'tunesmith[eval]'``. Run:
 ``tunesmith run eval --config eval/llama3_2_1b tasks=[hellaswag] limit=100``.
@@ -129,15 +134,25 @@ def recipe_main(cfg: DictConfig) -> None:
         model = quantizer.quantize(model)
         log.info("evaluating the model quantized with %s", type(quantizer).__name__)
     tokenizer = instantiate(cfg.tokenizer)
-    lm = TunesmithLM(
-        model,
-        tokenizer,
+    options = dict(
         device=device,
         max_seq_length=cfg.get("max_seq_length"),
         batch_size=int(cfg.get("batch_size", 8)),
         add_bos_token=cfg.get("add_bos_token"),
         enable_kv_cache=bool(cfg.get("enable_kv_cache", True)),
     )
+    if hasattr(tokenizer, "image_transform"):  # a vision model transform: multimodal tasks
+        from tunesmith.evaluation import TunesmithVLM
+
+        if cfg.get("apply_chat_template"):
+            raise ConfigError(
+                "apply_chat_template: a vision model's prompts are always formatted by its "
+                "transform's chat format; remove apply_chat_template",
+                key="apply_chat_template",
+            )
+        lm = TunesmithVLM(model, tokenizer, **options)
+    else:
+        lm = TunesmithLM(model, tokenizer, **options)
     start = time.perf_counter()
     results = run_evaluation(lm, cfg)
     log.info("evaluation took %.1f s", time.perf_counter() - start)
@@ -148,6 +163,14 @@ def recipe_main(cfg: DictConfig) -> None:
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         keep = {k: results[k] for k in ("results", "groups", "versions", "n-shot") if k in results}
+        if cfg.get("log_samples") and results.get("samples"):  # each document's responses
+            keep["samples"] = {
+                task: [
+                    {k: row[k] for k in ("doc_id", "target", "resps", "filtered_resps") if k in row}
+                    for row in rows
+                ]
+                for task, rows in results["samples"].items()
+            }
         keep["config"] = OmegaConf.to_container(cfg, resolve=True)
         atomic_write_bytes(out / "results.json", json.dumps(keep, indent=2, default=str).encode())
         log.info("wrote %s", out / "results.json")

@@ -55,6 +55,11 @@ class FullModelMetaCheckpointer(_SingleFormatCheckpointer):
     on save, so Meta -> native -> Meta is bit-identical. Writes
     ``output_dir/epoch_{e}/consolidated.00.pth`` plus the copied ``params.json`` and
     tokenizer files. Same arguments as :class:`FullModelHFCheckpointer`.
+
+    ``model_type: LLAMA3_VISION`` reads and writes Llama 3.2 Vision's Meta layout (see
+    ``tunesmith.models._convert_vision_meta``): the tile position-embedding grids as loaded
+    are kept so cells no aspect ratio uses are written back unchanged, and LoRA adapters are
+    written in PEFT format with transformers' Mllama names (derived from ``params.json``).
     """
 
     format_name = "meta"
@@ -69,15 +74,27 @@ class FullModelMetaCheckpointer(_SingleFormatCheckpointer):
             )
         params = self._checkpoint_dir / "params.json"
         self._params = read_json(params)
+        self._meta_reference: dict[str, torch.Tensor] = {}
+        if self._model_type == "LLAMA3_VISION":
+            from tunesmith.models._convert_vision_meta import mllama_hf_config_from_params
+
+            # the HF names PEFT adapters are written with (no config.json beside Meta files)
+            self.hf_config = mllama_hf_config_from_params(self._params)
 
     def _to_native(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from tunesmith.models.convert_weights import meta_to_native
 
+        if self._model_type == "LLAMA3_VISION" and not self._meta_reference:
+            from tunesmith.models._convert_vision_meta import GRID_KEYS
+
+            self._meta_reference = {k: sd[k] for k in GRID_KEYS if k in sd}
         return meta_to_native(sd, self._model_type, self._params)
 
     def _from_native(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from tunesmith.models.convert_weights import native_to_meta
 
+        if self._model_type == "LLAMA3_VISION":
+            return native_to_meta(sd, self._model_type, self._params, self._meta_reference)
         return native_to_meta(sd, self._model_type, self._params)
 
     def _output_name(self) -> str:
