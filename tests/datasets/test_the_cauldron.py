@@ -43,8 +43,6 @@ def test_local_cauldron_rows_tokenize_and_collate(assets, tmp_path):
     assert batch["encoder_input"]["images"].shape[:3] == (2, 2, 4)
     assert batch["encoder_mask"].shape == (b, s, 2 * 4 * ((56 // 14) ** 2 + 1))
     assert batch["encoder_mask"].dtype == torch.bool
-    with pytest.raises(ValueError, match="packed=True is not supported"):
-        the_cauldron_dataset(transform, subset="ocrvqa", packed=True)
 
 
 def test_missing_image_file_names_the_row(assets, tmp_path):

@@ -106,6 +106,20 @@ def test_full_finetune_learns_and_saves_hf_mllama(vision_files, tmp_path):
     transformers.MllamaForConditionalGeneration.from_pretrained(out / "epoch_1")
 
 
+def test_packed_finetune_learns(vision_files, tmp_path):
+    """dataset.packed=True: packs of image + text documents (per-document self- and
+    cross-attention masks) through the same training loop; 20 steps of 2 packs."""
+    model_dir, _, images, *_ = vision_files
+    data = write_vqa_data(tmp_path / "vqa_many.json", images / "dog_on_skateboard.jpg", rows=200)
+    out = _run(
+        vision_files,
+        tmp_path,
+        "packed",
+        **{"dataset.packed": True, "dataset.data_files": str(data), "optimizer.lr": 3e-3},
+    )
+    assert_learns(out)
+
+
 @pytest.mark.parametrize(
     "quantize", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["lora", "qlora"]
 )
@@ -193,8 +207,10 @@ def test_torchtune_11b_lora_config_runs_unchanged(vision_files, tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp_two_processes_match_single(vision_files, tmp_path):
-    """LoRA on the tiny Mllama: 2 ranks x batch 1 == 1 process x batch 2 (losses)."""
+@pytest.mark.parametrize("packed", [False, True], ids=["unpacked", "packed"])
+def test_fsdp_two_processes_match_single(vision_files, tmp_path, packed):
+    """LoRA on the tiny Mllama: 2 ranks x batch 1 == 1 process x batch 2 (losses), with
+    samples or with packs of image + text documents."""
     import os
     import subprocess
     import sys
@@ -204,7 +220,7 @@ def test_fsdp_two_processes_match_single(vision_files, tmp_path):
     from tests.recipes.conftest import HERE
 
     model_dir, data, images, assets, specials = vision_files
-    over = {**LORA_VISION, "max_steps_per_epoch": 3, "shuffle": False}
+    over = {**LORA_VISION, "max_steps_per_epoch": 3, "shuffle": False, "dataset.packed": packed}
     runs = {}
     for name, nproc, batch in (("single", 1, 2), ("dist", 2, 1)):
         out = tmp_path / name

@@ -51,17 +51,23 @@ def vision_prompt_batch(transform: Any, prompt: Any) -> dict[str, Any]:
     """One image + text prompt through a vision model transform (e.g.
     ``llama3_2_vision_transform``), collated as a batch of one: ``tokens [1, s]``,
     ``encoder_input`` (``images [1, I, T, C, H, W]``, ``aspect_ratio``, ``aspect_ratio_mask``)
-    and ``encoder_mask [1, s, I*T*L]``, ending where the answer starts."""
+    and ``encoder_mask [1, s, I*T*L]``, ending where the answer starts; a transform with its
+    own ``collate`` (Qwen2.5-VL: ``encoder_input = {"pixel_values", "image_grid_thw"}``,
+    ``input_pos [3, 1, s]``) collates itself."""
     from tunesmith.data._vision_collate import padded_collate_tiled_images_and_mask
 
     messages = _as_messages(prompt) + [Message(role="assistant", content="")]
     sample = transform({"messages": messages}, inference=True)
     sample["labels"] = list(sample["tokens"])
-    # images padded to the transform's max tiles, as transformers' processor does (the ViT
-    # lets real patches attend to padding tiles, so their number changes the answer)
-    max_tiles = getattr(getattr(transform, "image_transform", None), "max_num_tiles", None)
-    batch = padded_collate_tiled_images_and_mask(
-        [sample], padding_idx=transform.pad_id, pad_max_tiles=max_tiles
-    )
+    collate = getattr(transform, "collate", None)
+    if collate is not None:  # the transform's own batches (Qwen2.5-VL)
+        batch = collate([sample], padding_idx=transform.pad_id)
+    else:
+        # images padded to the transform's max tiles, as transformers' processor does (the
+        # ViT lets real patches attend to padding tiles, so their number changes the answer)
+        max_tiles = getattr(getattr(transform, "image_transform", None), "max_num_tiles", None)
+        batch = padded_collate_tiled_images_and_mask(
+            [sample], padding_idx=transform.pad_id, pad_max_tiles=max_tiles
+        )
     batch.pop("labels")
     return batch

@@ -20,6 +20,7 @@ __all__ = [
     "VisionCrossAttentionMask",
     "image_attention_intervals",
     "padded_collate_image_patches",
+    "padded_collate_packed_tiled_images_and_mask",
     "padded_collate_tiled_images_and_mask",
 ]
 
@@ -101,41 +102,89 @@ def padded_collate_tiled_images_and_mask(
     if pad_direction != "right":
         raise ValueError("padded_collate_tiled_images_and_mask supports pad_direction='right'")
     text = padded_collate_sft(batch, padding_idx=padding_idx, ignore_idx=ignore_idx)
-    b, s = text["tokens"].shape
+    text.update(
+        _collate_tiled_images(batch, text["tokens"].shape[1], pad_max_tiles, pad_max_images)
+    )
+    return text
+
+
+def padded_collate_packed_tiled_images_and_mask(
+    batch: Sequence[Mapping[str, Any]], mask: bool = True
+) -> dict[str, Any]:
+    """Stack packs of image + text documents (``PackedMultimodalDataset`` items).
+
+    Returns ``padded_collate_packed``'s ``tokens, labels, input_pos [b, s]`` and block-causal
+    ``mask [b, s, s]``, and, when any pack has images, the images as
+    ``padded_collate_tiled_images_and_mask`` pads them (``encoder_input`` with
+    ``padded_tiles [b, I]`` added: tiles beyond it are absent while encoding that image),
+    ``encoder_mask`` and ``encoder_fallback_mask`` ``[b, s, I * T * L]`` bool.
+    """
+    from tunesmith.data._collate import padded_collate_packed
+
+    text = padded_collate_packed(batch, mask=mask)
+    text.update(_collate_tiled_images(batch, text["tokens"].shape[1]))
+    return text
+
+
+def _collate_tiled_images(
+    batch: Sequence[Mapping[str, Any]],
+    s: int,
+    pad_max_tiles: int | None = None,
+    pad_max_images: int | None = None,
+) -> dict[str, Any]:
+    """The image part of the tiled collates: ``encoder_input`` and the per-image masks
+    (``encoder_mask``, and ``encoder_fallback_mask`` where the samples have it) padded to
+    ``[b, s, I * T * L]``; empty when no sample has an image."""
+    b = len(batch)
     images = [list(sample.get("encoder_input", {}).get("images", [])) for sample in batch]
     ratios = [list(sample.get("encoder_input", {}).get("aspect_ratio", [])) for sample in batch]
-    masks = [list(sample.get("encoder_mask", [])) for sample in batch]
+    padded = [list(sample.get("encoder_input", {}).get("padded_tiles", [])) for sample in batch]
+    keys = ("encoder_mask", "encoder_fallback_mask")
+    mask_keys = [k for k in keys if any(k in sample for sample in batch)]
+    masks = {k: [list(sample.get(k, [])) for sample in batch] for k in mask_keys}
     n_img = max([len(x) for x in images] + [pad_max_images or 0])
     all_images = [img for row in images for img in row]
     if not all_images:
-        return text
+        return {}
     n_tiles = max([img.shape[0] for img in all_images] + [pad_max_tiles or 0])
     c, h, w = all_images[0].shape[1:]
-    tokens_per_tile = masks[0][0].shape[1] // images[0][0].shape[0] if masks[0] else None
+    first = next((row, k) for row, imgs in enumerate(images) for k in range(len(imgs)))
+    seen = masks.get("encoder_mask")
+    tokens_per_tile = None
+    if seen is not None and len(seen[first[0]]) > first[1]:
+        row, k = first
+        tokens_per_tile = seen[row][k].shape[1] // images[row][k].shape[0]
     out_images = torch.zeros(b, n_img, n_tiles, c, h, w, dtype=all_images[0].dtype)
     out_ratio = torch.zeros(b, n_img, 2, dtype=torch.long)
     out_tile_mask = torch.zeros(b, n_img, n_tiles, dtype=torch.bool)
     out_tile_mask[:, :, 0] = True
-    enc_mask = None
+    out_padded = torch.full((b, n_img), n_tiles, dtype=torch.long)
+    enc: dict[str, torch.Tensor] = {}
     if tokens_per_tile is not None:
-        enc_mask = torch.zeros(b, s, n_img, n_tiles * tokens_per_tile, dtype=torch.bool)
+        enc = {
+            k: torch.zeros(b, s, n_img, n_tiles * tokens_per_tile, dtype=torch.bool) for k in masks
+        }
     for row in range(b):
         for k, img in enumerate(images[row]):
             t = img.shape[0]
             out_images[row, k, :t] = img
             out_ratio[row, k] = torch.as_tensor(ratios[row][k])
             out_tile_mask[row, k, :t] = True
-            if enc_mask is not None:
-                m = masks[row][k]
-                enc_mask[row, : m.shape[0], k] = F.pad(m, (0, enc_mask.shape[-1] - m.shape[1]))
-    text["encoder_input"] = {
+            if padded[row]:
+                out_padded[row, k] = int(padded[row][k])
+            for key, out in enc.items():
+                m = masks[key][row][k]
+                out[row, : m.shape[0], k] = F.pad(m, (0, out.shape[-1] - m.shape[1]))
+    encoder_input = {
         "images": out_images,
         "aspect_ratio": out_ratio,
         "aspect_ratio_mask": out_tile_mask,
     }
-    if enc_mask is not None:
-        text["encoder_mask"] = enc_mask.reshape(b, s, -1)
-    return text
+    if any(padded):
+        encoder_input["padded_tiles"] = out_padded
+    result: dict[str, Any] = {"encoder_input": encoder_input}
+    result.update({k: v.reshape(b, s, -1) for k, v in enc.items()})
+    return result
 
 
 def padded_collate_image_patches(

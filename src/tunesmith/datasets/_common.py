@@ -24,19 +24,27 @@ def maybe_pack(ds: Any, tokenizer: Any, packed: bool, split_across_pack: bool = 
     """``ds`` itself, or a ``PackedDataset`` of it with the tokenizer's ``max_seq_len``."""
     if not packed:
         return ds
+    max_seq_len, pad_id = pack_length(tokenizer)
+    return PackedDataset(
+        ds, max_seq_len=max_seq_len, padding_idx=pad_id, split_across_pack=split_across_pack
+    )
+
+
+def pack_length(tokenizer: Any) -> tuple[int, int]:
+    """``(max_seq_len, pad_id)`` of the tokenizer (or model transform) for packing; pad id 0
+    when it has none. Raises ``ConfigError`` (a ``ValueError``) naming
+    ``tokenizer.max_seq_len`` when unset."""
+    from tunesmith.config import ConfigError
+
     max_seq_len = getattr(tokenizer, "max_seq_len", None)
     if max_seq_len is None:
-        raise ValueError(
+        raise ConfigError(
             "dataset.packed=True needs the tokenizer's max_seq_len (the pack length): set "
-            "tokenizer.max_seq_len in the config, e.g. tokenizer.max_seq_len=2048"
+            "tokenizer.max_seq_len in the config, e.g. tokenizer.max_seq_len=2048",
+            key="tokenizer.max_seq_len",
         )
     pad_id = getattr(tokenizer, "pad_id", None)
-    return PackedDataset(
-        ds,
-        max_seq_len=max_seq_len,
-        padding_idx=0 if pad_id is None else pad_id,
-        split_across_pack=split_across_pack,
-    )
+    return int(max_seq_len), 0 if pad_id is None else int(pad_id)
 
 
 def sft_dataset(

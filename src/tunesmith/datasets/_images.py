@@ -57,9 +57,13 @@ def check_row_images(
     image_tag: str | None,
     text_column: str | None,
     model_sees_images: bool,
+    model_placeholder: str | None = None,
 ) -> None:
     """Check the images in ``row[column]`` (paths relative to ``image_dir``, bytes or image
-    objects) and, with ``image_tag``, that ``row[text_column]`` holds one tag per image."""
+    objects) and, with ``image_tag``, that ``row[text_column]`` holds one tag per image.
+    ``model_placeholder`` (the model's own image token as text, e.g. Qwen2.5-VL's
+    ``<|image_pad|>``) must not be written in the row's text: the dataset puts one per image
+    from ``column``, so a literal one would be an image without pixels."""
     images = _images_of(row.get(column))
     if images and not model_sees_images:
         raise DataRowError(
@@ -72,6 +76,22 @@ def check_row_images(
         if isinstance(image, str | Path):
             path = Path(image_dir) / image if image_dir is not None else Path(image)
             check_image_file(path, column)
+    if model_placeholder:
+        counts = {
+            key: sum(t.count(model_placeholder) for t in _texts_of(value))
+            for key, value in row.items()
+            if key != column
+        }
+        where = [key for key, n in counts.items() if n]
+        if where:
+            raise DataRowError(
+                f"the text holds {sum(counts.values())} literal {model_placeholder!r} (the "
+                f"model's image placeholder) next to {len(images)} image(s) in column "
+                f"'{column}'",
+                column=where[0],
+                fix=f"remove {model_placeholder!r} from the text: the dataset places one per "
+                "image" + (f" (where {image_tag!r} is)" if image_tag else ""),
+            )
     if image_tag and text_column is not None and text_column in row:
         tags = sum(t.count(image_tag) for t in _texts_of(row[text_column]))
         if tags != len(images):

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -40,6 +41,8 @@ class PackedDataset(Dataset):
     Each item: ``tokens``, ``labels``, ``input_pos`` (restarting at 0 per document),
     ``document_ids`` (all ``[max_seq_len]`` int64) and ``seq_lens`` ``[n_docs (+1 padding)]``.
     Batch them with ``padded_collate_packed``, which builds the block-causal mask.
+    ``sample_indices`` ``[n_docs]``: the ``ds`` index of each packed document, in pack order
+    (without ``split_across_pack``).
     """
 
     packed = True
@@ -66,6 +69,7 @@ class PackedDataset(Dataset):
                 num_workers=num_workers, use_cache=use_cache, cache_dir=cache_dir
             )
             samples = ds.samples()
+            kept = np.arange(len(samples), dtype=np.int64)
         else:
             samples = TokenizedSamples.from_samples(ds[i] for i in range(len(ds)))
             keep = drop_untrained(
@@ -75,8 +79,12 @@ class PackedDataset(Dataset):
                 max_seq_len=None,
                 unit="samples",
             )
+            kept = np.arange(len(samples), dtype=np.int64)
             if keep is not None:
                 samples = samples.select(keep)
+                kept = kept[np.asarray(keep, dtype=np.int64)]
+        # ``ds`` index of every packed document in order (``pack_sequences`` drops empty ones)
+        self.sample_indices = kept[samples.lengths > 0]
         self.packs = pack_sequences(
             samples,
             max_seq_len,

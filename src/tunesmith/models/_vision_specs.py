@@ -72,6 +72,42 @@ def _qwen2_5_vl(vocab: int, tie: bool, **kw: object) -> EarlyFusionSpec:
     return EarlyFusionSpec(decoder=decoder, encoder=encoder)
 
 
+def _qwen3_vl(tie: bool, vit: str, **kw: object) -> EarlyFusionSpec:
+    decoder = ModelSpec(
+        **{
+            "family": "QWEN3_VL",
+            "vocab_size": 151_936,
+            "max_seq_len": 262_144,
+            "head_dim": 128,
+            "num_kv_heads": 8,
+            "rope_base": 5_000_000.0,
+            "norm_eps": 1e-6,
+            "qk_norm": True,
+            "tie_embeddings": tie,
+            "mrope_section": (24, 20, 20),
+            "mrope_interleaved": True,
+            **kw,
+        }
+    )
+    small = vit == "small"  # 2B / 4B: 24 layers of width 1024; 8B / 32B: 27 of 1152
+    encoder = QwenViTSpec(
+        embed_dim=1024 if small else 1152,
+        num_layers=24 if small else 27,
+        num_heads=16,
+        intermediate_dim=4096 if small else 4304,
+        full_attention_layers=(),
+        patch_size=16,
+        window_size=None,
+        activation="gelu_tanh",
+        norm="layer",
+        gated_mlp=False,
+        patch_bias=True,
+        num_position_embeddings=2304,
+        deepstack_layers=(5, 11, 17) if small else (8, 16, 24),
+    )
+    return EarlyFusionSpec(decoder=decoder, encoder=encoder, family="QWEN3_VL")
+
+
 VISION_SPECS: dict[str, DeepFusionSpec | EarlyFusionSpec] = {
     # 40 text layers in HF = 32 self-attention + 8 cross-attention
     "llama3_2_vision_11b": _llama32_vision(
@@ -116,6 +152,18 @@ VISION_SPECS: dict[str, DeepFusionSpec | EarlyFusionSpec] = {
         num_kv_heads=8,
         embed_dim=8192,
         intermediate_dim=29_568,
+    ),
+    "qwen3_vl_2b": _qwen3_vl(
+        True, "small", num_layers=28, num_heads=16, embed_dim=2048, intermediate_dim=6144
+    ),
+    "qwen3_vl_4b": _qwen3_vl(
+        True, "small", num_layers=36, num_heads=32, embed_dim=2560, intermediate_dim=9728
+    ),
+    "qwen3_vl_8b": _qwen3_vl(
+        False, "large", num_layers=36, num_heads=32, embed_dim=4096, intermediate_dim=12_288
+    ),
+    "qwen3_vl_32b": _qwen3_vl(
+        False, "large", num_layers=64, num_heads=64, embed_dim=5120, intermediate_dim=25_600
     ),
 }
 

@@ -212,7 +212,9 @@ def build_decoder(spec: ModelSpec, lora: LoRASettings | None = None) -> Transfor
 def _rope(spec: ModelSpec) -> RotaryEmbedding:
     hd = spec.resolved_head_dim
     if spec.mrope_section is not None:
-        return MultimodalRotaryEmbedding(hd, spec.rope_base, spec.rope_scaling, spec.mrope_section)
+        return MultimodalRotaryEmbedding(
+            hd, spec.rope_base, spec.rope_scaling, spec.mrope_section, spec.mrope_interleaved
+        )
     return RotaryEmbedding(hd, spec.rope_base, spec.rope_scaling)
 
 
@@ -306,7 +308,7 @@ def build_from_hf(
     ``_component_`` swapped.
     """
     hf_type = _hf_model_type(checkpoint_dir_or_config)
-    if hf_type in ("mllama", "qwen2_5_vl"):  # Llama 3.2 Vision, Qwen2.5-VL
+    if hf_type in ("mllama", "qwen2_5_vl", "qwen3_vl"):  # Llama 3.2 Vision, Qwen2.5-VL, Qwen3-VL
         return _build_vision_from_hf(
             checkpoint_dir_or_config,
             vision_kwargs,
@@ -377,7 +379,7 @@ def _build_vision_from_hf(
         raise TypeError(f"build_from_hf got unexpected arguments {unknown}")
     if isinstance(config, (str, Path)):
         config = load_hf_config(config)
-    if _hf_model_type(config) == "qwen2_5_vl":
+    if _hf_model_type(config) in ("qwen2_5_vl", "qwen3_vl"):
         spec, build = qwen_vl_spec_from_hf_config(config), build_early_fusion
     else:
         spec, build = mllama_spec_from_hf_config(config), build_deep_fusion

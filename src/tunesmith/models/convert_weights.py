@@ -10,7 +10,8 @@ interleaved RoPE layout and are permuted here. Keys ending in LoRA / DoRA suffix
 PHI3_MINI, PHI4, QWEN2, QWEN3, QWEN3_MOE, MIXTRAL and GPT_OSS (experts stacked into grouped tensors,
 see ``_convert_moe``), REWARD (a Llama / Mistral classifier with a ``score`` head),
 and LLAMA3_VISION (HF ``MllamaForConditionalGeneration``, see ``_convert_vision``) and
-QWEN2_5_VL (HF ``Qwen2_5_VLForConditionalGeneration``, see ``_convert_qwen_vl``).
+QWEN2_5_VL / QWEN3_VL (HF ``Qwen2_5_VLForConditionalGeneration`` /
+``Qwen3VLForConditionalGeneration``, see ``_convert_qwen_vl``).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def _model_type(model_type: Any) -> str:
 
 
 #: vision-language model types, converted by their own modules (``_convert_vision``)
-VISION_MODEL_TYPES = ("LLAMA3_VISION", "QWEN2_5_VL")
+VISION_MODEL_TYPES = ("LLAMA3_VISION", "QWEN2_5_VL", "QWEN3_VL")
 
 
 def _vision_type(model_type: Any) -> str:
@@ -189,7 +190,7 @@ def hf_to_native(
         from tunesmith.models._convert_qwen_vl import qwen_vl_hf_to_native
         from tunesmith.models._convert_vision import mllama_hf_to_native
 
-        if _vision_type(model_type) == "QWEN2_5_VL":
+        if _vision_type(model_type) in ("QWEN2_5_VL", "QWEN3_VL"):
             return qwen_vl_hf_to_native(state_dict, hf_config)
         return mllama_hf_to_native(state_dict, hf_config)
     mt = _model_type(model_type)
@@ -255,7 +256,7 @@ def native_to_hf(
         from tunesmith.models._convert_qwen_vl import qwen_vl_native_to_hf
         from tunesmith.models._convert_vision import mllama_native_to_hf
 
-        if _vision_type(model_type) == "QWEN2_5_VL":
+        if _vision_type(model_type) in ("QWEN2_5_VL", "QWEN3_VL"):
             return qwen_vl_native_to_hf(state_dict, hf_config)
         return mllama_native_to_hf(state_dict, hf_config)
     mt = _model_type(model_type)

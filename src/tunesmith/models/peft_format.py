@@ -89,7 +89,7 @@ def native_to_peft(
 
         # PEFT names modules as the transformers model holds them, not as its files do
         hf = mllama_native_to_hf(adapter_state_dict, hf_config, layout="module")
-    elif kind == "QWEN2_5_VL":
+    elif kind in ("QWEN2_5_VL", "QWEN3_VL"):
         from tunesmith.models._convert_qwen_vl import qwen_vl_native_to_hf
 
         hf = qwen_vl_native_to_hf(adapter_state_dict, hf_config, layout="module")
@@ -138,12 +138,19 @@ def peft_to_native(
 
 
 def target_modules_from_adapter(peft_state_dict: Iterable[str]) -> list[str]:
-    """The Hugging Face module names (``q_proj``, ``gate_proj``, ...) an adapter covers."""
+    """The Hugging Face module names (``q_proj``, ``gate_proj``, ...) an adapter covers.
+
+    A module named by an index in a ``Sequential`` (Qwen2.5-VL's ``merger.mlp.0``) or by
+    the bare ``proj`` (its ViT's ``attn.proj``) is named with its parent (``mlp.0``,
+    ``attn.proj``): PEFT matches names by suffix, and ``0`` would also match every
+    ``layers.0``, ``proj`` the ViT's ``patch_embed.proj``."""
     names = set()
     for key in peft_state_dict:
         hit = _split_suffix(key, _FROM_PEFT)
         if hit is not None:
-            names.add(hit[0].rsplit(".", 1)[-1])
+            parts = hit[0].split(".")
+            ambiguous = parts[-1].isdigit() or parts[-1] == "proj"
+            names.add(".".join(parts[-2:]) if ambiguous else parts[-1])
     return sorted(names)
 
 

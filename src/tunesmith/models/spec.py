@@ -20,7 +20,8 @@ class ModelSpec:
     ``LLAMA2``, ``LLAMA3``, ``LLAMA3_2``, ``MISTRAL``, ``GEMMA``, ``GEMMA2``, ``PHI3_MINI``,
     ``PHI4``, ``QWEN2``, ``QWEN3``). ``num_classes`` set turns the LM head into a
     classification / reward head ``[d] -> [num_classes]``. ``mrope_section`` set uses
-    M-RoPE (three position ids per token, Qwen2.5-VL's decoder).
+    M-RoPE (three position ids per token, Qwen2.5-VL's decoder; ``mrope_interleaved``:
+    Qwen3-VL's interleaved frequency layout).
 
     Mixture of experts (``num_experts > 0``): every layer not in ``dense_layers`` has a
     ``modules.moe.MoE`` feed-forward of ``num_experts`` experts of width
@@ -79,6 +80,7 @@ class ModelSpec:
     qk_rms_norm: bool = False
     attn_temperature: tuple[float, float] | None = None
     router_weights_inputs: bool = False
+    mrope_interleaved: bool = False
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

@@ -162,6 +162,7 @@ def _is_fusion(name: str) -> bool:
     return (
         name.startswith("encoder.projection.")
         or name.startswith("encoder.merger.")
+        or name.startswith("encoder.deepstack_mergers.")
         or ".fusion_layer." in name
         or name.startswith("decoder.tok_embeddings.fusion_embedding.")
     )
@@ -218,9 +219,16 @@ def build_deep_fusion(
     return model
 
 
+def _qwen_norm(spec: QwenViTSpec, dim: int, eps: float | None = None) -> nn.Module:
+    eps = spec.norm_eps if eps is None else eps
+    return RMSNorm(dim, eps=eps) if spec.norm == "rms" else nn.LayerNorm(dim, eps=eps)
+
+
 def _qwen_vit_layer(spec: QwenViTSpec, lora: LoRASettings | None) -> nn.Module:
     d, h, f = spec.embed_dim, spec.num_heads, spec.intermediate_dim
-    targets = set(lora.lora_attn_modules) if lora else set()
+    # HF (and so PEFT) holds the ViT's q/k/v as one fused ``qkv``: separate q/k/v adapters
+    # could not be saved, so the ViT adapts only ``output_proj`` (HF ``proj``) and the MLP
+    targets = set(lora.lora_attn_modules) & {"output_proj"} if lora else set()
     mlp_lora = bool(lora and lora.apply_lora_to_mlp)
     attn = MultiHeadAttention(
         embed_dim=d,
@@ -235,14 +243,11 @@ def _qwen_vit_layer(spec: QwenViTSpec, lora: LoRASettings | None) -> nn.Module:
     mlp = FeedForward(
         gate_proj=_linear(d, f, bias=True, adapt=mlp_lora, lora=lora),
         down_proj=_linear(f, d, bias=True, adapt=mlp_lora, lora=lora),
-        up_proj=_linear(d, f, bias=True, adapt=mlp_lora, lora=lora),
+        up_proj=_linear(d, f, bias=True, adapt=mlp_lora, lora=lora) if spec.gated_mlp else None,
         activation=spec.activation,
     )
     return TransformerSelfAttentionLayer(
-        attn=attn,
-        mlp=mlp,
-        sa_norm=RMSNorm(d, eps=spec.norm_eps),
-        mlp_norm=RMSNorm(d, eps=spec.norm_eps),
+        attn=attn, mlp=mlp, sa_norm=_qwen_norm(spec, d), mlp_norm=_qwen_norm(spec, d)
     )
 
 
@@ -252,21 +257,28 @@ def build_qwen_vision_encoder(
     encoder_lora: LoRASettings | None = None,
     fusion_lora: LoRASettings | None = None,
 ) -> QwenVisionTransformer:
-    """Qwen2.5-VL's ViT and patch merger (``merger``) a spec describes."""
+    """Qwen2.5-VL's / Qwen3-VL's ViT, patch merger (``merger``) and DeepStack mergers. With
+    ``encoder_lora`` the ViT's layers adapt ``output_proj`` (when listed) and, with
+    ``apply_lora_to_mlp``, the MLP; never q/k/v (fused in HF / PEFT files)."""
     d, m = spec.embed_dim, spec.spatial_merge_size
     k = (spec.temporal_patch_size, spec.patch_size, spec.patch_size)
     wide = d * m * m
     adapt = bool(fusion_lora and fusion_lora.apply_lora_to_mlp)
-    merger = PatchMerger(
-        norm=RMSNorm(d, eps=1e-6),
-        fc1=_linear(wide, wide, bias=True, adapt=adapt, lora=fusion_lora),
-        fc2=_linear(wide, decoder_dim, bias=True, adapt=adapt, lora=fusion_lora),
-        merge=m,
-    )
+
+    def merger(postshuffle: bool) -> PatchMerger:
+        return PatchMerger(
+            norm=_qwen_norm(spec, wide if postshuffle else d, eps=1e-6),
+            fc1=_linear(wide, wide, bias=True, adapt=adapt, lora=fusion_lora),
+            fc2=_linear(wide, decoder_dim, bias=True, adapt=adapt, lora=fusion_lora),
+            merge=m,
+            postshuffle_norm=postshuffle,
+        )
+
+    n_pos = spec.num_position_embeddings
     return QwenVisionTransformer(
-        patch_embed=nn.Conv3d(spec.in_channels, d, k, stride=k, bias=False),
+        patch_embed=nn.Conv3d(spec.in_channels, d, k, stride=k, bias=spec.patch_bias),
         layers=[_qwen_vit_layer(spec, encoder_lora) for _ in range(spec.num_layers)],
-        merger=merger,
+        merger=merger(False),
         head_dim=d // spec.num_heads,
         patch_size=spec.patch_size,
         temporal_patch_size=spec.temporal_patch_size,
@@ -275,6 +287,9 @@ def build_qwen_vision_encoder(
         window_size=spec.window_size,
         full_attention_layers=spec.full_attention_layers,
         rope_base=spec.rope_base,
+        pos_embed=nn.Embedding(n_pos, d) if n_pos else None,
+        deepstack_layers=spec.deepstack_layers,
+        deepstack_mergers=[merger(True) for _ in spec.deepstack_layers],
     )
 
 
@@ -286,8 +301,8 @@ def build_early_fusion(
     fusion_trainable: Any = True,
     lora: LoRASettings | None = None,
 ) -> Qwen2_5_VLModel:
-    """Build a Qwen2.5-VL model; parts as in :func:`build_deep_fusion` (``fusion`` = the
-    patch merger). Build under ``torch.device("meta")`` to count parameters."""
+    """Build a Qwen2.5-VL / Qwen3-VL model; parts as in :func:`build_deep_fusion` (``fusion``
+    = the patch merger and the DeepStack mergers). Build under ``torch.device("meta")`` to count parameters."""
     modes = {
         "decoder": part_mode("decoder_trainable", decoder_trainable),
         "encoder": part_mode("encoder_trainable", encoder_trainable),

@@ -87,11 +87,16 @@ def every_nth_layer(num_layers: int, interval: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class QwenViTSpec:
-    """Qwen2.5-VL's dynamic-resolution ViT (``modules.qwen_vision``) and patch merger.
+    """Qwen2.5-VL's / Qwen3-VL's dynamic-resolution ViT (``modules.qwen_vision``) and patch
+    merger.
 
     ``full_attention_layers`` attend over the whole image, the others within windows of
-    ``window_size`` pixels; the merger maps ``spatial_merge_size ** 2`` patches of width
-    ``embed_dim`` to one token of the decoder's width.
+    ``window_size`` pixels (None: no windows); the merger maps ``spatial_merge_size ** 2``
+    patches of width ``embed_dim`` to one token of the decoder's width. Qwen2.5-VL's
+    defaults; Qwen3-VL sets ``norm="layer"`` (LayerNorm blocks and merger),
+    ``gated_mlp=False`` (``fc2(gelu_tanh(fc1(x)))``), ``patch_bias``,
+    ``num_position_embeddings`` (a learned ``sqrt(n) x sqrt(n)`` table, interpolated) and
+    ``deepstack_layers`` (each with its own merger, see ``modules.qwen_vision``).
     """
 
     embed_dim: int
@@ -107,13 +112,27 @@ class QwenViTSpec:
     norm_eps: float = 1e-6
     activation: str = "silu"
     rope_base: float = 10_000.0
+    norm: str = "rms"
+    gated_mlp: bool = True
+    patch_bias: bool = False
+    num_position_embeddings: int | None = None
+    deepstack_layers: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.norm not in ("rms", "layer"):
+            raise ValueError(f"QwenViTSpec.norm must be 'rms' or 'layer', got {self.norm!r}")
+        bad = [i for i in self.deepstack_layers if not 0 <= i < self.num_layers]
+        if bad:
+            raise ValueError(f"deepstack_layers {bad} outside the {self.num_layers} ViT layers")
 
 
 @dataclass(frozen=True)
 class EarlyFusionSpec:
-    """An encoder whose tokens replace ``image_token_id`` placeholders (Qwen2.5-VL).
+    """An encoder whose tokens replace ``image_token_id`` placeholders (Qwen2.5-VL,
+    Qwen3-VL: ``family="QWEN3_VL"``).
 
-    The decoder is a text ``ModelSpec`` with ``mrope_section`` set (M-RoPE).
+    The decoder is a text ``ModelSpec`` with ``mrope_section`` set (M-RoPE; Qwen3-VL's is
+    interleaved, with QK-norm).
     """
 
     decoder: ModelSpec

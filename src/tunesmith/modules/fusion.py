@@ -12,12 +12,12 @@ Cross-attention rows that see no image follow transformers / Meta: the attention
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tunesmith.modules._decoder_facade import DecoderFacade
 from tunesmith.modules.attention import MultiHeadAttention
 from tunesmith.modules.attention_kernels import Documents
 from tunesmith.modules.transformer import TransformerDecoder, TransformerSelfAttentionLayer
@@ -67,8 +67,12 @@ class TransformerCrossAttentionLayer(nn.Module):
     with :class:`TanhGate` s ``ca_scale`` / ``mlp_scale`` (closed at init) and ``row_mask``
     zero for tokens that see no encoder state.
 
-    ``forward(x [b, s, d], encoder_input [b, s_enc, d], encoder_mask [b, s, s_enc] | None)``
-    -> ``[b, s, d]``.
+    ``forward(x [b, s, d], encoder_input [b, s_enc, d], encoder_mask [b, s, s_enc] | None,
+    encoder_fallback_mask [b, s, s_enc] | None)`` -> ``[b, s, d]``. A token that sees no
+    encoder state (an all-False ``encoder_mask`` row) still attends, as transformers does:
+    every encoder state of its row, or (packed documents) the states its
+    ``encoder_fallback_mask`` row names; where that row is all False too, the attention
+    output is zero (the layer is the identity for that token, as for a text-only sample).
     """
 
     def __init__(
@@ -90,14 +94,26 @@ class TransformerCrossAttentionLayer(nn.Module):
         self.mlp_scale = mlp_scale if mlp_scale is not None else TanhGate()
 
     def forward(
-        self, x: Tensor, encoder_input: Tensor, encoder_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        encoder_input: Tensor,
+        encoder_mask: Tensor | None = None,
+        encoder_fallback_mask: Tensor | None = None,
     ) -> Tensor:
-        row_seen = None
+        row_seen = attends = None
         mask = encoder_mask
         if encoder_mask is not None:
             row_seen = encoder_mask.any(dim=-1, keepdim=True)  # [b, s, 1]
-            mask = encoder_mask | ~row_seen  # empty rows attend everything (no NaN)
-        h = x + self.ca_scale(self.attn(self.ca_norm(x), None, None, mask, kv_input=encoder_input))
+            if encoder_fallback_mask is not None:  # packed documents
+                mask = torch.where(row_seen, encoder_mask, encoder_fallback_mask)
+                attends = mask.any(dim=-1, keepdim=True)
+                mask = mask | ~attends
+            else:
+                mask = encoder_mask | ~row_seen  # empty rows attend everything (no NaN)
+        attn_out = self.attn(self.ca_norm(x), None, None, mask, kv_input=encoder_input)
+        if attends is not None:
+            attn_out = attn_out * attends.to(attn_out.dtype)
+        h = x + self.ca_scale(attn_out)
         mlp_out = self.mlp(self.mlp_norm(h))
         if row_seen is not None:
             mlp_out = mlp_out * row_seen.to(mlp_out.dtype)
@@ -158,9 +174,12 @@ class FusionLayer(TransformerSelfAttentionLayer):
         *,
         encoder_input: Tensor | None = None,
         encoder_mask: Tensor | None = None,
+        encoder_fallback_mask: Tensor | None = None,
     ) -> Tensor:
         encoder_input, encoder_mask = self._cached(encoder_input, encoder_mask, *x.shape[:2])
-        if encoder_input is not None:
+        if encoder_input is not None and encoder_fallback_mask is not None:
+            x = self.fusion_layer(x, encoder_input, encoder_mask, encoder_fallback_mask)
+        elif encoder_input is not None:
             x = self.fusion_layer(x, encoder_input, encoder_mask)
         return super().forward(x, cos, sin, mask, seq_lens)
 
@@ -199,7 +218,9 @@ class Llama3VisionEncoder(nn.Module):
     ``forward(images [b, I, T, C, H, W], aspect_ratio_ids [b, I], aspect_ratio_mask
     [b, I, T] | None) -> [b, I * T * L, d_out]`` (every image of a sample, in order).
     ``aspect_ratio`` ``[b, I, 2]`` (tiles high, wide; torchtune's input) may replace the ids:
-    it is looked up in ``supported_aspect_ratios``.
+    it is looked up in ``supported_aspect_ratios``. ``padded_tiles [b, I]`` (packed batches):
+    image ``i`` is encoded as if padded to ``padded_tiles[i]`` tiles (the rest are absent, see
+    :func:`~tunesmith.modules.vision_transformer.tiled_attention_mask`).
     """
 
     def __init__(
@@ -229,6 +250,7 @@ class Llama3VisionEncoder(nn.Module):
         aspect_ratio_ids: Tensor | None = None,
         aspect_ratio_mask: Tensor | None = None,
         aspect_ratio: Tensor | None = None,
+        padded_tiles: Tensor | None = None,
     ) -> Tensor:
         b, i, t = images.shape[:3]
         if aspect_ratio_ids is None:
@@ -240,7 +262,12 @@ class Llama3VisionEncoder(nn.Module):
                 aspect_ratio_mask = torch.arange(t, device=images.device) < tiles[..., None]
                 aspect_ratio_mask[..., 0] = True  # padding images: one "real" tile, no NaN
         tile_mask = None if aspect_ratio_mask is None else aspect_ratio_mask.reshape(b * i, t)
-        vision = self.clip(images.flatten(0, 1), aspect_ratio_ids.reshape(b * i), tile_mask)
+        present = None
+        if padded_tiles is not None:
+            present = torch.arange(t, device=images.device) < padded_tiles.reshape(b * i, 1)
+        vision = self.clip(
+            images.flatten(0, 1), aspect_ratio_ids.reshape(b * i), tile_mask, present
+        )
         out = self.projection(vision)  # [b * I, T * L, d_out]
         return out.reshape(b, i * out.shape[1], -1)
 
@@ -252,7 +279,7 @@ def expand_cross_attention_mask(mask: Tensor, tokens_per_tile: int) -> Tensor:
     return mask.bool().repeat_interleave(tokens_per_tile, dim=3).reshape(b, s, -1)
 
 
-class DeepFusionModel(nn.Module):
+class DeepFusionModel(DecoderFacade):
     """An encoder whose output the decoder's fusion layers cross-attend (torchtune's name).
 
     ``forward(tokens [b, s], *, mask=None, encoder_input=None, encoder_mask=None,
@@ -260,38 +287,15 @@ class DeepFusionModel(nn.Module):
     ``[b, s, vocab]``. ``encoder_input`` is the encoder's keyword arguments
     (``images``, ``aspect_ratio_ids`` / ``aspect_ratio``, ``aspect_ratio_mask``) or None for
     text only; ``encoder_mask [b, s, I * T * L]`` bool (see
-    :func:`expand_cross_attention_mask`), None = every token sees every image token.
+    :func:`expand_cross_attention_mask`), None = every token sees every image token;
+    ``encoder_fallback_mask [b, s, I * T * L]`` (packed documents, see
+    :class:`TransformerCrossAttentionLayer`) what tokens that see no image attend.
     """
 
     def __init__(self, decoder: TransformerDecoder, encoder: nn.Module):
         super().__init__()
         self.decoder = decoder
         self.encoder = encoder
-        self.trainable_with_adapters: tuple[str, ...] = ()
-
-    def adapter_params(self) -> list[str]:
-        """Names of fully trained parameters of a LoRA model (parts built ``"full"``), so a
-        LoRA recipe's ``get_adapter_params`` / ``set_trainable_params`` keeps them training
-        next to the LoRA matrices (those are listed by their own modules)."""
-        return list(self.trainable_with_adapters)
-
-    @property
-    def skip_output_layer(self) -> bool:
-        """The decoder's switch (set by ``LinearCrossEntropyLoss.set_model_output``)."""
-        return bool(self.decoder.skip_output_layer)
-
-    @skip_output_layer.setter
-    def skip_output_layer(self, value: bool) -> None:
-        self.decoder.skip_output_layer = value
-
-    def __getattr__(self, name: str) -> Any:  # decoder knobs (set_num_output_chunks, ...)
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            decoder = self._modules.get("decoder")
-            if decoder is not None and hasattr(decoder, name):
-                return getattr(decoder, name)
-            raise
 
     def forward(
         self,
@@ -303,6 +307,7 @@ class DeepFusionModel(nn.Module):
         input_pos: Tensor | None = None,
         input_embeds: Tensor | None = None,
         seq_lens: Sequence[int] | Documents | None = None,
+        encoder_fallback_mask: Tensor | None = None,
     ) -> Tensor | list[Tensor]:
         encoded = None if encoder_input is None else self.encoder(**encoder_input)
         return self.decoder(
@@ -313,4 +318,5 @@ class DeepFusionModel(nn.Module):
             seq_lens=seq_lens,
             encoder_input=encoded,
             encoder_mask=encoder_mask,
+            encoder_fallback_mask=encoder_fallback_mask,
         )

@@ -132,10 +132,13 @@ class RotaryEmbedding(nn.Module):
 
 
 class MultimodalRotaryEmbedding(RotaryEmbedding):
-    """M-RoPE (Qwen2-VL / Qwen2.5-VL): three position ids per token (temporal, height, width).
+    """M-RoPE (Qwen2-VL / Qwen2.5-VL / Qwen3-VL): three position ids per token (t, h, w).
 
     The ``head_dim / 2`` frequencies are cut into ``mrope_section`` (e.g. ``(16, 24, 24)``);
-    section ``i`` rotates by the ``i % 3``-th position id. Text tokens carry three equal ids,
+    section ``i`` rotates by the ``i % 3``-th position id. ``interleaved`` (Qwen3-VL's
+    ``mrope_interleaved``): frequency ``j`` rotates by the height id when ``j % 3 == 1`` and
+    ``j < 3 * mrope_section[1]``, by the width id when ``j % 3 == 2`` and
+    ``j < 3 * mrope_section[2]``, else by the temporal id. Text tokens carry three equal ids,
     which makes this plain RoPE; image tokens carry their grid coordinates (see
     ``tunesmith.modules.qwen_vision.mrope_positions``).
 
@@ -149,6 +152,7 @@ class MultimodalRotaryEmbedding(RotaryEmbedding):
         base: float = 10_000.0,
         scaling: RopeScaling | None = None,
         mrope_section: tuple[int, ...] = (16, 24, 24),
+        interleaved: bool = False,
     ):
         super().__init__(head_dim, base, scaling)
         if sum(mrope_section) != head_dim // 2:
@@ -156,6 +160,18 @@ class MultimodalRotaryEmbedding(RotaryEmbedding):
                 f"mrope_section {mrope_section} must sum to head_dim/2={head_dim // 2}"
             )
         self.mrope_section = tuple(mrope_section)
+        self.interleaved = interleaved
+
+    def _axis_of_frequency(self, device: torch.device) -> Tensor:
+        """``[head_dim / 2]``: which of the three ids (0 t, 1 h, 2 w) rotates frequency j."""
+        if not self.interleaved:
+            ids = [torch.full((n,), i % 3) for i, n in enumerate(self.mrope_section)]
+            return torch.cat(ids).to(device)
+        j = torch.arange(self.head_dim // 2)
+        axis = torch.zeros_like(j)
+        for a in (1, 2):
+            axis[(j % 3 == a) & (j < 3 * self.mrope_section[a])] = a
+        return axis.to(device)
 
     def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         if positions.dim() == 1:
@@ -164,13 +180,16 @@ class MultimodalRotaryEmbedding(RotaryEmbedding):
             positions = positions[None].expand(3, -1, -1)
         inv_freq = rope_inv_freq(self.head_dim, self.base, self.scaling, positions.device)
         freqs = positions.float()[..., None] * inv_freq  # [3, b, s, hd/2]
-        chunks = freqs.split(self.mrope_section, dim=-1)
-        freqs = torch.cat([c[i % 3] for i, c in enumerate(chunks)], dim=-1)  # [b, s, hd/2]
+        axis = self._axis_of_frequency(freqs.device)
+        freqs = freqs.gather(0, axis.expand(1, *freqs.shape[1:-1], -1))[0]  # [b, s, hd/2]
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, mrope_section={self.mrope_section}"
+        return (
+            f"{super().extra_repr()}, mrope_section={self.mrope_section}, "
+            f"interleaved={self.interleaved}"
+        )
 
 
 class AxialRotaryEmbedding(nn.Module):

@@ -292,6 +292,8 @@ class TransformerDecoder(nn.Module):
         seq_lens: Sequence[int] | Documents | None = None,
         encoder_input: Tensor | None = None,
         encoder_mask: Tensor | None = None,
+        encoder_fallback_mask: Tensor | None = None,
+        layer_residuals: Sequence[Tensor] | None = None,
     ) -> Tensor | list[Tensor]:
         """Run the decoder.
 
@@ -311,6 +313,12 @@ class TransformerDecoder(nn.Module):
             encoder_input: ``[b, s_enc, d]`` encoder states (e.g. projected image tokens) for
                 the layers that fuse them (``modules.fusion.FusionLayer``); None skips fusion.
             encoder_mask: ``[b, s, s_enc]`` bool, True = token i may attend encoder state j.
+            encoder_fallback_mask: ``[b, s, s_enc]`` bool, what a token with an all-False
+                ``encoder_mask`` row attends (packed documents; see
+                ``modules.fusion.TransformerCrossAttentionLayer``); None = every state.
+            layer_residuals: ``[b, s, d]`` tensors; the i-th is added to the hidden states
+                after layer i (Qwen3-VL's DeepStack: intermediate image features, zero away
+                from the image tokens).
 
         Returns:
             ``[b, s, vocab]`` logits; ``[b, s, d]`` hidden states after the final norm when
@@ -329,11 +337,14 @@ class TransformerDecoder(nn.Module):
             pos = default_pos if input_pos is None else input_pos
             sliding_mask = self._chunked_mask(full_mask, pos, s)
         cos, sin = self.rope(default_pos if input_pos is None else input_pos, h.dtype)
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             local = layer.attn.sliding_window is not None or getattr(layer.attn, "chunk_size", None)
             layer_mask = sliding_mask if local else full_mask
             fuse = encoder_input is not None or encoder_mask is not None
             if fuse and hasattr(layer, "fusion_layer"):
+                fallback = {}
+                if encoder_fallback_mask is not None:
+                    fallback = {"encoder_fallback_mask": encoder_fallback_mask}
                 h = layer(
                     h,
                     cos,
@@ -342,11 +353,14 @@ class TransformerDecoder(nn.Module):
                     seq_lens=seq_lens,
                     encoder_input=encoder_input,
                     encoder_mask=encoder_mask,
+                    **fallback,
                 )
             elif seq_lens is None:
                 h = layer(h, cos, sin, layer_mask)
             else:
                 h = layer(h, cos, sin, None, seq_lens=seq_lens)
+            if layer_residuals is not None and i < len(layer_residuals):
+                h = h + layer_residuals[i].to(h.dtype)
         if self._cache_len is not None:
             self._cache_pos += s
         h = self.norm(h)

@@ -105,18 +105,29 @@ class CLSEmbedding(nn.Module):
         return torch.cat([cls, x], dim=1)
 
 
-def tiled_attention_mask(tile_mask: Tensor, num_tokens: int, padded_tokens: int) -> Tensor:
+def tiled_attention_mask(
+    tile_mask: Tensor, num_tokens: int, padded_tokens: int, tile_present: Tensor | None = None
+) -> Tensor:
     """Llama 3.2 Vision's encoder mask (Meta's and transformers' rule).
 
     ``tile_mask [n, T]`` (True = real tile). A token is padding when its tile is padding or
     it is one of the ``padded_tokens - num_tokens`` filler tokens of its tile; a query may
     attend a key unless both are padding. Returns ``[n, T * Lp, T * Lp]`` bool (True = attend).
+
+    ``tile_present [n, T]`` (packing: an image padded to fewer tiles than the batch's): the
+    tokens of tiles where it is False are absent; no present token attends them (they attend
+    only each other), so the image encodes as if padded to its present tiles only.
     """
     n, t = tile_mask.shape
     token_real = torch.arange(padded_tokens, device=tile_mask.device) < num_tokens
     pad = ~(tile_mask.bool()[:, :, None] & token_real[None, None, :])
     pad = pad.reshape(n, t * padded_tokens)
-    return ~(pad[:, :, None] & pad[:, None, :])
+    mask = ~(pad[:, :, None] & pad[:, None, :])
+    if tile_present is None:
+        return mask
+    present = tile_present.bool().repeat_interleave(padded_tokens, dim=1)  # [n, T * Lp]
+    same = present[:, :, None] == present[:, None, :]
+    return torch.where(present[:, :, None], mask & same, same)
 
 
 @dataclass
@@ -147,8 +158,9 @@ class VisionTransformer(nn.Module):
         out_indices: layers whose outputs are tapped (0-based, output of that layer).
         pad_to_multiple: tokens per tile are padded to a multiple of this (8, as Meta does).
 
-    ``forward(images [n, T, C, H, W], aspect_ratio_ids [n], tile_mask [n, T] | None)``
-    -> :class:`TiledVisionOutput`.
+    ``forward(images [n, T, C, H, W], aspect_ratio_ids [n], tile_mask [n, T] | None,
+    tile_present [n, T] | None)`` -> :class:`TiledVisionOutput` (``tile_present``: see
+    :func:`tiled_attention_mask`).
     """
 
     def __init__(
@@ -181,7 +193,11 @@ class VisionTransformer(nn.Module):
         self.pad_to_multiple = pad_to_multiple
 
     def forward(
-        self, images: Tensor, aspect_ratio_ids: Tensor, tile_mask: Tensor | None = None
+        self,
+        images: Tensor,
+        aspect_ratio_ids: Tensor,
+        tile_mask: Tensor | None = None,
+        tile_present: Tensor | None = None,
     ) -> TiledVisionOutput:
         n, t, c, h, w = images.shape
         dtype = self.conv.weight.dtype
@@ -197,7 +213,7 @@ class VisionTransformer(nn.Module):
         x = F.pad(x, (0, 0, 0, padded - num_tokens))
         if tile_mask is None:
             tile_mask = torch.ones(n, t, dtype=torch.bool, device=x.device)
-        mask = tiled_attention_mask(tile_mask, num_tokens, padded)
+        mask = tiled_attention_mask(tile_mask, num_tokens, padded, tile_present)
         x = x.reshape(n, t * padded, d)
         taps = []
         for i, layer in enumerate(self.layers):

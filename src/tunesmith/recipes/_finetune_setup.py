@@ -136,6 +136,15 @@ def build_model(
         )
     if adapter:
         set_trainable_params(model, adapter)
+        full = getattr(model, "trainable_with_adapters", ())
+        if full:  # parts built "full" next to LoRA (a vision model's merger / projection)
+            log.warning(
+                "%d parameters train fully next to the LoRA adapters (e.g. %s): the merged "
+                "checkpoint holds them, the PEFT adapter (epoch_N/adapter) does not; set the "
+                "part's *_trainable to 'lora' or 'frozen' for a complete adapter",
+                len(full),
+                full[0],
+            )
         weights.update(initial_adapter_weights(model, weights, seed=torch.initial_seed()))
     if cfg.get("enable_activation_checkpointing", False):
         from tunesmith.training.activations import apply_activation_checkpointing
@@ -184,12 +193,15 @@ def check_weight_shapes(
 
 
 def _shard(model: nn.Module, cfg: DictConfig) -> None:
-    """FSDP2: every transformer layer is one unit, and each of ``custom_sharded_layers``
+    """FSDP2: every transformer layer (decoder, and an encoder's ``layers``) is one unit, and
+    each of ``custom_sharded_layers``
     (torchtune's key, e.g. ``['tok_embeddings', 'output']``) that owns parameters; the root
     takes the rest."""
     from tunesmith.training.distributed import shard_model
 
     layer_ids = {id(m) for m in model.layers}
+    # an encoder with its own layer list (Qwen2.5-VL's ViT): each of them is a unit too
+    layer_ids |= {id(m) for m in getattr(getattr(model, "encoder", None), "layers", ())}
     custom = set(cfg.get("custom_sharded_layers") or [])
 
     def condition(name: str, module: nn.Module) -> bool:
@@ -274,23 +286,36 @@ def build_dataloader(
     packed_mask: bool = True,
 ) -> tuple[DataLoader, Any]:
     """Datasets from ``build_datasets`` (concatenated) -> resumable distributed sampler ->
-    collate (``padded_collate_packed`` for packed datasets, else ``padded_collate_sft``).
+    collate (``padded_collate_packed`` for packed datasets, else ``padded_collate_sft``; for
+    multimodal datasets ``tokenizer.collate`` where the model transform has one, else their
+    tiled-image forms).
 
     ``packed_mask=False``: packed batches come without the dense ``[b, s, s]`` block-causal
     mask (for a consumer that finds the documents from ``input_pos``, as unpadding does).
     """
 
     from tunesmith.data import padded_collate_packed, padded_collate_sft
-    from tunesmith.data._vision_collate import padded_collate_tiled_images_and_mask
+    from tunesmith.data._vision_collate import (
+        padded_collate_packed_tiled_images_and_mask,
+        padded_collate_tiled_images_and_mask,
+    )
 
     packed = {bool(getattr(ds, "packed", False)) for ds in datasets}
     if len(packed) > 1:
         raise ValueError("dataset: mix of packed and unpacked datasets; set packed the same on all")
-    # image + text samples (``encoder_input``): images, tiles and cross-attention masks padded
+    # image + text samples (``encoder_input``): the model transform's own ``collate`` where it
+    # has one (Qwen2.5-VL: variable patch counts + M-RoPE ids), else images, tiles and
+    # cross-attention masks padded (Llama 3.2 Vision)
     images = any(getattr(ds, "multimodal", False) for ds in datasets)
-    pad = padded_collate_tiled_images_and_mask if images else padded_collate_sft
+    pad, pack = padded_collate_sft, padded_collate_packed
+    if images:  # (a transform with its own collate but no collate_packed refuses packing)
+        pad = getattr(tokenizer, "collate", None) or padded_collate_tiled_images_and_mask
+        pack = (
+            getattr(tokenizer, "collate_packed", None)
+            or padded_collate_packed_tiled_images_and_mask
+        )
     collate = (
-        partial(padded_collate_packed, mask=packed_mask)
+        partial(pack, mask=packed_mask)
         if packed.pop()
         else partial(pad, padding_idx=tokenizer.pad_id, ignore_idx=ignore_index)
     )

@@ -375,7 +375,10 @@ class CheckpointSaver:
         if self.rank == 0:
             to_save: dict[str, Any] = {"model": model_sd}
             if self.is_peft:
-                to_save["adapter_config"] = adapter_config(cfg)
+                to_save["adapter_config"] = {
+                    **adapter_config(cfg),  # + parts trained fully next to LoRA: kept as trained
+                    "fully_trained": list(getattr(self.model, "trainable_with_adapters", ())),
+                }
                 to_save["adapter"] = {k: v for k, v in model_sd.items() if is_adapter_key(k)}
             if intermediate:
                 consumed = step_in_epoch * self.accum * int(cfg.batch_size)

@@ -1,7 +1,8 @@
 """``vqa_dataset``, ``multimodal_chat_dataset``, ``llava_instruct_dataset`` (torchtune's
 names and arguments) over :class:`MultimodalSFTDataset`.
 
-Rows are read with ``datasets`` (hub names, or ``source: json`` + ``data_files`` and an
+``packed=True`` packs samples and their images (:class:`PackedMultimodalDataset`). Rows are
+read with ``datasets`` (hub names, or ``source: json`` + ``data_files`` and an
 ``image_dir`` offline); each image is opened in ``__getitem__`` of its row only.
 """
 
@@ -11,16 +12,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tunesmith.data._message_transforms import InputOutputToMessages, ShareGPTToMessages
+from tunesmith.datasets.multimodal._packed import PackedMultimodalDataset, maybe_pack_multimodal
 from tunesmith.datasets.multimodal._the_cauldron import MultimodalSFTDataset
 
 __all__ = ["llava_instruct_dataset", "multimodal_chat_dataset", "vqa_dataset"]
-
-
-def _no_packing(packed: bool) -> None:
-    if packed:
-        raise ValueError(
-            "dataset.packed=True is not supported for multimodal datasets yet; set packed: False"
-        )
 
 
 def vqa_dataset(
@@ -34,15 +29,14 @@ def vqa_dataset(
     filter_fn: Callable | None = None,
     split: str = "train",
     **load_dataset_kwargs: Any,
-) -> MultimodalSFTDataset:
+) -> MultimodalSFTDataset | PackedMultimodalDataset:
     """Visual question answering rows ``{"input", "output", "image"}`` -> user (image, then
     the question), assistant (the answer). ``image`` holds a path relative to ``image_dir``
     (or an image object when ``image_dir`` is None, e.g. a ``datasets.Image`` column)."""
-    _no_packing(packed)
     transform = InputOutputToMessages(
         column_map=column_map, new_system_prompt=new_system_prompt, image_dir=image_dir
     )
-    return MultimodalSFTDataset(
+    ds = MultimodalSFTDataset(
         source=source,
         message_transform=transform,
         model_transform=model_transform,
@@ -52,6 +46,7 @@ def vqa_dataset(
         image_dir=image_dir,
         **load_dataset_kwargs,
     )
+    return maybe_pack_multimodal(ds, model_transform, packed)
 
 
 def multimodal_chat_dataset(
@@ -66,18 +61,17 @@ def multimodal_chat_dataset(
     filter_fn: Callable | None = None,
     split: str = "train",
     **load_dataset_kwargs: Any,
-) -> MultimodalSFTDataset:
+) -> MultimodalSFTDataset | PackedMultimodalDataset:
     """ShareGPT-style conversations (``{"conversations": [{"from", "value"}], "image"}``)
     with one image per row, loaded from ``image_dir`` and put where ``image_tag`` is in the
     first user turn (before its text)."""
-    _no_packing(packed)
     transform = ShareGPTToMessages(
         column_map=column_map,
         new_system_prompt=new_system_prompt,
         image_dir=image_dir,
         image_tag=image_tag,
     )
-    return MultimodalSFTDataset(
+    ds = MultimodalSFTDataset(
         source=source,
         message_transform=transform,
         model_transform=model_transform,
@@ -89,6 +83,7 @@ def multimodal_chat_dataset(
         text_column=transform.column_map["conversations"],
         **load_dataset_kwargs,
     )
+    return maybe_pack_multimodal(ds, model_transform, packed)
 
 
 def llava_instruct_dataset(
@@ -103,7 +98,7 @@ def llava_instruct_dataset(
     split: str = "train",
     data_files: str = "llava_instruct_150k.json",
     **load_dataset_kwargs: Any,
-) -> MultimodalSFTDataset:
+) -> MultimodalSFTDataset | PackedMultimodalDataset:
     """LLaVA-Instruct-150K (``conversations`` + a COCO ``image`` file name) with the
     ``<image>`` tag; local copies: ``source: json``, ``data_files``, ``image_dir``."""
     return multimodal_chat_dataset(

@@ -63,7 +63,9 @@ class MultimodalSFTDataset(Dataset):
     column; a truncated image found later raises the same way when its row is read.
     """
 
-    multimodal = True  # the finetune recipe collates with padded_collate_tiled_images_and_mask
+    # the finetune recipe collates with the model transform's ``collate`` (Qwen2.5-VL) or
+    # else padded_collate_tiled_images_and_mask
+    multimodal = True
 
     def __init__(
         self,
@@ -99,12 +101,15 @@ class MultimodalSFTDataset(Dataset):
         from tunesmith.datasets._images import check_row_images
 
         sees_images = hasattr(self._model_transform, "image_transform")
+        placeholder = getattr(self._model_transform, "image_placeholder_text", None)
         rows = _undecoded(self._data, column)
         if rows is None:  # a column of decoded images (hub datasets): checked when read
             return
         for index in range(len(rows)):
             try:
-                check_row_images(rows[index], column, image_dir, tag, text_column, sees_images)
+                check_row_images(
+                    rows[index], column, image_dir, tag, text_column, sees_images, placeholder
+                )
             except DataRowError as e:
                 raise DataRowError(
                     e.reason, column=e.column, row_index=index, source=self._where(), fix=e.fix
@@ -158,22 +163,21 @@ def the_cauldron_dataset(
     filter_fn: Callable | None = None,
     split: str = "train",
     **load_dataset_kwargs: Any,
-) -> MultimodalSFTDataset:
+) -> Any:
     """The Cauldron (``subset``, e.g. ``ocrvqa``) as image + text chat samples.
 
-    Local copies work as for every builder (``source: json|parquet``, ``data_files``; the
-    ``images`` column then holds paths or bytes). ``packed=True`` is not supported yet.
+        Local copies work as for every builder (``source: json|parquet``, ``data_files``; the
+        ``images`` column then holds paths or bytes). ``packed=True`` packs samples and their
+    images (``PackedMultimodalDataset``).
     """
-    if packed:
-        raise ValueError(
-            "dataset.packed=True is not supported for multimodal datasets yet; set packed: False"
-        )
     from tunesmith.datasets._common import is_hub_source
 
     if is_hub_source(source):
         load_dataset_kwargs.setdefault("name", subset)
     transform = TheCauldronToMessages(column_map, new_system_prompt)
-    return MultimodalSFTDataset(
+    from tunesmith.datasets.multimodal._packed import maybe_pack_multimodal
+
+    ds = MultimodalSFTDataset(
         source=source,
         message_transform=transform,
         model_transform=model_transform,
@@ -182,3 +186,4 @@ def the_cauldron_dataset(
         image_column=transform.column_map["images"],
         **load_dataset_kwargs,
     )
+    return maybe_pack_multimodal(ds, model_transform, packed)

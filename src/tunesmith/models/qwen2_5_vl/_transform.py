@@ -8,8 +8,10 @@ image's token count (``grid_h * grid_w / merge_size ** 2``), as ``Qwen2_5_VLProc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import torch
 
 from tunesmith.data._image_transforms import CLIP_MEAN, CLIP_STD, DynamicResolutionImageTransform
 from tunesmith.data.tokenizers import ChatMLFormat
@@ -59,6 +61,8 @@ class Qwen2_5_VLTransform:  # noqa: N801 - the model's name
         )
         specials = self.tokenizer.special_tokens
         self.image_token_id = specials["<|image_pad|>"]
+        # datasets refuse rows whose text writes it (images come as content parts)
+        self.image_placeholder_text = "<|image_pad|>"
         self.image_transform = DynamicResolutionImageTransform(
             patch_size,
             merge_size,
@@ -110,6 +114,74 @@ class Qwen2_5_VLTransform:  # noqa: N801 - the model's name
             "grid_thw": [o["grid_thw"] for o in outs],
         }
         return sample
+
+    def collate(
+        self,
+        batch: Sequence[Mapping[str, Any]],
+        padding_idx: int | None = None,
+        ignore_idx: int = -100,
+    ) -> dict[str, Any]:
+        """This model's batches (the finetune recipe and ``generate`` take the collate from
+        the transform): :func:`~tunesmith.data.padded_collate_image_patches` (``tokens,
+        labels [b, s]`` right padded, ``encoder_input = {"pixel_values" [sum N_k, C*tp*p*p],
+        "image_grid_thw" [n, 3]}``) plus ``input_pos [3, b, s]``, each row's M-RoPE ids
+        (:func:`~tunesmith.modules.qwen_vision.mrope_positions`; padding gets 0), computed
+        here on the host once per batch instead of in the model's forward."""
+        from tunesmith.data._vision_collate import padded_collate_image_patches
+        from tunesmith.modules.qwen_vision import mrope_positions
+
+        pad = self.pad_id if padding_idx is None else padding_idx
+        out = padded_collate_image_patches(batch, padding_idx=pad, ignore_idx=ignore_idx)
+        s = out["tokens"].shape[1]
+        lengths = torch.tensor([len(sample["tokens"]) for sample in batch])
+        real = torch.arange(s)[None] < lengths[:, None]
+        grid = out.get("encoder_input", {}).get("image_grid_thw")
+        out["input_pos"] = mrope_positions(
+            out["tokens"], grid, self.image_token_id, self.merge_size, real
+        )
+        return out
+
+    def collate_packed(
+        self, batch: Sequence[Mapping[str, Any]], mask: bool = True
+    ) -> dict[str, Any]:
+        """Packs of this model's documents (``PackedMultimodalDataset`` items):
+        ``padded_collate_packed``'s ``tokens, labels [b, s]`` and block-causal ``mask [b, s,
+        s]``, ``encoder_input`` as :meth:`collate` makes it (every pack's images in batch
+        order) and ``input_pos [3, b, s]``: each document's own M-RoPE ids (restarting at 0
+        per document, as when it runs alone); the pack's padding tail counts on as text."""
+        from tunesmith.data import padded_collate_packed
+        from tunesmith.modules.qwen_vision import mrope_positions
+
+        out = padded_collate_packed(batch, mask=mask)
+        tokens = out["tokens"]
+        pixels: list[torch.Tensor] = []
+        grids: list[torch.Tensor] = []
+        for sample in batch:
+            enc = sample.get("encoder_input", {})
+            pixels += list(enc.get("pixel_values", []))
+            grids += [torch.as_tensor(g, dtype=torch.long) for g in enc.get("grid_thw", [])]
+        if pixels:
+            out["encoder_input"] = {
+                "pixel_values": torch.cat(pixels),
+                "image_grid_thw": torch.stack(grids),
+            }
+        per_image = [int(g.prod()) // self.merge_size**2 for g in grids]
+        positions = torch.zeros(3, *tokens.shape, dtype=torch.long)
+        k = 0
+        for row, sample in enumerate(batch):
+            start = 0
+            for n in torch.as_tensor(sample["seq_lens"]).tolist():
+                doc = tokens[row : row + 1, start : start + n]
+                placeholders, first = int((doc == self.image_token_id).sum()), k
+                while placeholders > 0:
+                    placeholders, k = placeholders - per_image[k], k + 1
+                grid = torch.stack(grids[first:k]) if k > first else None
+                positions[:, row : row + 1, start : start + n] = mrope_positions(
+                    doc, grid, self.image_token_id, self.merge_size
+                )
+                start += n
+        out["input_pos"] = positions
+        return out
 
 
 def qwen2_5_vl_transform(

@@ -9,7 +9,8 @@ State-dict contract between a recipe and every checkpointer::
                                    ``model.state_dict()`` of a LoRA model can be passed as is.
       state_dict["adapter"]        optional native adapter weights (``...lora_a.weight`` etc.)
       state_dict["adapter_config"] optional {"r", "lora_alpha", "target_modules", ...}
-                                   (torchtune's names); needed to merge and to write PEFT
+                                   (torchtune's names); needed to merge and to write PEFT;
+                                   "fully_trained": keys merged as the model holds them
       every other key              recipe state (see ``build_recipe_state``), written to
                                    ``recipe_state.pt`` when ``intermediate_checkpoint=True``
 

@@ -66,7 +66,9 @@ def merge_adapter_into_base(
             ``lora_b.weight [out, r]``, ``magnitude [out]``).
         base_sd: the base checkpoint's native state dict as stored (original dtype and
             values), or None to merge into the model's own copy.
-        adapter_config: ``{"r", "lora_alpha", ...}``.
+        adapter_config: ``{"r", "lora_alpha", ...}``; its optional ``"fully_trained"`` lists
+            keys trained fully next to the adapters (a vision model's merger / projection
+            built ``"full"``), kept as the model holds them, not taken from the base.
 
     Returns:
         ``{key: tensor}`` with every non-adapter key of ``model_sd``: from ``base_sd`` when it
@@ -75,8 +77,9 @@ def merge_adapter_into_base(
     """
     merged: dict[str, torch.Tensor] = {}
     fallback: list[str] = []
+    trained = set(adapter_config.get("fully_trained") or ())
     for key, tensor in model_sd.items():
-        if is_adapter_key(key):
+        if is_adapter_key(key) or key in trained:
             merged[key] = tensor
             continue
         base = None if base_sd is None else base_sd.get(key)

@@ -1,0 +1,52 @@
+"""``qwen3_vl_transform``: Qwen3 tokenizer + Qwen3-VL's dynamic-resolution image transform.
+
+Qwen3-VL's published ``preprocessor_config.json``: 16 px patches, 2 x 2 merge (so sizes are
+multiples of 32), mean = std = 0.5, ``65536 <= h * w <= 16777216`` pixels (256^2 .. 4096^2).
+Prompt format (the Qwen3-VL Instruct chat template): ChatML with no default system prompt,
+each image part ``<|vision_start|><|image_pad|><|vision_end|>`` with its ``<|image_pad|>``
+expanded to ``grid_h * grid_w / 4`` tokens, as ``Qwen3VLProcessor`` does. The transform is
+Qwen2.5-VL's (:class:`~tunesmith.models.qwen2_5_vl.Qwen2_5_VLTransform`) with these values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunesmith.models.qwen2_5_vl._transform import Qwen2_5_VLTransform
+from tunesmith.models.qwen3._tokenizer import QWEN3_SPECIAL_TOKENS
+
+__all__ = ["QWEN3_VL_IMAGE_MEAN", "QWEN3_VL_IMAGE_STD", "qwen3_vl_transform"]
+
+QWEN3_VL_IMAGE_MEAN = (0.5, 0.5, 0.5)
+QWEN3_VL_IMAGE_STD = (0.5, 0.5, 0.5)
+
+
+def qwen3_vl_transform(
+    path: str,
+    merges_file: str,
+    max_seq_len: int | None = None,
+    min_pixels: int = 65_536,
+    max_pixels: int = 16_777_216,
+    special_tokens_path: str | None = None,
+    prompt_template: Any = None,
+) -> Qwen2_5_VLTransform:
+    """Qwen3-VL's transform (16 px patches, 2 x 2 merge, mean = std = 0.5, ChatML without a
+    default system prompt). ``path`` / ``merges_file``: the Qwen ``vocab.json`` /
+    ``merges.txt``."""
+    from tunesmith.data.tokenizers import load_special_tokens
+
+    special = load_special_tokens(special_tokens_path) if special_tokens_path else None
+    return Qwen2_5_VLTransform(
+        path,
+        merges_file,
+        max_seq_len=max_seq_len,
+        patch_size=16,
+        merge_size=2,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        image_mean=QWEN3_VL_IMAGE_MEAN,
+        image_std=QWEN3_VL_IMAGE_STD,
+        special_tokens=special if special is not None else QWEN3_SPECIAL_TOKENS,
+        prompt_template=prompt_template,
+        default_system_prompt=None,
+    )
