@@ -176,6 +176,15 @@ def test_full_finetune_learns_and_saves_hf_qwen_vl(qwen_files, tmp_path):
     _close(got, ref)
 
 
+def test_packed_finetune_learns(qwen_files, tmp_path):
+    """dataset.packed=True: packs of image + text documents (block-causal mask, M-RoPE ids
+    per document, the transform's collate_packed) in the same loop; 20 steps of 2 packs."""
+    _, _, images, *_ = qwen_files
+    data = write_vqa_data(tmp_path / "vqa_many.json", images / "dog_on_skateboard.jpg", rows=200)
+    over = {"dataset.packed": True, "dataset.data_files": str(data), "optimizer.lr": 3e-3}
+    assert_learns(run_qwen(qwen_files, tmp_path, "packed", **over))
+
+
 @pytest.mark.parametrize(
     "quantize", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["lora", "qlora"]
 )
