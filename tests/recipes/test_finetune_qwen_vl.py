@@ -176,6 +176,15 @@ def test_full_finetune_learns_and_saves_hf_qwen_vl(qwen_files, tmp_path):
     _close(got, ref)
 
 
+def test_packed_finetune_learns(qwen_files, tmp_path):
+    """dataset.packed=True: packs of image + text documents (block-causal mask, M-RoPE ids
+    per document, the transform's collate_packed) in the same loop; 20 steps of 2 packs."""
+    _, _, images, *_ = qwen_files
+    data = write_vqa_data(tmp_path / "vqa_many.json", images / "dog_on_skateboard.jpg", rows=200)
+    over = {"dataset.packed": True, "dataset.data_files": str(data), "optimizer.lr": 3e-3}
+    assert_learns(run_qwen(qwen_files, tmp_path, "packed", **over))
+
+
 @pytest.mark.parametrize(
     "quantize", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["lora", "qlora"]
 )
@@ -199,8 +208,10 @@ def test_lora_saves_peft_adapter_with_equal_logits(qwen_files, tmp_path, quantiz
 
 
 @pytest.mark.slow
-def test_fsdp_two_processes_match_single(qwen_files, tmp_path):
-    """LoRA on the tiny Qwen2.5-VL: 2 ranks x batch 1 == 1 process x batch 2 (losses)."""
+@pytest.mark.parametrize("packed", [False, True], ids=["unpacked", "packed"])
+def test_fsdp_two_processes_match_single(qwen_files, tmp_path, packed):
+    """LoRA on the tiny Qwen2.5-VL: 2 ranks x batch 1 == 1 process x batch 2 (losses), with
+    samples or with packs of image + text documents."""
     import os
     import subprocess
     import sys
@@ -210,7 +221,7 @@ def test_fsdp_two_processes_match_single(qwen_files, tmp_path):
     from tests.recipes.conftest import HERE
 
     model_dir, data, images, assets, specials = qwen_files
-    over = {**LORA_QWEN, "max_steps_per_epoch": 3, "shuffle": False}
+    over = {**LORA_QWEN, "max_steps_per_epoch": 3, "shuffle": False, "dataset.packed": packed}
     runs = {}
     for name, nproc, batch in (("single", 1, 2), ("dist", 2, 1)):
         out = tmp_path / name
