@@ -153,7 +153,7 @@ def local_chunk(full: torch.Tensor, mesh: Any, placements: Sequence[Any]) -> tor
     local = full
     for i in order:
         placement = placements[i]
-        if not isinstance(placement, Shard):  # Replicate (and Partial, never for weights)
+        if not isinstance(placement, Shard | _StridedShard):  # Replicate (Partial: never)
             continue
         chunks = list(torch.chunk(local, mesh.size(i), dim=placement.dim))
         rank = coords[i]
