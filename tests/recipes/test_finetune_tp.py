@@ -206,3 +206,51 @@ def test_torchtune_tensor_parallel_configs_validate(
     path.write_text(shown.stdout)
     args = ["validate", str(path), *(["--recipe", recipe] if recipe else [])]
     assert main(args) == 0
+
+
+@pytest.mark.slow
+def test_two_nodes_over_loopback_match_one_process(
+    references, tiny_llama: Path, instruct_data: Path, tmp_path: Path
+) -> None:
+    """Two `tunesmith run --nnodes 2 --nproc_per_node 1` launchers ("nodes") meet through a
+    c10d rendezvous on 127.0.0.1, train (batch 2 each = the reference's 4) and save."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = base_config(tmp_path / "dist", tiny_llama, instruct_data, batch_size=2, **_over("lora"))
+    config = str(_write(cfg, tmp_path / "dist.yaml"))
+    launchers = [
+        subprocess.Popen(
+            [
+                *TUNESMITH,
+                "run",
+                "--nnodes",
+                "2",
+                "--nproc_per_node",
+                "1",
+                "--node_rank",
+                str(rank),
+                "--rdzv_backend",
+                "c10d",
+                "--rdzv_endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv_id",
+                "loopback",
+                "finetune",
+                "--config",
+                config,
+            ],
+            cwd=tmp_path,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for rank in range(2)
+    ]
+    for proc in launchers:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-4000:]
+    _assert_same(references("lora"), tmp_path / "dist")
