@@ -117,7 +117,7 @@ def build_model(
     (``torch.initial_seed()``), identical on every rank and in a single process.
 
     With a ``mesh`` (:func:`parallel_layout`) whose ``tp`` dim is > 1 the model is first split
-    by tensor parallelism (``cfg.tensor_parallel_plan`` or the per-layer-type default), then
+    by tensor parallelism (the config's ``tensor_parallel_plan`` or the per-layer-type default), then
     FSDP2 shards over the data-parallel dims (none when they are 1).
     """
     from tunesmith.training.activations import check_activation_offloading
