@@ -28,12 +28,14 @@ def _over(mode: str) -> dict[str, Any]:
 
 def _single(tmp: Path, model_dir: Path, data: Path, mode: str) -> Path:
     """1 process x batch 4: the reference run."""
+    tmp.mkdir(parents=True, exist_ok=True)
     cfg = base_config(tmp / "single", model_dir, data, batch_size=4, **_over(mode))
     _run(["run", "finetune", "--config", str(_write(cfg, tmp / "single.yaml"))], tmp)
     return tmp / "single"
 
 
 def _launch(tmp: Path, model_dir: Path, data: Path, mode: str, nproc: int, batch: int, **keys):
+    tmp.mkdir(parents=True, exist_ok=True)
     cfg = base_config(tmp / "dist", model_dir, data, batch_size=batch, **_over(mode), **keys)
     config = str(_write(cfg, tmp / "dist.yaml"))
     _run(["run", "--nproc_per_node", str(nproc), "finetune", "--config", config], tmp)
