@@ -95,9 +95,9 @@ def test_model_is_meta_until_sharded(
     seen: dict[str, object] = {}
     real_shard = _finetune_setup._shard
 
-    def spy(model: torch.nn.Module, cfg_: object) -> None:
+    def spy(model: torch.nn.Module, cfg_: object, mesh: object = None) -> None:
         seen["meta_at_shard"] = all(p.is_meta for p in model.parameters())
-        real_shard(model, cfg_)
+        real_shard(model, cfg_, mesh)
 
     monkeypatch.setattr(_finetune_setup, "_shard", spy)
     from tunesmith.config import instantiate

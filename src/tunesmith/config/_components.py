@@ -53,6 +53,15 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.modules.loss.ReverseKL", "tunesmith.modules.kd_loss.ReverseKL"),
     ("torchtune.modules.loss.SymmetricKL", "tunesmith.modules.kd_loss.SymmetricKL"),
     ("torchtune.training.quantization.", "tunesmith.quantization."),
+    # tensor-parallel plans: one plan per layer type serves every family
+    (
+        "torchtune.models.llama3.base_llama_tp_plan",
+        "tunesmith.training.tensor_parallel.base_llama_tp_plan",
+    ),
+    (
+        "torchtune.models.llama4.decoder_only_tp_plan",
+        "tunesmith.training.tensor_parallel.decoder_tp_plan",
+    ),
     # Older torchtune configs name the scheduler at its pre-0.3 home.
     (
         "torchtune.modules.get_cosine_schedule_with_warmup",

@@ -24,7 +24,16 @@ class TiedLinear:
         return self.tied_module.weight
 
     def __call__(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.tied_module.weight)
+        weight = self.tied_module.weight
+        if type(weight).__name__ == "DTensor" and type(x).__name__ != "DTensor":
+            # tensor parallel: the embedding's rows (vocab) are split; project the replicated
+            # hidden states with them and gather the logits
+            from torch.distributed.tensor import DTensor, Replicate
+
+            mesh = weight.device_mesh
+            x = DTensor.from_local(x, mesh, [Replicate()] * mesh.ndim, run_check=False)
+            return F.linear(x, weight).full_tensor()
+        return F.linear(x, weight)
 
     def __repr__(self) -> str:
         return f"TiedLinear(tied to {type(self.tied_module).__name__})"

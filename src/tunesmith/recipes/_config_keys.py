@@ -49,12 +49,17 @@ _TRAINING = _COMMON | {
     "profiler",
 }
 
+_PARALLEL = frozenset(
+    {"tensor_parallel_dim", "tensor_parallel_plan"}
+    | {"data_parallel_shard_dim", "data_parallel_replicate_dim"}
+)
+
 TORCHTUNE_ACCEPTED: dict[str, frozenset[str]] = {
     # torchtune 0.6.1 configs carry these; tunesmith picks its own collate function, shards
-    # with FSDP2 defaults, has no tensor parallelism or low-CPU-RAM loading, so they change
+    # with FSDP2 defaults, loads on the meta device anyway, so they change
     # nothing here but must not make the config invalid.
     "finetune": frozenset(
-        {"collate_fn", "fsdp", "low_cpu_ram", "tensor_parallel_dim", "tensor_parallel_plan"}
+        {"collate_fn", "fsdp", "low_cpu_ram"}
         | {"name"}  # torchtune main's dev/3B_sft_for_grpo: the run name output_dir interpolates
     ),
     "qat": frozenset({"collate_fn", "fsdp", "low_cpu_ram"}),
@@ -72,6 +77,7 @@ KEYS: dict[str, frozenset[str]] = {
         | {"dataset_val", "batch_size_val", "run_val_every_n_steps"}
         | {"router_aux_loss_coef", "router_z_loss_coef"}  # training.router_loss (MoE models)
         | {"upload_to_hub"}  # publish the final checkpoint (training/hub_upload.py)
+        | _PARALLEL  # tensor parallel x FSDP2 / HSDP (training/parallel_dims.py)
     ),
     "qat": frozenset(
         _TRAINING
@@ -140,5 +146,6 @@ SUPPLIED: dict[str, tuple[int, frozenset[str]]] = {
     "ref_policy_checkpointer": (0, frozenset({"resume_from_checkpoint"})),
     "value_checkpointer": (0, frozenset({"resume_from_checkpoint"})),
     "reward_checkpointer": (0, frozenset({"resume_from_checkpoint"})),
+    "tensor_parallel_plan": (0, frozenset({"model"})),  # instantiate(node, model=model)
 }
 """What the recipes pass to ``instantiate`` themselves, so ``validate`` does not ask for it."""

@@ -104,6 +104,7 @@ def build_model(
     device: torch.device,
     dtype: torch.dtype,
     world_size: int,
+    mesh: Any = None,
 ) -> tuple[nn.Module, bool]:
     """Instantiate ``cfg.model``, load the checkpoint, pick what trains, wrap for memory/speed.
 
@@ -114,6 +115,10 @@ def build_model(
     ``world_size > 1``) there, and only then filled from the checkpoint: each rank
     materialises its own shards and nothing else. Fresh adapters come from the run's seed
     (``torch.initial_seed()``), identical on every rank and in a single process.
+
+    With a ``mesh`` (:func:`parallel_layout`) whose ``tp`` dim is > 1 the model is first split
+    by tensor parallelism (the config's ``tensor_parallel_plan`` or the per-layer-type default), then
+    FSDP2 shards over the data-parallel dims (none when they are 1).
     """
     from tunesmith.training.activations import check_activation_offloading
     from tunesmith.training.meta_init import initial_adapter_weights, load_full_state_dict
@@ -146,13 +151,17 @@ def build_model(
                 full[0],
             )
         weights.update(initial_adapter_weights(model, weights, seed=torch.initial_seed()))
+    if mesh is not None and mesh["tp"].size() > 1:
+        from tunesmith.recipes._parallel_setup import tensor_parallel
+
+        tensor_parallel(model, cfg, mesh["tp"])
     if cfg.get("enable_activation_checkpointing", False):
         from tunesmith.training.activations import apply_activation_checkpointing
 
         apply_activation_checkpointing(model)
     offload = world_size > 1 and bool(cfg.get("fsdp_cpu_offload", False))
     if world_size > 1:
-        _shard(model, cfg)
+        _shard(model, cfg, mesh)
     load_full_state_dict(model, weights, torch.device("cpu") if offload else device)
     del weights
     if cfg.get("compile", False):
@@ -192,12 +201,18 @@ def check_weight_shapes(
     )
 
 
-def _shard(model: nn.Module, cfg: DictConfig) -> None:
+def _shard(model: nn.Module, cfg: DictConfig, mesh: Any = None) -> None:
     """FSDP2: every transformer layer (decoder, and an encoder's ``layers``) is one unit, and
     each of ``custom_sharded_layers``
     (torchtune's key, e.g. ``['tok_embeddings', 'output']``) that owns parameters; the root
-    takes the rest."""
+    takes the rest. With a ``mesh`` FSDP2 shards over its data-parallel dims (HSDP when
+    ``dp_replicate`` > 1), and not at all when they are 1 (tensor parallelism alone)."""
     from tunesmith.training.distributed import shard_model
+    from tunesmith.training.parallel_dims import ParallelDims
+
+    dp_mesh = None if mesh is None else ParallelDims.dp_mesh(mesh)
+    if dp_mesh is not None and dp_mesh.size() == 1:
+        return
 
     layer_ids = {id(m) for m in model.layers}
     # an encoder with its own layer list (Qwen2.5-VL's ViT): each of them is a unit too
@@ -213,6 +228,7 @@ def _shard(model: nn.Module, cfg: DictConfig) -> None:
         shard_conditions=[condition],
         cpu_offload=bool(cfg.get("fsdp_cpu_offload", False)),
         reshard_after_forward=bool(cfg.get("fsdp_reshard_after_forward", True)),
+        dp_mesh=dp_mesh,
     )
 
 

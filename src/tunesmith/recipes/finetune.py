@@ -38,6 +38,7 @@ from tunesmith.recipes._finetune_setup import (
     start_training,
     validation_loss,
 )
+from tunesmith.recipes._parallel_setup import parallel_layout
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.recipes._unpad import unpad_to_device
 from tunesmith.training.checkpointing._recipe_state import build_recipe_state, restore_recipe_state
@@ -64,6 +65,7 @@ def recipe_main(cfg: DictConfig) -> None:
     # ---- environment -------------------------------------------------------------------
     device, dtype, world_size, rank = start_training(cfg)  # log, ranges, devices
     upload = upload_option(cfg)  # a run that could not publish stops before it trains
+    dims, mesh = parallel_layout(cfg, world_size, device)  # FSDP2 / HSDP x tensor parallel
     resume = bool(cfg.get("resume_from_checkpoint", False))
     accum = int(cfg.get("gradient_accumulation_steps", 1))
     max_norm = cfg.get("clip_grad_norm")
@@ -89,7 +91,7 @@ def recipe_main(cfg: DictConfig) -> None:
     state = checkpointer.load_checkpoint()
     check_vocab(datasets + (val_datasets or []), tokenizer, state, cfg.checkpointer)
     seed = _agreed_seed(state.get("seed") if resume else cfg.get("seed"), world_size, device)
-    model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size)
+    model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size, mesh)
     loss_fn = instantiate(cfg.loss)
     router_loss = RouterLoss.from_config(cfg, model)  # MoE: load balancing / z-loss
     ignore_index = int(getattr(loss_fn, "ignore_index", -100))
@@ -110,9 +112,9 @@ def recipe_main(cfg: DictConfig) -> None:
     # then need no dense [b, s, s] mask from the collate (the documents come from input_pos)
     # (not for fusion models: their cross-attention masks are per padded row)
     unpad = "seq_lens" in inspect.signature(model.forward).parameters and not fuses_images(model)
-    data_kwargs = {
-        "world_size": world_size,
-        "rank": rank,
+    data_kwargs = {  # the ranks of one tensor-parallel group read the same batch
+        "world_size": dims.dp_size,
+        "rank": dims.dp_rank(mesh),
         "seed": seed,
         "ignore_index": ignore_index,
         "pin_memory": device.type == "cuda",  # lets .to(device, non_blocking=True) overlap
@@ -224,7 +226,9 @@ def recipe_main(cfg: DictConfig) -> None:
                 counts = [count_trainable_tokens(labels, ignore_index) for _, labels in micro]
                 num_tokens = torch.stack(counts).sum()
                 (total_tokens,) = reduce_metrics(num_tokens.clone())
-                weight = world_size / total_tokens.clamp(min=1)  # FSDP2 averages over ranks
+                # FSDP2 averages over the dp ranks; total_tokens counts each batch once per
+                # tensor-parallel rank, so world_size / total = dp_size / (global tokens)
+                weight = world_size / total_tokens.clamp(min=1)
                 for (batch, labels), n in zip(micro, counts):
                     with activations_ctx:
                         out = model(batch.pop("tokens"), **batch)
@@ -254,7 +258,7 @@ def recipe_main(cfg: DictConfig) -> None:
                     global_step,
                     loss=loss_value,
                     lr=optimizer.param_groups[0]["lr"],
-                    tokens=total_tokens,
+                    tokens=total_tokens // dims.tp,  # each tp rank counted the same batch
                     grad_norm=grad_norm,
                     extra=router_loss.metrics(model) if router_loss and log_now else None,
                 )

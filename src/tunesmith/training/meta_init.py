@@ -18,12 +18,15 @@ module order, as full tensors: every rank and a single process get bit-identical
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
 from tunesmith.modules.peft._nf4 import is_nf4, quantize_nf4
 
-__all__ = ["initial_adapter_weights", "load_full_state_dict", "meta_tensors"]
+__all__ = ["initial_adapter_weights", "load_full_state_dict", "local_chunk", "meta_tensors"]
 
 
 def initial_adapter_weights(
@@ -125,15 +128,39 @@ def _materialise(full: torch.Tensor, like: torch.Tensor, device: torch.device) -
     if not isinstance(like, DTensor):
         return value if value is not None else full.to(device=device, dtype=like.dtype, copy=True)
     mesh, placements = like.device_mesh, like.placements
-    if len(placements) != 1 or placements[0] != Shard(0):
-        raise NotImplementedError(f"load_full_state_dict: only 1-D Shard(0), got {placements}")
-    rank, world = mesh.get_local_rank(0), mesh.size(0)
     if value is not None:  # NF4: FSDP2 already refused uneven splits, so chunks are equal
-        local = list(torch.chunk(value, world, dim=0))[rank]
+        if len(placements) != 1 or placements[0] != Shard(0):
+            raise NotImplementedError(f"load_full_state_dict: NF4 only 1-D Shard(0), {placements}")
+        local = list(torch.chunk(value, mesh.size(0), dim=0))[mesh.get_local_rank(0)]
         return DTensor(local, like._spec, requires_grad=like.requires_grad)
-    chunks = list(torch.chunk(full, world, dim=0))
-    local = chunks[rank] if rank < len(chunks) else full.new_empty((0, *full.shape[1:]))
-    local = local.to(device=device, dtype=like.dtype, copy=True)
+    local = local_chunk(full, mesh, placements).to(device=device, dtype=like.dtype, copy=True)
     return DTensor.from_local(
         local, mesh, placements, run_check=False, shape=like.shape, stride=like.stride()
     )
+
+
+def local_chunk(full: torch.Tensor, mesh: Any, placements: Sequence[Any]) -> torch.Tensor:
+    """This rank's piece of ``full`` under DTensor ``placements`` on ``mesh`` (any number of
+    mesh dims; ``torch.chunk`` splits, as DTensor and FSDP2 cut them, so uneven splits leave
+    the last ranks shorter or empty). FSDP2's ``_StridedShard`` (FSDP over a dimension tensor
+    parallelism already split) is cut last: FSDP shards the TP-local piece."""
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    coords = mesh.get_coordinate()
+    order = [i for i, p in enumerate(placements) if not isinstance(p, _StridedShard)]
+    order += [i for i, p in enumerate(placements) if isinstance(p, _StridedShard)]
+    local = full
+    for i in order:
+        placement = placements[i]
+        if not isinstance(placement, Shard | _StridedShard):  # Replicate (Partial: never)
+            continue
+        chunks = list(torch.chunk(local, mesh.size(i), dim=placement.dim))
+        rank = coords[i]
+        if rank < len(chunks):
+            local = chunks[rank]
+        else:
+            shape = list(local.shape)
+            shape[placement.dim] = 0
+            local = local.new_empty(shape)
+    return local

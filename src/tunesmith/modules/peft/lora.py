@@ -138,6 +138,8 @@ class LoRALinear(nn.Module):
         if self.disabled:
             return out
         low_rank = self.lora_a(self.dropout(x))  # [..., rank]
+        if type(out).__name__ == "DTensor":  # tensor parallel: no in-place op on a shard
+            return out + self.scaling * F.linear(low_rank, self.lora_b.weight)
         add_low_rank_(out, low_rank, self.lora_b.weight, self.scaling)
         return out
 

@@ -1,0 +1,299 @@
+"""Tensor parallelism on PyTorch's DTensor engine (``torch.distributed.tensor.parallel``).
+
+The plan is declared once per layer type, not per model family, and applied to whatever
+decoder the builder made by walking its modules:
+
+==========================  ==============================================================
+layer type                  plan (Megatron-style: one all-reduce after each block)
+==========================  ==============================================================
+``MultiHeadAttention``      ``q_proj``, ``k_proj``, ``v_proj`` colwise (heads split across
+                            ranks), ``output_proj`` rowwise (partial sums all-reduced)
+``FeedForward``             ``w1`` (gate), ``w3`` (up) colwise, ``w2`` (down) rowwise
+decoder embeddings          ``tok_embeddings`` rowwise (vocab rows split, input replicated)
+decoder output              ``output`` colwise, logits gathered (replicated)
+anything else with weights  replicated (norms, QK-norms, Gemma's post-norms)
+==========================  ==============================================================
+
+A :class:`~tunesmith.modules.peft.LoRALinear` gets the same role as the linear it replaces:
+colwise -> base weight and ``lora_b`` split by output rows, ``lora_a`` replicated; rowwise ->
+base weight and ``lora_a`` split by input columns, ``lora_b`` replicated (its partial sums
+join the base layer's in the one all-reduce). Every rank then computes the same loss as one
+process. After the plan is applied each attention module holds its local head counts
+(``num_heads / tp``, ``num_kv_heads / tp``), so its reshapes and KV cache see local shapes.
+
+torchtune's plan functions (``torchtune.models.llama3.base_llama_tp_plan``,
+``torchtune.models.llama4.decoder_only_tp_plan``) resolve to :func:`decoder_tp_plan`. A plan
+is a dict ``{module fqn (``*`` matches one name): ParallelStyle}``; ``torch``'s own
+``ColwiseParallel`` / ``RowwiseParallel`` entries that land on a LoRA layer are swapped for
+the LoRA styles here with the same layouts.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    ParallelStyle,
+    RowwiseParallel,
+    parallelize_module,
+)
+
+__all__ = [
+    "LoRAColwiseParallel",
+    "LoRARowwiseParallel",
+    "ReplicateParallel",
+    "apply_tensor_parallel",
+    "base_llama_tp_plan",
+    "check_tp_degree",
+    "decoder_tp_plan",
+]
+
+COLWISE, ROWWISE = "colwise", "rowwise"
+
+
+def _layer_plans() -> dict[type, dict[str, str]]:
+    """Layer type -> {child name: role}: the whole tensor-parallel plan, once per type."""
+    from tunesmith.modules.attention import MultiHeadAttention
+    from tunesmith.modules.feed_forward import FeedForward
+
+    return {
+        MultiHeadAttention: {
+            "q_proj": COLWISE,
+            "k_proj": COLWISE,
+            "v_proj": COLWISE,
+            "output_proj": ROWWISE,
+        },
+        FeedForward: {"w1": COLWISE, "w3": COLWISE, "w2": ROWWISE},
+    }
+
+
+def decoder_tp_plan(
+    model: nn.Module | None = None,
+    *,
+    inference: bool = False,
+    enable_fp8_training: bool = False,
+) -> dict[str, ParallelStyle]:
+    """The tensor-parallel plan of ``model`` (any tunesmith decoder): ``{fqn: style}`` from the
+    per-layer-type table above. ``inference`` is accepted for torchtune's signature (the plan
+    is the same); fp8 training is not supported.
+
+    Without ``model`` (torchtune 0.6.1 calls the plan function with no arguments) the plan is
+    returned for the standard decoder layout, with ``layers.*`` patterns.
+    """
+    del inference
+    if enable_fp8_training:
+        raise ValueError("tensor_parallel_plan: fp8 training is not supported by tunesmith")
+    styles = {COLWISE: ColwiseParallel, ROWWISE: RowwiseParallel}
+    if model is None:
+        from tunesmith.modules.attention import MultiHeadAttention
+        from tunesmith.modules.feed_forward import FeedForward
+
+        where = {MultiHeadAttention: "layers.*.attn", FeedForward: "layers.*.mlp"}
+        plan: dict[str, ParallelStyle] = {
+            "tok_embeddings": RowwiseParallel(input_layouts=Replicate()),
+            "output": ColwiseParallel(output_layouts=Replicate()),
+        }
+        for layer_type, roles in _layer_plans().items():
+            for child, role in roles.items():
+                plan[f"{where[layer_type]}.{child}"] = styles[role]()
+        return plan
+    plan = {}
+    tables = _layer_plans()
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        roles = next((t for cls, t in tables.items() if isinstance(module, cls)), None)
+        if roles is not None:
+            for child, role in roles.items():
+                if getattr(module, child, None) is not None:
+                    plan[prefix + child] = styles[role]()
+        embeddings = getattr(module, "tok_embeddings", None)
+        if isinstance(embeddings, nn.Embedding) and hasattr(module, "layers"):
+            plan[prefix + "tok_embeddings"] = RowwiseParallel(input_layouts=Replicate())
+            if isinstance(getattr(module, "output", None), nn.Module):  # not tied
+                plan[prefix + "output"] = ColwiseParallel(output_layouts=Replicate())
+    return plan
+
+
+base_llama_tp_plan = decoder_tp_plan
+"""torchtune's name (``torchtune.models.llama3.base_llama_tp_plan``)."""
+
+
+# ------------------------------------------------------------------------------ LoRA styles
+def _distribute(module: nn.Module, name: str, mesh: Any, placement: Any) -> None:
+    param = getattr(module, name, None)
+    if param is None or isinstance(param, DTensor):
+        return
+    value = distribute_tensor(param, mesh, [placement], src_data_rank=None)
+    module.register_parameter(name, nn.Parameter(value, requires_grad=param.requires_grad))
+
+
+def _lora_guard(module: nn.Module) -> None:
+    from tunesmith.modules.peft._nf4 import is_nf4
+    from tunesmith.modules.peft.dora import DoRALinear
+
+    if isinstance(module, DoRALinear):
+        raise ValueError(
+            "tensor parallelism does not support DoRA (its magnitude needs whole weight rows): "
+            "set model.use_dora=False or tensor_parallel_dim=1"
+        )
+    if is_nf4(module.weight):
+        raise ValueError(
+            "tensor parallelism does not support QLoRA's NF4 weights yet: set "
+            "model.quantize_base=False (or tensor_parallel_dim=1 and shard with FSDP2 only)"
+        )
+
+
+class LoRAColwiseParallel(ColwiseParallel):
+    """``ColwiseParallel`` for a ``LoRALinear`` (plain ``nn.Linear`` / ``nn.Embedding`` as torch's):
+    ``weight``, ``bias``, ``lora_b.weight`` ``Shard(0)``; ``lora_a.weight`` replicated."""
+
+    def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
+        from tunesmith.modules.peft.lora import LoRALinear
+
+        if not isinstance(module, LoRALinear):
+            return super()._apply(module, device_mesh)
+        _lora_guard(module)
+
+        def partition(_name: str, mod: nn.Module, mesh: Any) -> None:
+            if mod is module:
+                _distribute(mod, "weight", mesh, Shard(0))
+                _distribute(mod, "bias", mesh, Shard(0))
+            elif mod is module.lora_b:
+                _distribute(mod, "weight", mesh, Shard(0))
+
+        return distribute_module(
+            module,
+            device_mesh,
+            partition,
+            partial(self._prepare_input_fn, self.input_layouts, self.desired_input_layouts),
+            partial(self._prepare_output_fn, self.output_layouts, self.use_local_output),
+        )
+
+
+class LoRARowwiseParallel(RowwiseParallel):
+    """``RowwiseParallel`` for a ``LoRALinear``: ``weight``, ``lora_a.weight`` ``Shard(1)``;
+    ``bias``, ``lora_b.weight`` replicated; the partial base and adapter outputs are summed by
+    the one reduction of the output layout."""
+
+    def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
+        from tunesmith.modules.peft.lora import LoRALinear
+
+        if not isinstance(module, LoRALinear):
+            return super()._apply(module, device_mesh)
+        _lora_guard(module)
+        self.desired_input_layouts = (Shard(-1),)
+
+        def partition(_name: str, mod: nn.Module, mesh: Any) -> None:
+            if mod is module:
+                _distribute(mod, "weight", mesh, Shard(1))
+            elif mod is module.lora_a:
+                _distribute(mod, "weight", mesh, Shard(1))
+
+        return distribute_module(
+            module,
+            device_mesh,
+            partition,
+            partial(self._prepare_input_fn, self.input_layouts, self.desired_input_layouts),
+            partial(self._prepare_output_fn, self.output_layouts, self.use_local_output),
+        )
+
+
+class ReplicateParallel(ParallelStyle):
+    """Parameters replicated on the TP mesh (DTensor ``Replicate``), plain tensors in and out:
+    norms and other small modules outside the sharded projections."""
+
+    def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
+        def to_dtensor(_mod: nn.Module, inputs: Any, mesh: Any) -> Any:
+            return tuple(
+                DTensor.from_local(x, mesh, (Replicate(),), run_check=False)
+                if isinstance(x, torch.Tensor) and not isinstance(x, DTensor)
+                else x
+                for x in inputs
+            )
+
+        def to_local(_mod: nn.Module, outputs: Any, _mesh: Any) -> Any:
+            return outputs.to_local() if isinstance(outputs, DTensor) else outputs
+
+        return distribute_module(module, device_mesh, None, to_dtensor, to_local)
+
+
+# ---------------------------------------------------------------------------- applying
+def _lora_style(style: ParallelStyle, module: nn.Module) -> ParallelStyle:
+    """torch's Colwise/Rowwise style for a LoRA layer -> the LoRA style with the same layouts."""
+    from tunesmith.modules.peft.lora import LoRALinear
+
+    if not isinstance(module, LoRALinear) or type(style) not in (ColwiseParallel, RowwiseParallel):
+        return style
+    cls = LoRAColwiseParallel if type(style) is ColwiseParallel else LoRARowwiseParallel
+    new = cls.__new__(cls)
+    new.__dict__.update(style.__dict__)
+    return new
+
+
+def _expand(model: nn.Module, plan: dict[str, ParallelStyle]) -> dict[str, ParallelStyle]:
+    """Patterns (``*`` = one name) -> concrete module names present in ``model``."""
+    names = [n for n, _ in model.named_modules() if n]
+    out: dict[str, ParallelStyle] = {}
+    for pattern, style in plan.items():
+        atoms = pattern.split(".")
+        hits = [
+            n
+            for n in names
+            if len(n.split(".")) == len(atoms)
+            and all(fnmatch.fnmatchcase(a, p) for a, p in zip(n.split("."), atoms))
+        ]
+        for name in hits:
+            out[name] = style
+    return out
+
+
+def check_tp_degree(model: nn.Module, tp: int) -> None:
+    """``ValueError`` naming the first attention module whose query or key/value heads do not
+    split evenly over ``tp`` ranks (``model`` may be on the meta device)."""
+    from tunesmith.modules.attention import MultiHeadAttention
+
+    for name, module in model.named_modules():
+        if isinstance(module, MultiHeadAttention):
+            heads, kv = module.num_heads, module.num_kv_heads
+            if heads % tp or kv % tp:
+                raise ValueError(
+                    f"tensor_parallel_dim={tp} does not divide the attention heads of {name} "
+                    f"({heads} query, {kv} key/value heads): pick a degree that divides both"
+                )
+
+
+def apply_tensor_parallel(
+    model: nn.Module, tp_mesh: Any, plan: dict[str, ParallelStyle] | None = None
+) -> nn.Module:
+    """Shard ``model`` in place over ``tp_mesh`` (1-D): the ``plan`` (default
+    :func:`decoder_tp_plan`), LoRA layers get the LoRA styles, every other module that owns
+    parameters is replicated, and attention modules switch to their local head counts.
+    Works on a meta-device model (weights are filled afterwards, see ``meta_init``)."""
+    from tunesmith.modules.attention import MultiHeadAttention
+
+    tp = tp_mesh.size()
+    check_tp_degree(model, tp)
+    plan = decoder_tp_plan(model) if plan is None else plan
+    concrete = {name: style for name, style in _expand(model, plan).items()}
+    modules = dict(model.named_modules())
+    concrete = {name: _lora_style(style, modules[name]) for name, style in concrete.items()}
+    covered = tuple(f"{name}." for name in concrete)
+    for name, module in modules.items():
+        owns = any(p is not None for p in module._parameters.values())
+        inside = name in concrete or f"{name}.".startswith(covered)
+        if name and owns and not inside:
+            concrete[name] = ReplicateParallel()
+    if any(p is not None for p in model._parameters.values()):
+        raise ValueError("tensor parallelism: the root module owns parameters; give it a plan")
+    parallelize_module(model, tp_mesh, concrete, src_data_rank=None)
+    for name, module in modules.items():
+        if isinstance(module, MultiHeadAttention) and f"{name}.q_proj" in concrete:
+            module.num_heads //= tp
+            module.num_kv_heads //= tp
+    return model
