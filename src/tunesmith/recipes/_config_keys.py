@@ -49,6 +49,12 @@ _TRAINING = _COMMON | {
     "profiler",
 }
 
+# finetune's sharded intermediate saves (recipes/_sharded_saves.py)
+_SHARDED_SAVES = {
+    "intermediate_checkpoint_format",  # dcp: sharded intermediate saves from every rank
+    "enable_async_checkpointing",  # torchtune main: DCP intermediate saves, written async
+}
+
 TORCHTUNE_ACCEPTED: dict[str, frozenset[str]] = {
     # torchtune 0.6.1 configs carry these; tunesmith picks its own collate function, shards
     # with FSDP2 defaults, has no tensor parallelism or low-CPU-RAM loading, so they change
@@ -67,7 +73,9 @@ TORCHTUNE_ACCEPTED: dict[str, frozenset[str]] = {
 }
 
 KEYS: dict[str, frozenset[str]] = {
-    "finetune": frozenset(_TRAINING | {"dataset_val", "batch_size_val", "run_val_every_n_steps"}),
+    "finetune": frozenset(
+        _TRAINING | _SHARDED_SAVES | {"dataset_val", "batch_size_val", "run_val_every_n_steps"}
+    ),
     "qat": frozenset(
         _TRAINING
         | {"dataset_val", "batch_size_val", "run_val_every_n_steps"}
