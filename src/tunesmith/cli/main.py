@@ -1,4 +1,4 @@
-"""The ``tunesmith`` command: ls, cp, cat, run, validate, download.
+"""The ``tunesmith`` command: ls, cp, cat, run, validate, download, estimate, consolidate.
 
 Only argparse is imported to show help; each subcommand imports what it needs when it
 runs, so ``tunesmith --help``, ``ls``, ``cp`` and ``cat`` never import torch.
@@ -27,6 +27,8 @@ examples:
   tunesmith run --nproc_per_node 2 finetune --config llama3_2/1B_full
   tunesmith validate ./my_config.yaml
   tunesmith download Qwen/Qwen2.5-0.5B-Instruct --output-dir /tmp/Qwen2.5-0.5B-Instruct
+  tunesmith estimate --config llama3_2/1B_full --nproc_per_node 8 --memory 80
+  tunesmith consolidate ./out/distributed/step_200 --output_dir ./out_hf
 
 A mistake in the input is one line `error: <what> (<where>): <what to do>` and exit code 2;
 --debug (anywhere on the command line) or TUNESMITH_DEBUG=1 also prints its traceback.
@@ -182,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--revision", default=None, help="branch, tag or commit (default: main)")
     download.add_argument("--source", choices=["hf"], default="hf", help="where to download from")
     download.set_defaults(func=_handler("tunesmith.cli._download", "cmd_download"))
+
+    from tunesmith.cli import _consolidate, _estimate
+
+    _consolidate.add_parser(sub, _handler("tunesmith.cli._consolidate", "cmd_consolidate"))
+    _estimate.add_parser(sub, _handler("tunesmith.cli._estimate", "cmd_estimate"))
     return parser
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "consolidate_dcp_to_hf",
     "load_dcp_full_state_dict",
     "read_dcp_info",
+    "resolve_dcp_folder",
 ]
 
 DCP_SUBDIR = "dcp"
@@ -265,47 +266,73 @@ def read_dcp_info(checkpoint_folder: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def resolve_dcp_folder(path: str | os.PathLike[str]) -> Path:
+    """A complete DCP checkpoint folder from what a user names: the folder itself, a run's
+    ``distributed/`` folder or its ``output_dir`` (then the newest intact one)."""
+    from tunesmith.training.checkpointing._atomic import read_complete_marker
+    from tunesmith.training.checkpointing._integrity import newest_intact_checkpoint
+    from tunesmith.utils._integrity import CheckpointNotFoundError
+
+    folder = Path(path)
+    marker = read_complete_marker(folder)
+    if marker is not None and marker.get("format") == "dcp":
+        return folder
+    for root in (folder, folder / "distributed"):
+        found = newest_intact_checkpoint(root) if root.is_dir() else None
+        if found is not None and (read_complete_marker(found) or {}).get("format") == "dcp":
+            return found
+    raise CheckpointNotFoundError(
+        f"no complete DCP checkpoint ({path}): name <output_dir>/distributed/step_N of a run "
+        "saved with intermediate_checkpoint_format=dcp or enable_async_checkpointing=True"
+    )
+
+
 def consolidate_dcp_checkpoint(
     checkpoint_folder: str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
     checkpointer: Mapping[str, Any] | None = None,
+    format: str | None = None,
 ) -> Path:
-    """One process, no process group: turn a complete DCP checkpoint folder a recipe wrote
-    (``<output_dir>/distributed/step_N``) into the run's own weight format (HF, Meta,
-    torchtune) in ``output_dir/<step_N|epoch_E>``; returns that folder.
+    """One process, no process group: turn a complete DCP checkpoint a recipe wrote (see
+    :func:`resolve_dcp_folder` for what may be named) into the run's own weight format (HF,
+    Meta, torchtune) in ``output_dir/<step_N|epoch_E>``; returns that folder.
 
     The run's checkpointer node (from ``tunesmith_dcp.json``, or ``checkpointer``) reads the
     base weights: a LoRA/DoRA checkpoint holds only the trained tensors, which are laid over
-    them (adapters merged, the PEFT adapter written too, as the recipe's own saves do). The
-    DCP folder is only read.
+    them (adapters merged, the PEFT adapter written too, as the recipe's own saves do; for
+    QLoRA the merge is onto the unquantized base). ``format`` (``hf`` ...) must be the run's
+    checkpointer's. The DCP folder is only read.
     """
+    from omegaconf import OmegaConf
+
     from tunesmith.config import instantiate
     from tunesmith.training.checkpointing._atomic import read_complete_marker
     from tunesmith.training.checkpointing._integrity import verify_checkpoint
+    from tunesmith.utils._integrity import CheckpointError
 
-    folder = Path(checkpoint_folder)
-    marker = read_complete_marker(folder)
-    if marker is None or marker.get("format") != "dcp":
-        raise FileNotFoundError(
-            f"{folder} is not a complete DCP checkpoint folder (no {COMPLETE_MARKER} marker "
-            "with format dcp): pass <output_dir>/distributed/step_N of a run"
-        )
+    folder = resolve_dcp_folder(checkpoint_folder)
+    marker = read_complete_marker(folder) or {}
     if (problem := verify_checkpoint(folder)) is not None:
-        raise ValueError(f"{folder} is damaged: {problem}")
+        raise CheckpointError(f"the DCP checkpoint is damaged ({folder}): {problem}")
     info = read_dcp_info(folder)
     node = dict(checkpointer or info.get("checkpointer") or {})
     if not node:
-        raise ValueError(
-            f"{folder} has no {DCP_INFO} naming the run's checkpointer: pass checkpointer="
+        raise CheckpointError(
+            f"the DCP checkpoint names no checkpointer ({folder / DCP_INFO} is missing): "
+            "pass the run's checkpointer config"
         )
     node.update(output_dir=str(output_dir), resume_from_checkpoint=False)
-    from omegaconf import OmegaConf
-
     ckpt = instantiate(OmegaConf.create(node))
+    if format is not None and format != ckpt.format_name:
+        raise CheckpointError(
+            f"--format {format} but the run saved with {node.get('_component_')} "
+            f"(format {ckpt.format_name}) ({folder}): consolidation writes the run's own format; "
+            f"pass --format {ckpt.format_name} or leave it out"
+        )
     weights = dict(ckpt.load_checkpoint()["model"])
     trained = load_dcp_full_state_dict(folder / DCP_SUBDIR).get("model")
     if not trained:
-        raise KeyError(f"DCP checkpoint {folder} has no 'model' entry")
+        raise CheckpointError(f"the DCP checkpoint holds no 'model' entry ({folder})")
     weights.update({k: v for k, v in trained.items() if isinstance(v, torch.Tensor)})
     state: dict[str, Any] = {"model": weights}
     if info.get("adapter_config"):
