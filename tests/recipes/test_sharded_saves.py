@@ -80,3 +80,80 @@ def test_dcp_resume_at_another_world_size(
     run = _resume_copy(ref, tmp_path / "run")
     launch(run, resumed_on, resume_from_checkpoint=True)
     assert read_losses(run) == pytest.approx(read_losses(ref)[2:], abs=1e-5)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_consolidate_loads_in_transformers_with_equal_logits(
+    lora: bool, tiny_llama: Path, instruct_data: Path, tmp_path: Path
+) -> None:
+    """`tunesmith consolidate` of the DCP step_2 folder == the HF step_2 folder the same run
+    writes without DCP: transformers loads both, and their logits agree."""
+    import torch
+    import transformers
+
+    from tunesmith.cli.main import main
+
+    over: dict = {f"model.{k}": v for k, v in LORA.items()} if lora else {}
+    _run_inprocess(_cfg(tmp_path / "hf", tiny_llama, instruct_data, **over))
+    dcp_run = tmp_path / "dcp"
+    _run_inprocess(_cfg(dcp_run, tiny_llama, instruct_data, intermediate_checkpoint_format="dcp",
+                        **over))  # fmt: skip
+    assert main(["consolidate", str(dcp_run), "--output_dir", str(tmp_path / "out")]) == 0
+    # the newest DCP folder of the run is step_2 (the run's last save is its final HF one)
+    ours = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "step_2")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf" / "step_2")
+    tokens = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens).logits, theirs(tokens).logits, atol=1e-5, rtol=0)
+    if lora:
+        assert (tmp_path / "out" / "step_2" / "adapter" / "adapter_config.json").is_file()
+    assert main(["consolidate", str(dcp_run), "--output_dir", str(tmp_path / "o2"),
+                 "--format", "meta"]) == 2  # fmt: skip
+
+
+_KILLED_SAVE = """
+import os, sys, time, torch
+import torch.distributed.checkpoint.filesystem as fs
+from tunesmith.training import DistributedCheckpointer
+ckpt = DistributedCheckpointer(sys.argv[1], async_save=True)
+ckpt.save_checkpoint({"model": {"w": torch.ones(64)}}, 0, step=1, recipe_state={"steps_run": 1})
+ckpt.finish()
+write = fs.FileSystemWriter.write_data
+def slow(self, *a, **k):
+    time.sleep(30)
+    return write(self, *a, **k)
+fs.FileSystemWriter.write_data = slow
+ckpt.save_checkpoint({"model": {"w": torch.full((64,), 2.0)}}, 0, step=2,
+                     recipe_state={"steps_run": 2})
+time.sleep(1.0)
+print("killed mid-save", flush=True)
+os._exit(9)
+"""
+
+
+def test_killed_async_save_is_never_taken_for_complete(tmp_path: Path) -> None:
+    """A process killed while its async save writes leaves only a `.tmp-step_2` folder:
+    resume takes step_1, and the next save clears the leftover."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from tunesmith.training import DistributedCheckpointer
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 9 and "killed mid-save" in proc.stdout, proc.stderr[-2000:]
+    root = tmp_path / "distributed"
+    assert (root / ".tmp-step_2").is_dir() and not (root / "step_2").exists()
+    ckpt = DistributedCheckpointer(tmp_path, async_save=True)
+    assert ckpt.latest() == root / "step_1"
+    target = {"model": {"w": torch.zeros(64)}}
+    assert ckpt.load_checkpoint(target)["steps_run"] == 1
+    assert torch.equal(target["model"]["w"], torch.ones(64))
+    ckpt.save_checkpoint({"model": {"w": torch.ones(64)}}, 0, step=3)
+    assert not (root / ".tmp-step_2").exists() and not (root / "step_3").exists()  # pending
+    ckpt.finish()
+    assert ckpt.latest() == root / "step_3"
