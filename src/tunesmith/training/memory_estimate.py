@@ -12,11 +12,10 @@ What the simulation cannot see is added from the config:
 - ``nproc_per_node > 1`` (FSDP2): parameters, gradients and optimizer state are sharded
   (divided by N), and each device also holds the largest layer's full parameters twice
   (the all-gathered layer and the prefetched next one) and its full gradients once.
-- ``enable_activation_offloading``: activations go to host memory; the device keeps the
-  layers in flight (two layers' worth).
+- ``enable_activation_offloading``: activations go to host memory; the device keeps about
+  the layer in flight (an approximation: one share of ``num_layers + 1``).
 - 8-bit optimizers (torchao ``AdamW8bit``, bitsandbytes ``*8bit``): 1 byte per state value;
   paged optimizers (``Paged*``) keep their state in host memory (0 on the device).
-- QLoRA (``quantize_base``): NF4 weights are counted at their packed size.
 
 Usage::
 
@@ -30,6 +29,8 @@ Accelerator allocators add their own context and fragmentation (on CUDA ~0.5-1 G
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-__all__ = ["MemoryEstimate", "estimate_memory", "largest_batch_size"]
+__all__ = ["MemoryEstimate", "estimate_memory", "largest_batch_size", "memory_tracker"]
 
 _GIB = 1024**3
 
@@ -90,8 +91,6 @@ def estimate_memory(
     """The peak bytes per device of a training step of ``cfg`` (a finetune config) with
     ``batch_size`` (default ``cfg.batch_size``) rows of ``seq_len`` tokens (default the
     tokenizer's ``max_seq_len``, else 2048) on each of ``world_size`` devices."""
-    from torch.distributed._tools.mem_tracker import MemTracker
-
     from tunesmith.utils import get_dtype
 
     batch = int(batch_size if batch_size is not None else cfg.get("batch_size", 1))
@@ -101,9 +100,11 @@ def estimate_memory(
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer, notes = _meta_optimizer(cfg, trainable)
     vocab = _vocab_size(model)
-    tracker = MemTracker()
-    tracker.track_external(model, *([optimizer] if optimizer is not None else []))
-    with tracker:
+    tracker = memory_tracker(model, optimizer)
+    from torch.fx.experimental import _config as fx_config
+
+    # every target is trained (the worst case): a meta `nonzero` keeps every element
+    with fx_config.patch(meta_nonzero_assume_all_nonzero=True), _meta_kernels(), tracker:
         for _ in range(2):  # the optimizer state exists from the second step on
             tokens = torch.randint(0, vocab, (batch, seq), device="meta")
             labels = torch.randint(0, vocab, (batch, seq), device="meta")
@@ -118,7 +119,7 @@ def estimate_memory(
         snapshot = tracker.get_tracker_snapshot("peak")
     peak = snapshot.get(torch.device("meta"), {})
     parts = {str(getattr(k, "value", k)): int(v) for k, v in peak.items()}
-    params = parts.get("Parameter", 0) + _nf4_bytes(model)
+    params = parts.get("Parameter", 0)  # NF4 (QLoRA) weights at their packed size
     grads = parts.get("Gradient", 0)
     optim = parts.get("Optstate", 0)
     acts = parts.get("Activation", 0)
@@ -126,8 +127,8 @@ def estimate_memory(
     optim = _scale_optimizer_state(cfg, optim, notes)
     if cfg.get("enable_activation_offloading", False):
         layers = max(1, len(getattr(model, "layers", [])))
-        acts = int(acts * min(1.0, 2 / layers))
-        notes.append("activation offloading: two layers' activations stay on the device")
+        acts = int(acts / (layers + 1))  # the layer in flight (one share of L + 1)
+        notes.append("activation offloading: about one layer's activations stay on the device")
     if world_size > 1:
         largest = _largest_layer_bytes(model)
         params, grads, optim = params // world_size, grads // world_size, optim // world_size
@@ -192,6 +193,10 @@ def _meta_model(cfg: DictConfig, dtype: torch.dtype) -> tuple[nn.Module, Any]:
         loss_fn.set_model_output(model)
     elif hasattr(loss_fn, "num_output_chunks"):
         model.set_num_output_chunks(loss_fn.num_output_chunks)
+        if callable(getattr(loss_fn, "compute_cross_entropy", None)):
+            # the per-chunk CE without its host read of kept-row counts (none on meta):
+            # the same logits, every row kept
+            loss_fn.compute_cross_entropy = loss_fn.compute_cross_entropy
     model.train()
     return model, loss_fn
 
@@ -230,19 +235,6 @@ def _scale_optimizer_state(cfg: DictConfig, optim: int, notes: list[str]) -> int
     return optim
 
 
-def _nf4_bytes(model: nn.Module) -> int:
-    """NF4 (QLoRA) weights that the tracker saw only as wrappers: 4 bits per value, an 8-bit
-    scale per block of 64, an fp32 scale per 256 blocks."""
-    from tunesmith.modules.peft._nf4 import is_nf4
-
-    total = 0
-    for p in model.parameters():
-        if is_nf4(p):
-            n = p.numel()
-            total += n // 2 + n // 64 + 4 * (n // (64 * 256))
-    return total
-
-
 def _largest_layer_bytes(model: nn.Module) -> dict[str, int]:
     layers = list(getattr(model, "layers", [])) or [model]
     best = {"params": 0, "grads": 0}
@@ -252,6 +244,62 @@ def _largest_layer_bytes(model: nn.Module) -> dict[str, int]:
         if params > best["params"]:
             best = {"params": params, "grads": grads}
     return best
+
+
+@contextlib.contextmanager
+def _meta_kernels() -> Iterator[None]:
+    """What the meta device lacks, for the simulation only: ``torch.autocast("meta")`` (the
+    loss turns autocast off around its fused kernel) is a no-op, and maskless
+    ``F.scaled_dot_product_attention`` on meta runs the flash kernel's meta function (what
+    CPU and CUDA run: it keeps ``[b, h, s]`` statistics, not the ``[b, h, s, s]`` weights of
+    the math fallback that meta would otherwise pick)."""
+    import torch.nn.functional as F
+
+    real_autocast, real_sdpa = torch.autocast, F.scaled_dot_product_attention
+
+    def autocast(device_type: str, *args: Any, **kwargs: Any) -> Any:
+        if device_type == "meta":
+            return contextlib.nullcontext()
+        return real_autocast(device_type, *args, **kwargs)
+
+    def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Any = None,
+             dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None,
+             enable_gqa: bool = False) -> torch.Tensor:  # fmt: skip
+        if not q.is_meta or attn_mask is not None:
+            return real_sdpa(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                             is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)  # fmt: skip
+        if k.shape[1] != q.shape[1]:  # grouped-query: the kernel sees expanded k, v
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        return op(q, k, v, dropout_p, is_causal, scale=scale)[0]
+
+    torch.autocast = autocast  # type: ignore[assignment,misc]
+    F.scaled_dot_product_attention = sdpa  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.autocast = real_autocast  # type: ignore[misc]
+        F.scaled_dot_product_attention = real_sdpa
+
+
+def memory_tracker(model: nn.Module, optimizer: Any = None) -> Any:
+    """A ``MemTracker`` following ``model`` (and ``optimizer``) that tolerates frozen
+    parameters (LoRA's base weights: torch's tracker would hook their gradients, which
+    fails), for the simulation and for measuring a real step alike."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    tracker = MemTracker()
+    tracker.track_external(model, *([optimizer] if optimizer is not None else []))
+    for p in model.parameters():
+        if not p.requires_grad:  # counted as parameters, no gradient hook
+            tracker._param_to_grad_hook_handles[p] = (_NoHook(), _NoHook())
+    return tracker
+
+
+class _NoHook:
+    def remove(self) -> None:
+        pass
 
 
 def _vocab_size(model: nn.Module) -> int:
