@@ -1,4 +1,5 @@
-"""The ``tunesmith`` command: ls, cp, cat, run, validate, download, upload.
+"""The ``tunesmith`` command: ls, cp, cat, run, validate, download, upload, estimate,
+consolidate.
 
 Only argparse is imported to show help; each subcommand imports what it needs when it
 runs, so ``tunesmith --help``, ``ls``, ``cp`` and ``cat`` never import torch.
@@ -28,6 +29,8 @@ examples:
   tunesmith validate ./my_config.yaml
   tunesmith download Qwen/Qwen2.5-0.5B-Instruct --output-dir /tmp/Qwen2.5-0.5B-Instruct
   tunesmith upload /tmp/my_run/epoch_1 my-user/my-model --private
+  tunesmith estimate --config llama3_2/1B_full --nproc_per_node 8 --memory 80
+  tunesmith consolidate ./out/distributed/step_200 --output_dir ./out_hf
 
 A mistake in the input is one line `error: <what> (<where>): <what to do>` and exit code 2;
 --debug (anywhere on the command line) or TUNESMITH_DEBUG=1 also prints its traceback.
@@ -187,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     from tunesmith.cli._upload import add_upload_parser
 
     add_upload_parser(sub)
+    from tunesmith.cli import _consolidate, _estimate
+
+    _consolidate.add_parser(sub, _handler("tunesmith.cli._consolidate", "cmd_consolidate"))
+    _estimate.add_parser(sub, _handler("tunesmith.cli._estimate", "cmd_estimate"))
     return parser
 
 

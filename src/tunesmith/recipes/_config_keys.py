@@ -53,6 +53,11 @@ _PARALLEL = frozenset(
     {"tensor_parallel_dim", "tensor_parallel_plan"}
     | {"data_parallel_shard_dim", "data_parallel_replicate_dim"}
 )
+# finetune's sharded intermediate saves (recipes/_sharded_saves.py)
+_SHARDED_SAVES = {
+    "intermediate_checkpoint_format",  # dcp: sharded intermediate saves from every rank
+    "enable_async_checkpointing",  # torchtune main: DCP intermediate saves, written async
+}
 
 TORCHTUNE_ACCEPTED: dict[str, frozenset[str]] = {
     # torchtune 0.6.1 configs carry these; tunesmith picks its own collate function, shards
@@ -78,6 +83,7 @@ KEYS: dict[str, frozenset[str]] = {
         | {"router_aux_loss_coef", "router_z_loss_coef"}  # training.router_loss (MoE models)
         | {"upload_to_hub"}  # publish the final checkpoint (training/hub_upload.py)
         | _PARALLEL  # tensor parallel x FSDP2 / HSDP (training/parallel_dims.py)
+        | _SHARDED_SAVES
     ),
     "qat": frozenset(
         _TRAINING

@@ -70,10 +70,12 @@ def start_training(cfg: DictConfig) -> tuple[torch.device, torch.dtype, int, int
 
 
 # -------------------------------------------------------------------------------- checkpointer
-def open_checkpointer(cfg: DictConfig, resume: bool) -> Any:
+def open_checkpointer(cfg: DictConfig, resume: bool, resume_weights: bool | None = None) -> Any:
     """Pre-flight the output folders (earlier run, writable, free space), then instantiate
     ``cfg.checkpointer`` (weights not read yet). Top-level ``overwrite=True`` lets a new
-    run replace an earlier run's checkpoints (at its first save, never up front)."""
+    run replace an earlier run's checkpoints (at its first save, never up front).
+    ``resume_weights=False``: a resumed run whose checkpointer still reads the base weights
+    (the recipe resumes from sharded DCP folders); default: ``resume``."""
     from tunesmith.training.checkpointing import base_checkpoint_bytes, preflight_outputs
 
     node = cfg.checkpointer
@@ -88,7 +90,9 @@ def open_checkpointer(cfg: DictConfig, resume: bool) -> Any:
             log_dirs=[log_dir] if log_dir else [],
             need_bytes=base_checkpoint_bytes(node),
         )
-    kwargs: dict[str, Any] = {"resume_from_checkpoint": resume}
+    kwargs: dict[str, Any] = {
+        "resume_from_checkpoint": resume if resume_weights is None else resume_weights
+    }
     if cfg.get("keep_last_n_checkpoints") and "keep_last_n_checkpoints" not in node:
         kwargs["keep_last_n_checkpoints"] = cfg.keep_last_n_checkpoints
     checkpointer = instantiate(node, **kwargs)

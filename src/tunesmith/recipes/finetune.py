@@ -22,16 +22,14 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from tunesmith.config import instantiate
-from tunesmith.modules.peft import is_adapter_key
+from tunesmith.recipes._checkpoint_saver import CheckpointSaver, _SamplerAt  # noqa: F401
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
-    adapter_config,
     batch_to_device,
     build_dataloader,
     build_datasets,
     build_model,
     check_vocab,
-    full_state_dicts,
     fuses_images,
     open_checkpointer,
     shift_labels,
@@ -40,12 +38,12 @@ from tunesmith.recipes._finetune_setup import (
 )
 from tunesmith.recipes._parallel_setup import parallel_layout
 from tunesmith.recipes._run_summary import describe_run
+from tunesmith.recipes._sharded_saves import ShardedSaves, wants_sharded_saves
 from tunesmith.recipes._unpad import unpad_to_device
-from tunesmith.training.checkpointing._recipe_state import build_recipe_state, restore_recipe_state
+from tunesmith.training.checkpointing._recipe_state import restore_recipe_state
 from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
-    barrier,
     destroy_distributed,
     reduce_metrics,
 )
@@ -78,7 +76,9 @@ def recipe_main(cfg: DictConfig) -> None:
         )
 
     # ---- output folders, then the data, checked before any weights load -------------
-    checkpointer = open_checkpointer(cfg, resume)
+    dcp_saves = wants_sharded_saves(cfg)  # DCP intermediate saves (every rank's shards)
+    checkpointer = open_checkpointer(cfg, resume, resume_weights=resume and not dcp_saves)
+    sharded = ShardedSaves(cfg) if dcp_saves else None
     tokenizer = instantiate(cfg.tokenizer)
     checkpointer.serving = serving_info(tokenizer, cfg.tokenizer)  # saved beside weights
     datasets = build_datasets(cfg.dataset, tokenizer)
@@ -89,6 +89,8 @@ def recipe_main(cfg: DictConfig) -> None:
 
     # ---- weights, seed, model ----------------------------------------------------------
     state = checkpointer.load_checkpoint()
+    if resume and sharded is not None:  # base weights + the DCP folder's recipe state
+        state.update(sharded.recipe_state())
     check_vocab(datasets + (val_datasets or []), tokenizer, state, cfg.checkpointer)
     seed = _agreed_seed(state.get("seed") if resume else cfg.get("seed"), world_size, device)
     model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size, mesh)
@@ -168,6 +170,8 @@ def recipe_main(cfg: DictConfig) -> None:
         world_size=world_size,
         total_steps=epochs * steps_per_epoch,
     )
+    if resume and sharded is not None:  # trained tensors + optimizer, resharded in place
+        sharded.load(model, optimizer)
     del state
 
     save = CheckpointSaver(
@@ -183,6 +187,7 @@ def recipe_main(cfg: DictConfig) -> None:
         seed=seed,
         epochs=epochs,
         accum=accum,
+        sharded=sharded,
     )
 
     # ---- training loop -----------------------------------------------------------------
@@ -248,6 +253,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 global_step += 1
                 step_in_epoch += 1
                 profiler.step()
+                save.poll()  # publishes a finished async save
 
                 log_now = global_step % log_every == 0 or step_in_epoch == steps_per_epoch
                 loss_value = None
@@ -277,6 +283,7 @@ def recipe_main(cfg: DictConfig) -> None:
                         step=global_step if mid_epoch else None,
                     )
                 if stop:
+                    save.finish()
                     observer.close()
                     shutdown.exit()
             save(
@@ -286,6 +293,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 step_in_epoch=step_in_epoch,
             )
             step_in_epoch = 0
+    save.finish()
     observer.close()  # writes the loss plot the model card shows
     if upload is not None and rank == 0:
         upload_after_training(cfg, save.saved, "finetune", upload)
@@ -323,99 +331,16 @@ def schedule_and_resume(
         lr_scheduler = instantiate(cfg.lr_scheduler, optimizer, num_training_steps=total_steps)
     if not resume:
         return lr_scheduler, 0, 0
-    if world_size > 1:  # a full optimizer state dict goes back into the sharded optimizer
+    has_optimizer = "optimizer" in state  # not in a DCP folder's recipe state
+    if world_size > 1 and has_optimizer:  # a full optimizer state dict into the shards
         _load_sharded_optimizer(model, optimizer, state.pop("optimizer"))
     epochs_run, global_step = restore_recipe_state(
         state,
-        optimizer=optimizer if world_size == 1 else None,
+        optimizer=optimizer if world_size == 1 and has_optimizer else None,
         lr_scheduler=lr_scheduler,
         sampler=sampler,
     )
     return lr_scheduler, epochs_run, global_step
-
-
-class CheckpointSaver:
-    """Saves the model (+ PEFT adapter) and, for intermediate checkpoints, the recipe state.
-
-    Collective under FSDP2: every rank gathers, rank 0 writes. ``step`` names a mid-epoch
-    checkpoint; ``step_in_epoch`` gives the sampler position to resume from.
-    """
-
-    def __init__(
-        self,
-        cfg: DictConfig,
-        checkpointer: Any,
-        model: torch.nn.Module,
-        optimizer: Any,
-        lr_scheduler: Any,
-        sampler: Any,
-        *,
-        rank: int,
-        world_size: int,
-        is_peft: bool,
-        seed: int,
-        epochs: int,
-        accum: int,
-    ) -> None:
-        self.cfg, self.checkpointer, self.model = cfg, checkpointer, model
-        self.optimizer, self.lr_scheduler, self.sampler = optimizer, lr_scheduler, sampler
-        self.rank, self.world_size, self.is_peft = rank, world_size, is_peft
-        self.seed, self.epochs, self.accum = seed, epochs, accum
-        self.saved: Any = None  # the folder of the latest save (rank 0)
-
-    def __call__(
-        self,
-        epoch: int,
-        intermediate: bool,
-        *,
-        global_step: int,
-        step_in_epoch: int,
-        step: int | None = None,
-    ) -> None:
-        cfg = self.cfg
-        model_sd, optim_sd = full_state_dicts(
-            self.model, self.optimizer if intermediate else None, self.world_size
-        )
-        if self.rank == 0:
-            to_save: dict[str, Any] = {"model": model_sd}
-            if self.is_peft:
-                to_save["adapter_config"] = {
-                    **adapter_config(cfg),  # + parts trained fully next to LoRA: kept as trained
-                    "fully_trained": list(getattr(self.model, "trainable_with_adapters", ())),
-                }
-                to_save["adapter"] = {k: v for k, v in model_sd.items() if is_adapter_key(k)}
-            if intermediate:
-                consumed = step_in_epoch * self.accum * int(cfg.batch_size)
-                to_save.update(
-                    build_recipe_state(
-                        epochs_run=epoch,
-                        steps_run=global_step,
-                        lr_scheduler=self.lr_scheduler,
-                        sampler=_SamplerAt(self.sampler, consumed),
-                        seed=self.seed,
-                        total_epochs=self.epochs,
-                        max_steps_per_epoch=cfg.get("max_steps_per_epoch"),
-                    )
-                )
-                to_save["optimizer"] = optim_sd
-            self.saved = self.checkpointer.save_checkpoint(
-                to_save,
-                epoch=epoch,
-                intermediate_checkpoint=intermediate,
-                adapter_only=bool(cfg.get("save_adapter_weights_only", False)) and self.is_peft,
-                step=step,
-            )
-        barrier()
-
-
-class _SamplerAt:
-    """The sampler's state at ``consumed`` samples of this rank (not what the loader prefetched)."""
-
-    def __init__(self, sampler: Any, consumed: int) -> None:
-        self.sampler, self.consumed = sampler, consumed
-
-    def state_dict(self) -> dict[str, int]:
-        return self.sampler.state_dict(num_consumed=self.consumed)
 
 
 def _agreed_seed(seed: int | None, world_size: int, device: torch.device) -> int:

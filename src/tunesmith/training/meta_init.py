@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from tunesmith.modules.peft._nf4 import is_nf4, quantize_nf4
+from tunesmith.training.checkpointing._files import release_mapped_pages
 
 __all__ = ["initial_adapter_weights", "load_full_state_dict", "local_chunk", "meta_tensors"]
 
@@ -94,6 +95,7 @@ def load_full_state_dict(
         if key not in full_sd:
             continue
         value = _materialise(full_sd[key], like, device)
+        release_mapped_pages(full_sd[key])  # a memory-mapped file's pages: copied, dropped
         if is_param:
             module._parameters[name] = nn.Parameter(value, requires_grad=like.requires_grad)
         else:

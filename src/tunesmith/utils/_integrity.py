@@ -297,7 +297,22 @@ def zeroed_pages(path: str | os.PathLike[str], header: dict[str, Any] | None = N
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
     data_start = 8 + n
-    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    # read with pread into one bounded buffer (not a memory map, whose touched pages count
+    # as this process's resident memory: every rank would peak at the whole file)
+    fd = os.open(path, os.O_RDONLY)
+
+    def read(lo: int, hi: int) -> np.ndarray:
+        return np.frombuffer(os.pread(fd, hi - lo, lo), dtype=np.uint8)
+
+    try:
+        return _zeroed_pages(header, data_start, read)
+    finally:
+        os.close(fd)
+
+
+def _zeroed_pages(header: dict[str, Any], data_start: int, read: Any) -> list[str]:
+    import numpy as np
+
     found: list[str] = []
     for name, info in header.items():
         if name == "__metadata__" or info.get("dtype") not in _FLOAT_DTYPES:
@@ -308,9 +323,9 @@ def zeroed_pages(path: str | os.PathLike[str], header: dict[str, Any] | None = N
         if last - first < PAGE:
             continue
         zero_at = None
-        for start in range(first, last, 1 << 26):  # 64 MiB at a time
-            stop = min(last, start + (1 << 26))
-            pages = np.asarray(mm[start:stop]).view(np.uint64).reshape(-1, PAGE // 8)
+        for start in range(first, last, 1 << 24):  # 16 MiB at a time
+            stop = min(last, start + (1 << 24))
+            pages = read(start, stop).view(np.uint64).reshape(-1, PAGE // 8)
             candidates = np.flatnonzero(pages[:, 0] == 0)  # one word per page first: cheap
             if candidates.size:
                 empty = np.bitwise_or.reduce(pages[candidates], axis=1) == 0
@@ -319,7 +334,9 @@ def zeroed_pages(path: str | os.PathLike[str], header: dict[str, Any] | None = N
                     break
         if zero_at is None:
             continue
-        if np.asarray(mm[lo:hi]).any():  # all-zero tensors (fresh LoRA B, biases) are fine
+        nonzero = any(  # all-zero tensors (fresh LoRA B, biases) are fine
+            read(a, min(hi, a + (1 << 24))).any() for a in range(lo, hi, 1 << 24)
+        )
+        if nonzero:
             found.append(f"{name} (page at byte {zero_at})")
-    del mm
     return found

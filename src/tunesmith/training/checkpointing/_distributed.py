@@ -7,6 +7,12 @@ only after every rank finished (barrier), so a crash never leaves a loadable par
 checkpoint. At the end of training :func:`consolidate_dcp_to_hf` turns the newest
 sharded checkpoint into a Hugging Face folder on one process.
 
+``async_save=True`` hands the write to ``dcp.async_save`` (state copied to CPU first, then
+written by a background thread over a gloo group of its own): training continues while
+the files are written. The folder stays ``.tmp-*`` (invisible to resume, deleted by the
+next save) until :meth:`DistributedCheckpointer.finish` (called by :meth:`poll` once every
+rank's write is done, by the next save, and at exit) publishes it with its marker.
+
 Recipe usage::
 
     ckpt = DistributedCheckpointer(output_dir, keep_last_n_checkpoints=2)
@@ -30,6 +36,7 @@ import torch.distributed.checkpoint as dcp
 
 from tunesmith.training.checkpointing._atomic import (
     COMPLETE_MARKER,
+    atomic_write_json,
     checkpoint_folder_name,
     fsync_dir,
     prune_checkpoints,
@@ -38,9 +45,18 @@ from tunesmith.training.checkpointing._atomic import (
 )
 from tunesmith.training.checkpointing._recipe_state import load_recipe_state, save_recipe_state
 
-__all__ = ["DistributedCheckpointer", "consolidate_dcp_to_hf", "load_dcp_full_state_dict"]
+__all__ = [
+    "DistributedCheckpointer",
+    "consolidate_dcp_checkpoint",
+    "consolidate_dcp_to_hf",
+    "load_dcp_full_state_dict",
+    "read_dcp_info",
+    "resolve_dcp_folder",
+]
 
 DCP_SUBDIR = "dcp"
+DCP_INFO = "tunesmith_dcp.json"
+"""What a consolidation needs besides the tensors (checkpointer config, adapter config)."""
 
 
 def _rank_world() -> tuple[int, int]:
@@ -64,6 +80,8 @@ class DistributedCheckpointer:
         output_dir: shared folder (visible to every rank), the run's ``output_dir``.
         keep_last_n_checkpoints: keep only the newest n complete folders.
         resume_from_checkpoint: :meth:`load_checkpoint` reads the newest complete folder.
+        async_save: write with ``dcp.async_save`` (see the module doc); collective to build
+            (it makes a gloo group for the background writes).
     """
 
     def __init__(
@@ -71,10 +89,16 @@ class DistributedCheckpointer:
         output_dir: str | os.PathLike[str],
         keep_last_n_checkpoints: int | None = None,
         resume_from_checkpoint: bool = False,
+        async_save: bool = False,
     ) -> None:
         self._output_dir = Path(output_dir) / "distributed"
         self._keep_last_n = keep_last_n_checkpoints
         self._resume_from_checkpoint = resume_from_checkpoint
+        self._async = async_save
+        self._pending: tuple[Any, Path, str, dict[str, Any]] | None = None
+        self._group = None
+        if async_save and dist.is_available() and dist.is_initialized():
+            self._group = dist.new_group(backend="gloo")  # writes never queue behind training
         rank, _ = _rank_world()
         if rank == 0:
             self._output_dir.mkdir(parents=True, exist_ok=True)
@@ -97,11 +121,16 @@ class DistributedCheckpointer:
         epoch: int,
         step: int | None = None,
         recipe_state: Mapping[str, Any] | None = None,
+        info: Mapping[str, Any] | None = None,
     ) -> Path:
         """Collective: every rank calls it with its sharded ``state_dict`` (tensors/DTensors).
 
-        ``recipe_state`` (this rank's; see ``build_recipe_state``) is written per rank.
+        ``recipe_state`` (this rank's; see ``build_recipe_state``) is written per rank;
+        ``info`` (JSON, rank 0's) goes to ``tunesmith_dcp.json`` for :func:`consolidate_dcp_checkpoint`.
+        Returns the folder's final path; with ``async_save`` it appears there only once
+        :meth:`finish` ran (an earlier pending save is finished first).
         """
+        self.finish()
         rank, world = _rank_world()
         name = checkpoint_folder_name(epoch, step)
         staging = self._output_dir / f".tmp-{name}"
@@ -111,22 +140,61 @@ class DistributedCheckpointer:
                 shutil.rmtree(staging)
             staging.mkdir(parents=True)
         _barrier()
-        dcp.save(dict(state_dict), checkpoint_id=str(staging / DCP_SUBDIR))
         if recipe_state is not None:
             save_recipe_state(recipe_state, str(staging / f"recipe_state_rank{rank}.pt"))
+        if rank == 0 and info is not None:
+            atomic_write_json(staging / DCP_INFO, dict(info))
+        marker = {
+            "epoch": int(epoch),
+            "step": step,
+            "format": "dcp",
+            "world_size": world,
+            "has_recipe_state": recipe_state is not None,
+        }
+        checkpoint_id = str(staging / DCP_SUBDIR)
+        if self._async:
+            future = dcp.async_save(
+                dict(state_dict), checkpoint_id=checkpoint_id, process_group=self._group
+            )
+            self._pending = (future, staging, name, marker)
+        else:
+            dcp.save(dict(state_dict), checkpoint_id=checkpoint_id)
+            self._pending = (None, staging, name, marker)
+            self.finish()
+        return self._output_dir / name
+
+    @property
+    def pending(self) -> bool:
+        """Whether a save was started and not yet published."""
+        return self._pending is not None
+
+    def poll(self) -> bool:
+        """Collective (cheap; a no-op without a pending save): publish the pending async save
+        when every rank's write is done. Returns True when it published one."""
+        if self._pending is None:
+            return False
+        done = torch.tensor(int(self._pending[0] is None or self._pending[0].done()))
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(done, op=dist.ReduceOp.MIN, group=self._group)
+        if not int(done):
+            return False
+        self.finish()
+        return True
+
+    def finish(self) -> Path | None:
+        """Collective: wait for the pending save, then publish it (marker, rename, prune).
+        Call it before the process exits; returns the published folder (None if none)."""
+        if self._pending is None:
+            return None
+        future, staging, name, marker = self._pending
+        self._pending = None
+        if future is not None:
+            future.result()
         _barrier()
         final = self._output_dir / name
-        if rank == 0:
+        if _rank_world()[0] == 0:
             fsync_dir(staging / DCP_SUBDIR)
-            publish_checkpoint_dir(
-                staging,
-                name,
-                epoch=int(epoch),
-                step=step,
-                format="dcp",
-                world_size=world,
-                has_recipe_state=recipe_state is not None,
-            )
+            publish_checkpoint_dir(staging, name, **marker)
             prune_checkpoints(self._output_dir, self._keep_last_n, protect=final)
         _barrier()
         return final
@@ -188,3 +256,85 @@ def consolidate_dcp_to_hf(
         )
     model = {k: v for k, v in full[model_key].items() if isinstance(v, torch.Tensor)}
     return hf_checkpointer.save_checkpoint({"model": model}, epoch=epoch, step=step)
+
+
+def read_dcp_info(checkpoint_folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``tunesmith_dcp.json`` a recipe wrote beside a DCP checkpoint ({} when absent)."""
+    import json
+
+    path = Path(checkpoint_folder) / DCP_INFO
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def resolve_dcp_folder(path: str | os.PathLike[str]) -> Path:
+    """A complete DCP checkpoint folder from what a user names: the folder itself, a run's
+    ``distributed/`` folder or its ``output_dir`` (then the newest intact one)."""
+    from tunesmith.training.checkpointing._atomic import read_complete_marker
+    from tunesmith.training.checkpointing._integrity import newest_intact_checkpoint
+    from tunesmith.utils._integrity import CheckpointNotFoundError
+
+    folder = Path(path)
+    marker = read_complete_marker(folder)
+    if marker is not None and marker.get("format") == "dcp":
+        return folder
+    for root in (folder, folder / "distributed"):
+        found = newest_intact_checkpoint(root) if root.is_dir() else None
+        if found is not None and (read_complete_marker(found) or {}).get("format") == "dcp":
+            return found
+    raise CheckpointNotFoundError(
+        f"no complete DCP checkpoint ({path}): name <output_dir>/distributed/step_N of a run "
+        "saved with intermediate_checkpoint_format=dcp or enable_async_checkpointing=True"
+    )
+
+
+def consolidate_dcp_checkpoint(
+    checkpoint_folder: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    checkpointer: Mapping[str, Any] | None = None,
+    format: str | None = None,
+) -> Path:
+    """One process, no process group: turn a complete DCP checkpoint a recipe wrote (see
+    :func:`resolve_dcp_folder` for what may be named) into the run's own weight format (HF,
+    Meta, torchtune) in ``output_dir/<step_N|epoch_E>``; returns that folder.
+
+    The run's checkpointer node (from ``tunesmith_dcp.json``, or ``checkpointer``) reads the
+    base weights: a LoRA/DoRA checkpoint holds only the trained tensors, which are laid over
+    them (adapters merged, the PEFT adapter written too, as the recipe's own saves do; for
+    QLoRA the merge is onto the unquantized base). ``format`` (``hf`` ...) must be the run's
+    checkpointer's. The DCP folder is only read.
+    """
+    from omegaconf import OmegaConf
+
+    from tunesmith.config import instantiate
+    from tunesmith.training.checkpointing._atomic import read_complete_marker
+    from tunesmith.training.checkpointing._integrity import verify_checkpoint
+    from tunesmith.utils._integrity import CheckpointError
+
+    folder = resolve_dcp_folder(checkpoint_folder)
+    marker = read_complete_marker(folder) or {}
+    if (problem := verify_checkpoint(folder)) is not None:
+        raise CheckpointError(f"the DCP checkpoint is damaged ({folder}): {problem}")
+    info = read_dcp_info(folder)
+    node = dict(checkpointer or info.get("checkpointer") or {})
+    if not node:
+        raise CheckpointError(
+            f"the DCP checkpoint names no checkpointer ({folder / DCP_INFO} is missing): "
+            "pass the run's checkpointer config"
+        )
+    node.update(output_dir=str(output_dir), resume_from_checkpoint=False)
+    ckpt = instantiate(OmegaConf.create(node))
+    if format is not None and format != ckpt.format_name:
+        raise CheckpointError(
+            f"--format {format} but the run saved with {node.get('_component_')} "
+            f"(format {ckpt.format_name}) ({folder}): consolidation writes the run's own format; "
+            f"pass --format {ckpt.format_name} or leave it out"
+        )
+    weights = dict(ckpt.load_checkpoint()["model"])
+    trained = load_dcp_full_state_dict(folder / DCP_SUBDIR).get("model")
+    if not trained:
+        raise CheckpointError(f"the DCP checkpoint holds no 'model' entry ({folder})")
+    weights.update({k: v for k, v in trained.items() if isinstance(v, torch.Tensor)})
+    state: dict[str, Any] = {"model": weights}
+    if info.get("adapter_config"):
+        state["adapter_config"] = info["adapter_config"]
+    return ckpt.save_checkpoint(state, epoch=int(marker["epoch"]), step=marker.get("step"))

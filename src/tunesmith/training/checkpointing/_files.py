@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import string
+import struct
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from tunesmith.utils._atomic import atomic_save_safetensors as save_safetensors_
 from tunesmith.utils._integrity import CheckpointError, CheckpointNotFoundError, check_safetensors
 
 __all__ = [
+    "release_mapped_pages",
     "SAFETENSORS_INDEX_FNAME",
     "TORCH_BIN_INDEX_FNAME",
     "WEIGHT_SUFFIXES",
@@ -158,7 +160,10 @@ def load_weight_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """One .safetensors / .bin / .pt / .pth file as a flat ``{name: tensor}`` on CPU."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        check_safetensors(path)
+        header = check_safetensors(path)
+        mapped = _mapped_safetensors(path, header)
+        if mapped is not None:
+            return mapped
         out: dict[str, torch.Tensor] = {}
         with safe_open(path, framework="pt", device="cpu") as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a Mapping)
@@ -170,6 +175,91 @@ def load_weight_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping):
         raise ValueError(f"{str(path)!r} does not hold a state dict (got {type(obj).__name__})")
     return dict(obj)
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _mapped_safetensors(path: Path, header: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The tensors of a .safetensors file as views of one private (copy-on-write) memory map:
+    nothing is read until a tensor's bytes are touched, so a rank that keeps only its shard
+    of each weight reads only those rows (its resident memory is its shard, not the model).
+    None when the file holds a dtype this reader does not know (then ``safe_open`` reads it)."""
+    import mmap
+    import sys
+
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    if sys.byteorder != "little" or any(
+        v["dtype"] not in _SAFETENSORS_DTYPES for v in entries.values()
+    ):
+        return None
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if not entries or os.fstat(f.fileno()).st_size == 0:
+            return {}
+        buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    _remember_mapping(buffer)
+    out: dict[str, torch.Tensor] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for key, entry in entries.items():
+            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+            start, end = (int(x) for x in entry["data_offsets"])
+            shape = [int(d) for d in entry["shape"]]
+            count = (end - start) // torch.empty((), dtype=dtype).element_size()
+            if count == 0:
+                out[key] = torch.empty(shape, dtype=dtype)
+                continue
+            flat = torch.frombuffer(buffer, dtype=dtype, count=count, offset=8 + n + start)
+            out[key] = flat.view(shape)
+    return out
+
+
+_MAPPINGS: dict[int, tuple[int, int]] = {}  # id(mmap) -> (start address, end address)
+
+
+def _remember_mapping(buffer: Any) -> None:
+    import ctypes
+    import weakref
+
+    start = ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+    _MAPPINGS[id(buffer)] = (start, start + len(buffer))
+    weakref.finalize(buffer, _MAPPINGS.pop, id(buffer), None)
+
+
+def release_mapped_pages(tensor: torch.Tensor) -> None:
+    """Drop the resident pages of a tensor :func:`load_weight_file` memory-mapped, once its
+    values were copied where they belong (``madvise(MADV_DONTNEED)`` on its whole pages): the
+    tensor stays valid (a later read faults the pages back in from the file) but no longer
+    counts towards this process's memory. In-place changes made to it are dropped with them.
+    A no-op for any other tensor and off Linux."""
+    import sys
+
+    if not _MAPPINGS or not sys.platform.startswith("linux") or tensor.numel() == 0:
+        return
+    lo = tensor.data_ptr()
+    hi = lo + tensor.numel() * tensor.element_size()
+    if not tensor.is_contiguous() or not any(a <= lo and hi <= b for a, b in _MAPPINGS.values()):
+        return
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    first, last = -(-lo // page) * page, hi // page * page
+    if last > first:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)  # DONTNEED
 
 
 def load_weight_files(
