@@ -247,3 +247,29 @@ def test_fsdp_two_processes_match_single(vision_files, tmp_path, packed):
         runs[name] = read_losses(out)
     assert len(runs["single"]) == 3
     assert runs["dist"] == pytest.approx(runs["single"], abs=1e-4)
+
+
+def test_training_batches_pad_tiles_to_the_transforms_max(vision_files, tmp_path):
+    """A 1-tile image is padded to ``max_num_tiles`` in training batches, as transformers'
+    processor and tunesmith's generate/eval pad it (padding tiles change the ViT's output)."""
+    from PIL import Image
+
+    from tunesmith.config import instantiate
+    from tunesmith.recipes._finetune_setup import build_dataloader
+
+    model_dir, _, _, assets, specials = vision_files
+    small = tmp_path / "images"
+    small.mkdir()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(small / "red.png")
+    data = write_vqa_data(tmp_path / "vqa_small.json", small / "red.png", rows=4)
+    cfg = OmegaConf.create(vision_config(tmp_path, model_dir, data, small, assets, specials))
+    transform = instantiate(cfg.tokenizer)
+    dataset = instantiate(cfg.dataset, transform)
+    loader, _ = build_dataloader(
+        [dataset], transform, batch_size=2, world_size=1, rank=0, seed=0, ignore_index=-100
+    )
+    batch = next(iter(loader))
+    images = batch["encoder_input"]["images"]  # [b, n_images, n_tiles, c, h, w]
+    assert images.shape[2] == cfg.tokenizer.max_num_tiles
+    assert batch["encoder_input"]["aspect_ratio"].tolist() == [[[1, 1]], [[1, 1]]]
+    assert images[:, :, 1:].abs().sum() == 0  # the padding tiles are zeros

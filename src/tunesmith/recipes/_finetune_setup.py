@@ -329,7 +329,12 @@ def build_dataloader(
     images = any(getattr(ds, "multimodal", False) for ds in datasets)
     pad, pack = padded_collate_sft, padded_collate_packed
     if images:  # (a transform with its own collate but no collate_packed refuses packing)
-        pad = getattr(tokenizer, "collate", None) or padded_collate_tiled_images_and_mask
+        # Llama 3.2 Vision: tiles padded to the transform's max, as transformers' processor
+        # and generate/eval do (the ViT lets real patches attend to padding tiles)
+        max_tiles = getattr(getattr(tokenizer, "image_transform", None), "max_num_tiles", None)
+        pad = getattr(tokenizer, "collate", None) or partial(
+            padded_collate_tiled_images_and_mask, pad_max_tiles=max_tiles
+        )
         pack = (
             getattr(tokenizer, "collate_packed", None)
             or padded_collate_packed_tiled_images_and_mask
