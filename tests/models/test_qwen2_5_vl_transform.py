@@ -72,9 +72,10 @@ def tokenizer_dir(assets):
     return assets / "tokenizers" / "qwen2"
 
 
-def _hf_vl_processor(tokenizer_dir, tmp_path):
+def _hf_vl_processor(tokenizer_dir, tmp_path, processor_cls=None, image_processor=None):
     """The local Qwen2 tokenizer.json holds ``[PAD<id>]`` at Qwen2.5's added-token ids: name
-    them as the released Qwen2.5 tokenizer does (same ids), then build the processor."""
+    them as the released Qwen2.5 tokenizer does (same ids), then build the processor
+    (``processor_cls``: ``Qwen2_5_VLProcessor`` by default; Qwen3-VL's test passes its own)."""
     import json
     import shutil
 
@@ -94,7 +95,7 @@ def _hf_vl_processor(tokenizer_dir, tmp_path):
     tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
     assert tok.convert_tokens_to_ids("<|image_pad|>") == 151655
 
-    class ImageOnlyProcessor(transformers.Qwen2_5_VLProcessor):
+    class ImageOnlyProcessor(processor_cls or transformers.Qwen2_5_VLProcessor):
         """No video processor: transformers' needs torchvision, absent here."""
 
         def check_argument_for_proper_class(self, argument_name, argument):
@@ -102,7 +103,9 @@ def _hf_vl_processor(tokenizer_dir, tmp_path):
                 return None
             return super().check_argument_for_proper_class(argument_name, argument)
 
-    return ImageOnlyProcessor(image_processor=_hf_processor(), tokenizer=tok, video_processor=None)
+    return ImageOnlyProcessor(
+        image_processor=image_processor or _hf_processor(), tokenizer=tok, video_processor=None
+    )
 
 
 def test_prompt_and_image_token_count_equal_processor(assets, tokenizer_dir, tmp_path):

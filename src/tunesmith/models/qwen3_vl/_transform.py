@@ -15,18 +15,26 @@ from typing import Any
 from tunesmith.models.qwen2_5_vl._transform import Qwen2_5_VLTransform
 from tunesmith.models.qwen3._tokenizer import QWEN3_SPECIAL_TOKENS
 
-__all__ = ["QWEN3_VL_IMAGE_MEAN", "QWEN3_VL_IMAGE_STD", "qwen3_vl_transform"]
+__all__ = ["QWEN3_VL_IMAGE", "qwen3_vl_transform"]
 
-QWEN3_VL_IMAGE_MEAN = (0.5, 0.5, 0.5)
-QWEN3_VL_IMAGE_STD = (0.5, 0.5, 0.5)
+#: Qwen3-VL's image settings (``DynamicResolutionImageTransform`` arguments)
+QWEN3_VL_IMAGE: dict[str, Any] = {
+    "patch_size": 16,
+    "merge_size": 2,
+    "temporal_patch_size": 2,
+    "min_pixels": 65_536,
+    "max_pixels": 16_777_216,
+    "image_mean": (0.5, 0.5, 0.5),
+    "image_std": (0.5, 0.5, 0.5),
+}
 
 
 def qwen3_vl_transform(
     path: str,
     merges_file: str,
     max_seq_len: int | None = None,
-    min_pixels: int = 65_536,
-    max_pixels: int = 16_777_216,
+    min_pixels: int = QWEN3_VL_IMAGE["min_pixels"],
+    max_pixels: int = QWEN3_VL_IMAGE["max_pixels"],
     special_tokens_path: str | None = None,
     prompt_template: Any = None,
 ) -> Qwen2_5_VLTransform:
@@ -40,12 +48,7 @@ def qwen3_vl_transform(
         path,
         merges_file,
         max_seq_len=max_seq_len,
-        patch_size=16,
-        merge_size=2,
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
-        image_mean=QWEN3_VL_IMAGE_MEAN,
-        image_std=QWEN3_VL_IMAGE_STD,
+        **{**QWEN3_VL_IMAGE, "min_pixels": min_pixels, "max_pixels": max_pixels},
         special_tokens=special if special is not None else QWEN3_SPECIAL_TOKENS,
         prompt_template=prompt_template,
         default_system_prompt=None,
