@@ -21,7 +21,13 @@ CONFIGS = sorted((ROOT / "src" / "tunesmith" / "configs").rglob("*.yaml"))
 _READ = re.compile(r'cfg(?:\.get\("(\w+)"|\["(\w+)"\]|\.(?!get\b)([a-z_]\w*))|"(\w+)" in cfg\b')
 # the helpers each recipe's recipe_main reaches (they read the shared training keys)
 _SOURCES = {
-    "finetune": ["finetune", "_finetune_setup", "_finetune_observe", "_parallel_setup"],
+    "finetune": [
+        "finetune",
+        "_finetune_setup",
+        "_finetune_observe",
+        "_parallel_setup",
+        "_training_data",
+    ],
     "qat": ["qat", "finetune", "_finetune_setup", "_finetune_observe"],
     "dpo": ["dpo", "_preference_data", "_preference_step", "_finetune_setup", "_finetune_observe"],
     "reward_model": ["reward_model", "_preference_data", "_finetune_setup", "_finetune_observe"],

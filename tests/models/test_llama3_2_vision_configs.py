@@ -96,3 +96,33 @@ def test_bundled_llama3_2_vision_configs_are_torchtunes(tmp_path):
         for key in ("model", "tokenizer", "checkpointer"):
             assert callable(resolve_component(mine[key]["_component_"])), (name, key)
     assert failures == []
+
+
+def test_torchtune_multi_dataset_vision_config_is_bundled_and_validates(tmp_path):
+    """torchtune's 12th Llama 3.2 Vision config, moved to dev/11B_lora_multi_dataset on its
+    main branch (a weighted ``datasets:`` mix): validates unchanged, and the bundled
+    ``dev/11B_lora_multi_dataset`` has its keys and values with tunesmith's names."""
+    import yaml
+
+    bundled = (
+        Path(__file__).resolve().parents[2]
+        / "src/tunesmith/configs/dev/11B_lora_multi_dataset.yaml"
+    )
+    mine = yaml.safe_load(bundled.read_text())
+    assert bundled.read_text().startswith("# recipe: finetune")
+    assert [d["weight"] for d in mine["datasets"]] == [1.0] * 4
+    assert not [p for p in validate_config(load_config(bundled)) if p.severity == "error"]
+    if not MIRROR.exists():
+        pytest.skip(f"needs the torchtune mirror at {MIRROR} (TUNESMITH_TORCHTUNE_MIRROR)")
+    text = _git("show", "HEAD:recipes/configs/dev/11B_lora_multi_dataset.yaml")
+    path = tmp_path / "11B_lora_multi_dataset.yaml"
+    path.write_text(text)
+    assert not [p for p in validate_config(load_config(path)) if p.severity == "error"]
+    theirs = yaml.safe_load(text)
+    assert _keys(mine) == _keys(theirs)
+    renamed = yaml.safe_load(
+        yaml.safe_dump(theirs)
+        .replace("torchtune.", "tunesmith.")
+        .replace("/tmp/torchtune/", "/tmp/tunesmith/")
+    )
+    assert mine == renamed

@@ -273,3 +273,75 @@ def test_training_batches_pad_tiles_to_the_transforms_max(vision_files, tmp_path
     assert images.shape[2] == cfg.tokenizer.max_num_tiles
     assert batch["encoder_input"]["aspect_ratio"].tolist() == [[[1, 1]], [[1, 1]]]
     assert images[:, :, 1:].abs().sum() == 0  # the padding tiles are zeros
+
+
+def test_torchtune_multi_dataset_config_runs_unchanged(vision_files, tmp_path):
+    """torchtune main's dev/11B_lora_multi_dataset.yaml (its 12th Llama 3.2 Vision config: a
+    weighted ``datasets:`` mix read by ``dev/lora_finetune_distributed_multi_dataset``) as
+    shipped, through ``tunesmith run``; overridden: paths, the device, the step budget, the
+    tiny model, and each mix entry's source (local Cauldron-format JSON)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.recipes.conftest import HERE
+
+    mirror = Path(
+        os.environ.get("TUNESMITH_TORCHTUNE_MIRROR", "/work/.mirror/pytorch+torchtune/repo")
+    )
+    if not mirror.exists():
+        pytest.skip(f"needs the torchtune mirror at {mirror} (TUNESMITH_TORCHTUNE_MIRROR)")
+    config = tmp_path / "11B_lora_multi_dataset.yaml"
+    config.write_text(
+        subprocess.run(
+            ["git", "-C", str(mirror), "show", "HEAD:recipes/configs/dev/11B_lora_multi_dataset.yaml"],
+            check=True, capture_output=True, text=True,
+        ).stdout
+    )  # fmt: skip
+    tiny, _, images, assets, specials = vision_files
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny, model_dir)
+    (model_dir / "model.safetensors").rename(model_dir / "model-00001-of-00001.safetensors")
+    image = str(images / "dog_on_skateboard.jpg")
+    files = []
+    for k, answer in enumerate(["A dog.", "A skateboard.", "Outside.", "Yes."]):
+        rows = [{"images": [image], "texts": [{"user": f"Q{k}?", "assistant": answer}]}] * (3 + k)
+        files.append(tmp_path / f"part{k}.json")
+        files[-1].write_text(json.dumps(rows))
+    out = tmp_path / "out"
+    repo = HERE.parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(repo / "src"), env.get("PYTHONPATH", "")])
+    sources = [
+        arg
+        for k, path in enumerate(files)
+        for arg in (f"datasets.{k}.source=json", f"datasets.{k}.data_files={path}")
+    ]
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "tunesmith.cli", "run",
+            "dev/lora_finetune_distributed_multi_dataset", "--config", str(config),
+            f"output_dir={out}",
+            "model._component_=tunesmith.models.build_from_hf",
+            f"model.checkpoint_dir_or_config={model_dir}",
+            "model.image_size=28",
+            f"tokenizer.path={assets / 'tiktoken_small.model'}",
+            f"tokenizer.special_tokens_path={specials}",
+            "tokenizer.image_size=28",
+            "tokenizer.max_seq_len=128",
+            f"checkpointer.checkpoint_dir={model_dir}",
+            "checkpointer.checkpoint_files.max_filename=00001",
+            *sources,
+            "device=cpu", "compile=False", "max_steps_per_epoch=2", "batch_size=2",
+            "dataloader.num_workers=0",
+        ],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    logs = list((out / "logs").glob("*"))
+    assert logs, "DiskLogger wrote nothing"
+    text = "".join(p.read_text() for p in logs if p.suffix in (".txt", ".jsonl", ".log"))
+    assert text.count("loss") >= 2, text  # two steps logged
+    saved = sorted(out.glob("epoch_*"))
+    assert saved and (saved[-1] / "adapter" / "adapter_model.safetensors").is_file()

@@ -8,6 +8,7 @@ and loads rows through Hugging Face ``datasets`` (hub names, or local files with
 from tunesmith.datasets._chat import *  # noqa: F401,F403
 from tunesmith.datasets._concat import *  # noqa: F401,F403
 from tunesmith.datasets._instruct import *  # noqa: F401,F403
+from tunesmith.datasets._mix import *  # noqa: F401,F403
 from tunesmith.datasets._packed import *  # noqa: F401,F403
 from tunesmith.datasets._preference import *  # noqa: F401,F403
 from tunesmith.datasets._rl_prompts import *  # noqa: F401,F403

@@ -84,6 +84,7 @@ KEYS: dict[str, frozenset[str]] = {
         | {"upload_to_hub"}  # publish the final checkpoint (training/hub_upload.py)
         | _PARALLEL  # tensor parallel x FSDP2 / HSDP (training/parallel_dims.py)
         | _SHARDED_SAVES
+        | {"datasets", "dataloader"}  # torchtune main's weighted mix (datasets/_mix.py)
     ),
     "qat": frozenset(
         _TRAINING

@@ -50,6 +50,8 @@ RECIPES: tuple[Recipe, ...] = (
             "full_finetune_distributed",
             "lora_finetune_single_device",
             "lora_finetune_distributed",
+            # torchtune main's weighted multi-dataset LoRA recipe (config dev/11B_lora_multi_dataset)
+            "dev/lora_finetune_distributed_multi_dataset",
         ),
         supports_distributed=True,
     ),

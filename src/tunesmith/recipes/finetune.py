@@ -39,6 +39,7 @@ from tunesmith.recipes._finetune_setup import (
 from tunesmith.recipes._parallel_setup import parallel_layout
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.recipes._sharded_saves import ShardedSaves, wants_sharded_saves
+from tunesmith.recipes._training_data import loader_setting, training_datasets
 from tunesmith.recipes._unpad import unpad_to_device
 from tunesmith.training.checkpointing._recipe_state import restore_recipe_state
 from tunesmith.training.checkpointing._serving import serving_info
@@ -81,7 +82,7 @@ def recipe_main(cfg: DictConfig) -> None:
     sharded = ShardedSaves(cfg) if dcp_saves else None
     tokenizer = instantiate(cfg.tokenizer)
     checkpointer.serving = serving_info(tokenizer, cfg.tokenizer)  # saved beside weights
-    datasets = build_datasets(cfg.dataset, tokenizer)
+    datasets = training_datasets(cfg, tokenizer)  # dataset, or a weighted mix
     val_every = int(cfg.get("run_val_every_n_steps") or 0)
     val_datasets = None
     if val_every and cfg.get("dataset_val") is not None:  # torchtune's validation keys
@@ -125,8 +126,8 @@ def recipe_main(cfg: DictConfig) -> None:
         datasets,
         tokenizer,
         batch_size=int(cfg.batch_size),
-        shuffle=bool(cfg.get("shuffle", True)),
-        num_workers=int(cfg.get("num_workers") or 0),
+        shuffle=bool(loader_setting(cfg, "shuffle", True)),
+        num_workers=int(loader_setting(cfg, "num_workers", 0) or 0),
         packed_mask=not unpad,
         **data_kwargs,
     )

@@ -15,7 +15,12 @@ from tunesmith.data._messages import DataRowError, Message
 from tunesmith.data._packing import CROSS_ENTROPY_IGNORE_IDX
 from tunesmith.datasets._loading import load_rows
 
-__all__ = ["MultimodalSFTDataset", "TheCauldronToMessages", "the_cauldron_dataset"]
+__all__ = [
+    "MultimodalSFTDataset",
+    "TheCauldronToMessages",
+    "the_cauldron_dataset",
+    "the_cauldron_transform",
+]
 
 
 class TheCauldronToMessages:
@@ -187,3 +192,21 @@ def the_cauldron_dataset(
         **load_dataset_kwargs,
     )
     return maybe_pack_multimodal(ds, model_transform, packed)
+
+
+def the_cauldron_transform(
+    model_transform: Any = None,
+    texts_col: str = "texts",
+    images_col: str = "images",
+    new_system_prompt: str | None = None,
+) -> Any:
+    """torchtune main's ``the_cauldron_transform``: the row -> messages (-> tokens, when
+    ``model_transform`` is given) transform alone, for a ``datasets:`` mix entry.
+
+    Returns an ``SFTTransform``: a Cauldron row -> ``{"messages"}`` (images before the first
+    user turn's text), then ``model_transform``'s ``{"tokens", "mask", ...}`` plus ``labels``.
+    """
+    from tunesmith.datasets._sft import SFTTransform
+
+    messages = TheCauldronToMessages({"texts": texts_col, "images": images_col}, new_system_prompt)
+    return SFTTransform(message_transform=messages, model_transform=model_transform)
