@@ -1,6 +1,7 @@
-"""Bundled ``qwen2_5_vl/*`` configs validate for the finetune recipe, and
-``3B_lora_single_device`` runs (paths overridden to the tiny Qwen2.5-VL) through
-``tunesmith run lora_finetune_single_device``."""
+"""Bundled ``qwen2_5_vl/*`` and ``qwen3_vl/*`` configs validate for the finetune recipe, and
+``qwen2_5_vl/3B_lora_single_device`` / ``qwen3_vl/2B_lora_single_device`` run (paths
+overridden to the tiny Qwen2.5-VL / Qwen3-VL) through ``tunesmith run
+lora_finetune_single_device``."""
 
 from __future__ import annotations
 
@@ -10,12 +11,20 @@ import shutil
 import pytest
 import torch
 
-from tests.recipes._qwen_vl_toys import MAX_PIXELS, MIN_PIXELS
+from tests.recipes._qwen_vl_toys import MAX_PIXELS, MAX_PIXELS_3, MIN_PIXELS, MIN_PIXELS_3
 from tests.recipes.conftest import read_losses
+from tests.recipes.test_finetune_qwen3_vl import qwen3_files  # noqa: F401
 from tests.recipes.test_finetune_qwen_vl import qwen_files  # noqa: F401
 from tunesmith.config import load_config, resolve_config_path, validate_config
 
-NAMES = ["qwen2_5_vl/3B_lora_single_device", "qwen2_5_vl/7B_lora", "qwen2_5_vl/7B_full"]
+NAMES = [
+    "qwen2_5_vl/3B_lora_single_device",
+    "qwen2_5_vl/7B_lora",
+    "qwen2_5_vl/7B_full",
+    "qwen3_vl/2B_lora_single_device",
+    "qwen3_vl/8B_lora",
+    "qwen3_vl/8B_full",
+]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -28,21 +37,36 @@ def test_bundled_config_validates(name):
     cfg = load_config(path)
     problems = validate_config(cfg, SUPPLIED) + config_problems(cfg, "finetune", [], path)
     assert [str(p) for p in problems if p.severity == "error"] == []
-    assert cfg.checkpointer.model_type == "QWEN2_5_VL"
-    assert cfg.tokenizer._component_.endswith("qwen2_5_vl_transform")
+    family = name.split("/")[0]
+    assert cfg.checkpointer.model_type == family.upper()
+    assert cfg.tokenizer._component_ == f"tunesmith.models.{family}.{family}_transform"
+    assert cfg.model._component_.startswith(f"tunesmith.models.{family}.")
 
 
-def test_3b_lora_single_device_runs_on_the_tiny_model(qwen_files, tmp_path):  # noqa: F811
+@pytest.mark.parametrize(
+    "family",
+    ["qwen2_5_vl", pytest.param("qwen3_vl", marks=pytest.mark.slow)],  # ~25 s each
+)
+def test_lora_single_device_runs_on_the_tiny_model(family, request, tmp_path):
     import os
     import subprocess
     import sys
 
     from tests.recipes.conftest import HERE
 
-    tiny, _, images, assets, specials = qwen_files
-    model_dir = tmp_path / "model"  # the config's sharded file names, one shard
+    qwen3 = family == "qwen3_vl"
+    files = request.getfixturevalue("qwen3_files" if qwen3 else "qwen_files")
+    tiny, _, images, assets, specials = files
+    model_dir = tmp_path / "model"
     shutil.copytree(tiny, model_dir)
-    (model_dir / "model.safetensors").rename(model_dir / "model-00001-of-00001.safetensors")
+    if qwen3:  # the 2B config names one model.safetensors
+        name, files_override = "qwen3_vl/2B_lora_single_device", []
+        pixels = (MIN_PIXELS_3, MAX_PIXELS_3)
+    else:  # the config's sharded file names, one shard
+        (model_dir / "model.safetensors").rename(model_dir / "model-00001-of-00001.safetensors")
+        name = "qwen2_5_vl/3B_lora_single_device"
+        files_override = ["checkpointer.checkpoint_files.max_filename=00001"]
+        pixels = (MIN_PIXELS, MAX_PIXELS)
     image = str(images / "dog_on_skateboard.jpg")
     rows = [{"images": [image], "texts": [{"user": "What is shown?", "assistant": "A dog."}]}] * 8
     data = tmp_path / "cauldron.json"
@@ -55,18 +79,18 @@ def test_3b_lora_single_device_runs_on_the_tiny_model(qwen_files, tmp_path):  # 
     proc = subprocess.run(
         [
             sys.executable, "-m", "tunesmith.cli", "run", "lora_finetune_single_device",
-            "--config", "qwen2_5_vl/3B_lora_single_device",
+            "--config", name,
             f"output_dir={out}",
             "model._component_=tunesmith.models.build_from_hf",
             f"model.checkpoint_dir_or_config={model_dir}",
             f"tokenizer.path={assets / 'tiny_bpe_vocab.json'}",
             f"tokenizer.merges_file={assets / 'tiny_bpe_merges.txt'}",
             f"+tokenizer.special_tokens_path={specials}",
-            f"+tokenizer.min_pixels={MIN_PIXELS}",
-            f"tokenizer.max_pixels={MAX_PIXELS}",
+            f"+tokenizer.min_pixels={pixels[0]}",
+            f"tokenizer.max_pixels={pixels[1]}",
             "tokenizer.max_seq_len=128",
             f"checkpointer.checkpoint_dir={model_dir}",
-            "checkpointer.checkpoint_files.max_filename=00001",
+            *files_override,
             "dataset.source=json",
             f"dataset.data_files={data}",
             "device=cpu", "max_steps_per_epoch=2", "gradient_accumulation_steps=1",
