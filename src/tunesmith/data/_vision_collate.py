@@ -22,6 +22,7 @@ __all__ = [
     "padded_collate_image_patches",
     "padded_collate_packed_tiled_images_and_mask",
     "padded_collate_tiled_images_and_mask",
+    "padded_collate_vision_dpo",
 ]
 
 
@@ -217,3 +218,26 @@ def padded_collate_image_patches(
             "image_grid_thw": torch.stack(grids),
         }
     return text
+
+
+def padded_collate_vision_dpo(
+    batch: Sequence[Mapping[str, Any]],
+    collate: Any = padded_collate_tiled_images_and_mask,
+    padding_idx: int = 0,
+    ignore_idx: int = -100,
+) -> dict[str, Any]:
+    """Image + text preference pairs (``MultimodalPreferenceDataset`` items: ids and labels per
+    side, each side's ``{"encoder_input", "encoder_mask"}`` in ``chosen_vision`` /
+    ``rejected_vision``) -> ``collate`` of ``2b`` rows: rows ``:b`` chosen, ``b:`` rejected.
+
+    ``collate`` is the model's image collate (``padded_collate_tiled_images_and_mask``, or the
+    model transform's own ``collate``), so the pair batch is the finetune batch of the same
+    rows: ``tokens, labels [2b, s]``, ``encoder_input``, and ``encoder_mask [2b, s, I * T *
+    L]`` (Llama 3.2 Vision) or ``input_pos [3, 2b, s]`` (Qwen-VL).
+    """
+    rows = [
+        {"tokens": x[f"{side}_input_ids"], "labels": x[f"{side}_labels"], **x[f"{side}_vision"]}
+        for side in ("chosen", "rejected")
+        for x in batch
+    ]
+    return collate(rows, padding_idx=padding_idx, ignore_idx=ignore_idx)

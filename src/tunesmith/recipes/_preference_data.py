@@ -3,7 +3,10 @@ dataset(s), checked before any weights load, and their resumable distributed loa
 
 Paired batches come from ``padded_collate_dpo`` (``dpo``) or ``padded_collate_reward``
 (``reward_model``: the same rows plus a real-token mask); KTO's unpaired rows from
-``tunesmith.datasets.padded_collate_kto``.
+``tunesmith.datasets.padded_collate_kto``. Image + text pairs
+(``multimodal_preference_dataset``, ``dpo`` with pairwise losses) come from
+``padded_collate_vision_dpo``: the model's image collate of the chosen then rejected rows, a
+dict batch with the image inputs.
 """
 
 from __future__ import annotations
@@ -18,7 +21,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from tunesmith.config import ConfigError
 from tunesmith.datasets._unpaired import UNPAIRED_KEYS
-from tunesmith.recipes._finetune_setup import build_datasets, is_packed, sampled_loader
+from tunesmith.recipes._finetune_setup import (
+    build_datasets,
+    image_collate,
+    is_packed,
+    sampled_loader,
+)
 from tunesmith.recipes._preference_step import IGNORE_INDEX
 
 __all__ = [
@@ -49,10 +57,16 @@ def padded_collate_reward(
 
 
 def build_preference_datasets(
-    dataset_cfg: DictConfig | ListConfig, tokenizer: Any, *, unpaired: bool = False
+    dataset_cfg: DictConfig | ListConfig,
+    tokenizer: Any,
+    *,
+    unpaired: bool = False,
+    reward: bool = False,
 ) -> list[Dataset]:
     """Preference dataset(s), checked before any weights load (see ``build_datasets``: every
     pair is tokenized once and pairs with an untrained side are left out).
+    Image + text pairs (``multimodal_preference_dataset``) are refused for KTO (``unpaired``)
+    and the reward model (``reward``).
 
     The first sample is read up front, so a dataset of the wrong kind fails before training,
     naming the component. ``unpaired`` (KTO): unpaired datasets (``kto_dataset``) are used as
@@ -67,6 +81,19 @@ def build_preference_datasets(
         )
     nodes = list(dataset_cfg) if isinstance(dataset_cfg, ListConfig) else [dataset_cfg]
     datasets = build_datasets(dataset_cfg, tokenizer)
+    images = [getattr(ds, "multimodal", False) for ds in datasets]
+    if any(images) and (unpaired or reward or not all(images)):
+        what = (
+            "KTO (unpaired rows)" if unpaired
+            else "the reward_model recipe" if reward
+            else "a mix of image and text-only datasets"
+        )  # fmt: skip
+        raise ConfigError(
+            f"dataset: image + text preference pairs are not supported with {what}; use "
+            "multimodal_preference_dataset alone with the dpo recipe and a pairwise loss "
+            "(DPOLoss, RSOLoss, IPOLoss, SimPOLoss, ORPOLoss)",
+            key="dataset._component_",
+        )
     for i, (node, ds) in enumerate(zip(nodes, datasets)):
         sample = ds[0]
         if unpaired and all(k in sample for k in UNPAIRED_KEYS):
@@ -108,15 +135,24 @@ def build_preference_dataloader(
     Batches are ``(input_ids [2b, s], labels [2b, s])``: rows ``:b`` chosen, ``b:`` rejected.
     ``unpaired`` (KTO): ``padded_collate_kto`` batches ``(input_ids, labels, desirable [b])``,
     with the ``b`` mismatched KL rows after the ``b`` rows when ``kl_rows``. ``reward``:
-    ``padded_collate_reward`` batches ``(tokens [2b, s], mask [2b, s])``.
+    ``padded_collate_reward`` batches ``(tokens [2b, s], mask [2b, s])``. Image + text pairs:
+    ``padded_collate_vision_dpo`` dicts ``{"tokens", "labels" [2b, s], "encoder_input", ...}``.
     """
     from tunesmith.data import padded_collate_dpo
+    from tunesmith.data._vision_collate import padded_collate_vision_dpo
     from tunesmith.datasets import padded_collate_kto
 
     pad_id = getattr(tokenizer, "pad_id", None)
     padding = 0 if pad_id is None else pad_id
-    if reward:
-        collate: Any = partial(padded_collate_reward, padding_idx=padding)
+    if any(getattr(ds, "multimodal", False) for ds in datasets):
+        collate: Any = partial(
+            padded_collate_vision_dpo,
+            collate=image_collate(tokenizer),
+            padding_idx=padding,
+            ignore_idx=IGNORE_INDEX,
+        )
+    elif reward:
+        collate = partial(padded_collate_reward, padding_idx=padding)
     elif unpaired:
         collate = partial(
             padded_collate_kto, padding_idx=padding, ignore_idx=IGNORE_INDEX, with_kl=kl_rows

@@ -10,15 +10,20 @@ policy (and reference) log-probs, the loss, and the metric sums.
 * KTO (``unpaired``): batches ``(input_ids [r, s], labels [r, s], desirable [b])`` from
   ``padded_collate_kto``: ``b`` unpaired rows, then (``r = 2b``) their mismatched KL rows.
 
+Image + text pairs (pairwise losses) come as dicts ``{"tokens" [2b, s], "labels" [2b, s],
+"encoder_input", ...}`` (``padded_collate_vision_dpo``); every key but the labels goes to
+the policy's and the reference's forward, as the finetune recipe passes it.
+
 Metrics are kept as ``(sum, count)`` per name in one float64 vector (``[2 * len(names) + 1]``,
 trained tokens last), so one all-reduce of the sums gives the step's means on every rank.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,11 +46,14 @@ KTO_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "log_probs/chosen",
 
 
 def sequence_sums(
-    model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor
+    model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor, **inputs: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sums [r], counts [r])``: each row's summed log-prob of its trained targets
-    (``[r, s]``, ``IGNORE_INDEX`` elsewhere) and how many there are."""
-    out = model(tokens)  # hidden [r, s, d] with skip_output_layer, else logits [r, s, vocab]
+    (``[r, s]``, ``IGNORE_INDEX`` elsewhere) and how many there are. ``inputs``: the forward's
+    other arguments (a vision model's ``encoder_input``, ``encoder_mask``, ``input_pos``)."""
+    out = model(
+        tokens, **inputs
+    )  # hidden [r, s, d] with skip_output_layer, else logits [r, s, vocab]
     project: Callable[[torch.Tensor], torch.Tensor] = (
         partial(_project, model) if getattr(model, "skip_output_layer", False) else _identity
     )
@@ -118,20 +126,40 @@ class PreferenceStep:
             out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"]
         return out
 
-    def _reference_sums(self, tokens: torch.Tensor, targets: torch.Tensor):
+    def _reference_sums(self, tokens: torch.Tensor, targets: torch.Tensor, **inputs: Any):
         ref_model = self.model if self.reference is None else self.reference
         off = disable_adapter(self.model) if self.reference is None else nullcontext()
         with torch.no_grad(), off, compute_context(self.dtype, self.device):
-            return sequence_sums(ref_model, tokens, targets)
+            return sequence_sums(ref_model, tokens, targets, **inputs)
 
-    def __call__(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(loss, metric sums)`` of a micro-batch already on the device, with ``targets``
-        the next-token-shifted labels as ``batch[1]``; the loss is the mean over its rows."""
+    def prepare(self, batch: Any) -> tuple[torch.Tensor, ...] | dict[str, Any]:
+        """A collated batch (a tuple, or an image + text pair dict) on the device, with its
+        labels shifted to next-token targets."""
+        from tunesmith.recipes._finetune_setup import batch_to_device, shift_labels
+
+        if isinstance(batch, Mapping):
+            out = batch_to_device(batch, self.device)
+            out["labels"] = shift_labels(out["labels"], IGNORE_INDEX)
+            return out
+        moved = [t.to(self.device, non_blocking=True) for t in batch]
+        moved[1] = shift_labels(moved[1], IGNORE_INDEX)
+        return tuple(moved)
+
+    def __call__(
+        self, batch: tuple[torch.Tensor, ...] | Mapping[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, metric sums)`` of a micro-batch from :meth:`prepare` (``targets``: the
+        next-token-shifted labels); the loss is the mean over its rows."""
         if self.loss_fn.unpaired:
             return self._unpaired(*batch)
-        tokens, targets = batch
+        inputs: dict[str, Any] = {}
+        if isinstance(batch, Mapping):
+            inputs = dict(batch)
+            tokens, targets = inputs.pop("tokens"), inputs.pop("labels")
+        else:
+            tokens, targets = batch
         with self.activations_ctx:
-            sums, counts = sequence_sums(self.model, tokens, targets)
+            sums, counts = sequence_sums(self.model, tokens, targets, **inputs)
         average = self.loss_fn.average_log_probs
         policy = (sums / counts.clamp(min=1) if average else sums).chunk(2)
         extra: list[torch.Tensor] = []
@@ -144,7 +172,7 @@ class PreferenceStep:
         elif self.loss_fn.reference_free:
             losses, chosen_r, rejected_r = self.loss_fn(*policy)
         else:
-            ref_sums, ref_counts = self._reference_sums(tokens, targets)
+            ref_sums, ref_counts = self._reference_sums(tokens, targets, **inputs)
             ref = (ref_sums / ref_counts.clamp(min=1) if average else ref_sums).chunk(2)
             losses, chosen_r, rejected_r = self.loss_fn(*policy, *ref)
         b = losses.numel()

@@ -37,14 +37,13 @@ from tunesmith.recipes._finetune_setup import (
     build_model,
     check_vocab,
     open_checkpointer,
-    shift_labels,
     start_training,
 )
 from tunesmith.recipes._preference_data import (
     build_preference_dataloader,
     build_preference_datasets,
 )
-from tunesmith.recipes._preference_step import IGNORE_INDEX, PreferenceStep
+from tunesmith.recipes._preference_step import PreferenceStep
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.rlhf.loss import PreferenceLoss
 from tunesmith.training.checkpointing._serving import serving_info
@@ -207,9 +206,7 @@ def recipe_main(cfg: DictConfig) -> None:
             batches = iter(loader)
             while step_in_epoch < steps_per_epoch:
                 for _ in range(accum):
-                    batch = [t.to(device, non_blocking=True) for t in next(batches)]
-                    batch[1] = shift_labels(batch[1], IGNORE_INDEX)  # next-token targets
-                    loss, parts = step(tuple(batch))
+                    loss, parts = step(step.prepare(next(batches)))  # next-token targets
                     loss = loss / accum
                     (scaler.scale(loss) if scaler else loss).backward()
                     sums += parts

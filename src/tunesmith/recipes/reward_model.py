@@ -151,7 +151,7 @@ def recipe_main(cfg: DictConfig) -> None:
     checkpointer = open_checkpointer(cfg, resume)
     tokenizer = instantiate(cfg.tokenizer)
     checkpointer.serving = serving_info(tokenizer, cfg.tokenizer)  # saved beside weights
-    datasets = build_preference_datasets(cfg.dataset, tokenizer)
+    datasets = build_preference_datasets(cfg.dataset, tokenizer, reward=True)
     state = checkpointer.load_checkpoint()
     if resume:
         _resumed_head(checkpointer, state)
