@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,7 @@ def write_pairs(path: Path, image: str, rows: int = 32) -> Path:
 
 
 FAMILIES = {
-    # name: (files fixture, overrides, transformers class, LoRA keys)
+    # name: (files fixture, transformers class, LoRA keys)
     "llama3_2_vision": ("vision_files", "MllamaForConditionalGeneration", LORA_VISION),
     "qwen2_5_vl": ("qwen_files", "Qwen2_5_VLForConditionalGeneration", LORA_QWEN),
 }
@@ -114,6 +113,7 @@ def _hf_model(family: str, folder: Path):
     return getattr(transformers, FAMILIES[family][1]).from_pretrained(folder).eval()
 
 
+@pytest.mark.slow  # ~30-55 s on 2 CPU cores
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_lora_dpo_on_image_pairs_learns_with_transformers_logps(family, request, tmp_path):
     from tunesmith.recipes.dpo import recipe_main
@@ -166,8 +166,6 @@ def test_full_dpo_step0_loss_equals_trl(family, request, tmp_path):
     from tunesmith.recipes.dpo import recipe_main
 
     files = request.getfixturevalue(FAMILIES[family][0])
-    images = files[2]
-    shutil.copy(images / "dog_on_skateboard.jpg", tmp_path / "dog.jpg")
     pairs = write_pairs(tmp_path / "pairs.json", "dog_on_skateboard.jpg", rows=4)
     ref_dir = _perturbed_copy(family, files[0], tmp_path / "reference")
     out = tmp_path / "full"

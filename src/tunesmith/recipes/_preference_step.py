@@ -51,9 +51,8 @@ def sequence_sums(
     """``(sums [r], counts [r])``: each row's summed log-prob of its trained targets
     (``[r, s]``, ``IGNORE_INDEX`` elsewhere) and how many there are. ``inputs``: the forward's
     other arguments (a vision model's ``encoder_input``, ``encoder_mask``, ``input_pos``)."""
-    out = model(
-        tokens, **inputs
-    )  # hidden [r, s, d] with skip_output_layer, else logits [r, s, vocab]
+    # hidden [r, s, d] with skip_output_layer, else logits [r, s, vocab]
+    out = model(tokens, **inputs)
     project: Callable[[torch.Tensor], torch.Tensor] = (
         partial(_project, model) if getattr(model, "skip_output_layer", False) else _identity
     )
