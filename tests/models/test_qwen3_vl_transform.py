@@ -165,3 +165,43 @@ def test_transform_output_runs_the_model():
     merged, taps = vit.encode(out["pixel_values"], out["grid_thw"][None])
     assert merged.shape == (int(out["grid_thw"].prod()) // 4, 64) and len(taps) == 1
     assert np.isfinite(merged.detach().numpy()).all()
+
+
+def test_training_render_equals_processor_chat_template_but_the_empty_think_block(
+    assets, tokenizer_dir, tmp_path
+):
+    """``Qwen3VLProcessor.apply_chat_template`` with Qwen3's published template supplied (the
+    Qwen3-VL Instruct template is Qwen3's ChatML with the image parts written as ``PH``):
+    our multi-turn training sample equals it except one documented difference: Qwen3's
+    template writes an empty ``<think>\\n\\n</think>\\n\\n`` before the final assistant turn,
+    which the Qwen3-VL *Instruct* template (a non-thinking model) does not, and neither do we."""
+    proc = _processor(tokenizer_dir, tmp_path)
+    dog = PIL.open(assets / "torchtune_tests" / "dog_on_skateboard.jpg").convert("RGB")
+    small = _random_image(100, 260)
+    ours = _transform(tokenizer_dir)
+    messages = [
+        *_messages(dog, small, answer=True),
+        Message("user", "And the colour?", masked=True),
+        Message("assistant", "Mostly grey."),
+    ]
+    out = ours({"messages": messages})
+    conversation = [
+        {"role": "user", "content": f"{PH}What is this? And this:{PH}"},
+        {"role": "assistant", "content": "A dog on a skateboard, and noise."},
+        {"role": "user", "content": "And the colour?"},
+        {"role": "assistant", "content": "Mostly grey."},
+    ]
+    template = (assets / "chat_templates" / "Qwen-Qwen3-0.6B.jinja").read_text()
+    text = proc.apply_chat_template(conversation, chat_template=template, tokenize=False)
+    think = "<|im_start|>assistant\n<think>\n\n</think>\n\nMostly grey."
+    assert text.count(think) == 1 and "<think>" not in text.replace(think, "")
+    text = text.replace(think, "<|im_start|>assistant\nMostly grey.")
+    ref = proc(text=[text], images=[dog, small], return_tensors="pt")
+    assert out["tokens"] == ref["input_ids"][0].tolist()
+    # generation prompt: equal with nothing removed
+    prompt = proc.apply_chat_template(
+        conversation[:3], chat_template=template, tokenize=False, add_generation_prompt=True
+    )
+    gen = ours({"messages": [*messages[:3], Message("assistant", "")]}, inference=True)
+    ref = proc(text=[prompt], images=[dog, small], return_tensors="pt")
+    assert gen["tokens"] == ref["input_ids"][0].tolist()

@@ -6,6 +6,12 @@ Prompt format (the Qwen3-VL Instruct chat template): ChatML with no default syst
 each image part ``<|vision_start|><|image_pad|><|vision_end|>`` with its ``<|image_pad|>``
 expanded to ``grid_h * grid_w / 4`` tokens, as ``Qwen3VLProcessor`` does. The transform is
 Qwen2.5-VL's (:class:`~tunesmith.models.qwen2_5_vl.Qwen2_5_VLTransform`) with these values.
+
+Against ``Qwen3VLProcessor.apply_chat_template`` with Qwen3's (text) template supplied, the
+tokens are equal for generation prompts and for training samples but one thing: Qwen3's
+template writes an empty ``<think>\n\n</think>\n\n`` at the start of the final assistant
+turn; the Qwen3-VL Instruct template (a non-thinking model) does not, and neither does this
+transform. Qwen3-VL *Thinking* checkpoints: write the reasoning into the answer text.
 """
 
 from __future__ import annotations
