@@ -203,3 +203,30 @@ def test_kto_with_image_pairs_is_refused(vision_files, tmp_path):  # noqa: F811
     cfg["loss"] = {"_component_": "tunesmith.rlhf.loss.KTOLoss"}
     with pytest.raises(ConfigError, match="not supported with KTO"):
         recipe_main(OmegaConf.create(cfg))
+
+
+@pytest.mark.parametrize("bad", ["missing", "no_image_column"])
+def test_bad_image_rows_name_the_row_and_column(vision_files, tmp_path, bad):  # noqa: F811
+    from tunesmith.data import DataRowError
+    from tunesmith.datasets.multimodal import multimodal_preference_dataset
+    from tunesmith.models.llama3_2_vision import Llama3VisionTransform
+
+    _, _, images, assets, specials = vision_files
+    pairs = write_pairs(tmp_path / "pairs.json", "dog_on_skateboard.jpg", rows=4)
+    rows = json.loads(pairs.read_text())
+    if bad == "missing":
+        rows[2]["image"] = "no_such.jpg"
+    else:
+        del rows[2]["image"]
+    pairs.write_text(json.dumps(rows))
+    transform = Llama3VisionTransform(
+        str(assets / "tiktoken_small.model"), special_tokens_path=str(specials),
+        tile_size=28, patch_size=14, max_num_tiles=4,
+    )  # fmt: skip
+    with pytest.raises(DataRowError) as err:  # a missing file: while the dataset is built
+        ds = multimodal_preference_dataset(
+            transform, source="json", data_files=str(pairs), image_dir=str(images)
+        )
+        assert bad != "missing", "a missing image file passed the preflight"
+        [ds[i] for i in range(len(ds))]
+    assert err.value.row_index == 2 and err.value.column == "image", str(err.value)
