@@ -1,6 +1,6 @@
 """The dpo recipe on image + text preference pairs (``multimodal_preference_dataset``): tiny
-random Llama 3.2 Vision (``MllamaForConditionalGeneration``) and Qwen2.5-VL written by
-transformers. LoRA DPO: the step-0 log-probs equal transformers' for the same images and
+random Llama 3.2 Vision (``MllamaForConditionalGeneration``), Qwen2.5-VL and (full DPO)
+Qwen3-VL written by transformers. LoRA DPO: the step-0 log-probs equal transformers' for the same images and
 text, the reward margin rises and the PEFT adapter loads; full DPO against a different
 reference: the step-0 loss equals TRL's ``DPOTrainer`` loss computed from transformers'
 log-probs of the policy and the reference."""
@@ -22,6 +22,7 @@ from tests.recipes._qwen_vl_toys import qwen_vl_config
 from tests.recipes._vision_toys import vision_config
 from tests.recipes.conftest import base_config
 from tests.recipes.test_dpo import read_metrics
+from tests.recipes.test_finetune_qwen3_vl import qwen3_files  # noqa: F401
 from tests.recipes.test_finetune_qwen_vl import LORA_QWEN, qwen_files  # noqa: F401
 from tests.recipes.test_finetune_qwen_vl import hf_kwargs as qwen_hf_kwargs
 from tests.recipes.test_finetune_vision import LORA_VISION, hf_inputs, vision_files  # noqa: F401
@@ -54,13 +55,14 @@ FAMILIES = {
     # name: (files fixture, transformers class, LoRA keys)
     "llama3_2_vision": ("vision_files", "MllamaForConditionalGeneration", LORA_VISION),
     "qwen2_5_vl": ("qwen_files", "Qwen2_5_VLForConditionalGeneration", LORA_QWEN),
+    "qwen3_vl": ("qwen3_files", "Qwen3VLForConditionalGeneration", LORA_QWEN),
 }
 
 
 def _config(family: str, files, out: Path, pairs: Path, **over: Any) -> dict[str, Any]:
     model_dir, _, images, assets, specials = files
-    if family == "qwen2_5_vl":
-        family_over = qwen_vl_config(model_dir, pairs, images, assets, specials)
+    if family.startswith("qwen"):
+        family_over = qwen_vl_config(model_dir, pairs, images, assets, specials, family)
     else:
         family_over = vision_config(out, model_dir, pairs, images, assets, specials)
     cfg = base_config(out, model_dir, pairs, **{**family_over, "shuffle": False, **over})
@@ -95,7 +97,7 @@ def _first_batch(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _hf_logps(model, family: str, batch: dict[str, Any]) -> torch.Tensor:
     """``[2b]`` summed log-probs of each row's trained tokens under a transformers model."""
-    if family == "qwen2_5_vl":
+    if family.startswith("qwen"):
         kwargs = qwen_hf_kwargs(batch)
         assert (batch["tokens"] == QWEN_IMAGE).any()
     else:
@@ -114,7 +116,7 @@ def _hf_model(family: str, folder: Path):
 
 
 @pytest.mark.slow  # ~30-55 s on 2 CPU cores
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", ["llama3_2_vision", "qwen2_5_vl"])
 def test_lora_dpo_on_image_pairs_learns_with_transformers_logps(family, request, tmp_path):
     from tunesmith.recipes.dpo import recipe_main
 
@@ -156,7 +158,7 @@ def _perturbed_copy(family: str, source: Path, target: Path) -> Path:
     torch.manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
+            p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(target)
     return target
 
