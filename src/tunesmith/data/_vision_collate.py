@@ -9,6 +9,7 @@ is seen up to the end of the next group's start (or the sequence end).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from tunesmith.data._collate import padded_collate_sft
 __all__ = [
     "VisionCrossAttentionMask",
     "image_attention_intervals",
+    "image_collate",
     "padded_collate_image_patches",
     "padded_collate_packed_tiled_images_and_mask",
     "padded_collate_tiled_images_and_mask",
@@ -241,3 +243,16 @@ def padded_collate_vision_dpo(
         for x in batch
     ]
     return collate(rows, padding_idx=padding_idx, ignore_idx=ignore_idx)
+
+
+def image_collate(tokenizer: Any) -> Any:
+    """The collate of image + text rows for ``tokenizer`` (the model transform): its own
+    ``collate`` where it has one (Qwen-VL: variable patch counts + M-RoPE ids), else
+    ``padded_collate_tiled_images_and_mask`` with tiles padded to the transform's max (Llama
+    3.2 Vision, as transformers' processor and generate/eval do: the ViT lets real patches
+    attend to padding tiles). Called as ``collate(rows, padding_idx=, ignore_idx=)``."""
+    own = getattr(tokenizer, "collate", None)
+    if own is not None:
+        return own
+    max_tiles = getattr(getattr(tokenizer, "image_transform", None), "max_num_tiles", None)
+    return partial(padded_collate_tiled_images_and_mask, pad_max_tiles=max_tiles)

@@ -26,7 +26,6 @@ __all__ = [
     "batch_to_device",
     "fuses_images",
     "build_dataloader",
-    "image_collate",
     "build_datasets",
     "build_model",
     "check_vocab",
@@ -291,21 +290,6 @@ def check_vocab(
     check_token_ids(datasets, tokenizer, vocab, model)
 
 
-def image_collate(tokenizer: Any) -> Any:
-    """The collate of image + text rows for ``tokenizer`` (the model transform): its own
-    ``collate`` where it has one (Qwen-VL: variable patch counts + M-RoPE ids), else
-    ``padded_collate_tiled_images_and_mask`` with tiles padded to the transform's max (Llama
-    3.2 Vision, as transformers' processor and generate/eval do: the ViT lets real patches
-    attend to padding tiles). Called as ``collate(rows, padding_idx=, ignore_idx=)``."""
-    from tunesmith.data._vision_collate import padded_collate_tiled_images_and_mask
-
-    own = getattr(tokenizer, "collate", None)
-    if own is not None:
-        return own
-    max_tiles = getattr(getattr(tokenizer, "image_transform", None), "max_num_tiles", None)
-    return partial(padded_collate_tiled_images_and_mask, pad_max_tiles=max_tiles)
-
-
 def build_dataloader(
     datasets: list[Dataset],
     tokenizer: Any,
@@ -331,7 +315,10 @@ def build_dataloader(
     """
 
     from tunesmith.data import padded_collate_packed, padded_collate_sft
-    from tunesmith.data._vision_collate import padded_collate_packed_tiled_images_and_mask
+    from tunesmith.data._vision_collate import (
+        image_collate,
+        padded_collate_packed_tiled_images_and_mask,
+    )
 
     packed = {bool(getattr(ds, "packed", False)) for ds in datasets}
     if len(packed) > 1:

@@ -21,12 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tunesmith.config import ConfigError
 from tunesmith.datasets._unpaired import UNPAIRED_KEYS
-from tunesmith.recipes._finetune_setup import (
-    build_datasets,
-    image_collate,
-    is_packed,
-    sampled_loader,
-)
+from tunesmith.recipes._finetune_setup import build_datasets, is_packed, sampled_loader
 from tunesmith.recipes._preference_step import IGNORE_INDEX
 
 __all__ = [
@@ -139,7 +134,7 @@ def build_preference_dataloader(
     ``padded_collate_vision_dpo`` dicts ``{"tokens", "labels" [2b, s], "encoder_input", ...}``.
     """
     from tunesmith.data import padded_collate_dpo
-    from tunesmith.data._vision_collate import padded_collate_vision_dpo
+    from tunesmith.data._vision_collate import image_collate, padded_collate_vision_dpo
     from tunesmith.datasets import padded_collate_kto
 
     pad_id = getattr(tokenizer, "pad_id", None)
