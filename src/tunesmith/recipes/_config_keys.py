@@ -116,6 +116,7 @@ KEYS: dict[str, frozenset[str]] = {
         _COMMON
         | {"checkpointer", "prompt", "max_new_tokens", "temperature", "top_k", "top_p"}
         | {"enable_kv_cache"}
+        | {"tensor_parallel_dim", "tensor_parallel_plan"}  # under torchrun (generation_mesh)
     ),
     "eval": frozenset(
         _COMMON
