@@ -256,3 +256,33 @@ def test_two_nodes_over_loopback_match_one_process(
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-4000:]
     _assert_same(references("lora"), tmp_path / "dist")
+
+
+@pytest.mark.parametrize(
+    ("peft", "message"),
+    [
+        ({"use_dora": True}, "does not support DoRA"),
+        ({"quantize_base": True}, "does not support QLoRA's NF4 weights"),
+    ],
+    ids=["dora", "qlora"],
+)
+def test_dora_and_qlora_under_tensor_parallel_refuse_before_weights_load(
+    peft: dict[str, Any], message: str, tiny_llama: Path, instruct_data: Path
+) -> None:
+    """DoRA (its magnitude normalises whole weight rows, which a rowwise split cuts) and NF4
+    (quantized over whole tensors) are refused by the layout check, which builds the model on
+    the meta device only: one line naming the key to change and the first layer."""
+    if "quantize_base" in peft:
+        pytest.importorskip("torchao")
+    from tunesmith.config import ConfigError
+    from tunesmith.recipes._parallel_setup import parallel_layout
+
+    cfg = OmegaConf.create(
+        base_config(Path("/unused"), tiny_llama, instruct_data, tensor_parallel_dim=2)
+    )
+    for key, value in {**LORA, **peft}.items():
+        cfg.model[key] = value
+    with pytest.raises(ConfigError, match=message) as err:
+        parallel_layout(cfg, 2, torch.device("cpu"))
+    assert "\n" not in str(err.value) and "(layer layers.0.attn.q_proj)" in str(err.value)
+    assert err.value.key == "model"
