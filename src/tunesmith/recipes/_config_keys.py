@@ -91,7 +91,7 @@ KEYS: dict[str, frozenset[str]] = {
         | {"dataset_val", "batch_size_val", "run_val_every_n_steps", "upload_to_hub"}
         | {"quantizer", "fake_quant_after_n_steps"}
     ),
-    "dpo": frozenset(_TRAINING | {"ref_checkpointer", "upload_to_hub"}),
+    "dpo": frozenset(_TRAINING | {"ref_checkpointer", "upload_to_hub"} | _PARALLEL),
     "reward_model": frozenset(_TRAINING | {"upload_to_hub"}),
     "grpo": frozenset(
         _TRAINING
@@ -103,6 +103,7 @@ KEYS: dict[str, frozenset[str]] = {
     "knowledge_distillation": frozenset(
         _TRAINING
         | {"teacher_model", "teacher_checkpointer", "kd_loss", "kd_ratio", "upload_to_hub"}
+        | _PARALLEL
     ),
     "ppo": frozenset(
         (_TRAINING - {"model", "epochs", "max_steps_per_epoch", "save_adapter_weights_only"})

@@ -40,6 +40,7 @@ from tunesmith.recipes._finetune_setup import (
     shift_labels,
     start_training,
 )
+from tunesmith.recipes._parallel_setup import parallel_layout
 from tunesmith.recipes._preference_data import (
     build_preference_dataloader,
     build_preference_datasets,
@@ -68,6 +69,7 @@ def recipe_main(cfg: DictConfig) -> None:
     # ---- environment -------------------------------------------------------------------
     device, dtype, world_size, rank = start_training(cfg)  # log, ranges, devices
     upload = upload_option(cfg)  # a run that could not publish stops before it trains
+    dims, mesh = parallel_layout(cfg, world_size, device)  # FSDP2 / HSDP x tensor parallel
     resume = bool(cfg.get("resume_from_checkpoint", False))
     accum = int(cfg.get("gradient_accumulation_steps", 1))
     max_norm = cfg.get("clip_grad_norm")
@@ -104,7 +106,7 @@ def recipe_main(cfg: DictConfig) -> None:
     seed = finetune._agreed_seed(
         state.get("seed") if resume else cfg.get("seed"), world_size, device
     )
-    model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size)
+    model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size, mesh)
     reference = None
     reference_free = loss_fn.reference_free  # SimPO: no reference model at all
     if not is_peft and not reference_free:  # full DPO: a frozen copy of the initial weights
@@ -115,7 +117,8 @@ def recipe_main(cfg: DictConfig) -> None:
         elif resume:  # `state` holds the resumed policy; the reference is the starting point
             ref_state = instantiate(cfg.checkpointer, resume_from_checkpoint=False)
             ref_state = ref_state.load_checkpoint()
-        reference, _ = build_model(cfg, ref_state, device, dtype, world_size)  # frozen
+        # frozen; built on the meta device and split like the policy (TP x FSDP2)
+        reference, _ = build_model(cfg, ref_state, device, dtype, world_size, mesh)
         reference.requires_grad_(False)
         reference.eval()
         del ref_state
@@ -134,8 +137,8 @@ def recipe_main(cfg: DictConfig) -> None:
         datasets,
         tokenizer,
         batch_size=int(cfg.batch_size),
-        world_size=world_size,
-        rank=rank,
+        world_size=dims.dp_size,  # the ranks of one tensor-parallel group read the same batch
+        rank=dims.dp_rank(mesh),
         seed=seed,
         shuffle=bool(cfg.get("shuffle", True)),
         num_workers=int(cfg.get("num_workers") or 0),
@@ -231,7 +234,7 @@ def recipe_main(cfg: DictConfig) -> None:
                     global_step,
                     loss=None if metrics is None else metrics["loss"],
                     lr=optimizer.param_groups[0]["lr"],
-                    tokens=step_tokens.long(),
+                    tokens=step_tokens.long() // dims.tp,  # each tp rank counted the batch
                     grad_norm=grad_norm,
                 )
                 if metrics is not None and observer.logger is not None:
