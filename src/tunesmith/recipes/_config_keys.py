@@ -91,7 +91,9 @@ KEYS: dict[str, frozenset[str]] = {
         | {"dataset_val", "batch_size_val", "run_val_every_n_steps", "upload_to_hub"}
         | {"quantizer", "fake_quant_after_n_steps"}
     ),
-    "dpo": frozenset(_TRAINING | {"ref_checkpointer", "upload_to_hub"} | _PARALLEL),
+    "dpo": frozenset(
+        _TRAINING | {"ref_checkpointer", "upload_to_hub"} | _PARALLEL | _SHARDED_SAVES
+    ),
     "reward_model": frozenset(_TRAINING | {"upload_to_hub"}),
     "grpo": frozenset(
         _TRAINING
@@ -104,6 +106,7 @@ KEYS: dict[str, frozenset[str]] = {
         _TRAINING
         | {"teacher_model", "teacher_checkpointer", "kd_loss", "kd_ratio", "upload_to_hub"}
         | _PARALLEL
+        | _SHARDED_SAVES
     ),
     "ppo": frozenset(
         (_TRAINING - {"model", "epochs", "max_steps_per_epoch", "save_adapter_weights_only"})

@@ -36,7 +36,6 @@ from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
     build_model,
     check_vocab,
-    open_checkpointer,
     shift_labels,
     start_training,
 )
@@ -47,6 +46,7 @@ from tunesmith.recipes._preference_data import (
 )
 from tunesmith.recipes._preference_step import IGNORE_INDEX, PreferenceStep
 from tunesmith.recipes._run_summary import describe_run
+from tunesmith.recipes._sharded_saves import open_checkpointers
 from tunesmith.rlhf.loss import PreferenceLoss
 from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
@@ -95,13 +95,15 @@ def recipe_main(cfg: DictConfig) -> None:
         )
 
     # ---- output folders, then the data, checked before any weights load -------------
-    checkpointer = open_checkpointer(cfg, resume)
+    checkpointer, sharded = open_checkpointers(cfg, resume)  # + DCP saves from every rank
     tokenizer = instantiate(cfg.tokenizer)
     checkpointer.serving = serving_info(tokenizer, cfg.tokenizer)  # saved beside weights
     datasets = build_preference_datasets(cfg.dataset, tokenizer, unpaired=loss_fn.unpaired)
 
     # ---- weights, seed, models ---------------------------------------------------------
     state = checkpointer.load_checkpoint()
+    if resume and sharded is not None:  # base weights + the DCP folder's recipe state
+        state.update(sharded.recipe_state())
     check_vocab(datasets, tokenizer, state, cfg.checkpointer)
     seed = finetune._agreed_seed(
         state.get("seed") if resume else cfg.get("seed"), world_size, device
@@ -164,6 +166,8 @@ def recipe_main(cfg: DictConfig) -> None:
         world_size=world_size,
         total_steps=epochs * steps_per_epoch,
     )
+    if resume and sharded is not None:  # trained tensors + optimizer, resharded in place
+        sharded.load(model, optimizer)
     del state
 
     save = finetune.CheckpointSaver(
@@ -179,6 +183,7 @@ def recipe_main(cfg: DictConfig) -> None:
         seed=seed,
         epochs=epochs,
         accum=accum,
+        sharded=sharded,
     )
 
     # ---- training loop -----------------------------------------------------------------
@@ -223,6 +228,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 global_step += 1
                 step_in_epoch += 1
                 profiler.step()
+                save.poll()  # publishes a finished async save
 
                 (step_tokens,) = reduce_metrics(sums[-1].clone())  # all ranks, for tokens/s
                 log_now = global_step % log_every == 0 or step_in_epoch == steps_per_epoch

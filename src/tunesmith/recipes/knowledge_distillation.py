@@ -38,11 +38,11 @@ from tunesmith.recipes._finetune_setup import (
     build_datasets,
     build_model,
     check_vocab,
-    open_checkpointer,
     start_training,
 )
 from tunesmith.recipes._parallel_setup import check_model_for_tp, parallel_layout
 from tunesmith.recipes._run_summary import describe_run
+from tunesmith.recipes._sharded_saves import open_checkpointers
 from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
@@ -87,13 +87,15 @@ def recipe_main(cfg: DictConfig) -> None:
     ignore_index = int(getattr(loss_fn, "ignore_index", -100))
 
     # ---- output folders, then the data, checked before any weights load -------------
-    checkpointer = open_checkpointer(cfg, resume)
+    checkpointer, sharded = open_checkpointers(cfg, resume)  # + DCP saves from every rank
     tokenizer = instantiate(cfg.tokenizer)
     checkpointer.serving = serving_info(tokenizer, cfg.tokenizer)  # saved beside weights
     datasets = build_datasets(cfg.dataset, tokenizer)
 
     # ---- weights, seed, models ---------------------------------------------------------
     state = checkpointer.load_checkpoint()
+    if resume and sharded is not None:  # base weights + the DCP folder's recipe state
+        state.update(sharded.recipe_state())
     check_vocab(datasets, tokenizer, state, cfg.checkpointer)
     seed = finetune._agreed_seed(
         state.get("seed") if resume else cfg.get("seed"), world_size, device
@@ -139,6 +141,8 @@ def recipe_main(cfg: DictConfig) -> None:
         world_size=world_size,
         total_steps=epochs * steps_per_epoch,
     )
+    if resume and sharded is not None:  # trained tensors + optimizer, resharded in place
+        sharded.load(model, optimizer)
     del state
 
     save = finetune.CheckpointSaver(
@@ -154,6 +158,7 @@ def recipe_main(cfg: DictConfig) -> None:
         seed=seed,
         epochs=epochs,
         accum=accum,
+        sharded=sharded,
     )
 
     # ---- training loop -----------------------------------------------------------------
@@ -203,6 +208,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 global_step += 1
                 step_in_epoch += 1
                 profiler.step()
+                save.poll()  # publishes a finished async save
 
                 log_now = global_step % log_every == 0 or step_in_epoch == steps_per_epoch
                 values = None
