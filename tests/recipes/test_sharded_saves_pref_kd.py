@@ -13,7 +13,6 @@ from omegaconf import OmegaConf
 from tests.recipes.conftest import LORA
 from tests.recipes.test_dpo import dpo_config, read_metrics
 from tests.recipes.test_finetune_cli import _run, _write
-from tests.recipes.test_knowledge_distillation import tiny_teacher  # noqa: F401 (fixture)
 
 DCP = {"intermediate_checkpoint_format": "dcp", "max_steps_per_epoch": 4,
        "save_every_n_steps": 2, "shuffle": True}  # fmt: skip
@@ -50,6 +49,13 @@ def preference_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.recipes.test_dpo import write_preference_data
 
     return write_preference_data(tmp_path_factory.mktemp("pref") / "pairs.json")
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.recipes.test_knowledge_distillation import write_teacher
+
+    return write_teacher(tmp_path_factory.mktemp("teacher"))
 
 
 def test_kd_dcp_save_resumes_exactly(
