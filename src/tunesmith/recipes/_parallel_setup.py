@@ -33,7 +33,7 @@ def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> t
 
 def check_model_for_tp(model_cfg: DictConfig, tp: int, key: str = "model") -> None:
     """One ConfigError line, before any weights load, when the model ``model_cfg`` builds (on
-    the meta device) cannot be split ``tp`` ways: heads that do not divide, DoRA, NF4 (QLoRA)."""
+    the meta device) cannot be split ``tp`` ways: heads that do not divide, NF4 (QLoRA) weights."""
     from tunesmith.training.tensor_parallel import check_tp_degree, check_tp_layers
 
     with torch.device("meta"):

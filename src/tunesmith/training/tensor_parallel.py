@@ -137,13 +137,7 @@ def _distribute(module: nn.Module, name: str, mesh: Any, placement: Any) -> None
 def _lora_guard(module: nn.Module) -> None:
     """``ValueError`` (one line) for a layer tensor parallelism cannot split exactly."""
     from tunesmith.modules.peft._nf4 import is_nf4
-    from tunesmith.modules.peft.dora import DoRALinear
 
-    if isinstance(module, DoRALinear):
-        raise ValueError(
-            "tensor parallelism does not support DoRA (its magnitude needs whole weight rows): "
-            "set model.use_dora=False or tensor_parallel_dim=1"
-        )
     if getattr(module, "_quantize_base", False) or is_nf4(getattr(module, "weight", None)):
         raise ValueError(
             "tensor parallelism does not support QLoRA's NF4 weights (NF4 quantizes whole "
@@ -153,8 +147,8 @@ def _lora_guard(module: nn.Module) -> None:
 
 
 def check_tp_layers(model: nn.Module) -> None:
-    """``ValueError`` naming the first DoRA or NF4 (QLoRA) layer of ``model`` (may be on the
-    meta device): run before weights load so the refusal costs nothing."""
+    """``ValueError`` naming the first NF4 (QLoRA) layer of ``model`` (may be on the meta
+    device): run before weights load so the refusal costs nothing."""
     from tunesmith.modules.peft.lora import LoRALinear
 
     for name, module in model.named_modules():
@@ -180,6 +174,7 @@ class LoRAColwiseParallel(ColwiseParallel):
             if mod is module:
                 _distribute(mod, "weight", mesh, Shard(0))
                 _distribute(mod, "bias", mesh, Shard(0))
+                _distribute(mod, "magnitude", mesh, Shard(0))  # DoRA: one per output row
             elif mod is module.lora_b:
                 _distribute(mod, "weight", mesh, Shard(0))
 
