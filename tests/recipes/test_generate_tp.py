@@ -72,13 +72,26 @@ def _answer(stdout: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kv_cache", [True, False], ids=["kv_cache", "no_cache"])
+@pytest.mark.parametrize(
+    ("kv_cache", "lora"),
+    [(True, False), (False, False), (True, True)],
+    ids=["kv_cache", "no_cache", "lora_model"],
+)
 def test_tensor_parallel_generation_matches_one_process(
-    kv_cache: bool, tiny_llama: Path, tmp_path: Path
+    kv_cache: bool, lora: bool, tiny_llama: Path, tmp_path: Path
 ) -> None:
     """2 ranks (heads, MLP columns, vocabulary split; local-head KV caches) print the greedy
-    answer one process prints, through the torchtune recipe name."""
-    over = {"enable_kv_cache": kv_cache}
+    answer one process prints, through the torchtune recipe name. ``lora_model``: a LoRA
+    builder over base weights only (fresh adapters, split with their layers)."""
+    over: dict[str, Any] = {"enable_kv_cache": kv_cache}
+    if lora:
+        from tests.recipes.conftest import LORA
+
+        over["model"] = {
+            "_component_": "tunesmith.models.build_from_hf",
+            "checkpoint_dir_or_config": str(tiny_llama),
+            **LORA,
+        }
     one = _tiny_generation_config(tiny_llama, tmp_path / "one", **over)
     single = _run(["run", "dev/generate_v2_distributed", "--config", str(one)], tmp_path)
     two = _tiny_generation_config(tiny_llama, tmp_path, **over)
