@@ -72,8 +72,15 @@ CASES = [
     ErrorCase(
         "torchrun options for a single-process recipe",
         "cli",
-        lambda tmp: ["run", "--nproc_per_node", "2", "generate", "--config", "llama3_2/generation"],
-        r"recipe 'generate' runs in a single process; drop the torchrun options",
+        lambda tmp: [
+            "run",
+            "--nproc_per_node",
+            "2",
+            "quantize",
+            "--config",
+            "llama3_2/quantization",
+        ],
+        r"recipe 'quantize' runs in a single process; drop the torchrun options",
     ),
     ErrorCase(
         "recipe file not found",

@@ -205,12 +205,17 @@ def test_resume_continues_the_same_curve(run_dpo, lora: bool) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize(
+    ("lora", "tp"),
+    [(False, 1), (True, 1), (False, 2), (True, 2)],
+    ids=["fsdp2-full", "fsdp2-lora", "tp2-full", "tp2-lora"],
+)
 def test_torchrun_two_processes_match_single(
-    tiny_llama: Path, preference_data: Path, tmp_path: Path, lora: bool
+    tiny_llama: Path, preference_data: Path, tmp_path: Path, lora: bool, tp: int
 ) -> None:
     """2 ranks x batch 2 (FSDP2, log-probs from logits) == 1 process x batch 4 (from hidden
-    states): the same metrics every step."""
+    states): the same metrics every step. With ``tensor_parallel_dim=2`` both ranks read the
+    whole batch of 4; policy and reference (full DPO) are split by heads / columns / vocab."""
     import os
 
     over: dict[str, Any] = {"max_steps_per_epoch": 3, "shuffle": False}
@@ -218,7 +223,9 @@ def test_torchrun_two_processes_match_single(
         over.update({f"model.{k}": v for k, v in LORA.items()})
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
-    for name, nproc, batch in (("single", 1, 4), ("dist", 2, 2)):
+    for name, nproc, batch in (("single", 1, 4), ("dist", 2, 4 if tp > 1 else 2)):
+        if name == "dist" and tp > 1:
+            over["tensor_parallel_dim"] = tp
         cfg = dpo_config(tmp_path / name, tiny_llama, preference_data, batch_size=batch, **over)
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))

@@ -21,8 +21,10 @@ TOL = 1e-4
 
 def _over(mode: str) -> dict[str, Any]:
     over: dict[str, Any] = {"max_steps_per_epoch": STEPS, "shuffle": False}
-    if mode == "lora":
+    if mode in ("lora", "dora"):
         over.update({f"model.{k}": v for k, v in LORA.items()})
+    if mode == "dora":
+        over["model.use_dora"] = True
     return over
 
 
@@ -68,12 +70,14 @@ def references(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path, instr
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["full", "lora"])
+@pytest.mark.parametrize("mode", ["full", "lora", "dora"])
 def test_tensor_parallel_matches_one_process(
     mode: str, references, tiny_llama: Path, instruct_data: Path, tmp_path: Path
 ) -> None:
     """tensor_parallel_dim=2 on 2 ranks (no data parallelism: both read the whole batch of 4):
-    heads, MLP columns and vocabulary split, LoRA adapters too; same losses and weights."""
+    heads, MLP columns and vocabulary split, LoRA adapters too; DoRA magnitudes split with
+    colwise rows (rowwise: replicated, the row norms reduced over the split input dim by
+    DTensor); same losses and weights."""
     dist = _launch(tmp_path, tiny_llama, instruct_data, mode, 2, 4, tensor_parallel_dim=2)
     _assert_same(references(mode), dist)
 
@@ -256,3 +260,24 @@ def test_two_nodes_over_loopback_match_one_process(
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-4000:]
     _assert_same(references("lora"), tmp_path / "dist")
+
+
+def test_qlora_under_tensor_parallel_refuses_before_weights_load(
+    tiny_llama: Path, instruct_data: Path
+) -> None:
+    """NF4 (QLoRA) quantizes whole tensors, so a TP slice cannot be cut from it exactly: the
+    layout check, which builds the model on the meta device only, refuses it in one line
+    naming the key to change and the first layer."""
+    pytest.importorskip("torchao")
+    from tunesmith.config import ConfigError
+    from tunesmith.recipes._parallel_setup import parallel_layout
+
+    cfg = OmegaConf.create(
+        base_config(Path("/unused"), tiny_llama, instruct_data, tensor_parallel_dim=2)
+    )
+    for key, value in {**LORA, "quantize_base": True}.items():
+        cfg.model[key] = value
+    with pytest.raises(ConfigError, match="does not support QLoRA's NF4 weights") as err:
+        parallel_layout(cfg, 2, torch.device("cpu"))
+    assert "\n" not in str(err.value) and "(layer layers.0.attn.q_proj)" in str(err.value)
+    assert err.value.key == "model"

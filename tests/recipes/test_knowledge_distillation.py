@@ -196,19 +196,26 @@ def test_resume_continues_the_same_curve(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize(
+    ("lora", "tp"),
+    [(False, 1), (True, 1), (True, 2)],
+    ids=["fsdp2-full", "fsdp2-lora", "tp2-lora"],
+)
 def test_torchrun_two_processes_match_single(
-    tiny_llama: Path, tiny_teacher: Path, instruct_data: Path, tmp_path: Path, lora: bool
+    tiny_llama: Path, tiny_teacher: Path, instruct_data: Path, tmp_path: Path, lora: bool, tp: int
 ) -> None:
     """2 ranks x batch 2 (student and teacher sharded with FSDP2) == 1 process x batch 4: the
-    same loss, class_loss and kd_loss every step."""
+    same loss, class_loss and kd_loss every step. ``tensor_parallel_dim=2``: both ranks read
+    the batch of 4; student and teacher are split by heads / columns / vocabulary."""
     over: dict[str, Any] = {"max_steps_per_epoch": 3, "shuffle": False,
                             "gradient_accumulation_steps": 2}  # fmt: skip
     if lora:
         over.update({f"model.{k}": v for k, v in LORA.items()})
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO / "src"), env.get("PYTHONPATH", "")])
-    for name, nproc, batch in (("single", 1, 4), ("dist", 2, 2)):
+    for name, nproc, batch in (("single", 1, 4), ("dist", 2, 4 if tp > 1 else 2)):
+        if name == "dist" and tp > 1:
+            over["tensor_parallel_dim"] = tp
         cfg = kd_config(tmp_path / name, tiny_llama, tiny_teacher, instruct_data,
                         batch_size=batch, **over)  # fmt: skip
         path = tmp_path / f"{name}.yaml"

@@ -91,7 +91,9 @@ KEYS: dict[str, frozenset[str]] = {
         | {"dataset_val", "batch_size_val", "run_val_every_n_steps", "upload_to_hub"}
         | {"quantizer", "fake_quant_after_n_steps"}
     ),
-    "dpo": frozenset(_TRAINING | {"ref_checkpointer", "upload_to_hub"}),
+    "dpo": frozenset(
+        _TRAINING | {"ref_checkpointer", "upload_to_hub"} | _PARALLEL | _SHARDED_SAVES
+    ),
     "reward_model": frozenset(_TRAINING | {"upload_to_hub"}),
     "grpo": frozenset(
         _TRAINING
@@ -103,6 +105,8 @@ KEYS: dict[str, frozenset[str]] = {
     "knowledge_distillation": frozenset(
         _TRAINING
         | {"teacher_model", "teacher_checkpointer", "kd_loss", "kd_ratio", "upload_to_hub"}
+        | _PARALLEL
+        | _SHARDED_SAVES
     ),
     "ppo": frozenset(
         (_TRAINING - {"model", "epochs", "max_steps_per_epoch", "save_adapter_weights_only"})
@@ -116,6 +120,7 @@ KEYS: dict[str, frozenset[str]] = {
         _COMMON
         | {"checkpointer", "prompt", "max_new_tokens", "temperature", "top_k", "top_p"}
         | {"enable_kv_cache"}
+        | {"tensor_parallel_dim", "tensor_parallel_plan"}  # under torchrun (generation_mesh)
     ),
     "eval": frozenset(
         _COMMON

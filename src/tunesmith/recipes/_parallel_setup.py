@@ -14,7 +14,7 @@ from torch import nn
 
 from tunesmith.config import ConfigError, instantiate
 
-__all__ = ["parallel_layout", "tensor_parallel"]
+__all__ = ["generation_mesh", "parallel_layout", "tensor_parallel"]
 
 
 def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> tuple[Any, Any]:
@@ -26,17 +26,47 @@ def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> t
 
     dims = ParallelDims.from_config(cfg, world_size)
     if dims.tp > 1:
-        from tunesmith.training.tensor_parallel import check_tp_degree
-
-        with torch.device("meta"):
-            model = instantiate(cfg.model)
-        try:
-            check_tp_degree(model, dims.tp)
-        except ValueError as exc:
-            raise ConfigError(str(exc), key="tensor_parallel_dim") from None
-        del model
+        check_model_for_tp(cfg.model, dims.tp)
     mesh = dims.build_mesh(device.type) if world_size > 1 and dims.needs_mesh else None
     return dims, mesh
+
+
+def check_model_for_tp(model_cfg: DictConfig, tp: int, key: str = "model") -> None:
+    """One ConfigError line, before any weights load, when the model ``model_cfg`` builds (on
+    the meta device) cannot be split ``tp`` ways: heads that do not divide, NF4 (QLoRA) weights."""
+    from tunesmith.training.tensor_parallel import check_tp_degree, check_tp_layers
+
+    with torch.device("meta"):
+        model = instantiate(model_cfg)
+    try:
+        check_tp_degree(model, tp)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="tensor_parallel_dim") from None
+    try:
+        check_tp_layers(model)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=key) from None
+
+
+def generation_mesh(cfg: DictConfig, world_size: int, device: torch.device) -> Any:
+    """The 1-D ``("tp",)`` mesh of a generation run under torchrun (torchtune's
+    ``dev/generate_v2_distributed``: every rank holds a tensor-parallel slice, so
+    ``tensor_parallel_dim`` defaults to and must equal the world size), or None for one
+    process. Checked against the model's heads before any weights load."""
+    raw = cfg.get("tensor_parallel_dim")
+    tp = world_size if raw is None else raw
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp != world_size:
+        raise ConfigError(
+            f"tensor_parallel_dim={raw!r}: generation splits the model over every process, so "
+            f"it must equal the world size {world_size}: drop the key or set it to {world_size}",
+            key="tensor_parallel_dim",
+        )
+    if world_size == 1:
+        return None
+    check_model_for_tp(cfg.model, tp)
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (tp,), mesh_dim_names=("tp",))
 
 
 def tensor_parallel(model: nn.Module, cfg: DictConfig, tp_mesh: Any) -> None:

@@ -85,7 +85,13 @@ RECIPES: tuple[Recipe, ...] = (
         ("grpo_full_finetune_distributed", "dev/grpo_full_finetune_distributed"),
         supports_distributed=True,
     ),
-    Recipe("generate", "tunesmith.recipes.generate", ("generate",)),
+    Recipe(
+        "generate",
+        "tunesmith.recipes.generate",
+        # torchtune main's tensor-parallel generation (configs *_70B_generation_distributed)
+        ("generate", "dev/generate_v2_distributed"),
+        supports_distributed=True,
+    ),
     Recipe("eval", "tunesmith.recipes.eval", ("eleuther_eval",)),
     Recipe("quantize", "tunesmith.recipes.quantize"),
     Recipe(

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from tunesmith.config import ConfigError
 from tunesmith.utils import get_logger
 
-__all__ = ["ShardedSaves", "wants_sharded_saves"]
+__all__ = ["ShardedSaves", "open_checkpointers", "wants_sharded_saves"]
 
 log = get_logger(__name__)
 
@@ -56,6 +56,18 @@ def wants_sharded_saves(cfg: DictConfig) -> bool:
             key="optimizer_in_bwd",
         )
     return wanted
+
+
+def open_checkpointers(cfg: DictConfig, resume: bool) -> tuple[Any, ShardedSaves | None]:
+    """The training recipes' checkpointers: ``(cfg.checkpointer, ShardedSaves or None)``.
+    With DCP saves a resumed run's checkpointer reads the base weights (the trained tensors
+    and optimizer come from the newest DCP folder: :meth:`ShardedSaves.recipe_state`, then
+    :meth:`ShardedSaves.load`)."""
+    from tunesmith.recipes._finetune_setup import open_checkpointer
+
+    dcp_saves = wants_sharded_saves(cfg)  # DCP intermediate saves (every rank's shards)
+    checkpointer = open_checkpointer(cfg, resume, resume_weights=resume and not dcp_saves)
+    return checkpointer, ShardedSaves(cfg) if dcp_saves else None
 
 
 class ShardedSaves:

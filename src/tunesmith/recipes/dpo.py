@@ -36,15 +36,16 @@ from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
     build_model,
     check_vocab,
-    open_checkpointer,
     start_training,
 )
+from tunesmith.recipes._parallel_setup import parallel_layout
 from tunesmith.recipes._preference_data import (
     build_preference_dataloader,
     build_preference_datasets,
 )
 from tunesmith.recipes._preference_step import PreferenceStep
 from tunesmith.recipes._run_summary import describe_run
+from tunesmith.recipes._sharded_saves import open_checkpointers
 from tunesmith.rlhf.loss import PreferenceLoss
 from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
@@ -67,6 +68,7 @@ def recipe_main(cfg: DictConfig) -> None:
     # ---- environment -------------------------------------------------------------------
     device, dtype, world_size, rank = start_training(cfg)  # log, ranges, devices
     upload = upload_option(cfg)  # a run that could not publish stops before it trains
+    dims, mesh = parallel_layout(cfg, world_size, device)  # FSDP2 / HSDP x tensor parallel
     resume = bool(cfg.get("resume_from_checkpoint", False))
     accum = int(cfg.get("gradient_accumulation_steps", 1))
     max_norm = cfg.get("clip_grad_norm")
@@ -92,18 +94,20 @@ def recipe_main(cfg: DictConfig) -> None:
         )
 
     # ---- output folders, then the data, checked before any weights load -------------
-    checkpointer = open_checkpointer(cfg, resume)
+    checkpointer, sharded = open_checkpointers(cfg, resume)  # + DCP saves from every rank
     tokenizer = instantiate(cfg.tokenizer)
     checkpointer.serving = serving_info(tokenizer, cfg.tokenizer)  # saved beside weights
     datasets = build_preference_datasets(cfg.dataset, tokenizer, unpaired=loss_fn.unpaired)
 
     # ---- weights, seed, models ---------------------------------------------------------
     state = checkpointer.load_checkpoint()
+    if resume and sharded is not None:  # base weights + the DCP folder's recipe state
+        state.update(sharded.recipe_state())
     check_vocab(datasets, tokenizer, state, cfg.checkpointer)
     seed = finetune._agreed_seed(
         state.get("seed") if resume else cfg.get("seed"), world_size, device
     )
-    model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size)
+    model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size, mesh)
     reference = None
     reference_free = loss_fn.reference_free  # SimPO: no reference model at all
     if not is_peft and not reference_free:  # full DPO: a frozen copy of the initial weights
@@ -114,7 +118,8 @@ def recipe_main(cfg: DictConfig) -> None:
         elif resume:  # `state` holds the resumed policy; the reference is the starting point
             ref_state = instantiate(cfg.checkpointer, resume_from_checkpoint=False)
             ref_state = ref_state.load_checkpoint()
-        reference, _ = build_model(cfg, ref_state, device, dtype, world_size)  # frozen
+        # frozen; built on the meta device and split like the policy (TP x FSDP2)
+        reference, _ = build_model(cfg, ref_state, device, dtype, world_size, mesh)
         reference.requires_grad_(False)
         reference.eval()
         del ref_state
@@ -133,8 +138,8 @@ def recipe_main(cfg: DictConfig) -> None:
         datasets,
         tokenizer,
         batch_size=int(cfg.batch_size),
-        world_size=world_size,
-        rank=rank,
+        world_size=dims.dp_size,  # the ranks of one tensor-parallel group read the same batch
+        rank=dims.dp_rank(mesh),
         seed=seed,
         shuffle=bool(cfg.get("shuffle", True)),
         num_workers=int(cfg.get("num_workers") or 0),
@@ -160,6 +165,8 @@ def recipe_main(cfg: DictConfig) -> None:
         world_size=world_size,
         total_steps=epochs * steps_per_epoch,
     )
+    if resume and sharded is not None:  # trained tensors + optimizer, resharded in place
+        sharded.load(model, optimizer)
     del state
 
     save = finetune.CheckpointSaver(
@@ -175,6 +182,7 @@ def recipe_main(cfg: DictConfig) -> None:
         seed=seed,
         epochs=epochs,
         accum=accum,
+        sharded=sharded,
     )
 
     # ---- training loop -----------------------------------------------------------------
@@ -217,6 +225,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 global_step += 1
                 step_in_epoch += 1
                 profiler.step()
+                save.poll()  # publishes a finished async save
 
                 (step_tokens,) = reduce_metrics(sums[-1].clone())  # all ranks, for tokens/s
                 log_now = global_step % log_every == 0 or step_in_epoch == steps_per_epoch
@@ -228,7 +237,7 @@ def recipe_main(cfg: DictConfig) -> None:
                     global_step,
                     loss=None if metrics is None else metrics["loss"],
                     lr=optimizer.param_groups[0]["lr"],
-                    tokens=step_tokens.long(),
+                    tokens=step_tokens.long() // dims.tp,  # each tp rank counted the batch
                     grad_norm=grad_norm,
                 )
                 if metrics is not None and observer.logger is not None:

@@ -31,14 +31,13 @@ from tunesmith.recipes._finetune_setup import (
     build_model,
     check_vocab,
     fuses_images,
-    open_checkpointer,
     shift_labels,
     start_training,
     validation_loss,
 )
 from tunesmith.recipes._parallel_setup import parallel_layout
 from tunesmith.recipes._run_summary import describe_run
-from tunesmith.recipes._sharded_saves import ShardedSaves, wants_sharded_saves
+from tunesmith.recipes._sharded_saves import open_checkpointers
 from tunesmith.recipes._training_data import loader_setting, training_datasets
 from tunesmith.recipes._unpad import unpad_to_device
 from tunesmith.training.checkpointing._recipe_state import restore_recipe_state
@@ -77,9 +76,7 @@ def recipe_main(cfg: DictConfig) -> None:
         )
 
     # ---- output folders, then the data, checked before any weights load -------------
-    dcp_saves = wants_sharded_saves(cfg)  # DCP intermediate saves (every rank's shards)
-    checkpointer = open_checkpointer(cfg, resume, resume_weights=resume and not dcp_saves)
-    sharded = ShardedSaves(cfg) if dcp_saves else None
+    checkpointer, sharded = open_checkpointers(cfg, resume)  # + DCP saves from every rank
     tokenizer = instantiate(cfg.tokenizer)
     checkpointer.serving = serving_info(tokenizer, cfg.tokenizer)  # saved beside weights
     datasets = training_datasets(cfg, tokenizer)  # dataset, or a weighted mix

@@ -38,10 +38,11 @@ from tunesmith.recipes._finetune_setup import (
     build_datasets,
     build_model,
     check_vocab,
-    open_checkpointer,
     start_training,
 )
+from tunesmith.recipes._parallel_setup import check_model_for_tp, parallel_layout
 from tunesmith.recipes._run_summary import describe_run
+from tunesmith.recipes._sharded_saves import open_checkpointers
 from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
@@ -80,22 +81,27 @@ def recipe_main(cfg: DictConfig) -> None:
         if cfg.get(key) is None:
             raise ConfigError(f"{key} is missing: knowledge distillation needs it", key=key)
     loss_fn, kd_loss_fn = _build_losses(cfg)
+    dims, mesh = parallel_layout(cfg, world_size, device)  # FSDP2 / HSDP x tensor parallel
+    if dims.tp > 1:  # the teacher is split the same way: its heads must divide too
+        check_model_for_tp(cfg.teacher_model, dims.tp, key="teacher_model")
     ignore_index = int(getattr(loss_fn, "ignore_index", -100))
 
     # ---- output folders, then the data, checked before any weights load -------------
-    checkpointer = open_checkpointer(cfg, resume)
+    checkpointer, sharded = open_checkpointers(cfg, resume)  # + DCP saves from every rank
     tokenizer = instantiate(cfg.tokenizer)
     checkpointer.serving = serving_info(tokenizer, cfg.tokenizer)  # saved beside weights
     datasets = build_datasets(cfg.dataset, tokenizer)
 
     # ---- weights, seed, models ---------------------------------------------------------
     state = checkpointer.load_checkpoint()
+    if resume and sharded is not None:  # base weights + the DCP folder's recipe state
+        state.update(sharded.recipe_state())
     check_vocab(datasets, tokenizer, state, cfg.checkpointer)
     seed = finetune._agreed_seed(
         state.get("seed") if resume else cfg.get("seed"), world_size, device
     )
-    model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size)
-    teacher = build_teacher(cfg, device, dtype, world_size)  # frozen: fp16 weights are fine
+    model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size, mesh)
+    teacher = build_teacher(cfg, device, dtype, world_size, mesh)  # frozen: fp16 is fine
     _check_vocab(model, teacher)
     chunks = int(getattr(kd_loss_fn, "num_output_chunks", 0) or 0)
     for m in (model, teacher):
@@ -109,8 +115,8 @@ def recipe_main(cfg: DictConfig) -> None:
         datasets,
         tokenizer,
         batch_size=int(cfg.batch_size),
-        world_size=world_size,
-        rank=rank,
+        world_size=dims.dp_size,  # the ranks of one tensor-parallel group read the same batch
+        rank=dims.dp_rank(mesh),
         seed=seed,
         ignore_index=ignore_index,
         shuffle=bool(cfg.get("shuffle", True)),
@@ -135,6 +141,8 @@ def recipe_main(cfg: DictConfig) -> None:
         world_size=world_size,
         total_steps=epochs * steps_per_epoch,
     )
+    if resume and sharded is not None:  # trained tensors + optimizer, resharded in place
+        sharded.load(model, optimizer)
     del state
 
     save = finetune.CheckpointSaver(
@@ -150,6 +158,7 @@ def recipe_main(cfg: DictConfig) -> None:
         seed=seed,
         epochs=epochs,
         accum=accum,
+        sharded=sharded,
     )
 
     # ---- training loop -----------------------------------------------------------------
@@ -199,6 +208,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 global_step += 1
                 step_in_epoch += 1
                 profiler.step()
+                save.poll()  # publishes a finished async save
 
                 log_now = global_step % log_every == 0 or step_in_epoch == steps_per_epoch
                 values = None
@@ -210,7 +220,7 @@ def recipe_main(cfg: DictConfig) -> None:
                     global_step,
                     loss=None if values is None else values.pop("loss"),
                     lr=optimizer.param_groups[0]["lr"],
-                    tokens=total_tokens,
+                    tokens=total_tokens // dims.tp,  # each tp rank counted the same batch
                     grad_norm=grad_norm,
                 )
                 if values is not None and observer.logger is not None:
@@ -280,15 +290,22 @@ def _for_loss(
 
 
 def build_teacher(
-    cfg: DictConfig, device: torch.device, dtype: torch.dtype, world_size: int = 1
+    cfg: DictConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    world_size: int = 1,
+    mesh: Any = None,
 ) -> nn.Module:
-    """``cfg.teacher_model`` with ``cfg.teacher_checkpointer``'s weights, frozen, in eval mode
-    (sharded with FSDP2 when ``world_size > 1``)."""
+    """``cfg.teacher_model`` with ``cfg.teacher_checkpointer``'s weights, frozen, in eval mode,
+    built on the meta device and laid out as the student (``mesh``: tensor parallel with
+    ``cfg.tensor_parallel_plan`` x FSDP2; FSDP2 alone when ``world_size > 1``)."""
     teacher_ckpt = instantiate(cfg.teacher_checkpointer, resume_from_checkpoint=False)
     teacher_state = teacher_ckpt.load_checkpoint()
     sub = OmegaConf.create({"model": cfg.teacher_model, "compile": cfg.get("compile", False)})
+    if cfg.get("tensor_parallel_plan") is not None:
+        sub.tensor_parallel_plan = cfg.tensor_parallel_plan
     try:
-        teacher, has_adapters = build_model(sub, teacher_state, device, dtype, world_size)
+        teacher, has_adapters = build_model(sub, teacher_state, device, dtype, world_size, mesh)
     except ValueError as err:
         raise ConfigError(
             f"teacher_model / teacher_checkpointer: {err}", key="teacher_checkpointer"

@@ -27,7 +27,13 @@ from torch import nn
 from tunesmith.modules.peft._nf4 import is_nf4, quantize_nf4
 from tunesmith.training.checkpointing._files import release_mapped_pages
 
-__all__ = ["initial_adapter_weights", "load_full_state_dict", "local_chunk", "meta_tensors"]
+__all__ = [
+    "copy_released",
+    "initial_adapter_weights",
+    "load_full_state_dict",
+    "local_chunk",
+    "meta_tensors",
+]
 
 
 def initial_adapter_weights(
@@ -128,17 +134,37 @@ def _materialise(full: torch.Tensor, like: torch.Tensor, device: torch.device) -
     else:
         value = None
     if not isinstance(like, DTensor):
-        return value if value is not None else full.to(device=device, dtype=like.dtype, copy=True)
+        return value if value is not None else copy_released(full, like.dtype, device)
     mesh, placements = like.device_mesh, like.placements
     if value is not None:  # NF4: FSDP2 already refused uneven splits, so chunks are equal
         if len(placements) != 1 or placements[0] != Shard(0):
             raise NotImplementedError(f"load_full_state_dict: NF4 only 1-D Shard(0), {placements}")
         local = list(torch.chunk(value, mesh.size(0), dim=0))[mesh.get_local_rank(0)]
         return DTensor(local, like._spec, requires_grad=like.requires_grad)
-    local = local_chunk(full, mesh, placements).to(device=device, dtype=like.dtype, copy=True)
+    local = copy_released(local_chunk(full, mesh, placements), like.dtype, device)
     return DTensor.from_local(
         local, mesh, placements, run_check=False, shape=like.shape, stride=like.stride()
     )
+
+
+_BLOCK_BYTES = 16 << 20
+
+
+def copy_released(src: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A copy of ``src`` (any shape) in ``dtype`` on ``device``, made ~16 MiB of rows at a time,
+    each block's memory-mapped source pages dropped once copied (``release_mapped_pages``):
+    the source never adds more than one block to the resident memory, instead of the whole
+    shard (for a memory-mapped checkpoint; a plain tensor is simply copied)."""
+    out = torch.empty(src.shape, dtype=dtype, device=device)
+    if src.dim() == 0 or src.shape[0] == 0 or src.nbytes <= _BLOCK_BYTES:
+        out.copy_(src)
+        return out
+    rows = max(1, _BLOCK_BYTES // max(1, src[0].nbytes))
+    for start in range(0, src.shape[0], rows):
+        part = src[start : start + rows]
+        out[start : start + rows].copy_(part)
+        release_mapped_pages(part)
+    return out
 
 
 def local_chunk(full: torch.Tensor, mesh: Any, placements: Sequence[Any]) -> torch.Tensor:

@@ -51,6 +51,7 @@ __all__ = [
     "apply_tensor_parallel",
     "base_llama_tp_plan",
     "check_tp_degree",
+    "check_tp_layers",
     "decoder_tp_plan",
 ]
 
@@ -134,19 +135,28 @@ def _distribute(module: nn.Module, name: str, mesh: Any, placement: Any) -> None
 
 
 def _lora_guard(module: nn.Module) -> None:
+    """``ValueError`` (one line) for a layer tensor parallelism cannot split exactly."""
     from tunesmith.modules.peft._nf4 import is_nf4
-    from tunesmith.modules.peft.dora import DoRALinear
 
-    if isinstance(module, DoRALinear):
+    if getattr(module, "_quantize_base", False) or is_nf4(getattr(module, "weight", None)):
         raise ValueError(
-            "tensor parallelism does not support DoRA (its magnitude needs whole weight rows): "
-            "set model.use_dora=False or tensor_parallel_dim=1"
+            "tensor parallelism does not support QLoRA's NF4 weights (NF4 quantizes whole "
+            "tensors): set model.quantize_base=False, or tensor_parallel_dim=1 and shard with "
+            "FSDP2 only"
         )
-    if is_nf4(module.weight):
-        raise ValueError(
-            "tensor parallelism does not support QLoRA's NF4 weights yet: set "
-            "model.quantize_base=False (or tensor_parallel_dim=1 and shard with FSDP2 only)"
-        )
+
+
+def check_tp_layers(model: nn.Module) -> None:
+    """``ValueError`` naming the first NF4 (QLoRA) layer of ``model`` (may be on the meta
+    device): run before weights load so the refusal costs nothing."""
+    from tunesmith.modules.peft.lora import LoRALinear
+
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            try:
+                _lora_guard(module)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (layer {name})") from None
 
 
 class LoRAColwiseParallel(ColwiseParallel):
@@ -164,6 +174,7 @@ class LoRAColwiseParallel(ColwiseParallel):
             if mod is module:
                 _distribute(mod, "weight", mesh, Shard(0))
                 _distribute(mod, "bias", mesh, Shard(0))
+                _distribute(mod, "magnitude", mesh, Shard(0))  # DoRA: one per output row
             elif mod is module.lora_b:
                 _distribute(mod, "weight", mesh, Shard(0))
 
