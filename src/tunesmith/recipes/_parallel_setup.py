@@ -1,4 +1,5 @@
-"""Parallel layout of a training recipe: the mesh from the parallelism keys, tensor parallelism
+"""Parallel layout of a training recipe: the mesh from the parallelism keys (tensor, context and
+data parallel), tensor parallelism
 from ``tensor_parallel_plan``. Both turn a user's mistake into one :class:`ConfigError` line,
 before weights load (``parallel_layout``) or before they are materialised (``tensor_parallel``).
 """
@@ -19,24 +20,61 @@ __all__ = ["parallel_layout", "tensor_parallel"]
 
 def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> tuple[Any, Any]:
     """``(ParallelDims, DeviceMesh or None)`` from the parallelism keys (``tensor_parallel_dim``,
-    ``data_parallel_shard_dim``, ``data_parallel_replicate_dim``), checked before any weights
-    load: the degrees against the world size, the TP degree against the model's heads (on a
-    meta-device build). The mesh is None for one process or plain FSDP2 over every rank."""
+    ``data_parallel_shard_dim``, ``data_parallel_replicate_dim``, ``context_parallel_dim``),
+    checked before any weights load: the degrees against the world size, the TP degree against
+    the model's heads and context parallelism against the model's attention and the sequence
+    length (on a meta-device build). The mesh is None for one process or plain FSDP2 over
+    every rank."""
     from tunesmith.training.parallel_dims import ParallelDims
 
     dims = ParallelDims.from_config(cfg, world_size)
-    if dims.tp > 1:
-        from tunesmith.training.tensor_parallel import check_tp_degree
-
+    if dims.cp > 1:
+        _check_context_parallel_config(cfg, dims.cp)
+    if dims.tp > 1 or dims.cp > 1:
         with torch.device("meta"):
             model = instantiate(cfg.model)
-        try:
-            check_tp_degree(model, dims.tp)
-        except ValueError as exc:
-            raise ConfigError(str(exc), key="tensor_parallel_dim") from None
+        if dims.tp > 1:
+            from tunesmith.training.tensor_parallel import check_tp_degree
+
+            try:
+                check_tp_degree(model, dims.tp)
+            except ValueError as exc:
+                raise ConfigError(str(exc), key="tensor_parallel_dim") from None
+        if dims.cp > 1:
+            from tunesmith.training.context_parallel import check_context_parallel_model
+
+            why = check_context_parallel_model(model)
+            if why is not None:
+                raise ConfigError(
+                    f"context_parallel_dim={dims.cp}: {why}; context parallelism splits "
+                    "decoder self-attention over full causal (or packed) masks only: set "
+                    "context_parallel_dim=1",
+                    key="context_parallel_dim",
+                )
         del model
     mesh = dims.build_mesh(device.type) if world_size > 1 and dims.needs_mesh else None
     return dims, mesh
+
+
+def _check_context_parallel_config(cfg: DictConfig, cp: int) -> None:
+    """One ConfigError line for what context parallelism cannot run: a sequence length (the
+    tokenizer's ``max_seq_len``, which packs fill) not divisible by ``2 * cp`` (the zigzag
+    chunks), or a validation pass (``run_val_every_n_steps``: it runs unsharded)."""
+    max_len = (cfg.get("tokenizer") or {}).get("max_seq_len")
+    if max_len is not None and int(max_len) % (2 * cp):
+        raise ConfigError(
+            f"tokenizer.max_seq_len={max_len} is not divisible by 2 x context_parallel_dim="
+            f"{2 * cp}: each sequence is cut into {2 * cp} equal chunks; set max_seq_len to a "
+            f"multiple of {2 * cp}",
+            key="context_parallel_dim",
+        )
+    if cfg.get("run_val_every_n_steps") and cfg.get("dataset_val") is not None:
+        raise ConfigError(
+            f"context_parallel_dim={cp} does not run the validation pass "
+            "(run_val_every_n_steps with dataset_val): set run_val_every_n_steps=null or "
+            "context_parallel_dim=1",
+            key="context_parallel_dim",
+        )
 
 
 def tensor_parallel(model: nn.Module, cfg: DictConfig, tp_mesh: Any) -> None:
