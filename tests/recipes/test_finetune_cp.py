@@ -13,10 +13,22 @@ import torch
 from omegaconf import OmegaConf
 
 from tests.recipes.conftest import base_config
-from tests.recipes.test_finetune_cli import TUNESMITH, _env, _write
-from tests.recipes.test_finetune_tp import _assert_same, _launch, references  # noqa: F401
+from tests.recipes.test_finetune_cli import TUNESMITH, _env, _run, _write
+from tests.recipes.test_finetune_tp import _assert_same, _over, references  # noqa: F401
 
 
+def _launch(tmp: Path, model_dir: Path, data: Path, mode: str, nproc: int, batch: int, **keys):
+    """A torchrun launch that must say it ran context parallel (not merely replicated)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    cfg = base_config(tmp / "dist", model_dir, data, batch_size=batch, **_over(mode), **keys)
+    config = str(_write(cfg, tmp / "dist.yaml"))
+    proc = _run(["run", "--nproc_per_node", str(nproc), "finetune", "--config", config], tmp)
+    said = f"every sequence is split over {keys['context_parallel_dim']} ranks"
+    assert said in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    return tmp / "dist"
+
+
+@pytest.mark.slow
 def test_context_parallel_matches_one_process(
     references, tiny_llama: Path, instruct_data: Path, tmp_path: Path  # noqa: F811
 ) -> None:

@@ -108,6 +108,8 @@ def recipe_main(cfg: DictConfig) -> None:
 
         cp = ContextParallel.from_mesh(mesh, ignore_index)
         enable_context_parallel(model, cp)
+        if rank == 0:
+            log.info("context parallel: every sequence is split over %d ranks", dims.cp)
     if cfg.get("compile", False):
         from tunesmith.training.compile import compile_loss
 
