@@ -93,9 +93,7 @@ class ContextParallel:
         """``[seq_len]`` global position of each key after the all-gather (rank order)."""
         return torch.cat([self.positions(seq_len, r) for r in range(self.size)])
 
-    def shard(
-        self, inputs: Mapping[str, Any], targets: Tensor
-    ) -> tuple[dict[str, Any], Tensor]:
+    def shard(self, inputs: Mapping[str, Any], targets: Tensor) -> tuple[dict[str, Any], Tensor]:
         """This rank's share of a padded batch.
 
         Args:
