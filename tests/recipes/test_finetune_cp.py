@@ -138,3 +138,20 @@ def test_cp_not_dividing_world_is_one_line_before_weights(
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(errors) == 1 and "context_parallel_dim=3" in errors[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_packed_context_parallel_matches_one_process(
+    tiny_llama: Path, instruct_data: Path, tmp_path: Path
+) -> None:
+    """Packed documents (max_seq_len 256 per pack): the one-process run attends per document
+    (unpadded), cp=2 shards each pack and its block-causal mask; same losses and weights."""
+    packed = {"dataset.packed": True}
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    cfg = base_config(ref / "single", tiny_llama, instruct_data, batch_size=2,
+                      **_over("lora"), **packed)  # fmt: skip
+    _run(["run", "finetune", "--config", str(_write(cfg, ref / "single.yaml"))], ref)
+    dist = _launch(tmp_path / "cp", tiny_llama, instruct_data, "lora", 2, 2,
+                   context_parallel_dim=2, **packed)  # fmt: skip
+    _assert_same(ref / "single", dist)

@@ -154,6 +154,8 @@ class MultiHeadAttention(nn.Module):
                     "(ContextParallel.shard), not seq_lens or mask=None"
                 )
             k, v = self.context_parallel.gather_kv(k, v)
+            if self.sinks is None and self.softcap is None:  # SDPA: one additive mask
+                mask = self.context_parallel.additive_mask(mask, q.dtype)
         if seq_lens is not None:
             if self.kv_cache is not None or b != 1 or mask is not None:
                 raise ValueError(

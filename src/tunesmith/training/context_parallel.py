@@ -14,9 +14,10 @@ gloo included. torch's ``torch.distributed.tensor.experimental.context_parallel`
 attention) dispatches only the flash / efficient / cuDNN SDPA operators, which CPU runs never
 reach (CPU SDPA is ``_scaled_dot_product_flash_attention_for_cpu``), so it is not used here.
 
-Memory per rank: activations of ``S / cp`` tokens, the gathered keys/values of one layer
-(``S`` tokens x kv heads, freed after the layer unless kept for backward), and one boolean
-mask ``[b, S / cp, S]`` shared by all layers.
+Memory per rank: activations of ``S / cp`` tokens, the gathered keys/values of every layer
+(``S`` tokens x kv heads, kept for backward), and the mask ``[b, S / cp, S]`` (boolean, and once
+as SDPA's additive mask in the compute dtype) shared by all layers: quadratic in ``S`` but
+divided by ``cp``.
 
 The loss stays exact because the recipe weighs each rank's summed token loss by the trained
 tokens of the whole global batch (counted on every rank's own shard, summed over every rank,
@@ -73,6 +74,7 @@ class ContextParallel:
 
     def __init__(self, group: Any, size: int, rank: int, ignore_index: int = -100):
         self.group, self.size, self.rank, self.ignore_index = group, size, rank, ignore_index
+        self._additive: tuple[Tensor, torch.dtype, Tensor] | None = None
 
     @classmethod
     def from_mesh(cls, mesh: Any, ignore_index: int = -100) -> ContextParallel:
@@ -147,6 +149,16 @@ class ContextParallel:
         return sharded, targets.index_select(1, mine)
 
     # ---------------------------------------------------------------------- attention
+    def additive_mask(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
+        """``mask`` (bool, True = attend) as SDPA's additive ``dtype`` mask (0 / -inf), made
+        once per batch and shared by every layer: CPU SDPA converts a boolean mask itself and
+        keeps that copy for backward in every layer (``layers x`` the memory)."""
+        cached = self._additive
+        if cached is None or cached[0] is not mask or cached[1] != dtype:
+            zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+            self._additive = (mask, dtype, zeros.masked_fill_(~mask, float("-inf")))
+        return self._additive[2]
+
     def gather_kv(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """``k, v [b, kv, S/cp, hd]`` of this rank -> ``[b, kv, S, hd]`` of the group (keys in
         :meth:`gathered_positions` order), one all-gather for both."""
