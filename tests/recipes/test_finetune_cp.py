@@ -155,3 +155,14 @@ def test_packed_context_parallel_matches_one_process(
     dist = _launch(tmp_path / "cp", tiny_llama, instruct_data, "lora", 2, 2,
                    context_parallel_dim=2, **packed)  # fmt: skip
     _assert_same(ref / "single", dist)
+
+
+@pytest.mark.slow
+def test_tensor_x_context_parallel_matches_one_process(
+    references, tiny_llama: Path, instruct_data: Path, tmp_path: Path  # noqa: F811
+) -> None:
+    """CP 2 x TP 2 on 4 ranks (no data parallelism: all read the batch of 4): heads split by
+    TP, every sequence by CP; LoRA."""
+    dist = _launch(tmp_path, tiny_llama, instruct_data, "lora", 4, 4,
+                   context_parallel_dim=2, tensor_parallel_dim=2)  # fmt: skip
+    _assert_same(references("lora"), dist)
