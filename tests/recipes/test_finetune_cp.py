@@ -14,7 +14,10 @@ from omegaconf import OmegaConf
 
 from tests.recipes.conftest import base_config
 from tests.recipes.test_finetune_cli import TUNESMITH, _env, _run, _write
-from tests.recipes.test_finetune_tp import _assert_same, _over, references  # noqa: F401
+from tests.recipes.test_finetune_tp import _assert_same, _over
+from tests.recipes.test_finetune_tp import references as _references
+
+references = _references  # the one-process run of each mode (fixture), shared with TP tests
 
 
 def _launch(tmp: Path, model_dir: Path, data: Path, mode: str, nproc: int, batch: int, **keys):
@@ -33,7 +36,7 @@ def test_context_parallel_matches_one_process(
     references,
     tiny_llama: Path,
     instruct_data: Path,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """context_parallel_dim=2 on 2 ranks: both read the whole batch of 4, each keeps half of
     every sequence (zigzag chunks); same losses and weights as one process (LoRA)."""
@@ -46,7 +49,7 @@ def test_context_parallel_full_matches_one_process(
     references,
     tiny_llama: Path,
     instruct_data: Path,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     dist = _launch(tmp_path, tiny_llama, instruct_data, "full", 2, 4, context_parallel_dim=2)
     _assert_same(references("full"), dist)
@@ -59,7 +62,7 @@ def test_fsdp_x_context_parallel_matches_one_process(
     references,
     tiny_llama: Path,
     instruct_data: Path,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     """FSDP2 2 x CP 2 on 4 ranks (batch 2 per data-parallel rank = the reference's 4): FSDP2
     shards over the flattened dp_shard x cp dim."""
@@ -159,7 +162,7 @@ def test_packed_context_parallel_matches_one_process(
 
 @pytest.mark.slow
 def test_tensor_x_context_parallel_matches_one_process(
-    references, tiny_llama: Path, instruct_data: Path, tmp_path: Path  # noqa: F811
+    references, tiny_llama: Path, instruct_data: Path, tmp_path: Path
 ) -> None:
     """CP 2 x TP 2 on 4 ranks (no data parallelism: all read the batch of 4): heads split by
     TP, every sequence by CP; LoRA."""
