@@ -87,6 +87,11 @@ def test_fsdp_x_context_parallel_matches_one_process(
             "max_seq_len=250 is not divisible by 2 x context_parallel_dim=4",
         ),
         (
+            {"context_parallel_dim": 2, "context_parallel_rotate_method": "alltoall"},
+            2,
+            "context_parallel_rotate_method='alltoall'",
+        ),
+        (
             {"context_parallel_dim": 2, "run_val_every_n_steps": 1, "dataset_val": {"a": 1}},
             2,
             "does not run the validation pass",

@@ -57,9 +57,18 @@ def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> t
 
 
 def _check_context_parallel_config(cfg: DictConfig, cp: int) -> None:
-    """One ConfigError line for what context parallelism cannot run: a sequence length (the
+    """One ConfigError line for what context parallelism cannot run: a rotate method other than
+    torchtune's default ``allgather`` (the only one implemented), a sequence length (the
     tokenizer's ``max_seq_len``, which packs fill) not divisible by ``2 * cp`` (the zigzag
     chunks), or a validation pass (``run_val_every_n_steps``: it runs unsharded)."""
+    method = cfg.get("context_parallel_rotate_method")
+    if method is not None and method != "allgather":
+        raise ConfigError(
+            f"context_parallel_rotate_method={method!r}: tunesmith's context parallelism "
+            "all-gathers keys and values ('allgather', torchtune's default); set it to "
+            "'allgather' or remove it",
+            key="context_parallel_rotate_method",
+        )
     max_len = (cfg.get("tokenizer") or {}).get("max_seq_len")
     if max_len is not None and int(max_len) % (2 * cp):
         raise ConfigError(
