@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +16,9 @@ from tunesmith.modules.attention_kernels import (
 )
 from tunesmith.modules.kv_cache import KVCache
 from tunesmith.modules.rope import apply_rope
+
+if TYPE_CHECKING:
+    from tunesmith.training.context_parallel import ContextParallel
 
 __all__ = ["MultiHeadAttention"]
 
@@ -55,6 +59,10 @@ class MultiHeadAttention(nn.Module):
     ``s``, ``b == 1``) attention is causal within each document of the concatenation; the
     kernel (per-document SDPA on CPU, one varlen / flex call on CUDA) is chosen by
     ``attention_kernels.document_strategy``, the dense one by ``dense_strategy``.
+
+    With ``context_parallel`` set (``training.context_parallel``), ``x`` holds this rank's
+    ``s = S / cp`` tokens, keys/values are gathered to ``S`` and ``mask [b|1, s, S]`` is
+    required (this rank's rows of the global mask, columns in gathered order).
     """
 
     def __init__(
@@ -101,6 +109,9 @@ class MultiHeadAttention(nn.Module):
         self.chunk_size = chunk_size
         self.temperature = temperature
         self.kv_cache: KVCache | None = None
+        # a ``training.context_parallel.ContextParallel`` while training context parallel:
+        # keys/values are all-gathered over its group, ``mask`` holds this rank's rows
+        self.context_parallel: ContextParallel | None = None
 
     def setup_cache(self, batch_size: int, dtype: torch.dtype, max_seq_len: int) -> None:
         """Attach an empty ``KVCache`` on this module's device."""
@@ -136,6 +147,15 @@ class MultiHeadAttention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(k, v)
+        if self.context_parallel is not None:  # local queries, every rank's keys
+            if mask is None or seq_lens is not None:
+                raise ValueError(
+                    "context-parallel attention needs this rank's rows of the mask "
+                    "(ContextParallel.shard), not seq_lens or mask=None"
+                )
+            k, v = self.context_parallel.gather_kv(k, v)
+            if self.sinks is None and self.softcap is None:  # SDPA: one additive mask
+                mask = self.context_parallel.additive_mask(mask, q.dtype)
         if seq_lens is not None:
             if self.kv_cache is not None or b != 1 or mask is not None:
                 raise ValueError(

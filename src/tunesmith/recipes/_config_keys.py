@@ -52,6 +52,7 @@ _TRAINING = _COMMON | {
 _PARALLEL = frozenset(
     {"tensor_parallel_dim", "tensor_parallel_plan"}
     | {"data_parallel_shard_dim", "data_parallel_replicate_dim"}
+    | {"context_parallel_dim", "context_parallel_rotate_method"}  # training/context_parallel.py
 )
 # finetune's sharded intermediate saves (recipes/_sharded_saves.py)
 _SHARDED_SAVES = {

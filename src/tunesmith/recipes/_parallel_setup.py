@@ -1,4 +1,5 @@
-"""Parallel layout of a training recipe: the mesh from the parallelism keys, tensor parallelism
+"""Parallel layout of a training recipe: the mesh from the parallelism keys (tensor, context and
+data parallel), tensor parallelism
 from ``tensor_parallel_plan``. Both turn a user's mistake into one :class:`ConfigError` line,
 before weights load (``parallel_layout``) or before they are materialised (``tensor_parallel``).
 """
@@ -19,14 +20,32 @@ __all__ = ["generation_mesh", "parallel_layout", "tensor_parallel"]
 
 def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> tuple[Any, Any]:
     """``(ParallelDims, DeviceMesh or None)`` from the parallelism keys (``tensor_parallel_dim``,
-    ``data_parallel_shard_dim``, ``data_parallel_replicate_dim``), checked before any weights
-    load: the degrees against the world size, the TP degree against the model's heads (on a
-    meta-device build). The mesh is None for one process or plain FSDP2 over every rank."""
+    ``data_parallel_shard_dim``, ``data_parallel_replicate_dim``, ``context_parallel_dim``),
+    checked before any weights load: the degrees against the world size, the TP degree against
+    the model's heads and context parallelism against the model's attention and the sequence
+    length (on a meta-device build). The mesh is None for one process or plain FSDP2 over
+    every rank."""
     from tunesmith.training.parallel_dims import ParallelDims
 
     dims = ParallelDims.from_config(cfg, world_size)
+    if dims.cp > 1:
+        _check_context_parallel_config(cfg, dims.cp)
     if dims.tp > 1:
         check_model_for_tp(cfg.model, dims.tp)
+    if dims.cp > 1:
+        from tunesmith.training.context_parallel import check_context_parallel_model
+
+        with torch.device("meta"):
+            model = instantiate(cfg.model)
+        why = check_context_parallel_model(model)
+        del model
+        if why is not None:
+            raise ConfigError(
+                f"context_parallel_dim={dims.cp}: {why}; context parallelism splits "
+                "decoder self-attention over full causal (or packed) masks only: set "
+                "context_parallel_dim=1",
+                key="context_parallel_dim",
+            )
     mesh = dims.build_mesh(device.type) if world_size > 1 and dims.needs_mesh else None
     return dims, mesh
 
@@ -67,6 +86,36 @@ def generation_mesh(cfg: DictConfig, world_size: int, device: torch.device) -> A
     from torch.distributed.device_mesh import init_device_mesh
 
     return init_device_mesh(device.type, (tp,), mesh_dim_names=("tp",))
+
+
+def _check_context_parallel_config(cfg: DictConfig, cp: int) -> None:
+    """One ConfigError line for what context parallelism cannot run: a rotate method other than
+    torchtune's default ``allgather`` (the only one implemented), a sequence length (the
+    tokenizer's ``max_seq_len``, which packs fill) not divisible by ``2 * cp`` (the zigzag
+    chunks), or a validation pass (``run_val_every_n_steps``: it runs unsharded)."""
+    method = cfg.get("context_parallel_rotate_method")
+    if method is not None and method != "allgather":
+        raise ConfigError(
+            f"context_parallel_rotate_method={method!r}: tunesmith's context parallelism "
+            "all-gathers keys and values ('allgather', torchtune's default); set it to "
+            "'allgather' or remove it",
+            key="context_parallel_rotate_method",
+        )
+    max_len = (cfg.get("tokenizer") or {}).get("max_seq_len")
+    if max_len is not None and int(max_len) % (2 * cp):
+        raise ConfigError(
+            f"tokenizer.max_seq_len={max_len} is not divisible by 2 x context_parallel_dim="
+            f"{2 * cp}: each sequence is cut into {2 * cp} equal chunks; set max_seq_len to a "
+            f"multiple of {2 * cp}",
+            key="context_parallel_dim",
+        )
+    if cfg.get("run_val_every_n_steps") and cfg.get("dataset_val") is not None:
+        raise ConfigError(
+            f"context_parallel_dim={cp} does not run the validation pass "
+            "(run_val_every_n_steps with dataset_val): set run_val_every_n_steps=null or "
+            "context_parallel_dim=1",
+            key="context_parallel_dim",
+        )
 
 
 def tensor_parallel(model: nn.Module, cfg: DictConfig, tp_mesh: Any) -> None:

@@ -63,7 +63,7 @@ def recipe_main(cfg: DictConfig) -> None:
     # ---- environment -------------------------------------------------------------------
     device, dtype, world_size, rank = start_training(cfg)  # log, ranges, devices
     upload = upload_option(cfg)  # a run that could not publish stops before it trains
-    dims, mesh = parallel_layout(cfg, world_size, device)  # FSDP2 / HSDP x tensor parallel
+    dims, mesh = parallel_layout(cfg, world_size, device)  # FSDP2 / HSDP x context x tensor
     resume = bool(cfg.get("resume_from_checkpoint", False))
     accum = int(cfg.get("gradient_accumulation_steps", 1))
     max_norm = cfg.get("clip_grad_norm")
@@ -99,6 +99,14 @@ def recipe_main(cfg: DictConfig) -> None:
         loss_fn.set_model_output(model)
     elif hasattr(loss_fn, "num_output_chunks"):  # CEWithChunkedOutputLoss takes logit chunks
         model.set_num_output_chunks(loss_fn.num_output_chunks)
+    cp = None  # context parallel: each rank of a cp group holds 1/cp of every sequence
+    if dims.cp > 1:
+        from tunesmith.training.context_parallel import ContextParallel, enable_context_parallel
+
+        cp = ContextParallel.from_mesh(mesh, ignore_index)
+        enable_context_parallel(model, cp)
+        if rank == 0:
+            log.info("context parallel: every sequence is split over %d ranks", dims.cp)
     if cfg.get("compile", False):
         from tunesmith.training.compile import compile_loss
 
@@ -111,8 +119,10 @@ def recipe_main(cfg: DictConfig) -> None:
     # drop padding from the micro-batches where the decoder takes document lengths; packs
     # then need no dense [b, s, s] mask from the collate (the documents come from input_pos)
     # (not for fusion models: their cross-attention masks are per padded row)
+    # (nor under context parallelism: it shards padded rows and their masks)
     unpad = "seq_lens" in inspect.signature(model.forward).parameters and not fuses_images(model)
-    data_kwargs = {  # the ranks of one tensor-parallel group read the same batch
+    unpad = unpad and cp is None
+    data_kwargs = {  # the ranks of one tensor- or context-parallel group read the same batch
         "world_size": dims.dp_size,
         "rank": dims.dp_rank(mesh),
         "seed": seed,
@@ -223,14 +233,15 @@ def recipe_main(cfg: DictConfig) -> None:
                 # global batch with no extra pass over the gradients (and the same formula
                 # holds when parameters step inside backward).
                 micro = [
-                    _to_device(next(batches), device, ignore_index, unpad, bucket)
+                    _to_device(next(batches), device, ignore_index, unpad, bucket, cp)
                     for _ in range(accum)
                 ]
                 counts = [count_trainable_tokens(labels, ignore_index) for _, labels in micro]
                 num_tokens = torch.stack(counts).sum()
                 (total_tokens,) = reduce_metrics(num_tokens.clone())
-                # FSDP2 averages over the dp ranks; total_tokens counts each batch once per
-                # tensor-parallel rank, so world_size / total = dp_size / (global tokens)
+                # FSDP2 averages over the dp (x cp) ranks; total_tokens counts each batch once
+                # per tensor-parallel rank (cp ranks count their own shards), so
+                # world_size / total = dp_size * cp / (global tokens)
                 weight = world_size / total_tokens.clamp(min=1)
                 for (batch, labels), n in zip(micro, counts):
                     with activations_ctx:
@@ -364,8 +375,12 @@ def _to_device(
     ignore_index: int,
     unpad: bool = False,
     bucket: int = 1,
+    cp: Any = None,
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """``(inputs, next-token targets)`` of a collated batch, on ``device``.
+
+    With ``cp`` (a ``training.context_parallel.ContextParallel``) the padded batch is cut to
+    this rank's share of every sequence (tokens, global positions, its mask rows, targets).
 
     ``unpad=True`` (models whose forward takes ``seq_lens``) turns the ``[b, s]`` rows into one
     ``[1, T]`` row of documents: each row is cut after its last trained target (right padding
@@ -376,7 +391,8 @@ def _to_device(
     """
     if not unpad:
         batch = batch_to_device(batch, device)
-        return batch, shift_labels(batch.pop("labels"), ignore_index)
+        targets = shift_labels(batch.pop("labels"), ignore_index)
+        return (batch, targets) if cp is None else cp.shard(batch, targets)
     # unpad where the collated batch lives (the host), so its reads cost no device sync
     targets = shift_labels(batch.pop("labels"), ignore_index)
     return unpad_to_device(batch, targets, device, ignore_index, bucket)

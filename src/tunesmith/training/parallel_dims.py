@@ -1,13 +1,18 @@
-"""The parallel layout of a run: data-parallel replicate x shard (FSDP2 / HSDP) x tensor parallel.
+"""The parallel layout of a run: data-parallel replicate x shard (FSDP2 / HSDP) x context
+parallel x tensor parallel.
 
 torchtune's keys: ``tensor_parallel_dim`` (default 1), ``data_parallel_shard_dim`` (default
 -1: whatever the world size leaves), ``data_parallel_replicate_dim`` (default 1; > 1 is HSDP:
-FSDP2 shards within each replica group and all-reduces across them). Their product is the
-world size. One ``DeviceMesh`` with named dims ``("dp_replicate", "dp_shard", "tp")``
-(row-major, so the tensor-parallel ranks of a group are neighbours, as on one node).
+FSDP2 shards within each replica group and all-reduces across them), and
+``context_parallel_dim`` (default 1; > 1 splits every sequence over that many ranks, see
+``training.context_parallel``). Their product is the world size. One ``DeviceMesh`` with named
+dims ``("dp_replicate", "dp_shard", "cp", "tp")`` (row-major, so the tensor-parallel ranks of a
+group are neighbours, as on one node); with ``cp > 1`` the dims ``dp_shard`` and ``cp`` are
+also flattened into ``dp_shard_cp``, the dim FSDP2 shards over (as torchtitan does): the cp
+ranks hold different tokens, so their gradients are summed like the data-parallel ranks'.
 
-Ranks of one tensor-parallel group read the same batch: the sampler is split over the
-data-parallel ranks only (:attr:`ParallelDims.dp_size`, :meth:`ParallelDims.dp_rank`).
+Ranks of one tensor- or context-parallel group read the same batch: the sampler is split over
+the data-parallel ranks only (:attr:`ParallelDims.dp_size`, :meth:`ParallelDims.dp_rank`).
 """
 
 from __future__ import annotations
@@ -19,24 +24,30 @@ from tunesmith.config import ConfigError
 
 __all__ = ["ParallelDims"]
 
-_KEYS = ("tensor_parallel_dim", "data_parallel_shard_dim", "data_parallel_replicate_dim")
+_KEYS = (
+    "tensor_parallel_dim",
+    "data_parallel_shard_dim",
+    "data_parallel_replicate_dim",
+    "context_parallel_dim",
+)
 
 
 @dataclass(frozen=True)
 class ParallelDims:
-    """Degrees of each parallel dimension; ``dp_replicate * dp_shard * tp == world_size``."""
+    """Degrees of each parallel dimension; ``dp_replicate * dp_shard * cp * tp == world_size``."""
 
     dp_replicate: int
     dp_shard: int
     tp: int
     world_size: int
+    cp: int = 1
 
     @classmethod
     def from_config(cls, cfg: Any, world_size: int) -> ParallelDims:
-        """Read the three keys of ``cfg`` (a mapping) and check them against ``world_size``;
+        """Read the four keys of ``cfg`` (a mapping) and check them against ``world_size``;
         a :class:`ConfigError` naming the key otherwise (before anything is built)."""
         values = {}
-        for key, default in zip(_KEYS, (1, -1, 1)):
+        for key, default in zip(_KEYS, (1, -1, 1, 1)):
             raw = cfg.get(key)
             value = default if raw is None else raw
             if isinstance(value, bool) or not isinstance(value, int):
@@ -45,25 +56,27 @@ class ParallelDims:
                 allowed = "an integer >= 1, or -1 to infer" if "shard" in key else ">= 1"
                 raise ConfigError(f"{key}={value}: give {allowed}", key=key)
             values[key] = value
-        tp, shard, rep = (values[k] for k in _KEYS)
+        tp, shard, rep, cp = (values[k] for k in _KEYS)
         if shard == -1:
-            if world_size % (tp * rep):
+            if world_size % (tp * rep * cp):
+                named = [f"{k}={values[k]}" for k in _KEYS if k != _KEYS[1] and values[k] > 1]
                 raise ConfigError(
-                    f"tensor_parallel_dim={tp} x data_parallel_replicate_dim={rep} does not "
-                    f"divide the world size {world_size} (processes): pick degrees whose "
-                    "product divides it, or change --nproc_per_node / --nnodes",
-                    key="tensor_parallel_dim" if tp > 1 else "data_parallel_replicate_dim",
+                    f"{' x '.join(named) or 'the mesh'} does not divide the world size "
+                    f"{world_size} (processes): pick degrees whose product divides it, or "
+                    "change --nproc_per_node / --nnodes",
+                    key=next((k for k in _KEYS if k != _KEYS[1] and values[k] > 1), _KEYS[0]),
                 )
-            shard = world_size // (tp * rep)
-        if rep * shard * tp != world_size:
+            shard = world_size // (tp * rep * cp)
+        if rep * shard * cp * tp != world_size:
+            total = rep * shard * cp * tp
             raise ConfigError(
                 f"the mesh data_parallel_replicate_dim={rep} x data_parallel_shard_dim={shard} x "
-                f"tensor_parallel_dim={tp} = {rep * shard * tp} processes does not match the "
-                f"world size {world_size}: set data_parallel_shard_dim=-1 or launch "
-                f"{rep * shard * tp} processes",
+                f"context_parallel_dim={cp} x tensor_parallel_dim={tp} = {total} processes does "
+                f"not match the world size {world_size}: set data_parallel_shard_dim=-1 or "
+                f"launch {total} processes",
                 key="data_parallel_shard_dim",
             )
-        return cls(dp_replicate=rep, dp_shard=shard, tp=tp, world_size=world_size)
+        return cls(dp_replicate=rep, dp_shard=shard, tp=tp, world_size=world_size, cp=cp)
 
     @property
     def dp_size(self) -> int:
@@ -73,24 +86,30 @@ class ParallelDims:
     @property
     def needs_mesh(self) -> bool:
         """True unless this is plain FSDP2 over every rank (or one process)."""
-        return self.tp > 1 or self.dp_replicate > 1
+        return self.tp > 1 or self.dp_replicate > 1 or self.cp > 1
 
     def build_mesh(self, device_type: str) -> Any:
-        """The ``DeviceMesh`` ``("dp_replicate", "dp_shard", "tp")`` over all ranks."""
+        """The ``DeviceMesh`` ``("dp_replicate", "dp_shard", "cp", "tp")`` over all ranks, with
+        ``dp_shard_cp`` (``dp_shard`` and ``cp`` flattened) when ``cp > 1``."""
         from torch.distributed.device_mesh import init_device_mesh
 
-        return init_device_mesh(
+        mesh = init_device_mesh(
             device_type,
-            (self.dp_replicate, self.dp_shard, self.tp),
-            mesh_dim_names=("dp_replicate", "dp_shard", "tp"),
+            (self.dp_replicate, self.dp_shard, self.cp, self.tp),
+            mesh_dim_names=("dp_replicate", "dp_shard", "cp", "tp"),
         )
+        if self.cp > 1:
+            mesh["dp_shard", "cp"]._flatten("dp_shard_cp")
+        return mesh
 
     @staticmethod
     def dp_mesh(mesh: Any) -> Any:
-        """The FSDP2 mesh: ``dp_shard`` (1-D), or ``(dp_replicate, dp_shard)`` for HSDP."""
+        """The FSDP2 mesh: ``dp_shard`` (1-D), or ``(dp_replicate, dp_shard)`` for HSDP; with
+        context parallelism ``dp_shard_cp`` in place of ``dp_shard``."""
+        shard = "dp_shard_cp" if mesh["cp"].size() > 1 else "dp_shard"
         if mesh["dp_replicate"].size() > 1:
-            return mesh["dp_replicate", "dp_shard"]
-        return mesh["dp_shard"]
+            return mesh["dp_replicate", shard]
+        return mesh[shard]
 
     def dp_rank(self, mesh: Any) -> int:
         """This rank's index among the data-parallel ranks (0 on one process)."""
