@@ -18,6 +18,8 @@ HF_MODEL_TYPES = {
     "mistral": "MISTRAL",
     "gemma": "GEMMA",
     "gemma2": "GEMMA2",
+    "gemma3_text": "GEMMA3",
+    "smollm3": "SMOLLM3",
     "phi3": "PHI3_MINI",
     "qwen2": "QWEN2",
     "qwen3": "QWEN3",
@@ -43,29 +45,54 @@ def load_hf_config(path: str | Path) -> dict[str, Any]:
     return json.loads(file.read_text())
 
 
-def _rope(cfg: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
+def _rope_params(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The RoPE parameters of a config, either layout (a dict; Gemma 3: one per layer type)."""
     params = dict(cfg.get("rope_parameters") or {})
     if not params:  # transformers 4.x layout
         params = dict(cfg.get("rope_scaling") or {})
         params["rope_theta"] = cfg.get("rope_theta", 10_000.0)
+    return params
+
+
+def _rope(
+    cfg: Mapping[str, Any], params: Mapping[str, Any] | None = None
+) -> tuple[float, RopeScaling | None]:
+    """(base, scaling) of ``params`` (default: the config's RoPE parameters)."""
+    params = _rope_params(cfg) if params is None else params
     theta = float(params.get("rope_theta", cfg.get("rope_theta", 10_000.0)))
-    if params.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError("config.json: partial_rotary_factor != 1.0 is not supported.")
     kind = params.get("rope_type", params.get("type", "default"))
+    original = (
+        params.get("original_max_position_embeddings")
+        or cfg.get("original_max_position_embeddings")
+        or cfg.get("max_position_embeddings", 4096)
+    )
     if kind == "default":
         return theta, None
     if kind == "yarn":
         return theta, RopeScaling(
             factor=float(params["factor"]),
-            original_max_position_embeddings=int(
-                params.get("original_max_position_embeddings")
-                or cfg.get("max_position_embeddings", 4096)
-            ),
+            original_max_position_embeddings=int(original),
             rope_type="yarn",
             beta_fast=float(params.get("beta_fast") or 32.0),
             beta_slow=float(params.get("beta_slow") or 1.0),
             truncate=bool(params.get("truncate", True)),
             attention_factor=params.get("attention_factor"),
+        )
+    if kind in ("longrope", "su"):  # "su": Phi-3's first name for it
+        factor = params.get("factor") or cfg.get("max_position_embeddings", original) / original
+        return theta, RopeScaling(
+            factor=float(factor),
+            original_max_position_embeddings=int(original),
+            rope_type="longrope",
+            attention_factor=params.get("attention_factor"),
+            long_factor=tuple(float(x) for x in params["long_factor"]),
+            short_factor=tuple(float(x) for x in params["short_factor"]),
+        )
+    if kind == "dynamic":  # dynamic NTK grows past the config's max_position_embeddings
+        return theta, RopeScaling(
+            factor=float(params["factor"]),
+            original_max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
+            rope_type="dynamic",
         )
     if kind == "linear":
         return theta, RopeScaling(factor=float(params["factor"]), rope_type="linear")
@@ -78,7 +105,30 @@ def _rope(cfg: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
         )
     raise ValueError(
         f"config.json: rope type {kind!r} is not supported (supported: default, linear, llama3, "
-        "yarn)."
+        "yarn, longrope, dynamic)."
+    )
+
+
+def _rope_fields(cfg: Mapping[str, Any], head_dim: int) -> dict[str, Any]:
+    """The ``ModelSpec`` RoPE fields: base, scaling, rotary width and Gemma 3's local RoPE."""
+    params = _rope_params(cfg)
+    local: dict[str, Any] = {}
+    if FULL in params or SLIDING in params:  # one set of parameters per layer type
+        full, sliding = params.get(FULL) or {}, params.get(SLIDING) or {}
+        theta, scaling = _rope(cfg, full)
+        if sliding and sliding != full:
+            local_theta, local_scaling = _rope(cfg, sliding)
+            local = dict(local_rope_base=local_theta, local_rope_scaling=local_scaling)
+        params = full
+    else:
+        theta, scaling = _rope(cfg, params)
+    factor = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    rotary = int(head_dim * float(factor or 1.0))
+    return dict(
+        rope_base=theta,
+        rope_scaling=scaling,
+        rotary_dim=None if rotary == head_dim else rotary,
+        **local,
     )
 
 
@@ -137,9 +187,10 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
         raise ValueError(f"config.json: activation {act_name!r} is not supported.")
     n_heads = cfg["num_attention_heads"]
     n_layers = cfg["num_hidden_layers"]
-    theta, scaling = _rope(cfg)
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
     window, layer_types = _sliding(cfg, n_layers)
-    gemma = family in ("GEMMA", "GEMMA2")
+    gemma = family in ("GEMMA", "GEMMA2", "GEMMA3")
+    gemma2 = family in ("GEMMA2", "GEMMA3")  # soft-caps, query scalar, sandwich norms
     archs = cfg.get("architectures") or []
     classifier = any(a.endswith("ForSequenceClassification") for a in archs)
     return ModelSpec(
@@ -151,25 +202,33 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
         embed_dim=cfg["hidden_size"],
         intermediate_dim=cfg.get("intermediate_size_mlp") or cfg["intermediate_size"],
         max_seq_len=cfg.get("max_position_embeddings", 4096),
-        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
-        rope_base=theta,
-        rope_scaling=scaling,
+        head_dim=head_dim,
+        **_rope_fields(cfg, head_dim),
         norm_eps=cfg.get("rms_norm_eps", 1e-6),
         norm_offset=gemma,
         activation=_ACTIVATIONS[act_name],
         qkv_bias=family == "QWEN2" or bool(cfg.get("attention_bias")),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", gemma)) and not classifier,
         embed_scale=gemma,
-        attn_softcap=cfg.get("attn_logit_softcapping") if family == "GEMMA2" else None,
-        final_softcap=cfg.get("final_logit_softcapping") if family == "GEMMA2" else None,
-        query_pre_attn_scalar=cfg.get("query_pre_attn_scalar") if family == "GEMMA2" else None,
+        attn_softcap=cfg.get("attn_logit_softcapping") if gemma2 else None,
+        final_softcap=cfg.get("final_logit_softcapping") if gemma2 else None,
+        query_pre_attn_scalar=cfg.get("query_pre_attn_scalar") if gemma2 else None,
         sliding_window=window,
         layer_types=layer_types,
-        qk_norm=family in ("QWEN3", "QWEN3_MOE"),
-        post_norms=family == "GEMMA2",
+        qk_norm=family in ("QWEN3", "QWEN3_MOE", "GEMMA3"),
+        post_norms=gemma2,
         num_classes=len(cfg.get("id2label") or {0: 0, 1: 1}) if classifier else None,
         **_moe_fields(cfg, family, n_layers),
+        **_dense_fields(cfg, family),
     )
+
+
+def _dense_fields(cfg: Mapping[str, Any], family: str) -> dict[str, Any]:
+    """Family-specific dense fields: SmolLM3's NoPE layers (``no_rope_layers[i] == 0``)."""
+    if family == "SMOLLM3":
+        rope = cfg.get("no_rope_layers") or [1] * cfg["num_hidden_layers"]
+        return dict(nope_layers=tuple(i for i, r in enumerate(rope) if not r))
+    return {}
 
 
 def _moe_fields(cfg: Mapping[str, Any], family: str, n_layers: int) -> dict[str, Any]:

@@ -203,6 +203,7 @@ def build_decoder(spec: ModelSpec, lora: LoRASettings | None = None) -> Transfor
         norm=_norm(spec, spec.embed_dim),
         output=output,
         rope=_rope(spec),
+        local_rope=_local_rope(spec),
         max_seq_len=spec.max_seq_len,
         embed_scale=spec.embed_dim**0.5 if spec.embed_scale else None,
         final_logit_softcap=spec.final_softcap,
@@ -215,7 +216,15 @@ def _rope(spec: ModelSpec) -> RotaryEmbedding:
         return MultimodalRotaryEmbedding(
             hd, spec.rope_base, spec.rope_scaling, spec.mrope_section, spec.mrope_interleaved
         )
-    return RotaryEmbedding(hd, spec.rope_base, spec.rope_scaling)
+    return RotaryEmbedding(hd, spec.rope_base, spec.rope_scaling, spec.rotary_dim)
+
+
+def _local_rope(spec: ModelSpec) -> RotaryEmbedding | None:
+    """The sliding-window layers' own RoPE (Gemma 3), or None when they share the global one."""
+    if spec.local_rope_base is None:
+        return None
+    hd = spec.resolved_head_dim
+    return RotaryEmbedding(hd, spec.local_rope_base, spec.local_rope_scaling, spec.rotary_dim)
 
 
 def model_type_of(spec: ModelSpec) -> str:

@@ -35,6 +35,12 @@ class ModelSpec:
     the other layers use chunked local attention of ``attn_chunk_size`` and, with
     ``qk_rms_norm``, a weightless RMS norm on q / k; ``router_weights_inputs`` scales the
     routed inputs (not outputs) by the sigmoid router weight.
+
+    RoPE: ``rope_base`` / ``rope_scaling`` (llama3, linear, yarn, longrope, dynamic; see
+    ``modules.rope.RopeScaling``); ``rotary_dim`` set rotates only the first ``rotary_dim``
+    features of each head (partial rotary, Phi-4-mini); ``local_rope_base`` (and
+    ``local_rope_scaling``) set give the sliding-window layers their own RoPE (Gemma 3:
+    10k locally, 1M globally). ``nope_layers`` skip RoPE (Llama 4, SmolLM3).
     """
 
     family: str
@@ -81,6 +87,9 @@ class ModelSpec:
     attn_temperature: tuple[float, float] | None = None
     router_weights_inputs: bool = False
     mrope_interleaved: bool = False
+    rotary_dim: int | None = None
+    local_rope_base: float | None = None
+    local_rope_scaling: RopeScaling | None = None
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

@@ -72,6 +72,8 @@ class TransformerDecoder(nn.Module):
         output: ``nn.Module`` ``[d] -> [vocab]`` (or ``[num_classes]`` for a reward head);
             None ties the output to ``tok_embeddings``.
         rope: computes ``cos, sin`` once per forward for every layer.
+        local_rope: when set, the sliding-window layers take their ``cos, sin`` from it
+            instead (Gemma 3's local RoPE base).
         max_seq_len: longest sequence the model was trained for (default cache length).
         embed_scale: multiply embeddings by this (Gemma: ``sqrt(d)``, rounded to the dtype).
         final_logit_softcap: ``cap * tanh(logits / cap)`` on the logits (Gemma 2).
@@ -89,6 +91,7 @@ class TransformerDecoder(nn.Module):
         output: nn.Module | None,
         rope: RotaryEmbedding,
         max_seq_len: int,
+        local_rope: RotaryEmbedding | None = None,
         embed_scale: float | None = None,
         final_logit_softcap: float | None = None,
     ):
@@ -100,6 +103,7 @@ class TransformerDecoder(nn.Module):
             TiedLinear(tok_embeddings) if output is None else output
         )
         self.rope = rope
+        self.local_rope = local_rope
         self.max_seq_len = max_seq_len
         self.embed_scale = embed_scale
         self.final_logit_softcap = final_logit_softcap
@@ -336,10 +340,13 @@ class TransformerDecoder(nn.Module):
         if self._chunk is not None and seq_lens is None and not plain:  # plain: one chunk
             pos = default_pos if input_pos is None else input_pos
             sliding_mask = self._chunked_mask(full_mask, pos, s)
-        cos, sin = self.rope(default_pos if input_pos is None else input_pos, h.dtype)
+        pos = default_pos if input_pos is None else input_pos
+        cos_g, sin_g = self.rope(pos, h.dtype)
+        local_cs = (cos_g, sin_g) if self.local_rope is None else self.local_rope(pos, h.dtype)
         for i, layer in enumerate(self.layers):
             local = layer.attn.sliding_window is not None or getattr(layer.attn, "chunk_size", None)
             layer_mask = sliding_mask if local else full_mask
+            cos, sin = local_cs if local and self.local_rope is not None else (cos_g, sin_g)
             fuse = encoder_input is not None or encoder_mask is not None
             if fuse and hasattr(layer, "fusion_layer"):
                 fallback = {}
