@@ -91,6 +91,17 @@ def tiny_configs() -> dict[str, object]:
         ),
         # SmolLM3: every 4th layer without RoPE
         "smollm3": t.SmolLM3Config(**{**_COMMON, "num_hidden_layers": 4}),
+        # OLMo 2: post-norms only, QK-norm over all heads
+        "olmo2": t.Olmo2Config(**_COMMON),
+        # Granite: embedding / residual / attention multipliers, logits scaling, tied
+        "granite": t.GraniteConfig(
+            **_COMMON,
+            embedding_multiplier=12.0,
+            residual_multiplier=0.22,
+            attention_multiplier=0.0625,
+            logits_scaling=8.0,
+            tie_word_embeddings=True,
+        ),
         "qwen2": t.Qwen2Config(**_COMMON, tie_word_embeddings=True),
         "qwen2_untied": t.Qwen2Config(**_COMMON, tie_word_embeddings=False),
         "qwen3": t.Qwen3Config(**_COMMON, head_dim=32, tie_word_embeddings=False),

@@ -20,6 +20,8 @@ HF_MODEL_TYPES = {
     "gemma2": "GEMMA2",
     "gemma3_text": "GEMMA3",
     "smollm3": "SMOLLM3",
+    "olmo2": "OLMO2",
+    "granite": "GRANITE",
     "phi3": "PHI3_MINI",
     "qwen2": "QWEN2",
     "qwen3": "QWEN3",
@@ -215,8 +217,8 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
         query_pre_attn_scalar=cfg.get("query_pre_attn_scalar") if gemma2 else None,
         sliding_window=window,
         layer_types=layer_types,
-        qk_norm=family in ("QWEN3", "QWEN3_MOE", "GEMMA3"),
-        post_norms=gemma2,
+        qk_norm=family in ("QWEN3", "QWEN3_MOE", "GEMMA3", "OLMO2"),
+        post_norms=gemma2 or family == "OLMO2",
         num_classes=len(cfg.get("id2label") or {0: 0, 1: 1}) if classifier else None,
         **_moe_fields(cfg, family, n_layers),
         **_dense_fields(cfg, family),
@@ -224,10 +226,20 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
 
 
 def _dense_fields(cfg: Mapping[str, Any], family: str) -> dict[str, Any]:
-    """Family-specific dense fields: SmolLM3's NoPE layers (``no_rope_layers[i] == 0``)."""
+    """Family-specific dense fields: SmolLM3's NoPE layers (``no_rope_layers[i] == 0``),
+    OLMo 2's norm placement, Granite's multipliers."""
     if family == "SMOLLM3":
         rope = cfg.get("no_rope_layers") or [1] * cfg["num_hidden_layers"]
         return dict(nope_layers=tuple(i for i, r in enumerate(rope) if not r))
+    if family == "OLMO2":
+        return dict(pre_norms=False, qk_norm_across_heads=True, norm_scale_fp32=True)
+    if family == "GRANITE":
+        return dict(
+            embed_multiplier=float(cfg.get("embedding_multiplier", 1.0)),
+            residual_multiplier=float(cfg.get("residual_multiplier", 1.0)),
+            attn_scale=float(cfg.get("attention_multiplier", 1.0)),
+            logits_divisor=float(cfg.get("logits_scaling", 1.0)),
+        )
     return {}
 
 
