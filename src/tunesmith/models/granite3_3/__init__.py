@@ -1,0 +1,3 @@
+"""granite3_3 family: public model builders (torchtune-style names)."""
+
+from tunesmith.models.granite3_3._model_builders import *  # noqa: F401,F403
