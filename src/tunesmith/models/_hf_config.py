@@ -81,6 +81,8 @@ def _rope(
             attention_factor=params.get("attention_factor"),
         )
     if kind in ("longrope", "su"):  # "su": Phi-3's first name for it
+        if "long_factor" not in params or "short_factor" not in params:
+            raise ValueError("config.json: rope type longrope needs long_factor and short_factor.")
         factor = params.get("factor") or cfg.get("max_position_embeddings", original) / original
         return theta, RopeScaling(
             factor=float(factor),
