@@ -85,3 +85,14 @@ def test_kv_cached_decoding_equals_transformers(name, tmp_path):
     expected_t, got_t = torch.cat(expected, 1), torch.cat(got, 1)
     scale = expected_t.abs().max().item()
     assert (got_t - expected_t).abs().max().item() <= 1e-5 * max(scale, 1.0)
+
+
+def test_tensor_parallel_refuses_olmo2_qk_norm_across_heads():
+    from tunesmith.training.tensor_parallel import check_tp_degree
+
+    spec = spec_from_hf_config(tiny_configs()["olmo2"].to_dict())
+    with torch.device("meta"):
+        model = build_decoder(spec)
+    check_tp_degree(model, 1)
+    with pytest.raises(ValueError, match="normalises q / k over all heads"):
+        check_tp_degree(model, 2)
