@@ -200,3 +200,18 @@ def test_parameter_count_equals_transformers_on_meta(name):
     assert count == sum(p.numel() for p in theirs.parameters())
     if name in PUBLISHED:
         assert count == PUBLISHED[name]
+
+
+def test_gemma3_transformers_4_config_layout_reads_the_same():
+    """Gemma 3 checkpoints saved by transformers 4.5x carry ``rope_theta``,
+    ``rope_local_base_freq``, ``rope_scaling`` and ``sliding_window_pattern`` (no
+    ``layer_types`` / ``rope_parameters``)."""
+    values = {k: v for k, v in HF_CONFIGS["gemma3_4b"].items() if k != "rope_parameters"}
+    values |= {
+        "rope_theta": 1_000_000.0,
+        "rope_local_base_freq": 10_000.0,
+        "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+        "sliding_window_pattern": 6,
+        "hidden_activation": "gelu_pytorch_tanh",
+    }
+    assert spec_from_hf_config(values) == SPECS["gemma3_4b"].replace(head_dim=256)

@@ -126,6 +126,8 @@ def _rope_fields(cfg: Mapping[str, Any], head_dim: int) -> dict[str, Any]:
         params = full
     else:
         theta, scaling = _rope(cfg, params)
+        if cfg.get("rope_local_base_freq") is not None:  # Gemma 3, transformers 4.x layout
+            local = dict(local_rope_base=float(cfg["rope_local_base_freq"]))
     factor = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
     rotary = int(head_dim * float(factor or 1.0))
     return dict(
@@ -144,6 +146,9 @@ def _sliding(cfg: Mapping[str, Any], n_layers: int) -> tuple[int | None, tuple[s
     if types is None:  # transformers 4.x configs: the pattern is implied by the architecture
         if cfg.get("model_type") == "gemma2":
             types = alternating_sliding(n_layers)
+        elif cfg.get("model_type") == "gemma3_text":  # every sliding_window_pattern-th is global
+            step = int(cfg.get("sliding_window_pattern", 6))
+            types = [FULL if (i + 1) % step == 0 else SLIDING for i in range(n_layers)]
         elif cfg.get("use_sliding_window"):  # Qwen2/3: layers from max_window_layers on slide
             start = cfg.get("max_window_layers", n_layers)
             types = [SLIDING if i >= start else FULL for i in range(n_layers)]
