@@ -189,7 +189,8 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
     for flag in ("mlp_bias",) + (("attention_bias",) if family not in biased else ()):
         if cfg.get(flag):
             raise ValueError(f"config.json: {flag}=true is not supported for {hf_type}.")
-    act_name = cfg.get("hidden_activation") or cfg.get("hidden_act", "silu")
+    default_act = "gelu_pytorch_tanh" if family == "GEMMA3" else "silu"  # transformers' default
+    act_name = cfg.get("hidden_activation") or cfg.get("hidden_act", default_act)
     if family == "GEMMA" and act_name == "gelu":
         act_name = "gelu_pytorch_tanh"  # transformers runs Gemma with the tanh approximation
     if act_name not in _ACTIVATIONS:
