@@ -50,6 +50,58 @@ def tiny_configs() -> dict[str, object]:
             final_logit_softcapping=3.0,
         ),
         "phi3": t.Phi3Config(**_COMMON),
+        # Phi-3 128k / Phi-3.5: longrope (37 test tokens > original 16: the long factors act)
+        "phi3_longrope": t.Phi3Config(
+            **_COMMON,
+            original_max_position_embeddings=16,
+            rope_scaling={
+                "type": "longrope",
+                "long_factor": [1.0 + 0.7 * i for i in range(8)],
+                "short_factor": [1.0 + 0.1 * i for i in range(8)],
+            },
+        ),
+        # Phi-4-mini: partial rotary (12 of 16 features) + longrope, tied embeddings
+        "phi4_mini": t.Phi3Config(
+            **{**_COMMON, "num_attention_heads": 4, "hidden_size": 64},
+            partial_rotary_factor=0.75,
+            original_max_position_embeddings=16,
+            tie_word_embeddings=True,
+            rope_scaling={
+                "type": "longrope",
+                "long_factor": [1.5 + 0.5 * i for i in range(6)],
+                "short_factor": [1.0] * 6,
+            },
+        ),
+        # dynamic NTK past max_position_embeddings=16
+        "llama_dynamic": t.LlamaConfig(
+            **{**_COMMON, "max_position_embeddings": 16},
+            rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10_000.0},
+        ),
+        # Gemma 3: 5 sliding : 1 global, local / global RoPE bases (global linearly scaled),
+        # QK-norm, sandwich norms, query scalar
+        "gemma3": t.Gemma3TextConfig(
+            **{**_COMMON, "num_hidden_layers": 6},
+            head_dim=16,
+            sliding_window=8,
+            query_pre_attn_scalar=24,
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+            },
+        ),
+        # SmolLM3: every 4th layer without RoPE
+        "smollm3": t.SmolLM3Config(**{**_COMMON, "num_hidden_layers": 4}),
+        # OLMo 2: post-norms only, QK-norm over all heads
+        "olmo2": t.Olmo2Config(**_COMMON),
+        # Granite: embedding / residual / attention multipliers, logits scaling, tied
+        "granite": t.GraniteConfig(
+            **_COMMON,
+            embedding_multiplier=12.0,
+            residual_multiplier=0.22,
+            attention_multiplier=0.0625,
+            logits_scaling=8.0,
+            tie_word_embeddings=True,
+        ),
         "qwen2": t.Qwen2Config(**_COMMON, tie_word_embeddings=True),
         "qwen2_untied": t.Qwen2Config(**_COMMON, tie_word_embeddings=False),
         "qwen3": t.Qwen3Config(**_COMMON, head_dim=32, tie_word_embeddings=False),
@@ -109,6 +161,7 @@ def make_checkpoint(name: str, directory: Path, std: float = 0.1):
     cfg = tiny_configs()[name]
     cfg._attn_implementation = "eager"
     name_ = type(cfg).__name__.replace("Config", "ForCausalLM").replace("Llama4Text", "Llama4")
+    name_ = name_.replace("Gemma3Text", "Gemma3")
     cls = getattr(transformers, name_)
     torch.manual_seed(0)
     model = cls(cfg).eval()

@@ -201,7 +201,11 @@ def test_gemma2_v4_config_alternates_sliding_layers():
 def test_unsupported_configs_fail_clearly():
     with pytest.raises(ValueError, match="model_type 'bert'"):
         spec_from_hf_config({"model_type": "bert"})
-    with pytest.raises(ValueError, match="rope type 'longrope'"):
+    with pytest.raises(ValueError, match="rope type 'mrope_xl' is not supported"):
+        spec_from_hf_config(
+            {**LLAMA_3_2_1B, "rope_scaling": {"rope_type": "mrope_xl", "factor": 4.0}}
+        )
+    with pytest.raises(ValueError, match="longrope needs long_factor and short_factor"):
         spec_from_hf_config(
             {**LLAMA_3_2_1B, "rope_scaling": {"rope_type": "longrope", "factor": 4.0}}
         )

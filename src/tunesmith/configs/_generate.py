@@ -36,6 +36,8 @@ class Size:
     custom_sharded_layers: bool = False
     extra_tokenizer: dict[str, str] = field(default_factory=dict)
     moe: bool = False  # mixture of experts: no LoRA on the experts, router aux loss on
+    loss: str = "tunesmith.modules.loss.LinearCrossEntropyLoss"
+    torchtune_twin: bool = True  # torchtune ships a config of this name (not the new families)
 
 
 def _shards(n: int, ext: str = "safetensors", prefix: str = "model") -> list[str]:
@@ -51,6 +53,7 @@ _GEMMA_TOK = "tunesmith.models.gemma.gemma_tokenizer"
 _SPM = {"path": "tokenizer.model"}
 _TIKTOKEN = {"path": "original/tokenizer.model"}
 _BPE = {"path": "vocab.json", "merges_file": "merges.txt"}
+_HF_JSON = {"path": "tokenizer.json"}  # + the tokenizer_config.json chat template beside it
 
 _DIST = ["full", "lora"]
 _SINGLE = ["full_single_device", "lora_single_device"]
@@ -166,6 +169,23 @@ SIZES: list[Size] = [
     Size("mixtral", "8x7B", "mixtral_8x7b", "mistralai/Mixtral-8x7B-v0.1", _shards(19), "MIXTRAL",
          "tunesmith.models.mixtral.mistral_tokenizer", _SPM, ["lora"], big=True, lora_rank=16,
          lora_lr="2e-5", moe=True),
+    # Current dense families (tokenizers: tokenizer.json + the checkpoint's chat template)
+    Size("gemma3", "1B", "gemma3_1b", "google/gemma-3-1b-it", ["model.safetensors"], "GEMMA3",
+         "tunesmith.models.gemma3.gemma3_tokenizer", _HF_JSON, ["lora_single_device"],
+         lora_rank=64, lora_lr="2e-5", torchtune_twin=False),
+    Size("phi3", "3_5_mini", "phi3_5_mini", "microsoft/Phi-3.5-mini-instruct", _shards(2),
+         "PHI3_MINI", "tunesmith.models.phi3.phi3_mini_tokenizer", _SPM, ["lora_single_device"],
+         torchtune_twin=False),
+    Size("smollm3", "3B", "smollm3_3b", "HuggingFaceTB/SmolLM3-3B", _shards(2), "SMOLLM3",
+         "tunesmith.models.smollm3.smollm3_tokenizer", _HF_JSON, ["lora_single_device"],
+         lora_rank=32, lora_lr="1e-4", torchtune_twin=False),
+    Size("olmo2", "7B", "olmo2_7b", "allenai/OLMo-2-1124-7B-Instruct", _shards(3), "OLMO2",
+         "tunesmith.models.olmo2.olmo2_tokenizer", _HF_JSON, ["lora_single_device"], big=True,
+         torchtune_twin=False),
+    Size("granite3_3", "2B", "granite3_3_2b", "ibm-granite/granite-3.3-2b-instruct", _shards(2),
+         "GRANITE", "tunesmith.models.granite3_3.granite3_3_tokenizer", _HF_JSON,
+         ["lora_single_device"], loss="tunesmith.modules.loss.CEWithChunkedOutputLoss",
+         torchtune_twin=False),
 ]  # fmt: skip
 
 # One generation config per family, pointing at a small size of it.
@@ -231,8 +251,9 @@ def _header(s: Size, name: str, method: str, alias: str) -> str:
     )
     return (
         "# recipe: finetune\n"
-        f"# {method} of {s.hub_id} ({s.family} {s.size}); torchtune's config of the same name.\n"
-        "#\n"
+        f"# {method} of {s.hub_id} ({s.family} {s.size})"
+        + ("; torchtune's config of the same name.\n" if s.torchtune_twin else ".\n")
+        + "#\n"
         "# Get the weights first:\n"
         f"#   tunesmith download {s.hub_id} --output-dir {_ckpt_dir(s)}\n"
         "#\n"
@@ -350,7 +371,7 @@ def finetune_config(s: Size, variant: str) -> str:
             "  num_warmup_steps: 100\n"
         )
     text += (
-        "loss:\n  _component_: tunesmith.modules.loss.LinearCrossEntropyLoss\n"
+        f"loss:\n  _component_: {s.loss}\n"
         + (
             "router_aux_loss_coef: 0.001  # MoE load balancing (transformers' router_aux_loss_coef)\n"
             if s.moe

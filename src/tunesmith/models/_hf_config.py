@@ -18,6 +18,10 @@ HF_MODEL_TYPES = {
     "mistral": "MISTRAL",
     "gemma": "GEMMA",
     "gemma2": "GEMMA2",
+    "gemma3_text": "GEMMA3",
+    "smollm3": "SMOLLM3",
+    "olmo2": "OLMO2",
+    "granite": "GRANITE",
     "phi3": "PHI3_MINI",
     "qwen2": "QWEN2",
     "qwen3": "QWEN3",
@@ -43,29 +47,56 @@ def load_hf_config(path: str | Path) -> dict[str, Any]:
     return json.loads(file.read_text())
 
 
-def _rope(cfg: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
+def _rope_params(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The RoPE parameters of a config, either layout (a dict; Gemma 3: one per layer type)."""
     params = dict(cfg.get("rope_parameters") or {})
     if not params:  # transformers 4.x layout
         params = dict(cfg.get("rope_scaling") or {})
         params["rope_theta"] = cfg.get("rope_theta", 10_000.0)
+    return params
+
+
+def _rope(
+    cfg: Mapping[str, Any], params: Mapping[str, Any] | None = None
+) -> tuple[float, RopeScaling | None]:
+    """(base, scaling) of ``params`` (default: the config's RoPE parameters)."""
+    params = _rope_params(cfg) if params is None else params
     theta = float(params.get("rope_theta", cfg.get("rope_theta", 10_000.0)))
-    if params.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ValueError("config.json: partial_rotary_factor != 1.0 is not supported.")
     kind = params.get("rope_type", params.get("type", "default"))
+    original = (
+        params.get("original_max_position_embeddings")
+        or cfg.get("original_max_position_embeddings")
+        or cfg.get("max_position_embeddings", 4096)
+    )
     if kind == "default":
         return theta, None
     if kind == "yarn":
         return theta, RopeScaling(
             factor=float(params["factor"]),
-            original_max_position_embeddings=int(
-                params.get("original_max_position_embeddings")
-                or cfg.get("max_position_embeddings", 4096)
-            ),
+            original_max_position_embeddings=int(original),
             rope_type="yarn",
             beta_fast=float(params.get("beta_fast") or 32.0),
             beta_slow=float(params.get("beta_slow") or 1.0),
             truncate=bool(params.get("truncate", True)),
             attention_factor=params.get("attention_factor"),
+        )
+    if kind in ("longrope", "su"):  # "su": Phi-3's first name for it
+        if "long_factor" not in params or "short_factor" not in params:
+            raise ValueError("config.json: rope type longrope needs long_factor and short_factor.")
+        factor = params.get("factor") or cfg.get("max_position_embeddings", original) / original
+        return theta, RopeScaling(
+            factor=float(factor),
+            original_max_position_embeddings=int(original),
+            rope_type="longrope",
+            attention_factor=params.get("attention_factor"),
+            long_factor=tuple(float(x) for x in params["long_factor"]),
+            short_factor=tuple(float(x) for x in params["short_factor"]),
+        )
+    if kind == "dynamic":  # dynamic NTK grows past the config's max_position_embeddings
+        return theta, RopeScaling(
+            factor=float(params["factor"]),
+            original_max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)),
+            rope_type="dynamic",
         )
     if kind == "linear":
         return theta, RopeScaling(factor=float(params["factor"]), rope_type="linear")
@@ -78,7 +109,32 @@ def _rope(cfg: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
         )
     raise ValueError(
         f"config.json: rope type {kind!r} is not supported (supported: default, linear, llama3, "
-        "yarn)."
+        "yarn, longrope, dynamic)."
+    )
+
+
+def _rope_fields(cfg: Mapping[str, Any], head_dim: int) -> dict[str, Any]:
+    """The ``ModelSpec`` RoPE fields: base, scaling, rotary width and Gemma 3's local RoPE."""
+    params = _rope_params(cfg)
+    local: dict[str, Any] = {}
+    if FULL in params or SLIDING in params:  # one set of parameters per layer type
+        full, sliding = params.get(FULL) or {}, params.get(SLIDING) or {}
+        theta, scaling = _rope(cfg, full)
+        if sliding and sliding != full:
+            local_theta, local_scaling = _rope(cfg, sliding)
+            local = dict(local_rope_base=local_theta, local_rope_scaling=local_scaling)
+        params = full
+    else:
+        theta, scaling = _rope(cfg, params)
+        if cfg.get("rope_local_base_freq") is not None:  # Gemma 3, transformers 4.x layout
+            local = dict(local_rope_base=float(cfg["rope_local_base_freq"]))
+    factor = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    rotary = int(head_dim * float(factor or 1.0))
+    return dict(
+        rope_base=theta,
+        rope_scaling=scaling,
+        rotary_dim=None if rotary == head_dim else rotary,
+        **local,
     )
 
 
@@ -90,6 +146,9 @@ def _sliding(cfg: Mapping[str, Any], n_layers: int) -> tuple[int | None, tuple[s
     if types is None:  # transformers 4.x configs: the pattern is implied by the architecture
         if cfg.get("model_type") == "gemma2":
             types = alternating_sliding(n_layers)
+        elif cfg.get("model_type") == "gemma3_text":  # every sliding_window_pattern-th is global
+            step = int(cfg.get("sliding_window_pattern", 6))
+            types = [FULL if (i + 1) % step == 0 else SLIDING for i in range(n_layers)]
         elif cfg.get("use_sliding_window"):  # Qwen2/3: layers from max_window_layers on slide
             start = cfg.get("max_window_layers", n_layers)
             types = [SLIDING if i >= start else FULL for i in range(n_layers)]
@@ -130,16 +189,18 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
     for flag in ("mlp_bias",) + (("attention_bias",) if family not in biased else ()):
         if cfg.get(flag):
             raise ValueError(f"config.json: {flag}=true is not supported for {hf_type}.")
-    act_name = cfg.get("hidden_activation") or cfg.get("hidden_act", "silu")
+    default_act = "gelu_pytorch_tanh" if family == "GEMMA3" else "silu"  # transformers' default
+    act_name = cfg.get("hidden_activation") or cfg.get("hidden_act", default_act)
     if family == "GEMMA" and act_name == "gelu":
         act_name = "gelu_pytorch_tanh"  # transformers runs Gemma with the tanh approximation
     if act_name not in _ACTIVATIONS:
         raise ValueError(f"config.json: activation {act_name!r} is not supported.")
     n_heads = cfg["num_attention_heads"]
     n_layers = cfg["num_hidden_layers"]
-    theta, scaling = _rope(cfg)
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
     window, layer_types = _sliding(cfg, n_layers)
-    gemma = family in ("GEMMA", "GEMMA2")
+    gemma = family in ("GEMMA", "GEMMA2", "GEMMA3")
+    gemma2 = family in ("GEMMA2", "GEMMA3")  # soft-caps, query scalar, sandwich norms
     archs = cfg.get("architectures") or []
     classifier = any(a.endswith("ForSequenceClassification") for a in archs)
     return ModelSpec(
@@ -151,25 +212,43 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
         embed_dim=cfg["hidden_size"],
         intermediate_dim=cfg.get("intermediate_size_mlp") or cfg["intermediate_size"],
         max_seq_len=cfg.get("max_position_embeddings", 4096),
-        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_heads,
-        rope_base=theta,
-        rope_scaling=scaling,
+        head_dim=head_dim,
+        **_rope_fields(cfg, head_dim),
         norm_eps=cfg.get("rms_norm_eps", 1e-6),
         norm_offset=gemma,
         activation=_ACTIVATIONS[act_name],
         qkv_bias=family == "QWEN2" or bool(cfg.get("attention_bias")),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", gemma)) and not classifier,
         embed_scale=gemma,
-        attn_softcap=cfg.get("attn_logit_softcapping") if family == "GEMMA2" else None,
-        final_softcap=cfg.get("final_logit_softcapping") if family == "GEMMA2" else None,
-        query_pre_attn_scalar=cfg.get("query_pre_attn_scalar") if family == "GEMMA2" else None,
+        attn_softcap=cfg.get("attn_logit_softcapping") if gemma2 else None,
+        final_softcap=cfg.get("final_logit_softcapping") if gemma2 else None,
+        query_pre_attn_scalar=cfg.get("query_pre_attn_scalar") if gemma2 else None,
         sliding_window=window,
         layer_types=layer_types,
-        qk_norm=family in ("QWEN3", "QWEN3_MOE"),
-        post_norms=family == "GEMMA2",
+        qk_norm=family in ("QWEN3", "QWEN3_MOE", "GEMMA3", "OLMO2"),
+        post_norms=gemma2 or family == "OLMO2",
         num_classes=len(cfg.get("id2label") or {0: 0, 1: 1}) if classifier else None,
         **_moe_fields(cfg, family, n_layers),
+        **_dense_fields(cfg, family),
     )
+
+
+def _dense_fields(cfg: Mapping[str, Any], family: str) -> dict[str, Any]:
+    """Family-specific dense fields: SmolLM3's NoPE layers (``no_rope_layers[i] == 0``),
+    OLMo 2's norm placement, Granite's multipliers."""
+    if family == "SMOLLM3":
+        rope = cfg.get("no_rope_layers") or [1] * cfg["num_hidden_layers"]
+        return dict(nope_layers=tuple(i for i, r in enumerate(rope) if not r))
+    if family == "OLMO2":
+        return dict(pre_norms=False, qk_norm_across_heads=True, norm_scale_fp32=True)
+    if family == "GRANITE":
+        return dict(
+            embed_multiplier=float(cfg.get("embedding_multiplier", 1.0)),
+            residual_multiplier=float(cfg.get("residual_multiplier", 1.0)),
+            attn_scale=float(cfg.get("attention_multiplier", 1.0)),
+            logits_divisor=float(cfg.get("logits_scaling", 1.0)),
+        )
+    return {}
 
 
 def _moe_fields(cfg: Mapping[str, Any], family: str, n_layers: int) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from the released checkpoint, the checkpoint wins so its weights load).
 
 from __future__ import annotations
 
+from tunesmith.models._dense_specs import DENSE_SPECS
 from tunesmith.models.spec import ModelSpec, RopeScaling, alternating_sliding
 
 __all__ = ["SPECS", "get_spec"]
@@ -443,6 +444,9 @@ SPECS: dict[str, ModelSpec] = {
         rope_base=130_000.0,
     ),
 }
+
+
+SPECS.update(DENSE_SPECS)  # Gemma 3, Phi-3.5, SmolLM3, OLMo 2, Granite 3.3
 
 
 def get_spec(name: str) -> ModelSpec:

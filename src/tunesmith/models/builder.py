@@ -19,7 +19,7 @@ from tunesmith.modules import (
     TransformerSelfAttentionLayer,
 )
 from tunesmith.modules.moe import GroupedExperts, MoE, TopKRouter
-from tunesmith.modules.norms import WeightlessRMSNorm
+from tunesmith.modules.norms import HeadsRMSNorm, WeightlessRMSNorm
 from tunesmith.modules.rope import MultimodalRotaryEmbedding
 
 __all__ = [
@@ -87,7 +87,9 @@ def _linear(
 
 
 def _norm(spec: ModelSpec, dim: int) -> RMSNorm:
-    return RMSNorm(dim, eps=spec.norm_eps, offset=spec.norm_offset)
+    return RMSNorm(
+        dim, eps=spec.norm_eps, offset=spec.norm_offset, scale_in_fp32=spec.norm_scale_fp32
+    )
 
 
 def _mlp(spec: ModelSpec, f: int, adapt: bool, lora: LoRASettings | None) -> FeedForward:
@@ -127,12 +129,21 @@ def _moe(spec: ModelSpec) -> MoE:
     )
 
 
-def _qk_norm(spec: ModelSpec, hd: int, nope: bool) -> nn.Module | None:
+def _qk_norm(spec: ModelSpec, hd: int, nope: bool, heads: int) -> nn.Module | None:
+    if spec.qk_norm and spec.qk_norm_across_heads:  # OLMo 2: one norm over all heads
+        return HeadsRMSNorm(heads * hd, eps=spec.norm_eps, scale_in_fp32=spec.norm_scale_fp32)
     if spec.qk_norm:
         return _norm(spec, hd)
     if spec.qk_rms_norm and not nope:  # Llama 4: RoPE layers only, no weight
         return WeightlessRMSNorm(spec.norm_eps)
     return None
+
+
+def _attn_scale(spec: ModelSpec) -> float | None:
+    """The softmax scale: Granite's ``attention_multiplier``, Gemma's query scalar, default."""
+    if spec.attn_scale is not None:
+        return spec.attn_scale
+    return spec.query_pre_attn_scalar**-0.5 if spec.query_pre_attn_scalar else None
 
 
 def _layer(spec: ModelSpec, index: int, lora: LoRASettings | None) -> TransformerSelfAttentionLayer:
@@ -152,9 +163,9 @@ def _layer(spec: ModelSpec, index: int, lora: LoRASettings | None) -> Transforme
         output_proj=_linear(
             h * hd, d, bias=spec.out_bias, adapt="output_proj" in targets, lora=lora
         ),
-        q_norm=_qk_norm(spec, hd, nope),
-        k_norm=_qk_norm(spec, hd, nope),
-        scale=spec.query_pre_attn_scalar**-0.5 if spec.query_pre_attn_scalar else None,
+        q_norm=_qk_norm(spec, hd, nope, h),
+        k_norm=_qk_norm(spec, hd, nope, kv),
+        scale=_attn_scale(spec),
         softcap=spec.attn_softcap,
         sliding_window=spec.layer_window(index),
         sinks=spec.attn_sinks,
@@ -170,10 +181,11 @@ def _layer(spec: ModelSpec, index: int, lora: LoRASettings | None) -> Transforme
     return TransformerSelfAttentionLayer(
         attn=attn,
         mlp=mlp,
-        sa_norm=_norm(spec, d),
-        mlp_norm=_norm(spec, d),
+        sa_norm=_norm(spec, d) if spec.pre_norms else nn.Identity(),
+        mlp_norm=_norm(spec, d) if spec.pre_norms else nn.Identity(),
         sa_scale=_norm(spec, d) if spec.post_norms else None,
         mlp_scale=_norm(spec, d) if spec.post_norms else None,
+        residual_multiplier=spec.residual_multiplier,
     )
 
 
@@ -203,9 +215,12 @@ def build_decoder(spec: ModelSpec, lora: LoRASettings | None = None) -> Transfor
         norm=_norm(spec, spec.embed_dim),
         output=output,
         rope=_rope(spec),
+        local_rope=_local_rope(spec),
         max_seq_len=spec.max_seq_len,
         embed_scale=spec.embed_dim**0.5 if spec.embed_scale else None,
         final_logit_softcap=spec.final_softcap,
+        embed_multiplier=spec.embed_multiplier,
+        logits_divisor=spec.logits_divisor,
     )
 
 
@@ -215,7 +230,15 @@ def _rope(spec: ModelSpec) -> RotaryEmbedding:
         return MultimodalRotaryEmbedding(
             hd, spec.rope_base, spec.rope_scaling, spec.mrope_section, spec.mrope_interleaved
         )
-    return RotaryEmbedding(hd, spec.rope_base, spec.rope_scaling)
+    return RotaryEmbedding(hd, spec.rope_base, spec.rope_scaling, spec.rotary_dim)
+
+
+def _local_rope(spec: ModelSpec) -> RotaryEmbedding | None:
+    """The sliding-window layers' own RoPE (Gemma 3), or None when they share the global one."""
+    if spec.local_rope_base is None:
+        return None
+    hd = spec.resolved_head_dim
+    return RotaryEmbedding(hd, spec.local_rope_base, spec.local_rope_scaling, spec.rotary_dim)
 
 
 def model_type_of(spec: ModelSpec) -> str:

@@ -7,7 +7,7 @@ interleaved RoPE layout and are permuted here. Keys ending in LoRA / DoRA suffix
 (``.lora_a.weight``, ``.lora_b.weight``, ``.magnitude``) are renamed like their base module.
 
 ``model_type`` strings are torchtune's: LLAMA2, LLAMA3, LLAMA3_2, MISTRAL, GEMMA, GEMMA2,
-PHI3_MINI, PHI4, QWEN2, QWEN3, QWEN3_MOE, MIXTRAL and GPT_OSS (experts stacked into grouped tensors,
+GEMMA3, SMOLLM3, OLMO2 and GRANITE (no torchtune layout: their q/k are never permuted), PHI3_MINI, PHI4, QWEN2, QWEN3, QWEN3_MOE, MIXTRAL and GPT_OSS (experts stacked into grouped tensors,
 see ``_convert_moe``), REWARD (a Llama / Mistral classifier with a ``score`` head),
 and LLAMA3_VISION (HF ``MllamaForConditionalGeneration``, see ``_convert_vision``) and
 QWEN2_5_VL / QWEN3_VL (HF ``Qwen2_5_VLForConditionalGeneration`` /
@@ -64,6 +64,12 @@ _LAYER_GEMMA2 = {
     "pre_feedforward_layernorm": "mlp_norm",
     "post_feedforward_layernorm": "mlp_scale",
 }
+#: OLMo 2: post-norms only (no input / pre-feed-forward norms)
+_LAYER_OLMO2 = {
+    k: v
+    for k, v in _LAYER_GEMMA2.items()
+    if k not in ("input_layernorm", "pre_feedforward_layernorm")
+}
 _LAYER_LLAMA4 = {
     **{k: v for k, v in _LAYER_HF.items() if not k.startswith("mlp.")},
     "feed_forward.gate_proj": "mlp.w1",
@@ -89,6 +95,10 @@ _RULES: dict[str, tuple[dict[str, str], dict[str, str], bool, bool]] = {
     "MISTRAL": (_LAYER_HF, _TOP_HF, False, True),
     "GEMMA": (_LAYER_HF, _TOP_HF, False, True),
     "GEMMA2": (_LAYER_GEMMA2, _TOP_HF, False, True),
+    "GEMMA3": (_LAYER_GEMMA2, _TOP_HF, False, False),
+    "SMOLLM3": (_LAYER_HF, _TOP_HF, False, False),
+    "OLMO2": (_LAYER_OLMO2, _TOP_HF, False, False),
+    "GRANITE": (_LAYER_HF, _TOP_HF, False, False),
     "PHI3_MINI": (_LAYER_HF, _TOP_HF, True, False),
     "PHI4": (_LAYER_HF, _TOP_HF, True, False),
     "QWEN2": (_LAYER_HF, _TOP_HF, False, False),
@@ -152,7 +162,8 @@ def ties_embeddings(hf_config: Any) -> bool:
     a ``PretrainedConfig`` or None.
     """
     cfg = _cfg(hf_config)
-    return bool(cfg.get("tie_word_embeddings", cfg.get("model_type") in ("gemma", "gemma2")))
+    tied_default = cfg.get("model_type") in ("gemma", "gemma2", "gemma3_text")
+    return bool(cfg.get("tie_word_embeddings", tied_default))
 
 
 def _split_module(rest: str, table: Mapping[str, str]) -> tuple[str, str] | None:

@@ -35,6 +35,22 @@ class ModelSpec:
     the other layers use chunked local attention of ``attn_chunk_size`` and, with
     ``qk_rms_norm``, a weightless RMS norm on q / k; ``router_weights_inputs`` scales the
     routed inputs (not outputs) by the sigmoid router weight.
+
+    RoPE: ``rope_base`` / ``rope_scaling`` (llama3, linear, yarn, longrope, dynamic; see
+    ``modules.rope.RopeScaling``); ``rotary_dim`` set rotates only the first ``rotary_dim``
+    features of each head (partial rotary, Phi-4-mini); ``local_rope_base`` (and
+    ``local_rope_scaling``) set give the sliding-window layers their own RoPE (Gemma 3:
+    10k locally, 1M globally). ``nope_layers`` skip RoPE (Llama 4, SmolLM3).
+
+    Norms: ``post_norms`` adds norms on the attention / feed-forward outputs (Gemma 2 / 3
+    sandwich norms); ``pre_norms=False`` drops the input norms (OLMo 2: post-norms only);
+    ``qk_norm_across_heads`` normalises q / k over all heads jointly (OLMo 2) instead of per
+    head; ``norm_scale_fp32`` multiplies norm weights before the cast back (OLMo 2).
+
+    Granite's multipliers: ``embed_multiplier`` (embeddings times it, unrounded),
+    ``residual_multiplier`` (each block's attention / feed-forward output times it before the
+    residual add), ``attn_scale`` (the softmax scale instead of ``hd ** -0.5``),
+    ``logits_divisor`` (logits divided by it: ``logits_scaling``).
     """
 
     family: str
@@ -81,6 +97,16 @@ class ModelSpec:
     attn_temperature: tuple[float, float] | None = None
     router_weights_inputs: bool = False
     mrope_interleaved: bool = False
+    rotary_dim: int | None = None
+    pre_norms: bool = True
+    qk_norm_across_heads: bool = False
+    norm_scale_fp32: bool = False
+    embed_multiplier: float | None = None
+    residual_multiplier: float | None = None
+    attn_scale: float | None = None
+    logits_divisor: float | None = None
+    local_rope_base: float | None = None
+    local_rope_scaling: RopeScaling | None = None
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

@@ -198,6 +198,12 @@ class LinearCrossEntropyLoss(nn.Module):
                 f"LinearCrossEntropyLoss needs a decoder with an `output` projection; "
                 f"{type(model).__name__} has none"
             )
+        if getattr(model, "logits_divisor", None) is not None:
+            raise ValueError(
+                "loss: LinearCrossEntropyLoss does not apply this model's logits_scaling "
+                "(Granite); set loss._component_ to "
+                "tunesmith.modules.loss.CEWithChunkedOutputLoss"
+            )
         model.skip_output_layer = True
         self.linear_projection = model.output
         self.softcap = getattr(model, "final_logit_softcap", None)

@@ -17,6 +17,7 @@ __all__ = [
     "AxialRotaryEmbedding",
     "MultimodalRotaryEmbedding",
     "RopeScaling",
+    "ROPE_TYPES",
     "RotaryEmbedding",
     "apply_rope",
     "rope_inv_freq",
@@ -25,10 +26,25 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RopeScaling:
-    """RoPE frequency scaling: Llama 3.1's ``"llama3"``, plain ``"linear"`` (uses ``factor``
-    only) or ``"yarn"`` (``factor``, ``beta_fast``, ``beta_slow``, ``truncate``,
-    ``original_max_position_embeddings``; cos / sin are multiplied by ``attention_factor``,
-    default ``0.1 * ln(factor) + 1``; gpt-oss), computed as transformers does."""
+    """RoPE frequency scaling, computed as transformers does:
+
+    - ``"llama3"`` (Llama 3.1: ``factor``, ``low_freq_factor``, ``high_freq_factor``,
+      ``original_max_position_embeddings``); ``"linear"`` (``factor`` only);
+    - ``"yarn"`` (``factor``, ``beta_fast``, ``beta_slow``, ``truncate``,
+      ``original_max_position_embeddings``; cos / sin times ``attention_factor``, default
+      ``0.1 * ln(factor) + 1``; gpt-oss);
+    - ``"longrope"`` (Phi-3 128k / Phi-3.5 / Phi-4-mini): frequency ``j`` divided by
+      ``short_factor[j]``, or by ``long_factor[j]`` when the forward's longest position + 1
+      exceeds ``original_max_position_embeddings``; cos / sin times ``attention_factor``,
+      default ``sqrt(1 + ln(factor) / ln(original_max_position_embeddings))`` (``factor`` =
+      the model's max length / the original one);
+    - ``"dynamic"`` (dynamic NTK): with ``L`` = the forward's longest position + 1 above
+      ``original_max_position_embeddings`` (here: the config's ``max_position_embeddings``),
+      the base becomes ``base * (factor * L / original - (factor - 1)) ** (d / (d - 2))``.
+
+    Longrope and dynamic depend on the positions of the forward (as transformers' per-call
+    update does; with a KV cache, on the positions of each decoding step).
+    """
 
     factor: float = 8.0
     low_freq_factor: float = 1.0
@@ -39,15 +55,26 @@ class RopeScaling:
     beta_slow: float = 1.0
     truncate: bool = True
     attention_factor: float | None = None
+    long_factor: tuple[float, ...] | None = None
+    short_factor: tuple[float, ...] | None = None
 
     @property
     def cos_sin_scale(self) -> float:
-        """The factor on cos / sin (1 except for yarn)."""
-        if self.rope_type != "yarn":
+        """The factor on cos / sin (1 except for yarn and longrope)."""
+        if self.rope_type not in ("yarn", "longrope"):
             return 1.0
         if self.attention_factor is not None:
             return self.attention_factor
-        return 1.0 if self.factor <= 1 else 0.1 * math.log(self.factor) + 1.0
+        if self.factor <= 1:
+            return 1.0
+        if self.rope_type == "longrope":
+            return math.sqrt(
+                1 + math.log(self.factor) / math.log(self.original_max_position_embeddings)
+            )
+        return 0.1 * math.log(self.factor) + 1.0
+
+
+ROPE_TYPES = ("llama3", "linear", "yarn", "longrope", "dynamic")
 
 
 def rope_inv_freq(
@@ -55,9 +82,17 @@ def rope_inv_freq(
     base: float,
     scaling: RopeScaling | None = None,
     device: torch.device | None = None,
+    seq_len: Tensor | None = None,
 ) -> Tensor:
-    """Inverse frequencies ``[head_dim // 2]`` (fp32), computed exactly as transformers does."""
+    """Inverse frequencies ``[head_dim // 2]`` (fp32), computed exactly as transformers does.
+
+    ``head_dim`` is the rotated width (``rotary_dim`` for partial rotary). ``seq_len`` (a 0-d
+    tensor: the longest position + 1 of the forward) picks longrope's long factors and
+    dynamic NTK's base; None means "within the original length".
+    """
     exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
+    if scaling is not None and scaling.rope_type == "dynamic":
+        return _dynamic_ntk(exponent, head_dim, base, scaling, seq_len)
     inv_freq = 1.0 / (base**exponent)
     if scaling is None:
         return inv_freq
@@ -65,10 +100,11 @@ def rope_inv_freq(
         return inv_freq / scaling.factor
     if scaling.rope_type == "yarn":
         return _yarn(inv_freq, head_dim, base, scaling)
+    if scaling.rope_type == "longrope":
+        return _longrope(exponent, base, scaling, seq_len)
     if scaling.rope_type != "llama3":
         raise ValueError(
-            f"Unsupported rope scaling type {scaling.rope_type!r}; use 'llama3', 'linear' or "
-            "'yarn'."
+            f"Unsupported rope scaling type {scaling.rope_type!r}; use one of {ROPE_TYPES}."
         )
     old_len = scaling.original_max_position_embeddings
     low_freq_wavelen = old_len / scaling.low_freq_factor
@@ -102,24 +138,83 @@ def _yarn(inv_freq: Tensor, dim: int, base: float, scaling: RopeScaling) -> Tens
     return interpolated * (1 - extrapolation) + inv_freq * extrapolation
 
 
+def _longrope(
+    exponent: Tensor, base: float, scaling: RopeScaling, seq_len: Tensor | None
+) -> Tensor:
+    """LongRoPE: per-frequency rescale factors, the long set beyond the original length."""
+    if scaling.long_factor is None or scaling.short_factor is None:
+        raise ValueError("longrope scaling needs long_factor and short_factor")
+    n = exponent.numel()
+    if len(scaling.long_factor) != n or len(scaling.short_factor) != n:
+        raise ValueError(
+            f"longrope factors have {len(scaling.long_factor)} / {len(scaling.short_factor)} "
+            f"entries; the rotary width needs {n} (rotary_dim / 2)"
+        )
+    powers = base**exponent
+    short = torch.tensor(scaling.short_factor, dtype=torch.float32, device=exponent.device)
+    inv_short = 1.0 / (short * powers)
+    if seq_len is None:
+        return inv_short
+    long = torch.tensor(scaling.long_factor, dtype=torch.float32, device=exponent.device)
+    return torch.where(
+        seq_len > scaling.original_max_position_embeddings, 1.0 / (long * powers), inv_short
+    )
+
+
+def _dynamic_ntk(
+    exponent: Tensor, dim: int, base: float, scaling: RopeScaling, seq_len: Tensor | None
+) -> Tensor:
+    """Dynamic NTK: the base grows with the sequence once it passes the trained length."""
+    original = scaling.original_max_position_embeddings
+    if seq_len is None:
+        length = torch.tensor(float(original), device=exponent.device)
+    else:
+        length = seq_len.float().clamp(min=original)
+    grown = base * ((scaling.factor * length / original) - (scaling.factor - 1)) ** (
+        dim / (dim - 2)
+    )
+    return 1.0 / (grown**exponent)
+
+
 class RotaryEmbedding(nn.Module):
     """Computes ``cos, sin`` tables for given positions; holds no parameters or buffers.
 
     Computing the table per forward (once for all layers) keeps the module valid on the meta
     device and after ``to_empty``; its cost is ``b * s * head_dim`` trig ops.
+
+    ``rotary_dim`` (partial rotary, ``int(head_dim * partial_rotary_factor)``: Phi-4-mini,
+    StableLM) rotates only the first ``rotary_dim`` features of each head; the tables are
+    then ``rotary_dim`` wide and ``apply_rope`` passes the rest through.
     """
 
-    def __init__(self, head_dim: int, base: float = 10_000.0, scaling: RopeScaling | None = None):
+    def __init__(
+        self,
+        head_dim: int,
+        base: float = 10_000.0,
+        scaling: RopeScaling | None = None,
+        rotary_dim: int | None = None,
+    ):
         super().__init__()
         self.head_dim = head_dim
         self.base = base
         self.scaling = scaling
+        self.rotary_dim = head_dim if rotary_dim is None else rotary_dim
+        if self.rotary_dim % 2 or not 0 < self.rotary_dim <= head_dim:
+            raise ValueError(f"rotary_dim={rotary_dim} must be even and in 2..{head_dim}")
+
+    def _inv_freq(self, positions: Tensor) -> Tensor:
+        """``[rotary_dim / 2]`` frequencies for the positions of this forward."""
+        seq_len = None
+        if self.scaling is not None and self.scaling.rope_type in ("longrope", "dynamic"):
+            seq_len = positions.max() + 1  # a tensor: no host sync
+        return rope_inv_freq(self.rotary_dim, self.base, self.scaling, positions.device, seq_len)
 
     def forward(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """``positions`` ``[b, s]`` (or ``[s]``) -> ``cos, sin`` each ``[b|1, 1, s, head_dim]``."""
+        """``positions`` ``[b, s]`` (or ``[s]``) -> ``cos, sin`` each
+        ``[b|1, 1, s, rotary_dim]``."""
         if positions.dim() == 1:
             positions = positions[None]
-        inv_freq = rope_inv_freq(self.head_dim, self.base, self.scaling, positions.device)
+        inv_freq = self._inv_freq(positions)
         freqs = positions.float()[..., None] * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]
         scale = 1.0 if self.scaling is None else self.scaling.cos_sin_scale
@@ -128,7 +223,8 @@ class RotaryEmbedding(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, base={self.base}, scaling={self.scaling}"
+        rot = f", rotary_dim={self.rotary_dim}" if self.rotary_dim != self.head_dim else ""
+        return f"head_dim={self.head_dim}, base={self.base}, scaling={self.scaling}{rot}"
 
 
 class MultimodalRotaryEmbedding(RotaryEmbedding):
@@ -217,7 +313,11 @@ class AxialRotaryEmbedding(nn.Module):
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x`` ``[b, h, s, d]`` with ``cos, sin`` ``[b|1, 1, s, d]`` (rotate-half layout)."""
+    """Rotate ``x`` ``[b, h, s, d]`` with ``cos, sin`` ``[b|1, 1, s, r]`` (rotate-half layout
+    over the first ``r <= d`` features; the other ``d - r`` pass through: partial rotary)."""
+    rot = cos.shape[-1]
+    if rot < x.shape[-1]:
+        return torch.cat((apply_rope(x[..., :rot], cos, sin), x[..., rot:]), dim=-1)
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     c, s_ = cos[..., :half], sin[..., :half]

@@ -20,7 +20,8 @@ class TransformerSelfAttentionLayer(nn.Module):
     """Pre-norm block: ``h = x + sa_scale(attn(sa_norm(x)))``, ``h + mlp_scale(mlp(mlp_norm(h)))``.
 
     ``sa_scale`` / ``mlp_scale`` are Gemma 2's post-attention / post-feed-forward norms
-    (identity when None). Shapes: ``x [b, s, d] -> [b, s, d]``.
+    (identity when None); ``residual_multiplier`` scales both branch outputs before the
+    residual add (Granite). Shapes: ``x [b, s, d] -> [b, s, d]``.
     """
 
     def __init__(
@@ -32,8 +33,10 @@ class TransformerSelfAttentionLayer(nn.Module):
         mlp_norm: nn.Module,
         sa_scale: nn.Module | None = None,
         mlp_scale: nn.Module | None = None,
+        residual_multiplier: float | None = None,
     ):
         super().__init__()
+        self.residual_multiplier = residual_multiplier
         self.sa_norm = sa_norm
         self.attn = attn
         self.mlp_norm = mlp_norm
@@ -55,10 +58,14 @@ class TransformerSelfAttentionLayer(nn.Module):
             attn_out = self.attn(self.sa_norm(x), cos, sin, mask, seq_lens=seq_lens)
         if self.sa_scale is not None:
             attn_out = self.sa_scale(attn_out)
+        if self.residual_multiplier is not None:
+            attn_out = attn_out * self.residual_multiplier
         h = x + attn_out
         mlp_out = self.mlp(self.mlp_norm(h))
         if self.mlp_scale is not None:
             mlp_out = self.mlp_scale(mlp_out)
+        if self.residual_multiplier is not None:
+            mlp_out = mlp_out * self.residual_multiplier
         return h + mlp_out
 
 
@@ -72,9 +79,13 @@ class TransformerDecoder(nn.Module):
         output: ``nn.Module`` ``[d] -> [vocab]`` (or ``[num_classes]`` for a reward head);
             None ties the output to ``tok_embeddings``.
         rope: computes ``cos, sin`` once per forward for every layer.
+        local_rope: when set, the sliding-window layers take their ``cos, sin`` from it
+            instead (Gemma 3's local RoPE base).
         max_seq_len: longest sequence the model was trained for (default cache length).
         embed_scale: multiply embeddings by this (Gemma: ``sqrt(d)``, rounded to the dtype).
         final_logit_softcap: ``cap * tanh(logits / cap)`` on the logits (Gemma 2).
+        embed_multiplier: multiply embeddings by this Python float (Granite; unrounded).
+        logits_divisor: divide the logits by this (Granite's ``logits_scaling``).
 
     ``forward(tokens [b, s], mask=None, input_pos=None) -> logits [b, s, vocab]``; see
     ``forward`` for the mask, cache and chunking rules.
@@ -89,8 +100,11 @@ class TransformerDecoder(nn.Module):
         output: nn.Module | None,
         rope: RotaryEmbedding,
         max_seq_len: int,
+        local_rope: RotaryEmbedding | None = None,
         embed_scale: float | None = None,
         final_logit_softcap: float | None = None,
+        embed_multiplier: float | None = None,
+        logits_divisor: float | None = None,
     ):
         super().__init__()
         self.tok_embeddings = tok_embeddings
@@ -100,9 +114,12 @@ class TransformerDecoder(nn.Module):
             TiedLinear(tok_embeddings) if output is None else output
         )
         self.rope = rope
+        self.local_rope = local_rope
         self.max_seq_len = max_seq_len
         self.embed_scale = embed_scale
         self.final_logit_softcap = final_logit_softcap
+        self.embed_multiplier = embed_multiplier
+        self.logits_divisor = logits_divisor
         self.skip_output_layer = False
         self.num_output_chunks = 0
         self._cache_pos = 0
@@ -139,6 +156,8 @@ class TransformerDecoder(nn.Module):
 
     def _project(self, h: Tensor) -> Tensor:
         logits = self.output(h)
+        if self.logits_divisor is not None:
+            logits = logits / self.logits_divisor
         if self.final_logit_softcap is not None:
             cap = self.final_logit_softcap
             logits = torch.tanh(logits / cap) * cap
@@ -328,6 +347,8 @@ class TransformerDecoder(nn.Module):
         h = self.tok_embeddings(tokens) if input_embeds is None else input_embeds
         if self.embed_scale is not None:
             h = h * self._embed_scale_for(h.dtype)
+        if self.embed_multiplier is not None:
+            h = h * self.embed_multiplier
         b, s = h.shape[:2]
         if seq_lens is not None:
             seq_lens, input_pos = self._documents(b, s, mask, seq_lens, input_pos, h.device)
@@ -336,10 +357,13 @@ class TransformerDecoder(nn.Module):
         if self._chunk is not None and seq_lens is None and not plain:  # plain: one chunk
             pos = default_pos if input_pos is None else input_pos
             sliding_mask = self._chunked_mask(full_mask, pos, s)
-        cos, sin = self.rope(default_pos if input_pos is None else input_pos, h.dtype)
+        pos = default_pos if input_pos is None else input_pos
+        cos_g, sin_g = self.rope(pos, h.dtype)
+        local_cs = (cos_g, sin_g) if self.local_rope is None else self.local_rope(pos, h.dtype)
         for i, layer in enumerate(self.layers):
             local = layer.attn.sliding_window is not None or getattr(layer.attn, "chunk_size", None)
             layer_mask = sliding_mask if local else full_mask
+            cos, sin = local_cs if local and self.local_rope is not None else (cos_g, sin_g)
             fuse = encoder_input is not None or encoder_mask is not None
             if fuse and hasattr(layer, "fusion_layer"):
                 fallback = {}

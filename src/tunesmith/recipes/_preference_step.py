@@ -60,8 +60,12 @@ def sequence_sums(
 
 
 def _project(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """The decoder's output layer and logit soft-cap on ``[n, d]`` hidden states."""
+    """The decoder's output layer, logit divisor (Granite) and soft-cap on ``[n, d]`` hidden
+    states."""
     logits = model.output(hidden)
+    divisor = getattr(model, "logits_divisor", None)
+    if divisor is not None:
+        logits = logits / divisor
     cap = getattr(model, "final_logit_softcap", None)
     return logits if cap is None else torch.tanh(logits / cap) * cap
 

@@ -266,10 +266,17 @@ def _expand(model: nn.Module, plan: dict[str, ParallelStyle]) -> dict[str, Paral
 
 def check_tp_degree(model: nn.Module, tp: int) -> None:
     """``ValueError`` naming the first attention module whose query or key/value heads do not
-    split evenly over ``tp`` ranks (``model`` may be on the meta device)."""
+    split evenly over ``tp`` ranks, or whose QK-norm spans all heads (OLMo 2: a head shard
+    would normalise over its own heads only); ``model`` may be on the meta device."""
     from tunesmith.modules.attention import MultiHeadAttention
+    from tunesmith.modules.norms import HeadsRMSNorm
 
     for name, module in model.named_modules():
+        if tp > 1 and isinstance(module, HeadsRMSNorm):
+            raise ValueError(
+                f"tensor_parallel_dim={tp}: {name} normalises q / k over all heads (OLMo 2), "
+                "which head-sharded attention cannot compute: set tensor_parallel_dim=1"
+            )
         if isinstance(module, MultiHeadAttention):
             heads, kv = module.num_heads, module.num_kv_heads
             if heads % tp or kv % tp:

@@ -1,0 +1,156 @@
+"""Sizes of the current dense families (Gemma 3, Phi-3.5, SmolLM3, OLMo 2, Granite 3.3) as data.
+
+Numbers follow each released ``config.json`` (``tests/models/test_dense_specs.py`` builds the
+transformers model from the same values on the meta device and compares parameter counts).
+Merged into ``tunesmith.models._specs.SPECS``.
+"""
+
+from __future__ import annotations
+
+from tunesmith.models._longrope_tables import PHI3_5_MINI_LONG, PHI3_5_MINI_SHORT
+from tunesmith.models.spec import FULL, SLIDING, ModelSpec, RopeScaling
+
+__all__ = ["DENSE_SPECS", "gemma3_layer_types", "smollm3_nope_layers"]
+
+
+def gemma3_layer_types(num_layers: int, pattern: int = 6) -> tuple[str, ...]:
+    """Gemma 3's interleave: five sliding-window layers, then one global layer."""
+    return tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(num_layers))
+
+
+def smollm3_nope_layers(num_layers: int, interval: int = 4) -> tuple[int, ...]:
+    """SmolLM3's NoPE layers: every ``interval``-th layer (``no_rope_layer_interval``)."""
+    return tuple(i for i in range(num_layers) if (i + 1) % interval == 0)
+
+
+def _gemma3(n_layers: int, **kw: object) -> ModelSpec:
+    base: dict = dict(
+        family="GEMMA3",
+        vocab_size=262_208,
+        num_layers=n_layers,
+        head_dim=256,
+        max_seq_len=131_072,
+        norm_eps=1e-6,
+        norm_offset=True,
+        activation="gelu_tanh",
+        tie_embeddings=True,
+        embed_scale=True,
+        query_pre_attn_scalar=256,
+        sliding_window=1024,
+        layer_types=gemma3_layer_types(n_layers),
+        qk_norm=True,
+        post_norms=True,
+        rope_base=1_000_000.0,
+        rope_scaling=RopeScaling(factor=8.0, rope_type="linear"),
+        local_rope_base=10_000.0,
+    )
+    return ModelSpec(**{**base, **kw})
+
+
+def _olmo2(**kw: object) -> ModelSpec:
+    base: dict = dict(
+        family="OLMO2",
+        vocab_size=100_352,
+        max_seq_len=4096,
+        norm_eps=1e-6,
+        rope_base=500_000.0,
+        qk_norm=True,
+        post_norms=True,
+        pre_norms=False,
+        qk_norm_across_heads=True,
+        norm_scale_fp32=True,
+    )
+    return ModelSpec(**{**base, **kw})
+
+
+def _granite3(**kw: object) -> ModelSpec:
+    base: dict = dict(
+        family="GRANITE",
+        vocab_size=49_159,
+        num_layers=40,
+        num_heads=32,
+        num_kv_heads=8,
+        max_seq_len=131_072,
+        norm_eps=1e-5,
+        rope_base=10_000_000.0,
+        tie_embeddings=True,
+        embed_multiplier=12.0,
+        residual_multiplier=0.22,
+    )
+    return ModelSpec(**{**base, **kw})
+
+
+DENSE_SPECS: dict[str, ModelSpec] = {
+    # Gemma 3 text decoders (1B is text-only: 32k context, no RoPE scaling, window 512)
+    "gemma3_1b": _gemma3(
+        26,
+        vocab_size=262_144,
+        num_heads=4,
+        num_kv_heads=1,
+        embed_dim=1152,
+        intermediate_dim=6912,
+        max_seq_len=32_768,
+        sliding_window=512,
+        rope_scaling=None,
+    ),
+    "gemma3_4b": _gemma3(34, num_heads=8, num_kv_heads=4, embed_dim=2560, intermediate_dim=10240),
+    "gemma3_12b": _gemma3(48, num_heads=16, num_kv_heads=8, embed_dim=3840, intermediate_dim=15360),
+    "gemma3_27b": _gemma3(
+        62,
+        num_heads=32,
+        num_kv_heads=16,
+        head_dim=128,
+        embed_dim=5376,
+        intermediate_dim=21504,
+        query_pre_attn_scalar=168,
+    ),
+    # Phi-3.5 mini: Phi-3 mini with 128k context through LongRoPE
+    "phi3_5_mini": ModelSpec(
+        family="PHI3_MINI",
+        vocab_size=32_064,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=32,
+        embed_dim=3072,
+        intermediate_dim=8192,
+        max_seq_len=131_072,
+        norm_eps=1e-5,
+        sliding_window=262_144,  # as released: longer than the context, so never binding
+        rope_scaling=RopeScaling(
+            factor=131_072 / 4096,
+            original_max_position_embeddings=4096,
+            rope_type="longrope",
+            long_factor=PHI3_5_MINI_LONG,
+            short_factor=PHI3_5_MINI_SHORT,
+        ),
+    ),
+    # SmolLM3 (Llama architecture, every 4th layer without RoPE)
+    "smollm3_3b": ModelSpec(
+        family="SMOLLM3",
+        vocab_size=128_256,
+        num_layers=36,
+        num_heads=16,
+        num_kv_heads=4,
+        embed_dim=2048,
+        intermediate_dim=11008,
+        max_seq_len=65_536,
+        norm_eps=1e-6,
+        rope_base=5_000_000.0,
+        tie_embeddings=True,
+        nope_layers=smollm3_nope_layers(36),
+    ),
+    # OLMo 2 (November 2024 release)
+    "olmo2_7b": _olmo2(
+        num_layers=32, num_heads=32, num_kv_heads=32, embed_dim=4096, intermediate_dim=11008
+    ),
+    "olmo2_13b": _olmo2(
+        num_layers=40, num_heads=40, num_kv_heads=40, embed_dim=5120, intermediate_dim=13824
+    ),
+    # Granite 3.3 (base and instruct share the architecture)
+    "granite3_3_2b": _granite3(
+        embed_dim=2048, intermediate_dim=8192, attn_scale=0.015625, logits_divisor=8.0
+    ),
+    "granite3_3_8b": _granite3(
+        embed_dim=4096, intermediate_dim=12800, attn_scale=0.0078125, logits_divisor=16.0
+    ),
+}

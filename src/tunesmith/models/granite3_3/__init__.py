@@ -1,0 +1,4 @@
+"""granite3_3 family: public model builders (torchtune-style names) and tokenizer builder."""
+
+from tunesmith.models.granite3_3._model_builders import *  # noqa: F401,F403
+from tunesmith.models.granite3_3._tokenizer import *  # noqa: F401,F403
