@@ -4,15 +4,25 @@ For families without a dedicated tokenizer. The chat template (from
 tokenizer_config.json's ``chat_template``, a ``chat_template.jinja`` beside the
 tokenizer.json, or given directly) is rendered with jinja2 the way ``transformers``
 renders it, then encoded. The loss mask is assigned per message from renderings of
-the conversation's prefixes: message ``i`` owns the tokens between the longest common
-prefixes of the full encoding with the encodings of ``messages[:i]`` and ``messages[:i+1]``.
-(Templates that re-render earlier turns differently once more turns follow, like Qwen3's
-think blocks, blur those boundaries; use the family tokenizer for them.)
+the conversation's prefixes: message ``i`` owns the characters between the longest common
+prefixes of the full rendering with the renderings of ``messages[:i]`` and ``messages[:i+1]``,
+and a token is masked when the character it starts at is. (Templates that re-render earlier
+turns differently once more turns follow, like Qwen3's dropped think blocks, give the
+rewritten part of that earlier turn to the next message, so it is masked: such a turn is
+only trained on where its final rendering agrees with its own.)
+
+Tool use and reasoning: ``tools`` (function schemas) are passed to the template, and
+messages as OpenAI dicts (``tool_calls``, ``tool_call_id``, ``name``, ``reasoning_content``,
+also as ``thinking``), as ``transformers``' ``apply_chat_template(tools=...)`` does. A
+message with ``mask_reasoning`` has the characters of its reasoning (``reasoning`` or the
+text of an inline ``<think>...</think>``) masked. A template that refuses a conversation
+(Gemma 2 and tools or a system prompt, ...) raises ``ValueError`` with its message.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -49,6 +59,7 @@ def compile_chat_template(source: str) -> Any:
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    env.globals["dict"] = dict
     return env.from_string(source)
 
 
@@ -186,39 +197,94 @@ class HuggingFaceModelTokenizer:
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.base.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
-    def render(self, messages: list[Message], add_generation_prompt: bool = False) -> str:
-        """The prompt string the chat template makes of ``messages``."""
-        dicts = [{"role": m.role, "content": message_text(m)} for m in messages]
-        return self._template.render(
-            messages=dicts, add_generation_prompt=add_generation_prompt, **self._variables
-        )
+    def render(
+        self,
+        messages: list[Message],
+        add_generation_prompt: bool = False,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """The prompt string the chat template makes of ``messages`` (and ``tools``)."""
+        import jinja2
+
+        dicts = [m.template_dict() for m in messages]
+        try:
+            return self._template.render(
+                messages=dicts,
+                tools=tools,
+                documents=None,
+                add_generation_prompt=add_generation_prompt,
+                **self._variables,
+            )
+        except jinja2.exceptions.TemplateError as e:
+            raise ValueError(f"the chat template refuses this conversation: {e}") from None
+
+    def _prefix_end(self, messages: list[Message], full: str, tools: Any) -> int:
+        try:
+            prefix = self.render(messages, tools=tools)
+        except (ValueError, IndexError, TypeError, KeyError):  # a template that needs more
+            return 0
+        return len(os.path.commonprefix([prefix, full]))
 
     def tokenize_messages(
-        self, messages: list[Message], add_end_tokens: bool = True
+        self,
+        messages: list[Message],
+        add_end_tokens: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> tuple[list[int], list[bool]]:
         """Render and encode; with ``add_end_tokens=False`` and an empty final assistant
-        message, the template's generation prompt is used instead of that message."""
+        message, the template's generation prompt is used instead of that message.
+
+        Returns:
+            ``(tokens, mask)``, lists of length ``s``; ``mask[i]`` True = not trained on.
+        """
+        if self.prompt_template is not None:
+            messages = self.prompt_template(messages)
         open_last = (
             not add_end_tokens
             and bool(messages)
             and messages[-1].role == "assistant"
             and not messages[-1].text_content
+            and not messages[-1].has_tool_fields
         )
         closed = messages[:-1] if open_last else messages
-        full = self.base.encode(self.render(closed, add_generation_prompt=open_last), False, False)
-        tokens, mask = list(full), [True] * len(full)
-        start = 0
+        full = self.render(closed, add_generation_prompt=open_last, tools=tools)
+        char_masked = [True] * len(full)
+        start = self._prefix_end([], full, tools) if closed else 0
         for i, message in enumerate(closed):
-            prefix = self.base.encode(self.render(closed[: i + 1]), False, False)
-            end = max(start, _common_prefix_len(prefix, full))
-            mask[start:end] = [message.masked] * (end - start)
+            end = max(start, self._prefix_end(closed[: i + 1], full, tools))
+            char_masked[start:end] = [message.masked] * (end - start)
+            if message.mask_reasoning and not message.masked:
+                for a, b in _reasoning_spans(message, full, start, end):
+                    char_masked[a:b] = [True] * (b - a)
             start = end
         if open_last:
-            mask[start:] = [messages[-1].masked] * (len(full) - start)
+            char_masked[start:] = [messages[-1].masked] * (len(full) - start)
+        encoding = self.base.tokenizer.encode(full, add_special_tokens=False)
+        tokens = list(encoding.ids)
+        mask = [
+            char_masked[a] if a < len(char_masked) else True for a, _ in encoding.offsets
+        ]
         return truncate_messages_tokens(
             tokens, mask, self.max_seq_len, self.eos_id, add_end_tokens, self.truncation_type
         )
 
     def __call__(self, sample: dict[str, Any], inference: bool = False) -> dict[str, Any]:
-        """Replace ``sample["messages"]`` with ``sample["tokens"]`` and ``sample["mask"]``."""
+        """Replace ``sample["messages"]`` (and ``sample["tools"]``) with ``sample["tokens"]``
+        and ``sample["mask"]``."""
         return tokenize_sample(self, sample, inference)
+
+
+def _reasoning_spans(message: Message, full: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Character spans of ``message``'s reasoning inside ``full[start:end]`` (its rendering)."""
+    texts = []
+    if message.reasoning:
+        texts.append(message.reasoning.strip())
+    content = message.text_content
+    if "</think>" in content:
+        texts.append(content.split("</think>")[0].split("<think>")[-1].strip())
+    spans = []
+    for text in texts:
+        at = full.find(text, start, end) if text else -1
+        if at >= 0:
+            spans.append((at, at + len(text)))
+    return spans
