@@ -4,9 +4,9 @@ For families without a dedicated tokenizer. The chat template (from
 tokenizer_config.json's ``chat_template``, a ``chat_template.jinja`` beside the
 tokenizer.json, or given directly) is rendered with jinja2 the way ``transformers``
 renders it, then encoded. The loss mask is assigned per message from renderings of
-the conversation's prefixes: message ``i`` owns the characters between the longest common
-prefixes of the full rendering with the renderings of ``messages[:i]`` and ``messages[:i+1]``,
-and a token is masked when the character it starts at is. (Templates that re-render earlier
+the conversation's prefixes: message ``i`` owns the tokens between the longest common
+prefixes of the full encoding with the encodings of ``messages[:i]`` and ``messages[:i+1]``.
+(Templates that re-render earlier
 turns differently once more turns follow, like Qwen3's dropped think blocks, give the
 rewritten part of that earlier turn to the next message, so it is masked: such a turn is
 only trained on where its final rendering agrees with its own.)
@@ -14,15 +14,14 @@ only trained on where its final rendering agrees with its own.)
 Tool use and reasoning: ``tools`` (function schemas) are passed to the template, and
 messages as OpenAI dicts (``tool_calls``, ``tool_call_id``, ``name``, ``reasoning_content``,
 also as ``thinking``), as ``transformers``' ``apply_chat_template(tools=...)`` does. A
-message with ``mask_reasoning`` has the characters of its reasoning (``reasoning`` or the
-text of an inline ``<think>...</think>``) masked. A template that refuses a conversation
+message with ``mask_reasoning`` has the tokens of its reasoning (``reasoning`` or the
+text of an inline ``<think>...</think>``, found in its rendering) masked. A template that refuses a conversation
 (Gemma 2 and tools or a system prompt, ...) raises ``ValueError`` with its message.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -215,15 +214,18 @@ class HuggingFaceModelTokenizer:
                 add_generation_prompt=add_generation_prompt,
                 **self._variables,
             )
-        except jinja2.exceptions.TemplateError as e:
-            raise ValueError(f"the chat template refuses this conversation: {e}") from None
+        except (jinja2.exceptions.TemplateError, TypeError, KeyError, IndexError) as e:
+            # the template's own raise_exception, or a shape it cannot handle
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"the chat template refuses this conversation: {reason}") from None
 
-    def _prefix_end(self, messages: list[Message], full: str, tools: Any) -> int:
+    def _prefix_end(self, messages: list[Message], full: list[int], tools: Any) -> int:
+        """Length of the common token prefix of ``full`` and the rendering of ``messages``."""
         try:
-            prefix = self.render(messages, tools=tools)
-        except (ValueError, IndexError, TypeError, KeyError):  # a template that needs more
+            prefix = self.render(messages, tools=tools) if messages else ""
+        except ValueError:  # a template that refuses a partial conversation
             return 0
-        return len(os.path.commonprefix([prefix, full]))
+        return _common_prefix_len(self.base.encode(prefix, False, False), full)
 
     def tokenize_messages(
         self,
@@ -247,23 +249,20 @@ class HuggingFaceModelTokenizer:
             and not messages[-1].has_tool_fields
         )
         closed = messages[:-1] if open_last else messages
-        full = self.render(closed, add_generation_prompt=open_last, tools=tools)
-        char_masked = [True] * len(full)
-        start = self._prefix_end([], full, tools) if closed else 0
+        text = self.render(closed, add_generation_prompt=open_last, tools=tools)
+        encoding = self.base.tokenizer.encode(text, add_special_tokens=False)
+        tokens = list(encoding.ids)
+        mask = [True] * len(tokens)
+        start = self._prefix_end([], tokens, tools)
         for i, message in enumerate(closed):
-            end = max(start, self._prefix_end(closed[: i + 1], full, tools))
-            char_masked[start:end] = [message.masked] * (end - start)
+            end = max(start, self._prefix_end(closed[: i + 1], tokens, tools))
+            mask[start:end] = [message.masked] * (end - start)
             if message.mask_reasoning and not message.masked:
-                for a, b in _reasoning_spans(message, full, start, end):
-                    char_masked[a:b] = [True] * (b - a)
+                for a, b in _reasoning_spans(message, text, encoding.offsets, start, end):
+                    mask[a:b] = [True] * (b - a)
             start = end
         if open_last:
-            char_masked[start:] = [messages[-1].masked] * (len(full) - start)
-        encoding = self.base.tokenizer.encode(full, add_special_tokens=False)
-        tokens = list(encoding.ids)
-        mask = [
-            char_masked[a] if a < len(char_masked) else True for a, _ in encoding.offsets
-        ]
+            mask[start:] = [messages[-1].masked] * (len(tokens) - start)
         return truncate_messages_tokens(
             tokens, mask, self.max_seq_len, self.eos_id, add_end_tokens, self.truncation_type
         )
@@ -274,17 +273,29 @@ class HuggingFaceModelTokenizer:
         return tokenize_sample(self, sample, inference)
 
 
-def _reasoning_spans(message: Message, full: str, start: int, end: int) -> list[tuple[int, int]]:
-    """Character spans of ``message``'s reasoning inside ``full[start:end]`` (its rendering)."""
+def _reasoning_spans(
+    message: Message, text: str, offsets: list[tuple[int, int]], start: int, end: int
+) -> list[tuple[int, int]]:
+    """Token spans (within tokens ``start:end``, the message's own) of ``message``'s reasoning
+    (``reasoning`` or an inline ``<think>`` block's text) in the rendered ``text``."""
     texts = []
-    if message.reasoning:
+    if message.reasoning and message.reasoning.strip():
         texts.append(message.reasoning.strip())
     content = message.text_content
     if "</think>" in content:
-        texts.append(content.split("</think>")[0].split("<think>")[-1].strip())
+        inline = content.split("</think>")[0].split("<think>")[-1].strip()
+        if inline:
+            texts.append(inline)
+    if start >= end:
+        return []
+    lo, hi = offsets[start][0], offsets[end - 1][1]
     spans = []
-    for text in texts:
-        at = full.find(text, start, end) if text else -1
-        if at >= 0:
-            spans.append((at, at + len(text)))
+    for reasoning in texts:
+        at = text.find(reasoning, lo, hi)
+        if at < 0:  # the template does not render this turn's reasoning
+            continue
+        stop = at + len(reasoning)
+        first = next(i for i in range(start, end) if offsets[i][1] > at)
+        last = max(i for i in range(start, end) if offsets[i][0] < stop)
+        spans.append((first, last + 1))
     return spans
