@@ -109,7 +109,12 @@ SPECS: dict[str, tuple[str, list[str], str | None, str]] = {
         "<｜begin▁of▁sentence｜>",
         "<｜end▁of▁sentence｜>",
     ),
-    "google-gemma-2-2b-it.jinja": ("smollm2", ["<bos>", "<start_of_turn>", "<end_of_turn>"], "<bos>", "<end_of_turn>"),
+    "google-gemma-2-2b-it.jinja": (
+        "smollm2",
+        ["<bos>", "<start_of_turn>", "<end_of_turn>"],
+        "<bos>",
+        "<end_of_turn>",
+    ),
     "google-gemma-4-31B-it.jinja": (
         "smollm2",
         ["<bos>", "<|turn>", "<turn|>", "<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>"]
@@ -213,9 +218,7 @@ def _pair(assets: Path, template_name: str) -> tuple[Any, HuggingFaceModelTokeni
 
 
 def _ref_ids(ref: Any, messages: list[dict[str, Any]], tools: Any) -> list[int]:
-    out = ref.apply_chat_template(
-        messages, tools=tools, tokenize=True, return_dict=True, **DATE
-    )
+    out = ref.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=True, **DATE)
     return list(out["input_ids"])
 
 
@@ -265,7 +268,11 @@ def test_corpus_matches_official_template(assets: Path, template_name: str) -> N
         rendered += 1
         tokens, mask = _ours(ours, row)
         assert tokens == expected[0], (row["id"], ref.decode(tokens), ref.decode(expected[0]))
-        assert mask == expected[1], (row["id"], _trained(ref, tokens, mask), _trained(ref, *expected))
+        assert mask == expected[1], (
+            row["id"],
+            _trained(ref, tokens, mask),
+            _trained(ref, *expected),
+        )
     assert rendered >= 5, f"{template_name}: only {rendered} rows rendered ({refused} refused)"
 
 
@@ -280,14 +287,15 @@ def test_refused_row_is_named_by_the_dataset_layer(assets: Path) -> None:
 
     _, ours = _pair(assets, "google-gemma-2-2b-it.jinja")
     index = next(i for i, r in enumerate(_corpus()) if r["messages"][0]["role"] == "system")
+    ds = chat_dataset(
+        ours,
+        source="json",
+        data_files=str(CORPUS),
+        conversation_column="messages",
+        conversation_style="openai",
+    )
     with pytest.raises(DataRowError) as info:
-        chat_dataset(
-            ours,
-            source="json",
-            data_files=str(CORPUS),
-            conversation_column="messages",
-            conversation_style="openai",
-        )
+        ds[index]
     text = str(info.value)
     assert "\n" not in text and f"row {index}" in text and "System role not supported" in text
 

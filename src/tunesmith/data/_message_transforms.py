@@ -385,7 +385,10 @@ def _sharegpt_calls(value: str, column: str, index: int) -> list[dict[str, Any]]
             f"them, got {value!r:.80}",
             column=column,
         )
-    out = [{"type": "function", "function": {"name": c["name"], "arguments": c.get("arguments", {})}} for c in calls]
+    out = [
+        {"type": "function", "function": {"name": c["name"], "arguments": c.get("arguments", {})}}
+        for c in calls
+    ]
     try:
         return Message("assistant", "", tool_calls=out).tool_calls or []
     except DataRowError as e:

@@ -30,7 +30,6 @@ from typing import Any
 from tunesmith.data._messages import Message
 from tunesmith.data._prompt_templates import get_prompt_template
 from tunesmith.data.tokenizers._bpe import HuggingFaceBaseTokenizer
-from tunesmith.data.tokenizers._chat_formats import message_text
 from tunesmith.data.tokenizers._utils import (
     check_file,
     tokenize_sample,

@@ -236,7 +236,9 @@ def _refuse_template_only(
 ) -> None:
     """Raise for conversation shapes a hand-written chat format does not render."""
     if tools:
-        raise ValueError(f"the row has a 'tools' column, which {fmt} does not render; {_USE_TEMPLATE}")
+        raise ValueError(
+            f"the row has a 'tools' column, which {fmt} does not render; {_USE_TEMPLATE}"
+        )
     for i, m in enumerate(messages):
         field = next(
             (
@@ -253,4 +255,6 @@ def _refuse_template_only(
         if field is None and m.mask_reasoning and not m.masked and "</think>" in m.text_content:
             field = "a masked <think> block"
         if field is not None:
-            raise ValueError(f"message {i} has {field}, which {fmt} does not render; {_USE_TEMPLATE}")
+            raise ValueError(
+                f"message {i} has {field}, which {fmt} does not render; {_USE_TEMPLATE}"
+            )
