@@ -1,6 +1,6 @@
 """The conversation corpus tokenizes as every official chat template does, token for token.
 
-``chat_corpus.jsonl`` (beside this file) holds 43 OpenAI-style conversations: plain chats,
+``tunesmith/data/chat_corpus.jsonl`` (shipped: ``tunesmith verify-export`` renders it) holds 43 OpenAI-style conversations: plain chats,
 system prompts, many turns, tool calls with a ``tools`` column, tool results, parallel
 calls, several rounds of tool use, reasoning (``reasoning_content`` and inline
 ``<think>``), reasoning with tools. For every template in ../shared/assets/chat_templates
@@ -35,12 +35,13 @@ from typing import Any
 
 import pytest
 
+import tunesmith.data
 from tunesmith.data import DataRowError, Message, OpenAIToMessages
 from tunesmith.data.tokenizers import HuggingFaceModelTokenizer
 
 transformers = pytest.importorskip("transformers")
 
-CORPUS = Path(__file__).with_name("chat_corpus.jsonl")
+CORPUS = Path(tunesmith.data.__file__).with_name("chat_corpus.jsonl")
 DATE = {"date_string": "26 Jul 2024"}
 
 LLAMA3_RENAMES = {128008: "<|eom_id|>", 128010: "<|python_tag|>"}
