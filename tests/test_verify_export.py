@@ -93,3 +93,47 @@ def test_user_conversations_and_usage_errors(
     assert main(["verify-export", str(tmp_path / "nope")]) == 2
     assert main(["verify-export", str(saved), "--conversations", str(tmp_path / "x.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _vocab_gguf(
+    folder: Path, path: Path, template: str | None = None, eos: int | None = None
+) -> Path:
+    """A vocabulary-only GGUF of ``folder``'s tokenizer as tunesmith's GGUF export lays the
+    fields out (``hf_tokenizer_vocab``), optionally with another template or EOS id."""
+    gguf = pytest.importorskip("gguf")
+    from tunesmith.models.gguf_export import hf_tokenizer_vocab
+
+    vocab = hf_tokenizer_vocab(folder, 49152)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_types(vocab.token_types)
+    writer.add_token_merges(vocab.merges)
+    writer.add_bos_token_id(vocab.bos_id)
+    writer.add_eos_token_id(vocab.eos_id if eos is None else eos)
+    writer.add_chat_template(template or vocab.chat_template)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_gguf_template_and_stop_ids(
+    saved: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = _vocab_gguf(saved, tmp_path / "good.gguf")
+    assert main(["verify-export", str(good), "--reference", str(saved)]) == 0
+    captured = capsys.readouterr()
+    assert "identical on 43 conversations" in captured.out
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        assert "llama-cpp-python is not installed" in captured.err
+    template = (saved / "chat_template.jinja").read_text().replace("named SmolLM", "named Bob")
+    bad = _vocab_gguf(saved, tmp_path / "bad.gguf", template=template, eos=0)
+    assert main(["verify-export", str(bad), "--reference", str(saved)]) == 1
+    out = capsys.readouterr().out
+    assert "conversation 'plain-single': token" in out and "gguf" in out
+    assert "eos/eot ids [0] do not stop there" in out
