@@ -192,10 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_upload_parser(sub)
     from tunesmith.cli import _consolidate, _estimate, _verify_export
 
-    _verify_export.add_parser(sub)
-
     _consolidate.add_parser(sub, _handler("tunesmith.cli._consolidate", "cmd_consolidate"))
     _estimate.add_parser(sub, _handler("tunesmith.cli._estimate", "cmd_estimate"))
+    _verify_export.add_parser(sub)
     return parser
 
 
