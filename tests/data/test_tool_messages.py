@@ -62,9 +62,12 @@ def test_json_string_arguments_equal_dict_arguments(assets: Path) -> None:
 
 
 def test_qwen3_enable_thinking_switch(assets: Path) -> None:
-    """``template_kwargs={"enable_thinking": False}``: the generation prompt carries the
-    empty think block, as ``apply_chat_template(enable_thinking=False)`` renders it."""
+    """``template_kwargs={"enable_thinking": False}`` (template tokenizer) and
+    ``qwen3_tokenizer(enable_thinking=False)``: the generation prompt carries the empty think
+    block, as ``apply_chat_template(enable_thinking=False)`` renders it."""
     from tokenizers import Tokenizer
+
+    from tunesmith.models.qwen3 import qwen3_tokenizer
 
     ref, _ = _pair(assets, "Qwen-Qwen3-0.6B.jinja")
     vocab = ref.backend_tokenizer.to_str()
@@ -87,6 +90,11 @@ def test_qwen3_enable_thinking_switch(assets: Path) -> None:
         )["input_ids"]
         assert tokens == list(expected)
         assert ("<think>" in ref.decode(tokens)) is (not enable)
+        folder = assets / "tokenizers" / "qwen2"
+        family = qwen3_tokenizer(
+            str(folder / "vocab.json"), str(folder / "merges.txt"), enable_thinking=enable
+        )
+        assert family.tokenize_messages(prompt, add_end_tokens=False)[0] == list(expected)
 
 
 @pytest.mark.parametrize(
