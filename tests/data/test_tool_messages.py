@@ -165,3 +165,15 @@ def test_message_round_trip_keeps_tool_fields() -> None:
         "tool_call_id": "c1",
         "name": "f",
     }
+
+
+def test_reasoning_field_aliases() -> None:
+    """``reasoning`` and ``thinking`` are read as ``reasoning_content`` (transformers' names)."""
+    for key in ("reasoning_content", "reasoning", "thinking"):
+        row = {
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a", key: "r"},
+            ]
+        }
+        assert OpenAIToMessages()(row)["messages"][1].reasoning == "r"

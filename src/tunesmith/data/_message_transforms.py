@@ -401,7 +401,8 @@ class OpenAIToMessages:
     ``content`` is a string or a list of ``{"type": "text", "text": ...}`` /
     ``{"type": "image_url", "image_url": {"url": ...}}`` parts (local paths or
     ``file://`` URLs are loaded; remote URLs are not fetched). Assistant messages may carry
-    ``tool_calls`` and ``reasoning_content`` (content may then be null); ``tool`` messages
+    ``tool_calls`` and ``reasoning_content`` (also read as ``reasoning`` / ``thinking``;
+    content may then be null); ``tool`` messages
     ``tool_call_id`` / ``name``. The optional ``tools`` column (a list of JSON function
     schemas, or that list as a JSON string) is passed to the chat template.
     ``train_on_reasoning=False`` masks reasoning traces (``reasoning_content`` or an inline
@@ -461,7 +462,12 @@ class OpenAIToMessages:
             if turn["role"] == "system" and self.new_system_prompt is not None:
                 continue
             raw = turn.get("content")
-            if raw is None and not (turn.get("tool_calls") or turn.get("reasoning_content")):
+            # transformers' names for the reasoning trace, the standard one first
+            reasoning = next(
+                (turn[k] for k in ("reasoning_content", "reasoning", "thinking") if turn.get(k)),
+                None,
+            )
+            if raw is None and not (turn.get("tool_calls") or reasoning):
                 what = "a null" if "content" in turn else "no"
                 raise DataRowError(f"message {i} has {what} 'content' key", column=column)
             content = self._convert_content("" if raw is None else raw, column, i)
@@ -474,7 +480,7 @@ class OpenAIToMessages:
                     tool_calls=turn.get("tool_calls"),
                     tool_call_id=turn.get("tool_call_id"),
                     name=turn.get("name"),
-                    reasoning=turn.get("reasoning_content"),
+                    reasoning=reasoning,
                     mask_reasoning=not self.train_on_reasoning,
                 )
             )
