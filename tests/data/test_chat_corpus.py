@@ -250,7 +250,22 @@ def _ours(tok: HuggingFaceModelTokenizer, row: dict[str, Any], **kw: Any) -> Any
     return tok.tokenize_messages(sample["messages"], tools=sample.get("tools"))
 
 
-@pytest.mark.parametrize("template_name", sorted(SPECS))
+# in the default suite: one template per way of laying out tools / reasoning / refusals
+# (~5 s each); the rest run with the slow suite (``-m slow``)
+FAST = {
+    "meta-llama-Llama-3.1-8B-Instruct.jinja",
+    "Qwen-Qwen3-0.6B.jinja",
+    "google-gemma-2-2b-it.jinja",
+    "Mistral-Small-3.2-24B-Instruct-2506.jinja",
+    "openai-gpt-oss-120b.jinja",
+    "HuggingFaceTB-SmolLM3-3B.jinja",
+}
+
+
+@pytest.mark.parametrize(
+    "template_name",
+    [pytest.param(name, marks=() if name in FAST else pytest.mark.slow) for name in sorted(SPECS)],
+)
 def test_corpus_matches_official_template(assets: Path, template_name: str) -> None:
     ref, ours = _pair(assets, template_name)
     rendered = refused = 0
