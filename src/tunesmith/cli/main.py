@@ -190,10 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     from tunesmith.cli._upload import add_upload_parser
 
     add_upload_parser(sub)
-    from tunesmith.cli import _consolidate, _estimate
+    from tunesmith.cli import _consolidate, _estimate, _verify_export
 
     _consolidate.add_parser(sub, _handler("tunesmith.cli._consolidate", "cmd_consolidate"))
     _estimate.add_parser(sub, _handler("tunesmith.cli._estimate", "cmd_estimate"))
+    _verify_export.add_parser(sub)
     return parser
 
 

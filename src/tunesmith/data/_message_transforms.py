@@ -9,6 +9,7 @@ row index with ``err.with_row_index(i)``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,33 @@ class ChosenRejectedToMessages:
         }
 
 
+def _parse_tools(value: Any, column: str) -> list[dict[str, Any]] | None:
+    """A row's ``tools``: a list of function schemas or that list as a JSON string."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise DataRowError(f"tools is not valid JSON ({e.msg})", column=column) from None
+    if not isinstance(value, list | tuple) or not all(isinstance(t, Mapping) for t in value):
+        raise DataRowError(
+            f"tools must be a list of function schemas ({{'type': 'function', 'function': "
+            f"{{'name', 'description', 'parameters'}}}}), got {value!r:.80}",
+            column=column,
+        )
+    return [dict(t) for t in value] or None
+
+
+def _with_tools(out: dict[str, Any], sample: Mapping[str, Any], column: str) -> dict[str, Any]:
+    tools = _parse_tools(sample.get(column), column)
+    if tools is not None:
+        out["tools"] = tools
+    return out
+
+
 def _message_or_row_error(
     role: Any, content: Any, column: str, index: int, **kwargs: Any
 ) -> Message:
@@ -258,12 +286,25 @@ def _message_or_row_error(
 class ShareGPTToMessages:
     """ShareGPT row ``{"conversations": [{"from": "system|human|gpt", "value": str}]}``.
 
+    Tool use as LLaMA-Factory's ShareGPT layout writes it: ``"from": "function_call"`` turns
+    hold the call(s) as JSON (``{"name", "arguments"}`` or a list of them) and become
+    assistant ``tool_calls`` (following a ``gpt`` turn's text when one precedes them);
+    ``"from": "observation"`` turns are tool results; the optional ``tools`` column holds
+    the function schemas. ``train_on_reasoning=False`` masks inline ``<think>`` blocks.
+
     With ``image_dir`` set, the row's ``image`` column (a path relative to
     ``image_dir``) is loaded and placed before the first user message's text,
     replacing ``image_tag`` in it when present.
     """
 
-    _ROLES = {"system": "system", "human": "user", "gpt": "assistant", "user": "user"}
+    _ROLES = {
+        "system": "system",
+        "human": "user",
+        "gpt": "assistant",
+        "user": "user",
+        "function_call": "assistant",
+        "observation": "tool",
+    }
 
     def __init__(
         self,
@@ -273,12 +314,16 @@ class ShareGPTToMessages:
         image_dir: str | Path | None = None,
         image_tag: str | None = "<image>",
         masking_strategy: str | None = None,
+        train_on_reasoning: bool = True,
     ):
         self.masking_strategy = masking_strategy_from(train_on_input, masking_strategy)
         self.new_system_prompt = new_system_prompt
         self.image_dir = Path(image_dir) if image_dir is not None else None
         self.image_tag = image_tag
-        self.column_map = _column_map(column_map, ("conversations", "image"), type(self).__name__)
+        self.train_on_reasoning = train_on_reasoning
+        self.column_map = _column_map(
+            column_map, ("conversations", "image", "tools"), type(self).__name__
+        )
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
         column = self.column_map["conversations"]
@@ -309,17 +354,59 @@ class ShareGPTToMessages:
                 text = value.replace(self.image_tag, "") if self.image_tag else value
                 content = [image, {"type": "text", "content": text}]
                 image_loaded = True
-            messages.append(Message(role=role, content=content))
+            if turn["from"] == "function_call":
+                calls = _sharegpt_calls(value, column, i)
+                if messages and messages[-1].role == "assistant" and not messages[-1].tool_calls:
+                    messages[-1].tool_calls = calls  # "gpt" text, then its calls
+                    continue
+                messages.append(Message(role="assistant", content="", tool_calls=calls))
+                continue
+            messages.append(
+                _message_or_row_error(
+                    role, content, column, i, mask_reasoning=not self.train_on_reasoning
+                )
+            )
         mask_messages(messages, self.masking_strategy)
-        return {"messages": messages}
+        return _with_tools({"messages": messages}, sample, self.column_map["tools"])
+
+
+def _sharegpt_calls(value: str, column: str, index: int) -> list[dict[str, Any]]:
+    """A ``function_call`` turn's JSON (one ``{"name", "arguments"}`` or a list) as tool calls."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise DataRowError(
+            f"message {index} (function_call) is not valid JSON ({e.msg})", column=column
+        ) from None
+    calls = parsed if isinstance(parsed, list) else [parsed]
+    if not all(isinstance(c, Mapping) and isinstance(c.get("name"), str) for c in calls):
+        raise DataRowError(
+            f"message {index} (function_call) must hold {{'name', 'arguments'}} or a list of "
+            f"them, got {value!r:.80}",
+            column=column,
+        )
+    out = [
+        {"type": "function", "function": {"name": c["name"], "arguments": c.get("arguments", {})}}
+        for c in calls
+    ]
+    try:
+        return Message("assistant", "", tool_calls=out).tool_calls or []
+    except DataRowError as e:
+        raise DataRowError(f"message {index}: {e.reason}", column=column) from None
 
 
 class OpenAIToMessages:
-    """OpenAI-style row ``{"messages": [{"role", "content"}]}``.
+    """OpenAI-style row ``{"messages": [{"role", "content", ...}], "tools"?: [...]}``.
 
     ``content`` is a string or a list of ``{"type": "text", "text": ...}`` /
     ``{"type": "image_url", "image_url": {"url": ...}}`` parts (local paths or
-    ``file://`` URLs are loaded; remote URLs are not fetched).
+    ``file://`` URLs are loaded; remote URLs are not fetched). Assistant messages may carry
+    ``tool_calls`` and ``reasoning_content`` (also read as ``reasoning`` / ``thinking``;
+    content may then be null); ``tool`` messages
+    ``tool_call_id`` / ``name``. The optional ``tools`` column (a list of JSON function
+    schemas, or that list as a JSON string) is passed to the chat template.
+    ``train_on_reasoning=False`` masks reasoning traces (``reasoning_content`` or an inline
+    ``<think>...</think>``) while the rest of each trained assistant turn is trained on.
     """
 
     def __init__(
@@ -328,10 +415,12 @@ class OpenAIToMessages:
         column_map: Mapping[str, str] | None = None,
         new_system_prompt: str | None = None,
         masking_strategy: str | None = None,
+        train_on_reasoning: bool = True,
     ):
         self.masking_strategy = masking_strategy_from(train_on_input, masking_strategy)
         self.new_system_prompt = new_system_prompt
-        self.column_map = _column_map(column_map, ("messages",), type(self).__name__)
+        self.train_on_reasoning = train_on_reasoning
+        self.column_map = _column_map(column_map, ("messages", "tools"), type(self).__name__)
 
     def _convert_content(self, content: Any, column: str, index: int) -> Any:
         if isinstance(content, str):
@@ -365,14 +454,35 @@ class OpenAIToMessages:
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
         column = self.column_map["messages"]
-        turns = _messages_from_dicts(_get_column(sample, column), column)
+        turns = _messages_from_dicts(_get_column(sample, column), column, content_key="role")
         messages: list[Message] = []
         if self.new_system_prompt is not None:
             messages.append(Message(role="system", content=self.new_system_prompt))
         for i, turn in enumerate(turns):
             if turn["role"] == "system" and self.new_system_prompt is not None:
                 continue
-            content = self._convert_content(turn["content"], column, i)
-            messages.append(_message_or_row_error(turn["role"], content, column, i))
+            raw = turn.get("content")
+            # transformers' names for the reasoning trace, the standard one first
+            reasoning = next(
+                (turn[k] for k in ("reasoning_content", "reasoning", "thinking") if turn.get(k)),
+                None,
+            )
+            if raw is None and not (turn.get("tool_calls") or reasoning):
+                what = "a null" if "content" in turn else "no"
+                raise DataRowError(f"message {i} has {what} 'content' key", column=column)
+            content = self._convert_content("" if raw is None else raw, column, i)
+            messages.append(
+                _message_or_row_error(
+                    turn["role"],
+                    content,
+                    column,
+                    i,
+                    tool_calls=turn.get("tool_calls"),
+                    tool_call_id=turn.get("tool_call_id"),
+                    name=turn.get("name"),
+                    reasoning=reasoning,
+                    mask_reasoning=not self.train_on_reasoning,
+                )
+            )
         mask_messages(messages, self.masking_strategy)
-        return {"messages": messages}
+        return _with_tools({"messages": messages}, sample, self.column_map["tools"])

@@ -4,10 +4,17 @@ A ``Message`` is one turn of a conversation. Its content is a list of parts
 ``{"type": "text" | "image", "content": str | image}`` (a plain string is turned
 into a single text part), so text-only and multimodal data share one type.
 ``masked=True`` means the tokens of the message are not trained on.
+
+Tool use and reasoning follow the OpenAI chat format: an assistant message may carry
+``tool_calls`` (``[{"type": "function", "id"?, "function": {"name", "arguments"}}]``,
+``arguments`` a dict or a JSON string) and ``reasoning`` (the ``reasoning_content`` field;
+``mask_reasoning=True`` keeps it out of the loss); a ``tool`` message carries the
+``tool_call_id`` (and optionally the function ``name``) it answers.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any, Literal
@@ -103,6 +110,12 @@ class Message:
         masked: when True the message's tokens are excluded from the loss.
         ipython: the message is a tool call (assistant messages only).
         eot: the message ends the turn (the end-of-turn token follows it).
+        tool_calls: OpenAI-style function calls (assistant messages only).
+        tool_call_id: the call a ``tool`` message answers.
+        name: the function name of a ``tool`` message.
+        reasoning: the assistant's reasoning trace (``reasoning_content``).
+        mask_reasoning: exclude the reasoning trace's tokens (an inline ``<think>`` block
+            or ``reasoning``) from the loss while training on the rest of the message.
     """
 
     def __init__(
@@ -112,13 +125,48 @@ class Message:
         masked: bool = False,
         ipython: bool = False,
         eot: bool = True,
+        *,
+        tool_calls: list[dict[str, Any]] | None = None,
+        tool_call_id: str | None = None,
+        name: str | None = None,
+        reasoning: str | None = None,
+        mask_reasoning: bool = False,
     ):
         self.role = role
         self.content = _normalise_content(content)
         self.masked = masked
         self.ipython = ipython
         self.eot = eot
+        self.tool_calls = _normalise_tool_calls(tool_calls)
+        self.tool_call_id = tool_call_id
+        self.name = name
+        self.reasoning = reasoning
+        self.mask_reasoning = mask_reasoning
         self._validate()
+
+    @property
+    def has_tool_fields(self) -> bool:
+        """Whether the message uses tool-calling or reasoning fields (not plain content)."""
+        return bool(self.tool_calls) or self.tool_call_id is not None or self.reasoning is not None
+
+    def template_dict(self, image_token: str | None = None) -> dict[str, Any]:
+        """The message as a chat template sees it (OpenAI / ``transformers`` layout):
+        ``role``, ``content`` (a string; image parts become ``image_token``) and, where set,
+        ``tool_calls``, ``tool_call_id``, ``name``, ``reasoning_content``."""
+        text = "".join(
+            part["content"] if part["type"] == "text" else (image_token or "")
+            for part in self.content
+        )
+        d: dict[str, Any] = {"role": self.role, "content": text}
+        if self.tool_calls:
+            d["tool_calls"] = [dict(c, function=dict(c["function"])) for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            d["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            d["name"] = self.name
+        if self.reasoning is not None:  # under the names templates read (as transformers does)
+            d["reasoning_content"] = d["thinking"] = self.reasoning
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Message:
@@ -132,16 +180,27 @@ class Message:
             masked=d.get("masked", False),
             ipython=d.get("ipython", False),
             eot=d.get("eot", True),
+            tool_calls=d.get("tool_calls"),
+            tool_call_id=d.get("tool_call_id"),
+            name=d.get("name"),
+            reasoning=d.get("reasoning", d.get("reasoning_content")),
+            mask_reasoning=d.get("mask_reasoning", False),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "role": self.role,
             "content": self.content,
             "masked": self.masked,
             "ipython": self.ipython,
             "eot": self.eot,
         }
+        for key in ("tool_calls", "tool_call_id", "name", "reasoning"):
+            if getattr(self, key):
+                d[key] = getattr(self, key)
+        if self.mask_reasoning:
+            d["mask_reasoning"] = True
+        return d
 
     def get_media(self) -> list[Any]:
         """The image parts' contents, in order."""
@@ -161,6 +220,14 @@ class Message:
             raise DataRowError(f"message role {self.role!r} is not one of {list(VALID_ROLES)}")
         if self.ipython and self.contains_media:
             raise ValueError("a tool-call (ipython) message cannot contain media")
+        if self.tool_calls and self.role != "assistant":
+            raise DataRowError(f"a {self.role} message has tool_calls; only assistant messages may")
+        if self.reasoning is not None and self.role != "assistant":
+            raise DataRowError(f"a {self.role} message has reasoning; only assistant messages may")
+        if self.reasoning is not None and not isinstance(self.reasoning, str):
+            raise DataRowError(
+                f"reasoning_content must be a string, got {type(self.reasoning).__name__}"
+            )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Message):
@@ -173,6 +240,43 @@ class Message:
             f"Message(role={self.role!r}, content={content!r}, masked={self.masked}, "
             f"ipython={self.ipython}, eot={self.eot})"
         )
+
+
+def _normalise_tool_calls(calls: Any) -> list[dict[str, Any]] | None:
+    """OpenAI tool calls -> ``[{"type": "function", "id"?, "function": {"name", "arguments"}}]``
+    with ``arguments`` parsed to a dict when given as a JSON string (templates that write
+    arguments themselves expect a mapping; those that need a string serialise it)."""
+    if calls is None:
+        return None
+    if not isinstance(calls, Sequence) or isinstance(calls, str | bytes):
+        raise DataRowError(f"tool_calls must be a list, got {type(calls).__name__}")
+    out = []
+    for i, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, Mapping) else None
+        if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str):
+            raise DataRowError(
+                f"tool call {i} must be {{'type': 'function', 'function': {{'name': str, "
+                f"'arguments': dict | JSON string}}}}, got {call!r:.120}"
+            )
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except json.JSONDecodeError as e:
+                raise DataRowError(
+                    f"tool call {i} ({fn['name']}): arguments are not valid JSON ({e.msg})"
+                ) from None
+        if not isinstance(args, Mapping):
+            raise DataRowError(
+                f"tool call {i} ({fn['name']}): arguments must be an object, got "
+                f"{type(args).__name__}"
+            )
+        new: dict[str, Any] = {"type": call.get("type") or "function"}
+        if call.get("id") is not None:
+            new["id"] = str(call["id"])
+        new["function"] = {"name": fn["name"], "arguments": dict(args)}
+        out.append(new)
+    return out
 
 
 class MaskingStrategy(StrEnum):

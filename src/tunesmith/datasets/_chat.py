@@ -24,25 +24,37 @@ def chat_dataset(
     filter_fn: Callable | None = None,
     split: str = "train",
     split_across_pack: bool = False,
+    masking_strategy: str | None = None,
+    train_on_reasoning: bool = True,
+    tools_column: str = "tools",
     **load_dataset_kwargs: Any,
 ) -> Any:
     """Conversations in ``conversation_column``.
 
-    ``conversation_style="sharegpt"``: ``[{"from": "system|human|gpt", "value": str}]``;
-    ``"openai"``: ``[{"role": ..., "content": ...}]``. ``train_on_input=False`` trains on
-    the assistant turns only.
+    ``conversation_style="sharegpt"``: ``[{"from": "system|human|gpt|function_call|
+    observation", "value": str}]``; ``"openai"``: ``[{"role", "content", "tool_calls"?,
+    "tool_call_id"?, "reasoning_content"?}]``. ``train_on_input=False`` trains on the
+    assistant turns only; ``masking_strategy="train_on_last"`` on the last one only.
+    ``tools_column`` (when the row has it) holds the function schemas given to the chat
+    template; ``train_on_reasoning=False`` masks reasoning traces. Tool calls and reasoning
+    need a tokenizer that renders the model's official template
+    (``HuggingFaceModelTokenizer``); see docs/tool-calling.md.
     """
     if conversation_style == "sharegpt":
         message_transform: Callable = ShareGPTToMessages(
             train_on_input=train_on_input,
-            column_map={"conversations": conversation_column},
+            column_map={"conversations": conversation_column, "tools": tools_column},
             new_system_prompt=new_system_prompt,
+            masking_strategy=masking_strategy,
+            train_on_reasoning=train_on_reasoning,
         )
     elif conversation_style == "openai":
         message_transform = OpenAIToMessages(
             train_on_input=train_on_input,
-            column_map={"messages": conversation_column},
+            column_map={"messages": conversation_column, "tools": tools_column},
             new_system_prompt=new_system_prompt,
+            masking_strategy=masking_strategy,
+            train_on_reasoning=train_on_reasoning,
         )
     else:
         raise ConfigError(

@@ -168,11 +168,14 @@ class Qwen3ChatFormat(ChatMLFormat):
     becomes ``<think>\\n{reasoning}\\n</think>\\n\\n{answer}`` (an empty block when the
     content has no ``<think>...</think>``); earlier turns keep only the answer. An open
     final assistant message (``add_end_tokens=False``, empty) is the generation prompt
-    ``<|im_start|>assistant\\n`` (thinking enabled, the template's default).
+    ``<|im_start|>assistant\\n`` (thinking enabled, the template's default); with
+    ``enable_thinking=False`` it is followed by an empty ``<think>\\n\\n</think>\\n\\n``, as
+    the template's non-thinking switch renders it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, enable_thinking: bool = True) -> None:
         super().__init__(default_system_prompt=None)
+        self.enable_thinking = enable_thinking
 
     @staticmethod
     def _last_query_index(messages: list[Message]) -> int:
@@ -189,7 +192,8 @@ class Qwen3ChatFormat(ChatMLFormat):
         content = message_text(m, self.image_token)
         is_last = i == len(messages) - 1
         if is_last and not add_end_tokens and not content:
-            return "<|im_start|>assistant\n"
+            empty = "" if self.enable_thinking else "<think>\n\n</think>\n\n"
+            return "<|im_start|>assistant\n" + empty
         reasoning = ""
         if "</think>" in content:
             reasoning = content.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")

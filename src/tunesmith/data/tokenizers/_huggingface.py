@@ -6,8 +6,17 @@ tokenizer.json, or given directly) is rendered with jinja2 the way ``transformer
 renders it, then encoded. The loss mask is assigned per message from renderings of
 the conversation's prefixes: message ``i`` owns the tokens between the longest common
 prefixes of the full encoding with the encodings of ``messages[:i]`` and ``messages[:i+1]``.
-(Templates that re-render earlier turns differently once more turns follow, like Qwen3's
-think blocks, blur those boundaries; use the family tokenizer for them.)
+(Templates that re-render earlier
+turns differently once more turns follow, like Qwen3's dropped think blocks, give the
+rewritten part of that earlier turn to the next message, so it is masked: such a turn is
+only trained on where its final rendering agrees with its own.)
+
+Tool use and reasoning: ``tools`` (function schemas) are passed to the template, and
+messages as OpenAI dicts (``tool_calls``, ``tool_call_id``, ``name``, ``reasoning_content``,
+also as ``thinking``), as ``transformers``' ``apply_chat_template(tools=...)`` does. A
+message with ``mask_reasoning`` has the tokens of its reasoning (``reasoning`` or the
+text of an inline ``<think>...</think>``, found in its rendering) masked. A template that refuses a conversation
+(Gemma 2 and tools or a system prompt, ...) raises ``ValueError`` with its message.
 """
 
 from __future__ import annotations
@@ -21,7 +30,6 @@ from typing import Any
 from tunesmith.data._messages import Message
 from tunesmith.data._prompt_templates import get_prompt_template
 from tunesmith.data.tokenizers._bpe import HuggingFaceBaseTokenizer
-from tunesmith.data.tokenizers._chat_formats import message_text
 from tunesmith.data.tokenizers._utils import (
     check_file,
     tokenize_sample,
@@ -49,6 +57,7 @@ def compile_chat_template(source: str) -> Any:
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    env.globals["dict"] = dict
     return env.from_string(source)
 
 
@@ -186,39 +195,106 @@ class HuggingFaceModelTokenizer:
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.base.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
-    def render(self, messages: list[Message], add_generation_prompt: bool = False) -> str:
-        """The prompt string the chat template makes of ``messages``."""
-        dicts = [{"role": m.role, "content": message_text(m)} for m in messages]
-        return self._template.render(
-            messages=dicts, add_generation_prompt=add_generation_prompt, **self._variables
-        )
+    def render(
+        self,
+        messages: list[Message],
+        add_generation_prompt: bool = False,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """The prompt string the chat template makes of ``messages`` (and ``tools``)."""
+        import jinja2
+
+        dicts = [m.template_dict() for m in messages]
+        try:
+            return self._template.render(
+                messages=dicts,
+                tools=tools,
+                documents=None,
+                add_generation_prompt=add_generation_prompt,
+                **self._variables,
+            )
+        except (jinja2.exceptions.TemplateError, TypeError, KeyError, IndexError) as e:
+            # the template's own raise_exception, or a shape it cannot handle
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"the chat template refuses this conversation: {reason}") from None
+
+    def _prefix_end(self, messages: list[Message], full: list[int], tools: Any) -> int:
+        """Length of the common token prefix of ``full`` and the rendering of ``messages``."""
+        try:
+            prefix = self.render(messages, tools=tools) if messages else ""
+        except ValueError:  # a template that refuses a partial conversation
+            return 0
+        return _common_prefix_len(self.base.encode(prefix, False, False), full)
 
     def tokenize_messages(
-        self, messages: list[Message], add_end_tokens: bool = True
+        self,
+        messages: list[Message],
+        add_end_tokens: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> tuple[list[int], list[bool]]:
         """Render and encode; with ``add_end_tokens=False`` and an empty final assistant
-        message, the template's generation prompt is used instead of that message."""
+        message, the template's generation prompt is used instead of that message.
+
+        Returns:
+            ``(tokens, mask)``, lists of length ``s``; ``mask[i]`` True = not trained on.
+        """
+        if self.prompt_template is not None:
+            messages = self.prompt_template(messages)
         open_last = (
             not add_end_tokens
             and bool(messages)
             and messages[-1].role == "assistant"
             and not messages[-1].text_content
+            and not messages[-1].has_tool_fields
         )
         closed = messages[:-1] if open_last else messages
-        full = self.base.encode(self.render(closed, add_generation_prompt=open_last), False, False)
-        tokens, mask = list(full), [True] * len(full)
-        start = 0
+        text = self.render(closed, add_generation_prompt=open_last, tools=tools)
+        encoding = self.base.tokenizer.encode(text, add_special_tokens=False)
+        tokens = list(encoding.ids)
+        mask = [True] * len(tokens)
+        start = self._prefix_end([], tokens, tools)
         for i, message in enumerate(closed):
-            prefix = self.base.encode(self.render(closed[: i + 1]), False, False)
-            end = max(start, _common_prefix_len(prefix, full))
+            end = max(start, self._prefix_end(closed[: i + 1], tokens, tools))
             mask[start:end] = [message.masked] * (end - start)
+            if message.mask_reasoning and not message.masked:
+                for a, b in _reasoning_spans(message, text, encoding.offsets, start, end):
+                    mask[a:b] = [True] * (b - a)
             start = end
         if open_last:
-            mask[start:] = [messages[-1].masked] * (len(full) - start)
+            mask[start:] = [messages[-1].masked] * (len(tokens) - start)
         return truncate_messages_tokens(
             tokens, mask, self.max_seq_len, self.eos_id, add_end_tokens, self.truncation_type
         )
 
     def __call__(self, sample: dict[str, Any], inference: bool = False) -> dict[str, Any]:
-        """Replace ``sample["messages"]`` with ``sample["tokens"]`` and ``sample["mask"]``."""
+        """Replace ``sample["messages"]`` (and ``sample["tools"]``) with ``sample["tokens"]``
+        and ``sample["mask"]``."""
         return tokenize_sample(self, sample, inference)
+
+
+def _reasoning_spans(
+    message: Message, text: str, offsets: list[tuple[int, int]], start: int, end: int
+) -> list[tuple[int, int]]:
+    """Token spans (within tokens ``start:end``, the message's own) of ``message``'s reasoning
+    (``reasoning`` or an inline ``<think>`` block's text) in the rendered ``text``."""
+    texts = []
+    if message.reasoning and message.reasoning.strip():
+        texts.append(message.reasoning.strip())
+    content = message.text_content
+    if "</think>" in content:
+        inline = content.split("</think>")[0].split("<think>")[-1].strip()
+        if inline:
+            texts.append(inline)
+    if start >= end:
+        return []
+    lo, hi = offsets[start][0], offsets[end - 1][1]
+    spans = []
+    for reasoning in texts:
+        at = text.find(reasoning, lo, hi)
+        if at < 0:  # the template does not render this turn's reasoning
+            continue
+        stop = at + len(reasoning)
+        first = next(i for i in range(start, end) if offsets[i][1] > at)
+        last = max(i for i in range(start, end) if offsets[i][0] < stop)
+        spans.append((first, last + 1))
+    return spans

@@ -185,14 +185,22 @@ class ChatModelTokenizer:
         return "".join(out)
 
     def tokenize_messages(
-        self, messages: list[Message], add_end_tokens: bool = True
+        self,
+        messages: list[Message],
+        add_end_tokens: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> tuple[list[int], list[bool]]:
         """Format and encode a conversation.
+
+        Tool schemas, ``tool_calls`` / ``tool_call_id`` / ``reasoning`` fields and masked
+        reasoning are rendered by the official templates only: this raises ``ValueError``
+        for them (use :class:`HuggingFaceModelTokenizer` with the model's chat template).
 
         Returns:
             ``(tokens, mask)``, two lists of equal length ``s``; ``mask[i]`` is True where
             token ``i`` is not trained on (a masked message, BOS, a final EOS).
         """
+        _refuse_template_only(type(self.chat_format).__name__, messages, tools)
         if self.prompt_template is not None:
             messages = self.prompt_template(messages)
         tokens: list[int] = []
@@ -214,3 +222,39 @@ class ChatModelTokenizer:
             f"{type(self).__name__}(vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
             f"eos_id={self.eos_id}, max_seq_len={self.max_seq_len})"
         )
+
+
+_USE_TEMPLATE = (
+    "tokenize tool-use / reasoning data with the model's official chat template: "
+    "tokenizer._component_=tunesmith.data.tokenizers.HuggingFaceModelTokenizer "
+    "(tokenizer.json + tokenizer_config.json or chat_template=...)"
+)
+
+
+def _refuse_template_only(
+    fmt: str, messages: list[Message], tools: list[dict[str, Any]] | None
+) -> None:
+    """Raise for conversation shapes a hand-written chat format does not render."""
+    if tools:
+        raise ValueError(
+            f"the row has a 'tools' column, which {fmt} does not render; {_USE_TEMPLATE}"
+        )
+    for i, m in enumerate(messages):
+        field = next(
+            (
+                name
+                for name, value in (
+                    ("tool_calls", m.tool_calls),
+                    ("tool_call_id", m.tool_call_id),
+                    ("reasoning_content", m.reasoning),
+                )
+                if value
+            ),
+            None,
+        )
+        if field is None and m.mask_reasoning and not m.masked and "</think>" in m.text_content:
+            field = "a masked <think> block"
+        if field is not None:
+            raise ValueError(
+                f"message {i} has {field}, which {fmt} does not render; {_USE_TEMPLATE}"
+            )

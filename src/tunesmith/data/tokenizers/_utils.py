@@ -103,6 +103,12 @@ def tokenize_sample(
             f"transform); got keys {sorted(sample)}"
         )
     messages = sample.pop("messages")
+    tools = sample.pop("tools", None)
+    if tools is not None:  # only template-rendering tokenizers take tool schemas
+        sample["tokens"], sample["mask"] = tokenizer.tokenize_messages(
+            messages, add_end_tokens=not inference, tools=tools
+        )
+        return sample
     sample["tokens"], sample["mask"] = tokenizer.tokenize_messages(
         messages, add_end_tokens=not inference
     )

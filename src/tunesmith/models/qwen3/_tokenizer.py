@@ -22,7 +22,9 @@ QWEN3_SPECIAL_TOKENS: dict[str, int] = {
 class Qwen3Tokenizer(Qwen2Tokenizer):
     """Qwen3: ChatML without a default system prompt; the final assistant turn (after the
     last user query) carries ``<think>\\n...\\n</think>\\n\\n`` as the official template renders
-    it (empty when the content has no reasoning). EOS ``<|im_end|>``."""
+    it (empty when the content has no reasoning). EOS ``<|im_end|>``.
+    ``enable_thinking=False`` is the template's non-thinking switch: the generation prompt
+    ends with an empty ``<think>\\n\\n</think>\\n\\n``."""
 
     def __init__(
         self,
@@ -35,6 +37,7 @@ class Qwen3Tokenizer(Qwen2Tokenizer):
         eos_token: str = "<|im_end|>",
         pad_token: str | None = "<|endoftext|>",
         truncation_type: str = "right",
+        enable_thinking: bool = True,
         **kwargs: Any,
     ):
         super().__init__(
@@ -46,7 +49,7 @@ class Qwen3Tokenizer(Qwen2Tokenizer):
             eos_token=eos_token,
             pad_token=pad_token,
             truncation_type=truncation_type,
-            chat_format=Qwen3ChatFormat(),
+            chat_format=Qwen3ChatFormat(enable_thinking=enable_thinking),
             **kwargs,
         )
 
