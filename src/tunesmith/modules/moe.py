@@ -275,6 +275,15 @@ class MoE(nn.Module):
         self.shared_expert = shared_expert
         self.weight_inputs = weight_inputs
         self.last_routing: Routing | None = None
+        # a process group when the experts are split over ranks (training.expert_parallel)
+        self.expert_group: object | None = None
+
+    def _run_experts(self, x: Tensor, counts: Tensor) -> Tensor:
+        if self.expert_group is None:
+            return self.experts(x, counts)
+        from tunesmith.training.expert_parallel import dispatch
+
+        return dispatch(self.experts, x, counts, self.expert_group)
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
@@ -288,9 +297,9 @@ class MoE(nn.Module):
         counts = torch.bincount(choice, minlength=self.router.num_experts)
         w = weights.reshape(-1)[order, None]
         if self.weight_inputs:
-            y = self.experts(flat[token] * w, counts)
+            y = self._run_experts(flat[token] * w, counts)
         else:
-            y = self.experts(flat[token], counts) * w
+            y = self._run_experts(flat[token], counts) * w
         out = torch.zeros_like(flat).index_add_(0, token, y.to(flat.dtype))
         if self.shared_expert is not None:
             out = out + self.shared_expert(flat)
