@@ -25,6 +25,7 @@ def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> t
     from tunesmith.training.parallel_dims import ParallelDims
 
     dims = ParallelDims.from_config(cfg, world_size)
+    _check_expert_parallel(cfg, dims, world_size)
     if dims.tp > 1:
         from tunesmith.training.tensor_parallel import check_tp_degree
 
@@ -37,6 +38,49 @@ def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> t
         del model
     mesh = dims.build_mesh(device.type) if world_size > 1 and dims.needs_mesh else None
     return dims, mesh
+
+
+def _check_expert_parallel(cfg: DictConfig, dims: Any, world_size: int) -> None:
+    """``expert_parallel_dim``: 1 (default), or every rank of a plain FSDP2 run (experts split
+    over all ranks, the rest sharded by FSDP2); checked on a meta build before any weights."""
+    raw = cfg.get("expert_parallel_dim")
+    ep = 1 if raw is None else raw
+    key = "expert_parallel_dim"
+    if isinstance(ep, bool) or not isinstance(ep, int) or ep < 1:
+        raise ConfigError(f"expert_parallel_dim={raw!r}: give an integer >= 1", key=key)
+    if ep == 1:
+        return
+    if ep != world_size or dims.tp > 1 or dims.dp_replicate > 1:
+        raise ConfigError(
+            f"expert_parallel_dim={ep} with {world_size} processes, tensor_parallel_dim="
+            f"{dims.tp}, data_parallel_replicate_dim={dims.dp_replicate}: expert parallelism "
+            "splits the experts over every rank of a plain FSDP2 run; set it to the world size "
+            "with tensor_parallel_dim=1 and data_parallel_replicate_dim=1, or to 1",
+            key=key,
+        )
+    if cfg.get("clip_grad_norm") is not None or cfg.get("optimizer_in_bwd", False):
+        raise ConfigError(
+            f"expert_parallel_dim={ep} with clip_grad_norm / optimizer_in_bwd: the expert "
+            "slices are not FSDP2 parameters, so neither covers them yet; set clip_grad_norm: "
+            "null and optimizer_in_bwd: False",
+            key=key,
+        )
+    from tunesmith.modules.moe import moe_layers
+
+    with torch.device("meta"):
+        model = instantiate(cfg.model)
+    layers = list(moe_layers(model))
+    if not layers:
+        raise ConfigError(
+            f"expert_parallel_dim={ep}: the model has no mixture-of-experts layers; set it to 1",
+            key=key,
+        )
+    n = layers[0].router.num_experts
+    if n % ep:
+        raise ConfigError(
+            f"expert_parallel_dim={ep} does not divide num_experts={n}: pick a divisor of {n}",
+            key=key,
+        )
 
 
 def tensor_parallel(model: nn.Module, cfg: DictConfig, tp_mesh: Any) -> None:

@@ -23,7 +23,14 @@ from torch import Tensor, nn
 
 from tunesmith.modules.moe import GroupedExperts, moe_layers
 
-__all__ = ["apply_expert_parallel", "dispatch"]
+__all__ = [
+    "apply_expert_parallel",
+    "average_expert_grads",
+    "dispatch",
+    "expert_slices",
+    "gather_expert_slices",
+    "slice_expert_weights",
+]
 
 
 class _AllToAll(torch.autograd.Function):
@@ -81,11 +88,64 @@ def apply_expert_parallel(model: nn.Module, group) -> nn.Module:
                 f"expert_parallel_dim={ep} does not divide num_experts={n}: pick a divisor of {n}"
             )
         local = n // ep
-        for module in experts.modules():
+        sliced = []
+        for prefix, module in experts.named_modules():
             for name, param in list(module.named_parameters(recurse=False)):
                 if param.dim() and param.shape[0] == n:
                     part = param[rank * local : (rank + 1) * local].clone()
                     setattr(module, name, nn.Parameter(part, requires_grad=param.requires_grad))
+                    sliced.append(f"{prefix}.{name}" if prefix else name)
         experts.num_experts = local
+        experts.expert_parallel = (rank, ep, tuple(sliced))  # type: ignore[assignment]
         moe.expert_group = group
     return model
+
+
+def _sliced(model: nn.Module):
+    for name, module in model.named_modules():
+        info = getattr(module, "expert_parallel", None)
+        if isinstance(module, GroupedExperts) and info is not None:
+            yield name, module, info
+
+
+def expert_slices(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The expert-parallel slices of ``model`` by fully qualified name (empty without EP)."""
+    out = {}
+    for name, module, (_, _, names) in _sliced(model):
+        for local in names:
+            out[f"{name}.{local}"] = module.get_parameter(local)
+    return out
+
+
+def slice_expert_weights(model: nn.Module, weights: dict[str, Tensor]) -> None:
+    """Cut this rank's experts out of full checkpoint tensors (``weights``, in place)."""
+    for name, _module, (rank, ep, names) in _sliced(model):
+        for local in names:
+            key = f"{name}.{local}"
+            if key in weights:
+                size = weights[key].shape[0] // ep
+                weights[key] = weights[key][rank * size : (rank + 1) * size]
+
+
+def gather_expert_slices(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
+    """Replace each rank's expert slices in ``state_dict`` by the full ``[E, ...]`` tensors
+    (all-gathered in expert order, on CPU). Every rank must call it; no-op without EP."""
+    for name, module, (_, ep, names) in _sliced(model):
+        group = getattr(model.get_submodule(name.rsplit(".", 1)[0]), "expert_group", None)
+        for local in names:
+            key = f"{name}.{local}".replace("_checkpoint_wrapped_module.", "")
+            part = module.get_parameter(local).detach()
+            parts = [torch.empty_like(part) for _ in range(ep)]
+            dist.all_gather(parts, part.contiguous(), group=group)
+            state_dict[key] = torch.cat(parts).cpu()
+
+
+def average_expert_grads(model: nn.Module) -> None:
+    """Divide the expert slices' gradients by the group size: FSDP2 averages the other
+    gradients over the ranks, while an expert's gradient arrives summed over every rank's
+    tokens (call after the parameters are final, i.e. after loading)."""
+    for _, module, (_, ep, names) in _sliced(model):
+        for local in names:
+            param = module.get_parameter(local)
+            if param.requires_grad:
+                param.register_hook(lambda grad, ep=ep: grad / ep)
