@@ -109,8 +109,12 @@ def build_model(
     dtype: torch.dtype,
     world_size: int,
     mesh: Any = None,
+    expert_parallel: int = 1,
 ) -> tuple[nn.Module, bool]:
     """Instantiate ``cfg.model``, load the checkpoint, pick what trains, wrap for memory/speed.
+
+    ``expert_parallel`` > 1 (finetune's checked ``expert_parallel_dim``) splits the experts of
+    every MoE layer over all ranks (``training.expert_parallel``).
 
     Returns ``(model, is_peft)``. When the model has adapter parameters (LoRA / DoRA /
     QLoRA builders) only they train; otherwise every parameter does.
@@ -155,7 +159,7 @@ def build_model(
                 full[0],
             )
         weights.update(initial_adapter_weights(model, weights, seed=torch.initial_seed()))
-    ep = int(cfg.get("expert_parallel_dim") or 1)
+    ep = expert_parallel
     if ep > 1:  # checked against the world and the model by parallel_layout
         import torch.distributed as dist
 

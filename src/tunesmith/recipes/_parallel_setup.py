@@ -14,7 +14,7 @@ from torch import nn
 
 from tunesmith.config import ConfigError, instantiate
 
-__all__ = ["parallel_layout", "tensor_parallel"]
+__all__ = ["expert_parallel_degree", "parallel_layout", "tensor_parallel"]
 
 
 def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> tuple[Any, Any]:
@@ -38,6 +38,11 @@ def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> t
         del model
     mesh = dims.build_mesh(device.type) if world_size > 1 and dims.needs_mesh else None
     return dims, mesh
+
+
+def expert_parallel_degree(cfg: DictConfig) -> int:
+    """``expert_parallel_dim`` (default 1), as :func:`parallel_layout` checked it."""
+    return int(cfg.get("expert_parallel_dim") or 1)
 
 
 def _check_expert_parallel(cfg: DictConfig, dims: Any, world_size: int) -> None:
