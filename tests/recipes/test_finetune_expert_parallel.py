@@ -68,3 +68,7 @@ def test_expert_parallel_degree_errors_are_one_line(tiny_moe, instruct_data, tmp
     cfg.expert_parallel_dim = 2
     with pytest.raises(ConfigError, match="expert_parallel_dim=2 with 4 processes"):
         parallel_layout(cfg, 4, torch.device("cpu"))
+    cfg.resume_from_checkpoint = True
+    with pytest.raises(ConfigError, match="expert_parallel_dim=2 with resume_from_checkpoint"):
+        parallel_layout(cfg, 2, torch.device("cpu"))
+

@@ -63,6 +63,14 @@ def _check_expert_parallel(cfg: DictConfig, dims: Any, world_size: int) -> None:
             "with tensor_parallel_dim=1 and data_parallel_replicate_dim=1, or to 1",
             key=key,
         )
+    sharded = cfg.get("intermediate_checkpoint_format") or cfg.get("enable_async_checkpointing")
+    if cfg.get("resume_from_checkpoint", False) or sharded:
+        raise ConfigError(
+            f"expert_parallel_dim={ep} with resume_from_checkpoint / sharded (dcp, async) "
+            "intermediate saves: the optimizer state of the expert slices is not gathered "
+            "yet; start a fresh run with expert_parallel_dim: 1 to resume, or drop those keys",
+            key=key,
+        )
     if cfg.get("clip_grad_norm") is not None or cfg.get("optimizer_in_bwd", False):
         raise ConfigError(
             f"expert_parallel_dim={ep} with clip_grad_norm / optimizer_in_bwd: the expert "
