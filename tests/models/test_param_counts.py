@@ -91,6 +91,7 @@ _FAMILY_OF = {
     "qwen2": "qwen2",
     "qwen3_moe": "qwen3_moe",
     "qwen3": "qwen3",
+    "llama4": "llama4",
     "mixtral": "mixtral",
     "gpt_oss": "gpt_oss",
     "smollm2": "smollm2",
@@ -101,10 +102,31 @@ def _family(name: str) -> str:
     return next(f for f in _FAMILY_OF if name.startswith(f + "_"))
 
 
+#: Llama 4: Meta publishes totals with the vision encoder (109B / 400B) and 17B active; the
+#: text decoder alone is within 1.5% / 0.5% of the (rounded) totals
+LLAMA4 = {
+    "llama4_scout_17b_16e": (109e9, 0.015),
+    "llama4_maverick_17b_128e": (400e9, 0.005),
+}
+
+
 def test_table_covers_every_spec():
     from tests.models.test_dense_specs import HF_CONFIGS  # counted in test_dense_specs
 
-    assert set(PUBLISHED) | set(HF_CONFIGS) == set(SPECS)
+    assert set(PUBLISHED) | set(HF_CONFIGS) | set(LLAMA4) == set(SPECS)
+
+
+@pytest.mark.parametrize("name", sorted(LLAMA4))
+def test_llama4_parameter_counts_on_meta_device(name):
+    from tunesmith.models import llama4
+    from tunesmith.modules.moe import active_parameter_count
+
+    with torch.device("meta"):
+        model = getattr(llama4, name)()
+    total, tol = LLAMA4[name]
+    count = sum(p.numel() for p in model.parameters())
+    assert abs(count - total) <= tol * total, count  # the totals are rounded to 1B
+    assert abs(active_parameter_count(model) - 17e9) <= 0.02 * 17e9
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

@@ -57,21 +57,25 @@ def _run(tmp_path: Path, model_dir: Path, data: Path, name: str, **over) -> Path
 
 
 @pytest.mark.parametrize(
-    "lora, checkpointing", [(False, False), (True, True)], ids=["full", "lora_attn_ckpt"]
+    "lora, checkpointing, experts",
+    [(False, False, False), (True, True, False), (True, False, True)],
+    ids=["full", "lora_attn_ckpt", "lora_experts"],
 )
 def test_moe_finetune_learns_and_logs_router_stats(
-    tiny_moe, instruct_data, tmp_path, lora, checkpointing
+    tiny_moe, instruct_data, tmp_path, lora, checkpointing, experts
 ):
     over = {"enable_activation_checkpointing": checkpointing}
     if lora:
         over |= {
             "model.lora_attn_modules": ["q_proj", "k_proj", "v_proj", "output_proj"],
+            "model.apply_lora_to_mlp": experts,  # per-expert LoRA (PEFT target_parameters)
             "model.apply_lora_to_output": True,
             "model.lora_rank": 8,
             "model.lora_alpha": 16,
             "optimizer.lr": 1e-2,
         }
-    out = _run(tmp_path, tiny_moe, instruct_data, "lora" if lora else "full", **over)
+    name = "lora_experts" if experts else "lora" if lora else "full"
+    out = _run(tmp_path, tiny_moe, instruct_data, name, **over)
     assert_learns(out)
     rows = [json.loads(line) for line in (out / "logs" / "log.jsonl").read_text().splitlines()]
     step = next(r for r in rows if "loss" in r)
@@ -100,6 +104,10 @@ def test_moe_finetune_learns_and_logs_router_stats(
         peft = pytest.importorskip("peft")
         base = transformers.Qwen3MoeForCausalLM.from_pretrained(tiny_moe).eval()
         adapted = peft.PeftModel.from_pretrained(base, saved / "adapter").eval()
+        config = json.loads((saved / "adapter" / "adapter_config.json").read_text())
+        assert config.get("target_parameters", []) == (
+            ["down_proj", "gate_up_proj"] if experts else []
+        )
         with torch.no_grad():
             assert (adapted(tokens).logits - hf(tokens).logits).abs().max() <= 1e-4
 

@@ -274,7 +274,7 @@ def _model_block(s: Size, kind: str) -> str:
         "model:",
         f"  _component_: tunesmith.models.{s.family}.{builder}",
         "  lora_attn_modules: ['q_proj', 'v_proj', 'output_proj']",
-        "  apply_lora_to_mlp: False  # no LoRA on experts yet"
+        "  apply_lora_to_mlp: True  # per-expert LoRA on the experts (PEFT target_parameters)"
         if s.moe
         else "  apply_lora_to_mlp: True",
         f"  lora_rank: {s.lora_rank}  # higher increases accuracy and memory",

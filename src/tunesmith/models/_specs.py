@@ -7,7 +7,54 @@ from the released checkpoint, the checkpoint wins so its weights load).
 from __future__ import annotations
 
 from tunesmith.models._dense_specs import DENSE_SPECS
+from tunesmith.models._hf_config import spec_from_hf_config
 from tunesmith.models.spec import ModelSpec, RopeScaling, alternating_sliding
+
+# Llama 4 text decoders, as their published config.json text_config (every 4th layer NoPE,
+# chunked attention elsewhere, QK-norm, one routed expert + a shared expert per MoE layer)
+_LLAMA4_TEXT = dict(
+    model_type="llama4_text",
+    architectures=["Llama4ForCausalLM"],
+    hidden_size=5120,
+    intermediate_size=8192,
+    intermediate_size_mlp=16384,
+    num_hidden_layers=48,
+    num_attention_heads=40,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=202048,
+    num_experts_per_tok=1,
+    attention_chunk_size=8192,
+    rope_theta=500000.0,
+    rms_norm_eps=1e-5,
+    use_qk_norm=True,
+    tie_word_embeddings=False,
+    no_rope_layers=[int((i + 1) % 4 != 0) for i in range(48)],
+    hidden_act="silu",
+    attn_temperature_tuning=True,
+    floor_scale=8192,
+    attn_scale=0.1,
+)
+_LLAMA4_SCOUT = dict(
+    _LLAMA4_TEXT,
+    num_local_experts=16,
+    interleave_moe_layer_step=1,
+    max_position_embeddings=10485760,
+    rope_scaling={
+        "rope_type": "llama3",
+        "factor": 16.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192,
+    },
+)
+_LLAMA4_MAVERICK = dict(
+    _LLAMA4_TEXT,
+    num_local_experts=128,
+    interleave_moe_layer_step=2,
+    max_position_embeddings=1048576,
+    rope_scaling=None,
+)
 
 __all__ = ["SPECS", "get_spec"]
 
@@ -383,6 +430,9 @@ SPECS: dict[str, ModelSpec] = {
         intermediate_dim=25600,
         max_seq_len=40_960,
     ),
+    # Llama 4 text decoders (the early-fusion vision encoder is not built)
+    "llama4_scout_17b_16e": spec_from_hf_config(_LLAMA4_SCOUT),
+    "llama4_maverick_17b_128e": spec_from_hf_config(_LLAMA4_MAVERICK),
     # Qwen3-MoE (every layer routed; dense intermediate_dim unused by the released sizes)
     "qwen3_moe_30b_a3b": _qwen3_moe(
         num_layers=48,

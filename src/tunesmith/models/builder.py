@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from torch import nn
@@ -102,9 +103,16 @@ def _mlp(spec: ModelSpec, f: int, adapt: bool, lora: LoRASettings | None) -> Fee
     )
 
 
-def _moe(spec: ModelSpec) -> MoE:
-    """The spec's mixture-of-experts feed-forward (LoRA never adapts the experts yet)."""
+def _moe(spec: ModelSpec, lora: LoRASettings | None) -> MoE:
+    """The spec's mixture-of-experts feed-forward; ``lora.apply_lora_to_mlp`` puts per-expert
+    LoRA on the experts (``LoRAGroupedExperts``) and LoRA on the shared expert."""
     d = spec.embed_dim
+    adapt = bool(lora and lora.apply_lora_to_mlp)
+    expert_cls: Callable[..., GroupedExperts] = GroupedExperts
+    if adapt:
+        from tunesmith.modules.peft.lora_experts import LoRAGroupedExperts
+
+        expert_cls = partial(LoRAGroupedExperts, rank=lora.lora_rank, alpha=lora.lora_alpha)
     return MoE(
         router=TopKRouter(
             d,
@@ -114,7 +122,7 @@ def _moe(spec: ModelSpec) -> MoE:
             norm_topk=spec.router_norm_topk,
             bias=spec.router_bias,
         ),
-        experts=GroupedExperts(
+        experts=expert_cls(
             d,
             spec.moe_intermediate_dim or spec.intermediate_dim,
             spec.num_experts,
@@ -123,7 +131,7 @@ def _moe(spec: ModelSpec) -> MoE:
             swiglu_limit=spec.swiglu_limit,
         ),
         shared_expert=(
-            _mlp(spec, spec.shared_expert_dim, False, None) if spec.shared_expert_dim else None
+            _mlp(spec, spec.shared_expert_dim, adapt, lora) if spec.shared_expert_dim else None
         ),
         weight_inputs=spec.router_weights_inputs,
     )
@@ -174,7 +182,7 @@ def _layer(spec: ModelSpec, index: int, lora: LoRASettings | None) -> Transforme
         temperature=spec.attn_temperature if nope else None,
     )
     mlp = (
-        _moe(spec)
+        _moe(spec, lora)
         if spec.is_moe_layer(index)
         else _mlp(spec, spec.intermediate_dim, mlp_lora, lora)
     )
@@ -200,10 +208,18 @@ def build_decoder(spec: ModelSpec, lora: LoRASettings | None = None) -> Transfor
             "projection to the token embeddings. Set apply_lora_to_output=False."
         )
     if lora is not None and lora.apply_lora_to_mlp and spec.num_experts:
-        raise ValueError(
-            "model.apply_lora_to_mlp=True is not supported for a mixture-of-experts model yet "
-            "(no LoRA on experts): set apply_lora_to_mlp=False and adapt the attention."
-        )
+        if lora.use_dora or lora.quantize_base:
+            raise ValueError(
+                "model.apply_lora_to_mlp=True on a mixture-of-experts model puts plain LoRA on "
+                "the experts; DoRA / QLoRA experts are not supported: set use_dora / "
+                "quantize_base to False or apply_lora_to_mlp=False."
+            )
+        if lora.lora_dropout:
+            raise ValueError(
+                f"model.lora_dropout={lora.lora_dropout} with apply_lora_to_mlp=True on a "
+                "mixture-of-experts model: expert LoRA has no dropout (as PEFT's): set "
+                "lora_dropout: 0.0."
+            )
     out_dim = spec.num_classes or spec.vocab_size
     output = None
     if not spec.tie_embeddings or spec.num_classes:

@@ -22,6 +22,12 @@ from typing import Any
 
 from torch import Tensor
 
+from tunesmith.models._peft_experts import (
+    EXPERT_TARGET_PARAMETERS,
+    is_peft_expert_key,
+    native_expert_adapters_to_peft,
+    peft_expert_adapters_to_native,
+)
 from tunesmith.models.convert_weights import hf_to_native, native_to_hf, ties_embeddings
 from tunesmith.utils._atomic import atomic_save_safetensors, atomic_write_json
 from tunesmith.utils._integrity import check_safetensors
@@ -84,6 +90,11 @@ def native_to_peft(
                 "in .lora_a.weight, .lora_b.weight or .magnitude); pass only the adapter weights"
             )
     kind = str(getattr(model_type, "name", model_type)).upper()
+    experts, adapter_state_dict = native_expert_adapters_to_peft(
+        adapter_state_dict, model_type, PEFT_PREFIX
+    )
+    if not adapter_state_dict:
+        return experts
     if kind == "LLAMA3_VISION":
         from tunesmith.models._convert_vision import mllama_native_to_hf
 
@@ -99,7 +110,7 @@ def native_to_peft(
     for key, value in hf.items():
         module, suffix = _split_suffix(key, _TO_PEFT)  # type: ignore[misc]
         out[f"{PEFT_PREFIX}{module}.{suffix}"] = value
-    return out
+    return {**out, **experts}
 
 
 def peft_to_native(
@@ -111,6 +122,7 @@ def peft_to_native(
         ValueError: for entries that are not LoRA / DoRA weights (e.g. ``modules_to_save``
             copies or bias terms), which a native adapter cannot hold.
     """
+    experts, peft_state_dict = peft_expert_adapters_to_native(peft_state_dict, hf_config)
     names = {k[len(PEFT_PREFIX) :] if k.startswith(PEFT_PREFIX) else k: k for k in peft_state_dict}
     if ties_embeddings(hf_config) and any(n.startswith("lm_head.") for n in names):
         # PEFT wraps the tied lm_head and adds B @ A to the logits only (the embedding
@@ -134,7 +146,7 @@ def peft_to_native(
                 "other PEFT methods cannot be loaded as a native LoRA adapter"
             )
         hf[f"{hit[0]}.{hit[1]}"] = peft_state_dict[key]
-    return hf_to_native(hf, model_type, hf_config)
+    return {**(hf_to_native(hf, model_type, hf_config) if hf else {}), **experts}
 
 
 def target_modules_from_adapter(peft_state_dict: Iterable[str]) -> list[str]:
@@ -146,6 +158,8 @@ def target_modules_from_adapter(peft_state_dict: Iterable[str]) -> list[str]:
     ``layers.0``, ``proj`` the ViT's ``patch_embed.proj``."""
     names = set()
     for key in peft_state_dict:
+        if is_peft_expert_key(key):  # target_parameters, not target_modules
+            continue
         hit = _split_suffix(key, _FROM_PEFT)
         if hit is not None:
             parts = hit[0].split(".")
@@ -164,6 +178,7 @@ def peft_adapter_config(
     use_dora: bool = False,
     task_type: str | None = None,
     revision: str | None = None,
+    target_parameters: Iterable[str] = (),
 ) -> dict[str, Any]:
     """An ``adapter_config.json`` dict that ``peft.PeftModel.from_pretrained`` accepts.
 
@@ -173,7 +188,8 @@ def peft_adapter_config(
     ``peft.AutoPeftModelForCausalLM`` loads the base from: a repo id or a model folder.
     """
     targets = sorted(set(target_modules))
-    if not targets:
+    parameters = sorted(set(target_parameters))
+    if not targets and not parameters:
         raise ValueError("peft_adapter_config: target_modules is empty; the adapter covers nothing")
     name = str(getattr(model_type, "name", model_type)).upper()
     alpha_value: float | int = int(alpha) if float(alpha).is_integer() else float(alpha)
@@ -186,6 +202,7 @@ def peft_adapter_config(
         "lora_alpha": alpha_value,
         "lora_dropout": float(dropout),
         "target_modules": targets,
+        **({"target_parameters": parameters} if parameters else {}),
         "use_dora": bool(use_dora),
         "bias": "none",
         "fan_in_fan_out": False,
@@ -226,6 +243,9 @@ def save_peft_adapter(
         target_modules_from_adapter(peft_sd),
         use_dora=any(k.endswith(".magnitude") for k in adapter_state_dict),
         revision=revision,
+        target_parameters=EXPERT_TARGET_PARAMETERS
+        if any(".mlp.experts." in k for k in adapter_state_dict)
+        else (),
     )
     atomic_save_safetensors(peft_sd, folder / ADAPTER_WEIGHTS_NAME)
     atomic_write_json(folder / ADAPTER_CONFIG_NAME, config)

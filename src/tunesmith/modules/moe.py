@@ -187,37 +187,62 @@ class GroupedExperts(nn.Module):
         g = g.clamp(max=limit)
         return (u.clamp(-limit, limit) + 1) * (g * torch.sigmoid(g * self.swiglu_alpha))
 
-    def _grouped(self, x: Tensor, counts: Tensor) -> Tensor:
+    def _grouped_mm_fn(self, counts: Tensor, rows: int) -> Callable[..., Tensor]:
+        """``mm(a [N, i], w [E, i, o], b [E, o] | None) -> [N, o]``, one ``_grouped_mm``."""
         offs = torch.cumsum(counts, dim=0).to(torch.int32)
-        rows = None
-        if self.gate_bias is not None:  # the expert of every row, for its bias
-            experts = torch.arange(self.num_experts, device=x.device)
-            rows = torch.repeat_interleave(experts, counts, output_size=x.shape[0])
+        expert_of_row = None
 
-        def mm(a: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        def mm(a: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+            nonlocal expert_of_row
             out = _ContiguousGrad.apply(torch._grouped_mm(a, w.to(a.dtype), offs=offs))
-            return out if b is None else out + b[rows].to(out.dtype)
+            if b is None:
+                return out
+            if expert_of_row is None:  # the expert of every row, for its bias
+                experts = torch.arange(self.num_experts, device=a.device)
+                expert_of_row = torch.repeat_interleave(experts, counts, output_size=rows)
+            return out + b[expert_of_row].to(out.dtype)
 
-        h = self._glu(mm(x, self.gate_proj, self.gate_bias), mm(x, self.up_proj, self.up_bias))
-        return mm(h, self.down_proj, self.down_bias)
+        return mm
 
-    def _loop(self, x: Tensor, counts: Tensor) -> Tensor:
-        outs = []
-        for e, rows in enumerate(x.split(counts.tolist(), dim=0)):
-            if rows.shape[0] == 0:
-                continue
-            g, u = rows @ self.gate_proj[e], rows @ self.up_proj[e]
-            if self.gate_bias is not None:
-                g, u = g + self.gate_bias[e], u + self.up_bias[e]
-            out = self._glu(g, u) @ self.down_proj[e]
-            outs.append(out if self.down_bias is None else out + self.down_bias[e])
-        return torch.cat(outs) if outs else x.new_zeros(0, x.shape[-1])
+    @staticmethod
+    def _loop_mm_fn(counts: Tensor) -> Callable[..., Tensor]:
+        """The same ``mm`` as one matmul per expert (any device / dtype)."""
+        sizes = counts.tolist()
+
+        def mm(a: Tensor, w: Tensor, b: Tensor | None = None) -> Tensor:
+            outs = []
+            for e, part in enumerate(a.split(sizes, dim=0)):
+                if part.shape[0]:
+                    out = part @ w[e].to(part.dtype)
+                    outs.append(out if b is None else out + b[e].to(out.dtype))
+            return torch.cat(outs) if outs else a.new_zeros(0, w.shape[-1])
+
+        return mm
+
+    def adapt_gate_up(
+        self, x: Tensor, gate: Tensor, up: Tensor, mm: Callable[..., Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Hook for adapters (``LoRAGroupedExperts``): the gate / up projections ``[N, f]`` of
+        ``x [N, d]``; ``mm`` is the forward's per-expert matmul. The base returns them as is."""
+        return gate, up
+
+    def adapt_down(self, h: Tensor, out: Tensor, mm: Callable[..., Tensor]) -> Tensor:
+        """Hook for adapters: the down projection ``out [N, d]`` of ``h [N, f]``."""
+        return out
 
     def forward(self, x: Tensor, counts: Tensor) -> Tensor:
         grouped = self.use_grouped_mm
         if grouped is None:
-            grouped = grouped_mm_supported(x, x.shape[-1], self.gate_proj.shape[-1])
-        return self._grouped(x, counts) if grouped else self._loop(x, counts)
+            grouped = grouped_mm_supported(x, *self._inner_dims())
+        mm = self._grouped_mm_fn(counts, x.shape[0]) if grouped else self._loop_mm_fn(counts)
+        gate = mm(x, self.gate_proj, self.gate_bias)
+        up = mm(x, self.up_proj, self.up_bias)
+        h = self._glu(*self.adapt_gate_up(x, gate, up, mm))
+        return self.adapt_down(h, mm(h, self.down_proj, self.down_bias), mm)
+
+    def _inner_dims(self) -> tuple[int, ...]:
+        """Row widths the grouped matmuls see (each must be a multiple of 16 bytes)."""
+        return (self.gate_proj.shape[1], self.gate_proj.shape[2])
 
 
 class MoE(nn.Module):
@@ -250,6 +275,15 @@ class MoE(nn.Module):
         self.shared_expert = shared_expert
         self.weight_inputs = weight_inputs
         self.last_routing: Routing | None = None
+        # a process group when the experts are split over ranks (training.expert_parallel)
+        self.expert_group: object | None = None
+
+    def _run_experts(self, x: Tensor, counts: Tensor) -> Tensor:
+        if self.expert_group is None:
+            return self.experts(x, counts)
+        from tunesmith.training.expert_parallel import dispatch
+
+        return dispatch(self.experts, x, counts, self.expert_group)
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
@@ -263,9 +297,9 @@ class MoE(nn.Module):
         counts = torch.bincount(choice, minlength=self.router.num_experts)
         w = weights.reshape(-1)[order, None]
         if self.weight_inputs:
-            y = self.experts(flat[token] * w, counts)
+            y = self._run_experts(flat[token] * w, counts)
         else:
-            y = self.experts(flat[token], counts) * w
+            y = self._run_experts(flat[token], counts) * w
         out = torch.zeros_like(flat).index_add_(0, token, y.to(flat.dtype))
         if self.shared_expert is not None:
             out = out + self.shared_expert(flat)

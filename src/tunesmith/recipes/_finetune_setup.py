@@ -109,8 +109,12 @@ def build_model(
     dtype: torch.dtype,
     world_size: int,
     mesh: Any = None,
+    expert_parallel: int = 1,
 ) -> tuple[nn.Module, bool]:
     """Instantiate ``cfg.model``, load the checkpoint, pick what trains, wrap for memory/speed.
+
+    ``expert_parallel`` > 1 (finetune's checked ``expert_parallel_dim``) splits the experts of
+    every MoE layer over all ranks (``training.expert_parallel``).
 
     Returns ``(model, is_peft)``. When the model has adapter parameters (LoRA / DoRA /
     QLoRA builders) only they train; otherwise every parameter does.
@@ -155,6 +159,15 @@ def build_model(
                 full[0],
             )
         weights.update(initial_adapter_weights(model, weights, seed=torch.initial_seed()))
+    ep = expert_parallel
+    if ep > 1:  # checked against the world and the model by parallel_layout
+        import torch.distributed as dist
+
+        from tunesmith.training.expert_parallel import apply_expert_parallel, slice_expert_weights
+
+        apply_expert_parallel(model, dist.group.WORLD)
+        slice_expert_weights(model, weights)
+        log.info("expert parallelism: the experts of every MoE layer split over %d ranks", ep)
     if mesh is not None and mesh["tp"].size() > 1:
         from tunesmith.recipes._parallel_setup import tensor_parallel
 
@@ -168,6 +181,10 @@ def build_model(
         _shard(model, cfg, mesh)
     load_full_state_dict(model, weights, torch.device("cpu") if offload else device)
     del weights
+    if ep > 1:
+        from tunesmith.training.expert_parallel import average_expert_grads
+
+        average_expert_grads(model)
     if cfg.get("compile", False):
         from tunesmith.training.compile import compile_model
 
@@ -227,8 +244,11 @@ def _shard(model: nn.Module, cfg: DictConfig, mesh: Any = None) -> None:
         owns_params = next(module.parameters(recurse=False), None) is not None
         return id(module) in layer_ids or (name in custom and owns_params)
 
+    from tunesmith.training.expert_parallel import expert_slices
+
     shard_model(
         model,
+        ignored_params=set(expert_slices(model).values()) or None,
         shard_conditions=[condition],
         cpu_offload=bool(cfg.get("fsdp_cpu_offload", False)),
         reshard_after_forward=bool(cfg.get("fsdp_reshard_after_forward", True)),

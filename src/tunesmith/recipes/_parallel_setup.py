@@ -15,7 +15,7 @@ from torch import nn
 
 from tunesmith.config import ConfigError, instantiate
 
-__all__ = ["generation_mesh", "parallel_layout", "tensor_parallel"]
+__all__ = ["expert_parallel_degree", "generation_mesh", "parallel_layout", "tensor_parallel"]
 
 
 def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> tuple[Any, Any]:
@@ -30,6 +30,7 @@ def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> t
     dims = ParallelDims.from_config(cfg, world_size)
     if dims.cp > 1:
         _check_context_parallel_config(cfg, dims.cp)
+    _check_expert_parallel(cfg, dims, world_size)
     if dims.tp > 1:
         check_model_for_tp(cfg.model, dims.tp)
     if dims.cp > 1:
@@ -115,6 +116,63 @@ def _check_context_parallel_config(cfg: DictConfig, cp: int) -> None:
             "(run_val_every_n_steps with dataset_val): set run_val_every_n_steps=null or "
             "context_parallel_dim=1",
             key="context_parallel_dim",
+        )
+
+
+def expert_parallel_degree(cfg: DictConfig) -> int:
+    """``expert_parallel_dim`` (default 1), as :func:`parallel_layout` checked it."""
+    return int(cfg.get("expert_parallel_dim") or 1)
+
+
+def _check_expert_parallel(cfg: DictConfig, dims: Any, world_size: int) -> None:
+    """``expert_parallel_dim``: 1 (default), or every rank of a plain FSDP2 run (experts split
+    over all ranks, the rest sharded by FSDP2); checked on a meta build before any weights."""
+    raw = cfg.get("expert_parallel_dim")
+    ep = 1 if raw is None else raw
+    key = "expert_parallel_dim"
+    if isinstance(ep, bool) or not isinstance(ep, int) or ep < 1:
+        raise ConfigError(f"expert_parallel_dim={raw!r}: give an integer >= 1", key=key)
+    if ep == 1:
+        return
+    if ep != world_size or dims.tp > 1 or dims.dp_replicate > 1 or dims.cp > 1:
+        raise ConfigError(
+            f"expert_parallel_dim={ep} with {world_size} processes, tensor_parallel_dim="
+            f"{dims.tp}, data_parallel_replicate_dim={dims.dp_replicate}, context_parallel_dim="
+            f"{dims.cp}: expert parallelism splits the experts over every rank of a plain FSDP2 "
+            "run; set it to the world size with tensor_parallel_dim=1, "
+            "data_parallel_replicate_dim=1 and context_parallel_dim=1, or to 1",
+            key=key,
+        )
+    sharded = cfg.get("intermediate_checkpoint_format") or cfg.get("enable_async_checkpointing")
+    if cfg.get("resume_from_checkpoint", False) or sharded:
+        raise ConfigError(
+            f"expert_parallel_dim={ep} with resume_from_checkpoint / sharded (dcp, async) "
+            "intermediate saves: the optimizer state of the expert slices is not gathered "
+            "yet; start a fresh run with expert_parallel_dim: 1 to resume, or drop those keys",
+            key=key,
+        )
+    if cfg.get("clip_grad_norm") is not None or cfg.get("optimizer_in_bwd", False):
+        raise ConfigError(
+            f"expert_parallel_dim={ep} with clip_grad_norm / optimizer_in_bwd: the expert "
+            "slices are not FSDP2 parameters, so neither covers them yet; set clip_grad_norm: "
+            "null and optimizer_in_bwd: False",
+            key=key,
+        )
+    from tunesmith.modules.moe import moe_layers
+
+    with torch.device("meta"):
+        model = instantiate(cfg.model)
+    layers = list(moe_layers(model))
+    if not layers:
+        raise ConfigError(
+            f"expert_parallel_dim={ep}: the model has no mixture-of-experts layers; set it to 1",
+            key=key,
+        )
+    n = layers[0].router.num_experts
+    if n % ep:
+        raise ConfigError(
+            f"expert_parallel_dim={ep} does not divide num_experts={n}: pick a divisor of {n}",
+            key=key,
         )
 
 

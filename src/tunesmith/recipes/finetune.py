@@ -35,7 +35,7 @@ from tunesmith.recipes._finetune_setup import (
     start_training,
     validation_loss,
 )
-from tunesmith.recipes._parallel_setup import parallel_layout
+from tunesmith.recipes._parallel_setup import expert_parallel_degree, parallel_layout
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.recipes._sharded_saves import open_checkpointers
 from tunesmith.recipes._training_data import loader_setting, training_datasets
@@ -91,7 +91,15 @@ def recipe_main(cfg: DictConfig) -> None:
         state.update(sharded.recipe_state())
     check_vocab(datasets + (val_datasets or []), tokenizer, state, cfg.checkpointer)
     seed = _agreed_seed(state.get("seed") if resume else cfg.get("seed"), world_size, device)
-    model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size, mesh)
+    model, is_peft = build_model(
+        cfg,
+        state,
+        device,
+        master_dtype(dtype),
+        world_size,
+        mesh,
+        expert_parallel=expert_parallel_degree(cfg),  # checked by parallel_layout
+    )
     loss_fn = instantiate(cfg.loss)
     router_loss = RouterLoss.from_config(cfg, model)  # MoE: load balancing / z-loss
     ignore_index = int(getattr(loss_fn, "ignore_index", -100))

@@ -129,6 +129,7 @@ def shard_model(
     reshard_after_forward: bool = True,
     dp_mesh: Any = None,
     mp_policy: Any = None,
+    ignored_params: set[nn.Parameter] | None = None,
 ) -> nn.Module:
     """Shard ``model`` in place with FSDP2 (``torch.distributed.fsdp.fully_shard``): every module
     that matches one of ``shard_conditions`` (default: each child of ``model.layers``) gets its own
@@ -151,6 +152,8 @@ def shard_model(
         kwargs["offload_policy"] = CPUOffloadPolicy()
     if mp_policy is not None:
         kwargs["mp_policy"] = mp_policy
+    if ignored_params:  # e.g. expert-parallel slices: already split over the ranks
+        kwargs["ignored_params"] = ignored_params
 
     if shard_conditions is None:
         layers = getattr(model, "layers", None)
@@ -273,6 +276,9 @@ def gather_cpu_state_dict(
         sd = get_model_state_dict(
             model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
+        from tunesmith.training.expert_parallel import gather_expert_slices
+
+        gather_expert_slices(model, sd)  # every rank: it all-gathers
         sd = sd if is_rank_zero else {}
         for key, value in sd.items():  # gathered NF4 weights are still NF4 (the hook ran on
             sd[key] = dequantize(value, device="cpu")  # the DTensor, which it cannot see into)

@@ -1,7 +1,7 @@
 """gpt-oss model builders; sizes live in ``tunesmith.models._specs``.
 
-The ``lora_*`` builders adapt the attention (and the output); ``apply_lora_to_mlp`` is refused
-(no LoRA on experts yet). Load bf16 weights: the released MXFP4 checkpoints are refused.
+The ``lora_*`` builders adapt the attention (and the output); ``apply_lora_to_mlp`` puts
+per-expert LoRA on the experts (``modules.peft.lora_experts``). Load bf16 weights: the released MXFP4 checkpoints are refused.
 """
 
 from tunesmith.models.builder import lora_model_builder, model_builder

@@ -1,7 +1,7 @@
 """Mixtral model builders; sizes live in ``tunesmith.models._specs``.
 
-The ``lora_*`` builders adapt the attention (and the output); ``apply_lora_to_mlp`` is refused
-(no LoRA on experts yet).
+The ``lora_*`` builders adapt the attention (and the output); ``apply_lora_to_mlp`` puts
+per-expert LoRA on the experts (``modules.peft.lora_experts``).
 """
 
 from tunesmith.models.builder import lora_model_builder, model_builder

@@ -110,6 +110,13 @@ def get_merged_lora_ckpt(state_dict: dict[str, Any], rank: int, alpha: float) ->
     ``W' = m * (W + s B A) / ||W + s B A||`` (norm over the input dim), ``s = alpha / rank``.
     """
     scaling = alpha / rank
+    prefixes = sorted(_lora_module_prefixes(state_dict))
+    for prefix in prefixes:  # per-expert adapters (``LoRAGroupedExperts``): stacked 3-D factors
+        a = state_dict.get(f"{prefix}lora_a.weight")
+        if prefix.endswith(".gate_up.") and a is not None and a.dim() == 3:
+            from tunesmith.modules.peft.lora_experts import merge_expert_lora
+
+            merge_expert_lora(state_dict, prefix[: -len("gate_up.")], scaling)
     for prefix in sorted(_lora_module_prefixes(state_dict)):
         a_key, b_key = f"{prefix}lora_a.weight", f"{prefix}lora_b.weight"
         w_key, m_key = f"{prefix}weight", f"{prefix}magnitude"
@@ -137,10 +144,12 @@ def merge_lora_weights(model: nn.Module) -> nn.Module:
     out dequantized in their original dtype).
     """
     from tunesmith.modules.peft.lora import LoRALinear
+    from tunesmith.modules.peft.lora_experts import LoRAGroupedExperts
 
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    kinds = (LoRALinear, LoRAGroupedExperts)
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
     for name, module in targets:
-        linear = module.to_linear()
+        linear = module.to_linear() if isinstance(module, LoRALinear) else module.to_experts()
         linear.train(module.training)
         if not name:
             raise ValueError("merge_lora_weights needs a model that contains LoRA layers, not one")

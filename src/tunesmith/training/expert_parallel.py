@@ -1,0 +1,151 @@
+"""Expert parallelism: each rank of a process group holds ``E / ep`` of every MoE layer's experts.
+
+``apply_expert_parallel(model, group)`` keeps rank ``r``'s experts ``[r * E_l, (r + 1) * E_l)``
+(``E_l = E / ep``; every parameter of ``moe.experts`` with a leading ``E`` dim, LoRA adapters
+included, is sliced) and sets ``moe.expert_group``. ``MoE.forward`` then calls
+:func:`dispatch` instead of its experts: the routed rows (already sorted by expert) go to the
+rank owning their expert with one ``all_to_all_single`` (the per-expert counts first, with
+another), run through the local experts, and come back the same way. Autograd: the backward of
+an all-to-all is the all-to-all with the splits swapped, so a rank's expert gradients sum the
+contributions of every rank's tokens (exactly the one-process gradient of those experts, when
+each rank's loss is its share of the global loss). Works on any backend with
+``all_to_all_single`` (gloo on CPU, NCCL on GPU); no token is dropped.
+
+Routers run on each rank's own tokens, so the load-balancing loss is pooled per rank (not
+across the expert-parallel group).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from tunesmith.modules.moe import GroupedExperts, moe_layers
+
+__all__ = [
+    "apply_expert_parallel",
+    "average_expert_grads",
+    "dispatch",
+    "expert_slices",
+    "gather_expert_slices",
+    "slice_expert_weights",
+]
+
+
+class _AllToAll(torch.autograd.Function):
+    """``all_to_all_single`` with autograd: rows ``x [sum(in_splits), ...]`` ->
+    ``[sum(out_splits), ...]``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, out_splits: list[int], in_splits: list[int], group) -> Tensor:  # type: ignore[override]
+        ctx.splits, ctx.group = (out_splits, in_splits), group
+        out = x.new_empty(sum(out_splits), *x.shape[1:])
+        dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        out_splits, in_splits = ctx.splits
+        back = grad.new_empty(sum(in_splits), *grad.shape[1:])
+        dist.all_to_all_single(back, grad.contiguous(), in_splits, out_splits, group=ctx.group)
+        return back, None, None, None
+
+
+def dispatch(experts: GroupedExperts, x: Tensor, counts: Tensor, group) -> Tensor:
+    """``x [N, d]`` rows sorted by (global) expert, ``counts [E]`` -> expert outputs ``[N, d]``
+    computed by the ranks of ``group`` that own the experts."""
+    ep = dist.get_world_size(group)
+    local = experts.num_experts
+    recv_counts = torch.empty_like(counts)
+    dist.all_to_all_single(recv_counts, counts.contiguous(), group=group)  # [ep * E_l]
+    recv_counts = recv_counts.view(ep, local)  # rows from rank j for each local expert
+    send = counts.view(ep, local).sum(dim=1).tolist()
+    recv = recv_counts.sum(dim=1).tolist()
+    rows = _AllToAll.apply(x, recv, send, group)
+    expert_of_row = torch.repeat_interleave(
+        torch.arange(local, device=x.device).repeat(ep), recv_counts.reshape(-1)
+    )
+    order = torch.argsort(expert_of_row, stable=True)
+    out = experts(rows[order], recv_counts.sum(dim=0))
+    back = torch.empty_like(out).index_copy(0, order, out)  # undo the regrouping
+    return _AllToAll.apply(back, send, recv, group)
+
+
+@torch.no_grad()
+def apply_expert_parallel(model: nn.Module, group) -> nn.Module:
+    """Keep this rank's slice of every MoE layer's experts and route through ``group``.
+
+    Raises:
+        ValueError: (one line) when a layer's expert count is not divisible by the group size.
+    """
+    ep, rank = dist.get_world_size(group), dist.get_rank(group)
+    for moe in moe_layers(model):
+        experts = moe.experts
+        n = experts.num_experts
+        if n % ep:
+            raise ValueError(
+                f"expert_parallel_dim={ep} does not divide num_experts={n}: pick a divisor of {n}"
+            )
+        local = n // ep
+        sliced = []
+        for prefix, module in experts.named_modules():
+            for name, param in list(module.named_parameters(recurse=False)):
+                if param.dim() and param.shape[0] == n:
+                    part = param[rank * local : (rank + 1) * local].clone()
+                    setattr(module, name, nn.Parameter(part, requires_grad=param.requires_grad))
+                    sliced.append(f"{prefix}.{name}" if prefix else name)
+        experts.num_experts = local
+        experts.expert_parallel = (rank, ep, tuple(sliced))  # type: ignore[assignment]
+        moe.expert_group = group
+    return model
+
+
+def _sliced(model: nn.Module):
+    for name, module in model.named_modules():
+        info = getattr(module, "expert_parallel", None)
+        if isinstance(module, GroupedExperts) and info is not None:
+            yield name, module, info
+
+
+def expert_slices(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The expert-parallel slices of ``model`` by fully qualified name (empty without EP)."""
+    out = {}
+    for name, module, (_, _, names) in _sliced(model):
+        for local in names:
+            out[f"{name}.{local}"] = module.get_parameter(local)
+    return out
+
+
+def slice_expert_weights(model: nn.Module, weights: dict[str, Tensor]) -> None:
+    """Cut this rank's experts out of full checkpoint tensors (``weights``, in place)."""
+    for name, _module, (rank, ep, names) in _sliced(model):
+        for local in names:
+            key = f"{name}.{local}"
+            if key in weights:
+                size = weights[key].shape[0] // ep
+                weights[key] = weights[key][rank * size : (rank + 1) * size]
+
+
+def gather_expert_slices(model: nn.Module, state_dict: dict[str, Tensor]) -> None:
+    """Replace each rank's expert slices in ``state_dict`` by the full ``[E, ...]`` tensors
+    (all-gathered in expert order, on CPU). Every rank must call it; no-op without EP."""
+    for name, module, (_, ep, names) in _sliced(model):
+        group = getattr(model.get_submodule(name.rsplit(".", 1)[0]), "expert_group", None)
+        for local in names:
+            key = f"{name}.{local}".replace("_checkpoint_wrapped_module.", "")
+            part = module.get_parameter(local).detach()
+            parts = [torch.empty_like(part) for _ in range(ep)]
+            dist.all_gather(parts, part.contiguous(), group=group)
+            state_dict[key] = torch.cat(parts).cpu()
+
+
+def average_expert_grads(model: nn.Module) -> None:
+    """Divide the expert slices' gradients by the group size: FSDP2 averages the other
+    gradients over the ranks, while an expert's gradient arrives summed over every rank's
+    tokens (call after the parameters are final, i.e. after loading)."""
+    for _, module, (_, ep, names) in _sliced(model):
+        for local in names:
+            param = module.get_parameter(local)
+            if param.requires_grad:
+                param.register_hook(lambda grad, ep=ep: grad / ep)

@@ -1,0 +1,74 @@
+"""finetune with ``expert_parallel_dim: 2`` on 2 gloo ranks (experts split over the ranks,
+all-to-all token dispatch, the rest FSDP2-sharded) equals one process: losses, saved weights
+and the PEFT adapter with LoRA on the experts; a bad degree is one line before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.recipes.conftest import base_config
+from tests.recipes.test_finetune_fsdp import _assert_same
+from tests.recipes.test_finetune_moe import tiny_moe  # noqa: F401  (fixture)
+
+pytest.importorskip("transformers")
+
+
+def _over(model_dir: Path, **extra) -> dict:
+    return {
+        "model": {"_component_": "tunesmith.models.from_hf", "checkpoint_dir": str(model_dir)},
+        "checkpointer.model_type": "QWEN3_MOE",
+        **extra,
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora_experts"])
+def test_expert_parallel_finetune_equals_one_process(tiny_moe, instruct_data, tmp_path, lora):  # noqa: F811
+    from safetensors.torch import load_file
+
+    from tests.recipes.test_finetune_cli import _run, _write
+
+    extra = {}
+    if lora:
+        extra = {
+            "model.lora_attn_modules": ["q_proj", "v_proj"],
+            "model.apply_lora_to_mlp": True,
+            "model.lora_rank": 4,
+            "model.lora_alpha": 8,
+        }
+    over = {"max_steps_per_epoch": 3, "shuffle": False, **_over(tiny_moe, **extra)}
+    single = base_config(tmp_path / "single", tiny_moe, instruct_data, batch_size=4, **over)
+    ep = base_config(
+        tmp_path / "ep", tiny_moe, instruct_data, batch_size=2, expert_parallel_dim=2, **over
+    )
+    _run(["run", "finetune", "--config", str(_write(single, tmp_path / "single.yaml"))], tmp_path)
+    launch = ["run", "--nproc_per_node", "2", "finetune", "--config"]
+    proc = _run([*launch, str(_write(ep, tmp_path / "ep.yaml"))], tmp_path)
+    assert "experts of every MoE layer split over 2 ranks" in proc.stdout + proc.stderr
+    _assert_same(tmp_path / "single", tmp_path / "ep", tol=1e-4)
+    if lora:
+        a = load_file(tmp_path / "single" / "epoch_1" / "adapter" / "adapter_model.safetensors")
+        b = load_file(tmp_path / "ep" / "epoch_1" / "adapter" / "adapter_model.safetensors")
+        assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() <= 1e-3 for k in a)
+
+
+def test_expert_parallel_degree_errors_are_one_line(tiny_moe, instruct_data, tmp_path):  # noqa: F811
+    import torch
+
+    from tunesmith.config import ConfigError
+    from tunesmith.recipes._parallel_setup import parallel_layout
+
+    cfg = OmegaConf.create(base_config(tmp_path, tiny_moe, instruct_data, **_over(tiny_moe)))
+    cfg.expert_parallel_dim = 3
+    with pytest.raises(ConfigError, match="expert_parallel_dim=3 does not divide num_experts=4"):
+        parallel_layout(cfg, 3, torch.device("cpu"))
+    cfg.expert_parallel_dim = 2
+    with pytest.raises(ConfigError, match="expert_parallel_dim=2 with 4 processes"):
+        parallel_layout(cfg, 4, torch.device("cpu"))
+    cfg.resume_from_checkpoint = True
+    with pytest.raises(ConfigError, match="expert_parallel_dim=2 with resume_from_checkpoint"):
+        parallel_layout(cfg, 2, torch.device("cpu"))
+
