@@ -20,6 +20,10 @@ __all__ = ["TORCHTUNE_ALIASES", "candidate_paths", "resolve_component"]
 TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.modules.transforms.tokenizers.", "tunesmith.data.tokenizers."),
     ("torchtune.modules.tokenizers.", "tunesmith.data.tokenizers."),
+    (
+        "torchtune.modules.transforms.VisionCrossAttentionMask",
+        "tunesmith.data.VisionCrossAttentionMask",
+    ),
     ("torchtune.training.checkpointing.", "tunesmith.training."),
     ("torchtune.utils.metric_logging.", "tunesmith.training.metric_logging."),
     # PPO's loss lives with the rest of PPO, not among the preference losses
@@ -115,6 +119,23 @@ def _did_you_mean(name: str, options: list[str], prefix: str) -> str:
     return f" Did you mean {', '.join(prefix + c for c in close)}?" if close else ""
 
 
+def _import_user_module(name: str) -> Any:
+    """``import_module``; a module that imports ``torchtune`` (a user's torchtune-era dataset or
+    model builder) gets tunesmith's compatibility import, installed once, when no real
+    torchtune is installed (``tunesmith.compat``; ``TUNESMITH_NO_TORCHTUNE_COMPAT=1`` stops it)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        missing = e.name or ""
+        if missing.split(".")[0] != "torchtune" or name.split(".")[0] == "torchtune":
+            raise
+        from tunesmith.compat import install_if_needed, installed
+
+        if installed() or not install_if_needed():
+            raise
+        return importlib.import_module(name)
+
+
 def _try_resolve(dotted: str) -> tuple[Any, str | None]:
     """``(object, None)`` on success, else ``(None, reason with suggestions)``."""
     parts = dotted.split(".")
@@ -122,7 +143,7 @@ def _try_resolve(dotted: str) -> tuple[Any, str | None]:
     for i in range(len(parts), 0, -1):
         name = ".".join(parts[:i])
         try:
-            module = importlib.import_module(name)
+            module = _import_user_module(name)
         except ModuleNotFoundError as e:
             missing = e.name or ""
             if missing == name or name.startswith(missing + "."):

@@ -1,0 +1,139 @@
+"""tunesmith.compat: `import torchtune` served from tunesmith (module aliasing, never shadowing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tunesmith import compat
+from tunesmith.config import instantiate, load_config
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture
+def finder() -> Iterator[None]:
+    assert compat.install()
+    yield
+    compat.uninstall()
+
+
+def test_torchtune_modules_are_tunesmith_modules(finder: None) -> None:
+    import torchtune.data
+    import torchtune.modules.peft
+    import torchtune.utils.metric_logging
+
+    import tunesmith.data
+    import tunesmith.modules.peft
+    import tunesmith.training.metric_logging
+
+    assert torchtune.data is tunesmith.data
+    assert sys.modules["torchtune.modules.peft"] is tunesmith.modules.peft
+    assert sys.modules["torchtune.utils.metric_logging"] is tunesmith.training.metric_logging
+    assert tunesmith.data.__spec__.name == "tunesmith.data"  # the alias leaves tunesmith's spec
+
+
+def test_private_files_and_per_object_entries(finder: None) -> None:
+    from torchtune.data._messages import Message
+    from torchtune.modules.transforms import Transform, VisionCrossAttentionMask
+    from torchtune.rlhf.loss import DPOLoss, PPOLoss
+
+    import tunesmith.data
+    import tunesmith.modules.transforms
+    import tunesmith.rlhf.loss
+    import tunesmith.rlhf.ppo
+
+    assert Message is tunesmith.data.Message  # one class, not a second copy of the file
+    assert PPOLoss is tunesmith.rlhf.ppo.PPOLoss and DPOLoss is tunesmith.rlhf.loss.DPOLoss
+    assert VisionCrossAttentionMask is tunesmith.data.VisionCrossAttentionMask
+    assert Transform is tunesmith.modules.transforms.Transform
+    with pytest.raises(ModuleNotFoundError):
+        import torchtune.no_such_package  # noqa: F401
+    with pytest.raises(ImportError, match="NoSuchName"):
+        from torchtune.modules.peft.no_such_file import NoSuchName  # noqa: F401
+
+
+def test_never_shadows_a_real_torchtune(tmp_path: Path) -> None:
+    (tmp_path / "torchtune").mkdir()
+    (tmp_path / "torchtune" / "__init__.py").write_text("REAL = True\n")
+    code = (
+        "import tunesmith.compat as c, sys; ok = c.install(); import torchtune; "
+        "print(ok, getattr(torchtune, 'REAL', False))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(tmp_path)])}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.split() == ["False", "True"]
+
+
+_USER_DATASET = """
+from torchtune.data import Message
+from torchtune.datasets import SFTDataset
+from torchtune.modules.transforms import Transform
+
+
+class QAToMessages(Transform):
+    def __call__(self, sample):
+        return {"messages": [Message(role="user", content=sample["q"], masked=True),
+                             Message(role="assistant", content=sample["a"])]}
+
+
+def qa_dataset(tokenizer, data_files):
+    return SFTDataset(source="json", data_files=data_files, split="train",
+                      message_transform=QAToMessages(), model_transform=tokenizer)
+"""
+
+
+def test_user_dataset_importing_torchtune_is_a_component(
+    assets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Config instantiation installs the finder by itself for a module that imports torchtune."""
+    model = assets / "torchtune_tests" / "m.model"
+    if not model.is_file():
+        pytest.skip(f"needs {model}")
+    rows = [{"q": "What is 2+2?", "a": "4"}, {"q": "Name a colour.", "a": "Blue."}]
+    (tmp_path / "qa.json").write_text(json.dumps(rows))
+    (tmp_path / "my_qa_data.py").write_text(textwrap.dedent(_USER_DATASET))
+    (tmp_path / "cfg.yaml").write_text(
+        textwrap.dedent(f"""
+        tokenizer:
+          _component_: torchtune.models.llama2.llama2_tokenizer
+          path: {model}
+          prompt_template: null
+        dataset:
+          _component_: my_qa_data.qa_dataset
+          data_files: {tmp_path / "qa.json"}
+        """)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    compat.uninstall()
+    try:
+        cfg = load_config(tmp_path / "cfg.yaml")
+        tokenizer = instantiate(cfg.tokenizer)
+        dataset = instantiate(cfg.dataset, tokenizer=tokenizer)
+        assert compat.installed()
+        from tunesmith.data import Message
+
+        for row, sample in zip(rows, dataset, strict=True):
+            expected = tokenizer(
+                {
+                    "messages": [
+                        Message(role="user", content=row["q"], masked=True),
+                        Message(role="assistant", content=row["a"]),
+                    ]
+                }
+            )
+            assert sample["tokens"] == expected["tokens"]
+            masked = [-100 if m else t for t, m in zip(expected["tokens"], expected["mask"])]
+            assert sample["labels"] == masked
+    finally:
+        compat.uninstall()
+        sys.modules.pop("my_qa_data", None)
