@@ -25,6 +25,7 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
         "tunesmith.data.VisionCrossAttentionMask",
     ),
     ("torchtune.training.checkpointing.", "tunesmith.training."),
+    ("torchtune.modules.transforms.vision_utils.", "tunesmith.data._image_transforms."),
     ("torchtune.utils.metric_logging.", "tunesmith.training.metric_logging."),
     # PPO's loss lives with the rest of PPO, not among the preference losses
     ("torchtune.rlhf.loss.PPOLoss", "tunesmith.rlhf.ppo.PPOLoss"),
