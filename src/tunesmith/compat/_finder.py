@@ -49,7 +49,7 @@ def _module_exists(name: str) -> bool:
 def _table_candidates(fullname: str) -> tuple[str, ...]:
     """Module names ``fullname`` may map to: the plain rename first, then the table's."""
     key = fullname + "."
-    out = ["tunesmith" + fullname[len(_ROOT) :]]
+    out = ["tunesmith" + fullname[len(_ROOT) :]] if _is_torchtune(fullname) else []
     for prefix, replacement in TORCHTUNE_ALIASES:
         if prefix.endswith(".") and key.startswith(prefix) and replacement.endswith("."):
             out.append((replacement + key[len(prefix) :]).rstrip("."))
@@ -85,6 +85,21 @@ def _import_object(dotted: str) -> Any:
     if _module_exists(dotted):
         return importlib.import_module(dotted)
     return getattr(importlib.import_module(module_name), attr)
+
+
+def _is_torchtune(fullname: str) -> bool:
+    return fullname == _ROOT or fullname.startswith(_ROOT + ".")
+
+
+def _moved_third_party(fullname: str, path: Any) -> bool:
+    """A module the table moves inside another package (``torchao.dtypes.nf4tensor``, moved in
+    later torchao releases), served only where the installed package lacks the old name."""
+    key = fullname + "."
+    if not any(p.endswith(".") and key.startswith(p) for p, _ in TORCHTUNE_ALIASES):
+        return False
+    if importlib.machinery.PathFinder.find_spec(fullname, path) is not None:
+        return False
+    return bool(tunesmith_modules_for(fullname))
 
 
 class TorchtuneView(ModuleType):
@@ -142,6 +157,12 @@ class _Loader(importlib.abc.Loader):
         name = spec.name
         modules = tunesmith_modules_for(name)
         extras = _attribute_aliases(name)
+        parent = name.rpartition(".")[0]
+        private = name.rpartition(".")[2].startswith("_")
+        if private and _is_torchtune(name):
+            # torchtune's private files (torchtune.data._messages) hold names that tunesmith
+            # keeps in other files of the same package: look there too
+            return TorchtuneView(name, modules, extras, tunesmith_modules_for(parent))
         if len(modules) == 1 and not extras:
             module = importlib.import_module(modules[0])  # torchtune.X *is* tunesmith.X
             # the import system sets __spec__ on what create_module returns; exec_module puts
@@ -150,7 +171,7 @@ class _Loader(importlib.abc.Loader):
             return module
         fallback: list[str] = []
         if not modules:
-            fallback = tunesmith_modules_for(name.rpartition(".")[0])
+            fallback = tunesmith_modules_for(parent)
         return TorchtuneView(name, modules, extras, fallback)
 
     def __init__(self) -> None:
@@ -165,7 +186,9 @@ class TorchtuneFinder(importlib.abc.MetaPathFinder):
     """Answers ``torchtune`` and ``torchtune.*`` imports from tunesmith (see the package doc)."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        if fullname != _ROOT and not fullname.startswith(_ROOT + "."):
+        if not _is_torchtune(fullname):
+            if fullname.startswith("torchao.") and _moved_third_party(fullname, path):
+                return importlib.machinery.ModuleSpec(fullname, _Loader(), is_package=True)
             return None
         if not self._servable(fullname):
             return None

@@ -58,6 +58,10 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.modules.loss.ReverseKL", "tunesmith.modules.kd_loss.ReverseKL"),
     ("torchtune.modules.loss.SymmetricKL", "tunesmith.modules.kd_loss.SymmetricKL"),
     ("torchtune.training.quantization.", "tunesmith.quantization."),
+    (
+        "torchtune.utils.get_world_size_and_rank",
+        "tunesmith.training.distributed.get_world_size_and_rank",
+    ),
     # tensor-parallel plans: one plan per layer type serves every family
     (
         "torchtune.models.llama3.base_llama_tp_plan",
@@ -75,6 +79,8 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.modules.peft.QATLoRALinear", "tunesmith.quantization.QATLoRALinear"),
     # torchao moved its low-bit optimizers out of prototype.
     ("torchao.prototype.low_bit_optim.", "torchao.optim."),
+    # ... and its NF4 tensor out of torchao.dtypes (torchtune 0.6.1's code imports the old name)
+    ("torchao.dtypes.nf4tensor.", "torchao.quantization.quantize_.workflows.nf4.nf4_tensor."),
     ("torchtune.", "tunesmith."),
 )
 OPTIONAL_EXTRAS = {
