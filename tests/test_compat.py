@@ -35,8 +35,9 @@ def test_torchtune_modules_are_tunesmith_modules(finder: None) -> None:
     import tunesmith.training.metric_logging
 
     assert torchtune.data is tunesmith.data
-    assert sys.modules["torchtune.modules.peft"] is tunesmith.modules.peft
-    assert sys.modules["torchtune.utils.metric_logging"] is tunesmith.training.metric_logging
+    assert torchtune.modules.peft.LoRALinear is tunesmith.modules.peft.LoRALinear
+    logging = tunesmith.training.metric_logging
+    assert torchtune.utils.metric_logging.DiskLogger is logging.DiskLogger
     assert tunesmith.data.__spec__.name == "tunesmith.data"  # the alias leaves tunesmith's spec
 
 
@@ -137,3 +138,20 @@ def test_user_dataset_importing_torchtune_is_a_component(
     finally:
         compat.uninstall()
         sys.modules.pop("my_qa_data", None)
+
+
+def test_torchtune_files_never_change_tunesmith_modules(finder: None) -> None:
+    """torchtune's ``vision_utils/get_canvas_best_fit.py`` is a module named like the function."""
+    import tunesmith.data._image_transforms as transforms
+
+    before = dict(vars(transforms))
+    from torchtune.modules.transforms.vision_utils.get_canvas_best_fit import (
+        get_canvas_best_fit,
+    )
+    from torchtune.data._messages import Message  # noqa: F401
+
+    import tunesmith.data
+
+    assert get_canvas_best_fit is before["get_canvas_best_fit"]
+    assert vars(transforms) == before
+    assert tunesmith.data._messages.__name__ == "tunesmith.data._messages"

@@ -162,9 +162,12 @@ class _Loader(importlib.abc.Loader):
         if private and _is_torchtune(name):
             # torchtune's private files (torchtune.data._messages) hold names that tunesmith
             # keeps in other files of the same package: look there too
-            return TorchtuneView(name, modules, extras, tunesmith_modules_for(parent))
-        if len(modules) == 1 and not extras:
-            module = importlib.import_module(modules[0])  # torchtune.X *is* tunesmith.X
+            return self._child_view(name, modules, extras, tunesmith_modules_for(parent))
+        target = importlib.import_module(modules[0]) if len(modules) == 1 else None
+        if target is not None and not extras and hasattr(target, "__path__"):
+            # torchtune.X *is* tunesmith.X for packages; a plain module is served by a view
+            # (torchtune's package may have children, and a module must not get a __path__)
+            module = target
             # the import system sets __spec__ on what create_module returns; exec_module puts
             # tunesmith's back (pickle, reload and relative imports read it)
             self._specs[id(module)] = module.__spec__
@@ -172,6 +175,23 @@ class _Loader(importlib.abc.Loader):
         fallback: list[str] = []
         if not modules:
             fallback = tunesmith_modules_for(parent)
+        return self._child_view(name, modules, extras, fallback)
+
+    @staticmethod
+    def _child_view(
+        name: str, modules: list[str], extras: dict[str, str], fallback: list[str]
+    ) -> TorchtuneView:
+        """A view; when its parent is a tunesmith module itself, the parent's entry in
+        ``sys.modules`` becomes a view of it first. The import system then sets the child on
+        that view (it re-reads ``sys.modules[parent]`` after loading), never on tunesmith's
+        module: ``torchtune.modules.transforms.vision_utils.get_canvas_best_fit`` (a file in
+        torchtune) must not replace the function of that name in tunesmith."""
+        parent = name.rpartition(".")[0]
+        loaded = sys.modules.get(parent)
+        if loaded is not None and not isinstance(loaded, TorchtuneView):
+            sys.modules[parent] = TorchtuneView(
+                parent, [loaded.__name__], _attribute_aliases(parent), []
+            )
         return TorchtuneView(name, modules, extras, fallback)
 
     def __init__(self) -> None:
