@@ -223,7 +223,9 @@ class TorchtuneFinder(importlib.abc.MetaPathFinder):
         # a torchtune file with no tunesmith module of its own, directly in a mapped package
         # (torchtune.modules.peft.lora, torchtune.data._messages); one level only, so
         # `from torchtune.x._file import Missing` is an ImportError, not a module
-        parent = fullname.rpartition(".")[0]
+        parent, _, leaf = fullname.rpartition(".")
+        if leaf[:1].isupper():  # `from torchtune.modules.loss import ForwardKLLoss`: a class
+            return False
         return parent != _ROOT and bool(tunesmith_modules_for(parent))
 
 
