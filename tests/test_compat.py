@@ -145,13 +145,42 @@ def test_torchtune_files_never_change_tunesmith_modules(finder: None) -> None:
     import tunesmith.data._image_transforms as transforms
 
     before = dict(vars(transforms))
+    from torchtune.data._messages import Message  # noqa: F401
     from torchtune.modules.transforms.vision_utils.get_canvas_best_fit import (
         get_canvas_best_fit,
     )
-    from torchtune.data._messages import Message  # noqa: F401
 
     import tunesmith.data
 
     assert get_canvas_best_fit is before["get_canvas_best_fit"]
     assert vars(transforms) == before
     assert tunesmith.data._messages.__name__ == "tunesmith.data._messages"
+
+
+@pytest.mark.parametrize(
+    ("generic", "fixed", "kwargs"),
+    [
+        ("tunesmith.models.qwen2.qwen2", "tunesmith.models.qwen2.qwen2_0_5b",
+         dict(vocab_size=151_936, num_layers=24, num_heads=14, num_kv_heads=2, embed_dim=896,
+              intermediate_dim=4864, max_seq_len=32_768, norm_eps=1e-6,
+              tie_word_embeddings=True)),
+        ("tunesmith.models.llama3_2.llama3_2", "tunesmith.models.llama3_2.llama3_2_1b",
+         dict(vocab_size=128_256, num_layers=16, num_heads=32, num_kv_heads=8, embed_dim=2048,
+              max_seq_len=131_072, intermediate_dim=8192)),
+        ("tunesmith.models.phi3.phi3", "tunesmith.models.phi3.phi3_mini",
+         dict(vocab_size=32_064, num_layers=32, num_heads=32, num_kv_heads=32, embed_dim=3072,
+              intermediate_dim=8192, max_seq_len=4096)),
+    ],
+)  # fmt: skip
+def test_generic_builders_build_the_fixed_sizes(generic: str, fixed: str, kwargs: dict) -> None:
+    """torchtune's generic builder with a size's numbers gives that size's parameters."""
+    import torch
+
+    from tunesmith.config import resolve_component
+
+    with torch.device("meta"):
+        a = resolve_component(generic)(**kwargs)
+        b = resolve_component(fixed)()
+    shapes = {k: v.shape for k, v in a.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in b.state_dict().items()}
+    assert a.norm.eps == b.norm.eps
