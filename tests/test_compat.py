@@ -184,3 +184,31 @@ def test_generic_builders_build_the_fixed_sizes(generic: str, fixed: str, kwargs
     shapes = {k: v.shape for k, v in a.state_dict().items()}
     assert shapes == {k: v.shape for k, v in b.state_dict().items()}
     assert a.norm.eps == b.norm.eps
+
+
+@pytest.mark.slow
+def test_tunesmith_run_serves_import_torchtune_to_a_recipe_file(tmp_path: Path) -> None:
+    (tmp_path / "my_recipe.py").write_text(
+        textwrap.dedent("""
+        from torchtune import config, training
+        from torchtune.data import Message
+
+
+        def recipe_main(cfg):
+            seed = training.set_seed(cfg.seed)
+            msg = config.instantiate(cfg.message)
+            assert isinstance(msg, Message)
+            print("RESULT", seed, type(msg).__module__, msg.text_content)
+        """)
+    )
+    (tmp_path / "cfg.yaml").write_text(
+        "seed: 7\nmessage:\n  _component_: torchtune.data.Message\n  role: user\n  content: hello\n"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    cmd = [sys.executable, "-m", "tunesmith", "run", "my_recipe.py", "--config", "cfg.yaml"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "RESULT 7 tunesmith.data._messages hello" in out.stdout
+    env["TUNESMITH_NO_TORCHTUNE_COMPAT"] = "1"
+    off = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
+    assert off.returncode != 0 and "torchtune" in off.stderr
