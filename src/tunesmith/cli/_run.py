@@ -88,6 +88,9 @@ def _resolve_recipe(name: str) -> tuple[Recipe | None, Path | None]:
 def _load_module(recipe: Recipe | None, path: Path) -> ModuleType:
     if recipe is not None:
         return importlib.import_module(recipe.module)
+    from tunesmith.compat import install_if_needed
+
+    install_if_needed()  # a torchtune-era recipe file's `import torchtune` (never a real one's)
     spec = importlib.util.spec_from_file_location(f"tunesmith_user_recipe_{path.stem}", path)
     if spec is None or spec.loader is None:
         raise ConfigError(f"cannot load recipe file {path}; is it a Python file?")

@@ -20,7 +20,12 @@ __all__ = ["TORCHTUNE_ALIASES", "candidate_paths", "resolve_component"]
 TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.modules.transforms.tokenizers.", "tunesmith.data.tokenizers."),
     ("torchtune.modules.tokenizers.", "tunesmith.data.tokenizers."),
+    (
+        "torchtune.modules.transforms.VisionCrossAttentionMask",
+        "tunesmith.data.VisionCrossAttentionMask",
+    ),
     ("torchtune.training.checkpointing.", "tunesmith.training."),
+    ("torchtune.modules.transforms.vision_utils.", "tunesmith.data._image_transforms."),
     ("torchtune.utils.metric_logging.", "tunesmith.training.metric_logging."),
     # PPO's loss lives with the rest of PPO, not among the preference losses
     ("torchtune.rlhf.loss.PPOLoss", "tunesmith.rlhf.ppo.PPOLoss"),
@@ -53,6 +58,10 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.modules.loss.ReverseKL", "tunesmith.modules.kd_loss.ReverseKL"),
     ("torchtune.modules.loss.SymmetricKL", "tunesmith.modules.kd_loss.SymmetricKL"),
     ("torchtune.training.quantization.", "tunesmith.quantization."),
+    (
+        "torchtune.utils.get_world_size_and_rank",
+        "tunesmith.training.distributed.get_world_size_and_rank",
+    ),
     # tensor-parallel plans: one plan per layer type serves every family
     (
         "torchtune.models.llama3.base_llama_tp_plan",
@@ -70,6 +79,8 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.modules.peft.QATLoRALinear", "tunesmith.quantization.QATLoRALinear"),
     # torchao moved its low-bit optimizers out of prototype.
     ("torchao.prototype.low_bit_optim.", "torchao.optim."),
+    # ... and its NF4 tensor out of torchao.dtypes (torchtune 0.6.1's code imports the old name)
+    ("torchao.dtypes.nf4tensor.", "torchao.quantization.quantize_.workflows.nf4.nf4_tensor."),
     ("torchtune.", "tunesmith."),
 )
 OPTIONAL_EXTRAS = {
@@ -115,6 +126,23 @@ def _did_you_mean(name: str, options: list[str], prefix: str) -> str:
     return f" Did you mean {', '.join(prefix + c for c in close)}?" if close else ""
 
 
+def _import_user_module(name: str) -> Any:
+    """``import_module``; a module that imports ``torchtune`` (a user's torchtune-era dataset or
+    model builder) gets tunesmith's compatibility import, installed once, when no real
+    torchtune is installed (``tunesmith.compat``; ``TUNESMITH_NO_TORCHTUNE_COMPAT=1`` stops it)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        missing = e.name or ""
+        if missing.split(".")[0] != "torchtune" or name.split(".")[0] == "torchtune":
+            raise
+        from tunesmith.compat import install_if_needed, installed
+
+        if installed() or not install_if_needed():
+            raise
+        return importlib.import_module(name)
+
+
 def _try_resolve(dotted: str) -> tuple[Any, str | None]:
     """``(object, None)`` on success, else ``(None, reason with suggestions)``."""
     parts = dotted.split(".")
@@ -122,7 +150,7 @@ def _try_resolve(dotted: str) -> tuple[Any, str | None]:
     for i in range(len(parts), 0, -1):
         name = ".".join(parts[:i])
         try:
-            module = importlib.import_module(name)
+            module = _import_user_module(name)
         except ModuleNotFoundError as e:
             missing = e.name or ""
             if missing == name or name.startswith(missing + "."):

@@ -20,6 +20,7 @@ from tunesmith.training.plot import *  # noqa: F401,F403
 from tunesmith.training.precision import *  # noqa: F401,F403
 from tunesmith.training.profiler import *  # noqa: F401,F403
 from tunesmith.training.progress import *  # noqa: F401,F403
+from tunesmith.training.seed import *  # noqa: F401,F403
 
 # `from tunesmith.training import *` gives the functions and classes, never the submodule names
 # (a star import must not shadow the builtin `compile`).
@@ -40,6 +41,7 @@ __all__ = sorted(
             "precision",
             "profiler",
             "progress",
+            "seed",
         )
         for name in _sys.modules[f"{__name__}.{_module}"].__all__
     }

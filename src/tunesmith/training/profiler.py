@@ -22,11 +22,26 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-__all__ = ["DEFAULT_SCHEDULE", "DEFAULT_TRACE_OPTS", "DummyProfiler", "setup_torch_profiler"]
+__all__ = [
+    "DEFAULT_PROFILER_ACTIVITIES",
+    "DEFAULT_PROFILE_DIR",
+    "DEFAULT_SCHEDULE",
+    "DEFAULT_TRACE_OPTS",
+    "PROFILER_KEY",
+    "DummyProfiler",
+    "setup_torch_profiler",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROFILE_DIR = "profiler_output"
+PROFILER_KEY = "profiler"
+"""The config key of the profiler section (torchtune's ``training.PROFILER_KEY``)."""
+DEFAULT_PROFILER_ACTIVITIES = {
+    torch.profiler.ProfilerActivity.CPU,
+    torch.profiler.ProfilerActivity.CUDA,
+    torch.profiler.ProfilerActivity.XPU,
+}
 DEFAULT_SCHEDULE = {"wait_steps": 5, "warmup_steps": 3, "active_steps": 2, "num_cycles": 1}
 DEFAULT_TRACE_OPTS = {
     "profile_memory": False,

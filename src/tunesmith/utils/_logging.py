@@ -13,7 +13,13 @@ from typing import TextIO
 
 from tunesmith.config._errors import ConfigError
 
-__all__ = ["LOG_FORMAT", "configure_logging", "get_logger", "write_clear_of_progress_bars"]
+__all__ = [
+    "LOG_FORMAT",
+    "configure_logging",
+    "get_logger",
+    "log_rank_zero",
+    "write_clear_of_progress_bars",
+]
 
 LOG_FORMAT = "%(levelname)s %(asctime)s %(name)s:%(lineno)d] %(message)s"
 _ROOT = "tunesmith"
@@ -74,13 +80,30 @@ def _root_logger() -> logging.Logger:
 
 
 def get_logger(name: str | None = None) -> logging.Logger:
-    """A logger under the ``tunesmith`` hierarchy (``__main__`` becomes ``tunesmith.__main__``)."""
+    """A logger under the ``tunesmith`` hierarchy (``__main__`` becomes ``tunesmith.__main__``).
+
+    A level name (``"INFO"``, ``"DEBUG"``, ...) is torchtune's ``get_logger(level)``: the
+    ``tunesmith`` logger at that level.
+    """
     _root_logger()
+    if name and name.upper() in logging.getLevelNamesMapping():
+        logger = logging.getLogger(_ROOT)
+        logger.setLevel(name.upper())
+        return logger
     if not name or name == _ROOT:
         return logging.getLogger(_ROOT)
     if not name.startswith(_ROOT + "."):
         name = f"{_ROOT}.{name}"
     return logging.getLogger(name)
+
+
+def log_rank_zero(logger: logging.Logger, msg: str, level: int = logging.INFO) -> None:
+    """Log ``msg`` on rank 0 only (every call when not distributed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return
+    logger.log(level, msg, stacklevel=2)
 
 
 def configure_logging(level: str | int | None = None, *, rank_zero_only: bool = True) -> None:

@@ -1,4 +1,5 @@
 """qwen2 family: public model builders (torchtune names) and tokenizer builders."""
 
+from tunesmith.models._generic import lora_qwen2, qwen2  # noqa: F401  (torchtune's generic builders)
 from tunesmith.models.qwen2._model_builders import *  # noqa: F401,F403
 from tunesmith.models.qwen2._tokenizer import *  # noqa: F401,F403

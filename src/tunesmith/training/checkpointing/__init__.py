@@ -61,6 +61,8 @@ from tunesmith.training.checkpointing._recipe_state import *  # noqa: F401,F403
 from tunesmith.training.checkpointing._recipe_state import __all__ as _recipe_all
 from tunesmith.training.checkpointing._signals import *  # noqa: F401,F403
 from tunesmith.training.checkpointing._signals import __all__ as _signals_all
+from tunesmith.training.checkpointing.keys import *  # noqa: F401,F403
+from tunesmith.training.checkpointing.keys import __all__ as _keys_all
 from tunesmith.utils._integrity import CheckpointError, CheckpointNotFoundError
 
 __all__ = [
@@ -75,6 +77,7 @@ __all__ = [
     *_signals_all,
     *_integrity_all,
     *_preflight_all,
+    *_keys_all,
     "CheckpointError",
     "CheckpointNotFoundError",
 ]
