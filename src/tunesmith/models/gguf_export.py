@@ -41,9 +41,9 @@ __all__ = [
     "export_hf_folder_to_gguf",
     "gguf_vocab",
     "hf_tokenizer_vocab",
+    "llama_cpp_quantize",
 ]
 
-# native layer suffix -> GGUF tensor name inside ``blk.{i}.``
 # GGUF token types (llama.cpp's llama_token_type)
 _NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5
 # tokenizer.ggml.pre names tunesmith's GGUF reader rebuilds, tried in this order
@@ -358,3 +358,37 @@ def hf_tokenizer_vocab(
 
 def _first(value: Any) -> Any:
     return value[0] if isinstance(value, list) and value else value
+
+
+def llama_cpp_quantize(
+    source: str | os.PathLike[str], path: str | os.PathLike[str], kind: str = "q4_k_m"
+) -> Path:
+    """Quantize a GGUF file (e.g. an f16 export) with llama.cpp's own quantizer, for the types
+    the ``gguf`` package cannot write (``q4_k_m``, ``q5_k_m``, ``q6_k``, ``q3_k_m``, ...).
+    Needs ``llama-cpp-python``; ``kind`` names a ``LLAMA_FTYPE_MOSTLY_*`` constant."""
+    import ctypes
+
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ImportError(
+            "llama_cpp_quantize needs llama-cpp-python (pip install llama-cpp-python); "
+            f"without it, export one of {GGUF_TYPES}"
+        ) from None
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind.upper()}", None)
+    if ftype is None:
+        raise ValueError(f"kind={kind!r} is not a llama.cpp file type (e.g. q4_k_m, q6_k)")
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; choose a new file (nothing is overwritten)")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    tmp = path.with_name(path.name + ".tmp")
+    rc = llama_cpp.llama_model_quantize(
+        str(source).encode(), str(tmp).encode(), ctypes.byref(params)
+    )
+    if rc != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"llama.cpp could not quantize {source} to {kind} (code {rc})")
+    os.replace(tmp, path)
+    return path
