@@ -220,6 +220,15 @@ def test_gguf_output_format(tiny: Path, tmp_path: Path) -> None:
         assert (back(tokens) - _float_model(tiny)(tokens)).abs().max().item() <= 1e-6
 
 
+def test_gguf_type_checked_before_loading(tiny: Path, tmp_path: Path) -> None:
+    from tunesmith.config import ConfigError
+
+    out = tmp_path / "gguf"
+    with pytest.raises(ConfigError, match="gguf_type='q4_k_m' is not a GGUF type.*q5_1"):
+        recipe_main(_config(tiny, out, output_format="gguf", gguf_type="q4_k_m"))
+    assert not out.exists()
+
+
 def test_errors(tiny: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="groupsize=48 does not divide"):
         Int8DynActInt4WeightQuantizer(groupsize=48).quantize(_float_model(tiny))

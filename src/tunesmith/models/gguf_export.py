@@ -1,12 +1,12 @@
-"""Write a Llama-architecture model to GGUF (llama.cpp's format) with the ``gguf`` package.
+"""Write a tunesmith model to GGUF (llama.cpp's format) with the ``gguf`` package.
 
-What is written is what llama.cpp's ``convert_hf_to_gguf.py`` writes for a ``LlamaForCausalLM``:
-``general.architecture = "llama"`` hyper-parameters, the byte-level BPE vocabulary of a
+What is written is what llama.cpp's ``convert_hf_to_gguf.py`` writes: the architecture's
+hyper-parameters and tensors (``llama`` for Llama 2/3.x, Code Llama, Mistral, SmolLM2;
+``qwen2`` for Qwen2/2.5; ``qwen3``; see ``_gguf_arch``), the byte-level BPE vocabulary of a
 ``tokenizer.json`` (tokens, merges, token types, bos/eos/pad ids, pre-tokenizer name, chat
-template) and the weights with q/k rows permuted from the native (Hugging Face rotate-half)
-layout to Meta's interleaved one, in F32, F16, BF16 or Q8_0. 1-D tensors (norms, RoPE
-factors) stay F32, as llama.cpp keeps them; a matrix whose rows do not split into Q8_0 blocks
-of 32 falls back to F16.
+template), in F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1 (:data:`GGUF_TYPES`).
+The k-quants are not in the ``gguf`` package: :func:`llama_cpp_quantize` makes them from an
+F16 export with llama.cpp's own quantizer when ``llama-cpp-python`` is installed.
 
 Entry points: :func:`export_gguf` (native state dict + spec + tokenizer.json) and
 :func:`export_hf_folder_to_gguf` (a Hugging Face checkpoint folder, e.g. a finetune output).
@@ -16,17 +16,22 @@ The ``quantize`` recipe reaches them with ``output_format: gguf``.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from tunesmith.models.convert_weights import permute_hf_to_meta
+from tunesmith.models._gguf_arch import (
+    GGUF_TYPES,
+    encode,
+    file_type,
+    gguf_arch,
+    gguf_tensors,
+    write_hparams,
+)
 from tunesmith.models.spec import ModelSpec
 
 __all__ = [
@@ -36,30 +41,9 @@ __all__ = [
     "export_hf_folder_to_gguf",
     "gguf_vocab",
     "hf_tokenizer_vocab",
+    "llama_cpp_quantize",
 ]
 
-GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
-"""Output types :func:`export_gguf` accepts (``out_type``)."""
-
-# native layer suffix -> GGUF tensor name inside ``blk.{i}.``
-_LAYER_NAMES = {
-    "sa_norm.scale": "attn_norm.weight",
-    "mlp_norm.scale": "ffn_norm.weight",
-    "attn.q_proj.weight": "attn_q.weight",
-    "attn.k_proj.weight": "attn_k.weight",
-    "attn.v_proj.weight": "attn_v.weight",
-    "attn.output_proj.weight": "attn_output.weight",
-    "mlp.w1.weight": "ffn_gate.weight",
-    "mlp.w2.weight": "ffn_down.weight",
-    "mlp.w3.weight": "ffn_up.weight",
-}
-_TOP_NAMES = {
-    "tok_embeddings.weight": "token_embd.weight",
-    "norm.scale": "output_norm.weight",
-    "output.weight": "output.weight",
-}
-_LLAMA_FAMILIES = ("LLAMA2", "LLAMA3", "LLAMA3_1", "LLAMA3_2", "LLAMA3_3", "CODE_LLAMA2")
-_LLAMA_FAMILIES += ("MISTRAL", "SMOLLM2")
 # GGUF token types (llama.cpp's llama_token_type)
 _NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5
 # tokenizer.ggml.pre names tunesmith's GGUF reader rebuilds, tried in this order
@@ -226,110 +210,6 @@ def gguf_vocab(
     )
 
 
-def _check_spec(spec: ModelSpec) -> None:
-    problems = []
-    if spec.family.upper() not in _LLAMA_FAMILIES:
-        problems.append(f"family {spec.family}")
-    for field in ("qkv_bias", "norm_offset", "embed_scale", "qk_norm", "post_norms"):
-        if getattr(spec, field):
-            problems.append(f"{field}=True")
-    for field in ("attn_softcap", "final_softcap", "query_pre_attn_scalar", "num_classes"):
-        if getattr(spec, field) is not None:
-            problems.append(f"{field} set")
-    if spec.activation != "silu":
-        problems.append(f"activation {spec.activation}")
-    if spec.sliding_window is not None and spec.sliding_window < spec.max_seq_len:
-        problems.append(f"sliding_window={spec.sliding_window}")
-    if problems:
-        raise ValueError(
-            "GGUF export writes the llama architecture only (Llama 2/3.x, Mistral without a "
-            f"sliding window, SmolLM2, ...); this model has {', '.join(problems)}"
-        )
-
-
-def _llama3_rope_factors(spec: ModelSpec) -> np.ndarray:
-    """convert_hf_to_gguf.py's ``rope_freqs`` for Llama 3.1 scaling: ``[head_dim / 2]``."""
-    s = spec.rope_scaling
-    assert s is not None
-    dim = spec.resolved_head_dim
-    freqs = 1.0 / (spec.rope_base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
-    low_wl = s.original_max_position_embeddings / s.low_freq_factor
-    high_wl = s.original_max_position_embeddings / s.high_freq_factor
-    factors = []
-    for freq in freqs:
-        wavelen = 2 * math.pi / freq
-        if wavelen < high_wl:
-            factors.append(1.0)
-        elif wavelen > low_wl:
-            factors.append(s.factor)
-        else:
-            smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
-                s.high_freq_factor - s.low_freq_factor
-            )
-            factors.append(1.0 / ((1 - smooth) / s.factor + smooth))
-    return np.asarray(factors, dtype=np.float32)
-
-
-def _gguf_tensors(
-    state_dict: Mapping[str, torch.Tensor], spec: ModelSpec
-) -> list[tuple[str, np.ndarray]]:
-    """Native weights -> ``(GGUF name, float32 array)`` in llama.cpp's order and layout."""
-    adapters = [k for k in state_dict if ".lora_" in k or k.endswith(".magnitude")]
-    if adapters:
-        raise ValueError(
-            f"the state dict holds LoRA/DoRA adapter weights ({adapters[0]}, ...); merge them "
-            "first (tunesmith.modules.peft.get_merged_lora_ckpt) or export the merged finetune "
-            "output folder"
-        )
-    hd = spec.resolved_head_dim
-    out: list[tuple[str, np.ndarray]] = []
-    unknown = []
-    for key, value in state_dict.items():
-        parts = key.split(".")
-        if parts[0] == "layers":
-            gguf_name = _LAYER_NAMES.get(".".join(parts[2:]))
-            name = None if gguf_name is None else f"blk.{parts[1]}.{gguf_name}"
-        else:
-            name = _TOP_NAMES.get(key)
-        if name is None:
-            unknown.append(key)
-            continue
-        w = value.detach().to(device="cpu", dtype=torch.float32)
-        if key.endswith("attn.q_proj.weight"):
-            w = permute_hf_to_meta(w, spec.num_heads, hd)
-        elif key.endswith("attn.k_proj.weight"):
-            w = permute_hf_to_meta(w, spec.num_kv_heads, hd)
-        out.append((name, w.contiguous().numpy()))
-    if unknown:
-        raise ValueError(f"no GGUF llama tensor for native keys {unknown[:5]}")
-    if spec.tie_embeddings:
-        out = [(n, a) for n, a in out if n != "output.weight"]
-    elif "output.weight" not in {n for n, _ in out}:
-        raise ValueError(
-            "the model's embeddings are untied but the state dict has no output.weight"
-        )
-    if spec.rope_scaling is not None and spec.rope_scaling.rope_type == "llama3":
-        out.insert(0, ("rope_freqs.weight", _llama3_rope_factors(spec)))
-    return out
-
-
-def _encode(array: np.ndarray, out_type: str) -> tuple[np.ndarray, Any]:
-    """``(data, raw_dtype or None)`` for ``GGUFWriter.add_tensor``."""
-    import gguf
-
-    Q = gguf.GGMLQuantizationType
-    if array.ndim == 1 or out_type == "f32":
-        return array.astype(np.float32), None
-    if out_type == "f16":
-        return array.astype(np.float16), None
-    if out_type == "bf16":
-        return gguf.quants.quantize(array, Q.BF16), Q.BF16
-    block = gguf.GGML_QUANT_SIZES[Q.Q8_0][0]
-    if array.shape[-1] % block:
-        return array.astype(np.float16), None  # llama.cpp's fallback for odd row sizes
-    return gguf.quants.quantize(array, Q.Q8_0), Q.Q8_0
-
-
 def export_gguf(
     path: str | os.PathLike[str],
     state_dict: Mapping[str, torch.Tensor],
@@ -355,42 +235,21 @@ def export_gguf(
     out_type = out_type.lower()
     if out_type not in GGUF_TYPES:
         raise ValueError(f"out_type {out_type!r} is not supported; choose one of {GGUF_TYPES}")
-    _check_spec(spec)
+    arch = gguf_arch(spec)
     if len(vocab.tokens) != spec.vocab_size:
         raise ValueError(
             f"the vocabulary has {len(vocab.tokens)} tokens but the model's vocab_size is "
             f"{spec.vocab_size}; build it with gguf_vocab(..., vocab_size={spec.vocab_size})"
         )
-    tensors = _gguf_tensors(state_dict, spec)
+    tensors = gguf_tensors(state_dict, spec)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    file_types = {
-        "f32": gguf.LlamaFileType.ALL_F32,
-        "f16": gguf.LlamaFileType.MOSTLY_F16,
-        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-    }
-    writer = gguf.GGUFWriter(str(tmp), "llama")
+    writer = gguf.GGUFWriter(str(tmp), arch)
     writer.add_name(name)
-    writer.add_file_type(file_types[out_type])
+    writer.add_file_type(file_type(out_type))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    writer.add_context_length(spec.max_seq_len)
-    writer.add_embedding_length(spec.embed_dim)
-    writer.add_block_count(spec.num_layers)
-    writer.add_feed_forward_length(spec.intermediate_dim)
-    writer.add_head_count(spec.num_heads)
-    writer.add_head_count_kv(spec.num_kv_heads)
-    writer.add_rope_dimension_count(spec.resolved_head_dim)
-    if spec.resolved_head_dim != spec.embed_dim // spec.num_heads:
-        writer.add_key_length(spec.resolved_head_dim)
-        writer.add_value_length(spec.resolved_head_dim)
-    writer.add_rope_freq_base(spec.rope_base)
-    writer.add_layer_norm_rms_eps(spec.norm_eps)
-    writer.add_vocab_size(spec.vocab_size)
-    if spec.rope_scaling is not None and spec.rope_scaling.rope_type == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(spec.rope_scaling.factor)
+    write_hparams(writer, spec)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
@@ -407,7 +266,7 @@ def export_gguf(
     if vocab.chat_template:
         writer.add_chat_template(vocab.chat_template)
     for tensor_name, array in tensors:
-        data, raw_dtype = _encode(array, out_type)
+        data, raw_dtype = encode(array, out_type)
         writer.add_tensor(tensor_name, data, raw_dtype=raw_dtype)
     try:
         writer.write_header_to_file()
@@ -499,3 +358,37 @@ def hf_tokenizer_vocab(
 
 def _first(value: Any) -> Any:
     return value[0] if isinstance(value, list) and value else value
+
+
+def llama_cpp_quantize(
+    source: str | os.PathLike[str], path: str | os.PathLike[str], kind: str = "q4_k_m"
+) -> Path:
+    """Quantize a GGUF file (e.g. an f16 export) with llama.cpp's own quantizer, for the types
+    the ``gguf`` package cannot write (``q4_k_m``, ``q5_k_m``, ``q6_k``, ``q3_k_m``, ...).
+    Needs ``llama-cpp-python``; ``kind`` names a ``LLAMA_FTYPE_MOSTLY_*`` constant."""
+    import ctypes
+
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ImportError(
+            "llama_cpp_quantize needs llama-cpp-python (pip install llama-cpp-python); "
+            f"without it, export one of {GGUF_TYPES}"
+        ) from None
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind.upper()}", None)
+    if ftype is None:
+        raise ValueError(f"kind={kind!r} is not a llama.cpp file type (e.g. q4_k_m, q6_k)")
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; choose a new file (nothing is overwritten)")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    tmp = path.with_name(path.name + ".tmp")
+    rc = llama_cpp.llama_model_quantize(
+        str(source).encode(), str(tmp).encode(), ctypes.byref(params)
+    )
+    if rc != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"llama.cpp could not quantize {source} to {kind} (code {rc})")
+    os.replace(tmp, path)
+    return path

@@ -11,7 +11,9 @@ Config keys (torchtune's quantization config names)::
                             model trained with the qat recipe)
     output_dir              where model-<mode>.pt + quantization.json are written
     output_format           torchao (default) | gguf
-    gguf_type               f32 | f16 | bf16 | q8_0 (output_format: gguf; default q8_0)
+    gguf_type               f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1
+                            (output_format: gguf; default q8_0; k-quants: see
+                            tunesmith.models.gguf_export.llama_cpp_quantize)
     tokenizer_dir           gguf: folder with tokenizer.json (+ tokenizer_config.json /
                             chat_template.jinja); default checkpointer.checkpoint_dir
 
@@ -159,8 +161,17 @@ def recipe_main(cfg: DictConfig) -> None:
             key="output_dir",
         )
     if output_format == "gguf":
+        from tunesmith.models.gguf_export import GGUF_TYPES
+
         quantizer, mode = None, ""
-        names = [f"model-{str(cfg.get('gguf_type', 'q8_0')).lower()}.gguf"]
+        gguf_type = str(cfg.get("gguf_type", "q8_0")).lower()
+        if gguf_type not in GGUF_TYPES:
+            raise ConfigError(
+                f"gguf_type={gguf_type!r} is not a GGUF type the export writes: choose one of "
+                f"{', '.join(GGUF_TYPES)} (k-quants: export f16, then llama.cpp's quantizer)",
+                key="gguf_type",
+            )
+        names = [f"model-{gguf_type}.gguf"]
     else:
         quantizer, mode = _quantizer(cfg)
         names = [f"model-{mode}.pt", "quantization.json"]

