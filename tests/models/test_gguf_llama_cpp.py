@@ -105,33 +105,42 @@ def _llama_cpp_greedy(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "out_type",
-    [
-        "f16",
-        pytest.param(
-            "q8_0",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="open bug: our Q8_0 file dequantizes (gguf.quants) within one quant step "
-                "of llama.cpp's own Q8_0 of our f16 file, which answers correctly, yet llama.cpp "
-                "0.3.36 answers garbage from the first token with ours",
-            ),
-        ),
-    ],
-)
-def test_llama_cpp_greedy_equals_transformers(
-    finetuned: Path, tmp_path: Path, out_type: str
-) -> None:
+def test_llama_cpp_greedy_equals_transformers(finetuned: Path, tmp_path: Path) -> None:
     prompts = _prompts(finetuned)
     hf = transformers.AutoModelForCausalLM.from_pretrained(finetuned, dtype=torch.float32)
     want = _hf_greedy(hf.eval(), prompts)
-    path = export_hf_folder_to_gguf(finetuned, tmp_path / f"m.{out_type}.gguf", out_type=out_type)
+    path = export_hf_folder_to_gguf(finetuned, tmp_path / "m.f16.gguf", out_type="f16")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, verbose=False)
     text = transformers.AutoTokenizer.from_pretrained(finetuned).decode(prompts[0])
     assert llm.tokenize(text.encode(), add_bos=False, special=True) == prompts[0]
     del llm
     assert _llama_cpp_greedy(path, prompts) == want
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="open bug: on the finetuned SmolLM2 our (gguf.quants) Q8_0 file answers garbage in "
+    "llama.cpp 0.3.36 from the first token, while its tensors dequantize equal to llama.cpp's "
+    "own Q8_0 of our f16 file (which answers right) and an unfinetuned SmolLM2's Q8_0 answers "
+    "right; cause not found. Workaround: export f16, then llama_cpp_quantize(f16, out, 'q8_0')",
+)
+def test_llama_cpp_q8_0_equals_llama_cpps_own_q8_0(finetuned: Path, tmp_path: Path) -> None:
+    """Our Q8_0 file answers as llama.cpp's own Q8_0 quantization of our f16 file (the
+    reference quantizer), and its first answer starts as transformers' full-precision one
+    (8-bit rounding may move later argmax ties, so exact equality with fp32 is not asked)."""
+    from tunesmith.models.gguf_export import llama_cpp_quantize
+
+    prompts = _prompts(finetuned)
+    ours = export_hf_folder_to_gguf(finetuned, tmp_path / "m.q8_0.gguf", out_type="q8_0")
+    f16 = export_hf_folder_to_gguf(finetuned, tmp_path / "m.f16.gguf", out_type="f16")
+    theirs = tmp_path / "llama_cpp.q8_0.gguf"
+    llama_cpp_quantize(f16, theirs, "q8_0")
+    got = _llama_cpp_greedy(ours, prompts)
+    assert got == _llama_cpp_greedy(theirs, prompts)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(finetuned, dtype=torch.float32)
+    want = _hf_greedy(hf.eval(), prompts)
+    assert got[0][:4] == want[0][:4], (got, want)
 
 
 @pytest.mark.slow
