@@ -237,7 +237,9 @@ def _gguf_renderer(metadata: dict[str, Any], notes: list[str]) -> Callable[..., 
             bos_token=bos,
             eos_token=eos,
         )
-    formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+    formatter = Jinja2ChatFormatter(  # whole conversations: no trailing generation prompt
+        template=template, eos_token=eos, bos_token=bos, add_generation_prompt=False
+    )
     return lambda messages, tools: formatter(messages=messages, tools=tools).prompt
 
 

@@ -235,6 +235,16 @@ def export_gguf(
     out_type = out_type.lower()
     if out_type not in GGUF_TYPES:
         raise ValueError(f"out_type {out_type!r} is not supported; choose one of {GGUF_TYPES}")
+    if out_type not in ("f32", "f16", "bf16"):
+        import warnings
+
+        warnings.warn(
+            f"GGUF {out_type} is quantized with the gguf package: a known open bug makes such a "
+            "Q8_0 export of a finetuned SmolLM2 answer garbage in llama.cpp although its tensors "
+            "equal llama.cpp's own quantization; for serving, export f16 and quantize with "
+            "tunesmith.models.gguf_export.llama_cpp_quantize (llama.cpp's quantizer)",
+            stacklevel=2,
+        )
     arch = gguf_arch(spec)
     if len(vocab.tokens) != spec.vocab_size:
         raise ValueError(
