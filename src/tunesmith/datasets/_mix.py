@@ -42,6 +42,12 @@ DATALOADER_KEYS = frozenset(
 """The keys of torchtune's ``dataloader:`` block (torchdata nodes settings)."""
 
 
+def _stop_criterion(name: Any) -> str | None:
+    """``name`` as one of :data:`STOP_CRITERIA` (torchtune's misspelling accepted), or None."""
+    name = _ALIASES.get(str(name), str(name))
+    return name if name in STOP_CRITERIA else None
+
+
 class WeightedMixDataset(Dataset):
     """Samples from several datasets in proportion to their weights.
 
@@ -65,8 +71,8 @@ class WeightedMixDataset(Dataset):
         seed: int = 0,
         shuffle: Mapping[str, bool] | None = None,
     ):
-        stop_criteria = _ALIASES.get(str(stop_criteria), str(stop_criteria))
-        if stop_criteria not in STOP_CRITERIA:
+        stop = _stop_criterion(stop_criteria)
+        if stop is None:
             raise ValueError(
                 f"dataloader.stop_criteria={stop_criteria!r} is not one of {', '.join(STOP_CRITERIA)}"
             )
@@ -79,7 +85,7 @@ class WeightedMixDataset(Dataset):
                 raise ValueError(f"datasets[{name}].weight={w}: a weight must be > 0")
         self.names = list(datasets)
         self.datasets = [datasets[n] for n in self.names]
-        self.stop_criteria = stop_criteria
+        self.stop_criteria = stop
         sizes = [len(d) for d in self.datasets]
         for name, size in zip(self.names, sizes):
             if size == 0:
@@ -90,9 +96,7 @@ class WeightedMixDataset(Dataset):
             rng.permutation(n) if shuffle.get(name, False) else np.arange(n)
             for name, n in zip(self.names, sizes)
         ]
-        self.schedule = _draw(
-            np.array([float(weights[n]) for n in self.names]), orders, stop_criteria, rng
-        )
+        self.schedule = _draw(np.array([float(weights[n]) for n in self.names]), orders, stop, rng)
 
     def __len__(self) -> int:
         return len(self.schedule)
@@ -106,16 +110,8 @@ class WeightedMixDataset(Dataset):
         return [self.names[int(s)] for s in self.schedule[:, 0]]
 
     @property
-    def packed(self) -> bool:
-        return False
-
-    @property
     def multimodal(self) -> bool:
         return any(getattr(d, "multimodal", False) for d in self.datasets)
-
-    def drop_untrained_rows(self) -> None:
-        """Each source leaves out its rows with nothing to train on before the draw was made
-        (see ``build_dataset_mix``); nothing left to do here."""
 
 
 def _draw(
@@ -194,11 +190,11 @@ def build_dataset_mix(
             "dataloader.packed=False, or pack one dataset with dataset.packed=True",
             key="dataloader.packed",
         )
-    stop = str(dataloader.get("stop_criteria", STOP_CRITERIA[0]))
-    stop = _ALIASES.get(stop, stop)
-    if stop not in STOP_CRITERIA:
+    given = dataloader.get("stop_criteria", STOP_CRITERIA[0])
+    stop = _stop_criterion(given)
+    if stop is None:
         raise ConfigError(
-            f"dataloader.stop_criteria={stop!r}: use one of {', '.join(STOP_CRITERIA)}",
+            f"dataloader.stop_criteria={given!r}: use one of {', '.join(STOP_CRITERIA)}",
             key="dataloader.stop_criteria",
         )
     if dataloader.get("parallel_method", "thread") not in ("thread", "process"):

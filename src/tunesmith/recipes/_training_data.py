@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 from torch.utils.data import Dataset
 
 from tunesmith.config import ConfigError
+from tunesmith.config._instantiate import _to_plain
 from tunesmith.recipes._finetune_setup import build_datasets
 
 __all__ = ["loader_setting", "training_datasets"]
@@ -31,19 +32,15 @@ def training_datasets(cfg: DictConfig, tokenizer: Any) -> list[Dataset]:
     if not isinstance(cfg.datasets, ListConfig):
         raise ConfigError("datasets: must be a list of datasets with weights", key="datasets")
 
-    def plain(value: Any) -> Any:
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True)
-        return value
-
-    entries = [
-        {k: (node[k] if k == "transform" else plain(node[k])) for k in node}
-        for node in cfg.datasets
-    ]
+    entries = []
+    for i, node in enumerate(cfg.datasets):
+        entry = _to_plain(node, f"datasets.{i}")  # a bad ${...} is one line naming the key
+        if isinstance(entry, dict) and "transform" in entry:
+            entry["transform"] = node["transform"]  # instantiated as a config node
+        entries.append(entry)
     seed = cfg.get("seed")
-    mix = build_dataset_mix(
-        entries, plain(cfg.get("dataloader")), tokenizer, seed=0 if seed is None else int(seed)
-    )
+    loader = _to_plain(cfg.get("dataloader"), "dataloader")
+    mix = build_dataset_mix(entries, loader, tokenizer, seed=0 if seed is None else int(seed))
     return [mix]
 
 
