@@ -105,6 +105,28 @@ def init_distributed(
     return True
 
 
+def agreed_seed(seed: int | None, world_size: int, device: torch.device) -> int:
+    """Seed every RNG; all ranks take rank 0's seed (the same shuffle and LoRA init)."""
+    from tunesmith.utils._seed import set_seed
+
+    seed = set_seed(seed)
+    if world_size > 1:
+        t = torch.tensor(seed, dtype=torch.long, device=device)
+        dist.broadcast(t, src=0)
+        seed = set_seed(int(t))
+    return seed
+
+
+def any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
+    """``True`` on every rank when ``flag`` is true on any (one ``MAX`` all-reduce), e.g. a
+    stop request one rank's signal handler saw."""
+    if world_size == 1:
+        return flag
+    t = torch.tensor(int(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t)
+
+
 def barrier() -> None:
     """Wait for every rank (no-op when not distributed)."""
     if dist.is_available() and dist.is_initialized():
