@@ -240,7 +240,12 @@ class ChatMLFormat:
             if i == 0 and system is not None and system.source is m:
                 continue
             if m.role in _TOOL_ROLES:
-                chunks.append(Chunk(self._tool_result(messages, i, end), m.masked, source=m))
+                text = self._tool_result(messages, i, end)
+                if i and messages[i - 1].role in _TOOL_ROLES:  # one turn: one chunk (a
+                    chunks[-1].text += text  # plain-text <tool_response> merges with "\n")
+                    chunks[-1].masked = chunks[-1].masked and m.masked
+                else:
+                    chunks.append(Chunk(text, m.masked, source=m))
             elif m.role == "assistant":
                 chunk = self._assistant(messages, i, add_end_tokens)
                 chunk.text += end
