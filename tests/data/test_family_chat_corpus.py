@@ -324,3 +324,26 @@ def test_gemma_family_renders_corpus_as_gemma2_template(assets: Path, tmp_path: 
         assert all(a in trained for a in answers) and "<start_of_turn>user" not in trained
         compared += 1
     assert compared >= 8
+
+
+def test_torchtune_llama3_tokenizer_renders_tools_without_date_header(assets: Path) -> None:
+    """torchtune's ``llama3_tokenizer`` never writes Llama 3.1's date header: its tool rows
+    are the official rendering without it (``Environment: ipython`` stays)."""
+    from tunesmith.models.llama3 import llama3_tokenizer
+
+    family = llama3_tokenizer(str(assets / "tokenizers" / "llama3" / "tokenizer.model"))
+    _, ref, _ = _family(assets, "llama3_1")
+    header = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+    checked = 0
+    for row in _corpus():
+        if not row.get("tools"):
+            continue
+        try:
+            expected = ref.decode(_reference(ref, row)[0]).replace(header, "")
+        except Exception:  # refused (parallel calls)
+            continue
+        tokens, _ = _ours(family, row)
+        assert ref.decode(tokens) == expected, row["id"]
+        assert "<|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n" in expected
+        checked += 1
+    assert checked >= 15
