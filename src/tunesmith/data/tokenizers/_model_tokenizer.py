@@ -249,12 +249,16 @@ class ChatModelTokenizer:
         """Tokens and mask of a format that rewrites earlier turns once more follow
         (Qwen3): masks by prefix renderings, the rule of ``HuggingFaceModelTokenizer``."""
         tokens: list[int] = []
-        offsets: list[tuple[int, int]] = []
+        offsets: list[tuple[int, int]] = []  # only needed to find masked reasoning
+        with_offsets = any(m.mask_reasoning and not m.masked for m in messages)
         text = ""
         for chunk in chunks:
-            ids, spans = self._encode_with_offsets(chunk.text, chunk.continuation)
+            if with_offsets:
+                ids, spans = self._encode_with_offsets(chunk.text, chunk.continuation)
+                offsets.extend((len(text) + a, len(text) + b) for a, b in spans)
+            else:
+                ids = self.encode_text(chunk.text, continuation=chunk.continuation)
             tokens.extend(ids)
-            offsets.extend((len(text) + a, len(text) + b) for a, b in spans)
             text += chunk.text
 
         def prefix_end(k: int) -> int:
@@ -262,7 +266,8 @@ class ChatModelTokenizer:
                 return 0
             if k == len(messages):  # the last message owns the rest (open or closed)
                 return len(tokens)
-            prefix = self.chat_format.render(messages[:k], True, tools=tools)  # type: ignore[call-arg]
+            fmt: Any = self.chat_format
+            prefix = fmt.render(messages[:k], True, tools=tools)
             ids = [t for c in prefix for t in self.encode_text(c.text, c.continuation)]
             return common_prefix_len(ids, tokens)
 
@@ -271,8 +276,7 @@ class ChatModelTokenizer:
     def _encode_with_offsets(
         self, text: str, continuation: bool
     ) -> tuple[list[int], list[tuple[int, int]]]:
-        """``encode_text`` plus each token's ``(start, end)`` characters in ``text`` (text
-        pieces: from the lengths of their decoded prefixes)."""
+        """``encode_text`` plus each token's ``(start, end)`` characters in ``text``."""
         ids: list[int] = []
         offsets: list[tuple[int, int]] = []
         pos = 0
@@ -284,14 +288,28 @@ class ChatModelTokenizer:
                 pos += size
                 continue
             piece_ids = self.encode_text(piece, continuation=continuation and i == 0)
-            prev = 0
-            for j in range(len(piece_ids)):
-                end = max(prev, min(len(piece), len(self.base.decode(piece_ids[: j + 1]))))
-                offsets.append((pos + prev, pos + end))
-                prev = end
+            offsets.extend((pos + a, pos + b) for a, b in self._piece_offsets(piece, piece_ids))
             ids.extend(piece_ids)
             pos += len(piece)
         return ids, offsets
+
+    def _piece_offsets(self, piece: str, ids: list[int]) -> list[tuple[int, int]]:
+        """Character spans of ``ids``, the encoding of ``piece`` (no special tokens in it)."""
+        hf = getattr(self.base, "tokenizer", None)
+        if hf is not None and hasattr(hf, "encode"):  # ``tokenizers``: its own offsets
+            encoding = hf.encode(piece, add_special_tokens=False)
+            if list(encoding.ids) == ids:
+                return list(encoding.offsets)
+        tt = getattr(self.base, "tt_model", None)
+        if tt is not None:  # tiktoken: token starts, each span ending at the next start
+            starts = tt.decode_with_offsets(ids)[1]
+            return list(zip(starts, [*starts[1:], len(piece)]))
+        spans, prev = [], 0  # any base: from the lengths of the decoded prefixes
+        for j in range(len(ids)):
+            end = max(prev, min(len(piece), len(self.base.decode(ids[: j + 1]))))
+            spans.append((prev, end))
+            prev = end
+        return spans
 
     def __call__(self, sample: dict[str, Any], inference: bool = False) -> dict[str, Any]:
         """Replace ``sample["messages"]`` with ``sample["tokens"]`` and ``sample["mask"]``."""
