@@ -252,7 +252,9 @@ class ChatModelTokenizer:
         offsets: list[tuple[int, int]] = []  # only needed to find masked reasoning
         with_offsets = any(m.mask_reasoning and not m.masked for m in messages)
         text = ""
+        starts = []  # token index where each chunk starts
         for chunk in chunks:
+            starts.append(len(tokens))
             if with_offsets:
                 ids, spans = self._encode_with_offsets(chunk.text, chunk.continuation)
                 offsets.extend((len(text) + a, len(text) + b) for a, b in spans)
@@ -268,8 +270,15 @@ class ChatModelTokenizer:
                 return len(tokens)
             fmt: Any = self.chat_format
             prefix = fmt.render(messages[:k], True, tools=tools)
-            ids = [t for c in prefix for t in self.encode_text(c.text, c.continuation)]
-            return common_prefix_len(ids, tokens)
+            # chunks end at special tokens: the chunks equal to the full rendering's encode
+            # to the same ids, so only the prefix's rendering from the first change is encoded
+            j = next(
+                (j for j, c in enumerate(prefix) if j >= len(chunks) or c.text != chunks[j].text),
+                len(prefix),
+            )
+            at = starts[j] if j < len(starts) else len(tokens)
+            ids = [t for c in prefix[j:] for t in self.encode_text(c.text, c.continuation)]
+            return at + common_prefix_len(ids, tokens[at:])
 
         return tokens, mask_by_prefixes(messages, len(tokens), prefix_end, text, offsets)[0]
 
