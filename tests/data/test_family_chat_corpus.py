@@ -347,3 +347,20 @@ def test_torchtune_llama3_tokenizer_renders_tools_without_date_header(assets: Pa
         assert "<|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n" in expected
         checked += 1
     assert checked >= 15
+
+
+def test_prompt_template_keeps_tool_fields(assets: Path) -> None:
+    """A prompt template wraps the text of messages; their tool calls, call ids and
+    reasoning stay, so a templated tool row still renders its calls."""
+    from tunesmith.models.qwen2_5 import qwen2_5_tokenizer
+
+    folder = assets / "tokenizers" / "qwen2"
+    tok = qwen2_5_tokenizer(
+        str(folder / "vocab.json"),
+        str(folder / "merges.txt"),
+        prompt_template={"user": ["Q: ", ""]},
+    )
+    row = next(r for r in _corpus() if r["id"] == "tool-calc-0")
+    sample = OpenAIToMessages()(row)
+    text = tok.decode(tok.tokenize_messages(sample["messages"], tools=sample["tools"])[0], False)
+    assert "<|im_start|>user\nQ: " in text and text.count("<tool_call>\n{") == 2  # schema + call
