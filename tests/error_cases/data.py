@@ -347,7 +347,7 @@ CASES = [
         "tool calls for a family tokenizer whose template has no tool support",
         "data",
         _tools_without_template_support,
-        r"row 1.*message 1 has tool_calls, but ChatML \(Qwen2 / SmolLM2\)'s official chat "
+        r"row 1.*message 1 has tool_calls, but SmolLM2's official chat "
         r"template has no tool support; tokenize it with a chat template that does: "
         r"tokenizer\._component_=tunesmith\.data\.tokenizers\.HuggingFaceModelTokenizer",
     ),

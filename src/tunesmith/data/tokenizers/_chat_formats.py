@@ -177,22 +177,21 @@ class ChatMLFormat:
     template renders them: the system message (or the default prompt) followed by the
     ``# Tools`` block, and each call as a ``<tool_call>`` block after the content.
     ``reasoning`` is not rendered (neither template has it). With ``tools=False``
-    (Qwen2, SmolLM2: templates without tool support) tool schemas and calls are refused.
+    (Qwen2, SmolLM2: templates without tool support) tool schemas and calls are refused;
+    ``family`` names the model in that error.
     """
-
-    family = "ChatML (Qwen2 / SmolLM2)"
 
     def __init__(
         self,
         default_system_prompt: str | None = None,
         image_token: str | None = None,
         tools: bool = False,
+        family: str | None = None,
     ):
         self.default_system_prompt = default_system_prompt
         self.image_token = image_token
         self.renders_tools = tools
-        if tools:
-            self.family = "Qwen2.5"
+        self.family = family or ("Qwen2.5" if tools else "ChatML")
 
     def _system(self, messages: list[Message], tools: list[dict[str, Any]] | None) -> Chunk | None:
         """The system turn, or None when the first message is rendered as one as it is."""
@@ -278,8 +277,7 @@ class Qwen3ChatFormat(ChatMLFormat):
     rewrites_history = True
 
     def __init__(self, enable_thinking: bool = True) -> None:
-        super().__init__(default_system_prompt=None, tools=True)
-        self.family = "Qwen3"
+        super().__init__(default_system_prompt=None, tools=True, family="Qwen3")
         self.enable_thinking = enable_thinking
 
     def _system(self, messages: list[Message], tools: list[dict[str, Any]] | None) -> Chunk | None:
