@@ -197,7 +197,10 @@ def test_family_tokenizer_equals_official_template(assets: Path, name: str) -> N
         assert tool_rows >= 20, f"{name}: only {tool_rows} tool rows rendered"
 
 
-@pytest.mark.parametrize("name", ["llama3_1", "qwen2_5", "qwen3", "smollm2"])
+@pytest.mark.parametrize(
+    "name",
+    ["llama3_1", pytest.param("qwen2_5", marks=pytest.mark.slow), "qwen3", "smollm2"],
+)
 def test_family_masking_choices_equal_official_template(assets: Path, name: str) -> None:
     """``masking_strategy="train_on_last"`` == the reference with only the last assistant
     turn trained; ``train_on_reasoning=False`` == the template tokenizer's masks (same
@@ -326,6 +329,7 @@ def test_gemma_family_renders_corpus_as_gemma2_template(assets: Path, tmp_path: 
     assert compared >= 8
 
 
+@pytest.mark.slow
 def test_torchtune_llama3_tokenizer_renders_tools_without_date_header(assets: Path) -> None:
     """torchtune's ``llama3_tokenizer`` never writes Llama 3.1's date header: its tool rows
     are the official rendering without it (``Environment: ipython`` stays)."""
