@@ -310,7 +310,7 @@ class Qwen3ChatFormat(ChatMLFormat):
         if m.reasoning is not None:
             reasoning = m.reasoning
         else:
-            reasoning, content = split_think(content) if "</think>" in content else ("", content)
+            reasoning, content = split_think(content)
         if m.ipython:
             content = f"<tool_call>\n{content}\n</tool_call>"
         after_query = i > self._last_query_index(messages)
