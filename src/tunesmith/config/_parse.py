@@ -9,9 +9,9 @@ A torchtune recipe file ends with::
         sys.exit(recipe_main())
 
 :func:`parse` reads ``--config <path> key=value ...`` from ``sys.argv`` when the function is
-called without a config (``python recipe.py --config x.yaml``), through tunesmith's own
-command-line parser (:func:`tunesmith.config.parse_recipe_args`: bundled config names,
-``+key=value`` to add a key, ``~key`` to delete one, one-line errors). Called with a config
+called without a config (``python recipe.py --config x.yaml``), with torchtune's parser
+(:class:`TuneRecipeArgumentParser`) and tunesmith's overrides (bundled config names,
+``~key`` to delete a key, one-line errors). Called with a config
 (``tunesmith run recipe.py --config ...`` parses the command line itself and passes it), the
 decorated function runs on that config unchanged.
 
@@ -34,9 +34,9 @@ __all__ = ["TuneRecipeArgumentParser", "get_component_from_path", "log_config", 
 
 
 class TuneRecipeArgumentParser(argparse.ArgumentParser):
-    """torchtune's recipe argument parser: ``--config`` names a YAML file whose top-level keys
-    become the parser's defaults; everything else (``key=value`` overrides) is returned unparsed
-    by :meth:`parse_known_args`.
+    """torchtune's recipe argument parser: ``--config`` names a YAML file (or a bundled config)
+    whose top-level keys become the parser's defaults; everything else (``key=value``
+    overrides) is returned unparsed by :meth:`parse_known_args`.
 
     Raises:
         ValueError: from :meth:`parse_known_args`, for a ``--flag`` other than ``--config``, or
@@ -55,15 +55,16 @@ class TuneRecipeArgumentParser(argparse.ArgumentParser):
     def parse_known_args(  # type: ignore[override]
         self, args: Any = None, namespace: Any = None
     ) -> tuple[argparse.Namespace, list[str]]:
-        """``(namespace with the YAML's keys and no ``config``, the remaining arguments)``."""
+        """``(namespace with the YAML's keys and no ``config``, the remaining arguments)``;
+        interpolations (``${...}``) are kept unresolved."""
         parsed, rest = super().parse_known_args(args, namespace)
         flags = [a for a in rest if a.startswith("--")]
         if flags:
             raise ValueError(
-                f"unsupported flag arguments {flags}: a recipe takes --config <path> and then "
-                "key=value overrides"
+                f"Additional flag arguments not supported: {flags}; a recipe takes "
+                "--config <path> and then key=value overrides"
             )
-        loaded = OmegaConf.load(parsed.config)
+        loaded = OmegaConf.load(_config_file(parsed.config))
         if not isinstance(loaded, DictConfig):
             raise ValueError(f"{parsed.config}: the top level of a config must be a mapping")
         if "config" in loaded:
@@ -74,22 +75,50 @@ class TuneRecipeArgumentParser(argparse.ArgumentParser):
         return parsed, rest
 
 
+def _config_file(name: str) -> str:
+    """A path as given, or the file of a bundled config name (``llama3_2/1B_lora``)."""
+    from pathlib import Path
+
+    from tunesmith.config._bundled import resolve_config_path
+
+    if Path(name).expanduser().is_file():
+        return str(Path(name).expanduser())
+    try:
+        return str(resolve_config_path(name))
+    except ConfigError:
+        return name  # OmegaConf's own error names the missing file
+
+
 def parse(recipe_main: Callable[[DictConfig], Any]) -> Callable[..., Any]:
     """Decorate a recipe's ``recipe_main(cfg)`` so that it builds ``cfg`` from the command line.
 
-    ``recipe_main()`` (no arguments) parses ``sys.argv[1:]`` (``--config <name|path>`` then
-    ``key=value`` / ``+key=value`` / ``~key``) and exits with the function's return value, as
-    torchtune's decorator does; a mistake on the command line is one ``error:`` line and exit
-    code 2. ``recipe_main(cfg)`` runs on the given config and returns the function's result.
+    ``recipe_main()`` (no arguments) parses ``sys.argv[1:]`` with
+    :class:`TuneRecipeArgumentParser` (``--config <path|name>`` then ``key=value`` /
+    ``+key=value`` / ``~key``, applied as ``tunesmith.config.apply_overrides`` does) and exits
+    with the function's return value, as torchtune's decorator does; a mistake on the command
+    line is one ``error:`` line and exit code 2. ``recipe_main(cfg)`` (what ``tunesmith run``
+    calls) runs on the given config and returns the function's result.
     """
 
     @functools.wraps(recipe_main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if args or kwargs:
             return recipe_main(*args, **kwargs)
-        from tunesmith.config._loader import parse_recipe_args
+        from tunesmith.config._errors import one_line
+        from tunesmith.config._overrides import apply_overrides
+        from tunesmith.utils._logging import configure_logging
 
-        sys.exit(recipe_main(parse_recipe_args(None)))
+        parser = TuneRecipeArgumentParser(
+            description=recipe_main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        try:
+            yaml_args, cli_args = parser.parse_known_args()
+            cfg = apply_overrides(OmegaConf.create(vars(yaml_args)), cli_args)
+            configure_logging(cfg.get("log_level", None))
+        except (ConfigError, ValueError, OSError) as e:
+            print(f"error: {one_line(e)}", file=sys.stderr)
+            raise SystemExit(2) from None
+        sys.exit(recipe_main(cfg))
 
     return wrapper
 
@@ -99,7 +128,9 @@ def log_config(recipe_name: str, cfg: DictConfig) -> None:
     from tunesmith.utils._logging import get_logger, log_rank_zero
 
     text = OmegaConf.to_yaml(cfg, resolve=True, sort_keys=True)
-    log_rank_zero(get_logger("tunesmith.config"), f"Running {recipe_name} with resolved config:\n\n{text}")
+    log_rank_zero(
+        get_logger("tunesmith.config"), f"Running {recipe_name} with resolved config:\n\n{text}"
+    )
 
 
 def get_component_from_path(path: str) -> Any:
