@@ -79,10 +79,16 @@ class OptimizerInBackwardWrapper:
         """
         unexpected = sorted(set(optim_ckpt_map) - set(self.optim_map))
         if unexpected:
-            raise RuntimeError(f"optimizer state for unexpected parameters {unexpected[:5]}")
+            raise RuntimeError(
+                f"Trying to load optimizer state for unexpected params {unexpected[:5]}: the "
+                "checkpoint was saved from another model"
+            )
         missing = sorted(set(self.optim_map) - set(optim_ckpt_map))
         if missing:
-            raise RuntimeError(f"no optimizer state for parameters {missing[:5]}")
+            raise RuntimeError(
+                f"Expected to load optimizer state for params {missing[:5]}, which the "
+                "checkpoint lacks: resume with the model the checkpoint was saved from"
+            )
         for name, state in optim_ckpt_map.items():
             self.optim_map[name].load_state_dict(state)
 
