@@ -176,6 +176,14 @@ def test_stateful_dataloader_resumes_where_it_stopped() -> None:
     rest = [b.tolist() for b in resumed]
     assert seen + rest == everything
     assert resumed.state_dict()["batches_yielded"] == len(everything)
+    # a state saved at the end of epoch 1 resumes epoch 2 from its start
+    nxt = loader()
+    nxt.load_state_dict(resumed.state_dict())
+    nxt.sampler.set_epoch(2)
+    epoch2 = [b.tolist() for b in nxt]
+    assert len(epoch2) == len(everything) and epoch2 != everything
+    assert nxt.state_dict()["batches_yielded"] == len(everything)
+    assert nxt.state_dict()["sampler"]["yielded"] == 3 * len(everything)
     plain = StatefulDataLoader(data, batch_size=3)
     with pytest.raises(ValueError, match="StatefulDistributedSampler"):
         plain.load_state_dict(plain.state_dict())

@@ -173,12 +173,23 @@ def test_full_recipe_file_matches_tunesmith_finetune(
             *extra,
         ]
 
-    # gradient accumulation (scale_grads over the step's tokens) with a plain optimizer
-    plain = ("optimizer_in_bwd=False", "gradient_accumulation_steps=2")
+    # gradient accumulation (scale_grads over the step's tokens) with a plain optimizer, on
+    # packed data (padded_collate_packed: block-causal masks and per-document positions)
+    plain = ("optimizer_in_bwd=False", "gradient_accumulation_steps=2", "dataset.packed=True")
     _run(str(script), config, over(tmp_path / "tt", *plain))
     _run("finetune", config, over(tmp_path / "ts", *plain))
     _assert_equal_losses(_losses(tmp_path / "tt"), _losses(tmp_path / "ts"), steps=4)
     assert (tmp_path / "tt" / "epoch_1" / "model.safetensors").is_file()
+    # resume the recipe file after its first epoch (as if stopped during the second): the
+    # checkpointer's recipe state, the optimizer and the loader's state_dict bring back the
+    # same last two losses
+    shutil.copytree(tmp_path / "tt", tmp_path / "tt_resume")
+    shutil.rmtree(tmp_path / "tt_resume" / "epoch_1")
+    shutil.rmtree(tmp_path / "tt_resume" / "logs")
+    _run(
+        str(script), config, [*over(tmp_path / "tt_resume", *plain), "resume_from_checkpoint=True"]
+    )
+    assert _losses(tmp_path / "tt_resume") == _losses(tmp_path / "tt")[2:]
 
     # the config's optimizer_in_bwd=True: per-parameter optimizers stepped in backward
     # (register_optim_in_bwd_hooks / create_optim_in_bwd_wrapper / get_lr of the wrapper).

@@ -39,10 +39,15 @@ class StatefulDataLoader(DataLoader):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._batches_yielded = 0
-        self._resumed_batches = 0
+        self._resumed: tuple[Any, int] | None = None  # (sampler epoch, batches) to continue
 
     def __iter__(self) -> Iterator[Any]:
-        self._batches_yielded, self._resumed_batches = self._resumed_batches, 0
+        self._batches_yielded = 0
+        if self._resumed is not None:  # counts only in the epoch it was saved in
+            epoch, batches = self._resumed
+            if getattr(self._position_source(), "epoch", epoch) == epoch:
+                self._batches_yielded = batches
+            self._resumed = None
         for batch in super().__iter__():
             self._batches_yielded += 1
             yield batch
@@ -78,4 +83,5 @@ class StatefulDataLoader(DataLoader):
                 "loader with a StatefulDistributedSampler (no sampler position found)"
             )
         source.load_state_dict(state_dict["sampler"])
-        self._resumed_batches = int(state_dict.get("batches_yielded", 0))
+        epoch = getattr(source, "epoch", None)
+        self._resumed = (epoch, int(state_dict.get("batches_yielded", 0)))
