@@ -234,3 +234,16 @@ def test_set_seed_debug_mode_and_get_device_keyword() -> None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
         else:
             os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+
+
+def test_a_local_recipe_file_wins_over_a_recipe_alias(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tunesmith.cli._run import _resolve_recipe
+
+    monkeypatch.chdir(tmp_path)
+    recipe, path = _resolve_recipe("lora_finetune_single_device.py")
+    assert recipe is not None and recipe.name == "finetune"  # no such file here: the alias
+    (tmp_path / "lora_finetune_single_device.py").write_text("def recipe_main(cfg): ...\n")
+    recipe, path = _resolve_recipe("lora_finetune_single_device.py")
+    assert recipe is None and path == tmp_path / "lora_finetune_single_device.py"
