@@ -247,3 +247,25 @@ def test_a_local_recipe_file_wins_over_a_recipe_alias(
     (tmp_path / "lora_finetune_single_device.py").write_text("def recipe_main(cfg): ...\n")
     recipe, path = _resolve_recipe("lora_finetune_single_device.py")
     assert recipe is None and path == tmp_path / "lora_finetune_single_device.py"
+
+
+def test_validate_binds_each_top_level_component() -> None:
+    good = OmegaConf.create(
+        {
+            "dtype": {"_component_": "torchtune.training.get_dtype", "dtype": "fp32"},
+            "optimizer": {"_component_": "torch.optim.AdamW", "lr": 1e-3},  # params come later
+            "seed": 3,
+        }
+    )
+    config.validate(good)
+    bad = OmegaConf.create(
+        {
+            "a": {"_component_": "torchtune.training.get_dtype", "dtype": "fp32", "dummy": 3},
+            "b": {"_component_": "torchtune.training.get_dtype", "dummy": 3},
+        }
+    )
+    with pytest.raises(ConfigError) as info:
+        config.validate(bad)
+    assert [str(e) for e in info.value.errors] == [
+        "get_dtype got an unexpected keyword argument 'dummy'"
+    ] * 2

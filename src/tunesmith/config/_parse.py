@@ -1,4 +1,5 @@
-"""torchtune's recipe entry points: ``@config.parse``, ``TuneRecipeArgumentParser``, ``log_config``.
+"""torchtune's recipe entry points: ``@config.parse``, ``TuneRecipeArgumentParser``, ``log_config``,
+``validate``.
 
 A torchtune recipe file ends with::
 
@@ -30,7 +31,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from tunesmith.config._errors import ConfigError
 
-__all__ = ["TuneRecipeArgumentParser", "get_component_from_path", "log_config", "parse"]
+__all__ = [
+    "TuneRecipeArgumentParser",
+    "get_component_from_path",
+    "log_config",
+    "parse",
+    "validate",
+]
 
 
 class TuneRecipeArgumentParser(argparse.ArgumentParser):
@@ -49,7 +56,7 @@ class TuneRecipeArgumentParser(argparse.ArgumentParser):
             "--config",
             type=str,
             required=True,
-            help="Path/name of a yaml file with recipe args",
+            help="the YAML config: a file path or a bundled config name",
         )
 
     def parse_known_args(  # type: ignore[override]
@@ -155,3 +162,37 @@ def get_component_from_path(path: str) -> Any:
             return obj
         reasons.append(reason)
     raise ConfigError(f"cannot find '{path}': {reasons[0]}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """torchtune's ``config.validate``: every top-level ``_component_`` node's arguments bind
+    to its signature (arguments a recipe passes positionally, such as a dataset's tokenizer or
+    an optimizer's parameters, may be missing). ``tunesmith validate`` checks more (nested
+    components, the keys each recipe supplies, value ranges).
+
+    Raises:
+        ConfigError: listing each component that does not bind; ``.errors`` holds one
+            ``TypeError`` per node (``"<name> got an unexpected keyword argument 'x'"``).
+    """
+    import inspect
+
+    from tunesmith.config._components import resolve_component
+
+    errors: list[TypeError] = []
+    for key, node in cfg.items():
+        if not (isinstance(node, DictConfig) and "_component_" in node):
+            continue
+        component = resolve_component(node._component_, key=f"{key}._component_")
+        kwargs = {k: v for k, v in node.items() if k != "_component_"}
+        try:
+            signature = inspect.signature(component)
+        except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+            continue
+        try:
+            signature.bind_partial(**kwargs)
+        except TypeError as e:
+            errors.append(TypeError(f"{getattr(component, '__name__', key)} {e}"))
+    if errors:
+        error = ConfigError("config does not validate: " + "; ".join(map(str, errors)))
+        error.errors = errors  # type: ignore[attr-defined]
+        raise error
