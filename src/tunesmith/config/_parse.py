@@ -111,6 +111,8 @@ def parse(recipe_main: Callable[[DictConfig], Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if args or kwargs:
             return recipe_main(*args, **kwargs)
+        import yaml
+
         from tunesmith.config._errors import one_line
         from tunesmith.config._overrides import apply_overrides
         from tunesmith.utils._logging import configure_logging
@@ -122,7 +124,7 @@ def parse(recipe_main: Callable[[DictConfig], Any]) -> Callable[..., Any]:
             yaml_args, cli_args = parser.parse_known_args()
             cfg = apply_overrides(OmegaConf.create(vars(yaml_args)), cli_args)
             configure_logging(cfg.get("log_level", None))
-        except (ConfigError, ValueError, OSError) as e:
+        except (ConfigError, ValueError, OSError, yaml.YAMLError) as e:
             print(f"error: {one_line(e)}", file=sys.stderr)
             raise SystemExit(2) from None
         sys.exit(recipe_main(cfg))
