@@ -3,7 +3,7 @@
 ``recipes/lora_finetune_single_device.py`` and ``recipes/full_finetune_single_device.py`` come
 from the torchtune 0.6.1 wheel on PyPI (``tests/_torchtune_wheel.py``; torchtune itself is
 never installed) and run with their own 0.6.1 configs (``llama3_2/1B_lora_single_device``,
-``llama3_2/1B_full_single_device``) overridden on the command line to a tiny random Llama 3.2
+``llama3_2/1B_qlora_single_device``, ``llama3_2/1B_full_single_device``) overridden on the command line to a tiny random Llama 3.2
 (written by ``transformers``), the toy tiktoken tokenizer and 100 alpaca rows. Each run's
 per-step losses (the DiskLogger's JSON lines) must equal those of tunesmith's own
 ``finetune`` recipe on the same config and overrides, within 1e-5 (fp32, CPU).
@@ -123,16 +123,29 @@ def recipes() -> Path:
     return torchtune_061_recipes()
 
 
+@pytest.mark.parametrize(
+    ("config_name", "extra"),
+    [
+        ("1B_lora_single_device", ()),
+        ("1B_qlora_single_device", ("+model.quantize_base=True",)),  # NF4 base weights
+    ],
+)
 def test_lora_recipe_file_matches_tunesmith_finetune(
-    recipes: Path, tiny_llama: Path, assets: Path, tmp_path: Path
+    recipes: Path,
+    tiny_llama: Path,
+    assets: Path,
+    tmp_path: Path,
+    config_name: str,
+    extra: tuple[str, ...],
 ) -> None:
     script = recipes / "lora_finetune_single_device.py"
-    config = recipes / "configs" / "llama3_2" / "1B_lora_single_device.yaml"
+    config = recipes / "configs" / "llama3_2" / f"{config_name}.yaml"
     data = assets / "torchtune_tests" / "alpaca_tiny.json"
 
     def over(out: Path) -> list[str]:
         return [
             *_overrides(tiny_llama, data, out, "lora_llama3_2"),
+            *extra,
             "model.lora_rank=8",
             "model.lora_alpha=16",
             "optimizer.fused=False",
