@@ -206,6 +206,12 @@ def test_torchdata_served_only_where_it_is_absent() -> None:
         from torchtune.training import OptimizerInBackwardWrapper, get_lr  # noqa: F401
 
         assert {"setup", "train", "cleanup"} <= set(dir(FTRecipeInterface))
+        # a private torchtune file serves its package's moved names too
+        from torchtune.utils._device import get_world_size_and_rank
+
+        from tunesmith.training.distributed import get_world_size_and_rank as ours
+
+        assert get_world_size_and_rank is ours
     finally:
         if not was:
             compat.uninstall()

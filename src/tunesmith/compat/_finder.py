@@ -167,6 +167,11 @@ class TorchtuneView(ModuleType):
             module = importlib.import_module(name)
             if hasattr(module, attr):
                 return True, getattr(module, attr)
+        parent, _, leaf = self.__name__.rpartition(".")
+        if leaf.startswith("_"):  # a private file also holds its package's moved names
+            moved = _attribute_aliases(parent).get(attr)  # (torchtune.utils._device's
+            if moved is not None:  # get_world_size_and_rank)
+                return True, _import_object(moved)
         return False, None
 
     def __dir__(self) -> list[str]:
