@@ -2,8 +2,8 @@
 
 Two tiny random models cover what is new since Gemma 3: ``e`` is E2B / E4B-like (per-layer
 embeddings, the last two layers reusing shared keys / values with a double-wide MLP), ``dense``
-is 31B-like (full layers with their own head width, fewer kv heads and values = keys). Both
-have value norms, layer scalars (randomised here), proportional RoPE on the full layers, the
+is 31B-like (full layers with their own head width, fewer kv heads and values = keys), ``moe``
+26B-A4B-like (``dense`` plus experts beside every dense MLP). All have value norms, layer scalars (randomised here), proportional RoPE on the full layers, the
 sliding window and final logit soft-capping. Checked: logits (plain, left-padded,
 KV-cached decoding), HF -> native -> HF bit-exact for both checkpoint layouts, build_from_hf
 of a multimodal config.
@@ -60,6 +60,18 @@ CONFIGS = {
         hidden_size_per_layer_input=0,
         tie_word_embeddings=False,
     ),
+    "moe": dict(
+        _BASE,
+        num_hidden_layers=4,
+        layer_types=[S, S, S, F],
+        num_global_key_value_heads=1,
+        attention_k_eq_v=True,
+        hidden_size_per_layer_input=0,
+        enable_moe_block=True,
+        num_experts=4,
+        top_k_experts=2,
+        moe_intermediate_size=32,
+    ),
 }
 
 
@@ -106,6 +118,10 @@ def test_spec_reads_the_new_fields(pair):
         assert ours.layers[4].mlp.w1.weight.shape[0] == 2 * 96
     else:
         assert ours.layers[3].attn.v_proj is None and ours.layers[3].attn.num_kv_heads == 1
+    if spec.num_experts:
+        from tunesmith.modules.moe import FeedForwardWithExperts
+
+        assert all(isinstance(la.mlp, FeedForwardWithExperts) for la in ours.layers)
 
 
 def test_logits_match_transformers(pair):

@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from tunesmith.config import ConfigError
@@ -27,7 +28,9 @@ from tunesmith.models.spec import FULL, SLIDING
 
 __all__ = [
     "GEMMA4_LAYER",
+    "GEMMA4_NORMS",
     "GEMMA4_TOP",
+    "gemma4_native_extras",
     "gemma4_fields",
     "gemma4_from_hf_layout",
     "gemma4_text_config",
@@ -52,7 +55,15 @@ GEMMA4_LAYER = {
     "per_layer_input_gate": "per_layer_gate.gate",
     "per_layer_projection": "per_layer_gate.proj",
     "post_per_layer_input_norm": "per_layer_gate.norm",
+    # 26B A4B: experts beside the dense MLP (modules.moe.FeedForwardWithExperts)
+    "router.proj": "mlp.moe.router.gate",
+    "router": "mlp.moe.router",
+    "post_feedforward_layernorm_1": "mlp.dense_out_norm",
+    "pre_feedforward_layernorm_2": "mlp.expert_in_norm",
+    "post_feedforward_layernorm_2": "mlp.expert_out_norm",
 }
+#: norms whose ``weight`` is native ``scale`` beyond convert_weights' usual ones
+GEMMA4_NORMS = ("dense_out_norm", "expert_in_norm", "expert_out_norm")
 GEMMA4_TOP = {
     "model.embed_tokens": "tok_embeddings",
     "model.norm": "norm",
@@ -65,6 +76,8 @@ _TOWERS = ("model.vision_tower.", "model.embed_vision.", "model.audio_tower.", "
 _MULTIMODAL = "model.language_model."
 _SCALAR_HF = re.compile(r"^model\.layers\.(\d+)\.layer_scalar$")
 _SCALAR_NATIVE = re.compile(r"^layers\.(\d+)\.layer_scalar$")
+_EXPERTS_HF = re.compile(r"^model\.layers\.(\d+)\.experts\.(gate_up|down)_proj$")
+_EXPERTS_NATIVE = re.compile(r"^layers\.(\d+)\.mlp\.moe\.experts\.(gate|up|down)_proj$")
 _SHARED_KV = re.compile(r"^model\.layers\.(\d+)\.self_attn\.(k_proj|v_proj|k_norm|v_norm)\.")
 
 
@@ -106,11 +119,6 @@ def _global_attention(cfg: Mapping[str, Any]) -> tuple[int, int | None]:
 
 def gemma4_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The ``ModelSpec`` fields a Gemma 4 text config sets beyond the generic ones."""
-    if cfg.get("enable_moe_block"):
-        raise ConfigError(
-            "config.json: Gemma 4's mixture-of-experts block (enable_moe_block, the 26B A4B "
-            "model) is not supported yet; the dense Gemma 4 sizes (E2B, E4B, 31B) are."
-        )
     if cfg.get("use_bidirectional_attention") == "all":
         raise ConfigError(
             "config.json: use_bidirectional_attention='all' (a bidirectional encoder) is not "
@@ -138,6 +146,21 @@ def gemma4_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:
         per_layer_dim=ple,
         per_layer_vocab_size=cfg.get("vocab_size_per_layer_input") if ple else None,
         layer_scalars=True,
+        **_moe_fields(cfg),
+    )
+
+
+def _moe_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """26B A4B: every layer has ``num_experts`` experts beside its dense MLP."""
+    if not cfg.get("enable_moe_block"):
+        return {}
+    return dict(
+        num_experts=int(cfg["num_experts"]),
+        experts_per_token=int(cfg["top_k_experts"]),
+        moe_intermediate_dim=int(cfg["moe_intermediate_size"]),
+        router_scoring="softmax",
+        router_norm_topk=True,
+        moe_beside_mlp=True,
     )
 
 
@@ -152,7 +175,7 @@ def _shared_layers(cfg: Mapping[str, Any]) -> set[int]:
 def gemma4_from_hf_layout(
     state_dict: Mapping[str, Tensor], hf_config: Mapping[str, Any]
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """(native layer scalars, the rest in ``Gemma4ForCausalLM`` keys) of a checkpoint."""
+    """(native layer scalars and grouped experts, the rest in ``Gemma4ForCausalLM`` keys)."""
     shared = _shared_layers(hf_config)
     scalars: dict[str, Tensor] = {}
     rest: dict[str, Tensor] = {}
@@ -165,6 +188,16 @@ def gemma4_from_hf_layout(
         if m:
             scalars[f"layers.{m.group(1)}.layer_scalar"] = value
             continue
+        m = _EXPERTS_HF.match(key)
+        if m:  # HF [E, 2f, d] / [E, d, f] (nn.Linear layout) -> native [E, d, f] / [E, f, d]
+            pre = f"layers.{m.group(1)}.mlp.moe.experts."
+            if m.group(2) == "down":
+                scalars[pre + "down_proj"] = value.transpose(1, 2).contiguous()
+            else:
+                gate, up = value.chunk(2, dim=1)
+                scalars[pre + "gate_proj"] = gate.transpose(1, 2).contiguous()
+                scalars[pre + "up_proj"] = up.transpose(1, 2).contiguous()
+            continue
         m = _SHARED_KV.match(key)
         if m and int(m.group(1)) in shared:
             continue
@@ -172,16 +205,39 @@ def gemma4_from_hf_layout(
     return scalars, rest
 
 
+def gemma4_native_extras(
+    state_dict: Mapping[str, Tensor],
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(layer scalars and grouped experts, the rest) of a native state dict."""
+    extras: dict[str, Tensor] = {}
+    rest: dict[str, Tensor] = {}
+    for key, value in state_dict.items():
+        target = extras if _SCALAR_NATIVE.match(key) or _EXPERTS_NATIVE.match(key) else rest
+        target[key] = value
+    return extras, rest
+
+
 def gemma4_to_hf_layout(
-    native: Mapping[str, Tensor], hf_keys: Mapping[str, Tensor], hf_config: Mapping[str, Any]
+    extras: Mapping[str, Tensor], hf_keys: Mapping[str, Tensor], hf_config: Mapping[str, Any]
 ) -> dict[str, Tensor]:
-    """``hf_keys`` (``Gemma4ForCausalLM`` keys) plus the layer scalars of ``native``, in the
-    layout of ``hf_config`` (``model.language_model.`` for a multimodal ``gemma4`` config)."""
+    """``hf_keys`` (``Gemma4ForCausalLM`` keys) plus ``extras`` (``gemma4_native_extras``), in
+    the layout of ``hf_config`` (``model.language_model.`` for a multimodal ``gemma4``
+    config)."""
     out = dict(hf_keys)
-    for key, value in native.items():
+    for key, value in extras.items():
         m = _SCALAR_NATIVE.match(key)
         if m:
             out[f"model.layers.{m.group(1)}.layer_scalar"] = value
+            continue
+        m = _EXPERTS_NATIVE.match(key)
+        assert m is not None, key
+        pre = f"model.layers.{m.group(1)}.experts."
+        if m.group(2) == "down":
+            out[pre + "down_proj"] = value.transpose(1, 2).contiguous()
+        elif m.group(2) == "gate":
+            up = extras[key.replace(".gate_proj", ".up_proj")]
+            fused = (value.transpose(1, 2), up.transpose(1, 2))
+            out[pre + "gate_up_proj"] = torch.cat(fused, dim=1).contiguous()
     if (hf_config or {}).get("model_type") != "gemma4":
         return out
     return {

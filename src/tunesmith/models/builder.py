@@ -19,7 +19,7 @@ from tunesmith.modules import (
     TransformerDecoder,
     TransformerSelfAttentionLayer,
 )
-from tunesmith.modules.moe import GroupedExperts, MoE, TopKRouter
+from tunesmith.modules.moe import FeedForwardWithExperts, GroupedExperts, MoE, TopKRouter
 from tunesmith.modules.norms import HeadsRMSNorm, WeightlessRMSNorm
 from tunesmith.modules.per_layer_embeddings import PerLayerEmbeddings, PerLayerInputGate
 from tunesmith.modules.rope import MultimodalRotaryEmbedding
@@ -104,6 +104,23 @@ def _mlp(spec: ModelSpec, f: int, adapt: bool, lora: LoRASettings | None) -> Fee
     )
 
 
+def _mlp_with_experts(
+    spec: ModelSpec, width: int, adapt: bool, lora: LoRASettings | None
+) -> FeedForwardWithExperts:
+    """Gemma 4's dense MLP with the experts beside it (its own norms around the experts)."""
+    dense = _mlp(spec, width, adapt, lora)
+    return FeedForwardWithExperts(
+        gate_proj=dense.w1,
+        down_proj=dense.w2,
+        up_proj=dense.w3,
+        activation=spec.activation,
+        moe=_moe(spec, lora),
+        dense_out_norm=_norm(spec, spec.embed_dim),
+        expert_in_norm=_norm(spec, spec.embed_dim),
+        expert_out_norm=_norm(spec, spec.embed_dim),
+    )
+
+
 def _moe(spec: ModelSpec, lora: LoRASettings | None) -> MoE:
     """The spec's mixture-of-experts feed-forward; ``lora.apply_lora_to_mlp`` puts per-expert
     LoRA on the experts (``LoRAGroupedExperts``) and LoRA on the shared expert."""
@@ -122,6 +139,8 @@ def _moe(spec: ModelSpec, lora: LoRASettings | None) -> MoE:
             scoring=spec.router_scoring,
             norm_topk=spec.router_norm_topk,
             bias=spec.router_bias,
+            input_norm_eps=spec.norm_eps if spec.moe_beside_mlp else None,
+            per_expert_scale=spec.moe_beside_mlp,
         ),
         experts=expert_cls(
             d,
@@ -192,7 +211,12 @@ def _layer(spec: ModelSpec, index: int, lora: LoRASettings | None) -> Transforme
         kv_sharing=sharing,
     )
     width = spec.intermediate_dim * (2 if reuse and spec.double_wide_mlp else 1)
-    mlp = _moe(spec, lora) if spec.is_moe_layer(index) else _mlp(spec, width, mlp_lora, lora)
+    if spec.is_moe_layer(index) and spec.moe_beside_mlp:
+        mlp: nn.Module = _mlp_with_experts(spec, width, mlp_lora, lora)
+    elif spec.is_moe_layer(index):
+        mlp = _moe(spec, lora)
+    else:
+        mlp = _mlp(spec, width, mlp_lora, lora)
     gate = None
     if spec.per_layer_dim:
         gate = PerLayerInputGate(d, spec.per_layer_dim, spec.activation, spec.norm_eps)

@@ -25,8 +25,10 @@ from torch import Tensor
 
 from tunesmith.models._convert_gemma4 import (
     GEMMA4_LAYER,
+    GEMMA4_NORMS,
     GEMMA4_TOP,
     gemma4_from_hf_layout,
+    gemma4_native_extras,
     gemma4_to_hf_layout,
 )
 from tunesmith.models._convert_moe import (
@@ -125,6 +127,7 @@ _ALIASES = {
     "SMOLLM2": "LLAMA3_2",
 }
 _NORMS = {"sa_norm", "mlp_norm", "sa_scale", "mlp_scale", "q_norm", "k_norm", "norm"}
+_NORMS |= set(GEMMA4_NORMS)
 _TIED_BY_DEFAULT = ("gemma", "gemma2", "gemma3_text", "gemma4", "gemma4_text")
 _DROP = re.compile(r"(^|\.)rotary_emb\.inv_freq$|^rope\.freqs$")
 _LAYER_RE = re.compile(r"^(model\.)?layers\.(\d+)\.(.+)$")
@@ -296,9 +299,9 @@ def native_to_hf(
         state_dict = _permute_qk(state_dict, *_attn_sizes(_cfg(hf_config)), permute_hf_to_meta)
     if mt in MOE_FAMILIES:
         out, state_dict = native_experts_to_hf(state_dict, mt)
-    scalars = {k: v for k, v in state_dict.items() if k.endswith(".layer_scalar")}
-    if mt == "GEMMA4":  # layer scalars go back beside their layers (after the renames)
-        state_dict = {k: v for k, v in state_dict.items() if k not in scalars}
+    extras: dict[str, Tensor] = {}
+    if mt == "GEMMA4":  # layer scalars and experts: converted after the renames
+        extras, state_dict = gemma4_native_extras(state_dict)
     pending: dict[tuple[str, str, str], dict[str, Tensor]] = {}
     for key, value in state_dict.items():
         m = _LAYER_RE.match(key)
@@ -322,7 +325,7 @@ def native_to_hf(
     for (i, fused_name, suffix), parts in pending.items():
         out[f"model.layers.{i}.{fused_name}.{suffix}"] = _fuse(fused_name, suffix, parts, i)
     if mt == "GEMMA4":
-        return gemma4_to_hf_layout(scalars, out, _cfg(hf_config))
+        return gemma4_to_hf_layout(extras, out, _cfg(hf_config))
     return out
 
 

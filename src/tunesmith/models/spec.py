@@ -59,7 +59,9 @@ class ModelSpec:
     earlier layer of their type (and have a ``2 *`` wide MLP with ``double_wide_mlp``);
     ``per_layer_dim`` set adds per-layer embeddings (a ``[per_layer_vocab_size, L *
     per_layer_dim]`` table and a gate per layer); ``layer_scalars`` multiplies each layer's
-    output by a scalar buffer.
+    output by a scalar buffer. ``moe_beside_mlp`` (Gemma 4 26B A4B): every MoE layer keeps its
+    dense MLP and adds the experts beside it (``modules.moe.FeedForwardWithExperts``; the
+    router norms its input and scales each expert's weight).
     """
 
     family: str
@@ -125,6 +127,7 @@ class ModelSpec:
     per_layer_dim: int | None = None
     per_layer_vocab_size: int | None = None
     layer_scalars: bool = False
+    moe_beside_mlp: bool = False
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from tunesmith.modules.attention import MultiHeadAttention
 from tunesmith.modules.attention_kernels import Documents
 from tunesmith.modules.masks import sliding_window_band
+from tunesmith.modules.moe import FeedForwardWithExperts
 from tunesmith.modules.rope import RotaryEmbedding
 from tunesmith.modules.tied_linear import TiedLinear
 
@@ -76,7 +77,10 @@ class TransformerSelfAttentionLayer(nn.Module):
         if self.residual_multiplier is not None:
             attn_out = attn_out * self.residual_multiplier
         h = x + attn_out
-        mlp_out = self.mlp(self.mlp_norm(h))
+        if isinstance(self.mlp, FeedForwardWithExperts):  # Gemma 4: experts see h itself
+            mlp_out = self.mlp(self.mlp_norm(h), h)
+        else:
+            mlp_out = self.mlp(self.mlp_norm(h))
         if self.mlp_scale is not None:
             mlp_out = self.mlp_scale(mlp_out)
         if self.residual_multiplier is not None:
