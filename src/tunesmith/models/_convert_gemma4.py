@@ -105,8 +105,8 @@ def _global_attention(cfg: Mapping[str, Any]) -> tuple[int, int | None]:
     if overrides and "global_head_dim" not in cfg:
         types = cfg["layer_types"]
         seen = {(o.get("head_dim"), o.get("num_key_value_heads")) for o in overrides.values()}
-        full = {str(i) for i, t in enumerate(types) if t == FULL}
-        if len(seen) != 1 or {str(k) for k in overrides} != full:
+        full = {i for i, t in enumerate(types) if t == FULL}
+        if len(seen) != 1 or {int(k) for k in overrides} != full:  # keys may be "05"
             raise ConfigError(
                 "config.json: per_layer_config must give every full-attention layer (and only "
                 "those) the same head_dim / num_key_value_heads"

@@ -6,7 +6,7 @@ Data only: ``short_factor`` applies while the longest position is within
 
 from __future__ import annotations
 
-__all__ = ["PHI3_5_MINI_LONG", "PHI3_5_MINI_SHORT"]
+__all__ = ["PHI3_5_MINI_LONG", "PHI3_5_MINI_SHORT", "PHI4_MINI_LONG", "PHI4_MINI_SHORT"]
 
 #: microsoft/Phi-3.5-mini-instruct (48 = head_dim 96 / 2 entries each)
 PHI3_5_MINI_LONG: tuple[float, ...] = (
@@ -37,3 +37,15 @@ PHI3_5_MINI_SHORT: tuple[float, ...] = (
     2.0799996852874756, 2.0899996757507324, 2.189999580383301, 2.2199995517730713,
     2.5899994373321533, 2.729999542236328, 2.749999523162842, 2.8399994373321533,
 )  # fmt: skip
+
+#: microsoft/Phi-4-mini-instruct (48 = rotary width 96 / 2 entries each: partial rotary 0.75 of
+#: head_dim 128)
+PHI4_MINI_LONG: tuple[float, ...] = (
+    1.0, 1.118320672, 1.250641126, 1.398617824, 1.564103225, 1.74916897, 1.956131817,
+    2.187582649, 2.446418898, 2.735880826, 3.059592084, 3.421605075, 3.826451687, 4.279200023,
+    4.785517845, 5.351743533, 5.984965424, 6.693110555, 7.485043894, 8.370679318, 9.36110372,
+    10.4687158, 11.70738129, 13.09260651, 14.64173252, 16.37415215, 18.31155283, 20.47818807,
+    22.90118105, 25.61086418, 28.64115884, 32.03, 32.1, 32.13, 32.23, 32.6, 32.61, 32.64,
+    32.66, 32.7, 32.71, 32.93, 32.97, 33.28, 33.49, 33.5, 44.16, 47.77,
+)  # fmt: skip
+PHI4_MINI_SHORT: tuple[float, ...] = (1.0,) * 48
