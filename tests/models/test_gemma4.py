@@ -244,3 +244,27 @@ def test_gradients_flow_into_shared_kv_producers_with_checkpointing(pair):
         grads.append(model.layers[3].attn.k_proj.weight.grad)
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-7)
+
+
+def test_hf_checkpointer_keeps_the_multimodal_towers(pair, tmp_path):
+    """A multimodal checkpoint saved after training holds its untouched towers again."""
+    from safetensors.torch import load_file, save_file
+
+    from tunesmith.training import FullModelHFCheckpointer
+
+    _, ours, config, hf_sd = pair
+    if not config.get("tie_word_embeddings", True):
+        pytest.skip("the multimodal checkpoints tie their embeddings")
+    mm_config, mm_sd = _multimodal(config, hf_sd)
+    mm_sd["model.vision_tower.encoder.weight"] = torch.randn(3, 2)
+    src = tmp_path / "in"
+    src.mkdir()
+    save_file(mm_sd, str(src / "model.safetensors"))
+    (src / "config.json").write_text(json.dumps(mm_config))
+    ckpt = FullModelHFCheckpointer(src, ["model.safetensors"], "GEMMA4", tmp_path / "out")
+    model = build_from_hf(src)
+    model.load_state_dict(ckpt.load_checkpoint()["model"], strict=True)
+    out = ckpt.save_checkpoint({"model": model.state_dict()}, epoch=0)
+    written = load_file(str(out / "model.safetensors"))
+    assert sorted(written) == sorted(mm_sd)
+    assert all(torch.equal(written[k], v) for k, v in mm_sd.items())

@@ -8,7 +8,8 @@ serialised ``per_layer_config`` overrides.
 
 Weights: ``Gemma4ForCausalLM`` keys (``model.layers.*``) or ``Gemma4ForConditionalGeneration``
 keys (``model.language_model.*``; its ``model.vision_tower`` / ``embed_vision`` /
-``audio_tower`` / ``embed_audio`` tensors are skipped on load and not written back). Layers
+``audio_tower`` / ``embed_audio`` tensors are skipped by ``hf_to_native``; the HF checkpointer
+keeps them aside and writes them back unchanged, ``gemma4_towers``). Layers
 reusing shared keys / values have no ``k_proj`` / ``v_proj`` / ``k_norm``; such tensors in a
 checkpoint are unused (transformers ignores them too) and skipped. Writing back uses the
 layout the config names (``model_type: gemma4`` -> ``model.language_model.``).
@@ -35,6 +36,7 @@ __all__ = [
     "gemma4_from_hf_layout",
     "gemma4_text_config",
     "gemma4_to_hf_layout",
+    "gemma4_towers",
 ]
 
 #: HF layer module -> native (Gemma 2's sandwich norms + per-layer embedding gate)
@@ -162,6 +164,12 @@ def _moe_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:
         router_norm_topk=True,
         moe_beside_mlp=True,
     )
+
+
+def gemma4_towers(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The vision / audio tower tensors of a multimodal checkpoint (not built, not trained:
+    the HF checkpointer writes them back unchanged so a saved checkpoint stays complete)."""
+    return {k: v for k, v in state_dict.items() if k.startswith(_TOWERS)}
 
 
 def _shared_layers(cfg: Mapping[str, Any]) -> set[int]:
