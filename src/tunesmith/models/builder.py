@@ -107,14 +107,17 @@ def _mlp(spec: ModelSpec, f: int, adapt: bool, lora: LoRASettings | None) -> Fee
 def _mlp_with_experts(
     spec: ModelSpec, width: int, adapt: bool, lora: LoRASettings | None
 ) -> FeedForwardWithExperts:
-    """Gemma 4's dense MLP with the experts beside it (its own norms around the experts)."""
+    """Gemma 4's dense MLP with the experts beside it (its own norms around the experts).
+
+    ``apply_lora_to_mlp`` adapts the dense MLP; the experts stay frozen (their per-expert
+    adapters have no PEFT export for this layout yet)."""
     dense = _mlp(spec, width, adapt, lora)
     return FeedForwardWithExperts(
         gate_proj=dense.w1,
         down_proj=dense.w2,
         up_proj=dense.w3,
         activation=spec.activation,
-        moe=_moe(spec, lora),
+        moe=_moe(spec, None),
         dense_out_norm=_norm(spec, spec.embed_dim),
         expert_in_norm=_norm(spec, spec.embed_dim),
         expert_out_norm=_norm(spec, spec.embed_dim),
