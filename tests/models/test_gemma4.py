@@ -268,3 +268,42 @@ def test_hf_checkpointer_keeps_the_multimodal_towers(pair, tmp_path):
     written = load_file(str(out / "model.safetensors"))
     assert sorted(written) == sorted(mm_sd)
     assert all(torch.equal(written[k], v) for k, v in mm_sd.items())
+
+
+def test_lora_adapters_equal_peft(pair):
+    """LoRA on attention and the (dense) MLPs equals transformers + peft with the same adapter
+    (the adapter keys go through the same conversion as the weights)."""
+    import copy
+
+    peft = pytest.importorskip("peft")
+    from tunesmith.models import lora_settings
+
+    hf, _, config, hf_sd = pair
+    spec = spec_from_hf_config(config)
+    settings = lora_settings(
+        ["q_proj", "k_proj", "v_proj", "output_proj"], apply_lora_to_mlp=True, lora_rank=4
+    )
+    model = build_decoder(spec, settings).eval()
+    missing, unexpected = model.load_state_dict(hf_to_native(hf_sd, "GEMMA4", config), strict=False)
+    assert not unexpected
+    torch.manual_seed(3)
+    adapter = {k: torch.randn_like(v) * 0.1 for k, v in model.state_dict().items() if k in missing}
+    model.load_state_dict(adapter, strict=False)
+    peft_state = {}
+    for key, value in native_to_hf(adapter, "GEMMA4", config).items():
+        key = key.replace(".lora_a.weight", ".lora_A.weight").replace(
+            ".lora_b.weight", ".lora_B.weight"
+        )
+        peft_state["base_model.model." + key] = value
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    peft_cfg = peft.LoraConfig(r=4, lora_alpha=16, target_modules=targets)
+    peft_model = peft.get_peft_model(copy.deepcopy(hf), peft_cfg).eval()
+    result = peft.set_peft_model_state_dict(peft_model, peft_state)
+    assert not result.unexpected_keys
+    assert not [k for k in result.missing_keys if "lora_" in k]
+    tokens = torch.randint(0, VOCAB, (2, 19), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = peft_model(tokens).logits
+        got = model(tokens)
+    _close(got, expected)
+    assert (got - hf(tokens).logits).abs().max().item() > 1e-3  # the adapter acts
