@@ -90,14 +90,18 @@ def _make(name: str, directory: Path) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
-def pair(request, tmp_path_factory):
+def pair(request, tmp_path_factory, device):
     directory = tmp_path_factory.mktemp(f"gemma4_{request.param}")
     hf = _make(request.param, directory)
     config, hf_sd = read_checkpoint(directory)
     spec = spec_from_hf_config(config)
     ours = build_decoder(spec).eval()
     ours.load_state_dict(hf_to_native(hf_sd, model_type_of(spec), config), strict=True)
-    return hf, ours, config, hf_sd
+    return hf.to(device), ours.to(device), config, hf_sd
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _close(got: torch.Tensor, expected: torch.Tensor) -> None:
@@ -127,6 +131,7 @@ def test_spec_reads_the_new_fields(pair):
 def test_logits_match_transformers(pair):
     hf, ours, _, _ = pair
     tokens = torch.randint(0, VOCAB, (2, 29), generator=torch.Generator().manual_seed(1))
+    tokens = tokens.to(_device(ours))
     with torch.no_grad():
         expected = hf(tokens).logits
         got = ours(tokens)
@@ -140,6 +145,7 @@ def test_left_padded_logits_match_transformers(pair):
     attention_mask = torch.ones(2, 29, dtype=torch.long)
     attention_mask[0, :7] = 0
     tokens[0, :7] = 0
+    tokens, attention_mask = tokens.to(_device(ours)), attention_mask.to(_device(ours))
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         expected = hf(tokens, attention_mask=attention_mask, position_ids=position_ids).logits
@@ -154,6 +160,7 @@ def test_left_padded_logits_match_transformers(pair):
 def test_kv_cached_decoding_matches_transformers(pair):
     hf, ours, _, _ = pair
     tokens = torch.randint(3, VOCAB, (2, 20), generator=torch.Generator().manual_seed(3))
+    tokens = tokens.to(_device(ours))
     prefill = 11  # decoding runs past the sliding window of 8
     with torch.no_grad():
         out = hf(tokens[:, :prefill], use_cache=True)
@@ -224,7 +231,7 @@ def test_per_layer_embeddings_need_tokens(pair):
     if not config.get("hidden_size_per_layer_input"):
         pytest.skip("no per-layer embeddings")
     with pytest.raises(ValueError, match="pass tokens"):
-        ours(None, input_embeds=torch.zeros(1, 3, 64))
+        ours(None, input_embeds=torch.zeros(1, 3, 64, device=_device(ours)))
 
 
 def test_gradients_flow_into_shared_kv_producers_with_checkpointing(pair):
@@ -236,6 +243,7 @@ def test_gradients_flow_into_shared_kv_producers_with_checkpointing(pair):
     from tunesmith.training.activations import apply_activation_checkpointing
 
     tokens = torch.randint(3, VOCAB, (1, 12), generator=torch.Generator().manual_seed(4))
+    tokens = tokens.to(_device(ours))
     plain, wrapped = copy.deepcopy(ours).train(), copy.deepcopy(ours).train()
     apply_activation_checkpointing(wrapped)
     grads = []
@@ -302,8 +310,25 @@ def test_lora_adapters_equal_peft(pair):
     assert not result.unexpected_keys
     assert not [k for k in result.missing_keys if "lora_" in k]
     tokens = torch.randint(0, VOCAB, (2, 19), generator=torch.Generator().manual_seed(5))
+    tokens = tokens.to(_device(hf))
     with torch.no_grad():
         expected = peft_model(tokens).logits
         got = model(tokens)
     _close(got, expected)
     assert (got - hf(tokens).logits).abs().max().item() > 1e-3  # the adapter acts
+
+
+def test_packed_documents_equal_separate_forwards(pair):
+    """``seq_lens`` (unpadded packed rows) through shared keys / values, per-layer inputs and
+    the sliding window equals running each document alone."""
+    _, ours, _, _ = pair
+    docs = [
+        torch.randint(3, VOCAB, (1, n), generator=torch.Generator().manual_seed(n)).to(
+            _device(ours)
+        )
+        for n in (13, 6)
+    ]
+    with torch.no_grad():
+        packed = ours(torch.cat(docs, dim=1), seq_lens=[13, 6])
+        alone = torch.cat([ours(d) for d in docs], dim=1)
+    _close(packed, alone)
