@@ -18,6 +18,8 @@ from tunesmith.models._gemma4_specs import GEMMA4_CONFIGS
 from tunesmith.models._longrope_tables import (
     PHI3_5_MINI_LONG,
     PHI3_5_MINI_SHORT,
+    PHI3_MINI_128K_LONG,
+    PHI3_MINI_128K_SHORT,
     PHI4_MINI_LONG,
 )
 
@@ -189,8 +191,8 @@ HF_CONFIGS |= {
         **_PHI3_128K,
         "rope_scaling": {
             "type": "longrope",
-            "long_factor": list(PHI3_5_MINI_LONG),
-            "short_factor": list(PHI3_5_MINI_SHORT),
+            "long_factor": list(PHI3_MINI_128K_LONG),
+            "short_factor": list(PHI3_MINI_128K_SHORT),
         },
     },
     "phi4_mini": {

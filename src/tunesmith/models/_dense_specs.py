@@ -11,6 +11,8 @@ from __future__ import annotations
 from tunesmith.models._longrope_tables import (
     PHI3_5_MINI_LONG,
     PHI3_5_MINI_SHORT,
+    PHI3_MINI_128K_LONG,
+    PHI3_MINI_128K_SHORT,
     PHI4_MINI_LONG,
     PHI4_MINI_SHORT,
 )
@@ -160,9 +162,7 @@ DENSE_SPECS: dict[str, ModelSpec] = {
         embed_dim=4096, intermediate_dim=12800, attn_scale=0.0078125, logits_divisor=16.0
     ),
     # Phi-3 mini 128k (Phi-3 mini + LongRoPE; the June 2024 revision of
-    # microsoft/Phi-3-mini-128k-instruct). Its rescale factors were not read from the released
-    # file here: they are taken to equal Phi-3.5-mini's (same recipe); a checkpoint's own
-    # config.json (build_from_hf / the HF checkpointer's config) is authoritative.
+    # microsoft/Phi-3-mini-128k-instruct; its factors: see _longrope_tables)
     "phi3_mini_128k": ModelSpec(
         family="PHI3_MINI",
         vocab_size=32_064,
@@ -178,8 +178,8 @@ DENSE_SPECS: dict[str, ModelSpec] = {
             factor=131_072 / 4096,
             original_max_position_embeddings=4096,
             rope_type="longrope",
-            long_factor=PHI3_5_MINI_LONG,
-            short_factor=PHI3_5_MINI_SHORT,
+            long_factor=PHI3_MINI_128K_LONG,
+            short_factor=PHI3_MINI_128K_SHORT,
         ),
     ),
     # Phi-4-mini (3.8B): GQA, partial rotary 0.75, LongRoPE, o200k vocabulary, tied
