@@ -214,7 +214,7 @@ SIZES: list[Size] = [
 GENERATION = {
     "llama2": "7B", "code_llama2": "7B", "llama3": "8B", "llama3_1": "8B", "llama3_2": "1B",
     "llama3_3": "70B", "mistral": "7B", "gemma": "2B", "gemma2": "2B", "phi3": "mini",
-    "phi4": "14B", "qwen2": "0.5B", "qwen2_5": "0.5B", "qwen3": "0.6B",
+    "phi4": "14B", "qwen2": "0.5B", "qwen2_5": "0.5B", "qwen3": "0.6B", "gemma4": "E2B",
 }  # fmt: skip
 
 _RECIPE_ALIAS = {
