@@ -186,13 +186,35 @@ SIZES: list[Size] = [
          "GRANITE", "tunesmith.models.granite3_3.granite3_3_tokenizer", _HF_JSON,
          ["lora_single_device"], loss="tunesmith.modules.loss.CEWithChunkedOutputLoss",
          torchtune_twin=False),
+    # Gemma 4 text decoders of the multimodal checkpoints (their vision / audio towers are
+    # carried through unchanged). 26B A4B's shard count is inferred from its size; its LoRA
+    # adapts attention and the dense MLPs (the experts stay frozen).
+    Size("gemma4", "E2B", "gemma4_e2b", "google/gemma-4-E2B-it", ["model.safetensors"], "GEMMA4",
+         "tunesmith.models.gemma4.gemma4_tokenizer", _HF_JSON, ["lora_single_device"],
+         lora_rank=16, lora_lr="1e-4", torchtune_twin=False),
+    Size("gemma4", "E4B", "gemma4_e4b", "google/gemma-4-E4B-it", ["model.safetensors"], "GEMMA4",
+         "tunesmith.models.gemma4.gemma4_tokenizer", _HF_JSON, ["lora_single_device"],
+         lora_rank=16, lora_lr="1e-4", torchtune_twin=False),
+    Size("gemma4", "31B", "gemma4_31b", "google/gemma-4-31B-it", _shards(2), "GEMMA4",
+         "tunesmith.models.gemma4.gemma4_tokenizer", _HF_JSON, ["lora", "qlora_single_device"],
+         big=True, lora_rank=16, lora_lr="1e-4", torchtune_twin=False),
+    Size("gemma4", "26B_A4B", "gemma4_26b_a4b", "google/gemma-4-26B-A4B-it", _shards(2),
+         "GEMMA4", "tunesmith.models.gemma4.gemma4_tokenizer", _HF_JSON, ["lora"], big=True,
+         lora_rank=16, lora_lr="1e-4", torchtune_twin=False),
+    # Phi-4-mini (o200k tokenizer.json + its chat template) and Phi-3 mini 128k (LongRoPE)
+    Size("phi4", "mini", "phi4_mini", "microsoft/Phi-4-mini-instruct", _shards(2), "PHI3_MINI",
+         "tunesmith.models.phi4.phi4_mini_tokenizer", _HF_JSON, ["lora_single_device"],
+         torchtune_twin=False),
+    Size("phi3", "mini_128k", "phi3_mini_128k", "microsoft/Phi-3-mini-128k-instruct", _shards(2),
+         "PHI3_MINI", "tunesmith.models.phi3.phi3_mini_tokenizer", _SPM, ["lora_single_device"],
+         torchtune_twin=False),
 ]  # fmt: skip
 
 # One generation config per family, pointing at a small size of it.
 GENERATION = {
     "llama2": "7B", "code_llama2": "7B", "llama3": "8B", "llama3_1": "8B", "llama3_2": "1B",
     "llama3_3": "70B", "mistral": "7B", "gemma": "2B", "gemma2": "2B", "phi3": "mini",
-    "phi4": "14B", "qwen2": "0.5B", "qwen2_5": "0.5B", "qwen3": "0.6B",
+    "phi4": "14B", "qwen2": "0.5B", "qwen2_5": "0.5B", "qwen3": "0.6B", "gemma4": "E2B",
 }  # fmt: skip
 
 _RECIPE_ALIAS = {

@@ -7,6 +7,7 @@ from the released checkpoint, the checkpoint wins so its weights load).
 from __future__ import annotations
 
 from tunesmith.models._dense_specs import DENSE_SPECS
+from tunesmith.models._gemma4_specs import GEMMA4_SPECS
 from tunesmith.models._hf_config import spec_from_hf_config
 from tunesmith.models.spec import ModelSpec, RopeScaling, alternating_sliding
 
@@ -497,6 +498,7 @@ SPECS: dict[str, ModelSpec] = {
 
 
 SPECS.update(DENSE_SPECS)  # Gemma 3, Phi-3.5, SmolLM3, OLMo 2, Granite 3.3
+SPECS.update(GEMMA4_SPECS)  # Gemma 4 text decoders
 
 
 def get_spec(name: str) -> ModelSpec:
