@@ -148,7 +148,8 @@ def gguf_tensors(
         )
     hd = spec.resolved_head_dim
     out: list[tuple[str, np.ndarray]] = []
-    unknown = []
+    unknown: list[str] = []
+    bad: list[str] = []
     for key, value in state_dict.items():
         parts = key.split(".")
         if parts[0] == "layers":
@@ -160,6 +161,8 @@ def gguf_tensors(
             unknown.append(key)
             continue
         w = value.detach().to(device="cpu", dtype=torch.float32)
+        if not bool(torch.isfinite(w).all()):
+            bad.append(key)
         if permutes_qk(arch) and ".attn.q_proj." in key:
             w = permute_hf_to_meta(w, spec.num_heads, hd)
         elif permutes_qk(arch) and ".attn.k_proj." in key:
@@ -167,6 +170,11 @@ def gguf_tensors(
         out.append((name, w.contiguous().numpy()))
     if unknown:
         raise ValueError(f"no GGUF {arch} tensor for native keys {unknown[:5]}")
+    if bad:
+        raise ValueError(
+            f"weights {bad[:3]} hold NaN or inf values (a diverged finetune?); a GGUF of them "
+            "would answer garbage: export an earlier checkpoint"
+        )
     if spec.tie_embeddings:
         out = [(n, a) for n, a in out if n != "output.weight"]
     elif "output.weight" not in {n for n, _ in out}:
@@ -178,11 +186,17 @@ def gguf_tensors(
     return out
 
 
-def encode(array: np.ndarray, out_type: str) -> tuple[np.ndarray, Any]:
-    """``(data, raw_dtype or None)`` for ``GGUFWriter.add_tensor``.
+def encode(array: np.ndarray, out_type: str, *, output: bool = False) -> tuple[np.ndarray, Any]:
+    """``(data, raw_dtype or None)`` for ``GGUFWriter.add_tensor``: the bytes llama.cpp's
+    ``llama-quantize`` writes for the same float32 weights (``tests/models/
+    test_gguf_quant_reference.py`` compares them with ggml's quantizer byte for byte).
 
     1-D tensors (norms, biases, RoPE factors) stay F32 as llama.cpp keeps them; a matrix whose
     rows do not split into the type's blocks (32 values) falls back to F16, as llama.cpp does.
+    ``output`` marks the output projection (``output.weight``, or ``token_embd.weight`` when
+    the embeddings are tied): in the 4/5-bit types llama.cpp keeps it at Q6_K, or Q8_0 when
+    its rows do not split into 256-value super-blocks; the ``gguf`` package has no Q6_K
+    quantizer, so it is Q8_0 here (llama.cpp's own fallback, one step more precise).
     """
     import gguf
 
@@ -191,10 +205,17 @@ def encode(array: np.ndarray, out_type: str) -> tuple[np.ndarray, Any]:
         return array.astype(np.float32), None
     if out_type == "f16":
         return array.astype(np.float16), None
+    if output and out_type in ("q4_0", "q4_1", "q5_0", "q5_1"):
+        out_type = "q8_0"
     qtype = Q[out_type.upper()]
     block = gguf.GGML_QUANT_SIZES[qtype][0]
     if array.shape[-1] % block:
         return array.astype(np.float16), None
+    if qtype in (Q.Q4_0, Q.Q5_0):
+        # ggml starts its signed-max search at +0.0, so a block of zeros gets the scale
+        # 0.0 / -8 = -0.0 whatever the zeros' signs; gguf.quants takes the block's own zero
+        # (+0.0 for a block of -0.0): adding +0.0 turns -0.0 into +0.0 (values unchanged)
+        array = array.astype(np.float32) + np.float32(0.0)
     return gguf.quants.quantize(array, qtype), qtype
 
 

@@ -235,16 +235,6 @@ def export_gguf(
     out_type = out_type.lower()
     if out_type not in GGUF_TYPES:
         raise ValueError(f"out_type {out_type!r} is not supported; choose one of {GGUF_TYPES}")
-    if out_type not in ("f32", "f16", "bf16"):
-        import warnings
-
-        warnings.warn(
-            f"GGUF {out_type} is quantized with the gguf package: a known open bug makes such a "
-            "Q8_0 export of a finetuned SmolLM2 answer garbage in llama.cpp although its tensors "
-            "equal llama.cpp's own quantization; for serving, export f16 and quantize with "
-            "tunesmith.models.gguf_export.llama_cpp_quantize (llama.cpp's quantizer)",
-            stacklevel=2,
-        )
     arch = gguf_arch(spec)
     if len(vocab.tokens) != spec.vocab_size:
         raise ValueError(
@@ -275,8 +265,10 @@ def export_gguf(
     writer.add_add_bos_token(vocab.add_bos_token)
     if vocab.chat_template:
         writer.add_chat_template(vocab.chat_template)
+    names = {n for n, _ in tensors}
+    output = "output.weight" if "output.weight" in names else "token_embd.weight"
     for tensor_name, array in tensors:
-        data, raw_dtype = encode(array, out_type)
+        data, raw_dtype = encode(array, out_type, output=tensor_name == output)
         writer.add_tensor(tensor_name, data, raw_dtype=raw_dtype)
     try:
         writer.write_header_to_file()
