@@ -46,6 +46,8 @@ _LAYER_NAMES = {
     "mlp.w1.weight": "ffn_gate.weight",
     "mlp.w2.weight": "ffn_down.weight",
     "mlp.w3.weight": "ffn_up.weight",
+    "sa_scale.scale": "post_attention_norm.weight",  # Gemma 2/3 post-norms
+    "mlp_scale.scale": "post_ffw_norm.weight",
 }
 _TOP_NAMES = {
     "tok_embeddings.weight": "token_embd.weight",
@@ -61,13 +63,26 @@ _ARCH_OF_FAMILY = {
     "QWEN2": "qwen2",
     "QWEN2_5": "qwen2",
     "QWEN3": "qwen3",
+    "GEMMA2": "gemma2",
+    "GEMMA3": "gemma3",
+    "PHI3_MINI": "phi3",
 }
 # spec fields each architecture allows to be set (everything else must be off)
-_ALLOWED = {"llama": set(), "qwen2": {"qkv_bias"}, "qwen3": {"qk_norm"}}
-_NOT_WRITTEN = (
-    "Gemma 2/3 and Phi-3 (SentencePiece vocabularies, Gemma's norm offset and soft-capping, "
-    "Phi-3's fused qkv) and the MoE families are not written yet"
-)
+_GEMMA = {"norm_offset", "embed_scale", "post_norms", "query_pre_attn_scalar", "final_softcap"}
+_ALLOWED = {
+    "llama": set(),
+    "qwen2": {"qkv_bias"},
+    "qwen3": {"qk_norm"},
+    "gemma2": _GEMMA | {"attn_softcap"},
+    "gemma3": _GEMMA | {"qk_norm"},
+    "phi3": set(),
+}
+_NOT_WRITTEN = "the MoE families are not written yet"
+# llama.cpp's Gemma attention scale is 1/sqrt(embed_dim / num_heads) for the 27B sizes it
+# recognises by layer count, else 1/sqrt(head_dim); query_pre_attn_scalar must be that one
+_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
+# llama.cpp's sliding-window layer pattern per architecture: layer i slides iff i % n < n - 1
+_SWA_PATTERN = {"gemma2": 2, "gemma3": 6}
 
 
 def gguf_arch(spec: ModelSpec) -> str:
@@ -76,22 +91,36 @@ def gguf_arch(spec: ModelSpec) -> str:
     if arch is None:
         raise ValueError(
             f"GGUF export does not write family {spec.family}: it writes llama (Llama 2/3.x, "
-            f"Code Llama, Mistral, SmolLM2), qwen2 (Qwen2/2.5) and qwen3; {_NOT_WRITTEN}"
+            "Code Llama, Mistral, SmolLM2), qwen2 (Qwen2/2.5), qwen3, gemma2, gemma3 and phi3 "
+            f"(Phi-3 mini); {_NOT_WRITTEN}"
         )
+    allowed = _ALLOWED[arch]
     problems = []
     for field in ("qkv_bias", "norm_offset", "embed_scale", "qk_norm", "post_norms"):
-        if getattr(spec, field) and field not in _ALLOWED[arch]:
+        if getattr(spec, field) and field not in allowed:
             problems.append(f"{field}=True")
     for field in ("attn_softcap", "final_softcap", "query_pre_attn_scalar", "num_classes"):
-        if getattr(spec, field) is not None:
+        if getattr(spec, field) is not None and field not in allowed:
             problems.append(f"{field} set")
+    if arch.startswith("gemma"):
+        problems += _gemma_problems(spec, arch)
+    elif spec.activation != "silu":
+        problems.append(f"activation {spec.activation}")
     if spec.num_experts:
         problems.append("mixture of experts")
-    if spec.rope_scaling is not None and spec.rope_scaling.rope_type == "yarn":
-        problems.append("YaRN rope scaling (not written yet)")
-    if spec.activation != "silu":
-        problems.append(f"activation {spec.activation}")
-    if spec.sliding_window is not None and spec.sliding_window < spec.max_seq_len:
+    rope_type = None if spec.rope_scaling is None else spec.rope_scaling.rope_type
+    if rope_type not in {None, "linear"} | ({"llama3"} if arch == "llama" else set()) | (
+        {"longrope"} if arch == "phi3" else set()
+    ):
+        problems.append(f"{rope_type} rope scaling")
+    if spec.local_rope_scaling is not None:
+        problems.append("local_rope_scaling")
+    if spec.local_rope_base is not None and arch != "gemma3":
+        problems.append("local_rope_base")
+    if spec.rotary_dim is not None or spec.nope_layers:
+        problems.append("partial / skipped RoPE")
+    sliding = spec.sliding_window is not None and spec.sliding_window < spec.max_seq_len
+    if sliding and arch not in ("gemma2", "gemma3", "phi3"):  # llama.cpp ignores Phi-3's
         problems.append(f"sliding_window={spec.sliding_window}")
     if problems:
         raise ValueError(
@@ -99,6 +128,28 @@ def gguf_arch(spec: ModelSpec) -> str:
             f"which has no {', '.join(problems)}; this model cannot be written"
         )
     return arch
+
+
+def _gemma_problems(spec: ModelSpec, arch: str) -> list[str]:
+    problems = []
+    if spec.activation != "gelu_tanh":
+        problems.append(f"activation {spec.activation}")
+    if not (spec.norm_offset and spec.embed_scale and spec.post_norms):
+        problems.append("Gemma without (1 + w) norms, embedding scaling and post-norms")
+    if spec.local_rope_base not in (None, 10_000.0):
+        problems.append(f"local_rope_base={spec.local_rope_base} (llama.cpp uses 10000)")
+    hd = spec.resolved_head_dim
+    dim = spec.embed_dim // spec.num_heads if spec.num_layers == _GEMMA_27B_LAYERS[arch] else hd
+    if spec.query_pre_attn_scalar not in (None, float(dim)):
+        problems.append(f"query_pre_attn_scalar={spec.query_pre_attn_scalar} (llama.cpp: {dim})")
+    n = _SWA_PATTERN[arch]
+    want = tuple("sliding" if i % n < n - 1 else "full" for i in range(spec.num_layers))
+    got = tuple(
+        "sliding" if spec.layer_window(i) is not None else "full" for i in range(spec.num_layers)
+    )
+    if spec.sliding_window is not None and got != want:
+        problems.append(f"this sliding-window layer pattern (llama.cpp's: {n - 1} of every {n})")
+    return problems
 
 
 def _llama3_rope_factors(spec: ModelSpec) -> np.ndarray:
@@ -167,6 +218,8 @@ def gguf_tensors(
             w = permute_hf_to_meta(w, spec.num_heads, hd)
         elif permutes_qk(arch) and ".attn.k_proj." in key:
             w = permute_hf_to_meta(w, spec.num_kv_heads, hd)
+        if arch.startswith("gemma") and name.endswith("norm.weight"):
+            w = w + 1.0  # llama.cpp's Gemma norms multiply by w; Gemma's by (1 + w)
         out.append((name, w.contiguous().numpy()))
     if unknown:
         raise ValueError(f"no GGUF {arch} tensor for native keys {unknown[:5]}")
@@ -183,6 +236,36 @@ def gguf_tensors(
         )
     if spec.rope_scaling is not None and spec.rope_scaling.rope_type == "llama3":
         out.insert(0, ("rope_freqs.weight", _llama3_rope_factors(spec)))
+    if arch == "phi3":
+        out = _phi3_fused(out)
+        s = spec.rope_scaling
+        if s is not None and s.rope_type == "longrope":
+            if s.long_factor is None or s.short_factor is None:
+                raise ValueError("longrope rope scaling needs long_factor and short_factor")
+            out[:0] = [
+                ("rope_factors_long.weight", np.asarray(s.long_factor, dtype=np.float32)),
+                ("rope_factors_short.weight", np.asarray(s.short_factor, dtype=np.float32)),
+            ]
+    return out
+
+
+def _phi3_fused(tensors: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+    """llama.cpp's ``phi3`` layout: q/k/v rows stacked into ``attn_qkv`` and the gate rows
+    above the up rows in ``ffn_up`` (Phi-3's own ``qkv_proj`` / ``gate_up_proj``)."""
+    arrays = dict(tensors)
+    parts = {"attn_q": ("attn_qkv", 0), "attn_k": ("attn_qkv", 1), "attn_v": ("attn_qkv", 2),
+             "ffn_gate": ("ffn_up", 0), "ffn_up": ("ffn_up", 1)}  # fmt: skip
+    out: list[tuple[str, np.ndarray]] = []
+    for name, array in tensors:
+        prefix, _, rest = name.rpartition(".")[0].rpartition(".")
+        if rest not in parts or not name.endswith(".weight"):
+            out.append((name, array))
+            continue
+        fused, index = parts[rest]
+        if index == 0:
+            members = [k for k, (f, _) in parts.items() if f == fused]
+            out.append((f"{prefix}.{fused}.weight",
+                        np.concatenate([arrays[f"{prefix}.{m}.weight"] for m in members])))  # fmt: skip
     return out
 
 
@@ -248,3 +331,28 @@ def write_hparams(writer: Any, spec: ModelSpec) -> None:
     if spec.rope_scaling is not None and spec.rope_scaling.rope_type == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(spec.rope_scaling.factor)
+    arch = gguf_arch(spec)
+    if arch.startswith("gemma"):
+        if spec.resolved_head_dim == spec.embed_dim // spec.num_heads:
+            writer.add_key_length(spec.resolved_head_dim)
+            writer.add_value_length(spec.resolved_head_dim)
+        if spec.attn_softcap is not None:
+            writer.add_attn_logit_softcapping(spec.attn_softcap)
+        if spec.final_softcap is not None:
+            writer.add_final_logit_softcapping(spec.final_softcap)
+        if spec.sliding_window is not None:
+            writer.add_sliding_window(spec.sliding_window)
+        if spec.local_rope_base is not None:
+            writer.add_rope_freq_base_swa(spec.local_rope_base)
+    elif arch == "phi3":
+        s = spec.rope_scaling
+        longrope = s is not None and s.rope_type == "longrope"
+        original = s.original_max_position_embeddings if longrope else spec.max_seq_len
+        writer.add_rope_scaling_orig_ctx_len(original)
+        writer.add_sliding_window(spec.sliding_window or 0)
+        if longrope:
+            factor = spec.max_seq_len / original
+            attn = s.attention_factor
+            if attn is None:
+                attn = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0
+            writer.add_rope_scaling_attn_factors(attn)
