@@ -2,13 +2,16 @@
 
 What is written is what llama.cpp's ``convert_hf_to_gguf.py`` writes: the architecture's
 hyper-parameters and tensors (``llama`` for Llama 2/3.x, Code Llama, Mistral, SmolLM2;
-``qwen2`` for Qwen2/2.5; ``qwen3``; see ``_gguf_arch``), the byte-level BPE vocabulary of a
-``tokenizer.json`` (tokens, merges, token types, bos/eos/pad ids, pre-tokenizer name, chat
-template), in F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1 (:data:`GGUF_TYPES`).
-The k-quants are not in the ``gguf`` package: :func:`llama_cpp_quantize` makes them from an
-F16 export with llama.cpp's own quantizer when ``llama-cpp-python`` is installed.
+``qwen2`` for Qwen2/2.5; ``qwen3``; ``gemma2``; ``gemma3``; ``phi3`` for Phi-3 mini; see
+``_gguf_arch``), the vocabulary (a byte-level BPE ``tokenizer.json``: tokens, merges, token
+types, pre-tokenizer name; or a SentencePiece ``tokenizer.model``: pieces, scores, token
+types, see ``_gguf_vocab``; bos/eos/pad ids, chat template), in F32, F16, BF16, Q8_0, Q4_0,
+Q4_1, Q5_0 or Q5_1 (:data:`GGUF_TYPES`), each quantized tensor byte for byte what llama.cpp's
+quantizer makes of the same float32 weights. The k-quants are not in the ``gguf`` package:
+:func:`llama_cpp_quantize` makes them from an F16 (or F32) export with llama.cpp's own
+quantizer when ``llama-cpp-python`` is installed.
 
-Entry points: :func:`export_gguf` (native state dict + spec + tokenizer.json) and
+Entry points: :func:`export_gguf` (native state dict + spec + vocabulary) and
 :func:`export_hf_folder_to_gguf` (a Hugging Face checkpoint folder, e.g. a finetune output).
 The ``quantize`` recipe reaches them with ``output_format: gguf``.
 """
@@ -216,8 +219,8 @@ def export_gguf(
         path: the ``.gguf`` file to write (written to ``<path>.tmp`` then renamed).
         state_dict: native keys (``tok_embeddings.weight``, ``layers.{i}.attn.q_proj.weight``
             ...), q/k in the native rotate-half layout; LoRA must be merged.
-        spec: the model's :class:`ModelSpec` (llama architecture only).
-        vocab: from :func:`gguf_vocab`.
+        spec: the model's :class:`ModelSpec` (an architecture :func:`gguf_arch` accepts).
+        vocab: from :func:`gguf_vocab`, :func:`spm_vocab` or :func:`hf_tokenizer_vocab`.
         out_type: one of :data:`GGUF_TYPES`.
         name: ``general.name``.
     """
@@ -299,8 +302,8 @@ def export_hf_folder_to_gguf(
     tokenizer_dir: str | os.PathLike[str] | None = None,
     name: str | None = None,
 ) -> Path:
-    """Export a Hugging Face Llama-architecture folder (``config.json``, safetensors,
-    ``tokenizer.json``, ``tokenizer_config.json`` / ``chat_template.jinja``) to GGUF.
+    """Export a Hugging Face folder (``config.json``, safetensors, ``tokenizer.json`` or
+    ``tokenizer.model``, ``tokenizer_config.json`` / ``chat_template.jinja``) to GGUF.
 
     ``state_dict`` (native keys) replaces the folder's weights when given, e.g. a model just
     trained in memory; ``tokenizer_dir`` is where the tokenizer files are if not beside the
