@@ -1,5 +1,6 @@
-"""GGUF export of the SentencePiece families: Gemma 2 (``gemma2``), Gemma 3 (``gemma3``) and
-Phi-3 (``phi3``, fused qkv / gate-up, longrope factors), vocabularies as ``llama`` SPM.
+"""GGUF export of the SentencePiece families: Gemma 2 (``gemma2``), Gemma 3 (``gemma3``),
+Phi-3 (``phi3``, fused qkv / gate-up, longrope factors) and Llama 2 / Mistral (``llama``),
+vocabularies as ``llama`` SPM.
 
 Tiny random transformers models are saved as Hugging Face folders, exported with
 ``export_hf_folder_to_gguf`` and run by llama.cpp (llama-cpp-python): its logits equal
@@ -114,6 +115,19 @@ def test_gemma3_logits_equal_transformers(tmp_path: Path) -> None:
     assert _field(reader, "general.architecture") == "gemma3"
     assert _field(reader, "gemma3.rope.scaling.factor") == 8.0
     assert "blk.0.attn_q_norm.weight" in {t.name for t in reader.tensors}
+
+
+def test_llama_with_sentencepiece_logits_equal_transformers(tmp_path: Path) -> None:
+    """Llama 2 / Mistral v0.1 style: the ``llama`` architecture with an SPM vocabulary."""
+    _need(TOY_SPM)
+    config = transformers.LlamaConfig(
+        vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    )  # fmt: skip
+    reader = _check(_folder(tmp_path, config, transformers.LlamaForCausalLM), tmp_path)
+    assert _field(reader, "general.architecture") == "llama"
+    assert _field(reader, "tokenizer.ggml.model") == "llama"
+    assert "tokenizer.ggml.add_space_prefix" not in reader.fields  # llama.cpp's default: true
 
 
 @pytest.mark.parametrize("longrope", [False, True])
