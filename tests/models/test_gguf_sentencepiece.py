@@ -1,6 +1,6 @@
-"""GGUF export of the SentencePiece families: Gemma 2 (``gemma2``), Gemma 3 (``gemma3``),
-Phi-3 (``phi3``, fused qkv / gate-up, longrope factors) and Llama 2 / Mistral (``llama``),
-vocabularies as ``llama`` SPM.
+"""GGUF export of the SentencePiece families: Gemma (``gemma``), Gemma 2 (``gemma2``), Gemma 3
+(``gemma3``), Phi-3 (``phi3``, fused qkv / gate-up, longrope factors) and Llama 2 / Mistral
+(``llama``), vocabularies as ``llama`` SPM.
 
 Tiny random transformers models are saved as Hugging Face folders, exported with
 ``export_hf_folder_to_gguf`` and run by llama.cpp (llama-cpp-python): its logits equal
@@ -99,6 +99,16 @@ def test_gemma2_logits_equal_transformers(tmp_path: Path) -> None:
     names = {t.name for t in reader.tensors}
     assert {"blk.1.post_attention_norm.weight", "blk.1.post_ffw_norm.weight"} <= names
     assert "output.weight" not in names  # tied
+
+
+def test_gemma_logits_equal_transformers(tmp_path: Path) -> None:
+    _need(TOY_SPM)
+    config = transformers.GemmaConfig(
+        vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=128,
+    )  # fmt: skip
+    reader = _check(_folder(tmp_path, config, transformers.GemmaForCausalLM), tmp_path)
+    assert _field(reader, "general.architecture") == "gemma"
 
 
 def test_gemma3_logits_equal_transformers(tmp_path: Path) -> None:

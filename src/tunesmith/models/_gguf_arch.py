@@ -9,6 +9,12 @@ llama.cpp architectures written (as ``convert_hf_to_gguf.py`` writes them):
 * ``qwen2``: Qwen2 / Qwen2.5 (q/k/v biases). NEOX RoPE: no permutation.
 * ``qwen3``: Qwen3 dense (per-head q/k RMSNorm ``attn_q_norm`` / ``attn_k_norm``; head_dim is
   written as ``key_length`` / ``value_length``). NEOX RoPE: no permutation.
+* ``gemma`` / ``gemma2`` / ``gemma3``: Gemma 1 / 2 / 3. Every norm weight ``w`` is written as
+  ``w + 1`` (Gemma scales by ``1 + w``, llama.cpp by the stored weight); Gemma 2/3 sandwich
+  norms, soft-caps, sliding windows (llama.cpp's fixed layer patterns), Gemma 3's local RoPE
+  base; llama.cpp scales the embeddings by sqrt(dim) and derives the attention scale itself.
+* ``phi3``: Phi-3 mini. q/k/v stacked into ``attn_qkv``, gate above up in ``ffn_up``; longrope
+  as ``rope_factors_long`` / ``rope_factors_short``. NEOX RoPE: no permutation.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ _ARCH_OF_FAMILY = {
     "QWEN2": "qwen2",
     "QWEN2_5": "qwen2",
     "QWEN3": "qwen3",
+    "GEMMA": "gemma",
     "GEMMA2": "gemma2",
     "GEMMA3": "gemma3",
     "PHI3_MINI": "phi3",
@@ -73,6 +80,7 @@ _ALLOWED = {
     "llama": set(),
     "qwen2": {"qkv_bias"},
     "qwen3": {"qk_norm"},
+    "gemma": {"norm_offset", "embed_scale"},
     "gemma2": _GEMMA | {"attn_softcap"},
     "gemma3": _GEMMA | {"qk_norm"},
     "phi3": set(),
@@ -91,7 +99,7 @@ def gguf_arch(spec: ModelSpec) -> str:
     if arch is None:
         raise ValueError(
             f"GGUF export does not write family {spec.family}: it writes llama (Llama 2/3.x, "
-            "Code Llama, Mistral, SmolLM2), qwen2 (Qwen2/2.5), qwen3, gemma2, gemma3 and phi3 "
+            "Code Llama, Mistral, SmolLM2), qwen2 (Qwen2/2.5), qwen3, gemma (Gemma 1), gemma2, gemma3 and phi3 "
             f"(Phi-3 mini); {_NOT_WRITTEN}"
         )
     allowed = _ALLOWED[arch]
@@ -134,20 +142,21 @@ def _gemma_problems(spec: ModelSpec, arch: str) -> list[str]:
     problems = []
     if spec.activation != "gelu_tanh":
         problems.append(f"activation {spec.activation}")
-    if not (spec.norm_offset and spec.embed_scale and spec.post_norms):
+    if not (spec.norm_offset and spec.embed_scale and (spec.post_norms or arch == "gemma")):
         problems.append("Gemma without (1 + w) norms, embedding scaling and post-norms")
     if spec.local_rope_base not in (None, 10_000.0):
         problems.append(f"local_rope_base={spec.local_rope_base} (llama.cpp uses 10000)")
     hd = spec.resolved_head_dim
-    dim = spec.embed_dim // spec.num_heads if spec.num_layers == _GEMMA_27B_LAYERS[arch] else hd
+    big = spec.num_layers == _GEMMA_27B_LAYERS.get(arch)
+    dim = spec.embed_dim // spec.num_heads if big else hd
     if spec.query_pre_attn_scalar not in (None, float(dim)):
         problems.append(f"query_pre_attn_scalar={spec.query_pre_attn_scalar} (llama.cpp: {dim})")
-    n = _SWA_PATTERN[arch]
+    n = _SWA_PATTERN.get(arch, 1)
     want = tuple("sliding" if i % n < n - 1 else "full" for i in range(spec.num_layers))
     got = tuple(
         "sliding" if spec.layer_window(i) is not None else "full" for i in range(spec.num_layers)
     )
-    if spec.sliding_window is not None and got != want:
+    if arch != "gemma" and spec.sliding_window is not None and got != want:
         problems.append(f"this sliding-window layer pattern (llama.cpp's: {n - 1} of every {n})")
     return problems
 

@@ -252,7 +252,7 @@ def export_gguf(
     writer.add_token_types(vocab.token_types)
     if vocab.merges:
         writer.add_token_merges(vocab.merges)
-    if vocab.model == "llama" and arch in ("gemma2", "gemma3"):
+    if vocab.model == "llama" and arch.startswith("gemma"):
         writer.add_add_space_prefix(False)  # as convert_hf_to_gguf.py writes Gemma
     for value, add in (
         (vocab.bos_id, writer.add_bos_token_id),
