@@ -13,6 +13,8 @@ llama.cpp architectures written (as ``convert_hf_to_gguf.py`` writes them):
   ``w + 1`` (Gemma scales by ``1 + w``, llama.cpp by the stored weight); Gemma 2/3 sandwich
   norms, soft-caps, sliding windows (llama.cpp's fixed layer patterns), Gemma 3's local RoPE
   base; llama.cpp scales the embeddings by sqrt(dim) and derives the attention scale itself.
+* Mixture of experts: Mixtral (``llama``) and Qwen3-MoE (``qwen3moe``): router
+  ``ffn_gate_inp``, experts stacked ``ffn_{gate,up,down}_exps`` ([E, out, in] per expert).
 * ``phi3``: Phi-3 mini. q/k/v stacked into ``attn_qkv``, gate above up in ``ffn_up``; longrope
   as ``rope_factors_long`` / ``rope_factors_short``. NEOX RoPE: no permutation.
 """
@@ -54,6 +56,10 @@ _LAYER_NAMES = {
     "mlp.w3.weight": "ffn_up.weight",
     "sa_scale.scale": "post_attention_norm.weight",  # Gemma 2/3 post-norms
     "mlp_scale.scale": "post_ffw_norm.weight",
+    "mlp.router.gate.weight": "ffn_gate_inp.weight",  # mixture of experts
+    "mlp.experts.gate_proj": "ffn_gate_exps.weight",
+    "mlp.experts.up_proj": "ffn_up_exps.weight",
+    "mlp.experts.down_proj": "ffn_down_exps.weight",
 }
 _TOP_NAMES = {
     "tok_embeddings.weight": "token_embd.weight",
@@ -73,6 +79,8 @@ _ARCH_OF_FAMILY = {
     "GEMMA2": "gemma2",
     "GEMMA3": "gemma3",
     "PHI3_MINI": "phi3",
+    "MIXTRAL": "llama",
+    "QWEN3_MOE": "qwen3moe",
 }
 # spec fields each architecture allows to be set (everything else must be off)
 _GEMMA = {"norm_offset", "embed_scale", "post_norms", "query_pre_attn_scalar", "final_softcap"}
@@ -80,12 +88,12 @@ _ALLOWED = {
     "llama": set(),
     "qwen2": {"qkv_bias"},
     "qwen3": {"qk_norm"},
+    "qwen3moe": {"qk_norm"},
     "gemma": {"norm_offset", "embed_scale"},
     "gemma2": _GEMMA | {"attn_softcap"},
     "gemma3": _GEMMA | {"qk_norm"},
     "phi3": set(),
 }
-_NOT_WRITTEN = "the MoE families are not written yet"
 # llama.cpp's Gemma attention scale is 1/sqrt(embed_dim / num_heads) for the 27B sizes it
 # recognises by layer count, else 1/sqrt(head_dim); query_pre_attn_scalar must be that one
 _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
@@ -99,8 +107,8 @@ def gguf_arch(spec: ModelSpec) -> str:
     if arch is None:
         raise ValueError(
             f"GGUF export does not write family {spec.family}: it writes llama (Llama 2/3.x, "
-            "Code Llama, Mistral, SmolLM2), qwen2 (Qwen2/2.5), qwen3, gemma (Gemma 1), gemma2, gemma3 and phi3 "
-            f"(Phi-3 mini); {_NOT_WRITTEN}"
+            "Code Llama, Mistral, SmolLM2, Mixtral), qwen2 (Qwen2/2.5), qwen3, qwen3moe, gemma "
+            "(Gemma 1), gemma2, gemma3 and phi3 (Phi-3 mini)"
         )
     allowed = _ALLOWED[arch]
     problems = []
@@ -115,7 +123,7 @@ def gguf_arch(spec: ModelSpec) -> str:
     elif spec.activation != "silu":
         problems.append(f"activation {spec.activation}")
     if spec.num_experts:
-        problems.append("mixture of experts")
+        problems += _moe_problems(spec, arch)
     rope_type = None if spec.rope_scaling is None else spec.rope_scaling.rope_type
     if rope_type not in {None, "linear"} | ({"llama3"} if arch == "llama" else set()) | (
         {"longrope"} if arch == "phi3" else set()
@@ -136,6 +144,23 @@ def gguf_arch(spec: ModelSpec) -> str:
             f"which has no {', '.join(problems)}; this model cannot be written"
         )
     return arch
+
+
+def _moe_problems(spec: ModelSpec, arch: str) -> list[str]:
+    """What llama.cpp's Mixtral (``llama`` + experts) / ``qwen3moe`` graphs cannot run:
+    they route softmax -> top-k -> renormalised weights, every layer a plain MoE layer."""
+    problems = []
+    if spec.family.upper() not in ("MIXTRAL", "QWEN3_MOE"):
+        problems.append("mixture of experts")
+    if spec.dense_layers or spec.shared_expert_dim:
+        problems.append("dense or shared-expert layers")
+    if spec.router_scoring != "softmax" or not spec.router_norm_topk:
+        problems.append("routing other than softmax top-k renormalised")
+    if spec.router_bias or spec.expert_bias or spec.swiglu_limit is not None:
+        problems.append("router / expert biases or a SwiGLU limit")
+    if arch == "llama" and spec.moe_intermediate_dim not in (None, spec.intermediate_dim):
+        problems.append("expert width other than intermediate_dim")
+    return problems
 
 
 def _gemma_problems(spec: ModelSpec, arch: str) -> list[str]:
@@ -227,6 +252,8 @@ def gguf_tensors(
             w = permute_hf_to_meta(w, spec.num_heads, hd)
         elif permutes_qk(arch) and ".attn.k_proj." in key:
             w = permute_hf_to_meta(w, spec.num_kv_heads, hd)
+        if name.endswith("_exps.weight"):  # native [E, in, out] -> llama.cpp's [E, out, in]
+            w = w.transpose(1, 2)
         if arch.startswith("gemma") and name.endswith("norm.weight"):
             w = w + 1.0  # llama.cpp's Gemma norms multiply by w; Gemma's by (1 + w)
         out.append((name, w.contiguous().numpy()))
@@ -341,6 +368,13 @@ def write_hparams(writer: Any, spec: ModelSpec) -> None:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(spec.rope_scaling.factor)
     arch = gguf_arch(spec)
+    if spec.num_experts:
+        writer.add_expert_count(spec.num_experts)
+        writer.add_expert_used_count(spec.experts_per_token)
+        if arch == "qwen3moe":
+            writer.add_expert_feed_forward_length(
+                spec.moe_intermediate_dim or spec.intermediate_dim
+            )
     if arch.startswith("gemma"):
         if spec.resolved_head_dim == spec.embed_dim // spec.num_heads:
             writer.add_key_length(spec.resolved_head_dim)
