@@ -29,9 +29,9 @@ from tunesmith.models.gguf_export import export_gguf, gguf_vocab, llama_cpp_quan
 from tunesmith.models.spec import ModelSpec  # noqa: E402
 
 from .test_gguf_export import CHATML, _write_tokenizer  # noqa: E402
+from .test_gguf_quant_algorithm import TYPES, adversarial_rows  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
-TYPES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
 
 
 def _ggml() -> ctypes.CDLL:
@@ -60,37 +60,10 @@ def _ggml_bytes(lib: ctypes.CDLL, x: np.ndarray, qtype: object) -> np.ndarray:
     return out
 
 
-def _adversarial() -> np.ndarray:
-    """Rows of 64 (two blocks each) that stress each step of the block quantizers.
-
-    Not covered, on purpose: float32-subnormal scales (ggml and numpy both compute 0 * inf
-    there, undefined when cast to an integer) and, for Q4_1/Q5_1, an all-zero block mixing
-    +0.0 and -0.0 (the sign bit of its zero minimum may differ; both dequantize to zeros)."""
-    rng = np.random.default_rng(0)
-    k = np.arange(1, 32, dtype=np.float32)
-    rows = [
-        np.r_[127.0, k - 15.5, -127.0, 15.5 - k],  # Q8_0: x / d = n + 0.5 exactly (roundf ties)
-        np.r_[-8.0, k / 2 - 7.75, 8.0, k / 2 - 7.75],  # Q4_0: x / d + 8.5 on integers
-        np.r_[-16.0, k - 15.5, 16.0, k - 16.0],  # Q5_0 ties
-        np.r_[0.0, 15.0, k[1:] / 2, -1.0, 30.0, k[1:] - 0.5],  # Q4_1/Q5_1: (x - min) / d ties
-        np.r_[np.zeros(32), -np.zeros(32)],  # zero blocks, both signs of zero
-        np.r_[np.eye(32)[31] * 0.37, np.eye(32)[0] * -0.37],  # one value, +0 / -0 around it
-        np.r_[np.full(32, 0.25), np.full(16, -3.0), np.full(16, 3.0)],  # constant; +-max tie
-        np.r_[rng.normal(size=32) * 1e-6, rng.normal(size=32) * 1e-9],  # fp16-subnormal scales
-        np.r_[rng.normal(size=32) * 1e-30, rng.normal(size=32) * 1e-36],  # scales flush to 0
-        np.r_[rng.normal(size=32) * 1e3, rng.normal(size=32) * 3e4],  # large, fp16-finite
-        rng.standard_t(1.5, size=64) * 0.02,  # heavy tails, like finetuned weights
-        np.r_[
-            np.full(16, 1 + 2**-11), np.full(16, 1 + 3 * 2**-11), np.full(32, 65519.0)
-        ],  # f16 RNE
-    ]
-    return np.stack([np.asarray(r, dtype=np.float32) for r in rows])
-
-
 @pytest.mark.parametrize("out_type", TYPES)
 def test_tensor_bytes_equal_ggml(out_type: str) -> None:
     lib = _ggml()
-    x = np.concatenate([_adversarial(), np.random.default_rng(1).normal(size=(64, 64))])
+    x = np.concatenate([adversarial_rows(), np.random.default_rng(1).normal(size=(64, 64))])
     data, raw = encode(x.astype(np.float32), out_type)
     qtype = Q[out_type.upper()] if raw is None else raw
     assert qtype == Q[out_type.upper()]
