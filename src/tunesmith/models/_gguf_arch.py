@@ -169,6 +169,8 @@ def _gemma_problems(spec: ModelSpec, arch: str) -> list[str]:
         problems.append(f"activation {spec.activation}")
     if not (spec.norm_offset and spec.embed_scale and (spec.post_norms or arch == "gemma")):
         problems.append("Gemma without (1 + w) norms, embedding scaling and post-norms")
+    if arch == "gemma2" and (spec.attn_softcap is None or spec.final_softcap is None):
+        problems.append("Gemma 2 without both soft-caps (llama.cpp applies 50 / 30 then)")
     if spec.local_rope_base not in (None, 10_000.0):
         problems.append(f"local_rope_base={spec.local_rope_base} (llama.cpp uses 10000)")
     hd = spec.resolved_head_dim
@@ -383,8 +385,8 @@ def write_hparams(writer: Any, spec: ModelSpec) -> None:
             writer.add_attn_logit_softcapping(spec.attn_softcap)
         if spec.final_softcap is not None:
             writer.add_final_logit_softcapping(spec.final_softcap)
-        if spec.sliding_window is not None:
-            writer.add_sliding_window(spec.sliding_window)
+        if arch != "gemma":  # no window: one as long as the context (llama.cpp's default: 4096)
+            writer.add_sliding_window(spec.sliding_window or spec.max_seq_len)
         if spec.local_rope_base is not None:
             writer.add_rope_freq_base_swa(spec.local_rope_base)
     elif arch == "phi3":
