@@ -53,7 +53,8 @@ def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> t
 
 def check_model_for_tp(model_cfg: DictConfig, tp: int, key: str = "model") -> None:
     """One ConfigError line, before any weights load, when the model ``model_cfg`` builds (on
-    the meta device) cannot be split ``tp`` ways: heads that do not divide, NF4 (QLoRA) weights."""
+    the meta device) cannot be split ``tp`` ways: heads that do not divide, NF4 (QLoRA) weights
+    whose pieces would not be whole NF4 blocks, QDoRA."""
     from tunesmith.training.tensor_parallel import check_tp_degree, check_tp_layers
 
     with torch.device("meta"):
@@ -63,9 +64,10 @@ def check_model_for_tp(model_cfg: DictConfig, tp: int, key: str = "model") -> No
     except ValueError as exc:
         raise ConfigError(str(exc), key="tensor_parallel_dim") from None
     try:
-        check_tp_layers(model)
+        check_tp_layers(model, tp)
     except ValueError as exc:
-        raise ConfigError(str(exc), key=key) from None
+        degree = str(exc).startswith("tensor_parallel_dim=")
+        raise ConfigError(str(exc), key="tensor_parallel_dim" if degree else key) from None
 
 
 def generation_mesh(cfg: DictConfig, world_size: int, device: torch.device) -> Any:

@@ -44,6 +44,9 @@ from torch.distributed.tensor.parallel import (
     parallelize_module,
 )
 
+from tunesmith.modules.peft._nf4 import is_nf4
+from tunesmith.training._tp_nf4 import nf4_misfit, nf4_tensor_parallel
+
 __all__ = [
     "LoRAColwiseParallel",
     "LoRARowwiseParallel",
@@ -135,28 +138,44 @@ def _distribute(module: nn.Module, name: str, mesh: Any, placement: Any) -> None
 
 
 def _lora_guard(module: nn.Module) -> None:
-    """``ValueError`` (one line) for a layer tensor parallelism cannot split exactly."""
-    from tunesmith.modules.peft._nf4 import is_nf4
+    """``ValueError`` (one line) for a LoRA layer tensor parallelism cannot split: DoRA on NF4
+    weights (QDoRA), whose magnitude needs the row norms of the dequantized weight."""
+    from tunesmith.modules.peft.dora import DoRALinear
 
-    if getattr(module, "_quantize_base", False) or is_nf4(getattr(module, "weight", None)):
+    nf4 = getattr(module, "_quantize_base", False) or is_nf4(getattr(module, "weight", None))
+    if nf4 and isinstance(module, DoRALinear):
         raise ValueError(
-            "tensor parallelism does not support QLoRA's NF4 weights (NF4 quantizes whole "
-            "tensors): set model.quantize_base=False, or tensor_parallel_dim=1 and shard with "
-            "FSDP2 only"
+            "tensor parallelism does not support DoRA on NF4 weights (QDoRA): set "
+            "model.use_dora=False (QLoRA), or tensor_parallel_dim=1 and shard with FSDP2 only"
         )
 
 
-def check_tp_layers(model: nn.Module) -> None:
-    """``ValueError`` naming the first NF4 (QLoRA) layer of ``model`` (may be on the meta
-    device): run before weights load so the refusal costs nothing."""
+def check_tp_layers(
+    model: nn.Module, tp: int = 2, plan: dict[str, ParallelStyle] | None = None
+) -> None:
+    """``ValueError`` naming the first LoRA layer of ``model`` (may be on the meta device) that
+    ``plan`` (default :func:`decoder_tp_plan`) cannot split ``tp`` ways: QDoRA, or an NF4
+    weight whose pieces would not be whole NF4 blocks. Run before weights load so the refusal
+    costs nothing."""
     from tunesmith.modules.peft.lora import LoRALinear
 
-    for name, module in model.named_modules():
-        if isinstance(module, LoRALinear):
-            try:
-                _lora_guard(module)
-            except ValueError as exc:
-                raise ValueError(f"{exc} (layer {name})") from None
+    modules = dict(model.named_modules())
+    styles = _expand(model, decoder_tp_plan(model) if plan is None else plan)
+    for name, module in modules.items():
+        if not isinstance(module, LoRALinear):
+            continue
+        try:
+            _lora_guard(module)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (layer {name})") from None
+        style = styles.get(name)
+        if isinstance(style, ColwiseParallel | RowwiseParallel):
+            why = nf4_misfit(module, isinstance(style, RowwiseParallel), tp)
+            if why is not None:
+                raise ValueError(
+                    f"tensor_parallel_dim={tp} cuts the NF4 (QLoRA) weight of {name} {why}: "
+                    "pick a degree whose pieces are whole blocks, or set model.quantize_base=False"
+                )
 
 
 class LoRAColwiseParallel(ColwiseParallel):
@@ -169,6 +188,8 @@ class LoRAColwiseParallel(ColwiseParallel):
         if not isinstance(module, LoRALinear):
             return super()._apply(module, device_mesh)
         _lora_guard(module)
+        if is_nf4(module.weight):
+            return nf4_tensor_parallel(module, device_mesh, self, rowwise=False)
 
         def partition(_name: str, mod: nn.Module, mesh: Any) -> None:
             if mod is module:
@@ -198,6 +219,8 @@ class LoRARowwiseParallel(RowwiseParallel):
         if not isinstance(module, LoRALinear):
             return super()._apply(module, device_mesh)
         _lora_guard(module)
+        if is_nf4(module.weight):
+            return nf4_tensor_parallel(module, device_mesh, self, rowwise=True)
         self.desired_input_layouts = (Shard(-1),)
 
         def partition(_name: str, mod: nn.Module, mesh: Any) -> None:
@@ -301,6 +324,7 @@ def apply_tensor_parallel(
     concrete = {name: style for name, style in _expand(model, plan).items()}
     modules = dict(model.named_modules())
     concrete = {name: _lora_style(style, modules[name]) for name, style in concrete.items()}
+    check_tp_layers(model, tp, concrete)
     covered = tuple(f"{name}." for name in concrete)
     for name, module in modules.items():
         owns = any(p is not None for p in module._parameters.values())
