@@ -260,24 +260,3 @@ def test_two_nodes_over_loopback_match_one_process(
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-4000:]
     _assert_same(references("lora"), tmp_path / "dist")
-
-
-def test_qlora_under_tensor_parallel_refuses_before_weights_load(
-    tiny_llama: Path, instruct_data: Path
-) -> None:
-    """NF4 (QLoRA) quantizes whole tensors, so a TP slice cannot be cut from it exactly: the
-    layout check, which builds the model on the meta device only, refuses it in one line
-    naming the key to change and the first layer."""
-    pytest.importorskip("torchao")
-    from tunesmith.config import ConfigError
-    from tunesmith.recipes._parallel_setup import parallel_layout
-
-    cfg = OmegaConf.create(
-        base_config(Path("/unused"), tiny_llama, instruct_data, tensor_parallel_dim=2)
-    )
-    for key, value in {**LORA, "quantize_base": True}.items():
-        cfg.model[key] = value
-    with pytest.raises(ConfigError, match="does not support QLoRA's NF4 weights") as err:
-        parallel_layout(cfg, 2, torch.device("cpu"))
-    assert "\n" not in str(err.value) and "(layer layers.0.attn.q_proj)" in str(err.value)
-    assert err.value.key == "model"

@@ -24,7 +24,7 @@ QLORA = {
     "model.quantize_base": True,
     # SGD: Adam turns rounding-sized differences of near-zero gradients into lr-sized steps,
     # SGD keeps them rounding-sized, so the adapters compare at the losses' tolerance
-    "optimizer": {"_component_": "torch.optim.SGD", "lr": 0.5},
+    "optimizer": {"_component_": "torch.optim.SGD", "lr": 0.1},
     "max_steps_per_epoch": STEPS,
     "shuffle": False,
 }
@@ -90,7 +90,7 @@ def test_qlora_tensor_parallel_matches_one_process(
             transformers.LlamaForCausalLM.from_pretrained(out / "epoch_1").eval()(TOKENS).logits
             for out in (single, dist)
         ]
-    assert (logits[0] - logits[1]).abs().max() <= 1e-4
+    assert (logits[0] - logits[1]).abs().max() <= 1e-3  # logits up to ~5: relative 2e-4
 
 
 def test_degree_breaking_nf4_blocks_is_one_line(tiny_llama: Path, instruct_data: Path) -> None:

@@ -178,10 +178,11 @@ def _check_expert_parallel(cfg: DictConfig, dims: Any, world_size: int) -> None:
         )
 
 
-def tensor_parallel(model: nn.Module, cfg: DictConfig, tp_mesh: Any) -> None:
+def tensor_parallel(model: nn.Module, cfg: DictConfig, tp_mesh: Any, fsdp_degree: int = 1) -> None:
     """Apply ``cfg.tensor_parallel_plan`` (a ``_component_`` returning ``{fqn: style}``, called
     with ``model=`` when it takes it; torchtune's names resolve to tunesmith's plan) or the
-    default per-layer-type plan over ``tp_mesh``; a user mistake is one ConfigError line."""
+    default per-layer-type plan over ``tp_mesh`` (``fsdp_degree``: the FSDP2 shard degree
+    that follows); a user mistake is one ConfigError line."""
     import inspect
 
     from tunesmith.config import resolve_component
@@ -201,6 +202,6 @@ def tensor_parallel(model: nn.Module, cfg: DictConfig, tp_mesh: Any) -> None:
             )
         plan = dict(plan)
     try:
-        apply_tensor_parallel(model, tp_mesh, plan)
+        apply_tensor_parallel(model, tp_mesh, plan, fsdp_degree)
     except ValueError as exc:
         raise ConfigError(str(exc), key="tensor_parallel_dim") from None

@@ -137,18 +137,21 @@ def _place(module: nn.Module, name: str, mesh: Any, placement: Any) -> None:
     module.register_parameter(name, nn.Parameter(value, requires_grad=param.requires_grad))
 
 
-def nf4_tensor_parallel(module: nn.Module, mesh: Any, style: Any, rowwise: bool) -> nn.Module:
+def nf4_tensor_parallel(
+    module: nn.Module, mesh: Any, style: Any, rowwise: bool, fsdp_degree: int = 1
+) -> nn.Module:
     """Split the NF4 LoRA layer ``module`` over the 1-D ``mesh`` in place (colwise, or rowwise
     when ``rowwise``), as the table above lays out; ``style`` is the plan's Colwise/Rowwise
-    style, whose layouts must be the defaults. On a meta module the pieces are meta too (the
-    loader fills them, see ``meta_init``)."""
+    style, whose layouts must be the defaults; ``fsdp_degree``: how many ways FSDP2 will cut
+    each piece by rows (its scale groups are sized for that). On a meta module the pieces are
+    meta too (the loader fills them, see ``meta_init``)."""
     _check_layouts(style, rowwise)
     tp, dim = mesh.size(), int(rowwise)
     why = nf4_misfit(module, rowwise, tp)
     if why is not None:
         raise ValueError(f"tensor_parallel_dim={tp} cuts an NF4 (QLoRA) weight {why}")
     weight = module.weight
-    piece = nf4_shard(weight, dim, tp, mesh.get_local_rank())
+    piece = nf4_shard(weight, dim, tp, mesh.get_local_rank(), row_parts=fsdp_degree)
     value = DTensor.from_local(
         piece, mesh, [Shard(dim)], run_check=False, shape=weight.shape, stride=weight.stride()
     )

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tunesmith.modules.peft._nf4 import is_nf4, nf4_shard, quantize_nf4
+from tunesmith.modules.peft._nf4 import is_nf4, nf4_regroup, nf4_shard, quantize_nf4
 from tunesmith.training.checkpointing._files import release_mapped_pages
 
 __all__ = [
@@ -138,6 +138,7 @@ def _materialise(full: torch.Tensor, like: torch.Tensor, device: torch.device) -
     mesh, placements = like.device_mesh, like.placements
     if value is not None:  # NF4: cut from the whole tensor's quantization (even pieces of
         local = local_chunk(value, mesh, placements, cut=nf4_shard)  # whole blocks, checked)
+        local = nf4_regroup(local, local_like.scaler_block_size)  # as the sharding laid it out
         return DTensor(local, like._spec, requires_grad=like.requires_grad)
     local = copy_released(local_chunk(full, mesh, placements), like.dtype, device)
     return DTensor.from_local(

@@ -180,7 +180,10 @@ def check_tp_layers(
 
 class LoRAColwiseParallel(ColwiseParallel):
     """``ColwiseParallel`` for a ``LoRALinear`` (plain ``nn.Linear`` / ``nn.Embedding`` as torch's):
-    ``weight``, ``bias``, ``lora_b.weight`` ``Shard(0)``; ``lora_a.weight`` replicated."""
+    ``weight``, ``bias``, ``lora_b.weight`` ``Shard(0)``; ``lora_a.weight`` replicated. An NF4
+    (QLoRA) base takes the same layouts by hand (``training._tp_nf4``)."""
+
+    fsdp_degree = 1  # how many ways FSDP2 cuts each NF4 piece by rows afterwards
 
     def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
         from tunesmith.modules.peft.lora import LoRALinear
@@ -189,7 +192,7 @@ class LoRAColwiseParallel(ColwiseParallel):
             return super()._apply(module, device_mesh)
         _lora_guard(module)
         if is_nf4(module.weight):
-            return nf4_tensor_parallel(module, device_mesh, self, rowwise=False)
+            return nf4_tensor_parallel(module, device_mesh, self, False, self.fsdp_degree)
 
         def partition(_name: str, mod: nn.Module, mesh: Any) -> None:
             if mod is module:
@@ -211,7 +214,9 @@ class LoRAColwiseParallel(ColwiseParallel):
 class LoRARowwiseParallel(RowwiseParallel):
     """``RowwiseParallel`` for a ``LoRALinear``: ``weight``, ``lora_a.weight`` ``Shard(1)``;
     ``bias``, ``lora_b.weight`` replicated; the partial base and adapter outputs are summed by
-    the one reduction of the output layout."""
+    the one reduction of the output layout. An NF4 (QLoRA) base: ``training._tp_nf4``."""
+
+    fsdp_degree = 1  # how many ways FSDP2 cuts each NF4 piece by rows afterwards
 
     def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
         from tunesmith.modules.peft.lora import LoRALinear
@@ -220,7 +225,7 @@ class LoRARowwiseParallel(RowwiseParallel):
             return super()._apply(module, device_mesh)
         _lora_guard(module)
         if is_nf4(module.weight):
-            return nf4_tensor_parallel(module, device_mesh, self, rowwise=True)
+            return nf4_tensor_parallel(module, device_mesh, self, True, self.fsdp_degree)
         self.desired_input_layouts = (Shard(-1),)
 
         def partition(_name: str, mod: nn.Module, mesh: Any) -> None:
@@ -258,16 +263,20 @@ class ReplicateParallel(ParallelStyle):
 
 
 # ---------------------------------------------------------------------------- applying
-def _lora_style(style: ParallelStyle, module: nn.Module) -> ParallelStyle:
+def _lora_style(style: ParallelStyle, module: nn.Module, fsdp_degree: int) -> ParallelStyle:
     """torch's Colwise/Rowwise style for a LoRA layer -> the LoRA style with the same layouts."""
     from tunesmith.modules.peft.lora import LoRALinear
 
-    if not isinstance(module, LoRALinear) or type(style) not in (ColwiseParallel, RowwiseParallel):
+    if not isinstance(module, LoRALinear):
         return style
-    cls = LoRAColwiseParallel if type(style) is ColwiseParallel else LoRARowwiseParallel
-    new = cls.__new__(cls)
-    new.__dict__.update(style.__dict__)
-    return new
+    if type(style) in (ColwiseParallel, RowwiseParallel):
+        cls = LoRAColwiseParallel if type(style) is ColwiseParallel else LoRARowwiseParallel
+        new = cls.__new__(cls)
+        new.__dict__.update(style.__dict__)
+        style = new
+    if isinstance(style, LoRAColwiseParallel | LoRARowwiseParallel):
+        style.fsdp_degree = fsdp_degree
+    return style
 
 
 def _expand(model: nn.Module, plan: dict[str, ParallelStyle]) -> dict[str, ParallelStyle]:
@@ -310,12 +319,17 @@ def check_tp_degree(model: nn.Module, tp: int) -> None:
 
 
 def apply_tensor_parallel(
-    model: nn.Module, tp_mesh: Any, plan: dict[str, ParallelStyle] | None = None
+    model: nn.Module,
+    tp_mesh: Any,
+    plan: dict[str, ParallelStyle] | None = None,
+    fsdp_degree: int = 1,
 ) -> nn.Module:
     """Shard ``model`` in place over ``tp_mesh`` (1-D): the ``plan`` (default
     :func:`decoder_tp_plan`), LoRA layers get the LoRA styles, every other module that owns
     parameters is replicated, and attention modules switch to their local head counts.
-    Works on a meta-device model (weights are filled afterwards, see ``meta_init``)."""
+    ``fsdp_degree``: the FSDP2 shard degree applied afterwards (NF4 pieces are laid out so it
+    can cut them). Works on a meta-device model (weights are filled afterwards, see
+    ``meta_init``)."""
     from tunesmith.modules.attention import MultiHeadAttention
 
     tp = tp_mesh.size()
@@ -323,7 +337,9 @@ def apply_tensor_parallel(
     plan = decoder_tp_plan(model) if plan is None else plan
     concrete = {name: style for name, style in _expand(model, plan).items()}
     modules = dict(model.named_modules())
-    concrete = {name: _lora_style(style, modules[name]) for name, style in concrete.items()}
+    concrete = {
+        name: _lora_style(style, modules[name], fsdp_degree) for name, style in concrete.items()
+    }
     check_tp_layers(model, tp, concrete)
     covered = tuple(f"{name}." for name in concrete)
     for name, module in modules.items():

@@ -43,8 +43,27 @@ def _nf4_api() -> tuple[type, Any, Any]:
             raise ImportError(
                 "quantize_base=True (QLoRA) needs torchao's NF4 tensor: pip install 'torchao>=0.10'"
             ) from err
+    _unwrap_fsdp_output(NF4Tensor)
     _NF4_API = (NF4Tensor, to_nf4, linear_nf4)
     return _NF4_API
+
+
+def _unwrap_fsdp_output(nf4_cls: type) -> None:
+    """FSDP2 over a tensor-parallel NF4 weight (FSDP2 x TP QLoRA) re-gathers into its
+    unsharded parameter, a TP DTensor around the NF4 tensor; torchao's
+    ``fsdp_post_all_gather`` asserts ``out`` is the NF4 tensor itself. Hand it the DTensor's
+    local NF4 tensor (the one FSDP2's first all-gather made), as it expects."""
+    original = nf4_cls.fsdp_post_all_gather
+    if getattr(original, "_unwraps_dtensor", False):
+        return
+
+    def fsdp_post_all_gather(self, outputs, metadata, param_dtype, *, out=None):  # noqa: ANN001
+        if out is not None and not isinstance(out, nf4_cls):
+            out = getattr(out, "_local_tensor", out)
+        return original(self, outputs, metadata, param_dtype, out=out)
+
+    fsdp_post_all_gather._unwraps_dtensor = True  # type: ignore[attr-defined]
+    nf4_cls.fsdp_post_all_gather = fsdp_post_all_gather  # type: ignore[attr-defined]
 
 
 def is_nf4(tensor: torch.Tensor | None) -> bool:
@@ -91,7 +110,9 @@ def nf4_shard_misfit(
     return None
 
 
-def nf4_shard(weight: torch.Tensor, dim: int, parts: int, index: int) -> torch.Tensor:
+def nf4_shard(
+    weight: torch.Tensor, dim: int, parts: int, index: int, row_parts: int = 1
+) -> torch.Tensor:
     """Piece ``index`` of ``parts`` of the NF4 weight ``[out, in]`` along ``dim``, as an NF4
     tensor that dequantizes to exactly the same values as that piece of the whole weight.
 
@@ -100,7 +121,8 @@ def nf4_shard(weight: torch.Tensor, dim: int, parts: int, index: int) -> torch.T
     scale group of the piece (``gcd(consecutive blocks, scaler_block_size)`` blocks, so it lies
     inside one group of the whole tensor) keeps that group's factor. Quantizing the piece on its
     own would not give these values: the scale mean and group maxima are whole-tensor statistics.
-    Works on the meta device (shapes only).
+    ``row_parts``: the piece's scale groups are also made small enough that FSDP2 can later
+    cut the piece into that many equal row runs of whole groups. Works on the meta device.
     """
     nf4_cls, _, _ = _nf4_api()
     why = nf4_shard_misfit(tuple(weight.shape), dim, parts, weight.block_size)
@@ -118,6 +140,8 @@ def nf4_shard(weight: torch.Tensor, dim: int, parts: int, index: int) -> torch.T
         starts = torch.arange(rows, device=device) * per_row + index * run
         ids = (starts[:, None] + torch.arange(run, device=device)[None, :]).flatten()
     local_group = math.gcd(run, group)
+    if row_parts > 1 and ids.numel() % row_parts == 0:
+        local_group = math.gcd(local_group, ids.numel() // row_parts)
     shape = [rows, cols]
     shape[dim] //= parts
     tensor_args = sys.modules[nf4_cls.__module__].SubclassTensorArgs  # torchao's metadata record
@@ -130,6 +154,30 @@ def nf4_shard(weight: torch.Tensor, dim: int, parts: int, index: int) -> torch.T
         weight.quantization_factor[ids[::local_group] // group],
         weight.scaler_mean,
         weight.quantized_data.view(n, block // 2)[ids].flatten(),
+        weight.nf4,
+    )
+
+
+def nf4_regroup(weight: torch.Tensor, scaler_block_size: int) -> torch.Tensor:
+    """``weight`` (NF4) with scale groups of ``scaler_block_size`` blocks, a divisor of its
+    own (each group factor repeated): the same dequantized values, the layout another cut
+    order made."""
+    old = weight.scaler_block_size
+    if scaler_block_size == old:
+        return weight
+    if old % scaler_block_size:
+        raise ValueError(f"NF4: scale groups of {old} blocks cannot regroup by {scaler_block_size}")
+    nf4_cls, _, _ = _nf4_api()
+    tensor_args = sys.modules[nf4_cls.__module__].SubclassTensorArgs
+    return nf4_cls(
+        tensor_args(weight.shape, weight.stride(), 0, weight.dtype, weight.device, False),
+        weight.block_size,
+        weight.n_blocks,
+        scaler_block_size,
+        weight.quantized_scalers,
+        weight.quantization_factor.repeat_interleave(old // scaler_block_size),
+        weight.scaler_mean,
+        weight.quantized_data,
         weight.nf4,
     )
 
