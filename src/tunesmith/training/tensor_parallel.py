@@ -17,8 +17,9 @@ anything else with weights  replicated (norms, QK-norms, Gemma's post-norms)
 A :class:`~tunesmith.modules.peft.LoRALinear` gets the same role as the linear it replaces:
 colwise -> base weight and ``lora_b`` split by output rows, ``lora_a`` replicated; rowwise ->
 base weight and ``lora_a`` split by input columns, ``lora_b`` replicated (its partial sums
-join the base layer's in the one all-reduce). Every rank then computes the same loss as one
-process. After the plan is applied each attention module holds its local head counts
+join the base layer's in the one all-reduce); an NF4 (QLoRA) base takes the same layouts,
+split by hand (:mod:`tunesmith.training._tp_nf4`). Every rank then computes the same loss as
+one process. After the plan is applied each attention module holds its local head counts
 (``num_heads / tp``, ``num_kv_heads / tp``), so its reshapes and KV cache see local shapes.
 
 torchtune's plan functions (``torchtune.models.llama3.base_llama_tp_plan``,
