@@ -357,12 +357,7 @@ def _flex(
     )
 
 
-# torch.compiler.disable, but importing torch._dynamo on the first call instead of now: that
-# import holds ~30 MiB of host memory in every process (issue 15: the peak while a sharded
-# model loads), and nothing compiles before a model is built and loaded. Dynamo skips this
-# wrapper (torch._compile._disable_dynamo is in its trace rules), so a compiled layer still
-# breaks its graph here.
-@torch._disable_dynamo
+@torch.compiler.disable
 def document_attention(
     q: Tensor,
     k: Tensor,

@@ -146,12 +146,12 @@ def _materialise(full: torch.Tensor, like: torch.Tensor, device: torch.device) -
     )
 
 
-_BLOCK_BYTES = 16 << 20
+_BLOCK_BYTES = 1 << 20
 Cut = Callable[[torch.Tensor, int, int, int], torch.Tensor]
 
 
 def copy_released(src: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A copy of ``src`` (any shape) in ``dtype`` on ``device``, made ~16 MiB of rows at a time,
+    """A copy of ``src`` (any shape) in ``dtype`` on ``device``, made ~1 MiB of rows at a time,
     each block's memory-mapped source pages dropped once copied (``release_mapped_pages``):
     the source never adds more than one block to the resident memory, instead of the whole
     shard (for a memory-mapped checkpoint; a plain tensor is simply copied)."""
