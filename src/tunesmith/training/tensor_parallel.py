@@ -152,7 +152,7 @@ def _lora_guard(module: nn.Module) -> None:
 
 
 def check_tp_layers(
-    model: nn.Module, tp: int = 2, plan: dict[str, ParallelStyle] | None = None
+    model: nn.Module, tp: int, plan: dict[str, ParallelStyle] | None = None
 ) -> None:
     """``ValueError`` naming the first LoRA layer of ``model`` (may be on the meta device) that
     ``plan`` (default :func:`decoder_tp_plan`) cannot split ``tp`` ways: QDoRA, or an NF4
