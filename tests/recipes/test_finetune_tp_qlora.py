@@ -4,6 +4,7 @@ whose pieces are not whole NF4 blocks is one line before any weights load."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from tests.recipes.conftest import LORA, base_config, read_losses
-from tests.recipes.test_finetune_cli import _run, _write
+from tests.recipes.test_finetune_cli import TUNESMITH, _env, _run, _write
 
 pytest.importorskip("torchao")
 
@@ -109,6 +110,28 @@ def test_degree_breaking_nf4_blocks_is_one_line(tiny_llama: Path, instruct_data:
         parallel_layout(cfg, 2, torch.device("cpu"))
     assert "\n" not in str(err.value) and "layers.0.attn.output_proj" in str(err.value)
     assert err.value.key == "tensor_parallel_dim"
+
+
+@pytest.mark.slow
+def test_degree_breaking_nf4_blocks_exits_2_under_torchrun(
+    tiny_llama: Path, instruct_data: Path, tmp_path: Path
+) -> None:
+    """The same mistake launched for real on 2 ranks: one ``error:`` line, exit 2, no
+    traceback, nothing written."""
+    cfg = base_config(tmp_path / "out", tiny_llama, instruct_data, **QLORA)
+    config = str(_write({**cfg, "tensor_parallel_dim": 2}, tmp_path / "bad.yaml"))
+    proc = subprocess.run(
+        [*TUNESMITH, "run", "--nproc_per_node", "2", "finetune", "--config", config],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(errors) == 1 and "NF4 blocks of 64" in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out" / "epoch_1").exists()
 
 
 def test_qdora_under_tensor_parallel_is_one_line(wide_llama: Path, instruct_data: Path) -> None:
