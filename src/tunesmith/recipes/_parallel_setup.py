@@ -1,6 +1,6 @@
 """Parallel layout of a training recipe: the mesh from the parallelism keys (tensor, context and
 data parallel), tensor parallelism
-from ``tensor_parallel_plan``. Both turn a user's mistake into one :class:`ConfigError` line,
+from ``tensor_parallel_plan`` (or the default plan, with ``sequence_parallel``). Both turn a user's mistake into one :class:`ConfigError` line,
 before weights load (``parallel_layout``) or before they are materialised (``tensor_parallel``).
 """
 
@@ -33,6 +33,12 @@ def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> t
     _check_expert_parallel(cfg, dims, world_size)
     if dims.tp > 1:
         check_model_for_tp(cfg.model, dims.tp)
+    if cfg.get("sequence_parallel", False) and dims.tp == 1:
+        raise ConfigError(
+            "sequence_parallel=True splits the sequence over the tensor-parallel ranks: set "
+            "tensor_parallel_dim > 1, or sequence_parallel=False",
+            key="sequence_parallel",
+        )
     if dims.cp > 1:
         from tunesmith.training.context_parallel import check_context_parallel_model
 
@@ -190,7 +196,21 @@ def tensor_parallel(model: nn.Module, cfg: DictConfig, tp_mesh: Any, fsdp_degree
 
     plan = None
     node = cfg.get("tensor_parallel_plan")
-    if node is not None:
+    if bool(cfg.get("sequence_parallel", False)):
+        if node is not None:
+            raise ConfigError(
+                "sequence_parallel=True builds tunesmith's per-layer-type plan with sequence "
+                "parallelism: drop tensor_parallel_plan, or set sequence_parallel=False and "
+                "declare SequenceParallel entries in your plan",
+                key="sequence_parallel",
+            )
+        from tunesmith.training.tensor_parallel import decoder_tp_plan
+
+        try:
+            plan = decoder_tp_plan(model, sequence_parallel=True)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="sequence_parallel") from None
+    elif node is not None:
         fn = resolve_component(str(node.get("_component_")))
         params = inspect.signature(fn).parameters
         plan = instantiate(node, **({"model": model} if "model" in params else {}))

@@ -42,6 +42,7 @@ from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     ParallelStyle,
     RowwiseParallel,
+    SequenceParallel,
     parallelize_module,
 )
 
@@ -60,14 +61,17 @@ __all__ = [
 ]
 
 COLWISE, ROWWISE = "colwise", "rowwise"
+SEQUENCE, GATHER = "sequence", "gather"  # sequence parallelism: a norm on the sequence shard;
+# a block whose input (the residual stream, split along the sequence) is all-gathered first
 
 
-def _layer_plans() -> dict[type, dict[str, str]]:
+def _layer_plans(sequence_parallel: bool = False) -> dict[type, dict[str, str]]:
     """Layer type -> {child name: role}: the whole tensor-parallel plan, once per type."""
     from tunesmith.modules.attention import MultiHeadAttention
     from tunesmith.modules.feed_forward import FeedForward
+    from tunesmith.modules.transformer import TransformerSelfAttentionLayer
 
-    return {
+    plans: dict[type, dict[str, str]] = {
         MultiHeadAttention: {
             "q_proj": COLWISE,
             "k_proj": COLWISE,
@@ -76,6 +80,105 @@ def _layer_plans() -> dict[type, dict[str, str]]:
         },
         FeedForward: {"w1": COLWISE, "w3": COLWISE, "w2": ROWWISE},
     }
+    if sequence_parallel:
+        plans[TransformerSelfAttentionLayer] = {
+            "sa_norm": SEQUENCE,
+            "attn": GATHER,
+            "mlp_norm": SEQUENCE,
+            "mlp": GATHER,
+        }
+    return plans
+
+
+class _InputHook(ParallelStyle):
+    """A style that only converts a module's first input (its parameters are planned
+    elsewhere: it covers none of them)."""
+
+    def _convert(self, x: torch.Tensor, mesh: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
+        def hook(_mod: nn.Module, args: tuple) -> tuple:
+            return (self._convert(args[0], device_mesh), *args[1:])
+
+        module.register_forward_pre_hook(hook)
+        return module
+
+
+class GatherSequence(_InputHook):
+    """Sequence parallelism: the block's input ``[b, s / tp, d]`` (a ``Shard(1)`` DTensor) ->
+    the whole sequence ``[b, s, d]``, plain (all-gather; the partial gradients the
+    colwise projections give it are all-reduced by their styles, then cut back to the
+    shard)."""
+
+    def _convert(self, x: torch.Tensor, mesh: Any) -> torch.Tensor:
+        if isinstance(x, DTensor):
+            return x.redistribute(placements=[Replicate()]).to_local()
+        return x
+
+
+class ScatterSequence(_InputHook):
+    """Sequence parallelism: the first layer's input ``[b, s, d]`` (the same on every rank)
+    -> its ``Shard(1)`` DTensor (each rank keeps its slice of the sequence; backward
+    all-gathers the gradient)."""
+
+    def _convert(self, x: torch.Tensor, mesh: Any) -> torch.Tensor:
+        if isinstance(x, DTensor):
+            return x
+        full = DTensor.from_local(x, mesh, [Replicate()], run_check=False)
+        return full.redistribute(placements=[Shard(1)])
+
+
+class GatheredSequenceParallel(SequenceParallel):
+    """``SequenceParallel`` for the final norm: it normalises the sequence shard, then the
+    output is gathered to the whole sequence (plain), for the output projection or the loss."""
+
+    @staticmethod
+    def _prepare_output_fn(use_local_output: bool, mod: nn.Module, outputs: Any, mesh: Any):  # noqa: ANN205
+        if isinstance(outputs, DTensor):
+            return outputs.redistribute(placements=[Replicate()]).to_local()
+        return outputs
+
+
+def _style(role: str, sequence_parallel: bool) -> ParallelStyle:
+    if role == COLWISE:
+        return ColwiseParallel()
+    if role == ROWWISE:  # sequence parallel: partial sums reduce-scattered along the sequence
+        if sequence_parallel:
+            return RowwiseParallel(output_layouts=Shard(1), use_local_output=False)
+        return RowwiseParallel()
+    if role == SEQUENCE:
+        return SequenceParallel(use_local_output=False)
+    return GatherSequence()
+
+
+def _check_sequence_parallel(model: nn.Module) -> None:
+    """``ValueError`` (one line) for a decoder sequence parallelism does not cover: its
+    residual stream stays split along the sequence only through plain self-attention layers
+    (an MLP block, no post-norms, no extra residual inputs)."""
+    from tunesmith.modules.feed_forward import FeedForward
+    from tunesmith.modules.transformer import TransformerSelfAttentionLayer
+
+    layers = getattr(model, "layers", None)
+    for i, layer in enumerate(layers if layers is not None else []):
+        plain = isinstance(layer, TransformerSelfAttentionLayer) and isinstance(
+            layer.mlp, FeedForward
+        )
+        if not plain or layer.sa_scale is not None or layer.mlp_scale is not None:
+            raise ValueError(
+                f"sequence_parallel: layer {i} ({type(layer).__name__}) is not a plain "
+                "self-attention + MLP layer without post-norms; sequence parallelism covers "
+                "those only: set sequence_parallel=False"
+            )
+    if layers is None or not len(layers) or getattr(model, "norm", None) is None:
+        raise ValueError("sequence_parallel: the model is not a decoder with layers and a norm")
+    from tunesmith.modules.peft.lora import LoRALinear
+
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise ValueError(
+            "sequence_parallel with LoRA / QLoRA adapters does not reproduce the one-process "
+            "run yet (a full finetune does): set sequence_parallel=False"
+        )
 
 
 def decoder_tp_plan(
@@ -83,10 +186,18 @@ def decoder_tp_plan(
     *,
     inference: bool = False,
     enable_fp8_training: bool = False,
+    sequence_parallel: bool = False,
 ) -> dict[str, ParallelStyle]:
     """The tensor-parallel plan of ``model`` (any tunesmith decoder): ``{fqn: style}`` from the
     per-layer-type table above. ``inference`` is accepted for torchtune's signature (the plan
     is the same); fp8 training is not supported.
+
+    ``sequence_parallel`` (needs ``model``): the residual stream between the layers is split
+    along the sequence (``[b, s / tp, d]`` per rank, Megatron's sequence parallelism): the
+    first layer's input is cut (:class:`ScatterSequence`), the norms run on the shard
+    (``SequenceParallel``), attention and MLP blocks all-gather their input
+    (:class:`GatherSequence`) and their rowwise projections reduce-scatter instead of
+    all-reducing, and the final norm's output is gathered again.
 
     Without ``model`` (torchtune 0.6.1 calls the plan function with no arguments) the plan is
     returned for the standard decoder layout, with ``layers.*`` patterns.
@@ -94,7 +205,6 @@ def decoder_tp_plan(
     del inference
     if enable_fp8_training:
         raise ValueError("tensor_parallel_plan: fp8 training is not supported by tunesmith")
-    styles = {COLWISE: ColwiseParallel, ROWWISE: RowwiseParallel}
     if model is None:
         from tunesmith.modules.attention import MultiHeadAttention
         from tunesmith.modules.feed_forward import FeedForward
@@ -106,22 +216,29 @@ def decoder_tp_plan(
         }
         for layer_type, roles in _layer_plans().items():
             for child, role in roles.items():
-                plan[f"{where[layer_type]}.{child}"] = styles[role]()
+                plan[f"{where[layer_type]}.{child}"] = _style(role, False)
         return plan
+    sp = sequence_parallel
+    if sp:
+        _check_sequence_parallel(model)
     plan = {}
-    tables = _layer_plans()
+    tables = _layer_plans(sp)
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
-        roles = next((t for cls, t in tables.items() if isinstance(module, cls)), None)
-        if roles is not None:
+        for cls, roles in tables.items():
+            if not isinstance(module, cls):
+                continue
             for child, role in roles.items():
                 if getattr(module, child, None) is not None:
-                    plan[prefix + child] = styles[role]()
+                    plan[prefix + child] = _style(role, sp)
         embeddings = getattr(module, "tok_embeddings", None)
         if isinstance(embeddings, nn.Embedding) and hasattr(module, "layers"):
             plan[prefix + "tok_embeddings"] = RowwiseParallel(input_layouts=Replicate())
             if isinstance(getattr(module, "output", None), nn.Module):  # not tied
                 plan[prefix + "output"] = ColwiseParallel(output_layouts=Replicate())
+            if sp:
+                plan[prefix + "layers.0"] = ScatterSequence()
+                plan[prefix + "norm"] = GatheredSequenceParallel(use_local_output=False)
     return plan
 
 
@@ -342,7 +459,7 @@ def apply_tensor_parallel(
         name: _lora_style(style, modules[name], fsdp_degree) for name, style in concrete.items()
     }
     check_tp_layers(model, tp, concrete)
-    covered = tuple(f"{name}." for name in concrete)
+    covered = tuple(f"{n}." for n, st in concrete.items() if not isinstance(st, _InputHook))
     for name, module in modules.items():
         owns = any(p is not None for p in module._parameters.values())
         inside = name in concrete or f"{name}.".startswith(covered)
