@@ -50,7 +50,7 @@ _TRAINING = _COMMON | {
 }
 
 _PARALLEL = frozenset(
-    {"tensor_parallel_dim", "tensor_parallel_plan", "expert_parallel_dim"}
+    {"tensor_parallel_dim", "tensor_parallel_plan", "expert_parallel_dim", "sequence_parallel"}
     | {"data_parallel_shard_dim", "data_parallel_replicate_dim"}
     | {"context_parallel_dim", "context_parallel_rotate_method"}  # training/context_parallel.py
 )

@@ -170,8 +170,9 @@ def build_model(
         log.info("expert parallelism: the experts of every MoE layer split over %d ranks", ep)
     if mesh is not None and mesh["tp"].size() > 1:
         from tunesmith.recipes._parallel_setup import tensor_parallel
+        from tunesmith.training.parallel_dims import ParallelDims
 
-        tensor_parallel(model, cfg, mesh["tp"])
+        tensor_parallel(model, cfg, mesh["tp"], ParallelDims.dp_mesh(mesh).size(-1))
     if cfg.get("enable_activation_checkpointing", False):
         from tunesmith.training.activations import apply_activation_checkpointing
 

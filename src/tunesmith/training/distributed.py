@@ -295,15 +295,16 @@ def gather_cpu_state_dict(
             get_model_state_dict,
         )
 
-        sd = get_model_state_dict(
-            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
+        with dequantized_state_dict_on("cpu", keep=is_rank_zero):  # tensor-parallel NF4
+            sd = get_model_state_dict(
+                model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
         from tunesmith.training.expert_parallel import gather_expert_slices
 
         gather_expert_slices(model, sd)  # every rank: it all-gathers
         sd = sd if is_rank_zero else {}
-        for key, value in sd.items():  # gathered NF4 weights are still NF4 (the hook ran on
-            sd[key] = dequantize(value, device="cpu")  # the DTensor, which it cannot see into)
+        for key, value in sd.items():  # FSDP2's gathered NF4 weights are still NF4 (the hook
+            sd[key] = dequantize(value, device="cpu")  # ran on a DTensor it cannot see into)
     elif is_rank_zero:
         sd = state_dict_on(model, torch.device("cpu"))
     else:
