@@ -25,8 +25,6 @@ _NAMES = (
     "<|tile_y_separator|>",
     "<|image|>",
     "<|patch|>",
-    "<|python_start|>",
-    "<|python_end|>",
 )
 SPECIALS = {name: 2000 + i for i, name in enumerate(_NAMES)}
 PATCH_TOKEN = SPECIALS["<|patch|>"]

@@ -323,8 +323,8 @@ def build_llama4_vision_encoder(
     fusion_lora: LoRASettings | None = None,
 ) -> Llama4VisionEncoder:
     """Llama 4's tile encoder (``clip``) and projection (``projection``: fc1, fc2 and the
-    output map; with ``fusion_lora`` they get adapters when ``apply_lora_to_mlp`` is set,
-    ``output`` when ``apply_lora_to_output`` is)."""
+    output map; with ``fusion_lora`` all three get adapters when ``apply_lora_to_output`` is
+    set, as torchtune's ``lora_llama4_vision_projection_head``)."""
     p, c, d = spec.patch_size, spec.in_channels, spec.embed_dim
     clip = Llama4VisionTransformer(
         patch_embed=nn.Linear(c * p * p, d, bias=False),
@@ -337,12 +337,11 @@ def build_llama4_vision_encoder(
         head_dim=d // spec.num_heads,
         rope_base=spec.rope_base,
     )
-    mlp = bool(fusion_lora and fusion_lora.apply_lora_to_mlp)
     out = bool(fusion_lora and fusion_lora.apply_lora_to_output)
     pd, po = spec.projector_dim, spec.projector_output_dim
     projection = Llama4VisionProjection(
-        fc1=_linear(spec.intermediate_dim, pd, bias=False, adapt=mlp, lora=fusion_lora),
-        fc2=_linear(pd, po, bias=False, adapt=mlp, lora=fusion_lora),
+        fc1=_linear(spec.intermediate_dim, pd, bias=False, adapt=out, lora=fusion_lora),
+        fc2=_linear(pd, po, bias=False, adapt=out, lora=fusion_lora),
         output=_linear(po, decoder_dim, bias=False, adapt=out, lora=fusion_lora),
         ratio=spec.pixel_shuffle_ratio,
     )

@@ -67,6 +67,9 @@ TORCHTUNE_ACCEPTED: dict[str, frozenset[str]] = {
     "finetune": frozenset(
         {"collate_fn", "fsdp", "low_cpu_ram"}
         | {"name"}  # torchtune main's dev/3B_sft_for_grpo: the run name output_dir interpolates
+        # torchtune main's llama4/maverick_17B_128E_full interpolates ${model_dir} without
+        # defining it: the user passes model_dir=<checkpoint folder> on the command line
+        | {"model_dir"}
     ),
     "qat": frozenset({"collate_fn", "fsdp", "low_cpu_ram"}),
     "dpo": frozenset({"collate_fn"}),
@@ -74,7 +77,13 @@ TORCHTUNE_ACCEPTED: dict[str, frozenset[str]] = {
     # torchtune's dev GRPO configs: `name` and `base_model_path` are interpolated values
     "grpo": frozenset({"name", "base_model_path"}),
     "eval": frozenset({"resume_from_checkpoint"}),
-    "generate": frozenset({"quantizer"}),
+    # torchtune main's *_generation_distributed (dev/generate_v2_distributed): with
+    # use_distributed_state_dict torchtune loads the full checkpoint into the sharded model
+    # through DCP's set_model_state_dict; tunesmith always loads that way (each rank copies
+    # its tensor-parallel slices out of the full checkpoint, recipes/generate.load_model),
+    # so True and False load the same weights. use_flex picks FlexAttention for the masks;
+    # tunesmith picks its attention kernel itself (attention_kernels), the same attention.
+    "generate": frozenset({"quantizer", "use_distributed_state_dict", "use_flex"}),
 }
 
 KEYS: dict[str, frozenset[str]] = {
