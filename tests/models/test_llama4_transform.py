@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.recipes._llama4_toys import SPECIALS
 
@@ -70,7 +69,9 @@ def _official(messages: list[dict], add_generation_prompt: bool) -> str:
 
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
     return env.from_string(chat_template).render(
-        messages=messages, bos_token="<|begin_of_text|>", add_generation_prompt=add_generation_prompt
+        messages=messages,
+        bos_token="<|begin_of_text|>",
+        add_generation_prompt=add_generation_prompt,
     )
 
 
@@ -123,7 +124,10 @@ def test_image_sample_has_the_processor_layout(files):
     assert tiles.shape == (5, 3, 56, 56)  # 2 x 2 grid + thumbnail
     text = _official(
         [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]},
+            {
+                "role": "user",
+                "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}],
+            },
             {"role": "assistant", "content": "A dog."},
         ],
         False,

@@ -188,6 +188,4 @@ class Llama4EarlyFusionModel(DecoderFacade):
             self.decoder.caches_are_enabled() and self.decoder._cache_pos > 0
         ):
             raise ValueError("<|patch|> placeholder tokens in the text but no images")
-        return self.decoder(
-            None, mask=mask, input_pos=input_pos, input_embeds=h, **decoder_kwargs
-        )
+        return self.decoder(None, mask=mask, input_pos=input_pos, input_embeds=h, **decoder_kwargs)

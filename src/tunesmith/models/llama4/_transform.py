@@ -88,9 +88,7 @@ class Llama4Transform:
         self._x_sep = specials.get("<|tile_x_separator|>")
         self._y_sep = specials.get("<|tile_y_separator|>")
         self.image_placeholder_text = "<|image|>"  # datasets refuse rows writing it as text
-        self.image_transform = Llama4ImageTransform(
-            tile_size, max_num_tiles, image_mean, image_std
-        )
+        self.image_transform = Llama4ImageTransform(tile_size, max_num_tiles, image_mean, image_std)
         self.patch_tokens_per_tile = int(
             (tile_size // patch_size) ** 2 * pixel_shuffle_scaling_factor**2
         )
