@@ -67,9 +67,6 @@ TORCHTUNE_ACCEPTED: dict[str, frozenset[str]] = {
     "finetune": frozenset(
         {"collate_fn", "fsdp", "low_cpu_ram"}
         | {"name"}  # torchtune main's dev/3B_sft_for_grpo: the run name output_dir interpolates
-        # torchtune main's llama4/maverick_17B_128E_full interpolates ${model_dir} without
-        # defining it: the user passes model_dir=<checkpoint folder> on the command line
-        | {"model_dir"}
     ),
     "qat": frozenset({"collate_fn", "fsdp", "low_cpu_ram"}),
     "dpo": frozenset({"collate_fn"}),
