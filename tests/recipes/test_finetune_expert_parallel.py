@@ -25,15 +25,27 @@ def _over(model_dir: Path, **extra) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora_experts"])
-def test_expert_parallel_finetune_equals_one_process(tiny_moe, instruct_data, tmp_path, lora):  # noqa: F811
+@pytest.mark.parametrize(
+    ("lora", "clip"),
+    [(False, None), (True, None), (False, 0.05)],
+    ids=["full", "lora_experts", "full_clipped"],
+)
+def test_expert_parallel_finetune_equals_one_process(
+    tiny_moe,  # noqa: F811
+    instruct_data,
+    tmp_path,
+    lora,
+    clip,
+):
+    """(``full_clipped``: ``clip_grad_norm`` small enough to clip every step: the global norm
+    counts each rank's expert slices once, so the clipped steps equal one process's.)"""
     from safetensors.torch import load_file
 
     from tests.recipes.test_finetune_cli import _run, _write
 
-    extra = {}
+    extra: dict = {"clip_grad_norm": clip} if clip else {}
     if lora:
-        extra = {
+        extra |= {
             "model.lora_attn_modules": ["q_proj", "v_proj"],
             "model.apply_lora_to_mlp": True,
             "model.lora_rank": 4,
@@ -49,6 +61,12 @@ def test_expert_parallel_finetune_equals_one_process(tiny_moe, instruct_data, tm
     proc = _run([*launch, str(_write(ep, tmp_path / "ep.yaml"))], tmp_path)
     assert "experts of every MoE layer split over 2 ranks" in proc.stdout + proc.stderr
     _assert_same(tmp_path / "single", tmp_path / "ep", tol=1e-4)
+    if clip:
+        import json
+
+        rows = (tmp_path / "ep" / "logs" / "log.jsonl").read_text().splitlines()
+        norms = [json.loads(r)["grad_norm"] for r in rows if "grad_norm" in json.loads(r)]
+        assert norms and all(n > clip for n in norms)  # every step clipped
     if lora:
         a = load_file(tmp_path / "single" / "epoch_1" / "adapter" / "adapter_model.safetensors")
         b = load_file(tmp_path / "ep" / "epoch_1" / "adapter" / "adapter_model.safetensors")

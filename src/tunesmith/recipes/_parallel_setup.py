@@ -151,11 +151,11 @@ def _check_expert_parallel(cfg: DictConfig, dims: Any, world_size: int) -> None:
             "yet; start a fresh run with expert_parallel_dim: 1 to resume, or drop those keys",
             key=key,
         )
-    if cfg.get("clip_grad_norm") is not None or cfg.get("optimizer_in_bwd", False):
+    if cfg.get("optimizer_in_bwd", False):  # (clip_grad_norm covers the slices: gradients.py)
         raise ConfigError(
-            f"expert_parallel_dim={ep} with clip_grad_norm / optimizer_in_bwd: the expert "
-            "slices are not FSDP2 parameters, so neither covers them yet; set clip_grad_norm: "
-            "null and optimizer_in_bwd: False",
+            f"expert_parallel_dim={ep} with optimizer_in_bwd: the expert slices are not FSDP2 "
+            "parameters, so the per-parameter optimizers do not cover them yet; set "
+            "optimizer_in_bwd: False",
             key=key,
         )
     from tunesmith.modules.moe import moe_layers
