@@ -134,6 +134,11 @@ class Llama4VisionEncoder(nn.Module):
     def tile_size(self) -> int:
         return self.clip.tile_size
 
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The tile encoder's layers (FSDP2 shards each as a unit, as the decoder's)."""
+        return self.clip.layers
+
     def forward(self, images: Tensor) -> Tensor:
         out = self.projection(self.clip(images))
         return out.reshape(-1, out.shape[-1])
