@@ -265,3 +265,36 @@ def test_generation_config_runs_unchanged_and_answers_as_transformers(files, tmp
             new.append(nxt)
             ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
     assert new and transform.decode(new) in stdout
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bundled_configs_are_torchtunes(name: str, tmp_path: Path) -> None:
+    """``configs/llama4/<name>.yaml`` validate and hold torchtune's keys and values (tunesmith
+    component names; maverick defines the ``model_dir`` torchtune's file only references)."""
+    from omegaconf import OmegaConf
+
+    from tunesmith.config import load_config, resolve_config_path
+
+    bundled = resolve_config_path(f"llama4/{name}")
+    assert _validate(bundled) == (0, "")
+    ours = OmegaConf.to_container(load_config(bundled))
+    theirs = OmegaConf.to_container(load_config(torchtune_config(name, tmp_path)))
+
+    def names(node: object) -> object:
+        if isinstance(node, dict):
+            return {k: names(v) for k, v in node.items()}
+        if isinstance(node, str):
+            node = node.replace(
+                "torchtune.models.llama4.decoder_only_tp_plan",
+                "tunesmith.training.tensor_parallel.decoder_tp_plan",
+            )
+            return node.replace("torchtune.", "tunesmith.").replace(
+                "/tmp/torchtune/", "/tmp/tunesmith/"
+            )
+        return node
+
+    theirs = names(theirs)
+    if name == "maverick_17B_128E_full":
+        assert ours.pop("model_dir") == theirs["checkpointer"]["checkpoint_dir"]
+        ours["checkpointer"]["checkpoint_dir"] = theirs["checkpointer"]["checkpoint_dir"]
+    assert ours == theirs
