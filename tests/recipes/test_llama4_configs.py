@@ -253,7 +253,7 @@ def test_generation_config_runs_unchanged_and_answers_as_transformers(files, tmp
         "user": {"image": str(image), "text": "What is in this image?"},
     }
     batch = vision_prompt_batch(transform, prompt)
-    ids, pixels = batch["tokens"], batch["encoder_input"]["images"]
+    ids, pixels = batch["tokens"], batch["encoder_input"]["images"].float()  # bf16, as HF
     assert pixels.shape[0] > 1  # the dog image is tiled: grid + thumbnail
     hf = transformers.Llama4ForConditionalGeneration.from_pretrained(hf_dir).eval()
     new: list[int] = []

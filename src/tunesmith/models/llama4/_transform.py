@@ -3,8 +3,9 @@
 
 An image is fitted to the best canvas of at most ``max_num_tiles`` ``tile_size`` tiles
 (least upscaling, never beyond ``tile_size`` per side, aspect ratio kept), zero padded,
-normalised with mean = std = 0.5 and cut into tiles row-major; an image of more than one
-tile gets a global thumbnail (the whole image resized to one tile) as its last tile. Its
+normalised with mean = std = 0.5 (in bf16) and cut into tiles row-major; an image of more
+than one tile gets a global thumbnail (the whole image resized to one tile) as its last tile:
+``Llama4ImageProcessor``'s pixels exactly. Its
 ``<|image|>`` placeholder in the text becomes the tile grid the processor writes:
 ``<|image_start|>``, per row of tiles ``(<|patch|> * N <|tile_x_separator|>)...
 <|tile_y_separator|>`` (multi-tile images only), then ``<|image|> <|patch|> * N
@@ -18,9 +19,16 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from tunesmith.data._image_transforms import TiledImageTransform, load_image
+from tunesmith.data._image_transforms import (
+    find_supported_resolutions,
+    get_canvas_best_fit,
+    load_image,
+    resize_to_fit_canvas,
+    tile_crop,
+)
 from tunesmith.models.llama4._tokenizer import Llama4Tokenizer
 
 __all__ = ["Llama4ImageTransform", "Llama4Transform", "llama4_transform"]
@@ -30,8 +38,17 @@ LLAMA4_STD = (0.5, 0.5, 0.5)
 
 
 class Llama4ImageTransform:
-    """Image -> ``{"image": [T, C, tile, tile] float32, "aspect_ratio": [2] (tiles h, w)}``;
-    ``T`` = tiles, plus 1 (the thumbnail) when the grid has more than one tile."""
+    """Image -> ``{"image": [T, C, tile, tile], "aspect_ratio": [2] (tiles h, w)}``; ``T`` =
+    tiles, plus 1 (the thumbnail) when the grid has more than one tile.
+
+    The steps of transformers' ``Llama4ImageProcessor``, bit for bit: the best canvas
+    (:func:`~tunesmith.data._image_transforms.get_canvas_best_fit` over every grid of at most
+    ``max_num_tiles`` tiles), antialiased bilinear resize of the uint8 image (torch's, which
+    torchvision's ``resize`` runs) to fit it without upscaling past one tile per side, zero
+    pad right / bottom, ``x * (1/255)`` then ``(x - mean) / std`` in ``dtype`` (bf16, as
+    transformers and torchtune), tiles row-major; the thumbnail is the whole image resized to
+    one tile the same way.
+    """
 
     def __init__(
         self,
@@ -39,21 +56,33 @@ class Llama4ImageTransform:
         max_num_tiles: int = 16,
         image_mean: Sequence[float] = LLAMA4_MEAN,
         image_std: Sequence[float] = LLAMA4_STD,
+        dtype: torch.dtype = torch.bfloat16,
     ):
-        self.tiles = TiledImageTransform(tile_size, max_num_tiles, image_mean, image_std)
-        self.tile_size, self.max_num_tiles = tile_size, max_num_tiles
+        self.tile_size, self.max_num_tiles, self.dtype = tile_size, max_num_tiles, dtype
+        self.mean = torch.tensor(image_mean, dtype=dtype)[:, None, None]
+        self.std = torch.tensor(image_std, dtype=dtype)[:, None, None]
+        self.resolutions = find_supported_resolutions(max_num_tiles, tile_size)
+
+    def _resize(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+    def _normalize(self, x: Tensor) -> Tensor:
+        return (x.to(self.dtype) * (1 / 255) - self.mean) / self.std
 
     def __call__(self, image: Any) -> dict[str, Tensor]:
         image = load_image(image)
-        out = self.tiles(image)
-        if int(out["aspect_ratio"].prod()) > 1:
-            t = self.tile_size
-            thumb = image.resize((t, t), resample=self.tiles.resample)
-            pixels = np.asarray(thumb, dtype=np.uint8).transpose(2, 0, 1) / 255.0
-            pixels = (pixels.astype(np.float32) - self.tiles.mean) / self.tiles.std
-            thumb_t = torch.from_numpy(pixels.astype(np.float32))[None]
-            out["image"] = torch.cat([out["image"], thumb_t])
-        return out
+        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy())[None]
+        h, w = x.shape[-2:]
+        canvas = get_canvas_best_fit((h, w), self.resolutions)
+        new_h, new_w = resize_to_fit_canvas((h, w), canvas, self.tile_size)
+        padded = torch.zeros(3, *canvas, dtype=torch.uint8)
+        padded[:, :new_h, :new_w] = self._resize(x, (new_h, new_w))[0]
+        tiles = tile_crop(self._normalize(padded), self.tile_size)
+        ratio = torch.tensor([canvas[0] // self.tile_size, canvas[1] // self.tile_size])
+        if int(ratio.prod()) > 1:
+            thumb = self._resize(x, (self.tile_size, self.tile_size))
+            tiles = torch.cat([tiles, self._normalize(thumb)])
+        return {"image": tiles, "aspect_ratio": ratio}
 
 
 class Llama4Transform:
@@ -74,6 +103,7 @@ class Llama4Transform:
         max_seq_len: int | None = None,
         image_mean: Sequence[float] = LLAMA4_MEAN,
         image_std: Sequence[float] = LLAMA4_STD,
+        dtype: torch.dtype = torch.bfloat16,
         prompt_template: Any = None,
     ):
         self.tokenizer = Llama4Tokenizer(
