@@ -397,7 +397,7 @@ def build_from_hf(
     ``_component_`` swapped.
     """
     hf_type = _hf_model_type(checkpoint_dir_or_config)
-    if hf_type in ("mllama", "qwen2_5_vl", "qwen3_vl"):  # Llama 3.2 Vision, Qwen2.5-VL, Qwen3-VL
+    if hf_type in ("mllama", "qwen2_5_vl", "qwen3_vl", "llama4"):  # + Llama 4 with its encoder
         return _build_vision_from_hf(
             checkpoint_dir_or_config,
             vision_kwargs,
@@ -458,6 +458,7 @@ def _build_vision_from_hf(
 ) -> nn.Module:
     from pathlib import Path
 
+    from tunesmith.models._convert_llama4 import llama4_spec_from_hf_config
     from tunesmith.models._convert_qwen_vl import qwen_vl_spec_from_hf_config
     from tunesmith.models._convert_vision import mllama_spec_from_hf_config
     from tunesmith.models._hf_config import load_hf_config
@@ -470,10 +471,12 @@ def _build_vision_from_hf(
         config = load_hf_config(config)
     if _hf_model_type(config) in ("qwen2_5_vl", "qwen3_vl"):
         spec, build = qwen_vl_spec_from_hf_config(config), build_early_fusion
+    elif _hf_model_type(config) == "llama4":
+        spec, build = llama4_spec_from_hf_config(config), build_early_fusion
     else:
         spec, build = mllama_spec_from_hf_config(config), build_deep_fusion
     image_size = vision_kwargs.pop("image_size", None)
-    tile_size = getattr(spec.encoder, "tile_size", None)  # Llama 3.2 Vision's fixed tiles
+    tile_size = getattr(spec.encoder, "tile_size", None)  # Llama 3.2 Vision's / 4's tiles
     if image_size is not None and tile_size is not None and int(image_size) != tile_size:
         from tunesmith.config import ConfigError
 

@@ -9,7 +9,9 @@ interleaved RoPE layout and are permuted here. Keys ending in LoRA / DoRA suffix
 ``model_type`` strings are torchtune's: LLAMA2, LLAMA3, LLAMA3_2, MISTRAL, GEMMA, GEMMA2,
 GEMMA3, GEMMA4 (see ``_convert_gemma4``), SMOLLM3, OLMO2 and GRANITE (no torchtune layout: their q/k are never permuted), PHI3_MINI, PHI4, QWEN2, QWEN3, QWEN3_MOE, MIXTRAL and GPT_OSS (experts stacked into grouped tensors,
 see ``_convert_moe``), REWARD (a Llama / Mistral classifier with a ``score`` head),
-and LLAMA3_VISION (HF ``MllamaForConditionalGeneration``, see ``_convert_vision``) and
+LLAMA4 (text-only ``Llama4ForCausalLM`` keys here; ``Llama4ForConditionalGeneration`` keys,
+with the vision encoder, in ``_convert_llama4``), LLAMA3_VISION (HF
+``MllamaForConditionalGeneration``, see ``_convert_vision``) and
 QWEN2_5_VL / QWEN3_VL (HF ``Qwen2_5_VLForConditionalGeneration`` /
 ``Qwen3VLForConditionalGeneration``, see ``_convert_qwen_vl``).
 """
@@ -157,6 +159,14 @@ def _is_vision(model_type: Any) -> bool:
     return _vision_type(model_type) in VISION_MODEL_TYPES
 
 
+def _llama4_vision(model_type: Any, state_dict: Mapping[str, Tensor]) -> bool:
+    """``LLAMA4`` keys of the model with its vision encoder (``language_model.*`` /
+    ``decoder.*``, see ``_convert_llama4``), not of the text-only ``Llama4ForCausalLM``."""
+    from tunesmith.models._convert_llama4 import is_llama4_vision_state_dict
+
+    return _vision_type(model_type) == "LLAMA4" and is_llama4_vision_state_dict(state_dict)
+
+
 def _cfg(hf_config: Any) -> Mapping[str, Any]:
     if hf_config is None:
         return {}
@@ -208,6 +218,10 @@ def hf_to_native(
     ``hf_config`` (the ``config.json`` dict or a ``PretrainedConfig``) is needed for Phi-3 /
     Phi-4 (head counts to split ``qkv_proj``) and to drop ``lm_head.weight`` of tied models.
     """
+    if _llama4_vision(model_type, state_dict):
+        from tunesmith.models._convert_llama4 import llama4_hf_to_native
+
+        return llama4_hf_to_native(state_dict, hf_config)
     if _is_vision(model_type):
         from tunesmith.models._convert_qwen_vl import qwen_vl_hf_to_native
         from tunesmith.models._convert_vision import mllama_hf_to_native
@@ -276,6 +290,10 @@ def native_to_hf(
     state_dict: Mapping[str, Tensor], model_type: Any, hf_config: Any = None
 ) -> dict[str, Tensor]:
     """Inverse of :func:`hf_to_native` (REWARD writes the head as ``score.weight``)."""
+    if _llama4_vision(model_type, state_dict):
+        from tunesmith.models._convert_llama4 import llama4_native_to_hf
+
+        return llama4_native_to_hf(state_dict, hf_config)
     if _is_vision(model_type):
         from tunesmith.models._convert_qwen_vl import qwen_vl_native_to_hf
         from tunesmith.models._convert_vision import mllama_native_to_hf

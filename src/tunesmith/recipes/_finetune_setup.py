@@ -510,6 +510,9 @@ def full_state_dicts(
     if optimizer is not None:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         optim_sd = get_optimizer_state_dict(model, optimizer, options=options)
+        from tunesmith.training.expert_parallel import gather_expert_optimizer_state
+
+        gather_expert_optimizer_state(model, optimizer, optim_sd)  # every rank (all-gathers)
     return model_sd, optim_sd
 
 

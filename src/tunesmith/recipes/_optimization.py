@@ -141,7 +141,10 @@ def schedule_and_resume(
 def _load_sharded_optimizer(model: torch.nn.Module, optimizer: Any, full_sd: Any) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    from tunesmith.training.expert_parallel import slice_expert_optimizer_state
+
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+    full_sd = slice_expert_optimizer_state(model, full_sd)  # this rank's experts' state
     set_optimizer_state_dict(model, optimizer, full_sd, options=options)
 
 

@@ -152,18 +152,18 @@ def _check_expert_parallel(cfg: DictConfig, dims: Any, world_size: int) -> None:
             key=key,
         )
     sharded = cfg.get("intermediate_checkpoint_format") or cfg.get("enable_async_checkpointing")
-    if cfg.get("resume_from_checkpoint", False) or sharded:
+    if sharded:  # (full-state saves gather the slices' optimizer state: resume works)
         raise ConfigError(
-            f"expert_parallel_dim={ep} with resume_from_checkpoint / sharded (dcp, async) "
-            "intermediate saves: the optimizer state of the expert slices is not gathered "
-            "yet; start a fresh run with expert_parallel_dim: 1 to resume, or drop those keys",
+            f"expert_parallel_dim={ep} with sharded (dcp, async) intermediate saves: the "
+            "expert slices are not DTensors, so DCP cannot place them yet; drop "
+            "intermediate_checkpoint_format / enable_async_checkpointing",
             key=key,
         )
-    if cfg.get("clip_grad_norm") is not None or cfg.get("optimizer_in_bwd", False):
+    if cfg.get("optimizer_in_bwd", False):  # (clip_grad_norm covers the slices: gradients.py)
         raise ConfigError(
-            f"expert_parallel_dim={ep} with clip_grad_norm / optimizer_in_bwd: the expert "
-            "slices are not FSDP2 parameters, so neither covers them yet; set clip_grad_norm: "
-            "null and optimizer_in_bwd: False",
+            f"expert_parallel_dim={ep} with optimizer_in_bwd: the expert slices are not FSDP2 "
+            "parameters, so the per-parameter optimizers do not cover them yet; set "
+            "optimizer_in_bwd: False",
             key=key,
         )
     from tunesmith.modules.moe import moe_layers

@@ -368,6 +368,9 @@ def get_full_optimizer_state_dict(
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     sd = get_optimizer_state_dict(model, optimizer, options=options)
+    from tunesmith.training.expert_parallel import gather_expert_optimizer_state
+
+    gather_expert_optimizer_state(model, optimizer, sd)  # every rank: it all-gathers
     return sd if is_rank_zero else {}
 
 
@@ -404,6 +407,9 @@ def load_from_full_optimizer_state_dict(
             "optimizer state: keyed by position (torch's optimizer.state_dict()), not by parameter "
             "name; save it with get_full_optimizer_state_dict"
         )
+    from tunesmith.training.expert_parallel import slice_expert_optimizer_state
+
+    full_sd = slice_expert_optimizer_state(model, full_sd)  # this rank's experts' state
     set_optimizer_state_dict(
         model, optimizer, full_sd, options=StateDictOptions(full_state_dict=True)
     )

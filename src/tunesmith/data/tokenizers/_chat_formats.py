@@ -27,6 +27,7 @@ __all__ = [
     "Chunk",
     "ChatFormat",
     "Llama3ChatFormat",
+    "Llama4ChatFormat",
     "ChatMLFormat",
     "Qwen3ChatFormat",
     "GemmaChatFormat",
@@ -159,6 +160,34 @@ class Llama3ChatFormat:
             if _ends(i, n, add_end_tokens):
                 text += "<|eot_id|>" if m.eot or m.tool_calls else "<|eom_id|>"
             chunks.append(Chunk(text, m.masked, source=m))
+        return chunks
+
+
+class Llama4ChatFormat:
+    """Llama 4, as its official template (transformers' ``processing_llama4``): ``<|begin_of_text|>``
+    then ``<|header_start|>{role}<|header_end|>\n\n`` + content + ``<|eot|>`` (``<|eom|>``
+    when ``eot=False``); only a leading system message is trimmed; image parts become
+    ``<|image|>`` (the transform expands each to its tile grid); tool results use the
+    ``ipython`` role. Tool calls are refused (the official template renders them).
+    """
+
+    image_token = "<|image|>"
+
+    def render(self, messages: list[Message], add_end_tokens: bool = True) -> list[Chunk]:
+        chunks = [Chunk("<|begin_of_text|>", True)]
+        n = len(messages)
+        for i, m in enumerate(messages):
+            if m.ipython and m.role == "assistant":
+                raise ValueError(
+                    f"message {i}: Llama 4 tool calls are rendered by the official template "
+                    "only; tokenize tool-use data with HuggingFaceModelTokenizer"
+                )
+            role = "ipython" if m.role in _TOOL_ROLES else m.role
+            body = message_text(m, self.image_token, strip=i == 0 and m.role == "system")
+            text = f"<|header_start|>{role}<|header_end|>\n\n{body}"
+            if _ends(i, n, add_end_tokens):
+                text += "<|eot|>" if m.eot else "<|eom|>"
+            chunks.append(Chunk(text, m.masked))
         return chunks
 
 
@@ -443,6 +472,7 @@ class InstChatFormat:
 
 
 _FORMATS = {
+    "llama4": Llama4ChatFormat,
     "llama3": Llama3ChatFormat,
     "chatml": ChatMLFormat,
     "qwen3": Qwen3ChatFormat,
