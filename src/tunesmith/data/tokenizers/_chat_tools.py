@@ -32,6 +32,7 @@ __all__ = [
     "refuse_tool_shapes",
     "common_prefix_len",
     "mask_by_prefixes",
+    "rewritten_turn_end",
     "TEMPLATE_ROUTE",
 ]
 
@@ -144,6 +145,35 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def rewritten_turn_end(prefix: str, full: str, offsets: Sequence[tuple[int, int]]) -> int | None:
+    """Token index where the last turn of ``prefix`` (a rendering of ``messages[:k]``) ends
+    in ``full`` (the rendering of the whole conversation) when the template rewrote that
+    turn once more turns follow; None when ``prefix`` is a prefix of ``full``.
+
+    A template that rewrites a turn in history (Qwen3 drops the ``<think>`` block of an
+    assistant turn before the last user query) changes the turn's start and keeps its
+    end (the answer, tool calls, ``<|im_end|>``): the turn's rest in ``full`` from where
+    the two renderings part is the longest piece there that ``prefix``'s rest ends with.
+    A rewrite that changes the turn's end too finds no such piece and gives the
+    divergence point (the turn's rewritten rest then goes to the next message).
+    ``offsets`` are the ``(start, end)`` characters of ``full``'s tokens; a token that
+    straddles the end belongs to the next message.
+    """
+    if full.startswith(prefix):
+        return None
+    at = 0
+    n = min(len(prefix), len(full))
+    while at < n and prefix[at] == full[at]:
+        at += 1
+    rest = prefix[at:]
+    end = at
+    for stop in range(min(len(full), at + len(rest)), at, -1):
+        if full[stop - 1] == rest[-1] and rest.endswith(full[at:stop]):
+            end = stop
+            break
+    return sum(1 for _, b in offsets if b <= end)
+
+
 def mask_by_prefixes(
     messages: list[Message],
     n_tokens: int,
@@ -155,8 +185,9 @@ def mask_by_prefixes(
 
     Message ``i`` owns the tokens from ``prefix_end(i)`` to ``prefix_end(i + 1)`` (each
     the length of the common token prefix of the full encoding and the encoding of
-    ``messages[:k]``, never going back); a rewritten part of a turn therefore belongs to
-    a later message. ``mask_reasoning`` messages have their reasoning's tokens (found in
+    ``messages[:k]``, never going back), so its span is its whole turn as the full
+    rendering writes it: where the template rewrote turn ``k - 1`` in ``messages[:k]``'s
+    rendering, ``prefix_end(k)`` is that turn's end found by :func:`rewritten_turn_end`. ``mask_reasoning`` messages have their reasoning's tokens (found in
     ``text``; ``offsets`` are the tokens' character spans) masked.
 
     Returns:

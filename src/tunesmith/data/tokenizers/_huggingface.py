@@ -5,11 +5,12 @@ tokenizer_config.json's ``chat_template``, a ``chat_template.jinja`` beside the
 tokenizer.json, or given directly) is rendered with jinja2 the way ``transformers``
 renders it, then encoded. The loss mask is assigned per message from renderings of
 the conversation's prefixes: message ``i`` owns the tokens between the longest common
-prefixes of the full encoding with the encodings of ``messages[:i]`` and ``messages[:i+1]``.
-(Templates that re-render earlier
-turns differently once more turns follow, like Qwen3's dropped think blocks, give the
-rewritten part of that earlier turn to the next message, so it is masked: such a turn is
-only trained on where its final rendering agrees with its own.)
+prefixes of the full encoding with the encodings of ``messages[:i]`` and ``messages[:i+1]``,
+i.e. its whole turn as the full rendering writes it (header, content, tool calls, the
+reasoning the template keeps for it, end-of-turn tokens). Templates that re-render an
+earlier turn differently once more turns follow (Qwen3 drops its think block) are
+handled by ``rewritten_turn_end``: the turn keeps its end, so its end is found in the
+full rendering and the whole turn is still the message's.
 
 Tool use and reasoning: ``tools`` (function schemas) are passed to the template, and
 messages as OpenAI dicts (``tool_calls``, ``tool_call_id``, ``name``, ``reasoning_content``,
@@ -30,7 +31,12 @@ from typing import Any
 from tunesmith.data._messages import Message
 from tunesmith.data._prompt_templates import get_prompt_template
 from tunesmith.data.tokenizers._bpe import HuggingFaceBaseTokenizer
-from tunesmith.data.tokenizers._chat_tools import common_prefix_len, mask_by_prefixes, tojson
+from tunesmith.data.tokenizers._chat_tools import (
+    common_prefix_len,
+    mask_by_prefixes,
+    rewritten_turn_end,
+    tojson,
+)
 from tunesmith.data.tokenizers._utils import (
     check_file,
     tokenize_sample,
@@ -208,13 +214,19 @@ class HuggingFaceModelTokenizer:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ValueError(f"the chat template refuses this conversation: {reason}") from None
 
-    def _prefix_end(self, messages: list[Message], full: list[int], tools: Any) -> int:
-        """Length of the common token prefix of ``full`` and the rendering of ``messages``."""
+    def _prefix_end(
+        self, messages: list[Message], full: list[int], text: str, offsets: Any, tools: Any
+    ) -> int:
+        """Where ``messages``' last turn ends in ``full`` (the encoding of ``text``, tokens'
+        character ``offsets``): the common token prefix of ``full`` and the rendering of
+        ``messages``, or the end of the turn where the template rewrote it."""
         try:
             prefix = self.render(messages, tools=tools) if messages else ""
         except ValueError:  # a template that refuses a partial conversation
             return 0
-        return common_prefix_len(self.base.encode(prefix, False, False), full)
+        end = common_prefix_len(self.base.encode(prefix, False, False), full)
+        rewritten = rewritten_turn_end(prefix, text, offsets)
+        return end if rewritten is None else max(end, rewritten)
 
     def tokenize_messages(
         self,
@@ -244,7 +256,7 @@ class HuggingFaceModelTokenizer:
         mask, start = mask_by_prefixes(
             closed,
             len(tokens),
-            lambda k: self._prefix_end(closed[:k], tokens, tools),
+            lambda k: self._prefix_end(closed[:k], tokens, text, encoding.offsets, tools),
             text,
             encoding.offsets,
         )

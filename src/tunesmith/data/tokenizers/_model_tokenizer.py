@@ -21,6 +21,7 @@ from tunesmith.data.tokenizers._chat_tools import (
     mask_by_prefixes,
     reasoning_token_spans,
     refuse_tool_shapes,
+    rewritten_turn_end,
 )
 from tunesmith.data.tokenizers._utils import (
     SpecialTokenSplitter,
@@ -247,19 +248,16 @@ class ChatModelTokenizer:
         self, messages: list[Message], chunks: list[Chunk], tools: Any
     ) -> tuple[list[int], list[bool]]:
         """Tokens and mask of a format that rewrites earlier turns once more follow
-        (Qwen3): masks by prefix renderings, the rule of ``HuggingFaceModelTokenizer``."""
+        (Qwen3): masks by prefix renderings, the rule of ``HuggingFaceModelTokenizer``
+        (each message's span is its whole turn as the full rendering writes it)."""
         tokens: list[int] = []
-        offsets: list[tuple[int, int]] = []  # only needed to find masked reasoning
-        with_offsets = any(m.mask_reasoning and not m.masked for m in messages)
+        offsets: list[tuple[int, int]] = []  # to find rewritten turns' ends, masked reasoning
         text = ""
         starts = []  # token index where each chunk starts
         for chunk in chunks:
             starts.append(len(tokens))
-            if with_offsets:
-                ids, spans = self._encode_with_offsets(chunk.text, chunk.continuation)
-                offsets.extend((len(text) + a, len(text) + b) for a, b in spans)
-            else:
-                ids = self.encode_text(chunk.text, continuation=chunk.continuation)
+            ids, spans = self._encode_with_offsets(chunk.text, chunk.continuation)
+            offsets.extend((len(text) + a, len(text) + b) for a, b in spans)
             tokens.extend(ids)
             text += chunk.text
 
@@ -278,7 +276,9 @@ class ChatModelTokenizer:
             )
             at = starts[j] if j < len(starts) else len(tokens)
             ids = [t for c in prefix[j:] for t in self.encode_text(c.text, c.continuation)]
-            return at + common_prefix_len(ids, tokens[at:])
+            end = at + common_prefix_len(ids, tokens[at:])
+            rewritten = rewritten_turn_end("".join(c.text for c in prefix), text, offsets)
+            return end if rewritten is None else max(end, rewritten)
 
         return tokens, mask_by_prefixes(messages, len(tokens), prefix_end, text, offsets)[0]
 
