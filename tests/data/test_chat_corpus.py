@@ -11,8 +11,11 @@ tokenize=True)`` on the same vocabulary:
 * the token ids must be equal;
 * the loss mask must be the reference mask: message ``k`` owns the tokens between the
   longest common token prefixes of the full encoding with ``apply_chat_template`` of
-  ``messages[:k]`` and ``messages[:k+1]``, and exactly the assistant messages' tokens are
-  trained on (``train_on_input=False``);
+  ``messages[:k]`` and ``messages[:k+1]`` (where the template rewrites turn ``k - 1`` in
+  history, as Qwen3 drops think blocks and Mistral moves ``[AVAILABLE_TOOLS]`` to the last
+  user turn, through that turn's end in the full rendering: its whole turn), and exactly
+  the assistant messages' tokens are trained on (``train_on_input=False``);
+  ``test_assistant_masks`` checks the rule against ``transformers``' own assistant masks;
 * where the template refuses a row (``raise_exception``: Gemma 2 and system prompts or
   tools, Llama 3.1 and parallel calls, ...), tunesmith refuses it with a one-line error
   that carries the template's message, and the dataset layer names the row.
@@ -230,15 +233,20 @@ def _reference(
     ``only_last`` the last assistant message only, ``masking_strategy="train_on_last"``)."""
     messages, tools = row["messages"], row.get("tools")
     full = _ref_ids(ref, messages, tools)
+    text = _ref_text(ref, messages, tools)
+    offsets = ref(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     bounds = []
     for k in range(len(messages) + 1):
         try:
             prefix = _ref_ids(ref, messages[:k], tools) if k else []
+            prefix_text = _ref_text(ref, messages[:k], tools) if k else ""
         except Exception:  # a template that refuses a partial conversation
-            prefix = []
+            prefix, prefix_text = [], ""
         n = 0
         while n < min(len(prefix), len(full)) and prefix[n] == full[n]:
             n += 1
+        if not text.startswith(prefix_text):  # the template rewrote turn k - 1 in history
+            n = max(n, _rewritten_end(prefix_text, text, offsets))
         bounds.append(max(n, bounds[-1] if bounds else 0))
     bounds[-1] = max(bounds[-1], bounds[-2])
     mask = [True] * len(full)
@@ -247,6 +255,21 @@ def _reference(
         if message["role"] == "assistant" and not (only_last and k != assistants[-1]):
             mask[bounds[k] : bounds[k + 1]] = [False] * (bounds[k + 1] - bounds[k])
     return full, mask
+
+
+def _ref_text(ref: Any, messages: list[dict[str, Any]], tools: Any) -> str:
+    return ref.apply_chat_template(messages, tools=tools, tokenize=False, **DATE)
+
+
+def _rewritten_end(prefix: str, full: str, offsets: list[tuple[int, int]]) -> int:
+    """Tokens of ``full`` through the end of ``prefix``'s last turn, which the template
+    rendered differently there than in ``full``: from where they part, that turn's rest
+    in ``full`` is the longest piece that ``prefix``'s rest ends with (the rewrite changes
+    the start of the turn, never its end)."""
+    at = next((i for i, (a, b) in enumerate(zip(prefix, full)) if a != b), len(prefix))
+    tail = prefix[at:]
+    stop = max((e for e in range(at, len(full) + 1) if tail.endswith(full[at:e])), default=at)
+    return len([1 for _, b in offsets if b <= stop])
 
 
 def _ours(tok: HuggingFaceModelTokenizer, row: dict[str, Any], **kw: Any) -> Any:
