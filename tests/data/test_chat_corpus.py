@@ -41,6 +41,7 @@ import pytest
 import tunesmith.data
 from tunesmith.data import DataRowError, OpenAIToMessages
 from tunesmith.data.tokenizers import HuggingFaceModelTokenizer
+from tunesmith.data.tokenizers._chat_tools import content_starts, rewritten_turn_end
 
 transformers = pytest.importorskip("transformers")
 
@@ -246,7 +247,7 @@ def _reference(
         while n < min(len(prefix), len(full)) and prefix[n] == full[n]:
             n += 1
         if not text.startswith(prefix_text):  # the template rewrote turn k - 1 in history
-            n = max(n, _rewritten_end(prefix_text, text, offsets))
+            n = max(n, _rewritten_end(ref, messages, k, prefix_text, text, offsets, tools))
         bounds.append(max(n, bounds[-1] if bounds else 0))
     bounds[-1] = max(bounds[-1], bounds[-2])
     mask = [True] * len(full)
@@ -261,15 +262,32 @@ def _ref_text(ref: Any, messages: list[dict[str, Any]], tools: Any) -> str:
     return ref.apply_chat_template(messages, tools=tools, tokenize=False, **DATE)
 
 
-def _rewritten_end(prefix: str, full: str, offsets: list[tuple[int, int]]) -> int:
-    """Tokens of ``full`` through the end of ``prefix``'s last turn, which the template
-    rendered differently there than in ``full``: from where they part, that turn's rest
-    in ``full`` is the longest piece that ``prefix``'s rest ends with (the rewrite changes
-    the start of the turn, never its end)."""
-    at = next((i for i, (a, b) in enumerate(zip(prefix, full)) if a != b), len(prefix))
-    tail = prefix[at:]
-    stop = max((e for e in range(at, len(full) + 1) if tail.endswith(full[at:e])), default=at)
-    return len([1 for _, b in offsets if b <= stop])
+def _rewritten_end(
+    ref: Any,
+    messages: list[dict[str, Any]],
+    k: int,
+    prefix: str,
+    full: str,
+    offsets: list[tuple[int, int]],
+    tools: Any,
+) -> int:
+    """End (tokens of ``full``) of ``prefix``'s last turn, which the template rendered
+    otherwise than in ``full``: tunesmith's rule (``rewritten_turn_end``, checked against
+    ``transformers``' assistant masks in ``test_assistant_masks``) on transformers'
+    renderings, each message's content marked by a leading NUL to find where it starts."""
+
+    def render_marked(j: int, at_end: bool) -> str | None:
+        text = messages[j].get("content") or ""
+        mark = {**messages[j], "content": text + "\x00" if at_end else "\x00" + text}
+        try:
+            return _ref_text(ref, [*messages[:j], mark, *messages[j + 1 :]], tools)
+        except Exception:  # refused
+            return None
+
+    starts = content_starts(full, render_marked, len(messages))
+    after = starts[k] if k < len(messages) else None
+    end = rewritten_turn_end(prefix, full, offsets, starts[k - 1], after)
+    return 0 if end is None else end
 
 
 def _ours(tok: HuggingFaceModelTokenizer, row: dict[str, Any], **kw: Any) -> Any:

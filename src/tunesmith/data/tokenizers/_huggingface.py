@@ -33,9 +33,11 @@ from tunesmith.data._prompt_templates import get_prompt_template
 from tunesmith.data.tokenizers._bpe import HuggingFaceBaseTokenizer
 from tunesmith.data.tokenizers._chat_tools import (
     common_prefix_len,
+    content_starts,
     mask_by_prefixes,
     rewritten_turn_end,
     tojson,
+    with_marked_content,
 )
 from tunesmith.data.tokenizers._utils import (
     check_file,
@@ -215,18 +217,38 @@ class HuggingFaceModelTokenizer:
             raise ValueError(f"the chat template refuses this conversation: {reason}") from None
 
     def _prefix_end(
-        self, messages: list[Message], full: list[int], text: str, offsets: Any, tools: Any
+        self, messages: list[Message], k: int, full: list[int], text: str, offsets: Any, tools: Any
     ) -> int:
-        """Where ``messages``' last turn ends in ``full`` (the encoding of ``text``, tokens'
-        character ``offsets``): the common token prefix of ``full`` and the rendering of
-        ``messages``, or the end of the turn where the template rewrote it."""
+        """Where ``messages[:k]``' last turn ends in ``full`` (the encoding of ``text``, the
+        rendering of ``messages``; tokens' character ``offsets``): the common token prefix
+        of ``full`` and the rendering of ``messages[:k]``, or the end of that turn where the
+        template rendered it otherwise (``rewritten_turn_end``)."""
         try:
-            prefix = self.render(messages, tools=tools) if messages else ""
+            prefix = self.render(messages[:k], tools=tools) if k else ""
         except ValueError:  # a template that refuses a partial conversation
             return 0
         end = common_prefix_len(self.base.encode(prefix, False, False), full)
-        rewritten = rewritten_turn_end(prefix, text, offsets)
+        if text.startswith(prefix):
+            return end
+        starts = self._content_starts(messages, text, tools)
+        after = starts[k] if k < len(messages) else None
+        rewritten = rewritten_turn_end(prefix, text, offsets, starts[k - 1], after)
         return end if rewritten is None else max(end, rewritten)
+
+    def _content_starts(self, messages: list[Message], text: str, tools: Any) -> list[int | None]:
+        """``content_starts`` of ``messages`` in their rendering ``text`` (computed once)."""
+        key = (id(messages), text)
+        if getattr(self, "_starts_key", None) != key:
+
+            def render_marked(j: int, at_end: bool) -> str | None:
+                try:
+                    return self.render(with_marked_content(messages, j, at_end), tools=tools)
+                except ValueError:
+                    return None
+
+            self._starts = content_starts(text, render_marked, len(messages))
+            self._starts_key = key
+        return self._starts
 
     def tokenize_messages(
         self,
@@ -256,7 +278,7 @@ class HuggingFaceModelTokenizer:
         mask, start = mask_by_prefixes(
             closed,
             len(tokens),
-            lambda k: self._prefix_end(closed[:k], tokens, text, encoding.offsets, tools),
+            lambda k: self._prefix_end(closed, k, tokens, text, encoding.offsets, tools),
             text,
             encoding.offsets,
         )

@@ -18,10 +18,12 @@ from tunesmith.data.tokenizers._bpe import HuggingFaceBaseTokenizer
 from tunesmith.data.tokenizers._chat_formats import ChatFormat, Chunk, get_chat_format
 from tunesmith.data.tokenizers._chat_tools import (
     common_prefix_len,
+    content_starts,
     mask_by_prefixes,
     reasoning_token_spans,
     refuse_tool_shapes,
     rewritten_turn_end,
+    with_marked_content,
 )
 from tunesmith.data.tokenizers._utils import (
     SpecialTokenSplitter,
@@ -261,6 +263,8 @@ class ChatModelTokenizer:
             tokens.extend(ids)
             text += chunk.text
 
+        content: list[int | None] = []  # content_starts, computed at the first rewritten turn
+
         def prefix_end(k: int) -> int:
             if k == 0:
                 return 0
@@ -277,7 +281,17 @@ class ChatModelTokenizer:
             at = starts[j] if j < len(starts) else len(tokens)
             ids = [t for c in prefix[j:] for t in self.encode_text(c.text, c.continuation)]
             end = at + common_prefix_len(ids, tokens[at:])
-            rewritten = rewritten_turn_end("".join(c.text for c in prefix), text, offsets)
+            prefix_text = "".join(c.text for c in prefix)
+            if text.startswith(prefix_text):
+                return end
+            if not content:
+
+                def render_marked(j: int, at_end: bool) -> str:
+                    marked = with_marked_content(messages, j, at_end)
+                    return "".join(c.text for c in fmt.render(marked, True, tools=tools))
+
+                content.extend(content_starts(text, render_marked, len(messages)))
+            rewritten = rewritten_turn_end(prefix_text, text, offsets, content[k - 1], content[k])
             return end if rewritten is None else max(end, rewritten)
 
         return tokens, mask_by_prefixes(messages, len(tokens), prefix_end, text, offsets)[0]
