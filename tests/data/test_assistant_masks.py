@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from tunesmith.data import Message, OpenAIToMessages
+
 from .test_chat_corpus import DATE, _corpus, _ours
 from .test_family_chat_corpus import TEMPLATES, _family
 
@@ -166,6 +168,16 @@ def test_masks_equal_transformers_assistant_masks(assets: Path, name: str) -> No
             for a, b in _runs([not r for r in removed]):
                 text = ref.decode(tokens[a:b]).strip()
                 assert text and text in reasoning, (row["id"], text)
+            # generation prompt (open last turn): the earlier turns keep their masks
+            sample = OpenAIToMessages(train_on_input=False)(row)
+            messages = sample["messages"]
+            if messages[-1].role == "assistant" and len(messages) > 1:
+                prompt = [*messages[:-1], Message("assistant", "")]
+                p_tokens, p_mask = tok.tokenize_messages(
+                    prompt, add_end_tokens=False, tools=sample.get("tools")
+                )
+                head = last[0]
+                assert p_tokens[:head] == ids[:head] and p_mask[:head] == expected[:head]
         assistants = sum(m["role"] == "assistant" for m in row["messages"])
         if assistants > 1:
             multi_turn += 1

@@ -217,12 +217,22 @@ class HuggingFaceModelTokenizer:
             raise ValueError(f"the chat template refuses this conversation: {reason}") from None
 
     def _prefix_end(
-        self, messages: list[Message], k: int, full: list[int], text: str, offsets: Any, tools: Any
+        self,
+        messages: list[Message],
+        k: int,
+        full: list[int],
+        text: str,
+        offsets: Any,
+        tools: Any,
+        starts: list[int | None],
+        open_last: bool,
     ) -> int:
         """Where ``messages[:k]``' last turn ends in ``full`` (the encoding of ``text``, the
         rendering of ``messages``; tokens' character ``offsets``): the common token prefix
         of ``full`` and the rendering of ``messages[:k]``, or the end of that turn where the
-        template rendered it otherwise (``rewritten_turn_end``)."""
+        template rendered it otherwise (``rewritten_turn_end``; ``starts``: the messages'
+        ``content_starts``, filled at the first such turn; ``open_last``: ``text`` ends with
+        the generation prompt)."""
         try:
             prefix = self.render(messages[:k], tools=tools) if k else ""
         except ValueError:  # a template that refuses a partial conversation
@@ -230,25 +240,25 @@ class HuggingFaceModelTokenizer:
         end = common_prefix_len(self.base.encode(prefix, False, False), full)
         if text.startswith(prefix):
             return end
-        starts = self._content_starts(messages, text, tools)
+        if not starts:
+            starts.extend(self._content_starts(messages, text, tools, open_last))
         after = starts[k] if k < len(messages) else None
         rewritten = rewritten_turn_end(prefix, text, offsets, starts[k - 1], after)
         return end if rewritten is None else max(end, rewritten)
 
-    def _content_starts(self, messages: list[Message], text: str, tools: Any) -> list[int | None]:
-        """``content_starts`` of ``messages`` in their rendering ``text`` (computed once)."""
-        key = (id(messages), text)
-        if getattr(self, "_starts_key", None) != key:
+    def _content_starts(
+        self, messages: list[Message], text: str, tools: Any, open_last: bool
+    ) -> list[int | None]:
+        """``content_starts`` of ``messages`` in their rendering ``text``."""
 
-            def render_marked(j: int, at_end: bool) -> str | None:
-                try:
-                    return self.render(with_marked_content(messages, j, at_end), tools=tools)
-                except ValueError:
-                    return None
+        def render_marked(j: int, at_end: bool) -> str | None:
+            marked = with_marked_content(messages, j, at_end)
+            try:
+                return self.render(marked, add_generation_prompt=open_last, tools=tools)
+            except ValueError:
+                return None
 
-            self._starts = content_starts(text, render_marked, len(messages))
-            self._starts_key = key
-        return self._starts
+        return content_starts(text, render_marked, len(messages))
 
     def tokenize_messages(
         self,
@@ -275,10 +285,13 @@ class HuggingFaceModelTokenizer:
         text = self.render(closed, add_generation_prompt=open_last, tools=tools)
         encoding = self.base.tokenizer.encode(text, add_special_tokens=False)
         tokens = list(encoding.ids)
+        starts: list[int | None] = []
         mask, start = mask_by_prefixes(
             closed,
             len(tokens),
-            lambda k: self._prefix_end(closed, k, tokens, text, encoding.offsets, tools),
+            lambda k: self._prefix_end(
+                closed, k, tokens, text, encoding.offsets, tools, starts, open_last
+            ),
             text,
             encoding.offsets,
         )

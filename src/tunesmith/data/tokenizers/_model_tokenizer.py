@@ -222,7 +222,7 @@ class ChatModelTokenizer:
             else fmt.render(messages, add_end_tokens)
         )
         if getattr(fmt, "rewrites_history", False):
-            tokens, mask = self._mask_by_prefixes(messages, chunks, tools)
+            tokens, mask = self._mask_by_prefixes(messages, chunks, tools, add_end_tokens)
         else:
             tokens, mask = [], []
             for chunk in chunks:
@@ -247,7 +247,7 @@ class ChatModelTokenizer:
         return ids, mask
 
     def _mask_by_prefixes(
-        self, messages: list[Message], chunks: list[Chunk], tools: Any
+        self, messages: list[Message], chunks: list[Chunk], tools: Any, add_end_tokens: bool
     ) -> tuple[list[int], list[bool]]:
         """Tokens and mask of a format that rewrites earlier turns once more follow
         (Qwen3): masks by prefix renderings, the rule of ``HuggingFaceModelTokenizer``
@@ -288,7 +288,8 @@ class ChatModelTokenizer:
 
                 def render_marked(j: int, at_end: bool) -> str:
                     marked = with_marked_content(messages, j, at_end)
-                    return "".join(c.text for c in fmt.render(marked, True, tools=tools))
+                    rendered = fmt.render(marked, add_end_tokens, tools=tools)
+                    return "".join(c.text for c in rendered)
 
                 content.extend(content_starts(text, render_marked, len(messages)))
             rewritten = rewritten_turn_end(prefix_text, text, offsets, content[k - 1], content[k])
