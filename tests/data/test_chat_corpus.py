@@ -11,8 +11,11 @@ tokenize=True)`` on the same vocabulary:
 * the token ids must be equal;
 * the loss mask must be the reference mask: message ``k`` owns the tokens between the
   longest common token prefixes of the full encoding with ``apply_chat_template`` of
-  ``messages[:k]`` and ``messages[:k+1]``, and exactly the assistant messages' tokens are
-  trained on (``train_on_input=False``);
+  ``messages[:k]`` and ``messages[:k+1]`` (where the template rewrites turn ``k - 1`` in
+  history, as Qwen3 drops think blocks and Mistral moves ``[AVAILABLE_TOOLS]`` to the last
+  user turn, through that turn's end in the full rendering: its whole turn), and exactly
+  the assistant messages' tokens are trained on (``train_on_input=False``);
+  ``test_assistant_masks`` checks the rule against ``transformers``' own assistant masks;
 * where the template refuses a row (``raise_exception``: Gemma 2 and system prompts or
   tools, Llama 3.1 and parallel calls, ...), tunesmith refuses it with a one-line error
   that carries the template's message, and the dataset layer names the row.
@@ -38,6 +41,7 @@ import pytest
 import tunesmith.data
 from tunesmith.data import DataRowError, OpenAIToMessages
 from tunesmith.data.tokenizers import HuggingFaceModelTokenizer
+from tunesmith.data.tokenizers._chat_tools import content_starts, rewritten_turn_end
 
 transformers = pytest.importorskip("transformers")
 
@@ -230,15 +234,20 @@ def _reference(
     ``only_last`` the last assistant message only, ``masking_strategy="train_on_last"``)."""
     messages, tools = row["messages"], row.get("tools")
     full = _ref_ids(ref, messages, tools)
+    text = _ref_text(ref, messages, tools)
+    offsets = ref(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     bounds = []
     for k in range(len(messages) + 1):
         try:
             prefix = _ref_ids(ref, messages[:k], tools) if k else []
+            prefix_text = _ref_text(ref, messages[:k], tools) if k else ""
         except Exception:  # a template that refuses a partial conversation
-            prefix = []
+            prefix, prefix_text = [], ""
         n = 0
         while n < min(len(prefix), len(full)) and prefix[n] == full[n]:
             n += 1
+        if not text.startswith(prefix_text):  # the template rewrote turn k - 1 in history
+            n = max(n, _rewritten_end(ref, messages, k, prefix_text, text, offsets, tools))
         bounds.append(max(n, bounds[-1] if bounds else 0))
     bounds[-1] = max(bounds[-1], bounds[-2])
     mask = [True] * len(full)
@@ -247,6 +256,38 @@ def _reference(
         if message["role"] == "assistant" and not (only_last and k != assistants[-1]):
             mask[bounds[k] : bounds[k + 1]] = [False] * (bounds[k + 1] - bounds[k])
     return full, mask
+
+
+def _ref_text(ref: Any, messages: list[dict[str, Any]], tools: Any) -> str:
+    return ref.apply_chat_template(messages, tools=tools, tokenize=False, **DATE)
+
+
+def _rewritten_end(
+    ref: Any,
+    messages: list[dict[str, Any]],
+    k: int,
+    prefix: str,
+    full: str,
+    offsets: list[tuple[int, int]],
+    tools: Any,
+) -> int:
+    """End (tokens of ``full``) of ``prefix``'s last turn, which the template rendered
+    otherwise than in ``full``: tunesmith's rule (``rewritten_turn_end``, checked against
+    ``transformers``' assistant masks in ``test_assistant_masks``) on transformers'
+    renderings, each message's content marked by a leading NUL to find where it starts."""
+
+    def render_marked(j: int, at_end: bool) -> str | None:
+        text = messages[j].get("content") or ""
+        mark = {**messages[j], "content": text + "\x00" if at_end else "\x00" + text}
+        try:
+            return _ref_text(ref, [*messages[:j], mark, *messages[j + 1 :]], tools)
+        except Exception:  # refused
+            return None
+
+    starts = content_starts(full, render_marked, len(messages))
+    after = starts[k] if k < len(messages) else None
+    end = rewritten_turn_end(prefix, full, offsets, starts[k - 1], after)
+    return 0 if end is None else end
 
 
 def _ours(tok: HuggingFaceModelTokenizer, row: dict[str, Any], **kw: Any) -> Any:

@@ -15,6 +15,7 @@ One helper per layout, shared by every format that uses it (``_chat_formats``):
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -32,6 +33,9 @@ __all__ = [
     "refuse_tool_shapes",
     "common_prefix_len",
     "mask_by_prefixes",
+    "rewritten_turn_end",
+    "with_marked_content",
+    "content_starts",
     "TEMPLATE_ROUTE",
 ]
 
@@ -144,6 +148,74 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def with_marked_content(messages: list[Message], k: int, at_end: bool = False) -> list[Message]:
+    """``messages`` with a NUL before (``at_end``: after) message ``k``'s content: where the
+    full rendering and this one first differ is where that content starts (ends)."""
+    marked = copy.copy(messages[k])
+    mark = [{"type": "text", "content": "\x00"}]
+    marked.content = [*messages[k].content, *mark] if at_end else [*mark, *messages[k].content]
+    return [*messages[:k], marked, *messages[k + 1 :]]
+
+
+def content_starts(
+    full: str, render_marked: Callable[[int, bool], str | None], n: int
+) -> list[int | None]:
+    """Where each of ``n`` messages' rendered content starts in ``full``: the first
+    difference of ``full`` and ``render_marked(j, False)`` (the rendering with
+    :func:`with_marked_content` of message ``j``; None where the template refuses it).
+    Where the template drops that mark (Qwen3 keeps only the text after an inline
+    ``</think>`` in history), where the content ends (``render_marked(j, True)``); None
+    where neither mark shows."""
+    starts: list[int | None] = []
+    for j in range(n):
+        at = None
+        for at_end in (False, True):
+            marked = render_marked(j, at_end)
+            if marked is not None and marked != full:
+                at = _common_chars(full, marked)
+                break
+        starts.append(at)
+    return starts
+
+
+def rewritten_turn_end(
+    prefix: str,
+    full: str,
+    offsets: Sequence[tuple[int, int]],
+    own_start: int | None,
+    next_start: int | None,
+) -> int | None:
+    """Token index where the last turn of ``prefix`` (the rendering of ``messages[:k]``)
+    ends in ``full`` (the rendering of all the messages) when the template rendered some
+    turn differently there; None when ``prefix`` is a prefix of ``full``, or when no end
+    is found (the caller keeps the common token prefix).
+
+    Templates rewrite turns in history at their start (Qwen3 drops the ``<think>`` blocks
+    of assistant turns before the last user query; Mistral moves ``[AVAILABLE_TOOLS]`` to
+    the last user turn) and keep the rest: the turn's text from its content's start
+    ``own_start`` (in ``full``, see :func:`content_starts`) through its end-of-turn tokens
+    is the same in both renderings. The end is the last point ``e`` up to where the next
+    message's content starts (``next_start``; the end of ``full`` where None) with
+    ``full[own_start:e]`` a suffix of ``prefix``. ``offsets`` are the ``(start, end)``
+    characters of ``full``'s tokens; a token straddling the end belongs to the next message.
+    """
+    if full.startswith(prefix) or own_start is None:
+        return None
+    bound = len(full) if next_start is None else next_start
+    for stop in range(bound, own_start, -1):
+        if full[stop - 1] == prefix[-1] and prefix.endswith(full[own_start:stop]):
+            return sum(1 for _, b in offsets if b <= stop)
+    return None
+
+
+def _common_chars(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 def mask_by_prefixes(
     messages: list[Message],
     n_tokens: int,
@@ -155,8 +227,9 @@ def mask_by_prefixes(
 
     Message ``i`` owns the tokens from ``prefix_end(i)`` to ``prefix_end(i + 1)`` (each
     the length of the common token prefix of the full encoding and the encoding of
-    ``messages[:k]``, never going back); a rewritten part of a turn therefore belongs to
-    a later message. ``mask_reasoning`` messages have their reasoning's tokens (found in
+    ``messages[:k]``, never going back), so its span is its whole turn as the full
+    rendering writes it: where the template rewrote turn ``k - 1`` in ``messages[:k]``'s
+    rendering, ``prefix_end(k)`` is that turn's end found by :func:`rewritten_turn_end`. ``mask_reasoning`` messages have their reasoning's tokens (found in
     ``text``; ``offsets`` are the tokens' character spans) masked.
 
     Returns:

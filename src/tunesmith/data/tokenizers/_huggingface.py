@@ -5,11 +5,12 @@ tokenizer_config.json's ``chat_template``, a ``chat_template.jinja`` beside the
 tokenizer.json, or given directly) is rendered with jinja2 the way ``transformers``
 renders it, then encoded. The loss mask is assigned per message from renderings of
 the conversation's prefixes: message ``i`` owns the tokens between the longest common
-prefixes of the full encoding with the encodings of ``messages[:i]`` and ``messages[:i+1]``.
-(Templates that re-render earlier
-turns differently once more turns follow, like Qwen3's dropped think blocks, give the
-rewritten part of that earlier turn to the next message, so it is masked: such a turn is
-only trained on where its final rendering agrees with its own.)
+prefixes of the full encoding with the encodings of ``messages[:i]`` and ``messages[:i+1]``,
+i.e. its whole turn as the full rendering writes it (header, content, tool calls, the
+reasoning the template keeps for it, end-of-turn tokens). Templates that re-render an
+earlier turn differently once more turns follow (Qwen3 drops its think block) are
+handled by ``rewritten_turn_end``: the turn keeps its end, so its end is found in the
+full rendering and the whole turn is still the message's.
 
 Tool use and reasoning: ``tools`` (function schemas) are passed to the template, and
 messages as OpenAI dicts (``tool_calls``, ``tool_call_id``, ``name``, ``reasoning_content``,
@@ -30,7 +31,14 @@ from typing import Any
 from tunesmith.data._messages import Message
 from tunesmith.data._prompt_templates import get_prompt_template
 from tunesmith.data.tokenizers._bpe import HuggingFaceBaseTokenizer
-from tunesmith.data.tokenizers._chat_tools import common_prefix_len, mask_by_prefixes, tojson
+from tunesmith.data.tokenizers._chat_tools import (
+    common_prefix_len,
+    content_starts,
+    mask_by_prefixes,
+    rewritten_turn_end,
+    tojson,
+    with_marked_content,
+)
 from tunesmith.data.tokenizers._utils import (
     check_file,
     tokenize_sample,
@@ -208,13 +216,49 @@ class HuggingFaceModelTokenizer:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ValueError(f"the chat template refuses this conversation: {reason}") from None
 
-    def _prefix_end(self, messages: list[Message], full: list[int], tools: Any) -> int:
-        """Length of the common token prefix of ``full`` and the rendering of ``messages``."""
+    def _prefix_end(
+        self,
+        messages: list[Message],
+        k: int,
+        full: list[int],
+        text: str,
+        offsets: Any,
+        tools: Any,
+        starts: list[int | None],
+        open_last: bool,
+    ) -> int:
+        """Where ``messages[:k]``' last turn ends in ``full`` (the encoding of ``text``, the
+        rendering of ``messages``; tokens' character ``offsets``): the common token prefix
+        of ``full`` and the rendering of ``messages[:k]``, or the end of that turn where the
+        template rendered it otherwise (``rewritten_turn_end``; ``starts``: the messages'
+        ``content_starts``, filled at the first such turn; ``open_last``: ``text`` ends with
+        the generation prompt)."""
         try:
-            prefix = self.render(messages, tools=tools) if messages else ""
+            prefix = self.render(messages[:k], tools=tools) if k else ""
         except ValueError:  # a template that refuses a partial conversation
             return 0
-        return common_prefix_len(self.base.encode(prefix, False, False), full)
+        end = common_prefix_len(self.base.encode(prefix, False, False), full)
+        if text.startswith(prefix):
+            return end
+        if not starts:
+            starts.extend(self._content_starts(messages, text, tools, open_last))
+        after = starts[k] if k < len(messages) else None
+        rewritten = rewritten_turn_end(prefix, text, offsets, starts[k - 1], after)
+        return end if rewritten is None else max(end, rewritten)
+
+    def _content_starts(
+        self, messages: list[Message], text: str, tools: Any, open_last: bool
+    ) -> list[int | None]:
+        """``content_starts`` of ``messages`` in their rendering ``text``."""
+
+        def render_marked(j: int, at_end: bool) -> str | None:
+            marked = with_marked_content(messages, j, at_end)
+            try:
+                return self.render(marked, add_generation_prompt=open_last, tools=tools)
+            except ValueError:
+                return None
+
+        return content_starts(text, render_marked, len(messages))
 
     def tokenize_messages(
         self,
@@ -241,10 +285,13 @@ class HuggingFaceModelTokenizer:
         text = self.render(closed, add_generation_prompt=open_last, tools=tools)
         encoding = self.base.tokenizer.encode(text, add_special_tokens=False)
         tokens = list(encoding.ids)
+        starts: list[int | None] = []
         mask, start = mask_by_prefixes(
             closed,
             len(tokens),
-            lambda k: self._prefix_end(closed[:k], tokens, tools),
+            lambda k: self._prefix_end(
+                closed, k, tokens, text, encoding.offsets, tools, starts, open_last
+            ),
             text,
             encoding.offsets,
         )

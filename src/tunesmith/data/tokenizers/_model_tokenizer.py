@@ -18,9 +18,12 @@ from tunesmith.data.tokenizers._bpe import HuggingFaceBaseTokenizer
 from tunesmith.data.tokenizers._chat_formats import ChatFormat, Chunk, get_chat_format
 from tunesmith.data.tokenizers._chat_tools import (
     common_prefix_len,
+    content_starts,
     mask_by_prefixes,
     reasoning_token_spans,
     refuse_tool_shapes,
+    rewritten_turn_end,
+    with_marked_content,
 )
 from tunesmith.data.tokenizers._utils import (
     SpecialTokenSplitter,
@@ -219,7 +222,7 @@ class ChatModelTokenizer:
             else fmt.render(messages, add_end_tokens)
         )
         if getattr(fmt, "rewrites_history", False):
-            tokens, mask = self._mask_by_prefixes(messages, chunks, tools)
+            tokens, mask = self._mask_by_prefixes(messages, chunks, tools, add_end_tokens)
         else:
             tokens, mask = [], []
             for chunk in chunks:
@@ -244,24 +247,23 @@ class ChatModelTokenizer:
         return ids, mask
 
     def _mask_by_prefixes(
-        self, messages: list[Message], chunks: list[Chunk], tools: Any
+        self, messages: list[Message], chunks: list[Chunk], tools: Any, add_end_tokens: bool
     ) -> tuple[list[int], list[bool]]:
         """Tokens and mask of a format that rewrites earlier turns once more follow
-        (Qwen3): masks by prefix renderings, the rule of ``HuggingFaceModelTokenizer``."""
+        (Qwen3): masks by prefix renderings, the rule of ``HuggingFaceModelTokenizer``
+        (each message's span is its whole turn as the full rendering writes it)."""
         tokens: list[int] = []
-        offsets: list[tuple[int, int]] = []  # only needed to find masked reasoning
-        with_offsets = any(m.mask_reasoning and not m.masked for m in messages)
+        offsets: list[tuple[int, int]] = []  # to find rewritten turns' ends, masked reasoning
         text = ""
         starts = []  # token index where each chunk starts
         for chunk in chunks:
             starts.append(len(tokens))
-            if with_offsets:
-                ids, spans = self._encode_with_offsets(chunk.text, chunk.continuation)
-                offsets.extend((len(text) + a, len(text) + b) for a, b in spans)
-            else:
-                ids = self.encode_text(chunk.text, continuation=chunk.continuation)
+            ids, spans = self._encode_with_offsets(chunk.text, chunk.continuation)
+            offsets.extend((len(text) + a, len(text) + b) for a, b in spans)
             tokens.extend(ids)
             text += chunk.text
+
+        content: list[int | None] = []  # content_starts, computed at the first rewritten turn
 
         def prefix_end(k: int) -> int:
             if k == 0:
@@ -278,7 +280,20 @@ class ChatModelTokenizer:
             )
             at = starts[j] if j < len(starts) else len(tokens)
             ids = [t for c in prefix[j:] for t in self.encode_text(c.text, c.continuation)]
-            return at + common_prefix_len(ids, tokens[at:])
+            end = at + common_prefix_len(ids, tokens[at:])
+            prefix_text = "".join(c.text for c in prefix)
+            if text.startswith(prefix_text):
+                return end
+            if not content:
+
+                def render_marked(j: int, at_end: bool) -> str:
+                    marked = with_marked_content(messages, j, at_end)
+                    rendered = fmt.render(marked, add_end_tokens, tools=tools)
+                    return "".join(c.text for c in rendered)
+
+                content.extend(content_starts(text, render_marked, len(messages)))
+            rewritten = rewritten_turn_end(prefix_text, text, offsets, content[k - 1], content[k])
+            return end if rewritten is None else max(end, rewritten)
 
         return tokens, mask_by_prefixes(messages, len(tokens), prefix_end, text, offsets)[0]
 
