@@ -207,7 +207,11 @@ def test_finetuned_smollm2_8da4w_pte_equals_eager_8da4w(
     pte = tmp_path / "smollm2-8da4w.pte"
     _run_et("export", str(folder), str(pte), "--quantize", "8da4w")
     got, logits_file = _pte_greedy(pte, prompts, tmp_path)
-    assert got == want
-    for run, pte_logits in zip(runs, torch.load(logits_file)):
-        eager = run.logits[0]
-        assert (pte_logits - eager).abs().max() <= Q8DA4W_LOGIT_TOL
+    diffs = []
+    for run, pte_logits, g, w in zip(runs, torch.load(logits_file), got, want):
+        same = next((i for i, (a, b) in enumerate(zip(g, w)) if a != b), len(w))
+        n = min(same + 1, len(w))  # the steps fed the same tokens
+        diffs.append(float((pte_logits[:n] - run.logits[0, :n]).abs().max()))
+    print(f"8da4w max |pte - eager| logit per prompt: {diffs}")
+    assert got == want, diffs
+    assert max(diffs) <= Q8DA4W_LOGIT_TOL, diffs

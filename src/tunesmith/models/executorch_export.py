@@ -119,15 +119,34 @@ def load_hf_folder(folder: str | os.PathLike[str]) -> nn.Module:
     return model.float()
 
 
-def quantize_8da4w(model: nn.Module, group_size: int = 32) -> nn.Module:
-    """torchao int8 dynamic activations + int4 weights in groups of ``group_size`` (in place)."""
+def quantize_8da4w(
+    model: nn.Module, group_size: int = 32, *, bf16_scales: bool = True
+) -> nn.Module:
+    """torchao int8 dynamic activations + int4 weights in groups of ``group_size`` (in place),
+    the config ExecuTorch's Llama export applies for ``8da4w``: every ``nn.Linear`` whose
+    input width is a multiple of ``group_size`` (the others stay float, as there).
+
+    ``bf16_scales`` rounds each group's scale to bfloat16, the precision ExecuTorch's XNNPACK
+    delegate stores group scales in (``backends/xnnpack/operators/node_visitor.py`` casts
+    them), so this eager model computes with exactly the weights of the ``.pte``; the int4
+    values are untouched and the exported program is the same either way.
+    """
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
     from torchao.quantization.granularity import PerGroup
 
     config = Int8DynamicActivationIntxWeightConfig(
         weight_dtype=torch.int4, weight_granularity=PerGroup(group_size)
     )
-    quantize_(model, config)
+
+    def fits(module: nn.Module, fqn: str) -> bool:
+        return isinstance(module, nn.Linear) and module.in_features % group_size == 0
+
+    quantize_(model, config, filter_fn=fits)
+    if bf16_scales:
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if weight is not None and hasattr(weight, "qdata") and hasattr(weight, "scale"):
+                weight.scale = weight.scale.to(torch.bfloat16).to(weight.scale.dtype)
     return model
 
 
