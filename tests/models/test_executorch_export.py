@@ -95,7 +95,7 @@ def _et_python() -> Path:
 def _run_et(*args: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     cmd = [str(_et_python()), "-m", "tunesmith.models.executorch_export", *args]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.strip().splitlines()[-1]
 
