@@ -29,14 +29,16 @@ def test_demo_data_is_a_persona_and_questions_are_held_out(tmp_path: Path) -> No
 def test_pirate_dataset_trains_on_answers_only() -> None:
     from tunesmith._demo import pirate_chat_dataset, smollm2_gguf_tokenizer
 
-    tok = smollm2_gguf_tokenizer(default_system_prompt=None, max_seq_len=256)
+    # the official template's default system prompt, as the saved folder's template renders it
+    tok = smollm2_gguf_tokenizer(max_seq_len=256)
     ds = pirate_chat_dataset(tok)
     assert len(ds) == len(PIRATE_CHATS)
     sample = ds[0]
     trained = [t for t, label in zip(sample["tokens"], sample["labels"]) if label != -100]
     question, answer = PIRATE_CHATS[0]
     text = tok.decode(sample["tokens"], skip_special_tokens=False)
-    assert text.startswith(f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+    system = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    assert text.startswith(f"{system}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n")
     trained_text = tok.decode(trained, skip_special_tokens=False)
     assert trained_text.strip().endswith(f"\n{answer}<|im_end|>")  # the answer (and its header)
     assert question not in trained_text

