@@ -54,9 +54,10 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.dev.rl.data.", "tunesmith.datasets."),
     # distillation losses live beside, not inside, tunesmith.modules.loss
     ("torchtune.modules.loss.kd_losses.", "tunesmith.modules.kd_loss."),
-    ("torchtune.modules.loss.ForwardKL", "tunesmith.modules.kd_loss.ForwardKL"),
-    ("torchtune.modules.loss.ReverseKL", "tunesmith.modules.kd_loss.ReverseKL"),
-    ("torchtune.modules.loss.SymmetricKL", "tunesmith.modules.kd_loss.SymmetricKL"),
+    ("torchtune.modules.loss.", "tunesmith.modules.kd_loss."),
+    # torchtune's model_fusion package is tunesmith's fusion module
+    ("torchtune.modules.model_fusion.", "tunesmith.modules.fusion."),
+    ("torchtune.datasets._alpaca.AlpacaToMessages", "tunesmith.data.AlpacaToMessages"),
     ("torchtune.training.quantization.", "tunesmith.quantization."),
     (
         "torchtune.utils.get_world_size_and_rank",

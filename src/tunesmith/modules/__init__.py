@@ -2,6 +2,12 @@
 
 from tunesmith.modules.attention import MultiHeadAttention
 from tunesmith.modules.classifier import classifier_model, sequence_scores
+from tunesmith.modules.common_utils import (
+    delete_kv_caches,
+    disable_kv_cache,
+    local_kv_cache,
+    reparametrize_as_dtype_state_dict_post_hook,
+)
 from tunesmith.modules.feed_forward import FeedForward
 from tunesmith.modules.kv_cache import KVCache
 from tunesmith.modules.masks import (
@@ -28,6 +34,10 @@ __all__ = [
     "apply_rope",
     "causal_mask",
     "classifier_model",
+    "delete_kv_caches",
+    "disable_kv_cache",
+    "local_kv_cache",
+    "reparametrize_as_dtype_state_dict_post_hook",
     "packed_causal_mask",
     "padding_to_causal_mask",
     "rope_inv_freq",

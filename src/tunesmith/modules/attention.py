@@ -109,6 +109,8 @@ class MultiHeadAttention(nn.Module):
         self.chunk_size = chunk_size
         self.temperature = temperature
         self.kv_cache: KVCache | None = None
+        # torchtune's switch (``modules.disable_kv_cache``): False runs as if no cache were set
+        self.cache_enabled = False
         # a ``training.context_parallel.ContextParallel`` while training context parallel:
         # keys/values are all-gathered over its group, ``mask`` holds this rank's rows
         self.context_parallel: ContextParallel | None = None
@@ -119,6 +121,7 @@ class MultiHeadAttention(nn.Module):
         self.kv_cache = KVCache(
             batch_size, max_seq_len, self.num_kv_heads, self.head_dim, dtype, device
         )
+        self.cache_enabled = True
 
     def forward(
         self,
@@ -145,8 +148,9 @@ class MultiHeadAttention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if self.use_rope and cos is not None and sin is not None:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.kv_cache is not None:
-            k, v = self.kv_cache.update(k, v)
+        cache = self.kv_cache if self.cache_enabled else None
+        if cache is not None:
+            k, v = cache.update(k, v)
         if self.context_parallel is not None:  # local queries, every rank's keys
             if mask is None or seq_lens is not None:
                 raise ValueError(
@@ -157,7 +161,7 @@ class MultiHeadAttention(nn.Module):
             if self.sinks is None and self.softcap is None:  # SDPA: one additive mask
                 mask = self.context_parallel.additive_mask(mask, q.dtype)
         if seq_lens is not None:
-            if self.kv_cache is not None or b != 1 or mask is not None:
+            if cache is not None or b != 1 or mask is not None:
                 raise ValueError(
                     "seq_lens needs batch size 1, no mask and no KV cache; pass a block-causal "
                     "mask instead"
@@ -192,7 +196,7 @@ class MultiHeadAttention(nn.Module):
         if seq_lens is not None:
             pos = _document_positions(seq_lens, q.device)
         else:
-            start = self.kv_cache.size if self.kv_cache is not None else 0
+            start = self.kv_cache.size if self.kv_cache is not None and self.cache_enabled else 0
             pos = torch.arange(start, start + s, device=q.device)
         scale = torch.log1p(torch.floor((pos.float() + 1.0) / floor_scale)) * attn_scale + 1.0
         return (q * scale[None, :, None, None]).to(q.dtype)

@@ -31,6 +31,8 @@ __all__ = [
     "Llama3VisionProjectionHead",
     "TransformerCrossAttentionLayer",
     "expand_cross_attention_mask",
+    "get_fusion_params",
+    "register_fusion_module",
 ]
 
 
@@ -51,6 +53,10 @@ class FusionEmbedding(nn.Module):
     @property
     def num_embeddings(self) -> int:
         return self.vocab_size + self.fusion_embedding.num_embeddings
+
+    def fusion_params(self) -> list[str]:
+        """Names of the parameters added for fusion (the extra token rows)."""
+        return ["fusion_embedding.weight"]
 
     def forward(self, tokens: Tensor) -> Tensor:
         vocab = self.vocab_size
@@ -141,6 +147,10 @@ class FusionLayer(TransformerSelfAttentionLayer):
         self.fusion_layer = fusion_layer
         self.cache_encoder = False  # set by TransformerDecoder.setup_caches
         self._encoder: tuple[Tensor, Tensor | None] | None = None
+
+    def fusion_params(self) -> list[str]:
+        """Names of the parameters added for fusion (``fusion_layer.*``)."""
+        return [f"fusion_layer.{n}" for n, _ in self.fusion_layer.named_parameters()]
 
     def reset_encoder_cache(self) -> None:
         """Forget the cached encoder states (a new prompt)."""
@@ -292,10 +302,33 @@ class DeepFusionModel(DecoderFacade):
     :class:`TransformerCrossAttentionLayer`) what tokens that see no image attend.
     """
 
-    def __init__(self, decoder: TransformerDecoder, encoder: nn.Module):
+    def __init__(
+        self,
+        decoder: TransformerDecoder,
+        encoder: nn.Module,
+        *,
+        encoder_trainable: bool | None = None,
+        decoder_trainable: bool | None = None,
+        fusion_trainable: bool | None = None,
+    ):
+        """``encoder_trainable`` / ``decoder_trainable`` / ``fusion_trainable`` (torchtune's):
+        when any is given, exactly the parts marked True train (``fusion_trainable`` covers
+        :func:`get_fusion_params`, inside the encoder and decoder alike); all None leaves
+        ``requires_grad`` as built (tunesmith's recipes choose trainable parts themselves)."""
         super().__init__()
         self.decoder = decoder
         self.encoder = encoder
+        flags = (encoder_trainable, decoder_trainable, fusion_trainable)
+        if any(flag is not None for flag in flags):
+            trainable: set[str] = set()
+            if encoder_trainable:
+                trainable |= {f"encoder.{n}" for n, _ in encoder.named_parameters()}
+            if decoder_trainable:
+                trainable |= {f"decoder.{n}" for n, _ in decoder.named_parameters()}
+            fused = set(get_fusion_params(self))
+            trainable = trainable | fused if fusion_trainable else trainable - fused
+            for name, param in self.named_parameters():
+                param.requires_grad_(name in trainable)
 
     def forward(
         self,
@@ -320,3 +353,31 @@ class DeepFusionModel(DecoderFacade):
             encoder_mask=encoder_mask,
             encoder_fallback_mask=encoder_fallback_mask,
         )
+
+
+def register_fusion_module(module: nn.Module) -> None:
+    """Mark every parameter of ``module`` as a fusion parameter (a projection head added
+    between pretrained models): gives it a ``fusion_params()`` method."""
+
+    def fusion_params() -> list[str]:
+        return [name for name, _ in module.named_parameters()]
+
+    module.fusion_params = fusion_params  # type: ignore[method-assign]
+
+
+def get_fusion_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters of ``model`` that modules with a ``fusion_params()`` method name,
+    by full name."""
+    out: dict[str, nn.Parameter] = {}
+    for prefix, module in model.named_modules():
+        method = getattr(module, "fusion_params", None)
+        if not callable(method):
+            continue
+        wanted = set(method())
+        for name, param in module.named_parameters():
+            if name in wanted:
+                out[f"{prefix}.{name}" if prefix else name] = param
+                wanted.discard(name)
+        if wanted:
+            raise AssertionError(f"Fusion params {sorted(wanted)} of {prefix!r} not found")
+    return out
