@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import torch
@@ -106,7 +106,7 @@ class ModuleLayerDropoutWrapper(nn.Module):
         self.module.load_state_dict(state_dict, *args, **kwargs)
 
 
-class ScaleType(str, Enum):
+class ScaleType(StrEnum):
     """How a quantity grows from 0 (at ``val = 0``) to 1 (at ``val = scale_period``)."""
 
     UNIFORM = "uniform"
@@ -137,7 +137,9 @@ def get_scale(scale_type: ScaleType, scale_period: int, val: int) -> float:
         ScaleType.SIGMOID: lambda: 1 / (1 + math.exp(-10 * (t - 0.5))),
     }
     if scale_type not in curves:
-        raise ValueError(f"get_scale: unsupported scale_type {scale_type!r}; use one of {list(curves)}")
+        raise ValueError(
+            f"get_scale: unsupported scale_type {scale_type!r}; use one of {list(curves)}"
+        )
     return max(min(curves[ScaleType(scale_type)](), 1.0), 0.0)
 
 

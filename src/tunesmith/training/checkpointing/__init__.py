@@ -62,9 +62,9 @@ from tunesmith.training.checkpointing._recipe_state import __all__ as _recipe_al
 from tunesmith.training.checkpointing._signals import *  # noqa: F401,F403
 from tunesmith.training.checkpointing._signals import __all__ as _signals_all
 from tunesmith.training.checkpointing.keys import *  # noqa: F401,F403
+from tunesmith.training.checkpointing.keys import __all__ as _keys_all
 from tunesmith.training.checkpointing.torchtune_utils import *  # noqa: F401,F403
 from tunesmith.training.checkpointing.torchtune_utils import __all__ as _torchtune_utils_all
-from tunesmith.training.checkpointing.keys import __all__ as _keys_all
 from tunesmith.utils._integrity import CheckpointError, CheckpointNotFoundError
 
 __all__ = [
