@@ -3,3 +3,4 @@
 from tunesmith.models._generic import lora_phi3, phi3  # noqa: F401  (torchtune's generic builders)
 from tunesmith.models.phi3._model_builders import *  # noqa: F401,F403
 from tunesmith.models.phi3._tokenizer import *  # noqa: F401,F403
+from tunesmith.modules.position_embeddings import Phi3RotaryPositionalEmbeddings  # noqa: F401

@@ -3,3 +3,4 @@
 from tunesmith.models._generic import lora_qwen2, qwen2  # noqa: F401  (torchtune's generic builders)
 from tunesmith.models.qwen2._model_builders import *  # noqa: F401,F403
 from tunesmith.models.qwen2._tokenizer import *  # noqa: F401,F403
+from tunesmith.modules.position_embeddings import Qwen2RotaryPositionalEmbeddings  # noqa: F401
