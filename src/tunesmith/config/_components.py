@@ -58,6 +58,10 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     # torchtune's model_fusion package is tunesmith's fusion module
     ("torchtune.modules.model_fusion.", "tunesmith.modules.fusion."),
     ("torchtune.datasets._alpaca.AlpacaToMessages", "tunesmith.data.AlpacaToMessages"),
+    (
+        "torchtune.training.quantization._torchao_0_7_supported",
+        "tunesmith.compat._private._torchao_0_7_supported",
+    ),
     ("torchtune.training.quantization.", "tunesmith.quantization."),
     (
         "torchtune.utils.get_world_size_and_rank",
