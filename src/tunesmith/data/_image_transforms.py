@@ -26,7 +26,9 @@ __all__ = [
     "TiledImageTransform",
     "find_supported_resolutions",
     "get_canvas_best_fit",
+    "get_inscribed_size",
     "load_image",
+    "pad_dim_to_size",
     "resize_to_fit_canvas",
     "smart_resize",
     "tile_crop",
@@ -111,6 +113,42 @@ def resize_to_fit_canvas(
     if scale_w < scale_h:
         return min(math.floor(h * scale_w) or 1, target_h), target_w
     return target_h, min(math.floor(w * scale_h) or 1, target_w)
+
+
+def get_inscribed_size(
+    image_size: tuple[int, int], target_size: tuple[int, int], max_size: int | None
+) -> tuple[int, int]:
+    """The largest ``(height, width)`` with ``image_size``'s aspect ratio inside
+    ``target_size`` (torchtune's resize-with-pad step). With ``max_size`` each side of the
+    target is first bounded to ``min(max(image side, max_size), target side)``, so images
+    smaller than ``max_size`` are not upscaled beyond it."""
+    if len(image_size) != 2 or len(target_size) != 2:
+        raise AssertionError(
+            f"image_size {image_size} and target_size {target_size} must be (height, width)"
+        )
+    h, w = image_size
+    if max_size is not None:
+        target_h = min(max(h, max_size), target_size[0])
+        target_w = min(max(w, max_size), target_size[1])
+    else:
+        target_h, target_w = target_size
+    return (
+        min(math.floor(h * (target_w / w)), target_h),
+        min(math.floor(w * (target_h / h)), target_w),
+    )
+
+
+def pad_dim_to_size(input: Tensor, size: int, dim: int, *, fill: float = 0.0) -> Tensor:
+    """Pad ``input`` at the end of dimension ``dim`` (non-negative) to ``size`` with
+    ``fill``; the other dimensions unchanged."""
+    missing = size - input.shape[dim]
+    if missing < 0:
+        raise AssertionError(
+            f"Tensor input shape {input.shape[dim]} is larger than given size {size}"
+        )
+    padding = [0] * (2 * input.dim())
+    padding[2 * (input.dim() - dim) - 1] = missing  # F.pad lists the last dimension first
+    return torch.nn.functional.pad(input, padding, value=fill)
 
 
 def tile_crop(image: Tensor, tile_size: int) -> Tensor:

@@ -29,6 +29,7 @@ from tunesmith.modules.rope import RopeScaling, RotaryEmbedding, apply_rope, rop
 from tunesmith.modules.tied_linear import TiedLinear
 from tunesmith.modules.transformer import TransformerDecoder, TransformerSelfAttentionLayer
 from tunesmith.modules.vision_transformer import TanhGate, VisionTransformer
+from tunesmith.modules.vq_embeddings import VectorQuantizedEmbeddings
 
 __all__ = [
     "Fp32LayerNorm",
@@ -38,6 +39,7 @@ __all__ = [
     "TanhGate",
     "TransformerCrossAttentionLayer",
     "VisionRotaryPositionalEmbeddings",
+    "VectorQuantizedEmbeddings",
     "VisionTransformer",
     "create_block_causal_mask",
     "packed_block_causal_mask",

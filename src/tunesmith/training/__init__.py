@@ -15,6 +15,7 @@ from tunesmith.training.gradients import *  # noqa: F401,F403
 from tunesmith.training.lr_schedulers import *  # noqa: F401,F403
 from tunesmith.training.memory import *  # noqa: F401,F403
 from tunesmith.training.metric_logging import *  # noqa: F401,F403
+from tunesmith.training.model_util import *  # noqa: F401,F403
 from tunesmith.training.optimizers import *  # noqa: F401,F403
 from tunesmith.training.plot import *  # noqa: F401,F403
 from tunesmith.training.precision import *  # noqa: F401,F403
@@ -36,6 +37,7 @@ __all__ = sorted(
             "lr_schedulers",
             "memory",
             "metric_logging",
+            "model_util",
             "optimizers",
             "plot",
             "precision",
