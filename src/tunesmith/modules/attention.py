@@ -85,6 +85,11 @@ class MultiHeadAttention(nn.Module):
         use_rope: bool = True,
         chunk_size: int | None = None,
         temperature: tuple[float, float] | None = None,
+        pos_embeddings: nn.Module | None = None,
+        kv_cache: KVCache | None = None,
+        max_seq_len: int = 4096,
+        is_causal: bool = True,
+        attn_dropout: float = 0.0,
     ):
         super().__init__()
         if num_heads % num_kv_heads != 0:
@@ -108,7 +113,14 @@ class MultiHeadAttention(nn.Module):
         self.use_rope = use_rope
         self.chunk_size = chunk_size
         self.temperature = temperature
-        self.kv_cache: KVCache | None = None
+        self.kv_cache: KVCache | None = kv_cache
+        # torchtune's calling convention (see ``forward``): a RoPE module applied to q and k
+        # ``[b, s, h, hd]`` with ``input_pos``; ``is_causal`` for calls without a mask
+        self.pos_embeddings = pos_embeddings
+        self.max_seq_len = max_seq_len
+        self.is_causal = is_causal
+        self.attn_dropout = 0.0  # accepted for torchtune's signature; kernels run without
+        del attn_dropout
         # torchtune's switch (``modules.disable_kv_cache``): False runs as if no cache were set
         self.cache_enabled = False
         # a ``training.context_parallel.ContextParallel`` while training context parallel:
@@ -132,7 +144,15 @@ class MultiHeadAttention(nn.Module):
         seq_lens: Documents | Sequence[int] | None = None,
         *,
         kv_input: Tensor | None = None,
+        input_pos: Tensor | None = None,
     ) -> Tensor:
+        """tunesmith's call ``(x, cos, sin, mask, seq_lens, kv_input=)`` (see the class doc),
+        or torchtune's ``(x, y, mask=, input_pos=)``: ``y [b, s_y, d]`` gives keys and values
+        (``y = x`` for self-attention), ``pos_embeddings`` rotates q and k at ``input_pos``,
+        ``mask [b, s, s_y]`` (or ``[b, s, max_seq_len]`` over cache slots) True = attend,
+        None = causal when ``is_causal`` and no cache, else every key."""
+        if cos is not None and cos.dim() == 3:  # torchtune's y
+            return self._torchtune_call(x, cos, mask, input_pos)
         b, s, _ = x.shape
         if kv_input is not None:
             return self._cross(x, kv_input, mask)
@@ -200,6 +220,33 @@ class MultiHeadAttention(nn.Module):
             pos = torch.arange(start, start + s, device=q.device)
         scale = torch.log1p(torch.floor((pos.float() + 1.0) / floor_scale)) * attn_scale + 1.0
         return (q * scale[None, :, None, None]).to(q.dtype)
+
+    def _torchtune_call(
+        self, x: Tensor, y: Tensor, mask: Tensor | None, input_pos: Tensor | None
+    ) -> Tensor:
+        """torchtune's attention: RoPE by ``pos_embeddings`` before the QK norms."""
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim)
+        k = self.k_proj(y).view(b, y.shape[1], self.num_kv_heads, self.head_dim)
+        v = self.v_proj(y).view(b, y.shape[1], self.num_kv_heads, self.head_dim)
+        if self.pos_embeddings is not None:
+            q = self.pos_embeddings(q, input_pos=input_pos)
+            k = self.pos_embeddings(k, input_pos=input_pos)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        cached = self.kv_cache is not None and self.cache_enabled
+        if cached:
+            assert self.kv_cache is not None
+            k, v = self.kv_cache.update(k, v)
+        if mask is not None:
+            mask = mask[:, None, :, : k.shape[2]]
+        elif cached or not self.is_causal:  # every key (torchtune: no causal mask with a cache)
+            mask = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=x.device)
+        out = dense_attention(q, k, v, mask, scale=self.scale, softcap=self.softcap)
+        return self.output_proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
 
     def _cross(self, x: Tensor, kv_input: Tensor, mask: Tensor | None) -> Tensor:
         """Queries from ``x [b, s, d]``, keys/values from ``kv_input [b, s_kv, d_kv]``."""

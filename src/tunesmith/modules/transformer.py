@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +15,10 @@ from tunesmith.modules.rope import RotaryEmbedding
 from tunesmith.modules.tied_linear import TiedLinear
 
 __all__ = ["TransformerSelfAttentionLayer", "TransformerDecoder"]
+
+
+_TORCHTUNE_CALL: Any = object()
+"""Default of ``cos``: the layer was called torchtune's way, ``layer(x, mask=, input_pos=)``."""
 
 
 class TransformerSelfAttentionLayer(nn.Module):
@@ -47,12 +52,22 @@ class TransformerSelfAttentionLayer(nn.Module):
     def forward(
         self,
         x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
+        cos: Tensor | None = _TORCHTUNE_CALL,
+        sin: Tensor | None = None,
         mask: Tensor | None = None,
         seq_lens: Sequence[int] | Documents | None = None,
+        *,
+        input_pos: Tensor | None = None,
+        **kwargs: Any,
     ) -> Tensor:
-        if seq_lens is None:
+        """tunesmith's call ``(x, cos, sin, mask, seq_lens)`` or torchtune's
+        ``(x, mask=, input_pos=)`` (no ``cos, sin``: the attention's ``pos_embeddings`` rotate;
+        torchtune's other keywords, ``encoder_input`` / ``encoder_mask``, are ignored as
+        torchtune's self-attention layer ignores them)."""
+        if cos is _TORCHTUNE_CALL:
+            hx = self.sa_norm(x)
+            attn_out = self.attn(hx, hx, mask=mask, input_pos=input_pos)
+        elif seq_lens is None:
             attn_out = self.attn(self.sa_norm(x), cos, sin, mask)
         else:  # documents of a concatenated, unpadded batch (see TransformerDecoder.forward)
             attn_out = self.attn(self.sa_norm(x), cos, sin, mask, seq_lens=seq_lens)
