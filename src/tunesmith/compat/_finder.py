@@ -12,6 +12,7 @@ from functools import cache
 from types import ModuleType
 from typing import Any
 
+from tunesmith.compat._torchtune_files import TORCHTUNE_FILES
 from tunesmith.config._components import TORCHTUNE_ALIASES
 
 __all__ = [
@@ -225,6 +226,8 @@ class TorchtuneFinder(importlib.abc.MetaPathFinder):
         # `from torchtune.x._file import Missing` is an ImportError, not a module
         parent, _, leaf = fullname.rpartition(".")
         if leaf[:1].isupper():  # `from torchtune.modules.loss import ForwardKLLoss`: a class
+            return False
+        if parent in TORCHTUNE_FILES:  # a function of a torchtune file, not a submodule
             return False
         return parent != _ROOT and bool(tunesmith_modules_for(parent))
 
