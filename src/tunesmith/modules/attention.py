@@ -138,8 +138,8 @@ class MultiHeadAttention(nn.Module):
     def forward(
         self,
         x: Tensor,
-        cos: Tensor | None,
-        sin: Tensor | None,
+        cos: Tensor | None = None,
+        sin: Tensor | None = None,
         mask: Tensor | None = None,
         seq_lens: Documents | Sequence[int] | None = None,
         *,
