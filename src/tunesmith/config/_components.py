@@ -67,6 +67,10 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
         "torchtune.utils.get_world_size_and_rank",
         "tunesmith.training.distributed.get_world_size_and_rank",
     ),
+    (
+        "torchtune.utils._device.get_world_size_and_rank",
+        "tunesmith.training.distributed.get_world_size_and_rank",
+    ),
     # tensor-parallel plans: one plan per layer type serves every family
     (
         "torchtune.models.llama3.base_llama_tp_plan",
