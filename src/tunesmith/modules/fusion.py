@@ -209,6 +209,10 @@ class Llama3VisionProjectionHead(nn.Module):
         self.layers = layers if isinstance(layers, nn.ModuleList) else nn.ModuleList(layers)
         self.output = output
 
+    def fusion_params(self) -> list[str]:
+        """Every parameter: the head is added between the pretrained ViT and decoder."""
+        return [name for name, _ in self.named_parameters()]
+
     def forward(self, vision: TiledVisionOutput) -> Tensor:
         n, t, padded, d = vision.hidden.shape
         x = vision.hidden.reshape(n, t * padded, d)
@@ -307,28 +311,26 @@ class DeepFusionModel(DecoderFacade):
         decoder: TransformerDecoder,
         encoder: nn.Module,
         *,
-        encoder_trainable: bool | None = None,
-        decoder_trainable: bool | None = None,
-        fusion_trainable: bool | None = None,
+        encoder_trainable: bool = False,
+        decoder_trainable: bool = False,
+        fusion_trainable: bool = True,
     ):
-        """``encoder_trainable`` / ``decoder_trainable`` / ``fusion_trainable`` (torchtune's):
-        when any is given, exactly the parts marked True train (``fusion_trainable`` covers
-        :func:`get_fusion_params`, inside the encoder and decoder alike); all None leaves
-        ``requires_grad`` as built (tunesmith's recipes choose trainable parts themselves)."""
+        """Exactly the parts marked trainable train (torchtune's flags and defaults: only the
+        fusion parameters, :func:`get_fusion_params`, inside the encoder and decoder alike;
+        ``fusion_trainable=False`` freezes those even inside a trainable part).
+        ``models.vision_builder.build_deep_fusion`` sets its own modes afterwards."""
         super().__init__()
         self.decoder = decoder
         self.encoder = encoder
-        flags = (encoder_trainable, decoder_trainable, fusion_trainable)
-        if any(flag is not None for flag in flags):
-            trainable: set[str] = set()
-            if encoder_trainable:
-                trainable |= {f"encoder.{n}" for n, _ in encoder.named_parameters()}
-            if decoder_trainable:
-                trainable |= {f"decoder.{n}" for n, _ in decoder.named_parameters()}
-            fused = set(get_fusion_params(self))
-            trainable = trainable | fused if fusion_trainable else trainable - fused
-            for name, param in self.named_parameters():
-                param.requires_grad_(name in trainable)
+        trainable: set[str] = set()
+        if encoder_trainable:
+            trainable |= {f"encoder.{n}" for n, _ in encoder.named_parameters()}
+        if decoder_trainable:
+            trainable |= {f"decoder.{n}" for n, _ in decoder.named_parameters()}
+        fused = set(get_fusion_params(self))
+        trainable = trainable | fused if fusion_trainable else trainable - fused
+        for name, param in self.named_parameters():
+            param.requires_grad_(name in trainable)
 
     def forward(
         self,
@@ -343,15 +345,23 @@ class DeepFusionModel(DecoderFacade):
         encoder_fallback_mask: Tensor | None = None,
     ) -> Tensor | list[Tensor]:
         encoded = None if encoder_input is None else self.encoder(**encoder_input)
+        # tunesmith's extras only when set: a torchtune-style decoder takes just the first four
+        extras = {
+            k: v
+            for k, v in (
+                ("input_embeds", input_embeds),
+                ("seq_lens", seq_lens),
+                ("encoder_fallback_mask", encoder_fallback_mask),
+            )
+            if v is not None
+        }
         return self.decoder(
             tokens,
             mask=mask,
-            input_pos=input_pos,
-            input_embeds=input_embeds,
-            seq_lens=seq_lens,
             encoder_input=encoded,
             encoder_mask=encoder_mask,
-            encoder_fallback_mask=encoder_fallback_mask,
+            input_pos=input_pos,
+            **extras,
         )
 
 
