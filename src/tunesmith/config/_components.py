@@ -57,6 +57,7 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.modules.loss.", "tunesmith.modules.kd_loss."),
     # torchtune's model_fusion package is tunesmith's fusion module
     ("torchtune.modules.model_fusion.", "tunesmith.modules.fusion."),
+    ("torchtune.modules.model_fusion.", "tunesmith.modules.early_fusion."),
     ("torchtune.datasets._alpaca.AlpacaToMessages", "tunesmith.data.AlpacaToMessages"),
     (
         "torchtune.training.quantization._torchao_0_7_supported",
