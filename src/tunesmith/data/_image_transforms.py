@@ -88,15 +88,24 @@ def find_supported_resolutions(max_num_tiles: int, tile_size: int) -> tuple[tupl
 
 
 def get_canvas_best_fit(
-    image_hw: tuple[int, int], possible_resolutions: Sequence[tuple[int, int]]
+    image_hw: tuple[int, int] | Tensor,
+    possible_resolutions: Sequence[tuple[int, int]] | Tensor,
+    resize_to_max_canvas: bool = False,
 ) -> tuple[int, int]:
-    """The canvas that needs the least upscaling (or, when every one shrinks the image, the
-    least downscaling), ties broken by the smallest area. ``-> (height, width)``."""
-    h, w = image_hw
+    """The canvas that needs the least upscaling (the most with ``resize_to_max_canvas``; or,
+    when every one shrinks the image, the least downscaling), ties broken by the smallest
+    area. ``image_hw`` is ``(height, width)`` or an image tensor ``[..., h, w]`` (torchtune's
+    argument); ``possible_resolutions [n, 2]``. ``-> (height, width)``."""
+    h, w = tuple(image_hw.shape[-2:]) if isinstance(image_hw, Tensor) else image_hw
+    if isinstance(possible_resolutions, Tensor):
+        possible_resolutions = possible_resolutions.tolist()
     canvases = np.asarray(possible_resolutions, dtype=np.float64)
     scales = np.minimum(canvases[:, 0] / h, canvases[:, 1] / w)
     up = scales[scales >= 1]
-    chosen = up.min() if len(up) else scales[scales < 1].max()
+    if len(up):
+        chosen = up.max() if resize_to_max_canvas else up.min()
+    else:
+        chosen = scales[scales < 1].max()
     candidates = [tuple(int(v) for v in c) for c, s in zip(canvases, scales) if s == chosen]
     return min(candidates, key=lambda c: c[0] * c[1])
 
