@@ -164,10 +164,7 @@ def tile_crop(image: Tensor, tile_size: int) -> Tensor:
     """``[C, H, W]`` (multiples of ``tile_size``) -> ``[T, C, tile_size, tile_size]`` row-major."""
     c, h, w = image.shape
     if h % tile_size or w % tile_size:
-        raise ValueError(
-            f"Image size {h}x{w} is not divisible by tile size {tile_size}; resize or pad it "
-            "to multiples of the tile size first"
-        )
+        raise ValueError(f"Image size {h}x{w} is not divisible by tile size {tile_size}")
     nh, nw = h // tile_size, w // tile_size
     tiles = image.reshape(c, nh, tile_size, nw, tile_size).permute(1, 3, 0, 2, 4)
     return tiles.reshape(nh * nw, c, tile_size, tile_size).contiguous()
