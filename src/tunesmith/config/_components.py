@@ -64,6 +64,20 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
         "tunesmith.compat._private._torchao_0_7_supported",
     ),
     ("torchtune.training.quantization.", "tunesmith.quantization."),
+    # torchtune-private helpers its own modules import (compat._private)
+    ("torchtune.utils._device._setup_device", "tunesmith.compat._private._setup_device"),
+    (
+        "torchtune.utils._device._get_device_type_from_env",
+        "tunesmith.compat._private._get_device_type_from_env",
+    ),
+    (
+        "torchtune.training.precision._set_float32_precision",
+        "tunesmith.compat._private._set_float32_precision",
+    ),
+    (
+        "torchtune.data._prompt_templates._get_prompt_template",
+        "tunesmith.data._prompt_templates.get_prompt_template",
+    ),
     (
         "torchtune.utils.get_world_size_and_rank",
         "tunesmith.training.distributed.get_world_size_and_rank",

@@ -10,10 +10,10 @@ between the two, which its tests patch) is False.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = ["create_block_causal_mask", "packed_block_causal_mask"]
 
@@ -48,3 +48,19 @@ def packed_block_causal_mask(seq_lens: Sequence[Tensor]) -> Tensor:
     """The mask of a packed batch: :func:`create_block_causal_mask` (dense, see the module
     doc for why never a flex ``BlockMask``)."""
     return create_block_causal_mask(seq_lens)
+
+
+def _sdpa_or_flex_attention() -> Callable[..., Tensor]:
+    """torchtune's attention call ``(q, k, v, mask, dropout_p, is_causal) -> [b, h, s, hd]``:
+    SDPA over dense masks (``mask [b, s, s_kv]`` bool, broadcast over heads)."""
+
+    def attention(
+        q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, is_causal: bool
+    ) -> Tensor:
+        if mask is not None:
+            mask = mask[:, None, :, :]
+        return nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
+        )
+
+    return attention
