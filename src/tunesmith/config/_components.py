@@ -59,6 +59,10 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.modules.model_fusion.", "tunesmith.modules.fusion."),
     ("torchtune.modules.model_fusion.", "tunesmith.modules.early_fusion."),
     ("torchtune.datasets._alpaca.AlpacaToMessages", "tunesmith.data.AlpacaToMessages"),
+    # the Hugging Face loader torchtune's dataset files call (tests patch it there)
+    ("torchtune.datasets._sft.load_dataset", "datasets.load_dataset"),
+    ("torchtune.datasets._preference.load_dataset", "datasets.load_dataset"),
+    ("torchtune.datasets._text_completion.load_dataset", "datasets.load_dataset"),
     (
         "torchtune.training.quantization._torchao_0_7_supported",
         "tunesmith.compat._private._torchao_0_7_supported",
