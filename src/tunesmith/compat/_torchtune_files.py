@@ -178,6 +178,5 @@ torchtune.utils._device
 torchtune.utils._import_guard
 torchtune.utils._logging
 torchtune.utils._version
-"""
-    .split()
+""".split()
 )
