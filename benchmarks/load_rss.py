@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ACCEPT = 0.6  # issue 15: each rank's peak RSS while loading below 0.6x the model's bytes
 
 
 def _status_kib(field: str) -> int:
@@ -117,6 +118,7 @@ def worker(folder: Path) -> None:
     kib = 1024
     print(json.dumps({
         "rank": rank, "world_size": world, "model_bytes": model_bytes,
+        "dynamo_imported": "torch._dynamo" in sys.modules,
         "rss_before_mib": before / kib, "peak_mib": peak / kib, "after_mib": after / kib,
         "own_shards_mib": own / 2**20,
         "peak_over_model": peak * kib / model_bytes,
@@ -159,8 +161,13 @@ def main() -> None:
     for row in sorted(rows, key=lambda r: r["rank"]):
         print(f"rank {row['rank']}: model {row['model_bytes'] / 2**20:.0f} MiB, RSS before "
               f"{row['rss_before_mib']:.0f} MiB, peak {row['peak_mib']:.0f} MiB "
-              f"({row['peak_over_model']:.2f}x the model), load increase "
-              f"{row['load_increase_over_model']:.2f}x, own shards {row['own_shards_mib']:.0f} MiB")  # fmt: skip
+              f"({row['peak_over_model']:.3f}x the model), load increase "
+              f"{row['load_increase_over_model']:.3f}x, own shards {row['own_shards_mib']:.0f} MiB"
+              f"{', torch._dynamo imported' if row['dynamo_imported'] else ''}")  # fmt: skip
+    worst = max(row["peak_over_model"] for row in rows)
+    verdict = "below" if worst < ACCEPT else "NOT below"
+    print(f"worst rank's peak / model = {worst:.3f} ({worst / ACCEPT:.3f} of the {ACCEPT}x "
+          f"acceptance: {verdict})")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 
 import tunesmith.data
-from tunesmith.data import DataRowError, Message, OpenAIToMessages
+from tunesmith.data import DataRowError, OpenAIToMessages
 from tunesmith.data.tokenizers import HuggingFaceModelTokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -223,8 +223,11 @@ def _ref_ids(ref: Any, messages: list[dict[str, Any]], tools: Any) -> list[int]:
     return list(out["input_ids"])
 
 
-def _reference(ref: Any, row: dict[str, Any]) -> tuple[list[int], list[bool]]:
-    """Reference ids and mask (assistant messages trained, see the module doc)."""
+def _reference(
+    ref: Any, row: dict[str, Any], only_last: bool = False
+) -> tuple[list[int], list[bool]]:
+    """Reference ids and mask (assistant messages trained, see the module doc; with
+    ``only_last`` the last assistant message only, ``masking_strategy="train_on_last"``)."""
     messages, tools = row["messages"], row.get("tools")
     full = _ref_ids(ref, messages, tools)
     bounds = []
@@ -239,8 +242,9 @@ def _reference(ref: Any, row: dict[str, Any]) -> tuple[list[int], list[bool]]:
         bounds.append(max(n, bounds[-1] if bounds else 0))
     bounds[-1] = max(bounds[-1], bounds[-2])
     mask = [True] * len(full)
+    assistants = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
     for k, message in enumerate(messages):
-        if message["role"] == "assistant":
+        if message["role"] == "assistant" and not (only_last and k != assistants[-1]):
             mask[bounds[k] : bounds[k + 1]] = [False] * (bounds[k + 1] - bounds[k])
     return full, mask
 
@@ -351,20 +355,3 @@ def test_train_on_last_trains_only_the_final_answer(assets: Path) -> None:
     assert _trained(ref, tokens, mask) == "<|im_start|>assistant\nAbout 4 million.<|im_end|>\n"
     tokens, mask = _ours(ours, row)  # all assistant turns: both calls and the answer
     assert _trained(ref, tokens, mask).count("<tool_call>") == 2
-
-
-def test_family_tokenizers_refuse_tool_rows(assets: Path) -> None:
-    """The hand-written family formats render plain chats only; tool rows get a one-line
-    error that says which tokenizer renders them."""
-    from tunesmith.models.qwen2_5 import qwen2_5_tokenizer
-
-    folder = assets / "tokenizers" / "qwen2"
-    tok = qwen2_5_tokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-    row = next(r for r in _corpus() if r["id"] == "tool-calc-0")
-    sample = OpenAIToMessages()(row)
-    with pytest.raises(ValueError, match="HuggingFaceModelTokenizer") as info:
-        tok.tokenize_messages(sample["messages"], tools=sample["tools"])
-    assert "\n" not in str(info.value)
-    with pytest.raises(ValueError, match="message 1 has tool_calls"):
-        tok.tokenize_messages(sample["messages"])
-    assert Message("assistant", "x", tool_calls=None).has_tool_fields is False

@@ -189,9 +189,17 @@ def test_qwen3_matches_official_template(assets: Path, qwen_reference: Any) -> N
         expected = encode(_render(template, conv))
         prompt = encode(_render(template, conv[:-1], add_generation_prompt=True))
         *earlier, last = _assistants(conv)
-        # earlier turns keep only the answer (reasoning dropped), the last one gets a think block
-        earlier = [c.split("</think>")[-1].lstrip("\n") if "</think>" in c else c for c in earlier]
-        turns = [f"<|im_start|>assistant\n{c}<|im_end|>\n" for c in earlier]
+        # earlier turns are rendered without their think block once more turns follow: only
+        # the part shared with their rendering as the final turn (which has one) is trained
+        # (the rule of HuggingFaceModelTokenizer, see test_chat_corpus)
+        shared = []
+        for c in earlier:
+            answer = c.split("</think>")[-1].lstrip("\n") if "</think>" in c else c
+            as_history = encode(f"<|im_start|>assistant\n{answer}<|im_end|>\n")
+            as_final = encode(f"<|im_start|>assistant\n<think>\n\n</think>\n\n{answer}")
+            n = next(i for i, (a, b) in enumerate(zip(as_history, as_final)) if a != b)
+            shared.append(ref.decode(as_history[:n], skip_special_tokens=False))
+        turns = shared
         think, answer = "", last
         if "</think>" in last:
             think = last.split("</think>")[0].split("<think>")[-1].strip("\n")

@@ -137,6 +137,27 @@ def _bad_role(tmp: Path) -> list[str]:
     return _chat(tmp, [_TALK, _TALK, bad, _TALK])
 
 
+def _tools_without_template_support(tmp: Path) -> list[str]:
+    """Tool-call rows with SmolLM2's tokenizer (its official template has no tool support)."""
+    from tokenizers import Tokenizer, models
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tok.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    tok.save(str(tmp / "tokenizer.json"))
+    call = {"type": "function", "function": {"name": "shout", "arguments": {"word": "apple"}}}
+    tool_row = [
+        {"role": "user", "content": "Shout apple."},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "APPLE"},
+        {"role": "assistant", "content": "APPLE"},
+    ]
+    return [
+        *_chat(tmp, [_TALK, tool_row]),
+        "tokenizer._component_=tunesmith.models.smollm2.smollm2_tokenizer",
+        f"tokenizer.path={tmp / 'tokenizer.json'}",
+    ]
+
+
 def _two_user_turns(tmp: Path) -> list[str]:
     bad = [{"role": "user", "content": "Shout"}, {"role": "user", "content": "apple"}]
     return _chat(tmp, [_TALK, bad])
@@ -321,6 +342,14 @@ CASES = [
         "data",
         _sharegpt_from,
         r"row 1, column 'conversations': message 1 has 'from'='model'",
+    ),
+    ErrorCase(
+        "tool calls for a family tokenizer whose template has no tool support",
+        "data",
+        _tools_without_template_support,
+        r"row 1.*message 1 has tool_calls, but SmolLM2's official chat "
+        r"template has no tool support; tokenize it with a chat template that does: "
+        r"tokenizer\._component_=tunesmith\.data\.tokenizers\.HuggingFaceModelTokenizer",
     ),
     ErrorCase(
         "conversation with two user turns in a row",

@@ -14,7 +14,14 @@ import pytest
 import torch
 
 from tunesmith.models import SPECS, spec_from_hf_config
-from tunesmith.models._longrope_tables import PHI3_5_MINI_LONG, PHI3_5_MINI_SHORT
+from tunesmith.models._gemma4_specs import GEMMA4_CONFIGS
+from tunesmith.models._longrope_tables import (
+    PHI3_5_MINI_LONG,
+    PHI3_5_MINI_SHORT,
+    PHI3_MINI_128K_LONG,
+    PHI3_MINI_128K_SHORT,
+    PHI4_MINI_LONG,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -163,8 +170,52 @@ HF_CONFIGS: dict[str, dict] = {
     },
 }
 
+_PHI3_128K = {
+    "model_type": "phi3",
+    "vocab_size": 32_064,
+    "hidden_size": 3072,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "max_position_embeddings": 131_072,
+    "original_max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10_000.0,
+    "sliding_window": 262_144,
+    "tie_word_embeddings": False,
+    "pad_token_id": 32_000,
+}
+HF_CONFIGS |= {
+    "phi3_mini_128k": {
+        **_PHI3_128K,
+        "rope_scaling": {
+            "type": "longrope",
+            "long_factor": list(PHI3_MINI_128K_LONG),
+            "short_factor": list(PHI3_MINI_128K_SHORT),
+        },
+    },
+    "phi4_mini": {
+        **_PHI3_128K,
+        "vocab_size": 200_064,
+        "num_attention_heads": 24,
+        "num_key_value_heads": 8,
+        "partial_rotary_factor": 0.75,
+        "tie_word_embeddings": True,
+        "pad_token_id": 199_999,
+        "rope_scaling": {
+            "type": "longrope",
+            "long_factor": list(PHI4_MINI_LONG),
+            "short_factor": [1.0] * 48,
+        },
+    },
+    **GEMMA4_CONFIGS,  # Gemma 4 text decoders (tests/models/test_gemma4_specs.py: totals)
+}
+
 #: model cards' / safetensors metadata's exact totals (tied embeddings counted once)
 PUBLISHED = {
+    "phi3_mini_128k": 3_821_079_552,
+    "phi4_mini": 3_836_021_760,
     "gemma3_1b": 999_885_952,
     "smollm3_3b": 3_075_098_624,
     "olmo2_7b": 7_298_617_344,

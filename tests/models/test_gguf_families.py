@@ -1,4 +1,4 @@
-"""GGUF export of every text family llama.cpp runs (llama, qwen2, qwen3 architectures):
+"""GGUF export of the byte-level BPE text families (llama, qwen2, qwen3 architectures):
 tiny random models written with ``export_gguf`` and read back with the ``gguf`` package's own
 ``GGUFReader``; metadata as llama.cpp reads it, tensors dequantized by ``gguf.quants``."""
 
@@ -132,11 +132,18 @@ def test_every_type_is_writable() -> None:
 def test_unsupported_families_say_why(tmp_path: Path) -> None:
     vocab = gguf_vocab(_write_tokenizer(tmp_path / "tok"), vocab_size=320)
     spec = ModelSpec(  # type: ignore[arg-type]
-        family="GEMMA2", vocab_size=320, num_layers=1, num_heads=4, num_kv_heads=2,
+        family="OLMO2", vocab_size=320, num_layers=1, num_heads=4, num_kv_heads=2,
         embed_dim=64, intermediate_dim=96, max_seq_len=128,
     )  # fmt: skip
-    with pytest.raises(ValueError, match="does not write family GEMMA2.*SentencePiece"):
+    with pytest.raises(ValueError, match="does not write family OLMO2.*gemma2, gemma3 and phi3"):
         export_gguf(tmp_path / "x.gguf", {}, spec, vocab)
+    gemma2_no_post_norms = ModelSpec(  # type: ignore[arg-type]
+        family="GEMMA2", vocab_size=320, num_layers=2, num_heads=4, num_kv_heads=2,
+        embed_dim=64, intermediate_dim=96, max_seq_len=128, activation="gelu_tanh",
+        norm_offset=True, embed_scale=True, query_pre_attn_scalar=32.0,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="'gemma2'.*post-norms.*query_pre_attn_scalar=32.0"):
+        export_gguf(tmp_path / "x.gguf", {}, gemma2_no_post_norms, vocab)
     qwen2_with_qk_norm = ModelSpec(  # type: ignore[arg-type]
         family="QWEN2", vocab_size=320, num_layers=1, num_heads=4, num_kv_heads=2,
         embed_dim=64, intermediate_dim=96, max_seq_len=128, qk_norm=True,

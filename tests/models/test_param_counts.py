@@ -102,8 +102,8 @@ def _family(name: str) -> str:
     return next(f for f in _FAMILY_OF if name.startswith(f + "_"))
 
 
-#: Llama 4: Meta publishes totals with the vision encoder (109B / 400B) and 17B active; the
-#: text decoder alone is within 1.5% / 0.5% of the (rounded) totals
+#: Llama 4: Meta publishes totals with the vision encoder (109B / 400B) and 17B active (the
+#: text decoder's); the builders include the encoder
 LLAMA4 = {
     "llama4_scout_17b_16e": (109e9, 0.015),
     "llama4_maverick_17b_128e": (400e9, 0.005),
@@ -126,7 +126,7 @@ def test_llama4_parameter_counts_on_meta_device(name):
     total, tol = LLAMA4[name]
     count = sum(p.numel() for p in model.parameters())
     assert abs(count - total) <= tol * total, count  # the totals are rounded to 1B
-    assert abs(active_parameter_count(model) - 17e9) <= 0.02 * 17e9
+    assert abs(active_parameter_count(model.decoder) - 17e9) <= 0.02 * 17e9
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

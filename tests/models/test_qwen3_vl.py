@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from tests.recipes._qwen_vl_toys import tiny_qwen3_vl_config
 from tunesmith.models._convert_qwen_vl import qwen_vl_spec_from_hf_config
 from tunesmith.models._vision_specs import get_vision_spec
 from tunesmith.models.convert_weights import hf_to_native, native_to_hf
@@ -23,42 +24,18 @@ PATCH = 3 * 2 * 16 * 16
 
 
 def _tiny_config(tie: bool = False):
-    return transformers.Qwen3VLConfig(
-        text_config=dict(
-            vocab_size=VOCAB,
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": 5e6,
-                "mrope_section": [2, 3, 3],
-                "mrope_interleaved": True,
-            },
-            max_position_embeddings=512,
-            rms_norm_eps=1e-6,
-            tie_word_embeddings=tie,
-        ),
-        vision_config=dict(
-            depth=3,
-            hidden_size=32,
-            intermediate_size=48,
-            num_heads=2,
-            out_hidden_size=64,
-            patch_size=16,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            num_position_embeddings=16,  # a 4 x 4 table, interpolated to every grid
-            deepstack_visual_indexes=[0, 1],
-        ),
+    return tiny_qwen3_vl_config(
+        vocab_size=VOCAB,
+        text_layers=3,
+        text_mlp=96,
+        vision_layers=3,
         image_token_id=IMAGE,
         video_token_id=291,
         vision_start_token_id=START,
         vision_end_token_id=END,
-        tie_word_embeddings=tie,
+        eos_token_id=None,
+        pad_token_id=None,
+        tie=tie,
     )
 
 

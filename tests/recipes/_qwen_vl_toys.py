@@ -76,18 +76,32 @@ def write_tiny_qwen_vl(directory: Path) -> Path:
     return directory
 
 
-def write_tiny_qwen3_vl(directory: Path) -> Path:
-    """A random ``Qwen3VLForConditionalGeneration`` (2 text layers with QK-norm and interleaved
-    M-RoPE, width 64; 2 ViT layers of width 32 with DeepStack taps at both, a 4 x 4 learned
-    position table interpolated to each grid) saved with ``save_pretrained``."""
+def tiny_qwen3_vl_config(
+    *,
+    vocab_size: int = VOCAB,
+    text_layers: int = 2,
+    text_mlp: int = 128,
+    vision_layers: int = 2,
+    image_token_id: int = IMAGE,
+    video_token_id: int = SPECIALS["<|video_pad|>"],
+    vision_start_token_id: int = SPECIALS["<|vision_start|>"],
+    vision_end_token_id: int = SPECIALS["<|vision_end|>"],
+    eos_token_id: int | None = SPECIALS["<|im_end|>"],
+    pad_token_id: int | None = SPECIALS["<|endoftext|>"],
+    tie: bool = False,
+) -> Any:
+    """A tiny ``transformers.Qwen3VLConfig``: text layers of width 64 with QK-norm and
+    interleaved M-RoPE (sections 2/3/3, 4 heads / 2 KV heads of 16), ViT layers of width 32
+    with DeepStack taps at layers 0 and 1, a 4 x 4 learned position table interpolated to each
+    grid. The defaults number the vision tokens on the renumbered tiny BPE vocabulary."""
     import transformers as t
 
-    cfg = t.Qwen3VLConfig(
+    return t.Qwen3VLConfig(
         text_config=dict(
-            vocab_size=VOCAB,
+            vocab_size=vocab_size,
             hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
+            intermediate_size=text_mlp,
+            num_hidden_layers=text_layers,
             num_attention_heads=4,
             num_key_value_heads=2,
             head_dim=16,
@@ -99,13 +113,13 @@ def write_tiny_qwen3_vl(directory: Path) -> Path:
             },
             max_position_embeddings=512,
             rms_norm_eps=1e-6,
-            tie_word_embeddings=False,
+            tie_word_embeddings=tie,
             bos_token_id=None,
-            eos_token_id=SPECIALS["<|im_end|>"],
-            pad_token_id=SPECIALS["<|endoftext|>"],
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
         ),
         vision_config=dict(
-            depth=2,
+            depth=vision_layers,
             hidden_size=32,
             intermediate_size=48,
             num_heads=2,
@@ -116,14 +130,21 @@ def write_tiny_qwen3_vl(directory: Path) -> Path:
             num_position_embeddings=16,
             deepstack_visual_indexes=[0, 1],
         ),
-        image_token_id=IMAGE,
-        video_token_id=SPECIALS["<|video_pad|>"],
-        vision_start_token_id=SPECIALS["<|vision_start|>"],
-        vision_end_token_id=SPECIALS["<|vision_end|>"],
-        tie_word_embeddings=False,
+        image_token_id=image_token_id,
+        video_token_id=video_token_id,
+        vision_start_token_id=vision_start_token_id,
+        vision_end_token_id=vision_end_token_id,
+        tie_word_embeddings=tie,
     )
+
+
+def write_tiny_qwen3_vl(directory: Path) -> Path:
+    """A random ``Qwen3VLForConditionalGeneration`` of :func:`tiny_qwen3_vl_config` (2 text
+    layers, 2 ViT layers) saved with ``save_pretrained``."""
+    import transformers as t
+
     torch.manual_seed(0)
-    model = t.Qwen3VLForConditionalGeneration(cfg).eval()
+    model = t.Qwen3VLForConditionalGeneration(tiny_qwen3_vl_config()).eval()
     with torch.no_grad():  # larger weights: logits far from uniform, so the image matters
         for name, p in model.named_parameters():
             if "norm" not in name:

@@ -25,15 +25,27 @@ def _over(model_dir: Path, **extra) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora_experts"])
-def test_expert_parallel_finetune_equals_one_process(tiny_moe, instruct_data, tmp_path, lora):  # noqa: F811
+@pytest.mark.parametrize(
+    ("lora", "clip"),
+    [(False, None), (True, None), (False, 0.05)],
+    ids=["full", "lora_experts", "full_clipped"],
+)
+def test_expert_parallel_finetune_equals_one_process(
+    tiny_moe,  # noqa: F811
+    instruct_data,
+    tmp_path,
+    lora,
+    clip,
+):
+    """(``full_clipped``: ``clip_grad_norm`` small enough to clip every step: the global norm
+    counts each rank's expert slices once, so the clipped steps equal one process's.)"""
     from safetensors.torch import load_file
 
     from tests.recipes.test_finetune_cli import _run, _write
 
-    extra = {}
+    extra: dict = {"clip_grad_norm": clip} if clip else {}
     if lora:
-        extra = {
+        extra |= {
             "model.lora_attn_modules": ["q_proj", "v_proj"],
             "model.apply_lora_to_mlp": True,
             "model.lora_rank": 4,
@@ -49,6 +61,12 @@ def test_expert_parallel_finetune_equals_one_process(tiny_moe, instruct_data, tm
     proc = _run([*launch, str(_write(ep, tmp_path / "ep.yaml"))], tmp_path)
     assert "experts of every MoE layer split over 2 ranks" in proc.stdout + proc.stderr
     _assert_same(tmp_path / "single", tmp_path / "ep", tol=1e-4)
+    if clip:
+        import json
+
+        rows = (tmp_path / "ep" / "logs" / "log.jsonl").read_text().splitlines()
+        norms = [json.loads(r)["grad_norm"] for r in rows if "grad_norm" in json.loads(r)]
+        assert norms and all(n > clip for n in norms)  # every step clipped
     if lora:
         a = load_file(tmp_path / "single" / "epoch_1" / "adapter" / "adapter_model.safetensors")
         b = load_file(tmp_path / "ep" / "epoch_1" / "adapter" / "adapter_model.safetensors")
@@ -68,7 +86,40 @@ def test_expert_parallel_degree_errors_are_one_line(tiny_moe, instruct_data, tmp
     cfg.expert_parallel_dim = 2
     with pytest.raises(ConfigError, match="expert_parallel_dim=2 with 4 processes"):
         parallel_layout(cfg, 4, torch.device("cpu"))
-    cfg.resume_from_checkpoint = True
-    with pytest.raises(ConfigError, match="expert_parallel_dim=2 with resume_from_checkpoint"):
+    cfg.intermediate_checkpoint_format = "dcp"
+    with pytest.raises(ConfigError, match="expert_parallel_dim=2 with sharded"):
         parallel_layout(cfg, 2, torch.device("cpu"))
 
+
+@pytest.mark.slow
+def test_expert_parallel_resume_equals_uninterrupted(tiny_moe, instruct_data, tmp_path):  # noqa: F811
+    """EP=2 with clipping: a run resumed from its step-2 checkpoint (the expert slices'
+    optimizer state gathered on save, cut back on load) logs the uninterrupted run's losses;
+    and the same checkpoint resumes in one process (world-size independent format)."""
+    import shutil
+
+    from tests.recipes.conftest import read_losses
+    from tests.recipes.test_finetune_cli import _run, _write
+
+    over = {
+        "max_steps_per_epoch": 4, "save_every_n_steps": 2, "batch_size": 2, "shuffle": False,
+        "clip_grad_norm": 0.05, "optimizer.lr": 1e-2, **_over(tiny_moe),
+    }  # fmt: skip
+    launch = ["run", "--nproc_per_node", "2", "finetune", "--config"]
+    whole = base_config(tmp_path / "whole", tiny_moe, instruct_data, expert_parallel_dim=2, **over)
+    _run([*launch, str(_write(whole, tmp_path / "whole.yaml"))], tmp_path)
+    cut = base_config(tmp_path / "cut", tiny_moe, instruct_data, expert_parallel_dim=2, **over)
+    _run([*launch, str(_write(cut, tmp_path / "cut.yaml"))], tmp_path)
+    shutil.rmtree(tmp_path / "cut" / "epoch_1")
+    (tmp_path / "cut" / "logs" / "log.jsonl").unlink()
+    shutil.copytree(tmp_path / "cut", tmp_path / "single")  # the same step-2 checkpoint
+    cut["resume_from_checkpoint"] = True
+    _run([*launch, str(_write(cut, tmp_path / "cut.yaml"))], tmp_path)
+    expected = read_losses(tmp_path / "whole")
+    assert read_losses(tmp_path / "cut") == pytest.approx(expected[2:], abs=1e-5)
+    single = base_config(
+        tmp_path / "single", tiny_moe, instruct_data, batch_size=4, resume_from_checkpoint=True,
+        **{k: v for k, v in over.items() if k != "batch_size"},
+    )  # fmt: skip
+    _run(["run", "finetune", "--config", str(_write(single, tmp_path / "single.yaml"))], tmp_path)
+    assert read_losses(tmp_path / "single") == pytest.approx(expected[2:], abs=1e-4)

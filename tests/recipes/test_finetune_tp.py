@@ -262,22 +262,57 @@ def test_two_nodes_over_loopback_match_one_process(
     _assert_same(references("lora"), tmp_path / "dist")
 
 
-def test_qlora_under_tensor_parallel_refuses_before_weights_load(
-    tiny_llama: Path, instruct_data: Path
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["full"])
+def test_sequence_parallel_matches_one_process(
+    mode: str, references, tiny_llama: Path, instruct_data: Path, tmp_path: Path
 ) -> None:
-    """NF4 (QLoRA) quantizes whole tensors, so a TP slice cannot be cut from it exactly: the
-    layout check, which builds the model on the meta device only, refuses it in one line
-    naming the key to change and the first layer."""
-    pytest.importorskip("torchao")
-    from tunesmith.config import ConfigError
-    from tunesmith.recipes._parallel_setup import parallel_layout
+    """sequence_parallel=True with tensor_parallel_dim=2: the residual stream split along the
+    sequence between the layers (norms on the shard, blocks all-gather, rowwise projections
+    reduce-scatter); same losses and weights as one process."""
+    dist = _launch(
+        tmp_path, tiny_llama, instruct_data, mode, 2, 4, tensor_parallel_dim=2,
+        sequence_parallel=True,
+    )  # fmt: skip
+    _assert_same(references(mode), dist)
 
-    cfg = OmegaConf.create(
-        base_config(Path("/unused"), tiny_llama, instruct_data, tensor_parallel_dim=2)
+
+def test_sequence_parallel_plan_per_layer_type(tiny_llama: Path) -> None:
+    """The sequence-parallel plan comes from the same per-layer-type table: norms
+    SequenceParallel, blocks gather their input, rowwise projections reduce-scatter along
+    the sequence; without tensor parallelism the key is one line."""
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor.parallel import RowwiseParallel, SequenceParallel
+
+    from tunesmith.config import ConfigError
+    from tunesmith.models import build_from_hf
+    from tunesmith.recipes._parallel_setup import parallel_layout
+    from tunesmith.training.tensor_parallel import (
+        GatherSequence,
+        ScatterSequence,
+        decoder_tp_plan,
     )
-    for key, value in {**LORA, "quantize_base": True}.items():
-        cfg.model[key] = value
-    with pytest.raises(ConfigError, match="does not support QLoRA's NF4 weights") as err:
-        parallel_layout(cfg, 2, torch.device("cpu"))
-    assert "\n" not in str(err.value) and "(layer layers.0.attn.q_proj)" in str(err.value)
-    assert err.value.key == "model"
+
+    with torch.device("meta"):
+        model = build_from_hf(str(tiny_llama))
+    plan = decoder_tp_plan(model, sequence_parallel=True)
+    for i in range(2):
+        for norm in ("sa_norm", "mlp_norm"):
+            assert type(plan[f"layers.{i}.{norm}"]) is SequenceParallel
+        for block in ("attn", "mlp"):
+            assert isinstance(plan[f"layers.{i}.{block}"], GatherSequence)
+        for name in ("attn.output_proj", "mlp.w2"):
+            style = plan[f"layers.{i}.{name}"]
+            assert type(style) is RowwiseParallel and style.output_layouts == (Shard(1),)
+    assert isinstance(plan["layers.0"], ScatterSequence) and "layers.1" not in plan
+    assert isinstance(plan["norm"], SequenceParallel)
+    cfg = OmegaConf.create(
+        base_config(Path("/unused"), tiny_llama, Path("/unused"), sequence_parallel=True)
+    )
+    with pytest.raises(ConfigError, match="set tensor_parallel_dim > 1") as err:
+        parallel_layout(cfg, 1, torch.device("cpu"))
+    assert "\n" not in str(err.value)
+    with torch.device("meta"):
+        lora = build_from_hf(str(tiny_llama), **LORA)
+    with pytest.raises(ValueError, match="LoRA / QLoRA adapters"):
+        decoder_tp_plan(lora, sequence_parallel=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
-from tunesmith.recipes.finetune import _fused_adam
+from tunesmith.recipes._optimization import fused_adam as _fused_adam
 
 CPU = torch.device("cpu")
 

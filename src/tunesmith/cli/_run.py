@@ -67,7 +67,12 @@ def build_run_parser() -> argparse.ArgumentParser:
 
 
 def _resolve_recipe(name: str) -> tuple[Recipe | None, Path | None]:
-    """The registry entry or a local .py file for the ``recipe`` argument."""
+    """The registry entry or a local .py file for the ``recipe`` argument. An existing file
+    wins over a recipe of the same name (``tunesmith run lora_finetune_single_device.py`` in a
+    folder holding torchtune's file runs that file)."""
+    local = Path(name).expanduser()
+    if local.suffix == ".py" and local.is_file():
+        return None, local.resolve()
     recipe = _registry.find_recipe(name)
     if recipe is not None:
         if not recipe.exists:

@@ -15,6 +15,11 @@
   mapped ancestor, so ``from torchtune.data._messages import Message`` finds
   ``tunesmith.data.Message``.
 
+Besides ``torchtune.*`` the finder answers only the table's third-party names, each where the
+installed packages lack them: two torchao modules later torchao releases moved, and
+``torchdata.stateful_dataloader`` (:mod:`tunesmith.compat.torchdata`, which torchtune's recipe
+files import) where torchdata is not installed at all.
+
 Nothing is installed on import, and :func:`install` refuses (returns False) when a real
 ``torchtune`` is importable: a real install is never shadowed. ``tunesmith run my_recipe.py``
 and ``_component_`` modules that import torchtune turn it on by themselves (see

@@ -103,6 +103,30 @@ def _moved_third_party(fullname: str, path: Any) -> bool:
     return bool(tunesmith_modules_for(fullname))
 
 
+_ABSENT_PACKAGES = ("torchdata",)
+"""torchtune dependencies whose table modules are served only where the package is not
+installed at all (torchdata's ``stateful_dataloader``, imported by torchtune's recipe files)."""
+
+
+def _absent_package(fullname: str, path: Any) -> bool:
+    """``fullname`` is (a parent of) a table prefix of a package that no other finder has."""
+    if not (_is_table_parent(fullname) or _moved_third_party(fullname, path)):
+        return False
+    root = fullname.split(".")[0]
+    loaded = sys.modules.get(root)
+    if loaded is not None:
+        return isinstance(loaded, TorchtuneView)
+    for finder in sys.meta_path:
+        if isinstance(finder, TorchtuneFinder) or not hasattr(finder, "find_spec"):
+            continue
+        try:
+            if finder.find_spec(root, None) is not None:
+                return False
+        except (ImportError, ValueError):
+            continue
+    return True
+
+
 class TorchtuneView(ModuleType):
     """A torchtune module that is not one tunesmith module: names are looked up in
     ``modules`` (then the table's per-object entries, then ``fallback``, the nearest mapped
@@ -174,6 +198,11 @@ class TorchtuneView(ModuleType):
             module = importlib.import_module(name)
             if hasattr(module, attr):
                 return True, getattr(module, attr)
+        parent, _, leaf = self.__name__.rpartition(".")
+        if leaf.startswith("_"):  # a private file also holds its package's moved names
+            moved = _attribute_aliases(parent).get(attr)  # (torchtune.utils._device's
+            if moved is not None:  # get_world_size_and_rank)
+                return True, _import_object(moved)
         return False, None
 
     def __dir__(self) -> list[str]:
@@ -239,6 +268,8 @@ class TorchtuneFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         if not _is_torchtune(fullname):
             if fullname.startswith("torchao.") and _moved_third_party(fullname, path):
+                return importlib.machinery.ModuleSpec(fullname, _Loader(), is_package=True)
+            if fullname.split(".")[0] in _ABSENT_PACKAGES and _absent_package(fullname, path):
                 return importlib.machinery.ModuleSpec(fullname, _Loader(), is_package=True)
             return None
         if not self._servable(fullname):
@@ -315,4 +346,7 @@ def uninstall() -> None:
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, TorchtuneFinder)]
     for name in [n for n in sys.modules if n == _ROOT or n.startswith(_ROOT + ".")]:
         if _served(sys.modules[name]):
+            del sys.modules[name]
+    for name in [n for n in sys.modules if n.split(".")[0] in _ABSENT_PACKAGES]:
+        if isinstance(sys.modules[name], TorchtuneView):
             del sys.modules[name]

@@ -15,6 +15,7 @@ from tunesmith.config._errors import ConfigError, MissingDependencyError, UserEr
 from tunesmith.config._instantiate import instantiate
 from tunesmith.config._loader import load_config, parse_recipe_args, split_recipe_args
 from tunesmith.config._overrides import apply_overrides, parse_override, parse_value
+from tunesmith.config._parse import TuneRecipeArgumentParser, log_config, parse, validate
 from tunesmith.config._signature import Problem
 from tunesmith.config._validate import validate_config
 
@@ -25,12 +26,15 @@ __all__ = [
     "ConfigError",
     "MissingDependencyError",
     "Problem",
+    "TuneRecipeArgumentParser",
     "UserError",
     "apply_overrides",
     "bundled_configs",
     "candidate_paths",
     "instantiate",
     "load_config",
+    "log_config",
+    "parse",
     "parse_override",
     "parse_recipe_args",
     "parse_value",
@@ -38,5 +42,6 @@ __all__ = [
     "resolve_component",
     "resolve_config_path",
     "split_recipe_args",
+    "validate",
     "validate_config",
 ]

@@ -1,7 +1,8 @@
 """Bundled configs: ``src/tunesmith/configs/<family>/<name>.yaml``, named ``<family>/<name>``.
 
 A config declares its recipe in its first lines, ``# recipe: finetune``; torchtune's own
-header comment (``tune run lora_finetune_single_device --config ...``) is understood too.
+header comment (``tune run lora_finetune_single_device --config ...``) is understood too, and
+failing both its opening line ``# Config for ... in full_finetune_distributed.py``.
 Discovery reads only those first lines: no YAML parsing and no torch import. Extra config
 folders can be listed in ``TUNESMITH_CONFIG_PATH`` (``os.pathsep``-separated).
 """
@@ -31,6 +32,7 @@ _RECIPE_COMMENT = re.compile(r"^#\s*recipe\s*:\s*([\w./-]+)")
 _TUNE_RUN = re.compile(
     r"\b(?:tune|tunesmith) run\s+(?:--?[\w-]+(?:[ =][^\s-]\S*)?\s+)*([\w./-]+)\s+--config"
 )
+_RECIPE_FILE = re.compile(r"^#\s*Config for\b.*\bin\s+([\w/-]+)\.py\b")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,10 @@ def read_recipe_header(path: Path) -> str | None:
             match = _TUNE_RUN.search(line)
             if match:
                 return match.group(1)
+    for line in lines:
+        match = _RECIPE_FILE.match(line.strip())
+        if match:
+            return match.group(1)
     return None
 
 

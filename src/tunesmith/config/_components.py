@@ -109,6 +109,15 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchao.prototype.low_bit_optim.", "torchao.optim."),
     # ... and its NF4 tensor out of torchao.dtypes (torchtune 0.6.1's code imports the old name)
     ("torchao.dtypes.nf4tensor.", "torchao.quantization.quantize_.workflows.nf4.nf4_tensor."),
+    # torchtune 0.6.1's recipe files: their interfaces, a private config helper they import,
+    # and torchdata's stateful loader (served only where torchdata is not installed)
+    ("torchtune.recipe_interfaces.", "tunesmith.compat.recipe_interfaces."),
+    (
+        "torchtune.config._utils._get_component_from_path",
+        "tunesmith.config._parse.get_component_from_path",
+    ),
+    ("torchdata.stateful_dataloader.sampler.", "tunesmith.compat.torchdata."),
+    ("torchdata.stateful_dataloader.", "tunesmith.compat.torchdata."),
     ("torchtune.", "tunesmith."),
 )
 OPTIONAL_EXTRAS = {

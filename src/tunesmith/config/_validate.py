@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,9 +23,13 @@ def _resolved(node: Any, key: Any, path: str, problems: list[Problem]) -> tuple[
         return True, node[key]
     except OmegaConfBaseException as e:
         message = str(e).splitlines()[0]
-        problems.append(
-            Problem(path, f"cannot resolve the value ({message}); fix the ${{...}} reference")
-        )
+        fix = "fix the ${...} reference"
+        missing = re.match(r"Interpolation key '([\w.]+)' not found", message)
+        if missing:  # e.g. torchtune's maverick config: ${model_dir} is never defined
+            fix += f", or define it: add {missing.group(1)}=<value> on the command line"
+        problem = Problem(path, f"cannot resolve the value ({message}); {fix}")
+        if problem not in problems:
+            problems.append(problem)
         return False, None
 
 

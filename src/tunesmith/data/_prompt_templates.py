@@ -50,6 +50,11 @@ def _wrap(message: Message, prepend: str, append: str) -> Message:
         masked=message.masked,
         ipython=message.ipython,
         eot=message.eot,
+        tool_calls=message.tool_calls,  # a template wraps text; tool fields stay as they are
+        tool_call_id=message.tool_call_id,
+        name=message.name,
+        reasoning=message.reasoning,
+        mask_reasoning=message.mask_reasoning,
     )
 
 

@@ -1,4 +1,5 @@
-"""Sizes of the current dense families (Gemma 3, Phi-3.5, SmolLM3, OLMo 2, Granite 3.3) as data.
+"""Sizes of the current dense families (Gemma 3, Phi-3.5 / Phi-3 128k / Phi-4-mini, SmolLM3, OLMo 2,
+Granite 3.3) as data.
 
 Numbers follow each released ``config.json`` (``tests/models/test_dense_specs.py`` builds the
 transformers model from the same values on the meta device and compares parameter counts).
@@ -7,7 +8,14 @@ Merged into ``tunesmith.models._specs.SPECS``.
 
 from __future__ import annotations
 
-from tunesmith.models._longrope_tables import PHI3_5_MINI_LONG, PHI3_5_MINI_SHORT
+from tunesmith.models._longrope_tables import (
+    PHI3_5_MINI_LONG,
+    PHI3_5_MINI_SHORT,
+    PHI3_MINI_128K_LONG,
+    PHI3_MINI_128K_SHORT,
+    PHI4_MINI_LONG,
+    PHI4_MINI_SHORT,
+)
 from tunesmith.models.spec import FULL, SLIDING, ModelSpec, RopeScaling
 
 __all__ = ["DENSE_SPECS", "gemma3_layer_types", "smollm3_nope_layers"]
@@ -152,5 +160,48 @@ DENSE_SPECS: dict[str, ModelSpec] = {
     ),
     "granite3_3_8b": _granite3(
         embed_dim=4096, intermediate_dim=12800, attn_scale=0.0078125, logits_divisor=16.0
+    ),
+    # Phi-3 mini 128k (Phi-3 mini + LongRoPE; the June 2024 revision of
+    # microsoft/Phi-3-mini-128k-instruct; its factors: see _longrope_tables)
+    "phi3_mini_128k": ModelSpec(
+        family="PHI3_MINI",
+        vocab_size=32_064,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=32,
+        embed_dim=3072,
+        intermediate_dim=8192,
+        max_seq_len=131_072,
+        norm_eps=1e-5,
+        sliding_window=262_144,  # as released: longer than the context, so never binding
+        rope_scaling=RopeScaling(
+            factor=131_072 / 4096,
+            original_max_position_embeddings=4096,
+            rope_type="longrope",
+            long_factor=PHI3_MINI_128K_LONG,
+            short_factor=PHI3_MINI_128K_SHORT,
+        ),
+    ),
+    # Phi-4-mini (3.8B): GQA, partial rotary 0.75, LongRoPE, o200k vocabulary, tied
+    "phi4_mini": ModelSpec(
+        family="PHI3_MINI",
+        vocab_size=200_064,
+        num_layers=32,
+        num_heads=24,
+        num_kv_heads=8,
+        embed_dim=3072,
+        intermediate_dim=8192,
+        max_seq_len=131_072,
+        norm_eps=1e-5,
+        tie_embeddings=True,
+        sliding_window=262_144,
+        rotary_dim=96,
+        rope_scaling=RopeScaling(
+            factor=131_072 / 4096,
+            original_max_position_embeddings=4096,
+            rope_type="longrope",
+            long_factor=PHI4_MINI_LONG,
+            short_factor=PHI4_MINI_SHORT,
+        ),
     ),
 }

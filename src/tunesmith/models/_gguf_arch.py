@@ -9,6 +9,14 @@ llama.cpp architectures written (as ``convert_hf_to_gguf.py`` writes them):
 * ``qwen2``: Qwen2 / Qwen2.5 (q/k/v biases). NEOX RoPE: no permutation.
 * ``qwen3``: Qwen3 dense (per-head q/k RMSNorm ``attn_q_norm`` / ``attn_k_norm``; head_dim is
   written as ``key_length`` / ``value_length``). NEOX RoPE: no permutation.
+* ``gemma`` / ``gemma2`` / ``gemma3``: Gemma 1 / 2 / 3. Every norm weight ``w`` is written as
+  ``w + 1`` (Gemma scales by ``1 + w``, llama.cpp by the stored weight); Gemma 2/3 sandwich
+  norms, soft-caps, sliding windows (llama.cpp's fixed layer patterns), Gemma 3's local RoPE
+  base; llama.cpp scales the embeddings by sqrt(dim) and derives the attention scale itself.
+* Mixture of experts: Mixtral (``llama``) and Qwen3-MoE (``qwen3moe``): router
+  ``ffn_gate_inp``, experts stacked ``ffn_{gate,up,down}_exps`` ([E, out, in] per expert).
+* ``phi3``: Phi-3 mini. q/k/v stacked into ``attn_qkv``, gate above up in ``ffn_up``; longrope
+  as ``rope_factors_long`` / ``rope_factors_short``. NEOX RoPE: no permutation.
 """
 
 from __future__ import annotations
@@ -46,6 +54,12 @@ _LAYER_NAMES = {
     "mlp.w1.weight": "ffn_gate.weight",
     "mlp.w2.weight": "ffn_down.weight",
     "mlp.w3.weight": "ffn_up.weight",
+    "sa_scale.scale": "post_attention_norm.weight",  # Gemma 2/3 post-norms
+    "mlp_scale.scale": "post_ffw_norm.weight",
+    "mlp.router.gate.weight": "ffn_gate_inp.weight",  # mixture of experts
+    "mlp.experts.gate_proj": "ffn_gate_exps.weight",
+    "mlp.experts.up_proj": "ffn_up_exps.weight",
+    "mlp.experts.down_proj": "ffn_down_exps.weight",
 }
 _TOP_NAMES = {
     "tok_embeddings.weight": "token_embd.weight",
@@ -61,13 +75,30 @@ _ARCH_OF_FAMILY = {
     "QWEN2": "qwen2",
     "QWEN2_5": "qwen2",
     "QWEN3": "qwen3",
+    "GEMMA": "gemma",
+    "GEMMA2": "gemma2",
+    "GEMMA3": "gemma3",
+    "PHI3_MINI": "phi3",
+    "MIXTRAL": "llama",
+    "QWEN3_MOE": "qwen3moe",
 }
 # spec fields each architecture allows to be set (everything else must be off)
-_ALLOWED = {"llama": set(), "qwen2": {"qkv_bias"}, "qwen3": {"qk_norm"}}
-_NOT_WRITTEN = (
-    "Gemma 2/3 and Phi-3 (SentencePiece vocabularies, Gemma's norm offset and soft-capping, "
-    "Phi-3's fused qkv) and the MoE families are not written yet"
-)
+_GEMMA = {"norm_offset", "embed_scale", "post_norms", "query_pre_attn_scalar", "final_softcap"}
+_ALLOWED = {
+    "llama": set(),
+    "qwen2": {"qkv_bias"},
+    "qwen3": {"qk_norm"},
+    "qwen3moe": {"qk_norm"},
+    "gemma": {"norm_offset", "embed_scale"},
+    "gemma2": _GEMMA | {"attn_softcap"},
+    "gemma3": _GEMMA | {"qk_norm"},
+    "phi3": set(),
+}
+# llama.cpp's Gemma attention scale is 1/sqrt(embed_dim / num_heads) for the 27B sizes it
+# recognises by layer count, else 1/sqrt(head_dim); query_pre_attn_scalar must be that one
+_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
+# llama.cpp's sliding-window layer pattern per architecture: layer i slides iff i % n < n - 1
+_SWA_PATTERN = {"gemma2": 2, "gemma3": 6}
 
 
 def gguf_arch(spec: ModelSpec) -> str:
@@ -76,22 +107,36 @@ def gguf_arch(spec: ModelSpec) -> str:
     if arch is None:
         raise ValueError(
             f"GGUF export does not write family {spec.family}: it writes llama (Llama 2/3.x, "
-            f"Code Llama, Mistral, SmolLM2), qwen2 (Qwen2/2.5) and qwen3; {_NOT_WRITTEN}"
+            "Code Llama, Mistral, SmolLM2, Mixtral), qwen2 (Qwen2/2.5), qwen3, qwen3moe, gemma "
+            "(Gemma 1), gemma2, gemma3 and phi3 (Phi-3 mini)"
         )
+    allowed = _ALLOWED[arch]
     problems = []
     for field in ("qkv_bias", "norm_offset", "embed_scale", "qk_norm", "post_norms"):
-        if getattr(spec, field) and field not in _ALLOWED[arch]:
+        if getattr(spec, field) and field not in allowed:
             problems.append(f"{field}=True")
     for field in ("attn_softcap", "final_softcap", "query_pre_attn_scalar", "num_classes"):
-        if getattr(spec, field) is not None:
+        if getattr(spec, field) is not None and field not in allowed:
             problems.append(f"{field} set")
-    if spec.num_experts:
-        problems.append("mixture of experts")
-    if spec.rope_scaling is not None and spec.rope_scaling.rope_type == "yarn":
-        problems.append("YaRN rope scaling (not written yet)")
-    if spec.activation != "silu":
+    if arch.startswith("gemma"):
+        problems += _gemma_problems(spec, arch)
+    elif spec.activation != "silu":
         problems.append(f"activation {spec.activation}")
-    if spec.sliding_window is not None and spec.sliding_window < spec.max_seq_len:
+    if spec.num_experts:
+        problems += _moe_problems(spec, arch)
+    rope_type = None if spec.rope_scaling is None else spec.rope_scaling.rope_type
+    if rope_type not in {None, "linear"} | ({"llama3"} if arch == "llama" else set()) | (
+        {"longrope"} if arch == "phi3" else set()
+    ):
+        problems.append(f"{rope_type} rope scaling")
+    if spec.local_rope_scaling is not None:
+        problems.append("local_rope_scaling")
+    if spec.local_rope_base is not None and arch != "gemma3":
+        problems.append("local_rope_base")
+    if spec.rotary_dim is not None or spec.nope_layers:
+        problems.append("partial / skipped RoPE")
+    sliding = spec.sliding_window is not None and spec.sliding_window < spec.max_seq_len
+    if sliding and arch not in ("gemma2", "gemma3", "phi3"):  # llama.cpp ignores Phi-3's
         problems.append(f"sliding_window={spec.sliding_window}")
     if problems:
         raise ValueError(
@@ -99,6 +144,48 @@ def gguf_arch(spec: ModelSpec) -> str:
             f"which has no {', '.join(problems)}; this model cannot be written"
         )
     return arch
+
+
+def _moe_problems(spec: ModelSpec, arch: str) -> list[str]:
+    """What llama.cpp's Mixtral (``llama`` + experts) / ``qwen3moe`` graphs cannot run:
+    they route softmax -> top-k -> renormalised weights, every layer a plain MoE layer."""
+    problems = []
+    if spec.family.upper() not in ("MIXTRAL", "QWEN3_MOE"):
+        problems.append("mixture of experts")
+    if spec.dense_layers or spec.shared_expert_dim:
+        problems.append("dense or shared-expert layers")
+    if spec.router_scoring != "softmax" or not spec.router_norm_topk:
+        problems.append("routing other than softmax top-k renormalised")
+    if spec.router_bias or spec.expert_bias or spec.swiglu_limit is not None:
+        problems.append("router / expert biases or a SwiGLU limit")
+    if arch == "llama" and spec.moe_intermediate_dim not in (None, spec.intermediate_dim):
+        problems.append("expert width other than intermediate_dim")
+    return problems
+
+
+def _gemma_problems(spec: ModelSpec, arch: str) -> list[str]:
+    problems = []
+    if spec.activation != "gelu_tanh":
+        problems.append(f"activation {spec.activation}")
+    if not (spec.norm_offset and spec.embed_scale and (spec.post_norms or arch == "gemma")):
+        problems.append("Gemma without (1 + w) norms, embedding scaling and post-norms")
+    if arch == "gemma2" and (spec.attn_softcap is None or spec.final_softcap is None):
+        problems.append("Gemma 2 without both soft-caps (llama.cpp applies 50 / 30 then)")
+    if spec.local_rope_base not in (None, 10_000.0):
+        problems.append(f"local_rope_base={spec.local_rope_base} (llama.cpp uses 10000)")
+    hd = spec.resolved_head_dim
+    big = spec.num_layers == _GEMMA_27B_LAYERS.get(arch)
+    dim = spec.embed_dim // spec.num_heads if big else hd
+    if spec.query_pre_attn_scalar not in (None, float(dim)):
+        problems.append(f"query_pre_attn_scalar={spec.query_pre_attn_scalar} (llama.cpp: {dim})")
+    n = _SWA_PATTERN.get(arch, 1)
+    want = tuple("sliding" if i % n < n - 1 else "full" for i in range(spec.num_layers))
+    got = tuple(
+        "sliding" if spec.layer_window(i) is not None else "full" for i in range(spec.num_layers)
+    )
+    if arch != "gemma" and spec.sliding_window is not None and got != want:
+        problems.append(f"this sliding-window layer pattern (llama.cpp's: {n - 1} of every {n})")
+    return problems
 
 
 def _llama3_rope_factors(spec: ModelSpec) -> np.ndarray:
@@ -148,7 +235,8 @@ def gguf_tensors(
         )
     hd = spec.resolved_head_dim
     out: list[tuple[str, np.ndarray]] = []
-    unknown = []
+    unknown: list[str] = []
+    bad: list[str] = []
     for key, value in state_dict.items():
         parts = key.split(".")
         if parts[0] == "layers":
@@ -160,13 +248,24 @@ def gguf_tensors(
             unknown.append(key)
             continue
         w = value.detach().to(device="cpu", dtype=torch.float32)
+        if not bool(torch.isfinite(w).all()):
+            bad.append(key)
         if permutes_qk(arch) and ".attn.q_proj." in key:
             w = permute_hf_to_meta(w, spec.num_heads, hd)
         elif permutes_qk(arch) and ".attn.k_proj." in key:
             w = permute_hf_to_meta(w, spec.num_kv_heads, hd)
+        if name.endswith("_exps.weight"):  # native [E, in, out] -> llama.cpp's [E, out, in]
+            w = w.transpose(1, 2)
+        if arch.startswith("gemma") and name.endswith("norm.weight"):
+            w = w + 1.0  # llama.cpp's Gemma norms multiply by w; Gemma's by (1 + w)
         out.append((name, w.contiguous().numpy()))
     if unknown:
         raise ValueError(f"no GGUF {arch} tensor for native keys {unknown[:5]}")
+    if bad:
+        raise ValueError(
+            f"weights {bad[:3]} hold NaN or inf values (a diverged finetune?); a GGUF of them "
+            "would answer garbage: export an earlier checkpoint"
+        )
     if spec.tie_embeddings:
         out = [(n, a) for n, a in out if n != "output.weight"]
     elif "output.weight" not in {n for n, _ in out}:
@@ -175,14 +274,50 @@ def gguf_tensors(
         )
     if spec.rope_scaling is not None and spec.rope_scaling.rope_type == "llama3":
         out.insert(0, ("rope_freqs.weight", _llama3_rope_factors(spec)))
+    if arch == "phi3":
+        out = _phi3_fused(out)
+        s = spec.rope_scaling
+        if s is not None and s.rope_type == "longrope":
+            if s.long_factor is None or s.short_factor is None:
+                raise ValueError("longrope rope scaling needs long_factor and short_factor")
+            out[:0] = [
+                ("rope_factors_long.weight", np.asarray(s.long_factor, dtype=np.float32)),
+                ("rope_factors_short.weight", np.asarray(s.short_factor, dtype=np.float32)),
+            ]
     return out
 
 
-def encode(array: np.ndarray, out_type: str) -> tuple[np.ndarray, Any]:
-    """``(data, raw_dtype or None)`` for ``GGUFWriter.add_tensor``.
+def _phi3_fused(tensors: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+    """llama.cpp's ``phi3`` layout: q/k/v rows stacked into ``attn_qkv`` and the gate rows
+    above the up rows in ``ffn_up`` (Phi-3's own ``qkv_proj`` / ``gate_up_proj``)."""
+    arrays = dict(tensors)
+    parts = {"attn_q": ("attn_qkv", 0), "attn_k": ("attn_qkv", 1), "attn_v": ("attn_qkv", 2),
+             "ffn_gate": ("ffn_up", 0), "ffn_up": ("ffn_up", 1)}  # fmt: skip
+    out: list[tuple[str, np.ndarray]] = []
+    for name, array in tensors:
+        prefix, _, rest = name.rpartition(".")[0].rpartition(".")
+        if rest not in parts or not name.endswith(".weight"):
+            out.append((name, array))
+            continue
+        fused, index = parts[rest]
+        if index == 0:
+            members = [k for k, (f, _) in parts.items() if f == fused]
+            out.append((f"{prefix}.{fused}.weight",
+                        np.concatenate([arrays[f"{prefix}.{m}.weight"] for m in members])))  # fmt: skip
+    return out
+
+
+def encode(array: np.ndarray, out_type: str, *, output: bool = False) -> tuple[np.ndarray, Any]:
+    """``(data, raw_dtype or None)`` for ``GGUFWriter.add_tensor``: the bytes llama.cpp's
+    ``llama-quantize`` writes for the same float32 weights (``tests/models/
+    test_gguf_quant_reference.py`` compares them with ggml's quantizer byte for byte).
 
     1-D tensors (norms, biases, RoPE factors) stay F32 as llama.cpp keeps them; a matrix whose
     rows do not split into the type's blocks (32 values) falls back to F16, as llama.cpp does.
+    ``output`` marks the output projection (``output.weight``, or ``token_embd.weight`` when
+    the embeddings are tied): in the 4/5-bit types llama.cpp keeps it at Q6_K, or Q8_0 when
+    its rows do not split into 256-value super-blocks; the ``gguf`` package has no Q6_K
+    quantizer, so it is Q8_0 here (llama.cpp's own fallback, one step more precise).
     """
     import gguf
 
@@ -191,10 +326,17 @@ def encode(array: np.ndarray, out_type: str) -> tuple[np.ndarray, Any]:
         return array.astype(np.float32), None
     if out_type == "f16":
         return array.astype(np.float16), None
+    if output and out_type in ("q4_0", "q4_1", "q5_0", "q5_1"):
+        out_type = "q8_0"
     qtype = Q[out_type.upper()]
     block = gguf.GGML_QUANT_SIZES[qtype][0]
     if array.shape[-1] % block:
         return array.astype(np.float16), None
+    if qtype in (Q.Q4_0, Q.Q5_0):
+        # ggml starts its signed-max search at +0.0, so a block of zeros gets the scale
+        # 0.0 / -8 = -0.0 whatever the zeros' signs; gguf.quants takes the block's own zero
+        # (+0.0 for a block of -0.0): adding +0.0 turns -0.0 into +0.0 (values unchanged)
+        array = array.astype(np.float32) + np.float32(0.0)
     return gguf.quants.quantize(array, qtype), qtype
 
 
@@ -227,3 +369,35 @@ def write_hparams(writer: Any, spec: ModelSpec) -> None:
     if spec.rope_scaling is not None and spec.rope_scaling.rope_type == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(spec.rope_scaling.factor)
+    arch = gguf_arch(spec)
+    if spec.num_experts:
+        writer.add_expert_count(spec.num_experts)
+        writer.add_expert_used_count(spec.experts_per_token)
+        if arch == "qwen3moe":
+            writer.add_expert_feed_forward_length(
+                spec.moe_intermediate_dim or spec.intermediate_dim
+            )
+    if arch.startswith("gemma"):
+        if spec.resolved_head_dim == spec.embed_dim // spec.num_heads:
+            writer.add_key_length(spec.resolved_head_dim)
+            writer.add_value_length(spec.resolved_head_dim)
+        if spec.attn_softcap is not None:
+            writer.add_attn_logit_softcapping(spec.attn_softcap)
+        if spec.final_softcap is not None:
+            writer.add_final_logit_softcapping(spec.final_softcap)
+        if arch != "gemma":  # no window: one as long as the context (llama.cpp's default: 4096)
+            writer.add_sliding_window(spec.sliding_window or spec.max_seq_len)
+        if spec.local_rope_base is not None:
+            writer.add_rope_freq_base_swa(spec.local_rope_base)
+    elif arch == "phi3":
+        s = spec.rope_scaling
+        longrope = s is not None and s.rope_type == "longrope"
+        original = s.original_max_position_embeddings if longrope else spec.max_seq_len
+        writer.add_rope_scaling_orig_ctx_len(original)
+        writer.add_sliding_window(spec.sliding_window or 0)
+        if longrope:
+            factor = spec.max_seq_len / original
+            attn = s.attention_factor
+            if attn is None:
+                attn = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0
+            writer.add_rope_scaling_attn_factors(attn)

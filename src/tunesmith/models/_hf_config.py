@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import ConfigError
+from tunesmith.models._convert_gemma4 import gemma4_fields, gemma4_text_config
 from tunesmith.models.spec import FULL, SLIDING, ModelSpec, RopeScaling, alternating_sliding
 
 __all__ = ["spec_from_hf_config", "load_hf_config", "HF_MODEL_TYPES"]
@@ -19,6 +20,8 @@ HF_MODEL_TYPES = {
     "gemma": "GEMMA",
     "gemma2": "GEMMA2",
     "gemma3_text": "GEMMA3",
+    "gemma4_text": "GEMMA4",
+    "gemma4": "GEMMA4",  # multimodal: its text_config (see _convert_gemma4)
     "smollm3": "SMOLLM3",
     "olmo2": "OLMO2",
     "granite": "GRANITE",
@@ -100,6 +103,12 @@ def _rope(
         )
     if kind == "linear":
         return theta, RopeScaling(factor=float(params["factor"]), rope_type="linear")
+    if kind == "proportional":  # Gemma 4's global layers
+        return theta, RopeScaling(
+            factor=float(params.get("factor") or 1.0),
+            rope_type="proportional",
+            partial_rotary_factor=float(params.get("partial_rotary_factor") or 1.0),
+        )
     if kind == "llama3":
         return theta, RopeScaling(
             factor=float(params["factor"]),
@@ -109,7 +118,7 @@ def _rope(
         )
     raise ValueError(
         f"config.json: rope type {kind!r} is not supported (supported: default, linear, llama3, "
-        "yarn, longrope, dynamic)."
+        "yarn, longrope, dynamic, proportional)."
     )
 
 
@@ -129,6 +138,8 @@ def _rope_fields(cfg: Mapping[str, Any], head_dim: int) -> dict[str, Any]:
         if cfg.get("rope_local_base_freq") is not None:  # Gemma 3, transformers 4.x layout
             local = dict(local_rope_base=float(cfg["rope_local_base_freq"]))
     factor = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor", 1.0))
+    if scaling is not None and scaling.rope_type == "proportional":
+        factor = 1.0  # p-RoPE keeps full-width tables (RopeScaling.partial_rotary_factor)
     rotary = int(head_dim * float(factor or 1.0))
     return dict(
         rope_base=theta,
@@ -169,6 +180,8 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
     if isinstance(config, (str, Path)):
         config = load_hf_config(config)
     cfg: Mapping[str, Any] = config if isinstance(config, Mapping) else config.to_dict()
+    if cfg.get("model_type") in ("gemma4", "gemma4_text"):
+        cfg = gemma4_text_config(cfg)
     hf_type = cfg.get("model_type")
     if hf_type not in HF_MODEL_TYPES:
         archs = ", ".join(cfg.get("architectures") or []) or "no architectures listed"
@@ -189,7 +202,8 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
     for flag in ("mlp_bias",) + (("attention_bias",) if family not in biased else ()):
         if cfg.get(flag):
             raise ValueError(f"config.json: {flag}=true is not supported for {hf_type}.")
-    default_act = "gelu_pytorch_tanh" if family == "GEMMA3" else "silu"  # transformers' default
+    gelu_default = family in ("GEMMA3", "GEMMA4")
+    default_act = "gelu_pytorch_tanh" if gelu_default else "silu"  # transformers' default
     act_name = cfg.get("hidden_activation") or cfg.get("hidden_act", default_act)
     if family == "GEMMA" and act_name == "gelu":
         act_name = "gelu_pytorch_tanh"  # transformers runs Gemma with the tanh approximation
@@ -203,7 +217,7 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
     gemma2 = family in ("GEMMA2", "GEMMA3")  # soft-caps, query scalar, sandwich norms
     archs = cfg.get("architectures") or []
     classifier = any(a.endswith("ForSequenceClassification") for a in archs)
-    return ModelSpec(
+    spec = ModelSpec(
         family=family,
         vocab_size=cfg["vocab_size"],
         num_layers=n_layers,
@@ -231,6 +245,7 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
         **_moe_fields(cfg, family, n_layers),
         **_dense_fields(cfg, family),
     )
+    return spec.replace(**gemma4_fields(cfg)) if family == "GEMMA4" else spec
 
 
 def _dense_fields(cfg: Mapping[str, Any], family: str) -> dict[str, Any]:

@@ -7,11 +7,13 @@ from the released checkpoint, the checkpoint wins so its weights load).
 from __future__ import annotations
 
 from tunesmith.models._dense_specs import DENSE_SPECS
+from tunesmith.models._gemma4_specs import GEMMA4_SPECS
 from tunesmith.models._hf_config import spec_from_hf_config
 from tunesmith.models.spec import ModelSpec, RopeScaling, alternating_sliding
 
 # Llama 4 text decoders, as their published config.json text_config (every 4th layer NoPE,
-# chunked attention elsewhere, QK-norm, one routed expert + a shared expert per MoE layer)
+# chunked attention elsewhere, QK-norm in Scout, one routed expert + a shared expert per MoE
+# layer); the vision encoder is in _vision_specs
 _LLAMA4_TEXT = dict(
     model_type="llama4_text",
     architectures=["Llama4ForCausalLM"],
@@ -50,6 +52,7 @@ _LLAMA4_SCOUT = dict(
 )
 _LLAMA4_MAVERICK = dict(
     _LLAMA4_TEXT,
+    use_qk_norm=False,  # as released (and torchtune's llama4_maverick_17b_128e): no QK-norm
     num_local_experts=128,
     interleave_moe_layer_step=2,
     max_position_embeddings=1048576,
@@ -430,7 +433,7 @@ SPECS: dict[str, ModelSpec] = {
         intermediate_dim=25600,
         max_seq_len=40_960,
     ),
-    # Llama 4 text decoders (the early-fusion vision encoder is not built)
+    # Llama 4 text decoders (with the vision encoder: _vision_specs, models/llama4)
     "llama4_scout_17b_16e": spec_from_hf_config(_LLAMA4_SCOUT),
     "llama4_maverick_17b_128e": spec_from_hf_config(_LLAMA4_MAVERICK),
     # Qwen3-MoE (every layer routed; dense intermediate_dim unused by the released sizes)
@@ -497,6 +500,7 @@ SPECS: dict[str, ModelSpec] = {
 
 
 SPECS.update(DENSE_SPECS)  # Gemma 3, Phi-3.5, SmolLM3, OLMo 2, Granite 3.3
+SPECS.update(GEMMA4_SPECS)  # Gemma 4 text decoders
 
 
 def get_spec(name: str) -> ModelSpec:

@@ -7,6 +7,7 @@ from tunesmith.models.spec import ModelSpec, RopeScaling
 from tunesmith.models.vision_spec import (
     DeepFusionSpec,
     EarlyFusionSpec,
+    Llama4ViTSpec,
     QwenViTSpec,
     TiledViTSpec,
     every_nth_layer,
@@ -108,7 +109,21 @@ def _qwen3_vl(tie: bool, vit: str, **kw: object) -> EarlyFusionSpec:
     return EarlyFusionSpec(decoder=decoder, encoder=encoder, family="QWEN3_VL")
 
 
+def _llama4(text: str) -> EarlyFusionSpec:
+    """Llama 4 Scout / Maverick with their (shared) vision encoder: the released
+    ``vision_config`` (1408 wide, 34 layers, 336 px tiles of 14 px patches, projector 4096);
+    the decoder is the text model of ``_specs``; images replace ``<|patch|>`` (200092)."""
+    from tunesmith.models._specs import get_spec
+
+    encoder = Llama4ViTSpec(embed_dim=1408, num_layers=34, num_heads=16, intermediate_dim=5632)
+    return EarlyFusionSpec(
+        decoder=get_spec(text), encoder=encoder, image_token_id=200_092, family="LLAMA4"
+    )
+
+
 VISION_SPECS: dict[str, DeepFusionSpec | EarlyFusionSpec] = {
+    "llama4_scout_17b_16e": _llama4("llama4_scout_17b_16e"),
+    "llama4_maverick_17b_128e": _llama4("llama4_maverick_17b_128e"),
     # 40 text layers in HF = 32 self-attention + 8 cross-attention
     "llama3_2_vision_11b": _llama32_vision(
         32, num_heads=32, embed_dim=4096, intermediate_dim=14_336

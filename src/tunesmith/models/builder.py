@@ -19,8 +19,9 @@ from tunesmith.modules import (
     TransformerDecoder,
     TransformerSelfAttentionLayer,
 )
-from tunesmith.modules.moe import GroupedExperts, MoE, TopKRouter
+from tunesmith.modules.moe import FeedForwardWithExperts, GroupedExperts, MoE, TopKRouter
 from tunesmith.modules.norms import HeadsRMSNorm, WeightlessRMSNorm
+from tunesmith.modules.per_layer_embeddings import PerLayerEmbeddings, PerLayerInputGate
 from tunesmith.modules.rope import MultimodalRotaryEmbedding
 
 __all__ = [
@@ -103,6 +104,26 @@ def _mlp(spec: ModelSpec, f: int, adapt: bool, lora: LoRASettings | None) -> Fee
     )
 
 
+def _mlp_with_experts(
+    spec: ModelSpec, width: int, adapt: bool, lora: LoRASettings | None
+) -> FeedForwardWithExperts:
+    """Gemma 4's dense MLP with the experts beside it (its own norms around the experts).
+
+    ``apply_lora_to_mlp`` adapts the dense MLP; the experts stay frozen (their per-expert
+    adapters have no PEFT export for this layout yet)."""
+    dense = _mlp(spec, width, adapt, lora)
+    return FeedForwardWithExperts(
+        gate_proj=dense.w1,
+        down_proj=dense.w2,
+        up_proj=dense.w3,
+        activation=spec.activation,
+        moe=_moe(spec, None),
+        dense_out_norm=_norm(spec, spec.embed_dim),
+        expert_in_norm=_norm(spec, spec.embed_dim),
+        expert_out_norm=_norm(spec, spec.embed_dim),
+    )
+
+
 def _moe(spec: ModelSpec, lora: LoRASettings | None) -> MoE:
     """The spec's mixture-of-experts feed-forward; ``lora.apply_lora_to_mlp`` puts per-expert
     LoRA on the experts (``LoRAGroupedExperts``) and LoRA on the shared expert."""
@@ -121,6 +142,8 @@ def _moe(spec: ModelSpec, lora: LoRASettings | None) -> MoE:
             scoring=spec.router_scoring,
             norm_topk=spec.router_norm_topk,
             bias=spec.router_bias,
+            input_norm_eps=spec.norm_eps if spec.moe_beside_mlp else None,
+            per_expert_scale=spec.moe_beside_mlp,
         ),
         experts=expert_cls(
             d,
@@ -155,24 +178,31 @@ def _attn_scale(spec: ModelSpec) -> float | None:
 
 
 def _layer(spec: ModelSpec, index: int, lora: LoRASettings | None) -> TransformerSelfAttentionLayer:
-    d, hd = spec.embed_dim, spec.resolved_head_dim
-    h, kv = spec.num_heads, spec.num_kv_heads
+    d, hd = spec.embed_dim, spec.layer_head_dim(index)
+    h, kv = spec.num_heads, spec.layer_kv_heads(index)
     targets = set(lora.lora_attn_modules) if lora else set()
     nope = index in spec.nope_layers
     mlp_lora = bool(lora and lora.apply_lora_to_mlp)
+    sharing = spec.kv_sharing(index)
+    reuse = sharing is not None and sharing[0] == "reuse"  # Gemma 4: no k / v of its own
+    no_v = reuse or (spec.attn_k_eq_v and spec.is_full_layer(index))
     attn = MultiHeadAttention(
         embed_dim=d,
         num_heads=h,
         num_kv_heads=kv,
         head_dim=hd,
         q_proj=_linear(d, h * hd, bias=spec.qkv_bias, adapt="q_proj" in targets, lora=lora),
-        k_proj=_linear(d, kv * hd, bias=spec.qkv_bias, adapt="k_proj" in targets, lora=lora),
-        v_proj=_linear(d, kv * hd, bias=spec.qkv_bias, adapt="v_proj" in targets, lora=lora),
+        k_proj=None
+        if reuse
+        else _linear(d, kv * hd, bias=spec.qkv_bias, adapt="k_proj" in targets, lora=lora),
+        v_proj=None
+        if no_v
+        else _linear(d, kv * hd, bias=spec.qkv_bias, adapt="v_proj" in targets, lora=lora),
         output_proj=_linear(
             h * hd, d, bias=spec.out_bias, adapt="output_proj" in targets, lora=lora
         ),
         q_norm=_qk_norm(spec, hd, nope, h),
-        k_norm=_qk_norm(spec, hd, nope, kv),
+        k_norm=None if reuse else _qk_norm(spec, hd, nope, kv),
         scale=_attn_scale(spec),
         softcap=spec.attn_softcap,
         sliding_window=spec.layer_window(index),
@@ -180,12 +210,19 @@ def _layer(spec: ModelSpec, index: int, lora: LoRASettings | None) -> Transforme
         use_rope=not nope,
         chunk_size=None if nope else spec.attn_chunk_size,
         temperature=spec.attn_temperature if nope else None,
+        v_norm=WeightlessRMSNorm(spec.norm_eps) if spec.v_norm and not reuse else None,
+        kv_sharing=sharing,
     )
-    mlp = (
-        _moe(spec, lora)
-        if spec.is_moe_layer(index)
-        else _mlp(spec, spec.intermediate_dim, mlp_lora, lora)
-    )
+    width = spec.intermediate_dim * (2 if reuse and spec.double_wide_mlp else 1)
+    if spec.is_moe_layer(index) and spec.moe_beside_mlp:
+        mlp: nn.Module = _mlp_with_experts(spec, width, mlp_lora, lora)
+    elif spec.is_moe_layer(index):
+        mlp = _moe(spec, lora)
+    else:
+        mlp = _mlp(spec, width, mlp_lora, lora)
+    gate = None
+    if spec.per_layer_dim:
+        gate = PerLayerInputGate(d, spec.per_layer_dim, spec.activation, spec.norm_eps)
     return TransformerSelfAttentionLayer(
         attn=attn,
         mlp=mlp,
@@ -194,6 +231,8 @@ def _layer(spec: ModelSpec, index: int, lora: LoRASettings | None) -> Transforme
         sa_scale=_norm(spec, d) if spec.post_norms else None,
         mlp_scale=_norm(spec, d) if spec.post_norms else None,
         residual_multiplier=spec.residual_multiplier,
+        per_layer_gate=gate,
+        layer_scalar=spec.layer_scalars,
     )
 
 
@@ -237,11 +276,22 @@ def build_decoder(spec: ModelSpec, lora: LoRASettings | None = None) -> Transfor
         final_logit_softcap=spec.final_softcap,
         embed_multiplier=spec.embed_multiplier,
         logits_divisor=spec.logits_divisor,
+        per_layer_embeddings=_per_layer_embeddings(spec),
+    )
+
+
+def _per_layer_embeddings(spec: ModelSpec) -> PerLayerEmbeddings | None:
+    """Gemma 4's per-layer embeddings, or None."""
+    if not spec.per_layer_dim:
+        return None
+    vocab = spec.per_layer_vocab_size or spec.vocab_size
+    return PerLayerEmbeddings(
+        vocab, spec.num_layers, spec.per_layer_dim, spec.embed_dim, spec.norm_eps
     )
 
 
 def _rope(spec: ModelSpec) -> RotaryEmbedding:
-    hd = spec.resolved_head_dim
+    hd = spec.global_head_dim or spec.resolved_head_dim  # Gemma 4: the full layers' width
     if spec.mrope_section is not None:
         return MultimodalRotaryEmbedding(
             hd, spec.rope_base, spec.rope_scaling, spec.mrope_section, spec.mrope_interleaved
@@ -347,7 +397,7 @@ def build_from_hf(
     ``_component_`` swapped.
     """
     hf_type = _hf_model_type(checkpoint_dir_or_config)
-    if hf_type in ("mllama", "qwen2_5_vl", "qwen3_vl"):  # Llama 3.2 Vision, Qwen2.5-VL, Qwen3-VL
+    if hf_type in ("mllama", "qwen2_5_vl", "qwen3_vl", "llama4"):  # + Llama 4 with its encoder
         return _build_vision_from_hf(
             checkpoint_dir_or_config,
             vision_kwargs,
@@ -408,6 +458,7 @@ def _build_vision_from_hf(
 ) -> nn.Module:
     from pathlib import Path
 
+    from tunesmith.models._convert_llama4 import llama4_spec_from_hf_config
     from tunesmith.models._convert_qwen_vl import qwen_vl_spec_from_hf_config
     from tunesmith.models._convert_vision import mllama_spec_from_hf_config
     from tunesmith.models._hf_config import load_hf_config
@@ -420,10 +471,12 @@ def _build_vision_from_hf(
         config = load_hf_config(config)
     if _hf_model_type(config) in ("qwen2_5_vl", "qwen3_vl"):
         spec, build = qwen_vl_spec_from_hf_config(config), build_early_fusion
+    elif _hf_model_type(config) == "llama4":
+        spec, build = llama4_spec_from_hf_config(config), build_early_fusion
     else:
         spec, build = mllama_spec_from_hf_config(config), build_deep_fusion
     image_size = vision_kwargs.pop("image_size", None)
-    tile_size = getattr(spec.encoder, "tile_size", None)  # Llama 3.2 Vision's fixed tiles
+    tile_size = getattr(spec.encoder, "tile_size", None)  # Llama 3.2 Vision's / 4's tiles
     if image_size is not None and tile_size is not None and int(image_size) != tile_size:
         from tunesmith.config import ConfigError
 

@@ -7,9 +7,11 @@ interleaved RoPE layout and are permuted here. Keys ending in LoRA / DoRA suffix
 (``.lora_a.weight``, ``.lora_b.weight``, ``.magnitude``) are renamed like their base module.
 
 ``model_type`` strings are torchtune's: LLAMA2, LLAMA3, LLAMA3_2, MISTRAL, GEMMA, GEMMA2,
-GEMMA3, SMOLLM3, OLMO2 and GRANITE (no torchtune layout: their q/k are never permuted), PHI3_MINI, PHI4, QWEN2, QWEN3, QWEN3_MOE, MIXTRAL and GPT_OSS (experts stacked into grouped tensors,
+GEMMA3, GEMMA4 (see ``_convert_gemma4``), SMOLLM3, OLMO2 and GRANITE (no torchtune layout: their q/k are never permuted), PHI3_MINI, PHI4, QWEN2, QWEN3, QWEN3_MOE, MIXTRAL and GPT_OSS (experts stacked into grouped tensors,
 see ``_convert_moe``), REWARD (a Llama / Mistral classifier with a ``score`` head),
-and LLAMA3_VISION (HF ``MllamaForConditionalGeneration``, see ``_convert_vision``) and
+LLAMA4 (text-only ``Llama4ForCausalLM`` keys here; ``Llama4ForConditionalGeneration`` keys,
+with the vision encoder, in ``_convert_llama4``), LLAMA3_VISION (HF
+``MllamaForConditionalGeneration``, see ``_convert_vision``) and
 QWEN2_5_VL / QWEN3_VL (HF ``Qwen2_5_VLForConditionalGeneration`` /
 ``Qwen3VLForConditionalGeneration``, see ``_convert_qwen_vl``).
 """
@@ -23,6 +25,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tunesmith.models._convert_gemma4 import (
+    GEMMA4_LAYER,
+    GEMMA4_NORMS,
+    GEMMA4_TOP,
+    gemma4_from_hf_layout,
+    gemma4_native_extras,
+    gemma4_to_hf_layout,
+)
 from tunesmith.models._convert_moe import (
     MOE_FAMILIES,
     hf_experts_to_native,
@@ -96,6 +106,7 @@ _RULES: dict[str, tuple[dict[str, str], dict[str, str], bool, bool]] = {
     "GEMMA": (_LAYER_HF, _TOP_HF, False, True),
     "GEMMA2": (_LAYER_GEMMA2, _TOP_HF, False, True),
     "GEMMA3": (_LAYER_GEMMA2, _TOP_HF, False, False),
+    "GEMMA4": (GEMMA4_LAYER, GEMMA4_TOP, False, False),
     "SMOLLM3": (_LAYER_HF, _TOP_HF, False, False),
     "OLMO2": (_LAYER_OLMO2, _TOP_HF, False, False),
     "GRANITE": (_LAYER_HF, _TOP_HF, False, False),
@@ -118,6 +129,8 @@ _ALIASES = {
     "SMOLLM2": "LLAMA3_2",
 }
 _NORMS = {"sa_norm", "mlp_norm", "sa_scale", "mlp_scale", "q_norm", "k_norm", "norm"}
+_NORMS |= set(GEMMA4_NORMS)
+_TIED_BY_DEFAULT = ("gemma", "gemma2", "gemma3_text", "gemma4", "gemma4_text")
 _DROP = re.compile(r"(^|\.)rotary_emb\.inv_freq$|^rope\.freqs$")
 _LAYER_RE = re.compile(r"^(model\.)?layers\.(\d+)\.(.+)$")
 
@@ -146,6 +159,14 @@ def _is_vision(model_type: Any) -> bool:
     return _vision_type(model_type) in VISION_MODEL_TYPES
 
 
+def _llama4_vision(model_type: Any, state_dict: Mapping[str, Tensor]) -> bool:
+    """``LLAMA4`` keys of the model with its vision encoder (``language_model.*`` /
+    ``decoder.*``, see ``_convert_llama4``), not of the text-only ``Llama4ForCausalLM``."""
+    from tunesmith.models._convert_llama4 import is_llama4_vision_state_dict
+
+    return _vision_type(model_type) == "LLAMA4" and is_llama4_vision_state_dict(state_dict)
+
+
 def _cfg(hf_config: Any) -> Mapping[str, Any]:
     if hf_config is None:
         return {}
@@ -162,7 +183,7 @@ def ties_embeddings(hf_config: Any) -> bool:
     a ``PretrainedConfig`` or None.
     """
     cfg = _cfg(hf_config)
-    tied_default = cfg.get("model_type") in ("gemma", "gemma2", "gemma3_text")
+    tied_default = cfg.get("model_type") in _TIED_BY_DEFAULT
     return bool(cfg.get("tie_word_embeddings", tied_default))
 
 
@@ -197,6 +218,10 @@ def hf_to_native(
     ``hf_config`` (the ``config.json`` dict or a ``PretrainedConfig``) is needed for Phi-3 /
     Phi-4 (head counts to split ``qkv_proj``) and to drop ``lm_head.weight`` of tied models.
     """
+    if _llama4_vision(model_type, state_dict):
+        from tunesmith.models._convert_llama4 import llama4_hf_to_native
+
+        return llama4_hf_to_native(state_dict, hf_config)
     if _is_vision(model_type):
         from tunesmith.models._convert_qwen_vl import qwen_vl_hf_to_native
         from tunesmith.models._convert_vision import mllama_hf_to_native
@@ -210,6 +235,8 @@ def hf_to_native(
     out: dict[str, Tensor] = {}
     if mt in MOE_FAMILIES:
         out, state_dict = hf_experts_to_native(state_dict, mt)
+    if mt == "GEMMA4":  # layer scalars; multimodal keys; unused shared-layer k / v
+        out, state_dict = gemma4_from_hf_layout(state_dict, cfg)
     for key, value in state_dict.items():
         if _DROP.search(key):
             continue
@@ -263,6 +290,10 @@ def native_to_hf(
     state_dict: Mapping[str, Tensor], model_type: Any, hf_config: Any = None
 ) -> dict[str, Tensor]:
     """Inverse of :func:`hf_to_native` (REWARD writes the head as ``score.weight``)."""
+    if _llama4_vision(model_type, state_dict):
+        from tunesmith.models._convert_llama4 import llama4_native_to_hf
+
+        return llama4_native_to_hf(state_dict, hf_config)
     if _is_vision(model_type):
         from tunesmith.models._convert_qwen_vl import qwen_vl_native_to_hf
         from tunesmith.models._convert_vision import mllama_native_to_hf
@@ -286,6 +317,9 @@ def native_to_hf(
         state_dict = _permute_qk(state_dict, *_attn_sizes(_cfg(hf_config)), permute_hf_to_meta)
     if mt in MOE_FAMILIES:
         out, state_dict = native_experts_to_hf(state_dict, mt)
+    extras: dict[str, Tensor] = {}
+    if mt == "GEMMA4":  # layer scalars and experts: converted after the renames
+        extras, state_dict = gemma4_native_extras(state_dict)
     pending: dict[tuple[str, str, str], dict[str, Tensor]] = {}
     for key, value in state_dict.items():
         m = _LAYER_RE.match(key)
@@ -308,6 +342,8 @@ def native_to_hf(
         out[f"{inv_top[hit[0]]}.{_param_to_hf(hit[0], hit[1])}"] = value
     for (i, fused_name, suffix), parts in pending.items():
         out[f"model.layers.{i}.{fused_name}.{suffix}"] = _fuse(fused_name, suffix, parts, i)
+    if mt == "GEMMA4":
+        return gemma4_to_hf_layout(extras, out, _cfg(hf_config))
     return out
 
 

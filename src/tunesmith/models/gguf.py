@@ -236,20 +236,25 @@ def gguf_hf_state_dict(
 
 
 def gguf_tokenizer(metadata: dict[str, Any]) -> Any:
-    """A ``tokenizers.Tokenizer`` rebuilt from the GGUF vocabulary (byte-level BPE only)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    """A ``tokenizers.Tokenizer`` rebuilt from the GGUF vocabulary: byte-level BPE
+    (``"gpt2"``) or Gemma 4's SentencePiece-style BPE (``"gemma4"``: spaces become ``▁``, byte
+    fallback, no pre-tokenizer, no dummy prefix; equal to the released ``tokenizer.json`` on
+    llama.cpp's reference tokenizations)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
     kind = metadata.get("tokenizer.ggml.model")
-    if kind != "gpt2":
+    if kind not in ("gpt2", "gemma4"):
         raise ValueError(
             f"GGUF tokenizer model {kind!r} is not supported; only byte-level BPE ('gpt2') "
-            "vocabularies can be imported"
+            "and Gemma 4 ('gemma4') vocabularies can be imported"
         )
     tokens: list[str] = list(metadata["tokenizer.ggml.tokens"])
     types: list[int] = list(
         metadata.get("tokenizer.ggml.token_type") or [_TOKEN_NORMAL] * len(tokens)
     )
     merges = [tuple(m.split(" ", 1)) for m in metadata.get("tokenizer.ggml.merges") or []]
+    if kind == "gemma4":
+        return _add_tokens(_sentencepiece_bpe(tokens, merges, metadata), tokens, types)
     pre = str(metadata.get("tokenizer.ggml.pre", "default"))
     if pre not in _PRE_TOKENIZERS:
         raise ValueError(
@@ -265,6 +270,34 @@ def gguf_tokenizer(metadata: dict[str, Any]) -> Any:
         [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )
     tok.decoder = decoders.ByteLevel()
+    return _add_tokens(tok, tokens, types)
+
+
+def _sentencepiece_bpe(tokens: list[str], merges: list[tuple[str, ...]], metadata: dict) -> Any:
+    """BPE over ``▁``-for-space text with byte fallback (Gemma's ``tokenizer.json`` form)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    unk = metadata.get("tokenizer.ggml.unknown_token_id")
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    model = models.BPE(
+        vocab=vocab,
+        merges=merges,
+        byte_fallback=True,
+        fuse_unk=True,
+        unk_token=None if unk is None else tokens[int(unk)],
+    )
+    tok = Tokenizer(model)
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    return tok
+
+
+def _add_tokens(tok: Any, tokens: list[str], types: list[int]) -> Any:
+    """Register the GGUF's control (special) and user-defined tokens as added tokens."""
+    from tokenizers import AddedToken
+
     added = []
     for i, (text, kind_id) in enumerate(zip(tokens, types)):
         if kind_id in (_TOKEN_CONTROL, _TOKEN_USER_DEFINED):
@@ -281,6 +314,7 @@ def gguf_tokenizer_files(metadata: dict[str, Any]) -> dict[str, str]:
     """``{"tokenizer.json": ..., "tokenizer_config.json": ...}`` texts for a HF folder."""
     tok = gguf_tokenizer(metadata)
     tokens = metadata["tokenizer.ggml.tokens"]
+    arch = metadata.get("general.architecture", "llama")
 
     def name(key: str) -> str | None:
         idx = metadata.get(key)
@@ -295,7 +329,7 @@ def gguf_tokenizer_files(metadata: dict[str, Any]) -> dict[str, str]:
         "add_bos_token": bool(metadata.get("tokenizer.ggml.add_bos_token", False)),
         "add_eos_token": bool(metadata.get("tokenizer.ggml.add_eos_token", False)),
         "clean_up_tokenization_spaces": False,
-        "model_max_length": int(metadata.get("llama.context_length", 2048)),
+        "model_max_length": int(metadata.get(f"{arch}.context_length", 2048)),
     }
     if "tokenizer.chat_template" in metadata:
         config["chat_template"] = metadata["tokenizer.chat_template"]

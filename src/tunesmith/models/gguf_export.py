@@ -2,13 +2,16 @@
 
 What is written is what llama.cpp's ``convert_hf_to_gguf.py`` writes: the architecture's
 hyper-parameters and tensors (``llama`` for Llama 2/3.x, Code Llama, Mistral, SmolLM2;
-``qwen2`` for Qwen2/2.5; ``qwen3``; see ``_gguf_arch``), the byte-level BPE vocabulary of a
-``tokenizer.json`` (tokens, merges, token types, bos/eos/pad ids, pre-tokenizer name, chat
-template), in F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1 (:data:`GGUF_TYPES`).
-The k-quants are not in the ``gguf`` package: :func:`llama_cpp_quantize` makes them from an
-F16 export with llama.cpp's own quantizer when ``llama-cpp-python`` is installed.
+``qwen2`` for Qwen2/2.5; ``qwen3``; ``gemma2``; ``gemma3``; ``phi3`` for Phi-3 mini; see
+``_gguf_arch``), the vocabulary (a byte-level BPE ``tokenizer.json``: tokens, merges, token
+types, pre-tokenizer name; or a SentencePiece ``tokenizer.model``: pieces, scores, token
+types, see ``_gguf_vocab``; bos/eos/pad ids, chat template), in F32, F16, BF16, Q8_0, Q4_0,
+Q4_1, Q5_0 or Q5_1 (:data:`GGUF_TYPES`), each quantized tensor byte for byte what llama.cpp's
+quantizer makes of the same float32 weights. The k-quants are not in the ``gguf`` package:
+:func:`llama_cpp_quantize` makes them from an F16 (or F32) export with llama.cpp's own
+quantizer when ``llama-cpp-python`` is installed.
 
-Entry points: :func:`export_gguf` (native state dict + spec + tokenizer.json) and
+Entry points: :func:`export_gguf` (native state dict + spec + vocabulary) and
 :func:`export_hf_folder_to_gguf` (a Hugging Face checkpoint folder, e.g. a finetune output).
 The ``quantize`` recipe reaches them with ``output_format: gguf``.
 """
@@ -18,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,14 @@ from tunesmith.models._gguf_arch import (
     gguf_tensors,
     write_hparams,
 )
+from tunesmith.models._gguf_vocab import (
+    CONTROL,
+    NORMAL,
+    UNUSED,
+    USER_DEFINED,
+    GGUFVocab,
+    spm_vocab,
+)
 from tunesmith.models.spec import ModelSpec
 
 __all__ = [
@@ -42,10 +52,9 @@ __all__ = [
     "gguf_vocab",
     "hf_tokenizer_vocab",
     "llama_cpp_quantize",
+    "spm_vocab",
 ]
 
-# GGUF token types (llama.cpp's llama_token_type)
-_NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5
 # tokenizer.ggml.pre names tunesmith's GGUF reader rebuilds, tried in this order
 _PRE_CANDIDATES = ("llama-bpe", "qwen2", "smollm", "gpt2")
 _PROBE_TEXTS = (
@@ -54,21 +63,6 @@ _PROBE_TEXTS = (
     "3333333 ١٢٣ ünïcödé 你好世界 🦙🦙 <tag attr='x'>code()</tag>  ...!!! ?? \n\n\n end",
     "They're we've I'd DON'T\n    def f(x):\n        return x**2  # comment",
 )
-
-
-@dataclass(frozen=True)
-class GGUFVocab:
-    """A byte-level BPE vocabulary as GGUF stores it (``tokenizer.ggml.*``)."""
-
-    tokens: list[str]
-    token_types: list[int]
-    merges: list[str]
-    pre: str
-    bos_id: int | None
-    eos_id: int | None
-    pad_id: int | None
-    add_bos_token: bool
-    chat_template: str | None
 
 
 def _token_id(tok: Any, token: Any, what: str) -> int | None:
@@ -126,7 +120,7 @@ def _detect_pre(tok: Any, tokens: list[str], merges: list[str], pre_tokenizer: A
         meta = {
             "tokenizer.ggml.model": "gpt2",
             "tokenizer.ggml.tokens": tokens,
-            "tokenizer.ggml.token_type": [_NORMAL] * len(tokens),
+            "tokenizer.ggml.token_type": [NORMAL] * len(tokens),
             "tokenizer.ggml.merges": merges,
             "tokenizer.ggml.pre": pre,
         }
@@ -184,13 +178,13 @@ def gguf_vocab(
     for i in range(n):
         if i not in by_id:
             tokens.append(f"[PAD{i}]")
-            types.append(_UNUSED)
+            types.append(UNUSED)
         elif i in added:
             tokens.append(by_id[i])
-            types.append(_CONTROL if added[i].special else _USER_DEFINED)
+            types.append(CONTROL if added[i].special else USER_DEFINED)
         else:
             tokens.append(by_id[i])
-            types.append(_NORMAL)
+            types.append(NORMAL)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     bos = _token_id(tok, bos_token, "bos_token")
     if add_bos_token is None:
@@ -225,8 +219,8 @@ def export_gguf(
         path: the ``.gguf`` file to write (written to ``<path>.tmp`` then renamed).
         state_dict: native keys (``tok_embeddings.weight``, ``layers.{i}.attn.q_proj.weight``
             ...), q/k in the native rotate-half layout; LoRA must be merged.
-        spec: the model's :class:`ModelSpec` (llama architecture only).
-        vocab: from :func:`gguf_vocab`.
+        spec: the model's :class:`ModelSpec` (an architecture :func:`gguf_arch` accepts).
+        vocab: from :func:`gguf_vocab`, :func:`spm_vocab` or :func:`hf_tokenizer_vocab`.
         out_type: one of :data:`GGUF_TYPES`.
         name: ``general.name``.
     """
@@ -235,16 +229,6 @@ def export_gguf(
     out_type = out_type.lower()
     if out_type not in GGUF_TYPES:
         raise ValueError(f"out_type {out_type!r} is not supported; choose one of {GGUF_TYPES}")
-    if out_type not in ("f32", "f16", "bf16"):
-        import warnings
-
-        warnings.warn(
-            f"GGUF {out_type} is quantized with the gguf package: a known open bug makes such a "
-            "Q8_0 export of a finetuned SmolLM2 answer garbage in llama.cpp although its tensors "
-            "equal llama.cpp's own quantization; for serving, export f16 and quantize with "
-            "tunesmith.models.gguf_export.llama_cpp_quantize (llama.cpp's quantizer)",
-            stacklevel=2,
-        )
     arch = gguf_arch(spec)
     if len(vocab.tokens) != spec.vocab_size:
         raise ValueError(
@@ -260,23 +244,33 @@ def export_gguf(
     writer.add_file_type(file_type(out_type))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     write_hparams(writer, spec)
-    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_model(vocab.model)
     writer.add_tokenizer_pre(vocab.pre)
     writer.add_token_list(vocab.tokens)
+    if vocab.scores is not None:
+        writer.add_token_scores(vocab.scores)
     writer.add_token_types(vocab.token_types)
-    writer.add_token_merges(vocab.merges)
+    if vocab.merges:
+        writer.add_token_merges(vocab.merges)
+    if vocab.model == "llama" and arch.startswith("gemma"):
+        writer.add_add_space_prefix(False)  # as convert_hf_to_gguf.py writes Gemma
     for value, add in (
         (vocab.bos_id, writer.add_bos_token_id),
         (vocab.eos_id, writer.add_eos_token_id),
         (vocab.pad_id, writer.add_pad_token_id),
+        (vocab.unk_id, writer.add_unk_token_id),
     ):
         if value is not None:
             add(value)
     writer.add_add_bos_token(vocab.add_bos_token)
+    if vocab.add_eos_token is not None:
+        writer.add_add_eos_token(vocab.add_eos_token)
     if vocab.chat_template:
         writer.add_chat_template(vocab.chat_template)
+    names = {n for n, _ in tensors}
+    output = "output.weight" if "output.weight" in names else "token_embd.weight"
     for tensor_name, array in tensors:
-        data, raw_dtype = encode(array, out_type)
+        data, raw_dtype = encode(array, out_type, output=tensor_name == output)
         writer.add_tensor(tensor_name, data, raw_dtype=raw_dtype)
     try:
         writer.write_header_to_file()
@@ -308,8 +302,8 @@ def export_hf_folder_to_gguf(
     tokenizer_dir: str | os.PathLike[str] | None = None,
     name: str | None = None,
 ) -> Path:
-    """Export a Hugging Face Llama-architecture folder (``config.json``, safetensors,
-    ``tokenizer.json``, ``tokenizer_config.json`` / ``chat_template.jinja``) to GGUF.
+    """Export a Hugging Face folder (``config.json``, safetensors, ``tokenizer.json`` or
+    ``tokenizer.model``, ``tokenizer_config.json`` / ``chat_template.jinja``) to GGUF.
 
     ``state_dict`` (native keys) replaces the folder's weights when given, e.g. a model just
     trained in memory; ``tokenizer_dir`` is where the tokenizer files are if not beside the
@@ -343,27 +337,61 @@ def hf_tokenizer_vocab(
     vocab_size: int,
     hf_config: Mapping[str, Any] | None = None,
 ) -> GGUFVocab:
-    """:func:`gguf_vocab` of a Hugging Face tokenizer folder: ``tokenizer.json``, special
-    tokens and ``add_bos_token`` from ``tokenizer_config.json`` (else the model's
-    ``config.json`` ids), chat template from ``chat_template.jinja`` or the config."""
+    """The GGUF vocabulary of a Hugging Face tokenizer folder: a byte-level BPE
+    ``tokenizer.json`` (:func:`gguf_vocab`), else a SentencePiece ``tokenizer.model``
+    (:func:`spm_vocab`, with the added tokens of ``added_tokens.json``,
+    ``tokenizer_config.json`` and ``tokenizer.json``). Special tokens, ``add_bos_token`` /
+    ``add_eos_token`` from ``tokenizer_config.json`` (else the model's ``config.json`` ids),
+    chat template from ``chat_template.jinja`` or the config."""
     tok_dir = Path(tokenizer_dir)
     hf_config = hf_config or {}
-    tok_config_path = tok_dir / "tokenizer_config.json"
-    tok_config = json.loads(tok_config_path.read_text()) if tok_config_path.is_file() else {}
+    tok_config = _read_json(tok_dir / "tokenizer_config.json")
 
     def special(name: str) -> Any:
         value = tok_config.get(f"{name}_token")
+        if isinstance(value, Mapping):
+            value = value.get("content")
         return value if value is not None else _first(hf_config.get(f"{name}_token_id"))
 
-    return gguf_vocab(
-        tok_dir / "tokenizer.json",
+    template = _read_chat_template(tok_dir, tok_config)
+    tok_json = tok_dir / "tokenizer.json"
+    raw = _read_json(tok_json)
+    byte_level = (raw.get("model") or {}).get("type") == "BPE" and "ByteLevel" in json.dumps(
+        raw.get("pre_tokenizer")
+    )
+    if byte_level or not (tok_dir / "tokenizer.model").is_file():
+        return gguf_vocab(
+            tok_json,
+            vocab_size=vocab_size,
+            bos_token=special("bos"),
+            eos_token=special("eos"),
+            pad_token=special("pad"),
+            chat_template=template,
+            add_bos_token=tok_config.get("add_bos_token"),
+        )
+    added: dict[int, tuple[str, bool]] = {
+        int(i): (str(text), False) for text, i in _read_json(tok_dir / "added_tokens.json").items()
+    }
+    for i, t in (tok_config.get("added_tokens_decoder") or {}).items():
+        added[int(i)] = (t["content"], bool(t.get("special")))
+    for t in raw.get("added_tokens") or []:
+        added[int(t["id"])] = (t["content"], bool(t.get("special")))
+    return spm_vocab(
+        tok_dir / "tokenizer.model",
         vocab_size=vocab_size,
+        added_tokens={i: t for i, t in added.items() if i < vocab_size},
         bos_token=special("bos"),
         eos_token=special("eos"),
         pad_token=special("pad"),
-        chat_template=_read_chat_template(tok_dir, tok_config),
-        add_bos_token=tok_config.get("add_bos_token"),
+        unk_token=special("unk"),
+        add_bos_token=bool(tok_config.get("add_bos_token", True)),
+        add_eos_token=tok_config.get("add_eos_token"),
+        chat_template=template,
     )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _first(value: Any) -> Any:

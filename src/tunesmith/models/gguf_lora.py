@@ -58,6 +58,11 @@ def lora_gguf_tensors(
             name = "output.weight" if module == "output" else None
         if name is None:
             raise ValueError(f"{key}: no GGUF {arch} tensor for module {module!r}")
+        if arch == "phi3" and module.endswith(("q_proj", "k_proj", "v_proj", "w1", "w3")):
+            raise ValueError(
+                f"{key}: llama.cpp's phi3 fuses q/k/v (attn_qkv) and gate/up (ffn_up), so a "
+                "LoRA on one of them has no GGUF tensor; merge the adapter and export the model"
+            )
         w = value.detach().to(device="cpu", dtype=torch.float32)
         if part == "b.weight" and permutes_qk(arch) and module.endswith("attn.q_proj"):
             w = permute_hf_to_meta(w, spec.num_heads, hd)

@@ -51,6 +51,17 @@ class ModelSpec:
     ``residual_multiplier`` (each block's attention / feed-forward output times it before the
     residual add), ``attn_scale`` (the softmax scale instead of ``hd ** -0.5``),
     ``logits_divisor`` (logits divided by it: ``logits_scaling``).
+
+    Gemma 4: full-attention layers have their own head width / kv heads
+    (``global_head_dim``, ``global_kv_heads``) and, with ``attn_k_eq_v``, no value
+    projection (values = the key projection's output); ``v_norm`` puts a weightless RMS norm
+    on the values; the last ``kv_shared_layers`` layers reuse the keys / values of the last
+    earlier layer of their type (and have a ``2 *`` wide MLP with ``double_wide_mlp``);
+    ``per_layer_dim`` set adds per-layer embeddings (a ``[per_layer_vocab_size, L *
+    per_layer_dim]`` table and a gate per layer); ``layer_scalars`` multiplies each layer's
+    output by a scalar buffer. ``moe_beside_mlp`` (Gemma 4 26B A4B): every MoE layer keeps its
+    dense MLP and adds the experts beside it (``modules.moe.FeedForwardWithExperts``; the
+    router norms its input and scales each expert's weight).
     """
 
     family: str
@@ -107,6 +118,16 @@ class ModelSpec:
     logits_divisor: float | None = None
     local_rope_base: float | None = None
     local_rope_scaling: RopeScaling | None = None
+    global_head_dim: int | None = None
+    global_kv_heads: int | None = None
+    attn_k_eq_v: bool = False
+    v_norm: bool = False
+    kv_shared_layers: int = 0
+    double_wide_mlp: bool = False
+    per_layer_dim: int | None = None
+    per_layer_vocab_size: int | None = None
+    layer_scalars: bool = False
+    moe_beside_mlp: bool = False
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -117,10 +138,50 @@ class ModelSpec:
             raise ValueError(
                 f"layer_types has {len(self.layer_types)} entries, num_layers={self.num_layers}"
             )
+        if self.kv_shared_layers:
+            first = self.num_layers - self.kv_shared_layers
+            types = self.layer_types or (FULL,) * self.num_layers
+            if first < 1 or set(types[first:]) - set(types[:first]):
+                raise ValueError(
+                    f"kv_shared_layers={self.kv_shared_layers}: every layer type of the shared "
+                    "layers needs an earlier, unshared layer of that type"
+                )
         if self.num_experts and not 0 < self.experts_per_token <= self.num_experts:
             raise ValueError(
                 f"experts_per_token={self.experts_per_token} must be in 1..{self.num_experts}"
             )
+
+    def is_full_layer(self, layer: int) -> bool:
+        """Whether ``layer`` attends globally (by ``layer_types``; True without them)."""
+        return self.layer_types is None or self.layer_types[layer] != SLIDING
+
+    def layer_head_dim(self, layer: int) -> int:
+        """Head width of ``layer`` (Gemma 4's full layers: ``global_head_dim``)."""
+        if self.global_head_dim is not None and self.is_full_layer(layer):
+            return self.global_head_dim
+        return self.resolved_head_dim
+
+    def layer_kv_heads(self, layer: int) -> int:
+        """Key / value heads of ``layer`` (Gemma 4's full layers: ``global_kv_heads``)."""
+        if self.global_kv_heads is not None and self.is_full_layer(layer):
+            return self.global_kv_heads
+        return self.num_kv_heads
+
+    def kv_sharing(self, layer: int) -> tuple[str, str] | None:
+        """``("reuse" | "store", layer type)`` of ``layer`` under Gemma 4's KV sharing.
+
+        The last ``kv_shared_layers`` layers reuse; the last earlier layer of each type
+        stores its keys / values for them.
+        """
+        if not self.kv_shared_layers:
+            return None
+        first = self.num_layers - self.kv_shared_layers
+        types = self.layer_types or (FULL,) * self.num_layers
+        if layer >= first:
+            return ("reuse", types[layer])
+        if max(i for i in range(first) if types[i] == types[layer]) == layer:
+            return ("store", types[layer])
+        return None
 
     def is_moe_layer(self, layer: int) -> bool:
         """Whether ``layer``'s feed-forward is a mixture of experts."""

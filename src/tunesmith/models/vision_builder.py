@@ -20,7 +20,13 @@ from torch import nn
 
 from tunesmith.models.builder import _layer, _linear, build_decoder
 from tunesmith.models.spec import LoRASettings, ModelSpec
-from tunesmith.models.vision_spec import DeepFusionSpec, EarlyFusionSpec, QwenViTSpec, TiledViTSpec
+from tunesmith.models.vision_spec import (
+    DeepFusionSpec,
+    EarlyFusionSpec,
+    Llama4ViTSpec,
+    QwenViTSpec,
+    TiledViTSpec,
+)
 from tunesmith.modules import (
     FeedForward,
     MultiHeadAttention,
@@ -35,6 +41,12 @@ from tunesmith.modules.fusion import (
     Llama3VisionProjectionHead,
     TransformerCrossAttentionLayer,
 )
+from tunesmith.modules.llama4_vision import (
+    Llama4EarlyFusionModel,
+    Llama4VisionEncoder,
+    Llama4VisionProjection,
+    Llama4VisionTransformer,
+)
 from tunesmith.modules.qwen_vision import PatchMerger, Qwen2_5_VLModel, QwenVisionTransformer
 from tunesmith.modules.vision_transformer import (
     CLSEmbedding,
@@ -47,6 +59,7 @@ from tunesmith.modules.vision_transformer import (
 __all__ = [
     "build_deep_fusion",
     "build_early_fusion",
+    "build_llama4_vision_encoder",
     "build_qwen_vision_encoder",
     "build_fusion_decoder",
     "build_tiled_vision_encoder",
@@ -67,32 +80,42 @@ def part_mode(name: str, value: Any) -> str:
     raise ValueError(f"model.{name}: {value!r} is not one of True, False, 'full', 'lora', 'frozen'")
 
 
-def _vit_layer(spec: TiledViTSpec, lora: LoRASettings | None, gated: bool) -> nn.Module:
+def _vit_layer(
+    spec: TiledViTSpec | Llama4ViTSpec,
+    lora: LoRASettings | None,
+    gated: bool,
+    attn_bias: bool = False,
+) -> nn.Module:
+    """A CLIP-style ViT layer: LayerNorms, ``fc2(act(fc1(x)))`` (biased), attention with
+    ``attn_bias`` projections (Llama 3.2 Vision: none, Llama 4: all); ``gated`` adds tanh
+    gates (Llama 3.2 Vision's global layers)."""
     d, h, f = spec.embed_dim, spec.num_heads, spec.intermediate_dim
     hd = d // h
     targets = set(lora.lora_attn_modules) if lora else set()
     mlp_lora = bool(lora and lora.apply_lora_to_mlp)
+    b = attn_bias
     attn = MultiHeadAttention(
         embed_dim=d,
         num_heads=h,
         num_kv_heads=h,
         head_dim=hd,
-        q_proj=_linear(d, d, bias=False, adapt="q_proj" in targets, lora=lora),
-        k_proj=_linear(d, d, bias=False, adapt="k_proj" in targets, lora=lora),
-        v_proj=_linear(d, d, bias=False, adapt="v_proj" in targets, lora=lora),
-        output_proj=_linear(d, d, bias=False, adapt="output_proj" in targets, lora=lora),
+        q_proj=_linear(d, d, bias=b, adapt="q_proj" in targets, lora=lora),
+        k_proj=_linear(d, d, bias=b, adapt="k_proj" in targets, lora=lora),
+        v_proj=_linear(d, d, bias=b, adapt="v_proj" in targets, lora=lora),
+        output_proj=_linear(d, d, bias=b, adapt="output_proj" in targets, lora=lora),
     )
     mlp = FeedForward(
         gate_proj=_linear(d, f, bias=True, adapt=mlp_lora, lora=lora),
         down_proj=_linear(f, d, bias=True, adapt=mlp_lora, lora=lora),
         up_proj=None,
-        activation=spec.activation,
+        activation=getattr(spec, "activation", "gelu"),
     )
+    eps = getattr(spec, "norm_eps", 1e-5)
     return TransformerSelfAttentionLayer(
         attn=attn,
         mlp=mlp,
-        sa_norm=nn.LayerNorm(d, eps=spec.norm_eps),
-        mlp_norm=nn.LayerNorm(d, eps=spec.norm_eps),
+        sa_norm=nn.LayerNorm(d, eps=eps),
+        mlp_norm=nn.LayerNorm(d, eps=eps),
         sa_scale=TanhGate(math.pi / 4) if gated else None,
         mlp_scale=TanhGate(math.pi / 4) if gated else None,
     )
@@ -293,6 +316,38 @@ def build_qwen_vision_encoder(
     )
 
 
+def build_llama4_vision_encoder(
+    spec: Llama4ViTSpec,
+    decoder_dim: int,
+    encoder_lora: LoRASettings | None = None,
+    fusion_lora: LoRASettings | None = None,
+) -> Llama4VisionEncoder:
+    """Llama 4's tile encoder (``clip``) and projection (``projection``: fc1, fc2 and the
+    output map; with ``fusion_lora`` all three get adapters when ``apply_lora_to_output`` is
+    set, as torchtune's ``lora_llama4_vision_projection_head``)."""
+    p, c, d = spec.patch_size, spec.in_channels, spec.embed_dim
+    clip = Llama4VisionTransformer(
+        patch_embed=nn.Linear(c * p * p, d, bias=False),
+        layers=[
+            _vit_layer(spec, encoder_lora, gated=False, attn_bias=True)
+            for _ in range(spec.num_layers)
+        ],
+        patch_size=p,
+        tile_size=spec.tile_size,
+        head_dim=d // spec.num_heads,
+        rope_base=spec.rope_base,
+    )
+    out = bool(fusion_lora and fusion_lora.apply_lora_to_output)
+    pd, po = spec.projector_dim, spec.projector_output_dim
+    projection = Llama4VisionProjection(
+        fc1=_linear(spec.intermediate_dim, pd, bias=False, adapt=out, lora=fusion_lora),
+        fc2=_linear(pd, po, bias=False, adapt=out, lora=fusion_lora),
+        output=_linear(po, decoder_dim, bias=False, adapt=out, lora=fusion_lora),
+        ratio=spec.pixel_shuffle_ratio,
+    )
+    return Llama4VisionEncoder(clip, projection)
+
+
 def build_early_fusion(
     spec: EarlyFusionSpec,
     *,
@@ -300,9 +355,10 @@ def build_early_fusion(
     encoder_trainable: Any = False,
     fusion_trainable: Any = True,
     lora: LoRASettings | None = None,
-) -> Qwen2_5_VLModel:
-    """Build a Qwen2.5-VL / Qwen3-VL model; parts as in :func:`build_deep_fusion` (``fusion``
-    = the patch merger and the DeepStack mergers). Build under ``torch.device("meta")`` to count parameters."""
+) -> Qwen2_5_VLModel | Llama4EarlyFusionModel:
+    """Build a Qwen2.5-VL / Qwen3-VL / Llama 4 model; parts as in :func:`build_deep_fusion`
+    (``fusion`` = the patch merger and the DeepStack mergers; Llama 4's projection). Build
+    under ``torch.device("meta")`` to count parameters."""
     modes = {
         "decoder": part_mode("decoder_trainable", decoder_trainable),
         "encoder": part_mode("encoder_trainable", encoder_trainable),
@@ -311,11 +367,22 @@ def build_early_fusion(
     if lora is None and "lora" in modes.values():
         raise ValueError("a part is 'lora' but no LoRA settings were given")
     per_part = {k: lora if m == "lora" else None for k, m in modes.items()}
-    encoder = build_qwen_vision_encoder(
-        spec.encoder, spec.decoder.embed_dim, per_part["encoder"], per_part["fusion"]
-    )
     decoder = build_decoder(spec.decoder, per_part["decoder"])
-    model = Qwen2_5_VLModel(decoder=decoder, encoder=encoder, image_token_id=spec.image_token_id)
+    model: Qwen2_5_VLModel | Llama4EarlyFusionModel
+    if isinstance(spec.encoder, Llama4ViTSpec):
+        llama4 = build_llama4_vision_encoder(
+            spec.encoder, spec.decoder.embed_dim, per_part["encoder"], per_part["fusion"]
+        )
+        model = Llama4EarlyFusionModel(
+            decoder=decoder, encoder=llama4, image_token_id=spec.image_token_id
+        )
+    else:
+        encoder = build_qwen_vision_encoder(
+            spec.encoder, spec.decoder.embed_dim, per_part["encoder"], per_part["fusion"]
+        )
+        model = Qwen2_5_VLModel(
+            decoder=decoder, encoder=encoder, image_token_id=spec.image_token_id
+        )
     for part, mode in modes.items():
         set_part_trainable(model, part, mode)  # type: ignore[arg-type]
     if lora is not None:

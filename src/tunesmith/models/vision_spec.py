@@ -10,6 +10,7 @@ __all__ = [
     "LLAMA3_2_VISION_ASPECT_RATIOS",
     "DeepFusionSpec",
     "EarlyFusionSpec",
+    "Llama4ViTSpec",
     "QwenViTSpec",
     "TiledViTSpec",
     "every_nth_layer",
@@ -127,16 +128,61 @@ class QwenViTSpec:
 
 
 @dataclass(frozen=True)
+class Llama4ViTSpec:
+    """Llama 4's tile encoder (``modules.llama4_vision``) and its projection to the decoder.
+
+    Each ``tile_size`` tile is ``(tile_size / patch_size) ** 2`` patches plus a class token,
+    through ``num_layers`` LayerNorm / GELU-MLP layers with 2-D RoPE (``rope_base``); the
+    patches (class token dropped) are pixel-shuffled by ``pixel_shuffle_ratio`` (4 patches
+    -> 1 token of width ``embed_dim / ratio**2``, which must equal ``intermediate_dim``, as
+    in transformers), then ``fc1 -> GELU -> fc2 -> GELU`` (``projector_dim`` wide) and a
+    linear map to the decoder's width.
+    """
+
+    embed_dim: int
+    num_layers: int
+    num_heads: int
+    intermediate_dim: int
+    patch_size: int = 14
+    tile_size: int = 336
+    max_num_tiles: int = 16
+    projector_dim: int = 4096
+    projector_output_dim: int = 4096
+    pixel_shuffle_ratio: float = 0.5
+    rope_base: float = 10_000.0
+    in_channels: int = 3
+
+    def __post_init__(self) -> None:
+        shuffled = int(self.embed_dim / self.pixel_shuffle_ratio**2)
+        if shuffled != self.intermediate_dim:
+            raise ValueError(
+                f"Llama4ViTSpec: embed_dim / pixel_shuffle_ratio**2 = {shuffled} must equal "
+                f"intermediate_dim = {self.intermediate_dim} (transformers' layout)"
+            )
+
+    @property
+    def patches_per_tile(self) -> int:
+        """``(tile_size / patch_size) ** 2`` (without the class token)."""
+        return (self.tile_size // self.patch_size) ** 2
+
+    @property
+    def tokens_per_tile(self) -> int:
+        """Decoder tokens (``<|patch|>`` placeholders) one tile becomes after pixel shuffle."""
+        return int(self.patches_per_tile * self.pixel_shuffle_ratio**2)
+
+
+@dataclass(frozen=True)
 class EarlyFusionSpec:
     """An encoder whose tokens replace ``image_token_id`` placeholders (Qwen2.5-VL,
-    Qwen3-VL: ``family="QWEN3_VL"``).
+    Qwen3-VL: ``family="QWEN3_VL"``; Llama 4: ``family="LLAMA4"`` with a
+    :class:`Llama4ViTSpec` encoder and ``image_token_id`` = ``<|patch|>``).
 
-    The decoder is a text ``ModelSpec`` with ``mrope_section`` set (M-RoPE; Qwen3-VL's is
-    interleaved, with QK-norm).
+    A Qwen decoder is a text ``ModelSpec`` with ``mrope_section`` set (M-RoPE; Qwen3-VL's is
+    interleaved, with QK-norm); Llama 4's is its mixture-of-experts text decoder.
     """
 
     decoder: ModelSpec
-    encoder: QwenViTSpec
+    encoder: QwenViTSpec | Llama4ViTSpec
     image_token_id: int = 151_655
     video_token_id: int = 151_656
     vision_start_token_id: int = 151_652

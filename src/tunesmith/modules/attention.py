@@ -49,6 +49,15 @@ class MultiHeadAttention(nn.Module):
         temperature: ``(floor_scale, attn_scale)``: queries at slot ``p`` are multiplied by
             ``log1p(floor((p + 1) / floor_scale)) * attn_scale + 1`` (Llama 4's NoPE layers;
             ``p`` counts cache slots, or positions within each document with ``seq_lens``).
+        v_norm: optional norm over ``hd`` on the values (Gemma 4: weightless RMS norm).
+        kv_sharing: Gemma 4's cross-layer KV sharing, ``(mode, group)``: ``"store"`` puts
+            this layer's keys / values (after RoPE and the cache) in the ``shared_kv`` dict
+            of the forward under ``group``; ``"reuse"`` takes them from there instead of
+            computing its own (such a layer has no ``k_proj`` / ``v_proj`` / ``k_norm``,
+            pass None, and no KV cache).
+
+    ``v_proj=None`` (with ``kv_sharing`` not ``"reuse"``) makes the values the key
+    projection's output before ``k_norm`` and RoPE (Gemma 4's ``attention_k_eq_v``).
 
     Shapes: ``x [b, s, d]``, ``cos, sin [b|1, 1, s, hd]`` (both None: no RoPE, as in vision
     encoders and cross-attention), ``mask [b|1, s, s_kv]`` bool (True = attend) or None for
@@ -73,8 +82,8 @@ class MultiHeadAttention(nn.Module):
         num_kv_heads: int,
         head_dim: int,
         q_proj: nn.Module,
-        k_proj: nn.Module,
-        v_proj: nn.Module,
+        k_proj: nn.Module | None,
+        v_proj: nn.Module | None,
         output_proj: nn.Module,
         q_norm: nn.Module | None = None,
         k_norm: nn.Module | None = None,
@@ -90,6 +99,8 @@ class MultiHeadAttention(nn.Module):
         max_seq_len: int = 4096,
         is_causal: bool = True,
         attn_dropout: float = 0.0,
+        v_norm: nn.Module | None = None,
+        kv_sharing: tuple[str, str] | None = None,
     ):
         super().__init__()
         if num_heads % num_kv_heads != 0:
@@ -113,6 +124,12 @@ class MultiHeadAttention(nn.Module):
         self.use_rope = use_rope
         self.chunk_size = chunk_size
         self.temperature = temperature
+        self.v_norm = v_norm
+        if kv_sharing is not None and kv_sharing[0] not in ("store", "reuse"):
+            raise ValueError(f"kv_sharing mode {kv_sharing[0]!r} must be 'store' or 'reuse'")
+        if kv_sharing is not None and kv_sharing[0] == "reuse" and k_proj is not None:
+            raise ValueError("a layer reusing shared keys / values has no k_proj / v_proj")
+        self.kv_sharing = kv_sharing
         self.kv_cache: KVCache | None = kv_cache
         # torchtune's calling convention (see ``forward``): a RoPE module applied to q and k
         # ``[b, s, h, hd]`` with ``input_pos``; ``is_causal`` for calls without a mask
@@ -128,7 +145,10 @@ class MultiHeadAttention(nn.Module):
         self.context_parallel: ContextParallel | None = None
 
     def setup_cache(self, batch_size: int, dtype: torch.dtype, max_seq_len: int) -> None:
-        """Attach an empty ``KVCache`` on this module's device."""
+        """Attach an empty ``KVCache`` on this module's device (none when reusing shared
+        keys / values: the producing layer's cache holds them)."""
+        if self.kv_sharing is not None and self.kv_sharing[0] == "reuse":
+            return
         device = next(self.q_proj.parameters()).device
         self.kv_cache = KVCache(
             batch_size, max_seq_len, self.num_kv_heads, self.head_dim, dtype, device
@@ -145,6 +165,7 @@ class MultiHeadAttention(nn.Module):
         *,
         kv_input: Tensor | None = None,
         input_pos: Tensor | None = None,
+        shared_kv: dict[str, tuple[Tensor, Tensor]] | None = None,
     ) -> Tensor:
         """tunesmith's call ``(x, cos, sin, mask, seq_lens, kv_input=)`` (see the class doc),
         or torchtune's ``(x, y, mask=, input_pos=)``: ``y [b, s_y, d]`` gives keys and values
@@ -157,20 +178,28 @@ class MultiHeadAttention(nn.Module):
         if kv_input is not None:
             return self._cross(x, kv_input, mask)
         q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q = self.q_norm(q)
-        if self.k_norm is not None:
-            k = self.k_norm(k)
         if self.temperature is not None:
             q = self._temper(q, seq_lens)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if self.use_rope and cos is not None and sin is not None:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = q.transpose(1, 2)
+        rope = self.use_rope and cos is not None and sin is not None
+        if rope:
+            q = apply_rope(q, cos, sin)
+        if self.kv_sharing is not None and self.kv_sharing[0] == "reuse":
+            if shared_kv is None or self.kv_sharing[1] not in shared_kv:
+                raise RuntimeError(
+                    f"layer reuses the {self.kv_sharing[1]} keys / values of an earlier layer, "
+                    "but none were stored in this forward (run the whole decoder)"
+                )
+            k, v = shared_kv[self.kv_sharing[1]]
+        else:
+            k, v = self._keys_values(x, cos if rope else None, sin)
+            if self.kv_sharing is not None:
+                if shared_kv is None:
+                    raise RuntimeError("a KV-sharing layer needs the decoder's shared_kv dict")
+                shared_kv[self.kv_sharing[1]] = (k, v)
         cache = self.kv_cache if self.cache_enabled else None
-        if cache is not None:
-            k, v = cache.update(k, v)
         if self.context_parallel is not None:  # local queries, every rank's keys
             if mask is None or seq_lens is not None:
                 raise ValueError(
@@ -207,6 +236,26 @@ class MultiHeadAttention(nn.Module):
             else:
                 out = dense_attention(q, k, v, attn_mask, scale=self.scale, softcap=self.softcap)
         return self.output_proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
+
+    def _keys_values(
+        self, x: Tensor, cos: Tensor | None, sin: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """``k, v [b, kv, s_kv, hd]`` of ``x [b, s, d]``: projected, normed, rotated (when
+        ``cos`` is given) and appended to the KV cache."""
+        b, s, _ = x.shape
+        assert self.k_proj is not None
+        k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
+        v = k if self.v_proj is None else self.v_proj(x).view(b, s, self.num_kv_heads, -1)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        if self.v_norm is not None:
+            v = self.v_norm(v)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        if cos is not None and sin is not None:
+            k = apply_rope(k, cos, sin)
+        if self.kv_cache is not None and self.cache_enabled:
+            k, v = self.kv_cache.update(k, v)
+        return k, v
 
     def _temper(self, q: Tensor, seq_lens: Documents | Sequence[int] | None) -> Tensor:
         """``q [b, s, h, hd]`` times the per-position temperature (see ``temperature``)."""

@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tunesmith.modules.feed_forward import ACTIVATIONS
+from tunesmith.modules.feed_forward import ACTIVATIONS, FeedForward
 
 __all__ = [
     "TopKRouter",
     "GroupedExperts",
     "MoE",
+    "FeedForwardWithExperts",
     "Routing",
     "moe_layers",
     "router_aux_loss",
@@ -59,6 +60,10 @@ class TopKRouter(nn.Module):
         norm_topk: divide the kept ``k`` scores by their sum (Mixtral; Qwen3-MoE's
             ``norm_topk_prob``).
         bias: a bias on the gate projection.
+        input_norm_eps: set (Gemma 4): the gate sees ``rms_norm(x) * scale * d ** -0.5``
+            (weightless RMS norm with this epsilon, a learned ``scale [d]``).
+        per_expert_scale: multiply each kept weight by a learned ``per_expert_scale [E]`` of
+            its expert, after ``norm_topk`` (Gemma 4).
 
     ``forward(x [T, d]) -> (weights [T, k] in x's dtype, indices [T, k] long, logits [T, E])``.
     """
@@ -72,6 +77,8 @@ class TopKRouter(nn.Module):
         scoring: str = "softmax",
         norm_topk: bool = True,
         bias: bool = False,
+        input_norm_eps: float | None = None,
+        per_expert_scale: bool = False,
     ):
         super().__init__()
         if scoring not in SCORINGS:
@@ -83,8 +90,15 @@ class TopKRouter(nn.Module):
         self.top_k = top_k
         self.scoring = scoring
         self.norm_topk = norm_topk
+        self.input_norm_eps = input_norm_eps
+        self.scale = nn.Parameter(torch.ones(dim)) if input_norm_eps is not None else None
+        self.per_expert_scale = nn.Parameter(torch.ones(num_experts)) if per_expert_scale else None
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.scale is not None:
+            xf = x.float()
+            normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.input_norm_eps)
+            x = normed.to(x.dtype) * self.scale * x.shape[-1] ** -0.5
         logits = self.gate(x)
         if self.scoring == "softmax":
             scores = F.softmax(logits, dim=-1, dtype=torch.float32)
@@ -93,6 +107,8 @@ class TopKRouter(nn.Module):
         weights, indices = torch.topk(scores, self.top_k, dim=-1)
         if self.norm_topk:
             weights = weights / weights.sum(dim=-1, keepdim=True)
+        if self.per_expert_scale is not None:
+            weights = weights * self.per_expert_scale[indices]
         return weights.to(x.dtype), indices, logits
 
 
@@ -285,10 +301,12 @@ class MoE(nn.Module):
 
         return dispatch(self.experts, x, counts, self.expert_group)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, expert_input: Tensor | None = None) -> Tensor:
+        """``x [b, s, d]``; ``expert_input [b, s, d]`` set: the experts (and shared expert)
+        see it while the router sees ``x`` (Gemma 4 norms the experts' input only)."""
         shape = x.shape
-        flat = x.reshape(-1, shape[-1])
-        weights, indices, logits = self.router(flat)
+        weights, indices, logits = self.router(x.reshape(-1, shape[-1]))
+        flat = (x if expert_input is None else expert_input).reshape(-1, shape[-1])
         self.last_routing = Routing(logits=logits, indices=indices)
         k = indices.shape[-1]
         choice = indices.reshape(-1)  # [T * k]
@@ -304,6 +322,44 @@ class MoE(nn.Module):
         if self.shared_expert is not None:
             out = out + self.shared_expert(flat)
         return out.reshape(shape)
+
+
+class FeedForwardWithExperts(FeedForward):
+    """Gemma 4's feed-forward: a dense gated MLP and a mixture of experts side by side.
+
+    ``forward(x, residual)`` = ``dense_out_norm(mlp(x)) + expert_out_norm(moe(residual))``
+    with ``x`` the layer's pre-feed-forward-normed input (the dense path's) and ``residual``
+    the un-normed one: the router sees it directly, the experts through ``expert_in_norm``.
+    The dense projections keep ``FeedForward``'s names (``w1`` / ``w2`` / ``w3``).
+
+    Shapes: ``x, residual [b, s, d] -> [b, s, d]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        gate_proj: nn.Module,
+        down_proj: nn.Module,
+        up_proj: nn.Module,
+        activation: str,
+        moe: MoE,
+        dense_out_norm: nn.Module,
+        expert_in_norm: nn.Module,
+        expert_out_norm: nn.Module,
+    ):
+        super().__init__(
+            gate_proj=gate_proj, down_proj=down_proj, up_proj=up_proj, activation=activation
+        )
+        self.moe = moe
+        self.dense_out_norm = dense_out_norm
+        self.expert_in_norm = expert_in_norm
+        self.expert_out_norm = expert_out_norm
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        if residual is None:
+            raise ValueError("FeedForwardWithExperts needs the layer's un-normed input")
+        experts = self.moe(residual, self.expert_in_norm(residual))
+        return self.dense_out_norm(super().forward(x)) + self.expert_out_norm(experts)
 
 
 def moe_layers(model: nn.Module) -> Iterator[MoE]:

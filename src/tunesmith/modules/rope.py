@@ -38,6 +38,10 @@ class RopeScaling:
       exceeds ``original_max_position_embeddings``; cos / sin times ``attention_factor``,
       default ``sqrt(1 + ln(factor) / ln(original_max_position_embeddings))`` (``factor`` =
       the model's max length / the original one);
+    - ``"proportional"`` (Gemma 4's global layers, "p-RoPE"): only the first
+      ``int(partial_rotary_factor * head_dim / 2)`` frequencies ``base ** (-2j / head_dim)``
+      rotate (the exponent keeps the full ``head_dim``), the other frequencies are 0 (those
+      feature pairs pass through); all divided by ``factor``. Tables stay ``head_dim`` wide;
     - ``"dynamic"`` (dynamic NTK): with ``L`` = the forward's longest position + 1 above
       ``original_max_position_embeddings`` (here: the config's ``max_position_embeddings``),
       the base becomes ``base * (factor * L / original - (factor - 1)) ** (d / (d - 2))``.
@@ -57,6 +61,7 @@ class RopeScaling:
     attention_factor: float | None = None
     long_factor: tuple[float, ...] | None = None
     short_factor: tuple[float, ...] | None = None
+    partial_rotary_factor: float = 1.0
 
     @property
     def cos_sin_scale(self) -> float:
@@ -74,7 +79,7 @@ class RopeScaling:
         return 0.1 * math.log(self.factor) + 1.0
 
 
-ROPE_TYPES = ("llama3", "linear", "yarn", "longrope", "dynamic")
+ROPE_TYPES = ("llama3", "linear", "yarn", "longrope", "dynamic", "proportional")
 
 
 def rope_inv_freq(
@@ -96,6 +101,10 @@ def rope_inv_freq(
     inv_freq = 1.0 / (base**exponent)
     if scaling is None:
         return inv_freq
+    if scaling.rope_type == "proportional":
+        rotated = int(scaling.partial_rotary_factor * head_dim // 2)
+        inv_freq = torch.cat((inv_freq[:rotated], torch.zeros_like(inv_freq[rotated:])))
+        return inv_freq / scaling.factor
     if scaling.rope_type == "linear":
         return inv_freq / scaling.factor
     if scaling.rope_type == "yarn":

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from tunesmith.modules.attention import MultiHeadAttention
 from tunesmith.modules.attention_kernels import Documents
 from tunesmith.modules.masks import sliding_window_band
+from tunesmith.modules.moe import FeedForwardWithExperts
 from tunesmith.modules.rope import RotaryEmbedding
 from tunesmith.modules.tied_linear import TiedLinear
 
@@ -26,7 +27,11 @@ class TransformerSelfAttentionLayer(nn.Module):
 
     ``sa_scale`` / ``mlp_scale`` are Gemma 2's post-attention / post-feed-forward norms
     (identity when None); ``residual_multiplier`` scales both branch outputs before the
-    residual add (Granite). Shapes: ``x [b, s, d] -> [b, s, d]``.
+    residual add (Granite). Gemma 4: ``per_layer_gate`` adds the layer's per-layer embedding
+    (``modules.per_layer_embeddings.PerLayerInputGate`` of ``per_layer_input [b, s, p]``)
+    after the feed-forward block, ``layer_scalar`` multiplies the output by a learned scalar
+    (a buffer, as in the checkpoints); ``shared_kv`` is passed to the attention (cross-layer
+    KV sharing). Shapes: ``x [b, s, d] -> [b, s, d]``.
     """
 
     def __init__(
@@ -39,9 +44,16 @@ class TransformerSelfAttentionLayer(nn.Module):
         sa_scale: nn.Module | None = None,
         mlp_scale: nn.Module | None = None,
         residual_multiplier: float | None = None,
+        per_layer_gate: nn.Module | None = None,
+        layer_scalar: bool = False,
     ):
         super().__init__()
         self.residual_multiplier = residual_multiplier
+        self.per_layer_gate = per_layer_gate
+        if layer_scalar:
+            self.register_buffer("layer_scalar", torch.ones(1))
+        else:
+            self.layer_scalar = None
         self.sa_norm = sa_norm
         self.attn = attn
         self.mlp_norm = mlp_norm
@@ -58,30 +70,43 @@ class TransformerSelfAttentionLayer(nn.Module):
         seq_lens: Sequence[int] | Documents | None = None,
         *,
         input_pos: Tensor | None = None,
+        per_layer_input: Tensor | None = None,
+        shared_kv: dict[str, tuple[Tensor, Tensor]] | None = None,
         **kwargs: Any,
     ) -> Tensor:
         """tunesmith's call ``(x, cos, sin, mask, seq_lens)`` or torchtune's
         ``(x, mask=, input_pos=)`` (no ``cos, sin``: the attention's ``pos_embeddings`` rotate;
         torchtune's other keywords, ``encoder_input`` / ``encoder_mask``, are ignored as
         torchtune's self-attention layer ignores them)."""
+        extra = {} if shared_kv is None else {"shared_kv": shared_kv}
         if cos is _TORCHTUNE_CALL:
             hx = self.sa_norm(x)
             attn_out = self.attn(hx, hx, mask=mask, input_pos=input_pos)
         elif seq_lens is None:
-            attn_out = self.attn(self.sa_norm(x), cos, sin, mask)
+            attn_out = self.attn(self.sa_norm(x), cos, sin, mask, **extra)
         else:  # documents of a concatenated, unpadded batch (see TransformerDecoder.forward)
-            attn_out = self.attn(self.sa_norm(x), cos, sin, mask, seq_lens=seq_lens)
+            attn_out = self.attn(self.sa_norm(x), cos, sin, mask, seq_lens=seq_lens, **extra)
         if self.sa_scale is not None:
             attn_out = self.sa_scale(attn_out)
         if self.residual_multiplier is not None:
             attn_out = attn_out * self.residual_multiplier
         h = x + attn_out
-        mlp_out = self.mlp(self.mlp_norm(h))
+        if isinstance(self.mlp, FeedForwardWithExperts):  # Gemma 4: experts see h itself
+            mlp_out = self.mlp(self.mlp_norm(h), h)
+        else:
+            mlp_out = self.mlp(self.mlp_norm(h))
         if self.mlp_scale is not None:
             mlp_out = self.mlp_scale(mlp_out)
         if self.residual_multiplier is not None:
             mlp_out = mlp_out * self.residual_multiplier
-        return h + mlp_out
+        h = h + mlp_out
+        if self.per_layer_gate is not None:
+            if per_layer_input is None:
+                raise ValueError("this layer needs its per-layer input (per-layer embeddings)")
+            h = self.per_layer_gate(h, per_layer_input)
+        if self.layer_scalar is not None:
+            h = h * self.layer_scalar
+        return h
 
 
 class TransformerDecoder(nn.Module):
@@ -101,6 +126,12 @@ class TransformerDecoder(nn.Module):
         final_logit_softcap: ``cap * tanh(logits / cap)`` on the logits (Gemma 2).
         embed_multiplier: multiply embeddings by this Python float (Granite; unrounded).
         logits_divisor: divide the logits by this (Granite's ``logits_scaling``).
+        per_layer_embeddings: Gemma 4's per-layer embeddings
+            (``modules.per_layer_embeddings.PerLayerEmbeddings``): layer ``i`` gets slice
+            ``i`` as its ``per_layer_input`` (needs ``tokens``).
+
+    Layers whose attention has ``kv_sharing`` share one dict of keys / values per forward
+    (Gemma 4: the last layers reuse those of the last earlier layer of their type).
 
     ``forward(tokens [b, s], mask=None, input_pos=None) -> logits [b, s, vocab]``; see
     ``forward`` for the mask, cache and chunking rules.
@@ -120,9 +151,11 @@ class TransformerDecoder(nn.Module):
         final_logit_softcap: float | None = None,
         embed_multiplier: float | None = None,
         logits_divisor: float | None = None,
+        per_layer_embeddings: nn.Module | None = None,
     ):
         super().__init__()
         self.tok_embeddings = tok_embeddings
+        self.per_layer_embeddings = per_layer_embeddings
         self.layers = layers if isinstance(layers, nn.ModuleList) else nn.ModuleList(layers)
         self.norm = norm
         self.output: nn.Module | TiedLinear = (
@@ -147,6 +180,7 @@ class TransformerDecoder(nn.Module):
         if len(chunks) > 1:
             raise ValueError(f"All chunked-attention layers must share one chunk, got {chunks}.")
         self._chunk: int | None = chunks.pop() if chunks else None
+        self._kv_sharing = any(getattr(la.attn, "kv_sharing", None) for la in self.layers)
         if self._chunk is not None and self._sliding_window is not None:
             raise ValueError("A decoder cannot mix sliding-window and chunked-attention layers.")
 
@@ -230,7 +264,8 @@ class TransformerDecoder(nn.Module):
         if self._cache_len is None:
             raise RuntimeError("reset_caches() called before setup_caches().")
         for layer in self.layers:
-            layer.attn.kv_cache.reset()
+            if layer.attn.kv_cache is not None:  # none in layers reusing shared keys / values
+                layer.attn.kv_cache.reset()
             if hasattr(layer, "fusion_layer"):
                 layer.reset_encoder_cache()
         self._cache_pos = 0
@@ -330,6 +365,17 @@ class TransformerDecoder(nn.Module):
             input_pos = torch.cat([torch.arange(n, device=device) for n in lens])[None]
         return docs, input_pos
 
+    def _per_layer_inputs(self, tokens: Tensor | None, h: Tensor) -> Tensor | None:
+        """``[b, s, L, p]`` per-layer embeddings of ``tokens`` (None without them)."""
+        if self.per_layer_embeddings is None:
+            return None
+        if tokens is None:
+            raise ValueError(
+                "this model has per-layer embeddings (Gemma 4), which are looked up by token "
+                "id: pass tokens along with input_embeds"
+            )
+        return self.per_layer_embeddings(tokens, h)
+
     def forward(
         self,
         tokens: Tensor | None,
@@ -387,6 +433,8 @@ class TransformerDecoder(nn.Module):
             pos = default_pos if input_pos is None else input_pos
             sliding_mask = self._chunked_mask(full_mask, pos, s)
         pos = default_pos if input_pos is None else input_pos
+        per_layer = self._per_layer_inputs(tokens, h)
+        shared: dict[str, tuple[Tensor, Tensor]] | None = {} if self._kv_sharing else None
         cos_g, sin_g = self.rope(pos, h.dtype)
         local_cs = (cos_g, sin_g) if self.local_rope is None else self.local_rope(pos, h.dtype)
         for i, layer in enumerate(self.layers):
@@ -408,10 +456,16 @@ class TransformerDecoder(nn.Module):
                     encoder_mask=encoder_mask,
                     **fallback,
                 )
-            elif seq_lens is None:
-                h = layer(h, cos, sin, layer_mask)
-            else:
-                h = layer(h, cos, sin, None, seq_lens=seq_lens)
+            elif per_layer is None and shared is None:
+                if seq_lens is None:
+                    h = layer(h, cos, sin, layer_mask)
+                else:
+                    h = layer(h, cos, sin, None, seq_lens=seq_lens)
+            else:  # Gemma 4: per-layer inputs, shared keys / values
+                extra = {} if per_layer is None else {"per_layer_input": per_layer[:, :, i]}
+                if shared is not None:
+                    extra["shared_kv"] = shared
+                h = layer(h, cos, sin, None if seq_lens else layer_mask, seq_lens, **extra)
             if layer_residuals is not None and i < len(layer_residuals):
                 h = h + layer_residuals[i].to(h.dtype)
         if self._caching:

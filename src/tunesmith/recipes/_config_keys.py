@@ -50,7 +50,7 @@ _TRAINING = _COMMON | {
 }
 
 _PARALLEL = frozenset(
-    {"tensor_parallel_dim", "tensor_parallel_plan", "expert_parallel_dim"}
+    {"tensor_parallel_dim", "tensor_parallel_plan", "expert_parallel_dim", "sequence_parallel"}
     | {"data_parallel_shard_dim", "data_parallel_replicate_dim"}
     | {"context_parallel_dim", "context_parallel_rotate_method"}  # training/context_parallel.py
 )
@@ -74,7 +74,13 @@ TORCHTUNE_ACCEPTED: dict[str, frozenset[str]] = {
     # torchtune's dev GRPO configs: `name` and `base_model_path` are interpolated values
     "grpo": frozenset({"name", "base_model_path"}),
     "eval": frozenset({"resume_from_checkpoint"}),
-    "generate": frozenset({"quantizer"}),
+    # torchtune main's *_generation_distributed (dev/generate_v2_distributed): with
+    # use_distributed_state_dict torchtune loads the full checkpoint into the sharded model
+    # through DCP's set_model_state_dict; tunesmith always loads that way (each rank copies
+    # its tensor-parallel slices out of the full checkpoint, recipes/generate.load_model),
+    # so True and False load the same weights. use_flex picks FlexAttention for the masks;
+    # tunesmith picks its attention kernel itself (attention_kernels), the same attention.
+    "generate": frozenset({"quantizer", "use_distributed_state_dict", "use_flex"}),
 }
 
 KEYS: dict[str, frozenset[str]] = {

@@ -170,8 +170,9 @@ def build_model(
         log.info("expert parallelism: the experts of every MoE layer split over %d ranks", ep)
     if mesh is not None and mesh["tp"].size() > 1:
         from tunesmith.recipes._parallel_setup import tensor_parallel
+        from tunesmith.training.parallel_dims import ParallelDims
 
-        tensor_parallel(model, cfg, mesh["tp"])
+        tensor_parallel(model, cfg, mesh["tp"], ParallelDims.dp_mesh(mesh).size(-1))
     if cfg.get("enable_activation_checkpointing", False):
         from tunesmith.training.activations import apply_activation_checkpointing
 
@@ -509,6 +510,9 @@ def full_state_dicts(
     if optimizer is not None:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         optim_sd = get_optimizer_state_dict(model, optimizer, options=options)
+        from tunesmith.training.expert_parallel import gather_expert_optimizer_state
+
+        gather_expert_optimizer_state(model, optimizer, optim_sd)  # every rank (all-gathers)
     return model_sd, optim_sd
 
 

@@ -1,6 +1,6 @@
 """Parallel layout of a training recipe: the mesh from the parallelism keys (tensor, context and
 data parallel), tensor parallelism
-from ``tensor_parallel_plan``. Both turn a user's mistake into one :class:`ConfigError` line,
+from ``tensor_parallel_plan`` (or the default plan, with ``sequence_parallel``). Both turn a user's mistake into one :class:`ConfigError` line,
 before weights load (``parallel_layout``) or before they are materialised (``tensor_parallel``).
 """
 
@@ -33,6 +33,12 @@ def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> t
     _check_expert_parallel(cfg, dims, world_size)
     if dims.tp > 1:
         check_model_for_tp(cfg.model, dims.tp)
+    if cfg.get("sequence_parallel", False) and dims.tp == 1:
+        raise ConfigError(
+            "sequence_parallel=True splits the sequence over the tensor-parallel ranks: set "
+            "tensor_parallel_dim > 1, or sequence_parallel=False",
+            key="sequence_parallel",
+        )
     if dims.cp > 1:
         from tunesmith.training.context_parallel import check_context_parallel_model
 
@@ -53,7 +59,8 @@ def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> t
 
 def check_model_for_tp(model_cfg: DictConfig, tp: int, key: str = "model") -> None:
     """One ConfigError line, before any weights load, when the model ``model_cfg`` builds (on
-    the meta device) cannot be split ``tp`` ways: heads that do not divide, NF4 (QLoRA) weights."""
+    the meta device) cannot be split ``tp`` ways: heads that do not divide, NF4 (QLoRA) weights
+    whose pieces would not be whole NF4 blocks, QDoRA."""
     from tunesmith.training.tensor_parallel import check_tp_degree, check_tp_layers
 
     with torch.device("meta"):
@@ -63,9 +70,10 @@ def check_model_for_tp(model_cfg: DictConfig, tp: int, key: str = "model") -> No
     except ValueError as exc:
         raise ConfigError(str(exc), key="tensor_parallel_dim") from None
     try:
-        check_tp_layers(model)
+        check_tp_layers(model, tp)
     except ValueError as exc:
-        raise ConfigError(str(exc), key=key) from None
+        degree = str(exc).startswith("tensor_parallel_dim=")
+        raise ConfigError(str(exc), key="tensor_parallel_dim" if degree else key) from None
 
 
 def generation_mesh(cfg: DictConfig, world_size: int, device: torch.device) -> Any:
@@ -144,18 +152,18 @@ def _check_expert_parallel(cfg: DictConfig, dims: Any, world_size: int) -> None:
             key=key,
         )
     sharded = cfg.get("intermediate_checkpoint_format") or cfg.get("enable_async_checkpointing")
-    if cfg.get("resume_from_checkpoint", False) or sharded:
+    if sharded:  # (full-state saves gather the slices' optimizer state: resume works)
         raise ConfigError(
-            f"expert_parallel_dim={ep} with resume_from_checkpoint / sharded (dcp, async) "
-            "intermediate saves: the optimizer state of the expert slices is not gathered "
-            "yet; start a fresh run with expert_parallel_dim: 1 to resume, or drop those keys",
+            f"expert_parallel_dim={ep} with sharded (dcp, async) intermediate saves: the "
+            "expert slices are not DTensors, so DCP cannot place them yet; drop "
+            "intermediate_checkpoint_format / enable_async_checkpointing",
             key=key,
         )
-    if cfg.get("clip_grad_norm") is not None or cfg.get("optimizer_in_bwd", False):
+    if cfg.get("optimizer_in_bwd", False):  # (clip_grad_norm covers the slices: gradients.py)
         raise ConfigError(
-            f"expert_parallel_dim={ep} with clip_grad_norm / optimizer_in_bwd: the expert "
-            "slices are not FSDP2 parameters, so neither covers them yet; set clip_grad_norm: "
-            "null and optimizer_in_bwd: False",
+            f"expert_parallel_dim={ep} with optimizer_in_bwd: the expert slices are not FSDP2 "
+            "parameters, so the per-parameter optimizers do not cover them yet; set "
+            "optimizer_in_bwd: False",
             key=key,
         )
     from tunesmith.modules.moe import moe_layers
@@ -176,10 +184,11 @@ def _check_expert_parallel(cfg: DictConfig, dims: Any, world_size: int) -> None:
         )
 
 
-def tensor_parallel(model: nn.Module, cfg: DictConfig, tp_mesh: Any) -> None:
+def tensor_parallel(model: nn.Module, cfg: DictConfig, tp_mesh: Any, fsdp_degree: int = 1) -> None:
     """Apply ``cfg.tensor_parallel_plan`` (a ``_component_`` returning ``{fqn: style}``, called
     with ``model=`` when it takes it; torchtune's names resolve to tunesmith's plan) or the
-    default per-layer-type plan over ``tp_mesh``; a user mistake is one ConfigError line."""
+    default per-layer-type plan over ``tp_mesh`` (``fsdp_degree``: the FSDP2 shard degree
+    that follows); a user mistake is one ConfigError line."""
     import inspect
 
     from tunesmith.config import resolve_component
@@ -187,7 +196,21 @@ def tensor_parallel(model: nn.Module, cfg: DictConfig, tp_mesh: Any) -> None:
 
     plan = None
     node = cfg.get("tensor_parallel_plan")
-    if node is not None:
+    if bool(cfg.get("sequence_parallel", False)):
+        if node is not None:
+            raise ConfigError(
+                "sequence_parallel=True builds tunesmith's per-layer-type plan with sequence "
+                "parallelism: drop tensor_parallel_plan, or set sequence_parallel=False and "
+                "declare SequenceParallel entries in your plan",
+                key="sequence_parallel",
+            )
+        from tunesmith.training.tensor_parallel import decoder_tp_plan
+
+        try:
+            plan = decoder_tp_plan(model, sequence_parallel=True)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="sequence_parallel") from None
+    elif node is not None:
         fn = resolve_component(str(node.get("_component_")))
         params = inspect.signature(fn).parameters
         plan = instantiate(node, **({"model": model} if "model" in params else {}))
@@ -199,6 +222,6 @@ def tensor_parallel(model: nn.Module, cfg: DictConfig, tp_mesh: Any) -> None:
             )
         plan = dict(plan)
     try:
-        apply_tensor_parallel(model, tp_mesh, plan)
+        apply_tensor_parallel(model, tp_mesh, plan, fsdp_degree)
     except ValueError as exc:
         raise ConfigError(str(exc), key="tensor_parallel_dim") from None

@@ -13,16 +13,14 @@ trained tokens in the whole (global) batch, clip, step, log, save.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from tunesmith.config import instantiate
-from tunesmith.recipes._checkpoint_saver import CheckpointSaver, _SamplerAt  # noqa: F401
+from tunesmith.recipes._checkpoint_saver import _SamplerAt  # noqa: F401
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
     batch_to_device,
@@ -35,15 +33,18 @@ from tunesmith.recipes._finetune_setup import (
     start_training,
     validation_loss,
 )
+from tunesmith.recipes._optimization import epoch_steps, fused_adam, setup_optimization
 from tunesmith.recipes._parallel_setup import expert_parallel_degree, parallel_layout
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.recipes._sharded_saves import open_checkpointers
 from tunesmith.recipes._training_data import loader_setting, training_datasets
 from tunesmith.recipes._unpad import unpad_to_device
-from tunesmith.training.checkpointing._recipe_state import restore_recipe_state
+from tunesmith.training.activations import activation_offloading_context
 from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
+    agreed_seed,
+    any_rank,
     destroy_distributed,
     reduce_metrics,
 )
@@ -51,7 +52,7 @@ from tunesmith.training.gradients import clip_and_step, count_trainable_tokens
 from tunesmith.training.hub_upload import upload_after_training, upload_option
 from tunesmith.training.precision import compute_context, loss_scaler, master_dtype
 from tunesmith.training.router_loss import RouterLoss, add_router_loss
-from tunesmith.utils import get_logger, set_seed
+from tunesmith.utils import get_logger
 
 __all__ = ["recipe_main"]
 
@@ -90,7 +91,7 @@ def recipe_main(cfg: DictConfig) -> None:
     if resume and sharded is not None:  # base weights + the DCP folder's recipe state
         state.update(sharded.recipe_state())
     check_vocab(datasets + (val_datasets or []), tokenizer, state, cfg.checkpointer)
-    seed = _agreed_seed(state.get("seed") if resume else cfg.get("seed"), world_size, device)
+    seed = agreed_seed(state.get("seed") if resume else cfg.get("seed"), world_size, device)
     model, is_peft = build_model(
         cfg,
         state,
@@ -120,7 +121,7 @@ def recipe_main(cfg: DictConfig) -> None:
 
         compile_loss(loss_fn)
     # fp16: fp32 parameters, fp16 autocast compute, dynamic loss scaling; else plain
-    activations_ctx = compute_context(dtype, device, _activation_offloading(cfg, model))
+    activations_ctx = compute_context(dtype, device, activation_offloading_context(cfg, model))
     scaler = loss_scaler(dtype, in_bwd)
 
     # ---- data loaders ------------------------------------------------------------------
@@ -174,36 +175,32 @@ def recipe_main(cfg: DictConfig) -> None:
         optimizer = instantiate(
             cfg.optimizer,
             [p for _, p in trainable],
-            **_fused_adam(cfg.optimizer, device, world_size),
+            **fused_adam(cfg.optimizer, device, world_size),
         )
-    lr_scheduler, epochs_run, global_step = schedule_and_resume(
+    opt = setup_optimization(
         cfg,
         model,
-        optimizer,
+        checkpointer,
         sampler,
         state,
         resume=resume,
-        world_size=world_size,
-        total_steps=epochs * steps_per_epoch,
-    )
-    if resume and sharded is not None:  # trained tensors + optimizer, resharded in place
-        sharded.load(model, optimizer)
-    del state
-
-    save = CheckpointSaver(
-        cfg,
-        checkpointer,
-        model,
-        optimizer,
-        lr_scheduler,
-        sampler,
+        device=device,
         rank=rank,
         world_size=world_size,
         is_peft=is_peft,
         seed=seed,
         epochs=epochs,
         accum=accum,
+        total_steps=epochs * steps_per_epoch,
         sharded=sharded,
+        optimizer=optimizer,
+    )
+    del state
+    lr_scheduler, epochs_run, global_step, save = (
+        opt.lr_scheduler,
+        opt.epochs_run,
+        opt.global_step,
+        opt.save,
     )
 
     # ---- training loop -----------------------------------------------------------------
@@ -289,7 +286,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 if val_loader is not None and global_step % val_every == 0:
                     val_loss = validation_loss(model, loss_fn, val_loader, device, ignore_index)
                     observer.log_validation(global_step, val_loss)
-                stop = _any_rank(shutdown.requested, world_size, device)
+                stop = any_rank(shutdown.requested, world_size, device)
                 mid_epoch = step_in_epoch < steps_per_epoch
                 if stop or (save_every and global_step % save_every == 0 and mid_epoch):
                     save(
@@ -315,66 +312,6 @@ def recipe_main(cfg: DictConfig) -> None:
     if upload is not None and rank == 0:
         upload_after_training(cfg, save.saved, "finetune", upload)
     destroy_distributed()
-
-
-def epoch_steps(cfg: DictConfig, num_batches: int, accum: int) -> int:
-    """Optimizer steps per epoch: ``num_batches // accum``, capped by ``max_steps_per_epoch``."""
-    steps = num_batches // accum
-    if cfg.get("max_steps_per_epoch"):
-        steps = min(steps, int(cfg.max_steps_per_epoch))
-    if steps == 0:
-        raise ValueError(
-            f"gradient_accumulation_steps={accum} is larger than the {num_batches} batches of an "
-            "epoch: lower gradient_accumulation_steps or batch_size"
-        )
-    return steps
-
-
-def schedule_and_resume(
-    cfg: DictConfig,
-    model: torch.nn.Module,
-    optimizer: Any,
-    sampler: Any,
-    state: dict[str, Any],
-    *,
-    resume: bool,
-    world_size: int,
-    total_steps: int,
-) -> tuple[Any, int, int]:
-    """``(lr_scheduler or None, epochs_run, global_step)``; on resume the optimizer, schedule
-    and sampler position are restored from the recipe state in ``state``."""
-    lr_scheduler = None
-    if cfg.get("lr_scheduler") is not None:
-        lr_scheduler = instantiate(cfg.lr_scheduler, optimizer, num_training_steps=total_steps)
-    if not resume:
-        return lr_scheduler, 0, 0
-    has_optimizer = "optimizer" in state  # not in a DCP folder's recipe state
-    if world_size > 1 and has_optimizer:  # a full optimizer state dict into the shards
-        _load_sharded_optimizer(model, optimizer, state.pop("optimizer"))
-    epochs_run, global_step = restore_recipe_state(
-        state,
-        optimizer=optimizer if world_size == 1 and has_optimizer else None,
-        lr_scheduler=lr_scheduler,
-        sampler=sampler,
-    )
-    return lr_scheduler, epochs_run, global_step
-
-
-def _agreed_seed(seed: int | None, world_size: int, device: torch.device) -> int:
-    """Seed every RNG; all ranks take rank 0's seed (the same shuffle and LoRA init)."""
-    seed = set_seed(seed)
-    if world_size > 1:
-        t = torch.tensor(seed, dtype=torch.long, device=device)
-        dist.broadcast(t, src=0)
-        seed = set_seed(int(t))
-    return seed
-
-
-def _load_sharded_optimizer(model: torch.nn.Module, optimizer: Any, full_sd: Any) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
-    set_optimizer_state_dict(model, optimizer, full_sd, options=options)
 
 
 def _to_device(
@@ -404,37 +341,6 @@ def _to_device(
     # unpad where the collated batch lives (the host), so its reads cost no device sync
     targets = shift_labels(batch.pop("labels"), ignore_index)
     return unpad_to_device(batch, targets, device, ignore_index, bucket)
-
-
-def _fused_adam(node: DictConfig, device: torch.device, world_size: int) -> dict[str, bool]:
-    """``{"fused": True}`` for torch's Adam/AdamW when the config sets neither ``fused`` nor
-    ``foreach``, on one process (FSDP2's sharded parameters keep torch's default): one kernel
-    per step instead of a dozen elementwise passes over every parameter."""
-    component = str(node.get("_component_", ""))
-    adam = component.removeprefix("torch.optim.") in ("Adam", "AdamW", "adam.Adam", "adamw.AdamW")
-    unset = node.get("fused") is None and node.get("foreach") is None
-    if adam and component.startswith("torch.optim.") and unset and world_size == 1:
-        return {"fused": True} if device.type != "meta" else {}
-    return {}
-
-
-def _any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
-    if world_size == 1:
-        return flag
-    t = torch.tensor(int(flag), device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t)
-
-
-def _activation_offloading(cfg: DictConfig, model: torch.nn.Module) -> Any:
-    from tunesmith.training.activations import check_activation_offloading
-
-    check_activation_offloading(cfg)
-    if not cfg.get("enable_activation_offloading", False):
-        return contextlib.nullcontext()
-    from tunesmith.training.activations import get_act_offloading_ctx_manager
-
-    return get_act_offloading_ctx_manager(model, True)
 
 
 if __name__ == "__main__":  # python finetune.py --config ... (also under torchrun)

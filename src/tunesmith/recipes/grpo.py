@@ -37,7 +37,6 @@ from torch import nn
 from tunesmith.config import ConfigError, instantiate
 from tunesmith.modules.peft import disable_adapter
 from tunesmith.recipes import _rl_loop as rl
-from tunesmith.recipes import finetune
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
     build_datasets,
@@ -47,10 +46,14 @@ from tunesmith.recipes._finetune_setup import (
     sampled_loader,
     start_training,
 )
+from tunesmith.recipes._optimization import epoch_steps, setup_optimization
 from tunesmith.recipes._run_summary import describe_run
+from tunesmith.training.activations import activation_offloading_context
 from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
+    agreed_seed,
+    any_rank,
     destroy_distributed,
     reduce_metrics,
 )
@@ -101,9 +104,7 @@ def recipe_main(cfg: DictConfig) -> None:
     # ---- weights, seed, models ---------------------------------------------------------
     state = checkpointer.load_checkpoint()
     check_vocab(datasets, tokenizer, state, cfg.checkpointer)
-    seed = finetune._agreed_seed(
-        state.get("seed") if resume else cfg.get("seed"), world_size, device
-    )
+    seed = agreed_seed(state.get("seed") if resume else cfg.get("seed"), world_size, device)
     model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size)
     model_limit = getattr(model, "max_seq_len", None)
     rl.check_prompt_lengths(datasets, max_new, model_limit, "the model's max_seq_len")
@@ -120,7 +121,7 @@ def recipe_main(cfg: DictConfig) -> None:
         reference.requires_grad_(False)
         reference.eval()
         del ref_state
-    activations_ctx = compute_context(dtype, device, finetune._activation_offloading(cfg, model))
+    activations_ctx = compute_context(dtype, device, activation_offloading_context(cfg, model))
     scaler = loss_scaler(dtype, optimizer_in_bwd=False)
     from tunesmith.rlhf.rollout import LocalRolloutEngine, response_logprobs
 
@@ -138,24 +139,19 @@ def recipe_main(cfg: DictConfig) -> None:
         seed=seed, shuffle=bool(cfg.get("shuffle", True)),
         num_workers=int(cfg.get("num_workers") or 0), unit="prompts",
     )  # fmt: skip
-    steps_per_epoch = finetune.epoch_steps(cfg, len(loader), 1)
+    steps_per_epoch = epoch_steps(cfg, len(loader), 1)
     epochs = int(cfg.get("epochs", 1))
     total_steps = epochs * steps_per_epoch
     if cfg.get("num_steps"):
         total_steps = min(total_steps, int(cfg.num_steps))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = instantiate(
-        cfg.optimizer, trainable, **finetune._fused_adam(cfg.optimizer, device, world_size)
-    )
-    lr_scheduler, epochs_run, global_step = finetune.schedule_and_resume(
-        cfg, model, optimizer, sampler, state, resume=resume, world_size=world_size,
+    opt = setup_optimization(
+        cfg, model, checkpointer, sampler, state, resume=resume, device=device, rank=rank,
+        world_size=world_size, is_peft=is_peft, seed=seed, epochs=epochs, accum=1,
         total_steps=total_steps * ppo_epochs,
     )  # fmt: skip
     del state
-    save = finetune.CheckpointSaver(
-        cfg, checkpointer, model, optimizer, lr_scheduler, sampler, rank=rank,
-        world_size=world_size, is_peft=is_peft, seed=seed, epochs=epochs, accum=1,
-    )  # fmt: skip
+    optimizer, lr_scheduler, save = opt.optimizer, opt.lr_scheduler, opt.save
+    epochs_run, global_step = opt.epochs_run, opt.global_step
 
     # ---- training loop -----------------------------------------------------------------
     observer = Observer(
@@ -299,7 +295,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 if log_now and observer.logger is not None:
                     del step_metrics["loss"]
                     observer.logger.log_dict(step_metrics, step=global_step)
-                stop = finetune._any_rank(shutdown.requested, world_size, device)
+                stop = any_rank(shutdown.requested, world_size, device)
                 mid_epoch = step_in_epoch < steps_per_epoch and global_step < total_steps
                 if stop or (save_every and global_step % save_every == 0 and mid_epoch):
                     save(epoch, intermediate=True, global_step=global_step,

@@ -40,12 +40,16 @@ from tunesmith.recipes._finetune_setup import (
     check_vocab,
     start_training,
 )
+from tunesmith.recipes._optimization import epoch_steps, setup_optimization
 from tunesmith.recipes._parallel_setup import check_model_for_tp, parallel_layout
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.recipes._sharded_saves import open_checkpointers
+from tunesmith.training.activations import activation_offloading_context
 from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
+    agreed_seed,
+    any_rank,
     destroy_distributed,
     reduce_metrics,
 )
@@ -97,9 +101,7 @@ def recipe_main(cfg: DictConfig) -> None:
     if resume and sharded is not None:  # base weights + the DCP folder's recipe state
         state.update(sharded.recipe_state())
     check_vocab(datasets, tokenizer, state, cfg.checkpointer)
-    seed = finetune._agreed_seed(
-        state.get("seed") if resume else cfg.get("seed"), world_size, device
-    )
+    seed = agreed_seed(state.get("seed") if resume else cfg.get("seed"), world_size, device)
     model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size, mesh)
     teacher = build_teacher(cfg, device, dtype, world_size, mesh)  # frozen: fp16 is fine
     _check_vocab(model, teacher)
@@ -107,7 +109,7 @@ def recipe_main(cfg: DictConfig) -> None:
     for m in (model, teacher):
         m.set_num_output_chunks(chunks)
     # fp16: fp32 student weights, fp16 autocast compute, dynamic loss scaling
-    activations_ctx = compute_context(dtype, device, finetune._activation_offloading(cfg, model))
+    activations_ctx = compute_context(dtype, device, activation_offloading_context(cfg, model))
     scaler = loss_scaler(dtype, optimizer_in_bwd=False)
 
     # ---- data loader -------------------------------------------------------------------
@@ -123,43 +125,18 @@ def recipe_main(cfg: DictConfig) -> None:
         num_workers=int(cfg.get("num_workers") or 0),
         pin_memory=device.type == "cuda",
     )
-    steps_per_epoch = finetune.epoch_steps(cfg, len(loader), accum)
+    steps_per_epoch = epoch_steps(cfg, len(loader), accum)
     epochs = int(cfg.get("epochs", 1))
 
     # ---- optimizer, schedule -----------------------------------------------------------
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = instantiate(
-        cfg.optimizer, trainable, **finetune._fused_adam(cfg.optimizer, device, world_size)
-    )
-    lr_scheduler, epochs_run, global_step = finetune.schedule_and_resume(
-        cfg,
-        model,
-        optimizer,
-        sampler,
-        state,
-        resume=resume,
-        world_size=world_size,
-        total_steps=epochs * steps_per_epoch,
-    )
-    if resume and sharded is not None:  # trained tensors + optimizer, resharded in place
-        sharded.load(model, optimizer)
+    opt = setup_optimization(
+        cfg, model, checkpointer, sampler, state, resume=resume, device=device, rank=rank,
+        world_size=world_size, is_peft=is_peft, seed=seed, epochs=epochs, accum=accum,
+        total_steps=epochs * steps_per_epoch, sharded=sharded,
+    )  # fmt: skip
     del state
-
-    save = finetune.CheckpointSaver(
-        cfg,
-        checkpointer,
-        model,
-        optimizer,
-        lr_scheduler,
-        sampler,
-        rank=rank,
-        world_size=world_size,
-        is_peft=is_peft,
-        seed=seed,
-        epochs=epochs,
-        accum=accum,
-        sharded=sharded,
-    )
+    optimizer, lr_scheduler, save = opt.optimizer, opt.lr_scheduler, opt.save
+    epochs_run, global_step = opt.epochs_run, opt.global_step
 
     # ---- training loop -----------------------------------------------------------------
     observer = Observer(
@@ -226,7 +203,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 if values is not None and observer.logger is not None:
                     observer.logger.log_dict(values, step=global_step)
                 sums.zero_()
-                stop = finetune._any_rank(shutdown.requested, world_size, device)
+                stop = any_rank(shutdown.requested, world_size, device)
                 mid_epoch = step_in_epoch < steps_per_epoch
                 if stop or (save_every and global_step % save_every == 0 and mid_epoch):
                     save(

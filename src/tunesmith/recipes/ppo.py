@@ -34,7 +34,7 @@ from torch import nn
 
 from tunesmith.config import ConfigError, instantiate
 from tunesmith.config._ranges import check_ranges
-from tunesmith.recipes import finetune
+from tunesmith.recipes._checkpoint_saver import _SamplerAt
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
     build_datasets,
@@ -45,6 +45,7 @@ from tunesmith.recipes._finetune_setup import (
     open_checkpointer,
     sampled_loader,
 )
+from tunesmith.recipes._optimization import schedule_and_resume
 from tunesmith.recipes._ppo_steps import (
     STEP_METRICS,
     PPOSettings,
@@ -59,6 +60,8 @@ from tunesmith.training.checkpointing._recipe_state import build_recipe_state
 from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
+    agreed_seed,
+    any_rank,
     barrier,
     destroy_distributed,
     get_world_size_and_rank,
@@ -115,9 +118,7 @@ def recipe_main(cfg: DictConfig) -> None:
     s = _with_tokens(s, cfg, tokenizer)
     state = checkpointer.load_checkpoint()
     check_vocab(datasets, tokenizer, state, cfg.checkpointer)
-    seed = finetune._agreed_seed(
-        state.get("seed") if resume else cfg.get("seed"), world_size, device
-    )
+    seed = agreed_seed(state.get("seed") if resume else cfg.get("seed"), world_size, device)
 
     # ---- the four models ---------------------------------------------------------------
     def load(key: str) -> dict[str, Any]:
@@ -160,7 +161,7 @@ def recipe_main(cfg: DictConfig) -> None:
     epochs = math.ceil(total_steps / steps_per_epoch)
     optimizer = instantiate(cfg.optimizer, [p for p in pair.parameters() if p.requires_grad])
     opt_steps = total_steps * s.ppo_epochs * (s.batch_size // s.ppo_batch_size)
-    lr_scheduler, epochs_run, steps_run = finetune.schedule_and_resume(
+    lr_scheduler, epochs_run, steps_run = schedule_and_resume(
         cfg, pair, optimizer, sampler, state, resume=resume, world_size=world_size,
         total_steps=opt_steps,
     )  # fmt: skip
@@ -180,7 +181,7 @@ def recipe_main(cfg: DictConfig) -> None:
                         epochs_run=epoch,
                         steps_run=steps_run,
                         lr_scheduler=lr_scheduler,
-                        sampler=finetune._SamplerAt(sampler, step_in_epoch * s.batch_size),
+                        sampler=_SamplerAt(sampler, step_in_epoch * s.batch_size),
                         seed=seed,
                         total_epochs=epochs,
                     ),  # fmt: skip
@@ -271,7 +272,7 @@ def recipe_main(cfg: DictConfig) -> None:
                     observer.log_step(steps_run, loss=None, lr=optimizer.param_groups[0]["lr"],
                                       tokens=tokens, grad_norm=None)  # fmt: skip
                 done = steps_run >= total_steps
-                stop = finetune._any_rank(shutdown.requested, world_size, device)
+                stop = any_rank(shutdown.requested, world_size, device)
                 mid = step_in_epoch < steps_per_epoch and not done
                 if stop or (save_every and steps_run % save_every == 0 and mid):
                     save(epoch, intermediate=True, step_in_epoch=step_in_epoch, mid=mid)

@@ -14,7 +14,8 @@ Config keys (torchtune's quantization config names)::
     gguf_type               f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1
                             (output_format: gguf; default q8_0; k-quants: see
                             tunesmith.models.gguf_export.llama_cpp_quantize)
-    tokenizer_dir           gguf: folder with tokenizer.json (+ tokenizer_config.json /
+    tokenizer_dir           gguf: folder with tokenizer.json or a SentencePiece
+                            tokenizer.model (+ tokenizer_config.json /
                             chat_template.jinja); default checkpointer.checkpoint_dir
 
 Run: ``tunesmith run quantize --config quantize/llama3_2_1b_8da4w`` (torchao) or
@@ -96,10 +97,13 @@ def _export_gguf(cfg: DictConfig, checkpointer: Any, state: dict[str, torch.Tens
                 "named builder such as tunesmith.models.llama3_2.llama3_2_1b"
             ) from None
     tok_dir = cfg.get("tokenizer_dir") or cfg.checkpointer.get("checkpoint_dir")
-    if not tok_dir or not (Path(tok_dir) / "tokenizer.json").is_file():
+    if not tok_dir or not any(
+        (Path(tok_dir) / f).is_file() for f in ("tokenizer.json", "tokenizer.model")
+    ):
         raise ValueError(
-            f"tokenizer_dir={tok_dir!r} has no tokenizer.json; set tokenizer_dir to the folder "
-            "with the model's Hugging Face tokenizer.json (GGUF embeds the vocabulary)"
+            f"tokenizer_dir={tok_dir!r} has no tokenizer.json or tokenizer.model; set "
+            "tokenizer_dir to the folder with the model's Hugging Face tokenizer files (GGUF "
+            "embeds the vocabulary)"
         )
     vocab = hf_tokenizer_vocab(tok_dir, spec.vocab_size, hf_config)
     out_type = str(cfg.get("gguf_type", "q8_0")).lower()

@@ -27,7 +27,6 @@ from omegaconf import DictConfig
 
 from tunesmith.config import ConfigError, instantiate
 from tunesmith.modules.classifier import sequence_scores
-from tunesmith.recipes import finetune
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
     build_model,
@@ -35,15 +34,19 @@ from tunesmith.recipes._finetune_setup import (
     open_checkpointer,
     start_training,
 )
+from tunesmith.recipes._optimization import epoch_steps, setup_optimization
 from tunesmith.recipes._preference_data import (
     build_preference_dataloader,
     build_preference_datasets,
 )
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.rlhf.reward_loss import BradleyTerryLoss, reward_metrics
+from tunesmith.training.activations import activation_offloading_context
 from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
 from tunesmith.training.distributed import (
+    agreed_seed,
+    any_rank,
     destroy_distributed,
     reduce_metrics,
 )
@@ -156,15 +159,13 @@ def recipe_main(cfg: DictConfig) -> None:
     if resume:
         _resumed_head(checkpointer, state)
     check_vocab(datasets, tokenizer, state, cfg.checkpointer)
-    seed = finetune._agreed_seed(
-        state.get("seed") if resume else cfg.get("seed"), world_size, device
-    )
+    seed = agreed_seed(state.get("seed") if resume else cfg.get("seed"), world_size, device)
     if _fresh_head(state, head_shape, seed) and rank == 0:
         log.info("the checkpoint has no reward head: a new one is initialised from the seed")
     model, is_peft = build_model(cfg, state, device, master_dtype(dtype), world_size)
     head = getattr(model, "decoder", model).output
     head.requires_grad_(True)  # under LoRA: the adapters and the head train
-    activations_ctx = compute_context(dtype, device, finetune._activation_offloading(cfg, model))
+    activations_ctx = compute_context(dtype, device, activation_offloading_context(cfg, model))
     scaler = loss_scaler(dtype, optimizer_in_bwd=False)
     pad_id = getattr(tokenizer, "pad_id", None)
 
@@ -181,21 +182,16 @@ def recipe_main(cfg: DictConfig) -> None:
         pin_memory=device.type == "cuda",
         reward=True,
     )
-    steps_per_epoch = finetune.epoch_steps(cfg, len(loader), accum)
+    steps_per_epoch = epoch_steps(cfg, len(loader), accum)
     epochs = int(cfg.get("epochs", 1))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = instantiate(
-        cfg.optimizer, trainable, **finetune._fused_adam(cfg.optimizer, device, world_size)
-    )
-    lr_scheduler, epochs_run, global_step = finetune.schedule_and_resume(
-        cfg, model, optimizer, sampler, state, resume=resume, world_size=world_size,
+    opt = setup_optimization(
+        cfg, model, checkpointer, sampler, state, resume=resume, device=device, rank=rank,
+        world_size=world_size, is_peft=is_peft, seed=seed, epochs=epochs, accum=accum,
         total_steps=epochs * steps_per_epoch,
     )  # fmt: skip
     del state
-    save = finetune.CheckpointSaver(
-        cfg, checkpointer, model, optimizer, lr_scheduler, sampler, rank=rank,
-        world_size=world_size, is_peft=is_peft, seed=seed, epochs=epochs, accum=accum,
-    )  # fmt: skip
+    optimizer, lr_scheduler, save = opt.optimizer, opt.lr_scheduler, opt.save
+    epochs_run, global_step = opt.epochs_run, opt.global_step
 
     # ---- training loop -----------------------------------------------------------------
     observer = Observer(
@@ -262,7 +258,7 @@ def recipe_main(cfg: DictConfig) -> None:
                     del metrics["loss"]
                     observer.logger.log_dict(metrics, step=global_step)
                 sums.zero_()
-                stop = finetune._any_rank(shutdown.requested, world_size, device)
+                stop = any_rank(shutdown.requested, world_size, device)
                 mid_epoch = step_in_epoch < steps_per_epoch
                 if stop or (save_every and global_step % save_every == 0 and mid_epoch):
                     save(epoch, intermediate=True, global_step=global_step,

@@ -254,6 +254,16 @@ class _Saved:
         self.owner._fetched.pop(self.key, None)
 
 
+def activation_offloading_context(cfg: Any, model: nn.Module) -> Any:
+    """The recipes' offloading context for ``model``'s forward + backward: activations
+    offloaded to the host when ``enable_activation_offloading`` is set (checked first by
+    :func:`check_activation_offloading`), else a null context."""
+    check_activation_offloading(cfg)
+    if not cfg.get("enable_activation_offloading", False):
+        return contextlib.nullcontext()
+    return get_act_offloading_ctx_manager(model, True)
+
+
 def check_activation_offloading(cfg: Any) -> None:
     """Refuse ``enable_activation_offloading`` without ``enable_activation_checkpointing``.
 

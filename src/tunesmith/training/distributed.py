@@ -105,6 +105,28 @@ def init_distributed(
     return True
 
 
+def agreed_seed(seed: int | None, world_size: int, device: torch.device) -> int:
+    """Seed every RNG; all ranks take rank 0's seed (the same shuffle and LoRA init)."""
+    from tunesmith.utils._seed import set_seed
+
+    seed = set_seed(seed)
+    if world_size > 1:
+        t = torch.tensor(seed, dtype=torch.long, device=device)
+        dist.broadcast(t, src=0)
+        seed = set_seed(int(t))
+    return seed
+
+
+def any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
+    """``True`` on every rank when ``flag`` is true on any (one ``MAX`` all-reduce), e.g. a
+    stop request one rank's signal handler saw."""
+    if world_size == 1:
+        return flag
+    t = torch.tensor(int(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t)
+
+
 def barrier() -> None:
     """Wait for every rank (no-op when not distributed)."""
     if dist.is_available() and dist.is_initialized():
@@ -273,15 +295,16 @@ def gather_cpu_state_dict(
             get_model_state_dict,
         )
 
-        sd = get_model_state_dict(
-            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
+        with dequantized_state_dict_on("cpu", keep=is_rank_zero):  # tensor-parallel NF4
+            sd = get_model_state_dict(
+                model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
         from tunesmith.training.expert_parallel import gather_expert_slices
 
         gather_expert_slices(model, sd)  # every rank: it all-gathers
         sd = sd if is_rank_zero else {}
-        for key, value in sd.items():  # gathered NF4 weights are still NF4 (the hook ran on
-            sd[key] = dequantize(value, device="cpu")  # the DTensor, which it cannot see into)
+        for key, value in sd.items():  # FSDP2's gathered NF4 weights are still NF4 (the hook
+            sd[key] = dequantize(value, device="cpu")  # ran on a DTensor it cannot see into)
     elif is_rank_zero:
         sd = state_dict_on(model, torch.device("cpu"))
     else:
@@ -345,6 +368,9 @@ def get_full_optimizer_state_dict(
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     sd = get_optimizer_state_dict(model, optimizer, options=options)
+    from tunesmith.training.expert_parallel import gather_expert_optimizer_state
+
+    gather_expert_optimizer_state(model, optimizer, sd)  # every rank: it all-gathers
     return sd if is_rank_zero else {}
 
 
@@ -381,6 +407,9 @@ def load_from_full_optimizer_state_dict(
             "optimizer state: keyed by position (torch's optimizer.state_dict()), not by parameter "
             "name; save it with get_full_optimizer_state_dict"
         )
+    from tunesmith.training.expert_parallel import slice_expert_optimizer_state
+
+    full_sd = slice_expert_optimizer_state(model, full_sd)  # this rank's experts' state
     set_optimizer_state_dict(
         model, optimizer, full_sd, options=StateDictOptions(full_state_dict=True)
     )

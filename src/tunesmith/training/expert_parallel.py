@@ -11,6 +11,11 @@ contributions of every rank's tokens (exactly the one-process gradient of those 
 each rank's loss is its share of the global loss). Works on any backend with
 ``all_to_all_single`` (gloo on CPU, NCCL on GPU); no token is dropped.
 
+The optimizer state of the slices is all-gathered into the full ``[E, ...]`` tensors when
+saved (:func:`gather_expert_optimizer_state`) and cut back to each rank's experts when loaded
+(:func:`slice_expert_optimizer_state`), so a run resumes on any expert-parallel degree (or one
+process) from the same checkpoint format.
+
 Routers run on each rank's own tokens, so the load-balancing loss is pooled per rank (not
 across the expert-parallel group).
 """
@@ -28,7 +33,9 @@ __all__ = [
     "average_expert_grads",
     "dispatch",
     "expert_slices",
+    "gather_expert_optimizer_state",
     "gather_expert_slices",
+    "slice_expert_optimizer_state",
     "slice_expert_weights",
 ]
 
@@ -138,6 +145,70 @@ def gather_expert_slices(model: nn.Module, state_dict: dict[str, Tensor]) -> Non
             parts = [torch.empty_like(part) for _ in range(ep)]
             dist.all_gather(parts, part.contiguous(), group=group)
             state_dict[key] = torch.cat(parts).cpu()
+
+
+def _slice_fqns(model: nn.Module) -> dict[str, tuple[int, int, object]]:
+    """Clean fully qualified name of each expert slice -> (rank, ep, group)."""
+    out = {}
+    for name, _module, (rank, ep, names) in _sliced(model):
+        group = getattr(model.get_submodule(name.rsplit(".", 1)[0]), "expert_group", None)
+        for local in names:
+            key = f"{name}.{local}".replace("_checkpoint_wrapped_module.", "")
+            out[key] = (rank, ep, group)
+    return out
+
+
+def _per_expert(value: object, local: int | None) -> bool:
+    return isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == local
+
+
+def gather_expert_optimizer_state(model: nn.Module, optimizer, optim_sd: dict) -> None:
+    """Put the full ``[E, ...]`` per-expert optimizer state (``exp_avg``, ...) of every expert
+    slice into ``optim_sd`` (a ``get_optimizer_state_dict(full_state_dict=True)`` result,
+    which holds only rank 0's slice, and only on rank 0): each rank's state is read from
+    ``optimizer.state`` and all-gathered in expert order. Every rank must call it (in the
+    same order everywhere); no-op without EP."""
+    slices = expert_slices(model)
+    state = optim_sd.get("state")
+    for key, (_, ep, group) in _slice_fqns(model).items():
+        param = slices[_wrapped_name(model, key)]
+        own = optimizer.state.get(param, {})
+        for name in sorted(own):
+            value = own[name]
+            if not _per_expert(value, param.shape[0]):
+                continue
+            parts = [torch.empty_like(value) for _ in range(ep)]
+            dist.all_gather(parts, value.contiguous(), group=group)
+            if state is not None and key in state:
+                state[key][name] = torch.cat(parts).cpu()
+
+
+def slice_expert_optimizer_state(model: nn.Module, optim_sd: dict) -> dict:
+    """The inverse of :func:`gather_expert_optimizer_state` on a full optimizer state dict:
+    a copy whose expert-slice entries hold this rank's experts only."""
+    state = optim_sd.get("state")
+    slices = _slice_fqns(model)
+    if not state or not slices:
+        return optim_sd
+    state = dict(state)
+    for key, (rank, ep, _) in slices.items():
+        if key not in state:
+            continue
+        local = model.get_parameter(_wrapped_name(model, key)).shape[0]
+        entry = dict(state[key])
+        for name, value in entry.items():
+            if _per_expert(value, local * ep):
+                entry[name] = value[rank * local : (rank + 1) * local].clone()
+        state[key] = entry
+    return {**optim_sd, "state": state}
+
+
+def _wrapped_name(model: nn.Module, clean: str) -> str:
+    """``clean`` (no ``_checkpoint_wrapped_module.``) as the model's own parameter name."""
+    for name, _ in model.named_parameters():
+        if name.replace("_checkpoint_wrapped_module.", "") == clean:
+            return name
+    return clean
 
 
 def average_expert_grads(model: nn.Module) -> None:

@@ -85,11 +85,52 @@ def clip_grad_norm(
     so it can be logged)."""
     if max_norm is None or max_norm <= 0:
         raise ValueError(f"clip_grad_norm: max_norm must be a positive number, got {max_norm}")
+    if isinstance(parameters, nn.Module):
+        from tunesmith.training.expert_parallel import expert_slices
+
+        if expert_slices(parameters):
+            return _clip_with_expert_slices(parameters, float(max_norm), norm_type)
     params = [p for p in _params(parameters) if p.grad is not None]
     total = torch.nn.utils.clip_grad_norm_(params, max_norm=float(max_norm), norm_type=norm_type)
     if hasattr(total, "full_tensor"):
         total = total.full_tensor()
     return total
+
+
+def _clip_with_expert_slices(model: nn.Module, max_norm: float, norm_type: float) -> torch.Tensor:
+    """Global-norm clipping under expert parallelism: the FSDP2 (``DTensor``) gradients' norm
+    is global already; each rank's expert slices are disjoint, so their norm is the sum over
+    the expert group of the local ``norm ** p``. Every gradient is then scaled by
+    ``min(1, max_norm / (total + 1e-6))``, as ``clip_grad_norm_`` does."""
+    import torch.distributed as dist
+
+    from tunesmith.training.expert_parallel import expert_slices
+
+    slices = {id(p) for p in expert_slices(model).values()}
+    experts = [p.grad for p in model.parameters() if id(p) in slices and p.grad is not None]
+    others = [p.grad for p in model.parameters() if id(p) not in slices and p.grad is not None]
+    if norm_type == float("inf"):
+        raise ValueError("clip_grad_norm with expert parallelism supports p-norms, not inf")
+    p = float(norm_type)
+    device = (experts or others)[0].device
+    rest = torch.nn.utils.get_total_norm(others, norm_type=p) if others else torch.zeros(())
+    if hasattr(rest, "full_tensor"):
+        rest = rest.full_tensor()
+    local = sum((g.detach().float().norm(p) ** p for g in experts), torch.zeros((), device=device))
+    group = next(m.expert_group for m in _moe_with_group(model))
+    dist.all_reduce(local, group=group)
+    total = (rest.float().to(device) ** p + local) ** (1.0 / p)
+    coef = min(1.0, max_norm / (float(total) + 1e-6))
+    if coef < 1.0:
+        for g in [*others, *experts]:
+            g.mul_(coef)
+    return total
+
+
+def _moe_with_group(model: nn.Module):
+    from tunesmith.modules.moe import moe_layers
+
+    return (m for m in moe_layers(model) if getattr(m, "expert_group", None) is not None)
 
 
 def clip_and_step(
@@ -104,7 +145,7 @@ def clip_and_step(
     """
     if scaler is not None:
         scaler.unscale_(model.parameters())
-    grad_norm = clip_grad_norm(model.parameters(), float(max_norm)) if max_norm else None
+    grad_norm = clip_grad_norm(model, float(max_norm)) if max_norm else None
     if scaler is not None:
         scaler.step(optimizer)
     else:

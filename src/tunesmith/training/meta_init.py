@@ -18,13 +18,13 @@ module order, as full tensors: every rank and a single process get bit-identical
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from tunesmith.modules.peft._nf4 import is_nf4, quantize_nf4
+from tunesmith.modules.peft._nf4 import is_nf4, nf4_regroup, nf4_shard, quantize_nf4
 from tunesmith.training.checkpointing._files import release_mapped_pages
 
 __all__ = [
@@ -121,7 +121,7 @@ def load_full_state_dict(
 
 def _materialise(full: torch.Tensor, like: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``full`` as ``like`` is laid out (dtype, NF4, DTensor shard) on ``device`` (a copy)."""
-    from torch.distributed.tensor import DTensor, Shard
+    from torch.distributed.tensor import DTensor
 
     local_like = like._local_tensor if isinstance(like, DTensor) else like
     if tuple(full.shape) != tuple(like.shape):
@@ -136,10 +136,9 @@ def _materialise(full: torch.Tensor, like: torch.Tensor, device: torch.device) -
     if not isinstance(like, DTensor):
         return value if value is not None else copy_released(full, like.dtype, device)
     mesh, placements = like.device_mesh, like.placements
-    if value is not None:  # NF4: FSDP2 already refused uneven splits, so chunks are equal
-        if len(placements) != 1 or placements[0] != Shard(0):
-            raise NotImplementedError(f"load_full_state_dict: NF4 only 1-D Shard(0), {placements}")
-        local = list(torch.chunk(value, mesh.size(0), dim=0))[mesh.get_local_rank(0)]
+    if value is not None:  # NF4: cut from the whole tensor's quantization (even pieces of
+        local = local_chunk(value, mesh, placements, cut=nf4_shard)  # whole blocks, checked)
+        local = nf4_regroup(local, local_like.scaler_block_size)  # as the sharding laid it out
         return DTensor(local, like._spec, requires_grad=like.requires_grad)
     local = copy_released(local_chunk(full, mesh, placements), like.dtype, device)
     return DTensor.from_local(
@@ -147,11 +146,12 @@ def _materialise(full: torch.Tensor, like: torch.Tensor, device: torch.device) -
     )
 
 
-_BLOCK_BYTES = 16 << 20
+_BLOCK_BYTES = 1 << 20
+Cut = Callable[[torch.Tensor, int, int, int], torch.Tensor]
 
 
 def copy_released(src: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A copy of ``src`` (any shape) in ``dtype`` on ``device``, made ~16 MiB of rows at a time,
+    """A copy of ``src`` (any shape) in ``dtype`` on ``device``, made ~1 MiB of rows at a time,
     each block's memory-mapped source pages dropped once copied (``release_mapped_pages``):
     the source never adds more than one block to the resident memory, instead of the whole
     shard (for a memory-mapped checkpoint; a plain tensor is simply copied)."""
@@ -167,11 +167,24 @@ def copy_released(src: torch.Tensor, dtype: torch.dtype, device: torch.device) -
     return out
 
 
-def local_chunk(full: torch.Tensor, mesh: Any, placements: Sequence[Any]) -> torch.Tensor:
+def _chunk(tensor: torch.Tensor, dim: int, parts: int, index: int) -> torch.Tensor:
+    """Piece ``index`` of ``torch.chunk(tensor, parts, dim)`` (empty past the last chunk)."""
+    chunks = list(torch.chunk(tensor, parts, dim=dim))
+    if index < len(chunks):
+        return chunks[index]
+    shape = list(tensor.shape)
+    shape[dim] = 0
+    return tensor.new_empty(shape)
+
+
+def local_chunk(
+    full: torch.Tensor, mesh: Any, placements: Sequence[Any], cut: Cut = _chunk
+) -> torch.Tensor:
     """This rank's piece of ``full`` under DTensor ``placements`` on ``mesh`` (any number of
-    mesh dims; ``torch.chunk`` splits, as DTensor and FSDP2 cut them, so uneven splits leave
-    the last ranks shorter or empty). FSDP2's ``_StridedShard`` (FSDP over a dimension tensor
-    parallelism already split) is cut last: FSDP shards the TP-local piece."""
+    mesh dims; ``cut(tensor, dim, parts, index)`` splits, by default as DTensor and FSDP2 cut
+    them with ``torch.chunk``, so uneven splits leave the last ranks shorter or empty; NF4
+    weights are cut with ``nf4_shard``). FSDP2's ``_StridedShard`` (FSDP over a dimension
+    tensor parallelism already split) is cut last: FSDP shards the TP-local piece."""
     from torch.distributed.tensor import Shard
     from torch.distributed.tensor.placement_types import _StridedShard
 
@@ -183,12 +196,6 @@ def local_chunk(full: torch.Tensor, mesh: Any, placements: Sequence[Any]) -> tor
         placement = placements[i]
         if not isinstance(placement, Shard | _StridedShard):  # Replicate (Partial: never)
             continue
-        chunks = list(torch.chunk(local, mesh.size(i), dim=placement.dim))
-        rank = coords[i]
-        if rank < len(chunks):
-            local = chunks[rank]
-        else:
-            shape = list(local.shape)
-            shape[placement.dim] = 0
-            local = local.new_empty(shape)
+        dim = placement.dim % local.dim()
+        local = cut(local, dim, mesh.size(i), coords[i])
     return local

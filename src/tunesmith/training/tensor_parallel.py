@@ -17,8 +17,9 @@ anything else with weights  replicated (norms, QK-norms, Gemma's post-norms)
 A :class:`~tunesmith.modules.peft.LoRALinear` gets the same role as the linear it replaces:
 colwise -> base weight and ``lora_b`` split by output rows, ``lora_a`` replicated; rowwise ->
 base weight and ``lora_a`` split by input columns, ``lora_b`` replicated (its partial sums
-join the base layer's in the one all-reduce). Every rank then computes the same loss as one
-process. After the plan is applied each attention module holds its local head counts
+join the base layer's in the one all-reduce); an NF4 (QLoRA) base takes the same layouts,
+split by hand (:mod:`tunesmith.training._tp_nf4`). Every rank then computes the same loss as
+one process. After the plan is applied each attention module holds its local head counts
 (``num_heads / tp``, ``num_kv_heads / tp``), so its reshapes and KV cache see local shapes.
 
 torchtune's plan functions (``torchtune.models.llama3.base_llama_tp_plan``,
@@ -41,8 +42,12 @@ from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     ParallelStyle,
     RowwiseParallel,
+    SequenceParallel,
     parallelize_module,
 )
+
+from tunesmith.modules.peft._nf4 import is_nf4
+from tunesmith.training._tp_nf4 import nf4_misfit, nf4_tensor_parallel
 
 __all__ = [
     "LoRAColwiseParallel",
@@ -56,14 +61,17 @@ __all__ = [
 ]
 
 COLWISE, ROWWISE = "colwise", "rowwise"
+SEQUENCE, GATHER = "sequence", "gather"  # sequence parallelism: a norm on the sequence shard;
+# a block whose input (the residual stream, split along the sequence) is all-gathered first
 
 
-def _layer_plans() -> dict[type, dict[str, str]]:
+def _layer_plans(sequence_parallel: bool = False) -> dict[type, dict[str, str]]:
     """Layer type -> {child name: role}: the whole tensor-parallel plan, once per type."""
     from tunesmith.modules.attention import MultiHeadAttention
     from tunesmith.modules.feed_forward import FeedForward
+    from tunesmith.modules.transformer import TransformerSelfAttentionLayer
 
-    return {
+    plans: dict[type, dict[str, str]] = {
         MultiHeadAttention: {
             "q_proj": COLWISE,
             "k_proj": COLWISE,
@@ -72,6 +80,105 @@ def _layer_plans() -> dict[type, dict[str, str]]:
         },
         FeedForward: {"w1": COLWISE, "w3": COLWISE, "w2": ROWWISE},
     }
+    if sequence_parallel:
+        plans[TransformerSelfAttentionLayer] = {
+            "sa_norm": SEQUENCE,
+            "attn": GATHER,
+            "mlp_norm": SEQUENCE,
+            "mlp": GATHER,
+        }
+    return plans
+
+
+class _InputHook(ParallelStyle):
+    """A style that only converts a module's first input (its parameters are planned
+    elsewhere: it covers none of them)."""
+
+    def _convert(self, x: torch.Tensor, mesh: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
+        def hook(_mod: nn.Module, args: tuple) -> tuple:
+            return (self._convert(args[0], device_mesh), *args[1:])
+
+        module.register_forward_pre_hook(hook)
+        return module
+
+
+class GatherSequence(_InputHook):
+    """Sequence parallelism: the block's input ``[b, s / tp, d]`` (a ``Shard(1)`` DTensor) ->
+    the whole sequence ``[b, s, d]``, plain (all-gather; the partial gradients the
+    colwise projections give it are all-reduced by their styles, then cut back to the
+    shard)."""
+
+    def _convert(self, x: torch.Tensor, mesh: Any) -> torch.Tensor:
+        if isinstance(x, DTensor):
+            return x.redistribute(placements=[Replicate()]).to_local()
+        return x
+
+
+class ScatterSequence(_InputHook):
+    """Sequence parallelism: the first layer's input ``[b, s, d]`` (the same on every rank)
+    -> its ``Shard(1)`` DTensor (each rank keeps its slice of the sequence; backward
+    all-gathers the gradient)."""
+
+    def _convert(self, x: torch.Tensor, mesh: Any) -> torch.Tensor:
+        if isinstance(x, DTensor):
+            return x
+        full = DTensor.from_local(x, mesh, [Replicate()], run_check=False)
+        return full.redistribute(placements=[Shard(1)])
+
+
+class GatheredSequenceParallel(SequenceParallel):
+    """``SequenceParallel`` for the final norm: it normalises the sequence shard, then the
+    output is gathered to the whole sequence (plain), for the output projection or the loss."""
+
+    @staticmethod
+    def _prepare_output_fn(use_local_output: bool, mod: nn.Module, outputs: Any, mesh: Any):  # noqa: ANN205
+        if isinstance(outputs, DTensor):
+            return outputs.redistribute(placements=[Replicate()]).to_local()
+        return outputs
+
+
+def _style(role: str, sequence_parallel: bool) -> ParallelStyle:
+    if role == COLWISE:
+        return ColwiseParallel()
+    if role == ROWWISE:  # sequence parallel: partial sums reduce-scattered along the sequence
+        if sequence_parallel:
+            return RowwiseParallel(output_layouts=Shard(1), use_local_output=False)
+        return RowwiseParallel()
+    if role == SEQUENCE:
+        return SequenceParallel(use_local_output=False)
+    return GatherSequence()
+
+
+def _check_sequence_parallel(model: nn.Module) -> None:
+    """``ValueError`` (one line) for a decoder sequence parallelism does not cover: its
+    residual stream stays split along the sequence only through plain self-attention layers
+    (an MLP block, no post-norms, no extra residual inputs)."""
+    from tunesmith.modules.feed_forward import FeedForward
+    from tunesmith.modules.transformer import TransformerSelfAttentionLayer
+
+    layers = getattr(model, "layers", None)
+    for i, layer in enumerate(layers if layers is not None else []):
+        plain = isinstance(layer, TransformerSelfAttentionLayer) and isinstance(
+            layer.mlp, FeedForward
+        )
+        if not plain or layer.sa_scale is not None or layer.mlp_scale is not None:
+            raise ValueError(
+                f"sequence_parallel: layer {i} ({type(layer).__name__}) is not a plain "
+                "self-attention + MLP layer without post-norms; sequence parallelism covers "
+                "those only: set sequence_parallel=False"
+            )
+    if layers is None or not len(layers) or getattr(model, "norm", None) is None:
+        raise ValueError("sequence_parallel: the model is not a decoder with layers and a norm")
+    from tunesmith.modules.peft.lora import LoRALinear
+
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise ValueError(
+            "sequence_parallel with LoRA / QLoRA adapters does not reproduce the one-process "
+            "run yet (a full finetune does): set sequence_parallel=False"
+        )
 
 
 def decoder_tp_plan(
@@ -79,10 +186,18 @@ def decoder_tp_plan(
     *,
     inference: bool = False,
     enable_fp8_training: bool = False,
+    sequence_parallel: bool = False,
 ) -> dict[str, ParallelStyle]:
     """The tensor-parallel plan of ``model`` (any tunesmith decoder): ``{fqn: style}`` from the
     per-layer-type table above. ``inference`` is accepted for torchtune's signature (the plan
     is the same); fp8 training is not supported.
+
+    ``sequence_parallel`` (needs ``model``): the residual stream between the layers is split
+    along the sequence (``[b, s / tp, d]`` per rank, Megatron's sequence parallelism): the
+    first layer's input is cut (:class:`ScatterSequence`), the norms run on the shard
+    (``SequenceParallel``), attention and MLP blocks all-gather their input
+    (:class:`GatherSequence`) and their rowwise projections reduce-scatter instead of
+    all-reducing, and the final norm's output is gathered again.
 
     Without ``model`` (torchtune 0.6.1 calls the plan function with no arguments) the plan is
     returned for the standard decoder layout, with ``layers.*`` patterns.
@@ -90,7 +205,6 @@ def decoder_tp_plan(
     del inference
     if enable_fp8_training:
         raise ValueError("tensor_parallel_plan: fp8 training is not supported by tunesmith")
-    styles = {COLWISE: ColwiseParallel, ROWWISE: RowwiseParallel}
     if model is None:
         from tunesmith.modules.attention import MultiHeadAttention
         from tunesmith.modules.feed_forward import FeedForward
@@ -102,22 +216,29 @@ def decoder_tp_plan(
         }
         for layer_type, roles in _layer_plans().items():
             for child, role in roles.items():
-                plan[f"{where[layer_type]}.{child}"] = styles[role]()
+                plan[f"{where[layer_type]}.{child}"] = _style(role, False)
         return plan
+    sp = sequence_parallel
+    if sp:
+        _check_sequence_parallel(model)
     plan = {}
-    tables = _layer_plans()
+    tables = _layer_plans(sp)
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
-        roles = next((t for cls, t in tables.items() if isinstance(module, cls)), None)
-        if roles is not None:
+        for cls, roles in tables.items():
+            if not isinstance(module, cls):
+                continue
             for child, role in roles.items():
                 if getattr(module, child, None) is not None:
-                    plan[prefix + child] = styles[role]()
+                    plan[prefix + child] = _style(role, sp)
         embeddings = getattr(module, "tok_embeddings", None)
         if isinstance(embeddings, nn.Embedding) and hasattr(module, "layers"):
             plan[prefix + "tok_embeddings"] = RowwiseParallel(input_layouts=Replicate())
             if isinstance(getattr(module, "output", None), nn.Module):  # not tied
                 plan[prefix + "output"] = ColwiseParallel(output_layouts=Replicate())
+            if sp:
+                plan[prefix + "layers.0"] = ScatterSequence()
+                plan[prefix + "norm"] = GatheredSequenceParallel(use_local_output=False)
     return plan
 
 
@@ -135,33 +256,52 @@ def _distribute(module: nn.Module, name: str, mesh: Any, placement: Any) -> None
 
 
 def _lora_guard(module: nn.Module) -> None:
-    """``ValueError`` (one line) for a layer tensor parallelism cannot split exactly."""
-    from tunesmith.modules.peft._nf4 import is_nf4
+    """``ValueError`` (one line) for a LoRA layer tensor parallelism cannot split: DoRA on NF4
+    weights (QDoRA), whose magnitude needs the row norms of the dequantized weight."""
+    from tunesmith.modules.peft.dora import DoRALinear
 
-    if getattr(module, "_quantize_base", False) or is_nf4(getattr(module, "weight", None)):
+    nf4 = getattr(module, "_quantize_base", False) or is_nf4(getattr(module, "weight", None))
+    if nf4 and isinstance(module, DoRALinear):
         raise ValueError(
-            "tensor parallelism does not support QLoRA's NF4 weights (NF4 quantizes whole "
-            "tensors): set model.quantize_base=False, or tensor_parallel_dim=1 and shard with "
-            "FSDP2 only"
+            "tensor parallelism does not support DoRA on NF4 weights (QDoRA): set "
+            "model.use_dora=False (QLoRA), or tensor_parallel_dim=1 and shard with FSDP2 only"
         )
 
 
-def check_tp_layers(model: nn.Module) -> None:
-    """``ValueError`` naming the first NF4 (QLoRA) layer of ``model`` (may be on the meta
-    device): run before weights load so the refusal costs nothing."""
+def check_tp_layers(
+    model: nn.Module, tp: int, plan: dict[str, ParallelStyle] | None = None
+) -> None:
+    """``ValueError`` naming the first LoRA layer of ``model`` (may be on the meta device) that
+    ``plan`` (default :func:`decoder_tp_plan`) cannot split ``tp`` ways: QDoRA, or an NF4
+    weight whose pieces would not be whole NF4 blocks. Run before weights load so the refusal
+    costs nothing."""
     from tunesmith.modules.peft.lora import LoRALinear
 
-    for name, module in model.named_modules():
-        if isinstance(module, LoRALinear):
-            try:
-                _lora_guard(module)
-            except ValueError as exc:
-                raise ValueError(f"{exc} (layer {name})") from None
+    modules = dict(model.named_modules())
+    styles = _expand(model, decoder_tp_plan(model) if plan is None else plan)
+    for name, module in modules.items():
+        if not isinstance(module, LoRALinear):
+            continue
+        try:
+            _lora_guard(module)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (layer {name})") from None
+        style = styles.get(name)
+        if isinstance(style, ColwiseParallel | RowwiseParallel):
+            why = nf4_misfit(module, isinstance(style, RowwiseParallel), tp)
+            if why is not None:
+                raise ValueError(
+                    f"tensor_parallel_dim={tp} cuts the NF4 (QLoRA) weight of {name} {why}: "
+                    "pick a degree whose pieces are whole blocks, or set model.quantize_base=False"
+                )
 
 
 class LoRAColwiseParallel(ColwiseParallel):
     """``ColwiseParallel`` for a ``LoRALinear`` (plain ``nn.Linear`` / ``nn.Embedding`` as torch's):
-    ``weight``, ``bias``, ``lora_b.weight`` ``Shard(0)``; ``lora_a.weight`` replicated."""
+    ``weight``, ``bias``, ``lora_b.weight`` ``Shard(0)``; ``lora_a.weight`` replicated. An NF4
+    (QLoRA) base takes the same layouts by hand (``training._tp_nf4``)."""
+
+    fsdp_degree = 1  # how many ways FSDP2 cuts each NF4 piece by rows afterwards
 
     def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
         from tunesmith.modules.peft.lora import LoRALinear
@@ -169,6 +309,8 @@ class LoRAColwiseParallel(ColwiseParallel):
         if not isinstance(module, LoRALinear):
             return super()._apply(module, device_mesh)
         _lora_guard(module)
+        if is_nf4(module.weight):
+            return nf4_tensor_parallel(module, device_mesh, self, False, self.fsdp_degree)
 
         def partition(_name: str, mod: nn.Module, mesh: Any) -> None:
             if mod is module:
@@ -190,7 +332,9 @@ class LoRAColwiseParallel(ColwiseParallel):
 class LoRARowwiseParallel(RowwiseParallel):
     """``RowwiseParallel`` for a ``LoRALinear``: ``weight``, ``lora_a.weight`` ``Shard(1)``;
     ``bias``, ``lora_b.weight`` replicated; the partial base and adapter outputs are summed by
-    the one reduction of the output layout."""
+    the one reduction of the output layout. An NF4 (QLoRA) base: ``training._tp_nf4``."""
+
+    fsdp_degree = 1  # how many ways FSDP2 cuts each NF4 piece by rows afterwards
 
     def _apply(self, module: nn.Module, device_mesh: Any) -> nn.Module:
         from tunesmith.modules.peft.lora import LoRALinear
@@ -198,6 +342,8 @@ class LoRARowwiseParallel(RowwiseParallel):
         if not isinstance(module, LoRALinear):
             return super()._apply(module, device_mesh)
         _lora_guard(module)
+        if is_nf4(module.weight):
+            return nf4_tensor_parallel(module, device_mesh, self, True, self.fsdp_degree)
         self.desired_input_layouts = (Shard(-1),)
 
         def partition(_name: str, mod: nn.Module, mesh: Any) -> None:
@@ -235,16 +381,20 @@ class ReplicateParallel(ParallelStyle):
 
 
 # ---------------------------------------------------------------------------- applying
-def _lora_style(style: ParallelStyle, module: nn.Module) -> ParallelStyle:
+def _lora_style(style: ParallelStyle, module: nn.Module, fsdp_degree: int) -> ParallelStyle:
     """torch's Colwise/Rowwise style for a LoRA layer -> the LoRA style with the same layouts."""
     from tunesmith.modules.peft.lora import LoRALinear
 
-    if not isinstance(module, LoRALinear) or type(style) not in (ColwiseParallel, RowwiseParallel):
+    if not isinstance(module, LoRALinear):
         return style
-    cls = LoRAColwiseParallel if type(style) is ColwiseParallel else LoRARowwiseParallel
-    new = cls.__new__(cls)
-    new.__dict__.update(style.__dict__)
-    return new
+    if type(style) in (ColwiseParallel, RowwiseParallel):
+        cls = LoRAColwiseParallel if type(style) is ColwiseParallel else LoRARowwiseParallel
+        new = cls.__new__(cls)
+        new.__dict__.update(style.__dict__)
+        style = new
+    if isinstance(style, LoRAColwiseParallel | LoRARowwiseParallel):
+        style.fsdp_degree = fsdp_degree
+    return style
 
 
 def _expand(model: nn.Module, plan: dict[str, ParallelStyle]) -> dict[str, ParallelStyle]:
@@ -287,12 +437,17 @@ def check_tp_degree(model: nn.Module, tp: int) -> None:
 
 
 def apply_tensor_parallel(
-    model: nn.Module, tp_mesh: Any, plan: dict[str, ParallelStyle] | None = None
+    model: nn.Module,
+    tp_mesh: Any,
+    plan: dict[str, ParallelStyle] | None = None,
+    fsdp_degree: int = 1,
 ) -> nn.Module:
     """Shard ``model`` in place over ``tp_mesh`` (1-D): the ``plan`` (default
     :func:`decoder_tp_plan`), LoRA layers get the LoRA styles, every other module that owns
     parameters is replicated, and attention modules switch to their local head counts.
-    Works on a meta-device model (weights are filled afterwards, see ``meta_init``)."""
+    ``fsdp_degree``: the FSDP2 shard degree applied afterwards (NF4 pieces are laid out so it
+    can cut them). Works on a meta-device model (weights are filled afterwards, see
+    ``meta_init``)."""
     from tunesmith.modules.attention import MultiHeadAttention
 
     tp = tp_mesh.size()
@@ -300,8 +455,11 @@ def apply_tensor_parallel(
     plan = decoder_tp_plan(model) if plan is None else plan
     concrete = {name: style for name, style in _expand(model, plan).items()}
     modules = dict(model.named_modules())
-    concrete = {name: _lora_style(style, modules[name]) for name, style in concrete.items()}
-    covered = tuple(f"{name}." for name in concrete)
+    concrete = {
+        name: _lora_style(style, modules[name], fsdp_degree) for name, style in concrete.items()
+    }
+    check_tp_layers(model, tp, concrete)
+    covered = tuple(f"{n}." for n, st in concrete.items() if not isinstance(st, _InputHook))
     for name, module in modules.items():
         owns = any(p is not None for p in module._parameters.values())
         inside = name in concrete or f"{name}.".startswith(covered)

@@ -29,8 +29,10 @@ _DTYPE_NAMES = {
 }
 
 
-def get_device(name: str | None = None) -> torch.device:
+def get_device(device: str | None = None) -> torch.device:
     """The device to run on: ``None`` picks cuda (this process's ``LOCAL_RANK``), then mps, then cpu.
+
+    ``device`` is torchtune's argument name (``utils.get_device(device=cfg.device)``).
 
     ``"cuda"`` also becomes ``cuda:<LOCAL_RANK>`` and is made the current CUDA device.
 
@@ -39,6 +41,7 @@ def get_device(name: str | None = None) -> torch.device:
     """
     import torch
 
+    name = device
     if name is None:
         if torch.cuda.is_available():
             name = "cuda"

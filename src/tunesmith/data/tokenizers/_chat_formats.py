@@ -11,14 +11,23 @@ generation prompt when that message is an empty assistant message.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from tunesmith.data._messages import Message
+from tunesmith.data.tokenizers._chat_tools import (
+    llama3_tool_call,
+    llama3_tools_prompt,
+    qwen_tool_call,
+    qwen_tools_block,
+    split_think,
+    tojson,
+)
 
 __all__ = [
     "Chunk",
     "ChatFormat",
     "Llama3ChatFormat",
+    "Llama4ChatFormat",
     "ChatMLFormat",
     "Qwen3ChatFormat",
     "GemmaChatFormat",
@@ -38,14 +47,20 @@ class Chunk:
 
     ``continuation``: SentencePiece only — the text continues the previous chunk, so no
     dummy-prefix space is added in front of it.
+    ``source``: the message the chunk renders (its ``mask_reasoning`` is applied to the
+    chunk's tokens by the tokenizer).
     """
 
     text: str
     masked: bool
     continuation: bool = False
+    source: Message | None = None
 
 
 class ChatFormat(Protocol):
+    """``render(messages, add_end_tokens)``; a format whose ``renders_tools`` is True also
+    takes ``tools=`` (the row's function schemas). ``family`` names it in errors."""
+
     def render(self, messages: list[Message], add_end_tokens: bool = True) -> list[Chunk]: ...
 
 
@@ -81,55 +96,142 @@ def _check_roles(messages: list[Message], allowed: tuple[str, ...], family: str)
 
 class Llama3ChatFormat:
     """Llama 3.x: ``<|begin_of_text|>`` then ``<|start_header_id|>{role}<|end_header_id|>\n\n``
-    + trimmed content + ``<|eot_id|>`` (``<|eom_id|>`` when ``eot=False``); tool calls start
-    with ``<|python_tag|>``; tool results use the ``ipython`` role.
+    + trimmed content + ``<|eot_id|>`` (``<|eom_id|>`` when ``eot=False``); torchtune's
+    ``ipython`` messages start with ``<|python_tag|>`` / are tool results as they are.
 
     ``system_preamble`` (Llama 3.1+: ``"Cutting Knowledge Date: ...\nToday Date: ...\n\n"``)
     goes before the trimmed system content, and a system message holding only the preamble
     is inserted (masked) when the conversation has none, as the official template does.
+
+    Tools as Llama 3.1/3.2/3.3's official template renders them (``tools`` given: the
+    system message starts with ``Environment: ipython``, the schemas go into the first user
+    message, see ``_chat_tools``): an assistant message with ``tool_calls`` is its single
+    call as JSON (its content is not rendered), a ``tool`` message is an ``ipython`` turn
+    whose content is written as a JSON string. ``reasoning`` is not rendered (the template
+    has no reasoning).
     """
+
+    family = "Llama 3"
+    renders_tools = True
 
     def __init__(self, image_token: str | None = "<|image|>", system_preamble: str | None = None):
         self.image_token = image_token
         self.system_preamble = system_preamble
 
-    def render(self, messages: list[Message], add_end_tokens: bool = True) -> list[Chunk]:
+    def _message_text(self, m: Message, i: int) -> str:
+        if m.tool_calls:
+            return _LLAMA3_HEADER.format("assistant") + llama3_tool_call(m, i)
+        if m.role == "tool":  # the template writes the content with tojson
+            return _LLAMA3_HEADER.format("ipython") + tojson(message_text(m))
+        role = "ipython" if m.role in _TOOL_ROLES else m.role
+        text = _LLAMA3_HEADER.format(role) + ("<|python_tag|>" if m.ipython else "")
+        return text + message_text(m, self.image_token, strip=True)
+
+    def render(
+        self,
+        messages: list[Message],
+        add_end_tokens: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> list[Chunk]:
         chunks = [Chunk("<|begin_of_text|>", True)]
-        if self.system_preamble is not None and (not messages or messages[0].role != "system"):
-            text = "<|start_header_id|>system<|end_header_id|>\n\n"
-            chunks.append(Chunk(text + self.system_preamble + "<|eot_id|>", True))
+        system = ("Environment: ipython\n" if tools is not None else "") + (
+            self.system_preamble or ""
+        )
+        has_system = bool(messages) and messages[0].role == "system"
+        if (self.system_preamble is not None or tools is not None) and not has_system:
+            chunks.append(Chunk(_LLAMA3_HEADER.format("system") + system + "<|eot_id|>", True))
+        first_user = int(has_system) if tools is not None else -1
+        if first_user == len(messages):
+            raise ValueError(
+                "Llama 3's official chat template refuses this conversation: Cannot put tools "
+                "in the first user message when there's no first user message!"
+            )
         n = len(messages)
         for i, m in enumerate(messages):
-            role = "ipython" if m.role in _TOOL_ROLES else m.role
-            text = f"<|start_header_id|>{role}<|end_header_id|>\n\n"
-            if m.ipython:
-                text += "<|python_tag|>"
-            if i == 0 and m.role == "system" and self.system_preamble is not None:
-                text += self.system_preamble
-            text += message_text(m, self.image_token, strip=True)
+            if i == 0 and has_system:
+                text = _LLAMA3_HEADER.format("system") + system + message_text(m, strip=True)
+            elif i == first_user:  # the template closes this turn even when it is the last
+                text = _LLAMA3_HEADER.format("user") + llama3_tools_prompt(tools or [])
+                text += message_text(m, self.image_token, strip=True) + "<|eot_id|>"
+                chunks.append(Chunk(text, m.masked, source=m))
+                continue
+            else:
+                text = self._message_text(m, i)
             if _ends(i, n, add_end_tokens):
-                text += "<|eot_id|>" if m.eot else "<|eom_id|>"
+                text += "<|eot_id|>" if m.eot or m.tool_calls else "<|eom_id|>"
+            chunks.append(Chunk(text, m.masked, source=m))
+        return chunks
+
+
+class Llama4ChatFormat:
+    """Llama 4, as its official template (transformers' ``processing_llama4``): ``<|begin_of_text|>``
+    then ``<|header_start|>{role}<|header_end|>\n\n`` + content + ``<|eot|>`` (``<|eom|>``
+    when ``eot=False``); only a leading system message is trimmed; image parts become
+    ``<|image|>`` (the transform expands each to its tile grid); tool results use the
+    ``ipython`` role. Tool calls are refused (the official template renders them).
+    """
+
+    image_token = "<|image|>"
+
+    def render(self, messages: list[Message], add_end_tokens: bool = True) -> list[Chunk]:
+        chunks = [Chunk("<|begin_of_text|>", True)]
+        n = len(messages)
+        for i, m in enumerate(messages):
+            if m.ipython and m.role == "assistant":
+                raise ValueError(
+                    f"message {i}: Llama 4 tool calls are rendered by the official template "
+                    "only; tokenize tool-use data with HuggingFaceModelTokenizer"
+                )
+            role = "ipython" if m.role in _TOOL_ROLES else m.role
+            body = message_text(m, self.image_token, strip=i == 0 and m.role == "system")
+            text = f"<|header_start|>{role}<|header_end|>\n\n{body}"
+            if _ends(i, n, add_end_tokens):
+                text += "<|eot|>" if m.eot else "<|eom|>"
             chunks.append(Chunk(text, m.masked))
         return chunks
+
+
+_LLAMA3_HEADER = "<|start_header_id|>{}<|end_header_id|>\n\n"
 
 
 class ChatMLFormat:
     """ChatML as Qwen2/Qwen2.5/SmolLM2 render it: ``<|im_start|>{role}\\n{content}<|im_end|>\\n``.
 
-    ``default_system_prompt`` is inserted (masked) when the conversation has no system
-    message, as the official Qwen2.5 and SmolLM2 templates do. Tool calls are wrapped in
-    ``<tool_call>``; consecutive tool results share one ``user`` turn of
-    ``<tool_response>`` blocks (Qwen's convention).
+    ``default_system_prompt`` is inserted (masked) when the conversation has none, as the
+    official Qwen2.5 and SmolLM2 templates do. Tool results (``tool``/``ipython``) are
+    ``<tool_response>`` blocks; consecutive ones share one ``user`` turn (Qwen's
+    convention); torchtune's ``ipython`` assistant messages are wrapped in ``<tool_call>``.
+
+    ``tools=True`` (Qwen2.5): function schemas and ``tool_calls`` as Qwen2.5's official
+    template renders them: the system message (or the default prompt) followed by the
+    ``# Tools`` block, and each call as a ``<tool_call>`` block after the content.
+    ``reasoning`` is not rendered (neither template has it). With ``tools=False``
+    (Qwen2, SmolLM2: templates without tool support) tool schemas and calls are refused;
+    ``family`` names the model in that error.
     """
 
-    def __init__(self, default_system_prompt: str | None = None, image_token: str | None = None):
+    def __init__(
+        self,
+        default_system_prompt: str | None = None,
+        image_token: str | None = None,
+        tools: bool = False,
+        family: str | None = None,
+    ):
         self.default_system_prompt = default_system_prompt
         self.image_token = image_token
+        self.renders_tools = tools
+        self.family = family or ("Qwen2.5" if tools else "ChatML")
 
-    def _system_chunks(self, messages: list[Message]) -> list[Chunk]:
-        if self.default_system_prompt is None or (messages and messages[0].role == "system"):
-            return []
-        return [Chunk(f"<|im_start|>system\n{self.default_system_prompt}<|im_end|>\n", True)]
+    def _system(self, messages: list[Message], tools: list[dict[str, Any]] | None) -> Chunk | None:
+        """The system turn, or None when the first message is rendered as one as it is."""
+        first = messages[0] if messages and messages[0].role == "system" else None
+        if tools:
+            text = message_text(first) if first is not None else self.default_system_prompt
+            text = f"<|im_start|>system\n{text}\n\n{qwen_tools_block(tools)}<|im_end|>\n"
+            return Chunk(text, True) if first is None else Chunk(text, first.masked, source=first)
+        if first is not None or self.default_system_prompt is None:
+            return None
+        return Chunk(f"<|im_start|>system\n{self.default_system_prompt}<|im_end|>\n", True)
 
     def _tool_result(self, messages: list[Message], i: int, end: str) -> str:
         prev_tool = i > 0 and messages[i - 1].role in _TOOL_ROLES
@@ -140,42 +242,80 @@ class ChatMLFormat:
         )
         return text + ("" if next_tool else end)
 
-    def _assistant(self, messages: list[Message], i: int, add_end_tokens: bool) -> str:
+    def _assistant(self, messages: list[Message], i: int, add_end_tokens: bool) -> Chunk:
         m = messages[i]
         if m.ipython:
-            return f"<|im_start|>assistant\n<tool_call>\n{message_text(m)}\n</tool_call>"
-        return f"<|im_start|>assistant\n{message_text(m, self.image_token)}"
+            text = f"<|im_start|>assistant\n<tool_call>\n{message_text(m)}\n</tool_call>"
+        elif m.tool_calls:
+            content = message_text(m, self.image_token)
+            text = "<|im_start|>assistant" + (f"\n{content}" if content else "")
+            text += "".join("\n" + qwen_tool_call(c) for c in m.tool_calls)
+        else:
+            text = f"<|im_start|>assistant\n{message_text(m, self.image_token)}"
+        return Chunk(text, m.masked, source=m)
 
-    def render(self, messages: list[Message], add_end_tokens: bool = True) -> list[Chunk]:
-        chunks = self._system_chunks(messages)
+    def render(
+        self,
+        messages: list[Message],
+        add_end_tokens: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> list[Chunk]:
+        system = self._system(messages, tools)
+        chunks = [system] if system is not None else []
         n = len(messages)
         for i, m in enumerate(messages):
             end = "<|im_end|>\n" if _ends(i, n, add_end_tokens) else ""
+            if i == 0 and system is not None and system.source is m:
+                continue
             if m.role in _TOOL_ROLES:
                 text = self._tool_result(messages, i, end)
+                if i and messages[i - 1].role in _TOOL_ROLES:  # one turn: one chunk (a
+                    chunks[-1].text += text  # plain-text <tool_response> merges with "\n")
+                    chunks[-1].masked = chunks[-1].masked and m.masked
+                else:
+                    chunks.append(Chunk(text, m.masked, source=m))
             elif m.role == "assistant":
-                text = self._assistant(messages, i, add_end_tokens) + end
+                chunk = self._assistant(messages, i, add_end_tokens)
+                chunk.text += end
+                chunks.append(chunk)
             else:
                 text = f"<|im_start|>{m.role}\n{message_text(m, self.image_token)}{end}"
-            chunks.append(Chunk(text, m.masked))
+                chunks.append(Chunk(text, m.masked, source=m))
         return chunks
 
 
 class Qwen3ChatFormat(ChatMLFormat):
-    """Qwen3: ChatML, and assistant turns after the last user query carry a think block.
+    """Qwen3, as its official template renders a conversation (tools as Qwen2.5's, without
+    a default system prompt).
 
-    As the official template renders a plain conversation: the final assistant message
-    becomes ``<think>\\n{reasoning}\\n</think>\\n\\n{answer}`` (an empty block when the
-    content has no ``<think>...</think>``); earlier turns keep only the answer. An open
-    final assistant message (``add_end_tokens=False``, empty) is the generation prompt
-    ``<|im_start|>assistant\\n`` (thinking enabled, the template's default); with
-    ``enable_thinking=False`` it is followed by an empty ``<think>\\n\\n</think>\\n\\n``, as
-    the template's non-thinking switch renders it.
+    Assistant turns after the last user query carry ``<think>\\n{reasoning}\\n</think>\\n\\n``
+    (the ``reasoning`` field, else the content's inline ``<think>...</think>``) when they
+    are the final message or have reasoning; earlier turns keep only the answer. Calls
+    follow as ``<tool_call>`` blocks. An open final assistant message
+    (``add_end_tokens=False``, empty) is the generation prompt ``<|im_start|>assistant\\n``
+    (thinking enabled, the template's default); with ``enable_thinking=False`` it is
+    followed by an empty ``<think>\\n\\n</think>\\n\\n``, the template's non-thinking switch.
+
+    ``rewrites_history``: a turn renders differently once it is no longer the final
+    message (its think block is dropped), so the tokenizer assigns masks from renderings
+    of the conversation's prefixes, the rule of ``HuggingFaceModelTokenizer``: such a turn
+    is trained only on the part it shares with its rendering as the final message.
     """
 
+    family = "Qwen3"
+    rewrites_history = True
+
     def __init__(self, enable_thinking: bool = True) -> None:
-        super().__init__(default_system_prompt=None)
+        super().__init__(default_system_prompt=None, tools=True, family="Qwen3")
         self.enable_thinking = enable_thinking
+
+    def _system(self, messages: list[Message], tools: list[dict[str, Any]] | None) -> Chunk | None:
+        first = messages[0] if messages and messages[0].role == "system" else None
+        if not tools:
+            return None
+        text = message_text(first) + "\n\n" if first is not None else ""
+        text = f"<|im_start|>system\n{text}{qwen_tools_block(tools)}<|im_end|>\n"
+        return Chunk(text, True) if first is None else Chunk(text, first.masked, source=first)
 
     @staticmethod
     def _last_query_index(messages: list[Message]) -> int:
@@ -187,23 +327,33 @@ class Qwen3ChatFormat(ChatMLFormat):
                     return idx
         return len(messages) - 1
 
-    def _assistant(self, messages: list[Message], i: int, add_end_tokens: bool) -> str:
+    def _assistant(self, messages: list[Message], i: int, add_end_tokens: bool) -> Chunk:
         m = messages[i]
         content = message_text(m, self.image_token)
         is_last = i == len(messages) - 1
-        if is_last and not add_end_tokens and not content:
-            empty = "" if self.enable_thinking else "<think>\n\n</think>\n\n"
-            return "<|im_start|>assistant\n" + empty
-        reasoning = ""
-        if "</think>" in content:
-            reasoning = content.split("</think>")[0].rstrip("\n").split("<think>")[-1].lstrip("\n")
-            content = content.split("</think>")[-1].lstrip("\n")
+        head = "<|im_start|>assistant\n"
+        if is_last and not add_end_tokens and not content and not m.has_tool_fields:
+            return Chunk(
+                head + ("" if self.enable_thinking else "<think>\n\n</think>\n\n"), m.masked
+            )
+        if m.reasoning is not None:
+            reasoning = m.reasoning
+        else:
+            reasoning, content = split_think(content)
         if m.ipython:
             content = f"<tool_call>\n{content}\n</tool_call>"
-        if i > self._last_query_index(messages) and (is_last or reasoning):
-            think, answer = reasoning.strip("\n"), content.lstrip("\n")
-            return f"<|im_start|>assistant\n<think>\n{think}\n</think>\n\n{answer}"
-        return f"<|im_start|>assistant\n{content}"
+        after_query = i > self._last_query_index(messages)
+        if after_query and (is_last or reasoning):
+            text = (
+                f"{head}<think>\n{reasoning.strip(chr(10))}\n</think>\n\n{content.lstrip(chr(10))}"
+            )
+        else:
+            text = head + content
+        calls = m.tool_calls or []
+        text += "".join(
+            ("\n" if j or content else "") + qwen_tool_call(c) for j, c in enumerate(calls)
+        )
+        return Chunk(text, m.masked, source=m)
 
 
 class GemmaChatFormat:
@@ -211,8 +361,12 @@ class GemmaChatFormat:
 
     Gemma has no system role: a leading system message is put before the first user
     message's text followed by a blank line (the convention of Gemma 3's official
-    template). Content is trimmed, as in the official template.
+    template). Content is trimmed, as in the official template. Gemma 2's template has no
+    tool support (tool schemas and calls are refused) and drops ``reasoning``.
     """
+
+    family = "Gemma / Gemma 2"
+    renders_tools = False
 
     def __init__(self, bos: str = "<bos>", image_token: str | None = None):
         self.bos = bos
@@ -234,13 +388,17 @@ class GemmaChatFormat:
             if role == "user" and system:
                 text, system = system + text, ""
             end = "<end_of_turn>\n" if _ends(i, n, add_end_tokens) else ""
-            chunks.append(Chunk(f"<start_of_turn>{role}\n{text}{end}", m.masked))
+            chunks.append(Chunk(f"<start_of_turn>{role}\n{text}{end}", m.masked, source=m))
         return chunks
 
 
 class Phi3ChatFormat:
     """Phi-3 / Phi-3.5: ``<|{role}|>\\n{content}<|end|>\\n`` per message and
-    ``<|endoftext|>`` after a complete conversation (official template; no BOS)."""
+    ``<|endoftext|>`` after a complete conversation (official template; no BOS). The
+    template has no tool support and drops ``reasoning``."""
+
+    family = "Phi-3.5"
+    renders_tools = False
 
     def render(self, messages: list[Message], add_end_tokens: bool = True) -> list[Chunk]:
         _check_roles(messages, ("system", "user", "assistant"), "Phi-3")
@@ -251,14 +409,18 @@ class Phi3ChatFormat:
             if m.role == "system" and not text:
                 continue
             end = "<|end|>\n" if _ends(i, n, add_end_tokens) else ""
-            chunks.append(Chunk(f"<|{m.role}|>\n{text}{end}", m.masked))
+            chunks.append(Chunk(f"<|{m.role}|>\n{text}{end}", m.masked, source=m))
         if add_end_tokens:
             chunks.append(Chunk("<|endoftext|>", True))
         return chunks
 
 
 class Phi4ChatFormat:
-    """Phi-4: ``<|im_start|>{role}<|im_sep|>{content}<|im_end|>`` (no newlines, no BOS)."""
+    """Phi-4: ``<|im_start|>{role}<|im_sep|>{content}<|im_end|>`` (no newlines, no BOS);
+    Phi-4's template has no tool support and drops ``reasoning``."""
+
+    family = "Phi-4"
+    renders_tools = False
 
     def render(self, messages: list[Message], add_end_tokens: bool = True) -> list[Chunk]:
         _check_roles(messages, ("system", "user", "assistant"), "Phi-4")
@@ -268,6 +430,7 @@ class Phi4ChatFormat:
                 f"<|im_start|>{m.role}<|im_sep|>{message_text(m)}"
                 + ("<|im_end|>" if _ends(i, n, add_end_tokens) else ""),
                 m.masked,
+                source=m,
             )
             for i, m in enumerate(messages)
         ]
@@ -281,7 +444,12 @@ class InstChatFormat:
     trailing spaces are dropped and the next message continues without the
     SentencePiece dummy-prefix space unless the previous text ended with a space
     (torchtune's rule, which reproduces Meta's ``encode("[INST] q [/INST] a")``).
+    Tool schemas and calls are refused (Llama 2's and Mistral v0.1's ``[INST]`` layouts have
+    none); ``reasoning`` is not rendered.
     """
+
+    family = "Llama 2 / Mistral [INST]"
+    renders_tools = False
 
     def __init__(self, bos: str = "<s>", eos: str = "</s>", image_token: str | None = None):
         self.bos, self.eos, self.image_token = bos, eos, image_token
@@ -296,7 +464,7 @@ class InstChatFormat:
             text = message_text(m, self.image_token)
             continuation = not start_of_turn and not prev_ends_with_space
             prev_ends_with_space = text.endswith(" ")
-            chunks.append(Chunk(text.rstrip(" "), m.masked, continuation=continuation))
+            chunks.append(Chunk(text.rstrip(" "), m.masked, continuation=continuation, source=m))
             start_of_turn = m.role == "assistant"
             if m.role == "assistant" and _ends(i, n, add_end_tokens):
                 chunks.append(Chunk(self.eos, m.masked))
@@ -304,6 +472,7 @@ class InstChatFormat:
 
 
 _FORMATS = {
+    "llama4": Llama4ChatFormat,
     "llama3": Llama3ChatFormat,
     "chatml": ChatMLFormat,
     "qwen3": Qwen3ChatFormat,

@@ -30,6 +30,7 @@ from typing import Any
 from tunesmith.data._messages import Message
 from tunesmith.data._prompt_templates import get_prompt_template
 from tunesmith.data.tokenizers._bpe import HuggingFaceBaseTokenizer
+from tunesmith.data.tokenizers._chat_tools import common_prefix_len, mask_by_prefixes, tojson
 from tunesmith.data.tokenizers._utils import (
     check_file,
     tokenize_sample,
@@ -48,25 +49,14 @@ def compile_chat_template(source: str) -> Any:
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
 
-    def tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, **kw: Any) -> str:
-        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, **kw)
-
     env = ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
     )
-    env.filters["tojson"] = tojson
+    env.filters["tojson"] = tojson  # the filter transformers gives templates
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     env.globals["dict"] = dict
     return env.from_string(source)
-
-
-def _common_prefix_len(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class HuggingFaceModelTokenizer:
@@ -224,7 +214,7 @@ class HuggingFaceModelTokenizer:
             prefix = self.render(messages, tools=tools) if messages else ""
         except ValueError:  # a template that refuses a partial conversation
             return 0
-        return _common_prefix_len(self.base.encode(prefix, False, False), full)
+        return common_prefix_len(self.base.encode(prefix, False, False), full)
 
     def tokenize_messages(
         self,
@@ -251,15 +241,13 @@ class HuggingFaceModelTokenizer:
         text = self.render(closed, add_generation_prompt=open_last, tools=tools)
         encoding = self.base.tokenizer.encode(text, add_special_tokens=False)
         tokens = list(encoding.ids)
-        mask = [True] * len(tokens)
-        start = self._prefix_end([], tokens, tools)
-        for i, message in enumerate(closed):
-            end = max(start, self._prefix_end(closed[: i + 1], tokens, tools))
-            mask[start:end] = [message.masked] * (end - start)
-            if message.mask_reasoning and not message.masked:
-                for a, b in _reasoning_spans(message, text, encoding.offsets, start, end):
-                    mask[a:b] = [True] * (b - a)
-            start = end
+        mask, start = mask_by_prefixes(
+            closed,
+            len(tokens),
+            lambda k: self._prefix_end(closed[:k], tokens, tools),
+            text,
+            encoding.offsets,
+        )
         if open_last:
             mask[start:] = [messages[-1].masked] * (len(tokens) - start)
         return truncate_messages_tokens(
@@ -270,31 +258,3 @@ class HuggingFaceModelTokenizer:
         """Replace ``sample["messages"]`` (and ``sample["tools"]``) with ``sample["tokens"]``
         and ``sample["mask"]``."""
         return tokenize_sample(self, sample, inference)
-
-
-def _reasoning_spans(
-    message: Message, text: str, offsets: list[tuple[int, int]], start: int, end: int
-) -> list[tuple[int, int]]:
-    """Token spans (within tokens ``start:end``, the message's own) of ``message``'s reasoning
-    (``reasoning`` or an inline ``<think>`` block's text) in the rendered ``text``."""
-    texts = []
-    if message.reasoning and message.reasoning.strip():
-        texts.append(message.reasoning.strip())
-    content = message.text_content
-    if "</think>" in content:
-        inline = content.split("</think>")[0].split("<think>")[-1].strip()
-        if inline:
-            texts.append(inline)
-    if start >= end:
-        return []
-    lo, hi = offsets[start][0], offsets[end - 1][1]
-    spans = []
-    for reasoning in texts:
-        at = text.find(reasoning, lo, hi)
-        if at < 0:  # the template does not render this turn's reasoning
-            continue
-        stop = at + len(reasoning)
-        first = next(i for i in range(start, end) if offsets[i][1] > at)
-        last = max(i for i in range(start, end) if offsets[i][0] < stop)
-        spans.append((first, last + 1))
-    return spans

@@ -15,7 +15,13 @@ from typing import Any
 from tunesmith.data._messages import Message
 from tunesmith.data._prompt_templates import PromptTemplateInterface, get_prompt_template
 from tunesmith.data.tokenizers._bpe import HuggingFaceBaseTokenizer
-from tunesmith.data.tokenizers._chat_formats import ChatFormat, get_chat_format
+from tunesmith.data.tokenizers._chat_formats import ChatFormat, Chunk, get_chat_format
+from tunesmith.data.tokenizers._chat_tools import (
+    common_prefix_len,
+    mask_by_prefixes,
+    reasoning_token_spans,
+    refuse_tool_shapes,
+)
 from tunesmith.data.tokenizers._utils import (
     SpecialTokenSplitter,
     tokenize_sample,
@@ -190,28 +196,129 @@ class ChatModelTokenizer:
         add_end_tokens: bool = True,
         tools: list[dict[str, Any]] | None = None,
     ) -> tuple[list[int], list[bool]]:
-        """Format and encode a conversation.
+        """Format and encode a conversation (and the row's tool schemas ``tools``).
 
-        Tool schemas, ``tool_calls`` / ``tool_call_id`` / ``reasoning`` fields and masked
-        reasoning are rendered by the official templates only: this raises ``ValueError``
-        for them (use :class:`HuggingFaceModelTokenizer` with the model's chat template).
+        Formats whose official template renders tools (Llama 3.x, Qwen2.5, Qwen3) render
+        ``tools``, ``tool_calls`` and ``tool`` results as that template does; the others
+        raise a one-line ``ValueError`` for them. A message with ``mask_reasoning`` has the
+        tokens of its reasoning text (where the format renders it) masked.
 
         Returns:
             ``(tokens, mask)``, two lists of equal length ``s``; ``mask[i]`` is True where
             token ``i`` is not trained on (a masked message, BOS, a final EOS).
         """
-        _refuse_template_only(type(self.chat_format).__name__, messages, tools)
+        fmt = self.chat_format
+        renders_tools = getattr(fmt, "renders_tools", False)
+        if not renders_tools:
+            refuse_tool_shapes(getattr(fmt, "family", type(fmt).__name__), messages, tools)
         if self.prompt_template is not None:
             messages = self.prompt_template(messages)
-        tokens: list[int] = []
-        mask: list[bool] = []
-        for chunk in self.chat_format.render(messages, add_end_tokens):
-            ids = self.encode_text(chunk.text, continuation=chunk.continuation)
-            tokens.extend(ids)
-            mask.extend([chunk.masked] * len(ids))
+        chunks = (
+            fmt.render(messages, add_end_tokens, tools=tools)  # type: ignore[call-arg]
+            if renders_tools
+            else fmt.render(messages, add_end_tokens)
+        )
+        if getattr(fmt, "rewrites_history", False):
+            tokens, mask = self._mask_by_prefixes(messages, chunks, tools)
+        else:
+            tokens, mask = [], []
+            for chunk in chunks:
+                ids, chunk_mask = self._encode_chunk(chunk)
+                tokens.extend(ids)
+                mask.extend(chunk_mask)
         return truncate_messages_tokens(
             tokens, mask, self.max_seq_len, self.eos_id, add_end_tokens, self.truncation_type
         )
+
+    def _encode_chunk(self, chunk: Chunk) -> tuple[list[int], list[bool]]:
+        """A chunk's ids and mask; the reasoning text of ``chunk.source`` (when it has
+        ``mask_reasoning``) is masked where the chunk renders it."""
+        m = chunk.source
+        if m is None or not m.mask_reasoning or chunk.masked:
+            ids = self.encode_text(chunk.text, continuation=chunk.continuation)
+            return ids, [chunk.masked] * len(ids)
+        ids, offsets = self._encode_with_offsets(chunk.text, chunk.continuation)
+        mask = [False] * len(ids)
+        for a, b in reasoning_token_spans(m, chunk.text, offsets, 0, len(ids)):
+            mask[a:b] = [True] * (b - a)
+        return ids, mask
+
+    def _mask_by_prefixes(
+        self, messages: list[Message], chunks: list[Chunk], tools: Any
+    ) -> tuple[list[int], list[bool]]:
+        """Tokens and mask of a format that rewrites earlier turns once more follow
+        (Qwen3): masks by prefix renderings, the rule of ``HuggingFaceModelTokenizer``."""
+        tokens: list[int] = []
+        offsets: list[tuple[int, int]] = []  # only needed to find masked reasoning
+        with_offsets = any(m.mask_reasoning and not m.masked for m in messages)
+        text = ""
+        starts = []  # token index where each chunk starts
+        for chunk in chunks:
+            starts.append(len(tokens))
+            if with_offsets:
+                ids, spans = self._encode_with_offsets(chunk.text, chunk.continuation)
+                offsets.extend((len(text) + a, len(text) + b) for a, b in spans)
+            else:
+                ids = self.encode_text(chunk.text, continuation=chunk.continuation)
+            tokens.extend(ids)
+            text += chunk.text
+
+        def prefix_end(k: int) -> int:
+            if k == 0:
+                return 0
+            if k == len(messages):  # the last message owns the rest (open or closed)
+                return len(tokens)
+            fmt: Any = self.chat_format
+            prefix = fmt.render(messages[:k], True, tools=tools)
+            # chunks end at special tokens: the chunks equal to the full rendering's encode
+            # to the same ids, so only the prefix's rendering from the first change is encoded
+            j = next(
+                (j for j, c in enumerate(prefix) if j >= len(chunks) or c.text != chunks[j].text),
+                len(prefix),
+            )
+            at = starts[j] if j < len(starts) else len(tokens)
+            ids = [t for c in prefix[j:] for t in self.encode_text(c.text, c.continuation)]
+            return at + common_prefix_len(ids, tokens[at:])
+
+        return tokens, mask_by_prefixes(messages, len(tokens), prefix_end, text, offsets)[0]
+
+    def _encode_with_offsets(
+        self, text: str, continuation: bool
+    ) -> tuple[list[int], list[tuple[int, int]]]:
+        """``encode_text`` plus each token's ``(start, end)`` characters in ``text``."""
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        pos = 0
+        for i, piece in enumerate(self._splitter.split(text)):
+            if isinstance(piece, int):
+                size = len(self._id_to_special[piece])
+                ids.append(piece)
+                offsets.append((pos, pos + size))
+                pos += size
+                continue
+            piece_ids = self.encode_text(piece, continuation=continuation and i == 0)
+            offsets.extend((pos + a, pos + b) for a, b in self._piece_offsets(piece, piece_ids))
+            ids.extend(piece_ids)
+            pos += len(piece)
+        return ids, offsets
+
+    def _piece_offsets(self, piece: str, ids: list[int]) -> list[tuple[int, int]]:
+        """Character spans of ``ids``, the encoding of ``piece`` (no special tokens in it)."""
+        hf = getattr(self.base, "tokenizer", None)
+        if hf is not None and hasattr(hf, "encode"):  # ``tokenizers``: its own offsets
+            encoding = hf.encode(piece, add_special_tokens=False)
+            if list(encoding.ids) == ids:
+                return list(encoding.offsets)
+        tt = getattr(self.base, "tt_model", None)
+        if tt is not None:  # tiktoken: token starts, each span ending at the next start
+            starts = tt.decode_with_offsets(ids)[1]
+            return list(zip(starts, [*starts[1:], len(piece)]))
+        spans, prev = [], 0  # any base: from the lengths of the decoded prefixes
+        for j in range(len(ids)):
+            end = max(prev, min(len(piece), len(self.base.decode(ids[: j + 1]))))
+            spans.append((prev, end))
+            prev = end
+        return spans
 
     def __call__(self, sample: dict[str, Any], inference: bool = False) -> dict[str, Any]:
         """Replace ``sample["messages"]`` with ``sample["tokens"]`` and ``sample["mask"]``."""
@@ -222,39 +329,3 @@ class ChatModelTokenizer:
             f"{type(self).__name__}(vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
             f"eos_id={self.eos_id}, max_seq_len={self.max_seq_len})"
         )
-
-
-_USE_TEMPLATE = (
-    "tokenize tool-use / reasoning data with the model's official chat template: "
-    "tokenizer._component_=tunesmith.data.tokenizers.HuggingFaceModelTokenizer "
-    "(tokenizer.json + tokenizer_config.json or chat_template=...)"
-)
-
-
-def _refuse_template_only(
-    fmt: str, messages: list[Message], tools: list[dict[str, Any]] | None
-) -> None:
-    """Raise for conversation shapes a hand-written chat format does not render."""
-    if tools:
-        raise ValueError(
-            f"the row has a 'tools' column, which {fmt} does not render; {_USE_TEMPLATE}"
-        )
-    for i, m in enumerate(messages):
-        field = next(
-            (
-                name
-                for name, value in (
-                    ("tool_calls", m.tool_calls),
-                    ("tool_call_id", m.tool_call_id),
-                    ("reasoning_content", m.reasoning),
-                )
-                if value
-            ),
-            None,
-        )
-        if field is None and m.mask_reasoning and not m.masked and "</think>" in m.text_content:
-            field = "a masked <think> block"
-        if field is not None:
-            raise ValueError(
-                f"message {i} has {field}, which {fmt} does not render; {_USE_TEMPLATE}"
-            )

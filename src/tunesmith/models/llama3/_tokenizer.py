@@ -41,6 +41,8 @@ class Llama3Tokenizer(ChatModelTokenizer):
 
     Messages are laid out as ``<|start_header_id|>{role}<|end_header_id|>\\n\\n{content}<|eot_id|>``
     after ``<|begin_of_text|>``, as the official chat template does (content trimmed).
+    Tool schemas, ``tool_calls`` and ``tool`` results are rendered as Llama 3.1's official
+    template does (see :class:`~tunesmith.data.tokenizers.Llama3ChatFormat`).
 
     Args:
         path: the tiktoken ``tokenizer.model`` (``original/tokenizer.model`` in Meta's repos).

@@ -8,6 +8,11 @@ qlora_phi3_mini = lora_model_builder("phi3_mini", __name__, quantize_base=True, 
 phi3_5_mini = model_builder("phi3_5_mini", __name__)
 lora_phi3_5_mini = lora_model_builder("phi3_5_mini", __name__)
 qlora_phi3_5_mini = lora_model_builder("phi3_5_mini", __name__, quantize_base=True, prefix="qlora")
+phi3_mini_128k = model_builder("phi3_mini_128k", __name__)
+lora_phi3_mini_128k = lora_model_builder("phi3_mini_128k", __name__)
+qlora_phi3_mini_128k = lora_model_builder(
+    "phi3_mini_128k", __name__, quantize_base=True, prefix="qlora"
+)
 
 __all__ = [
     "phi3_5_mini",
@@ -16,4 +21,7 @@ __all__ = [
     "phi3_mini",
     "lora_phi3_mini",
     "qlora_phi3_mini",
+    "phi3_mini_128k",
+    "lora_phi3_mini_128k",
+    "qlora_phi3_mini_128k",
 ]

@@ -1,4 +1,7 @@
-"""Phi-4 tokenizer: byte-level BPE (cl100k) from vocab.json + merges.txt."""
+"""Phi-4 tokenizers: Phi-4 (14B): byte-level BPE (cl100k) from vocab.json + merges.txt;
+Phi-4-mini: its o200k byte-level BPE ``tokenizer.json`` and the chat template of the
+``tokenizer_config.json`` beside it (the Hugging Face tokenizer route: the checkpoint ships no
+tiktoken / vocab.json form)."""
 
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ from tunesmith.data.tokenizers import (
     Phi4ChatFormat,
     load_special_tokens,
 )
+from tunesmith.models._hf_chat_tokenizer import hf_chat_tokenizer_builder
 
-__all__ = ["PHI4_SPECIAL_TOKENS", "Phi4Tokenizer", "phi4_tokenizer"]
+__all__ = ["PHI4_SPECIAL_TOKENS", "Phi4Tokenizer", "phi4_mini_tokenizer", "phi4_tokenizer"]
 
 
 def _phi4_special_tokens() -> dict[str, int]:
@@ -104,3 +108,6 @@ def phi4_tokenizer(
         prompt_template=prompt_template,
         truncation_type=truncation_type,
     )
+
+
+phi4_mini_tokenizer = hf_chat_tokenizer_builder("phi4_mini_tokenizer", "Phi-4-mini", __name__)

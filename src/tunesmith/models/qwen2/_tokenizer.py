@@ -79,7 +79,9 @@ class Qwen2Tokenizer(ChatModelTokenizer):
         self.im_end_id = specials["<|im_end|>"]
         eos_id = specials[eos_token]
         endoftext = specials.get("<|endoftext|>", eos_id)
-        fmt = chat_format if chat_format is not None else ChatMLFormat(default_system_prompt)
+        fmt = chat_format
+        if fmt is None:
+            fmt = ChatMLFormat(default_system_prompt, family="Qwen2")
         super().__init__(
             base,
             specials,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tunesmith.data.tokenizers import load_special_tokens
+from tunesmith.data.tokenizers import ChatMLFormat, load_special_tokens
 from tunesmith.models.qwen2._tokenizer import QWEN2_SPECIAL_TOKENS, Qwen2Tokenizer
 
 __all__ = [
@@ -42,8 +42,9 @@ QWEN2_5_DEFAULT_SYSTEM_PROMPT = (
 
 
 class Qwen2_5Tokenizer(Qwen2Tokenizer):  # noqa: N801 - torchtune's name
-    """Qwen2.5: :class:`Qwen2Tokenizer` with Qwen2.5's special tokens, EOS ``<|im_end|>``
-    and the official default system prompt."""
+    """Qwen2.5: :class:`Qwen2Tokenizer` with Qwen2.5's special tokens, EOS ``<|im_end|>``,
+    the official default system prompt, and tool schemas / ``tool_calls`` / ``tool``
+    results as the official template renders them (``ChatMLFormat(tools=True)``)."""
 
     def __init__(
         self,
@@ -59,6 +60,8 @@ class Qwen2_5Tokenizer(Qwen2Tokenizer):  # noqa: N801 - torchtune's name
         default_system_prompt: str | None = QWEN2_5_DEFAULT_SYSTEM_PROMPT,
         **kwargs: Any,
     ):
+        # tools, tool calls and results as Qwen2.5's official template renders them
+        kwargs.setdefault("chat_format", ChatMLFormat(default_system_prompt, tools=True))
         super().__init__(
             path,
             merges_file,

@@ -57,7 +57,9 @@ class Qwen2_5_VLTransform:  # noqa: N801 - the model's name
             None,
             prompt_template=prompt_template,
             default_system_prompt=default_system_prompt,
-            chat_format=ChatMLFormat(default_system_prompt, image_token=IMAGE_PLACEHOLDER),
+            chat_format=ChatMLFormat(
+                default_system_prompt, image_token=IMAGE_PLACEHOLDER, family="Qwen2.5-VL"
+            ),
         )
         specials = self.tokenizer.special_tokens
         self.image_token_id = specials["<|image_pad|>"]

@@ -24,7 +24,8 @@ class Qwen3Tokenizer(Qwen2Tokenizer):
     last user query) carries ``<think>\\n...\\n</think>\\n\\n`` as the official template renders
     it (empty when the content has no reasoning). EOS ``<|im_end|>``.
     ``enable_thinking=False`` is the template's non-thinking switch: the generation prompt
-    ends with an empty ``<think>\\n\\n</think>\\n\\n``."""
+    ends with an empty ``<think>\\n\\n</think>\\n\\n``. Tools, ``tool_calls``, ``tool`` results
+    and ``reasoning`` are rendered as the official template does (``Qwen3ChatFormat``)."""
 
     def __init__(
         self,

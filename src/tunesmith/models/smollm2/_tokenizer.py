@@ -36,7 +36,7 @@ class SmolLM2Tokenizer(ChatModelTokenizer):
         super().__init__(
             base,
             specials,
-            ChatMLFormat(default_system_prompt),
+            ChatMLFormat(default_system_prompt, family="SmolLM2"),
             bos_id=None,
             eos_id=eos_id,
             pad_id=eos_id,

@@ -10,6 +10,7 @@ dtype, and ``load_state_dict`` re-quantizes plain tensors on the way in.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +77,9 @@ class LoRALinear(nn.Module):
         self.use_bias = use_bias
         self._quantize_base = quantize_base
         self.disabled = False
+        # Set by tensor parallelism for an NF4 base (training._tp_nf4): ``(module, x) -> y``
+        # on the local pieces, with the collectives of the layer's role.
+        self.tp_forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
 
         base = nn.Linear(in_dim, out_dim, bias=use_bias)
         weight = quantize_nf4(base.weight) if quantize_base else base.weight.detach()
@@ -130,7 +134,10 @@ class LoRALinear(nn.Module):
         return out if self.bias is None else out + self.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [..., in_dim] -> [..., out_dim]``."""
+        """``x [..., in_dim] -> [..., out_dim]`` (under tensor parallelism with an NF4 base: the
+        local pieces, see ``training._tp_nf4``)."""
+        if self.tp_forward is not None:
+            return self.tp_forward(self, x)
         if is_nf4(self.weight):
             out = self._add_bias(nf4_linear(x, self.weight))
         else:

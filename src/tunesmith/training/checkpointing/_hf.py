@@ -58,12 +58,17 @@ class HuggingFaceKeys:
     def _to_native(self, hf_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from tunesmith.models.convert_weights import hf_to_native
 
+        if self._model_type == "GEMMA4":  # its vision / audio towers: kept, written back as read
+            from tunesmith.models._convert_gemma4 import gemma4_towers
+
+            self._untrained = gemma4_towers(hf_sd)
         return hf_to_native(hf_sd, self._model_type, self._hf_config)
 
     def _from_native(self, native_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from tunesmith.models.convert_weights import native_to_hf
 
-        return native_to_hf(native_sd, self._model_type, self._hf_config)
+        out = native_to_hf(native_sd, self._model_type, self._hf_config)
+        return {**out, **getattr(self, "_untrained", {})}
 
 
 class FullModelHFCheckpointer(HuggingFaceKeys, CheckpointerBase):
