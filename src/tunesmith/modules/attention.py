@@ -147,6 +147,7 @@ class MultiHeadAttention(nn.Module):
     def setup_cache(self, batch_size: int, dtype: torch.dtype, max_seq_len: int) -> None:
         """Attach an empty ``KVCache`` on this module's device (none when reusing shared
         keys / values: the producing layer's cache holds them)."""
+        self.cache_enabled = True  # also for a reusing layer: the decoder reads every layer's
         if self.kv_sharing is not None and self.kv_sharing[0] == "reuse":
             return
         device = next(self.q_proj.parameters()).device
