@@ -61,6 +61,33 @@ def test_private_files_and_per_object_entries(finder: None) -> None:
         from torchtune.modules.peft.no_such_file import NoSuchName  # noqa: F401
 
 
+def test_functions_of_torchtune_files_are_not_modules(finder: None) -> None:
+    # a missing function of a torchtune 0.6.1 file is an ImportError, never a module object
+    with pytest.raises(ImportError, match="no_such_function"):
+        from torchtune.utils._logging import no_such_function  # noqa: F401
+    from torchtune.models.qwen2._component_builders import lora_qwen2_self_attention
+
+    import tunesmith.models.qwen2
+
+    assert lora_qwen2_self_attention is tunesmith.models.qwen2.lora_qwen2_self_attention
+
+
+def test_patching_a_torchtune_name_reaches_the_code_that_calls_it(finder: None) -> None:
+    import importlib
+    from unittest import mock
+
+    import datasets
+
+    original = datasets.load_dataset
+    view = importlib.import_module("torchtune.datasets._sft")
+    with mock.patch("torchtune.datasets._sft.load_dataset") as outer:
+        assert datasets.load_dataset is outer and view.load_dataset is outer
+        with mock.patch("torchtune.datasets._preference.load_dataset") as inner:
+            assert datasets.load_dataset is inner
+        assert datasets.load_dataset is outer
+    assert datasets.load_dataset is original and view.load_dataset is original
+
+
 def test_never_shadows_a_real_torchtune(tmp_path: Path) -> None:
     (tmp_path / "torchtune").mkdir()
     (tmp_path / "torchtune" / "__init__.py").write_text("REAL = True\n")

@@ -12,6 +12,7 @@ from functools import cache
 from types import ModuleType
 from typing import Any
 
+from tunesmith.compat._torchtune_files import TORCHTUNE_FILES
 from tunesmith.config._components import TORCHTUNE_ALIASES
 
 __all__ = [
@@ -153,6 +154,36 @@ class TorchtuneView(ModuleType):
         setattr(self, attr, value)
         return value
 
+    def __setattr__(self, attr: str, value: Any) -> None:
+        """Set on the view; a name the table maps to another module's attribute
+        (``torchtune.datasets._sft.load_dataset`` -> ``datasets.load_dataset``) is set there
+        too, so ``mock.patch`` of the torchtune name reaches the code that calls it; deleting
+        or setting the original back restores that module."""
+        super().__setattr__(attr, value)
+        target = self.__dict__.get("_tunesmith_extras", {}).get(attr)
+        if target is None or attr.startswith("_tunesmith_"):
+            return
+        module_name, _, name = target.rpartition(".")
+        module = sys.modules.get(module_name)
+        if module is None or isinstance(getattr(module, name, None), ModuleType):
+            return
+        patched = self.__dict__.setdefault("_tunesmith_patched", {})
+        current = getattr(module, name, None)
+        if attr not in patched:
+            if value is current:
+                return  # the lookup cache, not a patch
+            patched[attr] = current
+        elif value is patched[attr]:
+            del patched[attr]
+        setattr(module, name, value)
+
+    def __delattr__(self, attr: str) -> None:
+        super().__delattr__(attr)
+        patched = self.__dict__.get("_tunesmith_patched", {})
+        if attr in patched:
+            module_name, _, name = self._tunesmith_extras[attr].rpartition(".")
+            setattr(sys.modules[module_name], name, patched.pop(attr))
+
     def _lookup(self, attr: str) -> tuple[bool, Any]:
         for name in self._tunesmith_modules:
             module = importlib.import_module(name)
@@ -256,6 +287,8 @@ class TorchtuneFinder(importlib.abc.MetaPathFinder):
         # `from torchtune.x._file import Missing` is an ImportError, not a module
         parent, _, leaf = fullname.rpartition(".")
         if leaf[:1].isupper():  # `from torchtune.modules.loss import ForwardKLLoss`: a class
+            return False
+        if parent in TORCHTUNE_FILES:  # a function of a torchtune file, not a submodule
             return False
         return parent != _ROOT and bool(tunesmith_modules_for(parent))
 

@@ -54,12 +54,40 @@ TORCHTUNE_ALIASES: tuple[tuple[str, str], ...] = (
     ("torchtune.dev.rl.data.", "tunesmith.datasets."),
     # distillation losses live beside, not inside, tunesmith.modules.loss
     ("torchtune.modules.loss.kd_losses.", "tunesmith.modules.kd_loss."),
-    ("torchtune.modules.loss.ForwardKL", "tunesmith.modules.kd_loss.ForwardKL"),
-    ("torchtune.modules.loss.ReverseKL", "tunesmith.modules.kd_loss.ReverseKL"),
-    ("torchtune.modules.loss.SymmetricKL", "tunesmith.modules.kd_loss.SymmetricKL"),
+    ("torchtune.modules.loss.", "tunesmith.modules.kd_loss."),
+    # torchtune's model_fusion package is tunesmith's fusion module
+    ("torchtune.modules.model_fusion.", "tunesmith.modules.fusion."),
+    ("torchtune.modules.model_fusion.", "tunesmith.modules.early_fusion."),
+    ("torchtune.datasets._alpaca.AlpacaToMessages", "tunesmith.data.AlpacaToMessages"),
+    # the Hugging Face loader torchtune's dataset files call (tests patch it there)
+    ("torchtune.datasets._sft.load_dataset", "datasets.load_dataset"),
+    ("torchtune.datasets._preference.load_dataset", "datasets.load_dataset"),
+    ("torchtune.datasets._text_completion.load_dataset", "datasets.load_dataset"),
+    (
+        "torchtune.training.quantization._torchao_0_7_supported",
+        "tunesmith.compat._private._torchao_0_7_supported",
+    ),
     ("torchtune.training.quantization.", "tunesmith.quantization."),
+    # torchtune-private helpers its own modules import (compat._private)
+    ("torchtune.utils._device._setup_device", "tunesmith.compat._private._setup_device"),
+    (
+        "torchtune.utils._device._get_device_type_from_env",
+        "tunesmith.compat._private._get_device_type_from_env",
+    ),
+    (
+        "torchtune.training.precision._set_float32_precision",
+        "tunesmith.compat._private._set_float32_precision",
+    ),
+    (
+        "torchtune.data._prompt_templates._get_prompt_template",
+        "tunesmith.data._prompt_templates.get_prompt_template",
+    ),
     (
         "torchtune.utils.get_world_size_and_rank",
+        "tunesmith.training.distributed.get_world_size_and_rank",
+    ),
+    (
+        "torchtune.utils._device.get_world_size_and_rank",
         "tunesmith.training.distributed.get_world_size_and_rank",
     ),
     # tensor-parallel plans: one plan per layer type serves every family

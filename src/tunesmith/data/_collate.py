@@ -86,16 +86,31 @@ def padded_collate(
     pad_direction: str = "right",
     keys_to_pad: Sequence[str] = ("tokens", "labels"),
     padding_idx: int | Mapping[str, int] = 0,
-) -> dict[str, torch.Tensor]:
-    """Pad the given keys of each sample (``[b, s]``) on the right or left; other keys pass
-    through as lists. ``padding_idx`` may be one value or a per-key mapping."""
+) -> dict[str, Any]:
+    """Pad the given keys of each sample (``[b, s]``) on the right or left; ``padding_idx`` is
+    one value or one per padded key. Other keys are stacked into tensors (``[b, ...]``, a
+    classifier's ``labels``) where they are numbers, else passed through as lists.
+
+    Raises:
+        ValueError: a bad ``pad_direction``, no ``keys_to_pad``, a key to pad the samples lack,
+            or a ``padding_idx`` mapping whose keys are not ``keys_to_pad``.
+    """
     if pad_direction not in ("left", "right"):
         raise ValueError(f"pad_direction must be 'left' or 'right', got {pad_direction!r}")
+    if not keys_to_pad:
+        raise ValueError("keys_to_pad is empty; name the keys to pad (e.g. ['tokens', 'labels'])")
+    absent = sorted(set(keys_to_pad) - set(batch[0]))
+    if absent:
+        raise ValueError(f"keys_to_pad {absent} are not in the batch (keys {sorted(batch[0])})")
+    if isinstance(padding_idx, Mapping) and set(padding_idx) != set(keys_to_pad):
+        raise ValueError(
+            f"padding_idx keys {sorted(padding_idx)} must be the keys_to_pad {sorted(keys_to_pad)}"
+        )
     out: dict[str, Any] = {}
     for key in batch[0]:
         values = [sample[key] for sample in batch]
         if key not in keys_to_pad:
-            out[key] = values
+            out[key] = _stacked(values)
             continue
         pad = padding_idx[key] if isinstance(padding_idx, Mapping) else padding_idx
         seqs = [_as_tensor(v) for v in values]
@@ -104,6 +119,19 @@ def padded_collate(
         else:
             out[key] = left_pad_sequence(seqs, batch_first=True, padding_value=pad)
     return out
+
+
+def _stacked(values: list[Any]) -> Any:
+    """``values`` as one tensor when they are numbers or equal-shape tensors, else the list."""
+    if all(isinstance(v, torch.Tensor) for v in values):
+        try:
+            return torch.stack(values)
+        except RuntimeError:
+            return values
+    try:
+        return torch.tensor(values)
+    except (TypeError, ValueError, RuntimeError):
+        return values
 
 
 def _document_ids_from_seq_lens(seq_lens: torch.Tensor, length: int) -> torch.Tensor:

@@ -26,7 +26,9 @@ __all__ = [
     "TiledImageTransform",
     "find_supported_resolutions",
     "get_canvas_best_fit",
+    "get_inscribed_size",
     "load_image",
+    "pad_dim_to_size",
     "resize_to_fit_canvas",
     "smart_resize",
     "tile_crop",
@@ -86,15 +88,24 @@ def find_supported_resolutions(max_num_tiles: int, tile_size: int) -> tuple[tupl
 
 
 def get_canvas_best_fit(
-    image_hw: tuple[int, int], possible_resolutions: Sequence[tuple[int, int]]
+    image_hw: tuple[int, int] | Tensor,
+    possible_resolutions: Sequence[tuple[int, int]] | Tensor,
+    resize_to_max_canvas: bool = False,
 ) -> tuple[int, int]:
-    """The canvas that needs the least upscaling (or, when every one shrinks the image, the
-    least downscaling), ties broken by the smallest area. ``-> (height, width)``."""
-    h, w = image_hw
+    """The canvas that needs the least upscaling (the most with ``resize_to_max_canvas``; or,
+    when every one shrinks the image, the least downscaling), ties broken by the smallest
+    area. ``image_hw`` is ``(height, width)`` or an image tensor ``[..., h, w]`` (torchtune's
+    argument); ``possible_resolutions [n, 2]``. ``-> (height, width)``."""
+    h, w = tuple(image_hw.shape[-2:]) if isinstance(image_hw, Tensor) else image_hw
+    if isinstance(possible_resolutions, Tensor):
+        possible_resolutions = possible_resolutions.tolist()
     canvases = np.asarray(possible_resolutions, dtype=np.float64)
     scales = np.minimum(canvases[:, 0] / h, canvases[:, 1] / w)
     up = scales[scales >= 1]
-    chosen = up.min() if len(up) else scales[scales < 1].max()
+    if len(up):
+        chosen = up.max() if resize_to_max_canvas else up.min()
+    else:
+        chosen = scales[scales < 1].max()
     candidates = [tuple(int(v) for v in c) for c, s in zip(canvases, scales) if s == chosen]
     return min(candidates, key=lambda c: c[0] * c[1])
 
@@ -113,9 +124,47 @@ def resize_to_fit_canvas(
     return target_h, min(math.floor(w * scale_h) or 1, target_w)
 
 
+def get_inscribed_size(
+    image_size: tuple[int, int], target_size: tuple[int, int], max_size: int | None
+) -> tuple[int, int]:
+    """The largest ``(height, width)`` with ``image_size``'s aspect ratio inside
+    ``target_size`` (torchtune's resize-with-pad step). With ``max_size`` each side of the
+    target is first bounded to ``min(max(image side, max_size), target side)``, so images
+    smaller than ``max_size`` are not upscaled beyond it."""
+    if len(image_size) != 2 or len(target_size) != 2:
+        raise AssertionError(
+            f"image_size {image_size} and target_size {target_size} must be (height, width)"
+        )
+    h, w = image_size
+    if max_size is not None:
+        target_h = min(max(h, max_size), target_size[0])
+        target_w = min(max(w, max_size), target_size[1])
+    else:
+        target_h, target_w = target_size
+    return (
+        min(math.floor(h * (target_w / w)), target_h),
+        min(math.floor(w * (target_h / h)), target_w),
+    )
+
+
+def pad_dim_to_size(input: Tensor, size: int, dim: int, *, fill: float = 0.0) -> Tensor:
+    """Pad ``input`` at the end of dimension ``dim`` (non-negative) to ``size`` with
+    ``fill``; the other dimensions unchanged."""
+    missing = size - input.shape[dim]
+    if missing < 0:
+        raise AssertionError(
+            f"Tensor input shape {input.shape[dim]} is larger than given size {size}"
+        )
+    padding = [0] * (2 * input.dim())
+    padding[2 * (input.dim() - dim) - 1] = missing  # F.pad lists the last dimension first
+    return torch.nn.functional.pad(input, padding, value=fill)
+
+
 def tile_crop(image: Tensor, tile_size: int) -> Tensor:
     """``[C, H, W]`` (multiples of ``tile_size``) -> ``[T, C, tile_size, tile_size]`` row-major."""
     c, h, w = image.shape
+    if h % tile_size or w % tile_size:
+        raise ValueError(f"Image size {h}x{w} is not divisible by tile size {tile_size}")
     nh, nw = h // tile_size, w // tile_size
     tiles = image.reshape(c, nh, tile_size, nw, tile_size).permute(1, 3, 0, 2, 4)
     return tiles.reshape(nh * nw, c, tile_size, tile_size).contiguous()

@@ -52,9 +52,11 @@ def _column_map(
     column_map = dict(column_map or {})
     unknown = set(column_map) - set(expected)
     if unknown:
+        absent = [key for key in expected if key not in column_map]
+        hint = f" Expected a key of {absent[0]!r} in column_map;" if absent else ""
         raise ValueError(
-            f"{name}: column_map has unknown key(s) {sorted(unknown)}; expected keys are "
-            f"{list(expected)} mapped to your dataset's column names"
+            f"{name}: column_map has unknown key(s) {sorted(unknown)}.{hint} its keys are "
+            f"{list(expected)}, mapped to your dataset's column names"
         )
     return {key: column_map.get(key, key) for key in expected}
 

@@ -218,8 +218,16 @@ class Message:
     def _validate(self) -> None:
         if self.role not in VALID_ROLES:
             raise DataRowError(f"message role {self.role!r} is not one of {list(VALID_ROLES)}")
+        if self.ipython and self.role != "assistant":
+            raise DataRowError(
+                f"Only assistant messages can be tool calls. Found role {self.role} in message: "
+                f"{self.text_content[:80]} (ipython=True marks an assistant's tool call)"
+            )
         if self.ipython and self.contains_media:
-            raise ValueError("a tool-call (ipython) message cannot contain media")
+            raise ValueError(
+                "Media tokens in tool calls are not supported. Both are set in message: "
+                f"{self.text_content[:80]!r} (a tool-call (ipython) message cannot contain media)"
+            )
         if self.tool_calls and self.role != "assistant":
             raise DataRowError(f"a {self.role} message has tool_calls; only assistant messages may")
         if self.reasoning is not None and self.role != "assistant":
@@ -328,7 +336,9 @@ def validate_messages(messages: list[Message]) -> None:
     last_role = None
     for i, message in enumerate(messages):
         if message.role == "system" and i > 0:
-            raise ValueError(f"system message at index {i}; it may only be the first message")
+            raise ValueError(
+                f"System message at index {i} in messages, but system messages must come first"
+            )
         if message.role == "assistant" and last_role not in (
             "user",
             "ipython",

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from tunesmith.models.builder import build_decoder, lora_settings
 from tunesmith.models.spec import ModelSpec
 from tunesmith.modules import TransformerDecoder
+from tunesmith.modules.feed_forward import scale_hidden_dim_for_mlp
 
 __all__ = [
     "llama2_classifier",
@@ -18,9 +19,8 @@ __all__ = [
 
 
 def _llama2_hidden_dim(embed_dim: int) -> int:
-    """torchtune's ``scale_hidden_dim_for_mlp``: 2/3 of 4 * dim, rounded up to 256."""
-    hidden = int(2 * (4 * embed_dim) / 3)
-    return 256 * ((hidden + 255) // 256)
+    """torchtune's Llama 2 MLP width for ``embed_dim`` (``scale_hidden_dim_for_mlp``)."""
+    return scale_hidden_dim_for_mlp(embed_dim)
 
 
 def _spec(family: str, num_classes: int, **kw: object) -> ModelSpec:

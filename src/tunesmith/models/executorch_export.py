@@ -86,6 +86,7 @@ class ExportableDecoder(nn.Module):
             if attn.temperature is not None or attn.sinks is not None:
                 raise ValueError("ExecuTorch export handles plain causal attention only")
             attn.kv_cache = _SlotCache(max_seq_len, attn.num_kv_heads, attn.head_dim, dtype)
+            attn.cache_enabled = True
             self._caches.append(attn.kv_cache)
 
     def forward(self, tokens: Tensor, input_pos: Tensor) -> Tensor:

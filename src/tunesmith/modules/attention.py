@@ -94,6 +94,11 @@ class MultiHeadAttention(nn.Module):
         use_rope: bool = True,
         chunk_size: int | None = None,
         temperature: tuple[float, float] | None = None,
+        pos_embeddings: nn.Module | None = None,
+        kv_cache: KVCache | None = None,
+        max_seq_len: int = 4096,
+        is_causal: bool = True,
+        attn_dropout: float = 0.0,
         v_norm: nn.Module | None = None,
         kv_sharing: tuple[str, str] | None = None,
     ):
@@ -125,7 +130,16 @@ class MultiHeadAttention(nn.Module):
         if kv_sharing is not None and kv_sharing[0] == "reuse" and k_proj is not None:
             raise ValueError("a layer reusing shared keys / values has no k_proj / v_proj")
         self.kv_sharing = kv_sharing
-        self.kv_cache: KVCache | None = None
+        self.kv_cache: KVCache | None = kv_cache
+        # torchtune's calling convention (see ``forward``): a RoPE module applied to q and k
+        # ``[b, s, h, hd]`` with ``input_pos``; ``is_causal`` for calls without a mask
+        self.pos_embeddings = pos_embeddings
+        self.max_seq_len = max_seq_len
+        self.is_causal = is_causal
+        self.attn_dropout = 0.0  # accepted for torchtune's signature; kernels run without
+        del attn_dropout
+        # torchtune's switch (``modules.disable_kv_cache``): False runs as if no cache were set
+        self.cache_enabled = False
         # a ``training.context_parallel.ContextParallel`` while training context parallel:
         # keys/values are all-gathered over its group, ``mask`` holds this rank's rows
         self.context_parallel: ContextParallel | None = None
@@ -133,24 +147,34 @@ class MultiHeadAttention(nn.Module):
     def setup_cache(self, batch_size: int, dtype: torch.dtype, max_seq_len: int) -> None:
         """Attach an empty ``KVCache`` on this module's device (none when reusing shared
         keys / values: the producing layer's cache holds them)."""
+        self.cache_enabled = True  # also for a reusing layer: the decoder reads every layer's
         if self.kv_sharing is not None and self.kv_sharing[0] == "reuse":
             return
         device = next(self.q_proj.parameters()).device
         self.kv_cache = KVCache(
             batch_size, max_seq_len, self.num_kv_heads, self.head_dim, dtype, device
         )
+        self.cache_enabled = True
 
     def forward(
         self,
         x: Tensor,
-        cos: Tensor | None,
-        sin: Tensor | None,
+        cos: Tensor | None = None,
+        sin: Tensor | None = None,
         mask: Tensor | None = None,
         seq_lens: Documents | Sequence[int] | None = None,
         *,
         kv_input: Tensor | None = None,
+        input_pos: Tensor | None = None,
         shared_kv: dict[str, tuple[Tensor, Tensor]] | None = None,
     ) -> Tensor:
+        """tunesmith's call ``(x, cos, sin, mask, seq_lens, kv_input=)`` (see the class doc),
+        or torchtune's ``(x, y, mask=, input_pos=)``: ``y [b, s_y, d]`` gives keys and values
+        (``y = x`` for self-attention), ``pos_embeddings`` rotates q and k at ``input_pos``,
+        ``mask [b, s, s_y]`` (or ``[b, s, max_seq_len]`` over cache slots) True = attend,
+        None = causal when ``is_causal`` and no cache, else every key."""
+        if cos is not None and cos.dim() == 3:  # torchtune's y
+            return self._torchtune_call(x, cos, mask, input_pos)
         b, s, _ = x.shape
         if kv_input is not None:
             return self._cross(x, kv_input, mask)
@@ -176,6 +200,7 @@ class MultiHeadAttention(nn.Module):
                 if shared_kv is None:
                     raise RuntimeError("a KV-sharing layer needs the decoder's shared_kv dict")
                 shared_kv[self.kv_sharing[1]] = (k, v)
+        cache = self.kv_cache if self.cache_enabled else None
         if self.context_parallel is not None:  # local queries, every rank's keys
             if mask is None or seq_lens is not None:
                 raise ValueError(
@@ -186,7 +211,7 @@ class MultiHeadAttention(nn.Module):
             if self.sinks is None and self.softcap is None:  # SDPA: one additive mask
                 mask = self.context_parallel.additive_mask(mask, q.dtype)
         if seq_lens is not None:
-            if self.kv_cache is not None or b != 1 or mask is not None:
+            if cache is not None or b != 1 or mask is not None:
                 raise ValueError(
                     "seq_lens needs batch size 1, no mask and no KV cache; pass a block-causal "
                     "mask instead"
@@ -229,7 +254,7 @@ class MultiHeadAttention(nn.Module):
         k, v = k.transpose(1, 2), v.transpose(1, 2)
         if cos is not None and sin is not None:
             k = apply_rope(k, cos, sin)
-        if self.kv_cache is not None:
+        if self.kv_cache is not None and self.cache_enabled:
             k, v = self.kv_cache.update(k, v)
         return k, v
 
@@ -241,10 +266,37 @@ class MultiHeadAttention(nn.Module):
         if seq_lens is not None:
             pos = _document_positions(seq_lens, q.device)
         else:
-            start = self.kv_cache.size if self.kv_cache is not None else 0
+            start = self.kv_cache.size if self.kv_cache is not None and self.cache_enabled else 0
             pos = torch.arange(start, start + s, device=q.device)
         scale = torch.log1p(torch.floor((pos.float() + 1.0) / floor_scale)) * attn_scale + 1.0
         return (q * scale[None, :, None, None]).to(q.dtype)
+
+    def _torchtune_call(
+        self, x: Tensor, y: Tensor, mask: Tensor | None, input_pos: Tensor | None
+    ) -> Tensor:
+        """torchtune's attention: RoPE by ``pos_embeddings`` before the QK norms."""
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim)
+        k = self.k_proj(y).view(b, y.shape[1], self.num_kv_heads, self.head_dim)
+        v = self.v_proj(y).view(b, y.shape[1], self.num_kv_heads, self.head_dim)
+        if self.pos_embeddings is not None:
+            q = self.pos_embeddings(q, input_pos=input_pos)
+            k = self.pos_embeddings(k, input_pos=input_pos)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        cached = self.kv_cache is not None and self.cache_enabled
+        if cached:
+            assert self.kv_cache is not None
+            k, v = self.kv_cache.update(k, v)
+        if mask is not None:
+            mask = mask[:, None, :, : k.shape[2]]
+        elif cached or not self.is_causal:  # every key (torchtune: no causal mask with a cache)
+            mask = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=x.device)
+        out = dense_attention(q, k, v, mask, scale=self.scale, softcap=self.softcap)
+        return self.output_proj(out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim))
 
     def _cross(self, x: Tensor, kv_input: Tensor, mask: Tensor | None) -> Tensor:
         """Queries from ``x [b, s, d]``, keys/values from ``kv_input [b, s_kv, d_kv]``."""

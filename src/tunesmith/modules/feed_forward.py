@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FeedForward", "ACTIVATIONS"]
+__all__ = ["FeedForward", "ACTIVATIONS", "scale_hidden_dim_for_mlp"]
 
 
 def _gelu_tanh(x: Tensor) -> Tensor:
@@ -59,3 +59,10 @@ class FeedForward(nn.Module):
         if self.w3 is None:
             return self.w2(self.activation(self.w1(x)))
         return self.w2(self.activation(self.w1(x)) * self.w3(x))
+
+
+def scale_hidden_dim_for_mlp(dim: float, multiple_of: int = 256) -> int:
+    """Llama's SwiGLU width: ``4 * int(2 * dim / 3)`` (the parameters of a ``4 * dim`` MLP),
+    rounded up to a multiple of ``multiple_of`` (torchtune's ``scale_hidden_dim_for_mlp``)."""
+    hidden = 4 * int(2 * dim / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)

@@ -31,6 +31,8 @@ __all__ = [
     "Llama3VisionProjectionHead",
     "TransformerCrossAttentionLayer",
     "expand_cross_attention_mask",
+    "get_fusion_params",
+    "register_fusion_module",
 ]
 
 
@@ -51,6 +53,10 @@ class FusionEmbedding(nn.Module):
     @property
     def num_embeddings(self) -> int:
         return self.vocab_size + self.fusion_embedding.num_embeddings
+
+    def fusion_params(self) -> list[str]:
+        """Names of the parameters added for fusion (the extra token rows)."""
+        return ["fusion_embedding.weight"]
 
     def forward(self, tokens: Tensor) -> Tensor:
         vocab = self.vocab_size
@@ -142,6 +148,10 @@ class FusionLayer(TransformerSelfAttentionLayer):
         self.cache_encoder = False  # set by TransformerDecoder.setup_caches
         self._encoder: tuple[Tensor, Tensor | None] | None = None
 
+    def fusion_params(self) -> list[str]:
+        """Names of the parameters added for fusion (``fusion_layer.*``)."""
+        return [f"fusion_layer.{n}" for n, _ in self.fusion_layer.named_parameters()]
+
     def reset_encoder_cache(self) -> None:
         """Forget the cached encoder states (a new prompt)."""
         self._encoder = None
@@ -198,6 +208,10 @@ class Llama3VisionProjectionHead(nn.Module):
         super().__init__()
         self.layers = layers if isinstance(layers, nn.ModuleList) else nn.ModuleList(layers)
         self.output = output
+
+    def fusion_params(self) -> list[str]:
+        """Every parameter: the head is added between the pretrained ViT and decoder."""
+        return [name for name, _ in self.named_parameters()]
 
     def forward(self, vision: TiledVisionOutput) -> Tensor:
         n, t, padded, d = vision.hidden.shape
@@ -292,10 +306,31 @@ class DeepFusionModel(DecoderFacade):
     :class:`TransformerCrossAttentionLayer`) what tokens that see no image attend.
     """
 
-    def __init__(self, decoder: TransformerDecoder, encoder: nn.Module):
+    def __init__(
+        self,
+        decoder: TransformerDecoder,
+        encoder: nn.Module,
+        *,
+        encoder_trainable: bool = False,
+        decoder_trainable: bool = False,
+        fusion_trainable: bool = True,
+    ):
+        """Exactly the parts marked trainable train (torchtune's flags and defaults: only the
+        fusion parameters, :func:`get_fusion_params`, inside the encoder and decoder alike;
+        ``fusion_trainable=False`` freezes those even inside a trainable part).
+        ``models.vision_builder.build_deep_fusion`` sets its own modes afterwards."""
         super().__init__()
         self.decoder = decoder
         self.encoder = encoder
+        trainable: set[str] = set()
+        if encoder_trainable:
+            trainable |= {f"encoder.{n}" for n, _ in encoder.named_parameters()}
+        if decoder_trainable:
+            trainable |= {f"decoder.{n}" for n, _ in decoder.named_parameters()}
+        fused = set(get_fusion_params(self))
+        trainable = trainable | fused if fusion_trainable else trainable - fused
+        for name, param in self.named_parameters():
+            param.requires_grad_(name in trainable)
 
     def forward(
         self,
@@ -310,13 +345,49 @@ class DeepFusionModel(DecoderFacade):
         encoder_fallback_mask: Tensor | None = None,
     ) -> Tensor | list[Tensor]:
         encoded = None if encoder_input is None else self.encoder(**encoder_input)
+        # tunesmith's extras only when set: a torchtune-style decoder takes just the first four
+        extras = {
+            k: v
+            for k, v in (
+                ("input_embeds", input_embeds),
+                ("seq_lens", seq_lens),
+                ("encoder_fallback_mask", encoder_fallback_mask),
+            )
+            if v is not None
+        }
         return self.decoder(
             tokens,
             mask=mask,
-            input_pos=input_pos,
-            input_embeds=input_embeds,
-            seq_lens=seq_lens,
             encoder_input=encoded,
             encoder_mask=encoder_mask,
-            encoder_fallback_mask=encoder_fallback_mask,
+            input_pos=input_pos,
+            **extras,
         )
+
+
+def register_fusion_module(module: nn.Module) -> None:
+    """Mark every parameter of ``module`` as a fusion parameter (a projection head added
+    between pretrained models): gives it a ``fusion_params()`` method."""
+
+    def fusion_params() -> list[str]:
+        return [name for name, _ in module.named_parameters()]
+
+    module.fusion_params = fusion_params  # type: ignore[method-assign]
+
+
+def get_fusion_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters of ``model`` that modules with a ``fusion_params()`` method name,
+    by full name."""
+    out: dict[str, nn.Parameter] = {}
+    for prefix, module in model.named_modules():
+        method = getattr(module, "fusion_params", None)
+        if not callable(method):
+            continue
+        wanted = set(method())
+        for name, param in module.named_parameters():
+            if name in wanted:
+                out[f"{prefix}.{name}" if prefix else name] = param
+                wanted.discard(name)
+        if wanted:
+            raise AssertionError(f"Fusion params {sorted(wanted)} of {prefix!r} not found")
+    return out

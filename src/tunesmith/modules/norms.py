@@ -1,4 +1,5 @@
-"""RMSNorm in the Llama form (``w * norm(x)``) and the Gemma form (``(1 + w) * norm(x)``)."""
+"""RMSNorm in the Llama form (``w * norm(x)``) and the Gemma form (``(1 + w) * norm(x)``);
+LayerNorm computed in fp32 (torchtune's ``Fp32LayerNorm``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["HeadsRMSNorm", "RMSNorm", "WeightlessRMSNorm"]
+__all__ = ["Fp32LayerNorm", "HeadsRMSNorm", "RMSNorm", "WeightlessRMSNorm"]
 
 
 class RMSNorm(nn.Module):
@@ -67,3 +68,13 @@ class WeightlessRMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+
+class Fp32LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (same arguments) computed in fp32, returned in the input's dtype.
+    Shapes: ``x [..., *normalized_shape] -> same``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)

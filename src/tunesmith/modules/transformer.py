@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +16,10 @@ from tunesmith.modules.rope import RotaryEmbedding
 from tunesmith.modules.tied_linear import TiedLinear
 
 __all__ = ["TransformerSelfAttentionLayer", "TransformerDecoder"]
+
+
+_TORCHTUNE_CALL: Any = object()
+"""Default of ``cos``: the layer was called torchtune's way, ``layer(x, mask=, input_pos=)``."""
 
 
 class TransformerSelfAttentionLayer(nn.Module):
@@ -59,16 +64,25 @@ class TransformerSelfAttentionLayer(nn.Module):
     def forward(
         self,
         x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
+        cos: Tensor | None = _TORCHTUNE_CALL,
+        sin: Tensor | None = None,
         mask: Tensor | None = None,
         seq_lens: Sequence[int] | Documents | None = None,
         *,
+        input_pos: Tensor | None = None,
         per_layer_input: Tensor | None = None,
         shared_kv: dict[str, tuple[Tensor, Tensor]] | None = None,
+        **kwargs: Any,
     ) -> Tensor:
+        """tunesmith's call ``(x, cos, sin, mask, seq_lens)`` or torchtune's
+        ``(x, mask=, input_pos=)`` (no ``cos, sin``: the attention's ``pos_embeddings`` rotate;
+        torchtune's other keywords, ``encoder_input`` / ``encoder_mask``, are ignored as
+        torchtune's self-attention layer ignores them)."""
         extra = {} if shared_kv is None else {"shared_kv": shared_kv}
-        if seq_lens is None:
+        if cos is _TORCHTUNE_CALL:
+            hx = self.sa_norm(x)
+            attn_out = self.attn(hx, hx, mask=mask, input_pos=input_pos)
+        elif seq_lens is None:
             attn_out = self.attn(self.sa_norm(x), cos, sin, mask, **extra)
         else:  # documents of a concatenated, unpadded batch (see TransformerDecoder.forward)
             attn_out = self.attn(self.sa_norm(x), cos, sin, mask, seq_lens=seq_lens, **extra)
@@ -189,6 +203,12 @@ class TransformerDecoder(nn.Module):
         """With ``n > 0``, forward returns a list of ``n`` logit chunks along the sequence."""
         self.num_output_chunks = num_output_chunks
 
+    def unembed(self, h: Tensor) -> Tensor:
+        """Logits of hidden states ``h [..., s, d]`` (final norm, output projection, scaling
+        and soft-cap as in ``forward``) -> ``[..., s, vocab]``; torchtune's name, used by
+        early-exit losses on intermediate layers' states."""
+        return self._project(self.norm(h))
+
     def _project(self, h: Tensor) -> Tensor:
         logits = self.output(h)
         if self.logits_divisor is not None:
@@ -230,7 +250,14 @@ class TransformerDecoder(nn.Module):
         return self._cache_len is not None
 
     def caches_are_enabled(self) -> bool:
-        return self._cache_len is not None
+        """Caches are set up and not switched off (``modules.disable_kv_cache``)."""
+        return self._caching
+
+    @property
+    def _caching(self) -> bool:
+        return self._cache_len is not None and all(
+            getattr(layer.attn, "cache_enabled", True) for layer in self.layers
+        )
 
     def reset_caches(self) -> None:
         """Empty every layer's cache; the next forward starts at cache position 0."""
@@ -247,6 +274,7 @@ class TransformerDecoder(nn.Module):
         """Drop the caches (back to training mode)."""
         for layer in self.layers:
             layer.attn.kv_cache = None
+            layer.attn.cache_enabled = False
             if hasattr(layer, "fusion_layer"):
                 layer.cache_encoder = False
                 layer.reset_encoder_cache()
@@ -266,7 +294,7 @@ class TransformerDecoder(nn.Module):
         A window at least as long as the keys changes nothing, so the sliding layers then
         share the full mask (and keep SDPA's fast ``is_causal`` path when it is None).
         """
-        if self._cache_len is not None:
+        if self._caching:
             start, end = self._cache_pos, self._cache_pos + s
             if end > self._cache_len:
                 raise RuntimeError(
@@ -293,7 +321,7 @@ class TransformerDecoder(nn.Module):
         their chunks at their first token, as transformers does). ``pos [b|1, s]``."""
         assert self._chunk is not None
         pos = pos if pos.dim() == 2 else pos[None]
-        if self._cache_len is not None:  # remember the positions of the cached slots
+        if self._caching:  # remember the positions of the cached slots
             start = self._cache_pos
             if start == 0 or getattr(self, "_slot_pos", None) is None:
                 self._slot_pos = torch.zeros(
@@ -331,7 +359,7 @@ class TransformerDecoder(nn.Module):
                 f"seq_lens {list(lens[:8])}... must be positive and sum to the sequence length "
                 f"{s} of a batch of one row (got batch size {b})"
             )
-        if mask is not None or self._cache_len is not None:
+        if mask is not None or self._caching:
             raise ValueError("seq_lens cannot be combined with a mask or with KV caches")
         if input_pos is None:
             input_pos = torch.cat([torch.arange(n, device=device) for n in lens])[None]
@@ -400,7 +428,7 @@ class TransformerDecoder(nn.Module):
         if seq_lens is not None:
             seq_lens, input_pos = self._documents(b, s, mask, seq_lens, input_pos, h.device)
         full_mask, sliding_mask, default_pos = self._masks(b, s, mask, h.device)
-        plain = input_pos is None and self._cache_len is None and s <= (self._chunk or 0)
+        plain = input_pos is None and not self._caching and s <= (self._chunk or 0)
         if self._chunk is not None and seq_lens is None and not plain:  # plain: one chunk
             pos = default_pos if input_pos is None else input_pos
             sliding_mask = self._chunked_mask(full_mask, pos, s)
@@ -440,7 +468,7 @@ class TransformerDecoder(nn.Module):
                 h = layer(h, cos, sin, None if seq_lens else layer_mask, seq_lens, **extra)
             if layer_residuals is not None and i < len(layer_residuals):
                 h = h + layer_residuals[i].to(h.dtype)
-        if self._cache_len is not None:
+        if self._caching:
             self._cache_pos += s
         h = self.norm(h)
         if self.skip_output_layer:

@@ -15,6 +15,7 @@ from tunesmith.training.gradients import *  # noqa: F401,F403
 from tunesmith.training.lr_schedulers import *  # noqa: F401,F403
 from tunesmith.training.memory import *  # noqa: F401,F403
 from tunesmith.training.metric_logging import *  # noqa: F401,F403
+from tunesmith.training.model_util import *  # noqa: F401,F403
 from tunesmith.training.optim_in_bwd import *  # noqa: F401,F403
 from tunesmith.training.optimizers import *  # noqa: F401,F403
 from tunesmith.training.plot import *  # noqa: F401,F403
@@ -37,6 +38,7 @@ __all__ = sorted(
             "lr_schedulers",
             "memory",
             "metric_logging",
+            "model_util",
             "optim_in_bwd",
             "optimizers",
             "plot",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -17,6 +18,7 @@ __all__ = [
     "truncate",
     "truncate_messages_tokens",
     "tokenize_sample",
+    "tokenize_messages_no_special_tokens",
     "load_special_tokens",
     "parse_hf_tokenizer_json",
     "check_file",
@@ -139,6 +141,73 @@ class SpecialTokenSplitter:
         if start < len(text):
             pieces.append(text[start:])
         return pieces
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def tokenize_messages_no_special_tokens(
+    tokenizer: Any,
+    messages: list[Message],
+    *,
+    bos_id: int | None = None,
+    eos_id: int | None = None,
+) -> tuple[list[int], list[bool]]:
+    """Tokenize ``messages`` as plain text with no chat format (torchtune's helper for
+    tokenizers without one): each message's text via ``tokenizer.encode`` (no BOS/EOS, its
+    trailing spaces stripped), ``bos_id`` before each turn's first message and ``eos_id``
+    after each assistant message when given; then truncated to ``tokenizer.max_seq_len``
+    (ending with ``eos_id``). A message continuing a turn is encoded with
+    ``trim_leading_whitespace=True`` (unless the previous one ended in a space) where the
+    tokenizer's ``encode`` takes that argument (SentencePiece).
+
+    Returns:
+        ``(tokens, mask)``; ``mask[i]`` is the masked flag of the message token ``i`` came from.
+
+    Raises:
+        RuntimeError: a message holds non-text content (images).
+    """
+    trim_ok = _accepts(tokenizer.encode, "trim_leading_whitespace")
+    max_seq_len = getattr(tokenizer, "max_seq_len", None)
+    tokens: list[int] = []
+    mask: list[bool] = []
+    start_of_turn, prev_ends_with_space = True, False
+    masked = False
+    for message in messages:
+        masked = message.masked
+        if start_of_turn and bos_id is not None:
+            tokens.append(bos_id)
+            mask.append(masked)
+        trim = (not start_of_turn) and not prev_ends_with_space
+        ids: list[int] = []
+        for item in message.content:
+            if item["type"] != "text":
+                raise RuntimeError(f"Unsupported message content type: {item['type']}")
+            kwargs = {"trim_leading_whitespace": trim} if trim_ok else {}
+            ids += tokenizer.encode(
+                item["content"].rstrip(" "), add_bos=False, add_eos=False, **kwargs
+            )
+            prev_ends_with_space = item["content"].endswith(" ")
+        tokens += ids
+        mask += [masked] * len(ids)
+        if message.role == "assistant":
+            if eos_id is not None:
+                tokens.append(eos_id)
+                mask.append(masked)
+            start_of_turn = True
+        else:
+            start_of_turn = False
+        if max_seq_len is not None and len(tokens) >= max_seq_len:
+            break
+    if max_seq_len is not None:
+        tokens = truncate(tokens, max_seq_len, eos_id)
+        mask = truncate(mask, max_seq_len, masked if eos_id is not None else None)
+    return tokens, mask
 
 
 def check_file(path: str | Path, what: str) -> Path:

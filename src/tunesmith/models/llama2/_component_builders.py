@@ -1,12 +1,27 @@
 """torchtune's generic Llama 2 component builder (every size given as arguments), used by
 configs that build a model of their own shape, e.g. torchtune's PPO configs."""
 
+from torch import nn
+
 from tunesmith.models._classifiers import _llama2_hidden_dim
 from tunesmith.models.builder import build_decoder
 from tunesmith.models.spec import ModelSpec
+from tunesmith.modules.feed_forward import FeedForward, scale_hidden_dim_for_mlp
+from tunesmith.modules.low_precision import FrozenNF4Linear
 from tunesmith.modules.transformer import TransformerDecoder
 
-__all__ = ["llama2"]
+__all__ = ["llama2", "llama2_mlp", "scale_hidden_dim_for_mlp"]
+
+
+def llama2_mlp(dim: int, hidden_dim: int, quantize_base: bool = False) -> FeedForward:
+    """Llama's SwiGLU MLP ``[dim] -> [hidden_dim] -> [dim]``, no biases; ``quantize_base``
+    builds the three projections as frozen NF4 (QLoRA base)."""
+    linear = FrozenNF4Linear if quantize_base else nn.Linear
+    return FeedForward(
+        gate_proj=linear(dim, hidden_dim, bias=False),
+        down_proj=linear(hidden_dim, dim, bias=False),
+        up_proj=linear(dim, hidden_dim, bias=False),
+    )
 
 
 def llama2(

@@ -4,6 +4,7 @@ from tunesmith.modules.peft._trainable import TrainableParams
 from tunesmith.modules.peft._utils import (
     LORA_ATTN_MODULES,
     AdapterModule,
+    LoRAKeyMismatchError,
     disable_adapter,
     get_adapter_params,
     get_adapter_state_dict,
@@ -22,6 +23,7 @@ __all__ = [
     "LORA_ATTN_MODULES",
     "AdapterModule",
     "DoRALinear",
+    "LoRAKeyMismatchError",
     "LoRALinear",
     "TrainableParams",
     "disable_adapter",

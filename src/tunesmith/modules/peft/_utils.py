@@ -177,25 +177,31 @@ def disable_adapter(model: nn.Module) -> Iterator[None]:
             module.disabled = previous
 
 
+class LoRAKeyMismatchError(RuntimeError, AssertionError):
+    """Checkpoint keys that do not fit a LoRA model (an ``AssertionError`` too, as torchtune's
+    check raised)."""
+
+
 def validate_missing_and_unexpected_for_lora(
     lora_attn_modules: list[str] | None = None,
     apply_lora_to_mlp: bool | None = None,
     apply_lora_to_output: bool | None = None,
-    state_dict_keys: list[str] | None = None,
     base_missing: list[str] | None = None,
     base_unexpected: list[str] | None = None,
     lora_missing: list[str] | None = None,
     lora_unexpected: list[str] | None = None,
+    *,
+    state_dict_keys: list[str] | None = None,
 ) -> None:
     """Check the ``(missing, unexpected)`` keys of ``load_state_dict(strict=False)`` calls.
 
     The base checkpoint may only miss adapter keys; the adapter checkpoint may only miss base
-    keys; neither may bring unexpected keys. Pass ``state_dict_keys`` (the model's own keys) or,
-    as older torchtune did, ``lora_attn_modules`` / ``apply_lora_to_mlp`` /
-    ``apply_lora_to_output``.
+    keys; neither may bring unexpected keys. Which keys are adapter keys: from
+    ``state_dict_keys`` (the model's own keys) or, as torchtune does (its positional order),
+    from ``lora_attn_modules`` / ``apply_lora_to_mlp`` / ``apply_lora_to_output``.
 
     Raises:
-        RuntimeError: naming each offending key.
+        LoRAKeyMismatchError: naming each offending key.
     """
     errors: list[str] = []
     if state_dict_keys is not None:
@@ -217,16 +223,16 @@ def validate_missing_and_unexpected_for_lora(
         is_adapter = _is_adapter_key
     for key in base_missing or []:
         if not is_adapter(key):
-            errors.append(f"- missing non-adapter key '{key}' in the base model checkpoint")
+            errors.append(f"- Missing non-LoRA key '{key}' from the base model checkpoint")
     for key in lora_missing or []:
         if is_adapter(key):
-            errors.append(f"- missing adapter key '{key}' in the adapter checkpoint")
+            errors.append(f"- Missing LoRA key '{key}' from the adapter checkpoint")
     for key in base_unexpected or []:
-        errors.append(f"- unexpected key '{key}' in the base model checkpoint")
+        errors.append(f"- unexpected key '{key}' loading base model checkpoint")
     for key in lora_unexpected or []:
-        errors.append(f"- unexpected key '{key}' in the adapter checkpoint")
+        errors.append(f"- unexpected key '{key}' loading adapter checkpoint")
     if errors:
-        raise RuntimeError(
+        raise LoRAKeyMismatchError(
             "Checkpoint keys do not match the LoRA model (check the checkpoint files and the "
             "model's lora_attn_modules / apply_lora_to_mlp / apply_lora_to_output):\n"
             + "\n".join(errors)

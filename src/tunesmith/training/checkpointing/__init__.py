@@ -63,6 +63,8 @@ from tunesmith.training.checkpointing._signals import *  # noqa: F401,F403
 from tunesmith.training.checkpointing._signals import __all__ as _signals_all
 from tunesmith.training.checkpointing.keys import *  # noqa: F401,F403
 from tunesmith.training.checkpointing.keys import __all__ as _keys_all
+from tunesmith.training.checkpointing.torchtune_utils import *  # noqa: F401,F403
+from tunesmith.training.checkpointing.torchtune_utils import __all__ as _torchtune_utils_all
 from tunesmith.utils._integrity import CheckpointError, CheckpointNotFoundError
 
 __all__ = [
@@ -78,6 +80,7 @@ __all__ = [
     *_integrity_all,
     *_preflight_all,
     *_keys_all,
+    *_torchtune_utils_all,
     "CheckpointError",
     "CheckpointNotFoundError",
 ]

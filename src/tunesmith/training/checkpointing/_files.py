@@ -125,17 +125,21 @@ def resolve_checkpoint_files(
     return paths
 
 
-def safe_torch_load(path: str | os.PathLike[str]) -> Any:
+def safe_torch_load(
+    path: str | os.PathLike[str], weights_only: bool = True, mmap: bool = True
+) -> Any:
     """``torch.load`` on CPU with ``weights_only=True`` (no arbitrary code from pickles).
 
-    Memory-maps zip-format files; falls back to a plain read for legacy (pre-zip) files.
+    Memory-maps zip-format files (unless ``mmap=False``); falls back to a plain read for
+    legacy (pre-zip) files. ``weights_only=False`` (torchtune's argument, for files holding
+    arbitrary objects) unpickles anything: only for files you trust.
     A file torch cannot read (truncated, overwritten, not a torch file) raises
     :class:`CheckpointError` naming it.
     """
     try:
         with warnings.catch_warnings():  # torch asks to "file an issue" about odd protocols
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return _torch_load(path)
+            return _torch_load(path, weights_only, mmap)
     except FileNotFoundError:
         raise
     except Exception as e:  # torch's own text ends with "please file an issue": not helpful
@@ -147,13 +151,13 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
         ) from None
 
 
-def _torch_load(path: str | os.PathLike[str]) -> Any:
+def _torch_load(path: str | os.PathLike[str], weights_only: bool = True, mmap: bool = True) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=weights_only, mmap=mmap)
     except RuntimeError as e:
-        if "mmap" not in str(e) and "zipfile" not in str(e):
+        if not mmap or ("mmap" not in str(e) and "zipfile" not in str(e)):
             raise
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
 
 
 def load_weight_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
