@@ -160,8 +160,8 @@ def _sliding(cfg: Mapping[str, Any], n_layers: int) -> tuple[int | None, tuple[s
     if types is None:  # transformers 4.x configs: the pattern is implied by the architecture
         if cfg.get("model_type") == "gemma2":
             types = alternating_sliding(n_layers)
-        elif cfg.get("model_type") == "gemma3_text":  # every sliding_window_pattern-th is global
-            step = int(cfg.get("sliding_window_pattern", 6))
+        elif cfg.get("model_type") in ("gemma3_text", "olmo3"):  # every step-th is global
+            step = int(cfg.get("sliding_window_pattern", 6 if cfg["model_type"] != "olmo3" else 4))
             types = [FULL if (i + 1) % step == 0 else SLIDING for i in range(n_layers)]
         elif cfg.get("use_sliding_window"):  # Qwen2/3: layers from max_window_layers on slide
             start = cfg.get("max_window_layers", n_layers)
