@@ -24,6 +24,7 @@ __all__ = [
     "granite4_uses_rope",
     "granite4_hf_to_llama_layout",
     "granite4_llama_to_hf_layout",
+    "refuse_granite4_mlp_lora",
 ]
 
 _ATTENTION = ("attention", "full_attention")
@@ -106,3 +107,14 @@ def granite4_llama_to_hf_layout(state_dict: Mapping[str, Tensor]) -> dict[str, T
         else:
             out[key] = value
     return out
+
+
+def refuse_granite4_mlp_lora(family: str) -> None:
+    """MLP LoRA on Granite 4.0: its fused ``shared_mlp.input_linear`` cannot hold separate
+    gate / up adapters in PEFT's format, so they are refused before any work."""
+    if family == "GRANITE4":
+        raise ValueError(
+            "model.apply_lora_to_mlp=True is not supported for Granite 4.0: its checkpoints "
+            "fuse gate / up into shared_mlp.input_linear, so separate gate / up adapters "
+            "cannot be saved as a PEFT adapter; set apply_lora_to_mlp=False."
+        )

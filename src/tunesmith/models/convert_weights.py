@@ -33,10 +33,8 @@ from tunesmith.models._convert_gemma4 import (
     gemma4_native_extras,
     gemma4_to_hf_layout,
 )
-from tunesmith.models._convert_granite4 import (
-    granite4_hf_to_llama_layout,
-    granite4_llama_to_hf_layout,
-)
+from tunesmith.models._convert_granite4 import granite4_hf_to_llama_layout as _g4_in
+from tunesmith.models._convert_granite4 import granite4_llama_to_hf_layout as _g4_out
 from tunesmith.models._convert_moe import (
     MOE_FAMILIES,
     hf_experts_to_native,
@@ -244,7 +242,7 @@ def hf_to_native(
     if mt == "GEMMA4":  # layer scalars; multimodal keys; unused shared-layer k / v
         out, state_dict = gemma4_from_hf_layout(state_dict, cfg)
     if mt == "GRANITE4":
-        state_dict = granite4_hf_to_llama_layout(state_dict)
+        state_dict = _g4_in(state_dict)
     for key, value in state_dict.items():
         if _DROP.search(key):
             continue
@@ -352,7 +350,7 @@ def native_to_hf(
         out[f"model.layers.{i}.{fused_name}.{suffix}"] = _fuse(fused_name, suffix, parts, i)
     if mt == "GEMMA4":
         return gemma4_to_hf_layout(extras, out, _cfg(hf_config))
-    return granite4_llama_to_hf_layout(out) if mt == "GRANITE4" else out
+    return _g4_out(out) if mt == "GRANITE4" else out
 
 
 def _fuse(fused: str, suffix: str, parts: dict[str, Tensor], layer: str) -> Tensor:
