@@ -164,6 +164,18 @@ def _quantized_checkpoint(tmp: Path) -> list[str]:
     return _args(cfg)
 
 
+def _hybrid_granite4_checkpoint(tmp: Path) -> list[str]:
+    """A Granite 4.0 H config (granitemoehybrid with Mamba-2 layers) beside the weights."""
+    cfg = _setup(tmp)
+    config_file = tmp / "model" / "config.json"
+    config = json.loads(config_file.read_text())
+    n = config["num_hidden_layers"]
+    config |= {"model_type": "granitemoehybrid", "architectures": ["GraniteMoeHybridForCausalLM"],
+               "layer_types": ["mamba"] * (n - 1) + ["attention"], "num_local_experts": 0}  # fmt: skip
+    config_file.write_text(json.dumps(config))
+    return _args(cfg)
+
+
 def _missing_checkpoint_dir(tmp: Path) -> list[str]:
     return _args(_setup(tmp, **{"checkpointer.checkpoint_dir": str(tmp / "nowhere")}))
 
@@ -308,6 +320,8 @@ CASES: list[ErrorCase] = [
               r"router_aux_loss_coef=0\.01: the model has no mixture-of-experts layers"),
     ErrorCase("quantized (MXFP4) checkpoint", "checkpoint", _quantized_checkpoint,
               r"checkpoint is quantized \(mxfp4\).*bf16"),
+    ErrorCase("hybrid Mamba-2 Granite 4.0 checkpoint", "checkpoint", _hybrid_granite4_checkpoint,
+              r"granitemoehybrid \(GraniteMoeHybridForCausalLM\) with \d+ Mamba-2 layers"),
     ErrorCase("checkpoint folder missing", "checkpoint", _missing_checkpoint_dir,
               r"checkpoint folder does not exist \(checkpointer\.checkpoint_dir=.*nowhere\)"),
     ErrorCase("checkpoint file missing", "checkpoint", _missing_checkpoint_file,

@@ -93,6 +93,39 @@ def tiny_configs() -> dict[str, object]:
         "smollm3": t.SmolLM3Config(**{**_COMMON, "num_hidden_layers": 4}),
         # OLMo 2: post-norms only, QK-norm over all heads
         "olmo2": t.Olmo2Config(**_COMMON),
+        # OLMo 3: OLMo 2 + three sliding-window layers to one global; YaRN on the global
+        # layers only (37 test tokens > original 16 and > window 8)
+        "olmo3": t.Olmo3Config(
+            **{**_COMMON, "num_hidden_layers": 4},
+            sliding_window=8,
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 500_000.0},
+                "full_attention": {
+                    "rope_type": "yarn",
+                    "rope_theta": 500_000.0,
+                    "factor": 8.0,
+                    "original_max_position_embeddings": 16,
+                    "attention_factor": 1.2079441541679836,
+                    "beta_fast": 32.0,
+                    "beta_slow": 1.0,
+                },
+            },
+        ),
+        # Granite 4.0 dense (granite-4.0-micro / 1b / 350m): the granitemoehybrid architecture
+        # with attention in every layer, no experts, RoPE; fused shared_mlp projections
+        "granite4": t.GraniteMoeHybridConfig(
+            **_COMMON,
+            shared_intermediate_size=80,
+            num_local_experts=0,
+            num_experts_per_tok=0,
+            layer_types=["attention"] * 2,
+            position_embedding_type="rope",
+            embedding_multiplier=12.0,
+            residual_multiplier=0.22,
+            attention_multiplier=0.0625,
+            logits_scaling=10.0,
+            tie_word_embeddings=True,
+        ),
         # Granite: embedding / residual / attention multipliers, logits scaling, tied
         "granite": t.GraniteConfig(
             **_COMMON,

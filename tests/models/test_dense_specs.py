@@ -45,6 +45,40 @@ _OLMO2 = dict(
     rope_theta=500_000.0,
     rms_norm_eps=1e-6,
 )
+#: OLMo 3's config.json (transformers 4.x layout: one rope_scaling, applied by transformers to
+#: the full-attention layers only)
+_OLMO3 = dict(
+    model_type="olmo3",
+    vocab_size=100_278,
+    max_position_embeddings=65_536,
+    rope_theta=500_000.0,
+    rope_scaling={
+        "rope_type": "yarn",
+        "factor": 8.0,
+        "original_max_position_embeddings": 8192,
+        "attention_factor": 1.2079441541679836,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+    },
+    sliding_window=4096,
+    rms_norm_eps=1e-6,
+)
+#: Granite 4.0 dense: granitemoehybrid with attention in every layer and no experts.
+#: rope_theta / rms_norm_eps / tie_word_embeddings are not confirmed from the released files
+#: (they leave the parameter counts unchanged); the shapes are (the totals below).
+_GRANITE4 = dict(
+    model_type="granitemoehybrid",
+    vocab_size=100_352,
+    max_position_embeddings=131_072,
+    rms_norm_eps=1e-5,
+    rope_theta=10_000_000.0,
+    tie_word_embeddings=True,
+    num_local_experts=0,
+    num_experts_per_tok=0,
+    position_embedding_type="rope",
+    embedding_multiplier=12.0,
+    residual_multiplier=0.22,
+)
 _GRANITE = dict(
     model_type="granite",
     vocab_size=49_159,
@@ -154,6 +188,59 @@ HF_CONFIGS: dict[str, dict] = {
         "num_attention_heads": 40,
         "num_key_value_heads": 40,
     },
+    "olmo3_7b": {
+        **_OLMO3,
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+    },
+    "olmo3_32b": {
+        **_OLMO3,
+        "hidden_size": 5120,
+        "intermediate_size": 27648,
+        "num_hidden_layers": 64,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 8,
+    },
+    "granite4_micro": {
+        **_GRANITE4,
+        "hidden_size": 2560,
+        "intermediate_size": 8192,
+        "shared_intermediate_size": 8192,
+        "num_hidden_layers": 40,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 8,
+        "layer_types": ["attention"] * 40,
+        "attention_multiplier": 0.015625,
+        "logits_scaling": 10.0,
+    },
+    "granite4_1b": {
+        **_GRANITE4,
+        "hidden_size": 2048,
+        "intermediate_size": 4096,
+        "shared_intermediate_size": 4096,
+        "num_hidden_layers": 40,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "layer_types": ["attention"] * 40,
+        "attention_multiplier": 0.0078125,
+        "logits_scaling": 8.0,
+    },
+    "granite4_350m": {
+        **_GRANITE4,
+        "hidden_size": 1024,
+        "intermediate_size": 2048,
+        "shared_intermediate_size": 2048,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "layer_types": ["attention"] * 28,
+        "residual_multiplier": 0.263,
+        "attention_multiplier": 0.015625,
+        "logits_scaling": 4.0,
+    },
     "granite3_3_2b": {
         **_GRANITE,
         "hidden_size": 2048,
@@ -219,6 +306,13 @@ PUBLISHED = {
     "gemma3_1b": 999_885_952,
     "smollm3_3b": 3_075_098_624,
     "olmo2_7b": 7_298_617_344,
+    # safetensors index totals of allenai/Olmo-3-7B-Instruct, Olmo-3.1-32B-Instruct,
+    # ibm-granite/granite-4.0-micro, -1b, -350m
+    "olmo3_7b": 7_298_011_136,
+    "olmo3_32b": 32_233_522_176,
+    "granite4_micro": 3_402_836_480,
+    "granite4_1b": 1_631_750_144,
+    "granite4_350m": 352_379_904,
 }
 
 
@@ -266,3 +360,55 @@ def test_gemma3_transformers_4_config_layout_reads_the_same():
         "hidden_activation": "gelu_pytorch_tanh",
     }
     assert spec_from_hf_config(values) == SPECS["gemma3_4b"].replace(head_dim=256)
+
+
+def test_olmo3_config_json_layout_scales_only_the_global_layers():
+    """The released config.json (``rope_scaling`` + ``rope_theta``, the 4.x layout) reads
+    as transformers runs it: YaRN on the full-attention layers, plain RoPE of the same base
+    on the sliding-window ones."""
+    values = {k: v for k, v in HF_CONFIGS["olmo3_7b"].items()}
+    spec = spec_from_hf_config(values)
+    assert spec == SPECS["olmo3_7b"].replace(head_dim=128)
+    assert spec.local_rope_base == 500_000.0 and spec.local_rope_scaling is None
+    assert (
+        spec.layer_types.count("full_attention") == 8
+        and spec.layer_types[3::4] == ("full_attention",) * 8
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"layer_types": ["mamba"] * 5 + ["attention"] + ["mamba"] * 34}, "39 Mamba-2 layers"),
+        ({"layer_types": ["linear_attention"] * 39 + ["full_attention"]}, "Mamba-2 layers"),
+        ({"num_local_experts": 64, "num_experts_per_tok": 6}, "64 experts"),
+    ],
+)
+def test_granite4_hybrid_and_moe_checkpoints_are_refused_in_one_line(overrides, needle):
+    """granite-4.0-h-micro / -h-tiny / -h-small (Mamba-2 hybrids, the last two with experts)."""
+    from tunesmith.config import ConfigError
+
+    values = {**HF_CONFIGS["granite4_micro"], **overrides}
+    with pytest.raises(ConfigError) as info:
+        spec_from_hf_config(values)
+    message = str(info.value)
+    assert "\n" not in message and "granitemoehybrid" in message and needle in message
+
+
+def test_granite4_without_rope_has_no_rope_in_any_layer():
+    """``position_embedding_type`` other than "rope" (transformers' default: None) is NoPE."""
+    values = {**HF_CONFIGS["granite4_350m"], "position_embedding_type": None}
+    assert spec_from_hf_config(values).nope_layers == tuple(range(28))
+    assert spec_from_hf_config(HF_CONFIGS["granite4_350m"]).nope_layers == ()
+
+
+def test_granite4_refuses_mlp_lora_in_one_line():
+    """Its checkpoints fuse gate / up (shared_mlp.input_linear): separate gate / up adapters
+    could not be saved in PEFT's format, so they are refused before any work."""
+    from tunesmith.models.granite4 import lora_granite4_350m
+
+    with torch.device("meta"), pytest.raises(ValueError) as info:
+        lora_granite4_350m(["q_proj", "v_proj"], apply_lora_to_mlp=True)
+    assert "\n" not in str(info.value) and "apply_lora_to_mlp=False" in str(info.value)
+    with torch.device("meta"):
+        lora_granite4_350m(["q_proj", "v_proj"], apply_lora_to_mlp=False)

@@ -2,7 +2,8 @@
 the loss falls, the saved model loads in transformers with equal logits and the adapter is
 PEFT's format. Gemma 3 (local / global RoPE, QK-norm, sandwich norms) runs in the default
 suite; SmolLM3, OLMo 2, Granite (chunked-output loss: its logits_scaling) and Phi-4-mini-like
-partial rotary + longrope are slow."""
+partial rotary + longrope, OLMo 3 (sliding window) and Granite 4.0 dense (fused shared_mlp)
+are slow."""
 
 from __future__ import annotations
 
@@ -51,6 +52,25 @@ def _config(family: str):
         return t.SmolLM3Config(**_COMMON, no_rope_layers=[1, 0]), t.SmolLM3ForCausalLM, "SMOLLM3"
     if family == "olmo2":
         return t.Olmo2Config(**_COMMON), t.Olmo2ForCausalLM, "OLMO2"
+    if family == "olmo3":  # one sliding-window layer (window 16 < the 40-odd-token rows)
+        cfg = t.Olmo3Config(
+            **_COMMON, sliding_window=16, layer_types=["sliding_attention", "full_attention"]
+        )
+        return cfg, t.Olmo3ForCausalLM, "OLMO3"
+    if family == "granite4":  # Granite 4.0 dense: granitemoehybrid, attention-only, no experts
+        cfg = t.GraniteMoeHybridConfig(
+            **_COMMON,
+            shared_intermediate_size=96,
+            num_local_experts=0,
+            num_experts_per_tok=0,
+            layer_types=["attention"] * 2,
+            position_embedding_type="rope",
+            embedding_multiplier=12.0,
+            residual_multiplier=0.22,
+            attention_multiplier=0.0625,
+            logits_scaling=4.0,
+        )
+        return cfg, t.GraniteMoeHybridForCausalLM, "GRANITE4"
     if family == "granite":
         cfg = t.GraniteConfig(
             **_COMMON,
@@ -70,7 +90,8 @@ def _config(family: str):
 
 
 FAMILIES = ["gemma3"] + [
-    pytest.param(f, marks=pytest.mark.slow) for f in ("smollm3", "olmo2", "granite", "phi4_mini")
+    pytest.param(f, marks=pytest.mark.slow)
+    for f in ("smollm3", "olmo2", "olmo3", "granite", "granite4", "phi4_mini")
 ]
 
 
@@ -95,8 +116,10 @@ def test_lora_finetune_learns_and_saves_hf(family, instruct_data, tmp_path):
     }
     if family == "phi4_mini":  # fused qkv / gate_up: PEFT takes whole-module adapters only
         lora |= {"lora_attn_modules": ["output_proj"], "apply_lora_to_mlp": False}
+    if family == "granite4":  # fused shared_mlp.input_linear: refused (see test_dense_specs)
+        lora |= {"apply_lora_to_mlp": False}
     over = {"checkpointer.model_type": model_type, "optimizer.lr": 1e-2}
-    if family == "granite":  # its logits_scaling: the chunked-output loss applies it
+    if family in ("granite", "granite4"):  # its logits_scaling: the chunked-output loss applies it
         over["loss._component_"] = "tunesmith.modules.loss.CEWithChunkedOutputLoss"
     cfg = base_config(out, model_dir, instruct_data, **over)
     cfg["model"] = {"_component_": "tunesmith.models.from_hf", "checkpoint_dir": str(model_dir)}

@@ -96,7 +96,9 @@ def _model_block(s: Size, kind: str) -> str:
         "  lora_attn_modules: ['q_proj', 'v_proj', 'output_proj']",
         "  apply_lora_to_mlp: True  # per-expert LoRA on the experts (PEFT target_parameters)"
         if s.moe
-        else "  apply_lora_to_mlp: True",
+        else "  apply_lora_to_mlp: True"
+        if s.lora_mlp
+        else "  apply_lora_to_mlp: False  # gate / up are fused in the checkpoint",
         f"  lora_rank: {s.lora_rank}  # higher increases accuracy and memory",
         f"  lora_alpha: {2 * s.lora_rank}  # usually alpha=2*rank",
         "  lora_dropout: 0.0",

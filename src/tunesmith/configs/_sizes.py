@@ -33,6 +33,7 @@ class Size:
     moe: bool = False  # mixture of experts: no LoRA on the experts, router aux loss on
     loss: str = "tunesmith.modules.loss.LinearCrossEntropyLoss"
     torchtune_twin: bool = True  # torchtune ships a config of this name (not the new families)
+    lora_mlp: bool = True  # False: fused gate / up in the checkpoint (no PEFT adapter for them)
 
 
 def _shards(n: int, ext: str = "safetensors", prefix: str = "model") -> list[str]:
@@ -181,6 +182,26 @@ SIZES: list[Size] = [
          "GRANITE", "tunesmith.models.granite3_3.granite3_3_tokenizer", _HF_JSON,
          ["lora_single_device"], loss="tunesmith.modules.loss.CEWithChunkedOutputLoss",
          torchtune_twin=False),
+    # OLMo 3, Granite 4.0 dense (the hybrid Mamba-2 H models are refused). Olmo-3-7B's three
+    # shards are confirmed; the other shard counts are inferred from the checkpoints' sizes
+    # (override checkpointer.checkpoint_files if a download differs).
+    Size("olmo3", "7B", "olmo3_7b", "allenai/Olmo-3-7B-Instruct", _shards(3), "OLMO3",
+         "tunesmith.models.olmo3.olmo3_tokenizer", _HF_JSON, ["lora_single_device"], big=True,
+         torchtune_twin=False),
+    Size("olmo3", "32B", "olmo3_32b", "allenai/Olmo-3-32B-Think", _shards(14), "OLMO3",
+         "tunesmith.models.olmo3.olmo3_tokenizer", _HF_JSON, ["lora"], big=True,
+         torchtune_twin=False),
+    Size("granite4", "micro", "granite4_micro", "ibm-granite/granite-4.0-micro", _shards(2),
+         "GRANITE4", "tunesmith.models.granite4.granite4_tokenizer", _HF_JSON,
+         ["lora_single_device"], loss="tunesmith.modules.loss.CEWithChunkedOutputLoss",
+         torchtune_twin=False, lora_mlp=False),
+    # gpt-oss from bf16 copies (the released MXFP4 checkpoints are refused); harmony template
+    Size("gpt_oss", "20B", "gpt_oss_20b", "unsloth/gpt-oss-20b-BF16", _shards(9), "GPT_OSS",
+         "tunesmith.models.gpt_oss.gpt_oss_tokenizer", _HF_JSON, ["lora_single_device"],
+         big=True, lora_lr="1e-4", moe=True, torchtune_twin=False),
+    Size("gpt_oss", "120B", "gpt_oss_120b", "unsloth/gpt-oss-120b-BF16", _shards(73), "GPT_OSS",
+         "tunesmith.models.gpt_oss.gpt_oss_tokenizer", _HF_JSON, ["lora"], big=True,
+         lora_lr="1e-4", moe=True, torchtune_twin=False),
     # Gemma 4 text decoders of the multimodal checkpoints (their vision / audio towers are
     # carried through unchanged). 26B A4B's shard count is inferred from its size; its LoRA
     # adapts attention and the dense MLPs (the experts stay frozen).

@@ -1,5 +1,5 @@
-"""Sizes of the current dense families (Gemma 3, Phi-3.5 / Phi-3 128k / Phi-4-mini, SmolLM3, OLMo 2,
-Granite 3.3) as data.
+"""Sizes of the current dense families (Gemma 3, Phi-3.5 / Phi-3 128k / Phi-4-mini, SmolLM3, OLMo 2 / 3,
+Granite 3.3 / 4.0 dense) as data.
 
 Numbers follow each released ``config.json`` (``tests/models/test_dense_specs.py`` builds the
 transformers model from the same values on the meta device and compares parameter counts).
@@ -18,12 +18,17 @@ from tunesmith.models._longrope_tables import (
 )
 from tunesmith.models.spec import FULL, SLIDING, ModelSpec, RopeScaling
 
-__all__ = ["DENSE_SPECS", "gemma3_layer_types", "smollm3_nope_layers"]
+__all__ = ["DENSE_SPECS", "gemma3_layer_types", "olmo3_layer_types", "smollm3_nope_layers"]
 
 
 def gemma3_layer_types(num_layers: int, pattern: int = 6) -> tuple[str, ...]:
     """Gemma 3's interleave: five sliding-window layers, then one global layer."""
     return tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(num_layers))
+
+
+def olmo3_layer_types(num_layers: int, pattern: int = 4) -> tuple[str, ...]:
+    """OLMo 3's interleave: three sliding-window layers, then one global layer."""
+    return gemma3_layer_types(num_layers, pattern)
 
 
 def smollm3_nope_layers(num_layers: int, interval: int = 4) -> tuple[int, ...]:
@@ -67,6 +72,53 @@ def _olmo2(**kw: object) -> ModelSpec:
         pre_norms=False,
         qk_norm_across_heads=True,
         norm_scale_fp32=True,
+    )
+    return ModelSpec(**{**base, **kw})
+
+
+def _olmo3(n_layers: int, **kw: object) -> ModelSpec:
+    """OLMo 2's decoder with a 4096-token window in three of four layers and YaRN (x8 from the
+    8192-token pretraining context) on the global layers only."""
+    base: dict = dict(
+        family="OLMO3",
+        vocab_size=100_278,
+        num_layers=n_layers,
+        max_seq_len=65_536,
+        norm_eps=1e-6,
+        rope_base=500_000.0,
+        rope_scaling=RopeScaling(
+            factor=8.0,
+            original_max_position_embeddings=8192,
+            rope_type="yarn",
+            beta_fast=32.0,
+            beta_slow=1.0,
+            truncate=True,
+            attention_factor=1.2079441541679836,
+        ),
+        local_rope_base=500_000.0,
+        sliding_window=4096,
+        layer_types=olmo3_layer_types(n_layers),
+        qk_norm=True,
+        post_norms=True,
+        pre_norms=False,
+        qk_norm_across_heads=True,
+        norm_scale_fp32=True,
+    )
+    return ModelSpec(**{**base, **kw})
+
+
+def _granite4(**kw: object) -> ModelSpec:
+    """Granite 4.0 dense (``granitemoehybrid``, attention in every layer): Granite 3's decoder
+    with the 100k vocabulary."""
+    base: dict = dict(
+        family="GRANITE4",
+        vocab_size=100_352,
+        max_seq_len=131_072,
+        norm_eps=1e-5,
+        rope_base=10_000_000.0,
+        tie_embeddings=True,
+        embed_multiplier=12.0,
+        residual_multiplier=0.22,
     )
     return ModelSpec(**{**base, **kw})
 
@@ -153,6 +205,38 @@ DENSE_SPECS: dict[str, ModelSpec] = {
     ),
     "olmo2_13b": _olmo2(
         num_layers=40, num_heads=40, num_kv_heads=40, embed_dim=5120, intermediate_dim=13824
+    ),
+    # OLMo 3 (November 2025; Instruct / Think / Base share the architecture; 32B: GQA 5:1)
+    "olmo3_7b": _olmo3(32, num_heads=32, num_kv_heads=32, embed_dim=4096, intermediate_dim=11008),
+    "olmo3_32b": _olmo3(64, num_heads=40, num_kv_heads=8, embed_dim=5120, intermediate_dim=27648),
+    # Granite 4.0 dense (the H models are hybrid Mamba-2: refused by build_from_hf)
+    "granite4_micro": _granite4(
+        num_layers=40,
+        num_heads=40,
+        num_kv_heads=8,
+        embed_dim=2560,
+        intermediate_dim=8192,
+        attn_scale=0.015625,
+        logits_divisor=10.0,
+    ),
+    "granite4_1b": _granite4(
+        num_layers=40,
+        num_heads=16,
+        num_kv_heads=4,
+        embed_dim=2048,
+        intermediate_dim=4096,
+        attn_scale=0.0078125,
+        logits_divisor=8.0,
+    ),
+    "granite4_350m": _granite4(
+        num_layers=28,
+        num_heads=16,
+        num_kv_heads=4,
+        embed_dim=1024,
+        intermediate_dim=2048,
+        residual_multiplier=0.263,
+        attn_scale=0.015625,
+        logits_divisor=4.0,
     ),
     # Granite 3.3 (base and instruct share the architecture)
     "granite3_3_2b": _granite3(

@@ -1,6 +1,6 @@
 """Tokenizer builders of families that ship a ``tokenizer.json`` and a Jinja chat template.
 
-Gemma 3, SmolLM3, OLMo 2 and Granite 3.3 checkpoints carry their tokenizer as
+Gemma 3, SmolLM3, OLMo 2 / 3, Granite 3.3 / 4.0 and gpt-oss checkpoints carry their tokenizer as
 ``tokenizer.json`` and their prompt format as the ``chat_template`` of
 ``tokenizer_config.json`` (or a ``chat_template.jinja``); their builders are
 :class:`~tunesmith.data.tokenizers.HuggingFaceModelTokenizer` over those files, so prompts are
@@ -9,7 +9,7 @@ the official template's rendering token for token.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ def hf_chat_tokenizer_builder(
         prompt_template: Any = None,
         truncation_type: str = "right",
         chat_template: str | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
     ) -> HuggingFaceModelTokenizer:
         file = Path(path)
         return HuggingFaceModelTokenizer(
@@ -51,12 +52,15 @@ def hf_chat_tokenizer_builder(
             max_seq_len=max_seq_len,
             truncation_type=truncation_type,
             prompt_template=prompt_template,
+            template_kwargs=template_kwargs,
         )
 
     builder.__name__ = builder.__qualname__ = name
     builder.__module__ = module
     builder.__doc__ = (
         f"{title} tokenizer from the checkpoint's ``tokenizer.json`` (``path``) and the chat "
-        "template of the ``tokenizer_config.json`` beside it (``chat_template`` overrides it)."
+        "template of the ``tokenizer_config.json`` beside it (``chat_template`` overrides it; "
+        "``template_kwargs`` are extra template variables, e.g. gpt-oss's "
+        "``reasoning_effort``)."
     )
     return builder

@@ -9,6 +9,7 @@ from typing import Any
 
 from tunesmith.config import ConfigError
 from tunesmith.models._convert_gemma4 import gemma4_fields, gemma4_text_config
+from tunesmith.models._convert_granite4 import granite4_text_config, granite4_uses_rope
 from tunesmith.models.spec import FULL, SLIDING, ModelSpec, RopeScaling, alternating_sliding
 
 __all__ = ["spec_from_hf_config", "load_hf_config", "HF_MODEL_TYPES"]
@@ -24,7 +25,9 @@ HF_MODEL_TYPES = {
     "gemma4": "GEMMA4",  # multimodal: its text_config (see _convert_gemma4)
     "smollm3": "SMOLLM3",
     "olmo2": "OLMO2",
+    "olmo3": "OLMO3",
     "granite": "GRANITE",
+    "granitemoehybrid": "GRANITE4",  # the dense Granite 4.0 models only (_convert_granite4)
     "phi3": "PHI3_MINI",
     "qwen2": "QWEN2",
     "qwen3": "QWEN3",
@@ -157,8 +160,8 @@ def _sliding(cfg: Mapping[str, Any], n_layers: int) -> tuple[int | None, tuple[s
     if types is None:  # transformers 4.x configs: the pattern is implied by the architecture
         if cfg.get("model_type") == "gemma2":
             types = alternating_sliding(n_layers)
-        elif cfg.get("model_type") == "gemma3_text":  # every sliding_window_pattern-th is global
-            step = int(cfg.get("sliding_window_pattern", 6))
+        elif cfg.get("model_type") in ("gemma3_text", "olmo3"):  # every step-th is global
+            step = int(cfg.get("sliding_window_pattern", 6 if cfg["model_type"] != "olmo3" else 4))
             types = [FULL if (i + 1) % step == 0 else SLIDING for i in range(n_layers)]
         elif cfg.get("use_sliding_window"):  # Qwen2/3: layers from max_window_layers on slide
             start = cfg.get("max_window_layers", n_layers)
@@ -182,6 +185,8 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
     cfg: Mapping[str, Any] = config if isinstance(config, Mapping) else config.to_dict()
     if cfg.get("model_type") in ("gemma4", "gemma4_text"):
         cfg = gemma4_text_config(cfg)
+    if cfg.get("model_type") == "granitemoehybrid":
+        cfg = granite4_text_config(cfg)
     hf_type = cfg.get("model_type")
     if hf_type not in HF_MODEL_TYPES:
         archs = ", ".join(cfg.get("architectures") or []) or "no architectures listed"
@@ -239,25 +244,31 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
         query_pre_attn_scalar=cfg.get("query_pre_attn_scalar") if gemma2 else None,
         sliding_window=window,
         layer_types=layer_types,
-        qk_norm=family in ("QWEN3", "QWEN3_MOE", "GEMMA3", "OLMO2"),
-        post_norms=gemma2 or family == "OLMO2",
+        qk_norm=family in ("QWEN3", "QWEN3_MOE", "GEMMA3", "OLMO2", "OLMO3"),
+        post_norms=gemma2 or family in ("OLMO2", "OLMO3"),
         num_classes=len(cfg.get("id2label") or {0: 0, 1: 1}) if classifier else None,
         **_moe_fields(cfg, family, n_layers),
         **_dense_fields(cfg, family),
     )
+    if family == "OLMO3" and spec.rope_scaling is not None and spec.local_rope_base is None:
+        # transformers 4.x layout (one rope_scaling): OLMo 3 scales the full-attention layers
+        # only; its sliding-window layers keep plain RoPE of the same base
+        spec = spec.replace(local_rope_base=spec.rope_base)
     return spec.replace(**gemma4_fields(cfg)) if family == "GEMMA4" else spec
 
 
 def _dense_fields(cfg: Mapping[str, Any], family: str) -> dict[str, Any]:
     """Family-specific dense fields: SmolLM3's NoPE layers (``no_rope_layers[i] == 0``),
-    OLMo 2's norm placement, Granite's multipliers."""
+    OLMo 2 / 3's norm placement, Granite's multipliers (Granite 4 without RoPE: all NoPE)."""
     if family == "SMOLLM3":
         rope = cfg.get("no_rope_layers") or [1] * cfg["num_hidden_layers"]
         return dict(nope_layers=tuple(i for i, r in enumerate(rope) if not r))
-    if family == "OLMO2":
+    if family in ("OLMO2", "OLMO3"):
         return dict(pre_norms=False, qk_norm_across_heads=True, norm_scale_fp32=True)
-    if family == "GRANITE":
+    if family in ("GRANITE", "GRANITE4"):
+        nope = family == "GRANITE4" and not granite4_uses_rope(cfg)
         return dict(
+            nope_layers=tuple(range(cfg["num_hidden_layers"])) if nope else (),
             embed_multiplier=float(cfg.get("embedding_multiplier", 1.0)),
             residual_multiplier=float(cfg.get("residual_multiplier", 1.0)),
             attn_scale=float(cfg.get("attention_multiplier", 1.0)),

@@ -7,7 +7,7 @@ interleaved RoPE layout and are permuted here. Keys ending in LoRA / DoRA suffix
 (``.lora_a.weight``, ``.lora_b.weight``, ``.magnitude``) are renamed like their base module.
 
 ``model_type`` strings are torchtune's: LLAMA2, LLAMA3, LLAMA3_2, MISTRAL, GEMMA, GEMMA2,
-GEMMA3, GEMMA4 (see ``_convert_gemma4``), SMOLLM3, OLMO2 and GRANITE (no torchtune layout: their q/k are never permuted), PHI3_MINI, PHI4, QWEN2, QWEN3, QWEN3_MOE, MIXTRAL and GPT_OSS (experts stacked into grouped tensors,
+GEMMA3, GEMMA4 (see ``_convert_gemma4``), SMOLLM3, OLMO2, OLMO3, GRANITE and GRANITE4 (no torchtune layout: their q/k are never permuted), PHI3_MINI, PHI4, QWEN2, QWEN3, QWEN3_MOE, MIXTRAL and GPT_OSS (experts stacked into grouped tensors,
 see ``_convert_moe``), REWARD (a Llama / Mistral classifier with a ``score`` head),
 LLAMA4 (text-only ``Llama4ForCausalLM`` keys here; ``Llama4ForConditionalGeneration`` keys,
 with the vision encoder, in ``_convert_llama4``), LLAMA3_VISION (HF
@@ -33,6 +33,8 @@ from tunesmith.models._convert_gemma4 import (
     gemma4_native_extras,
     gemma4_to_hf_layout,
 )
+from tunesmith.models._convert_granite4 import granite4_hf_to_llama_layout as _g4_in
+from tunesmith.models._convert_granite4 import granite4_llama_to_hf_layout as _g4_out
 from tunesmith.models._convert_moe import (
     MOE_FAMILIES,
     hf_experts_to_native,
@@ -109,7 +111,9 @@ _RULES: dict[str, tuple[dict[str, str], dict[str, str], bool, bool]] = {
     "GEMMA4": (GEMMA4_LAYER, GEMMA4_TOP, False, False),
     "SMOLLM3": (_LAYER_HF, _TOP_HF, False, False),
     "OLMO2": (_LAYER_OLMO2, _TOP_HF, False, False),
+    "OLMO3": (_LAYER_OLMO2, _TOP_HF, False, False),
     "GRANITE": (_LAYER_HF, _TOP_HF, False, False),
+    "GRANITE4": (_LAYER_HF, _TOP_HF, False, False),  # fused shared_mlp: _convert_granite4
     "PHI3_MINI": (_LAYER_HF, _TOP_HF, True, False),
     "PHI4": (_LAYER_HF, _TOP_HF, True, False),
     "QWEN2": (_LAYER_HF, _TOP_HF, False, False),
@@ -237,6 +241,8 @@ def hf_to_native(
         out, state_dict = hf_experts_to_native(state_dict, mt)
     if mt == "GEMMA4":  # layer scalars; multimodal keys; unused shared-layer k / v
         out, state_dict = gemma4_from_hf_layout(state_dict, cfg)
+    if mt == "GRANITE4":
+        state_dict = _g4_in(state_dict)
     for key, value in state_dict.items():
         if _DROP.search(key):
             continue
@@ -344,7 +350,7 @@ def native_to_hf(
         out[f"model.layers.{i}.{fused_name}.{suffix}"] = _fuse(fused_name, suffix, parts, i)
     if mt == "GEMMA4":
         return gemma4_to_hf_layout(extras, out, _cfg(hf_config))
-    return out
+    return _g4_out(out) if mt == "GRANITE4" else out
 
 
 def _fuse(fused: str, suffix: str, parts: dict[str, Tensor], layer: str) -> Tensor:
