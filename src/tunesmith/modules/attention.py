@@ -150,7 +150,10 @@ class MultiHeadAttention(nn.Module):
         *,
         kv_input: Tensor | None = None,
         shared_kv: dict[str, tuple[Tensor, Tensor]] | None = None,
+        q_scale: Tensor | None = None,
     ) -> Tensor:
+        """``x [b, s, d] -> [b, s, d]``; ``q_scale [b or 1, s]`` multiplies the queries after
+        RoPE (Ministral 3's position-dependent temperature, cast to the queries' dtype)."""
         b, s, _ = x.shape
         if kv_input is not None:
             return self._cross(x, kv_input, mask)
@@ -163,6 +166,8 @@ class MultiHeadAttention(nn.Module):
         rope = self.use_rope and cos is not None and sin is not None
         if rope:
             q = apply_rope(q, cos, sin)
+        if q_scale is not None:
+            q = q * q_scale[:, None, :, None].to(q.dtype)
         if self.kv_sharing is not None and self.kv_sharing[0] == "reuse":
             if shared_kv is None or self.kv_sharing[1] not in shared_kv:
                 raise RuntimeError(
