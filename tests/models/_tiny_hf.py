@@ -45,7 +45,7 @@ def tiny_configs() -> dict[str, object]:
         # Ministral 3: yarn (mscale / mscale_all_dim) and the Llama-4-style query scaling over
         # original_max_position_embeddings=8 (so it acts within the test's 37 tokens)
         "ministral3": t.Ministral3Config(
-            **_COMMON,
+            **{**_COMMON, "max_position_embeddings": 128},
             head_dim=16,
             rope_parameters={
                 "rope_type": "yarn",
