@@ -4,8 +4,8 @@ multimodal ``mistral3`` releases), and builds (meta device) transformers' parame
 which matches the model cards' published totals.
 
 The config values are the released checkpoints' (Hugging Face hub ``config.json`` /
-``text_config``: Mistral-Nemo-Base-2407, Mistral-Small-3.1-24B-Base-2503 (3.2 2506 shares
-it), Mistral-Small-24B-Base-2501, Ministral-3-{3B,8B,14B}-Base-2512). Logits, left padding,
+``text_config``: Mistral-Nemo-Base-2407, Mistral-Small-24B-Base-2501 (text-only),
+Mistral-Small-3.1-24B-Base-2503 (3.2 2506 shares it), Ministral-3-{3B,8B,14B}-Base-2512). Logits, left padding,
 KV-cached decoding and the HF round trip of both architectures run on tiny random models in
 ``test_hf_parity`` / ``test_dense_families`` (``mistral_nemo``, ``ministral3``).
 """
@@ -59,6 +59,15 @@ HF_CONFIGS: dict[str, dict] = {
         "hidden_size": 5120,
         "intermediate_size": 32_768,
         "num_hidden_layers": 40,
+        "max_position_embeddings": 32_768,
+        "rope_theta": 100_000_000.0,
+    },
+    "mistral_small_3_1_24b": {
+        **_TEKKEN,
+        "model_type": "mistral",
+        "hidden_size": 5120,
+        "intermediate_size": 32_768,
+        "num_hidden_layers": 40,
         "max_position_embeddings": 131_072,
         "rope_theta": 1_000_000_000.0,
     },
@@ -97,6 +106,7 @@ HF_CONFIGS: dict[str, dict] = {
 PUBLISHED_B = {
     "mistral_nemo_12b": 12.2,
     "mistral_small_24b": 23.6,
+    "mistral_small_3_1_24b": 23.6,
     "ministral3_3b": 3.4,
     "ministral3_8b": 8.4,
     "ministral3_14b": 13.5,
@@ -125,8 +135,8 @@ def test_spec_is_what_the_released_config_reads_into(name):
 @pytest.mark.parametrize("name", sorted(HF_CONFIGS))
 def test_multimodal_text_config_reads_the_same(name):
     """Small 3.1 / 3.2 and Ministral 3 ship as ``mistral3`` (Pixtral vision + text decoder)."""
-    if name == "mistral_nemo_12b":
-        pytest.skip("Mistral Nemo is text-only")
+    if name in ("mistral_nemo_12b", "mistral_small_24b"):
+        pytest.skip("Mistral Nemo and Small 3 (2501) are text-only")
     text = _hf_config(name).to_dict()
     outer = transformers.Mistral3Config(text_config=text).to_dict()
     assert outer["model_type"] == "mistral3"
@@ -141,15 +151,6 @@ def test_parameter_count_equals_transformers_on_meta(name):
     count = sum(p.numel() for p in ours.parameters())
     assert count == sum(p.numel() for p in theirs.parameters())
     assert abs(count / 1e9 - PUBLISHED_B[name]) < 0.1, count
-
-
-def test_small_3_2501_reads_its_own_rope():
-    """Mistral Small 3 (2501, text-only): the 24B architecture with rope_theta 1e8 and 32k
-    positions; build_from_hf reads it as such (same parameter count)."""
-    values = {**HF_CONFIGS["mistral_small_24b"], "rope_theta": 100_000_000.0}
-    values["max_position_embeddings"] = 32_768
-    spec = spec_from_hf_config(values)
-    assert _same(spec, SPECS["mistral_small_24b"].replace(rope_base=1e8, max_seq_len=32_768))
 
 
 def test_ministral3_yarn_attention_factor_is_mscale_ratio():

@@ -129,9 +129,17 @@ DENSE_SPECS: dict[str, ModelSpec] = {
         max_seq_len=1_024_000,
         rope_base=1_000_000.0,
     ),
-    # Mistral Small 3.1 / 3.2 24B (2503 / 2506): the text decoder of the multimodal release
-    # (Small 3 2501 is text-only with rope_theta 1e8 and 32k positions; build_from_hf reads it)
+    # Mistral Small 3 24B (2501, text-only checkpoint)
     "mistral_small_24b": _mistral_tekken(
+        num_layers=40,
+        embed_dim=5120,
+        intermediate_dim=32_768,
+        max_seq_len=32_768,
+        rope_base=100_000_000.0,
+    ),
+    # Mistral Small 3.1 / 3.2 24B (2503 / 2506): the text decoder of the multimodal release
+    # (Small 3 with rope_theta 1e9 and 128k positions)
+    "mistral_small_3_1_24b": _mistral_tekken(
         num_layers=40,
         embed_dim=5120,
         intermediate_dim=32_768,
