@@ -33,6 +33,7 @@ from tunesmith.models._convert_gemma4 import (
     gemma4_native_extras,
     gemma4_to_hf_layout,
 )
+from tunesmith.models._convert_mistral3 import is_mistral3, mistral3_layout, mistral3_text_keys
 from tunesmith.models._convert_moe import (
     MOE_FAMILIES,
     hf_experts_to_native,
@@ -183,6 +184,10 @@ def ties_embeddings(hf_config: Any) -> bool:
     a ``PretrainedConfig`` or None.
     """
     cfg = _cfg(hf_config)
+    if is_mistral3(cfg):  # the text decoder's setting
+        cfg = {"tie_word_embeddings": cfg.get("tie_word_embeddings", False)} | dict(
+            cfg.get("text_config") or {}
+        )
     tied_default = cfg.get("model_type") in _TIED_BY_DEFAULT
     return bool(cfg.get("tie_word_embeddings", tied_default))
 
@@ -237,6 +242,8 @@ def hf_to_native(
         out, state_dict = hf_experts_to_native(state_dict, mt)
     if mt == "GEMMA4":  # layer scalars; multimodal keys; unused shared-layer k / v
         out, state_dict = gemma4_from_hf_layout(state_dict, cfg)
+    if is_mistral3(cfg):  # the text decoder of a multimodal Mistral 3 checkpoint
+        state_dict = mistral3_text_keys(state_dict)
     for key, value in state_dict.items():
         if _DROP.search(key):
             continue
@@ -344,6 +351,8 @@ def native_to_hf(
         out[f"model.layers.{i}.{fused_name}.{suffix}"] = _fuse(fused_name, suffix, parts, i)
     if mt == "GEMMA4":
         return gemma4_to_hf_layout(extras, out, _cfg(hf_config))
+    if is_mistral3(_cfg(hf_config)):  # Mistral3ForConditionalGeneration's file keys
+        return mistral3_layout(out)
     return out
 
 
