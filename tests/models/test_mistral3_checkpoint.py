@@ -94,3 +94,20 @@ def test_round_trip_is_bit_exact_in_both_layouts(checkpoint):
     again = mistral3_layout(text, mistral3_towers(module)) | mistral3_towers(module)
     assert sorted(again) == sorted(module)
     assert all(torch.equal(again[k], v) for k, v in module.items())
+
+
+def test_hf_checkpointer_writes_the_vision_tensors_back(checkpoint, tmp_path):
+    """Load -> save through ``FullModelHFCheckpointer``: the saved file holds the checkpoint's
+    keys and tensors (the text decoder converted back, the vision tower as read)."""
+    from safetensors.torch import load_file
+
+    from tunesmith.training import FullModelHFCheckpointer
+
+    _, directory, _, sd = checkpoint
+    ckpt = FullModelHFCheckpointer(directory, ["model.safetensors"], "MISTRAL", tmp_path / "out")
+    model = build_from_hf(directory)
+    model.load_state_dict(ckpt.load_checkpoint()["model"], strict=True)
+    out = ckpt.save_checkpoint({"model": model.state_dict()}, epoch=0)
+    written = load_file(str(out / "model.safetensors"))
+    assert sorted(written) == sorted(sd)
+    assert all(torch.equal(written[k], v) for k, v in sd.items())
