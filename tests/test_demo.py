@@ -37,7 +37,9 @@ def test_pirate_dataset_trains_on_answers_only() -> None:
     trained = [t for t, label in zip(sample["tokens"], sample["labels"]) if label != -100]
     question, answer = PIRATE_CHATS[0]
     text = tok.decode(sample["tokens"], skip_special_tokens=False)
-    system = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    system = (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    )
     assert text.startswith(f"{system}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n")
     trained_text = tok.decode(trained, skip_special_tokens=False)
     assert trained_text.strip().endswith(f"\n{answer}<|im_end|>")  # the answer (and its header)

@@ -40,6 +40,25 @@ def tiny_configs() -> dict[str, object]:
             **{**_COMMON, "num_key_value_heads": 4}, tie_word_embeddings=True
         ),
         "mistral": t.MistralConfig(**_COMMON, sliding_window=16),
+        # Mistral Nemo / Small 3.x: head_dim (32) != hidden / heads (16), no sliding window
+        "mistral_nemo": t.MistralConfig(**_COMMON, head_dim=32, sliding_window=None),
+        # Ministral 3: yarn (mscale / mscale_all_dim) and the Llama-4-style query scaling over
+        # original_max_position_embeddings=8 (so it acts within the test's 37 tokens)
+        "ministral3": t.Ministral3Config(
+            **{**_COMMON, "max_position_embeddings": 128},
+            head_dim=16,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 1_000_000.0,
+                "factor": 16.0,
+                "original_max_position_embeddings": 8,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "mscale": 1.0,
+                "mscale_all_dim": 1.0,
+                "llama_4_scaling_beta": 0.1,
+            },
+        ),
         "gemma": t.GemmaConfig(**{**_COMMON, "num_key_value_heads": 1}, head_dim=32),
         "gemma2": t.Gemma2Config(
             **{**_COMMON, "num_hidden_layers": 4},

@@ -5,7 +5,8 @@ for longrope (short and long factors), dynamic NTK (inside and past the trained 
 partial rotary. Decoding: prefill then one token at a time with our KV cache equals
 transformers' cached forward (Gemma 3's local / global RoPE and sliding window, SmolLM3's
 NoPE layers, Phi-4-mini's partial rotary + longrope, OLMo 2, OLMo 3's sliding window with
-YaRN on the global layers only, Granite, Granite 4.0 dense).
+YaRN on the global layers only, Granite, Granite 4.0 dense, Ministral 3's yarn and query
+scaling).
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ def test_partial_rotary_rotates_only_the_first_features():
     assert torch.equal(y[..., :12], apply_rope(x[..., :12], cos, sin))
 
 
-#: Gemma 3 runs in the default suite; the others (about 6 s each) are slow
-DECODE = ["gemma3", "olmo3"] + [
+#: Gemma 3, OLMo 3 and Ministral 3 (query scaling by position) run in the default suite;
+#: the others (about 6 s each) are slow
+DECODE = ["gemma3", "olmo3", "ministral3"] + [
     pytest.param(n, marks=pytest.mark.slow)
     for n in ("smollm3", "phi4_mini", "olmo2", "granite", "granite4")
 ]

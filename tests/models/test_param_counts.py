@@ -112,8 +112,9 @@ LLAMA4 = {
 
 def test_table_covers_every_spec():
     from tests.models.test_dense_specs import HF_CONFIGS  # counted in test_dense_specs
+    from tests.models.test_mistral_family import HF_CONFIGS as MISTRAL  # and there
 
-    assert set(PUBLISHED) | set(HF_CONFIGS) | set(LLAMA4) == set(SPECS)
+    assert set(PUBLISHED) | set(HF_CONFIGS) | set(MISTRAL) | set(LLAMA4) == set(SPECS)
 
 
 @pytest.mark.parametrize("name", sorted(LLAMA4))

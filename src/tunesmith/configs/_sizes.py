@@ -202,6 +202,15 @@ SIZES: list[Size] = [
     Size("gpt_oss", "120B", "gpt_oss_120b", "unsloth/gpt-oss-120b-BF16", _shards(73), "GPT_OSS",
          "tunesmith.models.gpt_oss.gpt_oss_tokenizer", _HF_JSON, ["lora"], big=True,
          lora_lr="1e-4", moe=True, torchtune_twin=False),
+    # Mistral Nemo 12B and Small 3 24B (2501): text-only checkpoints, Tekken tokenizer.json
+    Size("mistral", "12B", "mistral_nemo_12b", "mistralai/Mistral-Nemo-Instruct-2407",
+         _shards(5), "MISTRAL", "tunesmith.models.mistral.mistral_nemo_tokenizer", _HF_JSON,
+         ["lora_single_device", "qlora_single_device"], big=True, lora_rank=16,
+         lora_lr="1e-4", torchtune_twin=False),
+    Size("mistral", "24B", "mistral_small_24b", "mistralai/Mistral-Small-24B-Instruct-2501",
+         _shards(10), "MISTRAL", "tunesmith.models.mistral.mistral_small_tokenizer", _HF_JSON,
+         ["lora", "qlora_single_device"], big=True, lora_rank=16, lora_lr="1e-4",
+         torchtune_twin=False),
     # Gemma 4 text decoders of the multimodal checkpoints (their vision / audio towers are
     # carried through unchanged). 26B A4B's shard count is inferred from its size; its LoRA
     # adapts attention and the dense MLPs (the experts stay frozen).

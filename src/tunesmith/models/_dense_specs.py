@@ -1,5 +1,5 @@
 """Sizes of the current dense families (Gemma 3, Phi-3.5 / Phi-3 128k / Phi-4-mini, SmolLM3, OLMo 2 / 3,
-Granite 3.3 / 4.0 dense) as data.
+Granite 3.3 / 4.0 dense, Mistral Nemo / Small 3.x, Ministral 3) as data.
 
 Numbers follow each released ``config.json`` (``tests/models/test_dense_specs.py`` builds the
 transformers model from the same values on the meta device and compares parameter counts).
@@ -140,7 +140,72 @@ def _granite3(**kw: object) -> ModelSpec:
     return ModelSpec(**{**base, **kw})
 
 
+def _mistral_tekken(**kw: object) -> ModelSpec:
+    """Mistral's Tekken-vocabulary decoders (Nemo, Small 3.x, Ministral 3): 32 heads of 128,
+    8 kv heads, no sliding window."""
+    base: dict = dict(
+        family="MISTRAL",
+        vocab_size=131_072,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        norm_eps=1e-5,
+    )
+    return ModelSpec(**{**base, **kw})
+
+
+def _ministral3(**kw: object) -> ModelSpec:
+    """Ministral 3 (2512) text decoders: yarn x16 over 16k, Llama-4-style query scaling."""
+    base: dict = dict(
+        max_seq_len=262_144,
+        rope_base=1_000_000.0,
+        rope_scaling=RopeScaling(
+            factor=16.0,
+            original_max_position_embeddings=16_384,
+            rope_type="yarn",
+            beta_fast=32.0,
+            beta_slow=1.0,
+            attention_factor=1.0,  # mscale / mscale_all_dim = 1 / 1
+        ),
+        query_log_scaling=(0.1, 16_384.0),
+    )
+    return _mistral_tekken(**{**base, **kw})
+
+
 DENSE_SPECS: dict[str, ModelSpec] = {
+    # Mistral Nemo 12B (Base / Instruct 2407): head_dim 128 != 5120 / 32
+    "mistral_nemo_12b": _mistral_tekken(
+        num_layers=40,
+        embed_dim=5120,
+        intermediate_dim=14_336,
+        max_seq_len=1_024_000,
+        rope_base=1_000_000.0,
+    ),
+    # Mistral Small 3 24B (2501, text-only checkpoint)
+    "mistral_small_24b": _mistral_tekken(
+        num_layers=40,
+        embed_dim=5120,
+        intermediate_dim=32_768,
+        max_seq_len=32_768,
+        rope_base=100_000_000.0,
+    ),
+    # Mistral Small 3.1 / 3.2 24B (2503 / 2506): the text decoder of the multimodal release
+    # (Small 3 with rope_theta 1e9 and 128k positions)
+    "mistral_small_3_1_24b": _mistral_tekken(
+        num_layers=40,
+        embed_dim=5120,
+        intermediate_dim=32_768,
+        max_seq_len=131_072,
+        rope_base=1_000_000_000.0,
+    ),
+    # Ministral 3 (3B / 8B / 14B 2512): text decoders of the multimodal releases
+    "ministral3_3b": _ministral3(
+        num_layers=26, embed_dim=3072, intermediate_dim=9216, tie_embeddings=True
+    ),
+    "ministral3_8b": _ministral3(num_layers=34, embed_dim=4096, intermediate_dim=14_336),
+    "ministral3_14b": _ministral3(
+        num_layers=40, embed_dim=5120, intermediate_dim=16_384, rope_base=1_000_000_000.0
+    ),
     # Gemma 3 text decoders (1B is text-only: 32k context, no RoPE scaling, window 512)
     "gemma3_1b": _gemma3(
         26,

@@ -115,7 +115,8 @@ def gguf_arch(spec: ModelSpec) -> str:
     for field in ("qkv_bias", "norm_offset", "embed_scale", "qk_norm", "post_norms"):
         if getattr(spec, field) and field not in allowed:
             problems.append(f"{field}=True")
-    for field in ("attn_softcap", "final_softcap", "query_pre_attn_scalar", "num_classes"):
+    for field in ("attn_softcap", "final_softcap", "query_pre_attn_scalar", "num_classes",
+                  "query_log_scaling"):  # fmt: skip
         if getattr(spec, field) is not None and field not in allowed:
             problems.append(f"{field} set")
     if arch.startswith("gemma"):

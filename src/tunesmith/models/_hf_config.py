@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ __all__ = ["spec_from_hf_config", "load_hf_config", "HF_MODEL_TYPES"]
 HF_MODEL_TYPES = {
     "llama": "LLAMA3",
     "mistral": "MISTRAL",
+    "ministral3": "MISTRAL",  # Mistral + Llama-4-style query scaling (query_log_scaling)
+    "mistral3": "MISTRAL",  # multimodal Mistral Small 3.1+ / Ministral 3: its text_config
     "gemma": "GEMMA",
     "gemma2": "GEMMA2",
     "gemma3_text": "GEMMA3",
@@ -77,6 +80,12 @@ def _rope(
     if kind == "default":
         return theta, None
     if kind == "yarn":
+        attention_factor = params.get("attention_factor")
+        mscale, mscale_all = params.get("mscale"), params.get("mscale_all_dim")
+        if attention_factor is None and mscale and mscale_all:  # DeepSeek-V3 / Ministral 3
+            attention_factor = _yarn_mscale(float(params["factor"]), mscale) / _yarn_mscale(
+                float(params["factor"]), mscale_all
+            )
         return theta, RopeScaling(
             factor=float(params["factor"]),
             original_max_position_embeddings=int(original),
@@ -84,7 +93,7 @@ def _rope(
             beta_fast=float(params.get("beta_fast") or 32.0),
             beta_slow=float(params.get("beta_slow") or 1.0),
             truncate=bool(params.get("truncate", True)),
-            attention_factor=params.get("attention_factor"),
+            attention_factor=attention_factor,
         )
     if kind in ("longrope", "su"):  # "su": Phi-3's first name for it
         if "long_factor" not in params or "short_factor" not in params:
@@ -123,6 +132,23 @@ def _rope(
         f"config.json: rope type {kind!r} is not supported (supported: default, linear, llama3, "
         "yarn, longrope, dynamic, proportional)."
     )
+
+
+def _yarn_mscale(factor: float, mscale: float) -> float:
+    """YaRN's ``0.1 * mscale * ln(factor) + 1`` (1 for ``factor <= 1``), as transformers."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def mistral3_text_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The text decoder's config of a multimodal ``mistral3`` config (transformers' default
+    text model: ``mistral``); other configs unchanged."""
+    if cfg.get("model_type") != "mistral3":
+        return dict(cfg)
+    text = dict(cfg.get("text_config") or {})
+    text.setdefault("model_type", "mistral")
+    if "tie_word_embeddings" in cfg:
+        text.setdefault("tie_word_embeddings", cfg["tie_word_embeddings"])
+    return text
 
 
 def _rope_fields(cfg: Mapping[str, Any], head_dim: int) -> dict[str, Any]:
@@ -187,6 +213,7 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
         cfg = gemma4_text_config(cfg)
     if cfg.get("model_type") == "granitemoehybrid":
         cfg = granite4_text_config(cfg)
+    cfg = mistral3_text_config(cfg)
     hf_type = cfg.get("model_type")
     if hf_type not in HF_MODEL_TYPES:
         archs = ", ".join(cfg.get("architectures") or []) or "no architectures listed"
@@ -249,12 +276,25 @@ def spec_from_hf_config(config: Any) -> ModelSpec:
         num_classes=len(cfg.get("id2label") or {0: 0, 1: 1}) if classifier else None,
         **_moe_fields(cfg, family, n_layers),
         **_dense_fields(cfg, family),
+        query_log_scaling=_query_log_scaling(cfg),
     )
     if family == "OLMO3" and spec.rope_scaling is not None and spec.local_rope_base is None:
         # transformers 4.x layout (one rope_scaling): OLMo 3 scales the full-attention layers
         # only; its sliding-window layers keep plain RoPE of the same base
         spec = spec.replace(local_rope_base=spec.rope_base)
     return spec.replace(**gemma4_fields(cfg)) if family == "GEMMA4" else spec
+
+
+def _query_log_scaling(cfg: Mapping[str, Any]) -> tuple[float, float] | None:
+    """Ministral 3's ``(llama_4_scaling_beta, original_max_position_embeddings)`` (its
+    attention multiplies the queries by ``1 + beta * ln(1 + floor(pos / length))``)."""
+    if cfg.get("model_type") != "ministral3":
+        return None
+    params = _rope_params(cfg)
+    beta = params.get("llama_4_scaling_beta")
+    if beta is None:
+        raise ValueError("config.json: ministral3 rope_parameters need llama_4_scaling_beta.")
+    return float(beta), float(params["original_max_position_embeddings"])
 
 
 def _dense_fields(cfg: Mapping[str, Any], family: str) -> dict[str, Any]:

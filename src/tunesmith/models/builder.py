@@ -280,6 +280,7 @@ def build_decoder(spec: ModelSpec, lora: LoRASettings | None = None) -> Transfor
         embed_multiplier=spec.embed_multiplier,
         logits_divisor=spec.logits_divisor,
         per_layer_embeddings=_per_layer_embeddings(spec),
+        query_log_scaling=spec.query_log_scaling,
     )
 
 

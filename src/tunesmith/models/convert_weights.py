@@ -35,6 +35,7 @@ from tunesmith.models._convert_gemma4 import (
 )
 from tunesmith.models._convert_granite4 import granite4_hf_to_llama_layout as _g4_in
 from tunesmith.models._convert_granite4 import granite4_llama_to_hf_layout as _g4_out
+from tunesmith.models._convert_mistral3 import is_mistral3, mistral3_layout, mistral3_text_keys
 from tunesmith.models._convert_moe import (
     MOE_FAMILIES,
     hf_experts_to_native,
@@ -187,6 +188,10 @@ def ties_embeddings(hf_config: Any) -> bool:
     a ``PretrainedConfig`` or None.
     """
     cfg = _cfg(hf_config)
+    if is_mistral3(cfg):  # the text decoder's setting
+        cfg = {"tie_word_embeddings": cfg.get("tie_word_embeddings", False)} | dict(
+            cfg.get("text_config") or {}
+        )
     tied_default = cfg.get("model_type") in _TIED_BY_DEFAULT
     return bool(cfg.get("tie_word_embeddings", tied_default))
 
@@ -243,6 +248,8 @@ def hf_to_native(
         out, state_dict = gemma4_from_hf_layout(state_dict, cfg)
     if mt == "GRANITE4":
         state_dict = _g4_in(state_dict)
+    if is_mistral3(cfg):  # the text decoder of a multimodal Mistral 3 checkpoint
+        state_dict = mistral3_text_keys(state_dict)
     for key, value in state_dict.items():
         if _DROP.search(key):
             continue
@@ -350,7 +357,11 @@ def native_to_hf(
         out[f"model.layers.{i}.{fused_name}.{suffix}"] = _fuse(fused_name, suffix, parts, i)
     if mt == "GEMMA4":
         return gemma4_to_hf_layout(extras, out, _cfg(hf_config))
-    return _g4_out(out) if mt == "GRANITE4" else out
+    if mt == "GRANITE4":
+        return _g4_out(out)
+    if is_mistral3(_cfg(hf_config)):  # Mistral3ForConditionalGeneration's file keys
+        return mistral3_layout(out)
+    return out
 
 
 def _fuse(fused: str, suffix: str, parts: dict[str, Tensor], layer: str) -> Tensor:

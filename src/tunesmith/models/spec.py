@@ -41,6 +41,9 @@ class ModelSpec:
     features of each head (partial rotary, Phi-4-mini); ``local_rope_base`` (and
     ``local_rope_scaling``) set give the sliding-window layers their own RoPE (Gemma 3:
     10k locally, 1M globally). ``nope_layers`` skip RoPE (Llama 4, SmolLM3).
+    ``query_log_scaling = (beta, length)`` multiplies every layer's queries at RoPE position
+    ``p`` by ``1 + beta * ln(1 + floor(p / length))`` (Ministral 3: ``llama_4_scaling_beta``
+    over yarn's ``original_max_position_embeddings``).
 
     Norms: ``post_norms`` adds norms on the attention / feed-forward outputs (Gemma 2 / 3
     sandwich norms); ``pre_norms=False`` drops the input norms (OLMo 2: post-norms only);
@@ -128,6 +131,7 @@ class ModelSpec:
     per_layer_vocab_size: int | None = None
     layer_scalars: bool = False
     moe_beside_mlp: bool = False
+    query_log_scaling: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

@@ -167,12 +167,15 @@ class MultiHeadAttention(nn.Module):
         kv_input: Tensor | None = None,
         input_pos: Tensor | None = None,
         shared_kv: dict[str, tuple[Tensor, Tensor]] | None = None,
+        q_scale: Tensor | None = None,
     ) -> Tensor:
         """tunesmith's call ``(x, cos, sin, mask, seq_lens, kv_input=)`` (see the class doc),
         or torchtune's ``(x, y, mask=, input_pos=)``: ``y [b, s_y, d]`` gives keys and values
         (``y = x`` for self-attention), ``pos_embeddings`` rotates q and k at ``input_pos``,
         ``mask [b, s, s_y]`` (or ``[b, s, max_seq_len]`` over cache slots) True = attend,
-        None = causal when ``is_causal`` and no cache, else every key."""
+        None = causal when ``is_causal`` and no cache, else every key. ``x [b, s, d] ->
+        [b, s, d]``; ``q_scale [b or 1, s]`` multiplies the queries after RoPE (Ministral 3's
+        position-dependent temperature, cast to the queries' dtype)."""
         if cos is not None and cos.dim() == 3:  # torchtune's y
             return self._torchtune_call(x, cos, mask, input_pos)
         b, s, _ = x.shape
@@ -187,6 +190,8 @@ class MultiHeadAttention(nn.Module):
         rope = self.use_rope and cos is not None and sin is not None
         if rope:
             q = apply_rope(q, cos, sin)
+        if q_scale is not None:
+            q = q * q_scale[:, None, :, None].to(q.dtype)
         if self.kv_sharing is not None and self.kv_sharing[0] == "reuse":
             if shared_kv is None or self.kv_sharing[1] not in shared_kv:
                 raise RuntimeError(

@@ -30,8 +30,8 @@ class TransformerSelfAttentionLayer(nn.Module):
     residual add (Granite). Gemma 4: ``per_layer_gate`` adds the layer's per-layer embedding
     (``modules.per_layer_embeddings.PerLayerInputGate`` of ``per_layer_input [b, s, p]``)
     after the feed-forward block, ``layer_scalar`` multiplies the output by a learned scalar
-    (a buffer, as in the checkpoints); ``shared_kv`` is passed to the attention (cross-layer
-    KV sharing). Shapes: ``x [b, s, d] -> [b, s, d]``.
+    (a buffer, as in the checkpoints); ``shared_kv`` (cross-layer KV sharing) and ``q_scale``
+    (per-position query scale) are passed to the attention. Shapes: ``x [b, s, d] -> [b, s, d]``.
     """
 
     def __init__(
@@ -72,13 +72,17 @@ class TransformerSelfAttentionLayer(nn.Module):
         input_pos: Tensor | None = None,
         per_layer_input: Tensor | None = None,
         shared_kv: dict[str, tuple[Tensor, Tensor]] | None = None,
+        q_scale: Tensor | None = None,
         **kwargs: Any,
     ) -> Tensor:
         """tunesmith's call ``(x, cos, sin, mask, seq_lens)`` or torchtune's
         ``(x, mask=, input_pos=)`` (no ``cos, sin``: the attention's ``pos_embeddings`` rotate;
         torchtune's other keywords, ``encoder_input`` / ``encoder_mask``, are ignored as
-        torchtune's self-attention layer ignores them)."""
-        extra = {} if shared_kv is None else {"shared_kv": shared_kv}
+        torchtune's self-attention layer ignores them). ``q_scale [b or 1, s]``: Ministral 3's
+        query temperature, passed to the attention."""
+        extra: dict = {} if shared_kv is None else {"shared_kv": shared_kv}
+        if q_scale is not None:
+            extra["q_scale"] = q_scale
         if cos is _TORCHTUNE_CALL:
             hx = self.sa_norm(x)
             attn_out = self.attn(hx, hx, mask=mask, input_pos=input_pos)
@@ -129,6 +133,9 @@ class TransformerDecoder(nn.Module):
         per_layer_embeddings: Gemma 4's per-layer embeddings
             (``modules.per_layer_embeddings.PerLayerEmbeddings``): layer ``i`` gets slice
             ``i`` as its ``per_layer_input`` (needs ``tokens``).
+        query_log_scaling: ``(beta, length)``: every layer's queries at position ``p`` (the
+            RoPE position id) are multiplied by ``1 + beta * ln(1 + floor(p / length))``
+            after RoPE (Ministral 3's ``llama_4_scaling_beta`` over the original length).
 
     Layers whose attention has ``kv_sharing`` share one dict of keys / values per forward
     (Gemma 4: the last layers reuse those of the last earlier layer of their type).
@@ -152,8 +159,10 @@ class TransformerDecoder(nn.Module):
         embed_multiplier: float | None = None,
         logits_divisor: float | None = None,
         per_layer_embeddings: nn.Module | None = None,
+        query_log_scaling: tuple[float, float] | None = None,
     ):
         super().__init__()
+        self.query_log_scaling = query_log_scaling
         self.tok_embeddings = tok_embeddings
         self.per_layer_embeddings = per_layer_embeddings
         self.layers = layers if isinstance(layers, nn.ModuleList) else nn.ModuleList(layers)
@@ -376,6 +385,14 @@ class TransformerDecoder(nn.Module):
             )
         return self.per_layer_embeddings(tokens, h)
 
+    def _query_scale(self, pos: Tensor) -> Tensor:
+        """``[b, s]`` (``[1, s]`` for ``[s]`` positions) fp32 query scale of positions ``pos``
+        (see ``query_log_scaling``), computed as transformers' Ministral 3 does."""
+        assert self.query_log_scaling is not None
+        beta, length = self.query_log_scaling
+        pos = pos if pos.dim() == 2 else pos[None]
+        return 1 + beta * torch.log(1 + torch.floor(pos / length))
+
     def forward(
         self,
         tokens: Tensor | None,
@@ -436,6 +453,7 @@ class TransformerDecoder(nn.Module):
         per_layer = self._per_layer_inputs(tokens, h)
         shared: dict[str, tuple[Tensor, Tensor]] | None = {} if self._kv_sharing else None
         cos_g, sin_g = self.rope(pos, h.dtype)
+        qs = {} if self.query_log_scaling is None else {"q_scale": self._query_scale(pos)}
         local_cs = (cos_g, sin_g) if self.local_rope is None else self.local_rope(pos, h.dtype)
         for i, layer in enumerate(self.layers):
             local = layer.attn.sliding_window is not None or getattr(layer.attn, "chunk_size", None)
@@ -458,11 +476,11 @@ class TransformerDecoder(nn.Module):
                 )
             elif per_layer is None and shared is None:
                 if seq_lens is None:
-                    h = layer(h, cos, sin, layer_mask)
+                    h = layer(h, cos, sin, layer_mask, **qs)
                 else:
-                    h = layer(h, cos, sin, None, seq_lens=seq_lens)
+                    h = layer(h, cos, sin, None, seq_lens=seq_lens, **qs)
             else:  # Gemma 4: per-layer inputs, shared keys / values
-                extra = {} if per_layer is None else {"per_layer_input": per_layer[:, :, i]}
+                extra = dict(qs) if per_layer is None else {"per_layer_input": per_layer[:, :, i]}
                 if shared is not None:
                     extra["shared_kv"] = shared
                 h = layer(h, cos, sin, None if seq_lens else layer_mask, seq_lens, **extra)

@@ -1,13 +1,29 @@
-"""Mistral tokenizer (SentencePiece) and its ``[INST]`` chat template."""
+"""Mistral tokenizer (SentencePiece) and its ``[INST]`` chat template; the Tekken
+(``tokenizer.json``) builders of Mistral Nemo and Mistral Small 3.x."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from tunesmith.data import Message
+from tunesmith.models._hf_chat_tokenizer import hf_chat_tokenizer_builder
 from tunesmith.models.llama2._tokenizer import Llama2Tokenizer
 
-__all__ = ["MistralChatTemplate", "MistralTokenizer", "mistral_tokenizer"]
+__all__ = [
+    "MistralChatTemplate",
+    "MistralTokenizer",
+    "mistral_tokenizer",
+    "mistral_nemo_tokenizer",
+    "mistral_small_tokenizer",
+]
+
+#: Nemo / Small 3.x ship a Tekken ``tokenizer.json`` and their Jinja chat template
+mistral_nemo_tokenizer = hf_chat_tokenizer_builder(
+    "mistral_nemo_tokenizer", "Mistral Nemo", __name__
+)
+mistral_small_tokenizer = hf_chat_tokenizer_builder(
+    "mistral_small_tokenizer", "Mistral Small 3.x", __name__
+)
 
 
 class MistralChatTemplate:

@@ -9,6 +9,12 @@ from typing import Any
 
 import torch
 
+from tunesmith.models._convert_mistral3 import (
+    is_mistral3,
+    mistral3_layout,
+    mistral3_text_keys,
+    mistral3_towers,
+)
 from tunesmith.training.checkpointing._base import CheckpointerBase
 from tunesmith.training.checkpointing._config_check import (
     check_config_matches_weights,
@@ -62,13 +68,18 @@ class HuggingFaceKeys:
             from tunesmith.models._convert_gemma4 import gemma4_towers
 
             self._untrained = gemma4_towers(hf_sd)
+        if is_mistral3(self._hf_config):  # its vision tower and projector: the same
+            self._untrained = mistral3_towers(hf_sd)
         return hf_to_native(hf_sd, self._model_type, self._hf_config)
 
     def _from_native(self, native_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         from tunesmith.models.convert_weights import native_to_hf
 
         out = native_to_hf(native_sd, self._model_type, self._hf_config)
-        return {**out, **getattr(self, "_untrained", {})}
+        towers = getattr(self, "_untrained", {})
+        if is_mistral3(self._hf_config):  # the text keys in the layout the towers were read in
+            out = mistral3_layout(mistral3_text_keys(out), towers)
+        return {**out, **towers}
 
 
 class FullModelHFCheckpointer(HuggingFaceKeys, CheckpointerBase):
