@@ -168,6 +168,7 @@ def test_gemma2_quantized_is_llama_cpps_own(tmp_path: Path, out_type: str) -> No
     """Our quantized Gemma 2 file is llama.cpp's quantizer's output for the same f32 weights
     (tensor types and bytes; the (1 + w) norms stay F32), and runs close to transformers."""
     _need(TOY_SPM)
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (the llamacpp extra)")
     from tunesmith.models.gguf_export import llama_cpp_quantize
 
     config = transformers.Gemma2Config(
