@@ -114,8 +114,8 @@ def test_lora_finetune_learns_and_saves_hf(family, instruct_data, tmp_path):
         "lora_rank": 8,
         "lora_alpha": 16,
     }
-    if family == "phi4_mini":  # fused qkv / gate_up: PEFT takes whole-module adapters only
-        lora |= {"lora_attn_modules": ["output_proj"], "apply_lora_to_mlp": False}
+    if family == "phi4_mini":  # fused qkv / gate_up: q / v only, saved in the block form
+        lora |= {"lora_attn_modules": ["q_proj", "v_proj", "output_proj"]}
     if family == "granite4":  # fused shared_mlp.input_linear: refused (see test_dense_specs)
         lora |= {"apply_lora_to_mlp": False}
     over = {"checkpointer.model_type": model_type, "optimizer.lr": 1e-2}

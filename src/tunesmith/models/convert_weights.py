@@ -22,9 +22,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from tunesmith.models._convert_fused import attn_sizes as _attn_sizes
+from tunesmith.models._convert_fused import fuse_parts as _fuse
+from tunesmith.models._convert_fused import split_fused as _split_fused
 from tunesmith.models._convert_gemma4 import (
     GEMMA4_LAYER,
     GEMMA4_NORMS,
@@ -42,6 +44,7 @@ from tunesmith.models._convert_moe import (
     native_experts_to_hf,
 )
 from tunesmith.models._hf_config import spec_from_hf_config
+from tunesmith.models._peft_fused import FUSED_PARTS
 
 __all__ = [
     "MODEL_TYPES",
@@ -94,10 +97,7 @@ _LAYER_LLAMA4 = {
 }
 _TOP_HF = {"model.embed_tokens": "tok_embeddings", "model.norm": "norm", "lm_head": "output"}
 _TOP_REWARD = {**_TOP_HF, "score": "output"}
-_FUSED_PHI3 = {
-    "self_attn.qkv_proj": ("q_proj", "k_proj", "v_proj"),
-    "mlp.gate_up_proj": ("w1", "w3"),
-}
+_FUSED_PHI3 = FUSED_PARTS  # Hugging Face fused module -> native parts (Phi-3 / Phi-4-mini)
 
 #: model_type -> (layer module map, top-level module map, has fused Phi-3 projections,
 #: torchtune stores q/k interleaved)
@@ -212,20 +212,18 @@ def _param_to_hf(module: str, suffix: str) -> str:
     return "weight" if module.split(".")[-1] in _NORMS and suffix == "scale" else suffix
 
 
-def _attn_sizes(cfg: Mapping[str, Any]) -> tuple[int, int, int]:
-    n_heads = cfg["num_attention_heads"]
-    n_kv = cfg.get("num_key_value_heads") or n_heads
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
-    return n_heads, n_kv, head_dim
-
-
 def hf_to_native(
-    state_dict: Mapping[str, Tensor], model_type: Any, hf_config: Any = None
+    state_dict: Mapping[str, Tensor],
+    model_type: Any,
+    hf_config: Any = None,
+    fused_blocks: Mapping[str, list[str]] | None = None,
 ) -> dict[str, Tensor]:
     """Rename a Hugging Face state dict to native keys (no copies, except Phi-3 splits).
 
     ``hf_config`` (the ``config.json`` dict or a ``PretrainedConfig``) is needed for Phi-3 /
     Phi-4 (head counts to split ``qkv_proj``) and to drop ``lm_head.weight`` of tied models.
+    ``fused_blocks`` (``{"model.layers.0.self_attn.qkv_proj": ["q_proj", "v_proj"]}``) names
+    the fused adapters written in the block form of :mod:`tunesmith.models._peft_fused`.
     """
     if _llama4_vision(model_type, state_dict):
         from tunesmith.models._convert_llama4 import llama4_hf_to_native
@@ -259,7 +257,8 @@ def hf_to_native(
             if fused:
                 hit = _split_module(rest, {k: k for k in _FUSED_PHI3})
                 if hit:
-                    _split_fused(out, f"layers.{i}", hit[0], hit[1], value, cfg)
+                    blocks = (fused_blocks or {}).get(f"model.layers.{i}.{hit[0]}")
+                    _split_fused(out, f"layers.{i}", hit[0], hit[1], value, cfg, blocks)
                     continue
             hit = _split_module(rest, layer_map)
             if hit is None:
@@ -277,26 +276,6 @@ def hf_to_native(
     if mt == "LLAMA4":  # HF's Llama 4 q/k rows are in the interleaved (complex) RoPE layout
         out = _permute_qk(out, *_attn_sizes(cfg), permute_meta_to_hf)
     return out
-
-
-def _split_fused(
-    out: dict[str, Tensor], prefix: str, fused: str, suffix: str, value: Tensor, cfg: Mapping
-) -> None:
-    names = _FUSED_PHI3[fused]
-    parent = "attn" if fused.startswith("self_attn") else "mlp"
-    if suffix == "lora_a.weight":  # shared input projection: the same A for every part
-        for name in names:
-            out[f"{prefix}.{parent}.{name}.{suffix}"] = value
-        return
-    if parent == "attn":
-        if not cfg:
-            raise ValueError("hf_config is required to split Phi-3 qkv_proj weights.")
-        n_heads, n_kv, hd = _attn_sizes(cfg)
-        parts = value.split([n_heads * hd, n_kv * hd, n_kv * hd], dim=0)
-    else:
-        parts = value.chunk(2, dim=0)
-    for name, part in zip(names, parts, strict=True):
-        out[f"{prefix}.{parent}.{name}.{suffix}"] = part
 
 
 def native_to_hf(
@@ -333,7 +312,7 @@ def native_to_hf(
     extras: dict[str, Tensor] = {}
     if mt == "GEMMA4":  # layer scalars and experts: converted after the renames
         extras, state_dict = gemma4_native_extras(state_dict)
-    pending: dict[tuple[str, str, str], dict[str, Tensor]] = {}
+    pending: dict[tuple[str, str], dict[str, dict[str, Tensor]]] = {}
     for key, value in state_dict.items():
         m = _LAYER_RE.match(key)
         if m and not m.group(1):
@@ -342,7 +321,8 @@ def native_to_hf(
                 hit = _split_module(rest, {k: k for k in fused_parts})
                 if hit:
                     part = hit[0].split(".")[-1]
-                    pending.setdefault((i, fused_parts[hit[0]], hit[1]), {})[part] = value
+                    group = pending.setdefault((i, fused_parts[hit[0]]), {})
+                    group.setdefault(hit[1], {})[part] = value
                     continue
             hit = _split_module(rest, inv_layer)
             if hit is None:
@@ -353,8 +333,9 @@ def native_to_hf(
         if hit is None:
             raise KeyError(f"Unexpected native key {key!r} for model type {mt}.")
         out[f"{inv_top[hit[0]]}.{_param_to_hf(hit[0], hit[1])}"] = value
-    for (i, fused_name, suffix), parts in pending.items():
-        out[f"model.layers.{i}.{fused_name}.{suffix}"] = _fuse(fused_name, suffix, parts, i)
+    for (i, fused_name), by_suffix in pending.items():
+        for suffix, value in _fuse(fused_name, by_suffix, i, _cfg(hf_config)).items():
+            out[f"model.layers.{i}.{fused_name}.{suffix}"] = value
     if mt == "GEMMA4":
         return gemma4_to_hf_layout(extras, out, _cfg(hf_config))
     if mt == "GRANITE4":
@@ -362,23 +343,6 @@ def native_to_hf(
     if is_mistral3(_cfg(hf_config)):  # Mistral3ForConditionalGeneration's file keys
         return mistral3_layout(out)
     return out
-
-
-def _fuse(fused: str, suffix: str, parts: dict[str, Tensor], layer: str) -> Tensor:
-    names = _FUSED_PHI3[fused]
-    missing = [n for n in names if n not in parts]
-    if missing:
-        raise KeyError(f"layers.{layer}: cannot fuse {fused}.{suffix}, missing parts {missing}.")
-    tensors = [parts[n] for n in names]
-    if suffix == "lora_a.weight":
-        if not all(torch.equal(tensors[0], t) for t in tensors[1:]):
-            raise ValueError(
-                f"layers.{layer}: the {names} LoRA adapters have different lora_a matrices and "
-                f"cannot be written as one fused Hugging Face {fused} adapter of the same rank. "
-                "Merge the adapters into the weights (get_merged_lora_ckpt) before exporting."
-            )
-        return tensors[0]
-    return torch.cat(tensors, dim=0)
 
 
 # ---------------------------------------------------------------- q/k layout permutations

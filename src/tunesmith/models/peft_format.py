@@ -28,6 +28,13 @@ from tunesmith.models._peft_experts import (
     native_expert_adapters_to_peft,
     peft_expert_adapters_to_native,
 )
+from tunesmith.models._peft_fused import (
+    FUSED_METADATA_KEY,
+    block_modules,
+    check_patterns,
+    fused_patterns,
+    read_block_modules,
+)
 from tunesmith.models.convert_weights import hf_to_native, native_to_hf, ties_embeddings
 from tunesmith.utils._atomic import atomic_save_safetensors, atomic_write_json
 from tunesmith.utils._integrity import check_safetensors
@@ -114,9 +121,15 @@ def native_to_peft(
 
 
 def peft_to_native(
-    peft_state_dict: Mapping[str, Tensor], model_type: Any, hf_config: Any = None
+    peft_state_dict: Mapping[str, Tensor],
+    model_type: Any,
+    hf_config: Any = None,
+    fused_blocks: Mapping[str, list[str]] | None = None,
 ) -> dict[str, Tensor]:
     """PEFT adapter keys (from ``adapter_model.safetensors``) -> native adapter keys.
+
+    ``fused_blocks`` names Phi-3 fused modules saved in the block form (per-part ``A``,
+    block-diagonal ``B``; :mod:`tunesmith.models._peft_fused`), from the file's metadata.
 
     Raises:
         ValueError: for entries that are not LoRA / DoRA weights (e.g. ``modules_to_save``
@@ -146,7 +159,8 @@ def peft_to_native(
                 "other PEFT methods cannot be loaded as a native LoRA adapter"
             )
         hf[f"{hit[0]}.{hit[1]}"] = peft_state_dict[key]
-    return {**(hf_to_native(hf, model_type, hf_config) if hf else {}), **experts}
+    native = hf_to_native(hf, model_type, hf_config, fused_blocks) if hf else {}
+    return {**native, **experts}
 
 
 def target_modules_from_adapter(peft_state_dict: Iterable[str]) -> list[str]:
@@ -234,6 +248,7 @@ def save_peft_adapter(
     """
     folder = Path(folder)
     peft_sd = native_to_peft(adapter_state_dict, model_type, hf_config)
+    blocks = block_modules(adapter_state_dict) if _fuses(model_type) else {}
     config = peft_adapter_config(
         model_type,
         base_model_name_or_path,
@@ -247,9 +262,17 @@ def save_peft_adapter(
         if any(".mlp.experts." in k for k in adapter_state_dict)
         else (),
     )
-    atomic_save_safetensors(peft_sd, folder / ADAPTER_WEIGHTS_NAME)
+    metadata = {"format": "pt"}
+    if blocks:  # Phi-3 parts with their own A: one fused adapter of rank k r (block-diagonal B)
+        config["rank_pattern"], config["alpha_pattern"] = fused_patterns(blocks, rank, alpha)
+        metadata[FUSED_METADATA_KEY] = json.dumps(blocks, sort_keys=True)
+    atomic_save_safetensors(peft_sd, folder / ADAPTER_WEIGHTS_NAME, metadata)
     atomic_write_json(folder / ADAPTER_CONFIG_NAME, config)
     return config
+
+
+def _fuses(model_type: Any) -> bool:
+    return str(getattr(model_type, "name", model_type)).upper() in ("PHI3_MINI", "PHI4")
 
 
 def load_peft_adapter(
@@ -276,9 +299,17 @@ def load_peft_adapter(
             f"{config_path}: peft_type {config.get('peft_type')!r} is not supported; only LORA "
             "(incl. use_dora) adapters load as native adapters"
         )
+    from safetensors import safe_open
+
+    check_safetensors(weights)
+    with safe_open(str(weights), framework="pt") as handle:
+        blocks = read_block_modules(handle.metadata())
+    patterns = ("rank_pattern", "alpha_pattern")
+    if blocks:  # our own block-form Phi-3 adapter: its patterns must be exactly those
+        check_patterns(config, blocks, str(config_path))
     unsupported = {
         key: config[key]
-        for key in ("use_rslora", "rank_pattern", "alpha_pattern", "modules_to_save")
+        for key in ("use_rslora", *(() if blocks else patterns), "modules_to_save")
         if config.get(key)
     }
     if unsupported:
@@ -287,5 +318,4 @@ def load_peft_adapter(
             "native adapter (one rank, scaling alpha / rank) cannot represent; merge the "
             "adapter in PEFT (merge_and_unload) and load the merged model instead"
         )
-    check_safetensors(weights)
-    return peft_to_native(load_file(str(weights)), model_type, hf_config), config
+    return peft_to_native(load_file(str(weights)), model_type, hf_config, blocks), config
