@@ -154,3 +154,19 @@ def test_special_strings_split_in_model_tokenizer_not_in_base(assets: Path) -> N
     assert 128009 not in tok.base.encode("a<|eot_id|>b", False, False)
     assert tok.decode(ids) == "ab"
     assert tok.decode(ids, skip_special_tokens=False) == "a<|eot_id|>b"
+
+
+def test_phi3_family_tokenizer_matches_reference(assets: Path) -> None:
+    """tunesmith's Phi-3 tokenizer (Llama 2's SentencePiece model + Phi-3's added tokens, as
+    Phi-3-mini ships it) gives llama.cpp's Phi-3 reference ids for every text."""
+    from tunesmith.models.phi3 import phi3_mini_tokenizer
+
+    path = assets / "tokenizers" / "llama2" / "tokenizer.model"
+    if not path.is_file():
+        pytest.skip(f"needs {path} (shared assets)")
+    tok = phi3_mini_tokenizer(str(path))
+    _check(
+        lambda t: tok.encode(t, add_bos=False, add_eos=False),
+        tok.decode,
+        _cases(assets, "phi-3"),
+    )
