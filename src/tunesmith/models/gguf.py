@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from tunesmith.data.tokenizers import GPT2_PATTERN, QWEN2_PATTERN
+
 __all__ = [
     "read_gguf",
     "gguf_hf_config",
@@ -34,25 +36,32 @@ __all__ = [
 # GGUF token types (llama.cpp's llama_token_type).
 _TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED = 1, 3, 4
 
-_GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_GPT2_REGEX = GPT2_PATTERN
 _LLAMA3_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_QWEN2_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN2_REGEX = QWEN2_PATTERN
+# Qwen3.5: Qwen2's shape with combining marks (\p{M}) kept in words and out of punctuation
+# runs; its tokenizer.json has no NFC normaliser (a decomposed "é" stays "e" + U+0301)
+_QWEN35_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+    r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-# tokenizer.ggml.pre -> (regexes applied in order, ignore_merges), as in llama.cpp's llama-vocab.
-_PRE_TOKENIZERS: dict[str, tuple[list[str], bool]] = {
-    "default": ([_GPT2_REGEX], False),
-    "gpt2": ([_GPT2_REGEX], False),
-    "smollm": ([r"\p{N}", _GPT2_REGEX], False),
-    "starcoder": ([r"\p{N}", _GPT2_REGEX], False),
-    "refact": ([r"\p{N}", _GPT2_REGEX], False),
-    "llama-bpe": ([_LLAMA3_REGEX], True),
-    "llama3": ([_LLAMA3_REGEX], True),
-    "qwen2": ([_QWEN2_REGEX], False),
+# tokenizer.ggml.pre -> (regexes applied in order, ignore_merges, NFC first), as llama.cpp's
+# llama-vocab.cpp selects the split for that name; NFC where the family's tokenizer.json
+# normalises (Qwen), since GGUF does not record the normaliser.
+_PRE_TOKENIZERS: dict[str, tuple[list[str], bool, bool]] = {
+    "default": ([_GPT2_REGEX], False, False),
+    "gpt2": ([_GPT2_REGEX], False, False),
+    "gpt-2": ([_GPT2_REGEX], False, False),
+    "smollm": ([r"\p{N}", _GPT2_REGEX], False, False),
+    "starcoder": ([r"\p{N}", _GPT2_REGEX], False, False),
+    "refact": ([r"\p{N}", _GPT2_REGEX], False, False),
+    "llama-bpe": ([_LLAMA3_REGEX], True, False),
+    "llama3": ([_LLAMA3_REGEX], True, False),
+    "qwen2": ([_QWEN2_REGEX], False, True),
+    "qwen35": ([_QWEN35_REGEX], False, False),
 }
 
 _LAYER_MAP = {
@@ -237,21 +246,25 @@ def gguf_hf_state_dict(
 
 def gguf_tokenizer(metadata: dict[str, Any]) -> Any:
     """A ``tokenizers.Tokenizer`` rebuilt from the GGUF vocabulary: byte-level BPE
-    (``"gpt2"``) or Gemma 4's SentencePiece-style BPE (``"gemma4"``: spaces become ``▁``, byte
-    fallback, no pre-tokenizer, no dummy prefix; equal to the released ``tokenizer.json`` on
-    llama.cpp's reference tokenizations)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    (``"gpt2"``, split by the regexes of ``tokenizer.ggml.pre``), a SentencePiece vocabulary
+    (``"llama"``: Llama 2, Phi-3; see :func:`_sentencepiece_scores`) or Gemma 4's
+    SentencePiece-style BPE (``"gemma4"``: spaces become ``▁``, byte fallback, no
+    pre-tokenizer, no dummy prefix). Each equals the released ``tokenizer.json`` on
+    llama.cpp's reference tokenizations (``tests/data/test_gguf_vocab_reference.py``)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     kind = metadata.get("tokenizer.ggml.model")
-    if kind not in ("gpt2", "gemma4"):
+    if kind not in ("gpt2", "gemma4", "llama"):
         raise ValueError(
-            f"GGUF tokenizer model {kind!r} is not supported; only byte-level BPE ('gpt2') "
-            "and Gemma 4 ('gemma4') vocabularies can be imported"
+            f"GGUF tokenizer model {kind!r} is not supported; only byte-level BPE ('gpt2'), "
+            "SentencePiece ('llama') and Gemma 4 ('gemma4') vocabularies can be imported"
         )
     tokens: list[str] = list(metadata["tokenizer.ggml.tokens"])
     types: list[int] = list(
         metadata.get("tokenizer.ggml.token_type") or [_TOKEN_NORMAL] * len(tokens)
     )
+    if kind == "llama":
+        return _add_tokens(_sentencepiece_scores(tokens, types, metadata), tokens, types)
     merges = [tuple(m.split(" ", 1)) for m in metadata.get("tokenizer.ggml.merges") or []]
     if kind == "gemma4":
         return _add_tokens(_sentencepiece_bpe(tokens, merges, metadata), tokens, types)
@@ -260,17 +273,61 @@ def gguf_tokenizer(metadata: dict[str, Any]) -> Any:
         raise ValueError(
             f"GGUF pre-tokenizer {pre!r} is not supported; known: {sorted(_PRE_TOKENIZERS)}"
         )
-    regexes, ignore_merges = _PRE_TOKENIZERS[pre]
+    regexes, ignore_merges, nfc = _PRE_TOKENIZERS[pre]
     vocab = {tok: i for i, tok in enumerate(tokens)}
     tok = Tokenizer(
         models.BPE(vocab=vocab, merges=merges, ignore_merges=ignore_merges, fuse_unk=False)
     )
+    if nfc:
+        tok.normalizer = normalizers.NFC()
     splits = [pre_tokenizers.Split(Regex(rx), behavior="isolated", invert=False) for rx in regexes]
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )
     tok.decoder = decoders.ByteLevel()
     return _add_tokens(tok, tokens, types)
+
+
+def _sentencepiece_scores(tokens: list[str], types: list[int], metadata: dict) -> Any:
+    """SentencePiece BPE from pieces and scores, as HF's Llama ``tokenizer.json`` holds it.
+
+    SentencePiece merges the adjacent pair whose joined piece scores highest; as BPE merges
+    that is every split ``(left, right)`` of each normal piece into two normal pieces, ranked
+    by the joined piece's score (higher first; then by id). A ``▁`` dummy prefix goes before
+    the text and spaces become ``▁``; characters without a piece fall back to ``<0xNN>``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    scores = [float(x) for x in metadata["tokenizer.ggml.scores"]]
+    normal = {t for t, k in zip(tokens, types) if k == _TOKEN_NORMAL}
+    ranked = []
+    for piece in normal:
+        splits = [
+            (vocab[piece[:j]], vocab[piece[j:]], piece[:j], piece[j:])
+            for j in range(1, len(piece))
+            if piece[:j] in normal and piece[j:] in normal
+        ]
+        ranked.extend((-scores[vocab[piece]], vocab[piece], *s) for s in splits)
+    merges = [(left, right) for *_, left, right in sorted(ranked)]
+    unk = metadata.get("tokenizer.ggml.unknown_token_id")
+    model = models.BPE(
+        vocab=vocab,
+        merges=merges,
+        byte_fallback=True,
+        fuse_unk=True,
+        unk_token=None if unk is None else tokens[int(unk)],
+    )
+    tok = Tokenizer(model)
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+    return tok
 
 
 def _sentencepiece_bpe(tokens: list[str], merges: list[tuple[str, ...]], metadata: dict) -> Any:
