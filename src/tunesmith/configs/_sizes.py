@@ -211,6 +211,28 @@ SIZES: list[Size] = [
          _shards(10), "MISTRAL", "tunesmith.models.mistral.mistral_small_tokenizer", _HF_JSON,
          ["lora", "qlora_single_device"], big=True, lora_rank=16, lora_lr="1e-4",
          torchtune_twin=False),
+    # Mistral Small 3.1 24B (2503): the text decoder of the multimodal BF16 release (its
+    # vision tower is carried through unchanged)
+    Size("mistral", "24B_3_1", "mistral_small_3_1_24b",
+         "mistralai/Mistral-Small-3.1-24B-Instruct-2503", _shards(10), "MISTRAL",
+         "tunesmith.models.mistral.mistral_small_tokenizer", _HF_JSON,
+         ["lora", "qlora_single_device"], big=True, lora_rank=16, lora_lr="1e-4",
+         torchtune_twin=False),
+    # Ministral 3 (2512) from the BF16 base checkpoints (the Instruct repos ship FP8 weights);
+    # shard counts inferred from the sizes at 5 GB per shard: check the folder's
+    # model.safetensors.index.json if a file is reported missing
+    Size("ministral3", "3B", "ministral3_3b", "mistralai/Ministral-3-3B-Base-2512", _shards(2),
+         "MISTRAL", "tunesmith.models.ministral3.ministral3_tokenizer", _HF_JSON,
+         ["lora_single_device", "full_single_device"], lora_rank=16, lora_lr="1e-4",
+         torchtune_twin=False),
+    Size("ministral3", "8B", "ministral3_8b", "mistralai/Ministral-3-8B-Base-2512", _shards(4),
+         "MISTRAL", "tunesmith.models.ministral3.ministral3_tokenizer", _HF_JSON,
+         ["lora_single_device", "qlora_single_device"], big=True, lora_rank=16,
+         lora_lr="1e-4", torchtune_twin=False),
+    Size("ministral3", "14B", "ministral3_14b", "mistralai/Ministral-3-14B-Base-2512",
+         _shards(6), "MISTRAL", "tunesmith.models.ministral3.ministral3_tokenizer", _HF_JSON,
+         ["lora", "qlora_single_device"], big=True, lora_rank=16, lora_lr="1e-4",
+         torchtune_twin=False),
     # Gemma 4 text decoders of the multimodal checkpoints (their vision / audio towers are
     # carried through unchanged). 26B A4B's shard count is inferred from its size; its LoRA
     # adapts attention and the dense MLPs (the experts stay frozen).
@@ -240,4 +262,5 @@ GENERATION = {
     "llama2": "7B", "code_llama2": "7B", "llama3": "8B", "llama3_1": "8B", "llama3_2": "1B",
     "llama3_3": "70B", "mistral": "7B", "gemma": "2B", "gemma2": "2B", "phi3": "mini",
     "phi4": "14B", "qwen2": "0.5B", "qwen2_5": "0.5B", "qwen3": "0.6B", "gemma4": "E2B",
+    "ministral3": "3B",
 }  # fmt: skip
