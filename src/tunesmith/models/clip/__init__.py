@@ -1,0 +1,35 @@
+"""CLIP (https://arxiv.org/abs/2103.00020) with torchtune's API: the text encoder and its
+tokenizer, the tiled image transform, and the tile / token position embeddings of tiled CLIP
+vision encoders in torchtune's grid layout (with their interpolation on load)."""
+
+from tunesmith.models.clip._component_builders import clip_mlp, clip_text_encoder
+from tunesmith.models.clip._convert_weights import clip_text_hf_to_tune
+from tunesmith.models.clip._model_builders import (
+    clip_text_vit_large_patch14,
+    clip_tokenizer,
+    clip_vit_224_transform,
+)
+from tunesmith.models.clip._position_embeddings import (
+    TiledTokenPositionalEmbedding,
+    TilePositionalEmbedding,
+    TokenPositionalEmbedding,
+)
+from tunesmith.models.clip._text_encoder import CLIPTextEncoder, QuickGELU
+from tunesmith.models.clip._tokenizer import CLIPTokenizer
+from tunesmith.models.clip._transform import CLIPImageTransform
+
+__all__ = [
+    "CLIPImageTransform",
+    "CLIPTextEncoder",
+    "CLIPTokenizer",
+    "QuickGELU",
+    "TiledTokenPositionalEmbedding",
+    "TilePositionalEmbedding",
+    "TokenPositionalEmbedding",
+    "clip_mlp",
+    "clip_text_encoder",
+    "clip_text_hf_to_tune",
+    "clip_text_vit_large_patch14",
+    "clip_tokenizer",
+    "clip_vit_224_transform",
+]
