@@ -161,3 +161,61 @@ def test_load_interpolates_to_the_model_sizes_and_keeps_same_sizes_exact() -> No
     state = TilePositionalEmbedding(max_num_tiles=2, embed_dim=4).state_dict()
     same.load_state_dict(state)
     torch.testing.assert_close(same.embedding, state["embedding"])
+
+
+def test_single_tile_vision_encoder_equals_transformers_clip_vision_model() -> None:
+    """One tile, no tile embeddings: torchtune's CLIP ViT is transformers' CLIPVisionModel
+    (its class token after ``ln_post`` is the pooled output; the taps are the inputs of the
+    layers, transformers' ``hidden_states``)."""
+    from tunesmith.models.clip import QuickGELU, clip_vision_encoder
+
+    cfg = transformers.CLIPVisionConfig(
+        hidden_size=16,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=28,
+        patch_size=7,
+        hidden_act="quick_gelu",
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    hf = transformers.CLIPVisionModel(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.2)
+    ours = clip_vision_encoder(
+        tile_size=28,
+        patch_size=7,
+        embed_dim=16,
+        num_layers=2,
+        num_heads=4,
+        activation=QuickGELU,
+        max_num_tiles=1,
+        out_indices=[0, 1],
+    ).eval()
+    top = {
+        "embeddings.patch_embedding.weight": "conv.weight",
+        "embeddings.class_embedding": "cls_token_embedding.weight",
+        "embeddings.position_embedding.weight": "token_pos_embedding.positional_embedding",
+    }
+    state = {}
+    for key, value in hf.state_dict().items():
+        key = key.removeprefix("vision_model.")
+        if key == "embeddings.position_ids":
+            continue
+        key = top.get(key, key)
+        key = key.replace("pre_layrnorm", "ln_pre").replace("post_layernorm", "ln_post")
+        for a, b in [("encoder.layers", "layers"), ("self_attn.out_proj", "attn.output_proj"),
+                     ("self_attn", "attn"), ("layer_norm1", "sa_norm"),
+                     ("layer_norm2", "mlp_norm"), ("mlp.fc1", "mlp.w1"), ("mlp.fc2", "mlp.w2")]:  # fmt: skip
+            key = key.replace(a, b)
+        state[key] = value
+    ours.load_state_dict(state)
+    images = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        out = hf(pixel_values=images, output_hidden_states=True)
+        x, taps = ours(images[:, None, None])  # x [b, 1 image, 1 tile, L, d]
+    torch.testing.assert_close(x[:, 0, 0, 0], out.pooler_output, atol=1e-5, rtol=1e-5)
+    for tap, expected in zip(taps, out.hidden_states[:2]):
+        torch.testing.assert_close(tap[:, 0, 0], expected, atol=1e-5, rtol=1e-5)
