@@ -29,7 +29,9 @@ __all__ = [
     "get_inscribed_size",
     "load_image",
     "pad_dim_to_size",
+    "resize_image",
     "resize_to_fit_canvas",
+    "resize_with_pad",
     "smart_resize",
     "tile_crop",
 ]
@@ -289,3 +291,53 @@ class DynamicResolutionImageTransform:
         x = x.permute(1, 4, 2, 5, 0, 3, 6)[:, :, :, :, :, None]  # [gh/m, gw/m, m, m, C, 1, p, p]
         x = x.expand(*x.shape[:5], tp, p, p).reshape(gh * gw, c * tp * p * p)
         return {"pixel_values": x.contiguous(), "grid_thw": torch.tensor([1, gh, gw])}
+
+
+_TORCH_MODES = {"nearest": "nearest", "nearest_exact": "nearest-exact"}
+
+
+def resize_image(
+    image: Tensor, size: Sequence[int], resample: Any = "bilinear", antialias: bool = True
+) -> Tensor:
+    """``image [..., C, H, W]`` -> ``[..., C, *size]`` as torchvision's ``resize`` of a tensor:
+    bilinear / bicubic antialiased (unless ``antialias=False``; corners not aligned),
+    nearest / nearest_exact plain; other
+    dtypes than float32 / float64 are computed in float32 and cast back (integers rounded).
+    ``resample``: a mode name or a ``torchvision.transforms.InterpolationMode``. The image is
+    returned as is when it already has ``size``."""
+    mode = str(getattr(resample, "value", resample)).lower().replace("-", "_")
+    if mode not in ("bilinear", "bicubic", *_TORCH_MODES):
+        raise ValueError(
+            f"resample {resample!r} is not one of nearest, nearest_exact, bilinear, bicubic"
+        )
+    h, w = (int(v) for v in size)
+    if tuple(image.shape[-2:]) == (h, w):
+        return image
+    shape, dtype = image.shape, image.dtype
+    x = image.reshape(-1, *shape[-3:])
+    if dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    if mode in _TORCH_MODES:
+        x = torch.nn.functional.interpolate(x, size=[h, w], mode=_TORCH_MODES[mode])
+    else:
+        x = torch.nn.functional.interpolate(
+            x, size=[h, w], mode=mode, align_corners=False, antialias=antialias
+        )
+    if not dtype.is_floating_point:
+        x = (x.clamp(0, 255) if mode == "bicubic" else x).round()
+    return x.to(dtype).reshape(*shape[:-2], h, w)
+
+
+def resize_with_pad(
+    image: Tensor,
+    target_size: tuple[int, int],
+    resample: Any = "bilinear",
+    max_size: int | None = None,
+) -> Tensor:
+    """torchtune's ``resize_with_pad``: resize ``image [..., H, W]`` to the largest size with
+    its aspect ratio inside ``target_size`` (bounded by ``max_size``, see
+    :func:`get_inscribed_size`), then zero pad right / bottom to ``target_size``."""
+    inscribed = get_inscribed_size(tuple(image.shape[-2:]), tuple(target_size), max_size)
+    image = resize_image(image, inscribed, resample)
+    pad_h, pad_w = target_size[0] - image.shape[-2], target_size[1] - image.shape[-1]
+    return torch.nn.functional.pad(image, [0, pad_w, 0, pad_h])

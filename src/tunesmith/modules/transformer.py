@@ -54,10 +54,12 @@ class TransformerSelfAttentionLayer(nn.Module):
             self.register_buffer("layer_scalar", torch.ones(1))
         else:
             self.layer_scalar = None
-        self.sa_norm = sa_norm
+        # torchtune's (and transformers') registration order: parameters() and state_dict()
+        # list attn, mlp, then the norms, so seeded inits and optimizer states line up
         self.attn = attn
-        self.mlp_norm = mlp_norm
         self.mlp = mlp
+        self.sa_norm = sa_norm
+        self.mlp_norm = mlp_norm
         self.sa_scale = sa_scale
         self.mlp_scale = mlp_scale
 
