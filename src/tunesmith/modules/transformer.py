@@ -414,7 +414,8 @@ class TransformerDecoder(nn.Module):
                 With KV caches enabled: ``[b, s, cache_len]`` over cache slots (torchtune's
                 convention), or None for causal over everything cached so far.
             input_pos: ``[b, s]`` position ids (restart per packed document; default
-                ``arange``, offset by the cache position when decoding).
+                ``arange``, offset by the cache position when decoding); ``[s]`` is shared by
+                every row, and a one-token step also takes torchtune's ``[b]``.
             input_embeds: ``[b, s, d]`` embeddings used instead of ``tok_embeddings(tokens)``.
             seq_lens: lengths of the documents concatenated in a ``[1, s]`` batch (training on
                 unpadded data; a list of ints or a ``Documents``): attention is causal within
@@ -442,6 +443,8 @@ class TransformerDecoder(nn.Module):
         if self.embed_multiplier is not None:
             h = h * self.embed_multiplier
         b, s = h.shape[:2]
+        if input_pos is not None and input_pos.dim() == 1 and s == 1 < b == input_pos.numel():
+            input_pos = input_pos[:, None]  # torchtune's decoding step: one position per row
         if seq_lens is not None:
             seq_lens, input_pos = self._documents(b, s, mask, seq_lens, input_pos, h.device)
         full_mask, sliding_mask, default_pos = self._masks(b, s, mask, h.device)
