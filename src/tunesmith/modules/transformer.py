@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from tunesmith.modules.attention import MultiHeadAttention
 from tunesmith.modules.attention_kernels import Documents
+from tunesmith.modules.kv_cache import KVCacheOverflowError
 from tunesmith.modules.masks import sliding_window_band
 from tunesmith.modules.moe import FeedForwardWithExperts
 from tunesmith.modules.rope import RotaryEmbedding
@@ -271,7 +272,9 @@ class TransformerDecoder(nn.Module):
     def reset_caches(self) -> None:
         """Empty every layer's cache; the next forward starts at cache position 0."""
         if self._cache_len is None:
-            raise RuntimeError("reset_caches() called before setup_caches().")
+            raise RuntimeError(
+                "Key value caches are not setup: call setup_caches() before reset_caches()"
+            )
         for layer in self.layers:
             if layer.attn.kv_cache is not None:  # none in layers reusing shared keys / values
                 layer.attn.kv_cache.reset()
@@ -306,7 +309,7 @@ class TransformerDecoder(nn.Module):
         if self._caching:
             start, end = self._cache_pos, self._cache_pos + s
             if end > self._cache_len:
-                raise RuntimeError(
+                raise KVCacheOverflowError(
                     f"KV cache overflow: position {end} > cache length {self._cache_len}; "
                     "call reset_caches() or setup_caches with a larger max_seq_len."
                 )
