@@ -1,4 +1,4 @@
-"""torchtune 0.6.1's own recipe files, taken unchanged from its wheel on PyPI (test setup only).
+"""torchtune 0.6.1's own files (recipes, reference sources), taken unchanged from its PyPI wheel.
 
 The wheel is downloaded once with ``pip download torchtune==0.6.1 --no-deps`` into a cache
 folder outside the repository (``TUNESMITH_TT061_CACHE``, default ``~/.cache/tunesmith-tt061``),
@@ -66,3 +66,10 @@ def torchtune_061_recipes() -> Path:
             z.extractall(out, members=names)
         marker.write_text(WHEEL_SHA256)
     return out / "recipes"
+
+
+def torchtune_061_source(path: str) -> str:
+    """The text of one file of the wheel (``torchtune/generation/_generation.py``), for tests
+    that run a piece of torchtune's own code as the reference."""
+    with zipfile.ZipFile(_download(cache_dir())) as z:
+        return z.read(path).decode("utf-8")

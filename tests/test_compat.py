@@ -184,6 +184,35 @@ def test_torchtune_files_never_change_tunesmith_modules(finder: None) -> None:
     assert tunesmith.data._messages.__name__ == "tunesmith.data._messages"
 
 
+_MOVED_TORCHAO_PROBE = """
+import sys, importlib.util
+from tunesmith import compat
+compat.install()
+if importlib.util.find_spec("torchao.dtypes.nf4tensor") is None:
+    print("not moved"); raise SystemExit(0)
+import torchao.dtypes
+real = sys.modules["torchao.dtypes"]
+from torchao.dtypes.nf4tensor import NF4Tensor, to_nf4
+assert sys.modules["torchao.dtypes"] is real, "the real torchao.dtypes was replaced"
+try:
+    from torchao.dtypes import not_a_torchao_name
+except ImportError:
+    print("ok")
+"""
+
+
+def test_a_moved_torchao_module_leaves_its_real_parent_alone() -> None:
+    """Serving ``torchao.dtypes.nf4tensor`` (moved in later torchao) keeps ``torchao.dtypes``
+    the real module: a missing name there is an ImportError, not endless recursion."""
+    pytest.importorskip("torchao")
+    env = {**os.environ, "PYTHONPATH": SRC}
+    done = subprocess.run(
+        [sys.executable, "-c", _MOVED_TORCHAO_PROBE], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] in ("ok", "not moved")
+
+
 @pytest.mark.parametrize(
     ("generic", "fixed", "kwargs"),
     [

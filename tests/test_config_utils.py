@@ -72,9 +72,9 @@ def test_set_seed_makes_every_generator_repeat() -> None:
     assert draw() == first
     seed = set_seed(None)
     assert isinstance(seed, int) and 0 <= seed < 2**32
-    with pytest.raises(ValueError, match="seed: -1 is not an int between 0 and"):
+    with pytest.raises(ValueError, match="Invalid seed value provided: seed=-1 is not an int"):
         set_seed(-1)
-    with pytest.raises(ValueError, match="seed: '7' is not an int"):
+    with pytest.raises(ValueError, match="seed='7' is not an int"):
         set_seed("7")  # type: ignore[arg-type]
 
 

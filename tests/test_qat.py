@@ -115,6 +115,19 @@ def test_lora_qat_gradients_reach_adapters_only() -> None:
         )
 
 
+def test_qat_lora_without_configs_is_plain_lora() -> None:
+    """torchtune's ``from_lora_linear(lora)`` defaults: no config, no fake quantization."""
+    from tunesmith.modules.peft import LoRALinear
+
+    torch.manual_seed(0)
+    lora = LoRALinear(32, 16, rank=4, alpha=8, use_bias=True)
+    torch.nn.init.normal_(lora.lora_b.weight)
+    qat = QATLoRALinear.from_lora_linear(lora)
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(qat.eval()(x), lora.eval()(x), atol=1e-5, rtol=1e-5)
+
+
 def _fake_free(tokens: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return _model(lora=True)(tokens)

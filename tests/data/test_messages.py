@@ -154,3 +154,18 @@ def test_input_output_image(assets) -> None:
     pil = msgs[0].get_media()[0]
     msgs = InputOutputToMessages()({**row, "image": pil})["messages"]  # an image object
     assert msgs[0].get_media() == [pil]
+
+
+def test_image_dir_needs_an_image_column_in_column_map(tmp_path) -> None:
+    with pytest.raises(ValueError, match="Please specify an 'image' key in column_map"):
+        InputOutputToMessages(column_map={"input": "q", "output": "a"}, image_dir=tmp_path)
+    InputOutputToMessages(
+        column_map={"input": "q", "output": "a", "image": "i"}, image_dir=tmp_path
+    )
+
+
+def test_message_repr_is_torchtune_s() -> None:
+    assert repr(Message(role="user", content="hi")) == "Message(role='user', content=['hi'])"
+    assert repr(Message(role="assistant", content="x", masked=True, eot=False)) == (
+        "Message(role='assistant', content=['x'], masked=True, eot=False)"
+    )

@@ -82,6 +82,9 @@ def test_llama2_sentencepiece_matches_reference(assets: Path) -> None:
         " world", False, False, trim_leading_whitespace=True
     )
     assert joined == base.encode("Hello world", False, False)
+    # torchtune's prefix= argument: another text to continue from gives the same continuation
+    again = base.encode(" world", False, False, trim_leading_whitespace=True, prefix="pre")
+    assert base.encode("Hello", False, False) + again == base.encode("Hello world", False, False)
 
 
 @pytest.mark.parametrize("source", ["vocab_merges", "tokenizer_json", "model_tokenizer"])

@@ -185,7 +185,9 @@ def test_sample_longer_than_pack_is_an_error(toy):
     ds = _dataset(toy, 128, packed=False)
     longest = max(range(len(ds)), key=lambda i: len(ds[i]["tokens"]))
     n = len(ds[longest]["tokens"])
-    with pytest.raises(ValueError, match=f"sample {longest} has {n} tokens, more than max_seq_len"):
+    with pytest.raises(
+        ValueError, match=f"too long: sample {longest} has {n} tokens, more than max_seq_len"
+    ):
         PackedMultimodalDataset(ds, max_seq_len=n - 1)
 
 

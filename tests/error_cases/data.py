@@ -355,7 +355,7 @@ CASES = [
         "conversation with two user turns in a row",
         "data",
         _two_user_turns,
-        r"row 1: invalid conversation: two consecutive user messages at index 0 and 1 "
+        r"row 1: invalid conversation: Two consecutive user messages at index 1 and 0 in messages "
         r"\(dataset .*chat\.json\)",
     ),
     ErrorCase(

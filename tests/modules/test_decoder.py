@@ -81,11 +81,13 @@ def test_kv_cache_with_left_padding_and_explicit_masks(device):
         model.setup_caches(2, torch.float32, 14)
         out = [model(tokens[:, :9], mask=mask[:, :9], input_pos=pos[:, :9])]
         for i in range(9, 14):
-            out.append(
-                model(tokens[:, i : i + 1], mask=mask[:, i : i + 1], input_pos=pos[:, i : i + 1])
-            )
+            # odd steps pass torchtune's one-position-per-row [b] input_pos
+            step_pos = pos[:, i] if i % 2 else pos[:, i : i + 1]
+            out.append(model(tokens[:, i : i + 1], mask=mask[:, i : i + 1], input_pos=step_pos))
     torch.testing.assert_close(torch.cat(out, 1)[valid], full[valid], atol=1e-5, rtol=0)
     with pytest.raises(RuntimeError, match="overflow"):
+        model(tokens[:, :1])
+    with pytest.raises(AssertionError, match="overflow"):  # torchtune's cache asserts
         model(tokens[:, :1])
 
 
@@ -126,3 +128,15 @@ def test_gemma2_final_softcap_bounds_logits(device):
     with torch.no_grad():
         logits = model(torch.randint(0, 101, (1, 10)).to(device))
     assert logits.abs().max() < 3.0 and model.final_logit_softcap == 3.0
+
+
+def test_kv_cache_errors_are_also_torchtune_types() -> None:
+    from tunesmith.modules import KVCache
+
+    cache = KVCache(batch_size=2, max_seq_len=4, num_kv_heads=1, head_dim=8, dtype=torch.float32)
+    with pytest.raises(ValueError, match="larger than the cache's batch size 2"):
+        cache.update(torch.zeros(3, 1, 1, 8), torch.zeros(3, 1, 1, 8))
+    cache.update(torch.ones(2, 1, 3, 8), torch.ones(2, 1, 3, 8))
+    with pytest.raises(AssertionError, match="overflow: 5 positions > max_seq_len 4"):
+        cache.update(torch.zeros(2, 1, 2, 8), torch.zeros(2, 1, 2, 8))
+    assert cache.size == 3

@@ -242,3 +242,29 @@ def test_runs_under_bf16_autocast(cls: type, device) -> None:
     got.float().sum().backward()
     torch.testing.assert_close(got.float(), want, atol=0.1, rtol=0.02)
     assert layer.lora_b.weight.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("cls", [LoRALinear, DoRALinear])
+def test_nf4_block_sizes_reach_torchao(cls: type) -> None:
+    """torchtune's ``quantization_kwargs``: the NF4 base is quantized with the given block
+    sizes (and equals torchao's own ``to_nf4`` of the same weight); without quantize_base they
+    are refused in one line."""
+    from tunesmith.modules.peft._nf4 import _nf4_api
+
+    torch.manual_seed(0)
+    layer = cls(64, 32, rank=4, alpha=8, quantize_base=True, block_size=32, scaler_block_size=4)
+    assert (layer.weight.block_size, layer.weight.scaler_block_size) == (32, 4)
+    torch.manual_seed(0)
+    base = nn.Linear(64, 32, bias=False).weight.detach()  # the layer draws its base first
+    _, to_nf4, _ = _nf4_api()
+    expected = to_nf4(base, 32, 4).get_original_weight()
+    assert torch.equal(layer.weight.get_original_weight(), expected)
+    with pytest.raises(ValueError, match="``quantize_base`` is False, but received the follow"):
+        cls(64, 32, rank=4, alpha=8, block_size=32)
+
+
+def test_dora_magnitude_on_meta_is_refused() -> None:
+    with torch.device("meta"):
+        layer = DoRALinear(64, 64, rank=4, alpha=8)  # building on meta is fine
+    with pytest.raises(RuntimeError, match="Cannot initialize DoRA magnitude"):
+        layer.initialize_dora_magnitude()

@@ -103,6 +103,10 @@ def test_validate_expected_param_dtype_names_parameter() -> None:
         ValueError, match=r"'1.weight' has dtype torch.bfloat16, expected torch.float32"
     ):
         validate_expected_param_dtype(model.named_parameters(), torch.float32)
+    # torchtune's exclude_param_names: substrings of the names left unchecked
+    validate_expected_param_dtype(
+        model.named_parameters(), torch.float32, exclude_param_names=["1."]
+    )
 
 
 _INTERVAL_PROBE = """

@@ -245,10 +245,16 @@ class _Loader(importlib.abc.Loader):
         ``sys.modules`` becomes a view of it first. The import system then sets the child on
         that view (it re-reads ``sys.modules[parent]`` after loading), never on tunesmith's
         module: ``torchtune.modules.transforms.vision_utils.get_canvas_best_fit`` (a file in
-        torchtune) must not replace the function of that name in tunesmith."""
+        torchtune) must not replace the function of that name in tunesmith. A third-party
+        parent (``torchao.dtypes`` of a moved ``torchao.dtypes.nf4tensor``) stays itself: a
+        view of it would look its names up in itself."""
         parent = name.rpartition(".")[0]
         loaded = sys.modules.get(parent)
-        if loaded is not None and not isinstance(loaded, TorchtuneView):
+        if (
+            loaded is not None
+            and not isinstance(loaded, TorchtuneView)
+            and loaded.__name__ != parent
+        ):
             sys.modules[parent] = TorchtuneView(
                 parent, [loaded.__name__], _attribute_aliases(parent), []
             )

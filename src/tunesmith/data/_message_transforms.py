@@ -106,6 +106,10 @@ class InputOutputToMessages:
             ``column_map`` names an ``image`` column, or when the image column holds an
             image object (e.g. a ``datasets.Image`` feature); otherwise text only.
         masking_strategy: ``train_on_all`` | ``train_on_assistant`` | ``train_on_last``.
+
+    Raises:
+        ValueError: ``image_dir`` with a ``column_map`` that has no ``image`` key (torchtune's
+            check: the map names every column the rows are read from).
     """
 
     def __init__(
@@ -118,6 +122,11 @@ class InputOutputToMessages:
     ):
         self.masking_strategy = masking_strategy_from(train_on_input, masking_strategy)
         self.new_system_prompt = new_system_prompt
+        if column_map and "image" not in column_map and image_dir is not None:
+            raise ValueError(
+                f"image_dir is specified as {image_dir} but 'image' is not in column_map. "
+                "Please specify an 'image' key in column_map (column_map.image=<image column>)."
+            )
         self.image_dir = Path(image_dir) if image_dir is not None else None
         self._explicit_image = bool(column_map) and "image" in column_map
         self.column_map = _column_map(column_map, ("input", "output", "image"), type(self).__name__)

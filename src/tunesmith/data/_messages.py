@@ -218,15 +218,15 @@ class Message:
     def _validate(self) -> None:
         if self.role not in VALID_ROLES:
             raise DataRowError(f"message role {self.role!r} is not one of {list(VALID_ROLES)}")
-        if self.ipython and self.role != "assistant":
-            raise DataRowError(
-                f"Only assistant messages can be tool calls. Found role {self.role} in message: "
-                f"{self.text_content[:80]} (ipython=True marks an assistant's tool call)"
-            )
         if self.ipython and self.contains_media:
             raise ValueError(
                 "Media tokens in tool calls are not supported. Both are set in message: "
                 f"{self.text_content[:80]!r} (a tool-call (ipython) message cannot contain media)"
+            )
+        if self.ipython and self.role != "assistant":
+            raise DataRowError(
+                f"Only assistant messages can be tool calls. Found role {self.role} in message: "
+                f"{self.text_content[:80]} (ipython=True marks an assistant's tool call)"
             )
         if self.tool_calls and self.role != "assistant":
             raise DataRowError(f"a {self.role} message has tool_calls; only assistant messages may")
@@ -243,11 +243,15 @@ class Message:
         return self.to_dict() == other.to_dict()
 
     def __repr__(self) -> str:
-        content = self.content[0]["content"] if len(self.content) == 1 else self.content
-        return (
-            f"Message(role={self.role!r}, content={content!r}, masked={self.masked}, "
-            f"ipython={self.ipython}, eot={self.eot})"
-        )
+        """torchtune's ``Message(role='user', content=[<part contents>])``, followed by the
+        fields that differ from their defaults."""
+        parts = [part["content"] for part in self.content]
+        extra = [f"masked={self.masked}"] if self.masked else []
+        extra += [f"ipython={self.ipython}"] if self.ipython else []
+        extra += [f"eot={self.eot}"] if not self.eot else []
+        extra += [f"{k}={getattr(self, k)!r}" for k in ("tool_calls", "tool_call_id", "name",
+                  "reasoning") if getattr(self, k)]  # fmt: skip
+        return f"Message(role={self.role!r}, content={parts!r}{''.join(', ' + e for e in extra)})"
 
 
 def _normalise_tool_calls(calls: Any) -> list[dict[str, Any]] | None:
@@ -332,7 +336,7 @@ def validate_messages(messages: list[Message]) -> None:
         ValueError: naming the offending message index.
     """
     if len(messages) < 2:
-        raise ValueError(f"a conversation needs at least two messages, got {len(messages)}")
+        raise ValueError(f"Messages must be at least length 2, but got {len(messages)} messages")
     last_role = None
     for i, message in enumerate(messages):
         if message.role == "system" and i > 0:
@@ -346,9 +350,9 @@ def validate_messages(messages: list[Message]) -> None:
             "assistant",
         ):
             raise ValueError(
-                f"assistant message at index {i} follows {last_role!r}; it must follow a user "
-                "or tool message"
+                f"Assistant message before expected user message at index {i} in messages "
+                f"(it follows {last_role!r}; it must follow a user or tool message)"
             )
         if message.role == "user" and last_role == "user":
-            raise ValueError(f"two consecutive user messages at index {i - 1} and {i}")
+            raise ValueError(f"Two consecutive user messages at index {i} and {i - 1} in messages")
         last_role = message.role

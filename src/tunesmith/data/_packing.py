@@ -273,7 +273,8 @@ def pack_sequences(
         if len(too_long):
             i = int(np.flatnonzero(keep)[too_long[0]])
             raise ValueError(
-                f"sample {i} has {int(all_lengths[i])} tokens, more than max_seq_len="
+                f"Dataset sample is too long: sample {i} has {int(all_lengths[i])} tokens, "
+                "more than max_seq_len="
                 f"{max_seq_len}. Set split_across_pack=True, raise max_seq_len, or set the "
                 "tokenizer's max_seq_len so samples are truncated"
             )

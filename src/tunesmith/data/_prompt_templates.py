@@ -221,6 +221,7 @@ def get_prompt_template(prompt_template: Any) -> PromptTemplateInterface | None:
     if callable(prompt_template):
         return prompt_template
     raise ValueError(
-        "prompt_template must be a dotted path (e.g. tunesmith.data.QuestionAnswerTemplate), "
-        f"a mapping {{role: [prepend, append]}} or a template object; got {prompt_template!r}"
+        "Prompt template must be a dotpath string or dictionary with custom template "
+        "(prompt_template: a dotted path such as tunesmith.data.QuestionAnswerTemplate, a "
+        f"mapping {{role: [prepend, append]}} or a template object); got {prompt_template!r}"
     )

@@ -52,7 +52,7 @@ class PreferenceDataset(Dataset):
     ):
         if packed:
             raise ValueError(
-                "packed=True is not supported for preference datasets; set dataset.packed=False"
+                "Packed is currently not supported for preference datasets: set dataset.packed=False"
             )
         self._source = str(source)
         self._message_transform = message_transform

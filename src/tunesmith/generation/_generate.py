@@ -4,20 +4,27 @@ Prompts of a batch are left-padded to one length, so the last prompt token of ev
 in the same column and each step appends one column. Padding never takes part in attention
 (it is masked out as a key) and positions count real tokens only, so a padded row generates
 exactly what it would generate alone.
+
+:func:`generate` also answers torchtune's call ``generate(model, prompt, *,
+max_generated_tokens=...)`` (told apart by that keyword, which tunesmith's form does not
+have): it then runs :func:`~tunesmith.generation.torchtune_generate`, torchtune 0.6.1's loop
+with its defaults (``temperature=1.0``), its use of an already set-up KV cache, and its
+``(tokens, logits)`` result.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import nn
 
 from tunesmith.generation._sampling import sample_next_token
+from tunesmith.generation._steps import torchtune_generate
 
-__all__ = ["GenerationOutput", "generate", "left_pad_prompts"]
+__all__ = ["GenerationOutput", "generate", "left_pad_prompts", "tunesmith_generate"]
 
 
 @dataclass
@@ -68,8 +75,53 @@ def _attention_mask(key_valid: torch.Tensor, q_start: int, q_end: int) -> torch.
     return mask | (diag[None] & ~mask.any(dim=-1, keepdim=True))
 
 
-@torch.no_grad()
+@overload
 def generate(
+    model: nn.Module,
+    prompt_tokens: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_tokens: Sequence[int] | None = None,
+    pad_id: int = 0,
+    rng: torch.Generator | None = None,
+    use_cache: bool = True,
+    on_token: Callable[[torch.Tensor], None] | None = None,
+    return_logits: bool = False,
+    return_logprobs: bool = False,
+    prompt_mask: torch.Tensor | None = None,
+    encoder_input: Mapping[str, torch.Tensor] | None = None,
+    encoder_mask: torch.Tensor | None = None,
+) -> torch.Tensor | GenerationOutput: ...
+
+
+@overload
+def generate(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    *,
+    max_generated_tokens: int,
+    pad_id: int = 0,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    stop_tokens: Sequence[int] | None = None,
+    rng: torch.Generator | None = None,
+    custom_generate_next_token: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def generate(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """Decode after a prompt: tunesmith's form (:func:`tunesmith_generate`, the first overload) or,
+    when ``max_generated_tokens`` is passed, torchtune's (:func:`torchtune_generate`)."""
+    if "max_generated_tokens" in kwargs:
+        return torchtune_generate(model, *args, **kwargs)
+    return tunesmith_generate(model, *args, **kwargs)
+
+
+@torch.no_grad()
+def tunesmith_generate(
     model: nn.Module,
     prompt_tokens: torch.Tensor,
     max_new_tokens: int,

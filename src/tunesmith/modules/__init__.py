@@ -11,7 +11,7 @@ from tunesmith.modules.common_utils import (
 )
 from tunesmith.modules.feed_forward import FeedForward
 from tunesmith.modules.fusion import TransformerCrossAttentionLayer
-from tunesmith.modules.kv_cache import KVCache
+from tunesmith.modules.kv_cache import KVCache, KVCacheBatchError, KVCacheOverflowError
 from tunesmith.modules.layer_dropout import LayerDropout, prepare_layer_dropout
 from tunesmith.modules.low_precision import FrozenNF4Linear
 from tunesmith.modules.masks import (
@@ -46,6 +46,8 @@ __all__ = [
     "prepare_layer_dropout",
     "FeedForward",
     "KVCache",
+    "KVCacheBatchError",
+    "KVCacheOverflowError",
     "MultiHeadAttention",
     "RMSNorm",
     "RopeScaling",

@@ -37,18 +37,27 @@ __all__ = [
 
 
 class FusionEmbedding(nn.Module):
-    """Token embedding plus ``num_fusion_tokens`` extra rows (``<|image|>`` and kin).
+    """Token embedding plus ``fusion_vocab_size`` extra rows (``<|image|>`` and kin).
 
     ``weight [vocab, d]`` (the text embedding) and ``fusion_embedding.weight [extra, d]``;
     ids ``>= vocab`` read the extra rows, so they can train while the text rows stay frozen.
-    ``forward(tokens [b, s]) -> [b, s, d]``.
+    ``forward(tokens [b, s]) -> [b, s, d]``. ``embedding`` is torchtune's text-embedding
+    submodule, served as an ``nn.Embedding`` over the same ``weight``.
     """
 
-    def __init__(self, vocab_size: int, num_fusion_tokens: int, embed_dim: int):
+    def __init__(self, vocab_size: int, fusion_vocab_size: int, embed_dim: int):
         super().__init__()
         self.vocab_size = vocab_size
         self.weight = nn.Parameter(torch.randn(vocab_size, embed_dim))
-        self.fusion_embedding = nn.Embedding(num_fusion_tokens, embed_dim)
+        self.fusion_embedding = nn.Embedding(fusion_vocab_size, embed_dim)
+
+    @property
+    def embedding(self) -> nn.Embedding:
+        """An ``nn.Embedding`` whose ``weight`` is this module's (not a registered child, so
+        the state-dict keys stay ``weight`` / ``fusion_embedding.weight``)."""
+        view = nn.Embedding(*self.weight.shape, _weight=self.weight.data, _freeze=True)
+        view.weight = self.weight
+        return view
 
     @property
     def num_embeddings(self) -> int:

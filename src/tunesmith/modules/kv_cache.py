@@ -5,7 +5,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["KVCache"]
+__all__ = ["KVCache", "KVCacheBatchError", "KVCacheOverflowError"]
+
+
+class KVCacheOverflowError(RuntimeError, AssertionError):
+    """More positions than the cache holds. Also an ``AssertionError``: torchtune's cache
+    asserts here, so code catching that keeps working (raised explicitly, never skipped by
+    ``python -O``)."""
+
+
+class KVCacheBatchError(RuntimeError, ValueError):
+    """A batch larger than the cache was set up for (also torchtune's ``ValueError``)."""
 
 
 class KVCache(nn.Module):
@@ -43,12 +53,12 @@ class KVCache(nn.Module):
         b, _, s, _ = k.shape
         end = self.size + s
         if end > self.max_seq_len:
-            raise RuntimeError(
+            raise KVCacheOverflowError(
                 f"KV cache overflow: {end} positions > max_seq_len {self.max_seq_len}; "
                 "call setup_caches with a larger max_seq_len or reset_caches()."
             )
         if b > self.batch_size:
-            raise RuntimeError(
+            raise KVCacheBatchError(
                 f"Batch {b} is larger than the cache's batch size {self.batch_size}."
             )
         self.k_cache[:b, :, self.size : end] = k

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from tunesmith.modules.attention import MultiHeadAttention
 from tunesmith.modules.attention_kernels import Documents
+from tunesmith.modules.kv_cache import KVCacheOverflowError
 from tunesmith.modules.masks import sliding_window_band
 from tunesmith.modules.moe import FeedForwardWithExperts
 from tunesmith.modules.rope import RotaryEmbedding
@@ -273,7 +274,9 @@ class TransformerDecoder(nn.Module):
     def reset_caches(self) -> None:
         """Empty every layer's cache; the next forward starts at cache position 0."""
         if self._cache_len is None:
-            raise RuntimeError("reset_caches() called before setup_caches().")
+            raise RuntimeError(
+                "Key value caches are not setup: call setup_caches() before reset_caches()"
+            )
         for layer in self.layers:
             if layer.attn.kv_cache is not None:  # none in layers reusing shared keys / values
                 layer.attn.kv_cache.reset()
@@ -308,7 +311,7 @@ class TransformerDecoder(nn.Module):
         if self._caching:
             start, end = self._cache_pos, self._cache_pos + s
             if end > self._cache_len:
-                raise RuntimeError(
+                raise KVCacheOverflowError(
                     f"KV cache overflow: position {end} > cache length {self._cache_len}; "
                     "call reset_caches() or setup_caches with a larger max_seq_len."
                 )
@@ -416,7 +419,8 @@ class TransformerDecoder(nn.Module):
                 With KV caches enabled: ``[b, s, cache_len]`` over cache slots (torchtune's
                 convention), or None for causal over everything cached so far.
             input_pos: ``[b, s]`` position ids (restart per packed document; default
-                ``arange``, offset by the cache position when decoding).
+                ``arange``, offset by the cache position when decoding); ``[s]`` is shared by
+                every row, and a one-token step also takes torchtune's ``[b]``.
             input_embeds: ``[b, s, d]`` embeddings used instead of ``tok_embeddings(tokens)``.
             seq_lens: lengths of the documents concatenated in a ``[1, s]`` batch (training on
                 unpadded data; a list of ints or a ``Documents``): attention is causal within
@@ -444,6 +448,8 @@ class TransformerDecoder(nn.Module):
         if self.embed_multiplier is not None:
             h = h * self.embed_multiplier
         b, s = h.shape[:2]
+        if input_pos is not None and input_pos.dim() == 1 and s == 1 < b == input_pos.numel():
+            input_pos = input_pos[:, None]  # torchtune's decoding step: one position per row
         if seq_lens is not None:
             seq_lens, input_pos = self._documents(b, s, mask, seq_lens, input_pos, h.device)
         full_mask, sliding_mask, default_pos = self._masks(b, s, mask, h.device)

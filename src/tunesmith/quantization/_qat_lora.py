@@ -31,7 +31,8 @@ class QATLoRALinear(LoRALinear):
     Args:
         in_dim, out_dim, rank, alpha, dropout, use_bias: as for ``LoRALinear``.
         activation_qat_config: torchao ``FakeQuantizeConfigBase`` for the input, or None.
-        weight_qat_config: torchao ``FakeQuantizeConfigBase`` for the (merged) weight.
+        weight_qat_config: torchao ``FakeQuantizeConfigBase`` for the (merged) weight, or
+            None (torchtune's default: the weight is not fake-quantized).
     """
 
     def __init__(
@@ -49,18 +50,20 @@ class QATLoRALinear(LoRALinear):
         from torchao.quantization.qat import FakeQuantizerBase
 
         super().__init__(in_dim, out_dim, rank, alpha, dropout=dropout, use_bias=use_bias)
-        if weight_qat_config is None:
-            raise ValueError("QATLoRALinear needs a weight_qat_config")
         self.activation_fake_quantizer = (
             FakeQuantizerBase.from_config(activation_qat_config)
             if activation_qat_config is not None
             else None
         )
-        self.weight_fake_quantizer = FakeQuantizerBase.from_config(weight_qat_config)
+        self.weight_fake_quantizer: nn.Module = (
+            FakeQuantizerBase.from_config(weight_qat_config)
+            if weight_qat_config is not None
+            else nn.Identity()
+        )
 
     @classmethod
     def from_lora_linear(
-        cls, lora: LoRALinear, activation_qat_config: Any, weight_qat_config: Any
+        cls, lora: LoRALinear, activation_qat_config: Any = None, weight_qat_config: Any = None
     ) -> QATLoRALinear:
         """Wrap an existing LoRA layer, sharing its parameters (no copy)."""
         if type(lora) is not LoRALinear:

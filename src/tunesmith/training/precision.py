@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -91,15 +91,20 @@ def set_default_dtype(dtype: torch.dtype) -> Generator[None, None, None]:
 
 
 def validate_expected_param_dtype(
-    named_params: Iterable[tuple[str, torch.Tensor]] | nn.Module, dtype: torch.dtype
+    named_params: Iterable[tuple[str, torch.Tensor]] | nn.Module,
+    dtype: torch.dtype,
+    exclude_param_names: Sequence[str] | None = None,
 ) -> None:
     """Raise ``ValueError`` naming the first floating-point parameter whose dtype is not ``dtype``.
 
-    Quantized (NF4 / int) parameters are skipped: they are meant to differ.
+    Quantized (NF4 / int) parameters are skipped: they are meant to differ. So are parameters
+    whose name contains one of ``exclude_param_names`` (torchtune's substring match).
     """
     if isinstance(named_params, nn.Module):
         named_params = named_params.named_parameters()
     for name, param in named_params:
+        if exclude_param_names is not None and any(n in name for n in exclude_param_names):
+            continue
         if not torch.is_floating_point(param) or type(param.data).__name__ == "NF4Tensor":
             continue
         if param.dtype != dtype:

@@ -38,7 +38,8 @@ def set_seed(seed: int | None = None, debug_mode: str | int | None = None) -> in
             seed = int(shared[0])
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_SEED:
         raise ConfigError(
-            f"seed: {seed!r} is not an int between 0 and {_MAX_SEED}; set seed=<int> or seed=null"
+            f"Invalid seed value provided: seed={seed!r} is not an int between 0 and {_MAX_SEED}; "
+            "set seed=<int> or seed=null"
         )
     random.seed(seed)
     np.random.seed(seed)

@@ -72,10 +72,13 @@ class HuggingFaceBaseTokenizer:
         eos = generation.get("eos_token_id")
         self.eos_id = self._id_or(self.eos_token, eos[0] if isinstance(eos, list) else eos)
         if self.eos_id is None:
+            neither = tokenizer_config_json_path is None and generation_config_path is None
             raise ValueError(
-                f"{path}: no end-of-sequence token; pass tokenizer_config_json_path (with "
+                ("At least one of tokenizer_config_json_path or generation_config_path is "
+                 "needed: " if neither else "")
+                + f"{path}: no end-of-sequence token; pass tokenizer_config_json_path (with "
                 "'eos_token') or generation_config_path (with 'eos_token_id')"
-            )
+            )  # fmt: skip
 
     @classmethod
     def from_tokenizer_object(

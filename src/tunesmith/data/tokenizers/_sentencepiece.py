@@ -47,10 +47,19 @@ class SentencePieceBaseTokenizer:
         add_bos: bool = True,
         add_eos: bool = True,
         trim_leading_whitespace: bool = False,
+        prefix: str | None = None,
     ) -> list[int]:
-        """Encode ``text``; see the class docstring for ``trim_leading_whitespace``."""
+        """Encode ``text``; see the class docstring for ``trim_leading_whitespace``.
+
+        ``prefix`` (torchtune's argument): the text ``text`` is encoded after when trimming
+        (default a newline; pass another where the vocabulary has no newline token).
+        """
         if trim_leading_whitespace and self.encodes_whitespace:
-            ids = self.spm_model.encode(self._prefix + text)[self._encoded_prefix_len :]
+            if prefix is None:
+                prefix, skip = self._prefix, self._encoded_prefix_len
+            else:
+                skip = len(self.spm_model.encode(prefix))
+            ids = self.spm_model.encode(prefix + text)[skip:]
         else:
             ids = self.spm_model.encode(text)
         if add_bos:

@@ -129,7 +129,7 @@ def multimodal_preference_dataset(
     ``train_on_input=False`` trains on assistant turns only. Packing is not supported."""
     if packed:
         raise ValueError(
-            "packed=True is not supported for preference datasets; set dataset.packed=False"
+            "Packed is currently not supported for preference datasets: set dataset.packed=False"
         )
     transform = ImageChosenRejectedToMessages(
         train_on_input=train_on_input,

@@ -71,22 +71,26 @@ def is_nf4(tensor: torch.Tensor | None) -> bool:
     return tensor is not None and type(tensor).__name__ == "NF4Tensor"
 
 
-def quantize_nf4(weight: torch.Tensor, block_size: int = 64) -> torch.Tensor:
+def quantize_nf4(
+    weight: torch.Tensor, block_size: int = 64, scaler_block_size: int | None = None
+) -> torch.Tensor:
     """Quantize a 2-D weight ``[out, in]`` to NF4 as QLoRA does.
 
-    Blocks of 64 values share a scale; scales are double-quantized in groups of 256 (torchao's
-    defaults). Small weights whose block count is not a multiple of 256 use the largest power
-    of two dividing it, so tiny test models quantize too; real model dims are unaffected.
+    Blocks of ``block_size`` (64) values share a scale; scales are double-quantized in groups
+    of ``scaler_block_size`` (torchao's default 256). Without ``scaler_block_size``, small
+    weights whose block count is not a multiple of 256 use the largest power of two dividing
+    it, so tiny test models quantize too; real model dims are unaffected.
     """
     _, to_nf4, _ = _nf4_api()
     numel = weight.numel()
     if numel % block_size != 0:
         raise ValueError(
-            f"quantize_base=True needs a weight whose element count is a multiple of 64 "
-            f"(NF4 block size); got shape {tuple(weight.shape)}. Disable quantize_base for this "
-            "layer or use dims that are multiples of 64."
+            f"quantize_base=True needs a weight whose element count is a multiple of "
+            f"{block_size} (NF4 block size); got shape {tuple(weight.shape)}. Disable "
+            f"quantize_base for this layer or use dims that are multiples of {block_size}."
         )
-    scaler_block_size = math.gcd(numel // block_size, 256)
+    if scaler_block_size is None:
+        scaler_block_size = math.gcd(numel // block_size, 256)
     return to_nf4(weight.detach().contiguous(), block_size, scaler_block_size)
 
 

@@ -32,10 +32,17 @@ class DoRALinear(LoRALinear):
         dropout: float = 0.0,
         use_bias: bool = False,
         quantize_base: bool = False,
+        *,
+        block_size: int | None = None,
+        scaler_block_size: int | None = None,
     ) -> None:
-        super().__init__(in_dim, out_dim, rank, alpha, dropout, use_bias, quantize_base)
+        super().__init__(
+            in_dim, out_dim, rank, alpha, dropout, use_bias, quantize_base,
+            block_size=block_size, scaler_block_size=scaler_block_size,
+        )  # fmt: skip
         self.magnitude = nn.Parameter(torch.empty(out_dim, dtype=self.weight.dtype))
-        self.initialize_dora_magnitude()
+        if not self.weight.is_meta:  # a meta model gets its magnitude after loading
+            self.initialize_dora_magnitude()
 
     def adapter_params(self) -> list[str]:
         """Names of the trainable adapter parameters, relative to this module."""
@@ -54,7 +61,7 @@ class DoRALinear(LoRALinear):
             raise KeyError("DoRA magnitude: the base weight is not in the checkpoint")
         weight = loaded["weight"].to(self.weight.dtype)  # what the model holds
         if self._quantize_base:
-            weight = dequantize(quantize_nf4(weight))
+            weight = dequantize(quantize_nf4(weight, **self._nf4_args))
         a = {**loaded, **out}["lora_a.weight"].float()
         b = {**loaded, **out}["lora_b.weight"].float()
         norm = torch.linalg.norm(weight.float() + self.scaling * (b @ a), dim=1)
@@ -70,9 +77,16 @@ class DoRALinear(LoRALinear):
 
     @torch.no_grad()
     def initialize_dora_magnitude(self) -> None:
-        """Set ``magnitude`` to the row norms of the current ``W + s B A`` (call after loading)."""
-        if self.weight.is_meta:
-            return
+        """Set ``magnitude`` to the row norms of the current ``W + s B A`` (call after loading).
+
+        Raises:
+            RuntimeError: when the base or adapter weights are still on the meta device.
+        """
+        if any(p.is_meta for p in (self.weight, self.lora_a.weight, self.lora_b.weight)):
+            raise RuntimeError(
+                "Cannot initialize DoRA magnitude if base or LoRA parameters are still on the "
+                "meta device: load or materialize the weights first"
+            )
         self.magnitude.copy_(self._weight_norm(torch.float32).to(self.magnitude.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

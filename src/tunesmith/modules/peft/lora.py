@@ -52,6 +52,9 @@ class LoRALinear(nn.Module):
         dropout: dropout on the adapter's input (the base path never sees dropout).
         use_bias: whether the frozen base has a bias.
         quantize_base: store the frozen base weight in NF4 (QLoRA).
+        block_size, scaler_block_size: torchtune's ``quantization_kwargs`` for the NF4 base
+            (values per scale, scales per double-quantization group; default 64 and 256);
+            only with ``quantize_base``.
     """
 
     def __init__(
@@ -63,8 +66,18 @@ class LoRALinear(nn.Module):
         dropout: float = 0.0,
         use_bias: bool = False,
         quantize_base: bool = False,
+        *,
+        block_size: int | None = None,
+        scaler_block_size: int | None = None,
     ) -> None:
         super().__init__()
+        nf4_args = {"block_size": block_size, "scaler_block_size": scaler_block_size}
+        nf4_args = {k: v for k, v in nf4_args.items() if v is not None}
+        if nf4_args and not quantize_base:
+            raise ValueError(
+                "``quantize_base`` is False, but received the following quantization "
+                f"arguments: {nf4_args}; set quantize_base=True or drop them"
+            )
         if rank <= 0:
             raise ValueError(f"LoRA rank must be a positive integer, got lora_rank={rank}")
         if not 0.0 <= dropout < 1.0:
@@ -76,13 +89,14 @@ class LoRALinear(nn.Module):
         self.scaling = alpha / rank
         self.use_bias = use_bias
         self._quantize_base = quantize_base
+        self._nf4_args = nf4_args
         self.disabled = False
         # Set by tensor parallelism for an NF4 base (training._tp_nf4): ``(module, x) -> y``
         # on the local pieces, with the collectives of the layer's role.
         self.tp_forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
 
         base = nn.Linear(in_dim, out_dim, bias=use_bias)
-        weight = quantize_nf4(base.weight) if quantize_base else base.weight.detach()
+        weight = quantize_nf4(base.weight, **nf4_args) if quantize_base else base.weight.detach()
         self.weight = nn.Parameter(weight, requires_grad=False)
         self.bias = nn.Parameter(base.bias.detach(), requires_grad=False) if use_bias else None
         self.dropout = nn.Dropout(p=dropout) if dropout > 0.0 else nn.Identity()
