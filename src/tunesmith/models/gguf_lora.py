@@ -10,8 +10,9 @@ adapter.gguf``; ``llama_cpp.Llama(model_path=..., lora_path=...)``) and adds
   ``...lora_b`` (``lora_B`` ``[out, rank]``), with the same q/k row permutation as the base
   weights for the ``llama`` architecture (applied to ``lora_b``, the rows of ``B @ A``).
 
-DoRA adapters (a per-column magnitude llama.cpp has no place for) and adapters on the
-embeddings are refused, as are PEFT's rsLoRA / rank or alpha patterns (``load_peft_adapter``).
+Phi-3's q/k/v and gate/up adapters become one ``attn_qkv`` / ``ffn_up`` adapter each
+(stacked A, block-diagonal B, as in the PEFT file). DoRA adapters (a per-column magnitude
+llama.cpp has no place for) and adapters on the embeddings are refused, as are PEFT's rsLoRA / rank or alpha patterns (``load_peft_adapter``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def lora_gguf_tensors(
     arch = gguf_arch(spec)
     hd = spec.resolved_head_dim
     out = []
+    if arch == "phi3":  # q/k/v and gate/up adapters -> one attn_qkv / ffn_up adapter each
+        fused, adapter = _phi3_fused(adapter, spec)
+        out.extend(fused)
     for key, value in adapter.items():
         if key.endswith(".magnitude"):
             raise ValueError(
@@ -58,11 +62,6 @@ def lora_gguf_tensors(
             name = "output.weight" if module == "output" else None
         if name is None:
             raise ValueError(f"{key}: no GGUF {arch} tensor for module {module!r}")
-        if arch == "phi3" and module.endswith(("q_proj", "k_proj", "v_proj", "w1", "w3")):
-            raise ValueError(
-                f"{key}: llama.cpp's phi3 fuses q/k/v (attn_qkv) and gate/up (ffn_up), so a "
-                "LoRA on one of them has no GGUF tensor; merge the adapter and export the model"
-            )
         w = value.detach().to(device="cpu", dtype=torch.float32)
         if part == "b.weight" and permutes_qk(arch) and module.endswith("attn.q_proj"):
             w = permute_hf_to_meta(w, spec.num_heads, hd)
@@ -72,6 +71,55 @@ def lora_gguf_tensors(
     if not out:
         raise ValueError("the adapter holds no LoRA weights")
     return out
+
+
+def _phi3_fused(
+    adapter: Mapping[str, torch.Tensor], spec: ModelSpec
+) -> tuple[list[tuple[str, Any]], dict[str, torch.Tensor]]:
+    """Phi-3's q/k/v and w1/w3 adapters as llama.cpp's fused ``attn_qkv`` / ``ffn_up`` LoRA
+    tensors (the block form of :mod:`tunesmith.models._peft_fused`: stacked A ``[k r, in]``,
+    block-diagonal B ``[out, k r]``). llama.cpp scales each tensor by ``alpha / rank`` with
+    the tensor's own rank, ``k r`` here, so B carries the factor ``k`` that keeps the parts'
+    ``alpha / r``. Returns those tensors and the adapter without the fused parts."""
+    from tunesmith.models._peft_fused import FUSED_PARTS, fuse_lora
+
+    hd = spec.resolved_head_dim
+    sizes = {
+        "self_attn.qkv_proj": [spec.num_heads * hd, spec.num_kv_heads * hd, spec.num_kv_heads * hd],
+        "mlp.gate_up_proj": [spec.intermediate_dim, spec.intermediate_dim],
+    }
+    gguf_names = {"self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"}
+    groups: dict[tuple[str, str], dict[str, dict[str, torch.Tensor]]] = {}
+    rest: dict[str, torch.Tensor] = {}
+    for key, value in adapter.items():
+        bits = key.split(".")
+        hit = None
+        if len(bits) >= 5 and bits[0] == "layers":
+            for fused, names in FUSED_PARTS.items():
+                parent = "attn" if fused.startswith("self_attn") else "mlp"
+                if bits[2] == parent and bits[3] in names:
+                    hit = fused
+        if hit is None:
+            rest[key] = value
+            continue
+        suffix = ".".join(bits[4:])
+        groups.setdefault((bits[1], hit), {}).setdefault(suffix, {})[bits[3]] = value
+    out: list[tuple[str, Any]] = []
+    for (layer, fused), parts in groups.items():
+        if "magnitude" in parts:
+            raise ValueError(
+                f"layers.{layer}: DoRA adapters cannot be written as GGUF LoRA (llama.cpp has "
+                "no magnitude vector); merge the adapter and export the merged model instead"
+            )
+        rank = next(iter(parts["lora_a.weight"].values())).shape[0]
+        tensors = fuse_lora(fused, parts, sizes[fused], f"layers.{layer}")
+        a, b = tensors["lora_a.weight"], tensors["lora_b.weight"]
+        b = b * (a.shape[0] / rank)  # llama.cpp's alpha / (k r) -> the parts' alpha / r
+        name = f"blk.{layer}.{gguf_names[fused]}.weight"
+        for part, w in (("a", a), ("b", b)):
+            w = w.detach().to(device="cpu", dtype=torch.float32).contiguous()
+            out.append((f"{name}.lora_{part}", w.numpy()))
+    return out, rest
 
 
 def export_lora_gguf(
