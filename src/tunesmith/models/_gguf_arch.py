@@ -21,6 +21,7 @@ llama.cpp architectures written (as ``convert_hf_to_gguf.py`` writes them):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -28,6 +29,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from tunesmith.models._gguf_tables import (
+    ALLOWED,
+    ARCH_OF_FAMILY,
+    CORE_FIELDS,
+    LAYER_NAMES,
+    NOPE_LAYER_STEP,
+    NORM_ROPE,
+    PARTIAL_ROTARY,
+    REQUIRED,
+    ROPE_SCALINGS,
+    SLIDING,
+    TOP_NAMES,
+    UNTIED_ONLY,
+)
 from tunesmith.models.convert_weights import permute_hf_to_meta
 from tunesmith.models.spec import ModelSpec
 
@@ -39,112 +54,106 @@ GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 ``llama-quantize`` (or ``tunesmith.models.gguf_export.llama_cpp_quantize`` when
 ``llama-cpp-python`` is installed) on it."""
 
-_LAYER_NAMES = {
-    "sa_norm.scale": "attn_norm.weight",
-    "mlp_norm.scale": "ffn_norm.weight",
-    "attn.q_proj.weight": "attn_q.weight",
-    "attn.k_proj.weight": "attn_k.weight",
-    "attn.v_proj.weight": "attn_v.weight",
-    "attn.q_proj.bias": "attn_q.bias",
-    "attn.k_proj.bias": "attn_k.bias",
-    "attn.v_proj.bias": "attn_v.bias",
-    "attn.q_norm.scale": "attn_q_norm.weight",
-    "attn.k_norm.scale": "attn_k_norm.weight",
-    "attn.output_proj.weight": "attn_output.weight",
-    "mlp.w1.weight": "ffn_gate.weight",
-    "mlp.w2.weight": "ffn_down.weight",
-    "mlp.w3.weight": "ffn_up.weight",
-    "sa_scale.scale": "post_attention_norm.weight",  # Gemma 2/3 post-norms
-    "mlp_scale.scale": "post_ffw_norm.weight",
-    "mlp.router.gate.weight": "ffn_gate_inp.weight",  # mixture of experts
-    "mlp.experts.gate_proj": "ffn_gate_exps.weight",
-    "mlp.experts.up_proj": "ffn_up_exps.weight",
-    "mlp.experts.down_proj": "ffn_down_exps.weight",
-}
-_TOP_NAMES = {
-    "tok_embeddings.weight": "token_embd.weight",
-    "norm.scale": "output_norm.weight",
-    "output.weight": "output.weight",
-}
-_ARCH_OF_FAMILY = {
-    **dict.fromkeys(
-        ("LLAMA2", "LLAMA3", "LLAMA3_1", "LLAMA3_2", "LLAMA3_3", "CODE_LLAMA2", "MISTRAL"),
-        "llama",
-    ),
-    "SMOLLM2": "llama",
-    "QWEN2": "qwen2",
-    "QWEN2_5": "qwen2",
-    "QWEN3": "qwen3",
-    "GEMMA": "gemma",
-    "GEMMA2": "gemma2",
-    "GEMMA3": "gemma3",
-    "PHI3_MINI": "phi3",
-    "MIXTRAL": "llama",
-    "QWEN3_MOE": "qwen3moe",
-}
-# spec fields each architecture allows to be set (everything else must be off)
-_GEMMA = {"norm_offset", "embed_scale", "post_norms", "query_pre_attn_scalar", "final_softcap"}
-_ALLOWED = {
-    "llama": set(),
-    "qwen2": {"qkv_bias"},
-    "qwen3": {"qk_norm"},
-    "qwen3moe": {"qk_norm"},
-    "gemma": {"norm_offset", "embed_scale"},
-    "gemma2": _GEMMA | {"attn_softcap"},
-    "gemma3": _GEMMA | {"qk_norm"},
-    "phi3": set(),
-}
+_LAYER_NAMES = LAYER_NAMES  # the names tests and gguf_lora read
+_TOP_NAMES = TOP_NAMES
 # llama.cpp's Gemma attention scale is 1/sqrt(embed_dim / num_heads) for the 27B sizes it
 # recognises by layer count, else 1/sqrt(head_dim); query_pre_attn_scalar must be that one
 _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
-# llama.cpp's sliding-window layer pattern per architecture: layer i slides iff i % n < n - 1
-_SWA_PATTERN = {"gemma2": 2, "gemma3": 6}
+
+
+def _supported() -> str:
+    by_arch: dict[str, list[str]] = {}
+    for family, arch in ARCH_OF_FAMILY.items():
+        by_arch.setdefault(arch, []).append(family)
+    return "; ".join(f"{a} ({', '.join(f)})" for a, f in by_arch.items())
+
+
+def _field_problem(spec: ModelSpec, field: dataclasses.Field[Any]) -> str | None:
+    """``"name=value"`` (``"name set"`` for a structure) when ``spec``'s ``field`` is not
+    its default, else None."""
+    value = getattr(spec, field.name)
+    if value == field.default:
+        return None
+    if isinstance(value, (bool, int, float)):
+        return f"{field.name}={value}"
+    return f"{field.name} set"
 
 
 def gguf_arch(spec: ModelSpec) -> str:
     """The llama.cpp architecture name of ``spec``; ValueError (what is unsupported) if none."""
-    arch = _ARCH_OF_FAMILY.get(spec.family.upper())
+    arch = ARCH_OF_FAMILY.get(spec.family.upper())
     if arch is None:
         raise ValueError(
-            f"GGUF export does not write family {spec.family}: it writes llama (Llama 2/3.x, "
-            "Code Llama, Mistral, SmolLM2, Mixtral), qwen2 (Qwen2/2.5), qwen3, qwen3moe, gemma "
-            "(Gemma 1), gemma2, gemma3 and phi3 (Phi-3 mini)"
+            f"GGUF export does not write family {spec.family}: it writes {_supported()}"
         )
-    allowed = _ALLOWED[arch]
+    allowed = ALLOWED[arch]
     problems = []
-    for field in ("qkv_bias", "norm_offset", "embed_scale", "qk_norm", "post_norms"):
-        if getattr(spec, field) and field not in allowed:
-            problems.append(f"{field}=True")
-    for field in ("attn_softcap", "final_softcap", "query_pre_attn_scalar", "num_classes",
-                  "query_log_scaling"):  # fmt: skip
-        if getattr(spec, field) is not None and field not in allowed:
-            problems.append(f"{field} set")
+    for field in dataclasses.fields(spec):
+        if field.name in CORE_FIELDS or field.name in allowed:
+            continue
+        problem = _field_problem(spec, field)
+        if problem:
+            problems.append(problem)
+    for name, want in REQUIRED.get(arch, {}).items():
+        if getattr(spec, name) != want:
+            problems.append(f"{name}={getattr(spec, name)} (it needs {name}={want})")
     if arch.startswith("gemma"):
         problems += _gemma_problems(spec, arch)
     elif spec.activation != "silu":
         problems.append(f"activation {spec.activation}")
     if spec.num_experts:
         problems += _moe_problems(spec, arch)
-    rope_type = None if spec.rope_scaling is None else spec.rope_scaling.rope_type
-    if rope_type not in {None, "linear"} | ({"llama3"} if arch == "llama" else set()) | (
-        {"longrope"} if arch == "phi3" else set()
-    ):
-        problems.append(f"{rope_type} rope scaling")
-    if spec.local_rope_scaling is not None:
-        problems.append("local_rope_scaling")
-    if spec.local_rope_base is not None and arch != "gemma3":
-        problems.append("local_rope_base")
-    if spec.rotary_dim is not None or spec.nope_layers:
-        problems.append("partial / skipped RoPE")
-    sliding = spec.sliding_window is not None and spec.sliding_window < spec.max_seq_len
-    if sliding and arch not in ("gemma2", "gemma3", "phi3"):  # llama.cpp ignores Phi-3's
-        problems.append(f"sliding_window={spec.sliding_window}")
+    problems += _rope_problems(spec, arch) + _window_problems(spec, arch)
     if problems:
         raise ValueError(
             f"GGUF export writes family {spec.family} as llama.cpp's {arch!r} architecture, "
             f"which has no {', '.join(problems)}; this model cannot be written"
         )
     return arch
+
+
+def _rope_problems(spec: ModelSpec, arch: str) -> list[str]:
+    """RoPE variants llama.cpp's graph for ``arch`` does not run."""
+    problems = []
+    rope_type = None if spec.rope_scaling is None else spec.rope_scaling.rope_type
+    if rope_type not in ROPE_SCALINGS[arch]:
+        problems.append(f"{rope_type} rope scaling")
+    if spec.local_rope_scaling is not None:
+        problems.append("local_rope_scaling")
+    if spec.local_rope_base is not None and arch != "gemma3":
+        problems.append("local_rope_base")
+    if spec.rotary_dim is not None and arch not in PARTIAL_ROTARY:
+        problems.append("partial RoPE (rotary_dim)")
+    if spec.nope_layers:
+        nope = set(spec.nope_layers)
+        step = NOPE_LAYER_STEP.get(arch)
+        every = arch == "granite" and nope == set(range(spec.num_layers))
+        periodic = step is not None and nope == {
+            i for i in range(spec.num_layers) if (i + 1) % step == 0
+        }
+        if not (every or periodic):
+            pattern = f" (llama.cpp's: every {step}th layer)" if step else ""
+            problems.append(f"NoPE layers {sorted(nope)}{pattern}")
+    return problems
+
+
+def _window_problems(spec: ModelSpec, arch: str) -> list[str]:
+    """Sliding windows outside llama.cpp's fixed per-architecture layer pattern."""
+    sliding = spec.sliding_window is not None and spec.sliding_window < spec.max_seq_len
+    if not sliding:
+        return []
+    n = SLIDING.get(arch)
+    if n is None:
+        return [f"sliding_window={spec.sliding_window}"]
+    if n == 1:  # llama.cpp ignores Phi-3's window
+        return []
+    want = tuple("sliding" if i % n < n - 1 else "full" for i in range(spec.num_layers))
+    got = tuple(
+        "sliding" if spec.layer_window(i) is not None else "full" for i in range(spec.num_layers)
+    )
+    if got != want:
+        return [f"this sliding-window layer pattern (llama.cpp's: {n - 1} of every {n})"]
+    return []
 
 
 def _moe_problems(spec: ModelSpec, arch: str) -> list[str]:
@@ -179,13 +188,6 @@ def _gemma_problems(spec: ModelSpec, arch: str) -> list[str]:
     dim = spec.embed_dim // spec.num_heads if big else hd
     if spec.query_pre_attn_scalar not in (None, float(dim)):
         problems.append(f"query_pre_attn_scalar={spec.query_pre_attn_scalar} (llama.cpp: {dim})")
-    n = _SWA_PATTERN.get(arch, 1)
-    want = tuple("sliding" if i % n < n - 1 else "full" for i in range(spec.num_layers))
-    got = tuple(
-        "sliding" if spec.layer_window(i) is not None else "full" for i in range(spec.num_layers)
-    )
-    if arch != "gemma" and spec.sliding_window is not None and got != want:
-        problems.append(f"this sliding-window layer pattern (llama.cpp's: {n - 1} of every {n})")
     return problems
 
 
@@ -219,7 +221,7 @@ def gguf_layer_name(native_suffix: str) -> str | None:
 
 def permutes_qk(arch: str) -> bool:
     """Whether q/k output rows go to Meta's interleaved layout (llama.cpp "normal" RoPE)."""
-    return arch == "llama"
+    return arch in NORM_ROPE
 
 
 def gguf_tensors(
@@ -267,8 +269,12 @@ def gguf_tensors(
             f"weights {bad[:3]} hold NaN or inf values (a diverged finetune?); a GGUF of them "
             "would answer garbage: export an earlier checkpoint"
         )
-    if spec.tie_embeddings:
+    if spec.tie_embeddings and arch not in UNTIED_ONLY:
         out = [(n, a) for n, a in out if n != "output.weight"]
+    elif spec.tie_embeddings:  # a loader without the fallback: the embeddings, written twice
+        arrays = dict(out)
+        if "output.weight" not in arrays:
+            out.append(("output.weight", arrays["token_embd.weight"]))
     elif "output.weight" not in {n for n, _ in out}:
         raise ValueError(
             "the model's embeddings are untied but the state dict has no output.weight"
@@ -360,7 +366,7 @@ def write_hparams(writer: Any, spec: ModelSpec) -> None:
     writer.add_feed_forward_length(spec.intermediate_dim)
     writer.add_head_count(spec.num_heads)
     writer.add_head_count_kv(spec.num_kv_heads)
-    writer.add_rope_dimension_count(spec.resolved_head_dim)
+    writer.add_rope_dimension_count(spec.rotary_dim or spec.resolved_head_dim)
     if spec.resolved_head_dim != spec.embed_dim // spec.num_heads:
         writer.add_key_length(spec.resolved_head_dim)
         writer.add_value_length(spec.resolved_head_dim)
@@ -402,3 +408,23 @@ def write_hparams(writer: Any, spec: ModelSpec) -> None:
             if attn is None:
                 attn = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0
             writer.add_rope_scaling_attn_factors(attn)
+    elif arch == "olmo2" and spec.sliding_window is not None:  # OLMo 3: 3 of every 4 slide
+        writer.add_sliding_window(spec.sliding_window)
+    elif arch == "granite":
+        _granite_hparams(writer, spec)
+
+
+def _granite_hparams(writer: Any, spec: ModelSpec) -> None:
+    """Granite's multipliers: embeddings times ``embedding_scale``, each block's outputs
+    times ``residual_scale``, softmax scale ``attention.scale``, logits / ``logit_scale``;
+    no RoPE at all (Granite 4.0 without position embeddings): ``rope.scaling.finetuned``
+    false, llama.cpp's switch for it."""
+    writer.add_logit_scale(spec.logits_divisor or 1.0)
+    if spec.embed_multiplier is not None:
+        writer.add_embedding_scale(spec.embed_multiplier)
+    if spec.residual_multiplier is not None:
+        writer.add_residual_scale(spec.residual_multiplier)
+    if spec.attn_scale is not None:
+        writer.add_attention_scale(spec.attn_scale)
+    if spec.nope_layers:
+        writer.add_rope_scaling_finetuned(False)

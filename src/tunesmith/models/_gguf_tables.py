@@ -1,0 +1,137 @@
+"""The per-architecture data of GGUF export: which llama.cpp architecture each tunesmith
+family is written as, the tensor names, and what each architecture's graph can run.
+
+A family llama.cpp runs with an existing graph is a table entry here; ``_gguf_arch`` reads
+these tables to check a spec, name its tensors and write its hyper-parameters. The rules
+are those of llama.cpp's loaders and graphs (``src/models/<arch>.cpp``) and of
+``convert_hf_to_gguf.py``, as the ``gguf`` package's constants name them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ALLOWED",
+    "ARCH_OF_FAMILY",
+    "CORE_FIELDS",
+    "LAYER_NAMES",
+    "NOPE_LAYER_STEP",
+    "NORM_ROPE",
+    "PARTIAL_ROTARY",
+    "REQUIRED",
+    "ROPE_SCALINGS",
+    "SLIDING",
+    "TOP_NAMES",
+    "UNTIED_ONLY",
+]
+
+#: native layer suffix -> GGUF tensor name inside ``blk.{i}.``
+LAYER_NAMES = {
+    "sa_norm.scale": "attn_norm.weight",
+    "mlp_norm.scale": "ffn_norm.weight",
+    "attn.q_proj.weight": "attn_q.weight",
+    "attn.k_proj.weight": "attn_k.weight",
+    "attn.v_proj.weight": "attn_v.weight",
+    "attn.q_proj.bias": "attn_q.bias",
+    "attn.k_proj.bias": "attn_k.bias",
+    "attn.v_proj.bias": "attn_v.bias",
+    "attn.q_norm.scale": "attn_q_norm.weight",
+    "attn.k_norm.scale": "attn_k_norm.weight",
+    "attn.output_proj.weight": "attn_output.weight",
+    "mlp.w1.weight": "ffn_gate.weight",
+    "mlp.w2.weight": "ffn_down.weight",
+    "mlp.w3.weight": "ffn_up.weight",
+    "sa_scale.scale": "post_attention_norm.weight",  # Gemma 2/3 and OLMo 2 post-norms
+    "mlp_scale.scale": "post_ffw_norm.weight",
+    "mlp.router.gate.weight": "ffn_gate_inp.weight",  # mixture of experts
+    "mlp.experts.gate_proj": "ffn_gate_exps.weight",
+    "mlp.experts.up_proj": "ffn_up_exps.weight",
+    "mlp.experts.down_proj": "ffn_down_exps.weight",
+}
+#: native top-level key -> GGUF tensor name
+TOP_NAMES = {
+    "tok_embeddings.weight": "token_embd.weight",
+    "norm.scale": "output_norm.weight",
+    "output.weight": "output.weight",
+}
+
+#: tunesmith family -> llama.cpp architecture (``general.architecture``)
+ARCH_OF_FAMILY = {
+    **dict.fromkeys(
+        ("LLAMA2", "LLAMA3", "LLAMA3_1", "LLAMA3_2", "LLAMA3_3", "CODE_LLAMA2", "MISTRAL"),
+        "llama",
+    ),
+    "SMOLLM2": "llama",
+    "SMOLLM3": "smollm3",
+    "QWEN2": "qwen2",
+    "QWEN2_5": "qwen2",
+    "QWEN3": "qwen3",
+    "GEMMA": "gemma",
+    "GEMMA2": "gemma2",
+    "GEMMA3": "gemma3",
+    "PHI3_MINI": "phi3",  # Phi-3 / 3.5 mini and Phi-4-mini (partial rotary)
+    "PHI4": "phi3",
+    "OLMO2": "olmo2",
+    "OLMO3": "olmo2",  # llama.cpp runs OLMo 3 (sliding windows 3 of every 4) as olmo2
+    "GRANITE": "granite",
+    "GRANITE4": "granite",  # the dense Granite 4.0 models: Granite 3's decoder
+    "MIXTRAL": "llama",
+    "QWEN3_MOE": "qwen3moe",
+}
+
+#: spec fields checked against their defaults: each architecture's ``ALLOWED`` lists the
+#: ones it may change; the fields here (sizes, RoPE, windows, experts) have their own checks
+CORE_FIELDS = frozenset({
+    "family", "vocab_size", "num_layers", "num_heads", "num_kv_heads", "embed_dim",
+    "intermediate_dim", "max_seq_len", "head_dim", "rope_base", "rope_scaling", "norm_eps",
+    "activation", "tie_embeddings", "sliding_window", "layer_types", "num_experts",
+    "experts_per_token", "moe_intermediate_dim", "dense_layers", "router_norm_topk",
+    "router_scoring", "shared_expert_dim", "router_bias", "expert_bias", "swiglu_limit",
+    "local_rope_base", "local_rope_scaling", "nope_layers", "rotary_dim",
+})  # fmt: skip
+
+_GEMMA = {"norm_offset", "embed_scale", "post_norms", "query_pre_attn_scalar", "final_softcap"}
+_OLMO2 = {"pre_norms", "post_norms", "qk_norm", "qk_norm_across_heads", "norm_scale_fp32"}
+_GRANITE = {"embed_multiplier", "residual_multiplier", "attn_scale", "logits_divisor"}
+#: the non-core spec fields each architecture's graph implements (others must be default)
+ALLOWED: dict[str, set[str]] = {
+    "llama": set(),
+    "smollm3": set(),
+    "qwen2": {"qkv_bias"},
+    "qwen3": {"qk_norm"},
+    "qwen3moe": {"qk_norm"},
+    "gemma": {"norm_offset", "embed_scale"},
+    "gemma2": _GEMMA | {"attn_softcap"},
+    "gemma3": _GEMMA | {"qk_norm"},
+    "phi3": set(),
+    "olmo2": _OLMO2,
+    "granite": _GRANITE,
+}
+#: fields an architecture's graph always applies, so the spec must have them so
+REQUIRED: dict[str, dict[str, object]] = {
+    # no input norms; q / k RMS-normed over all heads at once; sandwich-free post-norms
+    "olmo2": {
+        "pre_norms": False,
+        "post_norms": True,
+        "qk_norm": True,
+        "qk_norm_across_heads": True,
+    },  # fmt: skip
+}
+#: architectures llama.cpp applies "normal" (interleaved-pair) RoPE to: q / k rows are
+#: permuted to Meta's layout, as convert_hf_to_gguf.py's LlamaModel does
+NORM_ROPE = frozenset({"llama", "smollm3", "granite"})
+#: RoPE scaling types (``RopeScaling.rope_type``) each architecture's export writes
+ROPE_SCALINGS: dict[str, set[str | None]] = {
+    arch: {None, "linear"} for arch in ALLOWED
+} | {"llama": {None, "linear", "llama3"}, "phi3": {None, "linear", "longrope"},
+     "olmo2": {None}}  # fmt: skip
+#: architectures whose RoPE may rotate only the first ``rotary_dim`` features of a head
+#: (llama.cpp's ``rope.dimension_count`` < head_dim, NEOX layout)
+PARTIAL_ROTARY = frozenset({"phi3"})
+#: llama.cpp's fixed NoPE pattern: layer i skips RoPE iff (i + 1) % step == 0 (SmolLM3: 4);
+#: ``granite`` skips RoPE in every layer or none (``rope.scaling.finetuned``)
+NOPE_LAYER_STEP = {"smollm3": 4}
+#: sliding-window layer patterns llama.cpp runs: layer i slides iff i % n < n - 1 (a window
+#: in every layer for n = 1 is ignored by llama.cpp's phi3: its default config has one)
+SLIDING = {"gemma2": 2, "gemma3": 6, "olmo2": 4, "phi3": 1}
+#: architectures whose loader needs an ``output.weight`` (no fallback to the embeddings)
+UNTIED_ONLY = frozenset({"olmo2"})
