@@ -179,3 +179,53 @@ def test_granite4_dense_logits_equal_transformers(tmp_path: Path, rope: bool) ->
     reader = _check(folder, tmp_path)
     assert _field(reader, "general.architecture") == "granite"
     assert ("granite.rope.scaling.finetuned" in reader.fields) is not rope
+
+
+def _yarn(attention_factor: float | None = None, theta: float = 500_000.0) -> dict[str, Any]:
+    """YaRN x8 over an original context of 8 (so it acts within the 20 test tokens)."""
+    params: dict[str, Any] = {"rope_type": "yarn", "rope_theta": theta, "factor": 8.0,
+                              "original_max_position_embeddings": 8, "beta_fast": 32.0,
+                              "beta_slow": 1.0}  # fmt: skip
+    if attention_factor is not None:
+        params["attention_factor"] = attention_factor
+    return params
+
+
+def test_olmo3_yarn_logits_equal_transformers(tmp_path: Path) -> None:
+    """OLMo 3's released RoPE: YaRN (attention factor 0.1 ln 8 + 1) on the global layers,
+    plain RoPE of the same base on the sliding ones."""
+    _need(TOY_SPM)
+    config = transformers.Olmo3Config(
+        **{**_COMMON, "num_hidden_layers": 4}, sliding_window=6,
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 500_000.0},
+                         "full_attention": _yarn(1.2079441541679836)},
+    )  # fmt: skip
+    reader = _check(_folder(tmp_path, config, transformers.Olmo3ForCausalLM), tmp_path)
+    assert _field(reader, "olmo2.rope.scaling.type") == "yarn"
+    assert _field(reader, "olmo2.rope.scaling.original_context_length") == 8
+    assert _field(reader, "olmo2.rope.freq_base_swa") == 500_000.0
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "smollm3"])
+def test_yarn_logits_equal_transformers(tmp_path: Path, family: str) -> None:
+    _need(TOY_SPM)
+    classes = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        "smollm3": (transformers.SmolLM3Config, transformers.SmolLM3ForCausalLM),
+    }
+    config_cls, model_cls = classes[family]
+    config = config_cls(**_COMMON, rope_parameters=_yarn())
+    reader = _check(_folder(tmp_path, config, model_cls), tmp_path)
+    assert _field(reader, f"{_field(reader, 'general.architecture')}.rope.scaling.factor") == 8.0
+
+
+def test_yarn_with_another_attention_factor_is_refused() -> None:
+    """llama.cpp scales yarn's cos / sin by its own 0.1 ln(factor) + 1 whatever the file says."""
+    from tunesmith.models._gguf_arch import gguf_arch
+    from tunesmith.models.convert_weights import spec_from_hf_config
+
+    config = transformers.Qwen3Config(**_COMMON, rope_parameters=_yarn(1.5))
+    with pytest.raises(ValueError, match=r"'qwen3'.*attention factor 1.5 .*= 1.20794"):
+        gguf_arch(spec_from_hf_config(config.to_dict()))

@@ -34,6 +34,7 @@ from tunesmith.models._gguf_tables import (
     ARCH_OF_FAMILY,
     CORE_FIELDS,
     LAYER_NAMES,
+    LOCAL_ROPE,
     NOPE_LAYER_STEP,
     NORM_ROPE,
     PARTIAL_ROTARY,
@@ -44,7 +45,7 @@ from tunesmith.models._gguf_tables import (
     UNTIED_ONLY,
 )
 from tunesmith.models.convert_weights import permute_hf_to_meta
-from tunesmith.models.spec import ModelSpec
+from tunesmith.models.spec import ModelSpec, RopeScaling
 
 __all__ = ["GGUF_TYPES", "encode", "file_type", "gguf_arch", "gguf_tensors", "write_hparams"]
 
@@ -118,9 +119,18 @@ def _rope_problems(spec: ModelSpec, arch: str) -> list[str]:
     rope_type = None if spec.rope_scaling is None else spec.rope_scaling.rope_type
     if rope_type not in ROPE_SCALINGS[arch]:
         problems.append(f"{rope_type} rope scaling")
+    elif rope_type == "yarn":
+        s = spec.rope_scaling
+        assert s is not None
+        own = 0.1 * math.log(s.factor) + 1.0 if s.factor > 1 else 1.0
+        if not s.truncate or not math.isclose(s.cos_sin_scale, own, rel_tol=1e-6):
+            problems.append(
+                f"yarn with truncate={s.truncate}, attention factor {s.cos_sin_scale:.6g} "
+                f"(llama.cpp's yarn: truncate=True, 0.1 ln(factor) + 1 = {own:.6g})"
+            )
     if spec.local_rope_scaling is not None:
         problems.append("local_rope_scaling")
-    if spec.local_rope_base is not None and arch != "gemma3":
+    if spec.local_rope_base is not None and arch not in LOCAL_ROPE:
         problems.append("local_rope_base")
     if spec.rotary_dim is not None and arch not in PARTIAL_ROTARY:
         problems.append("partial RoPE (rotary_dim)")
@@ -376,6 +386,8 @@ def write_hparams(writer: Any, spec: ModelSpec) -> None:
     if spec.rope_scaling is not None and spec.rope_scaling.rope_type == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(spec.rope_scaling.factor)
+    if spec.rope_scaling is not None and spec.rope_scaling.rope_type == "yarn":
+        _yarn_hparams(writer, spec.rope_scaling)
     arch = gguf_arch(spec)
     if spec.num_experts:
         writer.add_expert_count(spec.num_experts)
@@ -410,6 +422,8 @@ def write_hparams(writer: Any, spec: ModelSpec) -> None:
             writer.add_rope_scaling_attn_factors(attn)
     elif arch == "olmo2" and spec.sliding_window is not None:  # OLMo 3: 3 of every 4 slide
         writer.add_sliding_window(spec.sliding_window)
+        if spec.local_rope_base is not None:  # unscaled RoPE there (llama.cpp's olmo2 graph)
+            writer.add_rope_freq_base_swa(spec.local_rope_base)
     elif arch == "granite":
         _granite_hparams(writer, spec)
 
@@ -428,3 +442,16 @@ def _granite_hparams(writer: Any, spec: ModelSpec) -> None:
         writer.add_attention_scale(spec.attn_scale)
     if spec.nope_layers:
         writer.add_rope_scaling_finetuned(False)
+
+
+
+def _yarn_hparams(writer: Any, s: RopeScaling) -> None:
+    """YaRN as llama.cpp reads it: type, factor, original context, the ramp's betas (its
+    cos / sin factor is its own ``0.1 ln(factor) + 1``: _rope_problems checks it)."""
+    import gguf
+
+    writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+    writer.add_rope_scaling_factor(s.factor)
+    writer.add_rope_scaling_orig_ctx_len(s.original_max_position_embeddings)
+    writer.add_rope_scaling_yarn_beta_fast(s.beta_fast)
+    writer.add_rope_scaling_yarn_beta_slow(s.beta_slow)

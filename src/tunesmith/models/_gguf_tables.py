@@ -14,6 +14,7 @@ __all__ = [
     "ARCH_OF_FAMILY",
     "CORE_FIELDS",
     "LAYER_NAMES",
+    "LOCAL_ROPE",
     "NOPE_LAYER_STEP",
     "NORM_ROPE",
     "PARTIAL_ROTARY",
@@ -120,10 +121,15 @@ REQUIRED: dict[str, dict[str, object]] = {
 #: permuted to Meta's layout, as convert_hf_to_gguf.py's LlamaModel does
 NORM_ROPE = frozenset({"llama", "smollm3", "granite"})
 #: RoPE scaling types (``RopeScaling.rope_type``) each architecture's export writes
-ROPE_SCALINGS: dict[str, set[str | None]] = {
-    arch: {None, "linear"} for arch in ALLOWED
-} | {"llama": {None, "linear", "llama3"}, "phi3": {None, "linear", "longrope"},
-     "olmo2": {None}}  # fmt: skip
+ROPE_SCALINGS: dict[str, set[str | None]] = {arch: {None, "linear"} for arch in ALLOWED}
+ROPE_SCALINGS["llama"] |= {"llama3"}
+ROPE_SCALINGS["phi3"] |= {"longrope"}
+ROPE_SCALINGS["olmo2"] = {None, "yarn"}  # llama.cpp's olmo2: yarn on the full layers only
+for _arch in ("llama", "smollm3", "qwen2", "qwen3"):
+    ROPE_SCALINGS[_arch] |= {"yarn"}
+#: architectures whose sliding-window layers may have their own RoPE base (unscaled):
+#: ``rope.freq_base_swa``
+LOCAL_ROPE = frozenset({"gemma3", "olmo2"})
 #: architectures whose RoPE may rotate only the first ``rotary_dim`` features of a head
 #: (llama.cpp's ``rope.dimension_count`` < head_dim, NEOX layout)
 PARTIAL_ROTARY = frozenset({"phi3"})
