@@ -227,5 +227,35 @@ def test_yarn_with_another_attention_factor_is_refused() -> None:
     from tunesmith.models.convert_weights import spec_from_hf_config
 
     config = transformers.Qwen3Config(**_COMMON, rope_parameters=_yarn(1.5))
-    with pytest.raises(ValueError, match=r"'qwen3'.*attention factor 1.5 .*= 1.20794"):
+    with pytest.raises(
+        ValueError, match=r"'qwen3'.*attention factor 1.5 .*attention factor 1.20794"
+    ):
         gguf_arch(spec_from_hf_config(config.to_dict()))
+
+
+@pytest.mark.parametrize("mscale_all_dim", [1.0, 0.5])
+def test_ministral3_logits_equal_transformers(tmp_path: Path, mscale_all_dim: float) -> None:
+    """Ministral 3 (``mistral3``): yarn x16 over an original 8 positions with transformers'
+    mscale / mscale_all_dim attention factor (``rope.scaling.yarn_log_mul``), and the queries
+    times 1 + 0.5 ln(1 + floor(p / 8)) (``attention.temperature_scale`` / ``_length``)."""
+    _need(TOY_SPM)
+    config = transformers.Ministral3Config(
+        **_COMMON, head_dim=16,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 1_000_000.0, "factor": 16.0,
+                         "original_max_position_embeddings": 8, "beta_fast": 32.0,
+                         "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": mscale_all_dim,
+                         "llama_4_scaling_beta": 0.5},
+    )  # fmt: skip
+    reader = _check(_folder(tmp_path, config, transformers.Ministral3ForCausalLM), tmp_path)
+    assert _field(reader, "general.architecture") == "mistral3"
+    assert _field(reader, "mistral3.attention.temperature_scale") == 0.5
+    assert _field(reader, "mistral3.rope.scaling.yarn_log_multiplier") == pytest.approx(mscale_all_dim)
+
+
+def test_mistral_small3_logits_equal_transformers(tmp_path: Path) -> None:
+    """Mistral Small 3.x / Nemo: ``llama`` with head_dim (32) != hidden / heads (16)."""
+    _need(TOY_SPM)
+    config = transformers.MistralConfig(**_COMMON, head_dim=32, sliding_window=None)
+    reader = _check(_folder(tmp_path, config, transformers.MistralForCausalLM), tmp_path)
+    assert _field(reader, "general.architecture") == "llama"
+    assert _field(reader, "llama.attention.key_length") == 32

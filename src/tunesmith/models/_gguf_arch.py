@@ -43,11 +43,13 @@ from tunesmith.models._gguf_tables import (
     SLIDING,
     TOP_NAMES,
     UNTIED_ONLY,
+    VARIANTS,
+    YARN_LOG_MUL,
 )
 from tunesmith.models.convert_weights import permute_hf_to_meta
 from tunesmith.models.spec import ModelSpec, RopeScaling
 
-__all__ = ["GGUF_TYPES", "encode", "file_type", "gguf_arch", "gguf_tensors", "write_hparams"]
+__all__ = ["GGUF_TYPES", "encode", "file_type", "gguf_arch", "gguf_tensors"]
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 """Output types the export accepts: what ``gguf.quants`` can quantize in Python. The k-quants
@@ -87,6 +89,8 @@ def gguf_arch(spec: ModelSpec) -> str:
         raise ValueError(
             f"GGUF export does not write family {spec.family}: it writes {_supported()}"
         )
+    if arch in VARIANTS and getattr(spec, VARIANTS[arch][0]) is not None:
+        arch = VARIANTS[arch][1]
     allowed = ALLOWED[arch]
     problems = []
     for field in dataclasses.fields(spec):
@@ -120,14 +124,7 @@ def _rope_problems(spec: ModelSpec, arch: str) -> list[str]:
     if rope_type not in ROPE_SCALINGS[arch]:
         problems.append(f"{rope_type} rope scaling")
     elif rope_type == "yarn":
-        s = spec.rope_scaling
-        assert s is not None
-        own = 0.1 * math.log(s.factor) + 1.0 if s.factor > 1 else 1.0
-        if not s.truncate or not math.isclose(s.cos_sin_scale, own, rel_tol=1e-6):
-            problems.append(
-                f"yarn with truncate={s.truncate}, attention factor {s.cos_sin_scale:.6g} "
-                f"(llama.cpp's yarn: truncate=True, 0.1 ln(factor) + 1 = {own:.6g})"
-            )
+        problems += _yarn_problems(spec.rope_scaling, arch)
     if spec.local_rope_scaling is not None:
         problems.append("local_rope_scaling")
     if spec.local_rope_base is not None and arch not in LOCAL_ROPE:
@@ -145,6 +142,24 @@ def _rope_problems(spec: ModelSpec, arch: str) -> list[str]:
             pattern = f" (llama.cpp's: every {step}th layer)" if step else ""
             problems.append(f"NoPE layers {sorted(nope)}{pattern}")
     return problems
+
+
+def _yarn_problems(s: RopeScaling | None, arch: str) -> list[str]:
+    """YaRN llama.cpp runs: ramp bounds truncated to integers, cos / sin factor m(1) (or
+    below m(1), through ``yarn_log_mul``, in the YARN_LOG_MUL graphs)."""
+    assert s is not None
+    own = 0.1 * math.log(s.factor) + 1.0 if s.factor > 1 else 1.0
+    a = s.cos_sin_scale
+    if arch in YARN_LOG_MUL:
+        ok, want = s.factor > 1 and 0 < a < own, f"below {own:.6g}"
+    else:
+        ok, want = math.isclose(a, own, rel_tol=1e-6), f"{own:.6g}"
+    if s.truncate and ok:
+        return []
+    return [
+        f"yarn with truncate={s.truncate}, attention factor {a:.6g} (llama.cpp's {arch} yarn: "
+        f"truncate=True, attention factor {want})"
+    ]
 
 
 def _window_problems(spec: ModelSpec, arch: str) -> list[str]:
@@ -364,94 +379,3 @@ def file_type(out_type: str) -> Any:
     if out_type == "f32":
         return gguf.LlamaFileType.ALL_F32
     return gguf.LlamaFileType[f"MOSTLY_{out_type.upper()}"]
-
-
-def write_hparams(writer: Any, spec: ModelSpec) -> None:
-    """The ``{arch}.*`` hyper-parameter keys llama.cpp reads for ``spec``'s architecture."""
-    import gguf
-
-    writer.add_context_length(spec.max_seq_len)
-    writer.add_embedding_length(spec.embed_dim)
-    writer.add_block_count(spec.num_layers)
-    writer.add_feed_forward_length(spec.intermediate_dim)
-    writer.add_head_count(spec.num_heads)
-    writer.add_head_count_kv(spec.num_kv_heads)
-    writer.add_rope_dimension_count(spec.rotary_dim or spec.resolved_head_dim)
-    if spec.resolved_head_dim != spec.embed_dim // spec.num_heads:
-        writer.add_key_length(spec.resolved_head_dim)
-        writer.add_value_length(spec.resolved_head_dim)
-    writer.add_rope_freq_base(spec.rope_base)
-    writer.add_layer_norm_rms_eps(spec.norm_eps)
-    writer.add_vocab_size(spec.vocab_size)
-    if spec.rope_scaling is not None and spec.rope_scaling.rope_type == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(spec.rope_scaling.factor)
-    if spec.rope_scaling is not None and spec.rope_scaling.rope_type == "yarn":
-        _yarn_hparams(writer, spec.rope_scaling)
-    arch = gguf_arch(spec)
-    if spec.num_experts:
-        writer.add_expert_count(spec.num_experts)
-        writer.add_expert_used_count(spec.experts_per_token)
-        if arch == "qwen3moe":
-            writer.add_expert_feed_forward_length(
-                spec.moe_intermediate_dim or spec.intermediate_dim
-            )
-    if arch.startswith("gemma"):
-        if spec.resolved_head_dim == spec.embed_dim // spec.num_heads:
-            writer.add_key_length(spec.resolved_head_dim)
-            writer.add_value_length(spec.resolved_head_dim)
-        if spec.attn_softcap is not None:
-            writer.add_attn_logit_softcapping(spec.attn_softcap)
-        if spec.final_softcap is not None:
-            writer.add_final_logit_softcapping(spec.final_softcap)
-        if arch != "gemma":  # no window: one as long as the context (llama.cpp's default: 4096)
-            writer.add_sliding_window(spec.sliding_window or spec.max_seq_len)
-        if spec.local_rope_base is not None:
-            writer.add_rope_freq_base_swa(spec.local_rope_base)
-    elif arch == "phi3":
-        s = spec.rope_scaling
-        longrope = s is not None and s.rope_type == "longrope"
-        original = s.original_max_position_embeddings if longrope else spec.max_seq_len
-        writer.add_rope_scaling_orig_ctx_len(original)
-        writer.add_sliding_window(spec.sliding_window or 0)
-        if longrope:
-            factor = spec.max_seq_len / original
-            attn = s.attention_factor
-            if attn is None:
-                attn = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0
-            writer.add_rope_scaling_attn_factors(attn)
-    elif arch == "olmo2" and spec.sliding_window is not None:  # OLMo 3: 3 of every 4 slide
-        writer.add_sliding_window(spec.sliding_window)
-        if spec.local_rope_base is not None:  # unscaled RoPE there (llama.cpp's olmo2 graph)
-            writer.add_rope_freq_base_swa(spec.local_rope_base)
-    elif arch == "granite":
-        _granite_hparams(writer, spec)
-
-
-def _granite_hparams(writer: Any, spec: ModelSpec) -> None:
-    """Granite's multipliers: embeddings times ``embedding_scale``, each block's outputs
-    times ``residual_scale``, softmax scale ``attention.scale``, logits / ``logit_scale``;
-    no RoPE at all (Granite 4.0 without position embeddings): ``rope.scaling.finetuned``
-    false, llama.cpp's switch for it."""
-    writer.add_logit_scale(spec.logits_divisor or 1.0)
-    if spec.embed_multiplier is not None:
-        writer.add_embedding_scale(spec.embed_multiplier)
-    if spec.residual_multiplier is not None:
-        writer.add_residual_scale(spec.residual_multiplier)
-    if spec.attn_scale is not None:
-        writer.add_attention_scale(spec.attn_scale)
-    if spec.nope_layers:
-        writer.add_rope_scaling_finetuned(False)
-
-
-
-def _yarn_hparams(writer: Any, s: RopeScaling) -> None:
-    """YaRN as llama.cpp reads it: type, factor, original context, the ramp's betas (its
-    cos / sin factor is its own ``0.1 ln(factor) + 1``: _rope_problems checks it)."""
-    import gguf
-
-    writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-    writer.add_rope_scaling_factor(s.factor)
-    writer.add_rope_scaling_orig_ctx_len(s.original_max_position_embeddings)
-    writer.add_rope_scaling_yarn_beta_fast(s.beta_fast)
-    writer.add_rope_scaling_yarn_beta_slow(s.beta_slow)

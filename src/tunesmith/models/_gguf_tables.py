@@ -23,6 +23,8 @@ __all__ = [
     "SLIDING",
     "TOP_NAMES",
     "UNTIED_ONLY",
+    "VARIANTS",
+    "YARN_LOG_MUL",
 ]
 
 #: native layer suffix -> GGUF tensor name inside ``blk.{i}.``
@@ -78,6 +80,9 @@ ARCH_OF_FAMILY = {
     "MIXTRAL": "llama",
     "QWEN3_MOE": "qwen3moe",
 }
+#: architecture -> (spec field, the architecture a spec with that field set is written as):
+#: Ministral 3 is a Mistral with Llama-4-style query scaling, llama.cpp's ``mistral3``
+VARIANTS = {"llama": ("query_log_scaling", "mistral3")}
 
 #: spec fields checked against their defaults: each architecture's ``ALLOWED`` lists the
 #: ones it may change; the fields here (sizes, RoPE, windows, experts) have their own checks
@@ -106,6 +111,7 @@ ALLOWED: dict[str, set[str]] = {
     "phi3": set(),
     "olmo2": _OLMO2,
     "granite": _GRANITE,
+    "mistral3": {"query_log_scaling"},
 }
 #: fields an architecture's graph always applies, so the spec must have them so
 REQUIRED: dict[str, dict[str, object]] = {
@@ -119,14 +125,18 @@ REQUIRED: dict[str, dict[str, object]] = {
 }
 #: architectures llama.cpp applies "normal" (interleaved-pair) RoPE to: q / k rows are
 #: permuted to Meta's layout, as convert_hf_to_gguf.py's LlamaModel does
-NORM_ROPE = frozenset({"llama", "smollm3", "granite"})
+NORM_ROPE = frozenset({"llama", "smollm3", "granite", "mistral3"})
 #: RoPE scaling types (``RopeScaling.rope_type``) each architecture's export writes
 ROPE_SCALINGS: dict[str, set[str | None]] = {arch: {None, "linear"} for arch in ALLOWED}
 ROPE_SCALINGS["llama"] |= {"llama3"}
 ROPE_SCALINGS["phi3"] |= {"longrope"}
 ROPE_SCALINGS["olmo2"] = {None, "yarn"}  # llama.cpp's olmo2: yarn on the full layers only
-for _arch in ("llama", "smollm3", "qwen2", "qwen3"):
+for _arch in ("llama", "smollm3", "qwen2", "qwen3", "mistral3"):
     ROPE_SCALINGS[_arch] |= {"yarn"}
+#: llama.cpp's yarn multiplies cos / sin by m(1), m(x) = 0.1 x ln(factor) + 1 (transformers'
+#: default attention factor), except in these graphs: m(1) / m(``rope.scaling.yarn_log_mul``)
+#: (DeepSeek's mscale / mscale_all_dim with mscale 1; Ministral 3: 1 / 1)
+YARN_LOG_MUL = frozenset({"mistral3"})
 #: architectures whose sliding-window layers may have their own RoPE base (unscaled):
 #: ``rope.freq_base_swa``
 LOCAL_ROPE = frozenset({"gemma3", "olmo2"})

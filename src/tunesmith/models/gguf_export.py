@@ -32,8 +32,8 @@ from tunesmith.models._gguf_arch import (
     file_type,
     gguf_arch,
     gguf_tensors,
-    write_hparams,
 )
+from tunesmith.models._gguf_hparams import write_hparams
 from tunesmith.models._gguf_vocab import (
     CONTROL,
     NORMAL,
