@@ -249,7 +249,9 @@ def test_ministral3_logits_equal_transformers(tmp_path: Path, mscale_all_dim: fl
     reader = _check(_folder(tmp_path, config, transformers.Ministral3ForCausalLM), tmp_path)
     assert _field(reader, "general.architecture") == "mistral3"
     assert _field(reader, "mistral3.attention.temperature_scale") == 0.5
-    assert _field(reader, "mistral3.rope.scaling.yarn_log_multiplier") == pytest.approx(mscale_all_dim)
+    assert _field(reader, "mistral3.rope.scaling.yarn_log_multiplier") == pytest.approx(
+        mscale_all_dim
+    )
 
 
 def test_mistral_small3_logits_equal_transformers(tmp_path: Path) -> None:
