@@ -261,3 +261,54 @@ def test_mistral_small3_logits_equal_transformers(tmp_path: Path) -> None:
     reader = _check(_folder(tmp_path, config, transformers.MistralForCausalLM), tmp_path)
     assert _field(reader, "general.architecture") == "llama"
     assert _field(reader, "llama.attention.key_length") == 32
+
+
+def _gpt_oss(truncate: bool) -> Any:
+    """gpt-oss: attention sinks, q/k/v/o biases, layers 0 and 2 sliding (window 6), yarn x32
+    (head_dim 32 over an original 256: the ramp bounds 0.42 / 6.44 are not integers), top-2
+    of 4 biased experts with the clamped SwiGLU."""
+    return transformers.GptOssConfig(
+        **{**_COMMON, "num_hidden_layers": 4, "intermediate_size": 32,
+           "max_position_embeddings": 512},
+        head_dim=32, num_local_experts=4, num_experts_per_tok=2, sliding_window=6,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10_000.0, "factor": 32.0,
+                         "original_max_position_embeddings": 256, "beta_fast": 32.0,
+                         "beta_slow": 1.0, "truncate": truncate},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("out_type", ["f32", "f16"])
+def test_gpt_oss_logits_equal_transformers(tmp_path: Path, out_type: str) -> None:
+    _need(TOY_SPM)
+    folder = _folder(tmp_path, _gpt_oss(truncate=True), transformers.GptOssForCausalLM)
+    reader = _check(folder, tmp_path, out_type)
+    assert _field(reader, "general.architecture") == "gpt-oss"
+    assert _field(reader, "gpt-oss.attention.sliding_window") == 6
+    assert _field(reader, "gpt-oss.expert_feed_forward_length") == 32
+    names = _tensors(reader)
+    assert {"blk.0.attn_sinks.weight", "blk.0.ffn_gate_inp.bias", "blk.0.ffn_up_exps.bias",
+            "blk.0.attn_output.bias", "blk.0.post_attention_norm.weight"} <= names  # fmt: skip
+    assert "blk.0.ffn_norm.weight" not in names
+
+
+def test_gpt_oss_released_untruncated_yarn_is_close(tmp_path: Path) -> None:
+    """gpt-oss's own config has ``truncate: false``; llama.cpp rounds the yarn ramp bounds
+    (as its own gpt-oss GGUFs do): logits within 1e-3 of their range, same argmax tokens."""
+    _need(TOY_SPM)
+    folder = _folder(tmp_path, _gpt_oss(truncate=False), transformers.GptOssForCausalLM)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = hf(torch.tensor([TOKENS])).logits[0].numpy()
+    path = export_hf_folder_to_gguf(folder, tmp_path / "m.gguf", out_type="f32")
+    got = _llama_cpp_logits(path, TOKENS)
+    assert np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_untruncated_yarn_elsewhere_is_refused() -> None:
+    from tunesmith.models._gguf_arch import gguf_arch
+    from tunesmith.models.convert_weights import spec_from_hf_config
+
+    config = transformers.Qwen3Config(**_COMMON, rope_parameters={**_yarn(), "truncate": False})
+    with pytest.raises(ValueError, match=r"'qwen3'.*yarn with truncate=False"):
+        gguf_arch(spec_from_hf_config(config.to_dict()))

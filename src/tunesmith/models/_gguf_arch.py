@@ -35,9 +35,11 @@ from tunesmith.models._gguf_tables import (
     CORE_FIELDS,
     LAYER_NAMES,
     LOCAL_ROPE,
+    MOE_FAMILIES,
     NOPE_LAYER_STEP,
     NORM_ROPE,
     PARTIAL_ROTARY,
+    RENAMES,
     REQUIRED,
     ROPE_SCALINGS,
     SLIDING,
@@ -45,6 +47,7 @@ from tunesmith.models._gguf_tables import (
     UNTIED_ONLY,
     VARIANTS,
     YARN_LOG_MUL,
+    YARN_ROUNDED,
 )
 from tunesmith.models.convert_weights import permute_hf_to_meta
 from tunesmith.models.spec import ModelSpec, RopeScaling
@@ -154,7 +157,7 @@ def _yarn_problems(s: RopeScaling | None, arch: str) -> list[str]:
         ok, want = s.factor > 1 and 0 < a < own, f"below {own:.6g}"
     else:
         ok, want = math.isclose(a, own, rel_tol=1e-6), f"{own:.6g}"
-    if s.truncate and ok:
+    if (s.truncate or arch in YARN_ROUNDED) and ok:
         return []
     return [
         f"yarn with truncate={s.truncate}, attention factor {a:.6g} (llama.cpp's {arch} yarn: "
@@ -182,17 +185,24 @@ def _window_problems(spec: ModelSpec, arch: str) -> list[str]:
 
 
 def _moe_problems(spec: ModelSpec, arch: str) -> list[str]:
-    """What llama.cpp's Mixtral (``llama`` + experts) / ``qwen3moe`` graphs cannot run:
-    they route softmax -> top-k -> renormalised weights, every layer a plain MoE layer."""
+    """What llama.cpp's Mixtral (``llama`` + experts) / ``qwen3moe`` / ``gpt-oss`` graphs
+    cannot run: they route softmax -> top-k -> renormalised weights, every layer a plain MoE
+    layer; gpt-oss with router / expert biases and SwiGLU clamped at 7 (alpha 1.702)."""
+    families, biased = MOE_FAMILIES.get(arch, (set(), False))
     problems = []
-    if spec.family.upper() not in ("MIXTRAL", "QWEN3_MOE"):
+    if spec.family.upper() not in families:
         problems.append("mixture of experts")
     if spec.dense_layers or spec.shared_expert_dim:
         problems.append("dense or shared-expert layers")
     if spec.router_scoring != "softmax" or not spec.router_norm_topk:
         problems.append("routing other than softmax top-k renormalised")
-    if spec.router_bias or spec.expert_bias or spec.swiglu_limit is not None:
-        problems.append("router / expert biases or a SwiGLU limit")
+    want = (True, True, 7.0) if biased else (False, False, None)
+    if (spec.router_bias, spec.expert_bias, spec.swiglu_limit) != want:
+        problems.append(
+            "router / expert biases and a SwiGLU limit of 7"
+            if biased
+            else "router / expert biases or a SwiGLU limit"
+        )
     if arch == "llama" and spec.moe_intermediate_dim not in (None, spec.intermediate_dim):
         problems.append("expert width other than intermediate_dim")
     return problems
@@ -269,6 +279,7 @@ def gguf_tensors(
         parts = key.split(".")
         if parts[0] == "layers":
             gguf_name = _LAYER_NAMES.get(".".join(parts[2:]))
+            gguf_name = RENAMES.get(arch, {}).get(gguf_name or "", gguf_name)
             name = None if gguf_name is None else f"blk.{parts[1]}.{gguf_name}"
         else:
             name = _TOP_NAMES.get(key)

@@ -39,7 +39,7 @@ def write_hparams(writer: Any, spec: ModelSpec) -> None:
     if spec.num_experts:
         writer.add_expert_count(spec.num_experts)
         writer.add_expert_used_count(spec.experts_per_token)
-        if arch == "qwen3moe":
+        if arch in ("qwen3moe", "gpt-oss"):
             writer.add_expert_feed_forward_length(
                 spec.moe_intermediate_dim or spec.intermediate_dim
             )
@@ -71,6 +71,8 @@ def write_hparams(writer: Any, spec: ModelSpec) -> None:
         writer.add_sliding_window(spec.sliding_window)
         if spec.local_rope_base is not None:  # unscaled RoPE there (llama.cpp's olmo2 graph)
             writer.add_rope_freq_base_swa(spec.local_rope_base)
+    elif arch == "gpt-oss":  # no window: one as long as the context (pattern: every other)
+        writer.add_sliding_window(spec.sliding_window or spec.max_seq_len)
     elif arch == "granite":
         _granite_hparams(writer, spec)
     elif arch == "mistral3" and spec.rope_scaling is not None and spec.rope_scaling.factor > 1:

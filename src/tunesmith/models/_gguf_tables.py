@@ -16,8 +16,10 @@ __all__ = [
     "LAYER_NAMES",
     "LOCAL_ROPE",
     "NOPE_LAYER_STEP",
+    "MOE_FAMILIES",
     "NORM_ROPE",
     "PARTIAL_ROTARY",
+    "RENAMES",
     "REQUIRED",
     "ROPE_SCALINGS",
     "SLIDING",
@@ -25,6 +27,7 @@ __all__ = [
     "UNTIED_ONLY",
     "VARIANTS",
     "YARN_LOG_MUL",
+    "YARN_ROUNDED",
 ]
 
 #: native layer suffix -> GGUF tensor name inside ``blk.{i}.``
@@ -49,7 +52,16 @@ LAYER_NAMES = {
     "mlp.experts.gate_proj": "ffn_gate_exps.weight",
     "mlp.experts.up_proj": "ffn_up_exps.weight",
     "mlp.experts.down_proj": "ffn_down_exps.weight",
+    "mlp.router.gate.bias": "ffn_gate_inp.bias",  # gpt-oss: router / expert / output biases,
+    "mlp.experts.gate_bias": "ffn_gate_exps.bias",  # attention sinks
+    "mlp.experts.up_bias": "ffn_up_exps.bias",
+    "mlp.experts.down_bias": "ffn_down_exps.bias",
+    "attn.output_proj.bias": "attn_output.bias",
+    "attn.sinks": "attn_sinks.weight",
 }
+#: per-architecture renames of the names above (gpt-oss calls its pre-feed-forward norm the
+#: attention post-norm)
+RENAMES = {"gpt-oss": {"ffn_norm.weight": "post_attention_norm.weight"}}
 #: native top-level key -> GGUF tensor name
 TOP_NAMES = {
     "tok_embeddings.weight": "token_embd.weight",
@@ -79,6 +91,7 @@ ARCH_OF_FAMILY = {
     "GRANITE4": "granite",  # the dense Granite 4.0 models: Granite 3's decoder
     "MIXTRAL": "llama",
     "QWEN3_MOE": "qwen3moe",
+    "GPT_OSS": "gpt-oss",
 }
 #: architecture -> (spec field, the architecture a spec with that field set is written as):
 #: Ministral 3 is a Mistral with Llama-4-style query scaling, llama.cpp's ``mistral3``
@@ -112,6 +125,7 @@ ALLOWED: dict[str, set[str]] = {
     "olmo2": _OLMO2,
     "granite": _GRANITE,
     "mistral3": {"query_log_scaling"},
+    "gpt-oss": {"qkv_bias", "out_bias", "attn_sinks"},
 }
 #: fields an architecture's graph always applies, so the spec must have them so
 REQUIRED: dict[str, dict[str, object]] = {
@@ -130,13 +144,21 @@ NORM_ROPE = frozenset({"llama", "smollm3", "granite", "mistral3"})
 ROPE_SCALINGS: dict[str, set[str | None]] = {arch: {None, "linear"} for arch in ALLOWED}
 ROPE_SCALINGS["llama"] |= {"llama3"}
 ROPE_SCALINGS["phi3"] |= {"longrope"}
-ROPE_SCALINGS["olmo2"] = {None, "yarn"}  # llama.cpp's olmo2: yarn on the full layers only
+ROPE_SCALINGS["olmo2"] = ROPE_SCALINGS["gpt-oss"] = {
+    None,
+    "yarn",
+}  # llama.cpp's olmo2: yarn on the full layers only
 for _arch in ("llama", "smollm3", "qwen2", "qwen3", "mistral3"):
     ROPE_SCALINGS[_arch] |= {"yarn"}
 #: llama.cpp's yarn multiplies cos / sin by m(1), m(x) = 0.1 x ln(factor) + 1 (transformers'
 #: default attention factor), except in these graphs: m(1) / m(``rope.scaling.yarn_log_mul``)
 #: (DeepSeek's mscale / mscale_all_dim with mscale 1; Ministral 3: 1 / 1)
 YARN_LOG_MUL = frozenset({"mistral3"})
+#: architectures written with transformers' untruncated yarn ramp (``truncate: false``,
+#: gpt-oss's released config): llama.cpp rounds the ramp bounds to integers, as in the
+#: gpt-oss GGUFs convert_hf_to_gguf.py writes (logits off by ~3e-4 of their range at 20
+#: tokens, tests/models/test_gguf_archs.py)
+YARN_ROUNDED = frozenset({"gpt-oss"})
 #: architectures whose sliding-window layers may have their own RoPE base (unscaled):
 #: ``rope.freq_base_swa``
 LOCAL_ROPE = frozenset({"gemma3", "olmo2"})
@@ -148,6 +170,10 @@ PARTIAL_ROTARY = frozenset({"phi3"})
 NOPE_LAYER_STEP = {"smollm3": 4}
 #: sliding-window layer patterns llama.cpp runs: layer i slides iff i % n < n - 1 (a window
 #: in every layer for n = 1 is ignored by llama.cpp's phi3: its default config has one)
-SLIDING = {"gemma2": 2, "gemma3": 6, "olmo2": 4, "phi3": 1}
+SLIDING = {"gemma2": 2, "gemma3": 6, "olmo2": 4, "phi3": 1, "gpt-oss": 2}
 #: architectures whose loader needs an ``output.weight`` (no fallback to the embeddings)
-UNTIED_ONLY = frozenset({"olmo2"})
+UNTIED_ONLY = frozenset({"olmo2", "gpt-oss"})
+#: mixture-of-experts architectures: the families written with experts, and whether the
+#: router / experts carry biases and a clamped SwiGLU (gpt-oss: limit 7, alpha 1.702)
+MOE_FAMILIES = {"llama": ({"MIXTRAL"}, False), "qwen3moe": ({"QWEN3_MOE"}, False),
+                "gpt-oss": ({"GPT_OSS"}, True)}  # fmt: skip

@@ -270,7 +270,9 @@ def export_gguf(
     names = {n for n, _ in tensors}
     output = "output.weight" if "output.weight" in names else "token_embd.weight"
     for tensor_name, array in tensors:
-        data, raw_dtype = encode(array, out_type, output=tensor_name == output)
+        # biases stay F32 (ggml adds gpt-oss's [E, out] expert biases from F32 only)
+        kind = "f32" if tensor_name.endswith(".bias") else out_type
+        data, raw_dtype = encode(array, kind, output=tensor_name == output)
         writer.add_tensor(tensor_name, data, raw_dtype=raw_dtype)
     try:
         writer.write_header_to_file()
