@@ -16,7 +16,14 @@ llama.cpp architectures written (as ``convert_hf_to_gguf.py`` writes them):
 * Mixture of experts: Mixtral (``llama``) and Qwen3-MoE (``qwen3moe``): router
   ``ffn_gate_inp``, experts stacked ``ffn_{gate,up,down}_exps`` ([E, out, in] per expert).
 * ``phi3``: Phi-3 mini. q/k/v stacked into ``attn_qkv``, gate above up in ``ffn_up``; longrope
-  as ``rope_factors_long`` / ``rope_factors_short``. NEOX RoPE: no permutation.
+  as ``rope_factors_long`` / ``rope_factors_short``. NEOX RoPE: no permutation. Phi-4-mini:
+  partial rotary (``rope.dimension_count`` = rotary_dim).
+* ``smollm3`` (NoPE every 4th layer), ``olmo2`` (OLMo 2 / 3: post-norms only, q/k normed over
+  all heads), ``granite`` (Granite 3, dense Granite 4.0: multipliers), ``mistral3`` (Ministral
+  3: query temperature scaling), ``gpt-oss`` (sinks, biases, clamped SwiGLU experts).
+
+The per-architecture data (names, allowed features, RoPE layouts and patterns) is in
+``_gguf_tables``; the hyper-parameter keys in ``_gguf_hparams``.
 """
 
 from __future__ import annotations
