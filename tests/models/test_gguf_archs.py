@@ -312,3 +312,39 @@ def test_untruncated_yarn_elsewhere_is_refused() -> None:
     config = transformers.Qwen3Config(**_COMMON, rope_parameters={**_yarn(), "truncate": False})
     with pytest.raises(ValueError, match=r"'qwen3'.*yarn with truncate=False"):
         gguf_arch(spec_from_hf_config(config.to_dict()))
+
+
+def _llama4(**over: Any) -> Any:
+    """Llama 4 text as llama.cpp runs it: chunks of 8192 in the RoPE layers, layer 3 NoPE
+    (temperature floor 8192, scale 0.1), weightless q/k RMS norm, top-1 sigmoid routing of 4
+    experts scaling the expert's input plus a shared expert in layers 1 and 3, dense 0 and 2."""
+    values: dict[str, Any] = dict(
+        head_dim=16, intermediate_size_mlp=128, num_local_experts=4, num_experts_per_tok=1,
+        interleave_moe_layer_step=2, no_rope_layers=[1, 1, 1, 0], attention_chunk_size=8192,
+        floor_scale=8192, attn_scale=0.1,
+    )  # fmt: skip
+    return transformers.Llama4TextConfig(
+        **{**_COMMON, "num_hidden_layers": 4, "intermediate_size": 32}, **(values | over)
+    )
+
+
+@pytest.mark.parametrize("out_type", ["f32", "f16"])
+def test_llama4_logits_equal_transformers(tmp_path: Path, out_type: str) -> None:
+    _need(TOY_SPM)
+    reader = _check(_folder(tmp_path, _llama4(), transformers.Llama4ForCausalLM), tmp_path,
+                    out_type)  # fmt: skip
+    assert _field(reader, "general.architecture") == "llama4"
+    assert _field(reader, "llama4.interleave_moe_layer_step") == 2
+    names = _tensors(reader)
+    assert {"blk.1.ffn_gate_exps.weight", "blk.1.ffn_up_shexp.weight",
+            "blk.0.ffn_gate.weight"} <= names  # fmt: skip
+    assert "blk.0.ffn_gate_inp.weight" not in names
+
+
+def test_llama4_other_chunks_are_refused() -> None:
+    from tunesmith.models._gguf_arch import gguf_arch
+    from tunesmith.models.convert_weights import spec_from_hf_config
+
+    config = _llama4(attention_chunk_size=8, floor_scale=4)
+    with pytest.raises(ValueError, match=r"'llama4'.*attn_chunk_size=8 .*attn_temperature"):
+        gguf_arch(spec_from_hf_config(config.to_dict()))

@@ -41,6 +41,8 @@ from tunesmith.models._gguf_tables import (
     ARCH_OF_FAMILY,
     CORE_FIELDS,
     LAYER_NAMES,
+    LLAMA4_CHUNK,
+    LLAMA4_TEMPERATURE,
     LOCAL_ROPE,
     MOE_FAMILIES,
     NOPE_LAYER_STEP,
@@ -196,6 +198,8 @@ def _moe_problems(spec: ModelSpec, arch: str) -> list[str]:
     cannot run: they route softmax -> top-k -> renormalised weights, every layer a plain MoE
     layer; gpt-oss with router / expert biases and SwiGLU clamped at 7 (alpha 1.702)."""
     families, biased = MOE_FAMILIES.get(arch, (set(), False))
+    if arch == "llama4" and spec.family.upper() in families:
+        return _llama4_problems(spec)
     problems = []
     if spec.family.upper() not in families:
         problems.append("mixture of experts")
@@ -212,6 +216,32 @@ def _moe_problems(spec: ModelSpec, arch: str) -> list[str]:
         )
     if arch == "llama" and spec.moe_intermediate_dim not in (None, spec.intermediate_dim):
         problems.append("expert width other than intermediate_dim")
+    return problems
+
+
+def _llama4_problems(spec: ModelSpec) -> list[str]:
+    """Llama 4 text as llama.cpp's ``llama4`` loader fixes it (``_gguf_tables``)."""
+    problems = []
+    moe = [i for i in range(spec.num_layers) if spec.is_moe_layer(i)]
+    step = moe[0] + 1 if moe else 0
+    if not moe or moe != list(range(step - 1, spec.num_layers, step)):
+        problems.append(f"MoE layers {moe} (llama.cpp's: every n-th layer)")
+    routing = (spec.router_scoring, spec.router_norm_topk, spec.router_weights_inputs)
+    if routing != ("sigmoid", False, True) or spec.experts_per_token != 1:
+        problems.append("routing other than top-1 sigmoid scaling the expert's input")
+    if spec.shared_expert_dim != (spec.moe_intermediate_dim or spec.intermediate_dim):
+        problems.append("a shared expert of another width than the experts")
+    if spec.router_bias or spec.expert_bias or spec.swiglu_limit is not None:
+        problems.append("router / expert biases or a SwiGLU limit")
+    if spec.attn_chunk_size != LLAMA4_CHUNK or not spec.nope_layers:
+        problems.append(
+            f"attn_chunk_size={spec.attn_chunk_size} with NoPE layers {list(spec.nope_layers)} "
+            f"(llama.cpp's: chunks of {LLAMA4_CHUNK}, NoPE every 4th layer)"
+        )
+    if spec.attn_temperature != LLAMA4_TEMPERATURE:
+        problems.append(
+            f"attn_temperature={spec.attn_temperature} (llama.cpp's: {LLAMA4_TEMPERATURE})"
+        )
     return problems
 
 

@@ -39,7 +39,7 @@ def write_hparams(writer: Any, spec: ModelSpec) -> None:
     if spec.num_experts:
         writer.add_expert_count(spec.num_experts)
         writer.add_expert_used_count(spec.experts_per_token)
-        if arch in ("qwen3moe", "gpt-oss"):
+        if arch in ("qwen3moe", "gpt-oss", "llama4"):
             writer.add_expert_feed_forward_length(
                 spec.moe_intermediate_dim or spec.intermediate_dim
             )
@@ -73,6 +73,9 @@ def write_hparams(writer: Any, spec: ModelSpec) -> None:
             writer.add_rope_freq_base_swa(spec.local_rope_base)
     elif arch == "gpt-oss":  # no window: one as long as the context (pattern: every other)
         writer.add_sliding_window(spec.sliding_window or spec.max_seq_len)
+    elif arch == "llama4":
+        moe = [i for i in range(spec.num_layers) if spec.is_moe_layer(i)]
+        writer.add_interleave_moe_layer_step(moe[0] + 1)  # chunks / temperature: fixed
     elif arch == "granite":
         _granite_hparams(writer, spec)
     elif arch == "mistral3" and spec.rope_scaling is not None and spec.rope_scaling.factor > 1:

@@ -14,6 +14,8 @@ __all__ = [
     "ARCH_OF_FAMILY",
     "CORE_FIELDS",
     "LAYER_NAMES",
+    "LLAMA4_CHUNK",
+    "LLAMA4_TEMPERATURE",
     "LOCAL_ROPE",
     "NOPE_LAYER_STEP",
     "MOE_FAMILIES",
@@ -58,6 +60,9 @@ LAYER_NAMES = {
     "mlp.experts.down_bias": "ffn_down_exps.bias",
     "attn.output_proj.bias": "attn_output.bias",
     "attn.sinks": "attn_sinks.weight",
+    "mlp.shared_expert.w1.weight": "ffn_gate_shexp.weight",  # Llama 4's shared expert
+    "mlp.shared_expert.w2.weight": "ffn_down_shexp.weight",
+    "mlp.shared_expert.w3.weight": "ffn_up_shexp.weight",
 }
 #: per-architecture renames of the names above (gpt-oss calls its pre-feed-forward norm the
 #: attention post-norm)
@@ -92,6 +97,7 @@ ARCH_OF_FAMILY = {
     "MIXTRAL": "llama",
     "QWEN3_MOE": "qwen3moe",
     "GPT_OSS": "gpt-oss",
+    "LLAMA4": "llama4",  # the text decoder
 }
 #: architecture -> (spec field, the architecture a spec with that field set is written as):
 #: Ministral 3 is a Mistral with Llama-4-style query scaling, llama.cpp's ``mistral3``
@@ -126,6 +132,7 @@ ALLOWED: dict[str, set[str]] = {
     "granite": _GRANITE,
     "mistral3": {"query_log_scaling"},
     "gpt-oss": {"qkv_bias", "out_bias", "attn_sinks"},
+    "llama4": {"qk_rms_norm", "attn_temperature", "router_weights_inputs", "attn_chunk_size"},
 }
 #: fields an architecture's graph always applies, so the spec must have them so
 REQUIRED: dict[str, dict[str, object]] = {
@@ -139,10 +146,11 @@ REQUIRED: dict[str, dict[str, object]] = {
 }
 #: architectures llama.cpp applies "normal" (interleaved-pair) RoPE to: q / k rows are
 #: permuted to Meta's layout, as convert_hf_to_gguf.py's LlamaModel does
-NORM_ROPE = frozenset({"llama", "smollm3", "granite", "mistral3"})
+NORM_ROPE = frozenset({"llama", "smollm3", "granite", "mistral3", "llama4"})
 #: RoPE scaling types (``RopeScaling.rope_type``) each architecture's export writes
 ROPE_SCALINGS: dict[str, set[str | None]] = {arch: {None, "linear"} for arch in ALLOWED}
 ROPE_SCALINGS["llama"] |= {"llama3"}
+ROPE_SCALINGS["llama4"] |= {"llama3"}
 ROPE_SCALINGS["phi3"] |= {"longrope"}
 ROPE_SCALINGS["olmo2"] = ROPE_SCALINGS["gpt-oss"] = {
     None,
@@ -167,7 +175,7 @@ LOCAL_ROPE = frozenset({"gemma3", "olmo2"})
 PARTIAL_ROTARY = frozenset({"phi3"})
 #: llama.cpp's fixed NoPE pattern: layer i skips RoPE iff (i + 1) % step == 0 (SmolLM3: 4);
 #: ``granite`` skips RoPE in every layer or none (``rope.scaling.finetuned``)
-NOPE_LAYER_STEP = {"smollm3": 4}
+NOPE_LAYER_STEP = {"smollm3": 4, "llama4": 4}
 #: sliding-window layer patterns llama.cpp runs: layer i slides iff i % n < n - 1 (a window
 #: in every layer for n = 1 is ignored by llama.cpp's phi3: its default config has one)
 SLIDING = {"gemma2": 2, "gemma3": 6, "olmo2": 4, "phi3": 1, "gpt-oss": 2}
@@ -176,4 +184,9 @@ UNTIED_ONLY = frozenset({"olmo2", "gpt-oss"})
 #: mixture-of-experts architectures: the families written with experts, and whether the
 #: router / experts carry biases and a clamped SwiGLU (gpt-oss: limit 7, alpha 1.702)
 MOE_FAMILIES = {"llama": ({"MIXTRAL"}, False), "qwen3moe": ({"QWEN3_MOE"}, False),
-                "gpt-oss": ({"GPT_OSS"}, True)}  # fmt: skip
+                "gpt-oss": ({"GPT_OSS"}, True), "llama4": ({"LLAMA4"}, False)}  # fmt: skip
+#: Llama 4 as llama.cpp's loader fixes it: chunked attention of 8192 in 3 of every 4 layers
+#: (the NoPE ones attend fully), NoPE-layer query temperature (floor 8192, scale 0.1), top-1
+#: sigmoid routing that scales the expert's input, a shared expert, MoE every n-th layer
+LLAMA4_CHUNK = 8192
+LLAMA4_TEMPERATURE = (8192.0, 0.1)
