@@ -59,10 +59,12 @@ def _llama_cpp_logits(path: Path, tokens: list[int]) -> np.ndarray:
     return out
 
 
-def _check(folder: Path, tmp_path: Path, out_type: str = "f32") -> Any:
+def _check(folder: Path, tmp_path: Path, out_type: str = "f32", cls: Any = None) -> Any:
     """Export ``folder`` as ``out_type``; llama.cpp's logits on TOKENS equal transformers'
-    and so do the argmax tokens. Returns the file's ``GGUFReader``."""
-    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    (``cls``, default AutoModelForCausalLM) and so do the argmax tokens. Returns the file's
+    ``GGUFReader``."""
+    cls = cls or transformers.AutoModelForCausalLM
+    hf = cls.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
         want = hf(torch.tensor([TOKENS])).logits[0].numpy()
     path = export_hf_folder_to_gguf(folder, tmp_path / f"m.{out_type}.gguf", out_type=out_type)
@@ -348,3 +350,28 @@ def test_llama4_other_chunks_are_refused() -> None:
     config = _llama4(attention_chunk_size=8, floor_scale=4)
     with pytest.raises(ValueError, match=r"'llama4'.*attn_chunk_size=8 .*attn_temperature"):
         gguf_arch(spec_from_hf_config(config.to_dict()))
+
+
+def test_multimodal_ministral3_folder_exports_its_text_decoder(tmp_path: Path) -> None:
+    """Ministral 3 / Mistral Small 3.1+ are released as ``Mistral3ForConditionalGeneration``
+    folders: the GGUF holds the text decoder (the vision tower is dropped) and answers text
+    as transformers' multimodal model does."""
+    _need(TOY_SPM)
+    text = transformers.Ministral3Config(
+        **_COMMON, head_dim=16,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 1_000_000.0, "factor": 16.0,
+                         "original_max_position_embeddings": 8, "beta_fast": 32.0,
+                         "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                         "llama_4_scaling_beta": 0.5},
+    )  # fmt: skip
+    vision = transformers.PixtralVisionConfig(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+        image_size=32, patch_size=8, head_dim=16,
+    )  # fmt: skip
+    config = transformers.Mistral3Config(
+        text_config=text, vision_config=vision, image_token_index=5, tie_word_embeddings=False
+    )
+    folder = _folder(tmp_path, config, transformers.Mistral3ForConditionalGeneration)
+    reader = _check(folder, tmp_path, cls=transformers.Mistral3ForConditionalGeneration)
+    assert _field(reader, "general.architecture") == "mistral3"
+    assert not any("vision" in t.name or "mm" in t.name for t in reader.tensors)
