@@ -1,7 +1,7 @@
-"""GGUF import of the architectures beyond ``llama``: Qwen2 / 2.5 (``qwen2``, q/k/v biases)
-and Qwen3 (``qwen3``, q/k norms, key_length) files written by tunesmith's export load back
-as the same spec and the same weights (f32: bit for bit), and llama-layout files still
-un-permute q/k."""
+"""GGUF import of the architectures beyond ``llama``: Qwen2 / 2.5 (``qwen2``, q/k/v biases),
+Qwen3 (``qwen3``, q/k norms, key_length), SmolLM3 (``smollm3``, NoPE every 4th layer),
+Granite 3 (``granite``, multipliers) and OLMo 2 (``olmo2``, post-norms only) files written by
+tunesmith's export load back as the same spec and the same weights (f32: bit for bit)."""
 
 from __future__ import annotations
 
@@ -13,16 +13,43 @@ import torch
 pytest.importorskip("gguf")
 pytest.importorskip("tokenizers")
 
+from tunesmith.models.builder import build_decoder  # noqa: E402
 from tunesmith.models.gguf import load_gguf  # noqa: E402
 from tunesmith.models.gguf_export import export_gguf, gguf_vocab  # noqa: E402
+from tunesmith.models.spec import ModelSpec  # noqa: E402
 
 from .test_gguf_export import CHATML, _write_tokenizer  # noqa: E402
 from .test_gguf_families import _model  # noqa: E402
 
+_SPECS = {
+    "SMOLLM3": {"num_layers": 4, "nope_layers": (3,), "tie_embeddings": True},
+    "GRANITE": {"embed_multiplier": 12.0, "residual_multiplier": 0.5, "attn_scale": 0.25,
+                "logits_divisor": 8.0},
+    "OLMO2": {"pre_norms": False, "post_norms": True, "qk_norm": True,
+              "qk_norm_across_heads": True, "norm_scale_fp32": True},
+}  # fmt: skip
 
-@pytest.mark.parametrize("family", ["QWEN2_5", "QWEN3", "LLAMA3_2", "MISTRAL"])
+
+def _any_model(family: str) -> tuple[torch.nn.Module, ModelSpec]:
+    if family not in _SPECS:
+        return _model(family)
+    spec = ModelSpec(family=family, vocab_size=320, num_layers=2, num_heads=4, num_kv_heads=2,
+                     embed_dim=64, intermediate_dim=96, max_seq_len=128).replace(
+        **_SPECS[family]
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_decoder(spec).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    return model, spec
+
+
+@pytest.mark.parametrize(
+    "family", ["QWEN2_5", "QWEN3", "LLAMA3_2", "MISTRAL", "SMOLLM3", "GRANITE", "OLMO2"]
+)
 def test_export_then_import_round_trips(tmp_path: Path, family: str) -> None:
-    model, spec = _model(family)
+    model, spec = _any_model(family)
     vocab = gguf_vocab(
         _write_tokenizer(tmp_path / "tok"), vocab_size=spec.vocab_size,
         bos_token="<|im_start|>", eos_token="<|im_end|>", chat_template=CHATML,
@@ -31,7 +58,9 @@ def test_export_then_import_round_trips(tmp_path: Path, family: str) -> None:
     got_spec, got_sd, tokenizer = load_gguf(path)
     for field in ("vocab_size", "num_layers", "num_heads", "num_kv_heads", "embed_dim",
                   "intermediate_dim", "resolved_head_dim", "rope_base", "qkv_bias", "qk_norm",
-                  "tie_embeddings"):  # fmt: skip
+                  "tie_embeddings", "nope_layers", "embed_multiplier", "residual_multiplier",
+                  "attn_scale", "logits_divisor", "pre_norms", "post_norms",
+                  "qk_norm_across_heads"):  # fmt: skip
         assert getattr(got_spec, field) == getattr(spec, field), field
     want = {k: v for k, v in model.state_dict().items()
             if not (spec.tie_embeddings and k == "output.weight")}  # fmt: skip
@@ -45,10 +74,12 @@ def test_unsupported_architecture_names_the_supported(tmp_path: Path) -> None:
     import gguf
 
     path = tmp_path / "x.gguf"
-    writer = gguf.GGUFWriter(str(path), "olmo2")
+    writer = gguf.GGUFWriter(str(path), "gpt-oss")
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(ValueError, match="'olmo2' is not supported; only llama, qwen2, qwen3"):
+    with pytest.raises(
+        ValueError, match="'gpt-oss' is not supported; only llama, qwen2, qwen3, smollm3"
+    ):
         load_gguf(path)

@@ -71,6 +71,8 @@ _LAYER_MAP = {
     "attn_v.bias": "self_attn.v_proj.bias",
     "attn_q_norm.weight": "self_attn.q_norm.weight",  # qwen3
     "attn_k_norm.weight": "self_attn.k_norm.weight",
+    "post_attention_norm.weight": "post_attention_layernorm.weight",  # olmo2 (post-norms only)
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
 }
 # general.architecture -> (transformers model_type, architectures entry); llama.cpp's
 # "normal" RoPE (q/k in Meta's interleaved order) only for llama
@@ -78,7 +80,11 @@ _IMPORT_ARCHS = {
     "llama": ("llama", "LlamaForCausalLM"),
     "qwen2": ("qwen2", "Qwen2ForCausalLM"),
     "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+    "smollm3": ("smollm3", "SmolLM3ForCausalLM"),
+    "granite": ("granite", "GraniteForCausalLM"),
+    "olmo2": ("olmo2", "Olmo2ForCausalLM"),
 }
+_NORM_ROPE = ("llama", "smollm3", "granite")
 _TOP_MAP = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -147,8 +153,8 @@ def gguf_hf_config(reader: Any, metadata: dict[str, Any]) -> dict[str, Any]:
     if arch not in _IMPORT_ARCHS:
         raise ValueError(
             f"GGUF architecture {arch!r} is not supported; only {', '.join(_IMPORT_ARCHS)} "
-            "(Llama, Mistral, SmolLM2, Qwen2 / 2.5, Qwen3 and others in those layouts) can be "
-            "imported"
+            "(Llama, Mistral, SmolLM2 / 3, Qwen2 / 2.5, Qwen3, Granite 3, OLMo 2 and others in "
+            "those layouts) can be imported"
         )
     model_type, hf_arch = _IMPORT_ARCHS[arch]
 
@@ -206,7 +212,30 @@ def gguf_hf_config(reader: Any, metadata: dict[str, Any]) -> dict[str, Any]:
         scaling = _llama3_rope_scaling(freqs, head_dim, theta)
         if scaling is not None:
             config["rope_scaling"] = scaling
-    return config
+    return config | _arch_config(arch, metadata, config)
+
+
+def _arch_config(arch: str, metadata: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The config keys of an architecture beyond Llama's (what llama.cpp's loader fixes or
+    reads for it: SmolLM3's NoPE every 4th layer, Granite's multipliers)."""
+    if arch == "smollm3":
+        return {"no_rope_layer_interval": 4, "use_sliding_window": False,
+                "no_rope_layers": [int((i + 1) % 4 != 0)
+                                   for i in range(config["num_hidden_layers"])]}  # fmt: skip
+    if arch == "olmo2" and metadata.get("olmo2.attention.sliding_window"):
+        raise ValueError("GGUF olmo2 file with sliding windows (OLMo 3) cannot be imported")
+    if arch != "granite":
+        return {}
+    if metadata.get("granite.rope.scaling.finetuned") is False:
+        raise ValueError("GGUF granite file without RoPE (Granite 4.0) cannot be imported")
+    return {
+        "embedding_multiplier": float(metadata.get("granite.embedding_scale", 1.0)),
+        "residual_multiplier": float(metadata.get("granite.residual_scale", 1.0)),
+        "attention_multiplier": float(
+            metadata.get("granite.attention.scale", 1 / math.sqrt(config["head_dim"]))
+        ),
+        "logits_scaling": float(metadata.get("granite.logit_scale", 1.0)),
+    }
 
 
 def gguf_hf_state_dict(
@@ -244,7 +273,7 @@ def gguf_hf_state_dict(
                 f"installed gguf package cannot dequantize ({e})"
             ) from None
         tensor = torch.from_numpy(np.array(array, dtype=np.float32, copy=True)).to(dtype)
-        if config["model_type"] != "llama":
+        if config["model_type"] not in _NORM_ROPE:
             pass  # NEOX RoPE: q/k rows already in the Hugging Face order
         elif name.endswith("q_proj.weight"):
             tensor = permute_meta_to_hf(tensor, config["num_attention_heads"], head_dim)
