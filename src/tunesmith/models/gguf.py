@@ -2,11 +2,12 @@
 dict, vocabulary -> a Hugging Face ``tokenizers.Tokenizer``.
 
 Supported: ``general.architecture`` ``llama`` (Llama, Mistral, SmolLM2, ... sharing that
-layout), ``qwen2`` (Qwen2 / 2.5: q/k/v biases) and ``qwen3`` (dense Qwen3: q/k norms) with a
+layout), ``qwen2`` (Qwen2 / 2.5: q/k/v biases), ``qwen3`` (dense Qwen3: q/k norms),
+``smollm3``, ``granite`` (Granite 3) and ``olmo2`` (OLMo 2) with a
 byte-level BPE vocabulary (``tokenizer.ggml.model == "gpt2"``). Tensors of
 type F32, F16, BF16, Q4_0, Q4_1 and Q8_0 (and any other type ``gguf.quants`` can
 dequantize) become float tensors. GGUF stores q/k projections in Meta's interleaved RoPE
-layout (``llama``); they are permuted to the Hugging Face (native) layout here.
+layout (``llama``, ``smollm3``, ``granite``); they are permuted to the Hugging Face (native) layout here.
 
 Entry point: :func:`load_gguf` ``(path) -> (spec, native_state_dict, tokenizer)``.
 """
