@@ -16,7 +16,7 @@ pytest.importorskip("tokenizers")
 from tunesmith.models.builder import build_decoder  # noqa: E402
 from tunesmith.models.gguf import load_gguf  # noqa: E402
 from tunesmith.models.gguf_export import export_gguf, gguf_vocab  # noqa: E402
-from tunesmith.models.spec import ModelSpec  # noqa: E402
+from tunesmith.models.spec import ModelSpec, RopeScaling  # noqa: E402
 
 from .test_gguf_export import CHATML, _write_tokenizer  # noqa: E402
 from .test_gguf_families import _model  # noqa: E402
@@ -25,6 +25,11 @@ _SPECS = {
     "SMOLLM3": {"num_layers": 4, "nope_layers": (3,), "tie_embeddings": True},
     "GRANITE": {"embed_multiplier": 12.0, "residual_multiplier": 0.5, "attn_scale": 0.25,
                 "logits_divisor": 8.0},
+    "PHI3_MINI": {"rotary_dim": 12, "tie_embeddings": True, "max_seq_len": 512,
+                  "rope_scaling": RopeScaling(factor=4.0, original_max_position_embeddings=128,
+                                              rope_type="longrope",
+                                              long_factor=tuple(2.0 + i for i in range(6)),
+                                              short_factor=tuple(1.0 + i / 8 for i in range(6)))},
     "OLMO2": {"pre_norms": False, "post_norms": True, "qk_norm": True,
               "qk_norm_across_heads": True, "norm_scale_fp32": True},
 }  # fmt: skip
@@ -46,7 +51,8 @@ def _any_model(family: str) -> tuple[torch.nn.Module, ModelSpec]:
 
 
 @pytest.mark.parametrize(
-    "family", ["QWEN2_5", "QWEN3", "LLAMA3_2", "MISTRAL", "SMOLLM3", "GRANITE", "OLMO2"]
+    "family",
+    ["QWEN2_5", "QWEN3", "LLAMA3_2", "MISTRAL", "SMOLLM3", "GRANITE", "OLMO2", "PHI3_MINI"],
 )
 def test_export_then_import_round_trips(tmp_path: Path, family: str) -> None:
     model, spec = _any_model(family)
@@ -60,8 +66,15 @@ def test_export_then_import_round_trips(tmp_path: Path, family: str) -> None:
                   "intermediate_dim", "resolved_head_dim", "rope_base", "qkv_bias", "qk_norm",
                   "tie_embeddings", "nope_layers", "embed_multiplier", "residual_multiplier",
                   "attn_scale", "logits_divisor", "pre_norms", "post_norms",
-                  "qk_norm_across_heads"):  # fmt: skip
+                  "qk_norm_across_heads", "rotary_dim"):  # fmt: skip
         assert getattr(got_spec, field) == getattr(spec, field), field
+    if spec.rope_scaling is not None:
+        got, ref = got_spec.rope_scaling, spec.rope_scaling
+        for field in ("rope_type", "factor", "original_max_position_embeddings"):
+            assert getattr(got, field) == getattr(ref, field), field
+        assert got.long_factor == pytest.approx(ref.long_factor)
+        assert got.short_factor == pytest.approx(ref.short_factor)
+        assert got.cos_sin_scale == pytest.approx(ref.cos_sin_scale)
     want = {k: v for k, v in model.state_dict().items()
             if not (spec.tie_embeddings and k == "output.weight")}  # fmt: skip
     assert set(got_sd) == set(want)

@@ -3,7 +3,8 @@ dict, vocabulary -> a Hugging Face ``tokenizers.Tokenizer``.
 
 Supported: ``general.architecture`` ``llama`` (Llama, Mistral, SmolLM2, ... sharing that
 layout), ``qwen2`` (Qwen2 / 2.5: q/k/v biases), ``qwen3`` (dense Qwen3: q/k norms),
-``smollm3``, ``granite`` (Granite 3) and ``olmo2`` (OLMo 2) with a
+``smollm3``, ``granite`` (Granite 3), ``olmo2`` (OLMo 2) and ``phi3`` (Phi-3 / Phi-4-mini)
+with a
 byte-level BPE vocabulary (``tokenizer.ggml.model == "gpt2"``). Tensors of
 type F32, F16, BF16, Q4_0, Q4_1 and Q8_0 (and any other type ``gguf.quants`` can
 dequantize) become float tensors. GGUF stores q/k projections in Meta's interleaved RoPE
@@ -84,7 +85,16 @@ _IMPORT_ARCHS = {
     "smollm3": ("smollm3", "SmolLM3ForCausalLM"),
     "granite": ("granite", "GraniteForCausalLM"),
     "olmo2": ("olmo2", "Olmo2ForCausalLM"),
+    "phi3": ("phi3", "Phi3ForCausalLM"),
 }
+# per-architecture tensor names (phi3: Phi-3's own fused qkv / gate-up projections)
+_ARCH_LAYER_MAP = {
+    "phi3": {
+        "attn_qkv.weight": "self_attn.qkv_proj.weight",
+        "ffn_up.weight": "mlp.gate_up_proj.weight",
+    },  # fmt: skip
+}
+_ROPE_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 _NORM_ROPE = ("llama", "smollm3", "granite")
 _TOP_MAP = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -154,7 +164,7 @@ def gguf_hf_config(reader: Any, metadata: dict[str, Any]) -> dict[str, Any]:
     if arch not in _IMPORT_ARCHS:
         raise ValueError(
             f"GGUF architecture {arch!r} is not supported; only {', '.join(_IMPORT_ARCHS)} "
-            "(Llama, Mistral, SmolLM2 / 3, Qwen2 / 2.5, Qwen3, Granite 3, OLMo 2 and others in "
+            "(Llama, Mistral, SmolLM2 / 3, Qwen2 / 2.5, Qwen3, Granite 3, OLMo 2, Phi-3 and others in "
             "those layouts) can be imported"
         )
     model_type, hf_arch = _IMPORT_ARCHS[arch]
@@ -213,12 +223,17 @@ def gguf_hf_config(reader: Any, metadata: dict[str, Any]) -> dict[str, Any]:
         scaling = _llama3_rope_scaling(freqs, head_dim, theta)
         if scaling is not None:
             config["rope_scaling"] = scaling
-    return config | _arch_config(arch, metadata, config)
+    return config | _arch_config(arch, metadata, config, reader)
 
 
-def _arch_config(arch: str, metadata: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+def _arch_config(
+    arch: str, metadata: dict[str, Any], config: dict[str, Any], reader: Any
+) -> dict[str, Any]:
     """The config keys of an architecture beyond Llama's (what llama.cpp's loader fixes or
-    reads for it: SmolLM3's NoPE every 4th layer, Granite's multipliers)."""
+    reads for it: SmolLM3's NoPE every 4th layer, Granite's multipliers, Phi-3's partial
+    rotary, window and longrope factors)."""
+    if arch == "phi3":
+        return _phi3_config(metadata, config, reader)
     if arch == "smollm3":
         return {"no_rope_layer_interval": 4, "use_sliding_window": False,
                 "no_rope_layers": [int((i + 1) % 4 != 0)
@@ -239,6 +254,32 @@ def _arch_config(arch: str, metadata: dict[str, Any], config: dict[str, Any]) ->
     }
 
 
+def _phi3_config(metadata: dict[str, Any], config: dict[str, Any], reader: Any) -> dict:
+    import gguf
+
+    head_dim = config["head_dim"]
+    n_rot = int(metadata.get("phi3.rope.dimension_count", head_dim))
+    out: dict[str, Any] = {"sliding_window": int(metadata.get("phi3.attention.sliding_window", 0))
+                           or None}  # fmt: skip
+    if n_rot != head_dim:
+        out["partial_rotary_factor"] = n_rot / head_dim
+    factors = {
+        t.name.split("_")[2].split(".")[0]: gguf.quants.dequantize(t.data, t.tensor_type)
+        .astype(np.float64).reshape(-1).tolist()
+        for t in reader.tensors if t.name.startswith("rope_factors_")
+    }  # fmt: skip
+    if factors:
+        original = int(metadata["phi3.rope.scaling.original_context_length"])
+        out["original_max_position_embeddings"] = original
+        out["rope_scaling"] = {"type": "longrope", "long_factor": factors["long"],
+                               "short_factor": factors["short"]}  # fmt: skip
+        if "phi3.rope.scaling.attn_factor" in metadata:
+            out["rope_scaling"]["attention_factor"] = float(
+                metadata["phi3.rope.scaling.attn_factor"]
+            )
+    return out
+
+
 def gguf_hf_state_dict(
     reader: Any, config: dict[str, Any], dtype: torch.dtype = torch.float32
 ) -> dict[str, torch.Tensor]:
@@ -254,11 +295,12 @@ def gguf_hf_state_dict(
     out: dict[str, torch.Tensor] = {}
     layer_re = re.compile(r"^blk\.(\d+)\.(.+)$")
     for t in reader.tensors:
-        if t.name == "rope_freqs.weight":
+        if t.name in _ROPE_TENSORS:
             continue
         m = layer_re.match(t.name)
         if m:
-            suffix = _LAYER_MAP.get(m.group(2))
+            arch_map = _ARCH_LAYER_MAP.get(config["model_type"], {})
+            suffix = arch_map.get(m.group(2), _LAYER_MAP.get(m.group(2)))
             name = None if suffix is None else f"model.layers.{m.group(1)}.{suffix}"
         else:
             name = _TOP_MAP.get(t.name)
