@@ -25,6 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from tunesmith.models._gguf_import_archs import (
+    ARCH_LAYER_MAP,
+    IMPORT_ARCHS,
+    NORM_ROPE,
+    ROPE_TENSORS,
+    arch_config,
+)
+
 __all__ = [
     "read_gguf",
     "gguf_hf_config",
@@ -76,26 +84,6 @@ _LAYER_MAP = {
     "post_attention_norm.weight": "post_attention_layernorm.weight",  # olmo2 (post-norms only)
     "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
 }
-# general.architecture -> (transformers model_type, architectures entry); llama.cpp's
-# "normal" RoPE (q/k in Meta's interleaved order) only for llama
-_IMPORT_ARCHS = {
-    "llama": ("llama", "LlamaForCausalLM"),
-    "qwen2": ("qwen2", "Qwen2ForCausalLM"),
-    "qwen3": ("qwen3", "Qwen3ForCausalLM"),
-    "smollm3": ("smollm3", "SmolLM3ForCausalLM"),
-    "granite": ("granite", "GraniteForCausalLM"),
-    "olmo2": ("olmo2", "Olmo2ForCausalLM"),
-    "phi3": ("phi3", "Phi3ForCausalLM"),
-}
-# per-architecture tensor names (phi3: Phi-3's own fused qkv / gate-up projections)
-_ARCH_LAYER_MAP = {
-    "phi3": {
-        "attn_qkv.weight": "self_attn.qkv_proj.weight",
-        "ffn_up.weight": "mlp.gate_up_proj.weight",
-    },  # fmt: skip
-}
-_ROPE_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
-_NORM_ROPE = ("llama", "smollm3", "granite")
 _TOP_MAP = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -161,13 +149,13 @@ def _llama3_rope_scaling(
 def gguf_hf_config(reader: Any, metadata: dict[str, Any]) -> dict[str, Any]:
     """A Hugging Face ``LlamaConfig`` dict equivalent to the GGUF metadata."""
     arch = metadata.get("general.architecture")
-    if arch not in _IMPORT_ARCHS:
+    if arch not in IMPORT_ARCHS:
         raise ValueError(
-            f"GGUF architecture {arch!r} is not supported; only {', '.join(_IMPORT_ARCHS)} "
+            f"GGUF architecture {arch!r} is not supported; only {', '.join(IMPORT_ARCHS)} "
             "(Llama, Mistral, SmolLM2 / 3, Qwen2 / 2.5, Qwen3, Granite 3, OLMo 2, Phi-3 and others in "
             "those layouts) can be imported"
         )
-    model_type, hf_arch = _IMPORT_ARCHS[arch]
+    model_type, hf_arch = IMPORT_ARCHS[arch]
 
     def need(key: str) -> Any:
         full = f"{arch}.{key}"
@@ -223,61 +211,7 @@ def gguf_hf_config(reader: Any, metadata: dict[str, Any]) -> dict[str, Any]:
         scaling = _llama3_rope_scaling(freqs, head_dim, theta)
         if scaling is not None:
             config["rope_scaling"] = scaling
-    return config | _arch_config(arch, metadata, config, reader)
-
-
-def _arch_config(
-    arch: str, metadata: dict[str, Any], config: dict[str, Any], reader: Any
-) -> dict[str, Any]:
-    """The config keys of an architecture beyond Llama's (what llama.cpp's loader fixes or
-    reads for it: SmolLM3's NoPE every 4th layer, Granite's multipliers, Phi-3's partial
-    rotary, window and longrope factors)."""
-    if arch == "phi3":
-        return _phi3_config(metadata, config, reader)
-    if arch == "smollm3":
-        return {"no_rope_layer_interval": 4, "use_sliding_window": False,
-                "no_rope_layers": [int((i + 1) % 4 != 0)
-                                   for i in range(config["num_hidden_layers"])]}  # fmt: skip
-    if arch == "olmo2" and metadata.get("olmo2.attention.sliding_window"):
-        raise ValueError("GGUF olmo2 file with sliding windows (OLMo 3) cannot be imported")
-    if arch != "granite":
-        return {}
-    if metadata.get("granite.rope.scaling.finetuned") is False:
-        raise ValueError("GGUF granite file without RoPE (Granite 4.0) cannot be imported")
-    return {
-        "embedding_multiplier": float(metadata.get("granite.embedding_scale", 1.0)),
-        "residual_multiplier": float(metadata.get("granite.residual_scale", 1.0)),
-        "attention_multiplier": float(
-            metadata.get("granite.attention.scale", 1 / math.sqrt(config["head_dim"]))
-        ),
-        "logits_scaling": float(metadata.get("granite.logit_scale", 1.0)),
-    }
-
-
-def _phi3_config(metadata: dict[str, Any], config: dict[str, Any], reader: Any) -> dict:
-    import gguf
-
-    head_dim = config["head_dim"]
-    n_rot = int(metadata.get("phi3.rope.dimension_count", head_dim))
-    out: dict[str, Any] = {"sliding_window": int(metadata.get("phi3.attention.sliding_window", 0))
-                           or None}  # fmt: skip
-    if n_rot != head_dim:
-        out["partial_rotary_factor"] = n_rot / head_dim
-    factors = {
-        t.name.split("_")[2].split(".")[0]: gguf.quants.dequantize(t.data, t.tensor_type)
-        .astype(np.float64).reshape(-1).tolist()
-        for t in reader.tensors if t.name.startswith("rope_factors_")
-    }  # fmt: skip
-    if factors:
-        original = int(metadata["phi3.rope.scaling.original_context_length"])
-        out["original_max_position_embeddings"] = original
-        out["rope_scaling"] = {"type": "longrope", "long_factor": factors["long"],
-                               "short_factor": factors["short"]}  # fmt: skip
-        if "phi3.rope.scaling.attn_factor" in metadata:
-            out["rope_scaling"]["attention_factor"] = float(
-                metadata["phi3.rope.scaling.attn_factor"]
-            )
-    return out
+    return config | arch_config(arch, metadata, config, reader)
 
 
 def gguf_hf_state_dict(
@@ -295,11 +229,11 @@ def gguf_hf_state_dict(
     out: dict[str, torch.Tensor] = {}
     layer_re = re.compile(r"^blk\.(\d+)\.(.+)$")
     for t in reader.tensors:
-        if t.name in _ROPE_TENSORS:
+        if t.name in ROPE_TENSORS:
             continue
         m = layer_re.match(t.name)
         if m:
-            arch_map = _ARCH_LAYER_MAP.get(config["model_type"], {})
+            arch_map = ARCH_LAYER_MAP.get(config["model_type"], {})
             suffix = arch_map.get(m.group(2), _LAYER_MAP.get(m.group(2)))
             name = None if suffix is None else f"model.layers.{m.group(1)}.{suffix}"
         else:
@@ -316,7 +250,7 @@ def gguf_hf_state_dict(
                 f"installed gguf package cannot dequantize ({e})"
             ) from None
         tensor = torch.from_numpy(np.array(array, dtype=np.float32, copy=True)).to(dtype)
-        if config["model_type"] not in _NORM_ROPE:
+        if config["model_type"] not in NORM_ROPE:
             pass  # NEOX RoPE: q/k rows already in the Hugging Face order
         elif name.endswith("q_proj.weight"):
             tensor = permute_meta_to_hf(tensor, config["num_attention_heads"], head_dim)
