@@ -3,7 +3,9 @@ runs with its own graphs: Phi-4-mini (``phi3`` with partial rotary and longrope 
 embeddings), SmolLM3 (``smollm3``: every 4th layer without RoPE), OLMo 2 (``olmo2``: post-norms
 only, q/k RMS-normed over all heads), OLMo 3 (``olmo2`` with 3 of every 4 layers sliding),
 Granite 3 and the dense Granite 4.0 (``granite``: embedding / residual / attention multipliers,
-logits scaling; Granite 4.0 without RoPE).
+logits scaling; Granite 4.0 without RoPE), YaRN, Ministral 3 (``mistral3``, also from its
+multimodal folder), Mistral Small 3 (``llama``), gpt-oss (``gpt-oss``) and Llama 4 text
+(``llama4``).
 
 Tiny random transformers models are saved as Hugging Face folders, exported with
 ``export_hf_folder_to_gguf`` (f32 and f16) and run by llama.cpp (llama-cpp-python): its
