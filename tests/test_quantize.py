@@ -367,3 +367,22 @@ def test_quantize_builds_in_the_target_dtype(
                         quantizer={"_component_": Q + "Int8WeightOnlyQuantizer"}))  # fmt: skip
     assert seen["dtypes"] == {torch.bfloat16}
     assert made and set(made) == {"meta"}
+
+
+def test_gguf_architecture_checked_before_loading(tmp_path: Path) -> None:
+    """A checkpoint llama.cpp's graphs cannot run (Qwen3-MoE with a dense layer) is refused
+    in one line naming why, before its weights are read (here: there are none)."""
+    import transformers
+
+    from tunesmith.config import ConfigError
+
+    folder = tmp_path / "qwen3_moe"
+    transformers.Qwen3MoeConfig(
+        vocab_size=320, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        num_experts=4, num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1],
+    ).save_pretrained(folder)  # fmt: skip
+    out = tmp_path / "gguf"
+    with pytest.raises(ConfigError, match="output_format=gguf: .*'qwen3moe'.*dense or shared"):
+        recipe_main(_config(folder, out, output_format="gguf", gguf_type="f16"))
+    assert not out.exists()

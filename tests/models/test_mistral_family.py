@@ -171,10 +171,10 @@ def test_ministral3_yarn_attention_factor_is_mscale_ratio():
     assert read.rope_scaling.cos_sin_scale == pytest.approx(0.1 * torch.tensor(16.0).log() + 1)
 
 
-def test_gguf_export_writes_nemo_and_refuses_ministral3():
-    """llama.cpp's ``llama`` graph runs Nemo (``key_length`` 128) but has no query scaling."""
+def test_gguf_export_writes_nemo_and_ministral3():
+    """llama.cpp's ``llama`` graph runs Nemo (``key_length`` 128); Ministral 3's query scaling
+    needs its ``mistral3`` graph (tests/models/test_gguf_archs.py runs both in llama.cpp)."""
     from tunesmith.models._gguf_arch import gguf_arch
 
     assert gguf_arch(SPECS["mistral_nemo_12b"]) == "llama"
-    with pytest.raises(ValueError, match="query_log_scaling"):
-        gguf_arch(SPECS["ministral3_8b"].replace(rope_scaling=None))
+    assert gguf_arch(SPECS["ministral3_8b"]) == "mistral3"

@@ -16,11 +16,19 @@ llama.cpp architectures written (as ``convert_hf_to_gguf.py`` writes them):
 * Mixture of experts: Mixtral (``llama``) and Qwen3-MoE (``qwen3moe``): router
   ``ffn_gate_inp``, experts stacked ``ffn_{gate,up,down}_exps`` ([E, out, in] per expert).
 * ``phi3``: Phi-3 mini. q/k/v stacked into ``attn_qkv``, gate above up in ``ffn_up``; longrope
-  as ``rope_factors_long`` / ``rope_factors_short``. NEOX RoPE: no permutation.
+  as ``rope_factors_long`` / ``rope_factors_short``. NEOX RoPE: no permutation. Phi-4-mini:
+  partial rotary (``rope.dimension_count`` = rotary_dim).
+* ``smollm3`` (NoPE every 4th layer), ``olmo2`` (OLMo 2 / 3: post-norms only, q/k normed over
+  all heads), ``granite`` (Granite 3, dense Granite 4.0: multipliers), ``mistral3`` (Ministral
+  3: query temperature scaling), ``gpt-oss`` (sinks, biases, clamped SwiGLU experts).
+
+The per-architecture data (names, allowed features, RoPE layouts and patterns) is in
+``_gguf_tables``; the hyper-parameter keys in ``_gguf_hparams``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -28,10 +36,32 @@ from typing import Any
 import numpy as np
 import torch
 
+from tunesmith.models._gguf_tables import (
+    ALLOWED,
+    ARCH_OF_FAMILY,
+    CORE_FIELDS,
+    LAYER_NAMES,
+    LLAMA4_CHUNK,
+    LLAMA4_TEMPERATURE,
+    LOCAL_ROPE,
+    MOE_FAMILIES,
+    NOPE_LAYER_STEP,
+    NORM_ROPE,
+    PARTIAL_ROTARY,
+    RENAMES,
+    REQUIRED,
+    ROPE_SCALINGS,
+    SLIDING,
+    TOP_NAMES,
+    UNTIED_ONLY,
+    VARIANTS,
+    YARN_LOG_MUL,
+    YARN_ROUNDED,
+)
 from tunesmith.models.convert_weights import permute_hf_to_meta
-from tunesmith.models.spec import ModelSpec
+from tunesmith.models.spec import ModelSpec, RopeScaling
 
-__all__ = ["GGUF_TYPES", "encode", "file_type", "gguf_arch", "gguf_tensors", "write_hparams"]
+__all__ = ["GGUF_TYPES", "encode", "file_type", "gguf_arch", "gguf_tensors"]
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 """Output types the export accepts: what ``gguf.quants`` can quantize in Python. The k-quants
@@ -39,106 +69,58 @@ GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1")
 ``llama-quantize`` (or ``tunesmith.models.gguf_export.llama_cpp_quantize`` when
 ``llama-cpp-python`` is installed) on it."""
 
-_LAYER_NAMES = {
-    "sa_norm.scale": "attn_norm.weight",
-    "mlp_norm.scale": "ffn_norm.weight",
-    "attn.q_proj.weight": "attn_q.weight",
-    "attn.k_proj.weight": "attn_k.weight",
-    "attn.v_proj.weight": "attn_v.weight",
-    "attn.q_proj.bias": "attn_q.bias",
-    "attn.k_proj.bias": "attn_k.bias",
-    "attn.v_proj.bias": "attn_v.bias",
-    "attn.q_norm.scale": "attn_q_norm.weight",
-    "attn.k_norm.scale": "attn_k_norm.weight",
-    "attn.output_proj.weight": "attn_output.weight",
-    "mlp.w1.weight": "ffn_gate.weight",
-    "mlp.w2.weight": "ffn_down.weight",
-    "mlp.w3.weight": "ffn_up.weight",
-    "sa_scale.scale": "post_attention_norm.weight",  # Gemma 2/3 post-norms
-    "mlp_scale.scale": "post_ffw_norm.weight",
-    "mlp.router.gate.weight": "ffn_gate_inp.weight",  # mixture of experts
-    "mlp.experts.gate_proj": "ffn_gate_exps.weight",
-    "mlp.experts.up_proj": "ffn_up_exps.weight",
-    "mlp.experts.down_proj": "ffn_down_exps.weight",
-}
-_TOP_NAMES = {
-    "tok_embeddings.weight": "token_embd.weight",
-    "norm.scale": "output_norm.weight",
-    "output.weight": "output.weight",
-}
-_ARCH_OF_FAMILY = {
-    **dict.fromkeys(
-        ("LLAMA2", "LLAMA3", "LLAMA3_1", "LLAMA3_2", "LLAMA3_3", "CODE_LLAMA2", "MISTRAL"),
-        "llama",
-    ),
-    "SMOLLM2": "llama",
-    "QWEN2": "qwen2",
-    "QWEN2_5": "qwen2",
-    "QWEN3": "qwen3",
-    "GEMMA": "gemma",
-    "GEMMA2": "gemma2",
-    "GEMMA3": "gemma3",
-    "PHI3_MINI": "phi3",
-    "MIXTRAL": "llama",
-    "QWEN3_MOE": "qwen3moe",
-}
-# spec fields each architecture allows to be set (everything else must be off)
-_GEMMA = {"norm_offset", "embed_scale", "post_norms", "query_pre_attn_scalar", "final_softcap"}
-_ALLOWED = {
-    "llama": set(),
-    "qwen2": {"qkv_bias"},
-    "qwen3": {"qk_norm"},
-    "qwen3moe": {"qk_norm"},
-    "gemma": {"norm_offset", "embed_scale"},
-    "gemma2": _GEMMA | {"attn_softcap"},
-    "gemma3": _GEMMA | {"qk_norm"},
-    "phi3": set(),
-}
+_LAYER_NAMES = LAYER_NAMES  # the names tests and gguf_lora read
+_TOP_NAMES = TOP_NAMES
 # llama.cpp's Gemma attention scale is 1/sqrt(embed_dim / num_heads) for the 27B sizes it
 # recognises by layer count, else 1/sqrt(head_dim); query_pre_attn_scalar must be that one
 _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
-# llama.cpp's sliding-window layer pattern per architecture: layer i slides iff i % n < n - 1
-_SWA_PATTERN = {"gemma2": 2, "gemma3": 6}
+
+
+def _supported() -> str:
+    by_arch: dict[str, list[str]] = {}
+    for family, arch in ARCH_OF_FAMILY.items():
+        by_arch.setdefault(arch, []).append(family)
+    return "; ".join(f"{a} ({', '.join(f)})" for a, f in by_arch.items())
+
+
+def _field_problem(spec: ModelSpec, field: dataclasses.Field[Any]) -> str | None:
+    """``"name=value"`` (``"name set"`` for a structure) when ``spec``'s ``field`` is not
+    its default, else None."""
+    value = getattr(spec, field.name)
+    if value == field.default:
+        return None
+    if isinstance(value, (bool, int, float)):
+        return f"{field.name}={value}"
+    return f"{field.name} set"
 
 
 def gguf_arch(spec: ModelSpec) -> str:
     """The llama.cpp architecture name of ``spec``; ValueError (what is unsupported) if none."""
-    arch = _ARCH_OF_FAMILY.get(spec.family.upper())
+    arch = ARCH_OF_FAMILY.get(spec.family.upper())
     if arch is None:
         raise ValueError(
-            f"GGUF export does not write family {spec.family}: it writes llama (Llama 2/3.x, "
-            "Code Llama, Mistral, SmolLM2, Mixtral), qwen2 (Qwen2/2.5), qwen3, qwen3moe, gemma "
-            "(Gemma 1), gemma2, gemma3 and phi3 (Phi-3 mini)"
+            f"GGUF export does not write family {spec.family}: it writes {_supported()}"
         )
-    allowed = _ALLOWED[arch]
+    if arch in VARIANTS and getattr(spec, VARIANTS[arch][0]) is not None:
+        arch = VARIANTS[arch][1]
+    allowed = ALLOWED[arch]
     problems = []
-    for field in ("qkv_bias", "norm_offset", "embed_scale", "qk_norm", "post_norms"):
-        if getattr(spec, field) and field not in allowed:
-            problems.append(f"{field}=True")
-    for field in ("attn_softcap", "final_softcap", "query_pre_attn_scalar", "num_classes",
-                  "query_log_scaling"):  # fmt: skip
-        if getattr(spec, field) is not None and field not in allowed:
-            problems.append(f"{field} set")
+    for field in dataclasses.fields(spec):
+        if field.name in CORE_FIELDS or field.name in allowed:
+            continue
+        problem = _field_problem(spec, field)
+        if problem:
+            problems.append(problem)
+    for name, want in REQUIRED.get(arch, {}).items():
+        if getattr(spec, name) != want:
+            problems.append(f"{name}={getattr(spec, name)} (it needs {name}={want})")
     if arch.startswith("gemma"):
         problems += _gemma_problems(spec, arch)
     elif spec.activation != "silu":
         problems.append(f"activation {spec.activation}")
     if spec.num_experts:
         problems += _moe_problems(spec, arch)
-    rope_type = None if spec.rope_scaling is None else spec.rope_scaling.rope_type
-    if rope_type not in {None, "linear"} | ({"llama3"} if arch == "llama" else set()) | (
-        {"longrope"} if arch == "phi3" else set()
-    ):
-        problems.append(f"{rope_type} rope scaling")
-    if spec.local_rope_scaling is not None:
-        problems.append("local_rope_scaling")
-    if spec.local_rope_base is not None and arch != "gemma3":
-        problems.append("local_rope_base")
-    if spec.rotary_dim is not None or spec.nope_layers:
-        problems.append("partial / skipped RoPE")
-    sliding = spec.sliding_window is not None and spec.sliding_window < spec.max_seq_len
-    if sliding and arch not in ("gemma2", "gemma3", "phi3"):  # llama.cpp ignores Phi-3's
-        problems.append(f"sliding_window={spec.sliding_window}")
+    problems += _rope_problems(spec, arch) + _window_problems(spec, arch)
     if problems:
         raise ValueError(
             f"GGUF export writes family {spec.family} as llama.cpp's {arch!r} architecture, "
@@ -147,20 +129,119 @@ def gguf_arch(spec: ModelSpec) -> str:
     return arch
 
 
-def _moe_problems(spec: ModelSpec, arch: str) -> list[str]:
-    """What llama.cpp's Mixtral (``llama`` + experts) / ``qwen3moe`` graphs cannot run:
-    they route softmax -> top-k -> renormalised weights, every layer a plain MoE layer."""
+def _rope_problems(spec: ModelSpec, arch: str) -> list[str]:
+    """RoPE variants llama.cpp's graph for ``arch`` does not run."""
     problems = []
-    if spec.family.upper() not in ("MIXTRAL", "QWEN3_MOE"):
+    rope_type = None if spec.rope_scaling is None else spec.rope_scaling.rope_type
+    if rope_type not in ROPE_SCALINGS[arch]:
+        problems.append(f"{rope_type} rope scaling")
+    elif rope_type == "yarn":
+        problems += _yarn_problems(spec.rope_scaling, arch)
+    if spec.local_rope_scaling is not None:
+        problems.append("local_rope_scaling")
+    if spec.local_rope_base is not None and arch not in LOCAL_ROPE:
+        problems.append("local_rope_base")
+    if spec.rotary_dim is not None and arch not in PARTIAL_ROTARY:
+        problems.append("partial RoPE (rotary_dim)")
+    if spec.nope_layers:
+        nope = set(spec.nope_layers)
+        step = NOPE_LAYER_STEP.get(arch)
+        every = arch == "granite" and nope == set(range(spec.num_layers))
+        periodic = step is not None and nope == {
+            i for i in range(spec.num_layers) if (i + 1) % step == 0
+        }
+        if not (every or periodic):
+            pattern = f" (llama.cpp's: every {step}th layer)" if step else ""
+            problems.append(f"NoPE layers {sorted(nope)}{pattern}")
+    return problems
+
+
+def _yarn_problems(s: RopeScaling | None, arch: str) -> list[str]:
+    """YaRN llama.cpp runs: ramp bounds truncated to integers, cos / sin factor m(1) (or
+    below m(1), through ``yarn_log_mul``, in the YARN_LOG_MUL graphs)."""
+    assert s is not None
+    own = 0.1 * math.log(s.factor) + 1.0 if s.factor > 1 else 1.0
+    a = s.cos_sin_scale
+    if arch in YARN_LOG_MUL:
+        ok, want = s.factor > 1 and 0 < a < own, f"below {own:.6g}"
+    else:
+        ok, want = math.isclose(a, own, rel_tol=1e-6), f"{own:.6g}"
+    if (s.truncate or arch in YARN_ROUNDED) and ok:
+        return []
+    return [
+        f"yarn with truncate={s.truncate}, attention factor {a:.6g} (llama.cpp's {arch} yarn: "
+        f"truncate=True, attention factor {want})"
+    ]
+
+
+def _window_problems(spec: ModelSpec, arch: str) -> list[str]:
+    """Sliding windows outside llama.cpp's fixed per-architecture layer pattern."""
+    sliding = spec.sliding_window is not None and spec.sliding_window < spec.max_seq_len
+    if not sliding:
+        return []
+    n = SLIDING.get(arch)
+    if n is None:
+        return [f"sliding_window={spec.sliding_window}"]
+    if n == 1:  # llama.cpp ignores Phi-3's window
+        return []
+    want = tuple("sliding" if i % n < n - 1 else "full" for i in range(spec.num_layers))
+    got = tuple(
+        "sliding" if spec.layer_window(i) is not None else "full" for i in range(spec.num_layers)
+    )
+    if got != want:
+        return [f"this sliding-window layer pattern (llama.cpp's: {n - 1} of every {n})"]
+    return []
+
+
+def _moe_problems(spec: ModelSpec, arch: str) -> list[str]:
+    """What llama.cpp's Mixtral (``llama`` + experts) / ``qwen3moe`` / ``gpt-oss`` graphs
+    cannot run: they route softmax -> top-k -> renormalised weights, every layer a plain MoE
+    layer; gpt-oss with router / expert biases and SwiGLU clamped at 7 (alpha 1.702)."""
+    families, biased = MOE_FAMILIES.get(arch, (set(), False))
+    if arch == "llama4" and spec.family.upper() in families:
+        return _llama4_problems(spec)
+    problems = []
+    if spec.family.upper() not in families:
         problems.append("mixture of experts")
     if spec.dense_layers or spec.shared_expert_dim:
         problems.append("dense or shared-expert layers")
     if spec.router_scoring != "softmax" or not spec.router_norm_topk:
         problems.append("routing other than softmax top-k renormalised")
-    if spec.router_bias or spec.expert_bias or spec.swiglu_limit is not None:
-        problems.append("router / expert biases or a SwiGLU limit")
+    want = (True, True, 7.0) if biased else (False, False, None)
+    if (spec.router_bias, spec.expert_bias, spec.swiglu_limit) != want:
+        problems.append(
+            "router / expert biases and a SwiGLU limit of 7"
+            if biased
+            else "router / expert biases or a SwiGLU limit"
+        )
     if arch == "llama" and spec.moe_intermediate_dim not in (None, spec.intermediate_dim):
         problems.append("expert width other than intermediate_dim")
+    return problems
+
+
+def _llama4_problems(spec: ModelSpec) -> list[str]:
+    """Llama 4 text as llama.cpp's ``llama4`` loader fixes it (``_gguf_tables``)."""
+    problems = []
+    moe = [i for i in range(spec.num_layers) if spec.is_moe_layer(i)]
+    step = moe[0] + 1 if moe else 0
+    if not moe or moe != list(range(step - 1, spec.num_layers, step)):
+        problems.append(f"MoE layers {moe} (llama.cpp's: every n-th layer)")
+    routing = (spec.router_scoring, spec.router_norm_topk, spec.router_weights_inputs)
+    if routing != ("sigmoid", False, True) or spec.experts_per_token != 1:
+        problems.append("routing other than top-1 sigmoid scaling the expert's input")
+    if spec.shared_expert_dim != (spec.moe_intermediate_dim or spec.intermediate_dim):
+        problems.append("a shared expert of another width than the experts")
+    if spec.router_bias or spec.expert_bias or spec.swiglu_limit is not None:
+        problems.append("router / expert biases or a SwiGLU limit")
+    if spec.attn_chunk_size != LLAMA4_CHUNK or not spec.nope_layers:
+        problems.append(
+            f"attn_chunk_size={spec.attn_chunk_size} with NoPE layers {list(spec.nope_layers)} "
+            f"(llama.cpp's: chunks of {LLAMA4_CHUNK}, NoPE every 4th layer)"
+        )
+    if spec.attn_temperature != LLAMA4_TEMPERATURE:
+        problems.append(
+            f"attn_temperature={spec.attn_temperature} (llama.cpp's: {LLAMA4_TEMPERATURE})"
+        )
     return problems
 
 
@@ -179,13 +260,6 @@ def _gemma_problems(spec: ModelSpec, arch: str) -> list[str]:
     dim = spec.embed_dim // spec.num_heads if big else hd
     if spec.query_pre_attn_scalar not in (None, float(dim)):
         problems.append(f"query_pre_attn_scalar={spec.query_pre_attn_scalar} (llama.cpp: {dim})")
-    n = _SWA_PATTERN.get(arch, 1)
-    want = tuple("sliding" if i % n < n - 1 else "full" for i in range(spec.num_layers))
-    got = tuple(
-        "sliding" if spec.layer_window(i) is not None else "full" for i in range(spec.num_layers)
-    )
-    if arch != "gemma" and spec.sliding_window is not None and got != want:
-        problems.append(f"this sliding-window layer pattern (llama.cpp's: {n - 1} of every {n})")
     return problems
 
 
@@ -219,7 +293,7 @@ def gguf_layer_name(native_suffix: str) -> str | None:
 
 def permutes_qk(arch: str) -> bool:
     """Whether q/k output rows go to Meta's interleaved layout (llama.cpp "normal" RoPE)."""
-    return arch == "llama"
+    return arch in NORM_ROPE
 
 
 def gguf_tensors(
@@ -242,6 +316,7 @@ def gguf_tensors(
         parts = key.split(".")
         if parts[0] == "layers":
             gguf_name = _LAYER_NAMES.get(".".join(parts[2:]))
+            gguf_name = RENAMES.get(arch, {}).get(gguf_name or "", gguf_name)
             name = None if gguf_name is None else f"blk.{parts[1]}.{gguf_name}"
         else:
             name = _TOP_NAMES.get(key)
@@ -267,8 +342,12 @@ def gguf_tensors(
             f"weights {bad[:3]} hold NaN or inf values (a diverged finetune?); a GGUF of them "
             "would answer garbage: export an earlier checkpoint"
         )
-    if spec.tie_embeddings:
+    if spec.tie_embeddings and arch not in UNTIED_ONLY:
         out = [(n, a) for n, a in out if n != "output.weight"]
+    elif spec.tie_embeddings:  # a loader without the fallback: the embeddings, written twice
+        arrays = dict(out)
+        if "output.weight" not in arrays:
+            out.append(("output.weight", arrays["token_embd.weight"]))
     elif "output.weight" not in {n for n, _ in out}:
         raise ValueError(
             "the model's embeddings are untied but the state dict has no output.weight"
@@ -348,57 +427,3 @@ def file_type(out_type: str) -> Any:
     if out_type == "f32":
         return gguf.LlamaFileType.ALL_F32
     return gguf.LlamaFileType[f"MOSTLY_{out_type.upper()}"]
-
-
-def write_hparams(writer: Any, spec: ModelSpec) -> None:
-    """The ``{arch}.*`` hyper-parameter keys llama.cpp reads for ``spec``'s architecture."""
-    import gguf
-
-    writer.add_context_length(spec.max_seq_len)
-    writer.add_embedding_length(spec.embed_dim)
-    writer.add_block_count(spec.num_layers)
-    writer.add_feed_forward_length(spec.intermediate_dim)
-    writer.add_head_count(spec.num_heads)
-    writer.add_head_count_kv(spec.num_kv_heads)
-    writer.add_rope_dimension_count(spec.resolved_head_dim)
-    if spec.resolved_head_dim != spec.embed_dim // spec.num_heads:
-        writer.add_key_length(spec.resolved_head_dim)
-        writer.add_value_length(spec.resolved_head_dim)
-    writer.add_rope_freq_base(spec.rope_base)
-    writer.add_layer_norm_rms_eps(spec.norm_eps)
-    writer.add_vocab_size(spec.vocab_size)
-    if spec.rope_scaling is not None and spec.rope_scaling.rope_type == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(spec.rope_scaling.factor)
-    arch = gguf_arch(spec)
-    if spec.num_experts:
-        writer.add_expert_count(spec.num_experts)
-        writer.add_expert_used_count(spec.experts_per_token)
-        if arch == "qwen3moe":
-            writer.add_expert_feed_forward_length(
-                spec.moe_intermediate_dim or spec.intermediate_dim
-            )
-    if arch.startswith("gemma"):
-        if spec.resolved_head_dim == spec.embed_dim // spec.num_heads:
-            writer.add_key_length(spec.resolved_head_dim)
-            writer.add_value_length(spec.resolved_head_dim)
-        if spec.attn_softcap is not None:
-            writer.add_attn_logit_softcapping(spec.attn_softcap)
-        if spec.final_softcap is not None:
-            writer.add_final_logit_softcapping(spec.final_softcap)
-        if arch != "gemma":  # no window: one as long as the context (llama.cpp's default: 4096)
-            writer.add_sliding_window(spec.sliding_window or spec.max_seq_len)
-        if spec.local_rope_base is not None:
-            writer.add_rope_freq_base_swa(spec.local_rope_base)
-    elif arch == "phi3":
-        s = spec.rope_scaling
-        longrope = s is not None and s.rope_type == "longrope"
-        original = s.original_max_position_embeddings if longrope else spec.max_seq_len
-        writer.add_rope_scaling_orig_ctx_len(original)
-        writer.add_sliding_window(spec.sliding_window or 0)
-        if longrope:
-            factor = spec.max_seq_len / original
-            attn = s.attention_factor
-            if attn is None:
-                attn = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0
-            writer.add_rope_scaling_attn_factors(attn)

@@ -1,11 +1,13 @@
 """Read GGUF files (llama.cpp's format): metadata -> HF config / ModelSpec, weights -> state
 dict, vocabulary -> a Hugging Face ``tokenizers.Tokenizer``.
 
-Supported: ``general.architecture == "llama"`` (Llama, Mistral, SmolLM2, ... sharing that
-layout) with a byte-level BPE vocabulary (``tokenizer.ggml.model == "gpt2"``). Tensors of
+Supported: ``general.architecture`` ``llama`` (Llama, Mistral, SmolLM2, ... sharing that
+layout), ``qwen2`` (Qwen2 / 2.5: q/k/v biases), ``qwen3`` (dense Qwen3: q/k norms),
+``smollm3``, ``granite`` (Granite 3), ``olmo2`` (OLMo 2) and ``phi3`` (Phi-3 / Phi-4-mini)
+with a byte-level BPE vocabulary (``tokenizer.ggml.model == "gpt2"``). Tensors of
 type F32, F16, BF16, Q4_0, Q4_1 and Q8_0 (and any other type ``gguf.quants`` can
 dequantize) become float tensors. GGUF stores q/k projections in Meta's interleaved RoPE
-layout; they are permuted to the Hugging Face (native) layout here.
+layout (``llama``, ``smollm3``, ``granite``); they are permuted to the Hugging Face (native) layout here.
 
 Entry point: :func:`load_gguf` ``(path) -> (spec, native_state_dict, tokenizer)``.
 """
@@ -23,6 +25,13 @@ import numpy as np
 import torch
 
 from tunesmith.data.tokenizers import GPT2_PATTERN, QWEN2_PATTERN
+from tunesmith.models._gguf_import_archs import (
+    ARCH_LAYER_MAP,
+    IMPORT_ARCHS,
+    NORM_ROPE,
+    ROPE_TENSORS,
+    arch_config,
+)
 
 __all__ = [
     "read_gguf",
@@ -74,6 +83,13 @@ _LAYER_MAP = {
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",  # qwen2
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",  # qwen3
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+    "post_attention_norm.weight": "post_attention_layernorm.weight",  # olmo2 (post-norms only)
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
 }
 _TOP_MAP = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -140,11 +156,13 @@ def _llama3_rope_scaling(
 def gguf_hf_config(reader: Any, metadata: dict[str, Any]) -> dict[str, Any]:
     """A Hugging Face ``LlamaConfig`` dict equivalent to the GGUF metadata."""
     arch = metadata.get("general.architecture")
-    if arch != "llama":
+    if arch not in IMPORT_ARCHS:
         raise ValueError(
-            f"GGUF architecture {arch!r} is not supported; only 'llama' (Llama, Mistral, "
-            "SmolLM2 and others in that layout) can be imported"
+            f"GGUF architecture {arch!r} is not supported; only {', '.join(IMPORT_ARCHS)} "
+            "(Llama, Mistral, SmolLM2 / 3, Qwen2 / 2.5, Qwen3, Granite 3, OLMo 2, Phi-3 and others in "
+            "those layouts) can be imported"
         )
+    model_type, hf_arch = IMPORT_ARCHS[arch]
 
     def need(key: str) -> Any:
         full = f"{arch}.{key}"
@@ -161,8 +179,8 @@ def gguf_hf_config(reader: Any, metadata: dict[str, Any]) -> dict[str, Any]:
     tokens = metadata.get("tokenizer.ggml.tokens") or []
     vocab_size = int(metadata.get(f"{arch}.vocab_size", len(tokens)))
     config: dict[str, Any] = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [hf_arch],
+        "model_type": model_type,
         "hidden_size": dim,
         "intermediate_size": int(need("feed_forward_length")),
         "num_hidden_layers": int(need("block_count")),
@@ -174,7 +192,7 @@ def gguf_hf_config(reader: Any, metadata: dict[str, Any]) -> dict[str, Any]:
         "max_position_embeddings": int(metadata.get(f"{arch}.context_length", 2048)),
         "vocab_size": vocab_size,
         "hidden_act": "silu",
-        "attention_bias": False,
+        "attention_bias": arch == "qwen2",
         "mlp_bias": False,
         "tie_word_embeddings": "output.weight" not in names,
         "torch_dtype": "float32",
@@ -200,7 +218,7 @@ def gguf_hf_config(reader: Any, metadata: dict[str, Any]) -> dict[str, Any]:
         scaling = _llama3_rope_scaling(freqs, head_dim, theta)
         if scaling is not None:
             config["rope_scaling"] = scaling
-    return config
+    return config | arch_config(arch, metadata, config, reader)
 
 
 def gguf_hf_state_dict(
@@ -218,16 +236,19 @@ def gguf_hf_state_dict(
     out: dict[str, torch.Tensor] = {}
     layer_re = re.compile(r"^blk\.(\d+)\.(.+)$")
     for t in reader.tensors:
-        if t.name == "rope_freqs.weight":
+        if t.name in ROPE_TENSORS:
             continue
         m = layer_re.match(t.name)
         if m:
-            suffix = _LAYER_MAP.get(m.group(2))
+            arch_map = ARCH_LAYER_MAP.get(config["model_type"], {})
+            suffix = arch_map.get(m.group(2), _LAYER_MAP.get(m.group(2)))
             name = None if suffix is None else f"model.layers.{m.group(1)}.{suffix}"
         else:
             name = _TOP_MAP.get(t.name)
         if name is None:
-            raise ValueError(f"GGUF tensor {t.name!r} has no Llama counterpart; cannot import it")
+            raise ValueError(
+                f"GGUF tensor {t.name!r} has no Hugging Face counterpart; cannot import it"
+            )
         try:
             array = gguf.quants.dequantize(t.data, t.tensor_type)
         except NotImplementedError as e:
@@ -236,7 +257,9 @@ def gguf_hf_state_dict(
                 f"installed gguf package cannot dequantize ({e})"
             ) from None
         tensor = torch.from_numpy(np.array(array, dtype=np.float32, copy=True)).to(dtype)
-        if name.endswith("q_proj.weight"):
+        if config["model_type"] not in NORM_ROPE:
+            pass  # NEOX RoPE: q/k rows already in the Hugging Face order
+        elif name.endswith("q_proj.weight"):
             tensor = permute_meta_to_hf(tensor, config["num_attention_heads"], head_dim)
         elif name.endswith("k_proj.weight"):
             tensor = permute_meta_to_hf(tensor, config["num_key_value_heads"], head_dim)
@@ -399,7 +422,7 @@ def gguf_tokenizer_files(metadata: dict[str, Any]) -> dict[str, str]:
 def load_gguf(
     path: str | os.PathLike[str], dtype: torch.dtype = torch.float32
 ) -> tuple[Any, dict[str, torch.Tensor], Any]:
-    """``(ModelSpec, native state dict, tokenizer)`` from a Llama-architecture GGUF file.
+    """``(ModelSpec, native state dict, tokenizer)`` from a llama / qwen2 / qwen3 GGUF file.
 
     The tokenizer is tunesmith's byte-level BPE tokenizer built from the GGUF vocabulary
     and its chat template (see :func:`gguf_tokenizer` for the raw ``tokenizers`` object).
@@ -409,8 +432,8 @@ def load_gguf(
     reader, metadata = read_gguf(path)
     config = gguf_hf_config(reader, metadata)
     hf_sd = gguf_hf_state_dict(reader, config, dtype=dtype)
-    native = hf_to_native(hf_sd, "LLAMA3", config)
     spec = spec_from_hf_config(config)
+    native = hf_to_native(hf_sd, spec.family, config)
     return spec, native, _model_tokenizer(metadata)
 
 

@@ -2,8 +2,9 @@
 
 What is written is what llama.cpp's ``convert_hf_to_gguf.py`` writes: the architecture's
 hyper-parameters and tensors (``llama`` for Llama 2/3.x, Code Llama, Mistral, SmolLM2;
-``qwen2`` for Qwen2/2.5; ``qwen3``; ``gemma2``; ``gemma3``; ``phi3`` for Phi-3 mini; see
-``_gguf_arch``), the vocabulary (a byte-level BPE ``tokenizer.json``: tokens, merges, token
+``qwen2`` for Qwen2/2.5; ``qwen3``; ``gemma2``; ``gemma3``; ``phi3`` for Phi-3 mini and
+Phi-4-mini; ``smollm3``; ``olmo2`` for OLMo 2/3; ``granite``; ``mistral3`` for Ministral 3;
+``gpt-oss``; see ``_gguf_tables``), the vocabulary (a byte-level BPE ``tokenizer.json``: tokens, merges, token
 types, pre-tokenizer name; or a SentencePiece ``tokenizer.model``: pieces, scores, token
 types, see ``_gguf_vocab``; bos/eos/pad ids, chat template), in F32, F16, BF16, Q8_0, Q4_0,
 Q4_1, Q5_0 or Q5_1 (:data:`GGUF_TYPES`), each quantized tensor byte for byte what llama.cpp's
@@ -32,8 +33,8 @@ from tunesmith.models._gguf_arch import (
     file_type,
     gguf_arch,
     gguf_tensors,
-    write_hparams,
 )
+from tunesmith.models._gguf_hparams import write_hparams
 from tunesmith.models._gguf_vocab import (
     CONTROL,
     NORMAL,
@@ -270,7 +271,9 @@ def export_gguf(
     names = {n for n, _ in tensors}
     output = "output.weight" if "output.weight" in names else "token_embd.weight"
     for tensor_name, array in tensors:
-        data, raw_dtype = encode(array, out_type, output=tensor_name == output)
+        # biases stay F32 (ggml adds gpt-oss's [E, out] expert biases from F32 only)
+        kind = "f32" if tensor_name.endswith(".bias") else out_type
+        data, raw_dtype = encode(array, kind, output=tensor_name == output)
         writer.add_tensor(tensor_name, data, raw_dtype=raw_dtype)
     try:
         writer.write_header_to_file()

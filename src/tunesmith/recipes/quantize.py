@@ -112,6 +112,25 @@ def _export_gguf(cfg: DictConfig, checkpointer: Any, state: dict[str, torch.Tens
     return export_gguf(out, state, spec, vocab, out_type=out_type, name=name)
 
 
+def _gguf_arch_preflight(cfg: DictConfig) -> None:
+    """Refuse, before any weights are read, a Hugging Face checkpoint whose architecture the
+    GGUF export cannot write (the checkpoint folder's ``config.json``; others are checked at
+    export)."""
+    import json
+
+    ckpt_dir = (cfg.get("checkpointer") or {}).get("checkpoint_dir")
+    config = Path(str(ckpt_dir)) / "config.json" if ckpt_dir else None
+    if config is None or not config.is_file():
+        return
+    from tunesmith.models._gguf_arch import gguf_arch
+    from tunesmith.models.convert_weights import spec_from_hf_config
+
+    try:
+        gguf_arch(spec_from_hf_config(json.loads(config.read_text())))
+    except ValueError as e:
+        raise ConfigError(f"output_format=gguf: {e}", key="output_format") from None
+
+
 def _quantizer(cfg: DictConfig) -> tuple[Any, str]:
     """``(quantizer, mode)`` from ``cfg.quantizer``, checked before any weights are read."""
     if cfg.get("quantizer") is None:
@@ -176,6 +195,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 key="gguf_type",
             )
         names = [f"model-{gguf_type}.gguf"]
+        _gguf_arch_preflight(cfg)
     else:
         quantizer, mode = _quantizer(cfg)
         names = [f"model-{mode}.pt", "quantization.json"]
