@@ -402,13 +402,11 @@ def test_granite4_without_rope_has_no_rope_in_any_layer():
     assert spec_from_hf_config(HF_CONFIGS["granite4_350m"]).nope_layers == ()
 
 
-def test_granite4_refuses_mlp_lora_in_one_line():
-    """Its checkpoints fuse gate / up (shared_mlp.input_linear): separate gate / up adapters
-    could not be saved in PEFT's format, so they are refused before any work."""
+def test_granite4_mlp_lora_builds():
+    """Its checkpoints fuse gate / up (shared_mlp.input_linear); the separate gate / up adapters
+    are saved as one block-form PEFT adapter (tests/recipes/test_finetune_dense.py)."""
     from tunesmith.models.granite4 import lora_granite4_350m
 
-    with torch.device("meta"), pytest.raises(ValueError) as info:
-        lora_granite4_350m(["q_proj", "v_proj"], apply_lora_to_mlp=True)
-    assert "\n" not in str(info.value) and "apply_lora_to_mlp=False" in str(info.value)
     with torch.device("meta"):
-        lora_granite4_350m(["q_proj", "v_proj"], apply_lora_to_mlp=False)
+        model = lora_granite4_350m(["q_proj", "v_proj"], apply_lora_to_mlp=True)
+    assert hasattr(model.layers[0].mlp.w1, "lora_a")

@@ -2,8 +2,8 @@
 the loss falls, the saved model loads in transformers with equal logits and the adapter is
 PEFT's format. Gemma 3 (local / global RoPE, QK-norm, sandwich norms) runs in the default
 suite; SmolLM3, OLMo 2, Granite (chunked-output loss: its logits_scaling) and Phi-4-mini-like
-partial rotary + longrope, OLMo 3 (sliding window) and Granite 4.0 dense (fused shared_mlp)
-are slow."""
+partial rotary + longrope, OLMo 3 (sliding window) and Granite 4.0 dense (fused shared_mlp,
+its gate / up adapters saved in the block form) are slow."""
 
 from __future__ import annotations
 
@@ -116,8 +116,6 @@ def test_lora_finetune_learns_and_saves_hf(family, instruct_data, tmp_path):
     }
     if family == "phi4_mini":  # fused qkv / gate_up: q / v only, saved in the block form
         lora |= {"lora_attn_modules": ["q_proj", "v_proj", "output_proj"]}
-    if family == "granite4":  # fused shared_mlp.input_linear: refused (see test_dense_specs)
-        lora |= {"apply_lora_to_mlp": False}
     over = {"checkpointer.model_type": model_type, "optimizer.lr": 1e-2}
     if family in ("granite", "granite4"):  # its logits_scaling: the chunked-output loss applies it
         over["loss._component_"] = "tunesmith.modules.loss.CEWithChunkedOutputLoss"

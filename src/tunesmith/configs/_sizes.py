@@ -194,7 +194,7 @@ SIZES: list[Size] = [
     Size("granite4", "micro", "granite4_micro", "ibm-granite/granite-4.0-micro", _shards(2),
          "GRANITE4", "tunesmith.models.granite4.granite4_tokenizer", _HF_JSON,
          ["lora_single_device"], loss="tunesmith.modules.loss.CEWithChunkedOutputLoss",
-         torchtune_twin=False, lora_mlp=False),
+         torchtune_twin=False),
     # gpt-oss from bf16 copies (the released MXFP4 checkpoints are refused); harmony template
     Size("gpt_oss", "20B", "gpt_oss_20b", "unsloth/gpt-oss-20b-BF16", _shards(9), "GPT_OSS",
          "tunesmith.models.gpt_oss.gpt_oss_tokenizer", _HF_JSON, ["lora_single_device"],

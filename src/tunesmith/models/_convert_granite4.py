@@ -24,12 +24,12 @@ __all__ = [
     "granite4_uses_rope",
     "granite4_hf_to_llama_layout",
     "granite4_llama_to_hf_layout",
-    "refuse_granite4_mlp_lora",
 ]
 
 _ATTENTION = ("attention", "full_attention")
 _FUSED_IN = "shared_mlp.input_linear."
 _OUT = "shared_mlp.output_linear."
+_PARTS = ("w1", "w3")  # gate rows, then up rows (tunesmith._peft_fused's names)
 
 
 def granite4_text_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -63,14 +63,25 @@ def granite4_uses_rope(cfg: Mapping[str, Any]) -> bool:
     return cfg.get("position_embedding_type") == "rope"
 
 
-def granite4_hf_to_llama_layout(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def granite4_hf_to_llama_layout(
+    state_dict: Mapping[str, Tensor], fused_blocks: Mapping[str, list[str]] | None = None
+) -> dict[str, Tensor]:
     """Split the fused ``shared_mlp`` projections into ``mlp.gate_proj / up_proj /
-    down_proj`` (LoRA ``lora_a`` of the fused input is shared by both halves)."""
+    down_proj``. A LoRA adapter of the fused input shares its ``lora_a`` between both halves,
+    unless ``fused_blocks`` names its module (``model.layers.0.shared_mlp.input_linear``) as
+    written in the block form of :mod:`tunesmith.models._peft_fused` (own A per half)."""
+    from tunesmith.models._peft_fused import is_lora_suffix, split_fused_lora
+
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         if _FUSED_IN in key:
             prefix, suffix = key.split(_FUSED_IN)
-            if suffix == "lora_a.weight":
+            module = f"{prefix}{_FUSED_IN}".rstrip(".")
+            if module in (fused_blocks or {}) and is_lora_suffix(suffix):
+                rows = value.shape[0] // 2 if suffix != "lora_a.weight" else 0
+                parts = split_fused_lora(suffix, value, _PARTS, [rows, rows], _PARTS)
+                gate, up = parts["w1"], parts["w3"]
+            elif suffix == "lora_a.weight":
                 gate = up = value
             else:
                 gate, up = value.chunk(2, dim=0)
@@ -84,37 +95,27 @@ def granite4_hf_to_llama_layout(state_dict: Mapping[str, Tensor]) -> dict[str, T
 
 
 def granite4_llama_to_hf_layout(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Inverse of :func:`granite4_hf_to_llama_layout`."""
+    """Inverse of :func:`granite4_hf_to_llama_layout`: gate / up adapters with their own A
+    become one block-form adapter (:func:`tunesmith.models._peft_fused.fuse_lora`)."""
+    from tunesmith.models._peft_fused import fuse_lora, is_lora_suffix
+
     out: dict[str, Tensor] = {}
+    adapters: dict[str, dict[str, dict[str, Tensor]]] = {}
     for key, value in state_dict.items():
         if ".mlp.up_proj." in key:
             continue
         if ".mlp.gate_proj." in key:
             prefix, suffix = key.split("mlp.gate_proj.")
             up = state_dict[f"{prefix}mlp.up_proj.{suffix}"]
-            if suffix == "lora_a.weight":
-                if not torch.equal(value, up):
-                    raise ValueError(
-                        f"{prefix}: the gate / up LoRA adapters have different lora_a matrices "
-                        "and cannot be written as one fused Granite 4 shared_mlp.input_linear "
-                        "adapter; merge the adapters into the weights before exporting."
-                    )
-                out[f"{prefix}{_FUSED_IN}{suffix}"] = value
+            if is_lora_suffix(suffix):
+                adapters.setdefault(prefix, {})[suffix] = {"w1": value, "w3": up}
             else:
                 out[f"{prefix}{_FUSED_IN}{suffix}"] = torch.cat([value, up], dim=0)
         elif ".mlp.down_proj." in key:
             out[key.replace("mlp.down_proj.", _OUT)] = value
         else:
             out[key] = value
+    for prefix, parts in adapters.items():
+        for suffix, fused in fuse_lora("mlp.gate_up_proj", parts, None, prefix).items():
+            out[f"{prefix}{_FUSED_IN}{suffix}"] = fused
     return out
-
-
-def refuse_granite4_mlp_lora(family: str) -> None:
-    """MLP LoRA on Granite 4.0: its fused ``shared_mlp.input_linear`` cannot hold separate
-    gate / up adapters in PEFT's format, so they are refused before any work."""
-    if family == "GRANITE4":
-        raise ValueError(
-            "model.apply_lora_to_mlp=True is not supported for Granite 4.0: its checkpoints "
-            "fuse gate / up into shared_mlp.input_linear, so separate gate / up adapters "
-            "cannot be saved as a PEFT adapter; set apply_lora_to_mlp=False."
-        )

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "FUSED_FAMILIES",
     "FUSED_METADATA_KEY",
     "check_patterns",
     "FUSED_PARTS",
@@ -54,7 +55,6 @@ FUSED_PARTS: dict[str, tuple[str, ...]] = {
 }
 """Hugging Face fused module -> its native parts, in the fused row order."""
 
-_FUSED_FAMILIES = ("PHI3_MINI", "PHI4")
 _LORA_SUFFIXES = ("lora_a.weight", "lora_b.weight", "magnitude")
 
 
@@ -125,14 +125,32 @@ def fuse_lora(
     return out
 
 
-def block_modules(adapter_state_dict: Mapping[str, Tensor]) -> dict[str, list[str]]:
+_HF_NAMES = {  # family -> {fused native group -> its Hugging Face module name}
+    "PHI3_MINI": {
+        "self_attn.qkv_proj": "self_attn.qkv_proj",
+        "mlp.gate_up_proj": "mlp.gate_up_proj",
+    },
+    "PHI4": {"self_attn.qkv_proj": "self_attn.qkv_proj", "mlp.gate_up_proj": "mlp.gate_up_proj"},
+    "GRANITE4": {"mlp.gate_up_proj": "shared_mlp.input_linear"},
+}
+FUSED_FAMILIES = tuple(_HF_NAMES)
+"""Families whose checkpoints fuse projections tunesmith keeps apart (adapters: block form)."""
+
+
+def block_modules(
+    adapter_state_dict: Mapping[str, Tensor], family: str = "PHI3_MINI"
+) -> dict[str, list[str]]:
     """The fused modules :func:`fuse_lora` writes in the block form, with their adapted parts.
 
     ``adapter_state_dict`` holds native adapter keys (``layers.0.attn.q_proj.lora_a.weight``).
-    Returns ``{"model.layers.0.self_attn.qkv_proj": ["q_proj", "v_proj"], ...}``.
+    Returns ``{"model.layers.0.self_attn.qkv_proj": ["q_proj", "v_proj"], ...}`` (Granite 4:
+    ``model.layers.0.shared_mlp.input_linear``).
     """
+    hf_names = _HF_NAMES.get(family, {})
     groups: dict[tuple[str, str], dict[str, dict[str, Tensor]]] = {}
     for fused, names in FUSED_PARTS.items():
+        if fused not in hf_names:
+            continue
         parent = "attn" if fused.startswith("self_attn") else "mlp"
         for key, value in adapter_state_dict.items():
             bits = key.split(".")
@@ -144,7 +162,8 @@ def block_modules(adapter_state_dict: Mapping[str, Tensor]) -> dict[str, list[st
     for (layer, fused), parts in groups.items():
         names = FUSED_PARTS[fused]
         if "lora_a.weight" in parts and not _shared(parts, names):
-            out[f"model.layers.{layer}.{fused}"] = [n for n in names if n in parts["lora_a.weight"]]
+            adapted = [n for n in names if n in parts["lora_a.weight"]]
+            out[f"model.layers.{layer}.{hf_names[fused]}"] = adapted
     return out
 
 
@@ -239,7 +258,7 @@ def split_fused_lora(
 def refuse_partial_fused_dora(family: str, attn_modules: Sequence[str], use_dora: bool) -> None:
     """DoRA on some but not all of q/k/v of a fused-checkpoint family (Phi-3 / Phi-4-mini):
     its adapter cannot be written in PEFT's format, so it is refused before any work."""
-    if not use_dora or family not in _FUSED_FAMILIES:
+    if not use_dora or family not in ("PHI3_MINI", "PHI4"):
         return
     qkv = [m for m in ("q_proj", "k_proj", "v_proj") if m in attn_modules]
     if qkv and len(qkv) != 3:

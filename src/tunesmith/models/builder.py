@@ -8,7 +8,6 @@ from typing import Any
 
 from torch import nn
 
-from tunesmith.models._convert_granite4 import refuse_granite4_mlp_lora
 from tunesmith.models._hf_config import spec_from_hf_config
 from tunesmith.models._peft_fused import refuse_partial_fused_dora
 from tunesmith.models._specs import get_spec
@@ -248,8 +247,6 @@ def build_decoder(spec: ModelSpec, lora: LoRASettings | None = None) -> Transfor
             "model.apply_lora_to_output=True is not possible: this model ties its output "
             "projection to the token embeddings. Set apply_lora_to_output=False."
         )
-    if lora is not None and lora.apply_lora_to_mlp:
-        refuse_granite4_mlp_lora(spec.family)
     if lora is not None:
         refuse_partial_fused_dora(spec.family, lora.lora_attn_modules, lora.use_dora)
     if lora is not None and lora.apply_lora_to_mlp and spec.num_experts:

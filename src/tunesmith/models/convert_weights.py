@@ -245,7 +245,7 @@ def hf_to_native(
     if mt == "GEMMA4":  # layer scalars; multimodal keys; unused shared-layer k / v
         out, state_dict = gemma4_from_hf_layout(state_dict, cfg)
     if mt == "GRANITE4":
-        state_dict = _g4_in(state_dict)
+        state_dict = _g4_in(state_dict, fused_blocks)
     if is_mistral3(cfg):  # the text decoder of a multimodal Mistral 3 checkpoint
         state_dict = mistral3_text_keys(state_dict)
     for key, value in state_dict.items():

@@ -29,6 +29,7 @@ from tunesmith.models._peft_experts import (
     peft_expert_adapters_to_native,
 )
 from tunesmith.models._peft_fused import (
+    FUSED_FAMILIES,
     FUSED_METADATA_KEY,
     block_modules,
     check_patterns,
@@ -248,7 +249,8 @@ def save_peft_adapter(
     """
     folder = Path(folder)
     peft_sd = native_to_peft(adapter_state_dict, model_type, hf_config)
-    blocks = block_modules(adapter_state_dict) if _fuses(model_type) else {}
+    family = str(getattr(model_type, "name", model_type)).upper()
+    blocks = block_modules(adapter_state_dict, family) if family in FUSED_FAMILIES else {}
     config = peft_adapter_config(
         model_type,
         base_model_name_or_path,
@@ -269,10 +271,6 @@ def save_peft_adapter(
     atomic_save_safetensors(peft_sd, folder / ADAPTER_WEIGHTS_NAME, metadata)
     atomic_write_json(folder / ADAPTER_CONFIG_NAME, config)
     return config
-
-
-def _fuses(model_type: Any) -> bool:
-    return str(getattr(model_type, "name", model_type)).upper() in ("PHI3_MINI", "PHI4")
 
 
 def load_peft_adapter(
