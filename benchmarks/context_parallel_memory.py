@@ -68,7 +68,9 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
         enable_context_parallel(model, cp)
 
     def step(seq: int) -> float:
-        tokens = torch.randint(0, args.vocab, (1, seq), generator=torch.Generator().manual_seed(seq))
+        tokens = torch.randint(
+            0, args.vocab, (1, seq), generator=torch.Generator().manual_seed(seq)
+        )
         targets = torch.roll(tokens, -1, dims=1)
         inputs: dict = {"tokens": tokens}
         if cp is not None:

@@ -166,8 +166,10 @@ def main() -> None:
               f"{', torch._dynamo imported' if row['dynamo_imported'] else ''}")  # fmt: skip
     worst = max(row["peak_over_model"] for row in rows)
     verdict = "below" if worst < ACCEPT else "NOT below"
-    print(f"worst rank's peak / model = {worst:.3f} ({worst / ACCEPT:.3f} of the {ACCEPT}x "
-          f"acceptance: {verdict})")
+    print(
+        f"worst rank's peak / model = {worst:.3f} ({worst / ACCEPT:.3f} of the {ACCEPT}x "
+        f"acceptance: {verdict})"
+    )
 
 
 if __name__ == "__main__":

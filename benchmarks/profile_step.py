@@ -79,7 +79,7 @@ def main() -> None:
     batches = load_batches(args.work / "data" / f"samples-{kind}-512.json", 4, args.steps + 1)
 
     try:  # the recipe's own batch preparation (unpadded rows when the recipe does it)
-        from tunesmith.recipes.finetune import _to_device
+        from tunesmith.recipes._unpad import batch_inputs as _to_device
 
         def prepare(batch: dict[str, torch.Tensor]) -> tuple[dict, torch.Tensor]:
             return _to_device(batch, torch.device("cpu"), -100, unpad=not args.padded)

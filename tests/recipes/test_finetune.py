@@ -164,7 +164,7 @@ def test_unpadded_micro_batch_equals_padded(packed: bool, device: torch.device) 
     from tunesmith.models.spec import ModelSpec
     from tunesmith.modules.loss import LinearCrossEntropyLoss
     from tunesmith.modules.masks import packed_causal_mask
-    from tunesmith.recipes.finetune import _to_device
+    from tunesmith.recipes._unpad import batch_inputs as _to_device
 
     torch.manual_seed(0)
     spec = ModelSpec(family="LLAMA3", vocab_size=97, num_layers=2, num_heads=4, num_kv_heads=2,

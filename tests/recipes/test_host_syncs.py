@@ -19,7 +19,7 @@ from tests.recipes.conftest import read_losses
 from tests.recipes.test_unpadded_batches import _packs
 from tunesmith.data import _collate, padded_collate_packed
 from tunesmith.modules.loss import CEWithChunkedOutputLoss, LinearCrossEntropyLoss
-from tunesmith.recipes.finetune import _to_device
+from tunesmith.recipes._unpad import batch_inputs as _to_device
 
 HOST_READS = ("tolist", "item", "nonzero", "__bool__", "__int__", "__float__")
 

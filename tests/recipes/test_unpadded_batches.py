@@ -13,7 +13,7 @@ from tunesmith.data import padded_collate_packed, padded_collate_sft
 from tunesmith.models import build_decoder
 from tunesmith.models.spec import ModelSpec
 from tunesmith.modules.loss import CEWithChunkedOutputLoss, LinearCrossEntropyLoss
-from tunesmith.recipes.finetune import _to_device
+from tunesmith.recipes._unpad import batch_inputs as _to_device
 
 SPEC = ModelSpec(
     family="LLAMA3",

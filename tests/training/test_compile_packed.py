@@ -17,7 +17,7 @@ from tunesmith.data import padded_collate_packed
 from tunesmith.models import build_decoder
 from tunesmith.models.spec import ModelSpec
 from tunesmith.modules.loss import LinearCrossEntropyLoss
-from tunesmith.recipes.finetune import _to_device
+from tunesmith.recipes._unpad import batch_inputs as _to_device
 from tunesmith.training.compile import compile_loss, compile_model
 
 SPEC = ModelSpec(

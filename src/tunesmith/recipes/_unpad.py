@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["to_device_async", "unpad_rows", "unpad_to_device"]
+__all__ = ["batch_inputs", "to_device_async", "unpad_rows", "unpad_to_device"]
 
 
 def to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -72,3 +72,34 @@ def unpad_to_device(
     moved = {k: to_device_async(v, device) if isinstance(v, torch.Tensor) else v
              for k, v in inputs.items()}  # fmt: skip
     return moved, to_device_async(targets, device)
+
+
+def batch_inputs(
+    batch: dict[str, torch.Tensor],
+    device: torch.device,
+    ignore_index: int,
+    unpad: bool = False,
+    bucket: int = 1,
+    cp: Any = None,
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """``(inputs, next-token targets)`` of a collated batch, on ``device``.
+
+    With ``cp`` (a ``training.context_parallel.ContextParallel``) the padded batch is cut to
+    this rank's share of every sequence (tokens, global positions, its mask rows, targets).
+
+    ``unpad=True`` (models whose forward takes ``seq_lens``) turns the ``[b, s]`` rows into one
+    ``[1, T]`` row of documents: each row is cut after its last trained target (right padding
+    and pack tails cannot affect a trained token in a causal model), and ``seq_lens`` lists the
+    documents (one per unpacked row; split where ``input_pos`` restarts in packs). With
+    ``bucket > 1``, ``T`` is rounded up to a multiple of it by one more document whose targets
+    are all ignored (it sees only itself, so no trained token changes).
+    """
+    from tunesmith.recipes._finetune_setup import batch_to_device, shift_labels
+
+    if not unpad:
+        batch = batch_to_device(batch, device)
+        targets = shift_labels(batch.pop("labels"), ignore_index)
+        return (batch, targets) if cp is None else cp.shard(batch, targets)
+    # unpad where the collated batch lives (the host), so its reads cost no device sync
+    targets = shift_labels(batch.pop("labels"), ignore_index)
+    return unpad_to_device(batch, targets, device, ignore_index, bucket)

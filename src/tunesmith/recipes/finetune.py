@@ -14,7 +14,6 @@ trained tokens in the whole (global) batch, clip, step, log, save.
 from __future__ import annotations
 
 import inspect
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -23,13 +22,11 @@ from tunesmith.config import instantiate
 from tunesmith.recipes._checkpoint_saver import _SamplerAt  # noqa: F401
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
-    batch_to_device,
     build_dataloader,
     build_datasets,
     build_model,
     check_vocab,
     fuses_images,
-    shift_labels,
     start_training,
     validation_loss,
 )
@@ -38,7 +35,7 @@ from tunesmith.recipes._parallel_setup import expert_parallel_degree, parallel_l
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.recipes._sharded_saves import open_checkpointers
 from tunesmith.recipes._training_data import loader_setting, training_datasets
-from tunesmith.recipes._unpad import unpad_to_device
+from tunesmith.recipes._unpad import batch_inputs
 from tunesmith.training.activations import activation_offloading_context
 from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
@@ -238,7 +235,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 # global batch with no extra pass over the gradients (and the same formula
                 # holds when parameters step inside backward).
                 micro = [
-                    _to_device(next(batches), device, ignore_index, unpad, bucket, cp)
+                    batch_inputs(next(batches), device, ignore_index, unpad, bucket, cp)
                     for _ in range(accum)
                 ]
                 counts = [count_trainable_tokens(labels, ignore_index) for _, labels in micro]
@@ -312,35 +309,6 @@ def recipe_main(cfg: DictConfig) -> None:
     if upload is not None and rank == 0:
         upload_after_training(cfg, save.saved, "finetune", upload)
     destroy_distributed()
-
-
-def _to_device(
-    batch: dict[str, torch.Tensor],
-    device: torch.device,
-    ignore_index: int,
-    unpad: bool = False,
-    bucket: int = 1,
-    cp: Any = None,
-) -> tuple[dict[str, Any], torch.Tensor]:
-    """``(inputs, next-token targets)`` of a collated batch, on ``device``.
-
-    With ``cp`` (a ``training.context_parallel.ContextParallel``) the padded batch is cut to
-    this rank's share of every sequence (tokens, global positions, its mask rows, targets).
-
-    ``unpad=True`` (models whose forward takes ``seq_lens``) turns the ``[b, s]`` rows into one
-    ``[1, T]`` row of documents: each row is cut after its last trained target (right padding
-    and pack tails cannot affect a trained token in a causal model), and ``seq_lens`` lists the
-    documents (one per unpacked row; split where ``input_pos`` restarts in packs). With
-    ``bucket > 1``, ``T`` is rounded up to a multiple of it by one more document whose targets
-    are all ignored (it sees only itself, so no trained token changes).
-    """
-    if not unpad:
-        batch = batch_to_device(batch, device)
-        targets = shift_labels(batch.pop("labels"), ignore_index)
-        return (batch, targets) if cp is None else cp.shard(batch, targets)
-    # unpad where the collated batch lives (the host), so its reads cost no device sync
-    targets = shift_labels(batch.pop("labels"), ignore_index)
-    return unpad_to_device(batch, targets, device, ignore_index, bucket)
 
 
 if __name__ == "__main__":  # python finetune.py --config ... (also under torchrun)

@@ -31,7 +31,6 @@ from torch import nn
 
 from tunesmith.config import ConfigError, instantiate
 from tunesmith.modules.kd_loss import KDLoss
-from tunesmith.recipes import finetune
 from tunesmith.recipes._finetune_observe import Observer
 from tunesmith.recipes._finetune_setup import (
     build_dataloader,
@@ -44,6 +43,7 @@ from tunesmith.recipes._optimization import epoch_steps, setup_optimization
 from tunesmith.recipes._parallel_setup import check_model_for_tp, parallel_layout
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.recipes._sharded_saves import open_checkpointers
+from tunesmith.recipes._unpad import batch_inputs
 from tunesmith.training.activations import activation_offloading_context
 from tunesmith.training.checkpointing._serving import serving_info
 from tunesmith.training.checkpointing._signals import GracefulShutdown
@@ -162,9 +162,7 @@ def recipe_main(cfg: DictConfig) -> None:
             while step_in_epoch < steps_per_epoch:
                 # token-weighted accumulation, as in finetune: each micro-batch's mean losses
                 # are weighted by its share n / total of the step's trained tokens (all ranks)
-                micro = [
-                    finetune._to_device(next(batches), device, ignore_index) for _ in range(accum)
-                ]
+                micro = [batch_inputs(next(batches), device, ignore_index) for _ in range(accum)]
                 counts = [count_trainable_tokens(labels, ignore_index) for _, labels in micro]
                 (total_tokens,) = reduce_metrics(torch.stack(counts).sum())
                 weight = world_size / total_tokens.clamp(min=1)  # FSDP2 averages over ranks
