@@ -73,6 +73,28 @@ def test_expert_parallel_finetune_equals_one_process(
         assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() <= 1e-3 for k in a)
 
 
+@pytest.mark.slow
+def test_expert_parallel_with_hsdp_equals_one_process(tiny_moe, instruct_data, tmp_path):  # noqa: F811
+    """EP=2 over 2 ranks that HSDP replicates (``data_parallel_replicate_dim: 2``: the
+    non-expert weights are replicated by torch's FSDP2 over a (replicate, shard) mesh, the
+    experts split over the ranks), with clipping: losses and saved weights equal one process."""
+    from tests.recipes.test_finetune_cli import _run, _write
+
+    over = {
+        "max_steps_per_epoch": 3, "shuffle": False, "clip_grad_norm": 0.05, **_over(tiny_moe),
+    }  # fmt: skip
+    single = base_config(tmp_path / "single", tiny_moe, instruct_data, batch_size=4, **over)
+    ep = base_config(
+        tmp_path / "ep", tiny_moe, instruct_data, batch_size=2, expert_parallel_dim=2,
+        data_parallel_replicate_dim=2, **over,
+    )  # fmt: skip
+    _run(["run", "finetune", "--config", str(_write(single, tmp_path / "single.yaml"))], tmp_path)
+    launch = ["run", "--nproc_per_node", "2", "finetune", "--config"]
+    proc = _run([*launch, str(_write(ep, tmp_path / "ep.yaml"))], tmp_path)
+    assert "experts of every MoE layer split over 2 ranks" in proc.stdout + proc.stderr
+    _assert_same(tmp_path / "single", tmp_path / "ep", tol=1e-4)
+
+
 def test_expert_parallel_degree_errors_are_one_line(tiny_moe, instruct_data, tmp_path):  # noqa: F811
     import torch
 
