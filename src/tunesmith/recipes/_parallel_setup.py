@@ -153,14 +153,8 @@ def _check_expert_parallel(cfg: DictConfig, dims: Any, world_size: int) -> None:
             "tensor_parallel_dim=1 and context_parallel_dim=1, or to 1",
             key=key,
         )
-    sharded = cfg.get("intermediate_checkpoint_format") or cfg.get("enable_async_checkpointing")
-    if sharded:  # (full-state saves gather the slices' optimizer state: resume works)
-        raise ConfigError(
-            f"expert_parallel_dim={ep} with sharded (dcp, async) intermediate saves: the "
-            "expert slices are not DTensors, so DCP cannot place them yet; drop "
-            "intermediate_checkpoint_format / enable_async_checkpointing",
-            key=key,
-        )
+    # (full-state saves gather the slices' optimizer state; sharded (DCP) saves write them as
+    # DTensors over the expert group: training.expert_parallel.expert_slices_to_dtensors)
     if cfg.get("optimizer_in_bwd", False):  # (clip_grad_norm covers the slices: gradients.py)
         raise ConfigError(
             f"expert_parallel_dim={ep} with optimizer_in_bwd: the expert slices are not FSDP2 "
