@@ -121,7 +121,6 @@ class ShardedSaves:
         )
 
         from tunesmith.training.checkpointing._distributed import DCP_SUBDIR
-
         from tunesmith.training.expert_parallel import expert_slices_to_local
 
         state = _sharded_state(model, optimizer)
