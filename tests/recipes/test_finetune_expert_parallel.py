@@ -108,6 +108,10 @@ def test_expert_parallel_degree_errors_are_one_line(tiny_moe, instruct_data, tmp
     cfg.expert_parallel_dim = 2
     with pytest.raises(ConfigError, match="expert_parallel_dim=2 with 4 processes"):
         parallel_layout(cfg, 4, torch.device("cpu"))
+    cfg.enable_async_checkpointing = True
+    with pytest.raises(ConfigError, match="expert_parallel_dim=2 with enable_async_checkpointing"):
+        parallel_layout(cfg, 2, torch.device("cpu"))
+    cfg.enable_async_checkpointing = False
     cfg.optimizer_in_bwd = True
     with pytest.raises(ConfigError, match="expert_parallel_dim=2 with optimizer_in_bwd"):
         parallel_layout(cfg, 2, torch.device("cpu"))
@@ -167,8 +171,9 @@ def test_expert_parallel_dcp_resume_equals_uninterrupted(tiny_moe, instruct_data
         }  # fmt: skip
     over = {
         "max_steps_per_epoch": 4, "save_every_n_steps": 2, "batch_size": 2, "shuffle": False,
-        "optimizer.lr": 1e-2, "intermediate_checkpoint_format": "dcp", **_over(tiny_moe, **extra),
+        "optimizer.lr": 1e-2, **_over(tiny_moe, **extra),
     }  # fmt: skip
+    over["intermediate_checkpoint_format"] = "dcp"
     launch = ["run", "--nproc_per_node", "2", "finetune", "--config"]
     whole = base_config(tmp_path / "whole", tiny_moe, instruct_data, expert_parallel_dim=2, **over)
     _run([*launch, str(_write(whole, tmp_path / "whole.yaml"))], tmp_path)

@@ -155,6 +155,13 @@ def _check_expert_parallel(cfg: DictConfig, dims: Any, world_size: int) -> None:
         )
     # (full-state saves gather the slices' optimizer state; sharded (DCP) saves write them as
     # DTensors over the expert group: training.expert_parallel.expert_slices_to_dtensors)
+    if cfg.get("enable_async_checkpointing", False):  # (a 2-rank gloo run hung in it)
+        raise ConfigError(
+            f"expert_parallel_dim={ep} with enable_async_checkpointing: the background save "
+            "does not yet run beside the experts' all-to-all; set enable_async_checkpointing: "
+            "False (intermediate_checkpoint_format: dcp saves sharded, synchronously)",
+            key=key,
+        )
     if cfg.get("optimizer_in_bwd", False):  # (clip_grad_norm covers the slices: gradients.py)
         raise ConfigError(
             f"expert_parallel_dim={ep} with optimizer_in_bwd: the expert slices are not FSDP2 "
