@@ -67,3 +67,22 @@ def test_torchtune_sample_configs_have_bundled_twins(assets: Path) -> None:
             "dtype",
         }
         assert training_keys <= set(mine), rel
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_config_passes_tunesmith_validate(path: Path) -> None:
+    """What ``tunesmith validate <config>`` checks, with no error: components and their
+    arguments, and (the recipe known from the header) no key the recipe does not read."""
+    from tunesmith.cli._validate import config_recipe
+    from tunesmith.config import validate_config
+    from tunesmith.recipes._checks import config_problems
+    from tunesmith.recipes._config_keys import SUPPLIED
+
+    cfg = load_config(path)
+    recipe = config_recipe(path, None)
+    assert recipe is not None, f"{path}: its '# recipe:' header names no registered recipe"
+    problems = validate_config(cfg, SUPPLIED) + config_problems(cfg, recipe, [], path)
+    errors = [str(p) for p in problems if p.severity == "error"]
+    # an optional extra (bitsandbytes, wandb, ...) not installed here is no config error
+    errors = [e for e in errors if "pip install 'tunesmith[" not in e]
+    assert not errors, errors

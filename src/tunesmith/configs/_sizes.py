@@ -211,27 +211,41 @@ SIZES: list[Size] = [
          _shards(10), "MISTRAL", "tunesmith.models.mistral.mistral_small_tokenizer", _HF_JSON,
          ["lora", "qlora_single_device"], big=True, lora_rank=16, lora_lr="1e-4",
          torchtune_twin=False),
-    # Mistral Small 3.1 24B (2503): the text decoder of the multimodal BF16 release (its
-    # vision tower is carried through unchanged)
-    Size("mistral", "24B_3_1", "mistral_small_3_1_24b",
-         "mistralai/Mistral-Small-3.1-24B-Instruct-2503", _shards(10), "MISTRAL",
-         "tunesmith.models.mistral.mistral_small_tokenizer", _HF_JSON,
+    # Mistral Small 3.1 (2503) and Ministral 3 (2512): the text decoders of the multimodal
+    # mistral3 releases (their vision towers are carried through unchanged). Ministral 3's
+    # Instruct checkpoints are FP8 (refused), so the configs point at the BF16 Reasoning ones,
+    # whose chat template the tokenizer tests check; the Ministral 3 shard counts are inferred
+    # from the checkpoints' sizes (override checkpointer.checkpoint_files if a download differs).
+    Size("mistral", "3_1_24B", "mistral_small_3_1_24b", "mistralai/Mistral-Small-3.1-24B-Instruct-2503",
+         _shards(10), "MISTRAL", "tunesmith.models.mistral.mistral_small_tokenizer", _HF_JSON,
          ["lora", "qlora_single_device"], big=True, lora_rank=16, lora_lr="1e-4",
          torchtune_twin=False),
-    # Ministral 3 (2512) from the BF16 base checkpoints (the Instruct repos ship FP8 weights);
-    # shard counts inferred from the sizes at 5 GB per shard: check the folder's
-    # model.safetensors.index.json if a file is reported missing
-    Size("ministral3", "3B", "ministral3_3b", "mistralai/Ministral-3-3B-Base-2512", _shards(2),
+    Size("ministral3", "3B", "ministral3_3b", "mistralai/Ministral-3-3B-Reasoning-2512", _shards(2),
          "MISTRAL", "tunesmith.models.ministral3.ministral3_tokenizer", _HF_JSON,
-         ["lora_single_device", "full_single_device"], lora_rank=16, lora_lr="1e-4",
+         ["full_single_device", "lora_single_device"], lora_rank=16, lora_lr="1e-4",
          torchtune_twin=False),
-    Size("ministral3", "8B", "ministral3_8b", "mistralai/Ministral-3-8B-Base-2512", _shards(4),
+    Size("ministral3", "8B", "ministral3_8b", "mistralai/Ministral-3-8B-Reasoning-2512", _shards(4),
          "MISTRAL", "tunesmith.models.ministral3.ministral3_tokenizer", _HF_JSON,
-         ["lora_single_device", "qlora_single_device"], big=True, lora_rank=16,
-         lora_lr="1e-4", torchtune_twin=False),
-    Size("ministral3", "14B", "ministral3_14b", "mistralai/Ministral-3-14B-Base-2512",
+         ["lora_single_device", "qlora_single_device"], big=True, lora_rank=16, lora_lr="1e-4",
+         torchtune_twin=False),
+    Size("ministral3", "14B", "ministral3_14b", "mistralai/Ministral-3-14B-Reasoning-2512",
          _shards(6), "MISTRAL", "tunesmith.models.ministral3.ministral3_tokenizer", _HF_JSON,
-         ["lora", "qlora_single_device"], big=True, lora_rank=16, lora_lr="1e-4",
+         ["lora_single_device", "qlora_single_device"], big=True, lora_rank=16, lora_lr="1e-4",
+         torchtune_twin=False),
+    # The larger sizes of the MoE and dense families (shard counts of the hub checkpoints;
+    # OLMo 2 13B's is inferred from its size)
+    Size("qwen3_moe", "235B_A22B", "qwen3_moe_235b_a22b", "Qwen/Qwen3-235B-A22B", _shards(118),
+         "QWEN3_MOE", _QWEN3_TOK, _BPE, ["lora"], big=True, lora_lr="1e-4", moe=True,
+         torchtune_twin=False),
+    Size("mixtral", "8x22B", "mixtral_8x22b", "mistralai/Mixtral-8x22B-Instruct-v0.1", _shards(59),
+         "MIXTRAL", "tunesmith.models.mixtral.mistral_tokenizer", _SPM, ["lora"], big=True,
+         lora_rank=16, lora_lr="2e-5", moe=True, torchtune_twin=False),
+    Size("olmo2", "13B", "olmo2_13b", "allenai/OLMo-2-1124-13B-Instruct", _shards(6), "OLMO2",
+         "tunesmith.models.olmo2.olmo2_tokenizer", _HF_JSON, ["lora_single_device"], big=True,
+         torchtune_twin=False),
+    Size("granite3_3", "8B", "granite3_3_8b", "ibm-granite/granite-3.3-8b-instruct", _shards(4),
+         "GRANITE", "tunesmith.models.granite3_3.granite3_3_tokenizer", _HF_JSON,
+         ["lora_single_device"], big=True, loss="tunesmith.modules.loss.CEWithChunkedOutputLoss",
          torchtune_twin=False),
     # Gemma 4 text decoders of the multimodal checkpoints (their vision / audio towers are
     # carried through unchanged). 26B A4B's shard count is inferred from its size; its LoRA

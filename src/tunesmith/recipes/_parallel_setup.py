@@ -133,8 +133,9 @@ def expert_parallel_degree(cfg: DictConfig) -> int:
 
 
 def _check_expert_parallel(cfg: DictConfig, dims: Any, world_size: int) -> None:
-    """``expert_parallel_dim``: 1 (default), or every rank of a plain FSDP2 run (experts split
-    over all ranks, the rest sharded by FSDP2); checked on a meta build before any weights."""
+    """``expert_parallel_dim``: 1 (default), or every rank of an FSDP2 / HSDP run (experts split
+    over all ranks, the rest sharded or replicated by FSDP2); checked on a meta build before
+    any weights."""
     raw = cfg.get("expert_parallel_dim")
     ep = 1 if raw is None else raw
     key = "expert_parallel_dim"
@@ -142,21 +143,23 @@ def _check_expert_parallel(cfg: DictConfig, dims: Any, world_size: int) -> None:
         raise ConfigError(f"expert_parallel_dim={raw!r}: give an integer >= 1", key=key)
     if ep == 1:
         return
-    if ep != world_size or dims.tp > 1 or dims.dp_replicate > 1 or dims.cp > 1:
+    # the experts split over every rank; the other weights FSDP2-sharded or HSDP-replicated
+    # (data_parallel_replicate_dim: torch's own HSDP; the expert slices stay outside FSDP2)
+    if ep != world_size or dims.tp > 1 or dims.cp > 1:
         raise ConfigError(
             f"expert_parallel_dim={ep} with {world_size} processes, tensor_parallel_dim="
-            f"{dims.tp}, data_parallel_replicate_dim={dims.dp_replicate}, context_parallel_dim="
-            f"{dims.cp}: expert parallelism splits the experts over every rank of a plain FSDP2 "
-            "run; set it to the world size with tensor_parallel_dim=1, "
-            "data_parallel_replicate_dim=1 and context_parallel_dim=1, or to 1",
+            f"{dims.tp}, context_parallel_dim={dims.cp}: expert parallelism splits the experts "
+            "over every rank of an FSDP2 / HSDP run; set it to the world size with "
+            "tensor_parallel_dim=1 and context_parallel_dim=1, or to 1",
             key=key,
         )
-    sharded = cfg.get("intermediate_checkpoint_format") or cfg.get("enable_async_checkpointing")
-    if sharded:  # (full-state saves gather the slices' optimizer state: resume works)
+    # (full-state saves gather the slices' optimizer state; sharded (DCP) saves write them as
+    # DTensors over the expert group: training.expert_parallel.expert_slices_to_dtensors)
+    if cfg.get("enable_async_checkpointing", False):  # (a 2-rank gloo run hung in it)
         raise ConfigError(
-            f"expert_parallel_dim={ep} with sharded (dcp, async) intermediate saves: the "
-            "expert slices are not DTensors, so DCP cannot place them yet; drop "
-            "intermediate_checkpoint_format / enable_async_checkpointing",
+            f"expert_parallel_dim={ep} with enable_async_checkpointing: the background save "
+            "does not yet run beside the experts' all-to-all; set enable_async_checkpointing: "
+            "False (intermediate_checkpoint_format: dcp saves sharded, synchronously)",
             key=key,
         )
     if cfg.get("optimizer_in_bwd", False):  # (clip_grad_norm covers the slices: gradients.py)

@@ -121,9 +121,11 @@ class ShardedSaves:
         )
 
         from tunesmith.training.checkpointing._distributed import DCP_SUBDIR
+        from tunesmith.training.expert_parallel import expert_slices_to_local
 
         state = _sharded_state(model, optimizer)
         dcp.load(state, checkpoint_id=str(self._source / DCP_SUBDIR))
+        expert_slices_to_local(state)  # the experts' slices were loaded in place
         set_model_state_dict(model, state["model"], options=_options())
         set_optimizer_state_dict(model, optimizer, state["optimizer"])
 
@@ -163,13 +165,18 @@ def _options() -> Any:
 
 def _sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """``{"model": trained parameters, "optimizer": its state by name}``: this rank's shards
-    (DTensors under FSDP2, plain tensors on one process); frozen (base, NF4) weights stay out."""
+    (DTensors under FSDP2, plain tensors on one process; expert-parallel slices as DTensors
+    over the expert group); frozen (base, NF4) weights stay out."""
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
         get_optimizer_state_dict,
     )
 
-    return {
+    from tunesmith.training.expert_parallel import expert_slices_to_dtensors
+
+    state = {
         "model": get_model_state_dict(model, options=_options()),
         "optimizer": get_optimizer_state_dict(model, optimizer),
     }
+    expert_slices_to_dtensors(model, state)  # expert parallelism: one [E, ...] tensor each
+    return state

@@ -16,6 +16,12 @@ saved (:func:`gather_expert_optimizer_state`) and cut back to each rank's expert
 (:func:`slice_expert_optimizer_state`), so a run resumes on any expert-parallel degree (or one
 process) from the same checkpoint format.
 
+Sharded (DCP) saves: :func:`expert_slices_to_dtensors` wraps each slice (and its per-expert
+optimizer state) in a ``DTensor`` sharded on dim 0 over a mesh of the expert group, sharing
+storage, so DCP writes every rank's experts as one ``[E, ...]`` tensor and loads reshard it
+(in place, at any degree); :func:`expert_slices_to_local` unwraps them again before the
+state dicts are set.
+
 Routers run on each rank's own tokens, so the load-balancing loss is pooled per rank (not
 across the expert-parallel group).
 """
@@ -32,6 +38,8 @@ __all__ = [
     "apply_expert_parallel",
     "average_expert_grads",
     "dispatch",
+    "expert_slices_to_dtensors",
+    "expert_slices_to_local",
     "expert_slices",
     "gather_expert_optimizer_state",
     "gather_expert_slices",
@@ -220,3 +228,60 @@ def average_expert_grads(model: nn.Module) -> None:
             param = module.get_parameter(local)
             if param.requires_grad:
                 param.register_hook(lambda grad, ep=ep: grad / ep)
+
+
+_MESHES: dict[int, object] = {}
+
+
+def _group_mesh(group, device: torch.device):
+    """A 1-D ``DeviceMesh`` over the ranks of ``group`` (cached per group and device type)."""
+    from torch.distributed.device_mesh import DeviceMesh
+
+    group = group if group is not None else dist.group.WORLD
+    key = hash((id(group), device.type))
+    if key not in _MESHES:
+        _MESHES[key] = DeviceMesh.from_group(group, device.type)
+    return _MESHES[key]
+
+
+def expert_slices_to_dtensors(model: nn.Module, state: dict) -> None:
+    """In ``state`` (``{"model": get_model_state_dict, "optimizer": get_optimizer_state_dict}``
+    of this rank), replace each expert slice ``[E_l, ...]`` and its per-expert optimizer
+    tensors by ``DTensor`` views ``Shard(0)`` over the expert group (global ``[E, ...]``),
+    so DCP saves / loads all experts. No-op without EP."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    slices = _slice_fqns(model)
+    if not slices:
+        return
+    # fresh containers: the optimizer state dict's entries may be ``optimizer.state``'s own
+    optim = dict((state.get("optimizer") or {}).get("state") or {})
+    if "optimizer" in state:
+        state["optimizer"] = {**state["optimizer"], "state": optim}
+    for key, (_, _, group) in slices.items():
+        local = model.get_parameter(_wrapped_name(model, key)).shape[0]
+        targets = [(state.get("model") or {}, key)] if key in (state.get("model") or {}) else []
+        if key in optim:  # (a frozen slice has no optimizer state)
+            entry = optim[key] = dict(optim[key])
+            targets += [(entry, name) for name, v in entry.items() if _per_expert(v, local)]
+        for holder, name in targets:
+            value = holder[name]
+            mesh = _group_mesh(group, value.device)
+            wrapped = DTensor.from_local(value, mesh, [Shard(0)], run_check=False)
+            wrapped._ts_expert_slice = True  # type: ignore[attr-defined]
+            holder[name] = wrapped
+
+
+def expert_slices_to_local(state: dict) -> None:
+    """Undo :func:`expert_slices_to_dtensors` after ``dcp.load`` (the loaded values are in the
+    local tensors already): every plain-slice ``DTensor`` goes back to its local tensor."""
+    from torch.distributed.tensor import DTensor
+
+    def unwrap(holder: dict) -> None:
+        for name, value in holder.items():
+            if isinstance(value, DTensor) and getattr(value, "_ts_expert_slice", False):
+                holder[name] = value.to_local()
+
+    unwrap(state.get("model") or {})
+    for entry in ((state.get("optimizer") or {}).get("state") or {}).values():
+        unwrap(entry)
