@@ -102,8 +102,15 @@ def _run_et(*args: str) -> str:
 
 QUESTIONS = ["What is the capital of France?", "Name a color.", "Count to five."]
 NEW_TOKENS = 16
-# 8da4w: the largest |.pte logit - eager-torchao logit| allowed along the greedy path
-Q8DA4W_LOGIT_TOL = 1.0
+# 8da4w bounds on |.pte logit - eager quantize_8da4w logit| along eager's greedy path, per
+# prompt (measured 2026-12-03: mean 0.50-0.55, max 2.8-3.3; eager against itself, cached
+# generate vs one full forward: mean 0.33-0.40, max 1.9-2.4; a wrong quantizer config - group
+# 64 or 128, asymmetric weights - or no quantization: mean >= 1.6, max >= 9); docs/executorch.md.
+Q8DA4W_MEAN_TOL = 0.8
+Q8DA4W_MAX_TOL = 5.0
+# a step whose eager top-2 margin is below this is a tie within 8da4w's rounding noise: the
+# .pte's token there must be one of eager's tokens within this much of the top, not the top
+Q8DA4W_TIE = 1.5
 
 
 @pytest.fixture(scope="module")
@@ -163,12 +170,18 @@ def test_finetuned_prompts_match_the_saved_chat_template(
 
 
 def _pte_greedy(
-    pte: Path, prompts: list[list[int]], tmp_path: Path
+    pte: Path, prompts: list[list[int]], tmp_path: Path, force: list[list[int]] | None = None
 ) -> tuple[list[list[int]], Path]:
+    """The ``.pte``'s greedy tokens per prompt and the file of its ``[n, vocab]`` logits;
+    with ``force`` fed those tokens (teacher forcing), its argmax at each step."""
     (tmp_path / "prompts.json").write_text(json.dumps(prompts))
     logits = tmp_path / "pte_logits.pt"
+    extra: list[str] = []
+    if force is not None:
+        (tmp_path / "force.json").write_text(json.dumps(force))
+        extra = ["--force", str(tmp_path / "force.json")]
     got = _run_et("generate", str(pte), str(tmp_path / "prompts.json"),
-                  "--max-new-tokens", str(NEW_TOKENS), "--logits", str(logits))  # fmt: skip
+                  "--max-new-tokens", str(NEW_TOKENS), "--logits", str(logits), *extra)  # fmt: skip
     return json.loads(got), logits
 
 
@@ -190,34 +203,48 @@ def test_finetuned_smollm2_float_pte_equals_tunesmith_generate(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: on the 2-step SmolLM2 finetune the 8da4w .pte's greedy tokens leave eager "
-    "quantize_8da4w's (prompt 2 at its first token) with max |logit diff| 3.2, 1.5, 2.1 per "
-    "prompt, more than XNNPACK's own int8 activation rounding should give; cause not found",
-)
 def test_finetuned_smollm2_8da4w_pte_equals_eager_8da4w(
     finetuned: tuple[Path, list[list[int]]], tmp_path: Path
 ) -> None:
     """The 8da4w ``.pte`` against the same model quantized by :func:`quantize_8da4w` in eager
-    torchao: identical greedy tokens for the three prompts, and along them logits within
-    ``Q8DA4W_LOGIT_TOL`` (XNNPACK quantizes activations with its own per-row parameters, so
-    the logits are close, not equal; see docs/executorch.md for the measurement)."""
+    torchao, along eager's 16 greedy tokens per prompt (the ``.pte`` fed the same tokens):
+
+    - the ``.pte``'s greedy token equals eager's at every step whose eager top-2 margin is at
+      least ``Q8DA4W_TIE``, and at the other steps is one of eager's tokens within
+      ``Q8DA4W_TIE`` of the top (int8 dynamic activation quantization turns float rounding
+      differences into logit differences of ~2, so closer calls are ties, not answers);
+    - per prompt, mean and max |logit difference| within ``Q8DA4W_MEAN_TOL`` /
+      ``Q8DA4W_MAX_TOL``, bounds the unquantized model along the same tokens exceeds.
+    """
     from tunesmith.models.executorch_export import quantize_8da4w
 
     folder, prompts = finetuned
+    float_model = _tunesmith_model(folder, tmp_path)
     model = quantize_8da4w(_tunesmith_model(folder, tmp_path))
     with torch.no_grad():
         runs = [generate(model, torch.tensor([p]), NEW_TOKENS, return_logits=True) for p in prompts]
     want = [r.tokens[0, len(p) :].tolist() for r, p in zip(runs, prompts)]
     pte = tmp_path / "smollm2-8da4w.pte"
     _run_et("export", str(folder), str(pte), "--quantize", "8da4w")
-    got, logits_file = _pte_greedy(pte, prompts, tmp_path)
-    diffs = []
-    for run, pte_logits, g, w in zip(runs, torch.load(logits_file), got, want):
-        same = next((i for i, (a, b) in enumerate(zip(g, w)) if a != b), len(w))
-        n = min(same + 1, len(w))  # the steps fed the same tokens
-        diffs.append(float((pte_logits[:n] - run.logits[0, :n]).abs().max()))
-    print(f"8da4w max |pte - eager| logit per prompt: {diffs}")
-    assert got == want, diffs
-    assert max(diffs) <= Q8DA4W_LOGIT_TOL, diffs
+    got, logits_file = _pte_greedy(pte, prompts, tmp_path, force=want)
+    compared = 0
+    for p, run, pte_logits, g, w in zip(prompts, runs, torch.load(logits_file), got, want):
+        eager = run.logits[0]  # [NEW_TOKENS, vocab]
+        assert pte_logits.shape == eager.shape
+        diff = (pte_logits - eager).abs()
+        top2 = eager.topk(2).values
+        clear = (top2[:, 0] - top2[:, 1]) >= Q8DA4W_TIE
+        print(f"8da4w |pte - eager| logit mean {float(diff.mean()):.3f} max "
+              f"{float(diff.max()):.2f}; {int(clear.sum())} clear steps")  # fmt: skip
+        for j, (a, b) in enumerate(zip(g, w)):
+            if clear[j]:
+                assert a == b, (j, g, w)
+            else:
+                assert float(eager[j, a]) >= float(top2[j, 0]) - Q8DA4W_TIE, (j, g, w)
+        compared += int(clear.sum())
+        assert float(diff.mean()) <= Q8DA4W_MEAN_TOL and float(diff.max()) <= Q8DA4W_MAX_TOL
+        with torch.no_grad():  # the bounds tell quantized from float along the same tokens
+            unquantized = float_model(torch.tensor([p + w[:-1]]))[0, len(p) - 1 :]
+        off = (unquantized - eager).abs()
+        assert float(off.mean()) > Q8DA4W_MEAN_TOL or float(off.max()) > Q8DA4W_MAX_TOL
+    assert compared >= NEW_TOKENS  # the token check is not vacuous

@@ -182,10 +182,15 @@ def greedy_pte(
     stop_tokens: Sequence[int] = (),
     *,
     return_logits: bool = False,
+    forced: Sequence[int] | None = None,
 ) -> list[int] | tuple[list[int], Tensor]:
     """Greedy tokens after ``prompt`` from a ``.pte`` with ExecuTorch's Python runtime: the
     prompt in one call, then one call per token; stops after a token in ``stop_tokens``.
-    With ``return_logits`` also the ``[n, vocab]`` logits each of the ``n`` tokens came from."""
+    With ``return_logits`` also the ``[n, vocab]`` logits each of the ``n`` tokens came from.
+
+    ``forced`` (teacher forcing): feed these tokens one per step instead of the program's own
+    choices (``len(forced)`` steps, no stop); the returned tokens are still the program's
+    argmax at each step, so they say where its greedy choice would leave the forced path."""
     from executorch.runtime import Runtime
 
     method = Runtime.get().load_program(str(path)).load_method("forward")
@@ -193,12 +198,14 @@ def greedy_pte(
     pos = torch.arange(len(prompt))
     out: list[int] = []
     steps: list[Tensor] = []
-    for _ in range(max_new_tokens):
+    for i in range(max_new_tokens if forced is None else len(forced)):
         logits = method.execute([tokens, pos])[0]
         steps.append(logits[0].clone())
         nxt = int(logits[0].argmax())
         out.append(nxt)
-        if nxt in stop_tokens:
+        if forced is not None:
+            nxt = int(forced[i])
+        elif nxt in stop_tokens:
             break
         pos = pos[-1:] + 1
         tokens = torch.tensor([[nxt]])
@@ -225,6 +232,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     gen.add_argument("--max-new-tokens", type=int, default=20)
     gen.add_argument("--stop", type=int, nargs="*", default=[])
     gen.add_argument("--logits", help="also save each prompt's [n, vocab] logits (torch.save)")
+    gen.add_argument(
+        "--force",
+        help="JSON list (one id list per prompt): feed these tokens instead of the program's "
+        "own choices (teacher forcing); the printed tokens are still its argmax per step",
+    )
     args = parser.parse_args(argv)
     if args.command == "export":
         if not (Path(args.folder) / "config.json").is_file():
@@ -239,10 +251,18 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if not Path(args.pte).is_file():
         parser.error(f"{args.pte} not found; export one first (export FOLDER PTE)")
     prompts = json.loads(Path(args.prompts_json).read_text())
+    forced: list[list[int] | None] = [None] * len(prompts)
+    if args.force is not None:
+        if not Path(args.force).is_file():
+            parser.error(f"--force {args.force} not found; give a JSON list of id lists")
+        forced = json.loads(Path(args.force).read_text())
+        if len(forced) != len(prompts):
+            parser.error(f"--force {args.force} has {len(forced)} lists for {len(prompts)} prompts")
     if args.logits is not None and Path(args.logits).exists():
         parser.error(f"--logits {args.logits} exists; choose a new file (nothing is overwritten)")
     runs = [
-        greedy_pte(args.pte, p, args.max_new_tokens, args.stop, return_logits=True) for p in prompts
+        greedy_pte(args.pte, p, args.max_new_tokens, args.stop, return_logits=True, forced=f)
+        for p, f in zip(prompts, forced)
     ]
     if args.logits is not None:
         torch.save([logits for _, logits in runs], args.logits)
