@@ -63,6 +63,37 @@ def test_slot_cache_wrapper_equals_generate() -> None:
         assert _greedy(wrapper, prompt, 12) == want
 
 
+def test_runner_mistakes_are_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ExecuTorch runner's own argument mistakes end in argparse's one line and exit 2
+    before ExecuTorch is imported (so this runs without the ExecuTorch environment)."""
+    from tunesmith.models.executorch_export import _main
+
+    pte, prompts, force = tmp_path / "m.pte", tmp_path / "p.json", tmp_path / "f.json"
+    pte.write_bytes(b"not read")
+    prompts.write_text(json.dumps([[1, 2], [3]]))
+    force.write_text(json.dumps([[4]]))
+    logits = tmp_path / "saved.pt"
+    logits.write_bytes(b"kept")
+    cases = {
+        "not found; export one first": ["generate", str(tmp_path / "absent.pte"), str(prompts)],
+        "JSON list of token id lists": ["generate", str(pte), str(tmp_path / "absent.json")],
+        "give a JSON list of id lists": [
+            "generate", str(pte), str(prompts), "--force", str(tmp_path / "no.json")
+        ],
+        "has 1 lists for 2 prompts": ["generate", str(pte), str(prompts), "--force", str(force)],
+        "nothing is overwritten": ["generate", str(pte), str(prompts), "--logits", str(logits)],
+        "has no config.json": ["export", str(tmp_path), str(tmp_path / "new.pte")],
+    }  # fmt: skip
+    for expected, argv in cases.items():
+        with pytest.raises(SystemExit) as exit_info:
+            _main(argv)
+        assert exit_info.value.code == 2
+        assert expected in capsys.readouterr().err
+    assert logits.read_bytes() == b"kept"
+
+
 @pytest.mark.slow
 def test_torch_export_program_equals_generate() -> None:
     model = _tiny()

@@ -250,6 +250,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not Path(args.pte).is_file():
         parser.error(f"{args.pte} not found; export one first (export FOLDER PTE)")
+    if not Path(args.prompts_json).is_file():
+        parser.error(f"{args.prompts_json} not found; give a JSON list of token id lists")
     prompts = json.loads(Path(args.prompts_json).read_text())
     forced: list[list[int] | None] = [None] * len(prompts)
     if args.force is not None:
