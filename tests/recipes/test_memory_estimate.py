@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from tests.recipes.conftest import LORA, base_config
 
@@ -113,3 +113,141 @@ def test_cli_prints_peak_and_largest_batch(tiny_llama: Path, tmp_path: Path, cap
     assert fits >= 1
     assert estimate_memory(node, world_size=2, batch_size=fits, seq_len=64).peak <= budget
     assert estimate_memory(node, world_size=2, batch_size=fits + 1, seq_len=64).peak > budget
+
+
+def _component_config(model: dict, **over) -> DictConfig:
+    cfg = {
+        "model": model,
+        "loss": {"_component_": "tunesmith.modules.loss.LinearCrossEntropyLoss"},
+        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 1e-3},
+        "batch_size": 2,
+        "dtype": "fp32",
+        **over,
+    }
+    return OmegaConf.create(cfg)
+
+
+_DEEP = {"_component_": "tunesmith.models.llama3.llama3", "vocab_size": 512, "num_layers": 8,
+         "num_heads": 4, "num_kv_heads": 2, "embed_dim": 128, "max_seq_len": 256}  # fmt: skip
+_DEEP_LORA = {**_DEEP, "_component_": "tunesmith.models.llama3.lora_llama3",
+              "lora_attn_modules": ["q_proj", "v_proj"], "lora_rank": 4, "lora_alpha": 8}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "model,over",
+    [(_DEEP, {}), (_DEEP, {"enable_activation_checkpointing": True}), (_DEEP_LORA, {}),
+     (_DEEP_LORA, {"enable_activation_checkpointing": True})],
+    ids=["full", "full_ac", "lora", "lora_ac"],
+)  # fmt: skip
+def test_deep_stacks_extrapolate_to_the_whole_simulation(model, over, monkeypatch) -> None:
+    """A stack of identical layers is simulated at 2 and 3 layers and extrapolated (seconds
+    for 80 layers): every category equals simulating all 8 layers."""
+    from tunesmith.training import memory_estimate
+
+    cfg = _component_config(model, **over)
+    short = memory_estimate.estimate_memory(cfg, seq_len=128)
+    assert any("extrapolated" in n for n in short.notes)
+    monkeypatch.setattr(memory_estimate, "_layer_period", lambda model: None)
+    whole = memory_estimate.estimate_memory(cfg, seq_len=128)
+    assert not any("extrapolated" in n for n in whole.notes)
+    for part in ("parameters", "gradients", "optimizer", "activations", "other"):
+        assert getattr(short, part) == getattr(whole, part), part
+
+
+def test_layer_period_follows_the_layer_pattern() -> None:
+    """Alternating sliding-window / global layers repeat every 2; the period is the shortest
+    block the stack repeats (the last one may be cut short); not a plain decoder: None."""
+    from tunesmith.config import instantiate
+    from tunesmith.training.memory_estimate import _layer_period
+
+    with torch.device("meta"):
+        model = instantiate(OmegaConf.create(_DEEP))
+    assert _layer_period(model) == 1
+    for layer in model.layers[1::2]:
+        layer.attn.sliding_window = 64
+    assert _layer_period(model) == 2
+    # a stack need not end on a whole block (Gemma 3 27B: 62 layers in blocks of 6); here
+    # layer 7 turned global leaves G S G S G S G | G: blocks of 7, too long to extrapolate
+    model.layers[7].attn.sliding_window = None
+    assert _layer_period(model) == 7
+    assert _layer_period(torch.nn.Linear(2, 2)) is None
+
+
+def _tiny_hf(kind: str, folder: Path) -> Path:
+    import transformers
+
+    if kind == "qwen3_moe":
+        transformers.Qwen3MoeConfig(
+            vocab_size=512, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            num_experts=8, num_experts_per_tok=2, max_position_embeddings=256,
+        ).save_pretrained(folder)  # fmt: skip
+    else:  # q / k / v biases: LoRA on a biased projection
+        transformers.Qwen2Config(
+            vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        ).save_pretrained(folder)  # fmt: skip
+    return folder
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("kind", ["qwen3_moe", "qwen2"])
+def test_moe_and_biased_estimates_within_tolerance_of_measured_peak(
+    kind: str, lora: bool, tmp_path: Path
+) -> None:
+    """Mixture-of-experts layers on meta route every expert an equal share (no router scores
+    exist there) and LoRA on biased projections runs under the tracker; a real CPU step (the
+    random router routing as it will) peaks within 15% of the estimate."""
+    from tunesmith.config import instantiate
+    from tunesmith.modules.peft import get_adapter_params, set_trainable_params
+    from tunesmith.training.memory_estimate import estimate_memory, memory_tracker
+
+    folder = _tiny_hf(kind, tmp_path)
+    model_node = {"_component_": "tunesmith.models.build_from_hf",
+                  "checkpoint_dir_or_config": str(folder)}  # fmt: skip
+    if lora:
+        model_node.update(lora_attn_modules=["q_proj", "v_proj"], lora_rank=4, lora_alpha=8)
+    cfg = _component_config(model_node)
+    est = estimate_memory(cfg, batch_size=BATCH, seq_len=SEQ)
+    torch.manual_seed(0)
+    model = instantiate(cfg.model)
+    if lora:
+        set_trainable_params(model, get_adapter_params(model))
+    loss_fn = instantiate(cfg.loss)
+    loss_fn.set_model_output(model)
+    optimizer = instantiate(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
+    tracker = memory_tracker(model, optimizer)
+    with tracker:
+        for _ in range(2):
+            tokens, labels = (torch.randint(0, 512, (BATCH, SEQ)) for _ in range(2))
+            loss_fn(model(tokens), labels).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            tracker.reset_mod_stats()
+    measured = int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
+    assert est.peak == pytest.approx(measured, rel=TOLERANCE), (est.table(), measured)
+
+
+@pytest.mark.parametrize(
+    "config,expected",
+    [("llama3_1/8B_lora_dpo_single_device", "is not a token cross-entropy loss"),
+     ("llama3_2_vision/11B_lora_single_device", "not a text decoder")],
+)  # fmt: skip
+def test_configs_it_cannot_simulate_are_one_line(config: str, expected: str, capsys) -> None:
+    """Preference / RL losses and vision-language models: one line, exit 2, no traceback."""
+    from tunesmith.cli.main import main
+
+    assert main(["estimate", "--config", config]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_distillation_counts_the_teacher() -> None:
+    from tunesmith.config import load_config, resolve_config_path
+    from tunesmith.training.memory_estimate import estimate_memory
+
+    cfg = load_config(resolve_config_path("qwen2/1.5_to_0.5B_KD_lora_single_device"))
+    est = estimate_memory(cfg, batch_size=1, seq_len=32)
+    student_and_teacher = (0.49e9 + 1.54e9) * 2  # bf16 Qwen2 0.5B and 1.5B
+    assert est.parameters == pytest.approx(student_and_teacher, rel=0.05)
+    assert any("teacher" in n for n in est.notes)

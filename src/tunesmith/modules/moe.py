@@ -125,6 +125,14 @@ class _ContiguousGrad(torch.autograd.Function):
         return grad.contiguous()
 
 
+def _balanced_counts(rows: int, experts: int) -> Tensor:
+    """``[experts]`` int64 (CPU) row counts summing to ``rows``, as even as they can be: what
+    a meta forward (``tunesmith estimate``) routes, having no router scores to route by."""
+    counts = torch.full((experts,), rows // experts, dtype=torch.int64)
+    counts[: rows % experts] += 1
+    return counts
+
+
 def grouped_mm_supported(x: Tensor, *dims: int) -> bool:
     """Whether ``torch._grouped_mm`` runs ``x``'s device / dtype with inner sizes ``dims``.
 
@@ -312,7 +320,10 @@ class MoE(nn.Module):
         choice = indices.reshape(-1)  # [T * k]
         order = torch.argsort(choice, stable=True)
         token = order // k
-        counts = torch.bincount(choice, minlength=self.router.num_experts)
+        if choice.is_meta:  # a memory estimate (no routing data): every expert as busy
+            counts = _balanced_counts(choice.numel(), self.router.num_experts)
+        else:
+            counts = torch.bincount(choice, minlength=self.router.num_experts)
         w = weights.reshape(-1)[order, None]
         if self.weight_inputs:
             y = self._run_experts(flat[token] * w, counts)

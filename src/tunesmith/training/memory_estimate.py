@@ -5,7 +5,9 @@ adapters trainable, activation checkpointing), and two training steps of the con
 loss and optimizer run there under ``torch.distributed._tools.mem_tracker.MemTracker``: a
 meta tensor has a size but no data, so this counts every allocation the real step makes
 (parameters, gradients, optimizer state, the activations autograd keeps, the loss's logits
-with or without chunking, temporaries) in a second or so, for any model size.
+with or without chunking, temporaries). A decoder whose layers repeat a block of ``p`` is
+simulated with ``2p`` and ``3p`` layers and extrapolated linearly to its depth (exact for
+identical blocks: each adds the same bytes to every category), so any size takes seconds.
 
 What the simulation cannot see is added from the config:
 
@@ -97,34 +99,40 @@ def estimate_memory(
     seq = int(seq_len or (cfg.get("tokenizer") or {}).get("max_seq_len") or 2048)
     dtype = get_dtype(cfg.get("dtype"), torch.device("cpu"))
     model, loss_fn = _meta_model(cfg, dtype)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer, notes = _meta_optimizer(cfg, trainable)
+    _check_text_decoder(cfg, model)
     vocab = _vocab_size(model)
-    tracker = memory_tracker(model, optimizer)
-    from torch.fx.experimental import _config as fx_config
-
-    # every target is trained (the worst case): a meta `nonzero` keeps every element
-    with fx_config.patch(meta_nonzero_assume_all_nonzero=True), _meta_kernels(), tracker:
-        for _ in range(2):  # the optimizer state exists from the second step on
-            tokens = torch.randint(0, vocab, (batch, seq), device="meta")
-            labels = torch.randint(0, vocab, (batch, seq), device="meta")
-            out = model(tokens)
-            loss = loss_fn(out, labels)
-            loss.backward()
-            del out, loss
-            if optimizer is not None:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            tracker.reset_mod_stats()
-        snapshot = tracker.get_tracker_snapshot("peak")
-    peak = snapshot.get(torch.device("meta"), {})
-    parts = {str(getattr(k, "value", k)): int(v) for k, v in peak.items()}
-    params = parts.get("Parameter", 0)  # NF4 (QLoRA) weights at their packed size
-    grads = parts.get("Gradient", 0)
-    optim = parts.get("Optstate", 0)
-    acts = parts.get("Activation", 0)
-    other = parts.get("Temp", 0) + parts.get("Buffer", 0) + parts.get("Other", 0)
+    notes: list[str] = []
+    period = _layer_period(model)
+    total = len(model.layers) if period else 0  # type: ignore[arg-type]
+    if period and 3 * period < total:
+        # a stack of identical blocks: from two blocks on, every byte at the step's peak is a
+        # constant plus a multiple of the depth (each block's parameters, gradients, optimizer
+        # state and kept activations; a one-block stack is not on the line, its checkpointed
+        # recompute is the whole stack), so stacks of 2 and 3 blocks give the line. Simulating
+        # the whole stack costs time quadratic in its depth (MemTracker rescans every live
+        # tensor on every operator: minutes for 80 layers)
+        short, longer = (_simulate(cfg, model, loss_fn, batch, seq, vocab, n, notes)
+                         for n in (2 * period, 3 * period))  # fmt: skip
+        blocks = (total - 2 * period) / period
+        parts = {k: int(round(short[k] + (longer[k] - short[k]) * blocks)) for k in short}
+        notes = list(dict.fromkeys(notes))
+        notes.append(
+            f"simulated {2 * period} and {3 * period} of the {total} layers (identical blocks "
+            f"of {period}), extrapolated linearly"
+        )
+    else:
+        parts = _simulate(cfg, model, loss_fn, batch, seq, vocab, None, notes)
+    params, grads, optim = parts["Parameter"], parts["Gradient"], parts["Optstate"]
+    acts, other = parts["Activation"], parts["Other"]
     optim = _scale_optimizer_state(cfg, optim, notes)
+    if cfg.get("teacher_model") is not None:  # distillation: the frozen teacher's weights
+        from tunesmith.config import instantiate
+        from tunesmith.training.precision import set_default_dtype
+
+        with set_default_dtype(dtype), torch.device("meta"):
+            teacher = instantiate(cfg.teacher_model)
+        params += sum(p.numel() * p.element_size() for p in teacher.parameters())
+        notes.append("distillation: the teacher's weights counted, not its logits")
     if cfg.get("enable_activation_offloading", False):
         layers = max(1, len(getattr(model, "layers", [])))
         acts = int(acts / (layers + 1))  # the layer in flight (one share of L + 1)
@@ -145,6 +153,101 @@ def estimate_memory(
         other=other,
         notes=tuple(notes),
     )
+
+
+_PARTS = ("Parameter", "Gradient", "Optstate", "Activation", "Other")
+
+
+def _simulate(
+    cfg: DictConfig,
+    model: nn.Module,
+    loss_fn: Any,
+    batch: int,
+    seq: int,
+    vocab: int,
+    layers: int | None,
+    notes: list[str],
+) -> dict[str, int]:
+    """Bytes per category (:data:`_PARTS`; Temp and Buffer counted as Other) at the peak of
+    two meta steps of ``model`` with ``tokens [batch, seq]``, keeping only its first
+    ``layers`` layers (None: all) for the duration."""
+    full = model.layers if layers is not None else None  # type: ignore[union-attr]
+    if full is not None:
+        model.layers = nn.ModuleList(list(full)[:layers])  # type: ignore[union-attr]
+    try:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer, optimizer_notes = _meta_optimizer(cfg, trainable)
+        notes.extend(optimizer_notes)
+        tracker = memory_tracker(model, optimizer)
+        from torch.fx.experimental import _config as fx_config
+
+        # every target is trained (the worst case): a meta `nonzero` keeps every element
+        with fx_config.patch(meta_nonzero_assume_all_nonzero=True), _meta_kernels(), tracker:
+            for _ in range(2):  # the optimizer state exists from the second step on
+                tokens = torch.randint(0, vocab, (batch, seq), device="meta")
+                labels = torch.randint(0, vocab, (batch, seq), device="meta")
+                out = model(tokens)
+                loss = loss_fn(out, labels)
+                loss.backward()
+                del out, loss
+                if optimizer is not None:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                tracker.reset_mod_stats()
+            snapshot = tracker.get_tracker_snapshot("peak")
+    finally:
+        if full is not None:
+            model.layers = full  # type: ignore[union-attr]
+    peak = snapshot.get(torch.device("meta"), {})
+    got = {str(getattr(k, "value", k)): int(v) for k, v in peak.items()}
+    parts = {k: got.get(k, 0) for k in _PARTS[:-1]}  # NF4 (QLoRA) weights at packed size
+    parts["Other"] = got.get("Temp", 0) + got.get("Buffer", 0) + got.get("Other", 0)
+    return parts
+
+
+def _check_text_decoder(cfg: DictConfig, model: nn.Module) -> None:
+    """``ConfigError`` (one line) unless ``model`` is a text decoder: the simulation feeds
+    token ids only, so a vision-language model's image path would go unmeasured."""
+    from tunesmith.config import ConfigError
+    from tunesmith.modules.transformer import TransformerDecoder
+
+    if not isinstance(model, TransformerDecoder):
+        component = (cfg.get("model") or {}).get("_component_", "?")
+        raise ConfigError(
+            f"tunesmith estimate: model {component} builds a {type(model).__name__}, not a "
+            "text decoder; the estimate simulates text decoders only (vision-language models "
+            "are not estimated yet): estimate the text model of the same size instead"
+        )
+
+
+def _layer_period(model: nn.Module) -> int | None:
+    """The smallest ``p`` such that ``model.layers`` repeats the same ``p`` layers (same
+    class, parameter shapes / dtypes / trainability, attention window), for a plain text
+    decoder whose layers can be cut short without changing what each computes; None for any
+    other model (per-layer embeddings, shared keys / values, fusion or no ``layers``)."""
+    from tunesmith.modules.transformer import TransformerDecoder
+
+    layers = getattr(model, "layers", None)
+    if type(model) is not TransformerDecoder or not isinstance(layers, nn.ModuleList):
+        return None
+    if getattr(model, "per_layer_embeddings", None) is not None or model._kv_sharing:
+        return None
+
+    def signature(layer: nn.Module) -> tuple[Any, ...]:
+        attn = getattr(layer, "attn", None)
+        window = (getattr(attn, "sliding_window", None), getattr(attn, "chunk_size", None))
+        shapes = tuple(
+            (name, tuple(p.shape), p.dtype, p.requires_grad, type(p).__name__)
+            for name, p in layer.named_parameters()
+        )
+        kinds = tuple(type(m).__name__ for m in layer.modules())
+        return (window, shapes, kinds)
+
+    sigs = [signature(layer) for layer in layers]
+    for p in range(1, len(sigs) + 1):
+        if all(sigs[i] == sigs[i % p] for i in range(len(sigs))):
+            return p
+    return None
 
 
 def largest_batch_size(
@@ -189,6 +292,15 @@ def _meta_model(cfg: DictConfig, dtype: torch.dtype) -> tuple[nn.Module, Any]:
 
         apply_activation_checkpointing(model)
     loss_fn = instantiate(cfg.loss)
+    if not (hasattr(loss_fn, "set_model_output") or hasattr(loss_fn, "num_output_chunks")):
+        from tunesmith.config import ConfigError
+
+        raise ConfigError(
+            f"tunesmith estimate: loss {cfg.loss.get('_component_', '?')} is not a token "
+            "cross-entropy loss; the estimate simulates finetune configs (full, LoRA, QLoRA "
+            "SFT), not preference, RL or distillation recipes: estimate the finetune config "
+            "of the same model instead"
+        )
     if hasattr(loss_fn, "set_model_output"):
         loss_fn.set_model_output(model)
     elif hasattr(loss_fn, "num_output_chunks"):

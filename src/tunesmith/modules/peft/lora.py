@@ -152,17 +152,19 @@ class LoRALinear(nn.Module):
         local pieces, see ``training._tp_nf4``)."""
         if self.tp_forward is not None:
             return self.tp_forward(self, x)
-        if is_nf4(self.weight):
-            out = self._add_bias(nf4_linear(x, self.weight))
-        else:
-            out = F.linear(x, self.weight, self.bias)
         if self.disabled:
-            return out
+            if is_nf4(self.weight):
+                return self._add_bias(nf4_linear(x, self.weight))
+            return F.linear(x, self.weight, self.bias)
+        out = self._base_forward(x)
         low_rank = self.lora_a(self.dropout(x))  # [..., rank]
         if type(out).__name__ == "DTensor":  # tensor parallel: no in-place op on a shard
-            return out + self.scaling * F.linear(low_rank, self.lora_b.weight)
+            return self._add_bias(out + self.scaling * F.linear(low_rank, self.lora_b.weight))
         add_low_rank_(out, low_rank, self.lora_b.weight, self.scaling)
-        return out
+        # the bias last, in place: adding the adapter in place to the output of a biased
+        # F.linear (addmm) crashes the process under torch's MemTracker (torch 2.13), which
+        # `tunesmith estimate` runs every step under
+        return out if self.bias is None else out.add_(self.bias.to(out.dtype))
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
