@@ -142,16 +142,37 @@ _DEEP_LORA = {**_DEEP, "_component_": "tunesmith.models.llama3.lora_llama3",
 def test_deep_stacks_extrapolate_to_the_whole_simulation(model, over, monkeypatch) -> None:
     """A stack of identical layers is simulated at 2 and 3 layers and extrapolated (seconds
     for 80 layers): every category equals simulating all 8 layers."""
+    _check_extrapolation(_component_config(model, **over), monkeypatch)
+
+
+def test_alternating_stacks_extrapolate_by_blocks(tmp_path: Path, monkeypatch) -> None:
+    """Gemma 2 alternates sliding-window and global layers: blocks of 2, simulated at 2 and
+    4 of its 8 layers; every category equals simulating all 8."""
+    import transformers
+
+    transformers.Gemma2Config(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=8,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=16,
+        max_position_embeddings=256,
+    ).save_pretrained(tmp_path)  # fmt: skip
+    node = {"_component_": "tunesmith.models.build_from_hf",
+            "checkpoint_dir_or_config": str(tmp_path)}  # fmt: skip
+    notes = _check_extrapolation(_component_config(node), monkeypatch)
+    assert any("simulated 2 and 4 of the 8 layers" in n for n in notes), notes
+
+
+def _check_extrapolation(cfg: DictConfig, monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
     from tunesmith.training import memory_estimate
 
-    cfg = _component_config(model, **over)
     short = memory_estimate.estimate_memory(cfg, seq_len=128)
     assert any("extrapolated" in n for n in short.notes)
-    monkeypatch.setattr(memory_estimate, "_layer_period", lambda model: None)
-    whole = memory_estimate.estimate_memory(cfg, seq_len=128)
+    with monkeypatch.context() as patch:
+        patch.setattr(memory_estimate, "_layer_period", lambda model: None)
+        whole = memory_estimate.estimate_memory(cfg, seq_len=128)
     assert not any("extrapolated" in n for n in whole.notes)
     for part in ("parameters", "gradients", "optimizer", "activations", "other"):
         assert getattr(short, part) == getattr(whole, part), part
+    return short.notes
 
 
 def test_layer_period_follows_the_layer_pattern() -> None:

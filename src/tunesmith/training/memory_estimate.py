@@ -6,7 +6,7 @@ loss and optimizer run there under ``torch.distributed._tools.mem_tracker.MemTra
 meta tensor has a size but no data, so this counts every allocation the real step makes
 (parameters, gradients, optimizer state, the activations autograd keeps, the loss's logits
 with or without chunking, temporaries). A decoder whose layers repeat a block of ``p`` is
-simulated with ``2p`` and ``3p`` layers and extrapolated linearly to its depth (exact for
+simulated with ``p`` and ``2p`` layers (2 and 3 for ``p = 1``) and extrapolated linearly to its depth (exact for
 identical blocks: each adds the same bytes to every category), so any size takes seconds.
 
 What the simulation cannot see is added from the config:
@@ -104,20 +104,21 @@ def estimate_memory(
     notes: list[str] = []
     period = _layer_period(model)
     total = len(model.layers) if period else 0  # type: ignore[arg-type]
-    if period and 3 * period < total:
-        # a stack of identical blocks: from two blocks on, every byte at the step's peak is a
+    first = max(period or 0, 2)  # one layer alone is off the line (see below)
+    if period and first + period < total:
+        # a stack of identical blocks: from two layers on, every byte at the step's peak is a
         # constant plus a multiple of the depth (each block's parameters, gradients, optimizer
-        # state and kept activations; a one-block stack is not on the line, its checkpointed
-        # recompute is the whole stack), so stacks of 2 and 3 blocks give the line. Simulating
-        # the whole stack costs time quadratic in its depth (MemTracker rescans every live
-        # tensor on every operator: minutes for 80 layers)
+        # state and kept activations; a one-layer stack is not on the line, its checkpointed
+        # recompute is the whole stack), so two short stacks give the line. Simulating the
+        # whole stack costs time quadratic in its depth (MemTracker rescans every live tensor
+        # on every operator: minutes for 80 layers)
         short, longer = (_simulate(cfg, model, loss_fn, batch, seq, vocab, n, notes)
-                         for n in (2 * period, 3 * period))  # fmt: skip
-        blocks = (total - 2 * period) / period
+                         for n in (first, first + period))  # fmt: skip
+        blocks = (total - first) / period
         parts = {k: int(round(short[k] + (longer[k] - short[k]) * blocks)) for k in short}
         notes = list(dict.fromkeys(notes))
         notes.append(
-            f"simulated {2 * period} and {3 * period} of the {total} layers (identical blocks "
+            f"simulated {first} and {first + period} of the {total} layers (identical blocks "
             f"of {period}), extrapolated linearly"
         )
     else:
