@@ -34,12 +34,12 @@ def checked_column_map(
     return {k: (column_map or {}).get(k, k) for k in expected}
 
 
-def text_column(sample: Mapping[str, Any], column: str) -> str:
+def text_column(sample: Mapping[str, Any], column: str, setting: str = "column_map") -> str:
     """The string in ``sample[column]``; a missing column or a non-string value is the
-    row's ``DataRowError``."""
+    row's ``DataRowError`` (a missing one names ``setting``, the key to set)."""
     if column not in sample:
         raise DataRowError(
-            f"missing column; the row has columns {sorted(sample)}. Set column_map", column=column
+            f"missing column; the row has columns {sorted(sample)}. Set {setting}", column=column
         )
     value = sample[column]
     if not isinstance(value, str):
