@@ -97,6 +97,20 @@ def test_qwen3_enable_thinking_switch(assets: Path) -> None:
         assert family.tokenize_messages(prompt, add_end_tokens=False)[0] == list(expected)
 
 
+def test_thinking_switch_is_qwen3s_only(assets: Path) -> None:
+    """The Qwen tokenizers are one implementation; ``enable_thinking=False`` on a family whose
+    template has no thinking switch (Qwen2, Qwen2.5) is refused, naming the family."""
+    from tunesmith.models.qwen2 import qwen2_tokenizer
+    from tunesmith.models.qwen2_5 import qwen2_5_tokenizer
+
+    folder = assets / "tokenizers" / "qwen2"
+    if not (folder / "vocab.json").is_file():
+        pytest.skip(f"Qwen tokenizer files not in {folder}")
+    for build, name in ((qwen2_tokenizer, "Qwen2"), (qwen2_5_tokenizer, "Qwen2.5")):
+        with pytest.raises(ValueError, match=f"{name}'s template has no thinking switch"):
+            build(str(folder / "vocab.json"), str(folder / "merges.txt"), enable_thinking=False)
+
+
 @pytest.mark.parametrize(
     ("row", "match"),
     [

@@ -11,6 +11,12 @@ from tunesmith.datasets._common import sft_dataset
 
 __all__ = ["chat_dataset", "slimorca_dataset"]
 
+# conversation_style -> (message transform, the transform's conversation column key)
+_STYLES: dict[str, tuple[Callable, str]] = {
+    "sharegpt": (ShareGPTToMessages, "conversations"),
+    "openai": (OpenAIToMessages, "messages"),
+}
+
 
 def chat_dataset(
     tokenizer: Any,
@@ -40,32 +46,23 @@ def chat_dataset(
     need a tokenizer that renders the model's official template
     (``HuggingFaceModelTokenizer``); see docs/tool-calling.md.
     """
-    if conversation_style == "sharegpt":
-        message_transform: Callable = ShareGPTToMessages(
-            train_on_input=train_on_input,
-            column_map={"conversations": conversation_column, "tools": tools_column},
-            new_system_prompt=new_system_prompt,
-            masking_strategy=masking_strategy,
-            train_on_reasoning=train_on_reasoning,
-        )
-    elif conversation_style == "openai":
-        message_transform = OpenAIToMessages(
-            train_on_input=train_on_input,
-            column_map={"messages": conversation_column, "tools": tools_column},
-            new_system_prompt=new_system_prompt,
-            masking_strategy=masking_strategy,
-            train_on_reasoning=train_on_reasoning,
-        )
-    else:
+    style = _STYLES.get(conversation_style) if isinstance(conversation_style, str) else None
+    if style is None:
         raise ConfigError(
             f"dataset.conversation_style={conversation_style!r} is not a conversation style; "
             "use 'sharegpt' ([{from, value}] turns) or 'openai' ([{role, content}] turns)",
             key="dataset.conversation_style",
         )
+    to_messages, column = style
+    message_transform = to_messages(
+        train_on_input=train_on_input,
+        column_map={column: conversation_column, "tools": tools_column},
+        new_system_prompt=new_system_prompt,
+        masking_strategy=masking_strategy,
+        train_on_reasoning=train_on_reasoning,
+    )
     # a missing column is named by the builder's own key, not column_map
-    message_transform.config_keys = {
-        key: "conversation_column" for key in ("conversations", "messages")
-    }
+    message_transform.config_keys = {column: "conversation_column"}
     return sft_dataset(
         tokenizer,
         message_transform,

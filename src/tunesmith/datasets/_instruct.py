@@ -86,55 +86,53 @@ def alpaca_cleaned_dataset(
     return alpaca_dataset(tokenizer, source=source, **kwargs)
 
 
-def samsum_dataset(
-    tokenizer: Any,
-    *,
-    source: str = "Samsung/samsum",
-    column_map: dict[str, str] | None = None,
-    train_on_input: bool = False,
-    new_system_prompt: str | None = None,
-    packed: bool = False,
-    filter_fn: Callable | None = None,
-    split: str = "train",
-    **load_dataset_kwargs: Any,
-) -> Any:
-    """Dialogue summarization (``dialogue`` -> ``summary``). As in torchtune the summarize
-    prompt comes from the tokenizer's ``prompt_template`` (``SummarizeTemplate``)."""
-    return instruct_dataset(
-        tokenizer,
-        source=source,
-        column_map=column_map or {"input": "dialogue", "output": "summary"},
-        train_on_input=train_on_input,
-        new_system_prompt=new_system_prompt,
-        packed=packed,
-        filter_fn=filter_fn,
-        split=split,
-        **load_dataset_kwargs,
-    )
+def _instruct_preset(
+    name: str, default_source: str, columns: dict[str, str], doc: str
+) -> Callable[..., Any]:
+    """torchtune's ``<name>(tokenizer, *, source, column_map, ...)``: ``instruct_dataset`` of
+    ``default_source`` with the dataset's ``{"input": ..., "output": ...}`` columns."""
+
+    def builder(
+        tokenizer: Any,
+        *,
+        source: str = default_source,
+        column_map: dict[str, str] | None = None,
+        train_on_input: bool = False,
+        new_system_prompt: str | None = None,
+        packed: bool = False,
+        filter_fn: Callable | None = None,
+        split: str = "train",
+        **load_dataset_kwargs: Any,
+    ) -> Any:
+        return instruct_dataset(
+            tokenizer,
+            source=source,
+            column_map=column_map or dict(columns),
+            train_on_input=train_on_input,
+            new_system_prompt=new_system_prompt,
+            packed=packed,
+            filter_fn=filter_fn,
+            split=split,
+            **load_dataset_kwargs,
+        )
+
+    builder.__name__ = builder.__qualname__ = name
+    builder.__module__ = __name__
+    builder.__doc__ = doc
+    return builder
 
 
-def grammar_dataset(
-    tokenizer: Any,
-    *,
-    source: str = "liweili/c4_200m",
-    column_map: dict[str, str] | None = None,
-    train_on_input: bool = False,
-    new_system_prompt: str | None = None,
-    packed: bool = False,
-    filter_fn: Callable | None = None,
-    split: str = "train",
-    **load_dataset_kwargs: Any,
-) -> Any:
-    """Grammar correction (``input`` -> ``output``). As in torchtune the prompt comes from
-    the tokenizer's ``prompt_template`` (``GrammarErrorCorrectionTemplate``)."""
-    return instruct_dataset(
-        tokenizer,
-        source=source,
-        column_map=column_map or {"input": "input", "output": "output"},
-        train_on_input=train_on_input,
-        new_system_prompt=new_system_prompt,
-        packed=packed,
-        filter_fn=filter_fn,
-        split=split,
-        **load_dataset_kwargs,
-    )
+samsum_dataset = _instruct_preset(
+    "samsum_dataset",
+    "Samsung/samsum",
+    {"input": "dialogue", "output": "summary"},
+    "Dialogue summarization (``dialogue`` -> ``summary``). As in torchtune the summarize "
+    "prompt comes from the tokenizer's ``prompt_template`` (``SummarizeTemplate``).",
+)
+grammar_dataset = _instruct_preset(
+    "grammar_dataset",
+    "liweili/c4_200m",
+    {"input": "input", "output": "output"},
+    "Grammar correction (``input`` -> ``output``). As in torchtune the prompt comes from "
+    "the tokenizer's ``prompt_template`` (``GrammarErrorCorrectionTemplate``).",
+)

@@ -9,17 +9,17 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from tunesmith.data import (
-    CROSS_ENTROPY_IGNORE_IDX,
-    ChosenRejectedToMessages,
-    DataRowError,
-    Message,
-    validate_messages,
-)
+from tunesmith.data import CROSS_ENTROPY_IGNORE_IDX, ChosenRejectedToMessages, DataRowError, Message
 from tunesmith.datasets._checks import drop_untrained, has_trained_content, why_untrained
 from tunesmith.datasets._common import is_hub_source
 from tunesmith.datasets._loading import describe, load_rows
-from tunesmith.datasets._sft import column_setting, row_error
+from tunesmith.datasets._row_checks import (
+    checked_column_map,
+    column_setting,
+    row_error,
+    text_column,
+    tokenize_conversation,
+)
 
 __all__ = [
     "PreferenceDataset",
@@ -39,6 +39,9 @@ class PreferenceDataset(Dataset):
     recipe calls it before training) tokenizes every pair once and leaves out the pairs
     where either side has no trained token.
     """
+
+    _unit = "pairs"  # what drop_untrained_rows counts, and where a row trains on nothing
+    _detail = " in the chosen or the rejected response"
 
     def __init__(
         self,
@@ -66,19 +69,9 @@ class PreferenceDataset(Dataset):
         return len(self._data) if self._keep is None else len(self._keep)
 
     def _tokenize(self, messages: list[Message]) -> tuple[list[int], list[int]]:
-        try:
-            validate_messages(messages)
-        except ValueError as e:
-            raise DataRowError(f"invalid conversation: {e}") from None
-        trained = has_trained_content(messages)
-        try:
-            tokens, mask = self._tokenizer.tokenize_messages(messages)
-        except DataRowError:
-            raise
-        except ValueError as e:  # e.g. image content for a text-only tokenizer
-            raise DataRowError(f"cannot tokenize the row: {e}") from None
-        if not trained:  # an empty response: nothing to prefer but the end-of-turn token
-            mask = [True] * len(tokens)
+        tokens, mask = tokenize_conversation(
+            messages, lambda: self._tokenizer.tokenize_messages(messages)
+        )
         labels = np.where(mask, CROSS_ENTROPY_IGNORE_IDX, tokens).tolist()
         return list(tokens), labels
 
@@ -91,14 +84,27 @@ class PreferenceDataset(Dataset):
             chosen_ids, chosen_labels = self._tokenize(transformed["chosen"])
             rejected_ids, rejected_labels = self._tokenize(transformed["rejected"])
         except DataRowError as e:
-            setting = partial(column_setting, self._message_transform)
-            raise row_error(e, index, self._where(), self._data, setting) from None
+            raise self._row_error(e, index) from None
         return transformed, {
             "chosen_input_ids": chosen_ids,
             "chosen_labels": chosen_labels,
             "rejected_input_ids": rejected_ids,
             "rejected_labels": rejected_labels,
         }
+
+    def _row_error(self, e: DataRowError, index: int) -> DataRowError:
+        """Row ``index``'s problem ``e`` as the one-line user error (row, column, file, key)."""
+        setting = partial(column_setting, self._message_transform)
+        return row_error(e, index, self._where(), self._data, setting)
+
+    def _sides(self, index: int) -> list[tuple[list[Message], list[int], list[int]]]:
+        """Row ``index``'s tokenized sequences: ``(messages, input_ids, labels)`` of the chosen
+        and of the rejected side."""
+        transformed, pair = self._pair(index)
+        return [
+            (transformed[side], pair[f"{side}_input_ids"], pair[f"{side}_labels"])
+            for side in ("chosen", "rejected")
+        ]
 
     def __getitem__(self, index: int) -> dict[str, list[int]]:
         if self._keep is not None:
@@ -117,10 +123,10 @@ class PreferenceDataset(Dataset):
     def drop_untrained_rows(self) -> None:
         """Tokenize every pair once and leave out the pairs where the chosen or the rejected
         side has no trained token (empty, truncated away, or all masked), with one warning;
-        idempotent.
+        idempotent. A subclass's rows are its ``_sides`` (an unpaired row has one).
 
         Raises:
-            DataError: when no pair is left.
+            DataError: when no pair (row) is left.
             DataRowError: for a row that cannot be tokenized (row, column, file named).
         """
         if self._rows_checked:
@@ -131,17 +137,13 @@ class PreferenceDataset(Dataset):
         max_id = -1
         max_seq_len = getattr(self._tokenizer, "max_seq_len", None)
         for i in range(n):
-            transformed, pair = self._pair(i)
             sides = []
-            for side in ("chosen", "rejected"):
-                labels = pair[f"{side}_labels"]
-                ids = pair[f"{side}_input_ids"]
+            for messages, ids, labels in self._sides(i):
                 trained = sum(1 for label in labels[1:] if label != CROSS_ENTROPY_IGNORE_IDX)
                 sides.append(trained)
                 if ids:
                     max_id = max(max_id, max(ids))
                 if not trained and i not in reasons:
-                    messages = transformed[side]
                     reasons[i] = why_untrained(
                         len(ids), max_seq_len, lambda m=messages: not has_trained_content(m)
                     )
@@ -152,8 +154,8 @@ class PreferenceDataset(Dataset):
             counts,
             reasons.__getitem__,
             max_seq_len=max_seq_len,
-            unit="pairs",
-            detail=" in the chosen or the rejected response",
+            unit=self._unit,
+            detail=self._detail,
         )
         self._rows_checked = True
 
@@ -186,40 +188,23 @@ def preference_dataset(
     )
 
 
-def _text(sample: Mapping[str, Any], column: str) -> str:
-    if column not in sample:
-        raise DataRowError(
-            f"missing column; the row has columns {sorted(sample)}. Set column_map", column=column
-        )
-    value = sample[column]
-    if not isinstance(value, str):
-        kind = "null" if value is None else type(value).__name__
-        raise DataRowError(f"expected a string, got {kind}", column=column)
-    return value
-
-
 class StackExchangePairedToMessages:
     """Row ``{"prompt", "chosen", "rejected"}`` (strings; rename with ``column_map``) ->
     chosen and rejected conversations of a user prompt and an assistant answer."""
 
     def __init__(self, train_on_input: bool = False, column_map: dict[str, str] | None = None):
         self.train_on_input = train_on_input
-        expected = ("prompt", "chosen", "rejected")
-        unknown = set(column_map or {}) - set(expected)
-        if unknown:
-            raise ValueError(
-                f"StackExchangePairedToMessages: column_map has unknown key(s) {sorted(unknown)}; "
-                f"expected keys are {list(expected)}"
-            )
-        self.column_map = {k: (column_map or {}).get(k, k) for k in expected}
+        self.column_map = checked_column_map(
+            column_map, ("prompt", "chosen", "rejected"), "StackExchangePairedToMessages"
+        )
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, list[Message]]:
-        prompt = _text(sample, self.column_map["prompt"])
+        prompt = text_column(sample, self.column_map["prompt"])
         out = {}
         for key in ("chosen", "rejected"):
             out[key] = [
                 Message(role="user", content=prompt, masked=not self.train_on_input),
-                Message(role="assistant", content=_text(sample, self.column_map[key])),
+                Message(role="assistant", content=text_column(sample, self.column_map[key])),
             ]
         return out
 

@@ -21,12 +21,7 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from tunesmith.data import (
-    CROSS_ENTROPY_IGNORE_IDX,
-    DataRowError,
-    TokenizedSamples,
-    validate_messages,
-)
+from tunesmith.data import CROSS_ENTROPY_IGNORE_IDX, DataRowError, TokenizedSamples
 from tunesmith.datasets._cache import (
     _settings_repr,
     cache_enabled,
@@ -39,6 +34,12 @@ from tunesmith.datasets._cache import (
 )
 from tunesmith.datasets._checks import drop_untrained, has_trained_content, why_untrained
 from tunesmith.datasets._loading import data_fingerprint, describe, load_rows
+from tunesmith.datasets._row_checks import (
+    check_conversation,
+    column_setting,
+    row_error,
+    tokenize_conversation,
+)
 
 __all__ = ["SFTDataset", "SFTTransform", "TokenizedRowDataset"]
 
@@ -82,10 +83,7 @@ class SFTTransform:
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
         transformed = self.message_transform(sample) if self.message_transform else dict(sample)
         if "messages" in transformed:
-            try:
-                validate_messages(transformed["messages"])
-            except ValueError as e:
-                raise DataRowError(f"invalid conversation: {e}") from None
+            check_conversation(transformed["messages"])
         if self.model_transform is None:
             return transformed
         out = dict(self.model_transform(transformed))
@@ -360,29 +358,20 @@ class SFTDataset(TokenizedRowDataset):
     def _tokenize_row(self, row: Mapping[str, Any]) -> tuple[Sequence[int], Sequence[bool]]:
         transformed = self._message_transform(row)
         messages = transformed["messages"]
-        try:
-            validate_messages(messages)
-        except ValueError as e:
-            raise DataRowError(f"invalid conversation: {e}") from None
-        trained = has_trained_content(messages)  # before the tokenizer consumes the messages
-        if not hasattr(self._model_transform, "image_transform") and any(
-            m.get_media() for m in messages
-        ):
-            raise DataRowError(
-                "the row has an image but the tokenizer is text-only",
-                fix="use a vision model's transform as tokenizer and a multimodal dataset "
-                "(tunesmith.datasets.multimodal.*), or drop the image column",
-            )
-        try:
+
+        def tokenize() -> tuple[Sequence[int], Sequence[bool]]:
+            if not hasattr(self._model_transform, "image_transform") and any(
+                m.get_media() for m in messages
+            ):
+                raise DataRowError(
+                    "the row has an image but the tokenizer is text-only",
+                    fix="use a vision model's transform as tokenizer and a multimodal dataset "
+                    "(tunesmith.datasets.multimodal.*), or drop the image column",
+                )
             out = self._model_transform(transformed)
-        except DataRowError:
-            raise
-        except ValueError as e:  # e.g. image content for a text-only tokenizer
-            raise DataRowError(f"cannot tokenize the row: {e}") from None
-        tokens, mask = out["tokens"], out["mask"]
-        if not trained:  # empty responses: nothing to learn but the end-of-turn token
-            mask = [True] * len(tokens)
-        return tokens, mask
+            return out["tokens"], out["mask"]
+
+        return tokenize_conversation(messages, tokenize)
 
     def _row_is_empty(self, row: Mapping[str, Any]) -> bool:
         return not has_trained_content(self._message_transform(row)["messages"])
@@ -391,42 +380,3 @@ class SFTDataset(TokenizedRowDataset):
         transform = self._message_transform
         parts = (_settings_repr(transform), code_identity(transform))
         return "\n".join((*parts, tokenizer_identity(self._model_transform)))
-
-
-def column_setting(message_transform: Any, column: str) -> str:
-    """The config key that names dataset column ``column``: ``dataset.column_map.<key>`` for
-    the transform key mapped to it (or the builder's own key, e.g. ``conversation_column``,
-    from the transform's ``config_keys``)."""
-    column_map = getattr(message_transform, "column_map", None) or {}
-    for key, mapped in column_map.items():
-        if mapped == column:
-            own = (getattr(message_transform, "config_keys", None) or {}).get(key)
-            return f"dataset.{own or f'column_map.{key}'}"
-    return "dataset.column_map"
-
-
-def row_error(
-    e: DataRowError, index: int, where: str, data: Any, setting: Callable[[str], str]
-) -> DataRowError:
-    """``e`` from row ``index`` as the one-line user error: a column the whole dataset lacks
-    names the columns it has and the key to set; any other row problem names the row."""
-    columns = list(getattr(data, "column_names", None) or [])
-    if e.column is not None and columns and e.column not in columns:
-        key = setting(e.column)
-        error = DataRowError(
-            f"missing column; the dataset has columns {columns}",
-            column=e.column,
-            row_index=index,
-            source=f"dataset {where}",
-            fix=f"set {key} to the column that holds it"
-            + (f" (e.g. {key}={columns[0]})" if key != "dataset.column_map" else ""),
-        )
-        error.key = key
-        return error
-    return DataRowError(
-        e.reason,
-        column=e.column,
-        row_index=index,
-        source=f"dataset {where}",
-        fix="fix or drop the row (e.g. with filter_fn), or map the right columns with column_map",
-    )

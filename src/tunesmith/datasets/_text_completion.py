@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from tunesmith.data import DataRowError
 from tunesmith.datasets._cache import tokenizer_identity
 from tunesmith.datasets._common import is_hub_source, maybe_pack
+from tunesmith.datasets._row_checks import text_column
 from tunesmith.datasets._sft import TokenizedRowDataset
 
 __all__ = [
@@ -40,16 +40,7 @@ class TextCompletionDataset(TokenizedRowDataset):
         self._load(source, filter_fn, load_dataset_kwargs)
 
     def _text(self, row: Mapping[str, Any]) -> str:
-        if self._column not in row:
-            raise DataRowError(
-                f"missing column; the row has columns {sorted(row)}. Set dataset.column",
-                column=self._column,
-            )
-        text = row[self._column]
-        if not isinstance(text, str):
-            kind = "null" if text is None else type(text).__name__
-            raise DataRowError(f"expected a string, got {kind}", column=self._column)
-        return text
+        return text_column(row, self._column, "dataset.column")
 
     def _tokenize_row(self, row: Mapping[str, Any]) -> tuple[Sequence[int], Sequence[bool] | None]:
         text = self._text(row)

@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import Dataset
 
 from tunesmith.data import CROSS_ENTROPY_IGNORE_IDX, DataRowError, Message
-from tunesmith.datasets._checks import drop_untrained, has_trained_content, why_untrained
-from tunesmith.datasets._preference import PreferenceDataset, _text
+from tunesmith.datasets._preference import PreferenceDataset
+from tunesmith.datasets._row_checks import checked_column_map, text_column
 
 __all__ = [
     "UnpairedToMessages",
@@ -45,14 +45,9 @@ class UnpairedToMessages:
 
     def __init__(self, train_on_input: bool = False, column_map: dict[str, str] | None = None):
         self.train_on_input = train_on_input
-        expected = ("prompt", "completion", "label")
-        unknown = set(column_map or {}) - set(expected)
-        if unknown:
-            raise ValueError(
-                f"UnpairedToMessages: column_map has unknown key(s) {sorted(unknown)}; "
-                f"expected keys are {list(expected)}"
-            )
-        self.column_map = {k: (column_map or {}).get(k, k) for k in expected}
+        self.column_map = checked_column_map(
+            column_map, ("prompt", "completion", "label"), "UnpairedToMessages"
+        )
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
         column = self.column_map["label"]
@@ -65,9 +60,9 @@ class UnpairedToMessages:
         if not isinstance(label, bool | np.bool_) and label not in (0, 1):
             raise DataRowError(f"expected a bool (desirable or not), got {label!r}", column=column)
         messages = [
-            Message(role="user", content=_text(sample, self.column_map["prompt"]),
+            Message(role="user", content=text_column(sample, self.column_map["prompt"]),
                     masked=not self.train_on_input),
-            Message(role="assistant", content=_text(sample, self.column_map["completion"])),
+            Message(role="assistant", content=text_column(sample, self.column_map["completion"])),
         ]  # fmt: skip
         return {"messages": messages, "label": bool(label)}
 
@@ -75,52 +70,28 @@ class UnpairedToMessages:
 class UnpairedPreferenceDataset(PreferenceDataset):
     """Rows -> ``{"messages", "label"}`` (``message_transform``) -> unpaired items
     ``{"input_ids", "labels" (-100 where masked), "label" bool, "prompt_len" int}``.
-    Loading, tokenizing, row errors and ``drop_untrained_rows`` as ``PreferenceDataset``."""
+    Loading, tokenizing, row errors and ``drop_untrained_rows`` (rows with no trained token
+    left out) as ``PreferenceDataset``."""
+
+    _unit = "rows"
+    _detail = ""
 
     def _row(self, index: int) -> tuple[list[Message], dict[str, Any]]:
-        from tunesmith.datasets._sft import column_setting, row_error
-
         try:
             transformed = self._message_transform(self._data[index])
             ids, labels = self._tokenize(transformed["messages"])
         except DataRowError as e:
-            setting = lambda c: column_setting(self._message_transform, c)  # noqa: E731
-            raise row_error(e, index, self._where(), self._data, setting) from None
+            raise self._row_error(e, index) from None
         return transformed["messages"], _item(ids, labels, transformed["label"])
+
+    def _sides(self, index: int) -> list[tuple[list[Message], list[int], list[int]]]:
+        messages, item = self._row(index)
+        return [(messages, item["input_ids"], item["labels"])]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if self._keep is not None:
             index = int(self._keep[index])
         return self._row(index)[1]
-
-    def drop_untrained_rows(self) -> None:
-        """Tokenize every row once and leave out those with no trained token (one warning).
-
-        Raises:
-            DataError: when no row is left.
-            DataRowError: for a row that cannot be tokenized (row, column, file named).
-        """
-        if self._rows_checked:
-            return
-        n = len(self._data)
-        counts = np.zeros(n, dtype=np.int64)
-        reasons: dict[int, str] = {}
-        max_id = -1
-        max_seq_len = getattr(self._tokenizer, "max_seq_len", None)
-        for i in range(n):
-            messages, item = self._row(i)
-            ids = item["input_ids"]
-            counts[i] = sum(1 for x in item["labels"][1:] if x != CROSS_ENTROPY_IGNORE_IDX)
-            max_id = max([max_id, *ids])
-            if not counts[i]:
-                reasons[i] = why_untrained(
-                    len(ids), max_seq_len, lambda m=messages: not has_trained_content(m)
-                )
-        self._max_id = max_id if max_id >= 0 else None
-        self._keep = drop_untrained(
-            self._where(), counts, reasons.__getitem__, max_seq_len=max_seq_len, unit="rows"
-        )
-        self._rows_checked = True
 
 
 def kto_dataset(

@@ -8,7 +8,6 @@ number of forwards under FSDP2, as torchtune's recipe generated), ``s = P + n``.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from torch import nn
 from tunesmith.generation import generate
 from tunesmith.generation._generate import left_pad_prompts
 from tunesmith.modules.masks import padded_attention_inputs
+from tunesmith.recipes._rl_loop import rollout_seed
 from tunesmith.rlhf.ppo import (
     PPOLoss,
     Trajectory,
@@ -33,8 +33,8 @@ from tunesmith.rlhf.ppo import (
 from tunesmith.rlhf.rl_metrics import token_entropy
 from tunesmith.training.distributed import reduce_metrics
 
-__all__ = ["PPOSettings", "rollout_generator", "make_trajectory", "advantages_and_returns",
-           "ppo_minibatch", "STEP_METRICS"]  # fmt: skip
+__all__ = ["PPOSettings", "make_trajectory", "advantages_and_returns", "ppo_minibatch",
+           "STEP_METRICS"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -61,16 +61,6 @@ class PPOSettings:
     stop_token_ids: tuple[int, ...]
 
 
-def rollout_generator(seed: int, step: int, row: int, device: torch.device) -> torch.Generator:
-    """The sampling RNG of one generation chunk: a function of (seed, PPO step, global index of
-    the chunk's first row), so a resumed run samples what the interrupted one would have, and
-    (with ``forward_batch_size=1``) N ranks sample what one process does."""
-    digest = hashlib.sha256(f"ppo-rollout:{seed}:{step}:{row}".encode()).digest()
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return gen
-
-
 def _logits(model: nn.Module, traj: Trajectory, p: int) -> torch.Tensor:
     """``[b, n, v|1]`` outputs at the positions that predict (score) the response tokens."""
     out = model(traj.query_responses, mask=traj.masks, input_pos=traj.position_ids)
@@ -88,20 +78,21 @@ def make_trajectory(
     *,
     seed: int,
     step: int,
-    rank: int,
-    world_size: int,
     device: torch.device,
 ) -> tuple[Trajectory, int]:
     """Sample responses for this rank's ``prompts`` (``forward_batch_size`` at a time), score
     them and build torchtune's ``Trajectory`` (its masking, penalties and value indices).
 
-    Returns ``(trajectory, P)``.
+    Each chunk samples from the RL loop's rollout RNG (``_rl_loop.rollout_seed``: the run's
+    seed, the PPO step and the chunk's prompts only), so a resumed run samples what the
+    interrupted one would have, and (with ``forward_batch_size=1``) N ranks sample what one
+    process does. Returns ``(trajectory, P)``.
     """
     chunks = []
+    rng = torch.Generator(device=device)
     for start in range(0, len(prompts), s.forward_batch_size):
         rows = prompts[start : start + s.forward_batch_size]
-        global_row = start * world_size + rank * len(rows)
-        rng = rollout_generator(seed, step, global_row, device)
+        rng.manual_seed(rollout_seed(seed, step, rows))
         out = generate(
             policy,
             left_pad_prompts(rows, s.pad_id).to(device),

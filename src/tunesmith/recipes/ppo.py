@@ -17,8 +17,8 @@ step per minibatch over both trained models). ``num_steps`` counts prompts, as i
 Under ``tunesmith run --nproc_per_node N ppo`` every size above is per process; advantages
 are whitened and losses token-averaged over all processes, so N processes x ``batch_size``
 train like one process with N x ``batch_size`` (exactly, with ``forward_batch_size=1`` and one
-minibatch per PPO epoch). Sampling draws from an RNG derived from (seed, step, row), so a
-resumed run continues the same curve. ``optimizer_in_bwd=True`` (torchtune's low-memory
+minibatch per PPO epoch). Sampling draws from the RL loop's rollout RNG, derived from (seed,
+step, prompts) as in ``grpo``, so a resumed run continues the same curve. ``optimizer_in_bwd=True`` (torchtune's low-memory
 setting) takes the same steps as a plain optimizer (it needs ``gradient_accumulation_steps=1``).
 """
 
@@ -222,7 +222,7 @@ def recipe_main(cfg: DictConfig) -> None:
                 t0 = time.perf_counter()
                 traj, p = make_trajectory(
                     prompts, policy, reference, value, reward, s, seed=seed, step=steps_run,
-                    rank=rank, world_size=world_size, device=device,
+                    device=device,
                 )  # fmt: skip
                 t_rollout = time.perf_counter() - t0
                 adv, returns, kl, kl_rewards = advantages_and_returns(traj, s, world_size)

@@ -1,11 +1,14 @@
-"""Qwen2.5 tokenizer: Qwen2's BPE with Qwen2.5's added tokens, EOS ``<|im_end|>``."""
+"""Qwen2.5 tokenizer: Qwen2's, with Qwen2.5's added tokens, EOS ``<|im_end|>``, the official
+default system prompt and tool rendering (its family's data; the code is Qwen2's)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from tunesmith.data.tokenizers import ChatMLFormat, load_special_tokens
-from tunesmith.models.qwen2._tokenizer import QWEN2_SPECIAL_TOKENS, Qwen2Tokenizer
+from tunesmith.models.qwen2._tokenizer import (
+    QWEN2_SPECIAL_TOKENS,
+    Qwen2Tokenizer,
+    QwenTokenizerFamily,
+    qwen_tokenizer_builder,
+)
 
 __all__ = [
     "QWEN2_5_SPECIAL_TOKENS",
@@ -40,59 +43,21 @@ QWEN2_5_DEFAULT_SYSTEM_PROMPT = (
     "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 )
 
+QWEN2_5 = QwenTokenizerFamily(
+    "Qwen2.5",
+    QWEN2_5_SPECIAL_TOKENS,
+    "<|im_end|>",
+    QWEN2_5_DEFAULT_SYSTEM_PROMPT,
+    tools=True,
+)
+
 
 class Qwen2_5Tokenizer(Qwen2Tokenizer):  # noqa: N801 - torchtune's name
     """Qwen2.5: :class:`Qwen2Tokenizer` with Qwen2.5's special tokens, EOS ``<|im_end|>``,
     the official default system prompt, and tool schemas / ``tool_calls`` / ``tool``
     results as the official template renders them (``ChatMLFormat(tools=True)``)."""
 
-    def __init__(
-        self,
-        path: str,
-        merges_file: str,
-        special_tokens: dict[str, int] | None = None,
-        max_seq_len: int | None = None,
-        *,
-        prompt_template: Any = None,
-        eos_token: str = "<|im_end|>",
-        pad_token: str | None = "<|endoftext|>",
-        truncation_type: str = "right",
-        default_system_prompt: str | None = QWEN2_5_DEFAULT_SYSTEM_PROMPT,
-        **kwargs: Any,
-    ):
-        # tools, tool calls and results as Qwen2.5's official template renders them
-        kwargs.setdefault("chat_format", ChatMLFormat(default_system_prompt, tools=True))
-        super().__init__(
-            path,
-            merges_file,
-            special_tokens if special_tokens is not None else QWEN2_5_SPECIAL_TOKENS,
-            max_seq_len,
-            prompt_template=prompt_template,
-            eos_token=eos_token,
-            pad_token=pad_token,
-            truncation_type=truncation_type,
-            default_system_prompt=default_system_prompt,
-            **kwargs,
-        )
+    family = QWEN2_5
 
 
-def qwen2_5_tokenizer(
-    path: str,
-    merges_file: str,
-    special_tokens_path: str | None = None,
-    max_seq_len: int | None = None,
-    prompt_template: Any = None,
-    truncation_type: str = "right",
-    **kwargs: Any,
-) -> Qwen2_5Tokenizer:
-    """Qwen2.5 tokenizer from ``vocab.json`` + ``merges.txt`` (torchtune's arguments)."""
-    special_tokens = load_special_tokens(special_tokens_path) if special_tokens_path else None
-    return Qwen2_5Tokenizer(
-        path,
-        merges_file,
-        special_tokens=special_tokens,
-        max_seq_len=max_seq_len,
-        prompt_template=prompt_template,
-        truncation_type=truncation_type,
-        **kwargs,
-    )
+qwen2_5_tokenizer = qwen_tokenizer_builder(Qwen2_5Tokenizer, "qwen2_5_tokenizer", __name__)

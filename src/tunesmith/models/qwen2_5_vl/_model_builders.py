@@ -1,6 +1,7 @@
 """Qwen2.5-VL builders: ``qwen2_5_vl_{3b,7b,32b,72b}`` and ``lora_`` / ``qlora_`` variants.
 
-Sizes are data (``tunesmith.models._vision_specs``); building goes through
+Sizes are data (``tunesmith.models._vision_specs``); ``qwen_vl_builders(size, module)`` makes
+a size's three builders (Qwen3-VL's too), which go through
 ``tunesmith.models.vision_builder.build_early_fusion``. ``*_trainable`` take ``True | False |
 "full" | "lora" | "frozen"`` for the decoder, the ViT (``encoder``) and the patch merger
 (``fusion``). The model is :class:`~tunesmith.modules.qwen_vision.Qwen2_5_VLModel`.
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 
-def _full(name: str) -> Callable[..., Qwen2_5_VLModel]:
+def _full(name: str, module: str) -> Callable[..., Qwen2_5_VLModel]:
     def builder(
         decoder_trainable: Any = True,
         encoder_trainable: Any = False,
@@ -42,7 +43,7 @@ def _full(name: str) -> Callable[..., Qwen2_5_VLModel]:
         )
 
     builder.__name__ = builder.__qualname__ = name
-    builder.__module__ = __name__
+    builder.__module__ = module
     builder.__doc__ = (
         f"Build ``{name}`` (decoder and merger trainable, ViT frozen by default).\n\n"
         "Args: decoder_trainable, encoder_trainable, fusion_trainable (True / False / "
@@ -51,7 +52,7 @@ def _full(name: str) -> Callable[..., Qwen2_5_VLModel]:
     return builder
 
 
-def _lora(name: str, quantize: bool) -> Callable[..., Qwen2_5_VLModel]:
+def _lora(name: str, module: str, quantize: bool) -> Callable[..., Qwen2_5_VLModel]:
     def builder(
         decoder_trainable: Any = "lora",
         encoder_trainable: Any = "frozen",
@@ -85,7 +86,7 @@ def _lora(name: str, quantize: bool) -> Callable[..., Qwen2_5_VLModel]:
 
     prefix = "qlora" if quantize else "lora"
     builder.__name__ = builder.__qualname__ = f"{prefix}_{name}"
-    builder.__module__ = __name__
+    builder.__module__ = module
     kind = "QLoRA (NF4 base)" if quantize else "LoRA"
     builder.__doc__ = (
         f"Build ``{name}`` with {kind} adapters (decoder 'lora', ViT frozen, merger trainable "
@@ -94,15 +95,17 @@ def _lora(name: str, quantize: bool) -> Callable[..., Qwen2_5_VLModel]:
     return builder
 
 
-qwen2_5_vl_3b = _full("qwen2_5_vl_3b")
-lora_qwen2_5_vl_3b = _lora("qwen2_5_vl_3b", False)
-qlora_qwen2_5_vl_3b = _lora("qwen2_5_vl_3b", True)
-qwen2_5_vl_7b = _full("qwen2_5_vl_7b")
-lora_qwen2_5_vl_7b = _lora("qwen2_5_vl_7b", False)
-qlora_qwen2_5_vl_7b = _lora("qwen2_5_vl_7b", True)
-qwen2_5_vl_32b = _full("qwen2_5_vl_32b")
-lora_qwen2_5_vl_32b = _lora("qwen2_5_vl_32b", False)
-qlora_qwen2_5_vl_32b = _lora("qwen2_5_vl_32b", True)
-qwen2_5_vl_72b = _full("qwen2_5_vl_72b")
-lora_qwen2_5_vl_72b = _lora("qwen2_5_vl_72b", False)
-qlora_qwen2_5_vl_72b = _lora("qwen2_5_vl_72b", True)
+def qwen_vl_builders(name: str, module: str) -> tuple[Callable[..., Qwen2_5_VLModel], ...]:
+    """``(<name>, lora_<name>, qlora_<name>)`` for the Qwen-VL size ``name`` (a key of
+    ``_vision_specs``), their ``__module__`` ``module`` (where the public names live)."""
+    return _full(name, module), _lora(name, module, False), _lora(name, module, True)
+
+
+qwen2_5_vl_3b, lora_qwen2_5_vl_3b, qlora_qwen2_5_vl_3b = qwen_vl_builders("qwen2_5_vl_3b", __name__)
+qwen2_5_vl_7b, lora_qwen2_5_vl_7b, qlora_qwen2_5_vl_7b = qwen_vl_builders("qwen2_5_vl_7b", __name__)
+qwen2_5_vl_32b, lora_qwen2_5_vl_32b, qlora_qwen2_5_vl_32b = qwen_vl_builders(
+    "qwen2_5_vl_32b", __name__
+)
+qwen2_5_vl_72b, lora_qwen2_5_vl_72b, qlora_qwen2_5_vl_72b = qwen_vl_builders(
+    "qwen2_5_vl_72b", __name__
+)

@@ -1,11 +1,13 @@
-"""Qwen3 tokenizer: Qwen2.5's BPE and tokens plus tool-response and think tokens."""
+"""Qwen3 tokenizer: Qwen2.5's tokens plus tool-response and think tokens, Qwen3's template
+(its family's data; the code is Qwen2's)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from tunesmith.data.tokenizers import Qwen3ChatFormat, load_special_tokens
-from tunesmith.models.qwen2._tokenizer import Qwen2Tokenizer
+from tunesmith.models.qwen2._tokenizer import (
+    Qwen2Tokenizer,
+    QwenTokenizerFamily,
+    qwen_tokenizer_builder,
+)
 from tunesmith.models.qwen2_5._tokenizer import QWEN2_5_SPECIAL_TOKENS
 
 __all__ = ["QWEN3_SPECIAL_TOKENS", "Qwen3Tokenizer", "qwen3_tokenizer"]
@@ -18,6 +20,10 @@ QWEN3_SPECIAL_TOKENS: dict[str, int] = {
     "</think>": 151668,
 }
 
+QWEN3 = QwenTokenizerFamily(
+    "Qwen3", QWEN3_SPECIAL_TOKENS, "<|im_end|>", None, tools=True, thinking=True
+)
+
 
 class Qwen3Tokenizer(Qwen2Tokenizer):
     """Qwen3: ChatML without a default system prompt; the final assistant turn (after the
@@ -27,51 +33,7 @@ class Qwen3Tokenizer(Qwen2Tokenizer):
     ends with an empty ``<think>\\n\\n</think>\\n\\n``. Tools, ``tool_calls``, ``tool`` results
     and ``reasoning`` are rendered as the official template does (``Qwen3ChatFormat``)."""
 
-    def __init__(
-        self,
-        path: str,
-        merges_file: str,
-        special_tokens: dict[str, int] | None = None,
-        max_seq_len: int | None = None,
-        *,
-        prompt_template: Any = None,
-        eos_token: str = "<|im_end|>",
-        pad_token: str | None = "<|endoftext|>",
-        truncation_type: str = "right",
-        enable_thinking: bool = True,
-        **kwargs: Any,
-    ):
-        super().__init__(
-            path,
-            merges_file,
-            special_tokens if special_tokens is not None else QWEN3_SPECIAL_TOKENS,
-            max_seq_len,
-            prompt_template=prompt_template,
-            eos_token=eos_token,
-            pad_token=pad_token,
-            truncation_type=truncation_type,
-            chat_format=Qwen3ChatFormat(enable_thinking=enable_thinking),
-            **kwargs,
-        )
+    family = QWEN3
 
 
-def qwen3_tokenizer(
-    path: str,
-    merges_file: str,
-    special_tokens_path: str | None = None,
-    max_seq_len: int | None = None,
-    prompt_template: Any = None,
-    truncation_type: str = "right",
-    **kwargs: Any,
-) -> Qwen3Tokenizer:
-    """Qwen3 tokenizer from ``vocab.json`` + ``merges.txt`` (torchtune's arguments)."""
-    special_tokens = load_special_tokens(special_tokens_path) if special_tokens_path else None
-    return Qwen3Tokenizer(
-        path,
-        merges_file,
-        special_tokens=special_tokens,
-        max_seq_len=max_seq_len,
-        prompt_template=prompt_template,
-        truncation_type=truncation_type,
-        **kwargs,
-    )
+qwen3_tokenizer = qwen_tokenizer_builder(Qwen3Tokenizer, "qwen3_tokenizer", __name__)

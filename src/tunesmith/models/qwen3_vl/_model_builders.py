@@ -9,7 +9,7 @@ M-RoPE).
 
 from __future__ import annotations
 
-from tunesmith.models.qwen2_5_vl._model_builders import _full, _lora
+from tunesmith.models.qwen2_5_vl._model_builders import qwen_vl_builders
 from tunesmith.models.qwen3_vl._transform import qwen3_vl_transform
 
 _SIZES = ("2b", "4b", "8b", "32b")
@@ -21,18 +21,7 @@ __all__ = [
     "qwen3_vl_transform",
 ]
 
-qwen3_vl_2b = _full("qwen3_vl_2b")
-lora_qwen3_vl_2b = _lora("qwen3_vl_2b", False)
-qlora_qwen3_vl_2b = _lora("qwen3_vl_2b", True)
-qwen3_vl_4b = _full("qwen3_vl_4b")
-lora_qwen3_vl_4b = _lora("qwen3_vl_4b", False)
-qlora_qwen3_vl_4b = _lora("qwen3_vl_4b", True)
-qwen3_vl_8b = _full("qwen3_vl_8b")
-lora_qwen3_vl_8b = _lora("qwen3_vl_8b", False)
-qlora_qwen3_vl_8b = _lora("qwen3_vl_8b", True)
-qwen3_vl_32b = _full("qwen3_vl_32b")
-lora_qwen3_vl_32b = _lora("qwen3_vl_32b", False)
-qlora_qwen3_vl_32b = _lora("qwen3_vl_32b", True)
-
-for _b in (globals()[n] for n in __all__ if n != "qwen3_vl_transform"):
-    _b.__module__ = __name__
+qwen3_vl_2b, lora_qwen3_vl_2b, qlora_qwen3_vl_2b = qwen_vl_builders("qwen3_vl_2b", __name__)
+qwen3_vl_4b, lora_qwen3_vl_4b, qlora_qwen3_vl_4b = qwen_vl_builders("qwen3_vl_4b", __name__)
+qwen3_vl_8b, lora_qwen3_vl_8b, qlora_qwen3_vl_8b = qwen_vl_builders("qwen3_vl_8b", __name__)
+qwen3_vl_32b, lora_qwen3_vl_32b, qlora_qwen3_vl_32b = qwen_vl_builders("qwen3_vl_32b", __name__)
