@@ -203,6 +203,12 @@ def _tiny_hf(kind: str, folder: Path) -> Path:
             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
             num_experts=8, num_experts_per_tok=2, max_position_embeddings=256,
         ).save_pretrained(folder)  # fmt: skip
+    elif kind == "gemma2":  # sliding-window layers: SDPA with a mask
+        transformers.Gemma2Config(
+            vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=16,
+            max_position_embeddings=256,
+        ).save_pretrained(folder)  # fmt: skip
     else:  # q / k / v biases: LoRA on a biased projection
         transformers.Qwen2Config(
             vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
@@ -212,7 +218,7 @@ def _tiny_hf(kind: str, folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-@pytest.mark.parametrize("kind", ["qwen3_moe", "qwen2"])
+@pytest.mark.parametrize("kind", ["qwen3_moe", "qwen2", "gemma2"])
 def test_moe_and_biased_estimates_within_tolerance_of_measured_peak(
     kind: str, lora: bool, tmp_path: Path
 ) -> None:
