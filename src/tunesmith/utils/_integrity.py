@@ -288,6 +288,8 @@ def zeroed_pages(path: str | os.PathLike[str], header: dict[str, Any] | None = N
     A damaged or badly copied file often has such pages (filesystems lose whole blocks);
     a real tensor rarely does, but may (a zero padding-embedding row), hence callers warn.
     """
+    import mmap
+
     import numpy as np
 
     path = Path(path)
@@ -298,12 +300,13 @@ def zeroed_pages(path: str | os.PathLike[str], header: dict[str, Any] | None = N
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
     data_start = 8 + n
-    # read with preadv into one bounded buffer, reused for every read (not a memory map,
-    # whose touched pages count as this process's resident memory: every rank would peak at
-    # the whole file; nor a fresh bytes object per read: two were alive at a time, and the
-    # freed ones stayed in glibc's heap, ~19 MiB per rank, benchmarks/NOTES.md §16)
+    # read with preadv into one bounded buffer, reused for every read: not a map of the
+    # file (its touched pages count as this process's resident memory: every rank would peak
+    # at the whole file), nor a fresh bytes object per read (two were alive at a time, and
+    # the freed ones stayed in glibc's heap, ~19 MiB per rank, benchmarks/NOTES.md §16). The
+    # buffer is an anonymous map of its own, unmapped once the last view of it is gone.
     fd = os.open(path, os.O_RDONLY)
-    buffer = np.empty(min(_SCAN_BYTES, size), dtype=np.uint8)
+    buffer = np.frombuffer(mmap.mmap(-1, min(_SCAN_BYTES, size)), dtype=np.uint8)
 
     def read(lo: int, hi: int) -> np.ndarray:
         """Bytes ``[lo, hi)`` of the file (``hi - lo <= _SCAN_BYTES``), valid until the next
