@@ -7,7 +7,8 @@ checkpoint (``FullModelHFCheckpointer``: memory-mapped safetensors), build on th
 device, shard with FSDP2 and copy in each rank's shards (``load_full_state_dict``). Each rank
 reports its RSS before loading (after imports and the process group) and its peak
 (``VmHWM``, reset through ``/proc/self/clear_refs`` just before loading), both as a fraction
-of the checkpoint's bytes. Linux only. Not a timed test::
+of the checkpoint's bytes, and the anonymous / file-backed split of its RSS after loading
+(file-backed: the libraries' code pages and any checkpoint pages still mapped). Linux only. Not a timed test::
 
     .venv/bin/python benchmarks/load_rss.py                      # 1B shape, 2 ranks
     .venv/bin/python benchmarks/load_rss.py --layers 4 --vocab 32000   # a quick look
@@ -119,6 +120,8 @@ def worker(folder: Path) -> None:
     print(json.dumps({
         "rank": rank, "world_size": world, "model_bytes": model_bytes,
         "dynamo_imported": "torch._dynamo" in sys.modules,
+        "dcp_imported": "torch.distributed.checkpoint" in sys.modules,
+        "anon_mib": _status_kib("RssAnon") / kib, "file_mib": _status_kib("RssFile") / kib,
         "rss_before_mib": before / kib, "peak_mib": peak / kib, "after_mib": after / kib,
         "own_shards_mib": own / 2**20,
         "peak_over_model": peak * kib / model_bytes,
@@ -163,7 +166,9 @@ def main() -> None:
               f"{row['rss_before_mib']:.0f} MiB, peak {row['peak_mib']:.0f} MiB "
               f"({row['peak_over_model']:.3f}x the model), load increase "
               f"{row['load_increase_over_model']:.3f}x, own shards {row['own_shards_mib']:.0f} MiB"
-              f"{', torch._dynamo imported' if row['dynamo_imported'] else ''}")  # fmt: skip
+              f" (after: anonymous {row['anon_mib']:.0f}, file-backed {row['file_mib']:.0f})"
+              f"{', torch._dynamo imported' if row['dynamo_imported'] else ''}"
+              f"{', torch.distributed.checkpoint imported' if row['dcp_imported'] else ''}")  # fmt: skip
     worst = max(row["peak_over_model"] for row in rows)
     verdict = "below" if worst < ACCEPT else "NOT below"
     print(

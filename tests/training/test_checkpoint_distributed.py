@@ -116,3 +116,23 @@ def test_dcp_resume_skips_a_damaged_newest_checkpoint(tmp_path: Path, caplog) ->
     target = {"model": {"w": torch.zeros(4096)}}
     assert ckpt.load_checkpoint(target)["steps_run"] == 1
     assert torch.equal(target["model"]["w"], torch.ones(4096))
+
+
+def test_loading_a_model_does_not_import_dcp() -> None:
+    """DCP (and the asyncio etc. it pulls, ~3 MiB per rank) is imported by a DCP save or
+    load, not by the modules the recipes load a model with (benchmarks/NOTES.md §16)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import tunesmith.recipes.finetune, tunesmith.training\n"
+        "from tunesmith.recipes._finetune_setup import build_model\n"
+        "print('torch.distributed.checkpoint' in sys.modules)\n"
+    )
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr

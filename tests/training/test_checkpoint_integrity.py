@@ -198,6 +198,29 @@ def test_all_zero_tensor_is_not_flagged(tmp_path: Path, caplog) -> None:
     assert len(zeroed_pages(path)) == 1
 
 
+def test_zeroed_page_found_past_the_first_scan_block(tmp_path: Path) -> None:
+    """The scan reuses one 16 MiB buffer: a zero page in a later block of a large tensor is
+    found (and named by its file offset), a tensor of ordinary values spanning blocks is not."""
+    from tunesmith.utils._integrity import _SCAN_BYTES, zeroed_pages
+
+    n = 3 * _SCAN_BYTES // 4 + 1000  # fp32: ~3 scan blocks
+    t = torch.randn(n, generator=torch.Generator().manual_seed(0)) + 5
+    at = 2 * _SCAN_BYTES // 4 + 3000  # element index inside the third block
+    t[at : at + 4096] = 0  # 16 KiB of zeros: at least three whole pages
+    path = tmp_path / "big.safetensors"
+    save_file({"small": torch.randn(100) + 5, "big": t}, path)
+    found = zeroed_pages(path)
+    assert len(found) == 1 and found[0].startswith("big (page at byte ")
+    offset = int(found[0].split("byte ")[1].rstrip(")"))
+    (header_len,) = struct.unpack("<Q", path.read_bytes()[:8])
+    start = (
+        8 + header_len + json.loads(path.read_bytes()[8 : 8 + header_len])["big"]["data_offsets"][0]
+    )
+    assert start + 4 * at <= offset < start + 4 * (at + 4096) and offset % 4096 == 0
+    save_file({"big": torch.randn(n) + 5}, path)
+    assert zeroed_pages(path) == []
+
+
 def _manifest(folder: Path, sha: bool = True) -> None:
     import hashlib
 

@@ -45,6 +45,7 @@ __all__ = [
 MANIFEST_NAME = ".tunesmith-manifest.json"
 _CHUNK = 8 << 20
 PAGE = 4096
+_SCAN_BYTES = 1 << 24  # the zeroed-page scan reads 16 MiB at a time
 _FLOAT_DTYPES = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}
 
 
@@ -287,6 +288,8 @@ def zeroed_pages(path: str | os.PathLike[str], header: dict[str, Any] | None = N
     A damaged or badly copied file often has such pages (filesystems lose whole blocks);
     a real tensor rarely does, but may (a zero padding-embedding row), hence callers warn.
     """
+    import mmap
+
     import numpy as np
 
     path = Path(path)
@@ -297,12 +300,18 @@ def zeroed_pages(path: str | os.PathLike[str], header: dict[str, Any] | None = N
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
     data_start = 8 + n
-    # read with pread into one bounded buffer (not a memory map, whose touched pages count
-    # as this process's resident memory: every rank would peak at the whole file)
+    # read with preadv into one bounded buffer, reused for every read: not a map of the
+    # file (its touched pages count as this process's resident memory: every rank would peak
+    # at the whole file), nor a fresh bytes object per read (two were alive at a time, and
+    # the freed ones stayed in glibc's heap, ~19 MiB per rank, benchmarks/NOTES.md §16). The
+    # buffer is an anonymous map of its own, unmapped once the last view of it is gone.
     fd = os.open(path, os.O_RDONLY)
+    buffer = np.frombuffer(mmap.mmap(-1, min(_SCAN_BYTES, size)), dtype=np.uint8)
 
     def read(lo: int, hi: int) -> np.ndarray:
-        return np.frombuffer(os.pread(fd, hi - lo, lo), dtype=np.uint8)
+        """Bytes ``[lo, hi)`` of the file (``hi - lo <= _SCAN_BYTES``), valid until the next
+        read."""
+        return buffer[: os.preadv(fd, [buffer[: hi - lo]], lo)]
 
     try:
         return _zeroed_pages(header, data_start, read)
@@ -323,8 +332,8 @@ def _zeroed_pages(header: dict[str, Any], data_start: int, read: Any) -> list[st
         if last - first < PAGE:
             continue
         zero_at = None
-        for start in range(first, last, 1 << 24):  # 16 MiB at a time
-            stop = min(last, start + (1 << 24))
+        for start in range(first, last, _SCAN_BYTES):
+            stop = min(last, start + _SCAN_BYTES)
             pages = read(start, stop).view(np.uint64).reshape(-1, PAGE // 8)
             candidates = np.flatnonzero(pages[:, 0] == 0)  # one word per page first: cheap
             if candidates.size:
@@ -335,7 +344,7 @@ def _zeroed_pages(header: dict[str, Any], data_start: int, read: Any) -> list[st
         if zero_at is None:
             continue
         nonzero = any(  # all-zero tensors (fresh LoRA B, biases) are fine
-            read(a, min(hi, a + (1 << 24))).any() for a in range(lo, hi, 1 << 24)
+            read(a, min(hi, a + _SCAN_BYTES)).any() for a in range(lo, hi, _SCAN_BYTES)
         )
         if nonzero:
             found.append(f"{name} (page at byte {zero_at})")

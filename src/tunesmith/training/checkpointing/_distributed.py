@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 
 from tunesmith.training.checkpointing._atomic import (
     COMPLETE_MARKER,
@@ -55,8 +54,18 @@ __all__ = [
 ]
 
 DCP_SUBDIR = "dcp"
+
 DCP_INFO = "tunesmith_dcp.json"
 """What a consolidation needs besides the tensors (checkpointer config, adapter config)."""
+
+
+def _dcp() -> Any:
+    """``torch.distributed.checkpoint``, imported on first use: a run that never saves or
+    resumes a sharded checkpoint does not hold it (and the asyncio etc. it pulls: ~3 MiB of
+    every rank's resident memory while the model loads, benchmarks/NOTES.md §16)."""
+    import torch.distributed.checkpoint as dcp
+
+    return dcp
 
 
 def _rank_world() -> tuple[int, int]:
@@ -153,12 +162,12 @@ class DistributedCheckpointer:
         }
         checkpoint_id = str(staging / DCP_SUBDIR)
         if self._async:
-            future = dcp.async_save(
+            future = _dcp().async_save(
                 dict(state_dict), checkpoint_id=checkpoint_id, process_group=self._group
             )
             self._pending = (future, staging, name, marker)
         else:
-            dcp.save(dict(state_dict), checkpoint_id=checkpoint_id)
+            _dcp().save(dict(state_dict), checkpoint_id=checkpoint_id)
             self._pending = (None, staging, name, marker)
             self.finish()
         return self._output_dir / name
@@ -211,7 +220,7 @@ class DistributedCheckpointer:
                 f"no complete distributed checkpoint in {str(self._output_dir)!r}; "
                 "set resume_from_checkpoint=False to start fresh"
             )
-        dcp.load(state_dict, checkpoint_id=str(source / DCP_SUBDIR))
+        _dcp().load(state_dict, checkpoint_id=str(source / DCP_SUBDIR))
         rank, _ = _rank_world()
         path = source / f"recipe_state_rank{rank}.pt"
         if not path.is_file():
@@ -228,7 +237,7 @@ def load_dcp_full_state_dict(dcp_dir: str | os.PathLike[str]) -> dict[str, Any]:
     state: dict[str, Any] = {}
     _load_state_dict(
         state,
-        storage_reader=dcp.FileSystemReader(str(dcp_dir)),
+        storage_reader=_dcp().FileSystemReader(str(dcp_dir)),
         planner=_EmptyStateDictLoadPlanner(),
         no_dist=True,
     )
