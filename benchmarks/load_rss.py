@@ -35,7 +35,7 @@ def _status_kib(field: str) -> int:
 
 
 def write_checkpoint(folder: Path, args: argparse.Namespace) -> int:
-    """A random HF Llama in bf16, one safetensors file per ~1 GiB; returns its bytes."""
+    """A random HF Llama in ``args.dtype``, one safetensors file per ~1 GiB; its bytes."""
     import torch
     from safetensors.torch import save_file
 
@@ -47,7 +47,8 @@ def write_checkpoint(folder: Path, args: argparse.Namespace) -> int:
         "num_hidden_layers": args.layers, "num_attention_heads": args.heads,
         "num_key_value_heads": args.kv_heads, "vocab_size": args.vocab,
         "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
-        "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu",
+        "tie_word_embeddings": False, "hidden_act": "silu",
+        "torch_dtype": {"bf16": "bfloat16", "fp32": "float32"}[args.dtype],
     }  # fmt: skip
     (folder / "config.json").write_text(json.dumps(config))
     shapes = {"model.embed_tokens.weight": (args.vocab, args.dim)}
@@ -65,11 +66,12 @@ def write_checkpoint(folder: Path, args: argparse.Namespace) -> int:
             p + "post_attention_layernorm.weight": (args.dim,),
         }
     shapes |= {"model.norm.weight": (args.dim,), "lm_head.weight": (args.vocab, args.dim)}
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
     gen = torch.Generator().manual_seed(0)
     files: list[dict[str, torch.Tensor]] = [{}]
     size = total = 0
     for name, shape in shapes.items():
-        t = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
+        t = (torch.randn(shape, generator=gen) * 0.02).to(dtype)
         if size and size + t.nbytes > 1 << 30:
             files.append({})
             size = 0
@@ -109,7 +111,10 @@ def worker(folder: Path) -> None:
         output_dir=str(folder / "unused_out"),
     )
     state = ckpt.load_checkpoint()
-    model, _ = build_model(cfg, state, torch.device("cpu"), torch.bfloat16, world)
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[
+        json.loads((folder / "config.json").read_text())["torch_dtype"]
+    ]
+    model, _ = build_model(cfg, state, torch.device("cpu"), dtype, world)
     del state
     peak = _status_kib("VmHWM")
     after = _status_kib("VmRSS")
@@ -140,6 +145,7 @@ def main() -> None:
     parser.add_argument("--kv_heads", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=128256)
     parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument(
         "--work", type=Path, default=Path.home() / ".cache/tunesmith-bench/load_rss"
     )
@@ -149,6 +155,8 @@ def main() -> None:
         worker(args.worker)
         return
     shape = f"d{args.dim}_h{args.hidden}_l{args.layers}_v{args.vocab}"
+    if args.dtype != "bf16":
+        shape += f"_{args.dtype}"
     folder = args.work / shape
     if not (folder / "files.json").is_file():
         print(f"writing a random {shape} checkpoint to {folder} ...", flush=True)

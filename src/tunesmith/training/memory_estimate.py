@@ -223,16 +223,17 @@ def _check_text_decoder(cfg: DictConfig, model: nn.Module) -> None:
 
 def _layer_period(model: nn.Module) -> int | None:
     """The smallest ``p`` such that ``model.layers`` repeats the same ``p`` layers (same
-    class, parameter shapes / dtypes / trainability, attention window), for a plain text
-    decoder whose layers can be cut short without changing what each computes; None for any
-    other model (per-layer embeddings, shared keys / values, fusion or no ``layers``)."""
+    class, parameter shapes / dtypes / trainability, attention window), for a text decoder
+    (whose first layers compute the same when the stack is cut short); None for any other
+    model (fusion, vision-language, no ``layers``)."""
     from tunesmith.modules.transformer import TransformerDecoder
 
     layers = getattr(model, "layers", None)
     if type(model) is not TransformerDecoder or not isinstance(layers, nn.ModuleList):
         return None
-    if getattr(model, "per_layer_embeddings", None) is not None or model._kv_sharing:
-        return None
+    # cutting the stack short keeps what the first layers compute: per-layer embeddings are
+    # looked up for every layer (a constant), a layer reusing keys / values reuses an earlier
+    # one's (and a reusing layer has no k / v projections: a different block)
 
     def signature(layer: nn.Module) -> tuple[Any, ...]:
         attn = getattr(layer, "attn", None)
