@@ -75,6 +75,45 @@ def test_shard_keeps_the_global_rows(packed: bool) -> None:
         assert torch.equal(rows[0], ref[mine][:, keys])
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_ulysses_shard_keeps_consecutive_tokens(packed: bool) -> None:
+    """Head-sharded (ulysses) shards: rank r keeps the r-th of cp consecutive chunks and no
+    mask; a packed batch's documents (from input_pos, each row padded by one more document)
+    are concatenated over the rows for the attention; causal rows have none."""
+    tokens = torch.arange(2 * SEQ).view(2, SEQ) + 1
+    inputs: dict[str, torch.Tensor] = {"tokens": tokens}
+    if packed:
+        mask, pos = _packed_mask(SEQ)
+        inputs.update(mask=mask.expand(2, -1, -1), input_pos=pos.expand(2, -1))
+    for rank in range(2):
+        cp = ContextParallel(None, 2, rank, method="ulysses")
+        got, got_targets = cp.shard(inputs, tokens + 100)
+        assert cp.positions(16).tolist() == list(range(8 * rank, 8 * rank + 8))
+        assert set(got) == {"tokens", "input_pos"} and got["tokens"].shape == (2, 8)
+        assert cp.full_mask is None
+        if packed:
+            assert cp.documents is not None and cp.documents.seq_lens == (5, 6, 2, 3) * 2
+        else:
+            assert cp.documents is None
+            assert torch.equal(got["input_pos"][0], torch.arange(8 * rank, 8 * rank + 8))
+
+
+def test_method_choice_follows_the_heads() -> None:
+    """auto: ulysses when every layer's heads (per TP rank) divide by cp, else allgather;
+    an explicit ulysses that cannot split the heads is one sentence naming the fix."""
+    from tunesmith.training.context_parallel import context_parallel_method
+
+    with torch.device("meta"):
+        model = build_decoder(SPEC)  # 4 heads, 2 kv heads
+    assert context_parallel_method("auto", model, 2) == "ulysses"
+    assert context_parallel_method("auto", model, 4) == "allgather"
+    assert context_parallel_method("auto", model, 2, tp=2) == "allgather"
+    assert context_parallel_method("allgather", model, 2) == "allgather"
+    with pytest.raises(ValueError, match="num_kv_heads=2 must both be divisible") as err:
+        context_parallel_method("ulysses", model, 4)
+    assert "\n" not in str(err.value) and "context_parallel_method=allgather" in str(err.value)
+
+
 def test_bad_batch_keys_are_refused() -> None:
     with pytest.raises(ValueError, match="context_parallel_dim=1"):
         ContextParallel(None, 2, 0).shard(
@@ -98,7 +137,7 @@ def _forward_backward(model: torch.nn.Module, inputs: dict, targets: torch.Tenso
     return logits.detach(), grads
 
 
-def _worker(rank: int, port: int, out: str, packed: bool) -> None:
+def _worker(rank: int, port: int, out: str, packed: bool, method: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.manual_seed(0)
@@ -109,7 +148,7 @@ def _worker(rank: int, port: int, out: str, packed: bool) -> None:
     if packed:
         mask, pos = _packed_mask(SEQ)
         inputs.update(mask=mask.expand(2, -1, -1), input_pos=pos.expand(2, -1))
-    cp = ContextParallel(dist.group.WORLD, 2, rank)
+    cp = ContextParallel(dist.group.WORLD, 2, rank, method=method)
     enable_context_parallel(model, cp)
     local, local_targets = cp.shard(inputs, targets)
     logits, grads = _forward_backward(model, local, local_targets)
@@ -122,16 +161,19 @@ def _worker(rank: int, port: int, out: str, packed: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    "packed",
+    ("packed", "method"),
     [
-        pytest.param(False, id="causal-padded", marks=pytest.mark.slow),
-        pytest.param(True, id="packed"),
+        pytest.param(False, "allgather", id="allgather-causal-padded", marks=pytest.mark.slow),
+        pytest.param(True, "allgather", id="allgather-packed"),
+        pytest.param(False, "ulysses", id="ulysses-causal-padded", marks=pytest.mark.slow),
+        pytest.param(True, "ulysses", id="ulysses-packed"),
     ],
 )  # ~20 s each (two spawned interpreters); the packed case pads too
-def test_two_ranks_equal_one_process(packed: bool, tmp_path: Path) -> None:
+def test_two_ranks_equal_one_process(packed: bool, method: str, tmp_path: Path) -> None:
     """Logits of every real token and every parameter's gradient (summed over the cp ranks)
-    equal the one-process decoder over the whole sequence (atol 1e-5, fp32)."""
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path), packed), nprocs=2,
+    equal the one-process decoder over the whole sequence (atol 1e-5, fp32), for both
+    methods: gathered keys/values, and heads exchanged for tokens (ulysses)."""
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path), packed, method), nprocs=2,
                        start_method="spawn")  # fmt: skip
     torch.manual_seed(0)
     model = build_decoder(SPEC)
