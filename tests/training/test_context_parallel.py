@@ -137,17 +137,26 @@ def _forward_backward(model: torch.nn.Module, inputs: dict, targets: torch.Tenso
     return logits.detach(), grads
 
 
-def _worker(rank: int, port: int, out: str, packed: bool, method: str) -> None:
+def _batch(packed: str) -> tuple[dict, torch.Tensor]:
+    """Two random rows: ``causal``, ``packed`` (block-causal mask and restarting positions), or
+    ``mask`` (the same mask, global positions: ulysses attends under the whole mask)."""
+    tokens = torch.randint(0, SPEC.vocab_size, (2, SEQ))
+    targets = torch.randint(0, SPEC.vocab_size, (2, SEQ))
+    inputs: dict = {"tokens": tokens}
+    if packed != "causal":
+        mask, pos = _packed_mask(SEQ)
+        inputs["mask"] = mask.expand(2, -1, -1)
+        if packed == "packed":
+            inputs["input_pos"] = pos.expand(2, -1)
+    return inputs, targets
+
+
+def _worker(rank: int, port: int, out: str, packed: str, method: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.manual_seed(0)
     model = build_decoder(SPEC)
-    tokens = torch.randint(0, SPEC.vocab_size, (2, SEQ))
-    targets = torch.randint(0, SPEC.vocab_size, (2, SEQ))
-    inputs: dict = {"tokens": tokens}
-    if packed:
-        mask, pos = _packed_mask(SEQ)
-        inputs.update(mask=mask.expand(2, -1, -1), input_pos=pos.expand(2, -1))
+    inputs, targets = _batch(packed)
     cp = ContextParallel(dist.group.WORLD, 2, rank, method=method)
     enable_context_parallel(model, cp)
     local, local_targets = cp.shard(inputs, targets)
@@ -163,13 +172,14 @@ def _worker(rank: int, port: int, out: str, packed: bool, method: str) -> None:
 @pytest.mark.parametrize(
     ("packed", "method"),
     [
-        pytest.param(False, "allgather", id="allgather-causal-padded", marks=pytest.mark.slow),
-        pytest.param(True, "allgather", id="allgather-packed"),
-        pytest.param(False, "ulysses", id="ulysses-causal-padded", marks=pytest.mark.slow),
-        pytest.param(True, "ulysses", id="ulysses-packed"),
+        pytest.param("causal", "allgather", id="allgather-causal-padded", marks=pytest.mark.slow),
+        pytest.param("packed", "allgather", id="allgather-packed"),
+        pytest.param("causal", "ulysses", id="ulysses-causal-padded", marks=pytest.mark.slow),
+        pytest.param("packed", "ulysses", id="ulysses-packed"),
+        pytest.param("mask", "ulysses", id="ulysses-mask-only", marks=pytest.mark.slow),
     ],
-)  # ~20 s each (two spawned interpreters); the packed case pads too
-def test_two_ranks_equal_one_process(packed: bool, method: str, tmp_path: Path) -> None:
+)  # ~20 s each (two spawned interpreters); every case pads 13 tokens to 16
+def test_two_ranks_equal_one_process(packed: str, method: str, tmp_path: Path) -> None:
     """Logits of every real token and every parameter's gradient (summed over the cp ranks)
     equal the one-process decoder over the whole sequence (atol 1e-5, fp32), for both
     methods: gathered keys/values, and heads exchanged for tokens (ulysses)."""
@@ -177,12 +187,7 @@ def test_two_ranks_equal_one_process(packed: bool, method: str, tmp_path: Path) 
                        start_method="spawn")  # fmt: skip
     torch.manual_seed(0)
     model = build_decoder(SPEC)
-    tokens = torch.randint(0, SPEC.vocab_size, (2, SEQ))
-    targets = torch.randint(0, SPEC.vocab_size, (2, SEQ))
-    inputs: dict = {"tokens": tokens}
-    if packed:
-        mask, pos = _packed_mask(SEQ)
-        inputs.update(mask=mask.expand(2, -1, -1), input_pos=pos.expand(2, -1))
+    inputs, targets = _batch(packed)
     logits, grads = _forward_backward(model, inputs, targets)
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt")

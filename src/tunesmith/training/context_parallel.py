@@ -167,6 +167,8 @@ class ContextParallel:
         if pos is None:
             pos = torch.arange(s, device=device).expand(b, s)
         mask = inputs.get("mask")
+        if self.method == "ulysses" and inputs.get("input_pos") is not None:
+            mask = None  # the documents come from input_pos; no [S, S] mask is needed
         if pad:
             tokens = torch.cat([tokens, tokens.new_zeros(b, pad)], dim=1)
             targets = torch.cat([targets, targets.new_full((b, pad), self.ignore_index)], dim=1)
