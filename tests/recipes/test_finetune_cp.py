@@ -136,19 +136,23 @@ def test_fsdp_x_context_parallel_matches_one_process(
             2,
             "remove one of the two keys",
         ),
-        (  # 4 query / 2 key-value heads: 2 / 1 per TP rank, and 1 does not split 2 ways
+        (  # 4 query heads do not split 3 ways
             {
-                "context_parallel_dim": 2,
+                "context_parallel_dim": 3,
+                "context_parallel_method": "ulysses",
+                "tokenizer.max_seq_len": 252,
+            },
+            3,
+            "context_parallel_method=ulysses: num_heads=4 is not divisible by context_parallel",
+        ),
+        (  # 4 query heads: 2 per TP rank, which do not split 4 ways
+            {
+                "context_parallel_dim": 4,
                 "tensor_parallel_dim": 2,
                 "context_parallel_method": "ulysses",
             },
-            4,
-            "num_heads=2 and num_kv_heads=1 per tensor-parallel rank must both be divisible",
-        ),
-        (
-            {"context_parallel_dim": 4, "context_parallel_method": "ulysses"},
-            4,
-            "context_parallel_method=ulysses: num_heads=4 and num_kv_heads=2 must both",
+            8,
+            "num_heads=2 per tensor-parallel rank is not divisible by context_parallel_dim=4",
         ),
         (
             {"context_parallel_dim": 2, "run_val_every_n_steps": 1, "dataset_val": {"a": 1}},
@@ -227,13 +231,15 @@ def test_packed_context_parallel_matches_one_process(
 
 
 @pytest.mark.slow
+@METHODS
 def test_tensor_x_context_parallel_matches_one_process(
-    references, tiny_llama: Path, instruct_data: Path, tmp_path: Path
+    method: str, references, tiny_llama: Path, instruct_data: Path, tmp_path: Path
 ) -> None:
     """CP 2 x TP 2 on 4 ranks (no data parallelism: all read the batch of 4): heads split by
-    TP, every sequence by CP; LoRA. One key/value head per TP rank: auto picks allgather."""
-    dist = _launch(tmp_path, tiny_llama, instruct_data, "lora", 4, 4, "allgather",
-                   context_parallel_dim=2, tensor_parallel_dim=2)  # fmt: skip
+    TP, every sequence by CP; LoRA. Ulysses: 2 query heads and 1 key/value head per TP rank,
+    so each cp rank gets one query head and a copy of the key/value head."""
+    dist = _launch(tmp_path, tiny_llama, instruct_data, "lora", 4, 4, method,
+                   context_parallel_dim=2, tensor_parallel_dim=2, **_method(method))  # fmt: skip
     _assert_same(references("lora"), dist)
 
 
@@ -241,7 +247,7 @@ def test_tensor_x_context_parallel_matches_one_process(
 def test_ulysses_heads_not_dividing_is_one_line_before_weights(
     instruct_data: Path, tmp_path: Path
 ) -> None:
-    """context_parallel_method=ulysses with one key/value head on 2 ranks: one ``error:`` line
+    """context_parallel_method=ulysses with 3 key/value heads on 2 ranks: one ``error:`` line
     naming the key, exit 2, before any weights load (the model folder has only its config)."""
     import json
 
@@ -249,8 +255,8 @@ def test_ulysses_heads_not_dividing_is_one_line_before_weights(
     model_dir.mkdir()
     (model_dir / "config.json").write_text(json.dumps({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 512,
-        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 1, "max_position_embeddings": 512,
+        "hidden_size": 96, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 6, "num_key_value_heads": 3, "max_position_embeddings": 512,
         "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
     }))  # fmt: skip
     cfg = base_config(tmp_path / "out", model_dir, instruct_data, context_parallel_dim=2,
@@ -267,5 +273,5 @@ def test_ulysses_heads_not_dividing_is_one_line_before_weights(
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(errors) == 1, proc.stderr[-3000:]
-    assert "context_parallel_method=ulysses: num_heads=4 and num_kv_heads=1" in errors[0]
+    assert "context_parallel_method=ulysses: num_kv_heads=3 neither divides" in errors[0]
     assert "Traceback" not in proc.stderr

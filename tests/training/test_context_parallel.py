@@ -4,6 +4,7 @@ process's over the whole sequence (causal with padding to 2 x cp, and packed doc
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 from pathlib import Path
@@ -99,19 +100,26 @@ def test_ulysses_shard_keeps_consecutive_tokens(packed: bool) -> None:
 
 
 def test_method_choice_follows_the_heads() -> None:
-    """auto: ulysses when every layer's heads (per TP rank) divide by cp, else allgather;
-    an explicit ulysses that cannot split the heads is one sentence naming the fix."""
+    """auto: ulysses when every layer's query heads (per TP rank) divide by cp and its
+    key/value heads divide by cp or divide cp, else allgather; an explicit ulysses that cannot
+    split the heads is one sentence naming the fix."""
     from tunesmith.training.context_parallel import context_parallel_method
 
     with torch.device("meta"):
         model = build_decoder(SPEC)  # 4 heads, 2 kv heads
     assert context_parallel_method("auto", model, 2) == "ulysses"
-    assert context_parallel_method("auto", model, 4) == "allgather"
-    assert context_parallel_method("auto", model, 2, tp=2) == "allgather"
+    assert context_parallel_method("auto", model, 4) == "ulysses"  # kv heads repeated x2
+    assert context_parallel_method("auto", model, 2, tp=2) == "ulysses"  # 1 kv head per TP rank
+    assert context_parallel_method("auto", model, 3) == "allgather"
+    assert context_parallel_method("auto", model, 8) == "allgather"
     assert context_parallel_method("allgather", model, 2) == "allgather"
-    with pytest.raises(ValueError, match="num_kv_heads=2 must both be divisible") as err:
-        context_parallel_method("ulysses", model, 4)
+    with pytest.raises(ValueError, match="num_heads=4 is not divisible by context_par") as err:
+        context_parallel_method("ulysses", model, 3)
     assert "\n" not in str(err.value) and "context_parallel_method=allgather" in str(err.value)
+    with torch.device("meta"):
+        model = build_decoder(dataclasses.replace(SPEC, num_heads=6, num_kv_heads=3, embed_dim=48))
+    with pytest.raises(ValueError, match="num_kv_heads=3 neither divides nor is divisible"):
+        context_parallel_method("ulysses", model, 2)
 
 
 def test_bad_batch_keys_are_refused() -> None:
@@ -151,11 +159,11 @@ def _batch(packed: str) -> tuple[dict, torch.Tensor]:
     return inputs, targets
 
 
-def _worker(rank: int, port: int, out: str, packed: str, method: str) -> None:
+def _worker(rank: int, port: int, out: str, packed: str, method: str, kv: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.manual_seed(0)
-    model = build_decoder(SPEC)
+    model = build_decoder(dataclasses.replace(SPEC, num_kv_heads=kv))
     inputs, targets = _batch(packed)
     cp = ContextParallel(dist.group.WORLD, 2, rank, method=method)
     enable_context_parallel(model, cp)
@@ -170,23 +178,25 @@ def _worker(rank: int, port: int, out: str, packed: str, method: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("packed", "method"),
+    ("packed", "method", "kv"),
     [
-        pytest.param("causal", "allgather", id="allgather-causal-padded", marks=pytest.mark.slow),
-        pytest.param("packed", "allgather", id="allgather-packed"),
-        pytest.param("causal", "ulysses", id="ulysses-causal-padded", marks=pytest.mark.slow),
-        pytest.param("packed", "ulysses", id="ulysses-packed"),
-        pytest.param("mask", "ulysses", id="ulysses-mask-only", marks=pytest.mark.slow),
+        pytest.param("causal", "allgather", 2, id="allgather-causal", marks=pytest.mark.slow),
+        pytest.param("packed", "allgather", 2, id="allgather-packed"),
+        pytest.param("causal", "ulysses", 2, id="ulysses-causal", marks=pytest.mark.slow),
+        pytest.param("packed", "ulysses", 2, id="ulysses-packed"),
+        pytest.param("mask", "ulysses", 2, id="ulysses-mask-only", marks=pytest.mark.slow),
+        pytest.param("packed", "ulysses", 1, id="ulysses-packed-kv1", marks=pytest.mark.slow),
     ],
 )  # ~20 s each (two spawned interpreters); every case pads 13 tokens to 16
-def test_two_ranks_equal_one_process(packed: str, method: str, tmp_path: Path) -> None:
+def test_two_ranks_equal_one_process(packed: str, method: str, kv: int, tmp_path: Path) -> None:
     """Logits of every real token and every parameter's gradient (summed over the cp ranks)
     equal the one-process decoder over the whole sequence (atol 1e-5, fp32), for both
-    methods: gathered keys/values, and heads exchanged for tokens (ulysses)."""
-    mp.start_processes(_worker, args=(_free_port(), str(tmp_path), packed, method), nprocs=2,
+    methods: gathered keys/values, and heads exchanged for tokens (ulysses; with one
+    key/value head for two ranks it is repeated, one copy per rank)."""
+    mp.start_processes(_worker, args=(_free_port(), str(tmp_path), packed, method, kv), nprocs=2,
                        start_method="spawn")  # fmt: skip
     torch.manual_seed(0)
-    model = build_decoder(SPEC)
+    model = build_decoder(dataclasses.replace(SPEC, num_kv_heads=kv))
     inputs, targets = _batch(packed)
     logits, grads = _forward_backward(model, inputs, targets)
     for rank in range(2):

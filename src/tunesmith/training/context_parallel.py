@@ -6,7 +6,8 @@ Two methods (``ContextParallel.method``; the recipe key ``context_parallel_metho
   ``r``-th of ``cp`` consecutive chunks; attention exchanges tokens for heads, runs over whole
   sequences of ``H / cp`` heads with the model's kernels (``is_causal`` SDPA, or per-document
   attention of packed rows: :attr:`ContextParallel.documents`), and exchanges back. No mask is
-  materialised; heads (per tensor-parallel rank) must divide by ``cp``.
+  materialised; query heads (per tensor-parallel rank) must divide by ``cp``, key/value
+  heads divide by it or divide it (then each is repeated ``cp / kv`` times).
 - ``"allgather"``: the sequence is cut into ``2 * cp`` chunks and rank ``r`` keeps chunks
   ``r`` and ``2 * cp - 1 - r`` ("zigzag", as torch's and torchtitan's load-balanced context
   parallel: under a causal mask every rank then has the same number of (query, key) pairs
@@ -259,8 +260,9 @@ def check_context_parallel_model(model: nn.Module) -> str | None:
 def context_parallel_method(requested: str, model: nn.Module, cp: int, tp: int = 1) -> str:
     """``"ulysses"`` or ``"allgather"`` for ``requested`` (one of :data:`METHODS`) on the
     self-attention layers of ``model`` (heads counted before tensor parallelism splits them
-    ``tp`` ways): ``auto`` is ulysses when every layer's heads divide by ``cp``. ValueError
-    (one sentence) for ``ulysses`` on heads that do not."""
+    ``tp`` ways): ``auto`` is ulysses when every layer's heads can be split ``cp`` ways
+    (``ulysses.head_split_problem``). ValueError (one sentence) for ``ulysses`` on heads
+    that cannot."""
     if requested not in METHODS:
         raise ValueError(f"context_parallel_method={requested!r}: choose one of {list(METHODS)}")
     if requested == "allgather":

@@ -12,8 +12,9 @@ all-to-all (``training.distributed.all_to_all``), so gradients are exact.
 Memory per rank: the attention inputs and outputs of ``S`` tokens x ``H / cp`` heads (the same
 size as ``S / cp`` tokens x ``H`` heads) and whatever the kernel keeps: O(S) for SDPA's flash
 kernels (CPU's included) and the per-document loop; no ``[S / cp, S]`` mask. Requires
-``num_heads`` and ``num_kv_heads`` (per tensor-parallel rank) divisible by ``cp``
-(:func:`head_split_problem`).
+``num_heads`` (per tensor-parallel rank) divisible by ``cp`` and ``num_kv_heads`` divisible by
+it or dividing it (:func:`head_split_problem`; with fewer key/value heads than ranks each is
+repeated ``cp / kv`` times before the exchange, and autograd sums the copies' gradients).
 """
 
 from __future__ import annotations
@@ -37,14 +38,18 @@ __all__ = ["head_split_problem", "ulysses_attention"]
 
 
 def head_split_problem(num_heads: int, num_kv_heads: int, cp: int, tp: int = 1) -> str | None:
-    """Why ``cp`` ranks cannot split these heads (a sentence), or None: the query and the
-    key/value heads of each tensor-parallel rank (``heads / tp``) must both divide by ``cp``."""
+    """Why ``cp`` ranks cannot split these heads (a sentence), or None: the query heads of
+    each tensor-parallel rank (``heads / tp``) must divide by ``cp``, and its key/value heads
+    divide by ``cp`` or divide ``cp`` (fewer key/value heads than ranks: each is repeated
+    ``cp / kv`` times, so every rank gets the one its query heads share)."""
     heads, kv = num_heads // tp, num_kv_heads // tp
     per = " per tensor-parallel rank" if tp > 1 else ""
-    if heads % cp or kv % cp:
+    if heads % cp:
+        return f"num_heads={heads}{per} is not divisible by context_parallel_dim={cp}"
+    if kv % cp and cp % kv:
         return (
-            f"num_heads={heads} and num_kv_heads={kv}{per} must both be divisible by "
-            f"context_parallel_dim={cp} to shard heads"
+            f"num_kv_heads={kv}{per} neither divides nor is divisible by "
+            f"context_parallel_dim={cp}"
         )
     return None
 
@@ -94,6 +99,8 @@ def ulysses_attention(
     Returns:
         ``[b, h, s, hd_v]``: this rank's tokens, every head.
     """
+    if k.shape[1] < cp.size:  # GQA with fewer kv heads than ranks: one (repeated) per rank
+        k, v = (t.repeat_interleave(cp.size // k.shape[1], dim=1) for t in (k, v))
     qh, kh, vh = _to_heads([q, k, v], cp)  # [b, h / cp, S, hd]
     b, hh, total, _ = qh.shape
     if sinks is not None:
