@@ -48,8 +48,7 @@ def head_split_problem(num_heads: int, num_kv_heads: int, cp: int, tp: int = 1) 
         return f"num_heads={heads}{per} is not divisible by context_parallel_dim={cp}"
     if kv % cp and cp % kv:
         return (
-            f"num_kv_heads={kv}{per} neither divides nor is divisible by "
-            f"context_parallel_dim={cp}"
+            f"num_kv_heads={kv}{per} neither divides nor is divisible by context_parallel_dim={cp}"
         )
     return None
 
