@@ -2,16 +2,18 @@
 """Longest sequence that trains per device, with and without context parallelism (CPU, gloo).
 
 For ``cp = 1`` (one process, the recipe's plain causal SDPA) and ``cp = --cp`` (that many gloo
-processes, ``training.context_parallel``: zigzag shards, all-gathered keys/values), one
-training step (forward, tunesmith's chunked linear-cross-entropy loss, backward, AdamW) of a
+processes, ``training.context_parallel``) with each of ``--methods`` (``allgather``: zigzag
+shards, all-gathered keys/values and mask rows; ``ulysses``: consecutive shards, heads
+exchanged for tokens around causal SDPA, ``training.ulysses``), one training step (forward, tunesmith's chunked linear-cross-entropy loss, backward, AdamW) of a
 random decoder on one row of ``S`` tokens, for ``S`` growing by ``--growth`` from ``--start``
 until a step needs more than ``--budget-mib`` of memory per process. Memory = peak RSS
 (``getrusage``) minus the RSS before the first step, the maximum over the ranks; RSS only
 grows, and a longer sequence needs more, so one process walks all lengths. Prints one JSON
-line per (cp, S) and a summary line with the longest ``S`` under the budget for each.
+line per (cp, method, S) and a summary line with the longest ``S`` under the budget for each.
 
 Usage:
     PYTHONPATH=src python benchmarks/context_parallel_memory.py [--cp 2] [--budget-mib 768]
+        [--methods allgather,ulysses]
         [--start 2048] [--growth 1.25] [--max-len 65536] [--layers 4] [--dim 256] [--heads 8]
         [--kv-heads 2] [--vocab 8192] [--threads 1]
 """
@@ -48,7 +50,9 @@ def _lengths(args: argparse.Namespace, multiple: int) -> list[int]:
     return out
 
 
-def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
+def _worker(
+    rank: int, world: int, method: str, port: int, args: argparse.Namespace, out: str
+) -> None:
     torch.set_num_threads(args.threads)
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -63,7 +67,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
     loss_fn = LinearCrossEntropyLoss()
     loss_fn.set_model_output(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    cp = ContextParallel(dist.group.WORLD, world, rank) if world > 1 else None
+    cp = ContextParallel(dist.group.WORLD, world, rank, method=method) if world > 1 else None
     if cp is not None:
         enable_context_parallel(model, cp)
 
@@ -90,12 +94,12 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
         peak = torch.tensor(_rss_mib() - base)
         if world > 1:
             dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-        rows.append({"cp": world, "seq_len": seq, "peak_mib": round(float(peak), 1),
-                     "rank0_loss": round(loss, 4)})  # fmt: skip
+        rows.append({"cp": world, "method": method, "seq_len": seq,
+                     "peak_mib": round(float(peak), 1), "rank0_loss": round(loss, 4)})  # fmt: skip
         if float(peak) > args.budget_mib:
             break
     if rank == 0:
-        Path(out, f"cp{world}.json").write_text(json.dumps(rows))
+        Path(out, f"cp{world}_{method}.json").write_text(json.dumps(rows))
     if world > 1:
         dist.destroy_process_group()
 
@@ -119,17 +123,21 @@ def main() -> None:
     parser.add_argument("--kv-heads", type=int, default=2)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--methods", default="allgather,ulysses",
+                        help="comma-separated context-parallel methods run at --cp")  # fmt: skip
     args = parser.parse_args()
     summary = {"budget_mib": args.budget_mib}
     with tempfile.TemporaryDirectory() as out:
-        for world in (1, args.cp):
-            mp.start_processes(_worker, args=(world, _port(), args, out), nprocs=world,
+        runs = [(1, "none")] + [(args.cp, m) for m in args.methods.split(",")]
+        for world, method in runs:
+            mp.start_processes(_worker, args=(world, method, _port(), args, out), nprocs=world,
                                start_method="spawn")  # fmt: skip
-            rows = json.loads(Path(out, f"cp{world}.json").read_text())
+            rows = json.loads(Path(out, f"cp{world}_{method}.json").read_text())
             for row in rows:
                 print(json.dumps(row), flush=True)
             fits = [r["seq_len"] for r in rows if r["peak_mib"] <= args.budget_mib]
-            summary[f"longest_seq_cp{world}"] = max(fits, default=0)
+            name = "cp1" if world == 1 else f"cp{world}_{method}"
+            summary[f"longest_seq_{name}"] = max(fits, default=0)
     print(json.dumps(summary))
 
 

@@ -70,8 +70,10 @@ class MultiHeadAttention(nn.Module):
     ``attention_kernels.document_strategy``, the dense one by ``dense_strategy``.
 
     With ``context_parallel`` set (``training.context_parallel``), ``x`` holds this rank's
-    ``s = S / cp`` tokens, keys/values are gathered to ``S`` and ``mask [b|1, s, S]`` is
-    required (this rank's rows of the global mask, columns in gathered order).
+    ``s = S / cp`` tokens. Method ``allgather``: keys/values are gathered to ``S`` and ``mask
+    [b|1, s, S]`` is required (this rank's rows of the global mask, columns in gathered
+    order). Method ``ulysses``: ``mask`` and ``seq_lens`` are None; heads are exchanged for
+    tokens around the kernel (``training.ulysses.ulysses_attention``).
     """
 
     def __init__(
@@ -141,7 +143,8 @@ class MultiHeadAttention(nn.Module):
         # torchtune's switch (``modules.disable_kv_cache``): False runs as if no cache were set
         self.cache_enabled = False
         # a ``training.context_parallel.ContextParallel`` while training context parallel:
-        # keys/values are all-gathered over its group, ``mask`` holds this rank's rows
+        # keys/values all-gathered over its group (``mask``: this rank's rows), or heads
+        # exchanged for tokens (its ``method``)
         self.context_parallel: ContextParallel | None = None
 
     def setup_cache(self, batch_size: int, dtype: torch.dtype, max_seq_len: int) -> None:
@@ -206,6 +209,19 @@ class MultiHeadAttention(nn.Module):
                     raise RuntimeError("a KV-sharing layer needs the decoder's shared_kv dict")
                 shared_kv[self.kv_sharing[1]] = (k, v)
         cache = self.kv_cache if self.cache_enabled else None
+        if self.context_parallel is not None and self.context_parallel.method == "ulysses":
+            from tunesmith.training.ulysses import ulysses_attention
+
+            if mask is not None or seq_lens is not None:
+                raise ValueError(
+                    "head-sharded context-parallel attention takes its documents from "
+                    "ContextParallel.shard, not a mask or seq_lens"
+                )
+            out = ulysses_attention(
+                q, k, v, self.context_parallel, scale=self.scale, softcap=self.softcap,
+                sinks=self.sinks,
+            )  # fmt: skip
+            return self.output_proj(out.transpose(1, 2).reshape(b, s, -1))
         if self.context_parallel is not None:  # local queries, every rank's keys
             if mask is None or seq_lens is not None:
                 raise ValueError(

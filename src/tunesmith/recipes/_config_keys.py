@@ -53,6 +53,7 @@ _PARALLEL = frozenset(
     {"tensor_parallel_dim", "tensor_parallel_plan", "expert_parallel_dim", "sequence_parallel"}
     | {"data_parallel_shard_dim", "data_parallel_replicate_dim"}
     | {"context_parallel_dim", "context_parallel_rotate_method"}  # training/context_parallel.py
+    | {"context_parallel_method"}  # auto | ulysses | allgather (training/ulysses.py)
 )
 # finetune's sharded intermediate saves (recipes/_sharded_saves.py)
 _SHARDED_SAVES = {

@@ -15,7 +15,13 @@ from torch import nn
 
 from tunesmith.config import ConfigError, instantiate
 
-__all__ = ["expert_parallel_degree", "generation_mesh", "parallel_layout", "tensor_parallel"]
+__all__ = [
+    "context_parallel_request",
+    "expert_parallel_degree",
+    "generation_mesh",
+    "parallel_layout",
+    "tensor_parallel",
+]
 
 
 def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> tuple[Any, Any]:
@@ -40,12 +46,14 @@ def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> t
             key="sequence_parallel",
         )
     if dims.cp > 1:
-        from tunesmith.training.context_parallel import check_context_parallel_model
+        from tunesmith.training.context_parallel import (
+            check_context_parallel_model,
+            context_parallel_method,
+        )
 
         with torch.device("meta"):
             model = instantiate(cfg.model)
         why = check_context_parallel_model(model)
-        del model
         if why is not None:
             raise ConfigError(
                 f"context_parallel_dim={dims.cp}: {why}; context parallelism splits "
@@ -53,6 +61,11 @@ def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> t
                 "context_parallel_dim=1",
                 key="context_parallel_dim",
             )
+        try:  # the heads of each tensor-parallel rank must divide by cp for ulysses
+            context_parallel_method(context_parallel_request(cfg), model, dims.cp, dims.tp)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key="context_parallel_method") from None
+        del model
     mesh = dims.build_mesh(device.type) if world_size > 1 and dims.needs_mesh else None
     return dims, mesh
 
@@ -97,17 +110,47 @@ def generation_mesh(cfg: DictConfig, world_size: int, device: torch.device) -> A
     return init_device_mesh(device.type, (tp,), mesh_dim_names=("tp",))
 
 
+def context_parallel_request(cfg: DictConfig) -> str:
+    """The context-parallel method asked for: ``context_parallel_method`` (``auto``, the
+    default: head-sharded ``ulysses`` when the heads divide by cp, else ``allgather``), or
+    ``allgather`` when torchtune's ``context_parallel_rotate_method: allgather`` is set (torch
+    ring attention's key/value all-gather, which tunesmith's allgather method is). Checked by
+    :func:`parallel_layout`; any other rotate method is a ConfigError there."""
+    method = cfg.get("context_parallel_method")
+    if method is None:
+        rotate = cfg.get("context_parallel_rotate_method")
+        return "allgather" if rotate == "allgather" else "auto"
+    return str(method)
+
+
 def _check_context_parallel_config(cfg: DictConfig, cp: int) -> None:
-    """One ConfigError line for what context parallelism cannot run: a rotate method other than
-    torchtune's default ``allgather`` (the only one implemented), a sequence length (the
-    tokenizer's ``max_seq_len``, which packs fill) not divisible by ``2 * cp`` (the zigzag
-    chunks), or a validation pass (``run_val_every_n_steps``: it runs unsharded)."""
-    method = cfg.get("context_parallel_rotate_method")
-    if method is not None and method != "allgather":
+    """One ConfigError line for what context parallelism cannot run: an unknown
+    ``context_parallel_method``, a ``context_parallel_rotate_method`` other than torchtune's
+    default ``allgather`` (torch ring attention's all-to-all rotation is not implemented) or
+    one contradicting the method, a sequence length (the tokenizer's ``max_seq_len``, which
+    packs fill) not divisible by ``2 * cp`` (the shard chunks), or a validation pass
+    (``run_val_every_n_steps``: it runs unsharded)."""
+    from tunesmith.training.context_parallel import METHODS
+
+    method = cfg.get("context_parallel_method")
+    if method is not None and method not in METHODS:
         raise ConfigError(
-            f"context_parallel_rotate_method={method!r}: tunesmith's context parallelism "
-            "all-gathers keys and values ('allgather', torchtune's default); set it to "
-            "'allgather' or remove it",
+            f"context_parallel_method={method!r}: choose one of {', '.join(METHODS)} (auto: "
+            "ulysses when the heads divide by context_parallel_dim, else allgather)",
+            key="context_parallel_method",
+        )
+    rotate = cfg.get("context_parallel_rotate_method")
+    if rotate is not None and rotate != "allgather":
+        raise ConfigError(
+            f"context_parallel_rotate_method={rotate!r}: tunesmith does not run torch ring "
+            "attention's all-to-all key/value rotation; remove the key (head-sharded "
+            "all-to-all attention is context_parallel_method: ulysses) or set 'allgather'",
+            key="context_parallel_rotate_method",
+        )
+    if rotate is not None and method not in (None, "allgather"):
+        raise ConfigError(
+            f"context_parallel_rotate_method={rotate!r} all-gathers keys and values but "
+            f"context_parallel_method={method!r}: remove one of the two keys",
             key="context_parallel_rotate_method",
         )
     max_len = (cfg.get("tokenizer") or {}).get("max_seq_len")

@@ -85,7 +85,8 @@ def batch_inputs(
     """``(inputs, next-token targets)`` of a collated batch, on ``device``.
 
     With ``cp`` (a ``training.context_parallel.ContextParallel``) the padded batch is cut to
-    this rank's share of every sequence (tokens, global positions, its mask rows, targets).
+    this rank's share of every sequence (tokens, global positions, targets, and its mask rows
+    or, head-sharded, the documents every layer attends over).
 
     ``unpad=True`` (models whose forward takes ``seq_lens``) turns the ``[b, s]`` rows into one
     ``[1, T]`` row of documents: each row is cut after its last trained target (right padding

@@ -31,7 +31,11 @@ from tunesmith.recipes._finetune_setup import (
     validation_loss,
 )
 from tunesmith.recipes._optimization import epoch_steps, fused_adam, setup_optimization
-from tunesmith.recipes._parallel_setup import expert_parallel_degree, parallel_layout
+from tunesmith.recipes._parallel_setup import (
+    context_parallel_request,
+    expert_parallel_degree,
+    parallel_layout,
+)
 from tunesmith.recipes._run_summary import describe_run
 from tunesmith.recipes._sharded_saves import open_checkpointers
 from tunesmith.recipes._training_data import loader_setting, training_datasets
@@ -107,12 +111,20 @@ def recipe_main(cfg: DictConfig) -> None:
         model.set_num_output_chunks(loss_fn.num_output_chunks)
     cp = None  # context parallel: each rank of a cp group holds 1/cp of every sequence
     if dims.cp > 1:
-        from tunesmith.training.context_parallel import ContextParallel, enable_context_parallel
+        from tunesmith.training.context_parallel import (
+            ContextParallel,
+            context_parallel_method,
+            enable_context_parallel,
+        )
 
-        cp = ContextParallel.from_mesh(mesh, ignore_index)
+        # (checked by parallel_layout; the heads here are already split by tensor parallelism)
+        method = context_parallel_method(context_parallel_request(cfg), model, dims.cp)
+        cp = ContextParallel.from_mesh(mesh, ignore_index, method)
         enable_context_parallel(model, cp)
         if rank == 0:
-            log.info("context parallel: every sequence is split over %d ranks", dims.cp)
+            log.info(
+                "context parallel: every sequence is split over %d ranks (%s)", dims.cp, method
+            )
     if cfg.get("compile", False):
         from tunesmith.training.compile import compile_loss
 

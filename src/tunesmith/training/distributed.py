@@ -32,6 +32,7 @@ from tunesmith.modules.peft import is_adapter_key
 from tunesmith.modules.peft._nf4 import dequantize, dequantized_state_dict_on
 
 __all__ = [
+    "all_to_all",
     "barrier",
     "destroy_distributed",
     "gather_cpu_state_dict",
@@ -326,6 +327,36 @@ def _is_sharded(model: nn.Module) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+class _AllToAll(torch.autograd.Function):
+    """``all_to_all_single`` with autograd; the backward is the all-to-all with the splits
+    swapped (each rank gets back the gradients of the rows it sent)."""
+
+    @staticmethod
+    def forward(
+        ctx, x: torch.Tensor, out_splits: list[int], in_splits: list[int], group
+    ) -> torch.Tensor:  # type: ignore[override]
+        ctx.splits, ctx.group = (out_splits, in_splits), group
+        out = x.new_empty(sum(out_splits), *x.shape[1:])
+        dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        out_splits, in_splits = ctx.splits
+        back = grad.new_empty(sum(in_splits), *grad.shape[1:])
+        dist.all_to_all_single(back, grad.contiguous(), in_splits, out_splits, group=ctx.group)
+        return back, None, None, None
+
+
+def all_to_all(
+    x: torch.Tensor, out_splits: list[int], in_splits: list[int], group: Any
+) -> torch.Tensor:
+    """Rows ``x [sum(in_splits), ...]`` (``in_splits[j]`` of them sent to rank ``j`` of
+    ``group``, in rank order) -> ``[sum(out_splits), ...]`` (``out_splits[j]`` received from
+    rank ``j``), differentiable. Any backend with ``all_to_all_single`` (gloo, NCCL)."""
+    return _AllToAll.apply(x, out_splits, in_splits, group)
 
 
 def reduce_metrics(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

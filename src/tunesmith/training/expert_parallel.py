@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from tunesmith.modules.moe import GroupedExperts, moe_layers
+from tunesmith.training.distributed import all_to_all
 
 __all__ = [
     "apply_expert_parallel",
@@ -48,25 +49,6 @@ __all__ = [
 ]
 
 
-class _AllToAll(torch.autograd.Function):
-    """``all_to_all_single`` with autograd: rows ``x [sum(in_splits), ...]`` ->
-    ``[sum(out_splits), ...]``."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, out_splits: list[int], in_splits: list[int], group) -> Tensor:  # type: ignore[override]
-        ctx.splits, ctx.group = (out_splits, in_splits), group
-        out = x.new_empty(sum(out_splits), *x.shape[1:])
-        dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        out_splits, in_splits = ctx.splits
-        back = grad.new_empty(sum(in_splits), *grad.shape[1:])
-        dist.all_to_all_single(back, grad.contiguous(), in_splits, out_splits, group=ctx.group)
-        return back, None, None, None
-
-
 def dispatch(experts: GroupedExperts, x: Tensor, counts: Tensor, group) -> Tensor:
     """``x [N, d]`` rows sorted by (global) expert, ``counts [E]`` -> expert outputs ``[N, d]``
     computed by the ranks of ``group`` that own the experts."""
@@ -77,14 +59,14 @@ def dispatch(experts: GroupedExperts, x: Tensor, counts: Tensor, group) -> Tenso
     recv_counts = recv_counts.view(ep, local)  # rows from rank j for each local expert
     send = counts.view(ep, local).sum(dim=1).tolist()
     recv = recv_counts.sum(dim=1).tolist()
-    rows = _AllToAll.apply(x, recv, send, group)
+    rows = all_to_all(x, recv, send, group)
     expert_of_row = torch.repeat_interleave(
         torch.arange(local, device=x.device).repeat(ep), recv_counts.reshape(-1)
     )
     order = torch.argsort(expert_of_row, stable=True)
     out = experts(rows[order], recv_counts.sum(dim=0))
     back = torch.empty_like(out).index_copy(0, order, out)  # undo the regrouping
-    return _AllToAll.apply(back, send, recv, group)
+    return all_to_all(back, send, recv, group)
 
 
 @torch.no_grad()
