@@ -170,7 +170,7 @@ def test_bad_context_parallel_layouts_are_config_errors(
 
     cfg = OmegaConf.create(base_config(Path("/unused"), tiny_llama, instruct_data, **keys))
     with pytest.raises(ConfigError, match=message) as err:
-        parallel_layout(cfg, world, torch.device("cpu"))
+        parallel_layout(cfg, world, torch.device("cpu"), context_parallel=True)
     assert "\n" not in str(err.value)
 
 
@@ -275,3 +275,23 @@ def test_ulysses_heads_not_dividing_is_one_line_before_weights(
     assert len(errors) == 1, proc.stderr[-3000:]
     assert "context_parallel_method=ulysses: num_kv_heads=3 neither divides" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("recipe", ["dpo", "knowledge_distillation"])
+def test_recipes_without_context_parallel_refuse_it(
+    recipe: str, tiny_llama: Path, instruct_data: Path
+) -> None:
+    """DPO and distillation do not split sequences: context_parallel_dim > 1 there would have
+    each cp rank train the whole sequence while FSDP2 sums their gradients, so the layout
+    they ask for refuses it in one line, before any weights load."""
+    from tunesmith.config import ConfigError
+    from tunesmith.recipes._parallel_setup import parallel_layout
+
+    cfg = OmegaConf.create(
+        base_config(Path("/unused"), tiny_llama, instruct_data, context_parallel_dim=2)
+    )
+    with pytest.raises(ConfigError, match="does not split sequences") as err:
+        parallel_layout(cfg, 2, torch.device("cpu"))
+    assert "\n" not in str(err.value)
+    source = (Path(__file__).parents[2] / "src/tunesmith/recipes" / f"{recipe}.py").read_text()
+    assert "parallel_layout(cfg, world_size, device)" in source  # the default: refused

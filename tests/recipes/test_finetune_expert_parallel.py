@@ -104,17 +104,17 @@ def test_expert_parallel_degree_errors_are_one_line(tiny_moe, instruct_data, tmp
     cfg = OmegaConf.create(base_config(tmp_path, tiny_moe, instruct_data, **_over(tiny_moe)))
     cfg.expert_parallel_dim = 3
     with pytest.raises(ConfigError, match="expert_parallel_dim=3 does not divide num_experts=4"):
-        parallel_layout(cfg, 3, torch.device("cpu"))
+        parallel_layout(cfg, 3, torch.device("cpu"), context_parallel=True)
     cfg.expert_parallel_dim = 2
     with pytest.raises(ConfigError, match="expert_parallel_dim=2 with 4 processes"):
-        parallel_layout(cfg, 4, torch.device("cpu"))
+        parallel_layout(cfg, 4, torch.device("cpu"), context_parallel=True)
     cfg.enable_async_checkpointing = True
     with pytest.raises(ConfigError, match="expert_parallel_dim=2 with enable_async_checkpointing"):
-        parallel_layout(cfg, 2, torch.device("cpu"))
+        parallel_layout(cfg, 2, torch.device("cpu"), context_parallel=True)
     cfg.enable_async_checkpointing = False
     cfg.optimizer_in_bwd = True
     with pytest.raises(ConfigError, match="expert_parallel_dim=2 with optimizer_in_bwd"):
-        parallel_layout(cfg, 2, torch.device("cpu"))
+        parallel_layout(cfg, 2, torch.device("cpu"), context_parallel=True)
 
 
 @pytest.mark.slow

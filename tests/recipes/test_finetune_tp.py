@@ -156,7 +156,7 @@ def test_bad_layouts_are_config_errors(
 
     cfg = OmegaConf.create(base_config(Path("/unused"), tiny_llama, instruct_data, **keys))
     with pytest.raises(ConfigError, match=message) as err:
-        parallel_layout(cfg, world, torch.device("cpu"))
+        parallel_layout(cfg, world, torch.device("cpu"), context_parallel=True)
     assert "\n" not in str(err.value)
 
 
@@ -310,7 +310,7 @@ def test_sequence_parallel_plan_per_layer_type(tiny_llama: Path) -> None:
         base_config(Path("/unused"), tiny_llama, Path("/unused"), sequence_parallel=True)
     )
     with pytest.raises(ConfigError, match="set tensor_parallel_dim > 1") as err:
-        parallel_layout(cfg, 1, torch.device("cpu"))
+        parallel_layout(cfg, 1, torch.device("cpu"), context_parallel=True)
     assert "\n" not in str(err.value)
     with torch.device("meta"):
         lora = build_from_hf(str(tiny_llama), **LORA)

@@ -107,7 +107,7 @@ def test_degree_breaking_nf4_blocks_is_one_line(tiny_llama: Path, instruct_data:
     for key, value in {**LORA, "quantize_base": True}.items():
         cfg.model[key] = value
     with pytest.raises(ConfigError, match="not a whole number of NF4 blocks of 64") as err:
-        parallel_layout(cfg, 2, torch.device("cpu"))
+        parallel_layout(cfg, 2, torch.device("cpu"), context_parallel=True)
     assert "\n" not in str(err.value) and "layers.0.attn.output_proj" in str(err.value)
     assert err.value.key == "tensor_parallel_dim"
 
@@ -144,5 +144,5 @@ def test_qdora_under_tensor_parallel_is_one_line(wide_llama: Path, instruct_data
     for key, value in {**LORA, "quantize_base": True, "use_dora": True}.items():
         cfg.model[key] = value
     with pytest.raises(ConfigError, match="DoRA on NF4 weights") as err:
-        parallel_layout(cfg, 2, torch.device("cpu"))
+        parallel_layout(cfg, 2, torch.device("cpu"), context_parallel=True)
     assert "\n" not in str(err.value) and err.value.key == "model"

@@ -24,16 +24,30 @@ __all__ = [
 ]
 
 
-def parallel_layout(cfg: DictConfig, world_size: int, device: torch.device) -> tuple[Any, Any]:
+def parallel_layout(
+    cfg: DictConfig,
+    world_size: int,
+    device: torch.device,
+    *,
+    context_parallel: bool = False,
+) -> tuple[Any, Any]:
     """``(ParallelDims, DeviceMesh or None)`` from the parallelism keys (``tensor_parallel_dim``,
     ``data_parallel_shard_dim``, ``data_parallel_replicate_dim``, ``context_parallel_dim``),
     checked before any weights load: the degrees against the world size, the TP degree against
     the model's heads and context parallelism against the model's attention and the sequence
     length (on a meta-device build). The mesh is None for one process or plain FSDP2 over
-    every rank."""
+    every rank. ``context_parallel``: the calling recipe shards sequences over the ``cp``
+    ranks (finetune); any other refuses ``context_parallel_dim > 1`` (its ``cp`` ranks would
+    each train the whole sequence while FSDP2 sums their gradients: wrong, silently)."""
     from tunesmith.training.parallel_dims import ParallelDims
 
     dims = ParallelDims.from_config(cfg, world_size)
+    if dims.cp > 1 and not context_parallel:
+        raise ConfigError(
+            f"context_parallel_dim={dims.cp}: this recipe does not split sequences over ranks "
+            "(context parallelism is in the finetune recipe): set context_parallel_dim=1",
+            key="context_parallel_dim",
+        )
     if dims.cp > 1:
         _check_context_parallel_config(cfg, dims.cp)
     _check_expert_parallel(cfg, dims, world_size)

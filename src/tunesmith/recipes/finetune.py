@@ -65,7 +65,8 @@ def recipe_main(cfg: DictConfig) -> None:
     # ---- environment -------------------------------------------------------------------
     device, dtype, world_size, rank = start_training(cfg)  # log, ranges, devices
     upload = upload_option(cfg)  # a run that could not publish stops before it trains
-    dims, mesh = parallel_layout(cfg, world_size, device)  # FSDP2 / HSDP x context x tensor
+    # FSDP2 / HSDP x context x tensor
+    dims, mesh = parallel_layout(cfg, world_size, device, context_parallel=True)
     resume = bool(cfg.get("resume_from_checkpoint", False))
     accum = int(cfg.get("gradient_accumulation_steps", 1))
     max_norm = cfg.get("clip_grad_norm")
