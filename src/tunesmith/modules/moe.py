@@ -136,8 +136,8 @@ def _balanced_counts(rows: int, experts: int) -> Tensor:
 def grouped_mm_supported(x: Tensor, *dims: int) -> bool:
     """Whether ``torch._grouped_mm`` runs ``x``'s device / dtype with inner sizes ``dims``.
 
-    CPU: fp32 / bf16. CUDA: bf16 on compute capability >= 9.0 (Hopper). Every row stride
-    must be a multiple of 16 bytes.
+    CPU: fp32 / bf16. CUDA: bf16 on compute capability >= 9.0 (Hopper). Meta: bf16. Every row
+    stride must be a multiple of 16 bytes.
     """
     if not hasattr(torch, "_grouped_mm"):
         return False
@@ -145,6 +145,8 @@ def grouped_mm_supported(x: Tensor, *dims: int) -> bool:
         return False
     if x.device.type == "cpu":
         return x.dtype in (torch.float32, torch.bfloat16)
+    if x.device.type == "meta":  # a memory estimate: torch's meta kernel takes bf16 only
+        return x.dtype == torch.bfloat16
     if x.device.type == "cuda":
         return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9
     return False
@@ -213,6 +215,7 @@ class GroupedExperts(nn.Module):
 
     def _grouped_mm_fn(self, counts: Tensor, rows: int) -> Callable[..., Tensor]:
         """``mm(a [N, i], w [E, i, o], b [E, o] | None) -> [N, o]``, one ``_grouped_mm``."""
+        counts = counts.to(self.gate_proj.device)  # a meta estimate's counts are on the CPU
         offs = torch.cumsum(counts, dim=0).to(torch.int32)
         expert_of_row = None
 
