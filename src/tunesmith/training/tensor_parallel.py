@@ -439,8 +439,8 @@ def apply_tensor_parallel(
     :func:`decoder_tp_plan`), LoRA layers get the LoRA styles, every other module that owns
     parameters is replicated, and attention modules switch to their local head counts.
     ``fsdp_degree``: the FSDP2 shard degree applied afterwards (NF4 pieces are laid out so it
-    can cut them). Works on a meta-device model (weights are filled afterwards, see
-    ``meta_init``)."""
+    can cut them). Every parameter keeps its ``requires_grad`` (frozen stays frozen). Works on
+    a meta-device model (weights are filled afterwards, see ``meta_init``)."""
     from tunesmith.modules.attention import MultiHeadAttention
 
     tp = tp_mesh.size()
