@@ -65,8 +65,9 @@ def _assert_same_run(single: Path, dist: Path) -> None:
     [
         (2, 4, {"tensor_parallel_dim": 2}),  # TP 2 (data_parallel_shard_dim 1: FSDP x TP 1 x 2)
         (4, 2, {"tensor_parallel_dim": 2}),  # FSDP2 2 x TP 2
+        (2, 4, {"tensor_parallel_dim": 2, "sequence_parallel": True}),  # rowwise reduce-scatter
     ],
-    ids=["tp2", "fsdp2xtp2"],
+    ids=["tp2", "fsdp2xtp2", "tp2-sp"],
 )
 def test_qlora_tensor_parallel_matches_one_process(
     nproc: int,

@@ -1,7 +1,7 @@
 """QLoRA pieces under tensor parallelism: an NF4 piece cut from the whole weight's
 quantization dequantizes to exactly that piece of the whole (quantizing the piece alone does
 not), and a tiny QLoRA Llama split over 2 gloo ranks gives one process's logits, adapter
-gradients and gathered state dict."""
+gradients and gathered state dict, with and without sequence parallelism."""
 
 from __future__ import annotations
 
@@ -99,10 +99,13 @@ def _state() -> dict[str, torch.Tensor]:
     return sd
 
 
-def _run(model, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _freeze_base(model) -> None:
     from tunesmith.modules.peft import get_adapter_params, set_trainable_params
 
     set_trainable_params(model, get_adapter_params(model))
+
+
+def _run(model, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     logits = model(tokens[:, :-1])
     loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
     loss.backward()
@@ -114,14 +117,14 @@ def _run(model, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Ten
     return logits.detach(), grads
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, port: int, out: str, sequence_parallel: bool) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
     from tunesmith.training.distributed import gather_cpu_state_dict
     from tunesmith.training.meta_init import load_full_state_dict
-    from tunesmith.training.tensor_parallel import apply_tensor_parallel
+    from tunesmith.training.tensor_parallel import apply_tensor_parallel, decoder_tp_plan
 
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
@@ -129,14 +132,18 @@ def _worker(rank: int, port: int, out: str) -> None:
     try:
         with torch.device("meta"):
             model = _model()
-        apply_tensor_parallel(model, init_device_mesh("cpu", (WORLD,), mesh_dim_names=("tp",)))
+        _freeze_base(model)  # before the plan, as the recipes do: the plan keeps the flags
+        plan = decoder_tp_plan(model, sequence_parallel=sequence_parallel)
+        mesh = init_device_mesh("cpu", (WORLD,), mesh_dim_names=("tp",))
+        apply_tensor_parallel(model, mesh, plan)
+        trainable = [name for name, p in model.named_parameters() if p.requires_grad]
         state = _state()
         load_full_state_dict(model, state, torch.device("cpu"))
         tokens = torch.randint(0, 96, (2, 17), generator=torch.Generator().manual_seed(2))
         logits, grads = _run(model, tokens)
         sd = gather_cpu_state_dict(model, is_rank_zero=rank == 0)
         if rank == 0:
-            torch.save({"logits": logits, "grads": grads, "sd": sd}, out)
+            torch.save({"logits": logits, "grads": grads, "sd": sd, "trainable": trainable}, out)
         else:
             assert sd == {}
     finally:
@@ -144,21 +151,26 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_ranks_match_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sequence_parallel", [False, True], ids=["tp", "tp-sp"])
+def test_two_ranks_match_one_process(sequence_parallel: bool, tmp_path: Path) -> None:
     """The TP model's logits, every adapter gradient (colwise ``lora_a`` and rowwise
     ``lora_b`` replicated: their per-rank partial sums all-reduced) and the gathered,
-    dequantized state dict equal one process's QLoRA model."""
+    dequantized state dict equal one process's QLoRA model; the trainable parameters are the
+    adapters alone (sequence parallelism: the rowwise NF4 layers reduce-scatter along the
+    sequence, and the norms torch's ``SequenceParallel`` re-registers stay frozen)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = str(tmp_path / "tp.pt")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_worker, args=(port, out), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(port, out, sequence_parallel), nprocs=WORLD, join=True)
     got = torch.load(out, weights_only=False)
 
     model = _model()
     state = _state()
     model.load_state_dict(state)
+    _freeze_base(model)
+    assert got["trainable"] == [n for n, p in model.named_parameters() if p.requires_grad]
     tokens = torch.randint(0, 96, (2, 17), generator=torch.Generator().manual_seed(2))
     logits, grads = _run(model, tokens)
     assert (got["logits"] - logits).abs().max() <= 1e-5

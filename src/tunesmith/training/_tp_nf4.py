@@ -21,9 +21,11 @@ layer's forward works on the local tensors and makes the collectives itself:
 
 * colwise, input replicated ``x [..., in]`` -> local output ``[..., out / tp]``: the gradients
   of ``x`` and of the replicated ``lora_a`` are per-rank partial sums, all-reduced in backward;
-* rowwise, input split ``x [..., in / tp]`` -> replicated output ``[..., out]``: base and
-  adapter partial outputs summed by one all-reduce in forward; the gradient of the replicated
-  ``lora_b`` (a per-rank partial sum) all-reduced in backward; the bias added once, after.
+* rowwise, input split ``x [..., in / tp]`` -> the style's output layout: base and adapter
+  partial outputs wrapped as one ``Partial`` DTensor and redistributed by DTensor (all-reduce
+  to a replicated ``[..., out]``, or, under sequence parallelism, reduce-scatter to this
+  rank's ``Shard(1)`` slice of the sequence); the gradient of the replicated ``lora_b`` (a
+  per-rank partial sum) all-reduced in backward; the bias added once, after.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
 
 from tunesmith.modules.peft._nf4 import is_nf4, nf4_linear, nf4_shard, nf4_shard_misfit
 
@@ -55,21 +57,6 @@ class _SumGradients(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, group=ctx.group)
-        return grad, None
-
-
-class _SumOutputs(torch.autograd.Function):
-    """Forward all-reduces (sums) per-rank partial outputs over ``group``; the gradient of the
-    replicated sum passes through unchanged."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
-        out = x.contiguous().clone()
-        dist.all_reduce(out, group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return grad, None
 
 
@@ -93,16 +80,23 @@ def _colwise_forward(module: nn.Module, x: torch.Tensor, group: Any) -> torch.Te
     return out + module.scaling * F.linear(low_rank, _local(module.lora_b.weight))
 
 
-def _rowwise_forward(module: nn.Module, x: torch.Tensor, group: Any) -> torch.Tensor:
-    """``x [..., in / tp]`` (this rank's columns) -> ``[..., out]``, the same on every rank."""
+def _rowwise_forward(
+    module: nn.Module, x: torch.Tensor, group: Any, mesh: Any, layouts: tuple, local: bool
+) -> torch.Tensor:
+    """``x [..., in / tp]`` (this rank's columns) -> ``[..., out]`` in the output ``layouts``
+    (``(Replicate(),)``: the same on every rank; ``(Shard(1),)``: this rank's part of the
+    sequence, ``[b, s / tp, out]``), a plain tensor when ``local`` else a DTensor."""
     out = nf4_linear(x, module.weight._local_tensor)
     if not module.disabled:
         low_rank = F.linear(module.dropout(x), _local(module.lora_a.weight))  # partial [.., r]
         lora_b = _SumGradients.apply(_local(module.lora_b.weight), group)
         out = out + module.scaling * F.linear(low_rank, lora_b)
-    out = _SumOutputs.apply(out, group)
-    bias = _local(module.bias)
-    return out if bias is None else out + bias
+    # one reduction of the partial sums (its backward hands the replicated gradient back)
+    out = DTensor.from_local(out, mesh, [Partial()], run_check=False)
+    out = out.redistribute(placements=layouts)
+    if module.bias is not None:
+        out = out + module.bias
+    return out.to_local() if local else out
 
 
 def nf4_misfit(module: nn.Module, rowwise: bool, tp: int) -> str | None:
@@ -118,13 +112,19 @@ def nf4_misfit(module: nn.Module, rowwise: bool, tp: int) -> str | None:
 
 
 def _check_layouts(style: Any, rowwise: bool) -> None:
+    """Colwise: torch's default layouts only; rowwise: the default, or sequence parallelism's
+    reduce-scatter (output ``Shard(1)``, a DTensor)."""
     want_in, want_out = (Shard(-1), Replicate()) if rowwise else (Replicate(), Shard(-1))
     got = (tuple(style.input_layouts), tuple(style.output_layouts), style.use_local_output)
-    if got != ((want_in,), (want_out,), True):
+    allowed = [((want_in,), (want_out,), True)]
+    if rowwise:
+        allowed.append(((want_in,), (Shard(1),), False))
+    if got not in allowed:
         role = "RowwiseParallel" if rowwise else "ColwiseParallel"
+        also = ", or output Shard(1) as a DTensor (sequence parallelism)" if rowwise else ""
         raise ValueError(
             f"tensor_parallel_plan: an NF4 (QLoRA) layer takes {role}'s default layouts only "
-            f"(input {want_in}, output {want_out}, local output), not input "
+            f"(input {want_in}, output {want_out}, local output{also}), not input "
             f"{got[0]}, output {got[1]}: use {role}() for it"
         )
 
@@ -159,6 +159,15 @@ def nf4_tensor_parallel(
     _place(module, "bias", mesh, Replicate() if rowwise else Shard(0))
     _place(module.lora_a, "weight", mesh, Shard(1) if rowwise else Replicate())
     _place(module.lora_b, "weight", mesh, Replicate() if rowwise else Shard(0))
-    forward = _rowwise_forward if rowwise else _colwise_forward
-    module.tp_forward = partial(forward, group=mesh.get_group())
+    group = mesh.get_group()
+    if rowwise:
+        module.tp_forward = partial(
+            _rowwise_forward,
+            group=group,
+            mesh=mesh,
+            layouts=tuple(style.output_layouts),
+            local=style.use_local_output,
+        )
+    else:
+        module.tp_forward = partial(_colwise_forward, group=group)
     return module

@@ -172,13 +172,6 @@ def _check_sequence_parallel(model: nn.Module) -> None:
             )
     if layers is None or not len(layers) or getattr(model, "norm", None) is None:
         raise ValueError("sequence_parallel: the model is not a decoder with layers and a norm")
-    from tunesmith.modules.peft.lora import LoRALinear
-
-    if any(isinstance(m, LoRALinear) for m in model.modules()):
-        raise ValueError(
-            "sequence_parallel with LoRA / QLoRA adapters does not reproduce the one-process "
-            "run yet (a full finetune does): set sequence_parallel=False"
-        )
 
 
 def decoder_tp_plan(
@@ -446,8 +439,8 @@ def apply_tensor_parallel(
     :func:`decoder_tp_plan`), LoRA layers get the LoRA styles, every other module that owns
     parameters is replicated, and attention modules switch to their local head counts.
     ``fsdp_degree``: the FSDP2 shard degree applied afterwards (NF4 pieces are laid out so it
-    can cut them). Works on a meta-device model (weights are filled afterwards, see
-    ``meta_init``)."""
+    can cut them). Every parameter keeps its ``requires_grad`` (frozen stays frozen). Works on
+    a meta-device model (weights are filled afterwards, see ``meta_init``)."""
     from tunesmith.modules.attention import MultiHeadAttention
 
     tp = tp_mesh.size()
@@ -467,7 +460,13 @@ def apply_tensor_parallel(
             concrete[name] = ReplicateParallel()
     if any(p is not None for p in model._parameters.values()):
         raise ValueError("tensor parallelism: the root module owns parameters; give it a plan")
+    # torch's SequenceParallel re-registers a norm's weight as a fresh nn.Parameter (requires
+    # grad), so the norms a LoRA / QLoRA run froze would train: every parameter keeps its flag
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     parallelize_module(model, tp_mesh, concrete, src_data_rank=None)
+    for name, param in model.named_parameters():
+        if name in frozen:
+            param.requires_grad_(False)
     for name, module in modules.items():
         if isinstance(module, MultiHeadAttention) and f"{name}.q_proj" in concrete:
             module.num_heads //= tp
