@@ -196,16 +196,7 @@ def test_cp_not_dividing_world_is_one_line_before_weights(
 ) -> None:
     """context_parallel_dim=3 on 2 processes: one ``error:`` line naming the key, exit 2."""
     cfg = base_config(tmp_path / "out", tiny_llama, instruct_data, context_parallel_dim=3)
-    config = str(_write(cfg, tmp_path / "bad.yaml"))
-    proc = subprocess.run(
-        [*TUNESMITH, "run", "--nproc_per_node", "2", "finetune", "--config", config],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    proc, errors = _run_two_ranks(cfg, tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(errors) == 1 and "context_parallel_dim=3" in errors[0], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -261,16 +252,7 @@ def test_ulysses_heads_not_dividing_is_one_line_before_weights(
     }))  # fmt: skip
     cfg = base_config(tmp_path / "out", model_dir, instruct_data, context_parallel_dim=2,
                       context_parallel_method="ulysses")  # fmt: skip
-    config = str(_write(cfg, tmp_path / "bad.yaml"))
-    proc = subprocess.run(
-        [*TUNESMITH, "run", "--nproc_per_node", "2", "finetune", "--config", config],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    proc, errors = _run_two_ranks(cfg, tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(errors) == 1, proc.stderr[-3000:]
     assert "context_parallel_method=ulysses: num_kv_heads=3 neither divides" in errors[0]
@@ -295,3 +277,18 @@ def test_recipes_without_context_parallel_refuse_it(
     assert "\n" not in str(err.value)
     source = (Path(__file__).parents[2] / "src/tunesmith/recipes" / f"{recipe}.py").read_text()
     assert "parallel_layout(cfg, world_size, device)" in source  # the default: refused
+
+
+def _run_two_ranks(cfg: dict, tmp_path: Path) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """``tunesmith run --nproc_per_node 2 finetune`` on ``cfg``: the process and its
+    ``error:`` lines."""
+    config = str(_write(cfg, tmp_path / "bad.yaml"))
+    proc = subprocess.run(
+        [*TUNESMITH, "run", "--nproc_per_node", "2", "finetune", "--config", config],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return proc, [line for line in proc.stderr.splitlines() if line.startswith("error:")]

@@ -39,7 +39,6 @@ def _measured_peak(cfg) -> int:
     """MemTracker's peak over two real CPU steps: the recipe's model, loss and optimizer."""
     from tunesmith.config import instantiate
     from tunesmith.recipes._finetune_setup import build_model
-    from tunesmith.training.memory_estimate import memory_tracker
 
     torch.manual_seed(0)
     state = instantiate(cfg.checkpointer, resume_from_checkpoint=False).load_checkpoint()
@@ -50,11 +49,20 @@ def _measured_peak(cfg) -> int:
         loss_fn.set_model_output(model)
     else:
         model.set_num_output_chunks(loss_fn.num_output_chunks)
+    return _tracked_peak(cfg, model, loss_fn, vocab=256)
+
+
+def _tracked_peak(cfg, model: torch.nn.Module, loss_fn, vocab: int) -> int:
+    """MemTracker's peak over two real CPU steps of ``model`` with ``cfg``'s optimizer on
+    random ``[BATCH, SEQ]`` tokens."""
+    from tunesmith.config import instantiate
+    from tunesmith.training.memory_estimate import memory_tracker
+
     optimizer = instantiate(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
     tracker = memory_tracker(model, optimizer)
     with tracker:
         for _ in range(2):
-            tokens, labels = (torch.randint(0, 256, (BATCH, SEQ)) for _ in range(2))
+            tokens, labels = (torch.randint(0, vocab, (BATCH, SEQ)) for _ in range(2))
             loss_fn(model(tokens), labels).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -227,7 +235,7 @@ def test_moe_and_biased_estimates_within_tolerance_of_measured_peak(
     random router routing as it will) peaks within 15% of the estimate."""
     from tunesmith.config import instantiate
     from tunesmith.modules.peft import get_adapter_params, set_trainable_params
-    from tunesmith.training.memory_estimate import estimate_memory, memory_tracker
+    from tunesmith.training.memory_estimate import estimate_memory
 
     folder = _tiny_hf(kind, tmp_path)
     model_node = {"_component_": "tunesmith.models.build_from_hf",
@@ -242,16 +250,7 @@ def test_moe_and_biased_estimates_within_tolerance_of_measured_peak(
         set_trainable_params(model, get_adapter_params(model))
     loss_fn = instantiate(cfg.loss)
     loss_fn.set_model_output(model)
-    optimizer = instantiate(cfg.optimizer, [p for p in model.parameters() if p.requires_grad])
-    tracker = memory_tracker(model, optimizer)
-    with tracker:
-        for _ in range(2):
-            tokens, labels = (torch.randint(0, 512, (BATCH, SEQ)) for _ in range(2))
-            loss_fn(model(tokens), labels).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            tracker.reset_mod_stats()
-    measured = int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
+    measured = _tracked_peak(cfg, model, loss_fn, vocab=512)
     assert est.peak == pytest.approx(measured, rel=TOLERANCE), (est.table(), measured)
 
 
